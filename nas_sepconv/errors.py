@@ -1,0 +1,35 @@
+"""Exceptions.  The library raises; only the CLI prints and exits.
+
+:class:`UserInputError` is every mistake in what a user typed (a flag, a YAML field, a policy, a
+model name, an input size, a path).  Its message is one line naming the field and the fix; the
+CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NasSepconvError", "UserInputError", "TrainingDiverged", "CandidateError"]
+
+
+class NasSepconvError(Exception):
+    """Base class of nas-sepconv's own exceptions."""
+
+
+class UserInputError(NasSepconvError, ValueError):
+    """Bad input: the message names the field and how to mend it."""
+
+    def __init__(self, field: str, problem: str, fix: str | None = None):
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        text = f"{field}: {problem}" if field else problem
+        if fix:
+            text += f"; {fix}"
+        super().__init__(text)
+
+
+class TrainingDiverged(NasSepconvError, FloatingPointError):
+    """The loss became NaN or infinite; the trial that trained the model fails with this reason."""
+
+
+class CandidateError(NasSepconvError):
+    """A candidate architecture cannot be built or run (the trial fails, the study goes on)."""

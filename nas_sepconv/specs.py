@@ -1,0 +1,356 @@
+"""Block kinds, their options, and ``BlockSpec`` with its short string form.
+
+This is the one place where a kind is declared: the module that builds it (``blocks.py``), its
+options with defaults and string codes, the convolutions it can replace, and its closed-form
+initialiser (``decompose.py``).  The rewriter, the profiler, the initialiser and the search
+spaces all read :data:`KINDS`; there is no per-kind ``if``/``elif`` anywhere else.
+
+String form (timm style): the kind, then one token per option that was given, in the kind's
+declared order, e.g. ``dwsep_m2``, ``spatial_r0.5``, ``ir_e6_k5_se0.25_hswish``, ``grouped_g4``,
+``dwsep_m1_bn_relu`` (MobileNetV1 style).  ``BlockSpec.parse(str(spec)) == spec``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from . import blocks, decompose
+from .errors import UserInputError
+from .geometry import ConvGeometry
+
+__all__ = ["Option", "Kind", "KINDS", "BlockSpec", "kind_names", "resolve_rank"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a kind: its name (contract), string code, type and default.
+
+    ``type`` is ``int``, ``float``, ``bool``, ``"act"`` (an activation name), ``"rank"`` (int, or
+    float fraction in (0, 1]) or ``"kernel"`` (int or tuple of ints, odd).
+    """
+
+    name: str
+    code: str
+    type: Any
+    default: Any
+    minimum: float | None = None
+
+    def normalise(self, kind: str, value: Any) -> Any:
+        where = f"{kind}.{self.name}"
+        if self.type == "act":
+            value = "none" if value is None else str(value)
+            if value not in blocks.ACTIVATIONS:
+                raise UserInputError(where, f"unknown activation {value!r}", f"use one of {sorted(blocks.ACTIVATIONS)}")
+            return value
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            raise UserInputError(where, f"expected true or false, got {value!r}")
+        if self.type == "kernel":
+            ks = (value,) if isinstance(value, int) and not isinstance(value, bool) else tuple(value) if isinstance(value, (tuple, list)) else None
+            if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 and k % 2 == 1 for k in ks):
+                raise UserInputError(where, f"expected an odd positive int or tuple of them, got {value!r}", "use e.g. 3, 5 or 7")
+            return ks[0] if len(set(ks)) == 1 and len(ks) == 1 else tuple(ks)
+        if self.type == "rank":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserInputError(where, f"expected an int or a fraction in (0, 1], got {value!r}")
+            if isinstance(value, float) and value.is_integer() and value > 1:
+                value = int(value)
+            if isinstance(value, float) and not 0 < value <= 1:
+                raise UserInputError(where, f"a fractional rank must lie in (0, 1], got {value}", "or give an int")
+            if isinstance(value, int) and value < 1:
+                raise UserInputError(where, f"rank must be >= 1, got {value}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserInputError(where, f"expected a number, got {value!r}")
+        if self.type is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise UserInputError(where, f"expected an integer, got {value}")
+            value = int(value)
+        else:
+            value = int(value) if float(value).is_integer() else float(value)
+        if self.minimum is not None and value < self.minimum:
+            raise UserInputError(where, f"must be >= {self.minimum}, got {value}")
+        return value
+
+    def encode(self, value: Any) -> str:
+        if self.type == "act":
+            return str(value)
+        if self.type is bool:
+            return self.code if value else "no" + self.code
+        if self.type == "kernel":
+            return self.code + (str(value) if isinstance(value, int) else "x".join(map(str, value)))
+        return f"{self.code}{value:g}" if isinstance(value, float) else f"{self.code}{value}"
+
+    def decode(self, token: str) -> Any | None:
+        """The value a token gives this option, or ``None`` if the token is not this option's."""
+        if self.type == "act":
+            return token if token in blocks.ACTIVATIONS else None
+        if self.type is bool:
+            return True if token == self.code else False if token == "no" + self.code else None
+        if not token.startswith(self.code):
+            return None
+        rest = token[len(self.code):]
+        try:
+            if self.type == "kernel":
+                parts = [int(p) for p in rest.split("x")]
+                return parts[0] if len(parts) == 1 else tuple(parts)
+            number = float(rest)
+        except ValueError:
+            return None
+        if self.type is int or (self.type == "rank" and "." not in rest):
+            return int(number)
+        return int(number) if self.type is float and number.is_integer() and "." not in rest else number
+
+
+KERNEL = Option("kernel_size", "k", "kernel", None)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A block kind: how to build it, its options, where it applies and how to initialise it."""
+
+    name: str
+    aliases: tuple[str, ...]
+    options: tuple[Option, ...]
+    build: Callable[..., nn.Module]
+    init: Callable[..., None]
+    unsupported: Callable[[ConvGeometry, dict], str | None] = field(default=lambda g, o: None)
+    doc: str = ""
+
+    def option(self, name: str) -> Option:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        raise UserInputError(
+            f"{self.name}.{name}", "unknown option", f"{self.name} takes {[o.name for o in self.options]}"
+        )
+
+
+def resolve_rank(g: ConvGeometry, rank: int | float) -> int:
+    """An int rank for a spatially-separable block: a float is a fraction of the full rank
+    ``groups * min(C_in/groups * Kh, C_out/groups * Kw)``; the result is a multiple of groups."""
+    full = g.groups * min(g.in_channels // g.groups * g.kernel_size[0], g.out_channels // g.groups * g.kernel_size[1])
+    r = math.ceil(rank * full) if isinstance(rank, float) else int(rank)
+    return max(g.groups, math.ceil(r / g.groups) * g.groups)
+
+
+def _not_2d(g: ConvGeometry, o: dict) -> str | None:
+    if g.dims != 2:
+        return f"needs a 2-D convolution, this one is {g.dims}-D"
+    if g.transposed:
+        return "transposed convolutions are only converted to dwsep or keep"
+    return None
+
+
+def _not_transposed(g: ConvGeometry, o: dict) -> str | None:
+    return "transposed convolutions are only converted to dwsep or keep" if g.transposed else None
+
+
+def _grouped_unsupported(g: ConvGeometry, o: dict) -> str | None:
+    groups = o["groups"]
+    if g.transposed:
+        return "transposed convolutions are only converted to dwsep or keep"
+    if g.in_channels % groups or g.out_channels % groups:
+        return f"groups={groups} must divide C_in={g.in_channels} and C_out={g.out_channels}"
+    if groups <= g.groups:
+        return f"groups={groups} is not more than the convolution's own groups={g.groups}"
+    return None
+
+
+def _build_spatial(g: ConvGeometry, *, rank: Any) -> nn.Module:
+    return blocks.SpatialSeparable(g, rank=resolve_rank(g, rank))
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in [
+        Kind(
+            "keep", (), (KERNEL,),
+            build=lambda g: blocks.conv_from_geometry(g),
+            init=decompose.init_keep,
+            doc="the original convolution (optionally with another kernel size)",
+        ),
+        Kind(
+            "dwsep", ("sep", "depthwise_separable"),
+            (Option("dw_mult", "m", int, 1, minimum=1), Option("mid_norm", "bn", bool, False), Option("mid_act", "", "act", "none"), KERNEL),
+            build=lambda g, **o: blocks.DepthwiseSeparable(g, **o),
+            init=decompose.init_dwsep,
+            doc="depthwise KxK then pointwise 1x1 (MobileNetV1, Xception)",
+        ),
+        Kind(
+            "spatial", ("spatially_separable",),
+            (Option("rank", "r", "rank", 0.25), KERNEL),
+            build=_build_spatial,
+            init=decompose.init_spatial,
+            unsupported=_not_2d,
+            doc="Kx1 to `rank` channels then 1xK (Jaderberg et al. 2014, Tai et al. 2016)",
+        ),
+        Kind(
+            "dw_spatial", ("factorized_dw",),
+            (Option("dw_mult", "m", int, 1, minimum=1), KERNEL),
+            build=lambda g, **o: blocks.DepthwiseSpatial(g, **o),
+            init=decompose.init_dw_spatial,
+            unsupported=_not_2d,
+            doc="depthwise Kx1, depthwise 1xK, pointwise (EffNet, Flattened networks)",
+        ),
+        Kind(
+            "inverted_residual", ("ir", "mbconv"),
+            (
+                Option("expand_ratio", "e", float, 6, minimum=1),
+                KERNEL,
+                Option("se_ratio", "se", float, 0.0, minimum=0),
+                Option("act", "", "act", "relu6"),
+                Option("mid_norm", "bn", bool, True),
+            ),
+            build=lambda g, **o: blocks.InvertedResidual(g, **o),
+            init=decompose.init_inverted_residual,
+            unsupported=_not_transposed,
+            doc="expand 1x1, depthwise KxK, [SE], project 1x1 (MobileNetV2/V3)",
+        ),
+        Kind(
+            "grouped", ("group",),
+            (Option("groups", "g", int, 4, minimum=2), KERNEL),
+            build=lambda g, **o: blocks.GroupedShuffle(g, **o),
+            init=decompose.init_grouped,
+            unsupported=_grouped_unsupported,
+            doc="grouped conv + channel shuffle (ResNeXt, ShuffleNet)",
+        ),
+    ]
+}
+
+_ALIASES = {alias: k.name for k in KINDS.values() for alias in (k.name, *k.aliases)}
+_SHORT = {"inverted_residual": "ir"}  # short prefix used in string forms
+
+
+def kind_names() -> list[str]:
+    return list(KINDS)
+
+
+def _kind(name: str) -> Kind:
+    canonical = _ALIASES.get(name)
+    if canonical is None:
+        raise UserInputError("kind", f"unknown block kind {name!r}", f"use one of {kind_names()}")
+    return KINDS[canonical]
+
+
+class BlockSpec:
+    """A block kind with options, e.g. ``BlockSpec("dwsep", dw_mult=2)``.
+
+    Only the options given are stored (the string form shows them); :meth:`resolved` adds the
+    kind's defaults.  Immutable and hashable.
+    """
+
+    __slots__ = ("kind", "options")
+
+    def __init__(self, kind: str, **options: Any):
+        info = _kind(kind)
+        normalised = {}
+        for name, value in options.items():
+            opt = info.option(name)
+            if opt is KERNEL and value is None:
+                continue
+            normalised[name] = opt.normalise(info.name, value)
+        order = [o.name for o in info.options]
+        object.__setattr__(self, "kind", info.name)
+        object.__setattr__(self, "options", tuple(sorted(normalised.items(), key=lambda kv: order.index(kv[0]))))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("BlockSpec is immutable")
+
+    @property
+    def info(self) -> Kind:
+        return KINDS[self.kind]
+
+    def resolved(self) -> dict[str, Any]:
+        """All options, defaults filled in (``kernel_size`` stays ``None`` = the convolution's own)."""
+        out = {o.name: o.default for o in self.info.options}
+        out.update(self.options)
+        return out
+
+    def get(self, name: str) -> Any:
+        return self.resolved()[self.info.option(name).name]
+
+    # -- string form ----------------------------------------------------------------------
+    def __str__(self) -> str:
+        tokens = [_SHORT.get(self.kind, self.kind)]
+        tokens += [self.info.option(n).encode(v) for n, v in self.options]
+        return "_".join(tokens)
+
+    def __repr__(self) -> str:
+        args = "".join(f", {k}={v!r}" for k, v in self.options)
+        return f"BlockSpec({self.kind!r}{args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BlockSpec) and (self.kind, self.options) == (other.kind, other.options)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.options))
+
+    @classmethod
+    def parse(cls, text: "str | BlockSpec") -> "BlockSpec":
+        """Parse the short string form (``dwsep_m2``, ``ir_e6_k5_se0.25_hswish``, ...)."""
+        if isinstance(text, BlockSpec):
+            return text
+        if not isinstance(text, str) or not text.strip():
+            raise UserInputError("spec", f"expected a block spec string, got {text!r}", f"use e.g. 'dwsep' or 'ir_e6_k5'; kinds: {kind_names()}")
+        text = text.strip()
+        names = sorted({*_ALIASES, *_SHORT.values()}, key=len, reverse=True)
+        head = next((n for n in names if text == n or text.startswith(n + "_")), None)
+        if head is None:
+            raise UserInputError("spec", f"{text!r} does not start with a block kind", f"use one of {kind_names()}")
+        kind = _kind({v: k for k, v in _SHORT.items()}.get(head, head))
+        options: dict[str, Any] = {}
+        for token in filter(None, text[len(head):].split("_")):
+            for opt in sorted(kind.options, key=lambda o: len(o.code), reverse=True):
+                value = opt.decode(token)
+                if value is not None and opt.name not in options:
+                    options[opt.name] = value
+                    break
+            else:
+                codes = ", ".join(f"{o.code or '<act>'}=<{o.name}>" for o in kind.options)
+                raise UserInputError("spec", f"token {token!r} of {text!r} is not an option of {kind.name}", f"{kind.name} takes {codes}")
+        return cls(kind.name, **options)
+
+    # -- building -----------------------------------------------------------------------
+    def geometry_for(self, g: ConvGeometry) -> ConvGeometry:
+        """The geometry the block is built with (the kernel size changed if the spec says so)."""
+        k = self.get("kernel_size")
+        return g if k is None else g.with_kernel(k)
+
+    def unsupported(self, g: ConvGeometry) -> str | None:
+        """Why this spec cannot replace a convolution of geometry ``g`` (``None`` if it can)."""
+        try:
+            g2 = self.geometry_for(g)
+        except ValueError as exc:
+            return str(exc)
+        return self.info.unsupported(g2, self.resolved())
+
+    def build(self, g: ConvGeometry) -> nn.Module:
+        """A freshly initialised block replacing a convolution of geometry ``g``."""
+        reason = self.unsupported(g)
+        if reason:
+            raise UserInputError("spec", f"{self} cannot replace {g.describe()}: {reason}")
+        options = {k: v for k, v in self.resolved().items() if k != "kernel_size"}
+        if self.kind == "dwsep" and options.get("mid_act") == "none":
+            options["mid_act"] = None
+        return self.info.build(self.geometry_for(g), **options)
+
+
+def as_spec(value: "str | BlockSpec | dict") -> BlockSpec:
+    """A BlockSpec from a spec, its string form, or a mapping ``{"kind": ..., **options}``."""
+    if isinstance(value, BlockSpec):
+        return value
+    if isinstance(value, str):
+        return BlockSpec.parse(value)
+    if isinstance(value, dict):
+        data = dict(value)
+        kind = data.pop("kind", None)
+        if kind is None:
+            raise UserInputError("spec.kind", "missing", f"give one of {kind_names()}")
+        return BlockSpec(kind, **data)
+    raise UserInputError("spec", f"expected a kind name, BlockSpec or mapping, got {type(value).__name__}")
