@@ -156,13 +156,14 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, reduced: int, *, dims: int = 2):
         super().__init__()
+        self.dims = dims
         self.conv_reduce = _CONV[dims](channels, reduced, 1, bias=True)
         self.act = nn.ReLU(inplace=True)
         self.conv_expand = _CONV[dims](reduced, channels, 1, bias=True)
         self.gate = nn.Hardsigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        s = x.mean(dim=tuple(range(2, 2 + self.dims)), keepdim=True)
         return x * self.gate(self.conv_expand(self.act(self.conv_reduce(s))))
 
 
@@ -216,21 +217,20 @@ class ChannelShuffle(nn.Module):
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c = x.shape[:2]
-        rest = x.shape[2:]
-        return x.reshape(n, self.groups, c // self.groups, *rest).transpose(1, 2).reshape(n, c, *rest)
+        return x.unflatten(1, (self.groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
 class GroupedShuffle(nn.Module):
-    """Grouped convolution followed by a channel shuffle (ShuffleNet, Zhang et al., CVPR 2018;
+    """Channel shuffle followed by a grouped convolution (ShuffleNet, Zhang et al., CVPR 2018;
     grouped convolutions as in ResNeXt, Xie et al., CVPR 2017).  ``groups`` is the total number
-    of groups of the new convolution; it must divide C_in and C_out."""
+    of groups of the new convolution; it must divide C_in and C_out.  The shuffle comes first so
+    that the convolution is the block's last linear part (what refit re-solves) and stacked
+    grouped layers still mix information across groups."""
 
     def __init__(self, g: ConvGeometry, *, groups: int):
         super().__init__()
-        cls = (_CONV_T if g.transposed else _CONV)[g.dims]
-        self.conv = cls(g.in_channels, g.out_channels, groups=groups, bias=g.bias, **_spatial_args(g))
         self.shuffle = ChannelShuffle(groups)
+        self.conv = _CONV[g.dims](g.in_channels, g.out_channels, groups=groups, bias=g.bias, **_spatial_args(g))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shuffle(self.conv(x))
+        return self.conv(self.shuffle(x))

@@ -121,12 +121,11 @@ class ConvGeometry:
                 f"kernel_size {new} cannot replace {self.kernel_size} with the same output shape: "
                 "the difference must be even (3<->5<->7)"
             )
-        if isinstance(self.padding, str):
-            padding: tuple[int, ...] | str = self.padding
+        if self.padding == "same":
+            padding: tuple[int, ...] | str = "same"
         else:
-            padding = tuple(
-                p + d * (a - b) // 2 for p, d, a, b in zip(self.padding, self.dilation, new, self.kernel_size)
-            )
+            base = (0,) * self.dims if self.padding == "valid" else self.padding
+            padding = tuple(p + d * (a - b) // 2 for p, d, a, b in zip(base, self.dilation, new, self.kernel_size))
             if any(p < 0 for p in padding):
                 raise ValueError(f"kernel_size {new} is too small for padding {self.padding}")
         return replace(self, kernel_size=new, padding=padding)

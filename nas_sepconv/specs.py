@@ -12,6 +12,7 @@ declared order, e.g. ``dwsep_m2``, ``spatial_r0.5``, ``ir_e6_k5_se0.25_hswish``,
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -112,13 +113,17 @@ KERNEL = Option("kernel_size", "k", "kernel", None)
 
 @dataclass(frozen=True)
 class Kind:
-    """A block kind: how to build it, its options, where it applies and how to initialise it."""
+    """A block kind: how to build it, its options, where it applies and how to initialise it.
+
+    ``last_linear`` names the block's last linear sub-layer (``""``: the block itself), the part
+    that data-aware refit re-solves by least squares."""
 
     name: str
     aliases: tuple[str, ...]
     options: tuple[Option, ...]
     build: Callable[..., nn.Module]
     init: Callable[..., None]
+    last_linear: str = ""
     unsupported: Callable[[ConvGeometry, dict], str | None] = field(default=lambda g, o: None)
     doc: str = ""
 
@@ -180,6 +185,7 @@ KINDS: dict[str, Kind] = {
             (Option("dw_mult", "m", int, 1, minimum=1), Option("mid_norm", "bn", bool, False), Option("mid_act", "", "act", "none"), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSeparable(g, **o),
             init=decompose.init_dwsep,
+            last_linear="conv_pw",
             doc="depthwise KxK then pointwise 1x1 (MobileNetV1, Xception)",
         ),
         Kind(
@@ -187,6 +193,7 @@ KINDS: dict[str, Kind] = {
             (Option("rank", "r", "rank", 0.25), KERNEL),
             build=_build_spatial,
             init=decompose.init_spatial,
+            last_linear="conv_h",
             unsupported=_not_2d,
             doc="Kx1 to `rank` channels then 1xK (Jaderberg et al. 2014, Tai et al. 2016)",
         ),
@@ -195,6 +202,7 @@ KINDS: dict[str, Kind] = {
             (Option("dw_mult", "m", int, 1, minimum=1), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSpatial(g, **o),
             init=decompose.init_dw_spatial,
+            last_linear="conv_pw",
             unsupported=_not_2d,
             doc="depthwise Kx1, depthwise 1xK, pointwise (EffNet, Flattened networks)",
         ),
@@ -209,6 +217,7 @@ KINDS: dict[str, Kind] = {
             ),
             build=lambda g, **o: blocks.InvertedResidual(g, **o),
             init=decompose.init_inverted_residual,
+            last_linear="conv_pwl",
             unsupported=_not_transposed,
             doc="expand 1x1, depthwise KxK, [SE], project 1x1 (MobileNetV2/V3)",
         ),
@@ -217,6 +226,7 @@ KINDS: dict[str, Kind] = {
             (Option("groups", "g", int, 4, minimum=2), KERNEL),
             build=lambda g, **o: blocks.GroupedShuffle(g, **o),
             init=decompose.init_grouped,
+            last_linear="conv",
             unsupported=_grouped_unsupported,
             doc="grouped conv + channel shuffle (ResNeXt, ShuffleNet)",
         ),
@@ -302,7 +312,9 @@ class BlockSpec:
         names = sorted({*_ALIASES, *_SHORT.values()}, key=len, reverse=True)
         head = next((n for n in names if text == n or text.startswith(n + "_")), None)
         if head is None:
-            raise UserInputError("spec", f"{text!r} does not start with a block kind", f"use one of {kind_names()}")
+            close = difflib.get_close_matches(text.split("_")[0], names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserInputError("spec", f"{text!r} does not start with a block kind", f"{hint}use one of {kind_names()}")
         kind = _kind({v: k for k, v in _SHORT.items()}.get(head, head))
         options: dict[str, Any] = {}
         for token in filter(None, text[len(head):].split("_")):

@@ -1,0 +1,158 @@
+"""The ``nas-sepconv`` command: thin commands, each parsing its flags and calling one library
+function.  Bad input: one line on stderr naming what was wrong and how to mend it, exit status
+2, no traceback (``--debug`` shows it)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserInputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Convert CNNs to separable convolutions; search the accuracy-vs-MACs Pareto front.")
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+    _state["debug"] = debug
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    """Run a command body; bad input becomes one line on stderr and exit status 2."""
+    try:
+        return fn()
+    except UserInputError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130)
+
+
+def parse_input_size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        size = ()
+    if not size or len(size) > 4 or any(v <= 0 for v in size):
+        raise UserInputError("--input-size", f"{text!r} is not a size", "use comma-separated positive ints, e.g. 3,224,224")
+    return size
+
+
+def print_frame(df, *, title: str | None = None, max_rows: int = 200) -> None:
+    table = Table(title=title, show_lines=False)
+    for col in df.columns:
+        table.add_column(str(col), overflow="fold")
+    for _, row in df.head(max_rows).iterrows():
+        table.add_row(*[_fmt(v) for v in row])
+    out.print(table)
+    if len(df) > max_rows:
+        out.print(f"... {len(df) - max_rows} more rows")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and abs(v) >= 10000:
+        return f"{v:,}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------
+@app.command()
+def convert(
+    model: str = typer.Option(..., "--model", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME or package.module:factory"),
+    to: str = typer.Option("dwsep", "--to", help="block spec for every eligible conv, e.g. dwsep, dwsep_m2, spatial_r0.5, ir_e4"),
+    input_size: str = typer.Option("3,224,224", "--input-size", help="C,H,W of one input"),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="save the converted model (safetensors + recipe)"),
+    init: str = typer.Option("svd", "--init", help="svd (closed form from the original weights) or random"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+) -> None:
+    """Convert a model's convolutions and print the per-site report."""
+
+    def run() -> None:
+        import torch
+
+        from .io import save_model
+        from .models import model_from_name
+        from .plan import make_plan
+        from .rewrite import apply_plan
+        from .specs import BlockSpec
+
+        size = parse_input_size(input_size)
+        spec = BlockSpec.parse(to)
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        net = model_from_name(model, **kwargs).eval()
+        x = torch.randn(1, *size)
+        plan = make_plan(net, spec, example_inputs=x)
+        converted = apply_plan(net, plan, init=init)
+        report = plan.report()[["name", "op", "spec", "reason", "macs_before", "macs_after", "params_before", "params_after"]]
+        print_frame(report, title=f"{model} -> {spec}")
+        out.print(plan.summary())
+        for note in plan.notes:
+            out.print(f"note: {note}")
+        if out_file is not None:
+            recipe = dict(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=list(size), plan=plan.to_json(indent=None))
+            save_model(out_file, converted, recipe)
+            out.print(f"saved {out_file} (load with nas_sepconv.load_model({str(out_file)!r}))")
+
+    _guard(run)
+
+
+@app.command()
+def profile(
+    model: str = typer.Option(..., "--model", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export"),
+    input_size: str = typer.Option("3,224,224", "--input-size", help="C,H,W of one input"),
+    latency: bool = typer.Option(False, "--latency", help="also measure CPU latency (batch 1)"),
+    threads: int = typer.Option(2, "--threads", help="intra-op threads for --latency"),
+) -> None:
+    """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
+
+    def run() -> None:
+        import torch
+
+        from .profile import count_macs, count_params, measure_latency
+        from .profile import profile as profile_model
+
+        size = parse_input_size(input_size)
+        net = _load_any_model(model)
+        x = torch.randn(1, *size)
+        print_frame(profile_model(net, x), title=f"{model} at {size}")
+        out.print(f"total MACs {count_macs(net, x):,} (FLOPs = 2 x MACs), params {count_params(net):,}")
+        if latency:
+            lat = measure_latency(net, x, threads=threads)
+            out.print(f"latency (batch 1, {threads} threads): median {lat['median_ms']:.2f} ms")
+
+    _guard(run)
+
+
+def _load_any_model(name: str):
+    from .io import load_model
+    from .models import model_from_name
+
+    if name.endswith(".safetensors") or Path(name).is_file():
+        return load_model(name)
+    return model_from_name(name).eval()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except UserInputError as exc:  # raised outside a guarded command body
+        err.print(f"error: {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

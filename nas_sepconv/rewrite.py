@@ -1,0 +1,156 @@
+"""``apply_plan``: put the plan's blocks into a copy of the model.
+
+A traced plan rewrites the torch.fx graph: a ``call_module`` conv site gets its submodule
+replaced by the block (the graph node stays, so a conv module called twice stays one shared
+block), and an ``F.convNd`` site becomes a ``call_module`` node of a new block inserted after
+it, its uses redirected, the old node erased; then ``graph.lint()``,
+``delete_all_unused_submodules()`` and ``recompile()``.  An untraceable model gets the same
+blocks by swapping conv submodules in place (every registration of a shared conv gets the same
+block).  Blocks are initialised from the original weights in closed form (``init="svd"``) or
+left with PyTorch's fresh initialisation (``init="random"``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from . import decompose
+from .errors import UserInputError
+from .geometry import CONV_TYPES, ConvGeometry
+from .plan import Plan, PlanEntry, Policy, functional_conv_args, make_plan, trace
+from .specs import BlockSpec
+
+__all__ = ["apply_plan", "convert", "plan_of", "INITS"]
+
+INITS = ("svd", "random")
+META_KEY = "nas_sepconv.plan"
+
+
+def _build(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | None, init: str, training: bool) -> nn.Module:
+    block = entry.spec.build(entry.geometry).to(device=weight.device, dtype=weight.dtype)
+    if init == "svd":
+        decompose.initialise(block, entry.spec, entry.geometry, weight, bias)
+    return block.train(training)
+
+
+def _check_site(entry: PlanEntry, geometry: ConvGeometry) -> None:
+    if geometry != entry.geometry:
+        raise UserInputError(
+            f"plan.entries[{entry.name!r}]",
+            f"the plan expects {entry.geometry.describe()} but this model has {geometry.describe()}",
+            "make the plan from this model (ns.make_plan)",
+        )
+
+
+def _missing(entry: PlanEntry) -> UserInputError:
+    return UserInputError(f"plan.entries[{entry.name!r}]", "no such convolution in this model", "make the plan from this model (ns.make_plan)")
+
+
+def _rewrite_graph(model: nn.Module, plan: Plan, init: str) -> fx.GraphModule:
+    gm = trace(model)
+    modules = dict(gm.named_modules())
+    functional = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d, torch.conv1d, torch.conv2d, torch.conv3d):
+            w = functional_conv_args(node)["weight"]
+            if isinstance(w, fx.Node) and w.op == "get_attr":
+                name = w.target[: -len(".weight")] if w.target.endswith(".weight") else w.target
+                functional.setdefault(name, []).append(node)
+    for entry in plan.converted:
+        if entry.source == "module":
+            conv = modules.get(entry.name)
+            if not isinstance(conv, CONV_TYPES):
+                raise _missing(entry)
+            _check_site(entry, ConvGeometry.from_module(conv))
+            gm.set_submodule(entry.name, _build(entry, conv.weight, conv.bias, init, conv.training))
+            continue
+        nodes = functional.get(entry.name)
+        if not nodes:
+            raise _missing(entry)
+        args = functional_conv_args(nodes[0])
+        weight = gm.get_parameter(args["weight"].target)
+        bias = gm.get_parameter(args["bias"].target) if isinstance(args["bias"], fx.Node) else None
+        g = ConvGeometry.from_call(tuple(weight.shape), bias=bias is not None, stride=args["stride"], padding=args["padding"], dilation=args["dilation"], groups=args["groups"])
+        _check_site(entry, g)
+        block_name = entry.name.replace(".", "_") + "_block"
+        gm.add_submodule(block_name, _build(entry, weight, bias, init, gm.training))
+        for node in nodes:  # every call of the same weight uses the one block
+            a = functional_conv_args(node)
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module(block_name, (a["input"],))
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+    dropped = set()
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            dropped.add(node.target)
+            gm.graph.erase_node(node)
+    still_used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for target in dropped - still_used:  # the functional convs' weights now live in their blocks
+        owner, _, leaf = target.rpartition(".")
+        delattr(gm.get_submodule(owner) if owner else gm, leaf)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def _swap_modules(model: nn.Module, plan: Plan, init: str) -> nn.Module:
+    registrations: dict[int, list[tuple[nn.Module, str]]] = {}
+    for parent in model.modules():
+        for child_name, child in parent._modules.items():  # not named_children(): it hides aliases
+            if child is not None:
+                registrations.setdefault(id(child), []).append((parent, child_name))
+    modules = dict(model.named_modules())
+    for entry in plan.converted:
+        conv = modules.get(entry.name)
+        if not isinstance(conv, CONV_TYPES):
+            raise _missing(entry)
+        _check_site(entry, ConvGeometry.from_module(conv))
+        block = _build(entry, conv.weight, conv.bias, init, conv.training)
+        for parent, child_name in registrations[id(conv)]:
+            setattr(parent, child_name, block)
+    return model
+
+
+def apply_plan(model: nn.Module, plan: Plan, *, init: str = "svd", inplace: bool = False) -> nn.Module:
+    """The model with the plan's blocks in place of its convolutions.
+
+    Returns an ``fx.GraphModule`` (or, for a plan made without tracing, the model with conv
+    submodules swapped) whose forward takes the same inputs.  ``model`` is not changed unless
+    ``inplace=True``.  The plan is kept in ``result.meta["nas_sepconv.plan"]`` for traced
+    results (see :func:`plan_of`)."""
+    if init not in INITS:
+        raise UserInputError("init", f"unknown initialisation {init!r}", f"use one of {list(INITS)}")
+    if not isinstance(plan, Plan):
+        raise UserInputError("plan", f"expected a Plan, got {type(plan).__name__}", "use ns.make_plan or ns.Plan.from_json")
+    target = model if inplace else copy.deepcopy(model)
+    if not plan.traced:
+        return _swap_modules(target, plan, init)
+    gm = _rewrite_graph(target, plan, init)
+    gm.meta[META_KEY] = plan
+    return gm
+
+
+def convert(
+    model: nn.Module,
+    policy: "str | BlockSpec | Mapping | Policy | None" = "dwsep",
+    *,
+    example_inputs: Any,
+    init: str = "svd",
+    inplace: bool = False,
+) -> nn.Module:
+    """``make_plan`` then ``apply_plan``: the model with separable blocks, initialised from its
+    own weights in closed form by default."""
+    return apply_plan(model, make_plan(model, policy, example_inputs=example_inputs), init=init, inplace=inplace)
+
+
+def plan_of(model: nn.Module) -> Plan | None:
+    """The plan a converted GraphModule was made with (``None`` if it is not one of ours)."""
+    meta = getattr(model, "meta", None)
+    return meta.get(META_KEY) if isinstance(meta, dict) else None

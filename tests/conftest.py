@@ -1,0 +1,35 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory):
+    """CIFAR-10 (JPEG q75) extracted from ../shared/data; skips cleanly when absent."""
+    archive = SHARED_DATA / "cifar10-jpeg.tar.gz"
+    if not archive.exists():
+        pytest.skip(f"{archive} not present (benchmark data lives beside the repo only on dev machines)")
+    import tarfile
+
+    root = Path("/tmp/nas_sepconv_cifar10")
+    if not (root / "train").is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+    candidates = [p for p in [root, *root.iterdir()] if (p / "train").is_dir()]
+    return candidates[0]

@@ -1,0 +1,124 @@
+"""Plans: sites, policies, reports, JSON round trip, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import nas_sepconv as ns
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Conv2d(32, 32, 1))
+        self.extra = nn.Parameter(torch.randn(32, 32, 3, 3) * 0.05)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.body(self.stem(x))
+        x = F.conv2d(x, self.extra, padding=1)
+        return self.head(x.mean((2, 3)))
+
+
+def x():
+    return torch.randn(1, 3, 16, 16)
+
+
+def test_default_policy_reasons():
+    plan = ns.make_plan(Small(), "dwsep", example_inputs=x())
+    rep = plan.report().set_index("name")
+    assert rep.loc["stem", "reason"].startswith("C_in=3")
+    assert rep.loc["body.2", "reason"] == "already depthwise"
+    assert rep.loc["body.3", "reason"] == "1x1 convolution"
+    assert rep.loc["body.0", "spec"] == "dwsep"
+    assert rep.loc["extra", "source"] == "functional" and rep.loc["extra", "spec"] == "dwsep"
+    assert (rep.macs_after <= rep.macs_before).all()
+    assert plan.traced
+
+
+def test_plan_macs_match_the_converted_model():
+    net = Small()
+    plan = ns.make_plan(net, "dwsep", example_inputs=x())
+    assert plan.model_macs == ns.count_macs(net, x())
+    assert plan.macs_after == ns.count_macs(ns.apply_plan(net, plan), x())
+    assert plan.params_after == ns.count_params(ns.apply_plan(net, plan))
+
+
+def test_policy_mapping_and_rules():
+    plan = ns.make_plan(Small(), {"body.0": "spatial_r0.5", "stem": "dwsep_m3"}, example_inputs=x())
+    rep = plan.report().set_index("name")
+    assert rep.loc["body.0", "spec"] == "spatial_r0.5"
+    assert rep.loc["stem", "spec"] == "dwsep_m3"
+    assert rep.loc["extra", "spec"] == "keep" and rep.loc["extra", "reason"] == "no rule names it"
+    policy = ns.Policy(default=ns.BlockSpec("dwsep"), exclude=["body.*"], min_in_channels=1)
+    rep = ns.make_plan(Small(), policy, example_inputs=x()).report().set_index("name")
+    assert rep.loc["body.0", "reason"] == "excluded by policy" and rep.loc["stem", "spec"] == "dwsep"
+
+
+def test_min_macs_saving_skips_small_savings():
+    plan = ns.make_plan(Small(), ns.Policy(default="dwsep_m8", min_macs_saving=0.5), example_inputs=x())
+    assert all("would not save" in e.reason for e in plan.entries if e.name in ("body.0", "extra"))
+
+
+def test_json_round_trip_and_reapply_to_a_fresh_model():
+    torch.manual_seed(1)
+    net = Small()
+    plan = ns.make_plan(net, "dwsep_m2", example_inputs=x())
+    again = ns.Plan.from_json(plan.to_json())
+    assert again.to_json() == plan.to_json()
+    assert again.report().equals(plan.report())
+    fresh = Small()
+    out = ns.apply_plan(fresh, again)
+    assert out(x()).shape == fresh(x()).shape
+
+
+def test_shared_conv_called_twice_is_one_site():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.c(x)))
+
+    net = Twice()
+    plan = ns.make_plan(net, "dwsep", example_inputs=torch.randn(1, 8, 8, 8))
+    assert len(plan.entries) == 1 and plan.entries[0].calls == 2
+    assert plan.macs_after == ns.count_macs(ns.apply_plan(net, plan), torch.randn(1, 8, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "model, policy, inp, field",
+    [
+        (nn.Sequential(nn.Linear(4, 4)), "dwsep", torch.randn(1, 4), "model"),
+        (Small(), "dwsepp", None, "spec"),
+        (Small(), "dwsep_q2", None, "spec"),
+        (Small(), {"layer9.*": "dwsep"}, None, "policy.rules"),
+        (Small(), ns.Policy(exclude=["nothing*"]), None, "policy.exclude"),
+        (Small(), "dwsep", torch.randn(1, 5, 16, 16), "input_size"),
+        (Small(), 42, None, "policy"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(model, policy, inp, field):
+    with pytest.raises(ns.UserInputError) as info:
+        ns.make_plan(model, policy, example_inputs=x() if inp is None else inp)
+    assert str(info.value).startswith(field)
+    assert "\n" not in str(info.value)
+
+
+def test_plan_from_bad_json():
+    with pytest.raises(ns.UserInputError, match="plan"):
+        ns.Plan.from_json("{not json")
+    with pytest.raises(ns.UserInputError, match="plan"):
+        ns.Plan.from_json('{"a": 1}')
+
+
+def test_plan_for_another_model_is_refused():
+    plan = ns.make_plan(Small(), "dwsep", example_inputs=x())
+    other = nn.Sequential(nn.Conv2d(3, 8, 3))
+    with pytest.raises(ns.UserInputError, match="no such convolution"):
+        ns.apply_plan(other, plan)
