@@ -1,0 +1,408 @@
+"""Tests of nas_sepconv.data: data sets, splits, the device-resident loader, the decode cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nas_sepconv import data as data_mod
+from nas_sepconv.data import DeviceLoader, Split, calibration_batches, load_dataset
+from nas_sepconv.errors import UserInputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """Never write to the user's ~/.cache from the tests."""
+    monkeypatch.setenv("NAS_SEPCONV_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _hashes(x: torch.Tensor) -> list[str]:
+    return [hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in x]
+
+
+def _write_tree(root: Path, classes=("cat", "ant", "bee"), n_train=6, n_test=2, size=32, mode="RGB", ext="png", test_name="test"):
+    """A tiny ImageFolder tree; every image is one constant colour, unique across the tree."""
+    from PIL import Image
+
+    value = 0
+    for split, n in (("train", n_train), (test_name, n_test)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                value += 3
+                colour = value if mode == "L" else (value, 255 - value, 7)
+                Image.new(mode, (size, size), colour).save(root / split / c / f"{i:03d}.{ext}")
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# digits
+
+
+def test_digits_shapes(digits):
+    assert digits.input_shape == (1, 16, 16)
+    assert digits.num_classes == 10
+    assert digits.augment == "shift"
+    assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
+    assert len(digits.test) == round(0.2 * 1797)
+    assert len(digits.val) == round(0.1 * (1797 - len(digits.test)))
+    for s in (digits.train, digits.val, digits.test):
+        assert s.x.dtype == torch.float32 and s.x.shape[1:] == (1, 16, 16)
+        assert s.y.dtype == torch.long and s.y.shape == (len(s),)
+        assert float(s.x.min()) >= 0.0 and float(s.x.max()) <= 1.0
+    assert len(digits.mean) == len(digits.std) == 1
+    assert 0.2 < digits.mean[0] < 0.4 and digits.std[0] > 0
+
+
+def test_digits_splits_partition_the_data(digits):
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    full = F.interpolate(torch.from_numpy(bunch.images.astype(np.float32) / 16).unsqueeze(1), size=(16, 16),
+                         mode="bilinear", align_corners=False).clamp(0, 1)
+    ours = torch.cat([digits.train.x, digits.val.x, digits.test.x])
+    labels = torch.cat([digits.train.y, digits.val.y, digits.test.y])
+    assert sorted(zip(_hashes(ours), labels.tolist())) == sorted(zip(_hashes(full), bunch.target.tolist()))
+
+
+def test_digits_splits_are_stratified(digits):
+    for s in (digits.train, digits.val, digits.test):
+        counts = torch.bincount(s.y, minlength=10).float()
+        expected = len(s) / 10
+        assert (counts - expected).abs().max() <= max(2.0, 0.1 * expected)
+
+
+def test_val_split_is_seeded_and_test_split_fixed():
+    a, b, c = load_dataset("digits", seed=0), load_dataset("digits", seed=0), load_dataset("digits", seed=1)
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)
+    assert not torch.equal(a.val.x, c.val.x)
+    assert torch.equal(a.test.x, c.test.x)
+
+
+def test_subset_keeps_at_most_that_many_training_images():
+    d = load_dataset("digits", subset=200, val_fraction=0.25)
+    assert len(d.train) + len(d.val) == 200 and len(d.val) == 50
+    assert len(d.test) == 359
+    counts = torch.bincount(torch.cat([d.train.y, d.val.y]), minlength=10)
+    assert int(counts.min()) >= 19 and int(counts.max()) <= 21
+
+
+def test_image_size_for_digits():
+    d = load_dataset("digits", image_size=8)
+    assert d.input_shape == (1, 8, 8) and d.train.x.shape[-1] == 8
+
+
+def test_dataset_to_moves_splits(digits):
+    moved = digits.to("cpu")
+    assert moved.train.device.type == "cpu" and moved.name == digits.name and len(moved.val) == len(digits.val)
+
+
+def test_stratified_take_is_disjoint_and_exact():
+    y = np.repeat(np.arange(7), [3, 10, 25, 1, 8, 8, 45])
+    taken, rest = data_mod._stratified_take(y, 20, np.random.default_rng(3))
+    assert len(taken) == 20 and len(rest) == len(y) - 20
+    assert set(taken).isdisjoint(rest) and set(taken) | set(rest) == set(range(len(y)))
+    assert np.bincount(y[taken], minlength=7)[6] == 9  # 20 * 45 / 100
+
+
+# --------------------------------------------------------------------------------------------
+# DeviceLoader
+
+
+def _loader(split, d, **kw):
+    kw.setdefault("shuffle", False)
+    return DeviceLoader(split, batch_size=kw.pop("batch_size", 64), mean=d.mean, std=d.std, **kw)
+
+
+def test_loader_shapes_and_len(digits):
+    loader = _loader(digits.train, digits, batch_size=100)
+    batches = list(loader)
+    assert len(loader) == len(batches) == -(-len(digits.train) // 100)
+    x, y = batches[0]
+    assert x.shape == (100, 1, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert batches[-1][0].shape[0] == len(digits.train) % 100
+    dropped = _loader(digits.train, digits, batch_size=100, drop_last=True)
+    assert len(dropped) == len(digits.train) // 100 == len(list(dropped))
+
+
+def test_loader_normalises_without_touching_the_split(digits):
+    before = digits.train.x.clone()
+    x = torch.cat([b for b, _ in _loader(digits.train, digits, batch_size=512)])
+    assert torch.equal(digits.train.x, before)
+    assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
+    assert torch.allclose(x, (before - digits.mean[0]) / digits.std[0], atol=1e-5)
+
+
+def test_loader_uint8_is_scaled_to_unit_range():
+    split = Split(torch.full((4, 3, 8, 8), 255, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+    x, _ = next(iter(DeviceLoader(split, batch_size=4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), shuffle=False)))
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+
+
+def _shifted_versions(img: torch.Tensor, pad: int, flip: bool) -> list[torch.Tensor]:
+    padded = F.pad(img, (pad, pad, pad, pad))
+    h, w = img.shape[-2:]
+    out = []
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            crop = padded[..., dy : dy + h, dx : dx + w]
+            out.append(crop)
+            if flip:
+                out.append(crop.flip(-1))
+    return out
+
+
+@pytest.mark.parametrize("augment,pad,flip", [("shift", 2, False), ("crop_flip", 4, True)])
+def test_augmentation_is_a_random_crop_and_keeps_labels(digits, augment, pad, flip):
+    plain = _loader(digits.train, digits, batch_size=32)
+    aug = _loader(digits.train, digits, batch_size=32, augment=augment)
+    (x0, y0), (x1, y1) = next(iter(plain)), next(iter(aug))
+    assert torch.equal(y0, y1)
+    assert not torch.equal(x0, x1)
+    # Each augmented image is a (flipped) crop of the zero-padded original, in pixel space.
+    raw = digits.train.x[:32]
+    pixels = x1 * digits.std[0] + digits.mean[0]
+    for i in range(8):
+        assert any(torch.allclose(pixels[i], v, atol=1e-5) for v in _shifted_versions(raw[i], pad, flip))
+
+
+def test_crop_flip_flips_some_images():
+    img = torch.arange(64, dtype=torch.uint8).reshape(1, 1, 8, 8).repeat(64, 3, 1, 1)
+    split = Split(img, torch.arange(64))
+    loader = DeviceLoader(split, batch_size=64, mean=(0, 0, 0), std=(1, 1, 1), augment="crop_flip", shuffle=False)
+    x, _ = next(iter(loader))
+    centre_row = x[:, 0, 4] * 255  # column order of a middle row: increasing unless flipped
+    diffs = centre_row[:, 5] - centre_row[:, 3]
+    assert (diffs > 0).any() and (diffs < 0).any()
+
+
+def test_loader_is_deterministic_given_seed(digits):
+    def run(seed):
+        loader = _loader(digits.train, digits, batch_size=128, augment="shift", shuffle=True, seed=seed)
+        return [list(loader), list(loader)]  # two epochs
+
+    a, b, c = run(5), run(5), run(6)
+    for (xa, ya), (xb, yb) in zip(a[0] + a[1], b[0] + b[1]):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(a[0][0][1], c[0][0][1])
+    assert not torch.equal(a[0][0][1], a[1][0][1])  # a new order every epoch
+    assert sorted(torch.cat([y for _, y in a[0]]).tolist()) == sorted(digits.train.y.tolist())
+
+
+def test_loader_resolution_and_channels_last(digits):
+    x, _ = next(iter(_loader(digits.train, digits, batch_size=16, resolution=12, channels_last=True)))
+    assert x.shape == (16, 1, 12, 12)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    x, _ = next(iter(_loader(digits.train, digits, batch_size=16, resolution=24)))
+    assert x.shape == (16, 1, 24, 24)
+
+
+def test_loader_rejects_bad_arguments(digits):
+    with pytest.raises(UserInputError, match="augment"):
+        _loader(digits.train, digits, augment="mixup")
+    with pytest.raises(UserInputError, match="batch_size"):
+        _loader(digits.train, digits, batch_size=0)
+    with pytest.raises(UserInputError, match="dataset.mean"):
+        DeviceLoader(digits.train, batch_size=4, mean=(0.1, 0.2), std=(1, 1), shuffle=False)
+
+
+def test_calibration_batches(digits):
+    batches = calibration_batches(digits, n=100, batch_size=32, seed=1)
+    assert [b.shape[0] for b in batches] == [32, 32, 32, 4]
+    again = calibration_batches(digits, n=100, batch_size=32, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    assert batches[0].shape[1:] == (1, 16, 16)
+    val = calibration_batches(digits, n=10_000, batch_size=512, split="val")
+    assert sum(b.shape[0] for b in val) == len(digits.val)
+    with pytest.raises(UserInputError, match="split"):
+        calibration_batches(digits, split="holdout")
+
+
+# --------------------------------------------------------------------------------------------
+# cifar10 / imagefolder / torchvision
+
+
+def test_cifar10_from_imagefolder_tree(tmp_path):
+    root = _write_tree(tmp_path / "tree", ext="jpg")
+    d = load_dataset("cifar10", root=root, val_fraction=0.2)
+    assert d.classes == ("ant", "bee", "cat")
+    assert d.num_classes == 3 and d.input_shape == (3, 32, 32) and d.augment == "crop_flip"
+    assert len(d.train) + len(d.val) == 18 and len(d.val) == 4 and len(d.test) == 6
+    assert d.train.x.dtype == torch.uint8
+    assert sorted(d.test.y.tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_imagefolder_splits_are_disjoint_and_cached(tmp_path, monkeypatch):
+    root = _write_tree(tmp_path / "tree", size=40)  # PNG: exact colours
+    d = load_dataset("cifar10", root=root, val_fraction=0.25)
+    assert d.input_shape == (3, 32, 32)  # resized at load
+    ids = {name: set(s.x[:, 0, 0, 0].tolist()) for name, s in (("train", d.train), ("val", d.val), ("test", d.test))}
+    assert len(ids["train"]) == len(d.train) and len(ids["val"]) == len(d.val)
+    assert ids["train"].isdisjoint(ids["val"]) and ids["train"].isdisjoint(ids["test"]) and ids["val"].isdisjoint(ids["test"])
+    assert len(d.val) == 4 and set(torch.bincount(d.val.y).tolist()) <= {1, 2}
+
+    cached = list((tmp_path / "cache").glob("*.npz"))
+    assert len(cached) == 1
+
+    def no_decoding(*args, **kw):
+        raise AssertionError("decoded again instead of using the cache")
+
+    monkeypatch.setattr(data_mod, "_decode_all", no_decoding)
+    again = load_dataset("cifar10", root=root, val_fraction=0.25)
+    assert torch.equal(again.train.x, d.train.x) and again.mean == d.mean
+
+    # A changed folder is decoded again.
+    time.sleep(0.01)
+    _write_tree(tmp_path / "extra", classes=("ant",), n_train=1, n_test=0)
+    os.replace(tmp_path / "extra" / "train" / "ant" / "000.png", root / "train" / "ant" / "new.png")
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_dataset("cifar10", root=root)
+
+
+def test_cifar10_from_tar_archive(tmp_path):
+    tree = _write_tree(tmp_path / "tree", ext="jpg")
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree / "train", arcname="train")
+        tar.add(tree / "test", arcname="test")
+    d = load_dataset("cifar10", root=archive, val_fraction=0.2)
+    ref = load_dataset("cifar10", root=tree, val_fraction=0.2)
+    assert d.classes == ref.classes and torch.equal(d.train.x, ref.train.x) and torch.equal(d.test.y, ref.test.y)
+
+
+def _write_batches(folder: Path, per_batch=4, test=6, bytes_keys=False) -> tuple[np.ndarray, np.ndarray]:
+    """Fake cifar-10-batches-py files (keys as bytes, like the Python 2 originals, or as str)."""
+    folder.mkdir(parents=True)
+    k = (lambda s: s.encode()) if bytes_keys else (lambda s: s)
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for i in range(1, 6):
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({k("data"): data, k("labels"): labels}, f)
+        xs.append(data)
+        ys += labels
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({k("data"): rng.integers(0, 256, (test, 3072), dtype=np.uint8), k("labels"): list(range(test))}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({k("label_names"): [k(n) for n in data_mod._CIFAR10_CLASSES]}, f)
+    return np.concatenate(xs), np.asarray(ys)
+
+
+@pytest.mark.parametrize("bytes_keys", [True, False])
+def test_cifar10_from_python_batches(tmp_path, bytes_keys):
+    x, y = _write_batches(tmp_path / "cifar-10-batches-py", bytes_keys=bytes_keys)
+    for root in (tmp_path / "cifar-10-batches-py", tmp_path):
+        d = load_dataset("cifar10", root=root, val_fraction=0.25)
+        assert d.classes[0] == "airplane" and d.num_classes == 10
+        assert len(d.train) + len(d.val) == 20 and len(d.test) == 6
+        assert d.test.y.tolist() == list(range(6))
+        pool_x = torch.cat([d.train.x, d.val.x]).reshape(-1, 3072).numpy()
+        assert sorted(map(bytes, pool_x)) == sorted(map(bytes, x))
+        # Official layout: 1024 red, then green, then blue, each row-major.
+        first = torch.from_numpy(x[0].reshape(3, 32, 32))
+        assert any(torch.equal(first, img) for img in torch.cat([d.train.x, d.val.x]))
+
+
+def test_imagefolder_name_grayscale_and_val_folder(tmp_path):
+    root = _write_tree(tmp_path / "gray", mode="L", size=20, test_name="val")
+    d = load_dataset(f"imagefolder:{root}", image_size=8)
+    assert d.input_shape == (1, 8, 8) and len(d.test) == 6
+    same = load_dataset("imagefolder", root=root, image_size=8)
+    assert torch.equal(same.test.x, d.test.x)
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"name": "nope"}, "dataset"),
+        ({"name": "torchvision:NoSuchSet", "root": "."}, "dataset"),
+        ({"name": "cifar10"}, "dataset.root"),
+        ({"name": "cifar10", "root": "/definitely/not/here"}, "dataset.root"),
+        ({"name": "imagefolder:/definitely/not/here"}, "dataset.root"),
+        ({"name": "digits", "val_fraction": 1.5}, "dataset.val_fraction"),
+        ({"name": "digits", "subset": 0}, "dataset.subset"),
+        ({"name": "digits", "image_size": -1}, "dataset.image_size"),
+    ],
+)
+def test_bad_input_names_the_field(kwargs, field):
+    with pytest.raises(UserInputError) as info:
+        load_dataset(**kwargs)
+    message = str(info.value)
+    assert message.startswith(f"{field}:") and "\n" not in message
+
+
+def test_empty_or_malformed_folders(tmp_path):
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "test" / "cat").mkdir(parents=True)
+    with pytest.raises(UserInputError, match=r"^dataset\.root: no images"):
+        load_dataset("cifar10", root=tmp_path / "empty")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(UserInputError, match=r"^dataset\.root:"):
+        load_dataset("cifar10", root=tmp_path / "flat")
+    (tmp_path / "notest" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(UserInputError, match="test/"):
+        load_dataset("imagefolder", root=tmp_path / "notest")
+
+
+def test_torchvision_files_absent(tmp_path):
+    pytest.importorskip("torchvision")
+    with pytest.raises(UserInputError, match=r"^dataset\.root: torchvision:CIFAR10 files not found"):
+        load_dataset("torchvision:cifar10", root=tmp_path)
+    with pytest.raises(UserInputError, match=r"^dataset\.root"):
+        load_dataset("torchvision:FashionMNIST")
+
+
+def test_torchvision_dataset_from_files(tmp_path, monkeypatch):
+    pytest.importorskip("torchvision")
+    x, y = _write_batches(tmp_path / "cifar-10-batches-py")
+    # torchvision checks the md5 sums of the official files; these are fakes.
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args, **kwargs: True)
+    d = load_dataset("torchvision:CIFAR10", root=tmp_path, val_fraction=0.25)
+    assert d.input_shape == (3, 32, 32) and len(d.test) == 6 and d.augment == "crop_flip"
+    assert sorted(map(bytes, torch.cat([d.train.x, d.val.x]).reshape(-1, 3072).numpy())) == sorted(map(bytes, x))
+
+
+# --------------------------------------------------------------------------------------------
+# The real CIFAR-10 (JPEG q75) from ../shared/data, when present.
+
+
+@pytest.fixture(scope="module")
+def shared_cifar_tree(tmp_path_factory):
+    if not SHARED_CIFAR.is_file():
+        pytest.skip("../shared/data/cifar10-jpeg.tar.gz is absent")
+    root = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(SHARED_CIFAR) as tar:
+        tar.extractall(root)
+    return root
+
+
+@pytest.mark.slow
+def test_shared_cifar10_loads_and_caches(shared_cifar_tree):
+    d = load_dataset("cifar10", root=shared_cifar_tree)
+    assert (len(d.train), len(d.val), len(d.test)) == (45_000, 5_000, 10_000)
+    assert d.classes == data_mod._CIFAR10_CLASSES and d.input_shape == (3, 32, 32)
+    assert torch.bincount(d.test.y).tolist() == [1000] * 10
+    assert abs(d.mean[0] - 0.491) < 0.01 and abs(d.std[0] - 0.247) < 0.01
+    start = time.perf_counter()
+    again = load_dataset("cifar10", root=shared_cifar_tree)
+    assert time.perf_counter() - start < 2.0
+    assert torch.equal(again.val.x, d.val.x)

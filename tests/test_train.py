@@ -1,0 +1,258 @@
+"""Tests of nas_sepconv.train: fit, evaluate, distill, reestimate_batchnorm, TrainConfig."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nas_sepconv.data import calibration_batches, load_dataset
+from nas_sepconv.errors import TrainingDiverged, UserInputError
+from nas_sepconv.train import FitResult, TrainConfig, distill, evaluate, fit, reestimate_batchnorm
+from nas_sepconv import train as train_mod
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny convolutions run faster on one thread, especially on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def small_cnn(width: int = 16, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(2 * width * 16, 10),
+    )
+
+
+FAST = TrainConfig(epochs=3, batch_size=64, lr=0.1)
+
+
+@pytest.fixture(scope="module")
+def tiny(digits):
+    """Digits with 256 training images: for tests of mechanics, not of accuracy."""
+    return dataclasses.replace(digits, train=_head(digits.train, 256))
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    model = small_cnn()
+    epochs = []
+    result = fit(model, digits, config=FAST, on_epoch=lambda e, acc: epochs.append((e, acc)))
+    return model, result, epochs
+
+
+def test_fit_learns_digits(trained):
+    model, result, epochs = trained
+    assert isinstance(result, FitResult)
+    assert result.val_accuracy > 0.85
+    assert result.test_accuracy is not None and result.test_accuracy > 0.8
+    assert result.epochs == 3 and len(result.history) == 3 and result.seconds > 0
+    assert [e for e, _ in epochs] == [1, 2, 3]
+    assert epochs[-1][1] == result.val_accuracy
+    for row in result.history:
+        assert set(row) == {"epoch", "train_loss", "val_accuracy", "lr", "seconds"}
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert not model.training
+
+
+def test_fit_is_deterministic(tiny):
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.1, seed=3)
+    a, b = small_cnn(), small_cnn()
+    ra = fit(a, tiny, config=config, evaluate_test=False)
+    rb = fit(b, tiny, config=config, evaluate_test=False)
+    assert ra.val_accuracy == rb.val_accuracy
+    assert ra.history[0]["train_loss"] == rb.history[0]["train_loss"]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert ra.test_accuracy is None
+
+
+class NanModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * float("nan")
+
+
+def test_nan_loss_raises_training_diverged(tiny):
+    with pytest.raises(TrainingDiverged, match=r"^loss became nan at epoch 1 step 1\b"):
+        fit(NanModel(), tiny, config=TrainConfig(epochs=1))
+
+
+def test_huge_lr_diverges(tiny):
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch \d+ step \d+"):
+        fit(small_cnn(), tiny, config=TrainConfig(epochs=3, batch_size=64, lr=1e6, schedule="cosine", warmup_epochs=0))
+
+
+def test_on_epoch_exception_propagates(tiny):
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch, acc):
+        raise Pruned(epoch)
+
+    with pytest.raises(Pruned):
+        fit(small_cnn(), tiny, config=TrainConfig(epochs=3, batch_size=64), on_epoch=prune)
+
+
+def test_adamw_cosine_clip_and_resolution(tiny):
+    small = tiny
+    config = TrainConfig(epochs=1, batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05,
+                         schedule="cosine", grad_clip=1.0, label_smoothing=0.0)
+    result = fit(small_cnn(), small, config=config, resolution=12)
+    assert 0 <= result.val_accuracy <= 1 and math.isfinite(result.history[0]["train_loss"])
+
+
+def test_progress_writes_nothing_to_stdout(tiny, capsys):
+    small = tiny
+    fit(small_cnn(), small, config=TrainConfig(epochs=1, batch_size=64), progress=True, evaluate_test=False)
+    assert capsys.readouterr().out == ""
+    fit(small_cnn(), small, config=TrainConfig(epochs=1, batch_size=64), evaluate_test=False)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def _head(split, n):
+    return type(split)(split.x[:n], split.y[:n])
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_lr_schedules(schedule):
+    config = TrainConfig(epochs=4, schedule=schedule, warmup_epochs=1, lr=0.1)
+    factor = train_mod._lr_factor(config, steps_per_epoch=10)
+    values = [factor(s) for s in range(40)]
+    assert values[0] < 0.2 and max(values) == pytest.approx(1.0, abs=0.01)
+    assert max(range(40), key=values.__getitem__) in (9, 10)  # peak at the end of the warm-up
+    assert values[-1] < 0.01
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))  # monotone decay afterwards
+
+
+def test_evaluate(digits, trained):
+    model, result, _ = trained
+    model.train()
+    acc = evaluate(model, digits.val, data=digits)
+    assert acc == pytest.approx(result.val_accuracy)
+    assert model.training  # mode restored
+    model.eval()
+    assert 0 <= evaluate(small_cnn(seed=1), digits.test, data=digits, batch_size=100, resolution=12) <= 1
+    with pytest.raises(UserInputError, match="split"):
+        evaluate(model, _head(digits.val, 0), data=digits)
+
+
+def _agreement(student, teacher, digits):
+    x = torch.cat(calibration_batches(digits, n=len(digits.val), split="val", batch_size=512))
+    with torch.no_grad():
+        return (student.eval()(x).argmax(1) == teacher.eval()(x).argmax(1)).float().mean().item()
+
+
+def test_distill_moves_student_towards_teacher(digits, trained):
+    teacher = trained[0]
+    teacher_state = copy.deepcopy(teacher.state_dict())
+    student = small_cnn(width=4, seed=2)
+    before = _agreement(student, teacher, digits)
+    part = dataclasses.replace(digits, train=_head(digits.train, 640))
+    result = distill(student, teacher, part, config=TrainConfig(epochs=2, batch_size=64, lr=0.1), temperature=4.0, alpha=0.9)
+    after = _agreement(student, teacher, digits)
+    assert after > before + 0.3 and after > 0.7
+    assert result.val_accuracy > 0.6
+    assert all(torch.equal(v, teacher_state[k]) for k, v in teacher.state_dict().items())  # teacher untouched
+    assert not teacher.training
+
+
+def test_distill_argument_checks(digits, trained):
+    with pytest.raises(UserInputError, match=r"^distill\.temperature"):
+        distill(small_cnn(), trained[0], digits, temperature=0)
+    with pytest.raises(UserInputError, match=r"^distill\.alpha"):
+        distill(small_cnn(), trained[0], digits, alpha=1.5)
+
+
+def test_distill_loss_is_hinton():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
+    T, alpha = 3.0, 0.7
+    pt = torch.softmax(t / T, 1)
+    kl = (pt * (pt.log() - torch.log_softmax(s / T, 1))).sum(1).mean()
+    expected = alpha * T * T * kl + (1 - alpha) * nn.functional.cross_entropy(s, y)
+    got = train_mod._distill_loss(s, t, y, T, alpha, 0.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert train_mod._distill_loss(t, t, y, T, 1.0, 0.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reestimate_batchnorm(digits):
+    model = small_cnn()
+    bn = model[1]
+    bn.momentum = 0.3
+    batches = calibration_batches(digits, n=256, batch_size=64)
+    reestimate_batchnorm(model, batches)
+    assert not model.training and bn.momentum == 0.3
+    with torch.no_grad():
+        pre = torch.cat([model[0](b) for b in batches])
+    # Cumulative average of equal-sized batch means = the mean over all batches.
+    assert torch.allclose(bn.running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert int(bn.num_batches_tracked) == 4
+    first = bn.running_mean.clone()
+    reestimate_batchnorm(model, ((b, None) for b in batches[:1]))  # (x, y) pairs, a generator
+    assert not torch.allclose(bn.running_mean, first)
+    with pytest.raises(UserInputError, match="batches"):
+        reestimate_batchnorm(model, [])
+    assert torch.isfinite(bn.running_mean).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"optimizer": "adam"}, "train.optimizer"),
+        ({"schedule": "step"}, "train.schedule"),
+        ({"epochs": 0}, "train.epochs"),
+        ({"epochs": 2.5}, "train.epochs"),
+        ({"batch_size": True}, "train.batch_size"),
+        ({"lr": -1.0}, "train.lr"),
+        ({"lr": float("nan")}, "train.lr"),
+        ({"weight_decay": -1e-4}, "train.weight_decay"),
+        ({"warmup_epochs": -1}, "train.warmup_epochs"),
+        ({"label_smoothing": 1.0}, "train.label_smoothing"),
+        ({"grad_clip": 0.0}, "train.grad_clip"),
+        ({"amp": "yes"}, "train.amp"),
+    ],
+)
+def test_train_config_validation(kwargs, field):
+    with pytest.raises(UserInputError) as info:
+        TrainConfig(**kwargs)
+    assert str(info.value).startswith(f"{field}:") and "\n" not in str(info.value)
+
+
+def test_train_config_messages_and_from_dict():
+    with pytest.raises(UserInputError, match="sgd, adamw"):
+        TrainConfig(optimizer="adam")
+    assert TrainConfig.from_dict({"epochs": 2, "optimizer": "adamw", "lr": 1e-3}).epochs == 2
+    with pytest.raises(UserInputError, match=r"^train\.epoch:"):
+        TrainConfig.from_dict({"epoch": 2})
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+@pytest.mark.gpu
+def test_fit_on_cuda_with_amp(digits):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model = small_cnn()
+    result = fit(model, digits, config=FAST, device="cuda")
+    assert result.val_accuracy > 0.85
+    assert next(model.parameters()).device.type == "cuda"
+    with pytest.raises(TrainingDiverged):
+        fit(NanModel(), digits, config=TrainConfig(epochs=1), device="cuda")
