@@ -136,6 +136,123 @@ def profile(
     _guard(run)
 
 
+@app.command()
+def spaces() -> None:
+    """List the bundled search spaces."""
+
+    def run() -> None:
+        from .spaces import list_spaces
+
+        for name, description in list_spaces().items():
+            out.print(f"[bold]{name}[/]  {description}", highlight=False)
+
+    _guard(run)
+
+
+@app.command()
+def search(
+    space: str = typer.Option("default", "--space", help="a bundled space name (nas-sepconv spaces) or a YAML path"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials the study should hold (default: the space's)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite in the results directory)"),
+    study: Optional[str] = typer.Option(None, "--study", help="study name (default: the space name)"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2 | tpe | gp | random"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:1"),
+    workers: int = typer.Option(1, "--workers", help="local worker processes"),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="results root; outputs go to OUT/STUDY/"),
+    retries: int = typer.Option(1, "--retries", help="retries of a trial whose worker died"),
+) -> None:
+    """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
+
+    def run() -> None:
+        from rich.live import Live
+
+        from .search import SearchStatus, search as run_search
+
+        live = Live(_status_line(None), console=err, refresh_per_second=2, transient=False)
+
+        def show(status: SearchStatus) -> None:
+            live.update(_status_line(status))
+
+        name = study
+        with live:
+            try:
+                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=name, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, progress=show)
+            except KeyboardInterrupt:
+                err.print("interrupted: outputs written; run the same command again to resume")
+                raise typer.Exit(130)
+        _print_report(result.study_name, out_dir / result.study_name)
+
+    _guard(run)
+
+
+def _status_line(status) -> str:
+    if status is None:
+        return "starting (loading data, opening the study) ..."
+    best = "-" if status.best_accuracy is None else f"{100 * status.best_accuracy:.2f}%"
+    return (
+        f"trials {status.done}/{status.target} done, {status.failed} failed, {status.running} running | "
+        f"Pareto front {status.front_size} | best accuracy {best} | last: {status.last[:90]}"
+    )
+
+
+def _print_report(study_name: str, folder: Path) -> None:
+    from . import results
+
+    df = results.load(folder)
+    table = results.pareto_table(df)
+    print_frame(table, title=f"Pareto front of {study_name} ({len(df)} trials)")
+    for name in ("trials.csv", "pareto.csv", "pareto.png"):
+        out.print(f"wrote {folder / name}")
+
+
+@app.command()
+def report(
+    results_dir: Optional[Path] = typer.Argument(None, help="a results directory (results/<study>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
+    study: Optional[str] = typer.Option(None, "--study", help="study name"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="where to write CSV and PNG (default: the results directory, or results/<study>)"),
+) -> None:
+    """Print the Pareto table; write trials.csv, pareto.csv, pareto.png."""
+
+    def run() -> None:
+        from . import results
+
+        if (results_dir is None) == (storage is None):
+            raise UserInputError("report", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv report results/default")
+        df = results.load(results_dir if results_dir is not None else storage, study=study)
+        folder = out_dir or (results_dir if results_dir is not None else Path("results") / df.attrs["study"])
+        results.write_outputs(df, folder)
+        print_frame(results.pareto_table(df), title=f"Pareto front of {df.attrs['study']} ({len(df)} trials)")
+        for name in ("trials.csv", "pareto.csv", "pareto.png"):
+            out.print(f"wrote {folder / name}")
+
+    _guard(run)
+
+
+@app.command()
+def export(
+    trial: int = typer.Option(..., "--trial", help="trial number"),
+    results_dir: Optional[Path] = typer.Argument(None, help="a results directory (results/<study>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
+    study: Optional[str] = typer.Option(None, "--study", help="study name"),
+    out_file: Path = typer.Option(..., "--out", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
+
+    def run() -> None:
+        from .export import export_trial
+
+        if (results_dir is None) == (storage is None):
+            raise UserInputError("export", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv export results/default --trial 3 --out m.safetensors")
+        info = export_trial(results_dir if results_dir is not None else storage, trial, study=study, out=out_file, device=device)
+        out.print(f"trial {trial}: {info['how']}; accuracy {info['accuracy']:.4f} (recorded {info['recorded_accuracy']:.4f}); wrote {out_file}")
+
+    _guard(run)
+
+
 def _load_any_model(name: str):
     from .io import load_model
     from .models import model_from_name

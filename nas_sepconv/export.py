@@ -1,0 +1,87 @@
+"""Take a trial's model away: from its saved weights (Pareto trials keep them), or rebuilt and
+re-trained from the trial's parameters with its seed; written as safetensors + recipe (loads
+back with :func:`nas_sepconv.io.load_model`) or ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import torch.nn as nn
+
+from .errors import UserInputError
+
+__all__ = ["export_trial", "rebuild_trial"]
+
+
+def _study_and_dir(source: "str | Path", study: str | None) -> tuple[optuna.Study, Path]:
+    from . import results
+
+    df = results.load(source, study=study)
+    storage = df.attrs["storage"]
+    name = df.attrs["study"]
+    folder = Path(source) if Path(str(source)).is_dir() else Path("results") / name
+    return optuna.load_study(study_name=name, storage=storage), folder
+
+
+def rebuild_trial(source: "str | Path", number: int, *, study: str | None = None, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of trial ``number`` and how it was obtained (``how``), with its validation
+    accuracy measured now (``accuracy``) next to the recorded one."""
+    from .io import load_model
+    from .search import _Context, _Settings, run_candidate
+    from .spaces import parse_space, suggest
+    from .train import evaluate
+
+    the_study, folder = _study_and_dir(source, study)
+    trials = {t.number: t for t in the_study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise UserInputError("--trial", f"study {the_study.study_name!r} has no trial {number}", f"trials are 0..{max(trials) if trials else -1}")
+    frozen = trials[number]
+    if frozen.state != optuna.trial.TrialState.COMPLETE:
+        raise UserInputError("--trial", f"trial {number} is {frozen.state.name}, not COMPLETE", "pick a completed trial (nas-sepconv report)")
+    space = parse_space(the_study.user_attrs["space_yaml"], source=f"study {the_study.study_name}")
+    settings = _Settings(space=space, trials=1, timeout=None, storage="", study=the_study.study_name, sampler="random", seed=0, device=device, workers=1, out_dir=folder, retries=0, heartbeat=0)
+    ctx = _Context(settings)
+    weights = folder / "weights" / f"trial_{number}.safetensors"
+    if weights.is_file():
+        model, how = load_model(weights, allow_import=True, device=device), "loaded saved weights"
+    else:
+        fixed = optuna.trial.FixedTrial(frozen.params, number=number)
+        candidate = suggest(space, fixed, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes, sites=ctx.sites() if space.kind == "convert" else None)
+        model, _ = run_candidate(ctx, candidate, seed=int(frozen.user_attrs.get("seed", number)))
+        how = "re-trained from the trial's parameters and seed"
+    resolution = int(frozen.user_attrs.get("resolution", ctx.data.input_shape[-1]))
+    accuracy = evaluate(model.to(device), ctx.data.val, data=ctx.data, device=device, resolution=resolution)
+    import json
+
+    info = {
+        "how": how,
+        "accuracy": accuracy,
+        "recorded_accuracy": float(frozen.user_attrs.get("accuracy", float("nan"))),
+        "recipe": json.loads(frozen.user_attrs["arch_json"]),
+        "input_size": [ctx.data.input_shape[0], resolution, resolution],
+    }
+    return model.eval(), info
+
+
+def export_trial(source: "str | Path", number: int, *, study: str | None = None, out: "str | Path", device: str = "cpu") -> dict[str, Any]:
+    """Rebuild trial ``number`` and write it to ``out`` (``.safetensors`` or ``.onnx``)."""
+    from .io import save_model
+
+    out = Path(out)
+    if out.suffix not in (".safetensors", ".onnx"):
+        raise UserInputError("--out", f"{out.name} has an unknown extension", "use .safetensors or .onnx")
+    model, info = rebuild_trial(source, number, study=study, device=device)
+    model = model.cpu()
+    if out.suffix == ".onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise UserInputError("--out", "ONNX export needs the onnx package", "pip install 'nas-sepconv[onnx]' or write .safetensors") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.onnx.export(model, (torch.randn(1, *info["input_size"]),), str(out), input_names=["input"], output_names=["logits"], dynamo=False)
+    else:
+        save_model(out, model, info["recipe"])
+    return info

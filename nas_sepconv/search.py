@@ -1,0 +1,710 @@
+"""Optuna orchestration: objectives, samplers, budgets, storage, workers, outputs.
+
+One trial: ``spaces.suggest`` draws a candidate, :func:`build_candidate` makes the model
+(built from scratch, or converted from the trained base model with closed-form init and refit),
+:func:`run_candidate` trains and evaluates it, and the trial stores everything needed to rebuild
+it (``arch_json``: the recipe of :mod:`nas_sepconv.io`) with its ``accuracy`` (validation),
+``test_accuracy`` (reported, never used to select), ``macs``, ``params``, ``wall_time_s``.
+
+Pareto mode (default): objectives validation accuracy (max) and MACs (min), optionally params
+and latency; NSGA-II by default.  Scalarised mode: MnasNet's reward ``ACC·(MACs/T)^w`` (Tan et
+al., CVPR 2019; w = -0.07, or -0.15 as in MobileNetV3-Small), single objective, so a pruner
+(median or Hyperband) can stop weak candidates after an epoch; its trials still record both
+accuracy and MACs for the Pareto analysis.  Hard budgets (max MACs/params/latency) are Optuna
+constraints; a candidate over a MACs/params budget is not trained (accuracy 0, infeasible).
+
+Exactly ``trials`` trials finish (COMPLETE or PRUNED): workers claim a slot under a lock file
+and re-check their rank after ``ask`` (several machines on one PostgreSQL storage); a failed
+trial (NaN loss, out of memory, invalid candidate, a crash detected by the storage heartbeat)
+is recorded as FAIL with its reason and does not use up a slot.  Running the same command again
+resumes the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import multiprocessing
+import os
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+import torch.nn as nn
+
+from .errors import CandidateError, TrainingDiverged, UserInputError
+from .spaces import Candidate, Space, load_space, suggest
+
+__all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "open_study"]
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+SURPLUS = "surplus claim: another worker took the last slot"
+
+
+@dataclass
+class SearchStatus:
+    """What the progress display shows."""
+
+    target: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    front_size: int = 0
+    best_accuracy: float | None = None
+    last: str = ""
+
+
+@dataclass
+class _Settings:
+    space: Space
+    trials: int
+    timeout: float | None
+    storage: str
+    study: str
+    sampler: str
+    seed: int
+    device: str
+    workers: int
+    out_dir: Path
+    retries: int
+    heartbeat: int
+    keep_weights: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# storage and study
+# --------------------------------------------------------------------------------------------
+def storage_url_for(storage: str | None, out_dir: Path) -> str:
+    """The storage URL: SQLite under the results directory by default."""
+    if storage is None:
+        return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    return storage
+
+
+def _open_storage(url: str, *, heartbeat: int = 0, retries: int = 0) -> optuna.storages.BaseStorage:
+    if url.endswith((".log", ".journal")) and "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres", "mysql"):
+        raise UserInputError(
+            "--storage",
+            f"{url!r} is not a storage URL",
+            "use sqlite:///path/study.db, postgresql://user:pass@host/db, or a path ending in .log (journal file)",
+        )
+    kwargs: dict[str, Any] = {}
+    if scheme.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+        path = url.split(":///", 1)[-1]
+        if path and not Path(path).parent.is_dir():
+            raise UserInputError("--storage", f"the folder of {path} does not exist", "create it or give another path")
+    if heartbeat:
+        kwargs.update(
+            heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=retries) if retries else None,
+        )
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as exc:  # sqlalchemy raises many types; the user needs one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserInputError("--storage", f"cannot open {_redact(url)} ({first})", "check the URL, the server and the credentials") from None
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+    return url
+
+
+def _sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSampler:
+    s = space.spec.search
+    constraints = _constraints if any(v is not None for v in (s.max_macs, s.max_params, s.max_latency_ms)) else None
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size, constraints_func=constraints)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=constraints, n_startup_trials=min(10, max(2, s.trials // 3)))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints, n_startup_trials=min(10, max(2, s.trials // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserInputError("--sampler", f"unknown sampler {name!r}", "use one of nsga2, tpe, gp, random")
+
+
+def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Optuna constraint values (<= 0 is feasible), stored by the objective."""
+    return list(trial.user_attrs.get("constraints", [0.0]))
+
+
+def _pruner(space: Space) -> optuna.pruners.BasePruner:
+    s = space.spec.search
+    if s.mode != "scalarised" or s.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.spec.train.epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+
+
+def metric_names(space: Space) -> list[str]:
+    s = space.spec.search
+    return ["reward"] if s.mode == "scalarised" else list(s.objectives)
+
+
+def open_study(settings: _Settings, *, worker: int = 0) -> optuna.Study:
+    """Create or load the study (same name and storage: resumed)."""
+    space = settings.space
+    storage = _open_storage(settings.storage, heartbeat=settings.heartbeat, retries=settings.retries)
+    names = metric_names(space)
+    directions = ["maximize" if n in ("accuracy", "reward") else "minimize" for n in names]
+    study = optuna.create_study(
+        storage=storage,
+        study_name=settings.study,
+        directions=directions,
+        sampler=_sampler(settings.sampler, settings.seed + worker, space),
+        pruner=_pruner(space),
+        load_if_exists=True,
+    )
+    if [d.name.lower() for d in study.directions] != directions:
+        raise UserInputError("--study", f"study {settings.study!r} exists with other objectives", "use another --study name")
+    existing = study.user_attrs.get("space")
+    if existing is None:
+        study.set_metric_names(names)
+        study.set_user_attr("space", space.name)
+        study.set_user_attr("space_yaml", space.text)
+        study.set_user_attr("mode", space.spec.search.mode)
+    elif existing != space.name or study.user_attrs.get("space_yaml") not in (None, space.text):
+        raise UserInputError(
+            "--study", f"study {settings.study!r} was made with another version of space {existing!r}", "use another --study name, or the same space file"
+        )
+    return study
+
+
+# --------------------------------------------------------------------------------------------
+# candidates
+# --------------------------------------------------------------------------------------------
+class _Context:
+    """Per-process state: the data set on the device, the trained base model (convert spaces)."""
+
+    def __init__(self, settings: _Settings):
+        from .data import load_dataset
+
+        self.settings = settings
+        d = settings.space.spec.data
+        self.data = load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, seed=0, subset=d.subset, image_size=d.image_size).to(settings.device)
+        self._base: nn.Module | None = None
+        self._sites: list | None = None
+
+    def base(self) -> nn.Module:
+        """The trained base model of a convert space (loaded, or trained once and cached)."""
+        if self._base is None:
+            self._base = _prepare_base(self)
+        return self._base
+
+    def sites(self) -> list:
+        if self._sites is None:
+            from .plan import Policy, find_sites
+
+            x = torch.randn(1, *self.data.input_shape)
+            sites, _, _ = find_sites(self.base().cpu(), x)
+            eligible = Policy(min_macs_saving=None)
+            self._sites = [s for s in sites if eligible.decide(s)[0] is not None]
+        return self._sites
+
+
+def _base_recipe(ctx: _Context) -> dict[str, Any]:
+    c = ctx.settings.space.spec.convert
+    return {
+        "kind": "converted",
+        "model": c.model,
+        "model_kwargs": dict(c.model_kwargs, num_classes=ctx.data.num_classes, in_channels=ctx.data.input_shape[0]),
+        "width_mult": 1.0,
+        "input_size": list(ctx.data.input_shape),
+    }
+
+
+def _prepare_base(ctx: _Context) -> nn.Module:
+    from .io import build_from_recipe, load_model, save_model
+    from .train import TrainConfig, fit
+
+    c = ctx.settings.space.spec.convert
+    if c.weights:
+        path = Path(c.weights)
+        if not path.is_file():
+            raise UserInputError("convert.weights", f"{path} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
+        model = build_from_recipe(_base_recipe(ctx), allow_import=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return model.eval()
+    cache = ctx.settings.out_dir / "base.safetensors"
+    with _lock(ctx.settings.out_dir):
+        if cache.is_file():
+            return load_model(cache, allow_import=True)
+        model = build_from_recipe(_base_recipe(ctx), allow_import=True)
+        cfg = TrainConfig(**ctx.settings.space.spec.train.model_dump(), seed=ctx.settings.seed)
+        fit(model, ctx.data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=ctx.settings.device)
+        save_model(cache, model.cpu(), _base_recipe(ctx))
+        return model.eval()
+
+
+def build_candidate(ctx: _Context, candidate: Candidate) -> nn.Module:
+    """The candidate's model, ready to train: built from scratch, or converted from the base."""
+    from .io import build_from_recipe
+
+    if candidate.kind == "build":
+        return build_from_recipe(candidate.recipe)
+    from .plan import Policy, make_plan
+    from .rewrite import apply_plan
+    from .width import apply_width_mult
+
+    c = ctx.settings.space.spec.convert
+    model = ctx.base().cpu()
+    x = torch.randn(1, *candidate.recipe["input_size"])
+    if candidate.recipe["width_mult"] != 1.0:
+        model = apply_width_mult(model, candidate.recipe["width_mult"], example_inputs=x)
+    rules = {k: v for k, v in candidate.recipe["rules"].items() if v is not None}
+    if rules:
+        policy = Policy(default=None, rules=rules, min_in_channels=1, skip_pointwise=False, skip_depthwise=False, min_macs_saving=None)
+        plan = make_plan(model, policy, example_inputs=x)
+        model = apply_plan(model, plan, init=c.init)
+        candidate.recipe["plan"] = plan.to_json(indent=None)
+        if c.init == "svd" and c.refit:
+            from .data import calibration_batches
+            from .refit import refit
+            from .train import reestimate_batchnorm
+
+            batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
+            teacher = apply_width_mult(ctx.base().cpu(), candidate.recipe["width_mult"], example_inputs=x) if candidate.recipe["width_mult"] != 1.0 else ctx.base().cpu()
+            refit(model, teacher, batches, plan=plan)
+            reestimate_batchnorm(model, batches)
+    return model
+
+
+def _reward(accuracy: float, macs: int, space: Space) -> float:
+    s = space.spec.search
+    return accuracy * (macs / s.target_macs) ** s.reward_exponent
+
+
+def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """Build, budget-check, train and evaluate one candidate; returns the model and metrics."""
+    from .profile import count_macs, count_params, measure_latency
+    from .train import TrainConfig, evaluate, fit
+
+    space = ctx.settings.space
+    s = space.spec.search
+    started = time.perf_counter()
+    model = build_candidate(ctx, candidate)
+    x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
+    macs, params = count_macs(model, x), count_params(model)
+    metrics: dict[str, Any] = {"macs": int(macs), "params": int(params), "arch": candidate.summary, "resolution": candidate.resolution}
+    constraints = []
+    for limit, value in ((s.max_macs, macs), (s.max_params, params)):
+        if limit is not None:
+            constraints.append(float(value - limit))
+    feasible = all(c <= 0 for c in constraints)
+    cfg = TrainConfig(**space.spec.train.model_dump(), seed=seed)
+    teacher = None
+    if candidate.kind == "convert":
+        c = space.spec.convert
+        cfg = replace(cfg, epochs=max(1, c.finetune_epochs), lr=c.finetune_lr, warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs)
+        teacher = ctx.base() if c.distill else None
+
+    def report(epoch: int, val_acc: float) -> None:
+        if trial is not None and s.mode == "scalarised":
+            trial.report(_reward(val_acc, macs, space), epoch)
+            if trial.should_prune():
+                metrics.update(accuracy=val_acc, epochs=epoch)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    device = ctx.settings.device
+    if not feasible:
+        metrics.update(accuracy=0.0, test_accuracy=0.0, epochs=0, feasible=False)
+    elif candidate.kind == "convert" and space.spec.convert.finetune_epochs == 0:
+        model.to(device)
+        metrics.update(
+            accuracy=evaluate(model, ctx.data.val, data=ctx.data, device=device, resolution=candidate.resolution),
+            test_accuracy=evaluate(model, ctx.data.test, data=ctx.data, device=device, resolution=candidate.resolution),
+            epochs=0,
+        )
+    else:
+        result = fit(model, ctx.data, config=cfg, device=device, resolution=candidate.resolution, teacher=teacher, on_epoch=report)
+        metrics.update(accuracy=result.val_accuracy, test_accuracy=result.test_accuracy, epochs=result.epochs)
+    if "latency_ms" in s.objectives or s.max_latency_ms is not None:
+        metrics["latency_ms"] = measure_latency(model, x.to(device), repeats=10, warmup=3, threads=1)["median_ms"]
+        if s.max_latency_ms is not None:
+            constraints.append(metrics["latency_ms"] - s.max_latency_ms)
+    metrics["constraints"] = constraints or [0.0]
+    metrics["feasible"] = all(c <= 0 for c in metrics["constraints"])
+    metrics["wall_time_s"] = time.perf_counter() - started
+    if not math.isfinite(metrics["accuracy"]):
+        raise TrainingDiverged("validation accuracy is not finite")
+    return model, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# workers
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _lock(folder: Path):
+    """An exclusive lock file in the results directory (local workers claim slots under it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    S = optuna.trial.TrialState
+    return {
+        "done": sum(t.state in FINISHED for t in trials),
+        "running": sum(t.state == S.RUNNING for t in trials),
+        "failed": sum(t.state == S.FAIL and t.user_attrs.get("fail_reason") != SURPLUS for t in trials),
+    }
+
+
+def _claim(study: optuna.Study, settings: _Settings) -> optuna.trial.Trial | str:
+    """A new trial, or ``"finished"`` / ``"wait"``."""
+    with _lock(settings.out_dir):
+        if settings.heartbeat and isinstance(study._storage, optuna.storages.RDBStorage):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                optuna.storages.fail_stale_trials(study)
+        n = _counts(study)
+        if n["done"] >= settings.trials:
+            return "finished"
+        limit = settings.space.spec.search.max_failures
+        if limit is not None and n["failed"] >= limit:
+            return "finished"
+        if n["done"] + n["running"] >= settings.trials:
+            return "wait"
+        trial = study.ask()
+        claimed = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
+        if claimed.index(trial.number) >= settings.trials:  # another machine raced us to the last slot
+            trial.set_user_attr("fail_reason", SURPLUS)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return "wait"
+        return trial
+
+
+class _Heartbeat:
+    """Records the storage heartbeat of the running trial (Optuna does this only inside
+    ``study.optimize``; we use ask/tell)."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.trial.Trial, interval: int):
+        self._stop = threading.Event()
+        storage = study._storage
+        self._thread = None
+        if interval and isinstance(storage, optuna.storages.RDBStorage):
+            with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize()
+                warnings.simplefilter("ignore", UserWarning)
+                storage.record_heartbeat(trial._trial_id)
+
+            def beat() -> None:
+                while not self._stop.wait(interval):
+                    with contextlib.suppress(Exception):
+                        storage.record_heartbeat(trial._trial_id)
+
+            self._thread = threading.Thread(target=beat, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
+def _fail_reason(exc: BaseException) -> str:
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory: {str(exc).splitlines()[0][:200]}"
+    if isinstance(exc, (TrainingDiverged, CandidateError, UserInputError)):
+        return f"{type(exc).__name__}: {exc}"
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}{where}"
+
+
+def _run_one(ctx: _Context, study: optuna.Study, trial: optuna.trial.Trial) -> None:
+    settings = ctx.settings
+    space = settings.space
+    beat = _Heartbeat(study, trial, settings.heartbeat)
+    metrics: dict[str, Any] = {}
+    try:
+        _maybe_inject_failure(trial)
+        candidate = suggest(space, trial, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes, sites=ctx.sites() if space.kind == "convert" else None)
+        trial.set_user_attr("arch", candidate.summary)
+        trial.set_user_attr("seed", settings.seed + trial.number)
+        model, metrics = run_candidate(ctx, candidate, trial=trial, seed=settings.seed + trial.number)
+        trial.set_user_attr("arch_json", json.dumps(candidate.recipe))
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        if settings.keep_weights and metrics.get("feasible", True):
+            from .io import save_model
+
+            save_model(settings.out_dir / "weights" / f"trial_{trial.number}.safetensors", model.cpu(), candidate.recipe)
+        values = [_reward(metrics["accuracy"], metrics["macs"], space)] if space.spec.search.mode == "scalarised" else [metrics[k] for k in space.spec.search.objectives]
+        study.tell(trial, values)
+    except optuna.TrialPruned as exc:
+        for key in ("accuracy", "macs", "params", "arch", "epochs"):
+            if key in metrics:
+                trial.set_user_attr(key, metrics[key])
+        trial.set_user_attr("pruned_reason", str(exc))
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    except KeyboardInterrupt:
+        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    except Exception as exc:  # every failure of a candidate is recorded; the study goes on
+        trial.set_user_attr("fail_reason", _fail_reason(exc))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    finally:
+        beat.stop()
+
+
+def _maybe_inject_failure(trial: optuna.trial.Trial) -> None:
+    """Fault injection for the reliability tests and the soak benchmark only:
+    ``NAS_SEPCONV_INJECT_FAILURES="nan:3,7;raise:5;kill:9"`` makes those trial numbers fail."""
+    spec = os.environ.get("NAS_SEPCONV_INJECT_FAILURES")
+    if not spec:
+        return
+    for part in spec.split(";"):
+        kind, _, numbers = part.partition(":")
+        if str(trial.number) in numbers.split(","):
+            if kind == "nan":
+                raise TrainingDiverged(f"loss became nan (injected at trial {trial.number})")
+            if kind == "raise":
+                raise RuntimeError(f"injected failure at trial {trial.number}")
+            if kind == "kill":  # a retried trial gets a new number, so it is not killed again
+                os.kill(os.getpid(), 9)
+
+
+def _worker_loop(settings: _Settings, worker: int, on_finish: Callable[[], None] | None = None) -> None:
+    # we record heartbeats ourselves around ask/tell (see _Heartbeat); Optuna warns on ask()
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    ctx = _Context(settings)
+    study = open_study(settings, worker=worker)
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
+    while deadline is None or time.monotonic() < deadline:
+        claim = _claim(study, settings)
+        if claim == "finished":
+            return
+        if claim == "wait":
+            time.sleep(min(2.0, max(0.2, settings.heartbeat / 4 if settings.heartbeat else 1.0)))
+            continue
+        _run_one(ctx, study, claim)
+        if on_finish:
+            on_finish()
+
+
+def _worker_main(settings: _Settings, worker: int) -> None:
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, settings.workers)))
+    _worker_loop(settings, worker)
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------------
+def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
+    """Rewrite trials.csv, pareto.csv, pareto.png and pareto/trial_<n>.json; drop the saved
+    weights of trials no longer on the front."""
+    from . import results
+
+    df = results.load(study)
+    status = SearchStatus(target=0)
+    if df.empty:
+        return status
+    results.write_outputs(df, out_dir)
+    front = results.pareto_front(df)
+    keep = set(int(n) for n in front["number"])
+    pareto_dir = out_dir / "pareto"
+    pareto_dir.mkdir(exist_ok=True)
+    for _, row in front.iterrows():
+        record = {k: (None if _isna(v) else v) for k, v in row.items() if k in ("number", "accuracy", "test_accuracy", "macs", "params", "latency_ms", "arch")}
+        record["recipe"] = json.loads(row["arch_json"]) if isinstance(row.get("arch_json"), str) else None
+        _atomic_write(pareto_dir / f"trial_{int(row['number'])}.json", json.dumps(record, indent=2, default=_json_default))
+    for path in pareto_dir.glob("trial_*.json"):
+        if int(path.stem.split("_")[1]) not in keep:
+            path.unlink(missing_ok=True)
+    weights = out_dir / "weights"
+    if weights.is_dir():
+        for path in weights.glob("trial_*.safetensors"):
+            if int(path.stem.split("_")[1]) not in keep:
+                path.unlink(missing_ok=True)
+    complete = df[df["state"] == "COMPLETE"]
+    status.front_size = len(front)
+    status.best_accuracy = float(complete["accuracy"].max()) if len(complete) else None
+    return status
+
+
+def _isna(value: Any) -> bool:
+    try:
+        return bool(value != value) or value is None
+    except (TypeError, ValueError):
+        return False
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+def search(
+    space: "str | Path | Space" = "default",
+    *,
+    trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    workers: int = 1,
+    out: str | Path = "results",
+    retries: int = 1,
+    heartbeat: int = 10,
+    progress: Callable[[SearchStatus], None] | None = None,
+) -> optuna.Study:
+    """Run (or resume) a search until ``trials`` trials have finished; returns the study.
+
+    Args:
+        space: a bundled space name (``nas-sepconv spaces``) or a YAML path.
+        trials: the number of finished (COMPLETE or PRUNED) trials the study should hold;
+            defaults to the space's ``search.trials``.  Failed trials do not count.
+        timeout: stop claiming new trials after this many seconds.
+        storage: any Optuna storage URL, or a journal file path ending in ``.log``; default
+            SQLite ``<out>/<study>/study.db``.
+        study: the study name (default: the space name); outputs go to ``<out>/<study>/``.
+        sampler: ``nsga2`` (default in pareto mode), ``tpe``, ``gp`` or ``random``.
+        seed: seeds the sampler (worker i uses seed + i) and each trial (seed + trial number).
+        device: ``cpu``, ``cuda``, ``cuda:1``.
+        workers: local worker processes sharing the storage.
+        retries: how many times a trial whose worker died is retried (heartbeat detection).
+        heartbeat: heartbeat interval in seconds (RDB storages); a RUNNING trial without a
+            heartbeat for 3 intervals is marked FAIL.
+        progress: called with a :class:`SearchStatus` after each finished trial.
+    """
+    space = load_space(space)
+    if trials is not None and trials < 1:
+        raise UserInputError("--trials", f"must be >= 1, got {trials}")
+    if workers < 1:
+        raise UserInputError("--workers", f"must be >= 1, got {workers}")
+    if timeout is not None and timeout <= 0:
+        raise UserInputError("--timeout", f"must be > 0 seconds, got {timeout}")
+    _check_device(device)
+    name = study or space.name
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UserInputError("--study", f"{name!r} is not a usable name", "use letters, digits, '-', '_' and '.'")
+    out_dir = Path(out) / name
+    settings = _Settings(
+        space=space,
+        trials=trials or space.spec.search.trials,
+        timeout=timeout,
+        storage=storage_url_for(storage, out_dir),
+        study=name,
+        sampler=sampler or ("tpe" if space.spec.search.mode == "scalarised" else space.spec.search.sampler),
+        seed=seed,
+        device=device,
+        workers=workers,
+        out_dir=out_dir,
+        retries=retries,
+        heartbeat=heartbeat,
+    )
+    _sampler(settings.sampler, seed, space)  # validate before creating anything
+    if storage is not None:
+        _open_storage(settings.storage)  # a bad URL fails before the results directory exists
+    from .data import load_dataset
+
+    d = space.spec.data
+    load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size)  # bad data fails early
+    out_dir.mkdir(parents=True, exist_ok=True)
+    the_study = open_study(settings)
+    _atomic_write(out_dir / "meta.json", json.dumps({"storage": settings.storage, "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
+
+    def update() -> None:
+        status = refresh_outputs(the_study, out_dir) or SearchStatus(target=settings.trials)
+        counts = _counts(the_study)
+        status.target, status.done, status.failed, status.running = settings.trials, counts["done"], counts["failed"], counts["running"]
+        done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
+        if done:
+            last = max(done, key=lambda t: t.number)
+            status.last = f"#{last.number} {last.state.name} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
+        if progress:
+            progress(status)
+
+    try:
+        if workers == 1:
+            _worker_loop(settings, 0, on_finish=update)
+        else:
+            _run_workers(settings, update)
+    finally:
+        update()
+    return the_study
+
+
+def _check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserInputError("--device", f"{device!r} is not a device", "use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device", "CUDA is not available on this machine", "use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserInputError("--device", f"{device!r} is not supported", "use cpu, cuda or cuda:N")
+
+
+def _run_workers(settings: _Settings, update: Callable[[], None]) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = {i: ctx.Process(target=_worker_main, args=(settings, i), daemon=False) for i in range(settings.workers)}
+    for p in procs.values():
+        p.start()
+    restarts = 0
+    seen = -1
+    storage = _open_storage(settings.storage)
+    study_id = storage.get_study_id_from_name(settings.study)
+    try:
+        while procs:
+            time.sleep(1.0)
+            for i, p in list(procs.items()):
+                if p.exitcode is None:
+                    continue
+                del procs[i]
+                if p.exitcode != 0 and restarts < 4 * settings.workers:  # a killed worker is replaced
+                    restarts += 1
+                    procs[i] = ctx.Process(target=_worker_main, args=(settings, i + settings.workers * restarts), daemon=False)
+                    procs[i].start()
+            finished = sum(t.state.is_finished() for t in storage.get_all_trials(study_id, deepcopy=False))
+            if finished != seen:
+                seen = finished
+                update()
+    except KeyboardInterrupt:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            p.join()
+        raise

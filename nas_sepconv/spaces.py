@@ -1,0 +1,410 @@
+"""Search-space files: schema, validation, and ``suggest(trial)``.
+
+A space is a YAML file (``search_spaces/*.yaml``, found by name from a checkout and from an
+installed wheel alike, or any path).  Two kinds:
+
+* ``build``: a MobileNetV2/V3-style skeleton (stages with repeats, stride, width) with per-stage
+  choices of block kind, kernel, ``expand_ratio``, ``se_ratio``, ``act``..., global
+  ``width_mult``, ``depth_mult``, ``resolution_mult``; candidates are trained from scratch.
+* ``convert``: a base model (by name or import path) whose conv sites, alone or in groups that
+  share one choice, get a block kind (``keep`` included) and its options; global ``width_mult``
+  (Torch-Pruning) and ``resolution_mult``; candidates start from the base model's trained
+  weights (closed-form init, refit) and are fine-tuned, by distillation from the base.
+
+A choice is a list (categorical), a range ``{low, high, step, log}`` or a single value (fixed,
+not searched).  Which block options are suggested for a kind is read from the kind registry
+(:data:`nas_sepconv.specs.KINDS`): a stage whose kind is ``dwsep`` is never asked for
+``expand_ratio``.  Parameter names: ``width_mult``, ``depth_mult``, ``resolution_mult``,
+``act``, ``stage<i>.<option>`` (build) and ``<group>.<option>`` (convert).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserInputError
+from .specs import KINDS, BlockSpec
+
+__all__ = ["Space", "load_space", "list_spaces", "space_dirs", "Candidate", "suggest", "BLOCK_OPTIONS"]
+
+BLOCK_OPTIONS = sorted({o.name for k in KINDS.values() for o in k.options})
+OBJECTIVES = ("accuracy", "macs", "params", "latency_ms")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A numeric range: ``{low: 0.5, high: 1.5, step: 0.25}`` or ``{low: .., high: .., log: true}``."""
+
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+    int: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+Scalar = Union[bool, int, float, str, None]
+Choice = Union[Range, list[Scalar], Scalar]
+
+
+def _choice_values(choice: Any) -> list[Any] | None:
+    """The discrete values of a choice (None for a continuous range)."""
+    if isinstance(choice, Range):
+        return None
+    return list(choice) if isinstance(choice, list) else [choice]
+
+
+def _suggest(trial: Any, name: str, choice: Any) -> Any:
+    """Suggest (or fix) one parameter."""
+    if isinstance(choice, Range):
+        if choice.int:
+            return trial.suggest_int(name, int(choice.low), int(choice.high), step=int(choice.step or 1), log=choice.log)
+        return trial.suggest_float(name, choice.low, choice.high, step=choice.step, log=choice.log)
+    values = _choice_values(choice)
+    if len(values) == 1:
+        return values[0]
+    return trial.suggest_categorical(name, values)
+
+
+class BlockChoices(_Strict):
+    """Choices of block kind and options; options a kind does not take are not suggested."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: Choice = ["dwsep"]
+
+    @model_validator(mode="after")
+    def _known(self) -> "BlockChoices":
+        kinds = _choice_values(self.kind)
+        if kinds is None:
+            raise ValueError("kind must be a list of kind names, not a range")
+        for k in kinds:
+            BlockSpec(str(k))  # raises UserInputError naming the kind
+        taken = {o.name for k in kinds for o in BlockSpec(str(k)).info.options}
+        for name in self.options():
+            if name not in BLOCK_OPTIONS:
+                raise ValueError(f"{name!r} is not a block option; block options are {BLOCK_OPTIONS}")
+            if name not in taken:
+                raise ValueError(f"{name!r} is not an option of any kind in {kinds}")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.model_extra or {}).items() if k not in ("out_channels", "repeats", "stride", "name", "match")}
+
+    def suggest_spec(self, trial: Any, prefix: str) -> BlockSpec:
+        kind = BlockSpec(str(_suggest(trial, f"{prefix}.kind", self.kind))).kind
+        info = KINDS[kind]
+        options = {}
+        for opt in info.options:
+            if opt.name in self.options():
+                # option names are contracts with one meaning for every kind: one parameter
+                options[opt.name] = _suggest(trial, f"{prefix}.{opt.name}", self.options()[opt.name])
+        return BlockSpec(kind, **options)
+
+
+class StageChoices(BlockChoices):
+    out_channels: int = Field(ge=1)
+    repeats: int = Field(default=1, ge=1)
+    stride: int = Field(default=1, ge=1)
+
+
+class BuildSection(_Strict):
+    stem_channels: int = Field(default=16, ge=1)
+    stem_stride: int = Field(default=1, ge=1)
+    head_channels: int = Field(default=0, ge=0)
+    act: Choice = "relu"
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    stages: list[StageChoices] = Field(min_length=1)
+    width_mult: Choice = 1.0
+    depth_mult: Choice = 1.0
+    resolution_mult: Choice = 1.0
+
+
+class SiteGroup(BlockChoices):
+    name: str
+    match: list[str] = Field(min_length=1)
+
+
+class ConvertSection(_Strict):
+    model: str
+    model_kwargs: dict[str, Any] = {}
+    weights: str | None = None
+    base_epochs: int = Field(default=10, ge=0)
+    groups: list[SiteGroup] | Literal["all"] = "all"
+    choices: BlockChoices = BlockChoices()
+    width_mult: Choice = 1.0
+    resolution_mult: Choice = 1.0
+    init: Literal["svd", "random"] = "svd"
+    refit: bool = True
+    calibration_images: int = Field(default=256, ge=1)
+    finetune_epochs: int = Field(default=1, ge=0)
+    finetune_lr: float = Field(default=0.01, gt=0)
+    distill: bool = True
+
+
+class DataSection(_Strict):
+    dataset: str = "digits"
+    root: str | None = None
+    subset: int | None = Field(default=None, ge=10)
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    image_size: int | None = Field(default=None, ge=4)
+
+
+class TrainSection(_Strict):
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    amp: bool = True
+    channels_last: bool = True
+    grad_clip: float | None = None
+
+
+class SearchSection(_Strict):
+    trials: int = Field(default=20, ge=1)
+    sampler: Literal["nsga2", "tpe", "gp", "random"] = "nsga2"
+    objectives: list[Literal["accuracy", "macs", "params", "latency_ms"]] = ["accuracy", "macs"]
+    mode: Literal["pareto", "scalarised"] = "pareto"
+    target_macs: float | None = Field(default=None, gt=0)
+    reward_exponent: float = -0.07
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    max_macs: float | None = Field(default=None, gt=0)
+    max_params: float | None = Field(default=None, gt=0)
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_failures: int | None = Field(default=None, ge=0)
+    population_size: int = Field(default=8, ge=2)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SearchSection":
+        if self.objectives[:2] != ["accuracy", "macs"] or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError("objectives must start with accuracy, macs (then optionally params, latency_ms), without repeats")
+        if self.mode == "scalarised" and self.target_macs is None:
+            raise ValueError("mode scalarised needs target_macs (the T of MnasNet's reward ACC·(MACs/T)^w)")
+        return self
+
+
+class SpaceFile(_Strict):
+    name: str
+    description: str = ""
+    kind: Literal["build", "convert"]
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    search: SearchSection = SearchSection()
+    build: BuildSection | None = None
+    convert: ConvertSection | None = None
+
+    @model_validator(mode="after")
+    def _section(self) -> "SpaceFile":
+        if self.kind == "build" and self.build is None:
+            raise ValueError("kind build needs a build: section")
+        if self.kind == "convert" and self.convert is None:
+            raise ValueError("kind convert needs a convert: section")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Space:
+    """A validated search space and where it came from."""
+
+    spec: SpaceFile
+    path: Path | None
+    text: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+
+def space_dirs() -> list[Path]:
+    """Where bundled spaces live: ``search_spaces/`` of a checkout, and the installed package data."""
+    dirs = [Path(__file__).resolve().parent.parent / "search_spaces"]
+    try:
+        from importlib.resources import files
+
+        dirs.append(Path(str(files("nas_sepconv.search_spaces"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d not in dirs[:i]]
+
+
+def list_spaces() -> dict[str, str]:
+    """Bundled spaces: name -> one-line description."""
+    found: dict[str, str] = {}
+    for d in space_dirs():
+        for path in sorted(d.glob("*.yaml")):
+            if path.stem not in found:
+                try:
+                    found[path.stem] = load_space(path).spec.description.strip().splitlines()[0]
+                except (UserInputError, IndexError):
+                    found[path.stem] = "(invalid)"
+    return found
+
+
+def _locate(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserInputError("space", f"{path} does not exist", "give a YAML file or a bundled name (nas-sepconv spaces)")
+        return path
+    for d in space_dirs():
+        candidate = d / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    names = sorted({p.stem for d in space_dirs() for p in d.glob("*.yaml")})
+    raise UserInputError("space", f"no bundled space named {str(name_or_path)!r}", f"use one of {names} or a path to a YAML file")
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("list[union[bool,int,float,str,none]]", "Range", "bool", "int", "float", "str", "none") or "[" in str(part) or str(part).startswith(("function-", "literal")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _one_line(exc: ValidationError, source: str) -> UserInputError:
+    errors = exc.errors()
+    # prefer the most specific error (longest location) of the first field that failed
+    first = max((e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]), key=lambda e: len(e["loc"]))
+    field = _field_path(first["loc"]) or "space"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "literal_error":
+        expected = first.get("ctx", {}).get("expected", "")
+        msg = f"got {first.get('input')!r}; allowed values: {expected}"
+    elif first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return UserInputError(field, f"{msg}{more}", f"fix it in {source}")
+
+
+def load_space(name_or_path: "str | Path | Space") -> Space:
+    """A validated space from a bundled name or a YAML path."""
+    if isinstance(name_or_path, Space):
+        return name_or_path
+    path = _locate(name_or_path)
+    text = path.read_text()
+    return parse_space(text, source=str(path), path=path)
+
+
+def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) -> Space:
+    """Validate the YAML text of a space (safe loader; nothing is imported or executed)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserInputError("space", f"{source} is not valid YAML{where}", "check indentation and colons") from None
+    if not isinstance(data, dict):
+        raise UserInputError("space", f"{source} must hold a mapping with name, kind, ...", "see search_spaces/default.yaml")
+    try:
+        spec = SpaceFile.model_validate(data)
+    except ValidationError as exc:
+        raise _one_line(exc, source) from None
+    except UserInputError as exc:
+        raise UserInputError(exc.field, exc.problem, f"fix it in {source}") from None
+    return Space(spec, path, text)
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """What one trial evaluates: an architecture and how to train it.
+
+    ``recipe`` rebuilds the architecture (see :mod:`nas_sepconv.io`); ``summary`` is a short
+    human string; ``resolution`` the input side."""
+
+    kind: str
+    recipe: dict[str, Any]
+    summary: str
+    resolution: int
+    spec_by_param: dict[str, str]
+
+
+def resolution_for(space: Space, base_side: int, resolution_mult: float) -> int:
+    return max(8, int(round(base_side * float(resolution_mult))))
+
+
+def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_classes: int, sites: list[Any] | None = None) -> Candidate:
+    """Draw one candidate from ``space`` with ``trial`` (an Optuna trial or FixedTrial).
+
+    ``sites`` (for convert spaces) are the base model's conv sites (:func:`plan.find_sites`)
+    eligible under the default policy; their names are matched against the groups' globs.
+    """
+    s = space.spec
+    if s.kind == "build":
+        from .models import Arch, Stage
+
+        b = s.build
+        stages = []
+        specs = {}
+        for i, st in enumerate(b.stages):
+            spec = st.suggest_spec(trial, f"stage{i}")
+            specs[f"stage{i}"] = str(spec)
+            stages.append(Stage(str(spec), st.out_channels, st.repeats, st.stride))
+        arch = Arch(
+            stages=tuple(stages),
+            stem_channels=b.stem_channels,
+            stem_stride=b.stem_stride,
+            head_channels=b.head_channels,
+            num_classes=num_classes,
+            in_channels=input_shape[0],
+            width_mult=float(_suggest(trial, "width_mult", b.width_mult)),
+            depth_mult=float(_suggest(trial, "depth_mult", b.depth_mult)),
+            act=str(_suggest(trial, "act", b.act)),
+            dropout=b.dropout,
+        )
+        res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", b.resolution_mult))
+        return Candidate("build", {"kind": "built", "arch": arch.to_json()}, f"r{res} {arch.summary()}", res, specs)
+
+    c = s.convert
+    width = float(_suggest(trial, "width_mult", c.width_mult))
+    res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", c.resolution_mult))
+    names = [site.name for site in sites or []]
+    rules: dict[str, str | None] = {}
+    specs: dict[str, str] = {}
+    groups = [SiteGroup(name=n.replace(".", "_"), match=[n], **c.choices.model_dump()) for n in names] if c.groups == "all" else c.groups
+    for group in groups:
+        spec = group.suggest_spec(trial, group.name)
+        specs[group.name] = str(spec)
+        for n in names:
+            if n not in rules and any(fnmatch.fnmatchcase(n, g) for g in group.match):
+                rules[n] = None if spec.kind == "keep" and spec.get("kernel_size") is None else str(spec)
+    summary = f"r{res} w{width:g} | " + " ".join(f"{g}:{v}" for g, v in specs.items())
+    recipe = {
+        "kind": "converted",
+        "model": c.model,
+        "model_kwargs": dict(c.model_kwargs, num_classes=num_classes, in_channels=input_shape[0]),
+        "width_mult": width,
+        "input_size": [input_shape[0], res, res],
+        "rules": rules,
+    }
+    return Candidate("convert", recipe, summary, res, specs)
