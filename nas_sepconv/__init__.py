@@ -1,20 +1,41 @@
 """nas-sepconv: convert CNNs to separable convolutions, and search the accuracy-vs-MACs front.
 
-Model -> plan -> converted model:
+Model -> plan -> converted model -> trial -> DataFrame::
 
     import nas_sepconv as ns
-    plan = ns.make_plan(model, "dwsep", example_inputs=x)
-    model2 = ns.apply_plan(model, plan, init="svd")
+    plan = ns.make_plan(model, "dwsep", example_inputs=x)    # plan.py
+    model2 = ns.apply_plan(model, plan, init="svd")          # rewrite.py, decompose.py
+    ns.refit(model2, model, batches)                         # refit.py
+    study = ns.search("default", trials=24)                  # spaces.py, search.py
+    df = ns.results.load("results/default")                  # results.py
 """
 
 from .errors import CandidateError, NasSepconvError, TrainingDiverged, UserInputError
 from .geometry import ConvGeometry
+from .io import load_model, save_model
+from .models import model_from_name
 from .plan import Plan, PlanEntry, Policy, make_plan
 from .profile import count_macs, count_params, measure_latency, profile
+from .refit import fidelity, refit
 from .rewrite import apply_plan, convert, plan_of
 from .specs import KINDS, BlockSpec
+from .train import distill
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``ns.search`` and ``ns.results`` load Optuna, so they are imported on first use."""
+    if name == "search":
+        from .search import search
+
+        globals()["search"] = search  # importing the submodule bound the module; bind the function
+        return search
+    if name == "results":
+        import importlib
+
+        return importlib.import_module(".results", __name__)
+    raise AttributeError(f"module 'nas_sepconv' has no attribute {name!r}")
 
 __all__ = [
     "BlockSpec",
@@ -31,8 +52,16 @@ __all__ = [
     "convert",
     "count_macs",
     "count_params",
+    "distill",
+    "fidelity",
+    "load_model",
     "make_plan",
     "measure_latency",
+    "model_from_name",
     "plan_of",
     "profile",
+    "refit",
+    "results",
+    "save_model",
+    "search",
 ]

@@ -15,8 +15,8 @@ from rich.table import Table
 from .errors import UserInputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Convert CNNs to separable convolutions; search the accuracy-vs-MACs Pareto front.")
-out = Console()
-err = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 200)  # tables stay readable in logs and pipes
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 _state = {"debug": False}
 
 
@@ -40,8 +40,8 @@ def _guard(fn: Callable[[], Any]) -> Any:
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:
-    try:
-        size = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    try:  # "3,224,224" or "3x224x224"; an empty or non-integer part is an error, never dropped
+        size = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
         size = ()
     if not size or len(size) > 4 or any(v <= 0 for v in size):

@@ -483,10 +483,14 @@ def _losses(df: pd.DataFrame, objectives: Sequence[str], dirs: Sequence[str]) ->
 
 
 def _candidates(df: pd.DataFrame, losses: np.ndarray) -> np.ndarray:
-    """Rows eligible for the front: COMPLETE (when a state column exists), finite objectives."""
+    """Rows eligible for the front: COMPLETE (when a state column exists), feasible (trials over
+    a hard budget are recorded with ``feasible`` False and are never on the front), finite
+    objectives."""
     ok = np.isfinite(losses).all(axis=1)
     if "state" in df.columns:
         ok &= (df["state"].astype("string") == "COMPLETE").fillna(False).to_numpy(dtype=bool)
+    if "feasible" in df.columns:
+        ok &= (df["feasible"].astype("boolean") != False).fillna(True).to_numpy(dtype=bool)  # noqa: E712
     return ok
 
 

@@ -129,22 +129,17 @@ def _redact(url: str) -> str:
 
 
 def _sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSampler:
+    """Seeded samplers; hard budgets reach them as trial constraints (``Trial.set_constraint``)."""
     s = space.spec.search
-    constraints = _constraints if any(v is not None for v in (s.max_macs, s.max_params, s.max_latency_ms)) else None
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size, constraints_func=constraints)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=constraints, n_startup_trials=min(10, max(2, s.trials // 3)))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(2, s.trials // 3)))
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints, n_startup_trials=min(10, max(2, s.trials // 3)))
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, s.trials // 3)))
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise UserInputError("--sampler", f"unknown sampler {name!r}", "use one of nsga2, tpe, gp, random")
-
-
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna constraint values (<= 0 is feasible), stored by the objective."""
-    return list(trial.user_attrs.get("constraints", [0.0]))
 
 
 def _pruner(space: Space) -> optuna.pruners.BasePruner:
@@ -312,11 +307,11 @@ def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, see
     x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
     macs, params = count_macs(model, x), count_params(model)
     metrics: dict[str, Any] = {"macs": int(macs), "params": int(params), "arch": candidate.summary, "resolution": candidate.resolution}
-    constraints = []
-    for limit, value in ((s.max_macs, macs), (s.max_params, params)):
+    constraints: dict[str, float] = {}
+    for key, limit, value in (("max_macs", s.max_macs, macs), ("max_params", s.max_params, params)):
         if limit is not None:
-            constraints.append(float(value - limit))
-    feasible = all(c <= 0 for c in constraints)
+            constraints[key] = float(value - limit)
+    feasible = all(c <= 0 for c in constraints.values())
     cfg = TrainConfig(**space.spec.train.model_dump(), seed=seed)
     teacher = None
     if candidate.kind == "convert":
@@ -347,9 +342,9 @@ def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, see
     if "latency_ms" in s.objectives or s.max_latency_ms is not None:
         metrics["latency_ms"] = measure_latency(model, x.to(device), repeats=10, warmup=3, threads=1)["median_ms"]
         if s.max_latency_ms is not None:
-            constraints.append(metrics["latency_ms"] - s.max_latency_ms)
-    metrics["constraints"] = constraints or [0.0]
-    metrics["feasible"] = all(c <= 0 for c in metrics["constraints"])
+            constraints["max_latency_ms"] = metrics["latency_ms"] - s.max_latency_ms
+    metrics["constraints"] = constraints
+    metrics["feasible"] = all(c <= 0 for c in constraints.values())
     metrics["wall_time_s"] = time.perf_counter() - started
     if not math.isfinite(metrics["accuracy"]):
         raise TrainingDiverged("validation accuracy is not finite")
@@ -456,6 +451,8 @@ def _run_one(ctx: _Context, study: optuna.Study, trial: optuna.trial.Trial) -> N
         trial.set_user_attr("arch_json", json.dumps(candidate.recipe))
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
+        for key, value in metrics["constraints"].items():  # Optuna constraints: <= 0 is feasible
+            trial.set_constraint(key, value)
         if settings.keep_weights and metrics.get("feasible", True):
             from .io import save_model
 

@@ -11,6 +11,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# A search space whose trials take a second or two on the embedded digits data.
+TINY = """\
+name: tiny
+description: tiny test space
+kind: build
+data: {dataset: digits, val_fraction: 0.15}
+train: {epochs: 2, batch_size: 128, lr: 0.1}
+search: {trials: 3, sampler: nsga2, population_size: 4}
+build:
+  stem_channels: 8
+  stages:
+    - {out_channels: 8, repeats: 1, stride: 2, kind: [dwsep, inverted_residual, spatial], expand_ratio: [2], rank: [0.5], kernel_size: [3, 5]}
+  width_mult: [0.5, 1.0]
+  resolution_mult: [0.75, 1.0]
+"""
+
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -1,0 +1,87 @@
+"""The CLI: convert (and load back what --out saved), profile, spaces, search, report, export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import nas_sepconv as ns
+from nas_sepconv.cli import app
+from nas_sepconv.models import tiny_convnet
+
+from conftest import TINY
+
+runner = CliRunner()
+
+
+def test_convert_prints_the_report_and_saves_a_loadable_model(tmp_path):
+    out = tmp_path / "r18.safetensors"
+    result = runner.invoke(app, ["convert", "--model", "nas_sepconv:cifar_resnet18", "--to", "dwsep_m2", "--input-size", "3,32,32", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "layer1.0.conv1" in result.output and "conv sites converted" in result.output
+    model = ns.load_model(out)
+    x = torch.randn(2, 3, 32, 32)
+    original = ns.model_from_name("nas_sepconv:cifar_resnet18").eval()
+    plan = ns.make_plan(original, "dwsep_m2", example_inputs=x[:1])
+    assert model(x).shape == (2, 10)
+    assert ns.count_macs(model, x[:1]) == plan.macs_after
+    assert sum(type(m).__name__ == "DepthwiseSeparable" for m in model.modules()) == len(plan.converted)
+
+
+def test_saved_weights_round_trip_exactly(tmp_path):
+    net = tiny_convnet().eval()
+    x = torch.randn(1, 1, 16, 16)
+    converted = ns.convert(net, "spatial_r0.5", example_inputs=x).eval()
+    plan = ns.plan_of(converted)
+    recipe = dict(kind="converted", model="nas_sepconv:tiny_convnet", model_kwargs={}, width_mult=1.0, input_size=[1, 16, 16], plan=plan.to_json())
+    path = ns.save_model(tmp_path / "m.safetensors", converted, recipe)
+    loaded = ns.load_model(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), converted(x))
+
+
+def test_profile_prints_layers_and_totals():
+    result = runner.invoke(app, ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16"])
+    assert result.exit_code == 0, result.output
+    macs = ns.count_macs(tiny_convnet(), torch.randn(1, 1, 16, 16))
+    assert f"total MACs {macs:,}" in result.output
+
+
+def test_spaces_lists_bundled_spaces():
+    result = runner.invoke(app, ["spaces"])
+    assert result.exit_code == 0 and "default" in result.output and "mobilenetv2_width_cifar10" in result.output
+
+
+def test_search_report_export_from_the_cli(tmp_path):
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY)
+    out = tmp_path / "results"
+    result = runner.invoke(app, ["search", "--space", str(space), "--trials", "2", "--out", str(out), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "Pareto front of tiny" in result.output
+    folder = out / "tiny"
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 0 and "Pareto front" in result.output
+    number = int(pd.read_csv(folder / "pareto.csv")["number"].iloc[0])
+    target = tmp_path / "best.safetensors"
+    result = runner.invoke(app, ["export", str(folder), "--trial", str(number), "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    assert ns.load_model(target)(torch.randn(1, 1, 16, 16)).shape == (1, 10)
+    storage = f"sqlite:///{folder / 'study.db'}"
+    result = runner.invoke(app, ["report", "--storage", storage, "--study", "tiny", "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0 and (tmp_path / "rep" / "pareto.png").is_file()
+
+
+def test_bad_spec_exits_2_with_one_line_and_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas_sepconv.cli", "convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsepp", "--input-size", "1,16,16"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: spec") and "Traceback" not in proc.stderr
