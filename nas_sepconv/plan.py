@@ -153,6 +153,17 @@ def functional_conv_args(node: fx.Node) -> dict[str, Any]:
     return {k: _arg(node, i, k, d) for i, (k, d) in enumerate(zip(keys, defaults))}
 
 
+def functional_site_name(node: fx.Node) -> str | None:
+    """The site name of an ``F.convNd`` call on a parameter (its weight's path without
+    ``.weight``), or ``None`` if the node is not one."""
+    if node.op != "call_function" or node.target not in _FUNCTIONAL_CONVS:
+        return None
+    w = functional_conv_args(node)["weight"]
+    if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+        return None
+    return w.target[: -len(".weight")] if w.target.endswith(".weight") else w.target
+
+
 def _sites_from_graph(gm: fx.GraphModule) -> tuple[list[Site], list[str]]:
     modules = dict(gm.named_modules())
     found: dict[str, Site] = {}
@@ -172,8 +183,7 @@ def _sites_from_graph(gm: fx.GraphModule) -> tuple[list[Site], list[str]]:
                 notes.append(f"{node.name}: functional convolution with computed arguments; left as is")
                 continue
             weight = gm.get_parameter(w.target) if w.target in dict(gm.named_parameters()) else gm.get_buffer(w.target)
-            name = w.target[: -len(".weight")] if w.target.endswith(".weight") else w.target
-            source = "functional"
+            name, source = functional_site_name(node), "functional"
             geometry = ConvGeometry.from_call(
                 tuple(weight.shape), bias=b is not None, stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"]
             )

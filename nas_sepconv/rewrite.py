@@ -22,7 +22,7 @@ import torch.nn as nn
 from . import decompose
 from .errors import UserInputError
 from .geometry import CONV_TYPES, ConvGeometry
-from .plan import Plan, PlanEntry, Policy, functional_conv_args, make_plan, trace
+from .plan import Plan, PlanEntry, Policy, functional_conv_args, functional_site_name, make_plan, trace
 from .specs import BlockSpec
 
 __all__ = ["apply_plan", "convert", "plan_of", "INITS"]
@@ -56,11 +56,9 @@ def _rewrite_graph(model: nn.Module, plan: Plan, init: str) -> fx.GraphModule:
     modules = dict(gm.named_modules())
     functional = {}
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d, torch.conv1d, torch.conv2d, torch.conv3d):
-            w = functional_conv_args(node)["weight"]
-            if isinstance(w, fx.Node) and w.op == "get_attr":
-                name = w.target[: -len(".weight")] if w.target.endswith(".weight") else w.target
-                functional.setdefault(name, []).append(node)
+        name = functional_site_name(node)
+        if name is not None:
+            functional.setdefault(name, []).append(node)
     for entry in plan.converted:
         if entry.source == "module":
             conv = modules.get(entry.name)
