@@ -14,6 +14,7 @@ from .errors import CandidateError, NasSepconvError, TrainingDiverged, UserInput
 from .geometry import ConvGeometry
 from .io import load_model, save_model
 from .models import model_from_name
+from .optimize import optimize_for_inference
 from .plan import Plan, PlanEntry, Policy, make_plan
 from .profile import count_macs, count_params, measure_latency, profile
 from .refit import fidelity, refit
@@ -58,6 +59,7 @@ __all__ = [
     "make_plan",
     "measure_latency",
     "model_from_name",
+    "optimize_for_inference",
     "plan_of",
     "profile",
     "refit",

@@ -272,6 +272,15 @@ class BlockSpec:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("BlockSpec is immutable")
 
+    def __reduce__(self) -> tuple:  # pickling and deepcopy go through the string form
+        return (BlockSpec.parse, (str(self),))
+
+    def __copy__(self) -> "BlockSpec":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "BlockSpec":
+        return self
+
     @property
     def info(self) -> Kind:
         return KINDS[self.kind]

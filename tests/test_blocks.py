@@ -119,3 +119,11 @@ def test_kernel_change_needs_even_difference():
     g = ConvGeometry.from_module(nn.Conv2d(4, 4, 3, padding=1))
     assert "even" in BlockSpec("dwsep", kernel_size=5).unsupported(g) if False else BlockSpec("dwsep", kernel_size=5).unsupported(g) is None
     assert BlockSpec("keep", kernel_size=(3, 5)).build(g)(torch.randn(1, 4, 8, 8)).shape == (1, 4, 8, 8)
+
+
+def test_specs_copy_and_pickle():
+    import copy
+    import pickle
+
+    spec = BlockSpec.parse("ir_e6_k5_se0.25_hswish")
+    assert copy.deepcopy(spec) == spec and pickle.loads(pickle.dumps(spec)) == spec

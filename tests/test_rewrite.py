@@ -155,3 +155,16 @@ def test_bad_init_is_refused():
     model = tiny_convnet()
     with pytest.raises(ns.UserInputError, match="init"):
         ns.convert(model, "dwsep", example_inputs=torch.randn(1, 1, 16, 16), init="zeros")
+
+
+def test_converted_model_deepcopies_and_pickles():
+    import pickle
+
+    model = tiny_convnet()
+    x = torch.randn(1, 1, 16, 16)
+    converted = ns.convert(model, "dwsep", example_inputs=x).eval()
+    clone = copy.deepcopy(converted)
+    assert torch.equal(clone(x), converted(x))
+    assert ns.plan_of(clone).to_json() == ns.plan_of(converted).to_json()
+    again = pickle.loads(pickle.dumps(converted))
+    assert torch.equal(again(x), converted(x))
