@@ -111,7 +111,7 @@ def _open_storage(url: str, *, heartbeat: int = 0, retries: int = 0) -> optuna.s
         kwargs.update(
             heartbeat_interval=heartbeat,
             grace_period=3 * heartbeat,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=retries) if retries else None,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries) if retries else None,
         )
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
@@ -178,11 +178,19 @@ def open_study(settings: _Settings, *, worker: int = 0) -> optuna.Study:
         study.set_user_attr("space", space.name)
         study.set_user_attr("space_yaml", space.text)
         study.set_user_attr("mode", space.spec.search.mode)
-    elif existing != space.name or study.user_attrs.get("space_yaml") not in (None, space.text):
+    elif existing != space.name or _defining(study.user_attrs["space_yaml"]) != _defining(space.text):
         raise UserInputError(
             "--study", f"study {settings.study!r} was made with another version of space {existing!r}", "use another --study name, or the same space file"
         )
     return study
+
+
+def _defining(space_yaml: str) -> dict:
+    """What of a space defines its candidates and objectives: all but the description and the
+    trial count (changing those resumes the same study)."""
+    from .spaces import parse_space
+
+    return parse_space(space_yaml).spec.model_dump(exclude={"description": True, "search": {"trials", "max_failures"}})
 
 
 # --------------------------------------------------------------------------------------------

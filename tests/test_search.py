@@ -122,3 +122,12 @@ def test_infeasible_trials_are_never_on_the_front(tmp_path):
     df = pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "accuracy": [0.0, 0.9, 0.8], "macs": [10, 500, 300], "feasible": [False, True, True]})
     front = ns.results.pareto_front(df)
     assert list(front["number"]) == [2, 1]
+
+
+def test_resume_refuses_a_changed_space_but_not_a_changed_trial_count(tiny, tmp_path):
+    ns.search(tiny, trials=1, out=tmp_path)
+    tiny.write_text(TINY.replace("trials: 3", "trials: 9"))
+    assert len(ns.search(tiny, trials=2, out=tmp_path).trials) == 2
+    tiny.write_text(TINY.replace("epochs: 2", "epochs: 3"))
+    with pytest.raises(ns.UserInputError, match="--study"):
+        ns.search(tiny, trials=3, out=tmp_path)
