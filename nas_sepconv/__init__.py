@@ -19,6 +19,7 @@ from .plan import Plan, PlanEntry, Policy, make_plan
 from .profile import count_macs, count_params, measure_latency, profile
 from .refit import fidelity, refit
 from .rewrite import apply_plan, convert, plan_of
+from .search import search  # the function; binding it here keeps ns.search a function after any import of the submodule
 from .specs import KINDS, BlockSpec
 from .train import distill
 
@@ -26,12 +27,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``ns.search`` and ``ns.results`` load Optuna, so they are imported on first use."""
-    if name == "search":
-        from .search import search
-
-        globals()["search"] = search  # importing the submodule bound the module; bind the function
-        return search
+    """``ns.results`` loads Optuna and matplotlib's helpers, so it is imported on first use."""
     if name == "results":
         import importlib
 

@@ -12,9 +12,38 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from typer.core import TyperGroup
+
 from .errors import UserInputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Convert CNNs to separable convolutions; search the accuracy-vs-MACs Pareto front.")
+try:  # typer 0.2x vendors click
+    from typer._click.exceptions import ClickException
+    from typer.exceptions import Abort
+except ImportError:  # pragma: no cover - typer with click as a dependency
+    from click.exceptions import Abort, ClickException
+
+
+class _OneLineErrors(TyperGroup):
+    """Flags typer cannot parse (unknown flag, a value of the wrong type) also end in one line
+    on stderr and exit status 2, like the commands' own errors."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # (no arguments: typer printed the help)
+                err.print(f"error: {exc.format_message()} (see --help)", markup=False, highlight=False, soft_wrap=True)
+            code = exc.exit_code
+        except Abort:
+            err.print("aborted", highlight=False)
+            code = 1
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, help="Convert CNNs to separable convolutions; search the accuracy-vs-MACs Pareto front.")
 out = Console(width=None if sys.stdout.isatty() else 200)  # tables stay readable in logs and pipes
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 _state = {"debug": False}
@@ -89,6 +118,8 @@ def convert(
         from .rewrite import apply_plan
         from .specs import BlockSpec
 
+        if out_file is not None and out_file.suffix != ".safetensors":
+            raise UserInputError("--out", f"{out_file.name} has an unknown extension", "use .safetensors (loads with nas_sepconv.load_model)")
         size = parse_input_size(input_size)
         spec = BlockSpec.parse(to)
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -162,6 +193,7 @@ def search(
     workers: int = typer.Option(1, "--workers", help="local worker processes"),
     out_dir: Path = typer.Option(Path("results"), "--out", help="results root; outputs go to OUT/STUDY/"),
     retries: int = typer.Option(1, "--retries", help="retries of a trial whose worker died"),
+    heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
@@ -170,18 +202,25 @@ def search(
 
         from .search import SearchStatus, search as run_search
 
-        live = Live(_status_line(None), console=err, refresh_per_second=2, transient=False)
+        # transient: bad input leaves its one error line only; the last status is printed below
+        live = Live(_status_line(None), console=err, refresh_per_second=2, transient=True)
+        last: list[SearchStatus] = []
 
         def show(status: SearchStatus) -> None:
+            last[:] = [status]
             live.update(_status_line(status))
 
         name = study
-        with live:
-            try:
-                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=name, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, progress=show)
-            except KeyboardInterrupt:
-                err.print("interrupted: outputs written; run the same command again to resume")
-                raise typer.Exit(130)
+        try:
+            with live:
+                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=name, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show)
+        except KeyboardInterrupt:
+            if last:
+                err.print(_status_line(last[0]), highlight=False)
+            err.print("interrupted: outputs written; run the same command again to resume")
+            raise typer.Exit(130)
+        if last:
+            err.print(_status_line(last[0]), highlight=False)
         _print_report(result.study_name, out_dir / result.study_name)
 
     _guard(run)
@@ -264,6 +303,9 @@ def _load_any_model(name: str):
 
 def main() -> None:
     """Console-script entry point."""
+    from .search import quiet_optuna
+
+    quiet_optuna()
     try:
         app()
     except UserInputError as exc:  # raised outside a guarded command body

@@ -43,7 +43,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -356,12 +356,35 @@ def _load_cifar10(root: Path, size: int) -> _Arrays:
     )
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the official CIFAR batches (dicts of lists, bytes and numpy arrays) and refuses
+    every other global, so a doctored batch file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise UserInputError("dataset.root", f"a CIFAR batch file asks to load {module}.{name}", "use the official cifar-10-batches-py files")
+
+
+def _safe_pickle_load(f) -> Any:
+    return _ArraysOnlyUnpickler(f, encoding="bytes").load()  # the official files are Python 2 pickles
+
+
 def _load_cifar_batches(folder: Path, size: int) -> _Arrays:
     def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if not path.is_file():
             raise UserInputError("dataset.root", f"{path} is missing", "use a complete cifar-10-batches-py folder")
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")  # the official files are Python 2 pickles
+            entry = _safe_pickle_load(f)
         data, labels = _entry(entry, "data"), _entry(entry, "labels")
         if data is None or labels is None:
             raise UserInputError("dataset.root", f"{path} is not a CIFAR-10 batch", "use the official cifar-10-batches-py files")
@@ -375,7 +398,7 @@ def _load_cifar_batches(folder: Path, size: int) -> _Arrays:
     meta = folder / "batches.meta"
     if meta.is_file():
         with open(meta, "rb") as f:
-            names = _entry(pickle.load(f, encoding="bytes"), "label_names")
+            names = _entry(_safe_pickle_load(f), "label_names")
         if names:
             classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     x_train, x_test = _resize_nchw(x_train, size), _resize_nchw(x_test, size)

@@ -25,6 +25,8 @@ __all__ = ["save_model", "load_model", "read_recipe", "build_from_recipe"]
 
 FORMAT = 1
 _KEY = "nas_sepconv"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def save_model(path: str | Path, model: nn.Module, recipe: dict[str, Any]) -> Path:
@@ -41,6 +43,7 @@ def save_model(path: str | Path, model: nn.Module, recipe: dict[str, Any]) -> Pa
             state[key] = state[key].clone()
         seen.setdefault(ptr, key)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; a saved model is an ordinary file
     os.close(fd)
     try:
         save_file(state, tmp, metadata={_KEY: json.dumps({"format": FORMAT, **recipe})})
@@ -89,7 +92,7 @@ def build_from_recipe(recipe: dict[str, Any], *, allow_import: bool = False) -> 
     name = recipe["model"]
     if not allow_import and not name.split(":", 1)[0] in ("torchvision", "timm", "nas_sepconv"):
         raise UserInputError(
-            "recipe.model", f"the file asks to import {name!r}", "pass allow_import=True (or --allow-import) if you trust its source"
+            "recipe.model", f"the file asks to import {name!r}", "load it with nas_sepconv.load_model(path, allow_import=True) if you trust its source"
         )
     model = model_from_name(name, **recipe.get("model_kwargs", {}))
     if recipe.get("width_mult", 1.0) != 1.0:

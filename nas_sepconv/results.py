@@ -253,11 +253,14 @@ def _check_sqlite_url(url: str, base: Path | None) -> str:
 def _rdb(url: str) -> Any:
     import optuna
 
+    from .search import _redact, normalise_storage_url
+
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(normalise_storage_url(url))
     except Exception as exc:  # sqlalchemy/driver errors: report as bad input
-        raise UserInputError("storage", f"cannot open {url!r} ({type(exc).__name__}: {exc})",
-                             "check the URL and that its database driver is installed") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserInputError("storage", f"cannot open {_redact(url)} ({type(exc).__name__}: {first})",
+                             "check the URL and that its database driver is installed") from None
 
 
 def _open_storage_file(path: Path) -> Any:

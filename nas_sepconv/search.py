@@ -28,6 +28,10 @@ import json
 import math
 import multiprocessing
 import os
+import random
+import signal
+import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -43,9 +47,11 @@ import torch.nn as nn
 from .errors import CandidateError, TrainingDiverged, UserInputError
 from .spaces import Candidate, Space, load_space, suggest
 
-__all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "open_study"]
+__all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 SURPLUS = "surplus claim: another worker took the last slot"
 
 
@@ -86,7 +92,21 @@ def storage_url_for(storage: str | None, out_dir: Path) -> str:
     """The storage URL: SQLite under the results directory by default."""
     if storage is None:
         return f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    return storage
+    return normalise_storage_url(storage)
+
+
+def normalise_storage_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` with the PostgreSQL driver that is installed:
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, while our ``postgres`` extra
+    installs psycopg2."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql"):
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
 
 
 def _open_storage(url: str, *, heartbeat: int = 0, retries: int = 0) -> optuna.storages.BaseStorage:
@@ -113,11 +133,28 @@ def _open_storage(url: str, *, heartbeat: int = 0, retries: int = 0) -> optuna.s
             grace_period=3 * heartbeat,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries) if retries else None,
         )
-    try:
-        return optuna.storages.RDBStorage(url, **kwargs)
-    except Exception as exc:  # sqlalchemy raises many types; the user needs one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserInputError("--storage", f"cannot open {_redact(url)} ({first})", "check the URL, the server and the credentials") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as exc:  # sqlalchemy raises many types; the user needs one line
+            text = str(exc)
+            if attempt < 4 and any(m in text for m in ("duplicate key", "already exists", "UNIQUE constraint failed", "IntegrityError")):
+                # workers on several machines creating the schema of a fresh database at once
+                time.sleep(0.5 + random.random())
+                continue
+            first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserInputError("--storage", f"cannot open {_redact(url)} ({first})", "check the URL, the server and the credentials") from None
+    raise AssertionError("unreachable")
+
+
+def _without_password(url: str) -> str:
+    """The URL as written to meta.json (results folders get shared and committed): the password
+    is left out; libpq then takes it from PGPASSWORD or ~/.pgpass."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}@{host}"
+    return url
 
 
 def _redact(url: str) -> str:
@@ -387,7 +424,7 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 def _claim(study: optuna.Study, settings: _Settings) -> optuna.trial.Trial | str:
     """A new trial, or ``"finished"`` / ``"wait"``."""
     with _lock(settings.out_dir):
-        if settings.heartbeat and isinstance(study._storage, optuna.storages.RDBStorage):
+        if settings.heartbeat and _heartbeat_enabled(study._storage):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 optuna.storages.fail_stale_trials(study)
@@ -395,17 +432,30 @@ def _claim(study: optuna.Study, settings: _Settings) -> optuna.trial.Trial | str
         if n["done"] >= settings.trials:
             return "finished"
         limit = settings.space.spec.search.max_failures
-        if limit is not None and n["failed"] >= limit:
+        if limit is None:  # a candidate or setup that fails every time must not loop forever
+            limit = max(10, settings.trials)
+        if n["failed"] >= limit:
             return "finished"
         if n["done"] + n["running"] >= settings.trials:
             return "wait"
         trial = study.ask()
-        claimed = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
-        if claimed.index(trial.number) >= settings.trials:  # another machine raced us to the last slot
-            trial.set_user_attr("fail_reason", SURPLUS)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return "wait"
+        try:
+            _Heartbeat.beat_once(study, trial, settings.heartbeat)  # a worker dying from here on is detected
+            claimed = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
+            if claimed.index(trial.number) >= settings.trials:  # another machine raced us to the last slot
+                _tell_failed(study, trial, SURPLUS)
+                return "wait"
+        except BaseException:  # Ctrl-C (or a storage error) before the trial ran: never leave it RUNNING
+            _tell_failed(study, trial, "interrupted before it started")
+            raise
         return trial
+
+
+def _heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether the storage keeps heartbeats.  A study holds its RDBStorage wrapped in Optuna's
+    cache layer, so an ``isinstance(..., RDBStorage)`` test is always false."""
+    get_interval = getattr(storage, "get_heartbeat_interval", None)
+    return get_interval is not None and get_interval() is not None
 
 
 class _Heartbeat:
@@ -416,10 +466,8 @@ class _Heartbeat:
         self._stop = threading.Event()
         storage = study._storage
         self._thread = None
-        if interval and isinstance(storage, optuna.storages.RDBStorage):
-            with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize()
-                warnings.simplefilter("ignore", UserWarning)
-                storage.record_heartbeat(trial._trial_id)
+        if interval and _heartbeat_enabled(storage):
+            self.beat_once(study, trial, interval)
 
             def beat() -> None:
                 while not self._stop.wait(interval):
@@ -428,6 +476,13 @@ class _Heartbeat:
 
             self._thread = threading.Thread(target=beat, daemon=True)
             self._thread.start()
+
+    @staticmethod
+    def beat_once(study: optuna.Study, trial: optuna.trial.Trial, interval: int) -> None:
+        if interval and _heartbeat_enabled(study._storage):
+            with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize()
+                warnings.simplefilter("ignore", UserWarning)
+                study._storage.record_heartbeat(trial._trial_id)
 
     def stop(self) -> None:
         self._stop.set()
@@ -448,13 +503,14 @@ def _fail_reason(exc: BaseException) -> str:
 def _run_one(ctx: _Context, study: optuna.Study, trial: optuna.trial.Trial) -> None:
     settings = ctx.settings
     space = settings.space
-    beat = _Heartbeat(study, trial, settings.heartbeat)
+    beat = None
     metrics: dict[str, Any] = {}
     try:
-        _maybe_inject_failure(trial)
+        beat = _Heartbeat(study, trial, settings.heartbeat)
         candidate = suggest(space, trial, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes, sites=ctx.sites() if space.kind == "convert" else None)
         trial.set_user_attr("arch", candidate.summary)
         trial.set_user_attr("seed", settings.seed + trial.number)
+        _maybe_inject_failure(trial)  # mid-trial: the candidate is drawn, training about to start
         model, metrics = run_candidate(ctx, candidate, trial=trial, seed=settings.seed + trial.number)
         trial.set_user_attr("arch_json", json.dumps(candidate.recipe))
         for key, value in metrics.items():
@@ -474,14 +530,23 @@ def _run_one(ctx: _Context, study: optuna.Study, trial: optuna.trial.Trial) -> N
         trial.set_user_attr("pruned_reason", str(exc))
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     except KeyboardInterrupt:
-        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _tell_failed(study, trial, "interrupted (Ctrl-C)")
         raise
     except Exception as exc:  # every failure of a candidate is recorded; the study goes on
-        trial.set_user_attr("fail_reason", _fail_reason(exc))
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _tell_failed(study, trial, _fail_reason(exc))
     finally:
-        beat.stop()
+        if beat is not None:
+            beat.stop()
+
+
+def _tell_failed(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
+    """Record a trial as FAIL with its reason, unless it is finished already (told just before
+    an interrupt, or failed by another worker that found its heartbeat stale)."""
+    try:
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+        pass
 
 
 def _maybe_inject_failure(trial: optuna.trial.Trial) -> None:
@@ -501,13 +566,18 @@ def _maybe_inject_failure(trial: optuna.trial.Trial) -> None:
                 os.kill(os.getpid(), 9)
 
 
-def _worker_loop(settings: _Settings, worker: int, on_finish: Callable[[], None] | None = None) -> None:
+def _worker_loop(settings: _Settings, worker: int, on_finish: Callable[[], None] | None = None, *, parent: int | None = None) -> None:
+    """Claim and run trials until the study holds ``settings.trials`` finished trials.  A
+    spawned worker (``parent`` given) stops when its parent process is gone, so a killed
+    ``nas-sepconv search`` leaves no orphans behind."""
     # we record heartbeats ourselves around ask/tell (see _Heartbeat); Optuna warns on ask()
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     ctx = _Context(settings)
     study = open_study(settings, worker=worker)
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     while deadline is None or time.monotonic() < deadline:
+        if parent is not None and os.getppid() != parent:
+            return
         claim = _claim(study, settings)
         if claim == "finished":
             return
@@ -519,9 +589,28 @@ def _worker_loop(settings: _Settings, worker: int, on_finish: Callable[[], None]
             on_finish()
 
 
+def quiet_optuna() -> None:
+    """For the CLI and its worker processes, which show their own progress: Optuna's per-trial
+    INFO logs and its notices that heartbeats, metric names and retry callbacks are
+    experimental are noise to a user."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+
+
 def _worker_main(settings: _Settings, worker: int) -> None:
+    quiet_optuna()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, settings.workers)))
-    _worker_loop(settings, worker)
+
+    def interrupt_once(signum: int, frame: Any) -> None:  # Ctrl-C reaches us and the parent forwards it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt_once)
+    try:
+        _worker_loop(settings, worker, parent=os.getppid())
+    except KeyboardInterrupt:  # the running trial is recorded FAIL; exit without a traceback
+        sys.exit(130)
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,6 +621,9 @@ def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     weights of trials no longer on the front."""
     from . import results
 
+    # only the weights of trials finished before the frame is loaded may go: a trial still
+    # running (or started since) may have saved its weights already, in another worker
+    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     df = results.load(study)
     status = SearchStatus(target=0)
     if df.empty:
@@ -551,7 +643,8 @@ def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     weights = out_dir / "weights"
     if weights.is_dir():
         for path in weights.glob("trial_*.safetensors"):
-            if int(path.stem.split("_")[1]) not in keep:
+            number = int(path.stem.split("_")[1])
+            if number in finished and number not in keep:
                 path.unlink(missing_ok=True)
     complete = df[df["state"] == "COMPLETE"]
     status.front_size = len(front)
@@ -573,9 +666,16 @@ def _json_default(value: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    # a unique temporary name: several processes refresh the same outputs
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs are ordinary files
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,6 +721,8 @@ def search(
         raise UserInputError("--workers", f"must be >= 1, got {workers}")
     if timeout is not None and timeout <= 0:
         raise UserInputError("--timeout", f"must be > 0 seconds, got {timeout}")
+    if heartbeat < 0 or retries < 0:
+        raise UserInputError("--heartbeat" if heartbeat < 0 else "--retries", f"must be >= 0, got {min(heartbeat, retries)}")
     _check_device(device)
     name = study or space.name
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -646,12 +748,21 @@ def search(
     from .data import load_dataset
 
     d = space.spec.data
-    load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size)  # bad data fails early
+    try:  # bad data fails early, named by its field in the space file
+        data = load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size)
+    except UserInputError as exc:
+        raise UserInputError("data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field, exc.problem, exc.fix) from None
+    if space.kind == "convert":
+        _check_convert(space, data)  # a bad base model would otherwise fail every trial
     out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
-    _atomic_write(out_dir / "meta.json", json.dumps({"storage": settings.storage, "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
+    _atomic_write(out_dir / "meta.json", json.dumps({"storage": _without_password(settings.storage), "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
 
     def update() -> None:
+        with _sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written
+            _update()
+
+    def _update() -> None:
         status = refresh_outputs(the_study, out_dir) or SearchStatus(target=settings.trials)
         counts = _counts(the_study)
         status.target, status.done, status.failed, status.running = settings.trials, counts["done"], counts["failed"], counts["running"]
@@ -670,6 +781,35 @@ def search(
     finally:
         update()
     return the_study
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C back for the block (main thread only): it raises KeyboardInterrupt after."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _check_convert(space: Space, data: Any) -> None:
+    """The base model of a convert space can be built, and its weights file exists."""
+    from .models import model_from_name
+
+    c = space.spec.convert
+    if c.weights and not Path(c.weights).is_file():
+        raise UserInputError("convert.weights", f"{c.weights} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
+    try:
+        model_from_name(c.model, **dict(c.model_kwargs, num_classes=data.num_classes, in_channels=data.input_shape[0]))
+    except UserInputError as exc:
+        raise UserInputError(f"convert.{exc.field}" if exc.field in ("model", "num_classes", "in_channels") else exc.field, exc.problem, exc.fix) from None
 
 
 def _check_device(device: str) -> None:
@@ -707,9 +847,13 @@ def _run_workers(settings: _Settings, update: Callable[[], None]) -> None:
             if finished != seen:
                 seen = finished
                 update()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # let each worker record its running trial as FAIL, then stop it
         for p in procs.values():
-            p.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGINT)
         for p in procs.values():
-            p.join()
+            p.join(timeout=30)
+            if p.exitcode is None:
+                p.terminate()
+                p.join()
         raise

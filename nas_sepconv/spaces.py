@@ -54,9 +54,9 @@ class Range(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> "Range":
         if self.high < self.low:
-            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+            raise UserInputError("high", f"{self.high} is below low ({self.low})", "give low <= high")
         if self.log and self.low <= 0:
-            raise ValueError("a log range needs low > 0")
+            raise UserInputError("low", "a log range needs low > 0")
         return self
 
 
@@ -97,15 +97,42 @@ class BlockChoices(_Strict):
         for k in kinds:
             BlockSpec(str(k))  # raises UserInputError naming the kind
         taken = {o.name for k in kinds for o in BlockSpec(str(k)).info.options}
-        for name in self.options():
+        for name, choice in self.options().items():
             if name not in BLOCK_OPTIONS:
-                raise ValueError(f"{name!r} is not a block option; block options are {BLOCK_OPTIONS}")
+                raise UserInputError(name, "is not a block option", f"block options are {BLOCK_OPTIONS}")
             if name not in taken:
-                raise ValueError(f"{name!r} is not an option of any kind in {kinds}")
+                raise UserInputError(name, f"is not an option of any kind in {kinds}", "remove it or add a kind that takes it")
+            # every value must be one the kinds accept: a bad value fails here, not in each trial
+            values = [choice.low, choice.high] if isinstance(choice, Range) else _choice_values(choice)
+            for k in kinds:
+                info = BlockSpec(str(k)).info
+                if any(o.name == name for o in info.options):
+                    opt = info.option(name)
+                    if isinstance(choice, Range) and opt.type is int and not choice.int:
+                        raise UserInputError(name, f"{info.name}.{name} takes integers", "add int: true to the range")
+                    for value in values:
+                        try:
+                            opt.normalise(info.name, value)
+                        except UserInputError as exc:
+                            raise UserInputError(name, exc.problem, exc.fix) from None
         return self
 
     def options(self) -> dict[str, Any]:
-        return {k: v for k, v in (self.model_extra or {}).items() if k not in ("out_channels", "repeats", "stride", "name", "match")}
+        """The block options' choices (a mapping is a range, as for the typed fields)."""
+        out = {}
+        for k, v in (self.model_extra or {}).items():
+            if k in ("out_channels", "repeats", "stride", "name", "match"):
+                continue
+            if isinstance(v, dict):
+                try:
+                    v = Range.model_validate(v)
+                except ValidationError as exc:
+                    inner = exc.errors()[0].get("ctx", {}).get("error")
+                    if isinstance(inner, UserInputError):
+                        raise UserInputError(f"{k}.{inner.field}", inner.problem, inner.fix) from None
+                    raise UserInputError(k, f"{v} is not a range: {exc.errors()[0]['msg']}", "give {low, high, step, log, int}") from None
+            out[k] = v
+        return out
 
     def suggest_spec(self, trial: Any, prefix: str) -> BlockSpec:
         kind = BlockSpec(str(_suggest(trial, f"{prefix}.kind", self.kind))).kind
@@ -197,9 +224,9 @@ class SearchSection(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "SearchSection":
         if self.objectives[:2] != ["accuracy", "macs"] or len(set(self.objectives)) != len(self.objectives):
-            raise ValueError("objectives must start with accuracy, macs (then optionally params, latency_ms), without repeats")
+            raise UserInputError("objectives", f"got {self.objectives}; they must start with accuracy, macs (then optionally params, latency_ms), without repeats")
         if self.mode == "scalarised" and self.target_macs is None:
-            raise ValueError("mode scalarised needs target_macs (the T of MnasNet's reward ACC·(MACs/T)^w)")
+            raise UserInputError("target_macs", "missing: mode scalarised needs it (the T of MnasNet's reward ACC·(MACs/T)^w)")
         return self
 
 
@@ -216,9 +243,9 @@ class SpaceFile(_Strict):
     @model_validator(mode="after")
     def _section(self) -> "SpaceFile":
         if self.kind == "build" and self.build is None:
-            raise ValueError("kind build needs a build: section")
+            raise UserInputError("build", "missing: kind build needs a build: section")
         if self.kind == "convert" and self.convert is None:
-            raise ValueError("kind convert needs a convert: section")
+            raise UserInputError("convert", "missing: kind convert needs a convert: section")
         return self
 
 
@@ -297,13 +324,20 @@ def _one_line(exc: ValidationError, source: str) -> UserInputError:
     first = max((e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]), key=lambda e: len(e["loc"]))
     field = _field_path(first["loc"]) or "space"
     msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "literal_error":
+    inner = first.get("ctx", {}).get("error")
+    fix = f"fix it in {source}"
+    if isinstance(inner, UserInputError):  # raised by a validator: its field lies below the location
+        field = f"{_field_path(first['loc'])}.{inner.field}".lstrip(".")
+        msg = inner.problem
+        fix = f"{inner.fix}; {fix}" if inner.fix else fix
+    elif first["type"] == "literal_error":
         expected = first.get("ctx", {}).get("expected", "")
         msg = f"got {first.get('input')!r}; allowed values: {expected}"
     elif first["type"] == "extra_forbidden":
         msg = "unknown field"
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return UserInputError(field, f"{msg}{more}", f"fix it in {source}")
+    others = {_field_path(e["loc"]) for e in errors} - {_field_path(first["loc"])}  # union alternatives share a path
+    more = f" (and {len(others)} more problems)" if others else ""
+    return UserInputError(field, f"{msg}{more}", fix)
 
 
 def load_space(name_or_path: "str | Path | Space") -> Space:
@@ -319,6 +353,10 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
     """Validate the YAML text of a space (safe loader; nothing is imported or executed)."""
     try:
         data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserInputError("space", f"{source} uses a tag the safe YAML loader refuses{where} ({exc.problem})", "spaces hold plain values only; remove the !!tag") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -321,9 +321,10 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """Multiplier of the peak lr at each step (``LambdaLR``)."""
+    """Multiplier of the peak lr at each step (``LambdaLR``).  The warm-up is capped at 30% of
+    the run, so a short run (one epoch of fine-tuning) still anneals."""
     total = max(1, cfg.epochs * steps_per_epoch)
-    warm = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    warm = min(round(cfg.warmup_epochs * steps_per_epoch), int(0.3 * total))
 
     if cfg.schedule == "onecycle":  # torch's OneCycleLR shape: div_factor 25, final_div_factor 1e4, cos anneal
         lo, end = 1.0 / 25.0, 1.0 / 25e4
