@@ -1,0 +1,75 @@
+"""Smoke test of benchmarks/fidelity.py at toy size (embedded digits, no ../shared)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from nas_sepconv.data import load_dataset
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("fidelity_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture
+def one_thread():
+    """Toy-sized convs run ~10x slower on two OpenMP threads when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_run_benchmark_toy(bench, tmp_path, one_thread):
+    data = load_dataset("digits", subset=400)
+    cfg = bench.BenchConfig(width=4, epochs=1, dw_mults=(1,), spatial_ranks=(0.25,), calib=64, test_subset=100)
+    result = bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None)
+    table = result.table
+
+    assert list(table.columns) == bench.COLUMNS
+    assert table.method.iloc[0] == bench.ORIGINAL and table.macs_ratio.iloc[0] == 1.0
+    dw = table[table.conversion == "dwsep_m1"]
+    assert list(dw.method) == list(bench.METHODS)
+    assert list(table[table.conversion == "spatial_r0.25"].method) == list(bench.NO_GRADIENT)
+    assert (dw.macs_ratio < 0.5).all() and dw.macs_ratio.nunique() == 1
+    assert table.test_accuracy.between(0, 100).all()
+    assert math.isclose(result.original_accuracy, table.test_accuracy.iloc[0])
+    assert result.test_images == 100
+    # refit never raises a site's error on the calibration data
+    sites = result.refit_sites
+    assert set(sites.conversion) == {"dwsep_m1", "spatial_r0.25"}
+    assert (sites.rel_output_error_after <= sites.rel_output_error_before + 1e-9).all()
+    # the reference is cached and reused
+    assert not result.cached and any(tmp_path.glob("original_*.safetensors"))
+    again = bench.run_benchmark(data, bench.BenchConfig(width=4, epochs=1, dw_mults=(), spatial_ranks=(), calib=64,
+                                                        test_subset=100), tmp_path, log=lambda msg: None)
+    assert again.cached and math.isclose(again.original_accuracy, result.original_accuracy)
+
+    result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
+    bench.write_outputs(result, cfg, tmp_path, command="python benchmarks/fidelity.py --data digits", dataset_label="digits",
+                        machine="test", threads=1, subset=400)
+    for name in ("fidelity.csv", "fidelity.md", "fidelity.png", "refit_sites.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert len(pd.read_csv(tmp_path / "fidelity.csv")) == len(table)
+    md = (tmp_path / "fidelity.md").read_text()
+    assert "python benchmarks/fidelity.py --data digits" in md and "Targets" in md
+
+
+def test_cli_arguments(bench):
+    args = bench.parse_args(["--data", "x", "--dw-mults", "1,2", "--spatial-ranks", ""])
+    assert args.dw_mults == (1, 2) and args.spatial_ranks == ()
