@@ -12,7 +12,9 @@ on convolution modules instead, the plan says so, and ``apply_plan`` swaps submo
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import io
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -234,7 +236,8 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
     flags = {m: m.training for m in gm.modules()}
     gm.eval()
     try:
-        with torch.no_grad():
+        # ShapeProp prints a traceback itself before re-raising; our one-line error replaces it
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(*inputs)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

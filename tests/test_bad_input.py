@@ -149,7 +149,6 @@ CASES: list[Case] = [
         "input-size-wrong-for-model",
         "input_size",
         cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,32"],
-        marks=(pytest.mark.xfail(strict=True, reason="plan.find_sites: torch.fx ShapeProp prints its own traceback to stderr before our one-line error (fix belongs in plan.py)"),),
     ),
     Case("to-typo", "spec", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "dwsepp", "--input-size", "3,32,32"]),
     Case("to-bad-option", "spec", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "dwsep_e6", "--input-size", "3,32,32"]),
