@@ -210,12 +210,13 @@ def open_study(settings: _Settings, *, worker: int = 0) -> optuna.Study:
     if [d.name.lower() for d in study.directions] != directions:
         raise UserInputError("--study", f"study {settings.study!r} exists with other objectives", "use another --study name")
     existing = study.user_attrs.get("space")
-    if existing is None:
+    recorded = study.user_attrs.get("space_yaml")
+    if existing is None:  # new study; "space" is written last and marks the record complete
         study.set_metric_names(names)
-        study.set_user_attr("space", space.name)
         study.set_user_attr("space_yaml", space.text)
         study.set_user_attr("mode", space.spec.search.mode)
-    elif existing != space.name or _defining(study.user_attrs["space_yaml"]) != _defining(space.text):
+        study.set_user_attr("space", space.name)
+    elif existing != space.name or (recorded is not None and _defining(recorded) != _defining(space.text)):
         raise UserInputError(
             "--study", f"study {settings.study!r} was made with another version of space {existing!r}", "use another --study name, or the same space file"
         )
