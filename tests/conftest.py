@@ -11,6 +11,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# The smallest real search space (one stage, one epoch, 300 images), as a mapping, for tests that
+# write variants of it: a trial takes about a second.
+FAST_SPACE = {
+    "name": "tiny",
+    "kind": "build",
+    "data": {"dataset": "digits", "subset": 300},
+    "train": {"epochs": 1, "batch_size": 128},
+    "search": {"trials": 2, "sampler": "random"},
+    "build": {
+        "stem_channels": 8,
+        "stages": [{"out_channels": 8, "repeats": 1, "stride": 2, "kind": ["dwsep", "inverted_residual"], "expand_ratio": [2]}],
+        "width_mult": [0.5, 1.0],
+    },
+}
+
 # A search space whose trials take a second or two on the embedded digits data.
 TINY = """\
 name: tiny

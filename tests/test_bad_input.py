@@ -28,20 +28,11 @@ import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
 from nas_sepconv.errors import UserInputError
 
+from conftest import FAST_SPACE  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
-TINY: dict[str, Any] = {
-    "name": "tiny",
-    "kind": "build",
-    "data": {"dataset": "digits", "subset": 300},
-    "train": {"epochs": 1, "batch_size": 128},
-    "search": {"trials": 2, "sampler": "random"},
-    "build": {
-        "stem_channels": 8,
-        "stages": [{"out_channels": 8, "repeats": 1, "stride": 2, "kind": ["dwsep", "inverted_residual"], "expand_ratio": [2]}],
-        "width_mult": [0.5, 1.0],
-    },
-}
+TINY: dict[str, Any] = dict(FAST_SPACE)
 
 
 def tiny_space(**changes: Any) -> dict[str, Any]:

@@ -28,22 +28,13 @@ from nas_sepconv.io import load_model, save_model
 from nas_sepconv.search import search as run_search
 from nas_sepconv.spaces import parse_space
 
+from conftest import FAST_SPACE  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "nas_sepconv"
 S = optuna.trial.TrialState
 
-TINY = {
-    "name": "tiny",
-    "kind": "build",
-    "data": {"dataset": "digits", "subset": 300},
-    "train": {"epochs": 1, "batch_size": 128},
-    "search": {"trials": 4, "sampler": "random"},
-    "build": {
-        "stem_channels": 8,
-        "stages": [{"out_channels": 8, "repeats": 1, "stride": 2, "kind": ["dwsep", "inverted_residual"], "expand_ratio": [2]}],
-        "width_mult": [0.5, 1.0],
-    },
-}
+TINY = {**FAST_SPACE, "search": {"trials": 4, "sampler": "random"}}
 USER_ATTRS = ("arch", "arch_json", "accuracy", "macs", "params", "seed")
 
 
