@@ -4,10 +4,13 @@
 batches of calibration inputs: for each converted site in forward order it re-solves the
 block's last linear part (the kind's ``last_linear`` sub-layer) by ridge-regularised linear
 least squares, so that the block's output in the *converted* model matches the original
-convolution's output in the *original* model.  Inputs are the converted model's own
-activations with the earlier sites already refit, so each site also compensates the error
-accumulated before it.  It is closed form (normal equations accumulated over batches in
-float64, one solve per group), no gradient steps.
+convolution's output in the *original* model; kinds with a ``joint_refit`` (``dwsep``) have all
+their factors re-solved, by alternating least squares (:mod:`nas_sepconv.joint_refit`).
+Inputs are the converted model's own activations with the earlier sites already refit, so
+each site also compensates the error accumulated before it; ``layers="all"`` also re-solves
+the conv and linear layers the plan kept (shortcuts, the classifier), which see the converted
+model's activations too.  It is closed form (normal equations accumulated over batches in
+float64, closed-form solves), no gradient steps.
 
 :func:`fidelity` measures, per converted site, how far the converted model is from the
 original: in weight space (the dense kernel of a linear block against the original kernel) and
@@ -51,7 +54,7 @@ class _Stop(Exception):
 @dataclass
 class _Site:
     name: str
-    spec: BlockSpec
+    spec: BlockSpec | None  # None: a layer the plan left as it was (refit with layers="all")
     original: nn.Module | None  # the conv in the original model
     block: nn.Module | None  # the block in the converted model
     calls: int = 0  # calls per forward pass
@@ -81,8 +84,10 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def _sites(converted: nn.Module, original: nn.Module, plan: Any) -> list[_Site]:
-    sites = []
+def _sites(converted: nn.Module, original: nn.Module, plan: Any, *, unconverted: bool = False) -> list[_Site]:
+    """The plan's converted sites; with ``unconverted``, also every conv and linear layer of
+    the original model that the converted model still has, unchanged in type, at the same name."""
+    sites, taken = [], set()
     for entry in _plan_entries(converted, plan):
         if entry.spec is None or not getattr(entry, "converted", True):
             continue
@@ -91,6 +96,14 @@ def _sites(converted: nn.Module, original: nn.Module, plan: Any) -> list[_Site]:
         if not isinstance(conv, CONV_TYPES) or getattr(entry, "source", "module") != "module":
             conv = block = None
         sites.append(_Site(entry.name, as_spec(entry.spec), conv, block))
+        taken.add(entry.name)
+    if unconverted:
+        for name, layer in original.named_modules():
+            if name in taken or not isinstance(layer, (*CONV_TYPES, nn.Linear)) or getattr(layer, "transposed", False):
+                continue
+            twin = _submodule(converted, name)
+            if type(twin) is type(layer):
+                sites.append(_Site(name, None, layer, twin))
     return sites
 
 
@@ -222,14 +235,16 @@ def conv_patches(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class _NormalEquations:
-    """XᵀX, XᵀY and ‖Y‖² per group of a conv's regression, accumulated in float64."""
+    """XᵀX, XᵀY and ‖Y‖² per group of a conv's (or a linear layer's) regression, accumulated
+    in float64."""
 
     def __init__(self, conv: nn.Module):
         self.conv = conv
-        self.groups = conv.groups
-        taps = math.prod(conv.kernel_size)
-        self.d = conv.in_channels // self.groups * taps + (conv.bias is not None)
-        self.cout_g = conv.out_channels // self.groups
+        self.linear = isinstance(conv, nn.Linear)
+        self.groups = 1 if self.linear else conv.groups
+        fan_in = conv.in_features if self.linear else conv.in_channels // self.groups * math.prod(conv.kernel_size)
+        self.d = fan_in + (conv.bias is not None)
+        self.cout_g = (conv.out_features if self.linear else conv.out_channels) // self.groups
         dev = conv.weight.device
         self.xtx = torch.zeros(self.groups, self.d, self.d, dtype=torch.float64, device=dev)
         self.xty = torch.zeros(self.groups, self.d, self.cout_g, dtype=torch.float64, device=dev)
@@ -237,12 +252,17 @@ class _NormalEquations:
         self.rows = 0
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        p = conv_patches(self.conv, x).double()
+        if self.linear:  # (…, in) → rows of in; outputs (…, out)
+            p = x.reshape(-1, self.conv.in_features).double()
+            y = y.reshape(-1, 1, self.cout_g)
+        else:
+            p = conv_patches(self.conv, x).double()
+            y = y.movedim(1, -1)
         rows = p.shape[0]
         xg = p.reshape(rows, self.groups, -1).transpose(0, 1)  # (G, rows, d0)
         if self.conv.bias is not None:
             xg = torch.cat([xg, xg.new_ones(self.groups, rows, 1)], -1)
-        yg = y.double().movedim(1, -1).reshape(rows, self.groups, self.cout_g).transpose(0, 1)
+        yg = y.double().reshape(rows, self.groups, self.cout_g).transpose(0, 1)
         self.xtx += xg.transpose(1, 2) @ xg
         self.xty += xg.transpose(1, 2) @ yg
         self.yy += yg.square().sum((1, 2))
@@ -296,21 +316,16 @@ def _has_forward(module: nn.Module) -> bool:
 
 
 def _last_linear(site: _Site) -> nn.Module:
-    path = site.spec.info.last_linear
+    path = "" if site.spec is None else site.spec.info.last_linear
     return site.block if path == "" else site.block.get_submodule(path)
 
 
-def _refit_site(site: _Site, original: nn.Module, converted: nn.Module, batches: list, ridge: float) -> dict:
-    row = dict(name=site.name, kind=site.spec.kind, rel_output_error_before=math.nan,
-               rel_output_error_after=math.nan, refit_applied=False, rows=0, note="")
-    if site.calls == 0:
-        row["note"] = "not run by the model on these batches" if site.block is not None else "functional or missing site"
-        return row
+def _observe(site: _Site, original: nn.Module, converted: nn.Module, batches: list, entry: nn.Module,
+             acc: _NormalEquations) -> tuple[float, float]:
+    """Accumulate the regression of ``acc``: X from the input of ``entry`` (a sub-layer of the
+    block) in the converted model, Y from the original conv's output in the original model.
+    Returns Σ‖block output − Y‖² and Σ‖Y‖² before any change."""
     linear = _last_linear(site)
-    if not isinstance(linear, CONV_TYPES) or getattr(linear, "transposed", False):
-        row["note"] = f"last linear part {type(linear).__name__} is not refit"
-        return row
-    acc = _NormalEquations(linear)
     err = ref = 0.0
     for batch in batches:
         targets: list[torch.Tensor] = []
@@ -337,7 +352,7 @@ def _refit_site(site: _Site, original: nn.Module, converted: nn.Module, batches:
             handles.pop().remove()
         # the last linear part is the block's last operation: its output is the block's output
         # (hooked there, so that a block inlined by re-tracing is still observed)
-        handles = [linear.register_forward_pre_hook(input_hook), linear.register_forward_hook(output_hook)]
+        handles = [entry.register_forward_pre_hook(input_hook), linear.register_forward_hook(output_hook)]
         try:
             _run(converted, batch)
         finally:
@@ -347,28 +362,86 @@ def _refit_site(site: _Site, original: nn.Module, converted: nn.Module, batches:
             acc.add(x, y)
             err += (out.double() - y.double()).square().sum().item()
             ref += y.double().square().sum().item()
-    if acc.rows == 0:
-        row["note"] = "the block's last linear part did not run"
+    return err, ref
+
+
+def _joint_problem(site: _Site, iterations: int) -> tuple[Any, ConvGeometry] | None:
+    """The kind's joint refit and the source geometry, when it applies to this site."""
+    joint = None if site.spec is None else site.spec.info.joint_refit
+    if joint is None or iterations == 0 or not _has_forward(site.block):
+        return None
+    g = ConvGeometry.from_module(site.original)
+    return (joint, g) if joint.unsupported(site.block, g) is None else None
+
+
+def _theta(site: _Site, g: ConvGeometry) -> torch.Tensor:
+    """The block's dense kernel (and bias) as the source conv's regression Θ (1, d, C_out)."""
+    w = effective_weight(site.block, site.spec, g).double()
+    theta = w.reshape(g.out_channels, -1).T
+    bias = _last_linear(site).bias
+    if bias is not None:
+        theta = torch.cat([theta, bias.detach().double().reshape(1, -1)], 0)
+    return theta.unsqueeze(0)
+
+
+def _refit_site(site: _Site, original: nn.Module, converted: nn.Module, batches: list, ridge: float,
+                iterations: int) -> dict:
+    row = dict(name=site.name, kind="unconverted" if site.spec is None else site.spec.kind, method="", rel_output_error_before=math.nan,
+               rel_output_error_after=math.nan, refit_applied=False, rows=0, note="")
+    if site.calls == 0:
+        row["note"] = "not run by the model on these batches" if site.block is not None else "functional or missing site"
         return row
-    old = acc.current()
-    new = acc.solve(ridge)
-    delta = new - old
-    # change of Σ‖XΘ − Y‖² from old to new, per group (well conditioned when the change is small)
-    gain = (delta * (acc.xtx @ delta)).sum((1, 2)) + 2 * (delta * (acc.xtx @ old - acc.xty)).sum((1, 2))
-    take = gain < 0
-    acc.write(new, take)
-    # after: Σ‖XΘ − Y‖² from the normal equations (float64; err + gain would lose the digits of a
-    # near-exact fit to float32 rounding of the measured err), never above the measured before
-    after = err
-    if take.any():
-        after = min(err, torch.where(take, acc.sse(new), acc.sse(old)).sum().clamp_min(0).item())
+    linear = _last_linear(site)
+    if not isinstance(linear, (*CONV_TYPES, nn.Linear)) or getattr(linear, "transposed", False):
+        row["note"] = f"last linear part {type(linear).__name__} is not refit"
+        return row
+    joint = _joint_problem(site, iterations)
+    if joint is not None:
+        kind, g = joint
+        acc = _NormalEquations(site.original)  # patches of the block's input, source geometry
+        err, ref = _observe(site, original, converted, batches, site.block.get_submodule(kind.input_layer), acc)
+        if acc.rows == 0:
+            row["note"] = "the block did not run"
+            return row
+        saved = {k: v.clone() for k, v in site.block.state_dict().items()}
+        old = acc.sse(_theta(site, g)).sum()
+        kind.solve(site.block, g, acc.xtx[0], acc.xty[0], ridge=ridge, iterations=iterations)
+        new = acc.sse(_theta(site, g)).sum()
+        applied = bool(new < old)
+        if not applied:
+            site.block.load_state_dict(saved)
+        after = min(err, new.clamp_min(0).item()) if applied else err
+        note = "" if applied else "the solve would not lower the error: old weights kept"
+        method = f"joint ({iterations} alternating rounds)"
+    else:
+        acc = _NormalEquations(linear)
+        err, ref = _observe(site, original, converted, batches, linear, acc)
+        if acc.rows == 0:
+            row["note"] = "the block's last linear part did not run"
+            return row
+        old = acc.current()
+        new = acc.solve(ridge)
+        delta = new - old
+        # change of Σ‖XΘ − Y‖² from old to new, per group (well conditioned when the change is small)
+        gain = (delta * (acc.xtx @ delta)).sum((1, 2)) + 2 * (delta * (acc.xtx @ old - acc.xty)).sum((1, 2))
+        take = gain < 0
+        acc.write(new, take)
+        # after: Σ‖XΘ − Y‖² from the normal equations (float64; err + gain would lose the digits of a
+        # near-exact fit to float32 rounding of the measured err), never above the measured before
+        after = err
+        if take.any():
+            after = min(err, torch.where(take, acc.sse(new), acc.sse(old)).sum().clamp_min(0).item())
+        applied = bool(take.any())
+        note = "" if take.all() else "the solve would not lower the error: old weights kept" + ("" if not take.any() else " in some groups")
+        method = "last linear"
     ref = max(ref, 1e-300)
     row.update(
+        method=method,
         rel_output_error_before=math.sqrt(err / ref),
         rel_output_error_after=math.sqrt(after / ref),
-        refit_applied=bool(take.any()),
+        refit_applied=applied,
         rows=acc.rows,
-        note="" if take.all() else "the solve would not lower the error: old weights kept" + ("" if not take.any() else " in some groups"),
+        note=note,
     )
     return row
 
@@ -381,9 +454,12 @@ def refit(
     *,
     plan: Any = None,
     ridge: float = 1e-5,
+    iterations: int = 10,
+    layers: str = "converted",
     device: Any = None,
 ) -> pd.DataFrame:
-    """Re-solve each converted block's last linear part on calibration data, in place.
+    """Re-solve each converted block (its last linear part, or all its factors) on calibration
+    data, in place.
 
     For each converted site, in the order the original convolutions run: the inputs X are
     the activations entering the block's last linear part (``spec.info.last_linear``, e.g.
@@ -397,6 +473,19 @@ def refit(
     solve per group, with a ones column for the bias when the part has one.  The solve is
     ridge-regularised, λ = ``ridge`` · mean diagonal of XᵀX.
 
+    Joint refit (``iterations`` > 0 and the kind has a ``joint_refit``; today linear ``dwsep``
+    blocks of an ungrouped, non-transposed conv with their source's kernel): X are the unfolded
+    patches of the *block's* input in the source conv's geometry, and the depthwise filters,
+    the pointwise weights and the bias are re-solved together by ``iterations`` rounds of
+    alternating least squares from XᵀX and XᵀY (:func:`nas_sepconv.joint_refit.refit_dwsep`).
+    The first round's pointwise step is the last-linear solve, so the joint result is at least
+    as good; ``iterations=0`` re-solves only the last linear part.
+
+    ``layers="all"``: also every conv and linear layer of the original model that the plan did
+    not convert and the converted model still has at the same name (a ``kind`` of
+    ``"unconverted"`` in the report), each re-solved like a last linear part, in the same
+    forward order.
+
     The error at a site never increases on the calibration data: a group whose solve would
     not lower Σ‖XΘ − Y‖² (possible with a large ``ridge``) keeps its old weights
     (``refit_applied`` False, and a note).  Transposed last linear parts and functional sites
@@ -408,24 +497,29 @@ def refit(
     parameters are; ``converted`` is moved there, ``original`` is copied there if it lives
     elsewhere and is never changed).
 
-    Returns one row per converted site in forward order: ``name``, ``kind``,
-    ``rel_output_error_before``, ``rel_output_error_after`` (‖y_converted − y_original‖ /
+    Returns one row per site in forward order: ``name``, ``kind``, ``method`` (``"last
+    linear"`` or ``"joint (N alternating rounds)"``), ``rel_output_error_before``, ``rel_output_error_after`` (‖y_converted − y_original‖ /
     ‖y_original‖ at that site on the calibration data, before and after its refit; the
     "after" value is computed from the normal equations), ``refit_applied``, ``rows``
     (regression samples), ``note``.
     """
     if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not ridge >= 0:
         raise UserInputError("ridge", f"expected a number >= 0, got {ridge!r}", "use e.g. 1e-5")
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
+        raise UserInputError("iterations", f"expected an integer >= 0, got {iterations!r}", "use e.g. 10, or 0 to refit only the last linear part")
     dev = _device(converted, device)
     converted.to(dev)
     original = _on(original, dev)
     data = _batches(batches, dev)
-    sites = _sites(converted, original, plan)
+    if layers not in ("converted", "all"):
+        raise UserInputError("layers", f"expected 'converted' or 'all', got {layers!r}",
+                             "use 'all' to also re-solve the conv and linear layers the plan kept")
+    sites = _sites(converted, original, plan, unconverted=layers == "all")
     rows = []
     with _EvalMode(converted, original):
         for site in _forward_order(original, sites, data[0]):
-            rows.append(_refit_site(site, original, converted, data, ridge))
-    columns = ["name", "kind", "rel_output_error_before", "rel_output_error_after", "refit_applied", "rows", "note"]
+            rows.append(_refit_site(site, original, converted, data, ridge, iterations))
+    columns = ["name", "kind", "method", "rel_output_error_before", "rel_output_error_after", "refit_applied", "rows", "note"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from . import blocks, decompose
+from .joint_refit import DWSEP as _DWSEP_REFIT, JointRefit
 from .errors import UserInputError
 from .geometry import ConvGeometry
 
@@ -116,7 +117,8 @@ class Kind:
     """A block kind: how to build it, its options, where it applies and how to initialise it.
 
     ``last_linear`` names the block's last linear sub-layer (``""``: the block itself), the part
-    that data-aware refit re-solves by least squares."""
+    that data-aware refit re-solves by least squares; ``joint_refit``, where given, re-solves
+    all of the block's factors instead (:mod:`nas_sepconv.joint_refit`)."""
 
     name: str
     aliases: tuple[str, ...]
@@ -124,6 +126,7 @@ class Kind:
     build: Callable[..., nn.Module]
     init: Callable[..., None]
     last_linear: str = ""
+    joint_refit: JointRefit | None = None
     unsupported: Callable[[ConvGeometry, dict], str | None] = field(default=lambda g, o: None)
     doc: str = ""
 
@@ -186,6 +189,7 @@ KINDS: dict[str, Kind] = {
             build=lambda g, **o: blocks.DepthwiseSeparable(g, **o),
             init=decompose.init_dwsep,
             last_linear="conv_pw",
+            joint_refit=_DWSEP_REFIT,
             doc="depthwise KxK then pointwise 1x1 (MobileNetV1, Xception)",
         ),
         Kind(

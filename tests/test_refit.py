@@ -123,12 +123,110 @@ def test_refit_never_increases_error(net, data, spec):
 def test_refit_keeps_old_weights_when_solve_would_hurt(net, data):
     converted, plan = convert(net, "dwsep_m1", SITES)
     before = {k: v.clone() for k, v in converted.state_dict().items()}
-    df = refit(converted, net, data, plan=plan, ridge=1e8)
+    df = refit(converted, net, data, plan=plan, ridge=1e8, iterations=0)  # the last-linear solve
     assert not df["refit_applied"].any()
     assert df["note"].str.contains("old weights kept").all()
     assert (df["rel_output_error_after"] == df["rel_output_error_before"]).all()
     for k, v in converted.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_joint_refit_beats_last_linear_refit(net, data):
+    last, plan = convert(net, "dwsep_m1", SITES)
+    joint = copy.deepcopy(last)
+    a = refit(last, net, data, plan=plan, iterations=0)
+    b = refit(joint, net, data, plan=plan)
+    assert (a["method"] == "last linear").all() and b["method"].str.startswith("joint").all()
+    # same start, and the joint solve's first pointwise step is the last-linear solve
+    assert b["rel_output_error_before"].iloc[0] == pytest.approx(a["rel_output_error_before"].iloc[0], rel=1e-9)
+    assert b["rel_output_error_after"].iloc[0] < 0.95 * a["rel_output_error_after"].iloc[0]
+    fid = fidelity(joint, net, data, plan=plan)
+    assert fid["rel_output_error"].to_numpy() == pytest.approx(b["rel_output_error_after"].to_numpy(), rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 2)])
+def test_joint_refit_recovers_separable_conv_from_wrong_factors(bias, stride, dilation):
+    """The original conv *is* a dwsep_m2 block; the converted block starts from random factors
+    (the last-linear refit cannot fix the depthwise filters); alternating least squares finds
+    an exact fit."""
+    torch.manual_seed(5)
+    g = ConvGeometry.from_module(nn.Conv2d(6, 8, 3, stride=stride, dilation=dilation, padding=dilation, bias=bias))
+    spec = BlockSpec.parse("dwsep_m2")
+    truth = spec.build(g)
+    original = nn.Sequential(nn.Conv2d(6, 8, 3, stride=stride, dilation=dilation, padding=dilation, bias=bias))
+    with torch.no_grad():
+        original[0].weight.copy_(decompose.effective_weight(truth, spec, g))
+        if bias:
+            original[0].bias.normal_()
+    converted = nn.Sequential(spec.build(g))  # random factors
+    plan = SimpleNamespace(entries=[SimpleNamespace(name="0", spec=spec, converted=True)])
+    batches = [torch.randn(16, 6, 11, 11) for _ in range(2)]
+    last = copy.deepcopy(converted)
+    assert refit(last, original, batches, plan=plan, iterations=0)["rel_output_error_after"].iloc[0] > 0.05
+    df = refit(converted, original, batches, plan=plan, iterations=50, ridge=0.0)
+    assert df["rel_output_error_before"].iloc[0] > 0.5
+    assert df["rel_output_error_after"].iloc[0] < 1e-4
+    with torch.no_grad():
+        x = torch.randn(2, 6, 11, 11)  # not calibration data: the block equals the conv
+        torch.testing.assert_close(converted(x), original(x), rtol=1e-3, atol=1e-4)
+
+
+def test_joint_refit_keeps_old_weights_when_solve_would_hurt(net, data, monkeypatch):
+    import dataclasses
+
+    from nas_sepconv import specs
+
+    def harmful(block, g, xtx, xty, **options):
+        with torch.no_grad():
+            block.conv_pw.weight.zero_()
+
+    kind = specs.KINDS["dwsep"]
+    monkeypatch.setitem(specs.KINDS, "dwsep", dataclasses.replace(
+        kind, joint_refit=dataclasses.replace(kind.joint_refit, solve=harmful)))
+    converted, plan = convert(net, "dwsep_m1", SITES)
+    before = {k: v.clone() for k, v in converted.state_dict().items()}
+    df = refit(converted, net, data, plan=plan)
+    assert not df["refit_applied"].any() and df["note"].str.contains("old weights kept").all()
+    for k, v in converted.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_joint_refit_skips_blocks_it_cannot_solve(net, data):
+    for spec in ("dwsep_m1_bn_relu", "dwsep_m1_k5"):
+        converted, plan = convert(net, spec, SITES)
+        df = refit(converted, net, data, plan=plan)
+        assert (df["method"] == "last linear").all(), spec
+
+
+def test_refit_all_layers_also_resolves_kept_layers(net, data):
+    converted, plan = convert(net, "dwsep_m1", ["conv2"])
+    only = copy.deepcopy(converted)
+    refit(only, net, data, plan=plan)
+    df = refit(converted, net, data, plan=plan, layers="all")
+    assert list(df["name"]) == ["conv1", "conv2", "conv3", "fc"]
+    assert list(df["kind"]) == ["unconverted", "dwsep", "unconverted", "unconverted"]
+    assert (df["rel_output_error_after"] <= df["rel_output_error_before"] + 1e-12).all()
+    assert df["rel_output_error_before"].iloc[0] < 1e-6  # conv1 sees the same input in both models
+    torch.testing.assert_close(converted.conv1.weight, net.conv1.weight, rtol=1e-4, atol=1e-5)
+    x = torch.cat(data)
+    with torch.no_grad():
+        err_all = (converted(x) - net(x)).norm()
+        err_converted = (only(x) - net(x)).norm()
+    assert err_all < 0.9 * err_converted
+
+
+def test_refit_recovers_a_perturbed_linear_layer():
+    torch.manual_seed(6)
+    original = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(1), nn.Linear(4 * 4 * 4, 5))
+    converted = copy.deepcopy(original)
+    with torch.no_grad():
+        converted[2].weight.add_(torch.randn_like(converted[2].weight))
+    plan = SimpleNamespace(entries=[])
+    df = refit(converted, original, [torch.randn(256, 2, 6, 6)], plan=plan, layers="all", ridge=0.0)
+    assert list(df["name"]) == ["0", "2"]
+    assert df["rel_output_error_before"].iloc[1] > 0.1 and df["rel_output_error_after"].iloc[1] < 1e-5
+    torch.testing.assert_close(converted[2].weight, original[2].weight, rtol=1e-3, atol=1e-4)
 
 
 def test_refit_restores_modes_and_leaves_original_alone(net, data):
@@ -189,6 +287,10 @@ def test_refit_rejects_bad_arguments(net, data):
         refit(converted, net, data, plan=plan, ridge=-1)
     with pytest.raises(UserInputError, match="batches"):
         refit(converted, net, [], plan=plan)
+    with pytest.raises(UserInputError, match="iterations"):
+        refit(converted, net, data, plan=plan, iterations=-1)
+    with pytest.raises(UserInputError, match="layers"):
+        refit(converted, net, data, plan=plan, layers="some")
 
 
 # -- the regression itself --------------------------------------------------------------------
