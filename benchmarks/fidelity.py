@@ -64,6 +64,7 @@ class BenchConfig:
     """What :func:`run_benchmark` does (the CLI flags, one to one)."""
 
     width: int = 16
+    stem_stride: int = 1
     epochs: int = 10
     batch_size: int = 128
     dw_mults: tuple[int, ...] = (1, 2, 4)
@@ -111,14 +112,16 @@ def _test_split(data: Dataset, n: int | None, seed: int) -> Split:
 def _cache_path(out: Path, data: Dataset, cfg: BenchConfig) -> Path:
     name = data.name.replace(":", "_").replace("/", "_")
     pool = len(data.train) + len(data.val)
-    return out / f"original_{name}_n{pool}_w{cfg.width}_e{cfg.epochs}_s{cfg.seed}.safetensors"
+    stem = "" if cfg.stem_stride == 1 else f"_stem{cfg.stem_stride}"
+    return out / f"original_{name}_n{pool}_w{cfg.width}{stem}_e{cfg.epochs}_s{cfg.seed}.safetensors"
 
 
 def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], None]) -> tuple[torch.nn.Module, float, bool, dict]:
     """The trained reference network: from the cache, or trained with ``fit`` and cached."""
     from safetensors.torch import load_file, save_file
 
-    model = cifar_resnet18(num_classes=data.num_classes, in_channels=data.input_shape[0], width=cfg.width)
+    model = cifar_resnet18(num_classes=data.num_classes, in_channels=data.input_shape[0], width=cfg.width,
+                           stem_stride=cfg.stem_stride)
     path = _cache_path(out, data, cfg)
     info_path = path.with_suffix(".json")
     if path.is_file() and not cfg.retrain:
@@ -126,7 +129,7 @@ def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], 
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         log(f"reference loaded from {path}")
         return model.eval(), 0.0, True, info
-    log(f"training the reference: cifar_resnet18(width={cfg.width}), {cfg.epochs} epochs on {len(data.train)} images")
+    log(f"training the reference: {_arch(cfg)}, {cfg.epochs} epochs on {len(data.train)} images")
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
     res = fit(model, data, config=tcfg, evaluate_test=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +139,10 @@ def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], 
     info_path.write_text(json.dumps(info, indent=2))
     log(f"reference trained in {res.seconds:.0f} s, val accuracy {100 * res.val_accuracy:.2f}%")
     return model.eval(), res.seconds, False, info
+
+
+def _arch(cfg: BenchConfig) -> str:
+    return f"cifar_resnet18(width={cfg.width}" + (f", stem_stride={cfg.stem_stride})" if cfg.stem_stride != 1 else ")")
 
 
 def _clone(model: torch.nn.Module, original: torch.nn.Module, plan: ns.Plan) -> torch.nn.Module:
@@ -358,7 +365,7 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
     table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
     if not result.refit_sites.empty:
         result.refit_sites.to_csv(out / "refit_sites.csv", index=False, float_format="%.6g")
-    title = (f"{dataset_label}: cifar_resnet18(width={cfg.width}), {cfg.epochs} epochs, "
+    title = (f"{dataset_label}: {_arch(cfg)}, {cfg.epochs} epochs, "
              f"subset {subset if subset else 'all'}")
     plot(table, result.original_accuracy, out / "fidelity.png", title)
 
@@ -398,7 +405,7 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         f"- Data: {dataset_label}, training subset {subset if subset else 'all'} images (stratified; "
         f"{result.meta.get('train_images', '?')} train / {result.meta.get('val_images', '?')} validation), "
         f"evaluated on {result.test_images} test images" + (" (seeded class-stratified subset of the test split)" if cfg.test_subset else " (the whole test split)") + ".",
-        f"- Reference: `cifar_resnet18(width={cfg.width})`, {cfg.epochs} epochs of `fit` with the library defaults "
+        f"- Reference: `{_arch(cfg)}`, {cfg.epochs} epochs of `fit` with the library defaults "
         f"(SGD Nesterov, lr 0.1, one-cycle, label smoothing 0.1, weight decay 5e-4, crop+flip, batch {cfg.batch_size})"
         + (f", validation accuracy {100 * val:.2f}%" if val is not None else "") + ".",
         "- Conversions: the default policy (every 3×3 conv after the stem; the stem and the 1×1 shortcuts kept), "
@@ -455,6 +462,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subset", type=int, default=20000, help="training pool size (train + validation)")
     p.add_argument("--epochs", type=int, default=10, help="epochs of training of the reference")
     p.add_argument("--width", type=int, default=16, help="cifar_resnet18 width")
+    p.add_argument("--stem-stride", type=int, default=1, help="cifar_resnet18 stem stride (2: stages on 16×16 maps)")
     p.add_argument("--dw-mults", type=_ints, default=(1, 2, 4), help="comma-separated dw_mult values")
     p.add_argument("--spatial-ranks", type=_floats, default=(0.25, 0.5), help="comma-separated rank fractions ('' for none)")
     p.add_argument("--calib", type=int, default=512, help="calibration images for refit and BN re-estimation")
@@ -484,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(name, root=root, subset=args.subset, seed=args.seed)
     log(f"data: {data}")
     label = args.dataset_label or {"cifar10": "CIFAR-10 (JPEG q75)"}.get(name, name)
-    cfg = BenchConfig(width=args.width, epochs=args.epochs, dw_mults=args.dw_mults, spatial_ranks=args.spatial_ranks,
+    cfg = BenchConfig(width=args.width, stem_stride=args.stem_stride, epochs=args.epochs, dw_mults=args.dw_mults, spatial_ranks=args.spatial_ranks,
                       calib=args.calib, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                       distill_lr=args.distill_lr, test_subset=args.test_subset, seed=args.seed, retrain=args.retrain)
     result = run_benchmark(data, cfg, args.out, log=log)

@@ -400,11 +400,13 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet for 32×32 inputs: 3×3 stem at stride 1, no max-pool, four stages of basic blocks."""
+    """ResNet for 32×32 inputs: 3×3 stem (stride 1 by default, 2 for a 4× cheaper network on
+    16×16 maps), no max-pool, four stages of basic blocks."""
 
-    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), *, num_classes: int = 10, in_channels: int = 3, width: int = 64):
+    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), *, num_classes: int = 10, in_channels: int = 3,
+                 width: int = 64, stem_stride: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         cin = width
@@ -436,10 +438,12 @@ def _check_positive(**values: Any) -> None:
             raise UserInputError(name, f"expected an integer >= 1, got {value!r}")
 
 
-def cifar_resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.Module:
-    """ResNet-18 for 32×32 inputs: BasicBlocks [2, 2, 2, 2], widths ``width·(1, 2, 4, 8)``."""
-    _check_positive(num_classes=num_classes, in_channels=in_channels, width=width)
-    return CifarResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, width=width)
+def cifar_resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64, *, stem_stride: int = 1) -> nn.Module:
+    """ResNet-18 for 32×32 inputs (He et al., 2016, "Deep Residual Learning for Image
+    Recognition"): BasicBlocks [2, 2, 2, 2], widths ``width·(1, 2, 4, 8)``; ``stem_stride=2``
+    runs the stages on 16×16 maps (a quarter of the MACs at the same width)."""
+    _check_positive(num_classes=num_classes, in_channels=in_channels, width=width, stem_stride=stem_stride)
+    return CifarResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, width=width, stem_stride=stem_stride)
 
 
 class TinyConvNet(nn.Module):

@@ -86,6 +86,20 @@ def test_cifar_resnet18_params_match_formula():
         assert model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 100)
 
 
+def test_cifar_resnet18_stem_stride_quarters_the_macs():
+    import nas_sepconv as ns
+
+    x = torch.zeros(1, 3, 32, 32)
+    full, cheap = cifar_resnet18(width=32).eval(), cifar_resnet18(width=32, stem_stride=2).eval()
+    assert n_params(full) == n_params(cheap)
+    stem = 3 * 32 * 9
+    # everything after the stem runs on 16×16 maps instead of 32×32 (the fc is the same)
+    fc = 256 * 10
+    assert ns.count_macs(cheap, x) - stem * 16 * 16 - fc == (ns.count_macs(full, x) - stem * 32 * 32 - fc) // 4
+    with pytest.raises(UserInputError, match="stem_stride"):
+        cifar_resnet18(stem_stride=0)
+
+
 def test_tiny_convnet_params_match_formula():
     w, cin, classes = 32, 1, 10
     convs = [(cin, w), (w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w)]
