@@ -75,8 +75,8 @@ class BenchConfig:
     spatial_ranks: tuple[float, ...] = (0.25, 0.5)
     calib: int = 512
     finetune_epochs: int = 1
-    finetune_lr: float = 0.05
-    distill_lr: float = 0.05
+    finetune_lrs: tuple[float, ...] = (0.05,)  # several: the best on the validation split is kept
+    distill_lrs: tuple[float, ...] = (0.05,)
     test_subset: int | None = None
     seed: int = 0
     retrain: bool = False
@@ -158,6 +158,23 @@ def _clone(model: torch.nn.Module, original: torch.nn.Module, plan: ns.Plan) -> 
     return twin.train(model.training)
 
 
+def _best_on_validation(train: Callable[[float], torch.nn.Module], lrs: tuple[float, ...], data: Dataset, spec: str,
+                        method: str, selections: list[dict], log: Callable[[str], None]) -> torch.nn.Module:
+    """``train(lr)`` for each lr; the model with the best validation accuracy (never the test
+    split), every lr's validation accuracy appended to ``selections``."""
+    best, best_acc = None, -1.0
+    for lr in lrs:
+        model = train(lr)
+        val = 100.0 * evaluate(model, data.val, data=data)
+        selections.append(dict(conversion=spec, method=method, lr=lr, val_accuracy=val))
+        log(f"  {method} lr {lr:g}: validation {val:.2f}%")
+        if val > best_acc:
+            best, best_acc = model, val
+    for row in selections[-len(lrs):]:
+        row["chosen"] = row["val_accuracy"] == best_acc
+    return best
+
+
 def _one_epoch_config(cfg: BenchConfig, lr: float) -> TrainConfig:
     # one short run: a fifth of it warming up (the default one-epoch warm-up would end at the peak)
     return TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=lr,
@@ -193,6 +210,7 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
     conversions = [(f"dwsep_m{m}", "dwsep", float(m), True) for m in cfg.dw_mults]
     conversions += [(f"spatial_r{r:g}", "spatial", float(r), False) for r in cfg.spatial_ranks]
     site_reports = []
+    selections: list[dict] = []
     for spec, family, param, train_rows in conversions:
         plan = ns.make_plan(original, spec, example_inputs=x)
         probe = ns.apply_plan(original, plan, init="random")
@@ -210,9 +228,14 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
 
         if train_rows:
             t = time.perf_counter()
-            torch.manual_seed(cfg.seed)  # the fresh blocks, independent of what ran before
-            model = ns.apply_plan(original, plan, init="random")
-            fit(model, data, config=_one_epoch_config(cfg, cfg.finetune_lr), evaluate_test=False)
+
+            def fine_tune(lr: float) -> torch.nn.Module:
+                torch.manual_seed(cfg.seed)  # the fresh blocks, independent of what ran before
+                model = ns.apply_plan(original, plan, init="random")
+                fit(model, data, config=_one_epoch_config(cfg, lr), evaluate_test=False)
+                return model
+
+            model = _best_on_validation(fine_tune, cfg.finetune_lrs, data, spec, RANDOM_FT, selections, log)
             record(RANDOM_FT, model, time.perf_counter() - t, epochs=cfg.finetune_epochs)
             del model
 
@@ -248,9 +271,15 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
 
         if train_rows:
             t = time.perf_counter()
-            student = refitted
-            distill(student, original, data, config=_one_epoch_config(cfg, cfg.distill_lr))
-            record(DISTILL, student, refit_seconds + time.perf_counter() - t, epochs=cfg.finetune_epochs, calib_images=n_calib)
+
+            def distilled(lr: float) -> torch.nn.Module:
+                student = _clone(refitted, original, plan)
+                distill(student, original, data, config=_one_epoch_config(cfg, lr))
+                return student
+
+            student = _best_on_validation(distilled, cfg.distill_lrs, data, spec, DISTILL, selections, log)
+            record(DISTILL, student, refit_seconds + (time.perf_counter() - t) / len(cfg.distill_lrs),
+                   epochs=cfg.finetune_epochs, calib_images=n_calib)
         del refitted, svd
 
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -258,7 +287,8 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
     return BenchResult(table=table, refit_sites=sites, original_accuracy=original_acc, test_images=len(test),
                        train_seconds=train_seconds if not cached else float(info.get("train_seconds", math.nan)),
                        cached=cached, seconds=time.perf_counter() - start,
-                       meta={"calib_images": n_calib, "base_macs": base_macs, "reference": info})
+                       meta={"calib_images": n_calib, "base_macs": base_macs, "reference": info,
+                             "selections": selections})
 
 
 # -- reporting -------------------------------------------------------------------------------
@@ -428,9 +458,12 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         "`SVD + refit + BN re-estimation` recomputes the BatchNorm statistics after the refit; both rows are reported "
         "(no choice made on the test set).",
         f"- `random init + fine-tune`: `apply_plan(init=\"random\")`, then {cfg.finetune_epochs} epoch of `fit` "
-        f"(cross-entropy, lr {cfg.finetune_lr}, one-cycle with 0.2 epoch warm-up). "
+        f"(cross-entropy, peak lr {_lrs(cfg.finetune_lrs)}, one-cycle with 0.2 epoch warm-up). "
         f"`SVD + refit + distillation`: the refit model, {cfg.finetune_epochs} epoch of `distill` against the original "
-        f"(T 4, α 0.9, lr {cfg.distill_lr}, same schedule). Same number of steps for both.",
+        f"(T 4, α 0.9, peak lr {_lrs(cfg.distill_lrs)}, same schedule). Same number of steps for both."
+        + (" Where several lrs are listed, each row keeps the lr with the best validation accuracy (chosen per "
+           "conversion; the test split is never used to choose): " + _selection_text(result.meta.get("selections", []))
+           if len(cfg.finetune_lrs) > 1 or len(cfg.distill_lrs) > 1 else ""),
         f"- `spatial_r0.5` costs as many MACs as the 3×3 conv it replaces (rank·3·(C_in + C_out) = 9·C_in·C_out at rank "
         "1.5·C); it is listed for completeness.",
         *[f"- {n}" for n in notes],
@@ -450,6 +483,18 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         "",
     ]
     (out / "fidelity.md").write_text("\n".join(md))
+
+
+def _lrs(lrs: tuple[float, ...]) -> str:
+    return f"{lrs[0]:g}" if len(lrs) == 1 else "one of " + ", ".join(f"{v:g}" for v in lrs)
+
+
+def _selection_text(selections: list[dict]) -> str:
+    parts = []
+    for (conv, method), rows in pd.DataFrame(selections).groupby(["conversion", "method"], sort=False):
+        vals = ", ".join(f"{r.lr:g}: {r.val_accuracy:.2f}%" + (" (chosen)" if r.chosen else "") for r in rows.itertuples())
+        parts.append(f"{conv} {method} [{vals}]")
+    return "; ".join(parts) + "."
 
 
 def table_input_shape(result: BenchResult) -> tuple[int, ...]:
@@ -480,8 +525,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spatial-ranks", type=_floats, default=(0.25, 0.5), help="comma-separated rank fractions ('' for none)")
     p.add_argument("--calib", type=int, default=512, help="calibration images for refit and BN re-estimation")
     p.add_argument("--finetune-epochs", type=int, default=1, help="epochs for the random-init and distillation rows")
-    p.add_argument("--finetune-lr", type=float, default=0.05, help="peak lr, random init + fine-tune")
-    p.add_argument("--distill-lr", type=float, default=0.05, help="peak lr, distillation")
+    p.add_argument("--finetune-lr", type=_floats, default=(0.05,),
+                   help="peak lr, random init + fine-tune; comma-separated: the best on the validation split")
+    p.add_argument("--distill-lr", type=_floats, default=(0.05,),
+                   help="peak lr, distillation; comma-separated: the best on the validation split")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on a stratified subset of the test split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -506,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"data: {data}")
     label = args.dataset_label or {"cifar10": "CIFAR-10 (JPEG q75)"}.get(name, name)
     cfg = BenchConfig(width=args.width, stem_stride=args.stem_stride, epochs=args.epochs, dw_mults=args.dw_mults, spatial_ranks=args.spatial_ranks,
-                      calib=args.calib, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-                      distill_lr=args.distill_lr, test_subset=args.test_subset, seed=args.seed, retrain=args.retrain)
+                      calib=args.calib, finetune_epochs=args.finetune_epochs, finetune_lrs=args.finetune_lr,
+                      distill_lrs=args.distill_lr, test_subset=args.test_subset, seed=args.seed, retrain=args.retrain)
     result = run_benchmark(data, cfg, args.out, log=log)
     result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
     result.seconds = time.perf_counter() - start  # data loading included

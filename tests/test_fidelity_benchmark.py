@@ -37,7 +37,8 @@ def one_thread():
 
 def test_run_benchmark_toy(bench, tmp_path, one_thread):
     data = load_dataset("digits", subset=400)
-    cfg = bench.BenchConfig(width=4, epochs=1, dw_mults=(1,), spatial_ranks=(0.25,), calib=64, test_subset=100)
+    cfg = bench.BenchConfig(width=4, epochs=1, dw_mults=(1,), spatial_ranks=(0.25,), calib=64, test_subset=100,
+                            distill_lrs=(0.01, 0.05))
     result = bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None)
     table = result.table
 
@@ -50,6 +51,10 @@ def test_run_benchmark_toy(bench, tmp_path, one_thread):
     assert (dw.macs_ratio < 0.5).all() and dw.macs_ratio.nunique() == 1
     assert table.test_accuracy.between(0, 100).all()
     assert math.isclose(result.original_accuracy, table.test_accuracy.iloc[0])
+    # two distillation lrs: both tried, one kept, chosen on the validation split
+    chosen = [(r["method"], r["lr"], r["chosen"]) for r in result.meta["selections"]]
+    assert [(m, lr) for m, lr, _ in chosen] == [(bench.RANDOM_FT, 0.05), (bench.DISTILL, 0.01), (bench.DISTILL, 0.05)]
+    assert sum(c for m, _, c in chosen if m == bench.DISTILL) >= 1
     assert result.test_images == 100
     # refit never raises a site's error on the calibration data
     sites = result.refit_sites
@@ -69,8 +74,9 @@ def test_run_benchmark_toy(bench, tmp_path, one_thread):
     assert len(pd.read_csv(tmp_path / "fidelity.csv")) == len(table)
     md = (tmp_path / "fidelity.md").read_text()
     assert "python benchmarks/fidelity.py --data digits" in md and "Targets" in md
+    assert "best validation accuracy" in md and "(chosen)" in md
 
 
 def test_cli_arguments(bench):
-    args = bench.parse_args(["--data", "x", "--dw-mults", "1,2", "--spatial-ranks", ""])
-    assert args.dw_mults == (1, 2) and args.spatial_ranks == ()
+    args = bench.parse_args(["--data", "x", "--dw-mults", "1,2", "--spatial-ranks", "", "--distill-lr", "0.02,0.05"])
+    assert args.dw_mults == (1, 2) and args.spatial_ranks == () and args.distill_lr == (0.02, 0.05)

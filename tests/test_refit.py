@@ -172,6 +172,18 @@ def test_joint_refit_recovers_separable_conv_from_wrong_factors(bias, stride, di
         torch.testing.assert_close(converted(x), original(x), rtol=1e-3, atol=1e-4)
 
 
+def test_joint_refit_conjugate_gradients_match_direct_solve(net, data, monkeypatch):
+    """Large depthwise steps (C_in·m·K² > DIRECT_MAX) are solved by conjugate gradients."""
+    from nas_sepconv import joint_refit
+
+    direct, plan = convert(net, "dwsep_m2", SITES)
+    iterative = copy.deepcopy(direct)
+    want = refit(direct, net, data, plan=plan, iterations=3)
+    monkeypatch.setattr(joint_refit, "DIRECT_MAX", 0)
+    got = refit(iterative, net, data, plan=plan, iterations=3)
+    assert got["rel_output_error_after"].to_numpy() == pytest.approx(want["rel_output_error_after"].to_numpy(), rel=1e-3)
+
+
 def test_joint_refit_keeps_old_weights_when_solve_would_hurt(net, data, monkeypatch):
     import dataclasses
 
