@@ -51,6 +51,16 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One thread for tests of small tensors: thread start-up costs more than it saves (and
+    far more on a busy 2-core machine).  Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``;
+    it runs after the autouse fixture above, which sets two."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory):
     """CIFAR-10 (JPEG q75) extracted from ../shared/data; skips cleanly when absent."""

@@ -13,14 +13,7 @@ from nas_sepconv.geometry import ConvGeometry
 from nas_sepconv.specs import BlockSpec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: thread start-up costs more than it saves (and much more on a busy machine).
-    Runs after conftest's autouse fixture, which sets two threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
 
 
 def convert(conv: nn.Module, spec: str | BlockSpec) -> tuple[nn.Module, BlockSpec, ConvGeometry]:

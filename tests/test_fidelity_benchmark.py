@@ -26,13 +26,6 @@ def bench():
     sys.modules.pop(spec.name, None)
 
 
-@pytest.fixture
-def one_thread():
-    """Toy-sized convs run ~10x slower on two OpenMP threads when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_run_benchmark_toy(bench, tmp_path, one_thread):

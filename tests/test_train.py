@@ -16,13 +16,7 @@ from nas_sepconv.train import FitResult, TrainConfig, distill, evaluate, fit, re
 from nas_sepconv import train as train_mod
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions run faster on one thread, especially on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
 
 
 @pytest.fixture(scope="module")
