@@ -568,6 +568,17 @@ def _maybe_inject_failure(trial: optuna.trial.Trial) -> None:
                 os.kill(os.getpid(), 9)
 
 
+#: set by Ctrl-C.  The handlers also raise KeyboardInterrupt at once, to stop the running trial;
+#: but Python drops an exception raised while a finalizer (``__del__``, a weakref callback) runs,
+#: so the claim loop checks this too and stops after the trial.
+_INTERRUPTED = threading.Event()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def _worker_loop(settings: _Settings, worker: int, on_finish: Callable[[], None] | None = None, *, parent: int | None = None) -> None:
     """Claim and run trials until the study holds ``settings.trials`` finished trials.  A
     spawned worker (``parent`` given) stops when its parent process is gone, so a killed
@@ -589,6 +600,8 @@ def _worker_loop(settings: _Settings, worker: int, on_finish: Callable[[], None]
         _run_one(ctx, study, claim)
         if on_finish:
             on_finish()
+        if _INTERRUPTED.is_set():  # the KeyboardInterrupt was swallowed on the way (see _interrupt)
+            raise KeyboardInterrupt
 
 
 def quiet_optuna() -> None:
@@ -606,6 +619,7 @@ def _worker_main(settings: _Settings, worker: int) -> None:
 
     def interrupt_once(signum: int, frame: Any) -> None:  # Ctrl-C reaches us and the parent forwards it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _INTERRUPTED.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupt_once)
@@ -775,28 +789,42 @@ def search(
         if progress:
             progress(status)
 
+    _INTERRUPTED.clear()
+    main = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if main:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         if workers == 1:
             _worker_loop(settings, 0, on_finish=update)
         else:
             _run_workers(settings, update)
     finally:
-        update()
+        try:
+            update()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
     return the_study
 
 
 @contextlib.contextmanager
 def _sigint_deferred():
     """Hold Ctrl-C back for the block (main thread only): it raises KeyboardInterrupt after."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous not in (signal.default_int_handler, _interrupt):
         yield
         return
     caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+
+    def hold(signum: int, frame: Any) -> None:
+        _INTERRUPTED.set()
+        caught.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
 
@@ -837,6 +865,8 @@ def _run_workers(settings: _Settings, update: Callable[[], None]) -> None:
     try:
         while procs:
             time.sleep(1.0)
+            if _INTERRUPTED.is_set():  # swallowed on the way: see _interrupt
+                raise KeyboardInterrupt
             for i, p in list(procs.items()):
                 if p.exitcode is None:
                     continue

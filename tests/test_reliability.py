@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -314,3 +315,29 @@ def test_cifar_batches_cannot_run_code(tmp_path):
     with pytest.raises(UserInputError):
         load_dataset("cifar10", root=tmp_path)
     assert not marker.exists(), "loading a CIFAR-10 folder ran code from a pickle"
+
+
+def test_swallowed_interrupt_still_stops_the_search(tmp_path, monkeypatch):
+    """A KeyboardInterrupt raised inside a finalizer is dropped by Python; the Ctrl-C flag
+    still stops the claim loop after the running trial, with outputs written."""
+    import importlib
+
+    search_mod = importlib.import_module("nas_sepconv.search")  # the package re-exports search() by that name
+
+    space = write_space(tmp_path)
+    real_run_one = search_mod._run_one
+
+    def run_one(ctx, study, trial):
+        real_run_one(ctx, study, trial)
+        if trial.number == 0:  # Ctrl-C whose KeyboardInterrupt got lost
+            search_mod._INTERRUPTED.set()
+
+    monkeypatch.setattr(search_mod, "_run_one", run_one)
+    monkeypatch.setattr(search_mod, "_INTERRUPTED", threading.Event())  # not left set for other tests
+    with pytest.raises(KeyboardInterrupt):
+        search_mod.search(str(space), trials=4, out=str(tmp_path / "out"))
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}").get_trials()
+    assert [t.state for t in trials] == [S.COMPLETE]
+    assert (tmp_path / "out" / "tiny" / "trials.csv").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
