@@ -464,8 +464,8 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         + (" Where several lrs are listed, each row keeps the lr with the best validation accuracy (chosen per "
            "conversion; the test split is never used to choose): " + _selection_text(result.meta.get("selections", []))
            if len(cfg.finetune_lrs) > 1 or len(cfg.distill_lrs) > 1 else ""),
-        f"- `spatial_r0.5` costs as many MACs as the 3×3 conv it replaces (rank·3·(C_in + C_out) = 9·C_in·C_out at rank "
-        "1.5·C); it is listed for completeness.",
+        *([f"- `spatial_r0.5` costs as many MACs as the 3×3 conv it replaces (rank·3·(C_in + C_out) = 9·C_in·C_out at "
+             "rank 1.5·C); it is listed for completeness."] if 0.5 in cfg.spatial_ranks else []),
         *[f"- {n}" for n in notes],
         f"- Machine: {machine}, torch {torch.__version__}, {threads} thread(s); the machine was shared with other jobs.",
         f"- Wall time: {result.seconds / 60:.1f} min for this run"
