@@ -151,7 +151,10 @@ def test_ctrl_c_writes_outputs_and_resumes(tmp_path, workers):
     n = 5 if workers == 1 else 16  # with workers the first outputs appear later: more trials to interrupt
     args = ["search", "--space", str(space), "--trials", str(n), "--workers", str(workers), "--out", str(tmp_path / "out")]
     folder = tmp_path / "out" / "tiny"
-    proc = subprocess.Popen(cli(*args), env=env_with(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child starts with Ctrl-C at its default even when this run inherited it ignored (a
+    # job started with `&` from a script ignores SIGINT, and Python then never installs its handler)
+    proc = subprocess.Popen(cli(*args), env=env_with(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (folder / "trials.csv").is_file():  # the first trial has finished
@@ -333,11 +336,12 @@ def test_swallowed_interrupt_still_stops_the_search(tmp_path, monkeypatch):
             search_mod._INTERRUPTED.set()
 
     monkeypatch.setattr(search_mod, "_run_one", run_one)
+    handler = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     monkeypatch.setattr(search_mod, "_INTERRUPTED", threading.Event())  # not left set for other tests
     with pytest.raises(KeyboardInterrupt):
         search_mod.search(str(space), trials=4, out=str(tmp_path / "out"))
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}").get_trials()
     assert [t.state for t in trials] == [S.COMPLETE]
     assert (tmp_path / "out" / "tiny" / "trials.csv").is_file()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler is put back
 
