@@ -333,6 +333,12 @@ def targets(table: pd.DataFrame, original_acc: float) -> list[str]:
             f"({best.delta_points:+.2f} points)."
         )
     no_grad = conv[conv.method.isin([REFIT_LAST, REFIT, REFIT_BN])]
+    above = no_grad[no_grad.macs_ratio > 0.25]
+    if not above.empty:  # the cheapest conversion just above 1/4, for scale
+        nearest = above[above.macs_ratio == above.macs_ratio.min()]
+        r = nearest.loc[nearest.test_accuracy.idxmax()]
+        lines.append(f"  Cheapest conversion above 1/4 of the MACs: {r.conversion} (MACs ratio {r.macs_ratio:.3f}), "
+                     f"{r.method}, {r.test_accuracy:.2f}% ({r.delta_points:+.2f} points).")
     ok = no_grad[no_grad.delta_points >= -1.0]
     if not ok.empty:
         best = ok.loc[ok.macs_ratio.idxmin()]

@@ -68,6 +68,8 @@ def test_run_benchmark_toy(bench, tmp_path, one_thread):
     md = (tmp_path / "fidelity.md").read_text()
     assert "python benchmarks/fidelity.py --data digits" in md and "Targets" in md
     assert "best validation accuracy" in md and "(chosen)" in md
+    lines = bench.targets(table, result.original_accuracy)
+    assert sum("Cheapest conversion above 1/4" in line for line in lines) == (table.macs_ratio > 0.25).iloc[1:].any()
 
 
 def test_cli_arguments(bench):
