@@ -143,11 +143,11 @@ def refit_dwsep(block: nn.Module, g: ConvGeometry, xtx: torch.Tensor, xty: torch
         gram = torch.einsum("oij,osk->ijsk", p, p)  # (C_in, m, C_in, m)
         rhs = torch.einsum("ito,oij->ijt", b3, p)  # (C_in, m, K²)
         size = cin * m * k
-        diag = torch.einsum("itit,ijij->ijt", a4, gram).reshape(-1)
-        lam = ridge * diag.mean().clamp_min(1e-300)
         if size <= DIRECT_MAX:
             h = torch.einsum("itsu,ijsk->ijtsku", a4, gram).reshape(size, size)
             return _ridge_solve(h, rhs.reshape(size, 1), ridge).reshape(cin, m, k)
+        # the same ridge as _ridge_solve: ridge · mean diagonal of H, from the diagonals of A and G
+        lam = ridge * torch.einsum("itit,ijij->ijt", a4, gram).mean().clamp_min(1e-300)
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
             t = torch.einsum("ijsk,sku->ijsu", gram, v)
