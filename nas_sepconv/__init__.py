@@ -6,10 +6,12 @@ Model -> plan -> converted model -> trial -> DataFrame::
     plan = ns.make_plan(model, "dwsep", example_inputs=x)    # plan.py
     model2 = ns.apply_plan(model, plan, init="svd")          # rewrite.py, decompose.py
     ns.refit(model2, model, batches)                         # refit.py
+    plan = ns.plan_for_budget(model, ns.sensitivity(model, batches), macs_ratio=0.25, example_inputs=x)  # budget.py
     study = ns.search("default", trials=24)                  # spaces.py, search.py
     df = ns.results.load("results/default")                  # results.py
 """
 
+from .budget import plan_for_budget, sensitivity
 from .errors import CandidateError, NasSepconvError, TrainingDiverged, UserInputError
 from .geometry import ConvGeometry
 from .io import load_model, save_model
@@ -56,10 +58,12 @@ __all__ = [
     "measure_latency",
     "model_from_name",
     "optimize_for_inference",
+    "plan_for_budget",
     "plan_of",
     "profile",
     "refit",
     "results",
     "save_model",
     "search",
+    "sensitivity",
 ]

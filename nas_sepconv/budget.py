@@ -1,0 +1,256 @@
+"""Plans for a MACs budget: measure how much each site minds each block, then choose the mix.
+
+A uniform plan (every site ``dwsep_m2``) spends the same fraction of MACs everywhere, but sites
+differ: in a CIFAR ResNet-18 the first stage's convolutions hurt the output ten times more
+than the last stage's when converted the same way.  Two steps, after the per-layer rank
+selection of X. Zhang, J. Zou, K. He, J. Sun, "Accelerating Very Deep Convolutional Networks
+for Classification and Detection", TPAMI 2016 (arXiv:1505.06798), which picks each layer's
+rank to minimise a per-layer damage objective under a whole-model complexity budget:
+
+1. :func:`sensitivity` converts **one site at a time** to each candidate block (closed-form
+   initialisation, then :func:`~nas_sepconv.refit.refit` of that site on the calibration
+   batches, as the full conversion will do) and measures the **damage** at the model's output
+   on the same batches: the mean KL divergence ``KL(softmax(original) || softmax(converted))``
+   over the class dimension (dim 1, so segmentation outputs work too), or with
+   ``metric="mse"`` the relative squared error ``‖y' − y‖² / ‖y‖²``.
+2. :func:`plan_for_budget` chooses one candidate or ``keep`` per site so that the whole
+   model's MACs are at most ``macs_ratio`` times the original's and the summed damage is least:
+   a multiple-choice knapsack, solved exactly by dynamic programming over MACs savings in
+   ``resolution`` steps of the required saving (each site's saving is rounded *down*, so the
+   plan never exceeds the budget; the rounding can cost at most one step per site).
+
+The summed single-site damages are a model of the joint damage, not a measurement: converting
+several sites compounds their errors (which the forward-order refit partly undoes).  Measure
+the converted model.  The table is the costly part (one refit and one pass over the batches
+per site and candidate); compute it once and call :func:`plan_for_budget` for each budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import UserInputError
+from .plan import Plan, _site_cost, make_plan
+from .refit import _batches, _device, _EvalMode, _on, refit
+from .rewrite import apply_plan
+from .specs import BlockSpec, as_spec
+
+__all__ = ["sensitivity", "plan_for_budget"]
+
+DEFAULT_CANDIDATES = ("dwsep_m1", "dwsep_m2", "dwsep_m4")
+SENSITIVITY_COLUMNS = ["name", "spec", "calls", "macs_before", "macs_after", "params_before", "params_after", "damage"]
+_METRICS = ("kl", "mse")
+
+
+def _forward(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(batch[0])
+    return model(batch)
+
+
+def _leaves(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (a tensor, or tuples/lists/dicts of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _leaves(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _leaves(v)]
+    return []
+
+
+def _damage(outputs: list[Any], references: list[Any], metric: str) -> float:
+    """Mean KL over positions (``kl``) or relative squared error (``mse``), summed over leaves."""
+    total = 0.0
+    for leaf in range(len(_leaves(references[0]))):
+        num = den = 0.0
+        for out, ref in zip(outputs, references):
+            y, r = _leaves(out)[leaf].double(), _leaves(ref)[leaf].double()
+            if metric == "kl" and r.dim() >= 2:
+                kl = F.kl_div(F.log_softmax(y, 1), F.log_softmax(r, 1), log_target=True, reduction="none").sum(1)
+                num, den = num + kl.sum().item(), den + kl.numel()
+            else:  # mse, or a 1-D output (no class dimension)
+                num, den = num + (y - r).square().sum().item(), den + r.square().sum().item()
+        total += num / den if den else 0.0
+    return total
+
+
+def _one_site(plan: Plan, name: str, spec: BlockSpec) -> Plan | None:
+    """``plan`` with only site ``name`` converted to ``spec`` (None if the spec cannot replace it
+    or would not save MACs)."""
+    entries = []
+    for e in plan.entries:
+        if e.name != name:
+            entries.append(dataclasses.replace(e, spec=None, reason="not this site", macs_after=e.macs_before,
+                                               params_after=e.params_before))
+            continue
+        if spec.unsupported(e.geometry):
+            return None
+        macs, params = _site_cost(e.geometry, spec, e.input_shape)
+        if macs >= e.macs_before:
+            return None
+        entries.append(dataclasses.replace(e, spec=spec, reason="", macs_after=macs, params_after=params))
+    return dataclasses.replace(plan, entries=entries)
+
+
+def _candidates(candidates: Sequence[Any]) -> list[BlockSpec]:
+    if isinstance(candidates, (str, BlockSpec)) or not candidates:
+        raise UserInputError("candidates", f"expected a non-empty list of block specs, got {candidates!r}",
+                             "use e.g. ['dwsep_m1', 'dwsep_m2', 'spatial_r0.125']")
+    return list(dict.fromkeys(as_spec(c) for c in candidates))
+
+
+@torch.no_grad()
+def sensitivity(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    candidates: Sequence[str | BlockSpec] = DEFAULT_CANDIDATES,
+    policy: Any = "dwsep",
+    example_inputs: Any = None,
+    refit_sites: bool = True,
+    iterations: int = 10,
+    metric: str = "kl",
+    device: Any = None,
+) -> pd.DataFrame:
+    """How much converting each site alone to each candidate block damages the output.
+
+    ``policy`` chooses the sites (those :func:`~nas_sepconv.plan.make_plan` would convert
+    under it; by default every conv but the stem, 1×1 and depthwise convs); its own spec is
+    not used.  For each site and each candidate that can replace it and saves MACs there, the
+    model is converted at that site only (``init="svd"``), refit on ``batches`` when
+    ``refit_sites`` (``iterations`` as in :func:`~nas_sepconv.refit.refit`), and run on the
+    same batches; ``damage`` compares its outputs to the original's (``metric``: ``"kl"``, the
+    mean KL divergence over dim 1, or ``"mse"``, the relative squared error).
+
+    ``example_inputs`` defaults to the first sample of the first batch.  ``model`` is never
+    changed.  Returns one row per (site, candidate), sites in forward order:
+    ``name, spec, calls, macs_before, macs_after, params_before, params_after, damage``
+    (MACs and params of one call of the site, as in ``Plan.report()``).
+    """
+    specs = _candidates(candidates)
+    if metric not in _METRICS:
+        raise UserInputError("metric", f"expected one of {', '.join(_METRICS)}, got {metric!r}", "use 'kl' for classifiers")
+    dev = _device(model, device)
+    reference_model = _on(model, dev)
+    data = _batches(batches, dev)
+    if example_inputs is None:
+        first = data[0][0] if isinstance(data[0], (tuple, list)) else data[0]
+        if not isinstance(first, torch.Tensor):
+            raise UserInputError("example_inputs", "cannot be taken from dict batches", "pass example_inputs=")
+        example_inputs = first[:1].cpu()
+    base = make_plan(model, policy, example_inputs=example_inputs)
+    with _EvalMode(reference_model):
+        references = [_forward(reference_model, b) for b in data]
+    rows = []
+    for entry in base.converted:
+        for spec in specs:
+            plan = _one_site(base, entry.name, spec)
+            if plan is None:
+                continue
+            converted = apply_plan(model, plan, init="svd").to(dev)
+            if refit_sites:
+                refit(converted, reference_model, data, plan=plan, iterations=iterations)
+            with _EvalMode(converted):
+                outputs = [_forward(converted, b) for b in data]
+            e = next(e for e in plan.entries if e.name == entry.name)
+            rows.append(dict(name=e.name, spec=str(spec), calls=e.calls, macs_before=e.macs_before,
+                             macs_after=e.macs_after, params_before=e.params_before, params_after=e.params_after,
+                             damage=_damage(outputs, references, metric)))
+            del converted, outputs
+    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+
+
+def choose(options: list[list[tuple[int, float]]], required: int, *, resolution: int = 4000) -> list[int] | None:
+    """Multiple-choice knapsack: one option per group, each ``(saving, damage)``, total saving at
+    least ``required``, least total damage.  Returns the chosen index per group (None if no
+    choice saves enough).  Savings are rounded down to ``required / resolution`` steps."""
+    if required <= 0:
+        return [min(range(len(g)), key=lambda j: (g[j][1], -g[j][0])) for g in options]
+    unit = required / resolution
+    inf = float("inf")
+    best = np.full(resolution + 1, inf)
+    best[0] = 0.0
+    steps = []  # per group: the option and the predecessor state that reach each state
+    for group in options:
+        new = np.full(resolution + 1, inf)
+        pick = np.zeros(resolution + 1, dtype=np.int64)
+        came = np.zeros(resolution + 1, dtype=np.int64)
+        for j, (saving, damage) in enumerate(group):
+            s = min(int(saving // unit), resolution)
+            cand = np.full(resolution + 1, inf)
+            prev = np.arange(resolution + 1)
+            cand[s:resolution] = best[: resolution - s] + damage
+            prev[s:resolution] = np.arange(resolution - s)
+            tail = best[resolution - s:]  # every state from which this saving reaches the budget
+            k = int(np.argmin(tail))
+            cand[resolution], prev[resolution] = tail[k] + damage, resolution - s + k
+            better = cand < new
+            new[better], pick[better], came[better] = cand[better], j, prev[better]
+        steps.append((pick, came))
+        best = new
+    if not np.isfinite(best[resolution]):
+        return None
+    state, chosen = resolution, []
+    for pick, came in reversed(steps):
+        chosen.append(int(pick[state]))
+        state = int(came[state])
+    return chosen[::-1]
+
+
+def plan_for_budget(
+    model: nn.Module,
+    table: pd.DataFrame,
+    *,
+    macs_ratio: float,
+    example_inputs: Any,
+    resolution: int = 4000,
+) -> Plan:
+    """The plan whose summed damage (from :func:`sensitivity`'s ``table``) is least among those
+    with at most ``macs_ratio`` × the model's MACs; each site gets one of its candidates or is
+    kept.  Sites the table does not name are kept.  The returned plan is an ordinary
+    :class:`~nas_sepconv.plan.Plan` (apply it with :func:`~nas_sepconv.rewrite.apply_plan`,
+    then :func:`~nas_sepconv.refit.refit`); its ``notes`` record the budget and the predicted
+    damage.
+
+    Raises :class:`UserInputError` if ``macs_ratio`` is not in (0, 1] or is below what the
+    candidates can reach, or if ``table`` lacks :func:`sensitivity`'s columns.
+    """
+    if isinstance(macs_ratio, bool) or not isinstance(macs_ratio, (int, float)) or not 0 < macs_ratio <= 1:
+        raise UserInputError("macs_ratio", f"expected a number in (0, 1], got {macs_ratio!r}", "use e.g. 0.25 for a quarter of the MACs")
+    missing = [c for c in SENSITIVITY_COLUMNS if c not in getattr(table, "columns", [])]
+    if missing:
+        raise UserInputError("table", f"lacks the columns {', '.join(missing)}", "pass the DataFrame ns.sensitivity returned")
+    base = make_plan(model, None, example_inputs=example_inputs)  # everything kept: sites and MACs only
+    names = [n for n in dict.fromkeys(table["name"]) if any(e.name == n for e in base.entries)]
+    unknown = sorted(set(table["name"]) - set(names))
+    if unknown:
+        raise UserInputError("table", f"names sites this model does not have ({', '.join(unknown[:3])})",
+                             "compute the table with ns.sensitivity on this model")
+    groups, labels = [], []
+    for name in names:
+        rows = table[table["name"] == name]
+        groups.append([(0, 0.0)] + [(int((r.macs_before - r.macs_after) * r.calls), float(r.damage)) for r in rows.itertuples()])
+        labels.append([None] + list(rows["spec"]))
+    required = base.model_macs - int(macs_ratio * base.model_macs)
+    chosen = choose(groups, required, resolution=resolution)
+    if chosen is None:
+        floor = (base.model_macs - sum(max(s for s, _ in g) for g in groups)) / base.model_macs
+        raise UserInputError("macs_ratio", f"{macs_ratio:g} is below what these candidates reach ({floor:.3f} of the MACs)",
+                             "raise macs_ratio, or add cheaper candidates (e.g. dwsep_m1) to ns.sensitivity")
+    rules = {glob.escape(name): label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
+    plan = make_plan(model, rules, example_inputs=example_inputs)
+    damage = sum(g[j][1] for g, j in zip(groups, chosen))
+    plan.notes.append(f"plan_for_budget: macs_ratio {macs_ratio:g} (reached {plan.macs_after / plan.model_macs:.4f}), "
+                      f"predicted damage {damage:.4g} (sum of single-site damages)")
+    return plan

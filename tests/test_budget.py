@@ -1,0 +1,180 @@
+"""Per-site sensitivity and plans for a MACs budget (nas_sepconv/budget.py)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+
+import nas_sepconv as ns
+from nas_sepconv.budget import SENSITIVITY_COLUMNS, choose
+from nas_sepconv.errors import UserInputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
+
+
+class Net(nn.Module):
+    """Three 3x3 convs after a stem, the middle one strided, a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv1 = nn.Conv2d(16, 24, 3, padding=1)
+        self.conv2 = nn.Conv2d(24, 32, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        x = torch.relu(self.conv3(x))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def net_and_batches():
+    torch.manual_seed(0)
+    model = Net().eval()
+    with torch.no_grad():  # conv3 is already depthwise-separable: each input channel's slice has rank 1
+        w = model.conv3.weight
+        w.copy_(torch.randn(32, 32, 1, 1) * torch.randn(1, 32, 3, 3) / 10)
+        model.fc.weight.mul_(30)  # confident logits, so that the KL sees the damage
+    batches = [torch.randn(16, 3, 12, 12) for _ in range(2)]
+    return model, batches
+
+
+@pytest.fixture(scope="module")
+def table(net_and_batches):
+    model, batches = net_and_batches
+    return ns.sensitivity(model, batches, candidates=["dwsep_m1", "dwsep_m2", "spatial_r0.25"], iterations=2)
+
+
+def test_sensitivity_rows_and_columns(table):
+    assert list(table.columns) == SENSITIVITY_COLUMNS
+    # the stem (C_in=3) is not a site of the default policy; every candidate applies to each conv
+    assert list(dict.fromkeys(table["name"])) == ["conv1", "conv2", "conv3"]
+    assert len(table) == 9
+    assert (table["macs_after"] < table["macs_before"]).all()
+    assert (table["damage"] >= 0).all()
+
+
+def test_exact_conversion_does_no_damage(table):
+    """conv3's kernel is rank 1 per input channel, so dwsep_m1 reproduces it: no damage there."""
+    m1 = table[table["spec"] == "dwsep_m1"].set_index("name")["damage"]
+    assert m1["conv3"] < 1e-8
+    assert m1["conv1"] > 1e-4 and m1["conv2"] > 1e-4
+
+
+def test_sensitivity_mse_metric_and_model_unchanged(net_and_batches):
+    model, batches = net_and_batches
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = ns.sensitivity(model, batches, candidates=["dwsep_m1"], metric="mse", refit_sites=False)
+    assert len(t) == 3 and (t["damage"] > 0).all()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_refit_lowers_the_damage(net_and_batches, table):
+    model, batches = net_and_batches
+    raw = ns.sensitivity(model, batches, candidates=["dwsep_m1"], refit_sites=False)
+    refit = table[table["spec"] == "dwsep_m1"]
+    assert (refit["damage"].to_numpy() <= raw["damage"].to_numpy() + 1e-9).all()
+
+
+def test_plan_meets_the_budget_and_applies(net_and_batches, table):
+    model, batches = net_and_batches
+    x = batches[0][:1]
+    base = ns.count_macs(model, x)
+    for ratio in (0.3, 0.5, 0.8):
+        plan = ns.plan_for_budget(model, table, macs_ratio=ratio, example_inputs=x)
+        converted = ns.apply_plan(model, plan)
+        assert ns.count_macs(converted, x) == plan.macs_after <= ratio * base
+        assert converted(batches[0]).shape == (16, 10)
+        assert any("plan_for_budget" in n for n in plan.notes)
+
+
+def test_generous_budget_keeps_everything(net_and_batches, table):
+    model, batches = net_and_batches
+    plan = ns.plan_for_budget(model, table, macs_ratio=1.0, example_inputs=batches[0][:1])
+    assert plan.converted == []
+
+
+def test_tight_budget_uses_the_free_conversion_first(net_and_batches, table):
+    model, batches = net_and_batches
+    x = batches[0][:1]
+    conv3 = table[(table["name"] == "conv3") & (table["spec"] == "dwsep_m1")].iloc[0]
+    saving = (conv3.macs_before - conv3.macs_after) / ns.count_macs(model, x)
+    plan = ns.plan_for_budget(model, table, macs_ratio=1 - saving, example_inputs=x)
+    assert [(e.name, str(e.spec)) for e in plan.converted] == [("conv3", "dwsep_m1")]
+
+
+def test_sensitive_site_gets_the_better_block():
+    """A synthetic table: conv1 is very sensitive to dwsep_m1; the allocator spends there."""
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(1, 3, 12, 12)
+    plan = ns.make_plan(model, "dwsep_m1", example_inputs=x)
+    rows = []
+    for e in plan.converted:
+        for spec, damage in (("dwsep_m1", 10.0 if e.name == "conv1" else 0.1), ("dwsep_m4", 0.05)):
+            p = ns.make_plan(model, {e.name: spec}, example_inputs=x)
+            f = next(f for f in p.entries if f.name == e.name)
+            rows.append(dict(name=e.name, spec=spec, calls=1, macs_before=f.macs_before, macs_after=f.macs_after,
+                             params_before=f.params_before, params_after=f.params_after, damage=damage))
+    table = pd.DataFrame(rows)
+    m1_all = ns.make_plan(model, "dwsep_m1", example_inputs=x)
+    ratio = (m1_all.macs_after + 0.5 * (m1_all.model_macs - m1_all.macs_after)) / m1_all.model_macs
+    plan = ns.plan_for_budget(model, table, macs_ratio=ratio, example_inputs=x)
+    chosen = {e.name: str(e.spec) for e in plan.converted}
+    assert plan.macs_after <= ratio * plan.model_macs
+    assert chosen.get("conv1") != "dwsep_m1"  # kept or dwsep_m4
+    assert "dwsep_m1" in chosen.values()  # the budget is spent where it hurts less
+
+
+def test_choose_is_optimal_against_brute_force():
+    rng = random.Random(0)
+    for _ in range(40):
+        groups = [[(0, 0.0)] + [(rng.randint(1, 100), rng.random()) for _ in range(rng.randint(1, 3))]
+                  for _ in range(rng.randint(1, 4))]
+        required = rng.randint(0, sum(max(s for s, _ in g) for g in groups))
+        picked = choose(groups, required, resolution=10_000)  # every saving is a whole number of steps
+        feasible = [c for c in itertools.product(*(range(len(g)) for g in groups))
+                    if sum(g[j][0] for g, j in zip(groups, c)) >= required]
+        best = min(sum(g[j][1] for g, j in zip(groups, c)) for c in feasible)
+        assert picked is not None
+        assert sum(g[j][0] for g, j in zip(groups, picked)) >= required
+        assert sum(g[j][1] for g, j in zip(groups, picked)) == pytest.approx(best)
+
+
+def test_choose_reports_infeasible():
+    assert choose([[(0, 0.0), (5, 1.0)], [(0, 0.0), (3, 1.0)]], 9) is None
+
+
+def test_rounding_never_breaks_the_budget():
+    # savings that are not whole steps are rounded down: the plan may save more, never less
+    groups = [[(0, 0.0), (7, 1.0)], [(0, 0.0), (7, 1.0)], [(0, 0.0), (7, 0.5)]]
+    picked = choose(groups, 14, resolution=3)
+    assert sum(g[j][0] for g, j in zip(groups, picked)) >= 14
+
+
+def test_bad_inputs(net_and_batches, table):
+    model, batches = net_and_batches
+    x = batches[0][:1]
+    with pytest.raises(UserInputError, match="macs_ratio"):
+        ns.plan_for_budget(model, table, macs_ratio=0.01, example_inputs=x)  # below what dwsep_m1 reaches
+    with pytest.raises(UserInputError, match="macs_ratio"):
+        ns.plan_for_budget(model, table, macs_ratio=1.5, example_inputs=x)
+    with pytest.raises(UserInputError, match="table"):
+        ns.plan_for_budget(model, table.drop(columns="damage"), macs_ratio=0.5, example_inputs=x)
+    with pytest.raises(UserInputError, match="table"):
+        ns.plan_for_budget(model, table.assign(name="nowhere"), macs_ratio=0.5, example_inputs=x)
+    with pytest.raises(UserInputError, match="candidates"):
+        ns.sensitivity(model, batches, candidates="dwsep_m1")
+    with pytest.raises(UserInputError, match="metric"):
+        ns.sensitivity(model, batches, metric="l1")
+    with pytest.raises(UserInputError, match="spec"):
+        ns.sensitivity(model, batches, candidates=["nonsense_m1"])
