@@ -4,8 +4,9 @@ ResNet's 3×3 convolutions to separable blocks, with and without data and gradie
 
 One trained reference network (``cifar_resnet18(width=W)`` trained with ``ns.train.fit``, the
 library's defaults: SGD, one-cycle, label smoothing, crop+flip augmentation), then for every
-conversion (``dwsep_m{1,2,4}``; ``spatial_r{0.25,0.5}`` without training rows) the test
-accuracy and whole-model MACs ratio of
+conversion (``dwsep_m{1,2,4}``; ``spatial_r{0.25,0.5}`` without training rows; ``budget_B``: the
+mix of blocks ``ns.plan_for_budget`` chooses for a MACs ratio B from ``ns.sensitivity``) the
+test accuracy and whole-model MACs ratio of
 
 * ``random init + fine-tune``: fresh blocks, then the same training budget as the distillation
   row (plain cross-entropy training with ``fit``);
@@ -20,8 +21,10 @@ accuracy and whole-model MACs ratio of
 
 Outputs in ``--out``: ``fidelity.csv`` (one row per conversion and method), ``fidelity.md`` (the
 table, the command, the set-up, the targets), ``fidelity.png`` (accuracy vs MACs ratio),
-``refit_sites.csv`` (per-site output errors before/after each refit) and the trained reference
-weights (``original_*.safetensors``, reused unless ``--retrain``).
+``refit_sites.csv`` (per-site output errors before/after each refit), with ``--budgets`` also
+``sensitivity.csv`` (per site and candidate block) and ``budget_plans.csv`` (the block chosen per
+site), and the trained reference weights (``original_*.safetensors`` in ``--reference-dir``,
+default ``--out``; reused unless ``--retrain``).
 
     python benchmarks/fidelity.py --data /tmp/cifar10 --subset 20000 --epochs 10 --width 16
 """
@@ -57,6 +60,8 @@ DISTILL = "SVD + refit + distillation"
 METHODS = (RANDOM_FT, SVD, SVD_BN, REFIT_LAST, REFIT, REFIT_BN, DISTILL)
 NO_GRADIENT = (SVD, SVD_BN, REFIT_LAST, REFIT, REFIT_BN)
 
+BUDGET_CANDIDATES = ("dwsep_m1", "dwsep_m2", "dwsep_m4", "spatial_r0.0625", "spatial_r0.125", "spatial_r0.25")
+
 COLUMNS = [
     "conversion", "family", "param", "method", "train_epochs", "calib_images", "test_accuracy",
     "delta_points", "macs", "macs_ratio", "params", "seconds",
@@ -73,6 +78,9 @@ class BenchConfig:
     batch_size: int = 128
     dw_mults: tuple[int, ...] = (1, 2, 4)
     spatial_ranks: tuple[float, ...] = (0.25, 0.5)
+    budgets: tuple[float, ...] = ()  # MACs ratios for ns.plan_for_budget
+    budget_candidates: tuple[str, ...] = BUDGET_CANDIDATES
+    reference_dir: str | None = None  # where the reference weights are cached (default: the output folder)
     calib: int = 512
     finetune_epochs: int = 1
     finetune_lrs: tuple[float, ...] = (0.05,)  # several: the best on the validation split is kept
@@ -190,7 +198,7 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
     Writes nothing but the cached reference weights; :func:`write_outputs` writes the rest."""
     start = time.perf_counter()
     out = Path(out)
-    original, train_seconds, cached, info = _reference(data, cfg, out, log)
+    original, train_seconds, cached, info = _reference(data, cfg, Path(cfg.reference_dir or out), log)
     test = _test_split(data, cfg.test_subset, cfg.seed)
     x = torch.zeros(1, *data.input_shape)
     base_macs = ns.count_macs(original, x)
@@ -209,10 +217,22 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
 
     conversions = [(f"dwsep_m{m}", "dwsep", float(m), True) for m in cfg.dw_mults]
     conversions += [(f"spatial_r{r:g}", "spatial", float(r), False) for r in cfg.spatial_ranks]
+    conversions += [(f"budget_{b:g}", "budget", float(b), True) for b in cfg.budgets]
     site_reports = []
     selections: list[dict] = []
+    sensitivity, budget_plans = pd.DataFrame(), []
+    if cfg.budgets:
+        t = time.perf_counter()
+        sensitivity = ns.sensitivity(original, calib, candidates=cfg.budget_candidates, example_inputs=x)
+        log(f"sensitivity of {sensitivity.name.nunique()} sites x {len(cfg.budget_candidates)} candidates "
+            f"in {time.perf_counter() - t:.0f} s")
     for spec, family, param, train_rows in conversions:
-        plan = ns.make_plan(original, spec, example_inputs=x)
+        if family == "budget":
+            plan = ns.plan_for_budget(original, sensitivity, macs_ratio=param, example_inputs=x)
+            budget_plans += [dict(conversion=spec, name=e.name, spec=str(e.spec) if e.spec else "keep")
+                             for e in plan.entries]
+        else:
+            plan = ns.make_plan(original, spec, example_inputs=x)
         probe = ns.apply_plan(original, plan, init="random")
         macs, params = ns.count_macs(probe, x), ns.count_params(probe)
         del probe
@@ -288,7 +308,8 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
                        train_seconds=train_seconds if not cached else float(info.get("train_seconds", math.nan)),
                        cached=cached, seconds=time.perf_counter() - start,
                        meta={"calib_images": n_calib, "base_macs": base_macs, "reference": info,
-                             "selections": selections})
+                             "selections": selections, "sensitivity": sensitivity,
+                             "budget_plans": pd.DataFrame(budget_plans)})
 
 
 # -- reporting -------------------------------------------------------------------------------
@@ -359,6 +380,9 @@ def targets(table: pd.DataFrame, original_acc: float) -> list[str]:
         lines.append(f"- **≤ 1/7 MACs (dw_mult=1), ≤ 1 epoch of distillation, within 1 point: {verdict}.** "
                      f"dwsep_m1 + refit + distillation: {r.test_accuracy:.2f}% ({r.delta_points:+.2f} points), MACs ratio "
                      f"{r.macs_ratio:.3f}" + (f" ({'; '.join(why)})." if why else "."))
+    for r in conv[(conv.family == "budget") & (conv.macs_ratio <= 1 / 7) & (conv.method == DISTILL)].itertuples():
+        lines.append(f"  {r.conversion} (the mix `plan_for_budget` chose) + refit + distillation: {r.test_accuracy:.2f}% "
+                     f"({r.delta_points:+.2f} points), MACs ratio {r.macs_ratio:.3f}.")
     gaps = []
     for c in dict.fromkeys(conv.conversion):
         d = conv[(conv.conversion == c) & (conv.method == DISTILL)]
@@ -381,7 +405,7 @@ def plot(table: pd.DataFrame, original_acc: float, path: Path, title: str) -> No
     fig, ax = plt.subplots(figsize=(10, 5))
     conv = table[table.conversion != ORIGINAL]
     markers = dict(zip(METHODS, "os^<Dvp"))
-    for family, style in (("dwsep", "-"), ("spatial", ":")):
+    for family, style in (("dwsep", "-"), ("spatial", ":"), ("budget", "--")):
         fam = conv[conv.family == family]
         for m in METHODS:
             r = fam[fam.method == m].sort_values("macs_ratio")
@@ -412,6 +436,10 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
     table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
     if not result.refit_sites.empty:
         result.refit_sites.to_csv(out / "refit_sites.csv", index=False, float_format="%.6g")
+    sens, plans = result.meta.get("sensitivity"), result.meta.get("budget_plans")
+    if sens is not None and not sens.empty:
+        sens.to_csv(out / "sensitivity.csv", index=False, float_format="%.6g")
+        plans.to_csv(out / "budget_plans.csv", index=False)
     title = (f"{dataset_label}: {_arch(cfg)}, {cfg.epochs} epochs, "
              f"subset {subset if subset else 'all'}")
     plot(table, result.original_accuracy, out / "fidelity.png", title)
@@ -485,10 +513,35 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         "",
         site_summary,
         "",
+        *_budget_section(result, cfg),
         "Plot: `fidelity.png`; all rows: `fidelity.csv`.",
         "",
     ]
     (out / "fidelity.md").write_text("\n".join(md))
+
+
+def _budget_section(result: BenchResult, cfg: BenchConfig) -> list[str]:
+    """The blocks ``plan_for_budget`` chose per site, and the sensitivity behind them."""
+    sens, plans = result.meta.get("sensitivity"), result.meta.get("budget_plans")
+    if sens is None or sens.empty:
+        return []
+    table = sens.pivot(index="name", columns="spec", values="damage").reindex(list(dict.fromkeys(sens.name)))
+    table = table[[c for c in cfg.budget_candidates if c in table.columns]]
+    chosen = plans.pivot(index="name", columns="conversion", values="spec")
+    body = pd.concat([table.map(lambda v: f"{v:.4f}"), chosen.reindex(table.index)], axis=1).reset_index()
+    return [
+        "## Budget plans: per-site damage and the blocks chosen",
+        "",
+        "`ns.sensitivity(original, calibration, candidates=...)`: each site converted alone to each candidate (SVD, then "
+        "refit of that site), damage = mean KL(original ‖ converted) of the output on the calibration images. "
+        "`ns.plan_for_budget(original, table, macs_ratio=B)`: the least summed damage with at most B × the MACs "
+        "(exact multiple-choice knapsack); every `budget_B` column below is then converted, refit and trained like the "
+        "uniform conversions. Candidates: " + ", ".join(f"`{c}`" for c in cfg.budget_candidates) + ". "
+        "Values in `sensitivity.csv` and `budget_plans.csv`.",
+        "",
+        _markdown(body),
+        "",
+    ]
 
 
 def _lrs(lrs: tuple[float, ...]) -> str:
@@ -529,6 +582,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stem-stride", type=int, default=1, help="cifar_resnet18 stem stride (2: stages on 16×16 maps)")
     p.add_argument("--dw-mults", type=_ints, default=(1, 2, 4), help="comma-separated dw_mult values")
     p.add_argument("--spatial-ranks", type=_floats, default=(0.25, 0.5), help="comma-separated rank fractions ('' for none)")
+    p.add_argument("--budgets", type=_floats, default=(), help="comma-separated MACs ratios for ns.plan_for_budget ('' for none)")
+    p.add_argument("--budget-candidates", default=",".join(BUDGET_CANDIDATES), help="comma-separated block specs for ns.sensitivity")
+    p.add_argument("--reference-dir", default=None, help="where the trained reference is cached (default: --out)")
     p.add_argument("--calib", type=int, default=512, help="calibration images for refit and BN re-estimation")
     p.add_argument("--finetune-epochs", type=int, default=1, help="epochs for the random-init and distillation rows")
     p.add_argument("--finetune-lr", type=_floats, default=(0.05,),
@@ -559,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"data: {data}")
     label = args.dataset_label or {"cifar10": "CIFAR-10 (JPEG q75)"}.get(name, name)
     cfg = BenchConfig(width=args.width, stem_stride=args.stem_stride, epochs=args.epochs, dw_mults=args.dw_mults, spatial_ranks=args.spatial_ranks,
+                      budgets=args.budgets, budget_candidates=tuple(v for v in args.budget_candidates.split(",") if v.strip()),
+                      reference_dir=args.reference_dir,
                       calib=args.calib, finetune_epochs=args.finetune_epochs, finetune_lrs=args.finetune_lr,
                       distill_lrs=args.distill_lr, test_subset=args.test_subset, seed=args.seed, retrain=args.retrain)
     result = run_benchmark(data, cfg, args.out, log=log)

@@ -73,5 +73,29 @@ def test_run_benchmark_toy(bench, tmp_path, one_thread):
 
 
 def test_cli_arguments(bench):
-    args = bench.parse_args(["--data", "x", "--dw-mults", "1,2", "--spatial-ranks", "", "--distill-lr", "0.02,0.05"])
+    args = bench.parse_args(["--data", "x", "--dw-mults", "1,2", "--spatial-ranks", "", "--distill-lr", "0.02,0.05",
+                             "--budgets", "0.25,0.142"])
     assert args.dw_mults == (1, 2) and args.spatial_ranks == () and args.distill_lr == (0.02, 0.05)
+    assert args.budgets == (0.25, 0.142) and args.budgets == bench.parse_args(["--data", "x", "--budgets", "0.25,0.142"]).budgets
+
+
+def test_budget_rows(bench, tmp_path, one_thread):
+    data = load_dataset("digits", subset=400)
+    cfg = bench.BenchConfig(width=8, epochs=1, dw_mults=(), spatial_ranks=(), budgets=(0.6,),
+                            budget_candidates=("dwsep_m1", "spatial_r0.25"), calib=64, test_subset=100,
+                            reference_dir=str(tmp_path / "ref"))
+    result = bench.run_benchmark(data, cfg, tmp_path / "out", log=lambda msg: None)
+    table = result.table
+    rows = table[table.conversion == "budget_0.6"]
+    assert list(rows.method) == [m for m in bench.METHODS if m != bench.REFIT_LAST]
+    assert (rows.family == "budget").all() and (rows.macs_ratio <= 0.6).all()
+    sens, plans = result.meta["sensitivity"], result.meta["budget_plans"]
+    assert set(sens.spec) == {"dwsep_m1", "spatial_r0.25"} and (sens.damage >= 0).all()
+    assert set(plans.conversion) == {"budget_0.6"} and (plans.spec != "keep").any()
+    assert any((tmp_path / "ref").glob("original_*.safetensors"))  # the reference is cached apart from the outputs
+    result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
+    bench.write_outputs(result, cfg, tmp_path / "out", command="python benchmarks/fidelity.py --budgets 0.6",
+                        dataset_label="digits", machine="test", threads=1, subset=400)
+    for name in ("sensitivity.csv", "budget_plans.csv", "fidelity.md"):
+        assert (tmp_path / "out" / name).is_file(), name
+    assert "Budget plans" in (tmp_path / "out" / "fidelity.md").read_text()
