@@ -231,7 +231,7 @@ def plan_for_budget(
     missing = [c for c in SENSITIVITY_COLUMNS if c not in getattr(table, "columns", [])]
     if missing:
         raise UserInputError("table", f"lacks the columns {', '.join(missing)}", "pass the DataFrame ns.sensitivity returned")
-    base = make_plan(model, None, example_inputs=example_inputs)  # everything kept: sites and MACs only
+    base = make_plan(model, {}, example_inputs=example_inputs)  # every site kept: the sites and MACs only
     names = [n for n in dict.fromkeys(table["name"]) if any(e.name == n for e in base.entries)]
     unknown = sorted(set(table["name"]) - set(names))
     if unknown:
