@@ -99,3 +99,22 @@ def test_budget_rows(bench, tmp_path, one_thread):
     for name in ("sensitivity.csv", "budget_plans.csv", "fidelity.md"):
         assert (tmp_path / "out" / name).is_file(), name
     assert "Budget plans" in (tmp_path / "out" / "fidelity.md").read_text()
+
+
+def test_targets_seventh_line(bench):
+    def row(conversion, method, ratio, delta):
+        return dict(conversion=conversion, family=conversion.split("_")[0], param=1.0, method=method, train_epochs=1,
+                    calib_images=512, test_accuracy=70 + delta, delta_points=delta, macs=1, macs_ratio=ratio, params=1,
+                    seconds=1.0)
+
+    original = dict(row(bench.ORIGINAL, bench.ORIGINAL, 1.0, 0.0), family=bench.ORIGINAL)
+    table = pd.DataFrame([original, row("dwsep_m1", bench.DISTILL, 0.142, -5.0), row("budget_0.142", bench.DISTILL, 0.140, -4.0)])
+    lines = bench.targets(table, 70.0)
+    seventh = [i for i, line in enumerate(lines) if "1/7" in line and line.startswith("- ")]
+    assert len(seventh) == 1
+    assert "NOT met" in lines[seventh[0]] and "Best: budget_0.142" in lines[seventh[0]]
+    assert "dwsep_m1 + refit + distillation: 65.00%" in lines[seventh[0] + 1]
+    met = bench.targets(table.assign(delta_points=table.delta_points.clip(lower=-0.5)), 70.0)
+    assert any("within 1 point: met" in line and "1/7" in line for line in met)
+    wide = pd.DataFrame([original, row("dwsep_m1", bench.DISTILL, 0.2, -0.5)])
+    assert any("> 1/7 for this width" in line for line in bench.targets(wide, 70.0))
