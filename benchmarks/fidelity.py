@@ -379,7 +379,7 @@ def targets(table: pd.DataFrame, original_acc: float) -> list[str]:
     else:
         r = seventh.loc[seventh.test_accuracy.idxmax()]
         verdict = "met" if r.delta_points >= -1.0 else "NOT met"
-        lines.append(f"- **≤ 1/7 MACs, ≤ {r.train_epochs} epoch of distillation, within 1 point: {verdict}.** "
+        lines.append(f"- **≤ 1/7 MACs, ≤ {_epochs(r.train_epochs)} of distillation, within 1 point: {verdict}.** "
                      f"Best: {r.conversion} + refit + distillation, {r.test_accuracy:.2f}% ({r.delta_points:+.2f} points), "
                      f"MACs ratio {r.macs_ratio:.3f} (1/{1 / r.macs_ratio:.1f}).")
         for o in seventh.drop(index=r.name).itertuples():
@@ -493,9 +493,9 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         "`nas_sepconv/joint_refit.py`; the last-linear-only row keeps the SVD's depthwise filters). "
         "`SVD + refit + BN re-estimation` recomputes the BatchNorm statistics after the refit; both rows are reported "
         "(no choice made on the test set).",
-        f"- `random init + fine-tune`: `apply_plan(init=\"random\")`, then {cfg.finetune_epochs} epoch of `fit` "
+        f"- `random init + fine-tune`: `apply_plan(init=\"random\")`, then {_epochs(cfg.finetune_epochs)} of `fit` "
         f"(cross-entropy, peak lr {_lrs(cfg.finetune_lrs)}, one-cycle with 0.2 epoch warm-up). "
-        f"`SVD + refit + distillation`: the refit model, {cfg.finetune_epochs} epoch of `distill` against the original "
+        f"`SVD + refit + distillation`: the refit model, {_epochs(cfg.finetune_epochs)} of `distill` against the original "
         f"(T 4, α 0.9, peak lr {_lrs(cfg.distill_lrs)}, same schedule). Same number of steps for both "
         f"(batch {cfg.finetune_batch_size or cfg.batch_size}, {_steps(result, cfg)} steps)."
         + (" Where several lrs are listed, each row keeps the lr with the best validation accuracy (chosen per "
@@ -545,6 +545,10 @@ def _budget_section(result: BenchResult, cfg: BenchConfig) -> list[str]:
         _markdown(body),
         "",
     ]
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 def _steps(result: BenchResult, cfg: BenchConfig) -> int:
