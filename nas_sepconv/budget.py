@@ -122,6 +122,7 @@ def sensitivity(
     iterations: int = 10,
     metric: str = "kl",
     device: Any = None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """How much converting each site alone to each candidate block damages the output.
 
@@ -133,8 +134,8 @@ def sensitivity(
     same batches; ``damage`` compares its outputs to the original's (``metric``: ``"kl"``, the
     mean KL divergence over dim 1, or ``"mse"``, the relative squared error).
 
-    ``example_inputs`` defaults to the first sample of the first batch.  ``model`` is never
-    changed.  Returns one row per (site, candidate), sites in forward order:
+    ``example_inputs`` defaults to the first sample of the first batch.  ``progress``: a rich
+    progress bar on stderr (one step per site and candidate).  ``model`` is never changed.  Returns one row per (site, candidate), sites in forward order:
     ``name, spec, calls, macs_before, macs_after, params_before, params_after, damage``
     (MACs and params of one call of the site, as in ``Plan.report()``).
     """
@@ -153,21 +154,26 @@ def sensitivity(
     with _EvalMode(reference_model):
         references = [_forward(reference_model, b) for b in data]
     rows = []
-    for entry in base.converted:
-        for spec in specs:
-            plan = _one_site(base, entry.name, spec)
-            if plan is None:
-                continue
-            converted = apply_plan(model, plan, init="svd").to(dev)
-            if refit_sites:
-                refit(converted, reference_model, data, plan=plan, iterations=iterations)
-            with _EvalMode(converted):
-                outputs = [_forward(converted, b) for b in data]
-            e = next(e for e in plan.entries if e.name == entry.name)
-            rows.append(dict(name=e.name, spec=str(spec), calls=e.calls, macs_before=e.macs_before,
-                             macs_after=e.macs_after, params_before=e.params_before, params_after=e.params_after,
-                             damage=_damage(outputs, references, metric)))
-            del converted, outputs
+    pairs = [(entry, spec) for entry in base.converted for spec in specs]
+    if progress:
+        from rich.console import Console
+        from rich.progress import track
+
+        pairs = track(pairs, description="sensitivity", console=Console(stderr=True))
+    for entry, spec in pairs:
+        plan = _one_site(base, entry.name, spec)
+        if plan is None:
+            continue
+        converted = apply_plan(model, plan, init="svd").to(dev)
+        if refit_sites:
+            refit(converted, reference_model, data, plan=plan, iterations=iterations)
+        with _EvalMode(converted):
+            outputs = [_forward(converted, b) for b in data]
+        e = next(e for e in plan.entries if e.name == entry.name)
+        rows.append(dict(name=e.name, spec=str(spec), calls=e.calls, macs_before=e.macs_before,
+                         macs_after=e.macs_after, params_before=e.params_before, params_after=e.params_after,
+                         damage=_damage(outputs, references, metric)))
+        del converted, outputs
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 

@@ -178,3 +178,29 @@ def test_bad_inputs(net_and_batches, table):
         ns.sensitivity(model, batches, metric="l1")
     with pytest.raises(UserInputError, match="spec"):
         ns.sensitivity(model, batches, candidates=["nonsense_m1"])
+
+
+class DenseNet(nn.Module):
+    """A segmentation-style model: per-pixel class scores in a dict, as torchvision's segmentation models return."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        return {"out": self.head(torch.relu(self.body(torch.relu(self.stem(x)))))}
+
+
+def test_sensitivity_on_dense_dict_outputs(capsys):
+    torch.manual_seed(0)
+    model = DenseNet().eval()
+    batches = [torch.randn(4, 3, 10, 10)]
+    table = ns.sensitivity(model, batches, candidates=["dwsep_m1", "dwsep_m2"], iterations=1, progress=True)
+    assert list(table["name"]) == ["body", "body"]  # the stem (C_in=3) and the 1x1 head are not sites
+    damage = table.set_index("spec")["damage"]
+    assert damage["dwsep_m1"] >= damage["dwsep_m2"] > 0  # KL per pixel over the 5 classes
+    assert "sensitivity" in capsys.readouterr().err  # the progress bar went to stderr
+    plan = ns.plan_for_budget(model, table, macs_ratio=0.6, example_inputs=batches[0][:1])
+    assert [e.name for e in plan.converted] == ["body"]
