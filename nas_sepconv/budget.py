@@ -135,9 +135,11 @@ def sensitivity(
     mean KL divergence over dim 1, or ``"mse"``, the relative squared error).
 
     ``example_inputs`` defaults to the first sample of the first batch.  ``progress``: a rich
-    progress bar on stderr (one step per site and candidate).  ``model`` is never changed.  Returns one row per (site, candidate), sites in forward order:
-    ``name, spec, calls, macs_before, macs_after, params_before, params_after, damage``
-    (MACs and params of one call of the site, as in ``Plan.report()``).
+    progress bar on stderr (one step per site and candidate).  ``model`` is never changed.
+
+    Returns one row per (site, candidate), sites in forward order: ``name, spec, calls,
+    macs_before, macs_after, params_before, params_after, damage`` (MACs and params of one call
+    of the site, as in ``Plan.report()``).
     """
     specs = _candidates(candidates)
     if metric not in _METRICS:
@@ -234,6 +236,8 @@ def plan_for_budget(
     """
     if isinstance(macs_ratio, bool) or not isinstance(macs_ratio, (int, float)) or not 0 < macs_ratio <= 1:
         raise UserInputError("macs_ratio", f"expected a number in (0, 1], got {macs_ratio!r}", "use e.g. 0.25 for a quarter of the MACs")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise UserInputError("resolution", f"expected a positive integer, got {resolution!r}", "use e.g. 4000")
     missing = [c for c in SENSITIVITY_COLUMNS if c not in getattr(table, "columns", [])]
     if missing:
         raise UserInputError("table", f"lacks the columns {', '.join(missing)}", "pass the DataFrame ns.sensitivity returned")

@@ -168,6 +168,8 @@ def test_bad_inputs(net_and_batches, table):
         ns.plan_for_budget(model, table, macs_ratio=0.01, example_inputs=x)  # below what dwsep_m1 reaches
     with pytest.raises(UserInputError, match="macs_ratio"):
         ns.plan_for_budget(model, table, macs_ratio=1.5, example_inputs=x)
+    with pytest.raises(UserInputError, match="resolution"):
+        ns.plan_for_budget(model, table, macs_ratio=0.5, example_inputs=x, resolution=0)
     with pytest.raises(UserInputError, match="table"):
         ns.plan_for_budget(model, table.drop(columns="damage"), macs_ratio=0.5, example_inputs=x)
     with pytest.raises(UserInputError, match="table"):
