@@ -211,8 +211,8 @@ def _fill_study(study: optuna.Study, seed: int, n_complete: int = 8) -> None:
 @pytest.fixture()
 def sqlite_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = optuna.create_study(study_name="pareto-a", storage=url,
-                                directions=["maximize", "minimize"])
+    study = optuna.create_study(study_name="pareto-a", storage=url, directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))  # seeded: some trials draw an "ir" kind
     study.set_metric_names(["accuracy", "macs"])
     study.set_user_attr("mode", "pareto")
     study.set_user_attr("space", "tiny")
@@ -290,7 +290,8 @@ def test_load_scalarised_and_journal(tmp_path) -> None:
 
     path = tmp_path / "journal.log"
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    study = optuna.create_study(study_name="mnas", storage=storage, direction="maximize")
+    study = optuna.create_study(study_name="mnas", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=1))
     study.set_metric_names(["reward"])
     study.set_user_attr("mode", "scalarised")
     _fill_study(study, seed=1, n_complete=5)
@@ -346,8 +347,8 @@ def test_write_outputs_roundtrip(sqlite_study, tmp_path) -> None:
 def test_compare(sqlite_study, tmp_path) -> None:
     df_a = results.load(sqlite_study[0])
     url_b = f"sqlite:///{tmp_path / 'b.db'}"
-    study_b = optuna.create_study(study_name="pareto-b", storage=url_b,
-                                  directions=["maximize", "minimize"])
+    study_b = optuna.create_study(study_name="pareto-b", storage=url_b, directions=["maximize", "minimize"],
+                                  sampler=optuna.samplers.RandomSampler(seed=5))
     study_b.set_metric_names(["accuracy", "macs"])
     _fill_study(study_b, seed=5, n_complete=4)
     df_b = results.load(url_b)
