@@ -39,7 +39,8 @@ import torch.nn.functional as F
 
 from .errors import UserInputError
 from .plan import Plan, _site_cost, make_plan
-from .refit import _batches, _device, _EvalMode, _on, refit
+from .profile import output_tensors
+from .refit import _batches, _device, _EvalMode, _on, _run, refit
 from .rewrite import apply_plan
 from .specs import BlockSpec, as_spec
 
@@ -50,32 +51,13 @@ SENSITIVITY_COLUMNS = ["name", "spec", "calls", "macs_before", "macs_after", "pa
 _METRICS = ("kl", "mse")
 
 
-def _forward(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(batch[0])
-    return model(batch)
-
-
-def _leaves(out: Any) -> list[torch.Tensor]:
-    """The tensors of a model output (a tensor, or tuples/lists/dicts of them)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _leaves(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _leaves(v)]
-    return []
-
-
 def _damage(outputs: list[Any], references: list[Any], metric: str) -> float:
     """Mean KL over positions (``kl``) or relative squared error (``mse``), summed over leaves."""
     total = 0.0
-    for leaf in range(len(_leaves(references[0]))):
+    for leaf in range(len(output_tensors(references[0]))):
         num = den = 0.0
         for out, ref in zip(outputs, references):
-            y, r = _leaves(out)[leaf].double(), _leaves(ref)[leaf].double()
+            y, r = output_tensors(out)[leaf].double(), output_tensors(ref)[leaf].double()
             if metric == "kl" and r.dim() >= 2:
                 kl = F.kl_div(F.log_softmax(y, 1), F.log_softmax(r, 1), log_target=True, reduction="none").sum(1)
                 num, den = num + kl.sum().item(), den + kl.numel()
@@ -154,7 +136,7 @@ def sensitivity(
         example_inputs = first[:1].cpu()
     base = make_plan(model, policy, example_inputs=example_inputs)
     with _EvalMode(reference_model):
-        references = [_forward(reference_model, b) for b in data]
+        references = [_run(reference_model, b) for b in data]
     rows = []
     pairs = [(entry, spec) for entry in base.converted for spec in specs]
     if progress:
@@ -170,7 +152,7 @@ def sensitivity(
         if refit_sites:
             refit(converted, reference_model, data, plan=plan, iterations=iterations)
         with _EvalMode(converted):
-            outputs = [_forward(converted, b) for b in data]
+            outputs = [_run(converted, b) for b in data]
         e = next(e for e in plan.entries if e.name == entry.name)
         rows.append(dict(name=e.name, spec=str(spec), calls=e.calls, macs_before=e.macs_before,
                          macs_after=e.macs_after, params_before=e.params_before, params_after=e.params_after,

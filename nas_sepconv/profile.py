@@ -94,6 +94,17 @@ class _MacCounter(TorchFunctionMode):
             h.remove()
 
 
+def output_tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors of a model output: a tensor, or tuples/lists/dicts of them (in order)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for v in output.values() for t in output_tensors(v)]
+    if isinstance(output, (list, tuple)):
+        return [t for v in output for t in output_tensors(v)]
+    return []
+
+
 def as_inputs(example_inputs: Any) -> tuple:
     """Example inputs as a tuple of tensors.  A tuple/list of ints is read as an input size
     ``(C, H, W)`` (batch 1 is added) or ``(N, C, H, W)``."""

@@ -124,17 +124,17 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _run(model: nn.Module, batch: Any) -> None:
-    """One forward pass; a hook may end it early by raising :class:`_Stop`."""
+def _run(model: nn.Module, batch: Any) -> Any:
+    """One forward pass on a batch (a tensor, ``(x, y)`` or keyword inputs); returns the output,
+    or None when a hook ended the pass early by raising :class:`_Stop`."""
     try:
         if isinstance(batch, dict):
-            model(**batch)
-        elif isinstance(batch, (tuple, list)):
-            model(batch[0])
-        else:
-            model(batch)
+            return model(**batch)
+        if isinstance(batch, (tuple, list)):
+            return model(batch[0])
+        return model(batch)
     except _Stop:
-        pass
+        return None
 
 
 def _device(model: nn.Module, device: Any) -> torch.device:

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from .errors import UserInputError
 from .models import make_divisible
+from .profile import output_tensors
 
 __all__ = ["apply_width_mult", "find_classifier"]
 
@@ -42,22 +43,12 @@ def find_classifier(model: nn.Module, num_outputs: int | None = None) -> nn.Modu
     return convs[-1] if convs else None
 
 
-def _output_tensors(output: object) -> list[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for v in output.values() for t in _output_tensors(v)]
-    if isinstance(output, (list, tuple)):
-        return [t for v in output for t in _output_tensors(v)]
-    return []
-
-
 def _output_shapes(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[int, ...]]:
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return [tuple(t.shape) for t in _output_tensors(model(example_inputs))]
+            return [tuple(t.shape) for t in output_tensors(model(example_inputs))]
     finally:
         model.train(was_training)
 
