@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UserInputError
-from .plan import Plan, _site_cost, make_plan
+from .plan import Plan, make_plan, with_spec
 from .profile import output_tensors
 from .refit import _batches, _device, _EvalMode, _on, _run, refit
 from .rewrite import apply_plan
@@ -52,36 +52,27 @@ _METRICS = ("kl", "mse")
 
 
 def _damage(outputs: list[Any], references: list[Any], metric: str) -> float:
-    """Mean KL over positions (``kl``) or relative squared error (``mse``), summed over leaves."""
-    total = 0.0
-    for leaf in range(len(output_tensors(references[0]))):
-        num = den = 0.0
-        for out, ref in zip(outputs, references):
-            y, r = output_tensors(out)[leaf].double(), output_tensors(ref)[leaf].double()
+    """Mean KL over positions (``kl``) or relative squared error (``mse``), summed over the
+    output's tensors."""
+    sums: dict[int, list[float]] = {}  # per output tensor: numerator, denominator
+    for out, ref in zip(outputs, references):
+        for i, (y, r) in enumerate(zip(output_tensors(out), output_tensors(ref))):
+            y, r = y.double(), r.double()
+            acc = sums.setdefault(i, [0.0, 0.0])
             if metric == "kl" and r.dim() >= 2:
                 kl = F.kl_div(F.log_softmax(y, 1), F.log_softmax(r, 1), log_target=True, reduction="none").sum(1)
-                num, den = num + kl.sum().item(), den + kl.numel()
+                acc[0], acc[1] = acc[0] + kl.sum().item(), acc[1] + kl.numel()
             else:  # mse, or a 1-D output (no class dimension)
-                num, den = num + (y - r).square().sum().item(), den + r.square().sum().item()
-        total += num / den if den else 0.0
-    return total
+                acc[0], acc[1] = acc[0] + (y - r).square().sum().item(), acc[1] + r.square().sum().item()
+    return sum(num / den for num, den in sums.values() if den)
 
 
 def _one_site(plan: Plan, name: str, spec: BlockSpec) -> Plan | None:
     """``plan`` with only site ``name`` converted to ``spec`` (None if the spec cannot replace it
-    or would not save MACs)."""
-    entries = []
-    for e in plan.entries:
-        if e.name != name:
-            entries.append(dataclasses.replace(e, spec=None, reason="not this site", macs_after=e.macs_before,
-                                               params_after=e.params_before))
-            continue
-        if spec.unsupported(e.geometry):
-            return None
-        macs, params = _site_cost(e.geometry, spec, e.input_shape)
-        if macs >= e.macs_before:
-            return None
-        entries.append(dataclasses.replace(e, spec=spec, reason="", macs_after=macs, params_after=params))
+    or would not save MACs there)."""
+    entries = [with_spec(e, spec if e.name == name else None, reason="not this site") for e in plan.entries]
+    if not any(e.converted for e in entries):
+        return None
     return dataclasses.replace(plan, entries=entries)
 
 
@@ -224,7 +215,8 @@ def plan_for_budget(
     if missing:
         raise UserInputError("table", f"lacks the columns {', '.join(missing)}", "pass the DataFrame ns.sensitivity returned")
     base = make_plan(model, {}, example_inputs=example_inputs)  # every site kept: the sites and MACs only
-    names = [n for n in dict.fromkeys(table["name"]) if any(e.name == n for e in base.entries)]
+    sites = {e.name for e in base.entries}
+    names = [n for n in dict.fromkeys(table["name"]) if n in sites]
     unknown = sorted(set(table["name"]) - set(names))
     if unknown:
         raise UserInputError("table", f"names sites this model does not have ({', '.join(unknown[:3])})",

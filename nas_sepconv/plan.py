@@ -16,7 +16,7 @@ import contextlib
 import fnmatch
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import pandas as pd
@@ -405,6 +405,22 @@ def _site_cost(g: ConvGeometry, spec: BlockSpec | None, input_shape: tuple[int, 
     return count_macs(module, x), count_params(module)
 
 
+def with_spec(entry: PlanEntry, spec: BlockSpec | None, *, reason: str = "", min_macs_saving: float | None = 0.0) -> PlanEntry:
+    """``entry`` converted to ``spec`` (its MACs and params after recomputed), or kept (with
+    ``reason``) when ``spec`` is None, cannot replace the conv, or saves less than
+    ``min_macs_saving`` of its MACs (``None``: no check)."""
+    kept = replace(entry, spec=None, reason=reason, macs_after=entry.macs_before, params_after=entry.params_before)
+    if spec is None:
+        return kept
+    why_not = spec.unsupported(entry.geometry)
+    if why_not:
+        return replace(kept, reason=f"{spec} does not apply: {why_not}")
+    macs, params = _site_cost(entry.geometry, spec, entry.input_shape)
+    if min_macs_saving is not None and macs > entry.macs_before * (1 - min_macs_saving):
+        return replace(kept, reason=f"{spec} would not save MACs ({macs:,} vs {entry.macs_before:,})")
+    return replace(entry, spec=spec, reason="", macs_after=macs, params_after=params)
+
+
 def make_plan(model: nn.Module, policy: "str | BlockSpec | Mapping | Policy | None" = "dwsep", *, example_inputs: Any) -> Plan:
     """Decide, for every conv site of ``model``, the block that replaces it (pure: the model is
     not changed).  See :class:`Policy` for what ``policy`` may be."""
@@ -418,23 +434,11 @@ def make_plan(model: nn.Module, policy: "str | BlockSpec | Mapping | Policy | No
     policy.check_globs([s.name for s in sites])
     entries = []
     for site in sites:
-        g = site.geometry
-        macs0, params0 = _site_cost(g, None, site.input_shape)
+        macs0, params0 = _site_cost(site.geometry, None, site.input_shape)
+        kept = PlanEntry(site.name, site.source, site.geometry, site.input_shape, site.output_shape, site.calls,
+                         None, "", macs0, macs0, params0, params0)
         spec, reason = policy.decide(site)
-        macs1, params1 = macs0, params0
-        if spec is not None:
-            why_not = spec.unsupported(g)
-            if why_not:
-                spec, reason = None, f"{spec} does not apply: {why_not}"
-            else:
-                macs1, params1 = _site_cost(g, spec, site.input_shape)
-                limit = policy.min_macs_saving
-                if limit is not None and macs1 > macs0 * (1 - limit):
-                    spec, reason = None, f"{spec} would not save MACs ({macs1:,} vs {macs0:,})"
-                    macs1, params1 = macs0, params0
-        entries.append(
-            PlanEntry(site.name, site.source, g, site.input_shape, site.output_shape, site.calls, spec, reason, macs0, macs1, params0, params1)
-        )
+        entries.append(with_spec(kept, spec, reason=reason, min_macs_saving=policy.min_macs_saving))
     return Plan(
         model=type(model).__name__,
         input_shapes=[tuple(t.shape) for t in inputs],
