@@ -16,6 +16,7 @@ import contextlib
 import fnmatch
 import io
 import json
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -250,6 +251,44 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
             m.training = f
     sites, notes = _sites_from_graph(gm)
     return sites, True, notes
+
+
+# --------------------------------------------------------------------------------------------
+# Where a site's output goes
+# --------------------------------------------------------------------------------------------
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_PASS_THROUGH = (nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Dropout)
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Mish, nn.PReLU,
+                nn.Hardtanh, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)
+
+
+def is_add(node: fx.Node) -> bool:
+    """A plain two-operand addition node (``a + b``, ``a += b``, ``torch.add(a, b)``, ``a.add(b)``)."""
+    if node.kwargs or len(node.args) != 2:  # torch.add(..., alpha=...) is not a plain sum
+        return False
+    if node.op == "call_function":
+        return node.target in _ADD_FUNCTIONS
+    return node.op == "call_method" and node.target in ("add", "add_")
+
+
+def activation_after(gm: fx.GraphModule, name: str) -> str | None:
+    """The module name of the first activation that the output of module ``name`` reaches along
+    a single path through normalisations, identities and additions (a ResNet branch's
+    ``conv → bn → relu`` and ``conv → bn → + shortcut → relu``), or ``None`` (no such path, a
+    functional activation, or ``name`` not called exactly once)."""
+    modules = dict(gm.named_modules())
+    nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == name]
+    if len(nodes) != 1:
+        return None
+    node = nodes[0]
+    while len(node.users) == 1:
+        node = next(iter(node.users))
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(module, _ACTIVATIONS):
+            return node.target
+        if not (isinstance(module, _PASS_THROUGH) or is_add(node)):
+            return None
+    return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -360,11 +360,17 @@ def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, see
             constraints[key] = float(value - limit)
     feasible = all(c <= 0 for c in constraints.values())
     cfg = TrainConfig(**space.spec.train.model_dump(), seed=seed)
-    teacher = None
+    teacher, features = None, []
     if candidate.kind == "convert":
+        from .rewrite import plan_of
+        from .train import converted_features
+
         c = space.spec.convert
         cfg = replace(cfg, epochs=max(1, c.finetune_epochs), lr=c.finetune_lr, warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs)
         teacher = ctx.base() if c.distill else None
+        # hints need the base's widths: a width-pruned student has other feature shapes
+        if teacher is not None and c.feature_weight > 0 and candidate.recipe["width_mult"] == 1.0 and plan_of(model) is not None:
+            features = converted_features(model)
 
     def report(epoch: int, val_acc: float) -> None:
         if trial is not None and s.mode == "scalarised":
@@ -384,7 +390,8 @@ def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, see
             epochs=0,
         )
     else:
-        result = fit(model, ctx.data, config=cfg, device=device, resolution=candidate.resolution, teacher=teacher, on_epoch=report)
+        result = fit(model, ctx.data, config=cfg, device=device, resolution=candidate.resolution, teacher=teacher,
+                     features=features, feature_weight=space.spec.convert.feature_weight if features else 0.0, on_epoch=report)
         metrics.update(accuracy=result.val_accuracy, test_accuracy=result.test_accuracy, epochs=result.epochs)
     if "latency_ms" in s.objectives or s.max_latency_ms is not None:
         metrics["latency_ms"] = measure_latency(model, x.to(device), repeats=10, warmup=3, threads=1)["median_ms"]

@@ -183,6 +183,9 @@ class ConvertSection(_Strict):
     finetune_epochs: int = Field(default=1, ge=0)
     finetune_lr: float = Field(default=0.01, gt=0)
     distill: bool = True
+    # hints at the activations after the converted sites (ns.distill(features="converted")), at
+    # this weight; 0: logits only.  Used where the student keeps the base's widths (width_mult 1)
+    feature_weight: float = Field(default=10.0, ge=0)
 
 
 class DataSection(_Strict):

@@ -31,7 +31,7 @@ def bench():
 def test_run_benchmark_toy(bench, tmp_path, one_thread):
     data = load_dataset("digits", subset=400)
     cfg = bench.BenchConfig(width=4, epochs=1, dw_mults=(1,), spatial_ranks=(0.25,), calib=64, test_subset=100,
-                            distill_lrs=(0.01, 0.05))
+                            distill_lrs=(0.01, 0.05), feature_weight=10.0, feature_lrs=(0.05,))
     result = bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None)
     table = result.table
 
@@ -46,7 +46,8 @@ def test_run_benchmark_toy(bench, tmp_path, one_thread):
     assert math.isclose(result.original_accuracy, table.test_accuracy.iloc[0])
     # two distillation lrs: both tried, one kept, chosen on the validation split
     chosen = [(r["method"], r["lr"], r["chosen"]) for r in result.meta["selections"]]
-    assert [(m, lr) for m, lr, _ in chosen] == [(bench.RANDOM_FT, 0.05), (bench.DISTILL, 0.01), (bench.DISTILL, 0.05)]
+    assert [(m, lr) for m, lr, _ in chosen] == [(bench.RANDOM_FT, 0.05), (bench.DISTILL, 0.01), (bench.DISTILL, 0.05),
+                                                (bench.FEATURE_DISTILL, 0.05)]
     assert sum(c for m, _, c in chosen if m == bench.DISTILL) >= 1
     assert result.test_images == 100
     # refit never raises a site's error on the calibration data
@@ -67,7 +68,8 @@ def test_run_benchmark_toy(bench, tmp_path, one_thread):
     assert len(pd.read_csv(tmp_path / "fidelity.csv")) == len(table)
     md = (tmp_path / "fidelity.md").read_text()
     assert "python benchmarks/fidelity.py --data digits" in md and "Targets" in md
-    assert "best validation accuracy" in md and "(chosen)" in md
+    assert "best validation accuracy" in md and "(chosen)" in md and 'features=\\"converted\\"' not in md
+    assert 'distill(features="converted", feature_weight=10)' in md
     lines = bench.targets(table, result.original_accuracy)
     assert sum("Cheapest conversion above 1/4" in line for line in lines) == (table.macs_ratio > 0.25).iloc[1:].any()
 
@@ -87,7 +89,7 @@ def test_budget_rows(bench, tmp_path, one_thread):
     result = bench.run_benchmark(data, cfg, tmp_path / "out", log=lambda msg: None)
     table = result.table
     rows = table[table.conversion == "budget_0.6"]
-    assert list(rows.method) == [m for m in bench.METHODS if m != bench.REFIT_LAST]
+    assert list(rows.method) == [m for m in bench.METHODS if m not in (bench.REFIT_LAST, bench.FEATURE_DISTILL)]
     assert (rows.family == "budget").all() and (rows.macs_ratio <= 0.6).all()
     sens, plans = result.meta["sensitivity"], result.meta["budget_plans"]
     assert set(sens.spec) == {"dwsep_m1", "spatial_r0.25"} and (sens.damage >= 0).all()
@@ -113,8 +115,22 @@ def test_targets_seventh_line(bench):
     seventh = [i for i, line in enumerate(lines) if "1/7" in line and line.startswith("- ")]
     assert len(seventh) == 1
     assert "NOT met" in lines[seventh[0]] and "Best: budget_0.142" in lines[seventh[0]]
-    assert "dwsep_m1 + refit + distillation: 65.00%" in lines[seventh[0] + 1]
+    assert "dwsep_m1 SVD + refit + distillation: 65.00%" in lines[seventh[0] + 1]
     met = bench.targets(table.assign(delta_points=table.delta_points.clip(lower=-0.5)), 70.0)
     assert any("within 1 point: met" in line and "1/7" in line for line in met)
     wide = pd.DataFrame([original, row("dwsep_m1", bench.DISTILL, 0.2, -0.5)])
     assert any("> 1/7 for this width" in line for line in bench.targets(wide, 70.0))
+
+
+def test_train_conversions_and_feature_row_only(bench, tmp_path, one_thread):
+    data = load_dataset("digits", subset=300)
+    cfg = bench.BenchConfig(width=4, epochs=1, dw_mults=(1, 2), spatial_ranks=(), calib=32, test_subset=60,
+                            feature_weight=5.0, logit_distill=False, train_conversions=("dwsep_m2",))
+    table = bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None).table
+    assert bench.RANDOM_FT not in set(table[table.conversion == "dwsep_m1"].method)
+    m2 = set(table[table.conversion == "dwsep_m2"].method)
+    assert {bench.RANDOM_FT, bench.FEATURE_DISTILL} <= m2 and bench.DISTILL not in m2
+    args = bench.parse_args(["--data", "x", "--feature-weight", "10", "--feature-lr", "0.05,0.1", "--no-logit-distill",
+                             "--train-conversions", "dwsep_m1,budget_0.142"])
+    assert args.feature_weight == 10 and args.feature_lr == (0.05, 0.1) and args.no_logit_distill
+    assert args.train_conversions == "dwsep_m1,budget_0.142"

@@ -122,3 +122,29 @@ def test_plan_for_another_model_is_refused():
     other = nn.Sequential(nn.Conv2d(3, 8, 3))
     with pytest.raises(ns.UserInputError, match="no such convolution"):
         ns.apply_plan(other, plan)
+
+
+def test_activation_after_follows_norms_and_additions():
+    import torch.nn.functional as F
+
+    from nas_sepconv.plan import activation_after, is_add, trace
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1, self.act = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.conv3, self.conv4, self.pool = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), nn.AvgPool2d(2)
+
+        def forward(self, x):
+            y = self.act(self.bn1(self.conv1(x)))
+            y = self.act(self.bn2(self.conv2(y)) + x)  # residual sum, then the shared activation
+            z = F.relu(self.conv3(y))  # functional activation: no module to name
+            return self.pool(self.conv4(z)) + self.conv4(z).mean()  # conv4 runs twice
+
+    gm = trace(Block())
+    assert activation_after(gm, "conv1") == "act" and activation_after(gm, "conv2") == "act"
+    assert activation_after(gm, "conv3") is None and activation_after(gm, "conv4") is None
+    assert activation_after(gm, "missing") is None
+    adds = [n for n in gm.graph.nodes if is_add(n)]
+    assert len(adds) == 2

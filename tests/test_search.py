@@ -93,6 +93,33 @@ def test_convert_space_search_on_digits(tmp_path):
         assert ns.count_macs(model, torch.randn(1, *recipe["input_size"])) == t.user_attrs["macs"]
 
 
+def test_convert_candidates_distill_with_feature_hints(tmp_path, monkeypatch):
+    import nas_sepconv.train as train_mod
+
+    text = (Path(__file__).resolve().parents[1] / "search_spaces" / "digits_convert.yaml").read_text()
+    text = (text.replace("base_epochs: 8", "base_epochs: 1").replace("epochs: 6", "epochs: 1")
+            .replace("kind: [keep, dwsep, spatial, inverted_residual]", "kind: [dwsep, spatial]")
+            .replace("    expand_ratio: [4]\n", "")
+            .replace("width_mult: [0.5, 1.0]", "width_mult: 1.0"))
+    seen = []
+    real_fit = train_mod.fit
+
+    def spy(model, data, **kwargs):
+        if kwargs.get("teacher") is not None:
+            seen.append((list(kwargs.get("features", ())), kwargs.get("feature_weight")))
+        return real_fit(model, data, **kwargs)
+
+    monkeypatch.setattr(train_mod, "fit", spy)
+    for weight in (10.0, 0.0):
+        path = tmp_path / f"dc{weight:g}.yaml"
+        path.write_text(text.replace("finetune_lr: 0.02", f"finetune_lr: 0.02\n  feature_weight: {weight}"))
+        study = ns.search(path, trials=1, out=tmp_path / f"r{weight:g}")
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+    # tiny_convnet: features.3 -> .4 (bn) -> .5 (relu), and so on for each converted conv
+    assert seen[0][0] and all(name.startswith("features.") for name in seen[0][0]) and seen[0][1] == 10.0
+    assert seen[1] == ([], 0.0)
+
+
 def test_scalarised_mode_records_both_objectives(tmp_path):
     text = TINY.replace("search: {trials: 3, sampler: nsga2, population_size: 4}", "search: {trials: 4, mode: scalarised, target_macs: 200000, pruner: median}")
     path = tmp_path / "s.yaml"

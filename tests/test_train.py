@@ -250,3 +250,98 @@ def test_fit_on_cuda_with_amp(digits):
     assert next(model.parameters()).device.type == "cuda"
     with pytest.raises(TrainingDiverged):
         fit(NanModel(), digits, config=TrainConfig(epochs=1), device="cuda")
+
+
+# -- distillation with feature hints ---------------------------------------------------------
+
+
+def _hint_error(student, teacher, name, digits):
+    """Relative squared error of module ``name``'s output, student vs teacher, on the val split."""
+    x = torch.cat(calibration_batches(digits, n=256, split="val", batch_size=256))
+    outs = {}
+    hooks = [m.get_submodule(name).register_forward_hook(lambda mod, a, o, key=key: outs.__setitem__(key, o))
+             for key, m in (("s", student.eval()), ("t", teacher.eval()))]
+    with torch.no_grad():
+        student(x), teacher(x)
+    for h in hooks:
+        h.remove()
+    return ((outs["s"] - outs["t"]).square().mean() / outs["t"].square().mean()).item()
+
+
+def test_converted_features_are_the_activations_after_the_sites(trained):
+    import nas_sepconv as ns
+    from nas_sepconv.models import cifar_resnet18
+
+    student = ns.convert(trained[0], "dwsep", example_inputs=torch.zeros(1, 1, 16, 16))
+    assert [e.name for e in ns.plan_of(student).converted] == ["4"]
+    assert train_mod.converted_features(student) == ["6"]  # conv 4 -> bn 5 -> relu 6
+    resnet = ns.convert(cifar_resnet18(width=8).eval(), "dwsep", example_inputs=torch.zeros(1, 3, 32, 32))
+    # conv1 -> bn1 -> relu and conv2 -> bn2 -> (+ shortcut) -> relu: one shared ReLU per block
+    assert train_mod.converted_features(resnet) == [f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2)]
+
+
+def test_feature_hint_loss_is_relative_squared_error():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU())
+    student = copy.deepcopy(teacher)
+    hints = train_mod._FeatureHints(student, teacher, ["0", "1"])
+    x = torch.randn(4, 2, 8, 8)
+    hints.active = True
+    student(x), teacher(x)
+    assert hints.loss().item() == pytest.approx(0.0, abs=1e-12)
+    with torch.no_grad():
+        student[0].weight.add_(0.1 * torch.randn_like(student[0].weight))
+    student(x), teacher(x)
+    loss = hints.loss()
+    hints.active = False
+    expected = []
+    for k in range(2):
+        fs, ft = student[: k + 1](x), teacher[: k + 1](x)
+        expected.append(((fs - ft).square().mean() / ft.square().mean()).item())
+    assert loss.item() == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert loss.requires_grad  # the student's side keeps its graph
+    student(x)  # not collected when inactive
+    assert hints.student == [] and hints.teacher == []
+    hints.close()
+    assert not student[0]._forward_hooks and not teacher[0]._forward_hooks
+
+
+def test_distill_with_feature_hints_matches_features_better(digits, trained):
+    import nas_sepconv as ns
+
+    teacher = trained[0]
+    plan = ns.make_plan(teacher, "dwsep", example_inputs=torch.zeros(1, 1, 16, 16))
+    part = dataclasses.replace(digits, train=_head(digits.train, 640))
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, warmup_epochs=0.2)
+    errors = {}
+    for features in (None, "converted"):
+        torch.manual_seed(1)
+        student = ns.apply_plan(teacher, plan, init="random")
+        before = _hint_error(student, teacher, "6", digits)
+        distill(student, teacher, part, config=cfg, features=features, feature_weight=10.0)
+        errors[features] = _hint_error(student, teacher, "6", digits)
+        assert errors[features] < before
+        assert not any(m._forward_hooks for m in [*student.modules(), *teacher.modules()])  # hooks removed
+    assert errors["converted"] < 0.8 * errors[None]
+
+
+def test_feature_hint_argument_checks(digits, trained):
+    import nas_sepconv as ns
+
+    teacher = trained[0]
+    student = ns.convert(teacher, "dwsep", example_inputs=torch.zeros(1, 1, 16, 16))
+    with pytest.raises(UserInputError, match=r"^features: unknown value 'sites'"):
+        distill(student, teacher, digits, features="sites")
+    with pytest.raises(UserInputError, match=r"^features: the student has no module 'nope'"):
+        distill(student, teacher, digits, features=["nope"])
+    with pytest.raises(UserInputError, match=r"^features: 'converted' needs a student made by ns.apply_plan"):
+        distill(small_cnn(), teacher, digits, features="converted")
+    with pytest.raises(UserInputError, match=r"^features: feature hints need a teacher"):
+        fit(small_cnn(), digits, features=["6"])
+    with pytest.raises(UserInputError, match=r"^feature_weight"):
+        distill(student, teacher, digits, features="converted", feature_weight=-1.0)
+    narrow = small_cnn(width=4)  # same module names, other widths
+    with pytest.raises(UserInputError, match=r"^features: '6': student output"):
+        distill(narrow, teacher, dataclasses.replace(digits, train=_head(digits.train, 64)), features=["6"],
+                config=TrainConfig(epochs=1, batch_size=64))
+    assert not any(m._forward_hooks for m in [*narrow.modules(), *teacher.modules()])
