@@ -353,7 +353,8 @@ class _FeatureHints:
     def _keep(self, store: list[Tensor], name: str | None):
         def hook(module, args, output):
             if self.active:
-                store.append(output if name is not None else output.detach())
+                # the teacher's copy is cloned: a later in-place op of its forward must not change it
+                store.append(output if name is not None else output.detach().clone())
                 if name is not None:
                     self.names.append(name)
         return hook
@@ -370,7 +371,7 @@ class _FeatureHints:
                                          f"{tuple(ft.shape)}", "name modules whose outputs have the same shape")
                 ft = ft.float()
                 terms.append((fs.float() - ft).square().mean() / ft.square().mean().clamp_min(1e-12))
-            return torch.stack(terms).mean()
+            return torch.stack(terms).mean() if terms else torch.zeros(())
         finally:
             self.student.clear()
             self.teacher.clear()
