@@ -206,3 +206,18 @@ def test_sensitivity_on_dense_dict_outputs(capsys):
     assert "sensitivity" in capsys.readouterr().err  # the progress bar went to stderr
     plan = ns.plan_for_budget(model, table, macs_ratio=0.6, example_inputs=batches[0][:1])
     assert [e.name for e in plan.converted] == ["body"]
+
+
+def test_sensitivity_on_held_out_batches(net_and_batches):
+    """Refit on two images leaves little error on those two and more on others: eval_batches
+    measures the damage where the refit was not fit (what the plan should budget for)."""
+    model, batches = net_and_batches
+    few = [batches[0][:2]]
+    kwargs = dict(candidates=["dwsep_m2"], iterations=2, metric="mse")
+    on_fit = ns.sensitivity(model, few, **kwargs).set_index("name")["damage"]
+    same = ns.sensitivity(model, few, eval_batches=few, **kwargs).set_index("name")["damage"]
+    held = ns.sensitivity(model, few, eval_batches=batches[1:], **kwargs).set_index("name")["damage"]
+    assert list(held.index) == ["conv1", "conv2", "conv3"]
+    pd.testing.assert_series_equal(on_fit, same)
+    assert held["conv2"] > 2 * on_fit["conv2"]
+    assert held["conv3"] < 1e-8  # exact at any data: conv3 is separable
