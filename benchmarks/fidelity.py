@@ -85,6 +85,7 @@ class BenchConfig:
     spatial_ranks: tuple[float, ...] = (0.25, 0.5)
     budgets: tuple[float, ...] = ()  # MACs ratios for ns.plan_for_budget
     budget_candidates: tuple[str, ...] = BUDGET_CANDIDATES
+    sensitivity_held_out: int = 0  # > 0: ns.sensitivity measures damage on this many validation images
     reference_dir: str | None = None  # where the reference weights are cached (default: the output folder)
     calib: int = 512
     finetune_epochs: int = 1
@@ -235,7 +236,10 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
     sensitivity, budget_plans = pd.DataFrame(), []
     if cfg.budgets:
         t = time.perf_counter()
-        sensitivity = ns.sensitivity(original, calib, candidates=cfg.budget_candidates, example_inputs=x)
+        held_out = (calibration_batches(data, n=cfg.sensitivity_held_out, batch_size=128, split="val", seed=cfg.seed)
+                    if cfg.sensitivity_held_out else None)
+        sensitivity = ns.sensitivity(original, calib, candidates=cfg.budget_candidates, example_inputs=x,
+                                     eval_batches=held_out)
         log(f"sensitivity of {sensitivity.name.nunique()} sites x {len(cfg.budget_candidates)} candidates "
             f"in {time.perf_counter() - t:.0f} s")
     for spec, family, param, train_rows in conversions:
@@ -556,7 +560,10 @@ def _budget_section(result: BenchResult, cfg: BenchConfig) -> list[str]:
         "## Budget plans: per-site damage and the blocks chosen",
         "",
         "`ns.sensitivity(original, calibration, candidates=...)`: each site converted alone to each candidate (SVD, then "
-        "refit of that site), damage = mean KL(original ‖ converted) of the output on the calibration images. "
+        "refit of that site), damage = mean KL(original ‖ converted) of the output on "
+        + (f"{cfg.sensitivity_held_out} held-out validation images (`eval_batches`; the refit sees only the calibration "
+           "images, so a site it overfits is not read as harmless). " if cfg.sensitivity_held_out
+           else "the calibration images. ") +
         "`ns.plan_for_budget(original, table, macs_ratio=B)`: the least summed damage with at most B × the MACs "
         "(exact multiple-choice knapsack); every `budget_B` column below is then converted, refit and trained like the "
         "uniform conversions. Candidates: " + ", ".join(f"`{c}`" for c in cfg.budget_candidates) + ". "
@@ -616,6 +623,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spatial-ranks", type=_floats, default=(0.25, 0.5), help="comma-separated rank fractions ('' for none)")
     p.add_argument("--budgets", type=_floats, default=(), help="comma-separated MACs ratios for ns.plan_for_budget ('' for none)")
     p.add_argument("--budget-candidates", default=",".join(BUDGET_CANDIDATES), help="comma-separated block specs for ns.sensitivity")
+    p.add_argument("--sensitivity-held-out", type=int, default=0,
+                   help="validation images on which ns.sensitivity measures damage (0: the calibration images)")
     p.add_argument("--reference-dir", default=None, help="where the trained reference is cached (default: --out)")
     p.add_argument("--calib", type=int, default=512, help="calibration images for refit and BN re-estimation")
     p.add_argument("--finetune-epochs", type=int, default=1, help="epochs for the random-init and distillation rows")
@@ -657,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     label = args.dataset_label or {"cifar10": "CIFAR-10 (JPEG q75)"}.get(name, name)
     cfg = BenchConfig(width=args.width, stem_stride=args.stem_stride, epochs=args.epochs, dw_mults=args.dw_mults, spatial_ranks=args.spatial_ranks,
                       budgets=args.budgets, budget_candidates=tuple(v for v in args.budget_candidates.split(",") if v.strip()),
+                      sensitivity_held_out=args.sensitivity_held_out,
                       reference_dir=args.reference_dir,
                       calib=args.calib, finetune_epochs=args.finetune_epochs,
                       finetune_batch_size=args.finetune_batch_size, finetune_lrs=args.finetune_lr,

@@ -79,14 +79,24 @@ def test_cli_arguments(bench):
                              "--budgets", "0.25,0.142"])
     assert args.dw_mults == (1, 2) and args.spatial_ranks == () and args.distill_lr == (0.02, 0.05)
     assert args.budgets == (0.25, 0.142) and args.budgets == bench.parse_args(["--data", "x", "--budgets", "0.25,0.142"]).budgets
+    assert args.sensitivity_held_out == 0
+    assert bench.parse_args(["--data", "x", "--sensitivity-held-out", "1024"]).sensitivity_held_out == 1024
 
 
-def test_budget_rows(bench, tmp_path, one_thread):
+def test_budget_rows(bench, tmp_path, one_thread, monkeypatch):
     data = load_dataset("digits", subset=400)
     cfg = bench.BenchConfig(width=8, epochs=1, dw_mults=(), spatial_ranks=(), budgets=(0.6,),
                             budget_candidates=("dwsep_m1", "spatial_r0.25"), calib=64, test_subset=100,
-                            reference_dir=str(tmp_path / "ref"))
+                            sensitivity_held_out=32, reference_dir=str(tmp_path / "ref"))
+    sensitivity, held_out = bench.ns.sensitivity, []
+
+    def spy(model, batches, **options):  # records the images the damage is measured on
+        held_out.append(sum(len(b) for b in options["eval_batches"]))
+        return sensitivity(model, batches, **options)
+
+    monkeypatch.setattr(bench.ns, "sensitivity", spy)
     result = bench.run_benchmark(data, cfg, tmp_path / "out", log=lambda msg: None)
+    assert held_out == [32]
     table = result.table
     rows = table[table.conversion == "budget_0.6"]
     assert list(rows.method) == [m for m in bench.METHODS if m not in (bench.REFIT_LAST, bench.FEATURE_DISTILL)]
@@ -100,7 +110,8 @@ def test_budget_rows(bench, tmp_path, one_thread):
                         dataset_label="digits", machine="test", threads=1, subset=400)
     for name in ("sensitivity.csv", "budget_plans.csv", "fidelity.md"):
         assert (tmp_path / "out" / name).is_file(), name
-    assert "Budget plans" in (tmp_path / "out" / "fidelity.md").read_text()
+    md = (tmp_path / "out" / "fidelity.md").read_text()
+    assert "Budget plans" in md and "32 held-out validation images" in md
 
 
 def test_targets_seventh_line(bench):
