@@ -799,7 +799,10 @@ def calibration_batches(
     """Up to ``n`` normalised, un-augmented input batches drawn at random (seeded) from a split.
 
     For data-aware refits of converted models and :func:`~nas_sepconv.train.reestimate_batchnorm`;
-    the batches lie on the split's device.
+    the batches lie on the split's device.  The images keep their random order, so each batch
+    mixes the classes even where the split is stored class by class (ImageFolder trees are):
+    BatchNorm re-estimation averages per-batch variances, and single-class batches would leave
+    out the variance between classes.
     """
     if split not in ("train", "val", "test"):
         raise UserInputError("split", f"unknown split {split!r}", "use train, val or test")
@@ -807,7 +810,7 @@ def calibration_batches(
         raise UserInputError("n", f"must be a positive int, got {n!r}", "use e.g. 512")
     source: Split = getattr(dataset, split)
     gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randperm(len(source), generator=gen)[:n].sort().values.to(source.device)
+    idx = torch.randperm(len(source), generator=gen)[:n].to(source.device)  # not sorted: see above
     loader = DeviceLoader(
         Split(source.x[idx], source.y[idx]), batch_size=batch_size, mean=dataset.mean, std=dataset.std, shuffle=False
     )

@@ -331,8 +331,7 @@ def build_candidate(ctx: _Context, candidate: Candidate) -> nn.Module:
             batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
             teacher = apply_width_mult(ctx.base().cpu(), candidate.recipe["width_mult"], example_inputs=x) if candidate.recipe["width_mult"] != 1.0 else ctx.base().cpu()
             # no BatchNorm re-estimation afterwards: the refit restores each conv's output, so the
-            # original running statistics are the right ones (re-estimating cost 2-3 points of
-            # accuracy in benchmarks/fidelity.py)
+            # original running statistics (from the whole training set) are the right ones
             refit(model, teacher, batches, plan=plan)
     return model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from nas_sepconv import data as data_mod
 from nas_sepconv.data import DeviceLoader, Split, calibration_batches, load_dataset
 from nas_sepconv.errors import UserInputError
+from nas_sepconv.train import reestimate_batchnorm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -233,6 +235,22 @@ def test_calibration_batches(digits):
     assert sum(b.shape[0] for b in val) == len(digits.val)
     with pytest.raises(UserInputError, match="split"):
         calibration_batches(digits, split="holdout")
+
+
+def test_calibration_batches_mix_classes_of_a_class_sorted_split(digits):
+    """ImageFolder trees are stored class by class; calibration batches must still mix the
+    classes, or BatchNorm re-estimation (an average of per-batch variances) loses the variance
+    between classes."""
+    y = torch.arange(10).repeat_interleave(100)  # class by class
+    x = (y * 25).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()  # brightness = class
+    data = dataclasses.replace(digits, train=Split(x, y), input_shape=(1, 4, 4), mean=(0.5,), std=(0.25,))
+    batches = calibration_batches(data, n=512, batch_size=64, seed=0)
+    assert all(len(torch.unique(b)) >= 5 for b in batches)  # each batch holds several classes
+    bn = torch.nn.BatchNorm2d(1)
+    reestimate_batchnorm(bn, batches)
+    everything = torch.cat(batches)
+    assert torch.allclose(bn.running_mean, everything.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, everything.var((0, 2, 3)), rtol=0.1)  # single-class batches: ~0
 
 
 # --------------------------------------------------------------------------------------------
