@@ -99,6 +99,7 @@ class BenchConfig:
     test_subset: int | None = None
     seed: int = 0
     retrain: bool = False
+    device: str = "cpu"  # where everything runs ("cuda": training with the library's AMP default)
 
 
 @dataclass
@@ -144,19 +145,19 @@ def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], 
     from safetensors.torch import load_file, save_file
 
     model = cifar_resnet18(num_classes=data.num_classes, in_channels=data.input_shape[0], width=cfg.width,
-                           stem_stride=cfg.stem_stride)
+                           stem_stride=cfg.stem_stride).to(cfg.device)
     path = _cache_path(out, data, cfg)
     info_path = path.with_suffix(".json")
     if path.is_file() and not cfg.retrain:
-        model.load_state_dict(load_file(path))
+        model.load_state_dict(load_file(path, device=str(model.fc.weight.device)))
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         log(f"reference loaded from {path}")
         return model.eval(), 0.0, True, info
     log(f"training the reference: {_arch(cfg)}, {cfg.epochs} epochs on {len(data.train)} images")
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
-    res = fit(model, data, config=tcfg, evaluate_test=False)
+    res = fit(model, data, config=tcfg, evaluate_test=False, device=cfg.device)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
     info = {"train_seconds": res.seconds, "val_accuracy": res.val_accuracy, "history": res.history,
             "train_config": tcfg.to_dict()}
     info_path.write_text(json.dumps(info, indent=2))
@@ -178,13 +179,13 @@ def _clone(model: torch.nn.Module, original: torch.nn.Module, plan: ns.Plan) -> 
 
 
 def _best_on_validation(train: Callable[[float], torch.nn.Module], lrs: tuple[float, ...], data: Dataset, spec: str,
-                        method: str, selections: list[dict], log: Callable[[str], None]) -> torch.nn.Module:
+                        method: str, selections: list[dict], log: Callable[[str], None], device: torch.device) -> torch.nn.Module:
     """``train(lr)`` for each lr; the model with the best validation accuracy (never the test
     split), every lr's validation accuracy appended to ``selections``."""
     best, best_acc = None, -1.0
     for lr in lrs:
         model = train(lr)
-        val = 100.0 * evaluate(model, data.val, data=data)
+        val = 100.0 * evaluate(model, data.val, data=data, device=device)
         selections.append(dict(conversion=spec, method=method, lr=lr, val_accuracy=val))
         log(f"  {method} lr {lr:g}: validation {val:.2f}%")
         if val > best_acc:
@@ -209,15 +210,17 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
     Writes nothing but the cached reference weights; :func:`write_outputs` writes the rest."""
     start = time.perf_counter()
     out = Path(out)
+    dev = torch.device(cfg.device)  # data, models and every library call live there
+    test = _test_split(data, cfg.test_subset, cfg.seed).to(dev)
+    data = data.to(dev)
     original, train_seconds, cached, info = _reference(data, cfg, Path(cfg.reference_dir or out), log)
-    test = _test_split(data, cfg.test_subset, cfg.seed)
-    x = torch.zeros(1, *data.input_shape)
+    x = torch.zeros(1, *data.input_shape, device=dev)
     base_macs = ns.count_macs(original, x)
     calib = calibration_batches(data, n=cfg.calib, batch_size=128, split="train", seed=cfg.seed)
     n_calib = sum(len(b) for b in calib)
 
     def acc(model: torch.nn.Module) -> float:
-        return 100.0 * evaluate(model, test, data=data)
+        return 100.0 * evaluate(model, test, data=data, device=dev)
 
     t = time.perf_counter()
     original_acc = acc(original)
@@ -239,7 +242,7 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
         held_out = (calibration_batches(data, n=cfg.sensitivity_held_out, batch_size=128, split="val", seed=cfg.seed)
                     if cfg.sensitivity_held_out else None)
         sensitivity = ns.sensitivity(original, calib, candidates=cfg.budget_candidates, example_inputs=x,
-                                     eval_batches=held_out)
+                                     eval_batches=held_out, device=dev)
         log(f"sensitivity of {sensitivity.name.nunique()} sites x {len(cfg.budget_candidates)} candidates "
             f"in {time.perf_counter() - t:.0f} s")
     for spec, family, param, train_rows in conversions:
@@ -268,10 +271,10 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
             def fine_tune(lr: float) -> torch.nn.Module:
                 torch.manual_seed(cfg.seed)  # the fresh blocks, independent of what ran before
                 model = ns.apply_plan(original, plan, init="random")
-                fit(model, data, config=_one_epoch_config(cfg, lr), evaluate_test=False)
+                fit(model, data, config=_one_epoch_config(cfg, lr), evaluate_test=False, device=dev)
                 return model
 
-            model = _best_on_validation(fine_tune, cfg.finetune_lrs, data, spec, RANDOM_FT, selections, log)
+            model = _best_on_validation(fine_tune, cfg.finetune_lrs, data, spec, RANDOM_FT, selections, log, dev)
             record(RANDOM_FT, model, time.perf_counter() - t, epochs=cfg.finetune_epochs)
             del model
 
@@ -281,27 +284,27 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
 
         t = time.perf_counter()
         model = _clone(svd, original, plan)
-        reestimate_batchnorm(model, calib)
+        reestimate_batchnorm(model, calib, device=dev)
         record(SVD_BN, model, time.perf_counter() - t, calib_images=n_calib)
         del model
 
         if family == "dwsep":  # the ablation of the joint (depthwise + pointwise) refit
             t = time.perf_counter()
             model = _clone(svd, original, plan)
-            ns.refit(model, original, calib, plan=plan, iterations=0)
+            ns.refit(model, original, calib, plan=plan, iterations=0, device=dev)
             record(REFIT_LAST, model, time.perf_counter() - t, calib_images=n_calib)
             del model
 
         t = time.perf_counter()
         refitted = svd  # refit in place: the SVD model is not needed any more
-        report = ns.refit(refitted, original, calib, plan=plan)
+        report = ns.refit(refitted, original, calib, plan=plan, device=dev)
         refit_seconds = time.perf_counter() - t
         site_reports.append(report.assign(conversion=spec))
         record(REFIT, refitted, refit_seconds, calib_images=n_calib)
 
         t = time.perf_counter()
         model = _clone(refitted, original, plan)
-        reestimate_batchnorm(model, calib)
+        reestimate_batchnorm(model, calib, device=dev)
         record(REFIT_BN, model, refit_seconds + time.perf_counter() - t, calib_images=n_calib)
         del model
 
@@ -314,10 +317,10 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
             def distilled(lr: float) -> torch.nn.Module:
                 student = _clone(refitted, original, plan)
                 distill(student, original, data, config=_one_epoch_config(cfg, lr), features=features,
-                        feature_weight=cfg.feature_weight)
+                        feature_weight=cfg.feature_weight, device=dev)
                 return student
 
-            student = _best_on_validation(distilled, lrs, data, spec, method, selections, log)
+            student = _best_on_validation(distilled, lrs, data, spec, method, selections, log, dev)
             record(method, student, refit_seconds + (time.perf_counter() - t) / len(lrs),
                    epochs=cfg.finetune_epochs, calib_images=n_calib)
             del student
@@ -528,7 +531,8 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         *([f"- `spatial_r0.5` costs as many MACs as the 3×3 conv it replaces (rank·3·(C_in + C_out) = 9·C_in·C_out at "
              "rank 1.5·C); it is listed for completeness."] if 0.5 in cfg.spatial_ranks else []),
         *[f"- {n}" for n in notes],
-        f"- Machine: {machine}, torch {torch.__version__}, {threads} thread(s); the machine was shared with other jobs.",
+        f"- Machine: {machine}, torch {torch.__version__}, {threads} thread(s), {_device_text(cfg.device)}; "
+        "the machine was shared with other jobs.",
         f"- Wall time: {result.seconds / 60:.1f} min for this run"
         + (f" (reference loaded from the cache; it took {result.train_seconds / 60:.1f} min to train)" if result.cached
            else f", of which {result.train_seconds / 60:.1f} min training the reference") + ".",
@@ -572,6 +576,13 @@ def _budget_section(result: BenchResult, cfg: BenchConfig) -> list[str]:
         _markdown(body),
         "",
     ]
+
+
+def _device_text(device: str) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return f"device {device} ({torch.cuda.get_device_name(dev)}, bf16/fp16 autocast in training)"
+    return f"device {device}"
 
 
 def _epochs(n: int) -> str:
@@ -644,6 +655,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on a stratified subset of the test split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu", help="where to run: cpu, cuda, cuda:1 (training uses the library's AMP default on CUDA)")
     p.add_argument("--retrain", action="store_true", help="train the reference even if cached")
     p.add_argument("--machine", default="2-core CPU")
     p.add_argument("--note", action="append", default=[], help="a line for the set-up section of fidelity.md (repeatable)")
@@ -674,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                       logit_distill=not args.no_logit_distill,
                       train_conversions=None if args.train_conversions is None else tuple(
                           v for v in args.train_conversions.split(",") if v.strip()),
-                      test_subset=args.test_subset, seed=args.seed, retrain=args.retrain)
+                      test_subset=args.test_subset, seed=args.seed, retrain=args.retrain, device=args.device)
     result = run_benchmark(data, cfg, args.out, log=log)
     result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
     result.seconds = time.perf_counter() - start  # data loading included

@@ -145,3 +145,47 @@ def test_train_conversions_and_feature_row_only(bench, tmp_path, one_thread):
                              "--train-conversions", "dwsep_m1,budget_0.142"])
     assert args.feature_weight == 10 and args.feature_lr == (0.05, 0.1) and args.no_logit_distill
     assert args.train_conversions == "dwsep_m1,budget_0.142"
+
+
+def test_every_call_gets_the_device(bench, tmp_path, one_thread, monkeypatch):
+    """``--device``: each library call that runs a model is told where (their default is the
+    CPU, so a call left without it would silently move the work back there)."""
+    data = load_dataset("digits", subset=300)
+    cfg = bench.BenchConfig(width=4, epochs=1, dw_mults=(1,), spatial_ranks=(), budgets=(0.6,),
+                            budget_candidates=("dwsep_m1",), calib=32, test_subset=60, feature_weight=5.0,
+                            device="cpu")
+    seen = []
+
+    def spy(owner, name):
+        real = getattr(owner, name)
+
+        def call(*args, **options):
+            seen.append((name, options.get("device")))
+            return real(*args, **options)
+
+        monkeypatch.setattr(owner, name, call)
+
+    for name in ("fit", "distill", "evaluate", "reestimate_batchnorm"):
+        spy(bench, name)
+    for name in ("refit", "sensitivity"):
+        spy(bench.ns, name)
+    bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None)
+    assert {name for name, _ in seen} == {"fit", "distill", "evaluate", "reestimate_batchnorm", "refit", "sensitivity"}
+    assert all(torch.device(device) == torch.device("cpu") for _, device in seen if device is not None)
+    assert [name for name, device in seen if device is None] == []
+    assert bench.parse_args(["--data", "x", "--device", "cuda:1"]).device == "cuda:1"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_run_benchmark_on_cuda(bench, tmp_path):
+    data = load_dataset("digits", subset=300)
+    cfg = bench.BenchConfig(width=4, epochs=1, dw_mults=(1,), spatial_ranks=(), budgets=(0.6,),
+                            budget_candidates=("dwsep_m1",), calib=32, test_subset=60, feature_weight=5.0,
+                            device="cuda")
+    result = bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None)
+    assert result.table.test_accuracy.between(0, 100).all()
+    assert any(tmp_path.glob("original_*.safetensors"))
+    result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
+    bench.write_outputs(result, cfg, tmp_path, command="python benchmarks/fidelity.py --device cuda",
+                        dataset_label="digits", machine="test", threads=1, subset=400)
+    assert "device cuda (" in (tmp_path / "fidelity.md").read_text()
