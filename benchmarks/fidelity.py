@@ -517,13 +517,14 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         "`SVD + refit + BN re-estimation` recomputes the BatchNorm statistics after the refit; both rows are reported "
         "(no choice made on the test set).",
         f"- `random init + fine-tune`: `apply_plan(init=\"random\")`, then {_epochs(cfg.finetune_epochs)} of `fit` "
-        f"(cross-entropy, peak lr {_lrs(cfg.finetune_lrs)}, one-cycle with 0.2 epoch warm-up). "
-        f"`SVD + refit + distillation`: the refit model, {_epochs(cfg.finetune_epochs)} of `distill` against the original "
-        f"(T 4, α 0.9, peak lr {_lrs(cfg.distill_lrs)}, same schedule)"
-        + (f"; `SVD + refit + feature distillation`: the same with hints, `distill(features=\"converted\", "
-           f"feature_weight={cfg.feature_weight:g})` (relative squared error of the activation after each converted "
-           f"site), peak lr {_lrs(cfg.feature_lrs or cfg.distill_lrs)}" if cfg.feature_weight > 0 else "")
-        + ". Same number of steps for all "
+        f"(cross-entropy, peak lr {_lrs(cfg.finetune_lrs)}, one-cycle with {0.2 * cfg.finetune_epochs:g} epoch warm-up). "
+        + (f"`SVD + refit + distillation`: the refit model, {_epochs(cfg.finetune_epochs)} of `distill` against the "
+           f"original (T 4, α 0.9, peak lr {_lrs(cfg.distill_lrs)}, same schedule). " if cfg.logit_distill else "")
+        + (f"`SVD + refit + feature distillation`: the refit model, {_epochs(cfg.finetune_epochs)} of `distill` against "
+           f"the original with hints, `distill(features=\"converted\", feature_weight={cfg.feature_weight:g})` "
+           f"(T 4, α 0.9; relative squared error of the activation after each converted site), peak lr "
+           f"{_lrs(cfg.feature_lrs or cfg.distill_lrs)}, same schedule. " if cfg.feature_weight > 0 else "")
+        + "Same number of steps for all "
         f"(batch {cfg.finetune_batch_size or cfg.batch_size}, {_steps(result, cfg)} steps)."
         + (" Where several lrs are listed, each row keeps the lr with the best validation accuracy (chosen per "
            "conversion; the test split is never used to choose): " + _selection_text(result.meta.get("selections", []))

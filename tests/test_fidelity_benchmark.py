@@ -136,11 +136,19 @@ def test_targets_seventh_line(bench):
 def test_train_conversions_and_feature_row_only(bench, tmp_path, one_thread):
     data = load_dataset("digits", subset=300)
     cfg = bench.BenchConfig(width=4, epochs=1, dw_mults=(1, 2), spatial_ranks=(), calib=32, test_subset=60,
-                            feature_weight=5.0, logit_distill=False, train_conversions=("dwsep_m2",))
-    table = bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None).table
+                            feature_weight=5.0, logit_distill=False, train_conversions=("dwsep_m2",), finetune_epochs=2)
+    result = bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None)
+    table = result.table
     assert bench.RANDOM_FT not in set(table[table.conversion == "dwsep_m1"].method)
     m2 = set(table[table.conversion == "dwsep_m2"].method)
     assert {bench.RANDOM_FT, bench.FEATURE_DISTILL} <= m2 and bench.DISTILL not in m2
+    result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
+    bench.write_outputs(result, cfg, tmp_path, command="python benchmarks/fidelity.py --no-logit-distill",
+                        dataset_label="digits", machine="test", threads=1, subset=300)
+    md = (tmp_path / "fidelity.md").read_text()
+    # the set-up describes the rows the run made, and the warm-up it used (a fifth of the run)
+    assert "`SVD + refit + distillation`:" not in md and "`SVD + refit + feature distillation`: the refit model, 2 epochs" in md
+    assert "one-cycle with 0.4 epoch warm-up" in md
     args = bench.parse_args(["--data", "x", "--feature-weight", "10", "--feature-lr", "0.05,0.1", "--no-logit-distill",
                              "--train-conversions", "dwsep_m1,budget_0.142"])
     assert args.feature_weight == 10 and args.feature_lr == (0.05, 0.1) and args.no_logit_distill
