@@ -149,7 +149,7 @@ def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], 
     path = _cache_path(out, data, cfg)
     info_path = path.with_suffix(".json")
     if path.is_file() and not cfg.retrain:
-        model.load_state_dict(load_file(path, device=str(model.fc.weight.device)))
+        model.load_state_dict(load_file(path))  # copied onto the model's device
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         log(f"reference loaded from {path}")
         return model.eval(), 0.0, True, info
@@ -332,6 +332,7 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
                        train_seconds=train_seconds if not cached else float(info.get("train_seconds", math.nan)),
                        cached=cached, seconds=time.perf_counter() - start,
                        meta={"calib_images": n_calib, "base_macs": base_macs, "reference": info,
+                             "train_images": len(data.train), "val_images": len(data.val), "input_shape": data.input_shape,
                              "selections": selections, "sensitivity": sensitivity,
                              "budget_plans": pd.DataFrame(budget_plans)})
 
@@ -488,7 +489,7 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         "",
         f"Test accuracy (%) on {result.test_images} {dataset_label} test images, and the difference to the original in "
         "points; MACs are multiply-accumulates of conv and linear weights (bias excluded) for one 1×"
-        + "×".join(map(str, table_input_shape(result))) + " image, whole model.",
+        + "×".join(map(str, result.meta["input_shape"])) + " image, whole model.",
         "",
         _markdown(pivot(table)),
         "",
@@ -503,7 +504,7 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         "",
         f"- Command: `{command}`",
         f"- Data: {dataset_label}, training subset {subset if subset else 'all'} images (stratified; "
-        f"{result.meta.get('train_images', '?')} train / {result.meta.get('val_images', '?')} validation), "
+        f"{result.meta['train_images']} train / {result.meta['val_images']} validation), "
         f"evaluated on {result.test_images} test images" + (" (seeded class-stratified subset of the test split)" if cfg.test_subset else " (the whole test split)") + ".",
         f"- Reference: `{_arch(cfg)}`, {cfg.epochs} epochs of `fit` with the library defaults "
         f"(SGD Nesterov, lr 0.1, one-cycle, label smoothing 0.1, weight decay 5e-4, crop+flip, batch {cfg.batch_size})"
@@ -591,8 +592,7 @@ def _epochs(n: int) -> str:
 
 
 def _steps(result: BenchResult, cfg: BenchConfig) -> int:
-    train = result.meta.get("train_images", 0)
-    return cfg.finetune_epochs * (train // (cfg.finetune_batch_size or cfg.batch_size))
+    return cfg.finetune_epochs * (result.meta["train_images"] // (cfg.finetune_batch_size or cfg.batch_size))
 
 
 def _lrs(lrs: tuple[float, ...]) -> str:
@@ -605,10 +605,6 @@ def _selection_text(selections: list[dict]) -> str:
         vals = ", ".join(f"{r.lr:g}: {r.val_accuracy:.2f}%" + (" (chosen)" if r.chosen else "") for r in rows.itertuples())
         parts.append(f"{conv} {method} [{vals}]")
     return "; ".join(parts) + "."
-
-
-def table_input_shape(result: BenchResult) -> tuple[int, ...]:
-    return tuple(result.meta.get("input_shape", (3, 32, 32)))
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -689,7 +685,6 @@ def main(argv: list[str] | None = None) -> int:
                           v for v in args.train_conversions.split(",") if v.strip()),
                       test_subset=args.test_subset, seed=args.seed, retrain=args.retrain, device=args.device)
     result = run_benchmark(data, cfg, args.out, log=log)
-    result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
     result.seconds = time.perf_counter() - start  # data loading included
     argv_text = sys.argv[1:] if argv is None else argv
     command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/fidelity.py", *argv_text])

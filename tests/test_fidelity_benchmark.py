@@ -60,7 +60,6 @@ def test_run_benchmark_toy(bench, tmp_path, one_thread):
                                                         test_subset=100), tmp_path, log=lambda msg: None)
     assert again.cached and math.isclose(again.original_accuracy, result.original_accuracy)
 
-    result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
     bench.write_outputs(result, cfg, tmp_path, command="python benchmarks/fidelity.py --data digits", dataset_label="digits",
                         machine="test", threads=1, subset=400)
     for name in ("fidelity.csv", "fidelity.md", "fidelity.png", "refit_sites.csv"):
@@ -105,7 +104,6 @@ def test_budget_rows(bench, tmp_path, one_thread, monkeypatch):
     assert set(sens.spec) == {"dwsep_m1", "spatial_r0.25"} and (sens.damage >= 0).all()
     assert set(plans.conversion) == {"budget_0.6"} and (plans.spec != "keep").any()
     assert any((tmp_path / "ref").glob("original_*.safetensors"))  # the reference is cached apart from the outputs
-    result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
     bench.write_outputs(result, cfg, tmp_path / "out", command="python benchmarks/fidelity.py --budgets 0.6",
                         dataset_label="digits", machine="test", threads=1, subset=400)
     for name in ("sensitivity.csv", "budget_plans.csv", "fidelity.md"):
@@ -142,7 +140,6 @@ def test_train_conversions_and_feature_row_only(bench, tmp_path, one_thread):
     assert bench.RANDOM_FT not in set(table[table.conversion == "dwsep_m1"].method)
     m2 = set(table[table.conversion == "dwsep_m2"].method)
     assert {bench.RANDOM_FT, bench.FEATURE_DISTILL} <= m2 and bench.DISTILL not in m2
-    result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
     bench.write_outputs(result, cfg, tmp_path, command="python benchmarks/fidelity.py --no-logit-distill",
                         dataset_label="digits", machine="test", threads=1, subset=300)
     md = (tmp_path / "fidelity.md").read_text()
@@ -193,7 +190,6 @@ def test_run_benchmark_on_cuda(bench, tmp_path):
     result = bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None)
     assert result.table.test_accuracy.between(0, 100).all()
     assert any(tmp_path.glob("original_*.safetensors"))
-    result.meta.update(train_images=len(data.train), val_images=len(data.val), input_shape=data.input_shape)
     bench.write_outputs(result, cfg, tmp_path, command="python benchmarks/fidelity.py --device cuda",
                         dataset_label="digits", machine="test", threads=1, subset=400)
     assert "device cuda (" in (tmp_path / "fidelity.md").read_text()
