@@ -420,17 +420,24 @@ class Plan:
             raise UserInputError("plan", "not a nas-sepconv plan (missing format/entries)", "pass the text Plan.to_json() wrote")
         try:
             entries = [PlanEntry.from_dict(e) for e in data["entries"]]
-        except (KeyError, TypeError) as exc:
-            raise UserInputError("plan.entries", f"malformed entry ({exc})", "pass the text Plan.to_json() wrote") from exc
-        return cls(
-            model=data["model"],
-            input_shapes=[tuple(s) for s in data["input_shapes"]],
-            entries=entries,
-            traced=data["traced"],
-            notes=list(data.get("notes", [])),
-            model_macs=int(data.get("model_macs", 0)),
-            model_params=int(data.get("model_params", 0)),
-        )
+        except UserInputError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise UserInputError("plan.entries", f"malformed entry ({type(exc).__name__}: {str(exc)[:80]})", "pass the text Plan.to_json() wrote") from None
+        try:
+            return cls(
+                model=str(data["model"]),
+                input_shapes=[tuple(int(v) for v in s) for s in data["input_shapes"]],
+                entries=entries,
+                traced=bool(data["traced"]),
+                notes=[str(n) for n in data.get("notes", [])],
+                model_macs=int(data.get("model_macs", 0)),
+                model_params=int(data.get("model_params", 0)),
+            )
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # (UserInputError is a ValueError)
+            if isinstance(exc, UserInputError):
+                raise
+            raise UserInputError("plan", f"malformed plan ({type(exc).__name__}: {str(exc)[:80]})", "pass the text Plan.to_json() wrote") from None
 
 
 def _site_cost(g: ConvGeometry, spec: BlockSpec | None, input_shape: tuple[int, ...]) -> tuple[int, int]:
