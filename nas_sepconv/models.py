@@ -51,6 +51,10 @@ __all__ = [
 ]
 
 ARCH_ACTS = ("relu", "relu6", "hswish")
+#: The largest network an :class:`Arch` may describe (an Arch can come from a file): layers
+#: after the depth multiplier, and channels of any layer after the width multiplier.
+MAX_LAYERS = 1000
+MAX_CHANNELS = 16384
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -92,10 +96,10 @@ class Stage:
             BlockSpec.parse(self.spec)
         except UserInputError as exc:
             raise UserInputError(f"{where}.spec", exc.problem, exc.fix) from None
-        for name, low in (("out_channels", 1), ("repeats", 1), ("stride", 1)):
+        for name, low, high in (("out_channels", 1, MAX_CHANNELS), ("repeats", 1, MAX_LAYERS), ("stride", 1, 64)):
             value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise UserInputError(f"{where}.{name}", f"expected an integer >= {low}, got {value!r}")
+            if not _is_int(value) or not low <= value <= high:
+                raise UserInputError(f"{where}.{name}", f"expected an integer in [{low}, {high}], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -145,10 +149,20 @@ class Arch:
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value) or value <= 0:
                 raise UserInputError(f"arch.{name}", f"expected a number > 0, got {value!r}")
+        self._check_size()
         if self.act not in ARCH_ACTS:
             raise UserInputError("arch.act", f"unknown activation {self.act!r}", f"use one of {list(ARCH_ACTS)}")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise UserInputError("arch.dropout", f"expected a number in [0, 1), got {self.dropout!r}")
+
+    def _check_size(self) -> None:
+        """At most :data:`MAX_LAYERS` layers and :data:`MAX_CHANNELS` channels per layer."""
+        layers = sum(self.repeats(s) for s in self.stages)
+        if layers > MAX_LAYERS:
+            raise UserInputError("arch.depth_mult", f"{layers:,} layers after depth_mult {self.depth_mult:g} (at most {MAX_LAYERS})", "use fewer repeats or a smaller depth_mult")
+        widest = max(self.channels(c) for c in (self.stem_channels, self.head_channels, *(s.out_channels for s in self.stages)))
+        if widest > MAX_CHANNELS or self.stem_channels > MAX_CHANNELS or self.head_channels > MAX_CHANNELS or self.in_channels > MAX_CHANNELS:
+            raise UserInputError("arch.width_mult", f"a layer of {widest:,} channels after width_mult {self.width_mult:g} (at most {MAX_CHANNELS})", "use fewer channels or a smaller width_mult")
 
     # -- derived --------------------------------------------------------------------------
     def channels(self, value: int) -> int:
