@@ -146,6 +146,7 @@ def profile(
     input_size: str = typer.Option("3,224,224", "--input-size", help="C,H,W of one input"),
     latency: bool = typer.Option(False, "--latency", help="also measure CPU latency (batch 1)"),
     threads: int = typer.Option(2, "--threads", help="intra-op threads for --latency"),
+    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", help="package.module:factory a saved model file may import and call (repeatable); registry models need none"),
 ) -> None:
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
@@ -156,7 +157,7 @@ def profile(
         from .profile import profile as profile_model
 
         size = parse_input_size(input_size)
-        net = _load_any_model(model)
+        net = _load_any_model(model, allow_import=allow_import)
         x = torch.randn(1, *size)
         print_frame(profile_model(net, x), title=f"{model} at {size}")
         out.print(f"total MACs {count_macs(net, x):,} (FLOPs = 2 x MACs), params {count_params(net):,}")
@@ -277,7 +278,8 @@ def export(
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
     study: Optional[str] = typer.Option(None, "--study", help="study name"),
     out_file: Path = typer.Option(..., "--out", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:1"),
+    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)"),
 ) -> None:
     """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
 
@@ -286,18 +288,18 @@ def export(
 
         if (results_dir is None) == (storage is None):
             raise UserInputError("export", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv export results/default --trial 3 --out m.safetensors")
-        info = export_trial(results_dir if results_dir is not None else storage, trial, study=study, out=out_file, device=device)
+        info = export_trial(results_dir if results_dir is not None else storage, trial, study=study, out=out_file, device=device, allow_import=allow_import)
         out.print(f"trial {trial}: {info['how']}; accuracy {info['accuracy']:.4f} (recorded {info['recorded_accuracy']:.4f}); wrote {out_file}")
 
     _guard(run)
 
 
-def _load_any_model(name: str):
+def _load_any_model(name: str, *, allow_import: list[str] | None = None):
     from .io import load_model
     from .models import model_from_name
 
     if name.endswith(".safetensors") or Path(name).is_file():
-        return load_model(name)
+        return load_model(name, allow_import=allow_import)
     return model_from_name(name).eval()
 
 

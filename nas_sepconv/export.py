@@ -5,7 +5,7 @@ back with :func:`nas_sepconv.io.load_model`) or ONNX."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import optuna
 import torch
@@ -26,14 +26,40 @@ def _study_and_dir(source: "str | Path", study: str | None) -> tuple[optuna.Stud
     return optuna.load_study(study_name=name, storage=storage), folder
 
 
-def rebuild_trial(source: "str | Path", number: int, *, study: str | None = None, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def _check_stored_space(space: Any, trusted: frozenset[str]) -> None:
+    """The space stored in a study came from the results folder, not from the user: it may name
+    only registry models and data sets whose loaders unpickle nothing, unless the user vouches
+    for the name (``allow_import`` / ``--allow-import``)."""
+    from .io import REGISTRY_SOURCES
+
+    named = []
+    if space.kind == "convert" and space.spec.convert.model.split(":", 1)[0].strip() not in REGISTRY_SOURCES:
+        named.append(("convert.model", space.spec.convert.model))
+    if str(space.spec.data.dataset).startswith("torchvision:"):  # torchvision's loaders unpickle their files
+        named.append(("data.dataset", space.spec.data.dataset))
+    for field, name in named:
+        if name not in trusted:
+            raise UserInputError(
+                "--allow-import", f"the study's stored space names {field} {name!r}, which rebuilding would import and run",
+                f"if you trust the results folder, pass --allow-import {name} (allow_import={name!r})",
+            )
+
+
+def rebuild_trial(
+    source: "str | Path", number: int, *, study: str | None = None, device: str = "cpu", allow_import: "str | Iterable[str] | None" = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """The model of trial ``number`` and how it was obtained (``how``), with its validation
-    accuracy measured now (``accuracy``) next to the recorded one."""
-    from .io import load_model
+    accuracy measured now (``accuracy``) next to the recorded one.
+
+    Nothing named by the results folder is imported or called unless ``allow_import`` names it
+    (see :mod:`nas_sepconv.io`)."""
+    from .io import check_device, load_model, trusted_names
     from .search import _Context, _Settings, run_candidate
     from .spaces import parse_space, suggest
     from .train import evaluate
 
+    check_device(device, field="--device")
+    trusted = trusted_names(allow_import, field="--allow-import")
     the_study, folder = _study_and_dir(source, study)
     trials = {t.number: t for t in the_study.get_trials(deepcopy=False)}
     if number not in trials:
@@ -42,11 +68,12 @@ def rebuild_trial(source: "str | Path", number: int, *, study: str | None = None
     if frozen.state != optuna.trial.TrialState.COMPLETE:
         raise UserInputError("--trial", f"trial {number} is {frozen.state.name}, not COMPLETE", "pick a completed trial (nas-sepconv report)")
     space = parse_space(the_study.user_attrs["space_yaml"], source=f"study {the_study.study_name}")
+    _check_stored_space(space, trusted)
     settings = _Settings(space=space, trials=1, timeout=None, storage="", study=the_study.study_name, sampler="random", seed=0, device=device, workers=1, out_dir=folder, retries=0, heartbeat=0)
     ctx = _Context(settings)
     weights = folder / "weights" / f"trial_{number}.safetensors"
     if weights.is_file():
-        model, how = load_model(weights, allow_import=True, device=device), "loaded saved weights"
+        model, how = load_model(weights, allow_import=trusted, device=device), "loaded saved weights"
     else:
         fixed = optuna.trial.FixedTrial(frozen.params, number=number)
         candidate = suggest(space, fixed, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes, sites=ctx.sites() if space.kind == "convert" else None)
@@ -66,14 +93,17 @@ def rebuild_trial(source: "str | Path", number: int, *, study: str | None = None
     return model.eval(), info
 
 
-def export_trial(source: "str | Path", number: int, *, study: str | None = None, out: "str | Path", device: str = "cpu") -> dict[str, Any]:
-    """Rebuild trial ``number`` and write it to ``out`` (``.safetensors`` or ``.onnx``)."""
+def export_trial(
+    source: "str | Path", number: int, *, study: str | None = None, out: "str | Path", device: str = "cpu", allow_import: "str | Iterable[str] | None" = None
+) -> dict[str, Any]:
+    """Rebuild trial ``number`` (see :func:`rebuild_trial`) and write it to ``out``
+    (``.safetensors`` or ``.onnx``)."""
     from .io import save_model
 
     out = Path(out)
     if out.suffix not in (".safetensors", ".onnx"):
         raise UserInputError("--out", f"{out.name} has an unknown extension", "use .safetensors or .onnx")
-    model, info = rebuild_trial(source, number, study=study, device=device)
+    model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)
     model = model.cpu()
     if out.suffix == ".onnx":
         try:

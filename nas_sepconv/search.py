@@ -275,7 +275,10 @@ def _base_recipe(ctx: _Context) -> dict[str, Any]:
 
 
 def _prepare_base(ctx: _Context) -> nn.Module:
-    from .io import build_from_recipe, load_model, save_model
+    """The base model of a convert space: its factory is the one the space names (the user's own
+    file: that vouches for it), loaded from ``convert.weights``, from the cache of an earlier run
+    (only if its recipe is exactly this space's), or trained once and cached."""
+    from .io import build_from_recipe, save_model
     from .train import TrainConfig, fit
 
     c = ctx.settings.space.spec.convert
@@ -283,7 +286,7 @@ def _prepare_base(ctx: _Context) -> nn.Module:
         path = Path(c.weights)
         if not path.is_file():
             raise UserInputError("convert.weights", f"{path} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
-        model = build_from_recipe(_base_recipe(ctx), allow_import=True)
+        model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -295,12 +298,22 @@ def _prepare_base(ctx: _Context) -> nn.Module:
     cache = ctx.settings.out_dir / "base.safetensors"
     with _lock(ctx.settings.out_dir):
         if cache.is_file():
-            return load_model(cache, allow_import=True)
-        model = build_from_recipe(_base_recipe(ctx), allow_import=True)
+            return _load_base_cache(cache, ctx)
+        model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
         cfg = TrainConfig(**ctx.settings.space.spec.train.model_dump(), seed=ctx.settings.seed)
         fit(model, ctx.data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=ctx.settings.device)
         save_model(cache, model.cpu(), _base_recipe(ctx))
         return model.eval()
+
+
+def _load_base_cache(cache: Path, ctx: _Context) -> nn.Module:
+    """The cached base model of an earlier run, only if its recipe is the one this space makes:
+    a results folder is shared, and its file must not choose what is built."""
+    from .io import FORMAT, load_model, read_recipe
+
+    if read_recipe(cache) != {"format": FORMAT, **_base_recipe(ctx)}:
+        raise UserInputError("convert.model", f"{cache} holds another base model than this space's", "delete it to train the base model again, or use another --out")
+    return load_model(cache, allow_import=ctx.settings.space.spec.convert.model)
 
 
 def build_candidate(ctx: _Context, candidate: Candidate) -> nn.Module:

@@ -233,7 +233,12 @@ def test_recipe_cannot_import_a_user_module_without_allow_import(tmp_path, monke
     proc = run_cli("profile", "--model", str(path), "--input-size", "3,8,8", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "recipe.model" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()
-    loaded = load_model(path, allow_import=True)  # the gate, not an accident, kept it out
+    with pytest.raises(UserInputError, match=r"^allow_import: True would let the file import"):
+        load_model(path, allow_import=True)  # "anything the file names" is no longer a choice
+    with pytest.raises(UserInputError, match=r"^recipe\.model"):
+        load_model(path, allow_import=f"{name}:other")  # another factory of the same module
+    assert not marker.exists()
+    loaded = load_model(path, allow_import=f"{name}:make")  # the gate, not an accident, kept it out
     assert marker.exists()
     torch.testing.assert_close(loaded(torch.ones(1, 3, 8, 8)), model.eval()(torch.ones(1, 3, 8, 8)))
 
