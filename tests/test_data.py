@@ -424,3 +424,121 @@ def test_shared_cifar10_loads_and_caches(shared_cifar_tree):
     again = load_dataset("cifar10", root=shared_cifar_tree)
     assert time.perf_counter() - start < 2.0
     assert torch.equal(again.val.x, d.val.x)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 17: damaged, doctored and malformed input files
+
+
+def _rewrite_batch(folder: Path, name: str, entry, protocol=pickle.DEFAULT_PROTOCOL) -> Path:
+    path = folder / name
+    path.write_bytes(pickle.dumps(entry, protocol=protocol))
+    return path
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ({"data": np.zeros((4, 10), np.uint8), "labels": [0, 1, 2, 3]}, "shape (4, 10)"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2]}, "4 images but 3 labels"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 10]}, "outside 0..9"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, -1, 3]}, "outside 0..9"),
+        ({"data": np.full((4, 3072), 300, np.int64), "labels": [0, 1, 2, 3]}, "outside 0..255"),
+        ({"data": np.zeros((4, 3072), np.float32), "labels": [0, 1, 2, 3]}, "not N x 3072 integers"),
+        ({"data": [[1, 2], [3]], "labels": [0, 1]}, "data"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [[0, 1], [2, 3]]}, "labels of shape"),
+        ({"data": np.zeros((4, 3072), np.uint8)}, "not a CIFAR-10 batch"),
+        ([1, 2, 3], "not a CIFAR-10 batch"),
+    ],
+    ids=["data-100x10", "labels-count", "label-10", "label-negative", "pixel-300", "float-data", "ragged", "labels-2d", "no-labels", "a-list"],
+)
+def test_cifar_batch_of_the_wrong_shape_names_the_file(tmp_path, entry, words):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    bad = _rewrite_batch(folder, "data_batch_3", entry)
+    with pytest.raises(UserInputError) as info:
+        load_dataset("cifar10", root=tmp_path)
+    message = str(info.value)
+    assert message.startswith("dataset.root:") and "\n" not in message
+    assert str(bad) in message and words in message
+
+
+def test_cifar_batch_truncated_or_meta_wrong_names_the_file(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    good = (folder / "test_batch").read_bytes()
+    (folder / "test_batch").write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserInputError, match=r"^dataset\.root: cannot read .*test_batch as a CIFAR batch") as info:
+        load_dataset("cifar10", root=folder)
+    assert "\n" not in str(info.value)
+    (folder / "test_batch").write_bytes(good)
+    _rewrite_batch(folder, "batches.meta", {"label_names": [b"cat", b"dog"]})
+    with pytest.raises(UserInputError, match=r"^dataset\.root: .*batches\.meta does not hold 10 label_names"):
+        load_dataset("cifar10", root=folder)
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_cifar_batches_repickled_by_python3_at_old_protocols_load(tmp_path, protocol):
+    """Python 3 pickles bytes at protocol <= 2 as _codecs.encode(str, 'latin1'): allowed, nothing else."""
+    folder = tmp_path / "cifar-10-batches-py"
+    x, _ = _write_batches(folder, bytes_keys=True)
+    for p in folder.iterdir():
+        entry = pickle.loads(p.read_bytes())
+        p.write_bytes(pickle.dumps(entry, protocol=protocol))
+    assert b"_codecs" in (folder / "data_batch_1").read_bytes()
+    d = load_dataset("cifar10", root=folder, val_fraction=0.25)
+    assert d.classes == data_mod._CIFAR10_CLASSES and len(d.test) == 6
+    assert sorted(map(bytes, torch.cat([d.train.x, d.val.x]).reshape(-1, 3072).numpy())) == sorted(map(bytes, x))
+
+
+class _Evil:
+    """Pickles as a call of ``func(*args)``: what a doctored batch file would hold."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _evil_payloads(marker: Path) -> dict:
+    import builtins
+    import codecs as codecs_mod
+    import subprocess
+
+    return {
+        "os.system": _Evil(os.system, f"touch {marker}"),
+        "builtins.eval": _Evil(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
+        "builtins.exec": _Evil(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+        "subprocess.Popen": _Evil(subprocess.Popen, ["touch", str(marker)]),
+        "numpy.save": _Evil(np.save, str(marker), np.zeros(1)),
+        "numpy.fromfile": _Evil(np.fromfile, "/etc/hostname"),
+        "_codecs.decode": _Evil(codecs_mod.decode, b"eJwDAAAAAAE=", "base64"),
+        "_codecs.encode(zlib)": _Evil(codecs_mod.encode, b"x" * 10, "zlib"),
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
+@pytest.mark.parametrize("payload", list(_evil_payloads(Path("m"))))
+def test_doctored_cifar_batch_is_refused_and_runs_nothing(tmp_path, payload, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    marker = tmp_path / "pwned"
+    evil = _evil_payloads(marker)[payload]
+    bad = _rewrite_batch(folder, "data_batch_2", {b"data": evil, b"labels": [0, 1, 2, 3]}, protocol=protocol)
+    # the payload is real: plain pickle runs it (only where running it is harmless to check)
+    if payload in ("os.system", "builtins.eval", "builtins.exec", "subprocess.Popen", "numpy.save"):
+        sentinel = tmp_path / "real_run"
+        real = _rewrite_batch(tmp_path, "real_batch", {b"data": _evil_payloads(sentinel)[payload]}, protocol=protocol)
+        pickle.loads(real.read_bytes())
+        for _ in range(50):  # Popen returns before touch has run
+            if sentinel.exists() or Path(f"{sentinel}.npy").exists():
+                break
+            time.sleep(0.05)
+        assert sentinel.exists() or Path(f"{sentinel}.npy").exists()
+    with pytest.raises(UserInputError) as info:
+        load_dataset("cifar10", root=folder)
+    message = str(info.value)
+    assert message.startswith("dataset.root:") and "\n" not in message and str(bad) in message
+    time.sleep(0.1)
+    assert not marker.exists() and not Path(f"{marker}.npy").exists()
