@@ -542,3 +542,91 @@ def test_doctored_cifar_batch_is_refused_and_runs_nothing(tmp_path, payload, pro
     assert message.startswith("dataset.root:") and "\n" not in message and str(bad) in message
     time.sleep(0.1)
     assert not marker.exists() and not Path(f"{marker}.npy").exists()
+
+
+def _break_one_image(root: Path, which: str = "train/bee/001.jpg", how: str = "truncate") -> Path:
+    path = root / which
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 3] if how == "truncate" else b"not an image at all")
+    return path
+
+
+@pytest.mark.parametrize("which", ["train/ant/000.jpg", "train/bee/001.jpg", "test/cat/001.jpg"], ids=["first", "middle", "test-split"])
+@pytest.mark.parametrize("how", ["truncate", "garbage"])
+@pytest.mark.parametrize("name", ["imagefolder", "cifar10"])
+def test_broken_image_names_the_file(tmp_path, which, how, name):
+    root = _write_tree(tmp_path / "tree", ext="jpg")
+    bad = _break_one_image(root, which, how)
+    with pytest.raises(UserInputError) as info:
+        load_dataset(name, root=root)
+    message = str(info.value)
+    assert message.startswith("dataset.root: cannot decode the image ") and "\n" not in message
+    assert str(bad) in message and "re-encode" in message
+    assert not list((tmp_path / "cache").glob("*.npz"))  # nothing cached
+
+
+def test_broken_image_in_a_tar_names_the_member(tmp_path):
+    tree = _write_tree(tmp_path / "tree", ext="jpg")
+    _break_one_image(tree, "train/cat/002.jpg")
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree / "train", arcname="train")
+        tar.add(tree / "test", arcname="test")
+    with pytest.raises(UserInputError, match=r"^dataset\.root: cannot decode the image .*tiny\.tar\.gz:train/cat/002\.jpg"):
+        load_dataset("cifar10", root=archive)
+
+
+def test_broken_image_decoded_by_a_worker_process_names_the_file(tmp_path, monkeypatch):
+    """Large folders decode in forked processes: the error still arrives as one UserInputError."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    root = _write_tree(tmp_path / "tree", ext="jpg")
+    bad = _break_one_image(root, "train/cat/004.jpg")
+    monkeypatch.setattr(data_mod, "_DECODE_CHUNK", 4)
+    monkeypatch.setattr(data_mod, "_PROCESS_MIN_IMAGES", 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    pools = []
+    real_context = multiprocessing.get_context
+
+    def spy_context(method=None):
+        ctx = real_context(method)
+        pools.append(method)
+        return ctx
+
+    monkeypatch.setattr(multiprocessing, "get_context", spy_context)
+    with pytest.raises(UserInputError) as info:
+        load_dataset("imagefolder", root=root)
+    assert pools == ["fork"]  # it did go through worker processes
+    message = str(info.value)
+    assert message.startswith("dataset.root: cannot decode the image ") and str(bad) in message and "\n" not in message
+
+
+def test_one_class_imagefolder_is_refused(tmp_path):
+    root = _write_tree(tmp_path / "one", classes=("cat",), ext="png")
+    for name in ("imagefolder", "cifar10"):
+        with pytest.raises(UserInputError, match=r"^dataset\.root: .*images of 1 class \(cat\).*at least 2 classes"):
+            load_dataset(name, root=root)
+    assert not list((tmp_path / "cache").glob("*.npz"))  # refused before decoding
+    # two class folders, one of them empty: still one class of images
+    (root / "train" / "dog").mkdir()
+    with pytest.raises(UserInputError, match="at least 2 classes"):
+        load_dataset("imagefolder", root=root)
+    archive = tmp_path / "one.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root / "train", arcname="train")
+        tar.add(root / "test", arcname="test")
+    with pytest.raises(UserInputError, match=r"^dataset\.root: .*at least 2 classes"):
+        load_dataset("cifar10", root=archive)
+
+
+def test_one_class_from_any_source_is_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    for i in range(1, 6):
+        entry = pickle.loads((folder / f"data_batch_{i}").read_bytes())
+        entry["labels"] = [3] * len(entry["labels"])
+        _rewrite_batch(folder, f"data_batch_{i}", entry)
+    with pytest.raises(UserInputError, match=r"^dataset: cifar10 has images of fewer than 2 classes"):
+        load_dataset("cifar10", root=folder)
