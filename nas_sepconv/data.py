@@ -225,7 +225,9 @@ def load_dataset(
 def _need_root(root: str | Path | None, kind: str) -> Path:
     if root is None:
         raise UserInputError(
-            "dataset.root", f"{kind} needs a root folder", "pass root=... (the CLI's --data-root) pointing at the files"
+            "dataset.root",
+            f"{kind} needs a root folder",
+            "set root: in the data section of the space file (data.root), or pass root=... to load_dataset, pointing at the files",
         )
     return _existing(Path(root).expanduser())
 

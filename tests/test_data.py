@@ -630,3 +630,55 @@ def test_one_class_from_any_source_is_refused(tmp_path):
         _rewrite_batch(folder, f"data_batch_{i}", entry)
     with pytest.raises(UserInputError, match=r"^dataset: cifar10 has images of fewer than 2 classes"):
         load_dataset("cifar10", root=folder)
+
+
+def _cli_flags() -> set[str]:
+    import typer.main
+
+    from nas_sepconv.cli import app
+
+    group = typer.main.get_command(app)  # a click (or typer's own copy of click) group
+    flags = {"--help"}
+    commands = [group, *getattr(group, "commands", {}).values()]
+    for command in commands:
+        for param in command.params:
+            flags.update(o for o in [*param.opts, *param.secondary_opts] if o.startswith("--"))
+    return flags
+
+
+def _flags_in_error_messages() -> dict[str, set[str]]:
+    """``--flag`` words in the string parts of every ``UserInputError(...)`` in the package's source."""
+    import ast
+    import re
+
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO_ROOT / "nas_sepconv").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = getattr(node, "func", None)
+            if not (isinstance(node, ast.Call) and getattr(func, "id", getattr(func, "attr", None)) == "UserInputError"):
+                continue
+            for part in ast.walk(node):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", part.value):
+                        found.setdefault(flag, set()).add(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_every_flag_named_in_an_error_message_exists():
+    """A hint must name a flag the CLI has (the cifar10 hint named a --data-root that never existed)."""
+    flags = _cli_flags()
+    assert {"--space", "--trials", "--out", "--storage"} <= flags  # the scan of the CLI works
+    mentioned = _flags_in_error_messages()
+    assert "--trials" in mentioned  # the scan of the messages works
+    assert {f: sorted(w) for f, w in mentioned.items() if f not in flags} == {}
+
+
+def test_missing_root_hint_names_what_works():
+    for name in ("cifar10", "imagefolder", "torchvision:CIFAR10"):
+        if name.startswith("torchvision"):
+            pytest.importorskip("torchvision")
+        with pytest.raises(UserInputError) as info:
+            load_dataset(name)
+        message = str(info.value)
+        assert message.startswith("dataset.root:") and "--" not in message
+        assert "data.root" in message and "root=" in message
