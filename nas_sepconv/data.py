@@ -79,6 +79,8 @@ _MNIST_LIKE = {"mnist", "kmnist", "emnist", "qmnist"}
 _CACHE_VERSION = 1
 _DIGITS_TEST_FRACTION = 0.2
 _DATASET_NAMES = "digits, cifar10, imagefolder:PATH, torchvision:NAME"
+#: Largest ``image_size``: a data set is held whole in memory, N x C x size x size bytes.
+MAX_IMAGE_SIZE = 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,8 +182,9 @@ def load_dataset(
         subset: keep at most this many images of the training pool (train + val, before the
             validation split is held out), stratified by class; for CPU-sized runs.  The test
             split is always whole.
-        image_size: resize images to this side at load (bilinear, antialiased).  Defaults: 16
-            for ``digits``, 32 for ``cifar10`` and ``imagefolder``, native for torchvision.
+        image_size: resize images to this side at load (bilinear, antialiased), at most
+            :data:`MAX_IMAGE_SIZE`.  Defaults: 16 for ``digits``, 32 for ``cifar10`` and
+            ``imagefolder``, native for torchvision.
 
     Returns:
         A :class:`Dataset` on the CPU; move it with :meth:`Dataset.to`.
@@ -195,8 +198,12 @@ def load_dataset(
         raise UserInputError("dataset.val_fraction", f"must be in (0, 1), got {val_fraction!r}", "use e.g. 0.1")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 2):
         raise UserInputError("dataset.subset", f"must be an int >= 2 or None, got {subset!r}", "use e.g. 5000")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise UserInputError("dataset.image_size", f"must be a positive int, got {image_size!r}", "use e.g. 32")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE):
+        raise UserInputError(
+            "dataset.image_size",
+            f"must be an int in 1..{MAX_IMAGE_SIZE}, got {image_size!r} (the data set is held in memory at this size)",
+            "use e.g. 32",
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserInputError("dataset.seed", f"must be an int, got {seed!r}")
 

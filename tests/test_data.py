@@ -682,3 +682,45 @@ def test_missing_root_hint_names_what_works():
         message = str(info.value)
         assert message.startswith("dataset.root:") and "--" not in message
         assert "data.root" in message and "root=" in message
+
+
+@pytest.mark.parametrize(
+    "kwargs, field, words",
+    [
+        ({"image_size": 100_000}, "dataset.image_size", "1..1024"),
+        ({"image_size": 1025}, "dataset.image_size", "1..1024"),
+        ({"image_size": 10**30}, "dataset.image_size", "1..1024"),
+        ({"image_size": 0}, "dataset.image_size", "1..1024"),
+        ({"image_size": 32.0}, "dataset.image_size", "1..1024"),
+        ({"image_size": True}, "dataset.image_size", "1..1024"),
+        ({"subset": 1}, "dataset.subset", ">= 2"),
+        ({"subset": -5}, "dataset.subset", ">= 2"),
+        ({"subset": 5000.0}, "dataset.subset", ">= 2"),
+        ({"subset": True}, "dataset.subset", ">= 2"),
+        ({"val_fraction": 0}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": 1}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": 1.0}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": -0.1}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": float("nan")}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": float("inf")}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": "0.1"}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": True}, "dataset.val_fraction", "(0, 1)"),
+    ],
+)
+@pytest.mark.parametrize("name", ["digits", "cifar10"])
+def test_sizes_are_refused_before_anything_is_read(tmp_path, monkeypatch, kwargs, field, words, name):
+    def no_loading(*args, **kw):
+        raise AssertionError("read or decoded the data before checking the sizes")
+
+    for loader in ("_load_digits", "_load_cifar10", "_load_folder", "_decode_all", "_resize_nchw"):
+        monkeypatch.setattr(data_mod, loader, no_loading)
+    root = _write_tree(tmp_path / "tree", n_train=2, n_test=1, size=8)
+    with pytest.raises(UserInputError) as info:
+        load_dataset(name, root=root, **kwargs)
+    message = str(info.value)
+    assert message.startswith(f"{field}:") and words in message and "\n" not in message
+
+
+def test_image_size_within_the_limit_loads():
+    d = load_dataset("digits", image_size=data_mod.MAX_IMAGE_SIZE // 16, subset=20)
+    assert d.input_shape == (1, 64, 64)
