@@ -31,6 +31,7 @@ Decoded image folders are cached as ``.npz`` under ``$NAS_SEPCONV_CACHE`` (defau
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import inspect
@@ -78,6 +79,8 @@ _MNIST_LIKE = {"mnist", "kmnist", "emnist", "qmnist"}
 _CACHE_VERSION = 1
 _DIGITS_TEST_FRACTION = 0.2
 _DATASET_NAMES = "digits, cifar10, imagefolder:PATH, torchvision:NAME"
+#: Largest ``image_size``: a data set is held whole in memory, N x C x size x size bytes.
+MAX_IMAGE_SIZE = 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +182,9 @@ def load_dataset(
         subset: keep at most this many images of the training pool (train + val, before the
             validation split is held out), stratified by class; for CPU-sized runs.  The test
             split is always whole.
-        image_size: resize images to this side at load (bilinear, antialiased).  Defaults: 16
-            for ``digits``, 32 for ``cifar10`` and ``imagefolder``, native for torchvision.
+        image_size: resize images to this side at load (bilinear, antialiased), at most
+            :data:`MAX_IMAGE_SIZE`.  Defaults: 16 for ``digits``, 32 for ``cifar10`` and
+            ``imagefolder``, native for torchvision.
 
     Returns:
         A :class:`Dataset` on the CPU; move it with :meth:`Dataset.to`.
@@ -194,8 +198,12 @@ def load_dataset(
         raise UserInputError("dataset.val_fraction", f"must be in (0, 1), got {val_fraction!r}", "use e.g. 0.1")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 2):
         raise UserInputError("dataset.subset", f"must be an int >= 2 or None, got {subset!r}", "use e.g. 5000")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise UserInputError("dataset.image_size", f"must be a positive int, got {image_size!r}", "use e.g. 32")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE):
+        raise UserInputError(
+            "dataset.image_size",
+            f"must be an int in 1..{MAX_IMAGE_SIZE}, got {image_size!r} (the data set is held in memory at this size)",
+            "use e.g. 32",
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserInputError("dataset.seed", f"must be an int, got {seed!r}")
 
@@ -224,7 +232,9 @@ def load_dataset(
 def _need_root(root: str | Path | None, kind: str) -> Path:
     if root is None:
         raise UserInputError(
-            "dataset.root", f"{kind} needs a root folder", "pass root=... (the CLI's --data-root) pointing at the files"
+            "dataset.root",
+            f"{kind} needs a root folder",
+            "set root: in the data section of the space file (data.root), or pass root=... to load_dataset, pointing at the files",
         )
     return _existing(Path(root).expanduser())
 
@@ -236,6 +246,10 @@ def _existing(path: Path) -> Path:
 
 
 def _make_dataset(name: str, a: _Arrays, augment: str, *, val_fraction: float, seed: int, subset: int | None) -> Dataset:
+    if len(np.unique(a.y_train)) < 2:  # sources that name no classes (torchvision, batches) land here
+        raise UserInputError(
+            "dataset", f"{name} has images of fewer than 2 classes in its training split", "a classifier needs at least 2 classes"
+        )
     rng = np.random.default_rng(seed)
     pool = np.arange(len(a.y_train))
     if subset is not None and subset < len(pool):
@@ -356,9 +370,18 @@ def _load_cifar10(root: Path, size: int) -> _Arrays:
     )
 
 
+def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles ``bytes`` at protocol <= 2 (``encode(text, 'latin1')``),
+    and only that: no other codec is reachable from a batch file."""
+    if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode is only allowed as encode(str, 'latin1'), got encoding {encoding!r}")
+    return codecs.encode(text, "latin1")
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Unpickles the official CIFAR batches (dicts of lists, bytes and numpy arrays) and refuses
-    every other global, so a doctored batch file cannot run code."""
+    """Unpickles the official CIFAR batches (dicts of lists, bytes and numpy arrays), also when
+    re-pickled by Python 3 at protocol <= 2 (bytes as ``_codecs.encode(str, 'latin1')``), and
+    refuses every other global, so a doctored batch file cannot run code."""
 
     _ALLOWED = {
         ("numpy", "ndarray"),
@@ -369,26 +392,55 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"),
     }
 
+    def __init__(self, f, path: Path):
+        super().__init__(f, encoding="bytes")  # the official files are Python 2 pickles
+        self.path = path
+
     def find_class(self, module: str, name: str):  # noqa: D102
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise UserInputError("dataset.root", f"a CIFAR batch file asks to load {module}.{name}", "use the official cifar-10-batches-py files")
+        raise UserInputError(
+            "dataset.root",
+            f"{self.path} is not a plain CIFAR batch: it asks to load {_one_line(module)}.{_one_line(name)} (refused, it could run code)",
+            "use the official cifar-10-batches-py files",
+        )
 
 
-def _safe_pickle_load(f) -> Any:
-    return _ArraysOnlyUnpickler(f, encoding="bytes").load()  # the official files are Python 2 pickles
+def _safe_pickle_load(path: Path) -> Any:
+    """The object pickled in ``path``; a refused global or a damaged file is a UserInputError naming it."""
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnlyUnpickler(f, path).load()
+    except UserInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a damaged pickle raises almost anything
+        raise UserInputError(
+            "dataset.root", f"cannot read {path} as a CIFAR batch ({_reason(e)})", "use the official cifar-10-batches-py files (download them again)"
+        ) from None
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line, at most ``limit`` characters, for an error message."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _reason(e: BaseException) -> str:
+    return _one_line(str(e)) or type(e).__name__
 
 
 def _load_cifar_batches(folder: Path, size: int) -> _Arrays:
     def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if not path.is_file():
             raise UserInputError("dataset.root", f"{path} is missing", "use a complete cifar-10-batches-py folder")
-        with open(path, "rb") as f:
-            entry = _safe_pickle_load(f)
-        data, labels = _entry(entry, "data"), _entry(entry, "labels")
+        entry = _safe_pickle_load(path)
+        data = _entry(entry, "data") if isinstance(entry, dict) else None
+        labels = _entry(entry, "labels") if isinstance(entry, dict) else None
         if data is None or labels is None:
-            raise UserInputError("dataset.root", f"{path} is not a CIFAR-10 batch", "use the official cifar-10-batches-py files")
-        return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+            raise UserInputError("dataset.root", f"{path} is not a CIFAR-10 batch (no data and labels)", "use the official cifar-10-batches-py files")
+        return _checked_batch(path, data, labels)
 
     parts = [read(folder / f"data_batch_{i}") for i in range(1, 6)]
     x_train = np.concatenate([p[0] for p in parts])
@@ -397,12 +449,36 @@ def _load_cifar_batches(folder: Path, size: int) -> _Arrays:
     classes = _CIFAR10_CLASSES
     meta = folder / "batches.meta"
     if meta.is_file():
-        with open(meta, "rb") as f:
-            names = _entry(_safe_pickle_load(f), "label_names")
-        if names:
+        entry = _safe_pickle_load(meta)
+        names = _entry(entry, "label_names") if isinstance(entry, dict) else None
+        if names is not None:
+            if not isinstance(names, (list, tuple)) or len(names) != len(_CIFAR10_CLASSES):
+                raise UserInputError(
+                    "dataset.root", f"{meta} does not hold {len(_CIFAR10_CLASSES)} label_names", "use the official batches.meta, or remove it"
+                )
             classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     x_train, x_test = _resize_nchw(x_train, size), _resize_nchw(x_test, size)
     return _Arrays(x_train, y_train, x_test, y_test, classes, *_channel_stats(x_train))
+
+
+def _checked_batch(path: Path, data: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)``, or a UserInputError naming ``path``."""
+    fix = "use the official cifar-10-batches-py files (data: N x 3072 uint8, labels: N ints in 0..9)"
+    try:
+        x, y = np.asarray(data), np.asarray(labels)
+    except (ValueError, TypeError) as e:  # ragged lists and the like
+        raise UserInputError("dataset.root", f"{path} holds malformed data or labels ({_reason(e)})", fix) from None
+    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.dtype.kind not in "iu":
+        raise UserInputError("dataset.root", f"{path} holds data of shape {x.shape} and type {x.dtype}, not N x 3072 integers", fix)
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise UserInputError("dataset.root", f"{path} holds pixel values outside 0..255", fix)
+    if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
+        raise UserInputError("dataset.root", f"{path} holds labels of shape {y.shape} and type {y.dtype}, not N integers", fix)
+    if len(y) != len(x):
+        raise UserInputError("dataset.root", f"{path} holds {len(x)} images but {len(y)} labels", fix)
+    if y.size and (y.min() < 0 or y.max() >= len(_CIFAR10_CLASSES)):
+        raise UserInputError("dataset.root", f"{path} holds labels outside 0..{len(_CIFAR10_CLASSES) - 1} (from {y.min()} to {y.max()})", fix)
+    return x.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), y.astype(np.int64, copy=False)
 
 
 def _entry(mapping: dict, key: str):
@@ -447,8 +523,9 @@ def _load_folder(root: Path, size: int, *, force_rgb: bool) -> _Arrays:
 
     def build() -> _Arrays:
         paths, labels, classes = _scan_split(root / "train", None)
+        _check_classes(labels, classes, root / "train")
         test_paths, test_labels, _ = _scan_split(test_dir, classes)
-        mode = "RGB" if force_rgb else _image_mode(paths[0])
+        mode = "RGB" if force_rgb else _image_mode(paths[0], paths[0])
         x = _decode_all(paths + test_paths, size, mode)
         n = len(paths)
         x_train = x[:n]
@@ -473,7 +550,7 @@ def _load_tar(path: Path, size: int, *, force_rgb: bool) -> _Arrays:
                 if split in ("train", "test", "val"):
                     f = tar.extractfile(m)
                     if f is not None:
-                        members.setdefault(split, {}).setdefault(cls, []).append((parts[-1], f.read()))
+                        members.setdefault(split, {}).setdefault(cls, []).append((m.name, f.read()))
     except (tarfile.TarError, OSError) as e:
         raise UserInputError("dataset.root", f"cannot read {path} ({e})", "point it at a valid .tar.gz or extract it") from None
     test_split = "test" if "test" in members else "val"
@@ -482,19 +559,20 @@ def _load_tar(path: Path, size: int, *, force_rgb: bool) -> _Arrays:
     classes = sorted(members["train"])
     index = {c: i for i, c in enumerate(classes)}
 
-    def flatten(split: str) -> tuple[list[bytes], list[int]]:
+    def flatten(split: str) -> tuple[list[tuple[str, bytes]], list[int]]:
         blobs, labels = [], []
         for c in sorted(members[split]):
             if c not in index:
                 raise UserInputError("dataset.root", f"class {c!r} of {split}/ has no counterpart in train/", "use the same class folders")
-            for _, blob in sorted(members[split][c]):
-                blobs.append(blob)
+            for name, blob in sorted(members[split][c], key=lambda nb: nb[0].rsplit("/", 1)[-1]):
+                blobs.append((f"{path}:{name}", blob))
                 labels.append(index[c])
         return blobs, labels
 
     blobs, labels = flatten("train")
+    _check_classes(labels, classes, f"{path}:train/")
     test_blobs, test_labels = flatten(test_split)
-    mode = "RGB" if force_rgb else _image_mode(io.BytesIO(blobs[0]))
+    mode = "RGB" if force_rgb else _image_mode(io.BytesIO(blobs[0][1]), blobs[0][0])
     x = _decode_all(blobs + test_blobs, size, mode)
     n = len(blobs)
     return _Arrays(
@@ -502,39 +580,80 @@ def _load_tar(path: Path, size: int, *, force_rgb: bool) -> _Arrays:
     )
 
 
-def _image_mode(source) -> str:
+def _check_classes(labels: Sequence[int], classes: Sequence[str], where: Any) -> None:
+    """Refuse a training set with images of fewer than 2 classes (before anything is decoded)."""
+    present = sorted({classes[i] for i in set(labels)})
+    if len(present) < 2:
+        found = f"images of 1 class ({present[0]})" if present else "no images"
+        raise UserInputError(
+            "dataset.root",
+            f"{where} holds {found}: a classifier needs at least 2 classes (one class is always 100% accurate)",
+            "put the images of each class in its own folder: train/<class>/, at least 2 of them",
+        )
+
+
+class _BrokenImage(Exception):
+    """An image that PIL cannot decode; plain args, so it crosses from a worker process intact."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(source, reason)
+        self.source, self.reason = source, reason
+
+
+def _broken_image_error(source: str, reason: str) -> UserInputError:
+    return UserInputError(
+        "dataset.root",
+        f"cannot decode the image {_one_line(source, 400)} ({_one_line(reason)})",
+        "remove the file, or re-encode it (e.g. open and save it again with an image editor or PIL)",
+    )
+
+
+def _image_mode(source, name: str) -> str:
     from PIL import Image
 
-    with Image.open(source) as im:
-        return "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+    try:
+        with Image.open(source) as im:
+            return "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+    except Exception as e:  # noqa: BLE001 -- PIL raises many types for broken files
+        raise _broken_image_error(name, _reason(e)) from None
 
 
 def _decode_chunk(args: tuple[list, int, str]) -> np.ndarray:
-    """Decode images (paths or encoded bytes) to one ``(n, H, W, C)`` uint8 array."""
+    """Decode images (paths, or ``(name, encoded bytes)``) to one ``(n, H, W, C)`` uint8 array;
+    an image that does not decode raises :class:`_BrokenImage` naming it."""
     from PIL import Image
 
     sources, size, mode = args
     channels = 1 if mode == "L" else 3
     out = np.empty((len(sources), size, size, channels), dtype=np.uint8)
     for i, src in enumerate(sources):
-        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
-            if im.mode != mode:
-                im = im.convert(mode)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            out[i] = np.asarray(im).reshape(size, size, channels)
+        name, data = src if isinstance(src, tuple) else (src, src)
+        try:
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+                if im.mode != mode:
+                    im = im.convert(mode)
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                out[i] = np.asarray(im).reshape(size, size, channels)
+        except Exception as e:  # noqa: BLE001 -- truncated files raise OSError, others ValueError, SyntaxError ...
+            raise _BrokenImage(str(name), _reason(e)) from None
     return out
+
+
+#: Images per decoding job, and the number of images from which worker processes decode.
+_DECODE_CHUNK = 1000
+_PROCESS_MIN_IMAGES = 4 * _DECODE_CHUNK
 
 
 def _decode_all(sources: list, size: int, mode: str) -> np.ndarray:
     """Decode in parallel (forked worker processes where available) to NCHW uint8."""
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    chunk = 1000
+    chunk = _DECODE_CHUNK
     jobs = [(sources[i : i + chunk], size, mode) for i in range(0, len(sources), chunk)]
     try:
         use_processes = (
             workers > 1
-            and len(sources) > 4 * chunk
+            and len(sources) > _PROCESS_MIN_IMAGES
             and "fork" in multiprocessing.get_all_start_methods()
             and not multiprocessing.current_process().daemon  # a daemonic worker may not have children
         )
@@ -546,8 +665,8 @@ def _decode_all(sources: list, size: int, mode: str) -> np.ndarray:
         else:
             with ThreadPoolExecutor(max(1, min(workers, 8))) as ex:
                 parts = list(ex.map(_decode_chunk, jobs))
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for unreadable files
-        raise UserInputError("dataset.root", f"cannot decode an image ({e})", "remove or re-encode the broken file") from None
+    except _BrokenImage as e:
+        raise _broken_image_error(e.source, e.reason) from None
     x = np.concatenate(parts) if parts else np.zeros((0, size, size, 1 if mode == "L" else 3), np.uint8)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 

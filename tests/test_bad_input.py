@@ -131,6 +131,51 @@ def _make_plan_bad_glob(env: Env) -> Any:
     return ns.make_plan(torchvision.models.resnet18(), {"layer9.*.conv1": "dwsep"}, example_inputs=torch.randn(1, 3, 32, 32))
 
 
+# ---- issue 17: data (files for the data-set cases, all under <tmp>/data17)
+
+
+def _data17_tree(env: Env, *, classes=("ant", "bee"), broken: str | None = None, how: str = "truncate") -> str:
+    """A tiny JPEG ImageFolder tree; ``broken`` (e.g. ``train/bee/001.jpg``) is truncated or garbage."""
+    from PIL import Image
+
+    root = env.tmp / "data17" / "tree"
+    for split in ("train", "test"):
+        for i, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for j in range(3):
+                Image.new("RGB", (8, 8), (40 * i, 20 * j, 7)).save(root / split / c / f"{j:03d}.jpg")
+    if broken:
+        blob = (root / broken).read_bytes()
+        (root / broken).write_bytes(blob[: len(blob) // 3] if how == "truncate" else b"not an image")
+    return str(root)
+
+
+def _data17_cifar(env: Env, replace: dict | None = None) -> str:
+    """A fake cifar-10-batches-py folder; ``replace`` maps a file name to the object pickled there."""
+    import pickle
+
+    import numpy as np
+
+    folder = env.tmp / "data17" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps((replace or {}).get(name, entry), protocol=2))
+    return str(folder)
+
+
+class _Data17RunsCode:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("echo pwned > /dev/null",)
+
+
+def _data17_space(**data: Any) -> Callable[[Env], list[str]]:
+    """A search on TINY with ``data`` fields; callables among the values get the Env."""
+    return lambda env: _space(tiny_space(**{f"data.{k}": (v(env) if callable(v) else v) for k, v in data.items()}))(env)
+
+
 CASES: list[Case] = [
     # ---- CLI flags: convert / profile
     Case("input-size-letter", "--input-size", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,x"]),
@@ -191,6 +236,23 @@ CASES: list[Case] = [
     # ---- data-set paths
     Case("data-cifar10-root-missing", "data.root", cli=lambda e: _space(tiny_space(**{"data.dataset": "cifar10", "data.root": str(e.tmp / "no_cifar")}))(e)),
     Case("data-unknown-dataset", "data.dataset", cli=_space(tiny_space(**{"data.dataset": "mnistt"}))),
+    # ---- issue 17: data
+    Case("data-imagefolder-truncated-jpeg", "data.root", cli=_data17_space(dataset="imagefolder", root=lambda e: _data17_tree(e, broken="train/bee/001.jpg"))),
+    Case("data-imagefolder-first-image-garbage", "data.root", cli=_data17_space(dataset="imagefolder", root=lambda e: _data17_tree(e, broken="train/ant/000.jpg", how="garbage"))),
+    Case("data-cifar10-tree-truncated-jpeg", "data.root", cli=_data17_space(dataset="cifar10", root=lambda e: _data17_tree(e, broken="test/ant/002.jpg"))),
+    Case("data-imagefolder-one-class", "data.root", cli=_data17_space(dataset="imagefolder", root=lambda e: _data17_tree(e, classes=("ant",)))),
+    Case("data-cifar10-batch-wrong-shape", "data.root", cli=_data17_space(dataset="cifar10", root=lambda e: _data17_cifar(e, {"data_batch_2": {b"data": [[0] * 10] * 100, b"labels": [0] * 100}}))),
+    Case("data-cifar10-batch-label-count", "data.root", cli=_data17_space(dataset="cifar10", root=lambda e: _data17_cifar(e, {"test_batch": {b"data": [[0] * 3072] * 4, b"labels": [0, 1]}}))),
+    Case("data-cifar10-batch-label-range", "data.root", cli=_data17_space(dataset="cifar10", root=lambda e: _data17_cifar(e, {"data_batch_1": {b"data": [[0] * 3072] * 2, b"labels": [3, 10]}}))),
+    Case("data-cifar10-batch-runs-code", "data.root", cli=_data17_space(dataset="cifar10", root=lambda e: _data17_cifar(e, {"data_batch_5": {b"data": _Data17RunsCode(), b"labels": [0]}}))),
+    Case("data-cifar10-no-root", "data.root", cli=_data17_space(dataset="cifar10")),
+    Case("data-image-size-huge", "data.image_size", cli=_data17_space(image_size=100_000)),
+    Case("data-val-fraction-one", "data.val_fraction", cli=_data17_space(val_fraction=1.0)),
+    Case("data-subset-one", "data.subset", cli=_data17_space(subset=1)),
+    Case("lib-dataset-image-size-huge", "dataset.image_size", lib=lambda e: nsdata.load_dataset("digits", image_size=100_000)),
+    Case("lib-dataset-truncated-jpeg", "dataset.root", lib=lambda e: nsdata.load_dataset("imagefolder", root=_data17_tree(e, broken="train/ant/001.jpg"))),
+    Case("lib-dataset-one-class", "dataset.root", lib=lambda e: nsdata.load_dataset("imagefolder", root=_data17_tree(e, classes=("bee",)))),
+    Case("lib-dataset-cifar10-batch-runs-code", "dataset.root", lib=lambda e: nsdata.load_dataset("cifar10", root=_data17_cifar(e, {"data_batch_1": {b"data": _Data17RunsCode(), b"labels": [0]}}))),
     # ---- report / export
     Case("report-no-source", "--storage", cli=lambda e: ["report"]),
     Case("report-missing-dir", "results", cli=lambda e: ["report", str(e.tmp / "no_results")]),
@@ -269,7 +331,7 @@ def test_bad_input(case: Case, tmp_path: Path, request, monkeypatch):
     # nothing half-written: no --out folder, no results/ in the working directory, no study.db
     assert not env.out.exists(), f"{case.id}: left {sorted(p.relative_to(env.out) for p in env.out.rglob('*'))}"
     created = set(p.name for p in tmp_path.iterdir()) - set(before)
-    assert not (created - {"space.yaml", "not_a_model.safetensors", "bare.safetensors", "pickled.safetensors", "user_model.safetensors"}), created
+    assert not (created - {"space.yaml", "not_a_model.safetensors", "bare.safetensors", "pickled.safetensors", "user_model.safetensors", "data17"}), created
 
 
 @pytest.mark.parametrize(

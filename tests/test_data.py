@@ -424,3 +424,303 @@ def test_shared_cifar10_loads_and_caches(shared_cifar_tree):
     again = load_dataset("cifar10", root=shared_cifar_tree)
     assert time.perf_counter() - start < 2.0
     assert torch.equal(again.val.x, d.val.x)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 17: damaged, doctored and malformed input files
+
+
+def _rewrite_batch(folder: Path, name: str, entry, protocol=pickle.DEFAULT_PROTOCOL) -> Path:
+    path = folder / name
+    path.write_bytes(pickle.dumps(entry, protocol=protocol))
+    return path
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ({"data": np.zeros((4, 10), np.uint8), "labels": [0, 1, 2, 3]}, "shape (4, 10)"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2]}, "4 images but 3 labels"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 10]}, "outside 0..9"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, -1, 3]}, "outside 0..9"),
+        ({"data": np.full((4, 3072), 300, np.int64), "labels": [0, 1, 2, 3]}, "outside 0..255"),
+        ({"data": np.zeros((4, 3072), np.float32), "labels": [0, 1, 2, 3]}, "not N x 3072 integers"),
+        ({"data": [[1, 2], [3]], "labels": [0, 1]}, "data"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [[0, 1], [2, 3]]}, "labels of shape"),
+        ({"data": np.zeros((4, 3072), np.uint8)}, "not a CIFAR-10 batch"),
+        ([1, 2, 3], "not a CIFAR-10 batch"),
+    ],
+    ids=["data-100x10", "labels-count", "label-10", "label-negative", "pixel-300", "float-data", "ragged", "labels-2d", "no-labels", "a-list"],
+)
+def test_cifar_batch_of_the_wrong_shape_names_the_file(tmp_path, entry, words):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    bad = _rewrite_batch(folder, "data_batch_3", entry)
+    with pytest.raises(UserInputError) as info:
+        load_dataset("cifar10", root=tmp_path)
+    message = str(info.value)
+    assert message.startswith("dataset.root:") and "\n" not in message
+    assert str(bad) in message and words in message
+
+
+def test_cifar_batch_truncated_or_meta_wrong_names_the_file(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    good = (folder / "test_batch").read_bytes()
+    (folder / "test_batch").write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserInputError, match=r"^dataset\.root: cannot read .*test_batch as a CIFAR batch") as info:
+        load_dataset("cifar10", root=folder)
+    assert "\n" not in str(info.value)
+    (folder / "test_batch").write_bytes(good)
+    _rewrite_batch(folder, "batches.meta", {"label_names": [b"cat", b"dog"]})
+    with pytest.raises(UserInputError, match=r"^dataset\.root: .*batches\.meta does not hold 10 label_names"):
+        load_dataset("cifar10", root=folder)
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_cifar_batches_repickled_by_python3_at_old_protocols_load(tmp_path, protocol):
+    """Python 3 pickles bytes at protocol <= 2 as _codecs.encode(str, 'latin1'): allowed, nothing else."""
+    folder = tmp_path / "cifar-10-batches-py"
+    x, _ = _write_batches(folder, bytes_keys=True)
+    for p in folder.iterdir():
+        entry = pickle.loads(p.read_bytes())
+        p.write_bytes(pickle.dumps(entry, protocol=protocol))
+    assert b"_codecs" in (folder / "data_batch_1").read_bytes()
+    d = load_dataset("cifar10", root=folder, val_fraction=0.25)
+    assert d.classes == data_mod._CIFAR10_CLASSES and len(d.test) == 6
+    assert sorted(map(bytes, torch.cat([d.train.x, d.val.x]).reshape(-1, 3072).numpy())) == sorted(map(bytes, x))
+
+
+class _Evil:
+    """Pickles as a call of ``func(*args)``: what a doctored batch file would hold."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _evil_payloads(marker: Path) -> dict:
+    import builtins
+    import codecs as codecs_mod
+    import subprocess
+
+    return {
+        "os.system": _Evil(os.system, f"touch {marker}"),
+        "builtins.eval": _Evil(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
+        "builtins.exec": _Evil(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+        "subprocess.Popen": _Evil(subprocess.Popen, ["touch", str(marker)]),
+        "numpy.save": _Evil(np.save, str(marker), np.zeros(1)),
+        "numpy.fromfile": _Evil(np.fromfile, "/etc/hostname"),
+        "_codecs.decode": _Evil(codecs_mod.decode, b"eJwDAAAAAAE=", "base64"),
+        "_codecs.encode(zlib)": _Evil(codecs_mod.encode, b"x" * 10, "zlib"),
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
+@pytest.mark.parametrize("payload", list(_evil_payloads(Path("m"))))
+def test_doctored_cifar_batch_is_refused_and_runs_nothing(tmp_path, payload, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    marker = tmp_path / "pwned"
+    evil = _evil_payloads(marker)[payload]
+    bad = _rewrite_batch(folder, "data_batch_2", {b"data": evil, b"labels": [0, 1, 2, 3]}, protocol=protocol)
+    # the payload is real: plain pickle runs it (only where running it is harmless to check)
+    if payload in ("os.system", "builtins.eval", "builtins.exec", "subprocess.Popen", "numpy.save"):
+        sentinel = tmp_path / "real_run"
+        real = _rewrite_batch(tmp_path, "real_batch", {b"data": _evil_payloads(sentinel)[payload]}, protocol=protocol)
+        pickle.loads(real.read_bytes())
+        for _ in range(50):  # Popen returns before touch has run
+            if sentinel.exists() or Path(f"{sentinel}.npy").exists():
+                break
+            time.sleep(0.05)
+        assert sentinel.exists() or Path(f"{sentinel}.npy").exists()
+    with pytest.raises(UserInputError) as info:
+        load_dataset("cifar10", root=folder)
+    message = str(info.value)
+    assert message.startswith("dataset.root:") and "\n" not in message and str(bad) in message
+    time.sleep(0.1)
+    assert not marker.exists() and not Path(f"{marker}.npy").exists()
+
+
+def _break_one_image(root: Path, which: str = "train/bee/001.jpg", how: str = "truncate") -> Path:
+    path = root / which
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 3] if how == "truncate" else b"not an image at all")
+    return path
+
+
+@pytest.mark.parametrize("which", ["train/ant/000.jpg", "train/bee/001.jpg", "test/cat/001.jpg"], ids=["first", "middle", "test-split"])
+@pytest.mark.parametrize("how", ["truncate", "garbage"])
+@pytest.mark.parametrize("name", ["imagefolder", "cifar10"])
+def test_broken_image_names_the_file(tmp_path, which, how, name):
+    root = _write_tree(tmp_path / "tree", ext="jpg")
+    bad = _break_one_image(root, which, how)
+    with pytest.raises(UserInputError) as info:
+        load_dataset(name, root=root)
+    message = str(info.value)
+    assert message.startswith("dataset.root: cannot decode the image ") and "\n" not in message
+    assert str(bad) in message and "re-encode" in message
+    assert not list((tmp_path / "cache").glob("*.npz"))  # nothing cached
+
+
+def test_broken_image_in_a_tar_names_the_member(tmp_path):
+    tree = _write_tree(tmp_path / "tree", ext="jpg")
+    _break_one_image(tree, "train/cat/002.jpg")
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree / "train", arcname="train")
+        tar.add(tree / "test", arcname="test")
+    with pytest.raises(UserInputError, match=r"^dataset\.root: cannot decode the image .*tiny\.tar\.gz:train/cat/002\.jpg"):
+        load_dataset("cifar10", root=archive)
+
+
+def test_broken_image_decoded_by_a_worker_process_names_the_file(tmp_path, monkeypatch):
+    """Large folders decode in forked processes: the error still arrives as one UserInputError."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    root = _write_tree(tmp_path / "tree", ext="jpg")
+    bad = _break_one_image(root, "train/cat/004.jpg")
+    monkeypatch.setattr(data_mod, "_DECODE_CHUNK", 4)
+    monkeypatch.setattr(data_mod, "_PROCESS_MIN_IMAGES", 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    pools = []
+    real_context = multiprocessing.get_context
+
+    def spy_context(method=None):
+        ctx = real_context(method)
+        pools.append(method)
+        return ctx
+
+    monkeypatch.setattr(multiprocessing, "get_context", spy_context)
+    with pytest.raises(UserInputError) as info:
+        load_dataset("imagefolder", root=root)
+    assert pools == ["fork"]  # it did go through worker processes
+    message = str(info.value)
+    assert message.startswith("dataset.root: cannot decode the image ") and str(bad) in message and "\n" not in message
+
+
+def test_one_class_imagefolder_is_refused(tmp_path):
+    root = _write_tree(tmp_path / "one", classes=("cat",), ext="png")
+    for name in ("imagefolder", "cifar10"):
+        with pytest.raises(UserInputError, match=r"^dataset\.root: .*images of 1 class \(cat\).*at least 2 classes"):
+            load_dataset(name, root=root)
+    assert not list((tmp_path / "cache").glob("*.npz"))  # refused before decoding
+    # two class folders, one of them empty: still one class of images
+    (root / "train" / "dog").mkdir()
+    with pytest.raises(UserInputError, match="at least 2 classes"):
+        load_dataset("imagefolder", root=root)
+    archive = tmp_path / "one.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root / "train", arcname="train")
+        tar.add(root / "test", arcname="test")
+    with pytest.raises(UserInputError, match=r"^dataset\.root: .*at least 2 classes"):
+        load_dataset("cifar10", root=archive)
+
+
+def test_one_class_from_any_source_is_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    for i in range(1, 6):
+        entry = pickle.loads((folder / f"data_batch_{i}").read_bytes())
+        entry["labels"] = [3] * len(entry["labels"])
+        _rewrite_batch(folder, f"data_batch_{i}", entry)
+    with pytest.raises(UserInputError, match=r"^dataset: cifar10 has images of fewer than 2 classes"):
+        load_dataset("cifar10", root=folder)
+
+
+def _cli_flags() -> set[str]:
+    import typer.main
+
+    from nas_sepconv.cli import app
+
+    group = typer.main.get_command(app)  # a click (or typer's own copy of click) group
+    flags = {"--help"}
+    commands = [group, *getattr(group, "commands", {}).values()]
+    for command in commands:
+        for param in command.params:
+            flags.update(o for o in [*param.opts, *param.secondary_opts] if o.startswith("--"))
+    return flags
+
+
+def _flags_in_error_messages() -> dict[str, set[str]]:
+    """``--flag`` words in the string parts of every ``UserInputError(...)`` in the package's source."""
+    import ast
+    import re
+
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO_ROOT / "nas_sepconv").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = getattr(node, "func", None)
+            if not (isinstance(node, ast.Call) and getattr(func, "id", getattr(func, "attr", None)) == "UserInputError"):
+                continue
+            for part in ast.walk(node):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", part.value):
+                        found.setdefault(flag, set()).add(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_every_flag_named_in_an_error_message_exists():
+    """A hint must name a flag the CLI has (the cifar10 hint named a --data-root that never existed)."""
+    flags = _cli_flags()
+    assert {"--space", "--trials", "--out", "--storage"} <= flags  # the scan of the CLI works
+    mentioned = _flags_in_error_messages()
+    assert "--trials" in mentioned  # the scan of the messages works
+    assert {f: sorted(w) for f, w in mentioned.items() if f not in flags} == {}
+
+
+def test_missing_root_hint_names_what_works():
+    for name in ("cifar10", "imagefolder", "torchvision:CIFAR10"):
+        if name.startswith("torchvision"):
+            pytest.importorskip("torchvision")
+        with pytest.raises(UserInputError) as info:
+            load_dataset(name)
+        message = str(info.value)
+        assert message.startswith("dataset.root:") and "--" not in message
+        assert "data.root" in message and "root=" in message
+
+
+@pytest.mark.parametrize(
+    "kwargs, field, words",
+    [
+        ({"image_size": 100_000}, "dataset.image_size", "1..1024"),
+        ({"image_size": 1025}, "dataset.image_size", "1..1024"),
+        ({"image_size": 10**30}, "dataset.image_size", "1..1024"),
+        ({"image_size": 0}, "dataset.image_size", "1..1024"),
+        ({"image_size": 32.0}, "dataset.image_size", "1..1024"),
+        ({"image_size": True}, "dataset.image_size", "1..1024"),
+        ({"subset": 1}, "dataset.subset", ">= 2"),
+        ({"subset": -5}, "dataset.subset", ">= 2"),
+        ({"subset": 5000.0}, "dataset.subset", ">= 2"),
+        ({"subset": True}, "dataset.subset", ">= 2"),
+        ({"val_fraction": 0}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": 1}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": 1.0}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": -0.1}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": float("nan")}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": float("inf")}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": "0.1"}, "dataset.val_fraction", "(0, 1)"),
+        ({"val_fraction": True}, "dataset.val_fraction", "(0, 1)"),
+    ],
+)
+@pytest.mark.parametrize("name", ["digits", "cifar10"])
+def test_sizes_are_refused_before_anything_is_read(tmp_path, monkeypatch, kwargs, field, words, name):
+    def no_loading(*args, **kw):
+        raise AssertionError("read or decoded the data before checking the sizes")
+
+    for loader in ("_load_digits", "_load_cifar10", "_load_folder", "_decode_all", "_resize_nchw"):
+        monkeypatch.setattr(data_mod, loader, no_loading)
+    root = _write_tree(tmp_path / "tree", n_train=2, n_test=1, size=8)
+    with pytest.raises(UserInputError) as info:
+        load_dataset(name, root=root, **kwargs)
+    message = str(info.value)
+    assert message.startswith(f"{field}:") and words in message and "\n" not in message
+
+
+def test_image_size_within_the_limit_loads():
+    d = load_dataset("digits", image_size=data_mod.MAX_IMAGE_SIZE // 16, subset=20)
+    assert d.input_shape == (1, 64, 64)
