@@ -121,7 +121,10 @@ def convert(
         if out_file is not None and out_file.suffix != ".safetensors":
             raise UserInputError("--out", f"{out_file.name} has an unknown extension", "use .safetensors (loads with nas_sepconv.load_model)")
         size = parse_input_size(input_size)
-        spec = BlockSpec.parse(to)
+        try:
+            spec = BlockSpec.parse(to)
+        except UserInputError as exc:
+            raise UserInputError("--to", str(exc)) from exc
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
         net = model_from_name(model, **kwargs).eval()
         x = torch.randn(1, *size)

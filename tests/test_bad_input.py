@@ -148,6 +148,15 @@ CASES: list[Case] = [
     Case("model-not-a-model", "model", cli=lambda e: ["convert", "--model", "os:getcwd", "--input-size", "3,32,32"]),
     Case("model-no-source", "model", cli=lambda e: ["profile", "--model", "resnet18", "--input-size", "3,32,32"]),
     Case("convert-out-bad-folder", "--out", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,32,32", "--out", str(e.tmp / "no" / "such" / "dir" / "x.txt")]),
+    # ---- issue 17: convert, profile
+    Case("to-option-nan", "dw_mult", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "dwsep_mnan", "--input-size", "3,32,32"]),
+    Case("to-option-inf", "rank", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "spatial_rinf", "--input-size", "3,32,32"]),
+    Case("to-option-negative", "rank", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "spatial_r-1", "--input-size", "3,32,32"]),
+    Case("to-option-zero", "dw_mult", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "dwsep_m0", "--input-size", "3,32,32"]),
+    Case("to-option-overflow", "expand_ratio", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "ir_e1e400", "--input-size", "3,32,32"]),
+    Case("to-option-groups-zero", "groups", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "grouped_g0", "--input-size", "3,32,32"]),
+    Case("to-option-huge-mult", "dw_mult", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "dwsep_m100000", "--input-size", "3,32,32"]),
+    Case("to-option-huge-expand", "expand_ratio", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "ir_e1e9", "--input-size", "3,32,32"]),
     # ---- CLI flags: search
     Case("trials-zero", "--trials", cli=lambda e: ["search", "--space", e.space_file(TINY), "--trials", "0", "--out", str(e.out)]),
     Case("workers-zero", "--workers", cli=_search("--workers", "0")),
@@ -217,6 +226,10 @@ CASES: list[Case] = [
     Case("lib-dataset-cifar10-root-missing", "dataset.root", lib=lambda e: nsdata.load_dataset("cifar10", root=e.tmp / "nothing_here")),
     Case("lib-search-trials-zero", "--trials", lib=lambda e: run_search(e.space_file(TINY), trials=0, out=e.out)),
     Case("lib-results-load-nothing", "source", lib=lambda e: nsresults.load(e.tmp / "nothing_here")),
+    # ---- issue 17: library
+    Case("lib-spec-option-nan", "spatial.rank", lib=lambda e: ns.BlockSpec.parse("spatial_rnan")),
+    Case("lib-spec-option-huge", "dwsep.dw_mult", lib=lambda e: ns.BlockSpec("dwsep", dw_mult=10**6)),
+    Case("lib-spec-option-inf", "inverted_residual.expand_ratio", lib=lambda e: ns.BlockSpec("ir", expand_ratio=float("inf"))),
 ]
 
 
