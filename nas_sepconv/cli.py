@@ -155,10 +155,11 @@ def profile(
     def run() -> None:
         import torch
 
-        from .profile import count_macs, count_params, measure_latency
+        from .profile import check_threads, count_macs, count_params, measure_latency
         from .profile import profile as profile_model
 
         size = parse_input_size(input_size)
+        check_threads(threads, "--threads")
         net = _load_any_model(model)
         x = torch.randn(1, *size)
         print_frame(profile_model(net, x), title=f"{model} at {size}")

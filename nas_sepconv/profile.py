@@ -35,6 +35,8 @@ from .errors import UserInputError
 
 __all__ = ["count_macs", "count_params", "profile", "measure_latency", "as_inputs"]
 
+MAX_THREADS = 256  # more intra-op threads than this is a typo, not a latency measurement
+
 
 
 def _conv_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
@@ -231,6 +233,7 @@ def measure_latency(
     """Wall-clock latency of one forward (eval mode, no grad): median, p10 and p90 in ms over
     ``repeats`` timed runs after ``warmup`` runs.  ``threads`` sets torch's intra-op threads for
     the measurement (restored after).  On CUDA the device is synchronised around each run."""
+    check_threads(threads, "threads")
     inputs = as_inputs(example_inputs)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     inputs = tuple(t.to(device) for t in inputs)
@@ -253,6 +256,14 @@ def measure_latency(
     times.sort()
     q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
     return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9)}
+
+
+def check_threads(threads: Any, field: str) -> None:
+    """``threads`` is ``None`` (torch's setting) or an int in [1, :data:`MAX_THREADS`]."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise UserInputError(field, f"expected an integer in [1, {MAX_THREADS}], got {threads!r}", "use e.g. 1 or the number of CPU cores")
 
 
 def meta_copy(module: nn.Module) -> nn.Module:

@@ -131,6 +131,12 @@ def _make_plan_bad_glob(env: Env) -> Any:
     return ns.make_plan(torchvision.models.resnet18(), {"layer9.*.conv1": "dwsep"}, example_inputs=torch.randn(1, 3, 32, 32))
 
 
+def _tiny_conv() -> Any:
+    import torch.nn as nn
+
+    return nn.Conv2d(1, 4, 3)
+
+
 CASES: list[Case] = [
     # ---- CLI flags: convert / profile
     Case("input-size-letter", "--input-size", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,x"]),
@@ -157,6 +163,9 @@ CASES: list[Case] = [
     Case("to-option-groups-zero", "groups", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "grouped_g0", "--input-size", "3,32,32"]),
     Case("to-option-huge-mult", "dw_mult", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "dwsep_m100000", "--input-size", "3,32,32"]),
     Case("to-option-huge-expand", "expand_ratio", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "ir_e1e9", "--input-size", "3,32,32"]),
+    Case("threads-negative", "--threads", cli=lambda e: ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,8,8", "--latency", "--threads", "-5"]),
+    Case("threads-zero", "--threads", cli=lambda e: ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,8,8", "--latency", "--threads", "0"]),
+    Case("threads-absurd", "--threads", cli=lambda e: ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,8,8", "--latency", "--threads", "100000"]),
     # ---- CLI flags: search
     Case("trials-zero", "--trials", cli=lambda e: ["search", "--space", e.space_file(TINY), "--trials", "0", "--out", str(e.out)]),
     Case("workers-zero", "--workers", cli=_search("--workers", "0")),
@@ -230,6 +239,7 @@ CASES: list[Case] = [
     Case("lib-spec-option-nan", "spatial.rank", lib=lambda e: ns.BlockSpec.parse("spatial_rnan")),
     Case("lib-spec-option-huge", "dwsep.dw_mult", lib=lambda e: ns.BlockSpec("dwsep", dw_mult=10**6)),
     Case("lib-spec-option-inf", "inverted_residual.expand_ratio", lib=lambda e: ns.BlockSpec("ir", expand_ratio=float("inf"))),
+    Case("lib-latency-threads-zero", "threads", lib=lambda e: ns.measure_latency(_tiny_conv(), (1, 8, 8), threads=0)),
 ]
 
 
