@@ -27,6 +27,7 @@ import nas_sepconv.io as nsio
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
 from nas_sepconv.errors import UserInputError
+from nas_sepconv.profile import activation_bytes
 
 from conftest import FAST_SPACE  # noqa: E402
 
@@ -166,6 +167,12 @@ CASES: list[Case] = [
     Case("threads-negative", "--threads", cli=lambda e: ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,8,8", "--latency", "--threads", "-5"]),
     Case("threads-zero", "--threads", cli=lambda e: ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,8,8", "--latency", "--threads", "0"]),
     Case("threads-absurd", "--threads", cli=lambda e: ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,8,8", "--latency", "--threads", "100000"]),
+    Case("input-size-huge-convert", "--input-size", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,100000,100000"]),
+    Case("input-size-huge-profile", "--input-size", cli=lambda e: ["profile", "--model", "torchvision:resnet18", "--input-size", "3,100000,100000"]),
+    Case("input-size-over-budget", "above the budget of 4 GiB", cli=lambda e: ["profile", "--model", "torchvision:resnet18", "--input-size", "3,4000,4000"]),
+    Case("input-size-channels-convert", "input_size: TinyConvNet expects 1 input channel(s) (first conv features.0 takes 1), got 3; use --input-size 1,32,32", cli=lambda e: ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "3,32,32"]),
+    Case("input-size-channels-profile", "ResNet expects 3 input channel(s) (first conv conv1 takes 3), got 1; use --input-size 3,32,32", cli=lambda e: ["profile", "--model", "torchvision:resnet18", "--input-size", "1,32,32"]),
+    Case("input-size-too-few-sizes", "first conv conv1 is 2-D; give 3 sizes, --input-size 3,H,W", cli=lambda e: ["profile", "--model", "torchvision:resnet18", "--input-size", "3,32"]),
     # ---- CLI flags: search
     Case("trials-zero", "--trials", cli=lambda e: ["search", "--space", e.space_file(TINY), "--trials", "0", "--out", str(e.out)]),
     Case("workers-zero", "--workers", cli=_search("--workers", "0")),
@@ -240,6 +247,9 @@ CASES: list[Case] = [
     Case("lib-spec-option-huge", "dwsep.dw_mult", lib=lambda e: ns.BlockSpec("dwsep", dw_mult=10**6)),
     Case("lib-spec-option-inf", "inverted_residual.expand_ratio", lib=lambda e: ns.BlockSpec("ir", expand_ratio=float("inf"))),
     Case("lib-latency-threads-zero", "threads", lib=lambda e: ns.measure_latency(_tiny_conv(), (1, 8, 8), threads=0)),
+    Case("lib-make-plan-wrong-channels", "input_size: Conv2d expects 1 input channel(s)", lib=lambda e: ns.make_plan(_tiny_conv(), "dwsep", example_inputs=(3, 8, 8))),
+    Case("lib-profile-wrong-channels", "input_size: Conv2d expects 1 input channel(s)", lib=lambda e: ns.profile(_tiny_conv(), (3, 8, 8))),
+    Case("lib-activation-bytes-wrong-channels", "input_size", lib=lambda e: activation_bytes(_tiny_conv(), (1, 3, 8, 8))),
 ]
 
 
