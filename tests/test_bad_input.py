@@ -138,6 +138,26 @@ def _tiny_conv() -> Any:
     return nn.Conv2d(1, 4, 3)
 
 
+def _converted_pair() -> tuple[Any, Any]:
+    import torch
+    import torch.nn as nn
+
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    return ns.convert(model, "dwsep", example_inputs=torch.randn(1, 8, 8, 8)), model
+
+
+def _nan_net(value: float = float("nan")) -> Any:
+    """Two 3x3 convs, the second with one non-finite weight."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+    with torch.no_grad():
+        model[1].weight[0, 0, 0, 0] = value
+    return model
+
+
 CASES: list[Case] = [
     # ---- CLI flags: convert / profile
     Case("input-size-letter", "--input-size", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,x"]),
@@ -250,6 +270,12 @@ CASES: list[Case] = [
     Case("lib-make-plan-wrong-channels", "input_size: Conv2d expects 1 input channel(s)", lib=lambda e: ns.make_plan(_tiny_conv(), "dwsep", example_inputs=(3, 8, 8))),
     Case("lib-profile-wrong-channels", "input_size: Conv2d expects 1 input channel(s)", lib=lambda e: ns.profile(_tiny_conv(), (3, 8, 8))),
     Case("lib-activation-bytes-wrong-channels", "input_size", lib=lambda e: activation_bytes(_tiny_conv(), (1, 3, 8, 8))),
+    Case("lib-refit-batches-string", "batches", lib=lambda e: ns.refit(*_converted_pair(), "notbatches")),
+    Case("lib-refit-batches-int", "batches", lib=lambda e: ns.refit(*_converted_pair(), 5)),
+    Case("lib-refit-batches-not-tensors", "batches", lib=lambda e: ns.refit(*_converted_pair(), [1, 2])),
+    Case("lib-refit-batches-none-items", "batches", lib=lambda e: ns.refit(*_converted_pair(), [None])),
+    Case("lib-apply-plan-nan-weights", "model: layer '1'", lib=lambda e: ns.apply_plan(_nan_net(), ns.make_plan(_nan_net(), "dwsep", example_inputs=(8, 8, 8)), init="svd")),
+    Case("lib-convert-inf-weights", "model: layer '1'", lib=lambda e: ns.convert(_nan_net(float("inf")), "spatial", example_inputs=(8, 8, 8), init="svd")),
 ]
 
 
