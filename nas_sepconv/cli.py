@@ -5,6 +5,7 @@ function.  Bad input: one line on stderr naming what was wrong and how to mend i
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -78,6 +79,41 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     return size
 
 
+def example_input(net: Any, size: tuple[int, ...], text: str) -> Any:
+    """A random input of batch 1 and ``size`` for ``net``, refused before it is allocated when
+    the activations of one forward would exceed ``ACTIVATION_BUDGET`` (estimated on the meta
+    device) or the model's first convolution does not take its channel count."""
+    import math
+
+    import torch
+
+    from .profile import ACTIVATION_BUDGET, activation_bytes
+
+    shape = (1, *size)
+    with _flag_names():
+        need = activation_bytes(net, shape)
+    if need is None:  # the model does not run on the meta device: the input alone is the bound
+        need = 4 * math.prod(shape)
+    if need > ACTIVATION_BUDGET:
+        raise UserInputError(
+            "--input-size",
+            f"{text} needs about {need / 2**30:,.1f} GiB of activations for one example (estimated), above the budget of {ACTIVATION_BUDGET / 2**30:g} GiB",
+            f"use a smaller input size, e.g. {size[0]},224,224",
+        )
+    return torch.randn(shape)
+
+
+@contextmanager
+def _flag_names():
+    """Library errors about the example input name the flag (``--input-size``) in their fix."""
+    try:
+        yield
+    except UserInputError as exc:
+        if exc.field != "input_size" or not exc.fix:
+            raise
+        raise UserInputError(exc.field, exc.problem, exc.fix.replace("input size ", "--input-size ")) from exc
+
+
 def print_frame(df, *, title: str | None = None, max_rows: int = 200) -> None:
     table = Table(title=title, show_lines=False)
     for col in df.columns:
@@ -110,8 +146,6 @@ def convert(
     """Convert a model's convolutions and print the per-site report."""
 
     def run() -> None:
-        import torch
-
         from .io import save_model
         from .models import model_from_name
         from .plan import make_plan
@@ -124,8 +158,9 @@ def convert(
         spec = BlockSpec.parse(to)
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
         net = model_from_name(model, **kwargs).eval()
-        x = torch.randn(1, *size)
-        plan = make_plan(net, spec, example_inputs=x)
+        x = example_input(net, size, input_size)
+        with _flag_names():
+            plan = make_plan(net, spec, example_inputs=x)
         converted = apply_plan(net, plan, init=init)
         report = plan.report()[["name", "op", "spec", "reason", "macs_before", "macs_after", "params_before", "params_after"]]
         print_frame(report, title=f"{model} -> {spec}")
@@ -151,15 +186,15 @@ def profile(
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
     def run() -> None:
-        import torch
-
-        from .profile import count_macs, count_params, measure_latency
+        from .profile import check_threads, count_macs, count_params, measure_latency
         from .profile import profile as profile_model
 
         size = parse_input_size(input_size)
+        check_threads(threads, "--threads")
         net = _load_any_model(model, allow_import=allow_import)
-        x = torch.randn(1, *size)
-        print_frame(profile_model(net, x), title=f"{model} at {size}")
+        x = example_input(net, size, input_size)
+        with _flag_names():
+            print_frame(profile_model(net, x), title=f"{model} at {size}")
         out.print(f"total MACs {count_macs(net, x):,} (FLOPs = 2 x MACs), params {count_params(net):,}")
         if latency:
             lat = measure_latency(net, x, threads=threads)

@@ -29,7 +29,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import UserInputError
 from .geometry import CONV_TYPES, ConvGeometry
-from .profile import as_inputs, count_macs, count_params
+from .profile import as_inputs, count_macs, count_params, wrong_input
 from .specs import BlockSpec, as_spec
 
 __all__ = ["Policy", "PlanEntry", "Plan", "make_plan", "find_sites", "Site"]
@@ -241,11 +241,7 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(*inputs)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        raise UserInputError(
-            "input_size", f"{type(model).__name__} does not run on inputs of shape {shapes} ({first})", "give the input size the model expects, e.g. 3,224,224"
-        ) from exc
+        raise wrong_input(model, inputs, exc) from exc
     finally:
         for m, f in flags.items():
             m.training = f

@@ -35,6 +35,9 @@ from .errors import UserInputError
 
 __all__ = ["count_macs", "count_params", "profile", "measure_latency", "as_inputs"]
 
+ACTIVATION_BUDGET = 4 * 2**30  # bytes of activations for one example the CLI allocates at most
+MAX_THREADS = 256  # more intra-op threads than this is a typo, not a latency measurement
+
 
 
 def _conv_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
@@ -150,13 +153,73 @@ def _run_counted(model: nn.Module, inputs: tuple) -> dict[str, int]:
     return dict(total)
 
 
-def _wrong_input(model: nn.Module, inputs: tuple, exc: Exception) -> UserInputError:
+class _Reached(Exception):
+    """Ends a probing forward at the first convolution."""
+
+
+def first_conv(model: nn.Module, inputs: tuple) -> tuple[str, nn.Module, tuple[int, ...]] | None:
+    """The first convolution module a forward of ``model`` on ``inputs`` reaches, and the shape of
+    the input it is given (the forward stops there); ``None`` if the forward fails or ends first."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+    seen: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            seen.append((names[module], module, tuple(args[0].shape)))
+        raise _Reached
+
+    handles = [m.register_forward_pre_hook(hook) for m in names]
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(*inputs)
+    except Exception:  # _Reached, or the forward failed before any convolution
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen[0] if seen else None
+
+
+_SPATIAL = {1: "L", 2: "H,W", 3: "D,H,W"}
+
+
+def input_mismatch(model: nn.Module, inputs: tuple) -> UserInputError | None:
+    """The error for inputs whose channel count (or number of sizes) the model's first
+    convolution does not take, in those words; ``None`` if the first convolution takes them."""
+    x, model_name = inputs[0], type(model).__name__
+    first = first_conv(model, inputs) if inputs else None
+    if first is not None:
+        name, conv, shape = first
+        cin, d = conv.in_channels, len(conv.kernel_size)
+        if len(shape) == d + 2 == x.dim() and shape[1] == x.shape[1] != cin:
+            return UserInputError(
+                "input_size",
+                f"{model_name} expects {cin} input channel(s) (first conv {name} takes {cin}), got {x.shape[1]}",
+                f"use input size {cin},{','.join(map(str, x.shape[2:]))}",
+            )
+        if len(shape) != d + 2:
+            return UserInputError(
+                "input_size",
+                f"{model_name} does not run on inputs of shape {tuple(x.shape)}: its first conv {name} is {d}-D",
+                f"give {d + 1} sizes, input size {cin},{_SPATIAL.get(d, '...')}",
+            )
+    return None
+
+
+def wrong_input(model: nn.Module, inputs: tuple, exc: Exception) -> UserInputError:
+    """The error for a model that does not run on ``inputs``: :func:`input_mismatch`'s, or the
+    first line of torch's."""
+    mismatch = input_mismatch(model, inputs)
+    if mismatch is not None:
+        return mismatch
+    model_name = type(model).__name__
+    # torch.fx's ShapeProp wraps the real error in one that names its graph node
+    cause = exc.__cause__ if exc.__cause__ is not None and "ShapeProp" in str(exc) else exc
+    text = str(cause).strip()
+    first_line = text.splitlines()[0][:200] if text else type(cause).__name__
     shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UserInputError(
-        "input_size",
-        f"{type(model).__name__} does not run on inputs of shape {shapes} ({first[:200]})",
-        "give the input size the model expects, e.g. 3,224,224",
+        "input_size", f"{model_name} does not run on inputs of shape {shapes} ({first_line})", "give the input size the model expects"
     )
 
 
@@ -165,7 +228,7 @@ def _counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     try:
         return _run_counted(model, inputs)
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-        raise _wrong_input(model, inputs, exc) from exc
+        raise wrong_input(model, inputs, exc) from exc
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
@@ -231,6 +294,7 @@ def measure_latency(
     """Wall-clock latency of one forward (eval mode, no grad): median, p10 and p90 in ms over
     ``repeats`` timed runs after ``warmup`` runs.  ``threads`` sets torch's intra-op threads for
     the measurement (restored after).  On CUDA the device is synchronised around each run."""
+    check_threads(threads, "threads")
     inputs = as_inputs(example_inputs)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     inputs = tuple(t.to(device) for t in inputs)
@@ -255,6 +319,48 @@ def measure_latency(
     return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9)}
 
 
+def check_threads(threads: Any, field: str) -> None:
+    """``threads`` is ``None`` (torch's setting) or an int in [1, :data:`MAX_THREADS`]."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise UserInputError(field, f"expected an integer in [1, {MAX_THREADS}], got {threads!r}", "use e.g. 1 or the number of CPU cores")
+
+
 def meta_copy(module: nn.Module) -> nn.Module:
     """A structural copy on the meta device (no storage), for counting without arithmetic."""
     return copy.deepcopy(module).to("meta")
+
+
+class _OutputBytes(TorchFunctionMode):
+    """Sums the bytes of every tensor a torch function returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.total += sum(t.numel() * t.element_size() for t in output_tensors(out))
+        return out
+
+
+def activation_bytes(model: nn.Module, input_shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32) -> int | None:
+    """An estimate of the activation memory of one forward on an input of ``input_shape``: the
+    input plus every tensor every torch function returns (views and freed intermediates
+    included, so an upper bound of the peak), found on the meta device from a structural copy,
+    so nothing of that size is allocated.  ``None`` when the model does not run on the meta
+    device (data-dependent control flow, an op without a meta kernel); a wrong channel count at
+    the first convolution raises :class:`UserInputError` (``input_size``) like :func:`profile`."""
+    meta = meta_copy(model)
+    x = torch.empty(tuple(input_shape), dtype=dtype, device="meta")
+    counter = _OutputBytes()
+    try:
+        with _eval_mode(meta), torch.no_grad(), counter:
+            meta(x)
+    except Exception as exc:
+        mismatch = input_mismatch(meta, (x,))
+        if mismatch is not None:
+            raise mismatch from exc
+        return None
+    return x.numel() * x.element_size() + counter.total

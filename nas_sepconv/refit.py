@@ -28,6 +28,7 @@ functional ``F.convNd`` calls get a row of NaNs (no module to observe).
 from __future__ import annotations
 
 import copy
+from collections import abc
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -107,10 +108,25 @@ def _sites(converted: nn.Module, original: nn.Module, plan: Any, *, unconverted:
     return sites
 
 
+def _is_batch(batch: Any) -> bool:
+    """An input tensor, a tuple/list whose first element is one, or a dict of keyword inputs."""
+    if isinstance(batch, torch.Tensor):
+        return True
+    if isinstance(batch, (tuple, list)):
+        return bool(batch) and isinstance(batch[0], torch.Tensor)
+    return isinstance(batch, dict) and any(isinstance(v, torch.Tensor) for v in batch.values())
+
+
 def _batches(batches: Iterable[Any], device: torch.device) -> list[Any]:
+    fix = "pass an iterable of input tensors, (x, y) tuples or dicts of tensors (or a DataLoader)"
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, abc.Iterable):
+        raise UserInputError("batches", f"expected calibration batches, got {type(batches).__name__}", fix)
     out = list(batches)
     if not out:
-        raise UserInputError("batches", "no calibration batches", "pass an iterable of input tensors (or a DataLoader)")
+        raise UserInputError("batches", "no calibration batches", fix)
+    for i, batch in enumerate(out):
+        if not _is_batch(batch):
+            raise UserInputError("batches", f"item {i} is a {type(batch).__name__}, not an input tensor", fix)
     return [_to(b, device) for b in out]
 
 

@@ -31,7 +31,23 @@ INITS = ("svd", "random")
 META_KEY = "nas_sepconv.plan"
 
 
+def _check_finite(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """init='svd' factors the original weights: NaN or inf there would fail the SVD or spread."""
+    for part, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is None or tensor.is_meta:
+            continue
+        bad = int((~torch.isfinite(tensor.detach())).sum())
+        if bad:
+            raise UserInputError(
+                "model",
+                f"layer {entry.name!r} has {bad} non-finite {part} value(s) (NaN or inf), which init='svd' cannot factor",
+                "repair or reload the model's weights, or pass init='random'",
+            )
+
+
 def _build(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | None, init: str, training: bool) -> nn.Module:
+    if init == "svd":
+        _check_finite(entry, weight, bias)
     block = entry.spec.build(entry.geometry).to(device=weight.device, dtype=weight.dtype)
     if init == "svd":
         decompose.initialise(block, entry.spec, entry.geometry, weight, bias)

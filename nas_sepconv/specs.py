@@ -32,7 +32,10 @@ class Option:
     """One option of a kind: its name (contract), string code, type and default.
 
     ``type`` is ``int``, ``float``, ``bool``, ``"act"`` (an activation name), ``"rank"`` (int, or
-    float fraction in (0, 1]) or ``"kernel"`` (int or tuple of ints, odd).
+    float fraction in (0, 1]) or ``"kernel"`` (int or tuple of ints, odd).  Numbers must be
+    finite and lie in [``minimum``, ``maximum``] (``None``: unbounded; for ``"rank"`` and
+    ``"kernel"`` the bounds apply to ints); the maxima keep a typo such as ``dwsep_m100000``
+    from building a block that cannot fit in memory.
     """
 
     name: str
@@ -40,6 +43,20 @@ class Option:
     type: Any
     default: Any
     minimum: float | None = None
+    maximum: float | None = None
+
+    def _bounded(self, where: str, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserInputError(where, f"expected a finite number, got {value}", self._range_hint())
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            raise UserInputError(where, f"{value:g} is out of range", self._range_hint())
+        return value
+
+    def _range_hint(self) -> str:
+        low = "-inf" if self.minimum is None else f"{self.minimum:g}"
+        high = "inf" if self.maximum is None else f"{self.maximum:g}"
+        what = "a number" if self.type is float else "an integer"
+        return f"use {what} in [{low}, {high}]"
 
     def normalise(self, kind: str, value: Any) -> Any:
         where = f"{kind}.{self.name}"
@@ -56,19 +73,25 @@ class Option:
             ks = (value,) if isinstance(value, int) and not isinstance(value, bool) else tuple(value) if isinstance(value, (tuple, list)) else None
             if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 and k % 2 == 1 for k in ks):
                 raise UserInputError(where, f"expected an odd positive int or tuple of them, got {value!r}", "use e.g. 3, 5 or 7")
+            for k in ks:
+                self._bounded(where, k)
             return ks[0] if len(set(ks)) == 1 and len(ks) == 1 else tuple(ks)
         if self.type == "rank":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UserInputError(where, f"expected an int or a fraction in (0, 1], got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserInputError(where, f"expected a finite number, got {value}", "give a fraction in (0, 1] or an int rank")
             if isinstance(value, float) and value.is_integer() and value > 1:
                 value = int(value)
             if isinstance(value, float) and not 0 < value <= 1:
                 raise UserInputError(where, f"a fractional rank must lie in (0, 1], got {value}", "or give an int")
             if isinstance(value, int) and value < 1:
                 raise UserInputError(where, f"rank must be >= 1, got {value}")
-            return value
+            return self._bounded(where, value) if isinstance(value, int) else value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserInputError(where, f"expected a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserInputError(where, f"expected a finite number, got {value}", self._range_hint())
         if self.type is int:
             if isinstance(value, float) and not value.is_integer():
                 raise UserInputError(where, f"expected an integer, got {value}")
@@ -76,8 +99,8 @@ class Option:
         else:
             value = int(value) if float(value).is_integer() else float(value)
         if self.minimum is not None and value < self.minimum:
-            raise UserInputError(where, f"must be >= {self.minimum}, got {value}")
-        return value
+            raise UserInputError(where, f"must be >= {self.minimum:g}, got {value}", self._range_hint())
+        return self._bounded(where, value)
 
     def encode(self, value: Any) -> str:
         if self.type == "act":
@@ -104,12 +127,14 @@ class Option:
             number = float(rest)
         except ValueError:
             return None
+        if not math.isfinite(number):
+            return number  # normalise refuses it, naming the option
         if self.type is int or (self.type == "rank" and "." not in rest):
             return int(number)
         return int(number) if self.type is float and number.is_integer() and "." not in rest else number
 
 
-KERNEL = Option("kernel_size", "k", "kernel", None)
+KERNEL = Option("kernel_size", "k", "kernel", None, minimum=1, maximum=63)
 
 
 @dataclass(frozen=True)
@@ -185,7 +210,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "dwsep", ("sep", "depthwise_separable"),
-            (Option("dw_mult", "m", int, 1, minimum=1), Option("mid_norm", "bn", bool, False), Option("mid_act", "", "act", "none"), KERNEL),
+            (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), Option("mid_norm", "bn", bool, False), Option("mid_act", "", "act", "none"), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSeparable(g, **o),
             init=decompose.init_dwsep,
             last_linear="conv_pw",
@@ -194,7 +219,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "spatial", ("spatially_separable",),
-            (Option("rank", "r", "rank", 0.25), KERNEL),
+            (Option("rank", "r", "rank", 0.25, minimum=1, maximum=65536), KERNEL),
             build=_build_spatial,
             init=decompose.init_spatial,
             last_linear="conv_h",
@@ -203,7 +228,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "dw_spatial", ("factorized_dw",),
-            (Option("dw_mult", "m", int, 1, minimum=1), KERNEL),
+            (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSpatial(g, **o),
             init=decompose.init_dw_spatial,
             last_linear="conv_pw",
@@ -213,9 +238,9 @@ KINDS: dict[str, Kind] = {
         Kind(
             "inverted_residual", ("ir", "mbconv"),
             (
-                Option("expand_ratio", "e", float, 6, minimum=1),
+                Option("expand_ratio", "e", float, 6, minimum=1, maximum=64),
                 KERNEL,
-                Option("se_ratio", "se", float, 0.0, minimum=0),
+                Option("se_ratio", "se", float, 0.0, minimum=0, maximum=1),
                 Option("act", "", "act", "relu6"),
                 Option("mid_norm", "bn", bool, True),
             ),
@@ -227,7 +252,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "grouped", ("group",),
-            (Option("groups", "g", int, 4, minimum=2), KERNEL),
+            (Option("groups", "g", int, 4, minimum=2, maximum=4096), KERNEL),
             build=lambda g, **o: blocks.GroupedShuffle(g, **o),
             init=decompose.init_grouped,
             last_linear="conv",

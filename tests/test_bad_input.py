@@ -27,6 +27,7 @@ import nas_sepconv.io as nsio
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
 from nas_sepconv.errors import UserInputError
+from nas_sepconv.profile import activation_bytes
 
 from conftest import FAST_SPACE  # noqa: E402
 
@@ -176,6 +177,32 @@ def _data17_space(**data: Any) -> Callable[[Env], list[str]]:
     return lambda env: _space(tiny_space(**{f"data.{k}": (v(env) if callable(v) else v) for k, v in data.items()}))(env)
 
 
+def _tiny_conv() -> Any:
+    import torch.nn as nn
+
+    return nn.Conv2d(1, 4, 3)
+
+
+def _converted_pair() -> tuple[Any, Any]:
+    import torch
+    import torch.nn as nn
+
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    return ns.convert(model, "dwsep", example_inputs=torch.randn(1, 8, 8, 8)), model
+
+
+def _nan_net(value: float = float("nan")) -> Any:
+    """Two 3x3 convs, the second with one non-finite weight."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+    with torch.no_grad():
+        model[1].weight[0, 0, 0, 0] = value
+    return model
+
+
 CASES: list[Case] = [
     # ---- CLI flags: convert / profile
     Case("input-size-letter", "--input-size", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,x"]),
@@ -193,6 +220,24 @@ CASES: list[Case] = [
     Case("model-not-a-model", "model", cli=lambda e: ["convert", "--model", "os:getcwd", "--input-size", "3,32,32"]),
     Case("model-no-source", "model", cli=lambda e: ["profile", "--model", "resnet18", "--input-size", "3,32,32"]),
     Case("convert-out-bad-folder", "--out", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,32,32", "--out", str(e.tmp / "no" / "such" / "dir" / "x.txt")]),
+    # ---- issue 17: convert, profile
+    Case("to-option-nan", "dw_mult", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "dwsep_mnan", "--input-size", "3,32,32"]),
+    Case("to-option-inf", "rank", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "spatial_rinf", "--input-size", "3,32,32"]),
+    Case("to-option-negative", "rank", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "spatial_r-1", "--input-size", "3,32,32"]),
+    Case("to-option-zero", "dw_mult", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "dwsep_m0", "--input-size", "3,32,32"]),
+    Case("to-option-overflow", "expand_ratio", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "ir_e1e400", "--input-size", "3,32,32"]),
+    Case("to-option-groups-zero", "groups", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "grouped_g0", "--input-size", "3,32,32"]),
+    Case("to-option-huge-mult", "dw_mult", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "dwsep_m100000", "--input-size", "3,32,32"]),
+    Case("to-option-huge-expand", "expand_ratio", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--to", "ir_e1e9", "--input-size", "3,32,32"]),
+    Case("threads-negative", "--threads", cli=lambda e: ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,8,8", "--latency", "--threads", "-5"]),
+    Case("threads-zero", "--threads", cli=lambda e: ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,8,8", "--latency", "--threads", "0"]),
+    Case("threads-absurd", "--threads", cli=lambda e: ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,8,8", "--latency", "--threads", "100000"]),
+    Case("input-size-huge-convert", "--input-size", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,100000,100000"]),
+    Case("input-size-huge-profile", "--input-size", cli=lambda e: ["profile", "--model", "torchvision:resnet18", "--input-size", "3,100000,100000"]),
+    Case("input-size-over-budget", "above the budget of 4 GiB", cli=lambda e: ["profile", "--model", "torchvision:resnet18", "--input-size", "3,4000,4000"]),
+    Case("input-size-channels-convert", "input_size: TinyConvNet expects 1 input channel(s) (first conv features.0 takes 1), got 3; use --input-size 1,32,32", cli=lambda e: ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "3,32,32"]),
+    Case("input-size-channels-profile", "ResNet expects 3 input channel(s) (first conv conv1 takes 3), got 1; use --input-size 3,32,32", cli=lambda e: ["profile", "--model", "torchvision:resnet18", "--input-size", "1,32,32"]),
+    Case("input-size-too-few-sizes", "first conv conv1 is 2-D; give 3 sizes, --input-size 3,H,W", cli=lambda e: ["profile", "--model", "torchvision:resnet18", "--input-size", "3,32"]),
     # ---- CLI flags: search
     Case("trials-zero", "--trials", cli=lambda e: ["search", "--space", e.space_file(TINY), "--trials", "0", "--out", str(e.out)]),
     Case("workers-zero", "--workers", cli=_search("--workers", "0")),
@@ -279,6 +324,20 @@ CASES: list[Case] = [
     Case("lib-dataset-cifar10-root-missing", "dataset.root", lib=lambda e: nsdata.load_dataset("cifar10", root=e.tmp / "nothing_here")),
     Case("lib-search-trials-zero", "--trials", lib=lambda e: run_search(e.space_file(TINY), trials=0, out=e.out)),
     Case("lib-results-load-nothing", "source", lib=lambda e: nsresults.load(e.tmp / "nothing_here")),
+    # ---- issue 17: library
+    Case("lib-spec-option-nan", "spatial.rank", lib=lambda e: ns.BlockSpec.parse("spatial_rnan")),
+    Case("lib-spec-option-huge", "dwsep.dw_mult", lib=lambda e: ns.BlockSpec("dwsep", dw_mult=10**6)),
+    Case("lib-spec-option-inf", "inverted_residual.expand_ratio", lib=lambda e: ns.BlockSpec("ir", expand_ratio=float("inf"))),
+    Case("lib-latency-threads-zero", "threads", lib=lambda e: ns.measure_latency(_tiny_conv(), (1, 8, 8), threads=0)),
+    Case("lib-make-plan-wrong-channels", "input_size: Conv2d expects 1 input channel(s)", lib=lambda e: ns.make_plan(_tiny_conv(), "dwsep", example_inputs=(3, 8, 8))),
+    Case("lib-profile-wrong-channels", "input_size: Conv2d expects 1 input channel(s)", lib=lambda e: ns.profile(_tiny_conv(), (3, 8, 8))),
+    Case("lib-activation-bytes-wrong-channels", "input_size", lib=lambda e: activation_bytes(_tiny_conv(), (1, 3, 8, 8))),
+    Case("lib-refit-batches-string", "batches", lib=lambda e: ns.refit(*_converted_pair(), "notbatches")),
+    Case("lib-refit-batches-int", "batches", lib=lambda e: ns.refit(*_converted_pair(), 5)),
+    Case("lib-refit-batches-not-tensors", "batches", lib=lambda e: ns.refit(*_converted_pair(), [1, 2])),
+    Case("lib-refit-batches-none-items", "batches", lib=lambda e: ns.refit(*_converted_pair(), [None])),
+    Case("lib-apply-plan-nan-weights", "model: layer '1'", lib=lambda e: ns.apply_plan(_nan_net(), ns.make_plan(_nan_net(), "dwsep", example_inputs=(8, 8, 8)), init="svd")),
+    Case("lib-convert-inf-weights", "model: layer '1'", lib=lambda e: ns.convert(_nan_net(float("inf")), "spatial", example_inputs=(8, 8, 8), init="svd")),
 ]
 
 
