@@ -36,6 +36,8 @@ __all__ = ["Space", "load_space", "list_spaces", "space_dirs", "Candidate", "sug
 
 BLOCK_OPTIONS = sorted({o.name for k in KINDS.values() for o in k.options})
 OBJECTIVES = ("accuracy", "macs", "params", "latency_ms")
+MAX_SPACE_BYTES = 1 << 20
+"""The largest space file read (1 MiB): a space is a page of YAML, not data."""
 
 
 class _Strict(BaseModel):
@@ -297,9 +299,17 @@ def list_spaces() -> dict[str, str]:
 
 def _locate(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise UserInputError("space", f"{str(name_or_path)[:80]!r} is not a usable path ({type(exc).__name__})", "give a YAML file or a bundled name (nas-sepconv spaces)") from None
+    if path.suffix in (".yaml", ".yml") or exists:
+        if not exists:
             raise UserInputError("space", f"{path} does not exist", "give a YAML file or a bundled name (nas-sepconv spaces)")
+        if path.is_dir():
+            raise UserInputError("space", f"{path} is a directory, not a space file", "give the path of a YAML file inside it")
+        if not path.is_file():  # a device, a FIFO, a socket: reading it could block or never end
+            raise UserInputError("space", f"{path} is not a regular file", "give a YAML file")
         return path
     for d in space_dirs():
         candidate = d / f"{name_or_path}.yaml"
@@ -307,6 +317,21 @@ def _locate(name_or_path: str | Path) -> Path:
             return candidate
     names = sorted({p.stem for d in space_dirs() for p in d.glob("*.yaml")})
     raise UserInputError("space", f"no bundled space named {str(name_or_path)!r}", f"use one of {names} or a path to a YAML file")
+
+
+def _read_text(path: Path) -> str:
+    """The text of a space file: at most :data:`MAX_SPACE_BYTES` bytes of UTF-8."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SPACE_BYTES + 1)  # bounded even if the size on disk lies
+    except OSError as exc:
+        raise UserInputError("space", f"{path} cannot be read ({exc.strerror or type(exc).__name__})", "check the path and its permissions") from None
+    if len(data) > MAX_SPACE_BYTES:
+        raise UserInputError("space", f"{path} is larger than {MAX_SPACE_BYTES} bytes, too big for a space file", "give a YAML search-space file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError("space", f"{path} is not UTF-8 text (a binary file?)", "give a YAML search-space file") from None
 
 
 def _field_path(loc: tuple) -> str:
@@ -348,14 +373,20 @@ def load_space(name_or_path: "str | Path | Space") -> Space:
     if isinstance(name_or_path, Space):
         return name_or_path
     path = _locate(name_or_path)
-    text = path.read_text()
+    text = _read_text(path)
     return parse_space(text, source=str(path), path=path)
 
 
 def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) -> Space:
     """Validate the YAML text of a space (safe loader; nothing is imported or executed)."""
+    if not isinstance(text, str):
+        raise UserInputError("space", f"{source} gave {type(text).__name__}, not text", "pass the YAML as a str (or a path to load_space)")
+    if len(text) > MAX_SPACE_BYTES:
+        raise UserInputError("space", f"{source} is longer than {MAX_SPACE_BYTES} characters, too big for a space", "give a YAML search-space file")
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise UserInputError("space", f"{source} nests too deeply", "a space is a few levels of mappings and lists") from None
     except yaml.constructor.ConstructorError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -370,6 +401,8 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
         spec = SpaceFile.model_validate(data)
     except ValidationError as exc:
         raise _one_line(exc, source) from None
+    except RecursionError:
+        raise UserInputError("space", f"{source} nests too deeply", "a space is a few levels of mappings and lists") from None
     except UserInputError as exc:
         raise UserInputError(exc.field, exc.problem, f"fix it in {source}") from None
     return Space(spec, path, text)

@@ -120,6 +120,19 @@ def _user_module_recipe(env: Env) -> str:
     return str(path)
 
 
+def _load_space(path: Path) -> Any:
+    from nas_sepconv.spaces import load_space
+
+    return load_space(path)
+
+
+def _junk_space(env: Env) -> str:
+    """Random bytes (not UTF-8, NULs included) under the name space.yaml."""
+    path = env.tmp / "space.yaml"
+    path.write_bytes(bytes(range(256)) * 4 + b"\xff\xfe\x00junk")
+    return str(path)
+
+
 def _export(env: Env, *flags: str) -> list[str]:
     return ["export", str(env.results), *flags]
 
@@ -188,6 +201,11 @@ CASES: list[Case] = [
     Case("yaml-rank-out-of-range", "rank", cli=_space(tiny_space(**{"build.stages.0.kind": ["spatial"], "build.stages.0.rank": [1.5], "build.stages.0.expand_ratio": DELETE}))),
     Case("yaml-convert-unknown-model", "convert.model", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "torchvision:resnet1800"}))),
     Case("yaml-convert-missing-weights", "convert.weights", cli=lambda e: _space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:cifar_resnet18", "weights": str(e.tmp / "nope.safetensors")}))(e)),
+    # ---- issue 17: space values
+    Case("yaml-binary-junk", "space", cli=lambda e: ["search", "--space", _junk_space(e), "--trials", "1", "--out", str(e.out)]),
+    Case("space-is-a-directory", "space", cli=lambda e: ["search", "--space", str(e.tmp), "--trials", "1", "--out", str(e.out)]),
+    Case("space-dev-zero", "space", cli=lambda e: ["search", "--space", "/dev/zero", "--trials", "1", "--out", str(e.out)]),
+    Case("space-dev-zero-yaml-name", "space", lib=lambda e: _load_space(Path("/dev/zero"))),
     # ---- data-set paths
     Case("data-cifar10-root-missing", "data.root", cli=lambda e: _space(tiny_space(**{"data.dataset": "cifar10", "data.root": str(e.tmp / "no_cifar")}))(e)),
     Case("data-unknown-dataset", "data.dataset", cli=_space(tiny_space(**{"data.dataset": "mnistt"}))),
