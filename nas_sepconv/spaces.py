@@ -30,9 +30,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserInputError
+from .models import ARCH_ACTS
 from .specs import KINDS, BlockSpec
 
-__all__ = ["Space", "load_space", "list_spaces", "space_dirs", "Candidate", "suggest", "BLOCK_OPTIONS"]
+__all__ = ["Space", "load_space", "list_spaces", "space_dirs", "Candidate", "suggest", "BLOCK_OPTIONS", "LIMITS", "SpaceLimits"]
 
 BLOCK_OPTIONS = sorted({o.name for k in KINDS.values() for o in k.options})
 OBJECTIVES = ("accuracy", "macs", "params", "latency_ms")
@@ -40,8 +41,33 @@ MAX_SPACE_BYTES = 1 << 20
 """The largest space file read (1 MiB): a space is a page of YAML, not data."""
 
 
+@dataclass(frozen=True)
+class SpaceLimits:
+    """The largest sizes a space file may ask for (read by the schema below, and only there).
+
+    A value past these is a typo (``depth_mult: 1e9``) that would pass validation and then fail,
+    or exhaust the memory, inside every trial; the message that refuses it states the limit.
+    The multipliers lie in ``(0, mult]``: MobileNet's α and ρ are at most about 2 in practice.
+    """
+
+    mult: float = 4.0  # width_mult, depth_mult, resolution_mult (every value of the choice)
+    channels: int = 4096  # stem_channels, a stage's out_channels, head_channels (before width_mult)
+    repeats: int = 64  # layers of one stage (before depth_mult)
+    stages: int = 64  # stages of a build space
+    stride: int = 8  # stem_stride, a stage's stride
+    image_size: int = 2048  # data.image_size, pixels per side
+    subset: int = 100_000_000  # data.subset, images
+    epochs: int = 10_000  # train.epochs, convert.base_epochs, convert.finetune_epochs
+    batch_size: int = 65_536  # train.batch_size
+    calibration_images: int = 1_000_000  # convert.calibration_images
+
+
+LIMITS = SpaceLimits()
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never a learning rate, a weight or a size: refused for every float field
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Range(_Strict):
@@ -59,6 +85,12 @@ class Range(_Strict):
             raise UserInputError("high", f"{self.high} is below low ({self.low})", "give low <= high")
         if self.log and self.low <= 0:
             raise UserInputError("low", "a log range needs low > 0")
+        if self.step is not None and self.step <= 0:
+            raise UserInputError("step", f"must be > 0, got {self.step}", "or leave step out")
+        if self.step is not None and self.log:
+            raise UserInputError("step", "a log range takes no step", "remove step or log")
+        if self.int and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
+            raise UserInputError("low", f"an int range needs whole low, high and step, got {self.low}, {self.high}, {self.step}", "give integers or remove int: true")
         return self
 
 
@@ -71,6 +103,36 @@ def _choice_values(choice: Any) -> list[Any] | None:
     if isinstance(choice, Range):
         return None
     return list(choice) if isinstance(choice, list) else [choice]
+
+
+def _values_of(field: str, choice: Any) -> list[Any]:
+    """The values of a choice to validate: its list, its one value, or a range's ends; never empty."""
+    if isinstance(choice, Range):
+        return [choice.low, choice.high]
+    values = _choice_values(choice)
+    if not values:
+        raise UserInputError(field, "is an empty list", "give at least one value (a list of one fixes it)")
+    return values
+
+
+def _check_mult(field: str, choice: Any) -> None:
+    """Every value a multiplier choice can take is a number in (0, LIMITS.mult]."""
+    for value in _values_of(field, choice):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserInputError(field, f"expected a finite number, got {value!r}", "use e.g. 0.5, 1.0")
+        if not 0 < value <= LIMITS.mult:
+            raise UserInputError(field, f"{value!r} is outside (0, {LIMITS.mult:g}], the allowed range", f"use values above 0 and at most {LIMITS.mult:g}")
+
+
+def _check_names(field: str, choice: Any, known: Any) -> list[str]:
+    """A choice of names (not a range), each one of ``known``."""
+    if isinstance(choice, Range):
+        raise UserInputError(field, "takes names, not a range", f"give a list of {sorted(known)}")
+    values = _values_of(field, choice)
+    for value in values:
+        if not isinstance(value, str) or value not in known:
+            raise UserInputError(field, f"unknown value {value!r}", f"use one of {list(known)}")
+    return values
 
 
 def _suggest(trial: Any, name: str, choice: Any) -> Any:
@@ -93,9 +155,9 @@ class BlockChoices(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> "BlockChoices":
-        kinds = _choice_values(self.kind)
-        if kinds is None:
-            raise ValueError("kind must be a list of kind names, not a range")
+        if isinstance(self.kind, Range):
+            raise UserInputError("kind", "takes kind names, not a range", f"give a list of {list(KINDS)}")
+        kinds = _values_of("kind", self.kind)
         for k in kinds:
             BlockSpec(str(k))  # raises UserInputError naming the kind
         taken = {o.name for k in kinds for o in BlockSpec(str(k)).info.options}
@@ -105,7 +167,7 @@ class BlockChoices(_Strict):
             if name not in taken:
                 raise UserInputError(name, f"is not an option of any kind in {kinds}", "remove it or add a kind that takes it")
             # every value must be one the kinds accept: a bad value fails here, not in each trial
-            values = [choice.low, choice.high] if isinstance(choice, Range) else _choice_values(choice)
+            values = _values_of(name, choice)
             for k in kinds:
                 info = BlockSpec(str(k)).info
                 if any(o.name == name for o in info.options):
@@ -148,21 +210,28 @@ class BlockChoices(_Strict):
 
 
 class StageChoices(BlockChoices):
-    out_channels: int = Field(ge=1)
-    repeats: int = Field(default=1, ge=1)
-    stride: int = Field(default=1, ge=1)
+    out_channels: int = Field(ge=1, le=LIMITS.channels)
+    repeats: int = Field(default=1, ge=1, le=LIMITS.repeats)
+    stride: int = Field(default=1, ge=1, le=LIMITS.stride)
 
 
 class BuildSection(_Strict):
-    stem_channels: int = Field(default=16, ge=1)
-    stem_stride: int = Field(default=1, ge=1)
-    head_channels: int = Field(default=0, ge=0)
+    stem_channels: int = Field(default=16, ge=1, le=LIMITS.channels)
+    stem_stride: int = Field(default=1, ge=1, le=LIMITS.stride)
+    head_channels: int = Field(default=0, ge=0, le=LIMITS.channels)
     act: Choice = "relu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    stages: list[StageChoices] = Field(min_length=1)
+    stages: list[StageChoices] = Field(min_length=1, max_length=LIMITS.stages)
     width_mult: Choice = 1.0
     depth_mult: Choice = 1.0
     resolution_mult: Choice = 1.0
+
+    @model_validator(mode="after")
+    def _choices(self) -> "BuildSection":
+        for name in ("width_mult", "depth_mult", "resolution_mult"):
+            _check_mult(name, getattr(self, name))
+        _check_names("act", self.act, ARCH_ACTS)
+        return self
 
 
 class SiteGroup(BlockChoices):
@@ -174,33 +243,45 @@ class ConvertSection(_Strict):
     model: str
     model_kwargs: dict[str, Any] = {}
     weights: str | None = None
-    base_epochs: int = Field(default=10, ge=0)
+    base_epochs: int = Field(default=10, ge=0, le=LIMITS.epochs)
     groups: list[SiteGroup] | Literal["all"] = "all"
     choices: BlockChoices = BlockChoices()
     width_mult: Choice = 1.0
     resolution_mult: Choice = 1.0
     init: Literal["svd", "random"] = "svd"
     refit: bool = True
-    calibration_images: int = Field(default=256, ge=1)
-    finetune_epochs: int = Field(default=1, ge=0)
+    calibration_images: int = Field(default=256, ge=1, le=LIMITS.calibration_images)
+    finetune_epochs: int = Field(default=1, ge=0, le=LIMITS.epochs)
     finetune_lr: float = Field(default=0.01, gt=0)
     distill: bool = True
     # hints at the activations after the converted sites (ns.distill(features="converted")), at
     # this weight; 0: logits only.  Used where the student keeps the base's widths (width_mult 1)
     feature_weight: float = Field(default=10.0, ge=0)
 
+    @model_validator(mode="after")
+    def _choices(self) -> "ConvertSection":
+        for name in ("width_mult", "resolution_mult"):
+            _check_mult(name, getattr(self, name))
+        if isinstance(self.groups, list):
+            if not self.groups:
+                raise UserInputError("groups", "is an empty list", "give at least one group, or all")
+            names = [g.name for g in self.groups]
+            if len(set(names)) != len(names):
+                raise UserInputError("groups", f"group names repeat: {names}", "give each group its own name")
+        return self
+
 
 class DataSection(_Strict):
     dataset: str = "digits"
     root: str | None = None
-    subset: int | None = Field(default=None, ge=10)
+    subset: int | None = Field(default=None, ge=10, le=LIMITS.subset)
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
-    image_size: int | None = Field(default=None, ge=4)
+    image_size: int | None = Field(default=None, ge=4, le=LIMITS.image_size)
 
 
 class TrainSection(_Strict):
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=128, ge=1)
+    epochs: int = Field(default=10, ge=1, le=LIMITS.epochs)
+    batch_size: int = Field(default=128, ge=1, le=LIMITS.batch_size)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(default=0.1, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
@@ -209,7 +290,7 @@ class TrainSection(_Strict):
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     amp: bool = True
     channels_last: bool = True
-    grad_clip: float | None = None
+    grad_clip: float | None = Field(default=None, gt=0)
 
 
 class SearchSection(_Strict):
