@@ -60,6 +60,9 @@ class SpaceLimits:
     epochs: int = 10_000  # train.epochs, convert.base_epochs, convert.finetune_epochs
     batch_size: int = 65_536  # train.batch_size
     calibration_images: int = 1_000_000  # convert.calibration_images
+    option: int = 4096  # any numeric block option value (expand_ratio, dw_mult, rank, groups, kernel_size...)
+    nesting: int = 32  # levels of YAML mappings and lists
+    aliases: int = 64  # YAML aliases (*name): more is an expansion bomb, not a space
 
 
 LIMITS = SpaceLimits()
@@ -118,10 +121,10 @@ def _values_of(field: str, choice: Any) -> list[Any]:
 def _check_mult(field: str, choice: Any) -> None:
     """Every value a multiplier choice can take is a number in (0, LIMITS.mult]."""
     for value in _values_of(field, choice):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise UserInputError(field, f"expected a finite number, got {value!r}", "use e.g. 0.5, 1.0")
-        if not 0 < value <= LIMITS.mult:
-            raise UserInputError(field, f"{value!r} is outside (0, {LIMITS.mult:g}], the allowed range", f"use values above 0 and at most {LIMITS.mult:g}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserInputError(field, f"expected a number, got {_short(value)}", "use e.g. 0.5, 1.0")
+        if not 0 < value <= LIMITS.mult:  # also nan, inf and ints past the float range
+            raise UserInputError(field, f"{_short(value)} is outside (0, {LIMITS.mult:g}], the allowed range", f"use values above 0 and at most {LIMITS.mult:g}")
 
 
 def _check_names(field: str, choice: Any, known: Any) -> list[str]:
@@ -133,6 +136,17 @@ def _check_names(field: str, choice: Any, known: Any) -> list[str]:
         if not isinstance(value, str) or value not in known:
             raise UserInputError(field, f"unknown value {value!r}", f"use one of {list(known)}")
     return values
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters."""
+    text = _printable(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (messages are one line)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _suggest(trial: Any, name: str, choice: Any) -> Any:
@@ -175,6 +189,8 @@ class BlockChoices(_Strict):
                     if isinstance(choice, Range) and opt.type is int and not choice.int:
                         raise UserInputError(name, f"{info.name}.{name} takes integers", "add int: true to the range")
                     for value in values:
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= LIMITS.option:
+                            raise UserInputError(name, f"{_short(value)} is past the limit of {LIMITS.option}", f"give values of at most {LIMITS.option}")
                         try:
                             opt.normalise(info.name, value)
                         except UserInputError as exc:
@@ -446,7 +462,7 @@ def _one_line(exc: ValidationError, source: str) -> UserInputError:
         msg = "unknown field"
     others = {_field_path(e["loc"]) for e in errors} - {_field_path(first["loc"])}  # union alternatives share a path
     more = f" (and {len(others)} more problems)" if others else ""
-    return UserInputError(field, f"{msg}{more}", fix)
+    return UserInputError(_printable(field), _printable(f"{msg}{more}"), _printable(fix))
 
 
 def load_space(name_or_path: "str | Path | Space") -> Space:
@@ -458,6 +474,30 @@ def load_space(name_or_path: "str | Path | Space") -> Space:
     return parse_space(text, source=str(path), path=path)
 
 
+class _TooDeep(Exception):
+    pass
+
+
+class _SpaceLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing deep nesting and alias bombs before they cost time."""
+
+    _depth = 0
+    _aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > LIMITS.aliases:
+                raise _TooDeep(f"uses more than {LIMITS.aliases} YAML aliases")
+        self._depth += 1
+        try:
+            if self._depth > LIMITS.nesting:
+                raise _TooDeep(f"nests deeper than {LIMITS.nesting} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) -> Space:
     """Validate the YAML text of a space (safe loader; nothing is imported or executed)."""
     if not isinstance(text, str):
@@ -465,9 +505,9 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
     if len(text) > MAX_SPACE_BYTES:
         raise UserInputError("space", f"{source} is longer than {MAX_SPACE_BYTES} characters, too big for a space", "give a YAML search-space file")
     try:
-        data = yaml.safe_load(text)
-    except RecursionError:
-        raise UserInputError("space", f"{source} nests too deeply", "a space is a few levels of mappings and lists") from None
+        data = yaml.load(text, Loader=_SpaceLoader)  # noqa: S506 - a SafeLoader with limits
+    except _TooDeep as exc:
+        raise UserInputError("space", f"{source} {exc.args[0]}", "a space is a few levels of plain mappings and lists") from None
     except yaml.constructor.ConstructorError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -485,7 +525,7 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
     except RecursionError:
         raise UserInputError("space", f"{source} nests too deeply", "a space is a few levels of mappings and lists") from None
     except UserInputError as exc:
-        raise UserInputError(exc.field, exc.problem, f"fix it in {source}") from None
+        raise UserInputError(_printable(exc.field), _printable(exc.problem), _printable(f"fix it in {source}")) from None
     return Space(spec, path, text)
 
 

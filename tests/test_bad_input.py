@@ -235,6 +235,9 @@ CASES: list[Case] = [
     Case("yaml-convert-choices-kind-empty", "convert.choices.kind", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:tiny_convnet", "choices": {"kind": [], "rank": [0.5]}}))),
     Case("yaml-convert-groups-empty", "convert.groups", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:tiny_convnet", "groups": []}))),
     Case("yaml-convert-finetune-epochs-huge", "convert.finetune_epochs", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:tiny_convnet", "finetune_epochs": 10**8}))),
+    Case("yaml-option-huge", "build.stages[0].expand_ratio", cli=_space(tiny_space(**{"build.stages.0.expand_ratio": [10**400]}))),
+    Case("yaml-key-with-newline", "x\\ny", cli=_space(tiny_space(**{"x\ny": 1}))),
+    Case("yaml-nested-too-deep", "space", cli=_space("name: " + "[" * 5000 + "]" * 5000 + "\n")),
     # ---- data-set paths
     Case("data-cifar10-root-missing", "data.root", cli=lambda e: _space(tiny_space(**{"data.dataset": "cifar10", "data.root": str(e.tmp / "no_cifar")}))(e)),
     Case("data-unknown-dataset", "data.dataset", cli=_space(tiny_space(**{"data.dataset": "mnistt"}))),
