@@ -498,6 +498,15 @@ class _SpaceLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with the limits of :class:`_SpaceLoader` (a SafeLoader: plain values only)."""
+    loader = _SpaceLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) -> Space:
     """Validate the YAML text of a space (safe loader; nothing is imported or executed)."""
     if not isinstance(text, str):
@@ -505,7 +514,7 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
     if len(text) > MAX_SPACE_BYTES:
         raise UserInputError("space", f"{source} is longer than {MAX_SPACE_BYTES} characters, too big for a space", "give a YAML search-space file")
     try:
-        data = yaml.load(text, Loader=_SpaceLoader)  # noqa: S506 - a SafeLoader with limits
+        data = _safe_load(text)
     except _TooDeep as exc:
         raise UserInputError("space", f"{source} {exc.args[0]}", "a space is a few levels of plain mappings and lists") from None
     except yaml.constructor.ConstructorError as exc:
