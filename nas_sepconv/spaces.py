@@ -30,16 +30,47 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserInputError
+from .models import ARCH_ACTS
 from .specs import KINDS, BlockSpec
 
-__all__ = ["Space", "load_space", "list_spaces", "space_dirs", "Candidate", "suggest", "BLOCK_OPTIONS"]
+__all__ = ["Space", "load_space", "list_spaces", "space_dirs", "Candidate", "suggest", "BLOCK_OPTIONS", "LIMITS", "SpaceLimits"]
 
 BLOCK_OPTIONS = sorted({o.name for k in KINDS.values() for o in k.options})
 OBJECTIVES = ("accuracy", "macs", "params", "latency_ms")
+MAX_SPACE_BYTES = 1 << 20
+"""The largest space file read (1 MiB): a space is a page of YAML, not data."""
+
+
+@dataclass(frozen=True)
+class SpaceLimits:
+    """The largest sizes a space file may ask for (read by the schema below, and only there).
+
+    A value past these is a typo (``depth_mult: 1e9``) that would pass validation and then fail,
+    or exhaust the memory, inside every trial; the message that refuses it states the limit.
+    The multipliers lie in ``(0, mult]``: MobileNet's α and ρ are at most about 2 in practice.
+    """
+
+    mult: float = 4.0  # width_mult, depth_mult, resolution_mult (every value of the choice)
+    channels: int = 4096  # stem_channels, a stage's out_channels, head_channels (before width_mult)
+    repeats: int = 64  # layers of one stage (before depth_mult)
+    stages: int = 64  # stages of a build space
+    stride: int = 8  # stem_stride, a stage's stride
+    image_size: int = 2048  # data.image_size, pixels per side
+    subset: int = 100_000_000  # data.subset, images
+    epochs: int = 10_000  # train.epochs, convert.base_epochs, convert.finetune_epochs
+    batch_size: int = 65_536  # train.batch_size
+    calibration_images: int = 1_000_000  # convert.calibration_images
+    option: int = 4096  # any numeric block option value (expand_ratio, dw_mult, rank, groups, kernel_size...)
+    nesting: int = 32  # levels of YAML mappings and lists
+    aliases: int = 64  # YAML aliases (*name): more is an expansion bomb, not a space
+
+
+LIMITS = SpaceLimits()
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never a learning rate, a weight or a size: refused for every float field
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Range(_Strict):
@@ -57,6 +88,12 @@ class Range(_Strict):
             raise UserInputError("high", f"{self.high} is below low ({self.low})", "give low <= high")
         if self.log and self.low <= 0:
             raise UserInputError("low", "a log range needs low > 0")
+        if self.step is not None and self.step <= 0:
+            raise UserInputError("step", f"must be > 0, got {self.step}", "or leave step out")
+        if self.step is not None and self.log:
+            raise UserInputError("step", "a log range takes no step", "remove step or log")
+        if self.int and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
+            raise UserInputError("low", f"an int range needs whole low, high and step, got {self.low}, {self.high}, {self.step}", "give integers or remove int: true")
         return self
 
 
@@ -69,6 +106,47 @@ def _choice_values(choice: Any) -> list[Any] | None:
     if isinstance(choice, Range):
         return None
     return list(choice) if isinstance(choice, list) else [choice]
+
+
+def _values_of(field: str, choice: Any) -> list[Any]:
+    """The values of a choice to validate: its list, its one value, or a range's ends; never empty."""
+    if isinstance(choice, Range):
+        return [choice.low, choice.high]
+    values = _choice_values(choice)
+    if not values:
+        raise UserInputError(field, "is an empty list", "give at least one value (a list of one fixes it)")
+    return values
+
+
+def _check_mult(field: str, choice: Any) -> None:
+    """Every value a multiplier choice can take is a number in (0, LIMITS.mult]."""
+    for value in _values_of(field, choice):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserInputError(field, f"expected a number, got {_short(value)}", "use e.g. 0.5, 1.0")
+        if not 0 < value <= LIMITS.mult:  # also nan, inf and ints past the float range
+            raise UserInputError(field, f"{_short(value)} is outside (0, {LIMITS.mult:g}], the allowed range", f"use values above 0 and at most {LIMITS.mult:g}")
+
+
+def _check_names(field: str, choice: Any, known: Any) -> list[str]:
+    """A choice of names (not a range), each one of ``known``."""
+    if isinstance(choice, Range):
+        raise UserInputError(field, "takes names, not a range", f"give a list of {sorted(known)}")
+    values = _values_of(field, choice)
+    for value in values:
+        if not isinstance(value, str) or value not in known:
+            raise UserInputError(field, f"unknown value {value!r}", f"use one of {list(known)}")
+    return values
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters."""
+    text = _printable(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (messages are one line)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _suggest(trial: Any, name: str, choice: Any) -> Any:
@@ -91,9 +169,9 @@ class BlockChoices(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> "BlockChoices":
-        kinds = _choice_values(self.kind)
-        if kinds is None:
-            raise ValueError("kind must be a list of kind names, not a range")
+        if isinstance(self.kind, Range):
+            raise UserInputError("kind", "takes kind names, not a range", f"give a list of {list(KINDS)}")
+        kinds = _values_of("kind", self.kind)
         for k in kinds:
             BlockSpec(str(k))  # raises UserInputError naming the kind
         taken = {o.name for k in kinds for o in BlockSpec(str(k)).info.options}
@@ -103,7 +181,7 @@ class BlockChoices(_Strict):
             if name not in taken:
                 raise UserInputError(name, f"is not an option of any kind in {kinds}", "remove it or add a kind that takes it")
             # every value must be one the kinds accept: a bad value fails here, not in each trial
-            values = [choice.low, choice.high] if isinstance(choice, Range) else _choice_values(choice)
+            values = _values_of(name, choice)
             for k in kinds:
                 info = BlockSpec(str(k)).info
                 if any(o.name == name for o in info.options):
@@ -111,6 +189,8 @@ class BlockChoices(_Strict):
                     if isinstance(choice, Range) and opt.type is int and not choice.int:
                         raise UserInputError(name, f"{info.name}.{name} takes integers", "add int: true to the range")
                     for value in values:
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= LIMITS.option:
+                            raise UserInputError(name, f"{_short(value)} is past the limit of {LIMITS.option}", f"give values of at most {LIMITS.option}")
                         try:
                             opt.normalise(info.name, value)
                         except UserInputError as exc:
@@ -146,21 +226,28 @@ class BlockChoices(_Strict):
 
 
 class StageChoices(BlockChoices):
-    out_channels: int = Field(ge=1)
-    repeats: int = Field(default=1, ge=1)
-    stride: int = Field(default=1, ge=1)
+    out_channels: int = Field(ge=1, le=LIMITS.channels)
+    repeats: int = Field(default=1, ge=1, le=LIMITS.repeats)
+    stride: int = Field(default=1, ge=1, le=LIMITS.stride)
 
 
 class BuildSection(_Strict):
-    stem_channels: int = Field(default=16, ge=1)
-    stem_stride: int = Field(default=1, ge=1)
-    head_channels: int = Field(default=0, ge=0)
+    stem_channels: int = Field(default=16, ge=1, le=LIMITS.channels)
+    stem_stride: int = Field(default=1, ge=1, le=LIMITS.stride)
+    head_channels: int = Field(default=0, ge=0, le=LIMITS.channels)
     act: Choice = "relu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    stages: list[StageChoices] = Field(min_length=1)
+    stages: list[StageChoices] = Field(min_length=1, max_length=LIMITS.stages)
     width_mult: Choice = 1.0
     depth_mult: Choice = 1.0
     resolution_mult: Choice = 1.0
+
+    @model_validator(mode="after")
+    def _choices(self) -> "BuildSection":
+        for name in ("width_mult", "depth_mult", "resolution_mult"):
+            _check_mult(name, getattr(self, name))
+        _check_names("act", self.act, ARCH_ACTS)
+        return self
 
 
 class SiteGroup(BlockChoices):
@@ -172,33 +259,45 @@ class ConvertSection(_Strict):
     model: str
     model_kwargs: dict[str, Any] = {}
     weights: str | None = None
-    base_epochs: int = Field(default=10, ge=0)
+    base_epochs: int = Field(default=10, ge=0, le=LIMITS.epochs)
     groups: list[SiteGroup] | Literal["all"] = "all"
     choices: BlockChoices = BlockChoices()
     width_mult: Choice = 1.0
     resolution_mult: Choice = 1.0
     init: Literal["svd", "random"] = "svd"
     refit: bool = True
-    calibration_images: int = Field(default=256, ge=1)
-    finetune_epochs: int = Field(default=1, ge=0)
+    calibration_images: int = Field(default=256, ge=1, le=LIMITS.calibration_images)
+    finetune_epochs: int = Field(default=1, ge=0, le=LIMITS.epochs)
     finetune_lr: float = Field(default=0.01, gt=0)
     distill: bool = True
     # hints at the activations after the converted sites (ns.distill(features="converted")), at
     # this weight; 0: logits only.  Used where the student keeps the base's widths (width_mult 1)
     feature_weight: float = Field(default=10.0, ge=0)
 
+    @model_validator(mode="after")
+    def _choices(self) -> "ConvertSection":
+        for name in ("width_mult", "resolution_mult"):
+            _check_mult(name, getattr(self, name))
+        if isinstance(self.groups, list):
+            if not self.groups:
+                raise UserInputError("groups", "is an empty list", "give at least one group, or all")
+            names = [g.name for g in self.groups]
+            if len(set(names)) != len(names):
+                raise UserInputError("groups", f"group names repeat: {names}", "give each group its own name")
+        return self
+
 
 class DataSection(_Strict):
     dataset: str = "digits"
     root: str | None = None
-    subset: int | None = Field(default=None, ge=10)
+    subset: int | None = Field(default=None, ge=10, le=LIMITS.subset)
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
-    image_size: int | None = Field(default=None, ge=4)
+    image_size: int | None = Field(default=None, ge=4, le=LIMITS.image_size)
 
 
 class TrainSection(_Strict):
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=128, ge=1)
+    epochs: int = Field(default=10, ge=1, le=LIMITS.epochs)
+    batch_size: int = Field(default=128, ge=1, le=LIMITS.batch_size)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(default=0.1, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
@@ -207,7 +306,7 @@ class TrainSection(_Strict):
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     amp: bool = True
     channels_last: bool = True
-    grad_clip: float | None = None
+    grad_clip: float | None = Field(default=None, gt=0)
 
 
 class SearchSection(_Strict):
@@ -297,9 +396,17 @@ def list_spaces() -> dict[str, str]:
 
 def _locate(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise UserInputError("space", f"{str(name_or_path)[:80]!r} is not a usable path ({type(exc).__name__})", "give a YAML file or a bundled name (nas-sepconv spaces)") from None
+    if path.suffix in (".yaml", ".yml") or exists:
+        if not exists:
             raise UserInputError("space", f"{path} does not exist", "give a YAML file or a bundled name (nas-sepconv spaces)")
+        if path.is_dir():
+            raise UserInputError("space", f"{path} is a directory, not a space file", "give the path of a YAML file inside it")
+        if not path.is_file():  # a device, a FIFO, a socket: reading it could block or never end
+            raise UserInputError("space", f"{path} is not a regular file", "give a YAML file")
         return path
     for d in space_dirs():
         candidate = d / f"{name_or_path}.yaml"
@@ -307,6 +414,21 @@ def _locate(name_or_path: str | Path) -> Path:
             return candidate
     names = sorted({p.stem for d in space_dirs() for p in d.glob("*.yaml")})
     raise UserInputError("space", f"no bundled space named {str(name_or_path)!r}", f"use one of {names} or a path to a YAML file")
+
+
+def _read_text(path: Path) -> str:
+    """The text of a space file: at most :data:`MAX_SPACE_BYTES` bytes of UTF-8."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SPACE_BYTES + 1)  # bounded even if the size on disk lies
+    except OSError as exc:
+        raise UserInputError("space", f"{path} cannot be read ({exc.strerror or type(exc).__name__})", "check the path and its permissions") from None
+    if len(data) > MAX_SPACE_BYTES:
+        raise UserInputError("space", f"{path} is larger than {MAX_SPACE_BYTES} bytes, too big for a space file", "give a YAML search-space file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError("space", f"{path} is not UTF-8 text (a binary file?)", "give a YAML search-space file") from None
 
 
 def _field_path(loc: tuple) -> str:
@@ -340,7 +462,7 @@ def _one_line(exc: ValidationError, source: str) -> UserInputError:
         msg = "unknown field"
     others = {_field_path(e["loc"]) for e in errors} - {_field_path(first["loc"])}  # union alternatives share a path
     more = f" (and {len(others)} more problems)" if others else ""
-    return UserInputError(field, f"{msg}{more}", fix)
+    return UserInputError(_printable(field), _printable(f"{msg}{more}"), _printable(fix))
 
 
 def load_space(name_or_path: "str | Path | Space") -> Space:
@@ -348,14 +470,53 @@ def load_space(name_or_path: "str | Path | Space") -> Space:
     if isinstance(name_or_path, Space):
         return name_or_path
     path = _locate(name_or_path)
-    text = path.read_text()
+    text = _read_text(path)
     return parse_space(text, source=str(path), path=path)
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _SpaceLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing deep nesting and alias bombs before they cost time."""
+
+    _depth = 0
+    _aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > LIMITS.aliases:
+                raise _TooDeep(f"uses more than {LIMITS.aliases} YAML aliases")
+        self._depth += 1
+        try:
+            if self._depth > LIMITS.nesting:
+                raise _TooDeep(f"nests deeper than {LIMITS.nesting} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with the limits of :class:`_SpaceLoader` (a SafeLoader: plain values only)."""
+    loader = _SpaceLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) -> Space:
     """Validate the YAML text of a space (safe loader; nothing is imported or executed)."""
+    if not isinstance(text, str):
+        raise UserInputError("space", f"{source} gave {type(text).__name__}, not text", "pass the YAML as a str (or a path to load_space)")
+    if len(text) > MAX_SPACE_BYTES:
+        raise UserInputError("space", f"{source} is longer than {MAX_SPACE_BYTES} characters, too big for a space", "give a YAML search-space file")
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load(text)
+    except _TooDeep as exc:
+        raise UserInputError("space", f"{source} {exc.args[0]}", "a space is a few levels of plain mappings and lists") from None
     except yaml.constructor.ConstructorError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -370,8 +531,10 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
         spec = SpaceFile.model_validate(data)
     except ValidationError as exc:
         raise _one_line(exc, source) from None
+    except RecursionError:
+        raise UserInputError("space", f"{source} nests too deeply", "a space is a few levels of mappings and lists") from None
     except UserInputError as exc:
-        raise UserInputError(exc.field, exc.problem, f"fix it in {source}") from None
+        raise UserInputError(_printable(exc.field), _printable(exc.problem), _printable(f"fix it in {source}")) from None
     return Space(spec, path, text)
 
 

@@ -121,6 +121,19 @@ def _user_module_recipe(env: Env) -> str:
     return str(path)
 
 
+def _load_space(path: Path) -> Any:
+    from nas_sepconv.spaces import load_space
+
+    return load_space(path)
+
+
+def _junk_space(env: Env) -> str:
+    """Random bytes (not UTF-8, NULs included) under the name space.yaml."""
+    path = env.tmp / "space.yaml"
+    path.write_bytes(bytes(range(256)) * 4 + b"\xff\xfe\x00junk")
+    return str(path)
+
+
 def _export(env: Env, *flags: str) -> list[str]:
     return ["export", str(env.results), *flags]
 
@@ -278,6 +291,43 @@ CASES: list[Case] = [
     Case("yaml-rank-out-of-range", "rank", cli=_space(tiny_space(**{"build.stages.0.kind": ["spatial"], "build.stages.0.rank": [1.5], "build.stages.0.expand_ratio": DELETE}))),
     Case("yaml-convert-unknown-model", "convert.model", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "torchvision:resnet1800"}))),
     Case("yaml-convert-missing-weights", "convert.weights", cli=lambda e: _space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:cifar_resnet18", "weights": str(e.tmp / "nope.safetensors")}))(e)),
+    # ---- issue 17: space values
+    Case("yaml-binary-junk", "space", cli=lambda e: ["search", "--space", _junk_space(e), "--trials", "1", "--out", str(e.out)]),
+    Case("space-is-a-directory", "space", cli=lambda e: ["search", "--space", str(e.tmp), "--trials", "1", "--out", str(e.out)]),
+    Case("space-dev-zero", "space", cli=lambda e: ["search", "--space", "/dev/zero", "--trials", "1", "--out", str(e.out)]),
+    Case("space-dev-zero-yaml-name", "space", lib=lambda e: _load_space(Path("/dev/zero"))),
+    Case("yaml-width-mult-empty", "build.width_mult", cli=_space(tiny_space(**{"build.width_mult": []}))),
+    Case("yaml-width-mult-zero", "build.width_mult", cli=_space(tiny_space(**{"build.width_mult": 0}))),
+    Case("yaml-width-mult-negative", "build.width_mult", cli=_space(tiny_space(**{"build.width_mult": [-1.0, 1.0]}))),
+    Case("yaml-width-mult-text", "build.width_mult", cli=_space(tiny_space(**{"build.width_mult": ["wide"]}))),
+    Case("yaml-depth-mult-huge", "build.depth_mult", cli=_space(tiny_space(**{"build.depth_mult": 1e9}))),
+    Case("yaml-resolution-mult-range-huge", "build.resolution_mult", cli=_space(tiny_space(**{"build.resolution_mult": {"low": 0.5, "high": 100.0}}))),
+    Case("yaml-act-unknown", "build.act", cli=_space(tiny_space(**{"build.act": ["relu", "gelu9"]}))),
+    Case("yaml-kind-empty", "build.stages[0].kind", cli=_space(tiny_space(**{"build.stages.0.kind": []}))),
+    Case("yaml-option-empty", "build.stages[0].expand_ratio", cli=_space(tiny_space(**{"build.stages.0.expand_ratio": []}))),
+    Case("yaml-range-zero-step", "build.stages[0].expand_ratio", cli=_space(tiny_space(**{"build.stages.0.expand_ratio": {"low": 2, "high": 6, "step": 0, "int": True}}))),
+    Case("yaml-lr-inf", "train.lr", cli=_space(tiny_space(**{"train.lr": float("inf")}))),
+    Case("yaml-lr-nan", "train.lr", cli=_space(tiny_space(**{"train.lr": float("nan")}))),
+    Case("yaml-weight-decay-inf", "train.weight_decay", cli=_space(tiny_space(**{"train.weight_decay": float("inf")}))),
+    Case("yaml-warmup-nan", "train.warmup_epochs", cli=_space(tiny_space(**{"train.warmup_epochs": float("nan")}))),
+    Case("yaml-grad-clip-zero", "train.grad_clip", cli=_space(tiny_space(**{"train.grad_clip": 0}))),
+    Case("yaml-epochs-huge", "train.epochs", cli=_space(tiny_space(**{"train.epochs": 10**9}))),
+    Case("yaml-batch-size-huge", "train.batch_size", cli=_space(tiny_space(**{"train.batch_size": 10**9}))),
+    Case("yaml-subset-huge", "data.subset", cli=_space(tiny_space(**{"data.subset": 10**12}))),
+    Case("yaml-image-size-huge", "data.image_size", cli=_space(tiny_space(**{"data.image_size": 10**6}))),
+    Case("yaml-repeats-huge", "build.stages[0].repeats", cli=_space(tiny_space(**{"build.stages.0.repeats": 10**6}))),
+    Case("yaml-out-channels-huge", "build.stages[0].out_channels", cli=_space(tiny_space(**{"build.stages.0.out_channels": 10**7}))),
+    Case("yaml-stem-channels-huge", "build.stem_channels", cli=_space(tiny_space(**{"build.stem_channels": 10**7}))),
+    Case("yaml-head-channels-huge", "build.head_channels", cli=_space(tiny_space(**{"build.head_channels": 10**7}))),
+    Case("yaml-convert-width-mult-empty", "convert.width_mult", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:tiny_convnet", "width_mult": []}))),
+    Case("yaml-convert-resolution-mult-zero", "convert.resolution_mult", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:tiny_convnet", "resolution_mult": [0, 1.0]}))),
+    Case("yaml-convert-group-kind-empty", "convert.groups[0].kind", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:tiny_convnet", "groups": [{"name": "all", "match": ["*"], "kind": [], "rank": [0.5]}]}))),
+    Case("yaml-convert-choices-kind-empty", "convert.choices.kind", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:tiny_convnet", "choices": {"kind": [], "rank": [0.5]}}))),
+    Case("yaml-convert-groups-empty", "convert.groups", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:tiny_convnet", "groups": []}))),
+    Case("yaml-convert-finetune-epochs-huge", "convert.finetune_epochs", cli=_space(tiny_space(kind="convert", build=DELETE, convert={"model": "nas_sepconv:tiny_convnet", "finetune_epochs": 10**8}))),
+    Case("yaml-option-huge", "build.stages[0].expand_ratio", cli=_space(tiny_space(**{"build.stages.0.expand_ratio": [10**400]}))),
+    Case("yaml-key-with-newline", "x\\ny", cli=_space(tiny_space(**{"x\ny": 1}))),
+    Case("yaml-nested-too-deep", "space", cli=_space("name: " + "[" * 5000 + "]" * 5000 + "\n")),
     # ---- data-set paths
     Case("data-cifar10-root-missing", "data.root", cli=lambda e: _space(tiny_space(**{"data.dataset": "cifar10", "data.root": str(e.tmp / "no_cifar")}))(e)),
     Case("data-unknown-dataset", "data.dataset", cli=_space(tiny_space(**{"data.dataset": "mnistt"}))),
