@@ -243,3 +243,26 @@ def test_ctrl_c_while_workers_start_prints_one_line(tmp_path):
     db = tmp_path / "out" / "tiny" / "study.db"
     if db.is_file():
         assert not [t.number for t in trials_of(db.parent) if t.state == S.RUNNING], "Ctrl-C left a trial RUNNING"
+
+
+def test_a_trial_failed_by_the_heartbeat_gets_a_reason_and_its_retry_does_not(tmp_path):
+    """Optuna's fail_stale_trials records no reason; ours does (and a retry starts clean)."""
+    import warnings
+
+    from nas_sepconv.search import _open_storage
+
+    space = write_space(tmp_path)
+    run_search(str(space), trials=1, out=tmp_path / "out", heartbeat=1)
+    storage = _open_storage(f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}", heartbeat=1, retries=1)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    orphan = study.ask({"width_mult": optuna.distributions.CategoricalDistribution([0.5, 1.0])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        storage.record_heartbeat(orphan._trial_id)  # a worker on another machine, silent since
+    time.sleep(3.5)  # past the grace period of 3 heartbeats
+    study = run_search(str(space), trials=2, out=tmp_path / "out", heartbeat=1, retries=1, timeout=60)
+    trials = study.get_trials()
+    dead = trials[orphan.number]
+    assert dead.state == S.FAIL and dead.user_attrs["fail_reason"] == "worker died: no heartbeat for 3 s", dead.user_attrs
+    retry = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == orphan.number]
+    assert len(retry) == 1 and retry[0].state == S.COMPLETE and "fail_reason" not in retry[0].user_attrs
