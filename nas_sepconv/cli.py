@@ -1,6 +1,8 @@
 """The ``nas-sepconv`` command: thin commands, each parsing its flags and calling one library
 function.  Bad input: one line on stderr naming what was wrong and how to mend it, exit status
-2, no traceback (``--debug`` shows it)."""
+2, no traceback (``--debug`` shows it).  A storage that cannot be written mid-run (disk full,
+database gone; not the user's input): one line, exit status 1, and the same command resumes.
+Ctrl-C: exit status 130."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from rich.table import Table
 
 from typer.core import TyperGroup
 
-from .errors import UserInputError
+from .errors import StorageError, UserInputError
 
 try:  # typer 0.2x vendors click
     from typer._click.exceptions import ClickException
@@ -64,6 +66,11 @@ def _guard(fn: Callable[[], Any]) -> Any:
             raise
         err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+    except StorageError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130)
@@ -148,12 +155,15 @@ def convert(
     def run() -> None:
         from .io import save_model
         from .models import model_from_name
+        from .paths import ensure_writable_dir
         from .plan import make_plan
         from .rewrite import apply_plan
         from .specs import BlockSpec
 
         if out_file is not None and out_file.suffix != ".safetensors":
             raise UserInputError("--out", f"{out_file.name} has an unknown extension", "use .safetensors (loads with nas_sepconv.load_model)")
+        if out_file is not None:
+            ensure_writable_dir(out_file.parent, "--out")
         size = parse_input_size(input_size)
         spec = BlockSpec.parse(to)
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -266,9 +276,10 @@ def _status_line(status) -> str:
     if status is None:
         return "starting (loading data, opening the study) ..."
     best = "-" if status.best_accuracy is None else f"{100 * status.best_accuracy:.2f}%"
+    warning = f" | warning: {status.warning[:120]}" if getattr(status, "warning", "") else ""
     return (
         f"trials {status.done}/{status.target} done, {status.failed} failed, {status.running} running | "
-        f"Pareto front {status.front_size} | best accuracy {best} | last: {status.last[:90]}"
+        f"Pareto front {status.front_size} | best accuracy {best} | last: {status.last[:90]}{warning}"
     )
 
 
@@ -293,11 +304,16 @@ def report(
 
     def run() -> None:
         from . import results
+        from .paths import ensure_writable_dir
 
         if (results_dir is None) == (storage is None):
             raise UserInputError("report", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv report results/default")
+        if out_dir is not None:
+            ensure_writable_dir(out_dir, "--out")
         df = results.load(results_dir if results_dir is not None else storage, study=study)
         folder = out_dir or (results_dir if results_dir is not None else Path("results") / df.attrs["study"])
+        if out_dir is None:  # the outputs go beside the study
+            ensure_writable_dir(folder, "RESULTS_DIR" if results_dir is not None else "--out", fix="give --out DIR, a folder you can write to")
         results.write_outputs(df, folder)
         print_frame(results.pareto_table(df), title=f"Pareto front of {df.attrs['study']} ({len(df)} trials)")
         for name in ("trials.csv", "pareto.csv", "pareto.png"):
@@ -340,14 +356,17 @@ def _load_any_model(name: str, *, allow_import: list[str] | None = None):
 
 def main() -> None:
     """Console-script entry point."""
-    from .search import quiet_optuna
-
-    quiet_optuna()
     try:
+        from .search import quiet_optuna
+
+        quiet_optuna()
         app()
     except UserInputError as exc:  # raised outside a guarded command body
         err.print(f"error: {exc}", highlight=False)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C before a command body runs (importing torch takes seconds)
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ CLI prints it and exits with status 2.
 
 from __future__ import annotations
 
-__all__ = ["NasSepconvError", "UserInputError", "TrainingDiverged", "CandidateError"]
+__all__ = ["NasSepconvError", "UserInputError", "TrainingDiverged", "CandidateError", "StorageError"]
 
 
 class NasSepconvError(Exception):
@@ -33,3 +33,8 @@ class TrainingDiverged(NasSepconvError, FloatingPointError):
 
 class CandidateError(NasSepconvError):
     """A candidate architecture cannot be built or run (the trial fails, the study goes on)."""
+
+
+class StorageError(NasSepconvError):
+    """The study's storage cannot be written (disk full, database gone): the run stops; what
+    was recorded stays, and the same command resumes.  The CLI prints its one line, status 1."""

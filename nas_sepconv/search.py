@@ -23,6 +23,7 @@ resumes the study.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import math
@@ -30,6 +31,7 @@ import multiprocessing
 import os
 import random
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -44,7 +46,8 @@ import optuna
 import torch
 import torch.nn as nn
 
-from .errors import CandidateError, TrainingDiverged, UserInputError
+from .errors import CandidateError, StorageError, TrainingDiverged, UserInputError
+from .paths import ensure_writable_dir
 from .spaces import Candidate, Space, load_space, suggest
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
@@ -66,6 +69,8 @@ class SearchStatus:
     front_size: int = 0
     best_accuracy: float | None = None
     last: str = ""
+    #: outputs that could not be written (disk full, folder gone): the search goes on without them
+    warning: str = ""
 
 
 @dataclass
@@ -113,7 +118,14 @@ def _open_storage(url: str, *, heartbeat: int = 0, retries: int = 0) -> optuna.s
     if url.endswith((".log", ".journal")) and "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
+        try:  # reading replays the whole file: junk fails here, not in the middle of a search
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise UserInputError(
+                "--storage", f"{url} is not an Optuna journal file ({type(exc).__name__}: {first})",
+                "give the journal file a search wrote, or a path that does not exist yet",
+            ) from None
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres", "mysql"):
         raise UserInputError(
@@ -124,14 +136,14 @@ def _open_storage(url: str, *, heartbeat: int = 0, retries: int = 0) -> optuna.s
     kwargs: dict[str, Any] = {}
     if scheme.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-        path = url.split(":///", 1)[-1]
+        path = _sqlite_path(url)
         if path and not Path(path).parent.is_dir():
             raise UserInputError("--storage", f"the folder of {path} does not exist", "create it or give another path")
     if heartbeat:
         kwargs.update(
             heartbeat_interval=heartbeat,
             grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries) if retries else None,
+            heartbeat_stale_trial_callback=_RetryStale(max_retry=retries) if retries else None,
         )
     for attempt in range(5):
         try:
@@ -145,6 +157,19 @@ def _open_storage(url: str, *, heartbeat: int = 0, retries: int = 0) -> optuna.s
             first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
             raise UserInputError("--storage", f"cannot open {_redact(url)} ({first})", "check the URL, the server and the credentials") from None
     raise AssertionError("unreachable")
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The database file of a SQLite URL.  An in-memory database is refused: it vanishes with
+    the process, so workers, ``report`` and a resumed search could never read what it held."""
+    rest = url.split("://", 1)[1]
+    path, _, query = rest.removeprefix("/").partition("?")
+    if not path or ":memory:" in path or "mode=memory" in query:
+        raise UserInputError(
+            "--storage", f"{url} is an in-memory database, which no other process (workers, report, a resumed search) can reopen",
+            "give a file, e.g. sqlite:///study.db, or leave --storage out (SQLite in the results folder)",
+        )
+    return path.removeprefix("file:")
 
 
 def _without_password(url: str) -> str:
@@ -199,23 +224,33 @@ def open_study(settings: _Settings, *, worker: int = 0) -> optuna.Study:
     storage = _open_storage(settings.storage, heartbeat=settings.heartbeat, retries=settings.retries)
     names = metric_names(space)
     directions = ["maximize" if n in ("accuracy", "reward") else "minimize" for n in names]
-    study = optuna.create_study(
-        storage=storage,
-        study_name=settings.study,
-        directions=directions,
-        sampler=_sampler(settings.sampler, settings.seed + worker, space),
-        pruner=_pruner(space),
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=settings.study,
+            directions=directions,
+            sampler=_sampler(settings.sampler, settings.seed + worker, space),
+            pruner=_pruner(space),
+            load_if_exists=True,
+        )
+    except Exception as exc:
+        if isinstance(exc, OSError) or _is_storage_failure(exc):
+            raise _storage_error(exc, settings.storage, "opening the study") from None
+        raise
     if [d.name.lower() for d in study.directions] != directions:
         raise UserInputError("--study", f"study {settings.study!r} exists with other objectives", "use another --study name")
     existing = study.user_attrs.get("space")
     recorded = study.user_attrs.get("space_yaml")
     if existing is None:  # new study; "space" is written last and marks the record complete
-        study.set_metric_names(names)
-        study.set_user_attr("space_yaml", space.text)
-        study.set_user_attr("mode", space.spec.search.mode)
-        study.set_user_attr("space", space.name)
+        try:
+            study.set_metric_names(names)
+            study.set_user_attr("space_yaml", space.text)
+            study.set_user_attr("mode", space.spec.search.mode)
+            study.set_user_attr("space", space.name)
+        except Exception as exc:
+            if isinstance(exc, OSError) or _is_storage_failure(exc):
+                raise _storage_error(exc, settings.storage, "creating the study") from None
+            raise
     elif existing != space.name or (recorded is not None and _defining(recorded) != _defining(space.text)):
         raise UserInputError(
             "--study", f"study {settings.study!r} was made with another version of space {existing!r}", "use another --study name, or the same space file"
@@ -445,10 +480,7 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 def _claim(study: optuna.Study, settings: _Settings) -> optuna.trial.Trial | str:
     """A new trial, or ``"finished"`` / ``"wait"``."""
     with _lock(settings.out_dir):
-        if settings.heartbeat and _heartbeat_enabled(study._storage):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                optuna.storages.fail_stale_trials(study)
+        _fail_stale_trials(study, settings)
         n = _counts(study)
         if n["done"] >= settings.trials:
             return "finished"
@@ -459,9 +491,13 @@ def _claim(study: optuna.Study, settings: _Settings) -> optuna.trial.Trial | str
             return "finished"
         if n["done"] + n["running"] >= settings.trials:
             return "wait"
-        trial = study.ask()
+        try:
+            trial = study.ask()
+        except Exception as exc:
+            raise _storage_error(exc, settings.storage, "starting a trial") from None
         try:
             _Heartbeat.beat_once(study, trial, settings.heartbeat)  # a worker dying from here on is detected
+            study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, _WORKER_ID)
             claimed = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
             if claimed.index(trial.number) >= settings.trials:  # another machine raced us to the last slot
                 _tell_failed(study, trial, SURPLUS)
@@ -470,6 +506,59 @@ def _claim(study: optuna.Study, settings: _Settings) -> optuna.trial.Trial | str
             _tell_failed(study, trial, "interrupted before it started")
             raise
         return trial
+
+
+#: system attribute of a running trial: ``host:pid`` of the process that runs it
+WORKER_ATTR = "nas_sepconv:worker"
+_WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _fail_stale_trials(study: optuna.Study, settings: _Settings) -> None:
+    """Fail the RUNNING trials whose worker died, each with its ``fail_reason``: those whose
+    heartbeat stopped (Optuna's ``fail_stale_trials``, which records no reason), and those run
+    by a process of this machine that is gone (a search killed, or stopped by a full disk, runs
+    no heartbeat thread any more; without this a resumed search would wait for them)."""
+    storage = study._storage
+    stale: dict[int, str] = {}
+    if settings.heartbeat and _heartbeat_enabled(storage):
+        grace = 3 * settings.heartbeat
+        for trial_id in storage._get_stale_trial_ids(study._study_id):
+            stale[trial_id] = f"worker died: no heartbeat for {grace} s"
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner_host, _, pid = str(t.system_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            stale.setdefault(t._trial_id, f"worker died: process {pid} is gone")
+    callback = storage.get_heartbeat_stale_trial_callback() if _heartbeat_enabled(storage) else None
+    for trial_id, reason in stale.items():
+        try:  # the reason first: a finished trial takes no more attributes
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+class _RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker died, without the dead trial's ``fail_reason``
+    (the retry copies its user attributes: it would complete with a failure reason)."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+        super().__call__(study, trial)
 
 
 def _heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
@@ -539,11 +628,12 @@ def _run_one(ctx: _Context, study: optuna.Study, trial: optuna.trial.Trial) -> N
         for key, value in metrics["constraints"].items():  # Optuna constraints: <= 0 is feasible
             trial.set_constraint(key, value)
         if settings.keep_weights and metrics.get("feasible", True):
-            from .io import save_model
-
-            save_model(settings.out_dir / "weights" / f"trial_{trial.number}.safetensors", model.cpu(), candidate.recipe)
+            _save_weights(settings, trial, model, candidate)
         values = [_reward(metrics["accuracy"], metrics["macs"], space)] if space.spec.search.mode == "scalarised" else [metrics[k] for k in space.spec.search.objectives]
-        study.tell(trial, values)
+        try:
+            study.tell(trial, values)
+        except Exception as exc:  # the storage could not take the result (disk full, server gone)
+            raise _storage_error(exc, settings.storage, f"recording trial {trial.number}") from None
     except optuna.TrialPruned as exc:
         for key in ("accuracy", "macs", "params", "arch", "epochs"):
             if key in metrics:
@@ -553,21 +643,67 @@ def _run_one(ctx: _Context, study: optuna.Study, trial: optuna.trial.Trial) -> N
     except KeyboardInterrupt:
         _tell_failed(study, trial, "interrupted (Ctrl-C)")
         raise
+    except StorageError:
+        _tell_failed(study, trial, "the storage failed while recording it", quiet=True)
+        raise
     except Exception as exc:  # every failure of a candidate is recorded; the study goes on
+        if _is_storage_failure(exc):
+            _tell_failed(study, trial, "the storage failed while recording it", quiet=True)
+            raise _storage_error(exc, settings.storage, f"recording trial {trial.number}") from None
         _tell_failed(study, trial, _fail_reason(exc))
     finally:
         if beat is not None:
             beat.stop()
 
 
-def _tell_failed(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
+def _save_weights(settings: _Settings, trial: optuna.trial.Trial, model: nn.Module, candidate: Candidate) -> None:
+    """Save a trial's weights; a file that cannot be written (disk full, folder gone) costs the
+    file only: the trial keeps its metrics and completes, with ``missing_artifacts`` saying
+    what is missing (``export`` re-trains such a trial from its recipe)."""
+    from .io import save_model
+
+    path = settings.out_dir / "weights" / f"trial_{trial.number}.safetensors"
+    try:
+        save_model(path, model.cpu(), candidate.recipe)
+    except OSError as exc:
+        trial.set_user_attr("missing_artifacts", [f"weights ({path.name}: {exc.strerror or exc})"])
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    return isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error))
+
+
+def _storage_error(exc: BaseException, url: str | None, doing: str) -> StorageError:
+    """One line for a storage that failed (the chained SQLAlchemy traceback runs to ~500 lines)."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:  # StorageInternalError <- OperationalError <- sqlite3 ...
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    texts = [str(e).strip() for e in chain if str(e).strip()]
+    detail = next((t for t in texts if "full" in t.lower() or "too large" in t.lower()), texts[0] if texts else type(exc).__name__)
+    detail = detail.splitlines()[0][:160]
+    return StorageError(
+        f"storage: cannot write to {_redact(url) if url else 'the storage'} while {doing} ({detail}); "
+        "free disk space (or mend the database), then run the same command again: finished trials are kept and the search resumes"
+    )
+
+
+def _tell_failed(study: optuna.Study, trial: optuna.trial.Trial, reason: str, *, quiet: bool = False) -> None:
     """Record a trial as FAIL with its reason, unless it is finished already (told just before
-    an interrupt, or failed by another worker that found its heartbeat stale)."""
+    an interrupt, or failed by another worker that found its heartbeat stale).  A storage that
+    cannot take it raises :class:`StorageError` (``quiet``: nothing, the caller raises one)."""
     try:
         trial.set_user_attr("fail_reason", reason)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
         pass
+    except Exception as exc:  # the storage itself fails: the trial stays RUNNING until a resume fails it
+        if not quiet:
+            raise _storage_error(exc, None, f"recording trial {trial.number} as failed") from None
 
 
 def _maybe_inject_failure(trial: optuna.trial.Trial) -> None:
@@ -632,7 +768,13 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
 
 
-def _worker_main(settings: _Settings, worker: int) -> None:
+#: exit status of a worker stopped by a storage failure (EX_TEMPFAIL); its message goes up a queue
+STORAGE_FAILED = 75
+
+
+def _worker_main(settings: _Settings, worker: int, errors: Any = None) -> None:
+    """A spawned worker.  It starts with Ctrl-C blocked (see :func:`_start_worker`): a Ctrl-C
+    while it imported torch would have printed a traceback per worker; it arrives now."""
     quiet_optuna()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, settings.workers)))
 
@@ -641,11 +783,16 @@ def _worker_main(settings: _Settings, worker: int) -> None:
         _INTERRUPTED.set()
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, interrupt_once)
     try:
+        signal.signal(signal.SIGINT, interrupt_once)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         _worker_loop(settings, worker, parent=os.getppid())
     except KeyboardInterrupt:  # the running trial is recorded FAIL; exit without a traceback
         sys.exit(130)
+    except StorageError as exc:  # the parent reports it, once
+        if errors is not None:
+            errors.put(str(exc))
+        sys.exit(STORAGE_FAILED)
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,7 +800,19 @@ def _worker_main(settings: _Settings, worker: int) -> None:
 # --------------------------------------------------------------------------------------------
 def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     """Rewrite trials.csv, pareto.csv, pareto.png and pareto/trial_<n>.json; drop the saved
-    weights of trials no longer on the front."""
+    weights of trials no longer on the front.  A file that cannot be written (disk full) is
+    named in the status's ``warning``; the study holds everything, so the next refresh (or
+    ``nas-sepconv report``) writes it again."""
+    try:
+        return _refresh_outputs(study, out_dir)
+    except OSError as exc:
+        status = SearchStatus(target=0)
+        name = Path(exc.filename).name if getattr(exc, "filename", None) else "outputs"
+        status.warning = f"could not write {name} ({exc.strerror or exc}); nas-sepconv report rewrites it"
+        return status
+
+
+def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     from . import results
 
     # only the weights of trials finished before the frame is loaded may go: a trial still
@@ -754,8 +913,13 @@ def search(
         raise UserInputError("--trials", f"must be >= 1, got {trials}")
     if workers < 1:
         raise UserInputError("--workers", f"must be >= 1, got {workers}")
+    _check_workers(workers)
+    if timeout is not None and math.isnan(timeout):
+        raise UserInputError("--timeout", "nan is not a number of seconds", "give seconds > 0, or leave it out (or inf) for no limit")
     if timeout is not None and timeout <= 0:
         raise UserInputError("--timeout", f"must be > 0 seconds, got {timeout}")
+    if timeout == math.inf:  # inf: no limit, as when --timeout is left out
+        timeout = None
     if heartbeat < 0 or retries < 0:
         raise UserInputError("--heartbeat" if heartbeat < 0 else "--retries", f"must be >= 0, got {min(heartbeat, retries)}")
     _check_device(device)
@@ -763,6 +927,7 @@ def search(
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UserInputError("--study", f"{name!r} is not a usable name", "use letters, digits, '-', '_' and '.'")
     out_dir = Path(out) / name
+    ensure_writable_dir(out_dir, "--out")  # a new search, or the folder of the one it resumes
     settings = _Settings(
         space=space,
         trials=trials or space.spec.search.trials,
@@ -780,6 +945,8 @@ def search(
     _sampler(settings.sampler, seed, space)  # validate before creating anything
     if storage is not None:
         _open_storage(settings.storage)  # a bad URL fails before the results directory exists
+        if settings.storage.startswith("sqlite"):  # SQLite writes a journal beside the database
+            ensure_writable_dir(Path(_sqlite_path(settings.storage) or ".").parent, "--storage")
     from .data import load_dataset
 
     d = space.spec.data
@@ -791,7 +958,10 @@ def search(
         _check_convert(space, data)  # a bad base model would otherwise fail every trial
     out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
-    _atomic_write(out_dir / "meta.json", json.dumps({"storage": _without_password(settings.storage), "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
+    try:
+        _atomic_write(out_dir / "meta.json", json.dumps({"storage": _without_password(settings.storage), "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
+    except OSError as exc:  # (the folder was checked writable: a full disk)
+        raise StorageError(f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again") from None
 
     def update() -> None:
         with _sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written
@@ -817,12 +987,19 @@ def search(
             _worker_loop(settings, 0, on_finish=update)
         else:
             _run_workers(settings, update)
-    finally:
-        try:
-            update()
+    except BaseException:
+        try:  # the outputs of what finished; never in place of the error that stopped the run
+            with contextlib.suppress(Exception):
+                update()
         finally:
             if main:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise
+    try:
+        update()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     return the_study
 
 
@@ -861,6 +1038,37 @@ def _check_convert(space: Space, data: Any) -> None:
         raise UserInputError(f"convert.{exc.field}" if exc.field in ("model", "num_classes", "in_channels") else exc.field, exc.problem, exc.fix) from None
 
 
+#: host memory a worker process needs (torch, the data set on the device, one model training)
+WORKER_MEMORY = 1 << 30
+
+
+def _available_memory() -> int | None:
+    """Available host memory in bytes (``MemAvailable`` of /proc/meminfo; else free pages)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_workers(workers: int) -> None:
+    """At most one worker per CPU core, and ~1 GiB of available memory per worker: more start
+    that many torch processes that only fight over cores and memory (or get OOM-killed)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory = _available_memory()
+    by_memory = max(1, memory // WORKER_MEMORY) if memory is not None else workers
+    cap = min(cores, by_memory)
+    if workers > cap:
+        why = f"{cores} CPU cores" if cap == cores else f"{memory / (1 << 30):.1f} GiB of available memory at ~1 GiB per worker"
+        raise UserInputError("--workers", f"{workers} is more than this machine can run ({cap}: {why})", f"use --workers {cap} or fewer")
+
+
 def _check_device(device: str) -> None:
     try:
         dev = torch.device(device)
@@ -872,16 +1080,31 @@ def _check_device(device: str) -> None:
         raise UserInputError("--device", f"{device!r} is not supported", "use cpu, cuda or cuda:N")
 
 
+def _start_worker(ctx: Any, settings: _Settings, number: int, errors: Any) -> Any:
+    """Start a spawned worker with Ctrl-C blocked: a terminal's Ctrl-C reaches every process of
+    the group, and a worker still importing torch would die with a traceback of its own.  The
+    blocked mask survives fork and exec; the worker unblocks it once its handler is in place,
+    and a Ctrl-C that came meanwhile is delivered then (here too, after the start)."""
+    proc = ctx.Process(target=_worker_main, args=(settings, number, errors), daemon=False)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    return proc
+
+
 def _run_workers(settings: _Settings, update: Callable[[], None]) -> None:
     ctx = multiprocessing.get_context("spawn")
-    procs = {i: ctx.Process(target=_worker_main, args=(settings, i), daemon=False) for i in range(settings.workers)}
-    for p in procs.values():
-        p.start()
+    errors = ctx.SimpleQueue()
+    procs: dict[int, Any] = {}
     restarts = 0
     seen = -1
-    storage = _open_storage(settings.storage)
-    study_id = storage.get_study_id_from_name(settings.study)
     try:
+        for i in range(settings.workers):
+            procs[i] = _start_worker(ctx, settings, i, errors)
+        storage = _open_storage(settings.storage)
+        study_id = storage.get_study_id_from_name(settings.study)
         while procs:
             time.sleep(1.0)
             if _INTERRUPTED.is_set():  # swallowed on the way: see _interrupt
@@ -890,21 +1113,23 @@ def _run_workers(settings: _Settings, update: Callable[[], None]) -> None:
                 if p.exitcode is None:
                     continue
                 del procs[i]
+                if p.exitcode == STORAGE_FAILED:  # every worker would fail the same way
+                    raise StorageError(errors.get() if not errors.empty() else "storage: a worker could not write to the storage; run the same command again to resume")
                 if p.exitcode != 0 and restarts < 4 * settings.workers:  # a killed worker is replaced
                     restarts += 1
-                    procs[i] = ctx.Process(target=_worker_main, args=(settings, i + settings.workers * restarts), daemon=False)
-                    procs[i].start()
+                    procs[i] = _start_worker(ctx, settings, i + settings.workers * restarts, errors)
             finished = sum(t.state.is_finished() for t in storage.get_all_trials(study_id, deepcopy=False))
             if finished != seen:
                 seen = finished
                 update()
-    except KeyboardInterrupt:  # let each worker record its running trial as FAIL, then stop it
-        for p in procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGINT)
-        for p in procs.values():
-            p.join(timeout=30)
-            if p.exitcode is None:
-                p.terminate()
-                p.join()
+    except BaseException:  # Ctrl-C or a failed storage: each worker records its running trial as FAIL, then stops
+        with _sigint_deferred():
+            for p in procs.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGINT)
+            for p in procs.values():
+                p.join(timeout=30)
+                if p.exitcode is None:
+                    p.terminate()
+                    p.join()
         raise

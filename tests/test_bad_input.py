@@ -134,6 +134,17 @@ def _junk_space(env: Env) -> str:
     return str(path)
 
 
+def _junk_journal(env: Env, *, binary: bool) -> str:
+    """A ``.log`` file that is no Optuna journal, beside the case's folder (the case may create
+    nothing in it)."""
+    path = env.tmp.parent / f"{env.tmp.name}-junk-{'bytes' if binary else 'text'}.log"
+    if binary:
+        path.write_bytes(bytes(range(256)) * 8)
+    else:
+        path.write_text("2024-01-01 12:00:00 INFO server started\nnot json at all\n")
+    return str(path)
+
+
 def _export(env: Env, *flags: str) -> list[str]:
     return ["export", str(env.results), *flags]
 
@@ -269,6 +280,20 @@ CASES: list[Case] = [
     Case("storage-postgres-refused", "--storage", cli=_search("--storage", "postgresql://u:p@127.0.0.1:1/db")),
     Case("space-unknown-name", "space", cli=lambda e: ["search", "--space", "nosuch", "--out", str(e.out)]),
     Case("space-missing-file", "space", cli=lambda e: ["search", "--space", str(e.tmp / "missing.yaml"), "--out", str(e.out)]),
+    # ---- issue 17: search, storage, outputs
+    Case("storage-sqlite-in-memory", "--storage", cli=_search("--storage", "sqlite://")),
+    Case("storage-sqlite-memory-path", "--storage", cli=_search("--storage", "sqlite:///:memory:")),
+    Case("storage-sqlite-memory-uri", "--storage", cli=_search("--storage", "sqlite:///file:nas?mode=memory&uri=true")),
+    Case("storage-journal-random-bytes", "--storage", cli=lambda e: _search("--storage", _junk_journal(e, binary=True))(e)),
+    Case("storage-journal-text", "--storage", cli=lambda e: _search("--storage", _junk_journal(e, binary=False))(e)),
+    Case("timeout-nan", "--timeout", cli=_search("--timeout", "nan")),
+    Case("workers-thousand", "--workers", cli=_search("--workers", "1000")),
+    Case("out-is-a-file", "--out", cli=lambda e: ["search", "--space", e.space_file(TINY), "--trials", "1", "--out", e.space_file(TINY)]),
+    Case("out-under-proc", "--out", cli=lambda e: ["search", "--space", e.space_file(TINY), "--trials", "1", "--out", "/proc/x"]),
+    Case("convert-out-under-proc", "--out", cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,32,32", "--out", "/proc/x/y.safetensors"]),
+    Case("report-out-under-proc", "--out", cli=lambda e: ["report", str(e.results), "--out", "/proc/x"], needs_results=True),
+    Case("lib-search-out-is-a-file", "--out", lib=lambda e: run_search(e.space_file(TINY), trials=1, out=e.space_file(TINY))),
+    Case("lib-search-timeout-nan", "--timeout", lib=lambda e: run_search(e.space_file(TINY), trials=1, timeout=float("nan"), out=e.out)),
     # ---- search-space YAML
     Case("yaml-unknown-top-level", "colour", cli=_space(tiny_space(colour="red"))),
     Case("yaml-bad-kind", "kind", cli=_space(tiny_space(kind="bulid"))),

@@ -135,9 +135,11 @@ def test_killed_worker_is_detected_retried_and_nothing_is_lost(tmp_path):
     check_exact(trials, 4)
     killed = trials[1]
     assert killed.state == S.FAIL
-    assert "fail_reason" not in killed.user_attrs, "trial 1 failed in Python; it should have died with its worker"
+    # failed by the heartbeat (or found dead by its pid), not in Python: the reason says so
+    assert killed.user_attrs.get("fail_reason", "").startswith("worker died"), killed.user_attrs
     retries = [t for t in trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == 1]
     assert len(retries) == 1 and retries[0].state == S.COMPLETE
+    assert "fail_reason" not in retries[0].user_attrs  # the retry does not inherit the reason
     assert retries[0].params == killed.params  # the same candidate, run again
     check_outputs(tmp_path / "out" / "tiny", len(trials))
     assert time.monotonic() - started < 150
