@@ -103,6 +103,9 @@ def export_trial(
     out = Path(out)
     if out.suffix not in (".safetensors", ".onnx"):
         raise UserInputError("--out", f"{out.name} has an unknown extension", "use .safetensors or .onnx")
+    from .paths import ensure_writable_dir
+
+    ensure_writable_dir(out.parent, "--out")  # before a trial is re-trained for minutes
     model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)
     model = model.cpu()
     if out.suffix == ".onnx":

@@ -379,6 +379,7 @@ CASES: list[Case] = [
     Case("export-no-source", "--storage", cli=lambda e: ["export", "--trial", "0", "--out", str(e.tmp / "m.safetensors")]),
     Case("export-no-such-trial", "--trial", cli=lambda e: _export(e, "--trial", "999", "--out", str(e.tmp / "m.safetensors")), needs_results=True),
     Case("export-bad-extension", "--out", cli=lambda e: _export(e, "--trial", "0", "--out", str(e.tmp / "x.txt")), needs_results=True),
+    Case("export-out-unwritable", "--out", cli=lambda e: _export(e, "--trial", "0", "--out", "/proc/x/m.safetensors"), needs_results=True),
     # ---- exported files handed back to us
     Case("file-not-safetensors", "file", cli=lambda e: ["profile", "--model", _bad_safetensors(e), "--input-size", "3,8,8"]),
     Case("file-without-recipe", "file", cli=lambda e: ["profile", "--model", _safetensors_without_recipe(e), "--input-size", "3,8,8"]),
