@@ -39,7 +39,7 @@ import torch.nn as nn
 
 import nas_sepconv as ns
 from nas_sepconv.models import model_from_name
-from nas_sepconv.optimize import optimize_for_inference
+from nas_sepconv.conversion import optimize_for_inference
 
 VARIANTS = {
     "eager": None,

@@ -11,18 +11,18 @@ Model -> plan -> converted model -> trial -> DataFrame::
     df = ns.results.load("results/default")                  # results.py
 """
 
-from .budget import plan_for_budget, sensitivity
+from .conversion import plan_for_budget, sensitivity
 from .errors import CandidateError, NasSepconvError, TrainingDiverged, UserInputError
-from .geometry import ConvGeometry
+from .blocks import ConvGeometry
 from .io import load_model, save_model
 from .models import model_from_name
-from .optimize import optimize_for_inference
-from .plan import Plan, PlanEntry, Policy, make_plan
-from .profile import count_macs, count_params, measure_latency, profile
-from .refit import fidelity, refit
-from .rewrite import apply_plan, convert, plan_of
-from .search import search  # the function; binding it here keeps ns.search a function after any import of the submodule
-from .specs import KINDS, BlockSpec
+from .conversion import optimize_for_inference
+from .conversion import Plan, PlanEntry, Policy, make_plan
+from .measure import count_macs, count_params, measure_latency, profile
+from .conversion import fidelity, refit
+from .conversion import apply_plan, convert, plan_of
+from .search.run import search  # the function; binding it here keeps ns.search a function after any import of the submodule
+from .blocks import KINDS, BlockSpec
 from .train import distill
 
 __version__ = "0.1.0"

@@ -94,7 +94,7 @@ def example_input(net: Any, size: tuple[int, ...], text: str) -> Any:
 
     import torch
 
-    from .profile import ACTIVATION_BUDGET, activation_bytes
+    from .measure.counting import ACTIVATION_BUDGET, activation_bytes
 
     shape = (1, *size)
     with _flag_names():
@@ -155,10 +155,10 @@ def convert(
     def run() -> None:
         from .io import save_model
         from .models import model_from_name
-        from .paths import ensure_writable_dir
-        from .plan import make_plan
-        from .rewrite import apply_plan
-        from .specs import BlockSpec
+        from .files import ensure_writable_dir
+        from .conversion import make_plan
+        from .conversion import apply_plan
+        from .blocks import BlockSpec
 
         if out_file is not None and out_file.suffix != ".safetensors":
             raise UserInputError("--out", f"{out_file.name} has an unknown extension", "use .safetensors (loads with nas_sepconv.load_model)")
@@ -196,8 +196,8 @@ def profile(
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
     def run() -> None:
-        from .profile import check_threads, count_macs, count_params, measure_latency
-        from .profile import profile as profile_model
+        from .measure.counting import check_threads, count_macs, count_params, measure_latency
+        from .measure import profile as profile_model
 
         size = parse_input_size(input_size)
         check_threads(threads, "--threads")
@@ -218,7 +218,7 @@ def spaces() -> None:
     """List the bundled search spaces."""
 
     def run() -> None:
-        from .spaces import list_spaces
+        from .search import list_spaces
 
         for name, description in list_spaces().items():
             out.print(f"[bold]{name}[/]  {description}", highlight=False)
@@ -304,7 +304,7 @@ def report(
 
     def run() -> None:
         from . import results
-        from .paths import ensure_writable_dir
+        from .files import ensure_writable_dir
 
         if (results_dir is None) == (storage is None):
             raise UserInputError("report", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv report results/default")
@@ -357,7 +357,7 @@ def _load_any_model(name: str, *, allow_import: list[str] | None = None):
 def main() -> None:
     """Console-script entry point."""
     try:
-        from .search import quiet_optuna
+        from .search.run import quiet_optuna
 
         quiet_optuna()
         app()

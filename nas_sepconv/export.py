@@ -54,8 +54,8 @@ def rebuild_trial(
     Nothing named by the results folder is imported or called unless ``allow_import`` names it
     (see :mod:`nas_sepconv.io`)."""
     from .io import check_device, load_model, trusted_names
-    from .search import _Context, _Settings, run_candidate
-    from .spaces import parse_space, suggest
+    from .search.run import _Context, _Settings, run_candidate
+    from .search.spaces import parse_space, suggest
     from .train import evaluate
 
     check_device(device, field="--device")
@@ -103,7 +103,7 @@ def export_trial(
     out = Path(out)
     if out.suffix not in (".safetensors", ".onnx"):
         raise UserInputError("--out", f"{out.name} has an unknown extension", "use .safetensors or .onnx")
-    from .paths import ensure_writable_dir
+    from .files import ensure_writable_dir
 
     ensure_writable_dir(out.parent, "--out")  # before a trial is re-trained for minutes
     model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)

@@ -300,8 +300,8 @@ def build_from_recipe(
     registry names (``torchvision:``, ``timm:``, ``nas_sepconv:``) need none.
     """
     from .models import Arch, build_network, model_from_name
-    from .plan import Plan
-    from .rewrite import apply_plan
+    from .conversion import Plan
+    from .conversion import apply_plan
 
     recipe = check_recipe({"format": FORMAT, **recipe})
     trusted = trusted_names(allow_import)
@@ -315,7 +315,7 @@ def build_from_recipe(
     def build() -> nn.Module:
         model = model_from_name(name, **kwargs)
         if recipe.get("width_mult", 1.0) != 1.0:
-            from .width import apply_width_mult
+            from .conversion import apply_width_mult
 
             model = apply_width_mult(model, recipe["width_mult"], example_inputs=torch.randn(1, *recipe["input_size"], device=_device_of(model)))
         if recipe.get("plan"):

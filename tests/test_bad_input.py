@@ -22,12 +22,12 @@ from typer.testing import CliRunner
 
 import nas_sepconv as ns
 from nas_sepconv.search import search as run_search
-import nas_sepconv.data as nsdata
+import nas_sepconv.data.datasets as nsdata
 import nas_sepconv.io as nsio
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
 from nas_sepconv.errors import UserInputError
-from nas_sepconv.profile import activation_bytes
+from nas_sepconv.measure.counting import activation_bytes
 
 from conftest import FAST_SPACE  # noqa: E402
 
@@ -122,7 +122,7 @@ def _user_module_recipe(env: Env) -> str:
 
 
 def _load_space(path: Path) -> Any:
-    from nas_sepconv.spaces import load_space
+    from nas_sepconv.search import load_space
 
     return load_space(path)
 

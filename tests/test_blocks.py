@@ -8,8 +8,8 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nas_sepconv.geometry import ConvGeometry
-from nas_sepconv.specs import KINDS, BlockSpec
+from nas_sepconv.blocks import ConvGeometry
+from nas_sepconv.blocks import KINDS, BlockSpec
 from nas_sepconv.errors import UserInputError
 
 SPECS = ["keep", "dwsep", "dwsep_m2_bn_relu", "spatial_r0.5", "spatial_r3", "dw_spatial_m2", "ir_e4_se0.25_hswish", "ir_e1", "grouped_g2", "dwsep_k5", "ir_e6_k5_relu"]

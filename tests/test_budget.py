@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import nas_sepconv as ns
-from nas_sepconv.budget import SENSITIVITY_COLUMNS, choose
+from nas_sepconv.conversion.budget import SENSITIVITY_COLUMNS, choose
 from nas_sepconv.errors import UserInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest

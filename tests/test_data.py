@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas_sepconv import data as data_mod
+from nas_sepconv.data import datasets as data_mod
 from nas_sepconv.data import DeviceLoader, Split, calibration_batches, load_dataset
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.train import reestimate_batchnorm

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nas_sepconv import decompose
-from nas_sepconv.geometry import ConvGeometry
-from nas_sepconv.specs import BlockSpec
+from nas_sepconv.blocks import closed_form as decompose
+from nas_sepconv.blocks import ConvGeometry
+from nas_sepconv.blocks import BlockSpec
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest

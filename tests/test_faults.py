@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 import nas_sepconv.io as nsio
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
-from nas_sepconv.search import WORKER_ATTR
+from nas_sepconv.search.run import WORKER_ATTR
 from nas_sepconv.search import search as run_search
 
 from conftest import FAST_SPACE  # noqa: E402
@@ -185,7 +185,7 @@ def test_read_only_folders_are_refused_before_anything_runs(tmp_path, immutable,
     immutable(fresh)
     immutable(folder)
     trained = []
-    search_mod = importlib.import_module("nas_sepconv.search")  # the package re-exports search() by that name
+    search_mod = importlib.import_module("nas_sepconv.search.run")  # the package re-exports search() by that name
     real = search_mod.run_candidate
     monkeypatch.setattr(search_mod, "run_candidate", lambda *a, **k: trained.append(1) or real(*a, **k))
     runner = CliRunner()
@@ -249,7 +249,7 @@ def test_a_trial_failed_by_the_heartbeat_gets_a_reason_and_its_retry_does_not(tm
     """Optuna's fail_stale_trials records no reason; ours does (and a retry starts clean)."""
     import warnings
 
-    from nas_sepconv.search import _open_storage
+    from nas_sepconv.search.run import _open_storage
 
     space = write_space(tmp_path)
     run_search(str(space), trials=1, out=tmp_path / "out", heartbeat=1)

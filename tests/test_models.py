@@ -12,7 +12,7 @@ import torch.fx
 import torch.nn as nn
 
 from nas_sepconv.errors import UserInputError
-from nas_sepconv.models import (
+from nas_sepconv.models.zoo import (
     FACTORIES,
     Arch,
     Layer,
@@ -26,7 +26,7 @@ from nas_sepconv.models import (
     model_from_name,
     tiny_convnet,
 )
-from nas_sepconv.specs import KINDS, BlockSpec
+from nas_sepconv.blocks import KINDS, BlockSpec
 
 
 def n_params(model: nn.Module) -> int:

@@ -9,7 +9,7 @@ import torch.nn as nn
 import nas_sepconv as ns
 from nas_sepconv.blocks import DepthwiseSeparable, InvertedResidual, SpatialSeparable
 from nas_sepconv.models import cifar_resnet18
-from nas_sepconv.optimize import fold_batchnorm, optimize_for_inference
+from nas_sepconv.conversion import fold_batchnorm, optimize_for_inference
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 

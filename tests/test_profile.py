@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nas_sepconv as ns
-from nas_sepconv.geometry import ConvGeometry
-from nas_sepconv.specs import BlockSpec, resolve_rank
+from nas_sepconv.blocks import ConvGeometry
+from nas_sepconv.blocks import BlockSpec, resolve_rank
 
 
 def out_hw(h, k, s, p, d):

@@ -16,11 +16,11 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from nas_sepconv import decompose
+from nas_sepconv.blocks import closed_form as decompose
 from nas_sepconv.errors import UserInputError
-from nas_sepconv.geometry import ConvGeometry
-from nas_sepconv.refit import conv_patches, fidelity, refit
-from nas_sepconv.specs import BlockSpec
+from nas_sepconv.blocks import ConvGeometry
+from nas_sepconv.conversion import conv_patches, fidelity, refit
+from nas_sepconv.blocks import BlockSpec
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
@@ -167,7 +167,7 @@ def test_joint_refit_recovers_separable_conv_from_wrong_factors(bias, stride, di
 
 def test_joint_refit_conjugate_gradients_match_direct_solve(net, data, monkeypatch):
     """Large depthwise steps (C_in·m·K² > DIRECT_MAX) are solved by conjugate gradients."""
-    from nas_sepconv import joint_refit
+    from nas_sepconv.blocks import closed_form_joint as joint_refit
 
     direct, plan = convert(net, "dwsep_m2", SITES)
     iterative = copy.deepcopy(direct)
@@ -180,7 +180,7 @@ def test_joint_refit_conjugate_gradients_match_direct_solve(net, data, monkeypat
 def test_block_jacobi_preconditioner_speeds_up_conjugate_gradients():
     """On a system whose diagonal blocks dominate (as the depthwise step's, channel by channel),
     a few preconditioned steps get much closer than the same number of plain ones."""
-    from nas_sepconv.joint_refit import _conjugate_gradients
+    from nas_sepconv.blocks.closed_form_joint import _conjugate_gradients
 
     gen = torch.Generator().manual_seed(0)
     blocks = []
@@ -204,7 +204,7 @@ def test_block_jacobi_preconditioner_speeds_up_conjugate_gradients():
 def test_joint_refit_keeps_old_weights_when_solve_would_hurt(net, data, monkeypatch):
     import dataclasses
 
-    from nas_sepconv import specs
+    from nas_sepconv.blocks import kinds as specs
 
     def harmful(block, g, xtx, xty, **options):
         with torch.no_grad():
@@ -284,7 +284,7 @@ def test_refit_reads_plan_from_graphmodule_meta(net, data):
     gm.recompile()
     with pytest.raises(UserInputError, match="plan"):
         refit(gm, net, data)
-    gm.meta["nas_sepconv.plan"] = plan
+    gm.meta["nas_sepconv.conversion.plan"] = plan
     df = refit(gm, net, data)
     assert df["refit_applied"].all()
     assert set(fidelity(gm, net, data)["name"]) == set(SITES)

@@ -27,7 +27,7 @@ import nas_sepconv.results as results
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.io import load_model, save_model
 from nas_sepconv.search import search as run_search
-from nas_sepconv.spaces import parse_space
+from nas_sepconv.search.spaces import parse_space
 
 from conftest import FAST_SPACE  # noqa: E402
 
@@ -105,7 +105,7 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, monkeypatch):
 
     # a refresh drops the weights of finished trials off the front, never those of a trial still
     # running (another worker may have saved them just before telling its result)
-    from nas_sepconv.search import refresh_outputs
+    from nas_sepconv.search.run import refresh_outputs
 
     front = set(results.pareto_front(results.load(folder))["number"].astype(int))
     off_front = sorted(set(df.index[df["state"] == "COMPLETE"]) - front)
@@ -332,7 +332,7 @@ def test_swallowed_interrupt_still_stops_the_search(tmp_path, monkeypatch):
     still stops the claim loop after the running trial, with outputs written."""
     import importlib
 
-    search_mod = importlib.import_module("nas_sepconv.search")  # the package re-exports search() by that name
+    search_mod = importlib.import_module("nas_sepconv.search.run")  # the package re-exports search() by that name
 
     space = write_space(tmp_path)
     real_run_one = search_mod._run_one

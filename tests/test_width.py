@@ -10,7 +10,7 @@ pytest.importorskip("torch_pruning")
 
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.models import Arch, Stage, build_network, cifar_resnet18
-from nas_sepconv.width import apply_width_mult, find_classifier
+from nas_sepconv.conversion import apply_width_mult, find_classifier
 
 
 def n_params(model: nn.Module) -> int:

@@ -38,10 +38,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decompose import dense_weight, effective_weight, resize_kernel
-from .errors import UserInputError
-from .geometry import CONV_TYPES, ConvGeometry
-from .specs import BlockSpec, as_spec
+from ..blocks import dense_weight, effective_weight, resize_kernel
+from ..errors import UserInputError
+from ..blocks import CONV_TYPES, ConvGeometry
+from ..blocks.kinds import BlockSpec, as_spec
 
 __all__ = ["refit", "fidelity", "conv_patches"]
 

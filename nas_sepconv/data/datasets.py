@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 __all__ = [
     "AUGMENTS",

@@ -27,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import UserInputError
-from .geometry import CONV_TYPES, ConvGeometry
-from .profile import as_inputs, count_macs, count_params, wrong_input
-from .specs import BlockSpec, as_spec
+from ..errors import UserInputError
+from ..blocks import CONV_TYPES, ConvGeometry
+from ..measure.counting import as_inputs, count_macs, count_params, wrong_input
+from ..blocks.kinds import BlockSpec, as_spec
 
 __all__ = ["Policy", "PlanEntry", "Plan", "make_plan", "find_sites", "Site"]
 
@@ -439,7 +439,7 @@ class Plan:
 def _site_cost(g: ConvGeometry, spec: BlockSpec | None, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """MACs and params of one call of the block ``spec`` builds for ``g`` (the conv itself when
     spec is None), counted on the meta device."""
-    from .blocks import conv_from_geometry
+    from ..blocks import conv_from_geometry
 
     with torch.device("meta"):
         module = conv_from_geometry(g) if spec is None else spec.build(g)

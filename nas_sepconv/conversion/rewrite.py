@@ -19,11 +19,11 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import decompose
-from .errors import UserInputError
-from .geometry import CONV_TYPES, ConvGeometry
+from ..blocks import closed_form as decompose
+from ..errors import UserInputError
+from ..blocks import CONV_TYPES, ConvGeometry
 from .plan import Plan, PlanEntry, Policy, functional_conv_args, functional_site_name, make_plan, trace
-from .specs import BlockSpec
+from ..blocks import BlockSpec
 
 __all__ = ["apply_plan", "convert", "plan_of", "INITS"]
 

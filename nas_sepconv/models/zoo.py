@@ -26,10 +26,10 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .blocks import make_act
-from .errors import UserInputError
-from .geometry import ConvGeometry
-from .specs import BlockSpec
+from ..blocks import make_act
+from ..errors import UserInputError
+from ..blocks import ConvGeometry
+from ..blocks import BlockSpec
 
 __all__ = [
     "Arch",

@@ -29,9 +29,9 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import UserInputError
-from .models import ARCH_ACTS
-from .specs import KINDS, BlockSpec
+from ..errors import UserInputError
+from ..models import ARCH_ACTS
+from ..blocks import KINDS, BlockSpec
 
 __all__ = ["Space", "load_space", "list_spaces", "space_dirs", "Candidate", "suggest", "BLOCK_OPTIONS", "LIMITS", "SpaceLimits"]
 
@@ -565,7 +565,7 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
     """
     s = space.spec
     if s.kind == "build":
-        from .models import Arch, Stage
+        from ..models import Arch, Stage
 
         b = s.build
         stages = []

@@ -37,12 +37,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UserInputError
+from ..errors import UserInputError
 from .plan import Plan, make_plan, with_spec
-from .profile import output_tensors
+from ..measure.counting import output_tensors
 from .refit import _batches, _device, _EvalMode, _on, _run, refit
 from .rewrite import apply_plan
-from .specs import BlockSpec, as_spec
+from ..blocks.kinds import BlockSpec, as_spec
 
 __all__ = ["sensitivity", "plan_for_budget"]
 

@@ -24,8 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import Dataset, DeviceLoader, Split
-from .errors import TrainingDiverged, UserInputError
+from ..data import Dataset, DeviceLoader, Split
+from ..errors import TrainingDiverged, UserInputError
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "distill", "converted_features", "reestimate_batchnorm"]
 
@@ -556,8 +556,8 @@ def converted_features(student: nn.Module) -> list[str]:
     by ``apply_plan``, the activation after it, or the site itself (see :func:`distill`)."""
     import torch.fx as fx
 
-    from .plan import activation_after
-    from .rewrite import plan_of
+    from ..conversion.plan import activation_after
+    from ..conversion import plan_of
 
     plan = plan_of(student)
     if plan is None:

@@ -19,9 +19,10 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from . import blocks, decompose
-from .joint_refit import DWSEP as _DWSEP_REFIT, JointRefit
-from .errors import UserInputError
+from . import modules as blocks
+from . import closed_form as decompose
+from .closed_form_joint import DWSEP as _DWSEP_REFIT, JointRefit
+from ..errors import UserInputError
 from .geometry import ConvGeometry
 
 __all__ = ["Option", "Kind", "KINDS", "BlockSpec", "kind_names", "resolve_rank"]

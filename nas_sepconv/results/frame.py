@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import matplotlib.axes
@@ -253,7 +253,7 @@ def _check_sqlite_url(url: str, base: Path | None) -> str:
 def _rdb(url: str) -> Any:
     import optuna
 
-    from .search import _redact, normalise_storage_url
+    from ..search.run import _redact, normalise_storage_url
 
     try:
         return optuna.storages.RDBStorage(normalise_storage_url(url))

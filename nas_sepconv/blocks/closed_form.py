@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import DepthwiseSeparable, DepthwiseSpatial, GroupedShuffle, SpatialSeparable, SqueezeExcite
+from .modules import DepthwiseSeparable, DepthwiseSpatial, GroupedShuffle, SpatialSeparable, SqueezeExcite
 from .geometry import ConvGeometry
 
 __all__ = [

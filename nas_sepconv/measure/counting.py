@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 __all__ = ["count_macs", "count_params", "profile", "measure_latency", "as_inputs"]
 

@@ -46,8 +46,8 @@ import optuna
 import torch
 import torch.nn as nn
 
-from .errors import CandidateError, StorageError, TrainingDiverged, UserInputError
-from .paths import ensure_writable_dir
+from ..errors import CandidateError, StorageError, TrainingDiverged, UserInputError
+from ..files import ensure_writable_dir
 from .spaces import Candidate, Space, load_space, suggest
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
@@ -273,7 +273,7 @@ class _Context:
     """Per-process state: the data set on the device, the trained base model (convert spaces)."""
 
     def __init__(self, settings: _Settings):
-        from .data import load_dataset
+        from ..data import load_dataset
 
         self.settings = settings
         d = settings.space.spec.data
@@ -289,7 +289,7 @@ class _Context:
 
     def sites(self) -> list:
         if self._sites is None:
-            from .plan import Policy, find_sites
+            from ..conversion import Policy, find_sites
 
             x = torch.randn(1, *self.data.input_shape)
             sites, _, _ = find_sites(self.base().cpu(), x)
@@ -313,8 +313,8 @@ def _prepare_base(ctx: _Context) -> nn.Module:
     """The base model of a convert space: its factory is the one the space names (the user's own
     file: that vouches for it), loaded from ``convert.weights``, from the cache of an earlier run
     (only if its recipe is exactly this space's), or trained once and cached."""
-    from .io import build_from_recipe, save_model
-    from .train import TrainConfig, fit
+    from ..io import build_from_recipe, save_model
+    from ..train import TrainConfig, fit
 
     c = ctx.settings.space.spec.convert
     if c.weights:
@@ -344,7 +344,7 @@ def _prepare_base(ctx: _Context) -> nn.Module:
 def _load_base_cache(cache: Path, ctx: _Context) -> nn.Module:
     """The cached base model of an earlier run, only if its recipe is the one this space makes:
     a results folder is shared, and its file must not choose what is built."""
-    from .io import FORMAT, load_model, read_recipe
+    from ..io import FORMAT, load_model, read_recipe
 
     if read_recipe(cache) != {"format": FORMAT, **_base_recipe(ctx)}:
         raise UserInputError("convert.model", f"{cache} holds another base model than this space's", "delete it to train the base model again, or use another --out")
@@ -353,13 +353,13 @@ def _load_base_cache(cache: Path, ctx: _Context) -> nn.Module:
 
 def build_candidate(ctx: _Context, candidate: Candidate) -> nn.Module:
     """The candidate's model, ready to train: built from scratch, or converted from the base."""
-    from .io import build_from_recipe
+    from ..io import build_from_recipe
 
     if candidate.kind == "build":
         return build_from_recipe(candidate.recipe)
-    from .plan import Policy, make_plan
-    from .rewrite import apply_plan
-    from .width import apply_width_mult
+    from ..conversion import Policy, make_plan
+    from ..conversion import apply_plan
+    from ..conversion import apply_width_mult
 
     c = ctx.settings.space.spec.convert
     model = ctx.base().cpu()
@@ -373,8 +373,8 @@ def build_candidate(ctx: _Context, candidate: Candidate) -> nn.Module:
         model = apply_plan(model, plan, init=c.init)
         candidate.recipe["plan"] = plan.to_json(indent=None)
         if c.init == "svd" and c.refit:
-            from .data import calibration_batches
-            from .refit import refit
+            from ..data import calibration_batches
+            from ..conversion import refit
 
             batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
             teacher = apply_width_mult(ctx.base().cpu(), candidate.recipe["width_mult"], example_inputs=x) if candidate.recipe["width_mult"] != 1.0 else ctx.base().cpu()
@@ -391,8 +391,8 @@ def _reward(accuracy: float, macs: int, space: Space) -> float:
 
 def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Build, budget-check, train and evaluate one candidate; returns the model and metrics."""
-    from .profile import count_macs, count_params, measure_latency
-    from .train import TrainConfig, evaluate, fit
+    from ..measure import count_macs, count_params, measure_latency
+    from ..train import TrainConfig, evaluate, fit
 
     space = ctx.settings.space
     s = space.spec.search
@@ -409,8 +409,8 @@ def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, see
     cfg = TrainConfig(**space.spec.train.model_dump(), seed=seed)
     teacher, features = None, []
     if candidate.kind == "convert":
-        from .rewrite import plan_of
-        from .train import converted_features
+        from ..conversion import plan_of
+        from ..train import converted_features
 
         c = space.spec.convert
         cfg = replace(cfg, epochs=max(1, c.finetune_epochs), lr=c.finetune_lr, warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs)
@@ -660,7 +660,7 @@ def _save_weights(settings: _Settings, trial: optuna.trial.Trial, model: nn.Modu
     """Save a trial's weights; a file that cannot be written (disk full, folder gone) costs the
     file only: the trial keeps its metrics and completes, with ``missing_artifacts`` saying
     what is missing (``export`` re-trains such a trial from its recipe)."""
-    from .io import save_model
+    from ..io import save_model
 
     path = settings.out_dir / "weights" / f"trial_{trial.number}.safetensors"
     try:
@@ -813,7 +813,7 @@ def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
 
 
 def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
-    from . import results
+    from .. import results
 
     # only the weights of trials finished before the frame is loaded may go: a trial still
     # running (or started since) may have saved its weights already, in another worker
@@ -947,7 +947,7 @@ def search(
         _open_storage(settings.storage)  # a bad URL fails before the results directory exists
         if settings.storage.startswith("sqlite"):  # SQLite writes a journal beside the database
             ensure_writable_dir(Path(_sqlite_path(settings.storage) or ".").parent, "--storage")
-    from .data import load_dataset
+    from ..data import load_dataset
 
     d = space.spec.data
     try:  # bad data fails early, named by its field in the space file
@@ -1027,7 +1027,7 @@ def _sigint_deferred():
 
 def _check_convert(space: Space, data: Any) -> None:
     """The base model of a convert space can be built, and its weights file exists."""
-    from .models import model_from_name
+    from ..models import model_from_name
 
     c = space.spec.convert
     if c.weights and not Path(c.weights).is_file():

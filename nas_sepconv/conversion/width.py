@@ -19,9 +19,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .errors import UserInputError
-from .models import make_divisible
-from .profile import output_tensors
+from ..errors import UserInputError
+from ..models import make_divisible
+from ..measure.counting import output_tensors
 
 __all__ = ["apply_width_mult", "find_classifier"]
 

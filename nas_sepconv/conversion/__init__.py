@@ -1,0 +1,33 @@
+"""Model -> plan -> converted model: conv sites, Plan, apply_plan, refit, fidelity, budgets,
+width pruning and inference optimisation."""
+
+from __future__ import annotations
+
+from .plan import Plan, PlanEntry, Policy, Site, find_sites, make_plan
+from .rewrite import INITS, apply_plan, convert, plan_of
+from .refit import conv_patches, fidelity, refit
+from .width import apply_width_mult, find_classifier
+from .budget import plan_for_budget, sensitivity
+from .optimize import fold_batchnorm, optimize_for_inference
+
+__all__ = [
+    "INITS",
+    "Plan",
+    "PlanEntry",
+    "Policy",
+    "Site",
+    "apply_plan",
+    "apply_width_mult",
+    "conv_patches",
+    "convert",
+    "fidelity",
+    "find_classifier",
+    "find_sites",
+    "fold_batchnorm",
+    "make_plan",
+    "optimize_for_inference",
+    "plan_for_budget",
+    "plan_of",
+    "refit",
+    "sensitivity",
+]

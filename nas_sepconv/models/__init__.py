@@ -1,0 +1,24 @@
+"""Models by name, the MobileNet-style stage builder and the CIFAR presets."""
+
+from __future__ import annotations
+
+from .zoo import ARCH_ACTS, Arch, FACTORIES, Layer, Stage, StageNet, build_network, cifar_resnet18, make_divisible, mobilenet_v2_cifar, mobilenet_v2_cifar_arch, mobilenet_v3_small_arch, mobilenet_v3_small_cifar, model_from_name, replace_first_conv, tiny_convnet
+
+__all__ = [
+    "ARCH_ACTS",
+    "Arch",
+    "FACTORIES",
+    "Layer",
+    "Stage",
+    "StageNet",
+    "build_network",
+    "cifar_resnet18",
+    "make_divisible",
+    "mobilenet_v2_cifar",
+    "mobilenet_v2_cifar_arch",
+    "mobilenet_v3_small_arch",
+    "mobilenet_v3_small_cifar",
+    "model_from_name",
+    "replace_first_conv",
+    "tiny_convnet",
+]

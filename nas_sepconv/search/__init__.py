@@ -1,0 +1,25 @@
+"""The search: space files, suggest(trial), the study, its workers and outputs."""
+
+from __future__ import annotations
+
+from .spaces import BLOCK_OPTIONS, Candidate, LIMITS, Space, SpaceLimits, list_spaces, load_space, space_dirs, suggest
+from .run import SearchStatus, build_candidate, normalise_storage_url, open_study, run_candidate, search, storage_url_for
+
+__all__ = [
+    "BLOCK_OPTIONS",
+    "Candidate",
+    "LIMITS",
+    "SearchStatus",
+    "Space",
+    "SpaceLimits",
+    "build_candidate",
+    "list_spaces",
+    "load_space",
+    "normalise_storage_url",
+    "open_study",
+    "run_candidate",
+    "search",
+    "space_dirs",
+    "storage_url_for",
+    "suggest",
+]

@@ -1,0 +1,15 @@
+"""Training: one TrainConfig, fit, evaluate, distillation."""
+
+from __future__ import annotations
+
+from .fit import FitResult, TrainConfig, converted_features, distill, evaluate, fit, reestimate_batchnorm
+
+__all__ = [
+    "FitResult",
+    "TrainConfig",
+    "converted_features",
+    "distill",
+    "evaluate",
+    "fit",
+    "reestimate_batchnorm",
+]
