@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserInputError
+from ..storage import open_source
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import matplotlib.axes
@@ -102,8 +103,6 @@ _AXIS_LABELS = {
     "test_accuracy": "Test accuracy (%)",
     "reward": "Reward",
 }
-_JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
-_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,7 +152,7 @@ def load(source: str | Path | optuna.Study, study: str | None = None) -> pd.Data
             )
         return _frame_from_study(source, storage_label=None)
 
-    storage, label, meta_study = _open_storage(source)
+    storage, label, meta_study = open_source(source)
     name = study if study is not None else meta_study
     names = optuna.get_all_study_names(storage=storage)
     if name is None:
@@ -174,111 +173,6 @@ def load(source: str | Path | optuna.Study, study: str | None = None) -> pd.Data
         )
     loaded = optuna.load_study(study_name=name, storage=storage)
     return _frame_from_study(loaded, storage_label=label)
-
-
-def _open_storage(source: str | Path) -> tuple[Any, str, str | None]:
-    """Return (storage or URL, a label for messages, the study name from meta.json)."""
-    if isinstance(source, str) and "://" in source:
-        _check_sqlite_url(source, base=None)
-        return _rdb(source), source, None
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise UserInputError(
-            "source",
-            f"no such file or directory: {str(path)!r}",
-            "pass a results directory, a storage URL (sqlite:///study.db) or a journal file",
-        )
-    if path.is_file() and path.name == "meta.json":
-        path = path.parent
-    if path.is_dir():
-        return _open_results_dir(path)
-    return _open_storage_file(path), str(path), None
-
-
-def _open_results_dir(path: Path) -> tuple[Any, str, str | None]:
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
-        raise UserInputError(
-            "source",
-            f"{str(path)!r} holds no meta.json",
-            "pass the results/<study> directory a search wrote, or --storage URL --study NAME",
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserInputError("meta.json", f"cannot read {str(meta_path)!r} ({exc})",
-                             "rewrite it as JSON with keys storage and study") from exc
-    storage = meta.get("storage") if isinstance(meta, dict) else None
-    if not isinstance(storage, str) or not storage:
-        raise UserInputError("meta.json", f"{str(meta_path)!r} has no 'storage' URL",
-                             'add "storage": "sqlite:///..." to it')
-    name = meta.get("study")
-    name = name if isinstance(name, str) and name else None
-    if "://" in storage:
-        storage = _check_sqlite_url(storage, base=path)
-        return _rdb(storage), storage, name
-    file = _resolve_relative(Path(storage), path)
-    if file is None:
-        raise UserInputError("meta.json", f"storage file {storage!r} not found",
-                             "fix the 'storage' entry or run from the directory the search ran in")
-    return _open_storage_file(file), str(file), name
-
-
-def _resolve_relative(path: Path, base: Path | None) -> Path | None:
-    """Find a storage file named relative to the cwd, else to the results dir, else in it."""
-    candidates = [path]
-    if base is not None and not path.is_absolute():
-        candidates += [base / path, base / path.name]
-    elif base is not None:
-        candidates.append(base / path.name)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _check_sqlite_url(url: str, base: Path | None) -> str:
-    """SQLAlchemy would create an empty database for a missing file: refuse instead."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url[len(prefix):] in ("", ":memory:"):
-        return url
-    raw = url[len(prefix):].split("?", 1)[0]
-    found = _resolve_relative(Path(raw), base)
-    if found is None:
-        raise UserInputError("storage", f"SQLite file {raw!r} does not exist",
-                             "check the path (sqlite:///relative.db or sqlite:////absolute.db)")
-    return prefix + str(found) if str(found) != raw else url
-
-
-def _rdb(url: str) -> Any:
-    import optuna
-
-    from ..search.run import _redact, normalise_storage_url
-
-    try:
-        return optuna.storages.RDBStorage(normalise_storage_url(url))
-    except Exception as exc:  # sqlalchemy/driver errors: report as bad input
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UserInputError("storage", f"cannot open {_redact(url)} ({type(exc).__name__}: {first})",
-                             "check the URL and that its database driver is installed") from None
-
-
-def _open_storage_file(path: Path) -> Any:
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    suffix = path.suffix.lower()
-    is_sqlite = suffix in _SQLITE_SUFFIXES
-    if not is_sqlite and suffix not in _JOURNAL_SUFFIXES:
-        with open(path, "rb") as fh:
-            is_sqlite = fh.read(16) == b"SQLite format 3\x00"
-    if is_sqlite:
-        return _rdb(f"sqlite:///{path}")
-    try:
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    except Exception as exc:
-        raise UserInputError("storage", f"cannot read journal file {str(path)!r} ({exc})",
-                             "pass an Optuna JournalFileStorage file or a sqlite:/// URL") from exc
 
 
 def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.DataFrame:

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import json
 import math
 import multiprocessing
 import os
-import random
 import signal
 import socket
 import sys
@@ -48,6 +46,7 @@ import torch.nn as nn
 
 from ..errors import CandidateError, StorageError, TrainingDiverged, UserInputError
 from ..files import ensure_writable_dir
+from ..storage import lock, normalise_storage_url, open_storage, redact, sqlite_path, storage_url_for, without_password
 from .spaces import Candidate, Space, load_space, suggest
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
@@ -93,101 +92,6 @@ class _Settings:
 # --------------------------------------------------------------------------------------------
 # storage and study
 # --------------------------------------------------------------------------------------------
-def storage_url_for(storage: str | None, out_dir: Path) -> str:
-    """The storage URL: SQLite under the results directory by default."""
-    if storage is None:
-        return f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    return normalise_storage_url(storage)
-
-
-def normalise_storage_url(url: str) -> str:
-    """``postgres://`` and ``postgresql://`` with the PostgreSQL driver that is installed:
-    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, while our ``postgres`` extra
-    installs psycopg2."""
-    import importlib.util
-
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("postgres", "postgresql"):
-        return url
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-        return f"postgresql+psycopg2://{rest}"
-    return f"postgresql://{rest}"
-
-
-def _open_storage(url: str, *, heartbeat: int = 0, retries: int = 0) -> optuna.storages.BaseStorage:
-    if url.endswith((".log", ".journal")) and "://" not in url:
-        from optuna.storages.journal import JournalFileBackend
-
-        try:  # reading replays the whole file: junk fails here, not in the middle of a search
-            return optuna.storages.JournalStorage(JournalFileBackend(url))
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-            raise UserInputError(
-                "--storage", f"{url} is not an Optuna journal file ({type(exc).__name__}: {first})",
-                "give the journal file a search wrote, or a path that does not exist yet",
-            ) from None
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres", "mysql"):
-        raise UserInputError(
-            "--storage",
-            f"{url!r} is not a storage URL",
-            "use sqlite:///path/study.db, postgresql://user:pass@host/db, or a path ending in .log (journal file)",
-        )
-    kwargs: dict[str, Any] = {}
-    if scheme.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-        path = _sqlite_path(url)
-        if path and not Path(path).parent.is_dir():
-            raise UserInputError("--storage", f"the folder of {path} does not exist", "create it or give another path")
-    if heartbeat:
-        kwargs.update(
-            heartbeat_interval=heartbeat,
-            grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=_RetryStale(max_retry=retries) if retries else None,
-        )
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(url, **kwargs)
-        except Exception as exc:  # sqlalchemy raises many types; the user needs one line
-            text = str(exc)
-            if attempt < 4 and any(m in text for m in ("duplicate key", "already exists", "UNIQUE constraint failed", "IntegrityError")):
-                # workers on several machines creating the schema of a fresh database at once
-                time.sleep(0.5 + random.random())
-                continue
-            first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise UserInputError("--storage", f"cannot open {_redact(url)} ({first})", "check the URL, the server and the credentials") from None
-    raise AssertionError("unreachable")
-
-
-def _sqlite_path(url: str) -> str | None:
-    """The database file of a SQLite URL.  An in-memory database is refused: it vanishes with
-    the process, so workers, ``report`` and a resumed search could never read what it held."""
-    rest = url.split("://", 1)[1]
-    path, _, query = rest.removeprefix("/").partition("?")
-    if not path or ":memory:" in path or "mode=memory" in query:
-        raise UserInputError(
-            "--storage", f"{url} is an in-memory database, which no other process (workers, report, a resumed search) can reopen",
-            "give a file, e.g. sqlite:///study.db, or leave --storage out (SQLite in the results folder)",
-        )
-    return path.removeprefix("file:")
-
-
-def _without_password(url: str) -> str:
-    """The URL as written to meta.json (results folders get shared and committed): the password
-    is left out; libpq then takes it from PGPASSWORD or ~/.pgpass."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}@{host}"
-    return url
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
-    return url
 
 
 def _sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSampler:
@@ -221,7 +125,7 @@ def metric_names(space: Space) -> list[str]:
 def open_study(settings: _Settings, *, worker: int = 0) -> optuna.Study:
     """Create or load the study (same name and storage: resumed)."""
     space = settings.space
-    storage = _open_storage(settings.storage, heartbeat=settings.heartbeat, retries=settings.retries)
+    storage = open_storage(settings.storage, heartbeat=settings.heartbeat, stale_callback=_RetryStale(max_retry=settings.retries) if settings.retries else None)
     names = metric_names(space)
     directions = ["maximize" if n in ("accuracy", "reward") else "minimize" for n in names]
     try:
@@ -331,7 +235,7 @@ def _prepare_base(ctx: _Context) -> nn.Module:
         model.load_state_dict(state)
         return model.eval()
     cache = ctx.settings.out_dir / "base.safetensors"
-    with _lock(ctx.settings.out_dir):
+    with lock(ctx.settings.out_dir):
         if cache.is_file():
             return _load_base_cache(cache, ctx)
         model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
@@ -455,16 +359,6 @@ def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, see
 # --------------------------------------------------------------------------------------------
 # workers
 # --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _lock(folder: Path):
-    """An exclusive lock file in the results directory (local workers claim slots under it)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
@@ -479,7 +373,7 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 
 def _claim(study: optuna.Study, settings: _Settings) -> optuna.trial.Trial | str:
     """A new trial, or ``"finished"`` / ``"wait"``."""
-    with _lock(settings.out_dir):
+    with lock(settings.out_dir):
         _fail_stale_trials(study, settings)
         n = _counts(study)
         if n["done"] >= settings.trials:
@@ -687,7 +581,7 @@ def _storage_error(exc: BaseException, url: str | None, doing: str) -> StorageEr
     detail = next((t for t in texts if "full" in t.lower() or "too large" in t.lower()), texts[0] if texts else type(exc).__name__)
     detail = detail.splitlines()[0][:160]
     return StorageError(
-        f"storage: cannot write to {_redact(url) if url else 'the storage'} while {doing} ({detail}); "
+        f"storage: cannot write to {redact(url) if url else 'the storage'} while {doing} ({detail}); "
         "free disk space (or mend the database), then run the same command again: finished trials are kept and the search resumes"
     )
 
@@ -944,9 +838,9 @@ def search(
     )
     _sampler(settings.sampler, seed, space)  # validate before creating anything
     if storage is not None:
-        _open_storage(settings.storage)  # a bad URL fails before the results directory exists
+        open_storage(settings.storage)  # a bad URL fails before the results directory exists
         if settings.storage.startswith("sqlite"):  # SQLite writes a journal beside the database
-            ensure_writable_dir(Path(_sqlite_path(settings.storage) or ".").parent, "--storage")
+            ensure_writable_dir(Path(sqlite_path(settings.storage) or ".").parent, "--storage")
     from ..data import load_dataset
 
     d = space.spec.data
@@ -959,7 +853,7 @@ def search(
     out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
     try:
-        _atomic_write(out_dir / "meta.json", json.dumps({"storage": _without_password(settings.storage), "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
+        _atomic_write(out_dir / "meta.json", json.dumps({"storage": without_password(settings.storage), "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
     except OSError as exc:  # (the folder was checked writable: a full disk)
         raise StorageError(f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again") from None
 
@@ -1103,7 +997,7 @@ def _run_workers(settings: _Settings, update: Callable[[], None]) -> None:
     try:
         for i in range(settings.workers):
             procs[i] = _start_worker(ctx, settings, i, errors)
-        storage = _open_storage(settings.storage)
+        storage = open_storage(settings.storage)
         study_id = storage.get_study_id_from_name(settings.study)
         while procs:
             time.sleep(1.0)
