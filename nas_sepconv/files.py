@@ -1,6 +1,7 @@
-"""Checks that an output folder can be written, made before anything is computed.
+"""Writing files: the check that an output folder can be written, made before anything is
+computed, and the one atomic write every output goes through.
 
-One helper for every command that writes (``search --out``, ``report``, ``convert --out``,
+One writability check for every command that writes (``search --out``, ``report``, ``convert --out``,
 the folder of a SQLite ``--storage``): a folder we could not write would otherwise be found out
 after minutes of training, or end in a traceback.  The check creates nothing that stays behind:
 it looks for the nearest folder that exists and creates (and removes) a temporary file there,
@@ -10,13 +11,18 @@ which also catches what a permission test misses (root on a read-only or immutab
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import IO, Callable, Iterator
 
 from .errors import UserInputError
 
-__all__ = ["ensure_writable_dir"]
+__all__ = ["ensure_writable_dir", "atomic_path", "atomic_write"]
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def ensure_writable_dir(path: str | Path, field: str, *, fix: str = "give a folder you can write to") -> Path:
@@ -42,3 +48,37 @@ def ensure_writable_dir(path: str | Path, field: str, *, fix: str = "give a fold
         raise UserInputError(field, f"cannot write in {existing}{target}: {reason}", fix) from None
     return path
 
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` for the caller to write; when the block ends without an
+    exception it replaces ``path`` in one rename, so a reader (another worker, a crash, a full
+    disk) never sees half a file.  The file gets the ordinary mode (0666 less the umask), not
+    mkstemp's 0600: results folders are shared."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.close(fd)
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str | Path, content: "str | bytes | Callable[[IO], None]", *, binary: bool = False) -> Path:
+    """Write ``content`` (text, bytes, or a function given the open file) to ``path`` atomically
+    (see :func:`atomic_path`), flushed to disk before the rename."""
+    binary = binary or isinstance(content, bytes)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)

@@ -23,9 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -34,6 +32,7 @@ import torch.nn as nn
 import torch.nn.modules.module as _module_hooks
 
 from .errors import UserInputError
+from .files import atomic_path
 
 __all__ = [
     "save_model",
@@ -50,8 +49,6 @@ __all__ = [
 
 FORMAT = 1
 _KEY = "nas_sepconv"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 #: Model sources whose names are looked up in a registry (never imported by path).
 REGISTRY_SOURCES = ("torchvision", "timm", "nas_sepconv")
@@ -88,15 +85,8 @@ def save_model(path: str | Path, model: nn.Module, recipe: dict[str, Any]) -> Pa
         if ptr in seen and state[key].numel():
             state[key] = state[key].clone()
         seen.setdefault(ptr, key)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; a saved model is an ordinary file
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={_KEY: json.dumps({"format": FORMAT, **recipe})})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={_KEY: json.dumps({"format": FORMAT, **recipe})})
     return path
 
 

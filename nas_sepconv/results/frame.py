@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserInputError
+from ..files import atomic_write
 from ..storage import open_source
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -912,24 +911,6 @@ def _pareto_columns(df: pd.DataFrame) -> list[str]:
     return chosen + [p for p in _param_columns(df) if p not in chosen]
 
 
-def _atomic_write(path: Path, write: Any, *, binary: bool) -> None:
-    """Write through ``write(file)`` to a temp file beside ``path``, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else
-                                                       {"encoding": "utf-8", "newline": ""})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_outputs(
     df: pd.DataFrame,
     out_dir: str | Path,
@@ -956,12 +937,12 @@ def write_outputs(
                              "choose a writable directory") from exc
     paths = {"trials": out / "trials.csv", "pareto": out / "pareto.csv", "plot": out / "pareto.png"}
     front = pareto_front(df, objectives=objectives)
-    _atomic_write(paths["trials"], lambda fh: df.to_csv(fh, index=False), binary=False)
-    _atomic_write(paths["pareto"], lambda fh: front[_pareto_columns(front)].to_csv(fh, index=False),
+    atomic_write(paths["trials"], lambda fh: df.to_csv(fh, index=False), binary=False)
+    atomic_write(paths["pareto"], lambda fh: front[_pareto_columns(front)].to_csv(fh, index=False),
                   binary=False)
     x, y = (objectives[1], objectives[0]) if len(objectives) == 2 else ("macs", "accuracy")
     ax = plot_pareto(df, x=x, y=y, baselines=baselines)
-    _atomic_write(paths["plot"], lambda fh: ax.figure.savefig(fh, format="png", dpi=120),
+    atomic_write(paths["plot"], lambda fh: ax.figure.savefig(fh, format="png", dpi=120),
                   binary=True)
     return paths
 

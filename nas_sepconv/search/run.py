@@ -31,7 +31,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -45,15 +44,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import CandidateError, StorageError, TrainingDiverged, UserInputError
-from ..files import ensure_writable_dir
+from ..files import atomic_write, ensure_writable_dir
 from ..storage import lock, normalise_storage_url, open_storage, redact, sqlite_path, storage_url_for, without_password
 from .spaces import Candidate, Space, load_space, suggest
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 SURPLUS = "surplus claim: another worker took the last slot"
 
 
@@ -724,7 +721,7 @@ def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     for _, row in front.iterrows():
         record = {k: (None if _isna(v) else v) for k, v in row.items() if k in ("number", "accuracy", "test_accuracy", "macs", "params", "latency_ms", "arch")}
         record["recipe"] = json.loads(row["arch_json"]) if isinstance(row.get("arch_json"), str) else None
-        _atomic_write(pareto_dir / f"trial_{int(row['number'])}.json", json.dumps(record, indent=2, default=_json_default))
+        atomic_write(pareto_dir / f"trial_{int(row['number'])}.json", json.dumps(record, indent=2, default=_json_default))
     for path in pareto_dir.glob("trial_*.json"):
         if int(path.stem.split("_")[1]) not in keep:
             path.unlink(missing_ok=True)
@@ -751,19 +748,6 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # a unique temporary name: several processes refresh the same outputs
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs are ordinary files
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -853,7 +837,7 @@ def search(
     out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
     try:
-        _atomic_write(out_dir / "meta.json", json.dumps({"storage": without_password(settings.storage), "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
+        atomic_write(out_dir / "meta.json", json.dumps({"storage": without_password(settings.storage), "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
     except OSError as exc:  # (the folder was checked writable: a full disk)
         raise StorageError(f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again") from None
 
