@@ -23,7 +23,6 @@ inside the plotting functions only, with the Agg canvas (no pyplot, no global fi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
