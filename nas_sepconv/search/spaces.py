@@ -371,7 +371,7 @@ class Space:
 
 def space_dirs() -> list[Path]:
     """Where bundled spaces live: ``search_spaces/`` of a checkout, and the installed package data."""
-    dirs = [Path(__file__).resolve().parent.parent / "search_spaces"]
+    dirs = [Path(__file__).resolve().parents[2] / "search_spaces"]
     try:
         from importlib.resources import files
 
