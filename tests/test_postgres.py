@@ -23,7 +23,7 @@ import optuna
 import pytest
 
 import nas_sepconv.results as results
-from nas_sepconv.search import normalise_storage_url
+from nas_sepconv.storage import normalise_storage_url
 from test_reliability import check_exact, check_outputs, cli, env_with, write_space
 
 pytest.importorskip("psycopg2", reason="psycopg2 is needed for PostgreSQL storages (pip install 'nas-sepconv[postgres]')")
