@@ -1,0 +1,202 @@
+"""The package's layout (DESIGN.md section 5), checked from the source with ``ast``.
+
+Packages follow the data and import only downward, in this order (a package may import any
+package of a lower row, never one of its own row or above; ``nas_sepconv/__init__.py`` is the
+facade and may import anything):
+
+    cli
+    export
+    search
+    results, train, io
+    conversion
+    models, data
+    blocks, measure
+    storage, files, errors
+
+No import cycle between modules, no module over 400 lines, no function over 80 lines, and no
+test imports a private name (``_x``) from a package other than the one it tests.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "nas_sepconv"
+LAYERS: list[set[str]] = [
+    {"cli"},
+    {"export"},
+    {"search"},
+    {"results", "train", "io"},
+    {"conversion"},
+    {"models", "data"},
+    {"blocks", "measure"},
+    {"storage", "files", "errors"},
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package."""
+    found = {}
+    for path in sorted(PKG.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """The nas_sepconv modules an import statement loads (the deepest that exist)."""
+    targets = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names if a.name.startswith("nas_sepconv")]
+        bases = names
+        extra: list[str] = []
+    else:
+        if node.level:
+            package = module.split(".") if is_package else module.split(".")[:-1]
+            package = package[: len(package) - (node.level - 1)]
+            base = ".".join(package + ([node.module] if node.module else []))
+        else:
+            base = node.module or ""
+        if not base.startswith("nas_sepconv"):
+            return []
+        bases = [base]
+        extra = [f"{base}.{a.name}" for a in node.names]
+    for name in bases + extra:
+        while name and name not in MODULES:
+            name = name.rpartition(".")[0]
+        if name:
+            targets.append(name)
+    return sorted(set(targets))
+
+
+def _imports() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        is_package = path.name == "__init__.py"
+        edges: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                edges.update(t for t in _resolve(module, is_package, node) if t != module)
+        graph[module] = edges
+    return graph
+
+
+GRAPH = _imports()
+
+
+def _component(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_every_package_is_placed_in_a_layer():
+    components = {_component(m) for m in MODULES} - {None}
+    assert components <= set(RANK), f"place {sorted(components - set(RANK))} in LAYERS (and DESIGN.md section 5)"
+
+
+def test_imports_only_run_downward():
+    upward = []
+    for module, targets in GRAPH.items():
+        source = _component(module)
+        if source is None:  # nas_sepconv/__init__.py: the facade
+            continue
+        for target in targets:
+            dest = _component(target)
+            if dest is None:
+                upward.append(f"{module} imports the facade nas_sepconv")
+            elif dest != source and RANK[dest] <= RANK[source]:
+                upward.append(f"{module} -> {target} ({source} may not import {dest})")
+    assert not upward, "\n".join(sorted(upward))
+
+
+def test_results_never_imports_search():
+    assert not [m for m, t in GRAPH.items() if _component(m) == "results" for x in t if _component(x) == "search"]
+
+
+def test_no_import_cycle():
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in GRAPH.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in GRAPH:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_checker_sees_a_cycle_and_an_upward_import():
+    """The checks above must be able to fail: resolve two planted imports."""
+    planted = ast.parse("from ..search import search\nfrom . import frame\n")
+    up, same = planted.body
+    assert _resolve("nas_sepconv.results.front", False, up) == ["nas_sepconv.search"]
+    assert _resolve("nas_sepconv.results.front", False, same) == ["nas_sepconv.results.frame"]
+    assert RANK["search"] < RANK["results"]  # so results -> search is reported as upward
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_modules_and_functions_are_short(module):
+    path = MODULES[module]
+    lines = path.read_text().count("\n")
+    assert lines <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)} has {lines} lines (at most {MAX_MODULE_LINES})"
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"{path.relative_to(ROOT)}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def _test_files() -> list[Path]:
+    return sorted((ROOT / "tests").rglob("test_*.py"))
+
+
+@pytest.mark.parametrize("path", _test_files(), ids=lambda p: str(p.relative_to(ROOT / "tests")))
+def test_tests_import_no_private_name_of_another_package(path):
+    """A test of package P (``tests/P/...``) may use P's private names, no other package's."""
+    own = path.parent.name if path.parent != ROOT / "tests" else None
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nas_sepconv"):
+            package = _component(node.module) if "." in node.module else None
+            for alias in node.names:
+                if alias.name.startswith("_") and package != own:
+                    bad.append(f"{alias.name} from {node.module}")
+    assert not bad, f"{path.name} imports private names of other packages: {bad}"
