@@ -13,7 +13,7 @@ import torch.nn as nn
 from nas_sepconv.data import calibration_batches, load_dataset
 from nas_sepconv.errors import TrainingDiverged, UserInputError
 from nas_sepconv.train import FitResult, TrainConfig, distill, evaluate, fit, reestimate_batchnorm
-from nas_sepconv.train import fit as train_mod
+from nas_sepconv.train import loop as train_mod
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest

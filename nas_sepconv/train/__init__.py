@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .fit import FitResult, TrainConfig, converted_features, distill, evaluate, fit, reestimate_batchnorm
+from .loop import FitResult, TrainConfig, converted_features, distill, evaluate, fit, reestimate_batchnorm
 
 __all__ = [
     "FitResult",
