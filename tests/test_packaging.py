@@ -47,11 +47,13 @@ def test_the_installed_wheel_lists_spaces_and_runs_a_search(wheel, tmp_path):
     # the dependencies (torch, optuna, ...) come from this environment; its editable install of the
     # checkout does not (a .pth file inside a path added by a .pth file is not run)
     Path(purelib, "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-                   check=True, capture_output=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--ignore-installed", "-q", str(wheel)],
+                   check=True, capture_output=True, timeout=300, env=env)
     where = subprocess.run([str(python), "-c", "import nas_sepconv; print(nas_sepconv.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, env=env, check=True).stdout
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert where.returncode == 0, where.stderr
+    where = where.stdout
     assert where.startswith(purelib), f"imported {where} instead of the installed wheel"
     script = venv / "bin" / "nas-sepconv"
     listed = subprocess.run([str(script), "spaces"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
