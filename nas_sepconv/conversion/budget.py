@@ -42,7 +42,7 @@ from .plan import Plan, make_plan, with_spec
 from ..measure.counting import output_tensors
 from .refit import _batches, _device, _EvalMode, _on, _run, refit
 from .rewrite import apply_plan
-from ..blocks.kinds import BlockSpec, as_spec
+from ..blocks import BlockSpec, as_spec
 
 __all__ = ["sensitivity", "plan_for_budget"]
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ..blocks import dense_weight, effective_weight, resize_kernel
 from ..errors import UserInputError
 from ..blocks import CONV_TYPES, ConvGeometry
-from ..blocks.kinds import BlockSpec, as_spec
+from ..blocks import BlockSpec, as_spec
 
 __all__ = ["refit", "fidelity", "conv_patches"]
 
