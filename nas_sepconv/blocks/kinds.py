@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from . import modules as blocks
 from . import closed_form as decompose
+from .closed_form_stacked import init_dw_spatial, init_inverted_residual
 from .closed_form_joint import DWSEP as _DWSEP_REFIT, JointRefit
 from ..errors import UserInputError
 from .geometry import ConvGeometry
@@ -227,7 +228,7 @@ KINDS: dict[str, Kind] = {
             "dw_spatial", ("factorized_dw",),
             (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSpatial(g, **o),
-            init=decompose.init_dw_spatial,
+            init=init_dw_spatial,
             last_linear="conv_pw",
             unsupported=_not_2d,
             doc="depthwise Kx1, depthwise 1xK, pointwise (EffNet, Flattened networks)",
@@ -242,7 +243,7 @@ KINDS: dict[str, Kind] = {
                 Option("mid_norm", "bn", bool, True),
             ),
             build=lambda g, **o: blocks.InvertedResidual(g, **o),
-            init=decompose.init_inverted_residual,
+            init=init_inverted_residual,
             last_linear="conv_pwl",
             unsupported=_not_transposed,
             doc="expand 1x1, depthwise KxK, [SE], project 1x1 (MobileNetV2/V3)",
