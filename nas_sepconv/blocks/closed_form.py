@@ -222,15 +222,6 @@ def _effective_grouped(block: GroupedShuffle, g: ConvGeometry) -> torch.Tensor:
     return w
 
 
-_EFFECTIVE = {
-    nn.modules.conv._ConvNd: _effective_conv,
-    DepthwiseSeparable: _effective_dwsep,
-    SpatialSeparable: _effective_spatial,
-    DepthwiseSpatial: _effective_dw_spatial,
-    GroupedShuffle: _effective_grouped,
-}
-
-
 @torch.no_grad()
 def effective_weight(block: nn.Module, spec, g: ConvGeometry) -> torch.Tensor | None:
     """The dense kernel of a linear block, ``None`` when the block is not linear
@@ -241,14 +232,13 @@ def effective_weight(block: nn.Module, spec, g: ConvGeometry) -> torch.Tensor | 
     the block's kernel size, (C_out, C_in, *K) or (C_in, C_out, *K) when transposed, float64: a
     ``groups=1`` convolution with this weight, the block's bias and the source's
     stride/padding/dilation computes what the block computes.  Compare it with
-    ``dense_weight(resize_kernel(weight, K), g)``.
+    ``dense_weight(resize_kernel(weight, K), g)``.  The kind's ``effective`` entry computes it;
+    ``spec=None`` means a layer the plan kept: a convolution's own kernel, ``None`` otherwise.
     """
-    g = spec.geometry_for(g) if spec is not None else g
-    for cls in type(block).__mro__:
-        fn = _EFFECTIVE.get(cls)
-        if fn is not None:
-            return fn(block, g)
-    return None
+    if spec is None:
+        return _effective_conv(block, g) if isinstance(block, nn.modules.conv._ConvNd) else None
+    effective = spec.info.effective
+    return None if effective is None else effective(block, spec.geometry_for(g))
 
 
 # -- grouped ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 from . import modules as blocks
@@ -141,7 +142,9 @@ class Kind:
 
     ``last_linear`` names the block's last linear sub-layer (``""``: the block itself), the part
     that data-aware refit re-solves by least squares; ``joint_refit``, where given, re-solves
-    all of the block's factors instead (:mod:`nas_sepconv.joint_refit`)."""
+    all of the block's factors instead (:mod:`.closed_form_joint`).  ``effective`` gives the
+    dense kernel of a built block, ``None`` when it is not linear (no entry: never linear);
+    ``short`` is the prefix of the string form (``""``: the name)."""
 
     name: str
     aliases: tuple[str, ...]
@@ -150,6 +153,8 @@ class Kind:
     init: Callable[..., None]
     last_linear: str = ""
     joint_refit: JointRefit | None = None
+    effective: Callable[[nn.Module, ConvGeometry], torch.Tensor | None] | None = None
+    short: str = ""
     unsupported: Callable[[ConvGeometry, dict], str | None] = field(default=lambda g, o: None)
     doc: str = ""
 
@@ -204,6 +209,7 @@ KINDS: dict[str, Kind] = {
             "keep", (), (KERNEL,),
             build=lambda g: blocks.conv_from_geometry(g),
             init=decompose.init_keep,
+            effective=decompose._effective_conv,
             doc="the original convolution (optionally with another kernel size)",
         ),
         Kind(
@@ -211,6 +217,7 @@ KINDS: dict[str, Kind] = {
             (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), Option("mid_norm", "bn", bool, False), Option("mid_act", "", "act", "none"), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSeparable(g, **o),
             init=decompose.init_dwsep,
+            effective=decompose._effective_dwsep,
             last_linear="conv_pw",
             joint_refit=_DWSEP_REFIT,
             doc="depthwise KxK then pointwise 1x1 (MobileNetV1, Xception)",
@@ -220,6 +227,7 @@ KINDS: dict[str, Kind] = {
             (Option("rank", "r", "rank", 0.25, minimum=1, maximum=65536), KERNEL),
             build=_build_spatial,
             init=decompose.init_spatial,
+            effective=decompose._effective_spatial,
             last_linear="conv_h",
             unsupported=_not_2d,
             doc="Kx1 to `rank` channels then 1xK (Jaderberg et al. 2014, Tai et al. 2016)",
@@ -229,6 +237,7 @@ KINDS: dict[str, Kind] = {
             (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSpatial(g, **o),
             init=init_dw_spatial,
+            effective=decompose._effective_dw_spatial,
             last_linear="conv_pw",
             unsupported=_not_2d,
             doc="depthwise Kx1, depthwise 1xK, pointwise (EffNet, Flattened networks)",
@@ -244,6 +253,7 @@ KINDS: dict[str, Kind] = {
             ),
             build=lambda g, **o: blocks.InvertedResidual(g, **o),
             init=init_inverted_residual,
+            short="ir",
             last_linear="conv_pwl",
             unsupported=_not_transposed,
             doc="expand 1x1, depthwise KxK, [SE], project 1x1 (MobileNetV2/V3)",
@@ -253,6 +263,7 @@ KINDS: dict[str, Kind] = {
             (Option("groups", "g", int, 4, minimum=2, maximum=4096), KERNEL),
             build=lambda g, **o: blocks.GroupedShuffle(g, **o),
             init=decompose.init_grouped,
+            effective=decompose._effective_grouped,
             last_linear="conv",
             unsupported=_grouped_unsupported,
             doc="grouped conv + channel shuffle (ResNeXt, ShuffleNet)",
@@ -260,8 +271,7 @@ KINDS: dict[str, Kind] = {
     ]
 }
 
-_ALIASES = {alias: k.name for k in KINDS.values() for alias in (k.name, *k.aliases)}
-_SHORT = {"inverted_residual": "ir"}  # short prefix used in string forms
+_ALIASES = {alias: k.name for k in KINDS.values() for alias in (k.name, k.short, *k.aliases) if alias}
 
 
 def kind_names() -> list[str]:

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..errors import UserInputError
 from .geometry import ConvGeometry
-from .kinds import _ALIASES, _SHORT, KERNEL, KINDS, Kind, _kind, kind_names
+from .kinds import _ALIASES, KERNEL, KINDS, Kind, _kind, kind_names
 
 __all__ = ["BlockSpec", "as_spec"]
 
@@ -68,7 +68,7 @@ class BlockSpec:
 
     # -- string form ----------------------------------------------------------------------
     def __str__(self) -> str:
-        tokens = [_SHORT.get(self.kind, self.kind)]
+        tokens = [self.info.short or self.kind]
         tokens += [self.info.option(n).encode(v) for n, v in self.options]
         return "_".join(tokens)
 
@@ -90,13 +90,13 @@ class BlockSpec:
         if not isinstance(text, str) or not text.strip():
             raise UserInputError("spec", f"expected a block spec string, got {text!r}", f"use e.g. 'dwsep' or 'ir_e6_k5'; kinds: {kind_names()}")
         text = text.strip()
-        names = sorted({*_ALIASES, *_SHORT.values()}, key=len, reverse=True)
+        names = sorted(_ALIASES, key=len, reverse=True)
         head = next((n for n in names if text == n or text.startswith(n + "_")), None)
         if head is None:
             close = difflib.get_close_matches(text.split("_")[0], names, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise UserInputError("spec", f"{text!r} does not start with a block kind", f"{hint}use one of {kind_names()}")
-        kind = _kind({v: k for k, v in _SHORT.items()}.get(head, head))
+        kind = _kind(head)
         options: dict[str, Any] = {}
         for token in filter(None, text[len(head):].split("_")):
             for opt in sorted(kind.options, key=lambda o: len(o.code), reverse=True):
@@ -129,8 +129,6 @@ class BlockSpec:
         if reason:
             raise UserInputError("spec", f"{self} cannot replace {g.describe()}: {reason}")
         options = {k: v for k, v in self.resolved().items() if k != "kernel_size"}
-        if self.kind == "dwsep" and options.get("mid_act") == "none":
-            options["mid_act"] = None
         return self.info.build(self.geometry_for(g), **options)
 
 
