@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..errors import UserInputError
 from .plan import Plan, make_plan, with_spec
-from ..measure.counting import output_tensors
+from ..measure import output_tensors
 from .refit import _batches, _device, _EvalMode, _on, _run, refit
 from .rewrite import apply_plan
 from ..blocks import BlockSpec, as_spec

@@ -29,7 +29,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UserInputError
 from ..blocks import CONV_TYPES, ConvGeometry
-from ..measure.counting import as_inputs, count_macs, count_params, wrong_input
+from ..measure import as_inputs, count_macs, count_params, wrong_input
 from ..blocks import BlockSpec, as_spec
 
 __all__ = ["Policy", "PlanEntry", "Plan", "make_plan", "find_sites", "Site"]

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..errors import UserInputError
 from ..models import make_divisible
-from ..measure.counting import output_tensors
+from ..measure import output_tensors
 
 __all__ = ["apply_width_mult", "find_classifier"]
 
