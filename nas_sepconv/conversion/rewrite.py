@@ -22,7 +22,8 @@ import torch.nn as nn
 from ..blocks import closed_form as decompose
 from ..errors import UserInputError
 from ..blocks import CONV_TYPES, ConvGeometry
-from .plan import Plan, PlanEntry, Policy, functional_conv_args, functional_site_name, make_plan, trace
+from .plan import Plan, PlanEntry, Policy, make_plan
+from .sites import functional_conv_args, functional_site_name, trace
 from ..blocks import BlockSpec
 
 __all__ = ["apply_plan", "convert", "plan_of", "INITS"]
