@@ -22,8 +22,7 @@ import torch.nn as nn
 
 from ..blocks import CONV_TYPES, BlockSpec, as_spec
 from ..errors import UserInputError
-
-META_KEY = "nas_sepconv.plan"
+from .plan import META_KEY
 
 
 class _Stop(Exception):

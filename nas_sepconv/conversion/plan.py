@@ -31,6 +31,7 @@ from .sites import Site, find_sites
 __all__ = ["Policy", "PlanEntry", "Plan", "make_plan", "with_spec"]
 
 PLAN_FORMAT = 1
+META_KEY = "nas_sepconv.plan"  # where apply_plan keeps the Plan in a converted GraphModule's meta
 
 
 # --------------------------------------------------------------------------------------------
