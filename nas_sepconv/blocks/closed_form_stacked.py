@@ -124,6 +124,38 @@ def _identity_norm(norm: nn.Module) -> None:
         norm.running_var.fill_(1.0 - norm.eps)
 
 
+def _unit_l1_factors(mats: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rank-``rank`` SVD factors (columns, filters) of per-channel matrices, each filter
+    rescaled to unit L1 norm with Σf ≥ 0 (the scale and sign go to its column)."""
+    cols, rows = _svd_factors(mats, rank)
+    l1 = rows.abs().sum(-1, keepdim=True)
+    l1 = torch.where(l1 > 0, l1, torch.ones_like(l1))
+    sign = torch.where(rows.sum(-1, keepdim=True) < 0, -1.0, 1.0).double()
+    return cols * (sign * l1).transpose(-1, -2), rows * sign / l1
+
+
+def _constant_gate(block: nn.Module, gate_offset: float) -> float:
+    """Set an SE's gate to the constant (6 − ``gate_offset``)/6 and return it (1 without SE)."""
+    if not isinstance(block.se, SqueezeExcite):
+        return 1.0
+    block.se.conv_expand.weight.zero_()
+    block.se.conv_expand.bias.fill_(3.0 - gate_offset)
+    return (6.0 - gate_offset) / 6.0
+
+
+def _write_projection(block: nn.Module, pwl: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """The projection's first ``pwl.shape[1]`` input columns from ``pwl`` (C_out, used), the rest
+    zero; its bias from ``bias`` (zero when there is none)."""
+    cout, used = pwl.shape
+    block.conv_pwl.weight.zero_()
+    _copy(block.conv_pwl.weight[:, :used], pwl.reshape(cout, used, *block.conv_pwl.weight.shape[2:]))
+    if block.conv_pwl.bias is not None:
+        if bias is None:
+            block.conv_pwl.bias.zero_()
+        else:
+            _copy(block.conv_pwl.bias, bias)
+
+
 def init_inverted_residual(
     block: nn.Module,
     weight: torch.Tensor,
@@ -185,23 +217,11 @@ def init_inverted_residual(
     act = _act_kind(block.act_dw)
     k = weight[0, 0].numel()
     mats = dense_weight(weight, g).reshape(cout, cin, k).permute(1, 0, 2)  # (C_in, C_out, k)
-    if not expand or act == "none":
-        n = 1
-    else:
-        n = 4 if mid >= 4 * cin else 2 if mid >= 2 * cin else 1
+    n = 1 if not expand or act == "none" else 4 if mid >= 4 * cin else 2 if mid >= 2 * cin else 1  # channels per (i, t)
     rank = max(1, min(mid // (n * cin), cout // g.groups, k))
-    cols, rows = _svd_factors(mats, rank)  # (C_in, C_out, r), (C_in, r, k)
-    l1 = rows.abs().sum(-1, keepdim=True)
-    l1 = torch.where(l1 > 0, l1, torch.ones_like(l1))
-    sign = torch.where(rows.sum(-1, keepdim=True) < 0, -1.0, 1.0).double()
-    rows = rows * sign / l1
-    cols = cols * (sign * l1).transpose(-1, -2)
+    cols, rows = _unit_l1_factors(mats, rank)  # (C_in, C_out, r), (C_in, r, k)
     c = 6.0 / relu6_range if act == "relu6" else 1.0
-    gate = 1.0
-    if isinstance(block.se, SqueezeExcite):
-        block.se.conv_expand.weight.zero_()
-        block.se.conv_expand.bias.fill_(3.0 - gate_offset)
-        gate = (6.0 - gate_offset) / 6.0
+    gate = _constant_gate(block, gate_offset)
     es, fs, ps = (torch.tensor(v, dtype=torch.float64) for v in _PATTERNS[n])
     used = cin * rank * n  # channel (i, t, j) is (i·rank + t)·n + j
     ones = [1] * g.dims
@@ -212,13 +232,6 @@ def init_inverted_residual(
     dw = rows.unsqueeze(2) * fs.reshape(1, 1, n, 1)  # (C_in, r, n, k)
     _copy(block.conv_dw.weight[:used], dw.reshape(used, 1, *g.kernel_size))
     pwl = cols.unsqueeze(-1) * ps / (c * gate)  # (C_in, C_out, r, n)
-    pwl = pwl.permute(1, 0, 2, 3).reshape(cout, used)
-    block.conv_pwl.weight.zero_()
-    _copy(block.conv_pwl.weight[:, :used], pwl.reshape(cout, used, *ones))
-    if block.conv_pwl.bias is not None:
-        if bias is None:
-            block.conv_pwl.bias.zero_()
-        else:
-            _copy(block.conv_pwl.bias, bias)
+    _write_projection(block, pwl.permute(1, 0, 2, 3).reshape(cout, used), bias)
     _identity_norm(block.norm_pw)
     _identity_norm(block.norm_dw)
