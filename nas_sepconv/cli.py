@@ -94,7 +94,7 @@ def example_input(net: Any, size: tuple[int, ...], text: str) -> Any:
 
     import torch
 
-    from .measure.counting import ACTIVATION_BUDGET, activation_bytes
+    from .measure import ACTIVATION_BUDGET, activation_bytes
 
     shape = (1, *size)
     with _flag_names():
@@ -196,7 +196,7 @@ def profile(
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
     def run() -> None:
-        from .measure.counting import check_threads, count_macs, count_params, measure_latency
+        from .measure import check_threads, count_macs, count_params, measure_latency
         from .measure import profile as profile_model
 
         size = parse_input_size(input_size)

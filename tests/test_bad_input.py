@@ -27,7 +27,7 @@ import nas_sepconv.io as nsio
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
 from nas_sepconv.errors import UserInputError
-from nas_sepconv.measure.counting import activation_bytes
+from nas_sepconv.measure import activation_bytes
 
 from conftest import FAST_SPACE  # noqa: E402
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from nas_sepconv.blocks import closed_form as decompose
+from nas_sepconv.blocks import closed_form_stacked
 from nas_sepconv.blocks import ConvGeometry
 from nas_sepconv.blocks import BlockSpec
 
@@ -216,7 +217,7 @@ def test_dw_spatial_truncated_between_bounds(m):
     # plain product of the two truncations, with the SVD's own pointwise columns
     mats = decompose._per_channel_matrices(conv.weight.detach(), g).double()
     cols, rows = decompose._svd_factors(mats, m)
-    v, h = decompose._rank1(rows.reshape(6, m, 3, 3))
+    v, h = closed_form_stacked._rank1(rows.reshape(6, m, 3, 3))
     plain = (mats - cols @ (v.unsqueeze(-1) * h.unsqueeze(-2)).reshape(6, m, 9)).square().sum().item()
     assert lower * (1 - 1e-6) <= err <= plain * (1 + 1e-6)
     with torch.no_grad():  # the block computes its effective weight
@@ -311,7 +312,7 @@ def test_inverted_residual_relu6_range_option():
     spec = BlockSpec("inverted_residual", expand_ratio=4, act="relu6")
     block = spec.build(g)
     with torch.no_grad():
-        decompose.init_inverted_residual(block, conv.weight.detach(), conv.bias.detach(), g, relu6_range=20.0)
+        closed_form_stacked.init_inverted_residual(block, conv.weight.detach(), conv.bias.detach(), g, relu6_range=20.0)
     assert_same_output(conv, block.eval(), 15 * torch.rand(2, 4, 7, 7) - 7.5)
 
 

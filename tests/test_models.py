@@ -12,7 +12,7 @@ import torch.fx
 import torch.nn as nn
 
 from nas_sepconv.errors import UserInputError
-from nas_sepconv.models.zoo import (
+from nas_sepconv.models import (
     FACTORIES,
     Arch,
     Layer,

@@ -127,7 +127,7 @@ def test_plan_for_another_model_is_refused():
 def test_activation_after_follows_norms_and_additions():
     import torch.nn.functional as F
 
-    from nas_sepconv.conversion.plan import activation_after, is_add, trace
+    from nas_sepconv.conversion.sites import activation_after, is_add, trace
 
     class Block(nn.Module):
         def __init__(self):

@@ -1,31 +1,29 @@
-"""Block kinds, their options, and ``BlockSpec`` with its short string form.
+"""Block kinds and their options: the table :data:`KINDS`, one entry per kind.
 
-This is the one place where a kind is declared: the module that builds it (``blocks.py``), its
+This is the one place where a kind is declared: the module that builds it (``modules.py``), its
 options with defaults and string codes, the convolutions it can replace, and its closed-form
-initialiser (``decompose.py``).  The rewriter, the profiler, the initialiser and the search
+initialiser (``closed_form*.py``).  The rewriter, the profiler, the initialiser and the search
 spaces all read :data:`KINDS`; there is no per-kind ``if``/``elif`` anywhere else.
-
-String form (timm style): the kind, then one token per option that was given, in the kind's
-declared order, e.g. ``dwsep_m2``, ``spatial_r0.5``, ``ir_e6_k5_se0.25_hswish``, ``grouped_g4``,
-``dwsep_m1_bn_relu`` (MobileNetV1 style).  ``BlockSpec.parse(str(spec)) == spec``.
+``BlockSpec`` (a kind with options, and its string form) is in :mod:`.spec`.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 from . import modules as blocks
 from . import closed_form as decompose
+from .closed_form_stacked import init_dw_spatial, init_inverted_residual
 from .closed_form_joint import DWSEP as _DWSEP_REFIT, JointRefit
 from ..errors import UserInputError
 from .geometry import ConvGeometry
 
-__all__ = ["Option", "Kind", "KINDS", "BlockSpec", "kind_names", "resolve_rank"]
+__all__ = ["Option", "Kind", "KINDS", "kind_names", "resolve_rank"]
 
 
 @dataclass(frozen=True)
@@ -144,7 +142,9 @@ class Kind:
 
     ``last_linear`` names the block's last linear sub-layer (``""``: the block itself), the part
     that data-aware refit re-solves by least squares; ``joint_refit``, where given, re-solves
-    all of the block's factors instead (:mod:`nas_sepconv.joint_refit`)."""
+    all of the block's factors instead (:mod:`.closed_form_joint`).  ``effective`` gives the
+    dense kernel of a built block, ``None`` when it is not linear (no entry: never linear);
+    ``short`` is the prefix of the string form (``""``: the name)."""
 
     name: str
     aliases: tuple[str, ...]
@@ -153,6 +153,8 @@ class Kind:
     init: Callable[..., None]
     last_linear: str = ""
     joint_refit: JointRefit | None = None
+    effective: Callable[[nn.Module, ConvGeometry], torch.Tensor | None] | None = None
+    short: str = ""
     unsupported: Callable[[ConvGeometry, dict], str | None] = field(default=lambda g, o: None)
     doc: str = ""
 
@@ -207,6 +209,7 @@ KINDS: dict[str, Kind] = {
             "keep", (), (KERNEL,),
             build=lambda g: blocks.conv_from_geometry(g),
             init=decompose.init_keep,
+            effective=decompose._effective_conv,
             doc="the original convolution (optionally with another kernel size)",
         ),
         Kind(
@@ -214,6 +217,7 @@ KINDS: dict[str, Kind] = {
             (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), Option("mid_norm", "bn", bool, False), Option("mid_act", "", "act", "none"), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSeparable(g, **o),
             init=decompose.init_dwsep,
+            effective=decompose._effective_dwsep,
             last_linear="conv_pw",
             joint_refit=_DWSEP_REFIT,
             doc="depthwise KxK then pointwise 1x1 (MobileNetV1, Xception)",
@@ -223,6 +227,7 @@ KINDS: dict[str, Kind] = {
             (Option("rank", "r", "rank", 0.25, minimum=1, maximum=65536), KERNEL),
             build=_build_spatial,
             init=decompose.init_spatial,
+            effective=decompose._effective_spatial,
             last_linear="conv_h",
             unsupported=_not_2d,
             doc="Kx1 to `rank` channels then 1xK (Jaderberg et al. 2014, Tai et al. 2016)",
@@ -231,7 +236,8 @@ KINDS: dict[str, Kind] = {
             "dw_spatial", ("factorized_dw",),
             (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSpatial(g, **o),
-            init=decompose.init_dw_spatial,
+            init=init_dw_spatial,
+            effective=decompose._effective_dw_spatial,
             last_linear="conv_pw",
             unsupported=_not_2d,
             doc="depthwise Kx1, depthwise 1xK, pointwise (EffNet, Flattened networks)",
@@ -246,7 +252,8 @@ KINDS: dict[str, Kind] = {
                 Option("mid_norm", "bn", bool, True),
             ),
             build=lambda g, **o: blocks.InvertedResidual(g, **o),
-            init=decompose.init_inverted_residual,
+            init=init_inverted_residual,
+            short="ir",
             last_linear="conv_pwl",
             unsupported=_not_transposed,
             doc="expand 1x1, depthwise KxK, [SE], project 1x1 (MobileNetV2/V3)",
@@ -256,6 +263,7 @@ KINDS: dict[str, Kind] = {
             (Option("groups", "g", int, 4, minimum=2, maximum=4096), KERNEL),
             build=lambda g, **o: blocks.GroupedShuffle(g, **o),
             init=decompose.init_grouped,
+            effective=decompose._effective_grouped,
             last_linear="conv",
             unsupported=_grouped_unsupported,
             doc="grouped conv + channel shuffle (ResNeXt, ShuffleNet)",
@@ -263,8 +271,7 @@ KINDS: dict[str, Kind] = {
     ]
 }
 
-_ALIASES = {alias: k.name for k in KINDS.values() for alias in (k.name, *k.aliases)}
-_SHORT = {"inverted_residual": "ir"}  # short prefix used in string forms
+_ALIASES = {alias: k.name for k in KINDS.values() for alias in (k.name, k.short, *k.aliases) if alias}
 
 
 def kind_names() -> list[str]:
@@ -276,132 +283,3 @@ def _kind(name: str) -> Kind:
     if canonical is None:
         raise UserInputError("kind", f"unknown block kind {name!r}", f"use one of {kind_names()}")
     return KINDS[canonical]
-
-
-class BlockSpec:
-    """A block kind with options, e.g. ``BlockSpec("dwsep", dw_mult=2)``.
-
-    Only the options given are stored (the string form shows them); :meth:`resolved` adds the
-    kind's defaults.  Immutable and hashable.
-    """
-
-    __slots__ = ("kind", "options")
-
-    def __init__(self, kind: str, **options: Any):
-        info = _kind(kind)
-        normalised = {}
-        for name, value in options.items():
-            opt = info.option(name)
-            if opt is KERNEL and value is None:
-                continue
-            normalised[name] = opt.normalise(info.name, value)
-        order = [o.name for o in info.options]
-        object.__setattr__(self, "kind", info.name)
-        object.__setattr__(self, "options", tuple(sorted(normalised.items(), key=lambda kv: order.index(kv[0]))))
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("BlockSpec is immutable")
-
-    def __reduce__(self) -> tuple:  # pickling and deepcopy go through the string form
-        return (BlockSpec.parse, (str(self),))
-
-    def __copy__(self) -> "BlockSpec":
-        return self
-
-    def __deepcopy__(self, memo: dict) -> "BlockSpec":
-        return self
-
-    @property
-    def info(self) -> Kind:
-        return KINDS[self.kind]
-
-    def resolved(self) -> dict[str, Any]:
-        """All options, defaults filled in (``kernel_size`` stays ``None`` = the convolution's own)."""
-        out = {o.name: o.default for o in self.info.options}
-        out.update(self.options)
-        return out
-
-    def get(self, name: str) -> Any:
-        return self.resolved()[self.info.option(name).name]
-
-    # -- string form ----------------------------------------------------------------------
-    def __str__(self) -> str:
-        tokens = [_SHORT.get(self.kind, self.kind)]
-        tokens += [self.info.option(n).encode(v) for n, v in self.options]
-        return "_".join(tokens)
-
-    def __repr__(self) -> str:
-        args = "".join(f", {k}={v!r}" for k, v in self.options)
-        return f"BlockSpec({self.kind!r}{args})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BlockSpec) and (self.kind, self.options) == (other.kind, other.options)
-
-    def __hash__(self) -> int:
-        return hash((self.kind, self.options))
-
-    @classmethod
-    def parse(cls, text: "str | BlockSpec") -> "BlockSpec":
-        """Parse the short string form (``dwsep_m2``, ``ir_e6_k5_se0.25_hswish``, ...)."""
-        if isinstance(text, BlockSpec):
-            return text
-        if not isinstance(text, str) or not text.strip():
-            raise UserInputError("spec", f"expected a block spec string, got {text!r}", f"use e.g. 'dwsep' or 'ir_e6_k5'; kinds: {kind_names()}")
-        text = text.strip()
-        names = sorted({*_ALIASES, *_SHORT.values()}, key=len, reverse=True)
-        head = next((n for n in names if text == n or text.startswith(n + "_")), None)
-        if head is None:
-            close = difflib.get_close_matches(text.split("_")[0], names, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UserInputError("spec", f"{text!r} does not start with a block kind", f"{hint}use one of {kind_names()}")
-        kind = _kind({v: k for k, v in _SHORT.items()}.get(head, head))
-        options: dict[str, Any] = {}
-        for token in filter(None, text[len(head):].split("_")):
-            for opt in sorted(kind.options, key=lambda o: len(o.code), reverse=True):
-                value = opt.decode(token)
-                if value is not None and opt.name not in options:
-                    options[opt.name] = value
-                    break
-            else:
-                codes = ", ".join(f"{o.code or '<act>'}=<{o.name}>" for o in kind.options)
-                raise UserInputError("spec", f"token {token!r} of {text!r} is not an option of {kind.name}", f"{kind.name} takes {codes}")
-        return cls(kind.name, **options)
-
-    # -- building -----------------------------------------------------------------------
-    def geometry_for(self, g: ConvGeometry) -> ConvGeometry:
-        """The geometry the block is built with (the kernel size changed if the spec says so)."""
-        k = self.get("kernel_size")
-        return g if k is None else g.with_kernel(k)
-
-    def unsupported(self, g: ConvGeometry) -> str | None:
-        """Why this spec cannot replace a convolution of geometry ``g`` (``None`` if it can)."""
-        try:
-            g2 = self.geometry_for(g)
-        except ValueError as exc:
-            return str(exc)
-        return self.info.unsupported(g2, self.resolved())
-
-    def build(self, g: ConvGeometry) -> nn.Module:
-        """A freshly initialised block replacing a convolution of geometry ``g``."""
-        reason = self.unsupported(g)
-        if reason:
-            raise UserInputError("spec", f"{self} cannot replace {g.describe()}: {reason}")
-        options = {k: v for k, v in self.resolved().items() if k != "kernel_size"}
-        if self.kind == "dwsep" and options.get("mid_act") == "none":
-            options["mid_act"] = None
-        return self.info.build(self.geometry_for(g), **options)
-
-
-def as_spec(value: "str | BlockSpec | dict") -> BlockSpec:
-    """A BlockSpec from a spec, its string form, or a mapping ``{"kind": ..., **options}``."""
-    if isinstance(value, BlockSpec):
-        return value
-    if isinstance(value, str):
-        return BlockSpec.parse(value)
-    if isinstance(value, dict):
-        data = dict(value)
-        kind = data.pop("kind", None)
-        if kind is None:
-            raise UserInputError("spec.kind", "missing", f"give one of {kind_names()}")
-        return BlockSpec(kind, **data)
-    raise UserInputError("spec", f"expected a kind name, BlockSpec or mapping, got {type(value).__name__}")

@@ -3,9 +3,12 @@ width pruning and inference optimisation."""
 
 from __future__ import annotations
 
-from .plan import Plan, PlanEntry, Policy, Site, find_sites, make_plan
+from .sites import Site, activation_after, find_sites
+from .plan import Plan, PlanEntry, Policy, make_plan
 from .rewrite import INITS, apply_plan, convert, plan_of
-from .refit import conv_patches, fidelity, refit
+from .normal_equations import conv_patches
+from .least_squares import refit
+from .fidelity_report import fidelity
 from .width import apply_width_mult, find_classifier
 from .budget import plan_for_budget, sensitivity
 from .optimize import fold_batchnorm, optimize_for_inference
@@ -16,6 +19,7 @@ __all__ = [
     "PlanEntry",
     "Policy",
     "Site",
+    "activation_after",
     "apply_plan",
     "apply_width_mult",
     "conv_patches",

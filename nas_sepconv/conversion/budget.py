@@ -8,7 +8,7 @@ for Classification and Detection", TPAMI 2016 (arXiv:1505.06798), which picks ea
 rank to minimise a per-layer damage objective under a whole-model complexity budget:
 
 1. :func:`sensitivity` converts **one site at a time** to each candidate block (closed-form
-   initialisation, then :func:`~nas_sepconv.refit.refit` of that site on the calibration
+   initialisation, then :func:`~nas_sepconv.conversion.refit` of that site on the calibration
    batches, as the full conversion will do) and measures the **damage** at the model's output
    on the same batches: the mean KL divergence ``KL(softmax(original) || softmax(converted))``
    over the class dimension (dim 1, so segmentation outputs work too), or with
@@ -39,10 +39,11 @@ import torch.nn.functional as F
 
 from ..errors import UserInputError
 from .plan import Plan, make_plan, with_spec
-from ..measure.counting import output_tensors
-from .refit import _batches, _device, _EvalMode, _on, _run, refit
+from ..measure import output_tensors
+from .calibration import _batches, _device, _EvalMode, _on, _run
+from .least_squares import refit
 from .rewrite import apply_plan
-from ..blocks.kinds import BlockSpec, as_spec
+from ..blocks import BlockSpec, as_spec
 
 __all__ = ["sensitivity", "plan_for_budget"]
 
@@ -100,11 +101,11 @@ def sensitivity(
 ) -> pd.DataFrame:
     """How much converting each site alone to each candidate block damages the output.
 
-    ``policy`` chooses the sites (those :func:`~nas_sepconv.plan.make_plan` would convert
+    ``policy`` chooses the sites (those :func:`~nas_sepconv.conversion.make_plan` would convert
     under it; by default every conv but the stem, 1×1 and depthwise convs); its own spec is
     not used.  For each site and each candidate that can replace it and saves MACs there, the
     model is converted at that site only (``init="svd"``), refit on ``batches`` when
-    ``refit_sites`` (``iterations`` as in :func:`~nas_sepconv.refit.refit`), and run on the
+    ``refit_sites`` (``iterations`` as in :func:`~nas_sepconv.conversion.refit`), and run on the
     same batches; ``damage`` compares its outputs to the original's (``metric``: ``"kl"``, the
     mean KL divergence over dim 1, or ``"mse"``, the relative squared error).
 
@@ -207,8 +208,8 @@ def plan_for_budget(
     """The plan whose summed damage (from :func:`sensitivity`'s ``table``) is least among those
     with at most ``macs_ratio`` × the model's MACs; each site gets one of its candidates or is
     kept.  Sites the table does not name are kept.  The returned plan is an ordinary
-    :class:`~nas_sepconv.plan.Plan` (apply it with :func:`~nas_sepconv.rewrite.apply_plan`,
-    then :func:`~nas_sepconv.refit.refit`); its ``notes`` record the budget and the predicted
+    :class:`~nas_sepconv.conversion.Plan` (apply it with :func:`~nas_sepconv.conversion.apply_plan`,
+    then :func:`~nas_sepconv.conversion.refit`); its ``notes`` record the budget and the predicted
     damage.
 
     Raises :class:`UserInputError` if ``macs_ratio`` is not in (0, 1] or is below what the

@@ -19,16 +19,16 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..blocks import closed_form as decompose
+from ..blocks import initialise
 from ..errors import UserInputError
 from ..blocks import CONV_TYPES, ConvGeometry
-from .plan import Plan, PlanEntry, Policy, functional_conv_args, functional_site_name, make_plan, trace
+from .plan import META_KEY, Plan, PlanEntry, Policy, make_plan
+from .sites import functional_conv_args, functional_site_name, trace
 from ..blocks import BlockSpec
 
 __all__ = ["apply_plan", "convert", "plan_of", "INITS"]
 
 INITS = ("svd", "random")
-META_KEY = "nas_sepconv.plan"
 
 
 def _check_finite(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -50,7 +50,7 @@ def _build(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | None, in
         _check_finite(entry, weight, bias)
     block = entry.spec.build(entry.geometry).to(device=weight.device, dtype=weight.dtype)
     if init == "svd":
-        decompose.initialise(block, entry.spec, entry.geometry, weight, bias)
+        initialise(block, entry.spec, entry.geometry, weight, bias)
     return block.train(training)
 
 

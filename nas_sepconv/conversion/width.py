@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..errors import UserInputError
 from ..models import make_divisible
-from ..measure.counting import output_tensors
+from ..measure import output_tensors
 
 __all__ = ["apply_width_mult", "find_classifier"]
 
@@ -53,6 +53,57 @@ def _output_shapes(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple
         model.train(was_training)
 
 
+def _check_arguments(model: nn.Module, width_mult: float, example_inputs: torch.Tensor, round_to: int) -> None:
+    """The arguments of :func:`apply_width_mult`, checked before anything is copied."""
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not math.isfinite(width_mult):
+        raise UserInputError("width_mult", f"expected a number in (0, 1], got {width_mult!r}")
+    if width_mult <= 0:
+        raise UserInputError("width_mult", f"must be > 0, got {width_mult}", "use a value in (0, 1], e.g. 0.5")
+    if width_mult > 1:
+        raise UserInputError("width_mult", f"{width_mult} > 1 cannot be reached by pruning an existing model", _WIDER_FIX)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise UserInputError("round_to", f"expected an integer >= 1, got {round_to!r}", "use 8 (or 1 for no rounding)")
+    if not isinstance(model, nn.Module):
+        raise UserInputError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, torch.Tensor):
+        raise UserInputError("example_inputs", f"expected a tensor, got {type(example_inputs).__name__}", "pass a batch such as torch.randn(2, 3, 32, 32)")
+
+
+def _ignored_in_copy(model: nn.Module, pruned: nn.Module, ignored_layers: Sequence[nn.Module] | None) -> list[nn.Module]:
+    """The modules of the copy ``pruned`` that stand for ``ignored_layers`` (given as modules of
+    ``model``, or already of the copy)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    copy_modules = dict(pruned.named_modules())
+    ignored: list[nn.Module] = []
+    for layer in ignored_layers or ():
+        if id(layer) in names:
+            ignored.append(copy_modules[names[id(layer)]])
+        elif any(layer is m for m in pruned.modules()):
+            ignored.append(layer)
+        else:
+            raise UserInputError("ignored_layers", f"a {type(layer).__name__} in ignored_layers is not a sub-module of the model", "pass modules of the model itself")
+    return ignored
+
+
+def _keep_ratios(pruned: nn.Module, ignored: list[nn.Module], width_mult: float, round_to: int) -> dict[nn.Module, float]:
+    """Per-layer pruning ratios so every group keeps make_divisible(c * width_mult) channels (the
+    half channel guards Torch-Pruning's int() truncation)."""
+    ratios: dict[nn.Module, float] = {}
+    ignored_ids = {id(m) for layer in ignored for m in layer.modules()}
+    for module in pruned.modules():
+        if id(module) in ignored_ids:
+            continue
+        if isinstance(module, nn.modules.conv._ConvNd):
+            channels = module.out_channels
+        elif isinstance(module, nn.Linear):
+            channels = module.out_features
+        else:
+            continue
+        keep = min(channels, make_divisible(channels * width_mult, round_to, min_value=min(round_to, channels)))
+        ratios[module] = max(0.0, 1.0 - (keep + 0.5) / channels)
+    return ratios
+
+
 def apply_width_mult(
     model: nn.Module,
     width_mult: float,
@@ -70,19 +121,7 @@ def apply_width_mult(
     ``model(example_inputs)`` keeps its shape.  Parameters fall roughly as ``width_mult ** 2``.
     ``width_mult == 1`` gives an unchanged copy; ``model`` itself is never changed.
     """
-    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not math.isfinite(width_mult):
-        raise UserInputError("width_mult", f"expected a number in (0, 1], got {width_mult!r}")
-    if width_mult <= 0:
-        raise UserInputError("width_mult", f"must be > 0, got {width_mult}", "use a value in (0, 1], e.g. 0.5")
-    if width_mult > 1:
-        raise UserInputError("width_mult", f"{width_mult} > 1 cannot be reached by pruning an existing model", _WIDER_FIX)
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise UserInputError("round_to", f"expected an integer >= 1, got {round_to!r}", "use 8 (or 1 for no rounding)")
-    if not isinstance(model, nn.Module):
-        raise UserInputError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_inputs, torch.Tensor):
-        raise UserInputError("example_inputs", f"expected a tensor, got {type(example_inputs).__name__}", "pass a batch such as torch.randn(2, 3, 32, 32)")
-
+    _check_arguments(model, width_mult, example_inputs, round_to)
     pruned = copy.deepcopy(model)
     if width_mult == 1:
         return pruned
@@ -91,38 +130,14 @@ def apply_width_mult(
     except ImportError:
         raise UserInputError("width_mult", "pruning needs torch-pruning, which is not installed", "pip install torch-pruning") from None
 
-    # identify the ignored layers of the copy by their names in the original
-    names = {id(m): n for n, m in model.named_modules()}
-    copy_modules = dict(pruned.named_modules())
-    ignored: list[nn.Module] = []
-    for layer in ignored_layers or ():
-        if id(layer) in names:
-            ignored.append(copy_modules[names[id(layer)]])
-        elif any(layer is m for m in pruned.modules()):
-            ignored.append(layer)
-        else:
-            raise UserInputError("ignored_layers", f"a {type(layer).__name__} in ignored_layers is not a sub-module of the model", "pass modules of the model itself")
+    ignored = _ignored_in_copy(model, pruned, ignored_layers)
     shapes = _output_shapes(pruned, example_inputs)
     channel_counts = [s[1] for s in shapes if len(s) >= 2]
     classifier = find_classifier(pruned, channel_counts[0] if channel_counts else None)
     if classifier is not None:
         ignored.append(classifier)
 
-    # per-layer ratios so every group keeps make_divisible(c * width_mult) channels (the half
-    # channel guards Torch-Pruning's int() truncation)
-    ratios: dict[nn.Module, float] = {}
-    ignored_ids = {id(m) for layer in ignored for m in layer.modules()}
-    for module in pruned.modules():
-        if id(module) in ignored_ids:
-            continue
-        if isinstance(module, nn.modules.conv._ConvNd):
-            channels = module.out_channels
-        elif isinstance(module, nn.Linear):
-            channels = module.out_features
-        else:
-            continue
-        keep = min(channels, make_divisible(channels * width_mult, round_to, min_value=min(round_to, channels)))
-        ratios[module] = max(0.0, 1.0 - (keep + 0.5) / channels)
+    ratios = _keep_ratios(pruned, ignored, width_mult, round_to)
 
     was_training = pruned.training
     pruned.eval()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .zoo import ARCH_ACTS, Arch, FACTORIES, Layer, Stage, StageNet, build_network, cifar_resnet18, make_divisible, mobilenet_v2_cifar, mobilenet_v2_cifar_arch, mobilenet_v3_small_arch, mobilenet_v3_small_cifar, model_from_name, replace_first_conv, tiny_convnet
+from .arch import ARCH_ACTS, Arch, Stage, make_divisible
+from .network import Layer, StageNet, build_network
+from .presets import FACTORIES, cifar_resnet18, mobilenet_v2_cifar, mobilenet_v2_cifar_arch, mobilenet_v3_small_arch, mobilenet_v3_small_cifar, tiny_convnet
+from .names import model_from_name, replace_first_conv
 
 __all__ = [
     "ARCH_ACTS",

@@ -556,7 +556,7 @@ def converted_features(student: nn.Module) -> list[str]:
     by ``apply_plan``, the activation after it, or the site itself (see :func:`distill`)."""
     import torch.fx as fx
 
-    from ..conversion.plan import activation_after
+    from ..conversion import activation_after
     from ..conversion import plan_of
 
     plan = plan_of(student)

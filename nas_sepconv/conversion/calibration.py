@@ -1,0 +1,196 @@
+"""Calibration plumbing shared by :func:`~nas_sepconv.conversion.refit`,
+:func:`~nas_sepconv.conversion.fidelity` and :func:`~nas_sepconv.conversion.sensitivity`.
+
+``batches``: an iterable of input tensors, or of tuples/lists whose first element is the input
+(what a ``DataLoader`` yields), or of dicts of keyword inputs.  It is materialised as a list
+(it is read once per site).  Models run in eval mode (BatchNorm with its running statistics;
+modes are restored afterwards).
+
+Sites are the plan's converted entries whose name is a module of the original model; sites of
+functional ``F.convNd`` calls get a row of NaNs (no module to observe).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import abc
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from ..blocks import CONV_TYPES, BlockSpec, as_spec
+from ..errors import UserInputError
+from .plan import META_KEY
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass once the site of interest has run."""
+
+
+@dataclass
+class _Site:
+    name: str
+    spec: BlockSpec | None  # None: a layer the plan left as it was (refit with layers="all")
+    original: nn.Module | None  # the conv in the original model
+    block: nn.Module | None  # the block in the converted model
+    calls: int = 0  # calls per forward pass
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+def _plan_entries(converted: nn.Module, plan: Any) -> list:
+    if plan is None:
+        meta = getattr(converted, "meta", None)
+        plan = meta.get(META_KEY) if isinstance(meta, dict) else None
+        if plan is None:
+            raise UserInputError(
+                "plan", "the converted model carries no plan", "pass plan= (the Plan that apply_plan was given)"
+            )
+    entries = getattr(plan, "entries", None)
+    if entries is None:
+        raise UserInputError("plan", f"expected a Plan with .entries, got {type(plan).__name__}", "use ns.make_plan")
+    return list(entries)
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _sites(converted: nn.Module, original: nn.Module, plan: Any, *, unconverted: bool = False) -> list[_Site]:
+    """The plan's converted sites; with ``unconverted``, also every conv and linear layer of
+    the original model that the converted model still has, unchanged in type, at the same name."""
+    sites, taken = [], set()
+    for entry in _plan_entries(converted, plan):
+        if entry.spec is None or not getattr(entry, "converted", True):
+            continue
+        conv = _submodule(original, entry.name)
+        block = _submodule(converted, entry.name)
+        if not isinstance(conv, CONV_TYPES) or getattr(entry, "source", "module") != "module":
+            conv = block = None
+        sites.append(_Site(entry.name, as_spec(entry.spec), conv, block))
+        taken.add(entry.name)
+    if unconverted:
+        for name, layer in original.named_modules():
+            if name in taken or not isinstance(layer, (*CONV_TYPES, nn.Linear)) or getattr(layer, "transposed", False):
+                continue
+            twin = _submodule(converted, name)
+            if type(twin) is type(layer):
+                sites.append(_Site(name, None, layer, twin))
+    return sites
+
+
+def _is_batch(batch: Any) -> bool:
+    """An input tensor, a tuple/list whose first element is one, or a dict of keyword inputs."""
+    if isinstance(batch, torch.Tensor):
+        return True
+    if isinstance(batch, (tuple, list)):
+        return bool(batch) and isinstance(batch[0], torch.Tensor)
+    return isinstance(batch, dict) and any(isinstance(v, torch.Tensor) for v in batch.values())
+
+
+def _batches(batches: Iterable[Any], device: torch.device) -> list[Any]:
+    fix = "pass an iterable of input tensors, (x, y) tuples or dicts of tensors (or a DataLoader)"
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, abc.Iterable):
+        raise UserInputError("batches", f"expected calibration batches, got {type(batches).__name__}", fix)
+    out = list(batches)
+    if not out:
+        raise UserInputError("batches", "no calibration batches", fix)
+    for i, batch in enumerate(out):
+        if not _is_batch(batch):
+            raise UserInputError("batches", f"item {i} is a {type(batch).__name__}, not an input tensor", fix)
+    return [_to(b, device) for b in out]
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _run(model: nn.Module, batch: Any) -> Any:
+    """One forward pass on a batch (a tensor, ``(x, y)`` or keyword inputs); returns the output,
+    or None when a hook ended the pass early by raising :class:`_Stop`."""
+    try:
+        if isinstance(batch, dict):
+            return model(**batch)
+        if isinstance(batch, (tuple, list)):
+            return model(batch[0])
+        return model(batch)
+    except _Stop:
+        return None
+
+
+def _device(model: nn.Module, device: Any) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _on(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` if it already lives on ``device``, else a copy there (the user's model is not moved)."""
+    if all(t.device == device for t in [*model.parameters(), *model.buffers()]):
+        return model
+    return copy.deepcopy(model).to(device)
+
+
+class _EvalMode:
+    """Put models in eval mode and restore every module's own flag afterwards."""
+
+    def __init__(self, *models: nn.Module):
+        self.modules = [m for model in models for m in model.modules()]
+
+    def __enter__(self) -> None:
+        self.flags = [m.training for m in self.modules]
+        for m in self.modules:
+            m.training = False
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, flag in zip(self.modules, self.flags):
+            m.training = flag
+
+
+def _forward_order(original: nn.Module, sites: list[_Site], batch: Any) -> list[_Site]:
+    """The sites in the order the original convolutions first run, with their call counts;
+    sites that do not run (or have no module) go last with ``calls == 0``."""
+    seen: list[str] = []
+    counts: dict[str, int] = {}
+
+    def hook(name: str):
+        def fn(module, args, output):
+            counts[name] = counts.get(name, 0) + 1
+            if name not in seen:
+                seen.append(name)
+        return fn
+
+    handles = [s.original.register_forward_hook(hook(s.name)) for s in sites if s.original is not None]
+    try:
+        _run(original, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    for s in sites:
+        s.calls = counts.get(s.name, 0) if s.block is not None else 0
+    rank = {name: i for i, name in enumerate(seen)}
+    return sorted(sites, key=lambda s: rank.get(s.name, len(rank)) if s.calls else len(rank))
+
+
+def _has_forward(module: nn.Module) -> bool:
+    """False for the plain containers torch.fx leaves when it inlines a block."""
+    return type(module).forward is not nn.Module.forward
+
+
+def _last_linear(site: _Site) -> nn.Module:
+    path = "" if site.spec is None else site.spec.info.last_linear
+    return site.block if path == "" else site.block.get_submodule(path)

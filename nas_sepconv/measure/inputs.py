@@ -1,0 +1,176 @@
+"""Example inputs: reading them, checking them against a model's first convolution, and the
+activation memory of one forward (estimated on the meta device)."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import UserInputError
+
+__all__ = [
+    "ACTIVATION_BUDGET",
+    "activation_bytes",
+    "as_inputs",
+    "first_conv",
+    "input_mismatch",
+    "meta_copy",
+    "output_tensors",
+    "wrong_input",
+]
+
+ACTIVATION_BUDGET = 4 * 2**30  # bytes of activations for one example the CLI allocates at most
+
+
+def output_tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors of a model output: a tensor, or tuples/lists/dicts of them (in order)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for v in output.values() for t in output_tensors(v)]
+    if isinstance(output, (list, tuple)):
+        return [t for v in output for t in output_tensors(v)]
+    return []
+
+
+def as_inputs(example_inputs: Any) -> tuple:
+    """Example inputs as a tuple of tensors.  A tuple/list of ints is read as an input size
+    ``(C, H, W)`` (batch 1 is added) or ``(N, C, H, W)``."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(isinstance(v, int) for v in example_inputs):
+        if any(v <= 0 for v in example_inputs):
+            raise UserInputError("input_size", f"sizes must be positive, got {tuple(example_inputs)}", "use e.g. 3,224,224")
+        size = tuple(example_inputs)
+        return (torch.randn(1, *size) if len(size) <= 3 else torch.randn(*size),)
+    if isinstance(example_inputs, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in example_inputs):
+        return tuple(example_inputs)
+    raise UserInputError(
+        "example_inputs", f"expected a tensor, a tuple of tensors or an input size, got {type(example_inputs).__name__}"
+    )
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (BatchNorm statistics untouched), previous flags restored."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+class _Reached(Exception):
+    """Ends a probing forward at the first convolution."""
+
+
+def first_conv(model: nn.Module, inputs: tuple) -> tuple[str, nn.Module, tuple[int, ...]] | None:
+    """The first convolution module a forward of ``model`` on ``inputs`` reaches, and the shape of
+    the input it is given (the forward stops there); ``None`` if the forward fails or ends first."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+    seen: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            seen.append((names[module], module, tuple(args[0].shape)))
+        raise _Reached
+
+    handles = [m.register_forward_pre_hook(hook) for m in names]
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(*inputs)
+    except Exception:  # _Reached, or the forward failed before any convolution
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen[0] if seen else None
+
+
+_SPATIAL = {1: "L", 2: "H,W", 3: "D,H,W"}
+
+
+def input_mismatch(model: nn.Module, inputs: tuple) -> UserInputError | None:
+    """The error for inputs whose channel count (or number of sizes) the model's first
+    convolution does not take, in those words; ``None`` if the first convolution takes them."""
+    x, model_name = inputs[0], type(model).__name__
+    first = first_conv(model, inputs) if inputs else None
+    if first is not None:
+        name, conv, shape = first
+        cin, d = conv.in_channels, len(conv.kernel_size)
+        if len(shape) == d + 2 == x.dim() and shape[1] == x.shape[1] != cin:
+            return UserInputError(
+                "input_size",
+                f"{model_name} expects {cin} input channel(s) (first conv {name} takes {cin}), got {x.shape[1]}",
+                f"use input size {cin},{','.join(map(str, x.shape[2:]))}",
+            )
+        if len(shape) != d + 2:
+            return UserInputError(
+                "input_size",
+                f"{model_name} does not run on inputs of shape {tuple(x.shape)}: its first conv {name} is {d}-D",
+                f"give {d + 1} sizes, input size {cin},{_SPATIAL.get(d, '...')}",
+            )
+    return None
+
+
+def wrong_input(model: nn.Module, inputs: tuple, exc: Exception) -> UserInputError:
+    """The error for a model that does not run on ``inputs``: :func:`input_mismatch`'s, or the
+    first line of torch's."""
+    mismatch = input_mismatch(model, inputs)
+    if mismatch is not None:
+        return mismatch
+    model_name = type(model).__name__
+    # torch.fx's ShapeProp wraps the real error in one that names its graph node
+    cause = exc.__cause__ if exc.__cause__ is not None and "ShapeProp" in str(exc) else exc
+    text = str(cause).strip()
+    first_line = text.splitlines()[0][:200] if text else type(cause).__name__
+    shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+    return UserInputError(
+        "input_size", f"{model_name} does not run on inputs of shape {shapes} ({first_line})", "give the input size the model expects"
+    )
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A structural copy on the meta device (no storage), for counting without arithmetic."""
+    return copy.deepcopy(module).to("meta")
+
+
+class _OutputBytes(TorchFunctionMode):
+    """Sums the bytes of every tensor a torch function returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.total += sum(t.numel() * t.element_size() for t in output_tensors(out))
+        return out
+
+
+def activation_bytes(model: nn.Module, input_shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32) -> int | None:
+    """An estimate of the activation memory of one forward on an input of ``input_shape``: the
+    input plus every tensor every torch function returns (views and freed intermediates
+    included, so an upper bound of the peak), found on the meta device from a structural copy,
+    so nothing of that size is allocated.  ``None`` when the model does not run on the meta
+    device (data-dependent control flow, an op without a meta kernel); a wrong channel count at
+    the first convolution raises :class:`UserInputError` (``input_size``) like :func:`profile`."""
+    meta = meta_copy(model)
+    x = torch.empty(tuple(input_shape), dtype=dtype, device="meta")
+    counter = _OutputBytes()
+    try:
+        with _eval_mode(meta), torch.no_grad(), counter:
+            meta(x)
+    except Exception as exc:
+        mismatch = input_mismatch(meta, (x,))
+        if mismatch is not None:
+            raise mismatch from exc
+        return None
+    return x.numel() * x.element_size() + counter.total

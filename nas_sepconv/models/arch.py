@@ -1,0 +1,182 @@
+"""A MobileNetV2/V3-style network as plain data: :class:`Arch` (stages of one block spec each,
+width and depth multipliers) and :class:`Stage`, checked on construction and bounded in size
+(an Arch can come from a file); :func:`make_divisible`, MobileNet's channel rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from ..blocks import BlockSpec
+from ..errors import UserInputError
+
+__all__ = ["ARCH_ACTS", "Arch", "MAX_CHANNELS", "MAX_LAYERS", "Stage", "make_divisible"]
+
+ARCH_ACTS = ("relu", "relu6", "hswish")
+#: The largest network an :class:`Arch` may describe (an Arch can come from a file): layers
+#: after the depth multiplier, and channels of any layer after the width multiplier.
+MAX_LAYERS = 1000
+MAX_CHANNELS = 16384
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, not below 90 % of it (MobileNet)."""
+    min_value = divisor if min_value is None else min_value
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return int(new)
+
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """``repeats`` layers of one block spec; the first has ``stride``, the others stride 1."""
+
+    spec: str
+    out_channels: int
+    repeats: int = 1
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.spec, BlockSpec):  # keep the string form (JSON, summary)
+            object.__setattr__(self, "spec", str(self.spec))
+
+    def check(self, where: str = "stage") -> None:
+        """Raise :class:`UserInputError` naming ``where.<field>`` if a field is invalid."""
+        try:
+            BlockSpec.parse(self.spec)
+        except UserInputError as exc:
+            raise UserInputError(f"{where}.spec", exc.problem, exc.fix) from None
+        for name, low, high in (("out_channels", 1, MAX_CHANNELS), ("repeats", 1, MAX_LAYERS), ("stride", 1, 64)):
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= high:
+                raise UserInputError(f"{where}.{name}", f"expected an integer in [{low}, {high}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A MobileNetV2/V3-style network: stem, stages of block specs, optional 1×1 head, classifier.
+
+    ``width_mult`` (MobileNet α) scales every channel count (stem, stages, head) with
+    :func:`make_divisible` rounding; ``depth_mult`` scales the repeats per stage (rounded up, at
+    least one).  ``act`` is the activation of the stem, the head and of layers whose block does
+    not end linearly.  ``head_channels == 0`` means no head convolution.
+    """
+
+    stages: tuple[Stage, ...]
+    stem_channels: int = 16
+    stem_stride: int = 1
+    head_channels: int = 0
+    num_classes: int = 10
+    in_channels: int = 3
+    width_mult: float = 1.0
+    depth_mult: float = 1.0
+    act: str = "relu"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        stages = self.stages
+        if isinstance(stages, Stage) or not isinstance(stages, (list, tuple)) or not stages:
+            raise UserInputError("arch.stages", f"expected a non-empty list of stages, got {stages!r}")
+        converted = []
+        for i, stage in enumerate(stages):
+            where = f"arch.stages[{i}]"
+            if isinstance(stage, dict):
+                stage = _from_mapping(Stage, stage, where)
+            elif isinstance(stage, (list, tuple)) and not isinstance(stage, Stage):
+                if len(stage) != 4:
+                    raise UserInputError(where, f"expected (spec, out_channels, repeats, stride), got {stage!r}")
+                stage = Stage(*stage)
+            if not isinstance(stage, Stage):
+                raise UserInputError(where, f"expected a Stage, got {type(stage).__name__}")
+            stage.check(where)
+            converted.append(stage)
+        object.__setattr__(self, "stages", tuple(converted))
+        for name, low in (("stem_channels", 1), ("stem_stride", 1), ("head_channels", 0), ("num_classes", 1), ("in_channels", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise UserInputError(f"arch.{name}", f"expected an integer >= {low}, got {value!r}")
+        for name in ("width_mult", "depth_mult"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+                raise UserInputError(f"arch.{name}", f"expected a number > 0, got {value!r}")
+        self._check_size()
+        if self.act not in ARCH_ACTS:
+            raise UserInputError("arch.act", f"unknown activation {self.act!r}", f"use one of {list(ARCH_ACTS)}")
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise UserInputError("arch.dropout", f"expected a number in [0, 1), got {self.dropout!r}")
+
+    def _check_size(self) -> None:
+        """At most :data:`MAX_LAYERS` layers and :data:`MAX_CHANNELS` channels per layer."""
+        layers = sum(self.repeats(s) for s in self.stages)
+        if layers > MAX_LAYERS:
+            raise UserInputError("arch.depth_mult", f"{layers:,} layers after depth_mult {self.depth_mult:g} (at most {MAX_LAYERS})", "use fewer repeats or a smaller depth_mult")
+        widest = max(self.channels(c) for c in (self.stem_channels, self.head_channels, *(s.out_channels for s in self.stages)))
+        if widest > MAX_CHANNELS or self.stem_channels > MAX_CHANNELS or self.head_channels > MAX_CHANNELS or self.in_channels > MAX_CHANNELS:
+            raise UserInputError("arch.width_mult", f"a layer of {widest:,} channels after width_mult {self.width_mult:g} (at most {MAX_CHANNELS})", "use fewer channels or a smaller width_mult")
+
+    # -- derived --------------------------------------------------------------------------
+    def channels(self, value: int) -> int:
+        """A channel count after the width multiplier."""
+        return make_divisible(value * self.width_mult, 8)
+
+    def repeats(self, stage: Stage) -> int:
+        """The number of layers of a stage after the depth multiplier."""
+        return max(1, math.ceil(stage.repeats * self.depth_mult))
+
+    def summary(self) -> str:
+        """One line, e.g. ``w0.75 d1.0 | 16:ir_e6_k3x2/s1 24:ir_e4_k5x3/s2``."""
+        stages = " ".join(
+            f"{s.out_channels}:{BlockSpec.parse(s.spec)}x{s.repeats}/s{s.stride}" for s in self.stages
+        )
+        head = f" | head{self.head_channels}" if self.head_channels else ""
+        return f"w{float(self.width_mult)} d{float(self.depth_mult)} | {stages}{head}"
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stages"] = [asdict(s) for s in self.stages]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Arch":
+        return _from_mapping(cls, data, "arch")
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Arch":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserInputError("arch", f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise UserInputError("arch", f"expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "Arch":
+        return replace(self, **changes)
+
+
+def _from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserInputError(f"{where}.{unknown[0]}", "unknown field", f"{cls.__name__} takes {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # a required field is missing
+        raise UserInputError(where, str(exc).split(".__init__() ")[-1], f"{cls.__name__} takes {sorted(known)}") from None
