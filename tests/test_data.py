@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nas_sepconv.data import datasets as data_mod
-from nas_sepconv.data import DeviceLoader, Split, calibration_batches, load_dataset
+from nas_sepconv.data import DATASETS, DataSource, DeviceLoader, Split, calibration_batches, dataset_names, find_dataset, load_dataset
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.train import reestimate_batchnorm
 
@@ -724,3 +724,57 @@ def test_sizes_are_refused_before_anything_is_read(tmp_path, monkeypatch, kwargs
 def test_image_size_within_the_limit_loads():
     d = load_dataset("digits", image_size=data_mod.MAX_IMAGE_SIZE // 16, subset=20)
     assert d.input_shape == (1, 64, 64)
+
+
+def test_dataset_table_lists_the_names():
+    assert list(DATASETS) == ["digits", "cifar10", "imagefolder", "torchvision"]
+    assert dataset_names() == "digits, cifar10, imagefolder:PATH, torchvision:NAME"
+    assert all(isinstance(s, DataSource) for s in DATASETS.values())
+    assert [DATASETS[n].image_size for n in DATASETS] == [16, 32, 32, None]
+
+
+@pytest.mark.parametrize(
+    "name, source, arg",
+    [
+        ("digits", "digits", ""),
+        ("  Digits ", "digits", ""),
+        ("cifar10", "cifar10", ""),
+        ("CIFAR-10", "cifar10", ""),
+        ("imagefolder", "imagefolder", ""),
+        ("imagefolder:/data/Tree", "imagefolder", "/data/Tree"),
+        ("torchvision:FashionMNIST", "torchvision", "FashionMNIST"),
+    ],
+)
+def test_find_dataset(name, source, arg):
+    found, found_arg = find_dataset(name)
+    assert found is DATASETS[source] and found_arg == arg
+
+
+@pytest.mark.parametrize("name", ["mnist", "digits:x", "cifar10:/data", "torchvision", "torchvision:", "", "  ", None, 3])
+def test_find_dataset_refuses_and_lists_the_names(name):
+    with pytest.raises(UserInputError) as info:
+        find_dataset(name)
+    message = str(info.value)
+    assert message.startswith("dataset:") and dataset_names() in message and "\n" not in message
+
+
+def test_augmentation_comes_from_the_table():
+    assert DATASETS["digits"].augment == "shift" and DATASETS["cifar10"].augment == "crop_flip"
+    pick = DATASETS["torchvision"].augment
+    assert pick("FashionMNIST") == "crop_flip" and pick("KMNIST") == "shift" and pick("mnist") == "shift"
+
+
+def test_the_table_drives_loading_and_messages(monkeypatch):
+    calls = []
+
+    def load(arg, root, size):
+        calls.append((arg, root, size))
+        return DATASETS["digits"].load("", None, size)
+
+    toy = DataSource("toy", ("toys",), "SIZE", True, False, 12, lambda arg: "none", load, "a test source")
+    monkeypatch.setitem(DATASETS, "toy", toy)
+    assert dataset_names().endswith(", toy:SIZE")
+    d = load_dataset("toys:7", subset=40)
+    assert calls == [("7", None, 12)] and d.input_shape == (1, 12, 12) and d.augment == "none"
+    with pytest.raises(UserInputError, match="toy:SIZE"):
+        load_dataset("nothing")

@@ -362,3 +362,31 @@ def test_compare(sqlite_study, tmp_path) -> None:
     assert (table["front_size"] >= 1).all()
     for _, row in table.iterrows():
         assert not math.isnan(row["knee_accuracy"])
+
+
+def test_objectives_table() -> None:
+    assert list(results.OBJECTIVES) == ["accuracy", "macs", "params", "latency_ms", "reward"]
+    for name, record in results.OBJECTIVES.items():
+        assert isinstance(record, results.Objective) and record.name == name
+        assert record.direction in ("maximize", "minimize") and record.label and record.measured_by
+        assert results.objective(name) is record
+    assert [n for n, o in results.OBJECTIVES.items() if o.searchable] == ["accuracy", "macs", "params", "latency_ms"]
+    with pytest.raises(Exception):  # frozen
+        results.OBJECTIVES["macs"].direction = "maximize"  # type: ignore[misc]
+
+
+def test_unknown_objective_lists_the_table() -> None:
+    with pytest.raises(UserInputError) as info:
+        results.objective("flops")
+    message = str(info.value)
+    assert message.startswith("search.objectives:") and "'flops'" in message
+    assert ", ".join(results.OBJECTIVES) in message
+
+
+def test_column_facts_come_from_the_objectives_table() -> None:
+    for name, record in results.OBJECTIVES.items():
+        assert results.KNOWN_DIRECTIONS[name] == record.direction
+        assert (name in results.LOG_SCALE_COLUMNS) == record.log_axis
+    assert results.KNOWN_DIRECTIONS["test_accuracy"] == "maximize"
+    assert set(results.KNOWN_DIRECTIONS) == set(results.OBJECTIVES) | {"test_accuracy"}
+    assert results.LOG_SCALE_COLUMNS == ("macs", "params", "latency_ms")

@@ -12,7 +12,18 @@ import torch.nn as nn
 
 from nas_sepconv.data import calibration_batches, load_dataset
 from nas_sepconv.errors import TrainingDiverged, UserInputError
-from nas_sepconv.train import FitResult, TrainConfig, distill, evaluate, fit, reestimate_batchnorm
+from nas_sepconv.train import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    OPTIMIZERS,
+    SCHEDULES,
+    FitResult,
+    TrainConfig,
+    distill,
+    evaluate,
+    fit,
+    reestimate_batchnorm,
+)
 from nas_sepconv.train import loop as train_mod
 
 
@@ -345,3 +356,43 @@ def test_feature_hint_argument_checks(digits, trained):
         distill(narrow, teacher, dataclasses.replace(digits, train=_head(digits.train, 64)), features=["6"],
                 config=TrainConfig(epochs=1, batch_size=64))
     assert not any(m._forward_hooks for m in [*narrow.modules(), *teacher.modules()])
+
+
+@pytest.mark.parametrize(
+    "kwargs,field,limit",
+    [
+        ({"epochs": MAX_EPOCHS + 1}, "train.epochs", "10000"),
+        ({"epochs": 10**9}, "train.epochs", "10000"),
+        ({"batch_size": MAX_BATCH_SIZE + 1}, "train.batch_size", "65536"),
+        ({"batch_size": 10**9}, "train.batch_size", "65536"),
+    ],
+)
+def test_train_config_upper_bounds_are_stated(kwargs, field, limit):
+    assert (MAX_EPOCHS, MAX_BATCH_SIZE) == (10_000, 65_536)
+    with pytest.raises(UserInputError) as info:
+        TrainConfig(**kwargs)
+    message = str(info.value)
+    assert message.startswith(f"{field}:") and f"at most {limit}" in message
+
+
+def test_train_config_accepts_the_bounds():
+    config = TrainConfig(epochs=MAX_EPOCHS, batch_size=MAX_BATCH_SIZE)
+    assert (config.epochs, config.batch_size) == (MAX_EPOCHS, MAX_BATCH_SIZE)
+
+
+def test_optimizer_and_schedule_tables_drive_validation_and_messages():
+    assert list(OPTIMIZERS) == ["sgd", "adamw"] and list(SCHEDULES) == ["onecycle", "cosine"]
+    for name in OPTIMIZERS:
+        TrainConfig(optimizer=name)
+    for name in SCHEDULES:
+        TrainConfig(schedule=name)
+    with pytest.raises(UserInputError, match=", ".join(OPTIMIZERS)):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(UserInputError, match=", ".join(SCHEDULES)):
+        TrainConfig(schedule="step")
+    with pytest.raises(UserInputError, match=r"^train\.optimizer:"):
+        TrainConfig(optimizer=["sgd"])
+    model = nn.Linear(2, 2)
+    groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
+    assert isinstance(OPTIMIZERS["sgd"].build(groups, 0.1), torch.optim.SGD)
+    assert isinstance(OPTIMIZERS["adamw"].build(groups, 0.1), torch.optim.AdamW)

@@ -44,7 +44,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -57,6 +57,10 @@ __all__ = [
     "AUGMENTS",
     "Split",
     "Dataset",
+    "DataSource",
+    "DATASETS",
+    "find_dataset",
+    "dataset_names",
     "load_dataset",
     "DeviceLoader",
     "calibration_batches",
@@ -78,7 +82,6 @@ _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "fro
 _MNIST_LIKE = {"mnist", "kmnist", "emnist", "qmnist"}
 _CACHE_VERSION = 1
 _DIGITS_TEST_FRACTION = 0.2
-_DATASET_NAMES = "digits, cifar10, imagefolder:PATH, torchvision:NAME"
 #: Largest ``image_size``: a data set is held whole in memory, N x C x size x size bytes.
 MAX_IMAGE_SIZE = 1024
 
@@ -174,8 +177,8 @@ def load_dataset(
     """Load a data set into CPU tensors, with a seeded, stratified validation split.
 
     Args:
-        name: ``"digits"``, ``"cifar10"``, ``"imagefolder:PATH"`` (or ``"imagefolder"`` with
-            ``root``), or ``"torchvision:NAME"``.
+        name: a source of :data:`DATASETS` (:func:`dataset_names`): ``"digits"``, ``"cifar10"``,
+            ``"imagefolder:PATH"`` (or ``"imagefolder"`` with ``root``), or ``"torchvision:NAME"``.
         root: where the files are (``cifar10``, ``imagefolder``, ``torchvision:NAME``).
         val_fraction: fraction of the training pool held out as the validation split, in (0, 1).
         seed: seeds the validation hold-out and ``subset``.
@@ -183,8 +186,8 @@ def load_dataset(
             validation split is held out), stratified by class; for CPU-sized runs.  The test
             split is always whole.
         image_size: resize images to this side at load (bilinear, antialiased), at most
-            :data:`MAX_IMAGE_SIZE`.  Defaults: 16 for ``digits``, 32 for ``cifar10`` and
-            ``imagefolder``, native for torchvision.
+            :data:`MAX_IMAGE_SIZE`.  Default: the source's ``image_size`` in :data:`DATASETS`
+            (16 for ``digits``, 32 for ``cifar10`` and ``imagefolder``, native for torchvision).
 
     Returns:
         A :class:`Dataset` on the CPU; move it with :meth:`Dataset.to`.
@@ -193,7 +196,7 @@ def load_dataset(
         UserInputError: unknown name, missing or empty folder, missing files, bad arguments.
     """
     if not isinstance(name, str) or not name.strip():
-        raise UserInputError("dataset", f"expected a data set name, got {name!r}", f"use one of {_DATASET_NAMES}")
+        raise UserInputError("dataset", f"expected a data set name, got {name!r}", f"use one of {dataset_names()}")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise UserInputError("dataset.val_fraction", f"must be in (0, 1), got {val_fraction!r}", "use e.g. 0.1")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 2):
@@ -207,25 +210,9 @@ def load_dataset(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserInputError("dataset.seed", f"must be an int, got {seed!r}")
 
-    kind, _, arg = name.strip().partition(":")
-    kind = kind.lower()
-    if kind == "digits" and not arg:
-        arrays, augment = _load_digits(image_size or 16), "shift"
-    elif kind in ("cifar10", "cifar-10") and not arg:
-        arrays, augment = _load_cifar10(_need_root(root, "cifar10"), image_size or 32), "crop_flip"
-    elif kind == "imagefolder":
-        if arg and root is not None and Path(arg).expanduser().resolve() != Path(root).expanduser().resolve():
-            raise UserInputError("dataset.root", f"given twice ({arg!r} in the name, {str(root)!r} as root)", "give one")
-        folder = _existing(Path(arg).expanduser() if arg else _need_root(root, "imagefolder"))
-        if not folder.is_dir():
-            raise UserInputError("dataset.root", f"{folder} is not a folder", "point it at a folder with train/ and test/ subfolders")
-        arrays, augment = _load_folder(folder, image_size or 32, force_rgb=False), "crop_flip"
-    elif kind == "torchvision" and arg:
-        arrays = _load_torchvision(arg, root, image_size)
-        augment = "shift" if arg.lower() in _MNIST_LIKE else "crop_flip"
-    else:
-        raise UserInputError("dataset", f"unknown data set {name!r}", f"use one of {_DATASET_NAMES}")
-
+    source, arg = find_dataset(name)
+    arrays = source.load(arg, root, image_size or source.image_size)
+    augment = source.augment(arg) if callable(source.augment) else source.augment
     return _make_dataset(name.strip(), arrays, augment, val_fraction=val_fraction, seed=seed, subset=subset)
 
 
@@ -740,6 +727,111 @@ def _torchvision_arrays(ds, image_size: int | None) -> tuple[np.ndarray, np.ndar
     if image_size is not None:
         x = _resize_nchw(x, image_size)
     return x, y
+
+
+# --------------------------------------------------------------------------------------------
+# The table of data sets
+
+
+def _digits_source(arg: str, root: str | Path | None, size: int | None) -> _Arrays:
+    return _load_digits(size)
+
+
+def _cifar10_source(arg: str, root: str | Path | None, size: int | None) -> _Arrays:
+    return _load_cifar10(_need_root(root, "cifar10"), size)
+
+
+def _imagefolder_source(arg: str, root: str | Path | None, size: int | None) -> _Arrays:
+    if arg and root is not None and Path(arg).expanduser().resolve() != Path(root).expanduser().resolve():
+        raise UserInputError("dataset.root", f"given twice ({arg!r} in the name, {str(root)!r} as root)", "give one")
+    folder = _existing(Path(arg).expanduser() if arg else _need_root(root, "imagefolder"))
+    if not folder.is_dir():
+        raise UserInputError("dataset.root", f"{folder} is not a folder", "point it at a folder with train/ and test/ subfolders")
+    return _load_folder(folder, size, force_rgb=False)
+
+
+def _torchvision_source(arg: str, root: str | Path | None, size: int | None) -> _Arrays:
+    return _load_torchvision(arg, root, size)
+
+
+def _torchvision_augment(arg: str) -> str:
+    """MNIST-like sets (centred strokes) are shifted, never flipped; the rest get the CIFAR recipe."""
+    return "shift" if arg.lower() in _MNIST_LIKE else "crop_flip"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One kind of data set :func:`load_dataset` reads.
+
+    Attributes:
+        name: what a data set name starts with (``name`` or ``name:ARG``), lower case.
+        aliases: other spellings of ``name``.
+        arg: the placeholder of the ``:ARG`` part (``"PATH"``, ``"NAME"``); ``""`` when the
+            source takes none.
+        needs_arg: the ``:ARG`` part must be given (``imagefolder`` takes ``root`` instead).
+        needs_root: the files are read from ``root`` (``data.root``; ``imagefolder:PATH`` may
+            give it in the name).
+        image_size: default side of the images, ``None`` for the files' native size.
+        augment: the augmentation (one of :data:`AUGMENTS`), or a function of the ``:ARG``
+            part giving it.
+        load: ``load(arg, root, image_size) -> arrays`` (``image_size`` already defaulted).
+        description: one line for listings.
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    arg: str
+    needs_arg: bool
+    needs_root: bool
+    image_size: int | None
+    augment: str | Callable[[str], str]
+    load: Callable[[str, str | Path | None, int | None], _Arrays]
+    description: str
+
+    @property
+    def usage(self) -> str:
+        """How the name is written: ``digits``, ``imagefolder:PATH``."""
+        return f"{self.name}:{self.arg}" if self.arg else self.name
+
+
+#: The data sets, by name.
+DATASETS: dict[str, DataSource] = {
+    s.name: s
+    for s in (
+        DataSource("digits", (), "", False, False, 16, "shift", _digits_source,
+                   "scikit-learn's 8x8 handwritten digits upsampled to 16x16 (no download; the default)"),
+        DataSource("cifar10", ("cifar-10",), "", False, True, 32, "crop_flip", _cifar10_source,
+                   "CIFAR-10 under root: an ImageFolder tree, a .tar.gz of one, or cifar-10-batches-py"),
+        DataSource("imagefolder", (), "PATH", False, True, 32, "crop_flip", _imagefolder_source,
+                   "an ImageFolder tree with train/ and test/ (or val/) folders, at PATH or root"),
+        DataSource("torchvision", (), "NAME", True, True, None, _torchvision_augment, _torchvision_source,
+                   "a torchvision.datasets class whose files are already under root (nothing is downloaded)"),
+    )
+}
+
+
+def dataset_names() -> str:
+    """The data set names as a user writes them: ``"digits, cifar10, imagefolder:PATH, ..."``."""
+    return ", ".join(s.usage for s in DATASETS.values())
+
+
+def find_dataset(name: str) -> tuple[DataSource, str]:
+    """The source a data set name names, and its ``:ARG`` part (``""`` when none).
+
+    Raises:
+        UserInputError: (field ``dataset``) no source has that name, or the ``:ARG`` part is
+            missing or not taken; the message lists :func:`dataset_names`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UserInputError("dataset", f"expected a data set name, got {name!r}", f"use one of {dataset_names()}")
+    kind, _, arg = name.strip().partition(":")
+    kind = kind.lower()
+    for source in DATASETS.values():
+        if kind == source.name or kind in source.aliases:
+            if (arg and source.arg) or (not arg and not source.needs_arg):
+                return source, arg
+            break
+    raise UserInputError("dataset", f"unknown data set {name!r}", f"use one of {dataset_names()}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,10 +27,73 @@ from torch import Tensor
 from ..data import Dataset, DeviceLoader, Split
 from ..errors import TrainingDiverged, UserInputError
 
-__all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "distill", "converted_features", "reestimate_batchnorm"]
+__all__ = [
+    "TrainConfig", "FitResult", "fit", "evaluate", "distill", "converted_features", "reestimate_batchnorm",
+    "OPTIMIZERS", "SCHEDULES", "MAX_EPOCHS", "MAX_BATCH_SIZE",
+]
 
-_OPTIMIZERS = ("sgd", "adamw")
-_SCHEDULES = ("onecycle", "cosine")
+@dataclass(frozen=True)
+class Optimizer:
+    """A ``TrainConfig.optimizer``: ``build(param_groups, lr)`` makes it (weight decay is per group)."""
+
+    name: str
+    description: str
+    build: Callable[[list[dict], float], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A ``TrainConfig.schedule``: ``factor(warm, total)`` is the multiplier of the peak lr at each
+    step (``LambdaLR``), for ``warm`` warm-up steps out of ``total``."""
+
+    name: str
+    description: str
+    factor: Callable[[int, int], Callable[[int], float]]
+
+
+def _onecycle(warm: int, total: int) -> Callable[[int], float]:
+    lo, end = 1.0 / 25.0, 1.0 / 25e4  # torch's OneCycleLR shape: div_factor 25, final_div_factor 1e4, cos anneal
+
+    def onecycle(step: int) -> float:
+        if step < warm:
+            return lo + (1 - lo) * (1 - math.cos(math.pi * step / warm)) / 2
+        t = min(1.0, (step - warm) / max(1, total - 1 - warm))
+        return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
+
+    return onecycle
+
+
+def _cosine(warm: int, total: int) -> Callable[[int], float]:
+    def cosine(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    return cosine
+
+
+#: The optimizers of ``TrainConfig.optimizer``, by name.
+OPTIMIZERS: dict[str, Optimizer] = {
+    o.name: o
+    for o in (
+        Optimizer("sgd", "SGD with Nesterov momentum 0.9",
+                  lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)),
+        Optimizer("adamw", "AdamW (decoupled weight decay)", lambda groups, lr: torch.optim.AdamW(groups, lr=lr)),
+    )
+}
+#: The learning-rate schedules of ``TrainConfig.schedule``, by name.
+SCHEDULES: dict[str, Schedule] = {
+    s.name: s
+    for s in (
+        Schedule("onecycle", "warm up from lr/25 along a half cosine, then cosine down to lr/25e4 (Smith & Topin 2019)",
+                 _onecycle),
+        Schedule("cosine", "linear warm-up from 0, then cosine to 0", _cosine),
+    )
+}
+#: The largest ``epochs`` and ``batch_size``: a value past these is a typo, not a plan.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
 _CUDA_CHECK_EVERY = 50  # steps between finiteness checks on CUDA (each one is a host sync)
 
 
@@ -39,14 +102,14 @@ class TrainConfig:
     """How :func:`fit` trains.
 
     Attributes:
-        epochs: passes over the training split.
-        batch_size: images per step.
-        optimizer: ``"sgd"`` (Nesterov momentum 0.9) or ``"adamw"``.
+        epochs: passes over the training split, 1..:data:`MAX_EPOCHS`.
+        batch_size: images per step, 1..:data:`MAX_BATCH_SIZE`.
+        optimizer: a name of :data:`OPTIMIZERS`: ``"sgd"`` (Nesterov momentum 0.9) or ``"adamw"``.
         lr: peak learning rate.  Typical: 0.1 for SGD at batch size 128 (scale linearly with
             the batch size), 1e-3 to 3e-3 for AdamW.
         weight_decay: L2 (SGD) or decoupled (AdamW) weight decay, applied to weights only (not
             to biases or normalisation parameters).  Typical: 5e-4 for SGD, 0.05 for AdamW.
-        schedule: ``"onecycle"`` (warm up from lr/25 to lr along a half cosine over
+        schedule: a name of :data:`SCHEDULES`: ``"onecycle"`` (warm up from lr/25 to lr along a half cosine over
             ``warmup_epochs``, then cosine down to lr/25e4; Smith & Topin 2019) or ``"cosine"``
             (linear warm-up from 0 over ``warmup_epochs``, then cosine to 0).  The learning rate
             changes every step.
@@ -84,18 +147,20 @@ class TrainConfig:
         def is_real(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        if not is_int(self.epochs) or self.epochs < 1:
-            raise UserInputError("train.epochs", f"must be a positive int, got {self.epochs!r}", "use e.g. 10")
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            raise UserInputError("train.batch_size", f"must be a positive int, got {self.batch_size!r}", "use e.g. 128")
-        if self.optimizer not in _OPTIMIZERS:
-            raise UserInputError("train.optimizer", f"unknown optimizer {self.optimizer!r}", f"use one of {', '.join(_OPTIMIZERS)}")
+        if not is_int(self.epochs) or not 1 <= self.epochs <= MAX_EPOCHS:
+            raise UserInputError("train.epochs", f"must be a positive int of at most {MAX_EPOCHS}, got {self.epochs!r}", "use e.g. 10")
+        if not is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise UserInputError(
+                "train.batch_size", f"must be a positive int of at most {MAX_BATCH_SIZE}, got {self.batch_size!r}", "use e.g. 128"
+            )
+        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
+            raise UserInputError("train.optimizer", f"unknown optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
         if not is_real(self.lr) or self.lr <= 0:
             raise UserInputError("train.lr", f"must be a positive number, got {self.lr!r}", "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
         if not is_real(self.weight_decay) or self.weight_decay < 0:
             raise UserInputError("train.weight_decay", f"must be >= 0, got {self.weight_decay!r}", "use e.g. 5e-4")
-        if self.schedule not in _SCHEDULES:
-            raise UserInputError("train.schedule", f"unknown schedule {self.schedule!r}", f"use one of {', '.join(_SCHEDULES)}")
+        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
+            raise UserInputError("train.schedule", f"unknown schedule {self.schedule!r}", f"use one of {', '.join(SCHEDULES)}")
         if not is_real(self.warmup_epochs) or self.warmup_epochs < 0:
             raise UserInputError("train.warmup_epochs", f"must be >= 0, got {self.warmup_epochs!r}", "use e.g. 1")
         if not is_real(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
@@ -401,9 +466,7 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if not decay and not no_decay:
         raise UserInputError("model", "has no trainable parameters", "unfreeze some parameters (requires_grad=True)")
     groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return OPTIMIZERS[cfg.optimizer].build(groups, cfg.lr)
 
 
 def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -412,24 +475,7 @@ def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = min(round(cfg.warmup_epochs * steps_per_epoch), int(0.3 * total))
 
-    if cfg.schedule == "onecycle":  # torch's OneCycleLR shape: div_factor 25, final_div_factor 1e4, cos anneal
-        lo, end = 1.0 / 25.0, 1.0 / 25e4
-
-        def onecycle(step: int) -> float:
-            if step < warm:
-                return lo + (1 - lo) * (1 - math.cos(math.pi * step / warm)) / 2
-            t = min(1.0, (step - warm) / max(1, total - 1 - warm))
-            return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
-
-        return onecycle
-
-    def cosine(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return 0.5 * (1 + math.cos(math.pi * t))
-
-    return cosine
+    return SCHEDULES[cfg.schedule].factor(warm, total)
 
 
 def _diverged(loss: Tensor, epoch: int, step: int, lr: float) -> None:
