@@ -35,6 +35,7 @@ import pandas as pd
 from ..errors import UserInputError
 from ..files import atomic_write
 from ..storage import open_source
+from .objectives import _AXIS_LABELS, _PERCENT_COLUMNS, KNOWN_DIRECTIONS, LOG_SCALE_COLUMNS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import matplotlib.axes
@@ -56,19 +57,6 @@ __all__ = [
 
 #: Trial states, the categories of the ``state`` column.
 STATES: tuple[str, ...] = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
-
-#: Directions of the objective columns the library knows by name.
-KNOWN_DIRECTIONS: dict[str, str] = {
-    "accuracy": "maximize",
-    "test_accuracy": "maximize",
-    "reward": "maximize",
-    "macs": "minimize",
-    "params": "minimize",
-    "latency_ms": "minimize",
-}
-
-#: Columns best read on a logarithmic scale (they span orders of magnitude).
-LOG_SCALE_COLUMNS: tuple[str, ...] = ("macs", "params", "latency_ms")
 
 # Columns filled from trial user attributes, with their dtypes, in frame order.
 _ATTR_COLUMNS: dict[str, str] = {
@@ -92,16 +80,6 @@ _FIXED = (
     | set(_TAIL_ATTR_COLUMNS)
     | set(_TIME_ATTR_COLUMNS)
 )
-_PERCENT_COLUMNS = ("accuracy", "test_accuracy")
-_AXIS_LABELS = {
-    "macs": "MACs (multiply-accumulates)",
-    "params": "Parameters",
-    "latency_ms": "Latency (ms)",
-    "accuracy": "Validation accuracy (%)",
-    "test_accuracy": "Test accuracy (%)",
-    "reward": "Reward",
-}
-
 
 # --------------------------------------------------------------------------------------------
 # load

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import UserInputError
 
-__all__ = ["Objective", "OBJECTIVES", "METRICS", "objective"]
+__all__ = ["Objective", "OBJECTIVES", "METRICS", "objective", "KNOWN_DIRECTIONS", "LOG_SCALE_COLUMNS"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,17 @@ METRICS: dict[str, Objective] = {
                   searchable=False),
     ),
 }
+
+
+#: Directions of the metric columns the library knows by name.
+KNOWN_DIRECTIONS: dict[str, str] = {name: m.direction for name, m in METRICS.items()}
+
+#: Columns best read on a logarithmic scale (they span orders of magnitude).
+LOG_SCALE_COLUMNS: tuple[str, ...] = tuple(name for name, m in METRICS.items() if m.log_axis)
+
+# Fractions shown x100, and the axis labels, of the known metric columns.
+_PERCENT_COLUMNS: tuple[str, ...] = tuple(name for name, m in METRICS.items() if m.percent)
+_AXIS_LABELS: dict[str, str] = {name: m.label for name, m in METRICS.items()}
 
 
 def objective(name: str) -> Objective:
