@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from nas_sepconv import results
-from nas_sepconv.results import frame
+from nas_sepconv.results import plot as plot_mod
 from nas_sepconv.errors import UserInputError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -310,7 +310,7 @@ def test_load_scalarised_and_journal(tmp_path) -> None:
 
 def test_plot_pareto_data_and_axes(sqlite_study) -> None:
     df = results.load(sqlite_study[0])
-    data = frame._pareto_plot_data(df, x="macs", y="accuracy", baselines=None,
+    data = plot_mod._pareto_plot_data(df, x="macs", y="accuracy", baselines=None,
                                      annotate_knee=True)
     assert data.main.drawstyle == "steps-post" and data.x_log
     assert np.all(np.diff(data.main.x_front) >= 0)
