@@ -133,96 +133,25 @@ def load(source: str | Path | optuna.Study, study: str | None = None) -> pd.Data
 
 
 def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.DataFrame:
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-    from optuna.study import StudyDirection
-
     trials = study.get_trials(deepcopy=False)
-    n_obj = len(study.directions)
-    metric_names = list(study.metric_names or [])
-    study_attrs = dict(study.user_attrs)
-    mode = study_attrs.get("mode")
-    if not metric_names:
-        if n_obj == 1:
-            metric_names = ["reward"] if mode == "scalarised" else ["value"]
-        else:
-            metric_names = [f"value_{i}" for i in range(n_obj)]
-    if mode not in ("pareto", "scalarised"):
-        mode = "pareto" if n_obj > 1 else "scalarised"
-    study_dirs = {
-        name: "maximize" if d == StudyDirection.MAXIMIZE else "minimize"
-        for name, d in zip(metric_names, study.directions)
-    }
-
-    # Searched parameters: union of every trial's distributions (spaces may be conditional).
-    param_dists: dict[str, list[Any]] = {}
-    for t in trials:
-        for pname, dist in t.distributions.items():
-            param_dists.setdefault(pname, []).append(dist)
+    metric_names, mode, study_dirs = _study_objectives(study)
+    param_dists = _param_distributions(trials)
     param_cols = {p: (f"param_{p}" if p in _FIXED or p in study_dirs else p) for p in param_dists}
 
     cols: dict[str, pd.Series | pd.api.extensions.ExtensionArray | np.ndarray] = {}
     n = len(trials)
     cols["number"] = np.fromiter((t.number for t in trials), dtype=np.int64, count=n)
     cols["state"] = pd.Categorical([t.state.name for t in trials], categories=list(STATES))
-
-    def attr(name: str) -> list[Any]:
-        return [t.user_attrs.get(name) for t in trials]
-
-    def objective(i: int) -> list[Any]:
-        return [t.values[i] if t.values is not None and len(t.values) > i else None for t in trials]
-
-    # Objective columns: the study's metrics in order, then the known attribute columns.
-    for i, name in enumerate(metric_names):
-        values = objective(i)
-        if name in _ATTR_COLUMNS:
-            from_attr = attr(name)  # exact (int MACs) when present; the told value otherwise
-            values = [a if a is not None else v for a, v in zip(from_attr, values)]
-        cols[name] = _typed(values, _ATTR_COLUMNS.get(name, "float64"))
-    for name, dtype in _ATTR_COLUMNS.items():
-        if name not in cols:
-            values = attr(name)
-            if name == "latency_ms" and all(v is None for v in values):
-                continue  # optional column, left out when no trial measured it
-            cols[name] = _typed(values, dtype)
-
-    for pname, dists in param_dists.items():
-        values = [t.params.get(pname) for t in trials]
-        cols[param_cols[pname]] = _param_array(values, dists, CategoricalDistribution,
-                                               IntDistribution, FloatDistribution)
+    cols.update(_objective_columns(trials, metric_names))
+    cols.update(_param_value_columns(trials, param_dists, param_cols))
     for name, dtype in _TAIL_ATTR_COLUMNS.items():
-        cols[name] = _typed(attr(name), dtype)
-
-    start = pd.to_datetime(pd.Series([t.datetime_start for t in trials], dtype=object)).astype(
-        "datetime64[us]")
-    complete = pd.to_datetime(pd.Series([t.datetime_complete for t in trials], dtype=object)
-                              ).astype("datetime64[us]")
-    cols["datetime_start"] = start.to_numpy()
-    cols["datetime_complete"] = complete.to_numpy()
-    cols["duration_s"] = (complete - start).dt.total_seconds().to_numpy(dtype="float64",
-                                                                         na_value=np.nan)
-    for name, dtype in _TIME_ATTR_COLUMNS.items():
-        cols[name] = _typed(attr(name), dtype)
+        cols[name] = _typed(_attr(trials, name), dtype)
+    cols.update(_time_columns(trials))
     cols["fail_reason"] = _typed(
         [t.user_attrs.get("fail_reason") if t.state.name == "FAIL" else None for t in trials],
         "string",
     )
-
-    # Any other scalar user attributes, under their own names unless they clash.
-    extra: list[str] = []
-    for t in trials:
-        for key in t.user_attrs:
-            if key not in _FIXED and key not in extra:
-                extra.append(key)
-    for key in extra:
-        values = attr(key)
-        if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
-            continue
-        column = key if key not in cols else f"user_attrs_{key}"
-        cols[column] = _infer(values)
+    _add_extra_attr_columns(cols, trials)
 
     df = pd.DataFrame(cols)
     if n == 0:  # pd.DataFrame of empty arrays loses nothing, but keep dtypes explicit
@@ -237,11 +166,111 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.Data
             "objectives": metric_names,
             "mode": mode,
             "params": [param_cols[p] for p in param_dists],
-            "space": study_attrs.get("space"),
+            "space": dict(study.user_attrs).get("space"),
             "storage": storage_label,
         }
     )
     return df
+
+
+def _study_objectives(study: optuna.Study) -> tuple[list[str], str, dict[str, str]]:
+    """The study's metric names (named after the values when it set none), its mode, and the
+    direction of each metric."""
+    from optuna.study import StudyDirection
+
+    n_obj = len(study.directions)
+    metric_names = list(study.metric_names or [])
+    mode = dict(study.user_attrs).get("mode")
+    if not metric_names:
+        if n_obj == 1:
+            metric_names = ["reward"] if mode == "scalarised" else ["value"]
+        else:
+            metric_names = [f"value_{i}" for i in range(n_obj)]
+    if mode not in ("pareto", "scalarised"):
+        mode = "pareto" if n_obj > 1 else "scalarised"
+    study_dirs = {
+        name: "maximize" if d == StudyDirection.MAXIMIZE else "minimize"
+        for name, d in zip(metric_names, study.directions)
+    }
+    return metric_names, mode, study_dirs
+
+
+def _param_distributions(trials: list[Any]) -> dict[str, list[Any]]:
+    """Searched parameters: the union of every trial's distributions (spaces may be conditional)."""
+    param_dists: dict[str, list[Any]] = {}
+    for t in trials:
+        for pname, dist in t.distributions.items():
+            param_dists.setdefault(pname, []).append(dist)
+    return param_dists
+
+
+def _attr(trials: list[Any], name: str) -> list[Any]:
+    return [t.user_attrs.get(name) for t in trials]
+
+
+def _objective_columns(trials: list[Any], metric_names: list[str]) -> dict[str, Any]:
+    """The study's metrics in order, then the known attribute columns."""
+    cols: dict[str, Any] = {}
+    for i, name in enumerate(metric_names):
+        values = [t.values[i] if t.values is not None and len(t.values) > i else None for t in trials]
+        if name in _ATTR_COLUMNS:
+            from_attr = _attr(trials, name)  # exact (int MACs) when present; the told value otherwise
+            values = [a if a is not None else v for a, v in zip(from_attr, values)]
+        cols[name] = _typed(values, _ATTR_COLUMNS.get(name, "float64"))
+    for name, dtype in _ATTR_COLUMNS.items():
+        if name not in cols:
+            values = _attr(trials, name)
+            if name == "latency_ms" and all(v is None for v in values):
+                continue  # optional column, left out when no trial measured it
+            cols[name] = _typed(values, dtype)
+    return cols
+
+
+def _param_value_columns(trials: list[Any], param_dists: dict[str, list[Any]],
+                         param_cols: dict[str, str]) -> dict[str, Any]:
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    cols: dict[str, Any] = {}
+    for pname, dists in param_dists.items():
+        values = [t.params.get(pname) for t in trials]
+        cols[param_cols[pname]] = _param_array(values, dists, CategoricalDistribution,
+                                               IntDistribution, FloatDistribution)
+    return cols
+
+
+def _time_columns(trials: list[Any]) -> dict[str, Any]:
+    """``datetime_start``, ``datetime_complete``, ``duration_s``, then the timing attributes."""
+    start = pd.to_datetime(pd.Series([t.datetime_start for t in trials], dtype=object)).astype(
+        "datetime64[us]")
+    complete = pd.to_datetime(pd.Series([t.datetime_complete for t in trials], dtype=object)
+                              ).astype("datetime64[us]")
+    cols: dict[str, Any] = {
+        "datetime_start": start.to_numpy(),
+        "datetime_complete": complete.to_numpy(),
+        "duration_s": (complete - start).dt.total_seconds().to_numpy(dtype="float64", na_value=np.nan),
+    }
+    for name, dtype in _TIME_ATTR_COLUMNS.items():
+        cols[name] = _typed(_attr(trials, name), dtype)
+    return cols
+
+
+def _add_extra_attr_columns(cols: dict[str, Any], trials: list[Any]) -> None:
+    """Any other scalar user attributes, under their own names unless they clash."""
+    extra: list[str] = []
+    for t in trials:
+        for key in t.user_attrs:
+            if key not in _FIXED and key not in extra:
+                extra.append(key)
+    for key in extra:
+        values = _attr(trials, key)
+        if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
+            continue
+        column = key if key not in cols else f"user_attrs_{key}"
+        cols[column] = _infer(values)
 
 
 def _typed(values: list[Any], dtype: str) -> Any:
