@@ -24,6 +24,8 @@ from nas_sepconv.train import (
     fit,
     reestimate_batchnorm,
 )
+from nas_sepconv.train import distillation as distill_mod
+from nas_sepconv.train import hints as hints_mod
 from nas_sepconv.train import loop as train_mod
 
 
@@ -194,9 +196,9 @@ def test_distill_loss_is_hinton():
     pt = torch.softmax(t / T, 1)
     kl = (pt * (pt.log() - torch.log_softmax(s / T, 1))).sum(1).mean()
     expected = alpha * T * T * kl + (1 - alpha) * nn.functional.cross_entropy(s, y)
-    got = train_mod._distill_loss(s, t, y, T, alpha, 0.0)
+    got = hints_mod._distill_loss(s, t, y, T, alpha, 0.0)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert train_mod._distill_loss(t, t, y, T, 1.0, 0.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert hints_mod._distill_loss(t, t, y, T, 1.0, 0.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_reestimate_batchnorm(digits):
@@ -285,17 +287,17 @@ def test_converted_features_are_the_activations_after_the_sites(trained):
 
     student = ns.convert(trained[0], "dwsep", example_inputs=torch.zeros(1, 1, 16, 16))
     assert [e.name for e in ns.plan_of(student).converted] == ["4"]
-    assert train_mod.converted_features(student) == ["6"]  # conv 4 -> bn 5 -> relu 6
+    assert distill_mod.converted_features(student) == ["6"]  # conv 4 -> bn 5 -> relu 6
     resnet = ns.convert(cifar_resnet18(width=8).eval(), "dwsep", example_inputs=torch.zeros(1, 3, 32, 32))
     # conv1 -> bn1 -> relu and conv2 -> bn2 -> (+ shortcut) -> relu: one shared ReLU per block
-    assert train_mod.converted_features(resnet) == [f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2)]
+    assert distill_mod.converted_features(resnet) == [f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2)]
 
 
 def test_feature_hint_loss_is_relative_squared_error():
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU())
     student = copy.deepcopy(teacher)
-    hints = train_mod._FeatureHints(student, teacher, ["0", "1"])
+    hints = hints_mod._FeatureHints(student, teacher, ["0", "1"])
     x = torch.randn(4, 2, 8, 8)
     hints.active = True
     student(x), teacher(x)
