@@ -284,7 +284,7 @@ def test_refit_reads_plan_from_graphmodule_meta(net, data):
     gm.recompile()
     with pytest.raises(UserInputError, match="plan"):
         refit(gm, net, data)
-    gm.meta["nas_sepconv.conversion.plan"] = plan
+    gm.meta["nas_sepconv.plan"] = plan
     df = refit(gm, net, data)
     assert df["refit_applied"].all()
     assert set(fidelity(gm, net, data)["name"]) == set(SITES)
