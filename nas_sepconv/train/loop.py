@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -88,101 +89,16 @@ def fit(
     if teacher is not None:
         _check_distill_args(temperature, alpha)
     features = _check_features(features, feature_weight, teacher)
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-
-    torch.manual_seed(cfg.seed)
-    data = data.to(device)
-    model.to(device)
-    channels_last = cuda and cfg.channels_last
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    amp_dtype = None
-    if cuda and cfg.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    n_train = len(data.train)
-    if n_train == 0:
-        raise UserInputError("dataset", "the training split is empty", "use a larger data set or subset")
-    loader = DeviceLoader(
-        data.train, batch_size=cfg.batch_size, mean=data.mean, std=data.std, augment=data.augment, shuffle=True,
-        drop_last=n_train >= cfg.batch_size,  # no ragged last batch (a batch of 1 breaks BatchNorm)
-        seed=cfg.seed, resolution=resolution, channels_last=channels_last,
-    )
-    optimizer = _make_optimizer(model, cfg)
-    steps_per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, steps_per_epoch))
-
+    run = _Run.start(model, data, cfg, torch.device(device), resolution)
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
-        teacher.to(device).eval()
+        teacher.to(run.device).eval()
     hints = _FeatureHints(model, teacher, features) if features else None
-
-    def loss_of(x: Tensor, y: Tensor) -> Tensor:
-        with _autocast(device, amp_dtype):
-            if hints is not None:
-                hints.active = True
-            try:
-                logits = model(x)
-                if teacher is None:
-                    return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-            finally:
-                if hints is not None:
-                    hints.active = False
-        loss = _distill_loss(logits.float(), teacher_logits.float(), y, temperature, alpha, cfg.label_smoothing)
-        return loss if hints is None else loss + feature_weight * hints.loss()
-
-    history: list[dict] = []
+    loss_of = _loss_function(run, model, teacher, hints, temperature, alpha, feature_weight)
     start = time.perf_counter()
-    val_acc = float("nan")
     try:
-        with _progress_bar(progress, cfg.epochs) as bar:
-            for epoch in range(1, cfg.epochs + 1):
-                epoch_start = time.perf_counter()
-                model.train()
-                loss_sum = torch.zeros((), device=device)
-                bad_step = torch.full((), -1, dtype=torch.long, device=device)
-                lr = optimizer.param_groups[0]["lr"]
-                step = 0
-                for step, (x, y) in enumerate(loader, 1):
-                    lr = optimizer.param_groups[0]["lr"]
-                    loss = loss_of(x, y)
-                    finite = torch.isfinite(loss.detach())
-                    if not cuda:
-                        if not finite:
-                            _diverged(loss, epoch, step, lr)
-                    else:  # record the first bad step without a host sync; look every 50 steps
-                        bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
-                        if step % _CUDA_CHECK_EVERY == 0:
-                            _check_bad_step(bad_step, epoch)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip is not None:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    loss_sum += loss.detach()
-                if cuda:
-                    _check_bad_step(bad_step, epoch)
-                train_loss = loss_sum.item() / max(step, 1)
-                val_acc = _accuracy(model, data.val, data, batch_size=512, resolution=resolution,
-                                    amp_dtype=amp_dtype, channels_last=channels_last)
-                history.append({
-                    "epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc, "lr": lr,
-                    "seconds": time.perf_counter() - epoch_start,
-                })
-                bar(epoch, train_loss, val_acc)
-                if on_epoch is not None:
-                    on_epoch(epoch, val_acc)
-        test_acc = None
-        if evaluate_test and len(data.test):
-            test_acc = _accuracy(model, data.test, data, batch_size=512, resolution=resolution,
-                                 amp_dtype=amp_dtype, channels_last=channels_last)
+        history = _train_epochs(run, model, loss_of, on_epoch, progress)
+        test_acc = run.accuracy(model, run.data.test) if evaluate_test and len(run.data.test) else None
     finally:
         model.eval()
         if hints is not None:
@@ -190,9 +106,141 @@ def fit(
         if teacher is not None and teacher_was_training:
             teacher.train()
     return FitResult(
-        val_accuracy=val_acc, test_accuracy=test_acc, history=history,
+        val_accuracy=history[-1]["val_accuracy"], test_accuracy=test_acc, history=history,
         seconds=time.perf_counter() - start, epochs=cfg.epochs,
     )
+
+
+@dataclass
+class _Run:
+    """What one :func:`fit` trains with: the data on the device, the precision, the loader, the
+    optimizer and its schedule."""
+
+    cfg: TrainConfig
+    device: torch.device
+    data: Dataset
+    resolution: int | None
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    scaler: torch.amp.GradScaler
+    loader: DeviceLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @classmethod
+    def start(cls, model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
+              resolution: int | None) -> "_Run":
+        """Seed, move the model and data to ``device``, choose the precision, build the loader,
+        optimizer and schedule."""
+        cuda = device.type == "cuda"
+        torch.manual_seed(cfg.seed)
+        data = data.to(device)
+        model.to(device)
+        channels_last = cuda and cfg.channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        amp_dtype = None
+        if cuda and cfg.amp:
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        n_train = len(data.train)
+        if n_train == 0:
+            raise UserInputError("dataset", "the training split is empty", "use a larger data set or subset")
+        loader = DeviceLoader(
+            data.train, batch_size=cfg.batch_size, mean=data.mean, std=data.std, augment=data.augment, shuffle=True,
+            drop_last=n_train >= cfg.batch_size,  # no ragged last batch (a batch of 1 breaks BatchNorm)
+            seed=cfg.seed, resolution=resolution, channels_last=channels_last,
+        )
+        optimizer = _make_optimizer(model, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, len(loader)))
+        return cls(cfg, device, data, resolution, amp_dtype, channels_last, scaler, loader, optimizer, scheduler)
+
+    def accuracy(self, model: nn.Module, split: Split) -> float:
+        return _accuracy(model, split, self.data, batch_size=512, resolution=self.resolution,
+                         amp_dtype=self.amp_dtype, channels_last=self.channels_last)
+
+
+def _loss_function(run: _Run, model: nn.Module, teacher: nn.Module | None, hints: _FeatureHints | None,
+                   temperature: float, alpha: float, feature_weight: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """The training loss of a batch: cross-entropy, or with a teacher the distillation loss plus
+    the weighted feature hints."""
+    smoothing = run.cfg.label_smoothing
+
+    def loss_of(x: Tensor, y: Tensor) -> Tensor:
+        with _autocast(run.device, run.amp_dtype):
+            if hints is not None:
+                hints.active = True
+            try:
+                logits = model(x)
+                if teacher is None:
+                    return F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+            finally:
+                if hints is not None:
+                    hints.active = False
+        loss = _distill_loss(logits.float(), teacher_logits.float(), y, temperature, alpha, smoothing)
+        return loss if hints is None else loss + feature_weight * hints.loss()
+
+    return loss_of
+
+
+def _train_epochs(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tensor],
+                  on_epoch: Callable[[int, float], None] | None, progress: bool) -> list[dict]:
+    """Every epoch, each followed by the validation accuracy, the progress bar and ``on_epoch``."""
+    history: list[dict] = []
+    with _progress_bar(progress, run.cfg.epochs) as bar:
+        for epoch in range(1, run.cfg.epochs + 1):
+            epoch_start = time.perf_counter()
+            train_loss, lr = _train_epoch(run, model, loss_of, epoch)
+            val_acc = run.accuracy(model, run.data.val)
+            history.append({
+                "epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc, "lr": lr,
+                "seconds": time.perf_counter() - epoch_start,
+            })
+            bar(epoch, train_loss, val_acc)
+            if on_epoch is not None:
+                on_epoch(epoch, val_acc)
+    return history
+
+
+def _train_epoch(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tensor],
+                 epoch: int) -> tuple[float, float]:
+    """One pass over the training split; returns the mean loss and the lr of the last step.
+    A loss that is not finite raises at once on the CPU, within 50 steps on CUDA."""
+    model.train()
+    optimizer, scaler = run.optimizer, run.scaler
+    loss_sum = torch.zeros((), device=run.device)
+    bad_step = torch.full((), -1, dtype=torch.long, device=run.device)
+    lr = optimizer.param_groups[0]["lr"]
+    step = 0
+    for step, (x, y) in enumerate(run.loader, 1):
+        lr = optimizer.param_groups[0]["lr"]
+        loss = loss_of(x, y)
+        finite = torch.isfinite(loss.detach())
+        if not run.cuda:
+            if not finite:
+                _diverged(loss, epoch, step, lr)
+        else:  # record the first bad step without a host sync; look every 50 steps
+            bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
+            if step % _CUDA_CHECK_EVERY == 0:
+                _check_bad_step(bad_step, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if run.cfg.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        run.scheduler.step()
+        loss_sum += loss.detach()
+    if run.cuda:
+        _check_bad_step(bad_step, epoch)
+    return loss_sum.item() / max(step, 1), lr
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
