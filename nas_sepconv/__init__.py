@@ -23,7 +23,8 @@ from .conversion import fidelity, refit
 from .conversion import apply_plan, convert, plan_of
 from .search.run import search  # the function; binding it here keeps ns.search a function after any import of the submodule
 from .blocks import KINDS, BlockSpec
-from .train import distill
+from .data import Dataset
+from .train import TrainConfig, distill
 
 __version__ = "0.1.0"
 
@@ -40,11 +41,13 @@ __all__ = [
     "BlockSpec",
     "CandidateError",
     "ConvGeometry",
+    "Dataset",
     "KINDS",
     "NasSepconvError",
     "Plan",
     "PlanEntry",
     "Policy",
+    "TrainConfig",
     "TrainingDiverged",
     "UserInputError",
     "apply_plan",

@@ -15,8 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nas_sepconv.data import arrays as arrays_mod
+from nas_sepconv.data import cifar as cifar_mod
 from nas_sepconv.data import datasets as data_mod
-from nas_sepconv.data import DeviceLoader, Split, calibration_batches, load_dataset
+from nas_sepconv.data import folders as folders_mod
+from nas_sepconv.data import sources as sources_mod
+from nas_sepconv.data import DATASETS, DataSource, DeviceLoader, Split, calibration_batches, dataset_names, find_dataset, load_dataset
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.train import reestimate_batchnorm
 
@@ -118,7 +122,7 @@ def test_dataset_to_moves_splits(digits):
 
 def test_stratified_take_is_disjoint_and_exact():
     y = np.repeat(np.arange(7), [3, 10, 25, 1, 8, 8, 45])
-    taken, rest = data_mod._stratified_take(y, 20, np.random.default_rng(3))
+    taken, rest = arrays_mod._stratified_take(y, 20, np.random.default_rng(3))
     assert len(taken) == 20 and len(rest) == len(y) - 20
     assert set(taken).isdisjoint(rest) and set(taken) | set(rest) == set(range(len(y)))
     assert np.bincount(y[taken], minlength=7)[6] == 9  # 20 * 45 / 100
@@ -282,7 +286,7 @@ def test_imagefolder_splits_are_disjoint_and_cached(tmp_path, monkeypatch):
     def no_decoding(*args, **kw):
         raise AssertionError("decoded again instead of using the cache")
 
-    monkeypatch.setattr(data_mod, "_decode_all", no_decoding)
+    monkeypatch.setattr(folders_mod, "_decode_all", no_decoding)
     again = load_dataset("cifar10", root=root, val_fraction=0.25)
     assert torch.equal(again.train.x, d.train.x) and again.mean == d.mean
 
@@ -321,7 +325,7 @@ def _write_batches(folder: Path, per_batch=4, test=6, bytes_keys=False) -> tuple
     with open(folder / "test_batch", "wb") as f:
         pickle.dump({k("data"): rng.integers(0, 256, (test, 3072), dtype=np.uint8), k("labels"): list(range(test))}, f)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({k("label_names"): [k(n) for n in data_mod._CIFAR10_CLASSES]}, f)
+        pickle.dump({k("label_names"): [k(n) for n in cifar_mod._CIFAR10_CLASSES]}, f)
     return np.concatenate(xs), np.asarray(ys)
 
 
@@ -417,7 +421,7 @@ def shared_cifar_tree(tmp_path_factory):
 def test_shared_cifar10_loads_and_caches(shared_cifar_tree):
     d = load_dataset("cifar10", root=shared_cifar_tree)
     assert (len(d.train), len(d.val), len(d.test)) == (45_000, 5_000, 10_000)
-    assert d.classes == data_mod._CIFAR10_CLASSES and d.input_shape == (3, 32, 32)
+    assert d.classes == cifar_mod._CIFAR10_CLASSES and d.input_shape == (3, 32, 32)
     assert torch.bincount(d.test.y).tolist() == [1000] * 10
     assert abs(d.mean[0] - 0.491) < 0.01 and abs(d.std[0] - 0.247) < 0.01
     start = time.perf_counter()
@@ -487,7 +491,7 @@ def test_cifar_batches_repickled_by_python3_at_old_protocols_load(tmp_path, prot
         p.write_bytes(pickle.dumps(entry, protocol=protocol))
     assert b"_codecs" in (folder / "data_batch_1").read_bytes()
     d = load_dataset("cifar10", root=folder, val_fraction=0.25)
-    assert d.classes == data_mod._CIFAR10_CLASSES and len(d.test) == 6
+    assert d.classes == cifar_mod._CIFAR10_CLASSES and len(d.test) == 6
     assert sorted(map(bytes, torch.cat([d.train.x, d.val.x]).reshape(-1, 3072).numpy())) == sorted(map(bytes, x))
 
 
@@ -584,8 +588,8 @@ def test_broken_image_decoded_by_a_worker_process_names_the_file(tmp_path, monke
         pytest.skip("no fork on this platform")
     root = _write_tree(tmp_path / "tree", ext="jpg")
     bad = _break_one_image(root, "train/cat/004.jpg")
-    monkeypatch.setattr(data_mod, "_DECODE_CHUNK", 4)
-    monkeypatch.setattr(data_mod, "_PROCESS_MIN_IMAGES", 8)
+    monkeypatch.setattr(folders_mod, "_DECODE_CHUNK", 4)
+    monkeypatch.setattr(folders_mod, "_PROCESS_MIN_IMAGES", 8)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     pools = []
     real_context = multiprocessing.get_context
@@ -712,8 +716,11 @@ def test_sizes_are_refused_before_anything_is_read(tmp_path, monkeypatch, kwargs
     def no_loading(*args, **kw):
         raise AssertionError("read or decoded the data before checking the sizes")
 
-    for loader in ("_load_digits", "_load_cifar10", "_load_folder", "_decode_all", "_resize_nchw"):
-        monkeypatch.setattr(data_mod, loader, no_loading)
+    for module, loader in (
+        (sources_mod, "_load_digits"), (sources_mod, "_load_cifar10"), (sources_mod, "_load_folder"),
+        (cifar_mod, "_load_folder"), (cifar_mod, "_resize_nchw"), (folders_mod, "_decode_all"), (arrays_mod, "_resize_nchw"),
+    ):
+        monkeypatch.setattr(module, loader, no_loading)
     root = _write_tree(tmp_path / "tree", n_train=2, n_test=1, size=8)
     with pytest.raises(UserInputError) as info:
         load_dataset(name, root=root, **kwargs)
@@ -724,3 +731,57 @@ def test_sizes_are_refused_before_anything_is_read(tmp_path, monkeypatch, kwargs
 def test_image_size_within_the_limit_loads():
     d = load_dataset("digits", image_size=data_mod.MAX_IMAGE_SIZE // 16, subset=20)
     assert d.input_shape == (1, 64, 64)
+
+
+def test_dataset_table_lists_the_names():
+    assert list(DATASETS) == ["digits", "cifar10", "imagefolder", "torchvision"]
+    assert dataset_names() == "digits, cifar10, imagefolder:PATH, torchvision:NAME"
+    assert all(isinstance(s, DataSource) for s in DATASETS.values())
+    assert [DATASETS[n].image_size for n in DATASETS] == [16, 32, 32, None]
+
+
+@pytest.mark.parametrize(
+    "name, source, arg",
+    [
+        ("digits", "digits", ""),
+        ("  Digits ", "digits", ""),
+        ("cifar10", "cifar10", ""),
+        ("CIFAR-10", "cifar10", ""),
+        ("imagefolder", "imagefolder", ""),
+        ("imagefolder:/data/Tree", "imagefolder", "/data/Tree"),
+        ("torchvision:FashionMNIST", "torchvision", "FashionMNIST"),
+    ],
+)
+def test_find_dataset(name, source, arg):
+    found, found_arg = find_dataset(name)
+    assert found is DATASETS[source] and found_arg == arg
+
+
+@pytest.mark.parametrize("name", ["mnist", "digits:x", "cifar10:/data", "torchvision", "torchvision:", "", "  ", None, 3])
+def test_find_dataset_refuses_and_lists_the_names(name):
+    with pytest.raises(UserInputError) as info:
+        find_dataset(name)
+    message = str(info.value)
+    assert message.startswith("dataset:") and dataset_names() in message and "\n" not in message
+
+
+def test_augmentation_comes_from_the_table():
+    assert DATASETS["digits"].augment == "shift" and DATASETS["cifar10"].augment == "crop_flip"
+    pick = DATASETS["torchvision"].augment
+    assert pick("FashionMNIST") == "crop_flip" and pick("KMNIST") == "shift" and pick("mnist") == "shift"
+
+
+def test_the_table_drives_loading_and_messages(monkeypatch):
+    calls = []
+
+    def load(arg, root, size):
+        calls.append((arg, root, size))
+        return DATASETS["digits"].load("", None, size)
+
+    toy = DataSource("toy", ("toys",), "SIZE", True, False, 12, lambda arg: "none", load, "a test source")
+    monkeypatch.setitem(DATASETS, "toy", toy)
+    assert dataset_names().endswith(", toy:SIZE")
+    d = load_dataset("toys:7", subset=40)
+    assert calls == [("7", None, 12)] and d.input_shape == (1, 12, 12) and d.augment == "none"
+    with pytest.raises(UserInputError, match="toy:SIZE"):
+        load_dataset("nothing")

@@ -276,8 +276,8 @@ def _calls(tree: ast.AST, module: str, attr: str):
                 yield node
 
 
-# data.py reads CIFAR-10's official python batches with a restricted unpickler (numpy arrays only)
-PICKLE_KNOWN = {"data/datasets.py"}  # the restricted unpickler of the CIFAR-10 python batches
+# data/cifar.py reads CIFAR-10's official python batches with a restricted unpickler (numpy arrays only)
+PICKLE_KNOWN = {"data/cifar.py"}  # the restricted unpickler of the CIFAR-10 python batches
 
 
 def test_the_package_never_unpickles_or_loads_unsafe_yaml():

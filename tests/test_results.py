@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from nas_sepconv import results
-from nas_sepconv.results import frame
+from nas_sepconv.results import plot as plot_mod
 from nas_sepconv.errors import UserInputError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -310,7 +310,7 @@ def test_load_scalarised_and_journal(tmp_path) -> None:
 
 def test_plot_pareto_data_and_axes(sqlite_study) -> None:
     df = results.load(sqlite_study[0])
-    data = frame._pareto_plot_data(df, x="macs", y="accuracy", baselines=None,
+    data = plot_mod._pareto_plot_data(df, x="macs", y="accuracy", baselines=None,
                                      annotate_knee=True)
     assert data.main.drawstyle == "steps-post" and data.x_log
     assert np.all(np.diff(data.main.x_front) >= 0)
@@ -362,3 +362,31 @@ def test_compare(sqlite_study, tmp_path) -> None:
     assert (table["front_size"] >= 1).all()
     for _, row in table.iterrows():
         assert not math.isnan(row["knee_accuracy"])
+
+
+def test_objectives_table() -> None:
+    assert list(results.OBJECTIVES) == ["accuracy", "macs", "params", "latency_ms", "reward"]
+    for name, record in results.OBJECTIVES.items():
+        assert isinstance(record, results.Objective) and record.name == name
+        assert record.direction in ("maximize", "minimize") and record.label and record.measured_by
+        assert results.objective(name) is record
+    assert [n for n, o in results.OBJECTIVES.items() if o.searchable] == ["accuracy", "macs", "params", "latency_ms"]
+    with pytest.raises(Exception):  # frozen
+        results.OBJECTIVES["macs"].direction = "maximize"  # type: ignore[misc]
+
+
+def test_unknown_objective_lists_the_table() -> None:
+    with pytest.raises(UserInputError) as info:
+        results.objective("flops")
+    message = str(info.value)
+    assert message.startswith("search.objectives:") and "'flops'" in message
+    assert ", ".join(results.OBJECTIVES) in message
+
+
+def test_column_facts_come_from_the_objectives_table() -> None:
+    for name, record in results.OBJECTIVES.items():
+        assert results.KNOWN_DIRECTIONS[name] == record.direction
+        assert (name in results.LOG_SCALE_COLUMNS) == record.log_axis
+    assert results.KNOWN_DIRECTIONS["test_accuracy"] == "maximize"
+    assert set(results.KNOWN_DIRECTIONS) == set(results.OBJECTIVES) | {"test_accuracy"}
+    assert results.LOG_SCALE_COLUMNS == ("macs", "params", "latency_ms")

@@ -12,7 +12,20 @@ import torch.nn as nn
 
 from nas_sepconv.data import calibration_batches, load_dataset
 from nas_sepconv.errors import TrainingDiverged, UserInputError
-from nas_sepconv.train import FitResult, TrainConfig, distill, evaluate, fit, reestimate_batchnorm
+from nas_sepconv.train import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    OPTIMIZERS,
+    SCHEDULES,
+    FitResult,
+    TrainConfig,
+    distill,
+    evaluate,
+    fit,
+    reestimate_batchnorm,
+)
+from nas_sepconv.train import distillation as distill_mod
+from nas_sepconv.train import hints as hints_mod
 from nas_sepconv.train import loop as train_mod
 
 
@@ -183,9 +196,9 @@ def test_distill_loss_is_hinton():
     pt = torch.softmax(t / T, 1)
     kl = (pt * (pt.log() - torch.log_softmax(s / T, 1))).sum(1).mean()
     expected = alpha * T * T * kl + (1 - alpha) * nn.functional.cross_entropy(s, y)
-    got = train_mod._distill_loss(s, t, y, T, alpha, 0.0)
+    got = hints_mod._distill_loss(s, t, y, T, alpha, 0.0)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert train_mod._distill_loss(t, t, y, T, 1.0, 0.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert hints_mod._distill_loss(t, t, y, T, 1.0, 0.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_reestimate_batchnorm(digits):
@@ -274,17 +287,17 @@ def test_converted_features_are_the_activations_after_the_sites(trained):
 
     student = ns.convert(trained[0], "dwsep", example_inputs=torch.zeros(1, 1, 16, 16))
     assert [e.name for e in ns.plan_of(student).converted] == ["4"]
-    assert train_mod.converted_features(student) == ["6"]  # conv 4 -> bn 5 -> relu 6
+    assert distill_mod.converted_features(student) == ["6"]  # conv 4 -> bn 5 -> relu 6
     resnet = ns.convert(cifar_resnet18(width=8).eval(), "dwsep", example_inputs=torch.zeros(1, 3, 32, 32))
     # conv1 -> bn1 -> relu and conv2 -> bn2 -> (+ shortcut) -> relu: one shared ReLU per block
-    assert train_mod.converted_features(resnet) == [f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2)]
+    assert distill_mod.converted_features(resnet) == [f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2)]
 
 
 def test_feature_hint_loss_is_relative_squared_error():
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU())
     student = copy.deepcopy(teacher)
-    hints = train_mod._FeatureHints(student, teacher, ["0", "1"])
+    hints = hints_mod._FeatureHints(student, teacher, ["0", "1"])
     x = torch.randn(4, 2, 8, 8)
     hints.active = True
     student(x), teacher(x)
@@ -345,3 +358,43 @@ def test_feature_hint_argument_checks(digits, trained):
         distill(narrow, teacher, dataclasses.replace(digits, train=_head(digits.train, 64)), features=["6"],
                 config=TrainConfig(epochs=1, batch_size=64))
     assert not any(m._forward_hooks for m in [*narrow.modules(), *teacher.modules()])
+
+
+@pytest.mark.parametrize(
+    "kwargs,field,limit",
+    [
+        ({"epochs": MAX_EPOCHS + 1}, "train.epochs", "10000"),
+        ({"epochs": 10**9}, "train.epochs", "10000"),
+        ({"batch_size": MAX_BATCH_SIZE + 1}, "train.batch_size", "65536"),
+        ({"batch_size": 10**9}, "train.batch_size", "65536"),
+    ],
+)
+def test_train_config_upper_bounds_are_stated(kwargs, field, limit):
+    assert (MAX_EPOCHS, MAX_BATCH_SIZE) == (10_000, 65_536)
+    with pytest.raises(UserInputError) as info:
+        TrainConfig(**kwargs)
+    message = str(info.value)
+    assert message.startswith(f"{field}:") and f"at most {limit}" in message
+
+
+def test_train_config_accepts_the_bounds():
+    config = TrainConfig(epochs=MAX_EPOCHS, batch_size=MAX_BATCH_SIZE)
+    assert (config.epochs, config.batch_size) == (MAX_EPOCHS, MAX_BATCH_SIZE)
+
+
+def test_optimizer_and_schedule_tables_drive_validation_and_messages():
+    assert list(OPTIMIZERS) == ["sgd", "adamw"] and list(SCHEDULES) == ["onecycle", "cosine"]
+    for name in OPTIMIZERS:
+        TrainConfig(optimizer=name)
+    for name in SCHEDULES:
+        TrainConfig(schedule=name)
+    with pytest.raises(UserInputError, match=", ".join(OPTIMIZERS)):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(UserInputError, match=", ".join(SCHEDULES)):
+        TrainConfig(schedule="step")
+    with pytest.raises(UserInputError, match=r"^train\.optimizer:"):
+        TrainConfig(optimizer=["sgd"])
+    model = nn.Linear(2, 2)
+    groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
+    assert isinstance(OPTIMIZERS["sgd"].build(groups, 0.1), torch.optim.SGD)
+    assert isinstance(OPTIMIZERS["adamw"].build(groups, 0.1), torch.optim.AdamW)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from .datasets import AUGMENTS, Dataset, DeviceLoader, Split, cache_dir, calibration_batches, load_dataset
+from .cache import cache_dir
+from .calibration import calibration_batches
+from .datasets import Dataset, Split, load_dataset
+from .loader import AUGMENTS, DeviceLoader
+from .sources import DATASETS, DataSource, dataset_names, find_dataset
 
 __all__ = [
     "AUGMENTS",
+    "DATASETS",
+    "DataSource",
     "Dataset",
     "DeviceLoader",
     "Split",
     "cache_dir",
     "calibration_batches",
+    "dataset_names",
+    "find_dataset",
     "load_dataset",
 ]

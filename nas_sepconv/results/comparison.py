@@ -1,0 +1,162 @@
+"""Several studies side by side: one summary row per study (front size, best values,
+hypervolume on a common reference, knee)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserInputError
+from .frame import _typed
+from .front import _candidates, _directions, _losses, hypervolume, knee, pareto_front
+from .objectives import LOG_SCALE_COLUMNS
+
+__all__ = ["compare"]
+
+
+def compare(
+    studies: Mapping[str, pd.DataFrame],
+    *,
+    objectives: Sequence[str] = ("accuracy", "macs"),
+    reference: Mapping[str, float] | Sequence[float] | None = None,
+    directions: Sequence[str] | None = None,
+    log_scale: Sequence[str] = LOG_SCALE_COLUMNS,
+) -> pd.DataFrame:
+    """Summarise several studies side by side, one row per study.
+
+    Columns: ``name``, ``n_trials``, ``n_complete``, ``front_size``, per objective
+    ``best_<o>`` (maximised) or ``min_<o>`` (minimised) over the COMPLETE rows, the hypervolume,
+    ``knee_number`` and ``knee_<o>`` per objective (NA when a study has no complete trial).
+
+    The hypervolume is computed on one reference point common to all studies, with the
+    ``log_scale`` objectives taken as log10 (MACs span orders of magnitude; a linear MACs axis
+    would let the largest models dominate the volume); the column name says so, e.g.
+    ``hypervolume_logmacs`` for accuracy x log10(MACs).  The default reference is, per
+    objective, the worst value over every study's COMPLETE rows (in that log space), pushed
+    out by 1% of the objective's range over those rows (1% of its magnitude when the range is
+    zero).  A given ``reference`` is in the columns' own units (MACs, not log10 MACs).
+    """
+    if not isinstance(studies, Mapping) or not studies:
+        raise UserInputError("studies", "expected a non-empty mapping name -> DataFrame",
+                             "pass e.g. {'nsga2': df1, 'random': df2}")
+    first = next(iter(studies.values()))
+    dirs = _directions(first, objectives, directions)
+    logged = [o for o in objectives if o in log_scale]
+    transformed, stacked = _log_transformed(studies, objectives, dirs, logged)
+    if reference is None:
+        ref_values = _default_reference(stacked, dirs)
+    else:
+        ref_values = _given_reference(reference, objectives, logged)
+    hv_column = "hypervolume" + "".join(f"_log{o}" for o in logged)
+
+    rows = []
+    for name, df in studies.items():
+        row = _study_row(name, df, objectives, dirs, log_scale)
+        row[hv_column] = (
+            hypervolume(transformed[name], reference=ref_values, objectives=objectives,
+                        directions=dirs)
+            if ref_values is not None else 0.0
+        )
+        row.update(_knee_columns(df, objectives, dirs, log_scale))
+        rows.append(row)
+    out = _typed_summary(pd.DataFrame(rows), first, objectives)
+    out.attrs["reference"] = None if ref_values is None else dict(zip(objectives, ref_values))
+    out.attrs["log_scale"] = logged
+    return out
+
+
+def _log_transformed(studies: Mapping[str, pd.DataFrame], objectives: Sequence[str], dirs: list[str],
+                     logged: list[str]) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
+    """Copies of the frames with the ``logged`` objectives as log10, and the stacked losses of
+    every study's eligible rows in that space."""
+    transformed: dict[str, pd.DataFrame] = {}
+    all_losses = []
+    for name, df in studies.items():
+        _directions(df, objectives, dirs)  # checks the columns
+        t = df.copy()
+        for o in logged:
+            v = pd.to_numeric(t[o], errors="coerce").astype("float64")
+            t[o] = np.log10(v.where(v > 0))
+        transformed[name] = t
+        losses = _losses(t, objectives, dirs)
+        all_losses.append(losses[_candidates(t, losses)])
+    stacked = np.vstack(all_losses) if all_losses else np.empty((0, len(objectives)))
+    return transformed, stacked
+
+
+def _default_reference(stacked: np.ndarray, dirs: list[str]) -> list[float] | None:
+    """The worst value per objective pushed out by 1% of its range (of its magnitude when the
+    range is zero); None when no study has an eligible row."""
+    if len(stacked) == 0:
+        return None
+    worst, best = stacked.max(axis=0), stacked.min(axis=0)
+    span = worst - best
+    pad = np.where(span > 0, 0.01 * span, np.where(worst != 0, 0.01 * np.abs(worst), 0.01))
+    ref_loss = worst + pad
+    return [-r if d == "maximize" else r for r, d in zip(ref_loss, dirs)]
+
+
+def _given_reference(reference: Mapping[str, float] | Sequence[float], objectives: Sequence[str],
+                     logged: list[str]) -> list[float]:
+    """A reference in the columns' own units, in the comparison's (log10) space."""
+    if isinstance(reference, Mapping):
+        ref_values = [reference[o] for o in objectives if o in reference]
+    else:
+        ref_values = list(reference)
+    if len(ref_values) != len(objectives):
+        raise UserInputError("reference", f"{reference!r} does not match {list(objectives)}",
+                             "give one value per objective")
+    return [math.log10(float(r)) if o in logged else float(r) for o, r in zip(objectives, ref_values)]
+
+
+def _study_row(name: str, df: pd.DataFrame, objectives: Sequence[str], dirs: list[str],
+               log_scale: Sequence[str]) -> dict[str, Any]:
+    """``name``, the counts, the front size and the best value of each objective."""
+    losses = _losses(df, objectives, dirs)
+    ok = _candidates(df, losses)
+    row: dict[str, Any] = {
+        "name": name,
+        "n_trials": len(df),
+        "n_complete": int((df["state"].astype("string") == "COMPLETE").fillna(False).sum())
+        if "state" in df.columns else len(df),
+    }
+    front_mask = pareto_front(df, objectives=objectives, directions=dirs, mask=True)
+    row["front_size"] = int(front_mask.sum())
+    for o, d in zip(objectives, dirs):
+        v = pd.to_numeric(df[o], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)[ok]
+        label = f"best_{o}" if d == "maximize" else f"min_{o}"
+        row[label] = (v.max() if d == "maximize" else v.min()) if len(v) else np.nan
+    return row
+
+
+def _knee_columns(df: pd.DataFrame, objectives: Sequence[str], dirs: list[str],
+                  log_scale: Sequence[str]) -> dict[str, Any]:
+    """``knee_number`` and ``knee_<o>``; NA when the study has no eligible row."""
+    losses = _losses(df, objectives, dirs)
+    if not _candidates(df, losses).any():
+        return {"knee_number": pd.NA, **{f"knee_{o}": np.nan for o in objectives}}
+    k = knee(df, objectives=objectives, directions=dirs, log_scale=log_scale)
+    row: dict[str, Any] = {"knee_number": k["number"] if "number" in k.index else k.name}
+    for o in objectives:
+        row[f"knee_{o}"] = k[o]
+    return row
+
+
+def _typed_summary(out: pd.DataFrame, first: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    for column in ("n_trials", "n_complete", "front_size"):
+        out[column] = out[column].astype("int64")
+    out["knee_number"] = pd.array(out["knee_number"].tolist(), dtype="Int64")
+    for o in objectives:
+        for prefix in ("best_", "min_", "knee_"):
+            if prefix + o in out.columns:
+                dtype = "Int64" if _is_integer(first, o) else "float64"
+                out[prefix + o] = _typed(out[prefix + o].tolist(), dtype)
+    return out
+
+
+def _is_integer(df: pd.DataFrame, column: str) -> bool:
+    return column in df.columns and pd.api.types.is_integer_dtype(df[column].dtype)

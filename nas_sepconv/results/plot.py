@@ -1,0 +1,188 @@
+"""The Pareto plot: the data (arrays of the trials, fronts and knee) computed apart from the
+drawing.  matplotlib is imported inside the drawing functions only, with the Agg canvas (no
+pyplot, no global figure state)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserInputError
+from .front import _candidates, _directions, _losses, _non_dominated, knee
+from .objectives import _AXIS_LABELS, _PERCENT_COLUMNS, LOG_SCALE_COLUMNS
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import matplotlib.axes
+
+__all__ = ["plot_pareto"]
+
+
+@dataclass(frozen=True)
+class _Front2D:
+    """The arrays one scatter of trials and its front are drawn from."""
+
+    x_all: np.ndarray  # eligible trials (COMPLETE, finite x and y), plotted units
+    y_all: np.ndarray
+    on_front: np.ndarray  # bool per eligible trial
+    x_front: np.ndarray  # front points sorted by x
+    y_front: np.ndarray
+    numbers: np.ndarray  # trial numbers of the front points (or index labels)
+    drawstyle: str
+
+
+@dataclass(frozen=True)
+class _ParetoPlotData:
+    main: _Front2D
+    baselines: dict[str, _Front2D] = field(default_factory=dict)
+    knee_xy: tuple[float, float] | None = None
+    knee_number: Any = None
+    x_label: str = ""
+    y_label: str = ""
+    x_log: bool = False
+    y_log: bool = False
+
+
+def _scale(column: str) -> float:
+    return 100.0 if column in _PERCENT_COLUMNS else 1.0
+
+
+def _front_2d(df: pd.DataFrame, x: str, y: str, dirs: Sequence[str]) -> _Front2D:
+    losses = _losses(df, (x, y), dirs)
+    ok = _candidates(df, losses)
+    eligible = df.iloc[np.flatnonzero(ok)]
+    on_front = _non_dominated(losses[ok])
+    xs = pd.to_numeric(eligible[x]).to_numpy(dtype="float64", na_value=np.nan) * _scale(x)
+    ys = pd.to_numeric(eligible[y]).to_numpy(dtype="float64", na_value=np.nan) * _scale(y)
+    order = np.lexsort((losses[ok][on_front, 1], xs[on_front]))
+    numbers = (eligible["number"].to_numpy() if "number" in eligible.columns
+               else eligible.index.to_numpy())
+    return _Front2D(
+        x_all=xs, y_all=ys, on_front=on_front,
+        x_front=xs[on_front][order], y_front=ys[on_front][order],
+        numbers=numbers[on_front][order],
+        # Attainment boundary: the best y for an x budget holds until the next front point
+        # when x is minimised (steps-post), and from the previous one when x is maximised.
+        drawstyle="steps-post" if dirs[0] == "minimize" else "steps-pre",
+    )
+
+
+def _axis_label(column: str, log: bool) -> str:
+    label = _AXIS_LABELS.get(column, column)
+    if log:
+        label = label[:-1] + ", log scale)" if label.endswith(")") else label + " (log scale)"
+    return label
+
+
+def _pareto_plot_data(df: pd.DataFrame, *, x: str, y: str,
+                      baselines: Mapping[str, pd.DataFrame] | None,
+                      annotate_knee: bool) -> _ParetoPlotData:
+    dirs = _directions(df, (x, y), None)
+    main = _front_2d(df, x, y, dirs)
+    others = {}
+    for name, base in (baselines or {}).items():
+        missing = [c for c in (x, y) if c not in base.columns]
+        if missing:
+            raise UserInputError("baselines", f"baseline {name!r} lacks column(s) {missing}",
+                                 f"give baselines with {x!r} and {y!r} columns")
+        others[name] = _front_2d(base, x, y, dirs)
+    knee_xy, knee_number = None, None
+    if annotate_knee and len(main.x_front) >= 3:
+        row = knee(df, objectives=(x, y), directions=dirs)
+        knee_xy = (float(row[x]) * _scale(x), float(row[y]) * _scale(y))
+        knee_number = row["number"] if "number" in row.index else row.name
+    everything = [main.x_all] + [b.x_all for b in others.values()]
+    x_values = np.concatenate(everything) if everything else np.empty(0)
+    every_y = np.concatenate([main.y_all] + [b.y_all for b in others.values()])
+    x_log = x in LOG_SCALE_COLUMNS and len(x_values) > 0 and bool((x_values > 0).all())
+    y_log = y in LOG_SCALE_COLUMNS and len(every_y) > 0 and bool((every_y > 0).all())
+    return _ParetoPlotData(
+        main=main, baselines=others, knee_xy=knee_xy, knee_number=knee_number,
+        x_label=_axis_label(x, x_log), y_label=_axis_label(y, y_log), x_log=x_log, y_log=y_log,
+    )
+
+
+def _new_axes(figsize: tuple[float, float] = (7.0, 4.8)) -> matplotlib.axes.Axes:
+    """A fresh Axes on an Agg canvas, without pyplot's global figure registry."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig.add_subplot()
+
+
+def plot_pareto(
+    df: pd.DataFrame,
+    *,
+    ax: matplotlib.axes.Axes | None = None,
+    x: str = "macs",
+    y: str = "accuracy",
+    baselines: Mapping[str, pd.DataFrame] | None = None,
+    title: str | None = None,
+    annotate_knee: bool = True,
+) -> matplotlib.axes.Axes:
+    """Scatter of the trials with their Pareto front (accuracy vs MACs by default).
+
+    MACs, params and latency go on a log axis; accuracies are shown in %.  Dominated trials are
+    faded, front trials highlighted and joined by a step line tracing the attainable region;
+    each baseline (name -> frame, e.g. a random-search study or the hand-designed MobileNets)
+    adds its own front as a labelled step line.  The knee (see :func:`knee`) is marked when the
+    front has at least three points.  Only COMPLETE trials with finite values are drawn.
+
+    Args:
+        df: a frame from :func:`load`.
+        ax: the Axes to draw on; a new figure (Agg canvas, no pyplot) when None.
+        x, y: the columns on each axis.
+        baselines: other frames whose fronts are drawn for comparison.
+        title: the title; by default the study name from ``df.attrs``.
+        annotate_knee: mark and label the knee point.
+
+    Returns:
+        The Axes (``ax.figure.savefig(...)`` to write it).
+    """
+    data = _pareto_plot_data(df, x=x, y=y, baselines=baselines, annotate_knee=annotate_knee)
+    if ax is None:
+        ax = _new_axes()
+    main = data.main
+    dominated = ~main.on_front
+    if dominated.any():
+        ax.scatter(main.x_all[dominated], main.y_all[dominated], s=14, color="tab:gray",
+                   alpha=0.3, linewidths=0, label=f"dominated trials ({int(dominated.sum())})")
+    if len(main.x_front):
+        ax.plot(main.x_front, main.y_front, drawstyle=main.drawstyle, color="tab:blue",
+                linewidth=1.5, zorder=3)
+        ax.scatter(main.x_front, main.y_front, s=30, color="tab:blue", edgecolors="black",
+                   linewidths=0.5, zorder=4, label=f"Pareto front ({len(main.x_front)})")
+    colours = ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+               "tab:olive", "tab:cyan"]
+    for i, (name, base) in enumerate(data.baselines.items()):
+        colour = colours[i % len(colours)]
+        if len(base.x_front):
+            ax.plot(base.x_front, base.y_front, drawstyle=base.drawstyle, color=colour,
+                    linewidth=1.2, linestyle="--", marker="o", markersize=4, zorder=2,
+                    label=name)
+    if data.knee_xy is not None:
+        ax.scatter([data.knee_xy[0]], [data.knee_xy[1]], marker="*", s=160, color="tab:red",
+                   edgecolors="black", linewidths=0.5, zorder=5, label="knee")
+        ax.annotate(f"trial {data.knee_number}", data.knee_xy, xytext=(8, -14),
+                    textcoords="offset points", fontsize=8)
+    if not len(main.x_all) and not data.baselines:
+        ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center",
+                transform=ax.transAxes, color="tab:gray")
+    if data.x_log:
+        ax.set_xscale("log")
+    if data.y_log:
+        ax.set_yscale("log")
+    ax.set_xlabel(data.x_label)
+    ax.set_ylabel(data.y_label)
+    title = title if title is not None else df.attrs.get("study")
+    if title:
+        ax.set_title(str(title))
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8, frameon=True)
+    return ax
