@@ -55,7 +55,8 @@ def rebuild_trial(
     (see :mod:`nas_sepconv.io`)."""
     from .io import check_device, load_model, trusted_names
     from .search.run import _Context, _Settings, run_candidate
-    from .search.spaces import parse_space, suggest
+    from .search.spaces import parse_space
+    from .search.suggestion import suggest
     from .train import evaluate
 
     check_device(device, field="--device")

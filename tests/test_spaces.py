@@ -8,7 +8,8 @@ import torch
 
 import nas_sepconv as ns
 from nas_sepconv.io import build_from_recipe
-from nas_sepconv.search.spaces import list_spaces, load_space, parse_space, suggest
+from nas_sepconv.search.spaces import list_spaces, load_space, parse_space
+from nas_sepconv.search.suggestion import suggest
 
 BUNDLED = ["default", "digits_convert", "mobilenetv3_cifar10", "resnet18_convert_cifar10", "mobilenetv2_width_cifar10"]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .spaces import BLOCK_OPTIONS, Candidate, LIMITS, Space, SpaceLimits, list_spaces, load_space, space_dirs, suggest
+from .schema import BLOCK_OPTIONS, LIMITS, SpaceLimits
+from .spaces import Space, list_spaces, load_space, space_dirs
+from .suggestion import Candidate, suggest
 from .run import SearchStatus, build_candidate, normalise_storage_url, open_study, run_candidate, search, storage_url_for
 
 __all__ = [

@@ -46,7 +46,8 @@ import torch.nn as nn
 from ..errors import CandidateError, StorageError, TrainingDiverged, UserInputError
 from ..files import atomic_write, ensure_writable_dir
 from ..storage import lock, normalise_storage_url, open_storage, redact, sqlite_path, storage_url_for, without_password
-from .spaces import Candidate, Space, load_space, suggest
+from .spaces import Space, load_space
+from .suggestion import Candidate, suggest
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
 
