@@ -357,7 +357,7 @@ def _load_any_model(name: str, *, allow_import: list[str] | None = None):
 def main() -> None:
     """Console-script entry point."""
     try:
-        from .search.run import quiet_optuna
+        from .search import quiet_optuna
 
         quiet_optuna()
         app()

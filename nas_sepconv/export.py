@@ -54,7 +54,8 @@ def rebuild_trial(
     Nothing named by the results folder is imported or called unless ``allow_import`` names it
     (see :mod:`nas_sepconv.io`)."""
     from .io import check_device, load_model, trusted_names
-    from .search.run import _Context, _Settings, run_candidate
+    from .search.candidates import _Context, run_candidate
+    from .search.settings import _Settings
     from .search.spaces import parse_space
     from .search.suggestion import suggest
     from .train import evaluate

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 import nas_sepconv.io as nsio
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
-from nas_sepconv.search.run import WORKER_ATTR
+from nas_sepconv.search.heartbeat import WORKER_ATTR
 from nas_sepconv.search import search as run_search
 
 from conftest import FAST_SPACE  # noqa: E402
@@ -185,9 +185,9 @@ def test_read_only_folders_are_refused_before_anything_runs(tmp_path, immutable,
     immutable(fresh)
     immutable(folder)
     trained = []
-    search_mod = importlib.import_module("nas_sepconv.search.run")  # the package re-exports search() by that name
-    real = search_mod.run_candidate
-    monkeypatch.setattr(search_mod, "run_candidate", lambda *a, **k: trained.append(1) or real(*a, **k))
+    workers = importlib.import_module("nas_sepconv.search.workers")  # where a worker looks run_candidate up
+    real = workers.run_candidate
+    monkeypatch.setattr(workers, "run_candidate", lambda *a, **k: trained.append(1) or real(*a, **k))
     runner = CliRunner()
     # a new search into a read-only folder
     _one_line(runner.invoke(app, ["search", "--space", str(space), "--trials", "1", "--out", str(fresh)]), "--out")
@@ -249,7 +249,7 @@ def test_a_trial_failed_by_the_heartbeat_gets_a_reason_and_its_retry_does_not(tm
     """Optuna's fail_stale_trials records no reason; ours does (and a retry starts clean)."""
     import warnings
 
-    from nas_sepconv.search.run import _RetryStale
+    from nas_sepconv.search.heartbeat import _RetryStale
     from nas_sepconv.storage import open_storage
 
     space = write_space(tmp_path)

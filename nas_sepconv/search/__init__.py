@@ -5,7 +5,11 @@ from __future__ import annotations
 from .schema import BLOCK_OPTIONS, LIMITS, SpaceLimits
 from .spaces import Space, list_spaces, load_space, space_dirs
 from .suggestion import Candidate, suggest
-from .run import SearchStatus, build_candidate, normalise_storage_url, open_study, run_candidate, search, storage_url_for
+from .candidates import build_candidate, run_candidate
+from .outputs import SearchStatus
+from .run import normalise_storage_url, search, storage_url_for
+from .study import open_study
+from .workers import quiet_optuna
 
 __all__ = [
     "BLOCK_OPTIONS",
@@ -19,6 +23,7 @@ __all__ = [
     "load_space",
     "normalise_storage_url",
     "open_study",
+    "quiet_optuna",
     "run_candidate",
     "search",
     "space_dirs",
