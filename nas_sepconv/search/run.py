@@ -25,16 +25,16 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import torch
 
 from ..errors import StorageError, UserInputError
+from ..data import load_dataset
 from ..files import atomic_write, ensure_writable_dir
+from ..io import check_device
+from ..models import model_from_name
 from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
 from .candidates import build_candidate, run_candidate
 from .outputs import SearchStatus, refresh_outputs
@@ -43,7 +43,7 @@ from .samplers import _sampler
 from .settings import _Settings
 from .spaces import Space, load_space
 from .study import open_study
-from .workers import _INTERRUPTED, _counts, _interrupt, _sigint_deferred, _worker_loop
+from .workers import _counts, _interruptible, _sigint_deferred, _worker_loop
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
 
@@ -83,7 +83,35 @@ def search(
             heartbeat for 3 intervals is marked FAIL.
         progress: called with a :class:`SearchStatus` after each finished trial.
     """
-    space = load_space(space)
+    settings = _settings(
+        load_space(space), trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed,
+        device=device, workers=workers, out=out, retries=retries, heartbeat=heartbeat,
+    )
+    data = _checked_data(settings.space)
+    if settings.space.kind == "convert":
+        _check_convert(settings.space, data)  # a bad base model would otherwise fail every trial
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    the_study = open_study(settings)
+    _write_meta(settings)
+    update = _updater(the_study, settings, progress)
+    with _interruptible():
+        try:
+            if settings.workers == 1:
+                _worker_loop(settings, 0, on_finish=update)
+            else:
+                _run_workers(settings, update)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the outputs of what finished; never in place of the error that stopped the run
+                update()
+            raise
+        update()
+    return the_study
+
+
+def _settings(space: Space, *, trials: int | None, timeout: float | None, storage: str | None, study: str | None, sampler: str | None,
+              seed: int, device: str, workers: int, out: str | Path, retries: int, heartbeat: int) -> _Settings:
+    """The arguments of :func:`search`, checked (each error names its flag), as settings;
+    nothing is created but the results folder's parents (checked writable)."""
     if trials is not None and trials < 1:
         raise UserInputError("--trials", f"must be >= 1, got {trials}")
     if workers < 1:
@@ -97,7 +125,7 @@ def search(
         timeout = None
     if heartbeat < 0 or retries < 0:
         raise UserInputError("--heartbeat" if heartbeat < 0 else "--retries", f"must be >= 0, got {min(heartbeat, retries)}")
-    _check_device(device)
+    check_device(device, field="--device")
     name = study or space.name
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UserInputError("--study", f"{name!r} is not a usable name", "use letters, digits, '-', '_' and '.'")
@@ -122,66 +150,49 @@ def search(
         open_storage(settings.storage)  # a bad URL fails before the results directory exists
         if settings.storage.startswith("sqlite"):  # SQLite writes a journal beside the database
             ensure_writable_dir(Path(sqlite_path(settings.storage) or ".").parent, "--storage")
-    from ..data import load_dataset
+    return settings
 
+
+def _checked_data(space: Space) -> Any:
+    """The space's data set, loaded once here so that bad data fails early, named by its field
+    in the space file."""
     d = space.spec.data
-    try:  # bad data fails early, named by its field in the space file
-        data = load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size)
+    try:
+        return load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size)
     except UserInputError as exc:
         raise UserInputError("data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field, exc.problem, exc.fix) from None
-    if space.kind == "convert":
-        _check_convert(space, data)  # a bad base model would otherwise fail every trial
-    out_dir.mkdir(parents=True, exist_ok=True)
-    the_study = open_study(settings)
+
+
+def _write_meta(settings: _Settings) -> None:
+    """``meta.json`` of the results folder: where the study lives (password left out)."""
+    space, out_dir = settings.space, settings.out_dir
+    meta = {"storage": without_password(settings.storage), "study": settings.study, "space": space.name, "mode": space.spec.search.mode}
     try:
-        atomic_write(out_dir / "meta.json", json.dumps({"storage": without_password(settings.storage), "study": name, "space": space.name, "mode": space.spec.search.mode}, indent=2))
+        atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2))
     except OSError as exc:  # (the folder was checked writable: a full disk)
         raise StorageError(f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again") from None
 
+
+def _updater(the_study: optuna.Study, settings: _Settings, progress: Callable[[SearchStatus], None] | None) -> Callable[[], None]:
+    """What runs after each finished trial: rewrite the outputs, then show the progress."""
+
     def update() -> None:
         with _sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written
-            _update()
+            status = refresh_outputs(the_study, settings.out_dir) or SearchStatus(target=settings.trials)
+            counts = _counts(the_study)
+            status.target, status.done, status.failed, status.running = settings.trials, counts["done"], counts["failed"], counts["running"]
+            done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
+            if done:
+                last = max(done, key=lambda t: t.number)
+                status.last = f"#{last.number} {last.state.name} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
+            if progress:
+                progress(status)
 
-    def _update() -> None:
-        status = refresh_outputs(the_study, out_dir) or SearchStatus(target=settings.trials)
-        counts = _counts(the_study)
-        status.target, status.done, status.failed, status.running = settings.trials, counts["done"], counts["failed"], counts["running"]
-        done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
-        if done:
-            last = max(done, key=lambda t: t.number)
-            status.last = f"#{last.number} {last.state.name} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
-        if progress:
-            progress(status)
-
-    _INTERRUPTED.clear()
-    main = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if main:
-        signal.signal(signal.SIGINT, _interrupt)
-    try:
-        if workers == 1:
-            _worker_loop(settings, 0, on_finish=update)
-        else:
-            _run_workers(settings, update)
-    except BaseException:
-        try:  # the outputs of what finished; never in place of the error that stopped the run
-            with contextlib.suppress(Exception):
-                update()
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-        raise
-    try:
-        update()
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-    return the_study
+    return update
 
 
 def _check_convert(space: Space, data: Any) -> None:
     """The base model of a convert space can be built, and its weights file exists."""
-    from ..models import model_from_name
-
     c = space.spec.convert
     if c.weights and not Path(c.weights).is_file():
         raise UserInputError("convert.weights", f"{c.weights} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
@@ -189,14 +200,3 @@ def _check_convert(space: Space, data: Any) -> None:
         model_from_name(c.model, **dict(c.model_kwargs, num_classes=data.num_classes, in_channels=data.input_shape[0]))
     except UserInputError as exc:
         raise UserInputError(f"convert.{exc.field}" if exc.field in ("model", "num_classes", "in_channels") else exc.field, exc.problem, exc.fix) from None
-
-
-def _check_device(device: str) -> None:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserInputError("--device", f"{device!r} is not a device", "use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device", "CUDA is not available on this machine", "use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserInputError("--device", f"{device!r} is not supported", "use cpu, cuda or cuda:N")

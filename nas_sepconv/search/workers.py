@@ -204,6 +204,21 @@ def _sigint_deferred():
         raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C in the block sets :data:`_INTERRUPTED` and raises KeyboardInterrupt (main thread,
+    default handler only); the default handler is put back after the block."""
+    _INTERRUPTED.clear()
+    main = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if main:
+        signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _worker_loop(settings: _Settings, worker: int, on_finish: Callable[[], None] | None = None, *, parent: int | None = None) -> None:
     """Claim and run trials until the study holds ``settings.trials`` finished trials.  A
     spawned worker (``parent`` given) stops when its parent process is gone, so a killed
