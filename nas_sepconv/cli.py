@@ -18,6 +18,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from .errors import StorageError, UserInputError
+from .search import SAMPLERS
 
 try:  # typer 0.2x vendors click
     from typer._click.exceptions import ClickException
@@ -233,7 +234,7 @@ def search(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite in the results directory)"),
     study: Optional[str] = typer.Option(None, "--study", help="study name (default: the space name)"),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2 | tpe | gp | random"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help=" | ".join(SAMPLERS)),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:1"),
     workers: int = typer.Option(1, "--workers", help="local worker processes"),

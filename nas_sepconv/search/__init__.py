@@ -8,6 +8,7 @@ from .suggestion import Candidate, suggest
 from .candidates import build_candidate, run_candidate
 from .outputs import SearchStatus
 from .run import normalise_storage_url, search, storage_url_for
+from .samplers import SAMPLERS, Sampler
 from .study import open_study
 from .workers import quiet_optuna
 
@@ -15,6 +16,8 @@ __all__ = [
     "BLOCK_OPTIONS",
     "Candidate",
     "LIMITS",
+    "SAMPLERS",
+    "Sampler",
     "SearchStatus",
     "Space",
     "SpaceLimits",

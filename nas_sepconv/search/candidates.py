@@ -13,8 +13,15 @@ import optuna
 import torch
 import torch.nn as nn
 
+from safetensors.torch import load_file
+
+from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
+from ..data import calibration_batches, load_dataset
 from ..errors import TrainingDiverged, UserInputError
+from ..io import FORMAT, build_from_recipe, load_model, read_recipe, save_model
+from ..measure import count_macs, count_params, measure_latency
 from ..storage import lock
+from ..train import converted_features, evaluate, fit
 from .settings import _Settings
 from .spaces import Space
 from .suggestion import Candidate
@@ -24,8 +31,6 @@ class _Context:
     """Per-process state: the data set on the device, the trained base model (convert spaces)."""
 
     def __init__(self, settings: _Settings):
-        from ..data import load_dataset
-
         self.settings = settings
         d = settings.space.spec.data
         self.data = load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, seed=0, subset=d.subset, image_size=d.image_size).to(settings.device)
@@ -40,8 +45,6 @@ class _Context:
 
     def sites(self) -> list:
         if self._sites is None:
-            from ..conversion import Policy, find_sites
-
             x = torch.randn(1, *self.data.input_shape)
             sites, _, _ = find_sites(self.base().cpu(), x)
             eligible = Policy(min_macs_saving=None)
@@ -64,9 +67,6 @@ def _prepare_base(ctx: _Context) -> nn.Module:
     """The base model of a convert space: its factory is the one the space names (the user's own
     file: that vouches for it), loaded from ``convert.weights``, from the cache of an earlier run
     (only if its recipe is exactly this space's), or trained once and cached."""
-    from ..io import build_from_recipe, save_model
-    from ..train import TrainConfig, fit
-
     c = ctx.settings.space.spec.convert
     if c.weights:
         path = Path(c.weights)
@@ -74,8 +74,6 @@ def _prepare_base(ctx: _Context) -> nn.Module:
             raise UserInputError("convert.weights", f"{path} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
         model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -86,7 +84,7 @@ def _prepare_base(ctx: _Context) -> nn.Module:
         if cache.is_file():
             return _load_base_cache(cache, ctx)
         model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
-        cfg = TrainConfig(**ctx.settings.space.spec.train.model_dump(), seed=ctx.settings.seed)
+        cfg = replace(ctx.settings.space.spec.train, seed=ctx.settings.seed)
         fit(model, ctx.data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=ctx.settings.device)
         save_model(cache, model.cpu(), _base_recipe(ctx))
         return model.eval()
@@ -95,8 +93,6 @@ def _prepare_base(ctx: _Context) -> nn.Module:
 def _load_base_cache(cache: Path, ctx: _Context) -> nn.Module:
     """The cached base model of an earlier run, only if its recipe is the one this space makes:
     a results folder is shared, and its file must not choose what is built."""
-    from ..io import FORMAT, load_model, read_recipe
-
     if read_recipe(cache) != {"format": FORMAT, **_base_recipe(ctx)}:
         raise UserInputError("convert.model", f"{cache} holds another base model than this space's", "delete it to train the base model again, or use another --out")
     return load_model(cache, allow_import=ctx.settings.space.spec.convert.model)
@@ -104,14 +100,8 @@ def _load_base_cache(cache: Path, ctx: _Context) -> nn.Module:
 
 def build_candidate(ctx: _Context, candidate: Candidate) -> nn.Module:
     """The candidate's model, ready to train: built from scratch, or converted from the base."""
-    from ..io import build_from_recipe
-
     if candidate.kind == "build":
         return build_from_recipe(candidate.recipe)
-    from ..conversion import Policy, make_plan
-    from ..conversion import apply_plan
-    from ..conversion import apply_width_mult
-
     c = ctx.settings.space.spec.convert
     model = ctx.base().cpu()
     x = torch.randn(1, *candidate.recipe["input_size"])
@@ -124,9 +114,6 @@ def build_candidate(ctx: _Context, candidate: Candidate) -> nn.Module:
         model = apply_plan(model, plan, init=c.init)
         candidate.recipe["plan"] = plan.to_json(indent=None)
         if c.init == "svd" and c.refit:
-            from ..data import calibration_batches
-            from ..conversion import refit
-
             batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
             teacher = apply_width_mult(ctx.base().cpu(), candidate.recipe["width_mult"], example_inputs=x) if candidate.recipe["width_mult"] != 1.0 else ctx.base().cpu()
             # no BatchNorm re-estimation afterwards: the refit restores each conv's output, so the
@@ -142,9 +129,6 @@ def _reward(accuracy: float, macs: int, space: Space) -> float:
 
 def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Build, budget-check, train and evaluate one candidate; returns the model and metrics."""
-    from ..measure import count_macs, count_params, measure_latency
-    from ..train import TrainConfig, evaluate, fit
-
     space = ctx.settings.space
     s = space.spec.search
     started = time.perf_counter()
@@ -157,12 +141,9 @@ def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, see
         if limit is not None:
             constraints[key] = float(value - limit)
     feasible = all(c <= 0 for c in constraints.values())
-    cfg = TrainConfig(**space.spec.train.model_dump(), seed=seed)
+    cfg = replace(space.spec.train, seed=seed)
     teacher, features = None, []
     if candidate.kind == "convert":
-        from ..conversion import plan_of
-        from ..train import converted_features
-
         c = space.spec.convert
         cfg = replace(cfg, epochs=max(1, c.finetune_epochs), lr=c.finetune_lr, warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs)
         teacher = ctx.base() if c.distill else None

@@ -39,7 +39,7 @@ from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_
 from .candidates import build_candidate, run_candidate
 from .outputs import SearchStatus, refresh_outputs
 from .processes import _check_workers, _run_workers
-from .samplers import _sampler
+from .samplers import make_sampler
 from .settings import _Settings
 from .spaces import Space, load_space
 from .study import open_study
@@ -145,7 +145,7 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
         retries=retries,
         heartbeat=heartbeat,
     )
-    _sampler(settings.sampler, seed, space)  # validate before creating anything
+    make_sampler(settings.sampler, seed, space)  # validate before creating anything
     if storage is not None:
         open_storage(settings.storage)  # a bad URL fails before the results directory exists
         if settings.storage.startswith("sqlite"):  # SQLite writes a journal beside the database

@@ -11,16 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..blocks import KINDS, BlockSpec
+from ..data import find_dataset
 from ..errors import UserInputError
 from ..models import ARCH_ACTS
+from ..results import OBJECTIVES
+from ..train import MAX_BATCH_SIZE, MAX_EPOCHS, TrainConfig
+from .samplers import SAMPLERS, find_sampler
 
 __all__ = ["SpaceFile", "Range", "SpaceLimits", "LIMITS", "BLOCK_OPTIONS", "SiteGroup"]
 
 BLOCK_OPTIONS = sorted({o.name for k in KINDS.values() for o in k.options})
-OBJECTIVES = ("accuracy", "macs", "params", "latency_ms")
+#: The objectives a space may list (``search.objectives``), in the table's order.
+SEARCHABLE = tuple(name for name, o in OBJECTIVES.items() if o.searchable)
+#: The axes of the front: every space's objectives start with these.
+REQUIRED_OBJECTIVES = ("accuracy", "macs")
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,8 @@ class SpaceLimits:
     stride: int = 8  # stem_stride, a stage's stride
     image_size: int = 2048  # data.image_size, pixels per side
     subset: int = 100_000_000  # data.subset, images
-    epochs: int = 10_000  # train.epochs, convert.base_epochs, convert.finetune_epochs
-    batch_size: int = 65_536  # train.batch_size
+    epochs: int = MAX_EPOCHS  # train.epochs (TrainConfig's bound), convert.base_epochs, convert.finetune_epochs
+    batch_size: int = MAX_BATCH_SIZE  # train.batch_size (TrainConfig's bound)
     calibration_images: int = 1_000_000  # convert.calibration_images
     option: int = 4096  # any numeric block option value (expand_ratio, dw_mult, rank, groups, kernel_size...)
     nesting: int = 32  # levels of YAML mappings and lists
@@ -276,25 +283,16 @@ class DataSection(_Strict):
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     image_size: int | None = Field(default=None, ge=4, le=LIMITS.image_size)
 
-
-class TrainSection(_Strict):
-    epochs: int = Field(default=10, ge=1, le=LIMITS.epochs)
-    batch_size: int = Field(default=128, ge=1, le=LIMITS.batch_size)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(default=0.1, gt=0)
-    weight_decay: float = Field(default=5e-4, ge=0)
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
-    warmup_epochs: float = Field(default=1.0, ge=0)
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    amp: bool = True
-    channels_last: bool = True
-    grad_clip: float | None = Field(default=None, gt=0)
+    @model_validator(mode="after")
+    def _known(self) -> "DataSection":
+        find_dataset(self.dataset)  # raises naming the field dataset, listing the data sets
+        return self
 
 
 class SearchSection(_Strict):
     trials: int = Field(default=20, ge=1)
-    sampler: Literal["nsga2", "tpe", "gp", "random"] = "nsga2"
-    objectives: list[Literal["accuracy", "macs", "params", "latency_ms"]] = ["accuracy", "macs"]
+    sampler: str = next(iter(SAMPLERS))
+    objectives: list[str] = list(REQUIRED_OBJECTIVES)
     mode: Literal["pareto", "scalarised"] = "pareto"
     target_macs: float | None = Field(default=None, gt=0)
     reward_exponent: float = -0.07
@@ -307,8 +305,15 @@ class SearchSection(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SearchSection":
-        if self.objectives[:2] != ["accuracy", "macs"] or len(set(self.objectives)) != len(self.objectives):
-            raise UserInputError("objectives", f"got {self.objectives}; they must start with accuracy, macs (then optionally params, latency_ms), without repeats")
+        find_sampler(self.sampler, field="sampler")
+        for name in self.objectives:
+            if name not in SEARCHABLE:
+                raise UserInputError("objectives", f"unknown objective {name!r}", f"use one of {', '.join(SEARCHABLE)}")
+        if tuple(self.objectives[: len(REQUIRED_OBJECTIVES)]) != REQUIRED_OBJECTIVES or len(set(self.objectives)) != len(self.objectives):
+            optional = ", ".join(n for n in SEARCHABLE if n not in REQUIRED_OBJECTIVES)
+            raise UserInputError(
+                "objectives", f"got {self.objectives}; they must start with {', '.join(REQUIRED_OBJECTIVES)} (then optionally {optional}), without repeats"
+            )
         if self.mode == "scalarised" and self.target_macs is None:
             raise UserInputError("target_macs", "missing: mode scalarised needs it (the T of MnasNet's reward ACC·(MACs/T)^w)")
         return self
@@ -319,10 +324,18 @@ class SpaceFile(_Strict):
     description: str = ""
     kind: Literal["build", "convert"]
     data: DataSection = DataSection()
-    train: TrainSection = TrainSection()
+    # the one training configuration: its own validation and bounds apply (errors name train.<field>)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchSection = SearchSection()
     build: BuildSection | None = None
     convert: ConvertSection | None = None
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _unseeded(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "seed" in value:
+            raise UserInputError("seed", "unknown field", "the search seeds each trial itself: give --seed")
+        return value
 
     @model_validator(mode="after")
     def _section(self) -> "SpaceFile":

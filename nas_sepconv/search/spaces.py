@@ -137,13 +137,14 @@ def _one_line(exc: ValidationError, source: str) -> UserInputError:
     inner = first.get("ctx", {}).get("error")
     fix = f"fix it in {source}"
     if isinstance(inner, UserInputError):  # raised by a validator: its field lies below the location
-        field = f"{_field_path(first['loc'])}.{inner.field}".lstrip(".")
+        path = _field_path(first["loc"])  # (TrainConfig's errors name train.<field> already)
+        field = inner.field if inner.field.startswith(f"{path}.") else f"{path}.{inner.field}".lstrip(".")
         msg = inner.problem
         fix = f"{inner.fix}; {fix}" if inner.fix else fix
     elif first["type"] == "literal_error":
         expected = first.get("ctx", {}).get("expected", "")
         msg = f"got {first.get('input')!r}; allowed values: {expected}"
-    elif first["type"] == "extra_forbidden":
+    elif first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # (the second: a TrainConfig field)
         msg = "unknown field"
     others = {_field_path(e["loc"]) for e in errors} - {_field_path(first["loc"])}  # union alternatives share a path
     more = f" (and {len(others)} more problems)" if others else ""

@@ -7,9 +7,10 @@ from __future__ import annotations
 import optuna
 
 from ..errors import StorageError, UserInputError
+from ..results import OBJECTIVES
 from ..storage import open_storage, redact
 from .heartbeat import _RetryStale
-from .samplers import _sampler
+from .samplers import make_sampler
 from .settings import _Settings
 from .spaces import Space
 
@@ -33,13 +34,13 @@ def open_study(settings: _Settings, *, worker: int = 0) -> optuna.Study:
     space = settings.space
     storage = open_storage(settings.storage, heartbeat=settings.heartbeat, stale_callback=_RetryStale(max_retry=settings.retries) if settings.retries else None)
     names = metric_names(space)
-    directions = ["maximize" if n in ("accuracy", "reward") else "minimize" for n in names]
+    directions = [OBJECTIVES[n].direction for n in names]
     try:
         study = optuna.create_study(
             storage=storage,
             study_name=settings.study,
             directions=directions,
-            sampler=_sampler(settings.sampler, settings.seed + worker, space),
+            sampler=make_sampler(settings.sampler, settings.seed + worker, space),
             pruner=_pruner(space),
             load_if_exists=True,
         )
