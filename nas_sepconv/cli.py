@@ -154,7 +154,7 @@ def convert(
     """Convert a model's convolutions and print the per-site report."""
 
     def run() -> None:
-        from .io import save_model
+        from .io import Recipe, save_model
         from .models import model_from_name
         from .files import ensure_writable_dir
         from .conversion import make_plan
@@ -179,7 +179,7 @@ def convert(
         for note in plan.notes:
             out.print(f"note: {note}")
         if out_file is not None:
-            recipe = dict(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=list(size), plan=plan.to_json(indent=None))
+            recipe = Recipe(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=size, plan=plan.to_json(indent=None))
             save_model(out_file, converted, recipe)
             out.print(f"saved {out_file} (load with nas_sepconv.load_model({str(out_file)!r}))")
 

@@ -25,7 +25,6 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import nas_sepconv.io as nsio
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
 from nas_sepconv.search.heartbeat import WORKER_ATTR
@@ -72,7 +71,7 @@ def test_weights_and_outputs_that_cannot_be_written_cost_only_those_files(tmp_pa
     def no_space_outputs(df, out_dir, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(out_dir) / "trials.csv"))
 
-    monkeypatch.setattr(nsio, "save_model", no_space)
+    monkeypatch.setattr(importlib.import_module("nas_sepconv.search.workers"), "save_model", no_space)  # where trials save weights
     monkeypatch.setattr(nsresults, "write_outputs", no_space_outputs)
     statuses = []
     study = run_search(str(write_space(tmp_path)), trials=2, out=tmp_path / "out", heartbeat=0, progress=statuses.append)

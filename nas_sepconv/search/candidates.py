@@ -18,19 +18,21 @@ from safetensors.torch import load_file
 from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
 from ..data import calibration_batches, load_dataset
 from ..errors import TrainingDiverged, UserInputError
-from ..io import FORMAT, build_from_recipe, load_model, read_recipe, save_model
+from ..io import Recipe, build_from_recipe, load_model, read_recipe, save_model
 from ..measure import count_macs, count_params, measure_latency
 from ..storage import lock
 from ..train import converted_features, evaluate, fit
-from .settings import _Settings
+from .settings import Settings
 from .spaces import Space
-from .suggestion import Candidate
+from .suggestion import Candidate, suggest
 
 
-class _Context:
-    """Per-process state: the data set on the device, the trained base model (convert spaces)."""
+class TrialContext:
+    """Per-process state: the data set on the device, the trained base model (convert spaces).
 
-    def __init__(self, settings: _Settings):
+    Public for rebuilding a trial of a finished study (:meth:`for_rebuild`, :meth:`retrain`)."""
+
+    def __init__(self, settings: Settings):
         self.settings = settings
         d = settings.space.spec.data
         self.data = load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, seed=0, subset=d.subset, image_size=d.image_size).to(settings.device)
@@ -52,18 +54,38 @@ class _Context:
         return self._sites
 
 
-def _base_recipe(ctx: _Context) -> dict[str, Any]:
+    @classmethod
+    def for_rebuild(cls, space: Space, *, device: str, out_dir: Path, study: str = "") -> "TrialContext":
+        """A context to rebuild the trials of a study made with ``space`` (no storage; the base
+        model of a convert space is looked for in ``out_dir``, as the search left it)."""
+        return cls(Settings(space=space, trials=1, timeout=None, storage="", study=study, sampler="random", seed=0, device=device,
+                            workers=1, out_dir=out_dir, retries=0, heartbeat=0))
+
+    def suggest(self, trial: Any) -> Candidate:
+        """The candidate ``trial`` (an Optuna trial, or a FixedTrial of a trial's parameters) draws."""
+        space = self.settings.space
+        return suggest(space, trial, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
+                       sites=self.sites() if space.kind == "convert" else None)
+
+    def retrain(self, params: dict[str, Any], *, number: int, seed: int) -> nn.Module:
+        """The model of the trial with these parameters, drawn again and trained with ``seed``."""
+        candidate = self.suggest(optuna.trial.FixedTrial(params, number=number))
+        model, _ = run_candidate(self, candidate, seed=seed)
+        return model
+
+
+def _base_recipe(ctx: TrialContext) -> Recipe:
     c = ctx.settings.space.spec.convert
-    return {
-        "kind": "converted",
-        "model": c.model,
-        "model_kwargs": dict(c.model_kwargs, num_classes=ctx.data.num_classes, in_channels=ctx.data.input_shape[0]),
-        "width_mult": 1.0,
-        "input_size": list(ctx.data.input_shape),
-    }
+    return Recipe(
+        kind="converted",
+        model=c.model,
+        model_kwargs=dict(c.model_kwargs, num_classes=ctx.data.num_classes, in_channels=ctx.data.input_shape[0]),
+        width_mult=1.0,
+        input_size=tuple(ctx.data.input_shape),
+    )
 
 
-def _prepare_base(ctx: _Context) -> nn.Module:
+def _prepare_base(ctx: TrialContext) -> nn.Module:
     """The base model of a convert space: its factory is the one the space names (the user's own
     file: that vouches for it), loaded from ``convert.weights``, from the cache of an earlier run
     (only if its recipe is exactly this space's), or trained once and cached."""
@@ -90,32 +112,33 @@ def _prepare_base(ctx: _Context) -> nn.Module:
         return model.eval()
 
 
-def _load_base_cache(cache: Path, ctx: _Context) -> nn.Module:
+def _load_base_cache(cache: Path, ctx: TrialContext) -> nn.Module:
     """The cached base model of an earlier run, only if its recipe is the one this space makes:
     a results folder is shared, and its file must not choose what is built."""
-    if read_recipe(cache) != {"format": FORMAT, **_base_recipe(ctx)}:
+    if read_recipe(cache) != _base_recipe(ctx):
         raise UserInputError("convert.model", f"{cache} holds another base model than this space's", "delete it to train the base model again, or use another --out")
     return load_model(cache, allow_import=ctx.settings.space.spec.convert.model)
 
 
-def build_candidate(ctx: _Context, candidate: Candidate) -> nn.Module:
+def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
     """The candidate's model, ready to train: built from scratch, or converted from the base."""
     if candidate.kind == "build":
         return build_from_recipe(candidate.recipe)
     c = ctx.settings.space.spec.convert
     model = ctx.base().cpu()
-    x = torch.randn(1, *candidate.recipe["input_size"])
-    if candidate.recipe["width_mult"] != 1.0:
-        model = apply_width_mult(model, candidate.recipe["width_mult"], example_inputs=x)
-    rules = {k: v for k, v in candidate.recipe["rules"].items() if v is not None}
+    recipe = candidate.recipe
+    x = torch.randn(1, *recipe.input_size)
+    if recipe.width_mult != 1.0:
+        model = apply_width_mult(model, recipe.width_mult, example_inputs=x)
+    rules = {k: v for k, v in recipe.rules.items() if v is not None}
     if rules:
         policy = Policy(default=None, rules=rules, min_in_channels=1, skip_pointwise=False, skip_depthwise=False, min_macs_saving=None)
         plan = make_plan(model, policy, example_inputs=x)
         model = apply_plan(model, plan, init=c.init)
-        candidate.recipe["plan"] = plan.to_json(indent=None)
+        candidate.recipe = replace(recipe, plan=plan.to_json(indent=None))
         if c.init == "svd" and c.refit:
             batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
-            teacher = apply_width_mult(ctx.base().cpu(), candidate.recipe["width_mult"], example_inputs=x) if candidate.recipe["width_mult"] != 1.0 else ctx.base().cpu()
+            teacher = apply_width_mult(ctx.base().cpu(), recipe.width_mult, example_inputs=x) if recipe.width_mult != 1.0 else ctx.base().cpu()
             # no BatchNorm re-estimation afterwards: the refit restores each conv's output, so the
             # original running statistics (from the whole training set) are the right ones
             refit(model, teacher, batches, plan=plan)
@@ -127,7 +150,7 @@ def _reward(accuracy: float, macs: int, space: Space) -> float:
     return accuracy * (macs / s.target_macs) ** s.reward_exponent
 
 
-def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+def run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Build, budget-check, train and evaluate one candidate; returns the model and metrics."""
     space = ctx.settings.space
     s = space.spec.search
@@ -148,7 +171,7 @@ def run_candidate(ctx: _Context, candidate: Candidate, *, trial: Any = None, see
         cfg = replace(cfg, epochs=max(1, c.finetune_epochs), lr=c.finetune_lr, warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs)
         teacher = ctx.base() if c.distill else None
         # hints need the base's widths: a width-pruned student has other feature shapes
-        if teacher is not None and c.feature_weight > 0 and candidate.recipe["width_mult"] == 1.0 and plan_of(model) is not None:
+        if teacher is not None and c.feature_weight > 0 and candidate.recipe.width_mult == 1.0 and plan_of(model) is not None:
             features = converted_features(model)
 
     def report(epoch: int, val_acc: float) -> None:

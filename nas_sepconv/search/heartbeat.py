@@ -12,7 +12,7 @@ import warnings
 
 import optuna
 
-from .settings import _Settings
+from .settings import Settings
 
 
 #: system attribute of a running trial: ``host:pid`` of the process that runs it
@@ -22,7 +22,7 @@ WORKER_ATTR = "nas_sepconv:worker"
 _WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _fail_stale_trials(study: optuna.Study, settings: _Settings) -> None:
+def _fail_stale_trials(study: optuna.Study, settings: Settings) -> None:
     """Fail the RUNNING trials whose worker died, each with its ``fail_reason``: those whose
     heartbeat stopped (Optuna's ``fail_stale_trials``, which records no reason), and those run
     by a process of this machine that is gone (a search killed, or stopped by a full disk, runs

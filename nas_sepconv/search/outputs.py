@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from .. import results
 from ..files import atomic_write
 
 
@@ -43,8 +44,6 @@ def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
 
 
 def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
-    from .. import results
-
     # only the weights of trials finished before the frame is loaded may go: a trial still
     # running (or started since) may have saved its weights already, in another worker
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}

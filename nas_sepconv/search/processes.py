@@ -15,7 +15,7 @@ import torch
 
 from ..errors import StorageError, UserInputError
 from ..storage import open_storage
-from .settings import _Settings
+from .settings import Settings
 from .workers import _INTERRUPTED, _sigint_deferred, _worker_loop, quiet_optuna
 
 
@@ -23,7 +23,7 @@ from .workers import _INTERRUPTED, _sigint_deferred, _worker_loop, quiet_optuna
 STORAGE_FAILED = 75
 
 
-def _worker_main(settings: _Settings, worker: int, errors: Any = None) -> None:
+def _worker_main(settings: Settings, worker: int, errors: Any = None) -> None:
     """A spawned worker.  It starts with Ctrl-C blocked (see :func:`_start_worker`): a Ctrl-C
     while it imported torch would have printed a traceback per worker; it arrives now."""
     quiet_optuna()
@@ -77,7 +77,7 @@ def _check_workers(workers: int) -> None:
         raise UserInputError("--workers", f"{workers} is more than this machine can run ({cap}: {why})", f"use --workers {cap} or fewer")
 
 
-def _start_worker(ctx: Any, settings: _Settings, number: int, errors: Any) -> Any:
+def _start_worker(ctx: Any, settings: Settings, number: int, errors: Any) -> Any:
     """Start a spawned worker with Ctrl-C blocked: a terminal's Ctrl-C reaches every process of
     the group, and a worker still importing torch would die with a traceback of its own.  The
     blocked mask survives fork and exec; the worker unblocks it once its handler is in place,
@@ -91,7 +91,7 @@ def _start_worker(ctx: Any, settings: _Settings, number: int, errors: Any) -> An
     return proc
 
 
-def _run_workers(settings: _Settings, update: Callable[[], None]) -> None:
+def _run_workers(settings: Settings, update: Callable[[], None]) -> None:
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.SimpleQueue()
     procs: dict[int, Any] = {}

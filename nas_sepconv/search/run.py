@@ -40,7 +40,7 @@ from .candidates import build_candidate, run_candidate
 from .outputs import SearchStatus, refresh_outputs
 from .processes import _check_workers, _run_workers
 from .samplers import make_sampler
-from .settings import _Settings
+from .settings import Settings
 from .spaces import Space, load_space
 from .study import open_study
 from .workers import _counts, _interruptible, _sigint_deferred, _worker_loop
@@ -109,7 +109,7 @@ def search(
 
 
 def _settings(space: Space, *, trials: int | None, timeout: float | None, storage: str | None, study: str | None, sampler: str | None,
-              seed: int, device: str, workers: int, out: str | Path, retries: int, heartbeat: int) -> _Settings:
+              seed: int, device: str, workers: int, out: str | Path, retries: int, heartbeat: int) -> Settings:
     """The arguments of :func:`search`, checked (each error names its flag), as settings;
     nothing is created but the results folder's parents (checked writable)."""
     if trials is not None and trials < 1:
@@ -131,7 +131,7 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
         raise UserInputError("--study", f"{name!r} is not a usable name", "use letters, digits, '-', '_' and '.'")
     out_dir = Path(out) / name
     ensure_writable_dir(out_dir, "--out")  # a new search, or the folder of the one it resumes
-    settings = _Settings(
+    settings = Settings(
         space=space,
         trials=trials or space.spec.search.trials,
         timeout=timeout,
@@ -163,7 +163,7 @@ def _checked_data(space: Space) -> Any:
         raise UserInputError("data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field, exc.problem, exc.fix) from None
 
 
-def _write_meta(settings: _Settings) -> None:
+def _write_meta(settings: Settings) -> None:
     """``meta.json`` of the results folder: where the study lives (password left out)."""
     space, out_dir = settings.space, settings.out_dir
     meta = {"storage": without_password(settings.storage), "study": settings.study, "space": space.name, "mode": space.spec.search.mode}
@@ -173,7 +173,7 @@ def _write_meta(settings: _Settings) -> None:
         raise StorageError(f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again") from None
 
 
-def _updater(the_study: optuna.Study, settings: _Settings, progress: Callable[[SearchStatus], None] | None) -> Callable[[], None]:
+def _updater(the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None) -> Callable[[], None]:
     """What runs after each finished trial: rewrite the outputs, then show the progress."""
 
     def update() -> None:

@@ -9,7 +9,7 @@ from .spaces import Space
 
 
 @dataclass
-class _Settings:
+class Settings:
     space: Space
     trials: int
     timeout: float | None

@@ -4,15 +4,18 @@ Storage failures become one line (:class:`~nas_sepconv.errors.StorageError`)."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import optuna
+import sqlalchemy.exc
 
 from ..errors import StorageError, UserInputError
 from ..results import OBJECTIVES
 from ..storage import open_storage, redact
 from .heartbeat import _RetryStale
 from .samplers import make_sampler
-from .settings import _Settings
-from .spaces import Space
+from .settings import Settings
+from .spaces import Space, parse_space
 
 
 def _pruner(space: Space) -> optuna.pruners.BasePruner:
@@ -29,7 +32,7 @@ def metric_names(space: Space) -> list[str]:
     return ["reward"] if s.mode == "scalarised" else list(s.objectives)
 
 
-def open_study(settings: _Settings, *, worker: int = 0) -> optuna.Study:
+def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
     """Create or load the study (same name and storage: resumed)."""
     space = settings.space
     storage = open_storage(settings.storage, heartbeat=settings.heartbeat, stale_callback=_RetryStale(max_retry=settings.retries) if settings.retries else None)
@@ -72,16 +75,10 @@ def open_study(settings: _Settings, *, worker: int = 0) -> optuna.Study:
 def _defining(space_yaml: str) -> dict:
     """What of a space defines its candidates and objectives: all but the description and the
     trial count (changing those resumes the same study)."""
-    from .spaces import parse_space
-
     return parse_space(space_yaml).spec.model_dump(exclude={"description": True, "search": {"trials", "max_failures"}})
 
 
 def _is_storage_failure(exc: BaseException) -> bool:
-    import sqlite3
-
-    import sqlalchemy.exc
-
     return isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error))
 
 

@@ -10,6 +10,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+from ..io import Recipe
+from ..models import Arch, Stage
 from .schema import SiteGroup, _suggest
 from .spaces import Space
 
@@ -24,7 +26,7 @@ class Candidate:
     human string; ``resolution`` the input side."""
 
     kind: str
-    recipe: dict[str, Any]
+    recipe: Recipe
     summary: str
     resolution: int
     spec_by_param: dict[str, str]
@@ -42,8 +44,6 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
     """
     s = space.spec
     if s.kind == "build":
-        from ..models import Arch, Stage
-
         b = s.build
         stages = []
         specs = {}
@@ -64,7 +64,7 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
             dropout=b.dropout,
         )
         res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", b.resolution_mult))
-        return Candidate("build", {"kind": "built", "arch": arch.to_json()}, f"r{res} {arch.summary()}", res, specs)
+        return Candidate("build", Recipe(kind="built", arch=arch.to_json()), f"r{res} {arch.summary()}", res, specs)
 
     c = s.convert
     width = float(_suggest(trial, "width_mult", c.width_mult))
@@ -80,12 +80,12 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
             if n not in rules and any(fnmatch.fnmatchcase(n, g) for g in group.match):
                 rules[n] = None if spec.kind == "keep" and spec.get("kernel_size") is None else str(spec)
     summary = f"r{res} w{width:g} | " + " ".join(f"{g}:{v}" for g, v in specs.items())
-    recipe = {
-        "kind": "converted",
-        "model": c.model,
-        "model_kwargs": dict(c.model_kwargs, num_classes=num_classes, in_channels=input_shape[0]),
-        "width_mult": width,
-        "input_size": [input_shape[0], res, res],
-        "rules": rules,
-    }
+    recipe = Recipe(
+        kind="converted",
+        model=c.model,
+        model_kwargs=dict(c.model_kwargs, num_classes=num_classes, in_channels=input_shape[0]),
+        width_mult=width,
+        input_size=(input_shape[0], res, res),
+        rules=rules,
+    )
     return Candidate("convert", recipe, summary, res, specs)

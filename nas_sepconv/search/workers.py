@@ -19,12 +19,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import CandidateError, StorageError, TrainingDiverged, UserInputError
+from ..io import save_model
 from ..storage import lock
-from .candidates import _Context, _reward, run_candidate
+from .candidates import TrialContext, _reward, run_candidate
 from .heartbeat import WORKER_ATTR, _WORKER_ID, _fail_stale_trials, _Heartbeat
-from .settings import _Settings
+from .settings import Settings
 from .study import _is_storage_failure, _storage_error, open_study
-from .suggestion import Candidate, suggest
+from .suggestion import Candidate
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 SURPLUS = "surplus claim: another worker took the last slot"
@@ -40,7 +41,7 @@ def _counts(study: optuna.Study) -> dict[str, int]:
     }
 
 
-def _claim(study: optuna.Study, settings: _Settings) -> optuna.trial.Trial | str:
+def _claim(study: optuna.Study, settings: Settings) -> optuna.trial.Trial | str:
     """A new trial, or ``"finished"`` / ``"wait"``."""
     with lock(settings.out_dir):
         _fail_stale_trials(study, settings)
@@ -81,19 +82,19 @@ def _fail_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}{where}"
 
 
-def _run_one(ctx: _Context, study: optuna.Study, trial: optuna.trial.Trial) -> None:
+def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) -> None:
     settings = ctx.settings
     space = settings.space
     beat = None
     metrics: dict[str, Any] = {}
     try:
         beat = _Heartbeat(study, trial, settings.heartbeat)
-        candidate = suggest(space, trial, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes, sites=ctx.sites() if space.kind == "convert" else None)
+        candidate = ctx.suggest(trial)
         trial.set_user_attr("arch", candidate.summary)
         trial.set_user_attr("seed", settings.seed + trial.number)
         _maybe_inject_failure(trial)  # mid-trial: the candidate is drawn, training about to start
         model, metrics = run_candidate(ctx, candidate, trial=trial, seed=settings.seed + trial.number)
-        trial.set_user_attr("arch_json", json.dumps(candidate.recipe))
+        trial.set_user_attr("arch_json", json.dumps(candidate.recipe.to_dict()))
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         for key, value in metrics["constraints"].items():  # Optuna constraints: <= 0 is feasible
@@ -127,12 +128,10 @@ def _run_one(ctx: _Context, study: optuna.Study, trial: optuna.trial.Trial) -> N
             beat.stop()
 
 
-def _save_weights(settings: _Settings, trial: optuna.trial.Trial, model: nn.Module, candidate: Candidate) -> None:
+def _save_weights(settings: Settings, trial: optuna.trial.Trial, model: nn.Module, candidate: Candidate) -> None:
     """Save a trial's weights; a file that cannot be written (disk full, folder gone) costs the
     file only: the trial keeps its metrics and completes, with ``missing_artifacts`` saying
     what is missing (``export`` re-trains such a trial from its recipe)."""
-    from ..io import save_model
-
     path = settings.out_dir / "weights" / f"trial_{trial.number}.safetensors"
     try:
         save_model(path, model.cpu(), candidate.recipe)
@@ -219,13 +218,13 @@ def _interruptible():
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _worker_loop(settings: _Settings, worker: int, on_finish: Callable[[], None] | None = None, *, parent: int | None = None) -> None:
+def _worker_loop(settings: Settings, worker: int, on_finish: Callable[[], None] | None = None, *, parent: int | None = None) -> None:
     """Claim and run trials until the study holds ``settings.trials`` finished trials.  A
     spawned worker (``parent`` given) stops when its parent process is gone, so a killed
     ``nas-sepconv search`` leaves no orphans behind."""
     # we record heartbeats ourselves around ask/tell (see _Heartbeat); Optuna warns on ask()
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    ctx = _Context(settings)
+    ctx = TrialContext(settings)
     study = open_study(settings, worker=worker)
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     while deadline is None or time.monotonic() < deadline:
