@@ -6,19 +6,33 @@ Ctrl-C: exit status 130."""
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import torch
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from typer.core import TyperGroup
 
+from . import results
+from .blocks import BlockSpec
+from .conversion import apply_plan, make_plan
 from .errors import StorageError, UserInputError
-from .search import SAMPLERS
+from .export import export_trial
+from .files import ensure_writable_dir
+from .io import Recipe, load_model, save_model
+from .measure import count_macs, count_params, measure_latency
+from .measure import profile as profile_model
+from .measure.counting import ACTIVATION_BUDGET, activation_bytes, check_threads  # (not re-exported by measure's __init__)
+from .models import model_from_name
+from .search import SAMPLERS, SearchStatus, list_spaces, quiet_optuna
+from .search import search as run_search
 
 try:  # typer 0.2x vendors click
     from typer._click.exceptions import ClickException
@@ -91,12 +105,6 @@ def example_input(net: Any, size: tuple[int, ...], text: str) -> Any:
     """A random input of batch 1 and ``size`` for ``net``, refused before it is allocated when
     the activations of one forward would exceed ``ACTIVATION_BUDGET`` (estimated on the meta
     device) or the model's first convolution does not take its channel count."""
-    import math
-
-    import torch
-
-    from .measure.counting import ACTIVATION_BUDGET, activation_bytes
-
     shape = (1, *size)
     with _flag_names():
         need = activation_bytes(net, shape)
@@ -154,13 +162,6 @@ def convert(
     """Convert a model's convolutions and print the per-site report."""
 
     def run() -> None:
-        from .io import Recipe, save_model
-        from .models import model_from_name
-        from .files import ensure_writable_dir
-        from .conversion import make_plan
-        from .conversion import apply_plan
-        from .blocks import BlockSpec
-
         if out_file is not None and out_file.suffix != ".safetensors":
             raise UserInputError("--out", f"{out_file.name} has an unknown extension", "use .safetensors (loads with nas_sepconv.load_model)")
         if out_file is not None:
@@ -197,9 +198,6 @@ def profile(
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
     def run() -> None:
-        from .measure.counting import check_threads, count_macs, count_params, measure_latency
-        from .measure import profile as profile_model
-
         size = parse_input_size(input_size)
         check_threads(threads, "--threads")
         net = _load_any_model(model, allow_import=allow_import)
@@ -219,8 +217,6 @@ def spaces() -> None:
     """List the bundled search spaces."""
 
     def run() -> None:
-        from .search import list_spaces
-
         for name, description in list_spaces().items():
             out.print(f"[bold]{name}[/]  {description}", highlight=False)
 
@@ -245,10 +241,6 @@ def search(
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
     def run() -> None:
-        from rich.live import Live
-
-        from .search import SearchStatus, search as run_search
-
         # transient: bad input leaves its one error line only; the last status is printed below
         live = Live(_status_line(None), console=err, refresh_per_second=2, transient=True)
         last: list[SearchStatus] = []
@@ -285,8 +277,6 @@ def _status_line(status) -> str:
 
 
 def _print_report(study_name: str, folder: Path) -> None:
-    from . import results
-
     df = results.load(folder)
     table = results.pareto_table(df)
     print_frame(table, title=f"Pareto front of {study_name} ({len(df)} trials)")
@@ -304,9 +294,6 @@ def report(
     """Print the Pareto table; write trials.csv, pareto.csv, pareto.png."""
 
     def run() -> None:
-        from . import results
-        from .files import ensure_writable_dir
-
         if (results_dir is None) == (storage is None):
             raise UserInputError("report", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv report results/default")
         if out_dir is not None:
@@ -336,8 +323,6 @@ def export(
     """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
 
     def run() -> None:
-        from .export import export_trial
-
         if (results_dir is None) == (storage is None):
             raise UserInputError("export", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv export results/default --trial 3 --out m.safetensors")
         info = export_trial(results_dir if results_dir is not None else storage, trial, study=study, out=out_file, device=device, allow_import=allow_import)
@@ -347,9 +332,6 @@ def export(
 
 
 def _load_any_model(name: str, *, allow_import: list[str] | None = None):
-    from .io import load_model
-    from .models import model_from_name
-
     if name.endswith(".safetensors") or Path(name).is_file():
         return load_model(name, allow_import=allow_import)
     return model_from_name(name).eval()
@@ -358,8 +340,6 @@ def _load_any_model(name: str, *, allow_import: list[str] | None = None):
 def main() -> None:
     """Console-script entry point."""
     try:
-        from .search import quiet_optuna
-
         quiet_optuna()
         app()
     except UserInputError as exc:  # raised outside a guarded command body
