@@ -73,8 +73,8 @@ def test_built_candidates_match_the_profiler(seed):
     model = build_from_recipe(candidate.recipe)
     x = torch.randn(2, 1, candidate.resolution, candidate.resolution)
     assert model(x).shape == (2, 10)
-    arch = ns.models.Arch.from_json(candidate.recipe["arch"]) if hasattr(ns, "models") else None
+    arch = ns.models.Arch.from_json(candidate.recipe.arch) if hasattr(ns, "models") else None
     from nas_sepconv.models import Arch, build_network
 
-    again = build_network(Arch.from_json(candidate.recipe["arch"]))
+    again = build_network(Arch.from_json(candidate.recipe.arch))
     assert ns.count_macs(again, x[:1]) == ns.count_macs(model, x[:1]) > 0
