@@ -6,18 +6,32 @@ Ctrl-C: exit status 130."""
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import torch
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from typer.core import TyperGroup
 
+from . import results
+from .blocks import BlockSpec
+from .conversion import apply_plan, make_plan
 from .errors import StorageError, UserInputError
+from .export import export_trial
+from .files import ensure_writable_dir
+from .io import Recipe, load_model, save_model
+from .measure import ACTIVATION_BUDGET, activation_bytes, check_threads, count_macs, count_params, measure_latency
+from .measure import profile as profile_model
+from .models import model_from_name
+from .search import SAMPLERS, SearchStatus, list_spaces, quiet_optuna
+from .search import search as run_search
 
 try:  # typer 0.2x vendors click
     from typer._click.exceptions import ClickException
@@ -90,12 +104,6 @@ def example_input(net: Any, size: tuple[int, ...], text: str) -> Any:
     """A random input of batch 1 and ``size`` for ``net``, refused before it is allocated when
     the activations of one forward would exceed ``ACTIVATION_BUDGET`` (estimated on the meta
     device) or the model's first convolution does not take its channel count."""
-    import math
-
-    import torch
-
-    from .measure import ACTIVATION_BUDGET, activation_bytes
-
     shape = (1, *size)
     with _flag_names():
         need = activation_bytes(net, shape)
@@ -153,13 +161,6 @@ def convert(
     """Convert a model's convolutions and print the per-site report."""
 
     def run() -> None:
-        from .io import save_model
-        from .models import model_from_name
-        from .files import ensure_writable_dir
-        from .conversion import make_plan
-        from .conversion import apply_plan
-        from .blocks import BlockSpec
-
         if out_file is not None and out_file.suffix != ".safetensors":
             raise UserInputError("--out", f"{out_file.name} has an unknown extension", "use .safetensors (loads with nas_sepconv.load_model)")
         if out_file is not None:
@@ -178,7 +179,7 @@ def convert(
         for note in plan.notes:
             out.print(f"note: {note}")
         if out_file is not None:
-            recipe = dict(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=list(size), plan=plan.to_json(indent=None))
+            recipe = Recipe(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=size, plan=plan.to_json(indent=None))
             save_model(out_file, converted, recipe)
             out.print(f"saved {out_file} (load with nas_sepconv.load_model({str(out_file)!r}))")
 
@@ -196,9 +197,6 @@ def profile(
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
     def run() -> None:
-        from .measure import check_threads, count_macs, count_params, measure_latency
-        from .measure import profile as profile_model
-
         size = parse_input_size(input_size)
         check_threads(threads, "--threads")
         net = _load_any_model(model, allow_import=allow_import)
@@ -218,8 +216,6 @@ def spaces() -> None:
     """List the bundled search spaces."""
 
     def run() -> None:
-        from .search import list_spaces
-
         for name, description in list_spaces().items():
             out.print(f"[bold]{name}[/]  {description}", highlight=False)
 
@@ -233,7 +229,7 @@ def search(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite in the results directory)"),
     study: Optional[str] = typer.Option(None, "--study", help="study name (default: the space name)"),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2 | tpe | gp | random"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help=" | ".join(SAMPLERS)),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:1"),
     workers: int = typer.Option(1, "--workers", help="local worker processes"),
@@ -244,10 +240,6 @@ def search(
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
     def run() -> None:
-        from rich.live import Live
-
-        from .search import SearchStatus, search as run_search
-
         # transient: bad input leaves its one error line only; the last status is printed below
         live = Live(_status_line(None), console=err, refresh_per_second=2, transient=True)
         last: list[SearchStatus] = []
@@ -284,8 +276,6 @@ def _status_line(status) -> str:
 
 
 def _print_report(study_name: str, folder: Path) -> None:
-    from . import results
-
     df = results.load(folder)
     table = results.pareto_table(df)
     print_frame(table, title=f"Pareto front of {study_name} ({len(df)} trials)")
@@ -303,9 +293,6 @@ def report(
     """Print the Pareto table; write trials.csv, pareto.csv, pareto.png."""
 
     def run() -> None:
-        from . import results
-        from .files import ensure_writable_dir
-
         if (results_dir is None) == (storage is None):
             raise UserInputError("report", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv report results/default")
         if out_dir is not None:
@@ -335,8 +322,6 @@ def export(
     """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
 
     def run() -> None:
-        from .export import export_trial
-
         if (results_dir is None) == (storage is None):
             raise UserInputError("export", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv export results/default --trial 3 --out m.safetensors")
         info = export_trial(results_dir if results_dir is not None else storage, trial, study=study, out=out_file, device=device, allow_import=allow_import)
@@ -346,9 +331,6 @@ def export(
 
 
 def _load_any_model(name: str, *, allow_import: list[str] | None = None):
-    from .io import load_model
-    from .models import model_from_name
-
     if name.endswith(".safetensors") or Path(name).is_file():
         return load_model(name, allow_import=allow_import)
     return model_from_name(name).eval()
@@ -357,8 +339,6 @@ def _load_any_model(name: str, *, allow_import: list[str] | None = None):
 def main() -> None:
     """Console-script entry point."""
     try:
-        from .search.run import quiet_optuna
-
         quiet_optuna()
         app()
     except UserInputError as exc:  # raised outside a guarded command body

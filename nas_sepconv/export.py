@@ -4,6 +4,7 @@ back with :func:`nas_sepconv.io.load_model`) or ONNX."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -11,14 +12,17 @@ import optuna
 import torch
 import torch.nn as nn
 
+from . import results
 from .errors import UserInputError
+from .files import ensure_writable_dir
+from .io import REGISTRY_SOURCES, Recipe, check_device, load_model, save_model, trusted_names
+from .search import TrialContext, parse_space
+from .train import evaluate
 
 __all__ = ["export_trial", "rebuild_trial"]
 
 
 def _study_and_dir(source: "str | Path", study: str | None) -> tuple[optuna.Study, Path]:
-    from . import results
-
     df = results.load(source, study=study)
     storage = df.attrs["storage"]
     name = df.attrs["study"]
@@ -30,8 +34,6 @@ def _check_stored_space(space: Any, trusted: frozenset[str]) -> None:
     """The space stored in a study came from the results folder, not from the user: it may name
     only registry models and data sets whose loaders unpickle nothing, unless the user vouches
     for the name (``allow_import`` / ``--allow-import``)."""
-    from .io import REGISTRY_SOURCES
-
     named = []
     if space.kind == "convert" and space.spec.convert.model.split(":", 1)[0].strip() not in REGISTRY_SOURCES:
         named.append(("convert.model", space.spec.convert.model))
@@ -53,11 +55,6 @@ def rebuild_trial(
 
     Nothing named by the results folder is imported or called unless ``allow_import`` names it
     (see :mod:`nas_sepconv.io`)."""
-    from .io import check_device, load_model, trusted_names
-    from .search.run import _Context, _Settings, run_candidate
-    from .search.spaces import parse_space, suggest
-    from .train import evaluate
-
     check_device(device, field="--device")
     trusted = trusted_names(allow_import, field="--allow-import")
     the_study, folder = _study_and_dir(source, study)
@@ -69,25 +66,20 @@ def rebuild_trial(
         raise UserInputError("--trial", f"trial {number} is {frozen.state.name}, not COMPLETE", "pick a completed trial (nas-sepconv report)")
     space = parse_space(the_study.user_attrs["space_yaml"], source=f"study {the_study.study_name}")
     _check_stored_space(space, trusted)
-    settings = _Settings(space=space, trials=1, timeout=None, storage="", study=the_study.study_name, sampler="random", seed=0, device=device, workers=1, out_dir=folder, retries=0, heartbeat=0)
-    ctx = _Context(settings)
+    ctx = TrialContext.for_rebuild(space, device=device, out_dir=folder, study=the_study.study_name)
     weights = folder / "weights" / f"trial_{number}.safetensors"
     if weights.is_file():
         model, how = load_model(weights, allow_import=trusted, device=device), "loaded saved weights"
     else:
-        fixed = optuna.trial.FixedTrial(frozen.params, number=number)
-        candidate = suggest(space, fixed, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes, sites=ctx.sites() if space.kind == "convert" else None)
-        model, _ = run_candidate(ctx, candidate, seed=int(frozen.user_attrs.get("seed", number)))
+        model = ctx.retrain(frozen.params, number=number, seed=int(frozen.user_attrs.get("seed", number)))
         how = "re-trained from the trial's parameters and seed"
     resolution = int(frozen.user_attrs.get("resolution", ctx.data.input_shape[-1]))
     accuracy = evaluate(model.to(device), ctx.data.val, data=ctx.data, device=device, resolution=resolution)
-    import json
-
     info = {
         "how": how,
         "accuracy": accuracy,
         "recorded_accuracy": float(frozen.user_attrs.get("accuracy", float("nan"))),
-        "recipe": json.loads(frozen.user_attrs["arch_json"]),
+        "recipe": Recipe.from_dict(json.loads(frozen.user_attrs["arch_json"]), where=f"trial {number}'s arch_json"),
         "input_size": [ctx.data.input_shape[0], resolution, resolution],
     }
     return model.eval(), info
@@ -98,13 +90,9 @@ def export_trial(
 ) -> dict[str, Any]:
     """Rebuild trial ``number`` (see :func:`rebuild_trial`) and write it to ``out``
     (``.safetensors`` or ``.onnx``)."""
-    from .io import save_model
-
     out = Path(out)
     if out.suffix not in (".safetensors", ".onnx"):
         raise UserInputError("--out", f"{out.name} has an unknown extension", "use .safetensors or .onnx")
-    from .files import ensure_writable_dir
-
     ensure_writable_dir(out.parent, "--out")  # before a trial is re-trained for minutes
     model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)
     model = model.cpu()

@@ -24,28 +24,21 @@ import contextlib
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.modules.module as _module_hooks
 
+from .conversion import Plan, apply_plan, apply_width_mult
 from .errors import UserInputError
 from .files import atomic_path
+from .models import Arch, build_network, model_from_name
 
-__all__ = [
-    "save_model",
-    "load_model",
-    "read_recipe",
-    "build_from_recipe",
-    "bounded_build",
-    "check_device",
-    "trusted_names",
-    "MAX_PARAMS",
-    "MAX_MODULES",
-    "REGISTRY_SOURCES",
-]
+__all__ = ["Recipe", "save_model", "load_model", "read_recipe", "build_from_recipe", "bounded_build", "check_device", "trusted_names",
+           "MAX_PARAMS", "MAX_MODULES", "REGISTRY_SOURCES"]
 
 FORMAT = 1
 _KEY = "nas_sepconv"
@@ -72,8 +65,11 @@ _RECIPE_KEYS = {
 _FILE_FIX = "give the file `nas-sepconv convert --out` or `export` wrote"
 
 
-def save_model(path: str | Path, model: nn.Module, recipe: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and the ``recipe`` that rebuilds it to ``path`` (atomically)."""
+def save_model(path: str | Path, model: nn.Module, recipe: "Recipe | Mapping[str, Any]") -> Path:
+    """Write ``model``'s weights and the ``recipe`` that rebuilds it to ``path`` (atomically).
+
+    ``recipe``: a :class:`Recipe`, or its dict form (written as given; :func:`load_model`
+    checks whatever a file holds)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -86,12 +82,12 @@ def save_model(path: str | Path, model: nn.Module, recipe: dict[str, Any]) -> Pa
             state[key] = state[key].clone()
         seen.setdefault(ptr, key)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={_KEY: json.dumps({"format": FORMAT, **recipe})})
+        save_file(state, str(tmp), metadata={_KEY: json.dumps({"format": FORMAT, **(recipe.to_dict() if isinstance(recipe, Recipe) else recipe)})})
     return path
 
 
-def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The recipe stored in a saved model file, checked (see :func:`check_recipe`)."""
+def read_recipe(path: str | Path) -> "Recipe":
+    """The recipe stored in a saved model file, checked (see :meth:`Recipe.from_dict`)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -108,17 +104,62 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         recipe = json.loads(meta[_KEY])
     except ValueError as exc:
         raise UserInputError("recipe", f"{path} holds a recipe that is not valid JSON ({str(exc)[:80]})", "re-export the model") from None
-    return check_recipe(recipe, where=str(path))
+    return Recipe.from_dict(recipe, where=str(path), saved=True)
 
 
 # -- what a recipe may say --------------------------------------------------------------------
 
 
-def check_recipe(recipe: Any, *, where: str = "the recipe") -> dict[str, Any]:
-    """Validate a recipe's shape and values (not yet its model name's trust): returns it."""
+@dataclass(frozen=True)
+class Recipe:
+    """How to rebuild a model's architecture: the one record of a saved file, a trial's
+    ``arch_json`` and an export.  ``"converted"``: ``model(**model_kwargs)``, pruned to
+    ``width_mult`` at ``input_size`` ([C, H, W]), converted by ``plan`` (a Plan's JSON); ``rules``:
+    a searched candidate's site -> spec choices.  ``"built"``: the network ``arch`` (an Arch's
+    JSON).  Checked when made (:meth:`from_dict`); trust is :func:`build_from_recipe`'s ``allow_import``."""
+
+    kind: str
+    model: str | None = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    width_mult: float = 1.0
+    input_size: tuple[int, ...] | None = None
+    plan: str | None = None
+    rules: Mapping[str, str | None] | None = None
+    arch: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.input_size, list):
+            object.__setattr__(self, "input_size", tuple(self.input_size))
+        _check_recipe(self.to_dict(), where="the recipe", saved=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the keys files have always had; ``save_model`` adds ``format``)."""
+        if self.kind == "built":
+            out: dict[str, Any] = {"kind": self.kind, "arch": self.arch}
+        else:
+            out = {"kind": self.kind, "model": self.model, "model_kwargs": dict(self.model_kwargs), "width_mult": self.width_mult}
+        if self.input_size is not None:
+            out["input_size"] = list(self.input_size)
+        if self.rules is not None:
+            out["rules"] = dict(self.rules)
+        if self.plan is not None:
+            out["plan"] = self.plan
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "the recipe", saved: bool = False) -> "Recipe":
+        """A recipe from its JSON form, checked (fields, plain model_kwargs, bounded sizes; a
+        ``saved`` file's must state its ``format``); errors name ``recipe.<field>``."""
+        _check_recipe(data, where=where, saved=saved)
+        values = {k: v for k, v in data.items() if k != "format"}
+        return cls(**values)
+
+
+def _check_recipe(recipe: Any, *, where: str, saved: bool) -> None:
+    """Validate a recipe's shape and values (not yet its model name's trust)."""
     if not isinstance(recipe, dict):
         raise UserInputError("recipe", f"{where}: expected a JSON object, got {type(recipe).__name__}", "re-export the model")
-    if recipe.get("format") != FORMAT:
+    if recipe.get("format", None if saved else FORMAT) != FORMAT:
         raise UserInputError("recipe.format", f"{where} has recipe format {recipe.get('format')!r}, this version reads {FORMAT}", "re-export it with this version")
     kind = recipe.get("kind")
     if not isinstance(kind, str) or kind not in _RECIPE_KEYS:
@@ -131,7 +172,7 @@ def check_recipe(recipe: Any, *, where: str = "the recipe") -> dict[str, Any]:
     if kind == "built":
         if not isinstance(recipe.get("arch"), str):
             raise UserInputError("recipe.arch", "missing, or not a JSON string", "re-export the model")
-        return recipe
+        return
     model = recipe.get("model")
     if not isinstance(model, str) or ":" not in model or len(model) > 200:
         raise UserInputError("recipe.model", f"expected a model name like torchvision:resnet18, got {model!r}", "re-export the model")
@@ -145,7 +186,6 @@ def check_recipe(recipe: Any, *, where: str = "the recipe") -> dict[str, Any]:
         raise UserInputError("recipe.plan", "expected the JSON text of a plan", "re-export the model")
     if not isinstance(recipe.get("rules", {}), dict):
         raise UserInputError("recipe.rules", "expected a mapping of site names to specs", "re-export the model")
-    return recipe
 
 
 def _check_input_size(size: Any) -> None:
@@ -280,36 +320,29 @@ def bounded_build(build: Callable[[], nn.Module], *, what: str = "recipe", max_p
 
 
 def build_from_recipe(
-    recipe: dict[str, Any], *, allow_import: "str | Iterable[str] | None" = None, max_params: int = MAX_PARAMS, max_modules: int = MAX_MODULES
+    recipe: "Recipe | Mapping[str, Any]", *, allow_import: "str | Iterable[str] | None" = None, max_params: int = MAX_PARAMS, max_modules: int = MAX_MODULES
 ) -> nn.Module:
     """The architecture a recipe describes, with fresh weights.
 
-    Recipes: ``{"kind": "converted", "model": NAME, "model_kwargs": {...}, "width_mult": a,
-    "input_size": [C, H, W], "plan": PLAN_JSON}`` and ``{"kind": "built", "arch": ARCH_JSON}``.
+    ``recipe``: a :class:`Recipe`, or its dict form (checked by :meth:`Recipe.from_dict`).
     ``allow_import``: the ``package.module:factory`` names (one, or several) the caller trusts;
     registry names (``torchvision:``, ``timm:``, ``nas_sepconv:``) need none.
     """
-    from .models import Arch, build_network, model_from_name
-    from .conversion import Plan
-    from .conversion import apply_plan
-
-    recipe = check_recipe({"format": FORMAT, **recipe})
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
     trusted = trusted_names(allow_import)
-    if recipe["kind"] == "built":
-        arch = Arch.from_json(recipe["arch"])
+    if recipe.kind == "built":
+        arch = Arch.from_json(recipe.arch)
         return bounded_build(lambda: build_network(arch), max_params=max_params, max_modules=max_modules)
-    name = recipe["model"]
+    name = recipe.model
     _check_trusted(name, trusted)
-    kwargs = recipe.get("model_kwargs", {})
+    kwargs = dict(recipe.model_kwargs)
 
     def build() -> nn.Module:
         model = model_from_name(name, **kwargs)
-        if recipe.get("width_mult", 1.0) != 1.0:
-            from .conversion import apply_width_mult
-
-            model = apply_width_mult(model, recipe["width_mult"], example_inputs=torch.randn(1, *recipe["input_size"], device=_device_of(model)))
-        if recipe.get("plan"):
-            model = apply_plan(model, Plan.from_json(recipe["plan"]), init="random")
+        if recipe.width_mult != 1.0:
+            model = apply_width_mult(model, recipe.width_mult, example_inputs=torch.randn(1, *recipe.input_size, device=_device_of(model)))
+        if recipe.plan:
+            model = apply_plan(model, Plan.from_json(recipe.plan), init="random")
         return model
 
     return bounded_build(build, max_params=max_params, max_modules=max_modules)

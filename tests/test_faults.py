@@ -25,10 +25,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import nas_sepconv.io as nsio
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
-from nas_sepconv.search.run import WORKER_ATTR
+from nas_sepconv.search.heartbeat import WORKER_ATTR
 from nas_sepconv.search import search as run_search
 
 from conftest import FAST_SPACE  # noqa: E402
@@ -72,7 +71,7 @@ def test_weights_and_outputs_that_cannot_be_written_cost_only_those_files(tmp_pa
     def no_space_outputs(df, out_dir, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(out_dir) / "trials.csv"))
 
-    monkeypatch.setattr(nsio, "save_model", no_space)
+    monkeypatch.setattr(importlib.import_module("nas_sepconv.search.workers"), "save_model", no_space)  # where trials save weights
     monkeypatch.setattr(nsresults, "write_outputs", no_space_outputs)
     statuses = []
     study = run_search(str(write_space(tmp_path)), trials=2, out=tmp_path / "out", heartbeat=0, progress=statuses.append)
@@ -185,9 +184,9 @@ def test_read_only_folders_are_refused_before_anything_runs(tmp_path, immutable,
     immutable(fresh)
     immutable(folder)
     trained = []
-    search_mod = importlib.import_module("nas_sepconv.search.run")  # the package re-exports search() by that name
-    real = search_mod.run_candidate
-    monkeypatch.setattr(search_mod, "run_candidate", lambda *a, **k: trained.append(1) or real(*a, **k))
+    workers = importlib.import_module("nas_sepconv.search.workers")  # where a worker looks run_candidate up
+    real = workers.run_candidate
+    monkeypatch.setattr(workers, "run_candidate", lambda *a, **k: trained.append(1) or real(*a, **k))
     runner = CliRunner()
     # a new search into a read-only folder
     _one_line(runner.invoke(app, ["search", "--space", str(space), "--trials", "1", "--out", str(fresh)]), "--out")
@@ -249,7 +248,7 @@ def test_a_trial_failed_by_the_heartbeat_gets_a_reason_and_its_retry_does_not(tm
     """Optuna's fail_stale_trials records no reason; ours does (and a retry starts clean)."""
     import warnings
 
-    from nas_sepconv.search.run import _RetryStale
+    from nas_sepconv.search.heartbeat import _RetryStale
     from nas_sepconv.storage import open_storage
 
     space = write_space(tmp_path)

@@ -105,7 +105,7 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, monkeypatch):
 
     # a refresh drops the weights of finished trials off the front, never those of a trial still
     # running (another worker may have saved them just before telling its result)
-    from nas_sepconv.search.run import refresh_outputs
+    from nas_sepconv.search.outputs import refresh_outputs
 
     front = set(results.pareto_front(results.load(folder))["number"].astype(int))
     off_front = sorted(set(df.index[df["state"] == "COMPLETE"]) - front)
@@ -332,7 +332,7 @@ def test_swallowed_interrupt_still_stops_the_search(tmp_path, monkeypatch):
     still stops the claim loop after the running trial, with outputs written."""
     import importlib
 
-    search_mod = importlib.import_module("nas_sepconv.search.run")  # the package re-exports search() by that name
+    search_mod = importlib.import_module("nas_sepconv.search.workers")  # the worker loop looks _run_one up there
 
     space = write_space(tmp_path)
     real_run_one = search_mod._run_one
@@ -346,7 +346,7 @@ def test_swallowed_interrupt_still_stops_the_search(tmp_path, monkeypatch):
     handler = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     monkeypatch.setattr(search_mod, "_INTERRUPTED", threading.Event())  # not left set for other tests
     with pytest.raises(KeyboardInterrupt):
-        search_mod.search(str(space), trials=4, out=str(tmp_path / "out"))
+        run_search(str(space), trials=4, out=str(tmp_path / "out"))
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}").get_trials()
     assert [t.state for t in trials] == [S.COMPLETE]
     assert (tmp_path / "out" / "tiny" / "trials.csv").is_file()

@@ -127,7 +127,7 @@ def test_an_exact_vouched_name_is_the_only_way_in(tmp_path, monkeypatch):
 def test_resuming_a_convert_search_refuses_a_tampered_base_model(tmp_path):
     """``base.safetensors`` in a results folder is loaded only if its recipe is exactly the one
     the user's space makes; a planted one is refused before anything is built."""
-    from nas_sepconv.search.run import _load_base_cache
+    from nas_sepconv.search.candidates import _load_base_cache
 
     marker = tmp_path / "pwned"
     cache = _plant(tmp_path / "base.safetensors", _shell_recipe(marker))

@@ -22,7 +22,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from nas_sepconv.errors import UserInputError
-from nas_sepconv.search.spaces import BLOCK_OPTIONS, LIMITS, Space, load_space, parse_space
+from nas_sepconv.search.schema import BLOCK_OPTIONS, LIMITS
+from nas_sepconv.search.spaces import Space, load_space, parse_space
 from nas_sepconv.blocks import KINDS
 
 from conftest import FAST_SPACE

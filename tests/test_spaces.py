@@ -8,7 +8,8 @@ import torch
 
 import nas_sepconv as ns
 from nas_sepconv.io import build_from_recipe
-from nas_sepconv.search.spaces import list_spaces, load_space, parse_space, suggest
+from nas_sepconv.search.spaces import list_spaces, load_space, parse_space
+from nas_sepconv.search.suggestion import suggest
 
 BUNDLED = ["default", "digits_convert", "mobilenetv3_cifar10", "resnet18_convert_cifar10", "mobilenetv2_width_cifar10"]
 
@@ -72,8 +73,8 @@ def test_built_candidates_match_the_profiler(seed):
     model = build_from_recipe(candidate.recipe)
     x = torch.randn(2, 1, candidate.resolution, candidate.resolution)
     assert model(x).shape == (2, 10)
-    arch = ns.models.Arch.from_json(candidate.recipe["arch"]) if hasattr(ns, "models") else None
+    arch = ns.models.Arch.from_json(candidate.recipe.arch) if hasattr(ns, "models") else None
     from nas_sepconv.models import Arch, build_network
 
-    again = build_network(Arch.from_json(candidate.recipe["arch"]))
+    again = build_network(Arch.from_json(candidate.recipe.arch))
     assert ns.count_macs(again, x[:1]) == ns.count_macs(model, x[:1]) > 0

@@ -1,0 +1,207 @@
+"""One candidate: the per-process context (the data set on the device, the trained base model
+of a convert space), building the candidate's model, training and measuring it, the reward."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import torch.nn as nn
+
+from safetensors.torch import load_file
+
+from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
+from ..data import calibration_batches, load_dataset
+from ..errors import TrainingDiverged, UserInputError
+from ..io import Recipe, build_from_recipe, load_model, read_recipe, save_model
+from ..measure import count_macs, count_params, measure_latency
+from ..storage import lock
+from ..train import converted_features, evaluate, fit
+from .settings import Settings
+from .spaces import Space
+from .suggestion import Candidate, suggest
+
+
+class TrialContext:
+    """Per-process state: the data set on the device, the trained base model (convert spaces).
+
+    Public for rebuilding a trial of a finished study (:meth:`for_rebuild`, :meth:`retrain`)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        d = settings.space.spec.data
+        self.data = load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, seed=0, subset=d.subset, image_size=d.image_size).to(settings.device)
+        self._base: nn.Module | None = None
+        self._sites: list | None = None
+
+    def base(self) -> nn.Module:
+        """The trained base model of a convert space (loaded, or trained once and cached)."""
+        if self._base is None:
+            self._base = _prepare_base(self)
+        return self._base
+
+    def sites(self) -> list:
+        if self._sites is None:
+            x = torch.randn(1, *self.data.input_shape)
+            sites, _, _ = find_sites(self.base().cpu(), x)
+            eligible = Policy(min_macs_saving=None)
+            self._sites = [s for s in sites if eligible.decide(s)[0] is not None]
+        return self._sites
+
+
+    @classmethod
+    def for_rebuild(cls, space: Space, *, device: str, out_dir: Path, study: str = "") -> "TrialContext":
+        """A context to rebuild the trials of a study made with ``space`` (no storage; the base
+        model of a convert space is looked for in ``out_dir``, as the search left it)."""
+        return cls(Settings(space=space, trials=1, timeout=None, storage="", study=study, sampler="random", seed=0, device=device,
+                            workers=1, out_dir=out_dir, retries=0, heartbeat=0))
+
+    def suggest(self, trial: Any) -> Candidate:
+        """The candidate ``trial`` (an Optuna trial, or a FixedTrial of a trial's parameters) draws."""
+        space = self.settings.space
+        return suggest(space, trial, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
+                       sites=self.sites() if space.kind == "convert" else None)
+
+    def retrain(self, params: dict[str, Any], *, number: int, seed: int) -> nn.Module:
+        """The model of the trial with these parameters, drawn again and trained with ``seed``."""
+        candidate = self.suggest(optuna.trial.FixedTrial(params, number=number))
+        model, _ = run_candidate(self, candidate, seed=seed)
+        return model
+
+
+def _base_recipe(ctx: TrialContext) -> Recipe:
+    c = ctx.settings.space.spec.convert
+    return Recipe(
+        kind="converted",
+        model=c.model,
+        model_kwargs=dict(c.model_kwargs, num_classes=ctx.data.num_classes, in_channels=ctx.data.input_shape[0]),
+        width_mult=1.0,
+        input_size=tuple(ctx.data.input_shape),
+    )
+
+
+def _prepare_base(ctx: TrialContext) -> nn.Module:
+    """The base model of a convert space: its factory is the one the space names (the user's own
+    file: that vouches for it), loaded from ``convert.weights``, from the cache of an earlier run
+    (only if its recipe is exactly this space's), or trained once and cached."""
+    c = ctx.settings.space.spec.convert
+    if c.weights:
+        path = Path(c.weights)
+        if not path.is_file():
+            raise UserInputError("convert.weights", f"{path} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
+        model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return model.eval()
+    cache = ctx.settings.out_dir / "base.safetensors"
+    with lock(ctx.settings.out_dir):
+        if cache.is_file():
+            return _load_base_cache(cache, ctx)
+        model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
+        cfg = replace(ctx.settings.space.spec.train, seed=ctx.settings.seed)
+        fit(model, ctx.data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=ctx.settings.device)
+        save_model(cache, model.cpu(), _base_recipe(ctx))
+        return model.eval()
+
+
+def _load_base_cache(cache: Path, ctx: TrialContext) -> nn.Module:
+    """The cached base model of an earlier run, only if its recipe is the one this space makes:
+    a results folder is shared, and its file must not choose what is built."""
+    if read_recipe(cache) != _base_recipe(ctx):
+        raise UserInputError("convert.model", f"{cache} holds another base model than this space's", "delete it to train the base model again, or use another --out")
+    return load_model(cache, allow_import=ctx.settings.space.spec.convert.model)
+
+
+def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
+    """The candidate's model, ready to train: built from scratch, or converted from the base."""
+    if candidate.kind == "build":
+        return build_from_recipe(candidate.recipe)
+    c = ctx.settings.space.spec.convert
+    model = ctx.base().cpu()
+    recipe = candidate.recipe
+    x = torch.randn(1, *recipe.input_size)
+    if recipe.width_mult != 1.0:
+        model = apply_width_mult(model, recipe.width_mult, example_inputs=x)
+    rules = {k: v for k, v in recipe.rules.items() if v is not None}
+    if rules:
+        policy = Policy(default=None, rules=rules, min_in_channels=1, skip_pointwise=False, skip_depthwise=False, min_macs_saving=None)
+        plan = make_plan(model, policy, example_inputs=x)
+        model = apply_plan(model, plan, init=c.init)
+        candidate.recipe = replace(recipe, plan=plan.to_json(indent=None))
+        if c.init == "svd" and c.refit:
+            batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
+            teacher = apply_width_mult(ctx.base().cpu(), recipe.width_mult, example_inputs=x) if recipe.width_mult != 1.0 else ctx.base().cpu()
+            # no BatchNorm re-estimation afterwards: the refit restores each conv's output, so the
+            # original running statistics (from the whole training set) are the right ones
+            refit(model, teacher, batches, plan=plan)
+    return model
+
+
+def _reward(accuracy: float, macs: int, space: Space) -> float:
+    s = space.spec.search
+    return accuracy * (macs / s.target_macs) ** s.reward_exponent
+
+
+def run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """Build, budget-check, train and evaluate one candidate; returns the model and metrics."""
+    space = ctx.settings.space
+    s = space.spec.search
+    started = time.perf_counter()
+    model = build_candidate(ctx, candidate)
+    x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
+    macs, params = count_macs(model, x), count_params(model)
+    metrics: dict[str, Any] = {"macs": int(macs), "params": int(params), "arch": candidate.summary, "resolution": candidate.resolution}
+    constraints: dict[str, float] = {}
+    for key, limit, value in (("max_macs", s.max_macs, macs), ("max_params", s.max_params, params)):
+        if limit is not None:
+            constraints[key] = float(value - limit)
+    feasible = all(c <= 0 for c in constraints.values())
+    cfg = replace(space.spec.train, seed=seed)
+    teacher, features = None, []
+    if candidate.kind == "convert":
+        c = space.spec.convert
+        cfg = replace(cfg, epochs=max(1, c.finetune_epochs), lr=c.finetune_lr, warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs)
+        teacher = ctx.base() if c.distill else None
+        # hints need the base's widths: a width-pruned student has other feature shapes
+        if teacher is not None and c.feature_weight > 0 and candidate.recipe.width_mult == 1.0 and plan_of(model) is not None:
+            features = converted_features(model)
+
+    def report(epoch: int, val_acc: float) -> None:
+        if trial is not None and s.mode == "scalarised":
+            trial.report(_reward(val_acc, macs, space), epoch)
+            if trial.should_prune():
+                metrics.update(accuracy=val_acc, epochs=epoch)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    device = ctx.settings.device
+    if not feasible:
+        metrics.update(accuracy=0.0, test_accuracy=0.0, epochs=0, feasible=False)
+    elif candidate.kind == "convert" and space.spec.convert.finetune_epochs == 0:
+        model.to(device)
+        metrics.update(
+            accuracy=evaluate(model, ctx.data.val, data=ctx.data, device=device, resolution=candidate.resolution),
+            test_accuracy=evaluate(model, ctx.data.test, data=ctx.data, device=device, resolution=candidate.resolution),
+            epochs=0,
+        )
+    else:
+        result = fit(model, ctx.data, config=cfg, device=device, resolution=candidate.resolution, teacher=teacher,
+                     features=features, feature_weight=space.spec.convert.feature_weight if features else 0.0, on_epoch=report)
+        metrics.update(accuracy=result.val_accuracy, test_accuracy=result.test_accuracy, epochs=result.epochs)
+    if "latency_ms" in s.objectives or s.max_latency_ms is not None:
+        metrics["latency_ms"] = measure_latency(model, x.to(device), repeats=10, warmup=3, threads=1)["median_ms"]
+        if s.max_latency_ms is not None:
+            constraints["max_latency_ms"] = metrics["latency_ms"] - s.max_latency_ms
+    metrics["constraints"] = constraints
+    metrics["feasible"] = all(c <= 0 for c in constraints.values())
+    metrics["wall_time_s"] = time.perf_counter() - started
+    if not math.isfinite(metrics["accuracy"]):
+        raise TrainingDiverged("validation accuracy is not finite")
+    return model, metrics

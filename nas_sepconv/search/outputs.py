@@ -1,0 +1,88 @@
+"""The files a search keeps up to date: trials.csv, pareto.csv, pareto.png, pareto/trial_<n>.json;
+the saved weights of trials off the front are dropped.  And the status the progress shows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from .. import results
+from ..files import atomic_write
+
+
+@dataclass
+class SearchStatus:
+    """What the progress display shows."""
+
+    target: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    front_size: int = 0
+    best_accuracy: float | None = None
+    last: str = ""
+    #: outputs that could not be written (disk full, folder gone): the search goes on without them
+    warning: str = ""
+
+
+def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
+    """Rewrite trials.csv, pareto.csv, pareto.png and pareto/trial_<n>.json; drop the saved
+    weights of trials no longer on the front.  A file that cannot be written (disk full) is
+    named in the status's ``warning``; the study holds everything, so the next refresh (or
+    ``nas-sepconv report``) writes it again."""
+    try:
+        return _refresh_outputs(study, out_dir)
+    except OSError as exc:
+        status = SearchStatus(target=0)
+        name = Path(exc.filename).name if getattr(exc, "filename", None) else "outputs"
+        status.warning = f"could not write {name} ({exc.strerror or exc}); nas-sepconv report rewrites it"
+        return status
+
+
+def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
+    # only the weights of trials finished before the frame is loaded may go: a trial still
+    # running (or started since) may have saved its weights already, in another worker
+    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    df = results.load(study)
+    status = SearchStatus(target=0)
+    if df.empty:
+        return status
+    results.write_outputs(df, out_dir)
+    front = results.pareto_front(df)
+    keep = set(int(n) for n in front["number"])
+    pareto_dir = out_dir / "pareto"
+    pareto_dir.mkdir(exist_ok=True)
+    for _, row in front.iterrows():
+        record = {k: (None if _isna(v) else v) for k, v in row.items() if k in ("number", "accuracy", "test_accuracy", "macs", "params", "latency_ms", "arch")}
+        record["recipe"] = json.loads(row["arch_json"]) if isinstance(row.get("arch_json"), str) else None
+        atomic_write(pareto_dir / f"trial_{int(row['number'])}.json", json.dumps(record, indent=2, default=_json_default))
+    for path in pareto_dir.glob("trial_*.json"):
+        if int(path.stem.split("_")[1]) not in keep:
+            path.unlink(missing_ok=True)
+    weights = out_dir / "weights"
+    if weights.is_dir():
+        for path in weights.glob("trial_*.safetensors"):
+            number = int(path.stem.split("_")[1])
+            if number in finished and number not in keep:
+                path.unlink(missing_ok=True)
+    complete = df[df["state"] == "COMPLETE"]
+    status.front_size = len(front)
+    status.best_accuracy = float(complete["accuracy"].max()) if len(complete) else None
+    return status
+
+
+def _isna(value: Any) -> bool:
+    try:
+        return bool(value != value) or value is None
+    except (TypeError, ValueError):
+        return False
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

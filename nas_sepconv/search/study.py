@@ -1,0 +1,97 @@
+"""The study: created or resumed on its storage, with its metric names and directions, its
+sampler and pruner, and the record of the space that made it (a resume refuses another one).
+Storage failures become one line (:class:`~nas_sepconv.errors.StorageError`)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import optuna
+import sqlalchemy.exc
+
+from ..errors import StorageError, UserInputError
+from ..results import OBJECTIVES
+from ..storage import open_storage, redact
+from .heartbeat import _RetryStale
+from .samplers import make_sampler
+from .settings import Settings
+from .spaces import Space, parse_space
+
+
+def _pruner(space: Space) -> optuna.pruners.BasePruner:
+    s = space.spec.search
+    if s.mode != "scalarised" or s.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.spec.train.epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+
+
+def metric_names(space: Space) -> list[str]:
+    s = space.spec.search
+    return ["reward"] if s.mode == "scalarised" else list(s.objectives)
+
+
+def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
+    """Create or load the study (same name and storage: resumed)."""
+    space = settings.space
+    storage = open_storage(settings.storage, heartbeat=settings.heartbeat, stale_callback=_RetryStale(max_retry=settings.retries) if settings.retries else None)
+    names = metric_names(space)
+    directions = [OBJECTIVES[n].direction for n in names]
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=settings.study,
+            directions=directions,
+            sampler=make_sampler(settings.sampler, settings.seed + worker, space),
+            pruner=_pruner(space),
+            load_if_exists=True,
+        )
+    except Exception as exc:
+        if isinstance(exc, OSError) or _is_storage_failure(exc):
+            raise _storage_error(exc, settings.storage, "opening the study") from None
+        raise
+    if [d.name.lower() for d in study.directions] != directions:
+        raise UserInputError("--study", f"study {settings.study!r} exists with other objectives", "use another --study name")
+    existing = study.user_attrs.get("space")
+    recorded = study.user_attrs.get("space_yaml")
+    if existing is None:  # new study; "space" is written last and marks the record complete
+        try:
+            study.set_metric_names(names)
+            study.set_user_attr("space_yaml", space.text)
+            study.set_user_attr("mode", space.spec.search.mode)
+            study.set_user_attr("space", space.name)
+        except Exception as exc:
+            if isinstance(exc, OSError) or _is_storage_failure(exc):
+                raise _storage_error(exc, settings.storage, "creating the study") from None
+            raise
+    elif existing != space.name or (recorded is not None and _defining(recorded) != _defining(space.text)):
+        raise UserInputError(
+            "--study", f"study {settings.study!r} was made with another version of space {existing!r}", "use another --study name, or the same space file"
+        )
+    return study
+
+
+def _defining(space_yaml: str) -> dict:
+    """What of a space defines its candidates and objectives: all but the description and the
+    trial count (changing those resumes the same study)."""
+    return parse_space(space_yaml).spec.model_dump(exclude={"description": True, "search": {"trials", "max_failures"}})
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error))
+
+
+def _storage_error(exc: BaseException, url: str | None, doing: str) -> StorageError:
+    """One line for a storage that failed (the chained SQLAlchemy traceback runs to ~500 lines)."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:  # StorageInternalError <- OperationalError <- sqlite3 ...
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    texts = [str(e).strip() for e in chain if str(e).strip()]
+    detail = next((t for t in texts if "full" in t.lower() or "too large" in t.lower()), texts[0] if texts else type(exc).__name__)
+    detail = detail.splitlines()[0][:160]
+    return StorageError(
+        f"storage: cannot write to {redact(url) if url else 'the storage'} while {doing} ({detail}); "
+        "free disk space (or mend the database), then run the same command again: finished trials are kept and the search resumes"
+    )

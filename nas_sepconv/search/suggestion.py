@@ -1,0 +1,91 @@
+"""``suggest(trial)``: one candidate drawn from a space (an architecture and how to rebuild it).
+
+Parameter names: ``width_mult``, ``depth_mult``, ``resolution_mult``, ``act``,
+``stage<i>.<option>`` (build spaces) and ``<group>.<option>`` (convert spaces).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from ..io import Recipe
+from ..models import Arch, Stage
+from .schema import SiteGroup, _suggest
+from .spaces import Space
+
+__all__ = ["Candidate", "suggest", "resolution_for"]
+
+
+@dataclass
+class Candidate:
+    """What one trial evaluates: an architecture and how to train it.
+
+    ``recipe`` rebuilds the architecture (see :mod:`nas_sepconv.io`); ``summary`` is a short
+    human string; ``resolution`` the input side."""
+
+    kind: str
+    recipe: Recipe
+    summary: str
+    resolution: int
+    spec_by_param: dict[str, str]
+
+
+def resolution_for(space: Space, base_side: int, resolution_mult: float) -> int:
+    return max(8, int(round(base_side * float(resolution_mult))))
+
+
+def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_classes: int, sites: list[Any] | None = None) -> Candidate:
+    """Draw one candidate from ``space`` with ``trial`` (an Optuna trial or FixedTrial).
+
+    ``sites`` (for convert spaces) are the base model's conv sites (:func:`plan.find_sites`)
+    eligible under the default policy; their names are matched against the groups' globs.
+    """
+    s = space.spec
+    if s.kind == "build":
+        b = s.build
+        stages = []
+        specs = {}
+        for i, st in enumerate(b.stages):
+            spec = st.suggest_spec(trial, f"stage{i}")
+            specs[f"stage{i}"] = str(spec)
+            stages.append(Stage(str(spec), st.out_channels, st.repeats, st.stride))
+        arch = Arch(
+            stages=tuple(stages),
+            stem_channels=b.stem_channels,
+            stem_stride=b.stem_stride,
+            head_channels=b.head_channels,
+            num_classes=num_classes,
+            in_channels=input_shape[0],
+            width_mult=float(_suggest(trial, "width_mult", b.width_mult)),
+            depth_mult=float(_suggest(trial, "depth_mult", b.depth_mult)),
+            act=str(_suggest(trial, "act", b.act)),
+            dropout=b.dropout,
+        )
+        res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", b.resolution_mult))
+        return Candidate("build", Recipe(kind="built", arch=arch.to_json()), f"r{res} {arch.summary()}", res, specs)
+
+    c = s.convert
+    width = float(_suggest(trial, "width_mult", c.width_mult))
+    res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", c.resolution_mult))
+    names = [site.name for site in sites or []]
+    rules: dict[str, str | None] = {}
+    specs: dict[str, str] = {}
+    groups = [SiteGroup(name=n.replace(".", "_"), match=[n], **c.choices.model_dump()) for n in names] if c.groups == "all" else c.groups
+    for group in groups:
+        spec = group.suggest_spec(trial, group.name)
+        specs[group.name] = str(spec)
+        for n in names:
+            if n not in rules and any(fnmatch.fnmatchcase(n, g) for g in group.match):
+                rules[n] = None if spec.kind == "keep" and spec.get("kernel_size") is None else str(spec)
+    summary = f"r{res} w{width:g} | " + " ".join(f"{g}:{v}" for g, v in specs.items())
+    recipe = Recipe(
+        kind="converted",
+        model=c.model,
+        model_kwargs=dict(c.model_kwargs, num_classes=num_classes, in_channels=input_shape[0]),
+        width_mult=width,
+        input_size=(input_shape[0], res, res),
+        rules=rules,
+    )
+    return Candidate("convert", recipe, summary, res, specs)
