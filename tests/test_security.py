@@ -11,7 +11,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -124,45 +123,33 @@ def test_an_exact_vouched_name_is_the_only_way_in(tmp_path, monkeypatch):
     assert marker.exists() and isinstance(model, nn.Module)
 
 
-def test_resuming_a_convert_search_refuses_a_tampered_base_model(tmp_path):
-    """``base.safetensors`` in a results folder is loaded only if its recipe is exactly the one
-    the user's space makes; a planted one is refused before anything is built."""
-    from nas_sepconv.search.candidates import _load_base_cache
-
-    marker = tmp_path / "pwned"
-    cache = _plant(tmp_path / "base.safetensors", _shell_recipe(marker))
-    convert = SimpleNamespace(model="nas_sepconv:tiny_convnet", model_kwargs={})
-    ctx = SimpleNamespace(
-        settings=SimpleNamespace(space=SimpleNamespace(spec=SimpleNamespace(convert=convert))),
-        data=SimpleNamespace(num_classes=10, input_shape=(1, 8, 8)),
-    )
-    with pytest.raises(UserInputError, match=r"^recipe\.model"):  # refused while reading the recipe
-        _load_base_cache(cache, ctx)
-    other = _plant(tmp_path / "other.safetensors", {"kind": "converted", "model": "os:getcwd"})
-    with pytest.raises(UserInputError, match=r"^convert\.model: .* holds another base model"):
-        _load_base_cache(other, ctx)
-    assert not marker.exists()
-    good = save_model(tmp_path / "good.safetensors", ns.model_from_name("nas_sepconv:tiny_convnet", num_classes=10, in_channels=1),
-                      {"kind": "converted", "model": "nas_sepconv:tiny_convnet", "model_kwargs": {"num_classes": 10, "in_channels": 1}, "width_mult": 1.0, "input_size": [1, 8, 8]})
-    assert isinstance(_load_base_cache(good, ctx), nn.Module)
-
-
 def test_a_stored_space_naming_a_user_module_needs_allow_import(results_dir, tmp_path):
     """Re-training a trial reads the space stored in the study: it came from the folder, so a
     ``package.module:factory`` (or a torchvision data set, whose loader unpickles) in it is
     refused unless the user names it."""
+    import shutil
+
     import optuna
 
-    from nas_sepconv.export import _check_stored_space
-    from nas_sepconv.search.spaces import parse_space
+    from nas_sepconv.export import export_trial
 
-    space = parse_space(yaml.safe_dump({**FAST_SPACE, "data": {"dataset": "torchvision:CIFAR100", "root": str(tmp_path)}}))
-    with pytest.raises(UserInputError, match=r"^--allow-import: .*data\.dataset 'torchvision:CIFAR100'"):
-        _check_stored_space(space, frozenset())
-    _check_stored_space(space, frozenset({"torchvision:CIFAR100"}))
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{results_dir / 'study.db'}")
-    assert parse_space(study.user_attrs["space_yaml"]).kind == "build"  # the fixture's own space passes
-    _check_stored_space(parse_space(study.user_attrs["space_yaml"]), frozenset())
+    folder = tmp_path / "tampered"
+    shutil.copytree(results_dir, folder)
+    (folder / "meta.json").write_text(json.dumps({"storage": f"sqlite:///{folder / 'study.db'}", "study": "tiny"}))
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}")
+    for data, named in (({"dataset": "torchvision:CIFAR100", "root": str(tmp_path)}, "torchvision:CIFAR100"),):
+        study.set_user_attr("space_yaml", yaml.safe_dump({**FAST_SPACE, "data": data}))
+        with pytest.raises(UserInputError, match=rf"^--allow-import: .*{named}"):
+            export_trial(folder, 0, out=tmp_path / "x.safetensors")
+        with pytest.raises(UserInputError) as info:  # vouched for: it goes on, to the (absent) files
+            export_trial(folder, 0, out=tmp_path / "x.safetensors", allow_import=[named])
+        assert not str(info.value).startswith("--allow-import")
+    convert = {k: v for k, v in FAST_SPACE.items() if k != "build"}
+    convert.update(kind="convert", convert={"model": "evil_factory_module:make"})
+    study.set_user_attr("space_yaml", yaml.safe_dump(convert))
+    with pytest.raises(UserInputError, match=r"^--allow-import: .*convert\.model 'evil_factory_module:make'"):
+        export_trial(folder, 0, out=tmp_path / "x.safetensors")
+    assert "evil_factory_module" not in sys.modules
 
 
 # -- 2. a recipe cannot make a model zoo read or fetch a file ----------------------------------

@@ -76,7 +76,7 @@ def test_recorded_macs_match_the_profiler_and_export_reproduces_accuracy(tiny, t
 
 
 def test_convert_space_search_on_digits(tmp_path):
-    text = (Path(__file__).resolve().parents[1] / "search_spaces" / "digits_convert.yaml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "search_spaces" / "digits_convert.yaml").read_text()
     text = text.replace("base_epochs: 8", "base_epochs: 2").replace("trials: 12", "trials: 2").replace("epochs: 6", "epochs: 2")
     path = tmp_path / "dc.yaml"
     path.write_text(text)
@@ -98,7 +98,7 @@ def test_convert_candidates_distill_with_feature_hints(tmp_path, monkeypatch):
 
     candidates = importlib.import_module("nas_sepconv.search.candidates")  # the search looks fit up there (ns.search is the function)
 
-    text = (Path(__file__).resolve().parents[1] / "search_spaces" / "digits_convert.yaml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "search_spaces" / "digits_convert.yaml").read_text()
     text = (text.replace("base_epochs: 8", "base_epochs: 1").replace("epochs: 6", "epochs: 1")
             .replace("kind: [keep, dwsep, spatial, inverted_residual]", "kind: [dwsep, spatial]")
             .replace("    expand_ratio: [4]\n", "")

@@ -32,7 +32,7 @@ from nas_sepconv.search import search as run_search
 
 from conftest import FAST_SPACE  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 S = optuna.trial.TrialState
 
 

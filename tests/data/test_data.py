@@ -24,7 +24,7 @@ from nas_sepconv.data import DATASETS, DataSource, DeviceLoader, Split, calibrat
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.train import reestimate_batchnorm
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_CIFAR = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 

@@ -31,7 +31,7 @@ from nas_sepconv.search.spaces import parse_space
 
 from conftest import FAST_SPACE  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "nas_sepconv"
 S = optuna.trial.TrialState
 
