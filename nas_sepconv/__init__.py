@@ -1,29 +1,37 @@
 """nas-sepconv: convert CNNs to separable convolutions, and search the accuracy-vs-MACs front.
 
-Model -> plan -> converted model -> trial -> DataFrame::
+Model -> plan -> converted model -> trial -> DataFrame, one package per stage::
 
     import nas_sepconv as ns
-    plan = ns.make_plan(model, "dwsep", example_inputs=x)    # plan.py
-    model2 = ns.apply_plan(model, plan, init="svd")          # rewrite.py, decompose.py
-    ns.refit(model2, model, batches)                         # refit.py
-    plan = ns.plan_for_budget(model, ns.sensitivity(model, batches), macs_ratio=0.25, example_inputs=x)  # budget.py
-    study = ns.search("default", trials=24)                  # spaces.py, search.py
-    df = ns.results.load("results/default")                  # results.py
+    plan = ns.make_plan(model, "dwsep", example_inputs=x)    # conversion/plan.py, sites.py
+    model2 = ns.apply_plan(model, plan, init="svd")          # conversion/rewrite.py, blocks/closed_form*.py
+    ns.refit(model2, model, batches)                         # conversion/least_squares.py
+    plan = ns.plan_for_budget(model, ns.sensitivity(model, batches), macs_ratio=0.25, example_inputs=x)  # conversion/budget.py
+    study = ns.search("default", trials=24)                  # search/
+    df = ns.results.load("results/default")                  # results/
 """
 
-from .conversion import plan_for_budget, sensitivity
-from .errors import CandidateError, NasSepconvError, TrainingDiverged, UserInputError
-from .blocks import ConvGeometry
-from .io import load_model, save_model
-from .models import model_from_name
-from .conversion import optimize_for_inference
-from .conversion import Plan, PlanEntry, Policy, make_plan
-from .measure import count_macs, count_params, measure_latency, profile
-from .conversion import fidelity, refit
-from .conversion import apply_plan, convert, plan_of
-from .search.run import search  # the function; binding it here keeps ns.search a function after any import of the submodule
-from .blocks import KINDS, BlockSpec
+from .blocks import KINDS, BlockSpec, ConvGeometry
+from .conversion import (
+    Plan,
+    PlanEntry,
+    Policy,
+    apply_plan,
+    convert,
+    fidelity,
+    make_plan,
+    optimize_for_inference,
+    plan_for_budget,
+    plan_of,
+    refit,
+    sensitivity,
+)
 from .data import Dataset
+from .errors import CandidateError, NasSepconvError, TrainingDiverged, UserInputError
+from .io import load_model, save_model
+from .measure import count_macs, count_params, measure_latency, profile
+from .models import model_from_name
+from .search import search  # the function (the package re-exports it under its own name)
 from .train import TrainConfig, distill
 
 __version__ = "0.1.0"
