@@ -26,10 +26,11 @@ from .conversion import apply_plan, make_plan
 from .errors import StorageError, UserInputError
 from .export import export_trial
 from .files import ensure_writable_dir
-from .io import Recipe, load_model, save_model
+from .io import load_model, save_model
 from .measure import ACTIVATION_BUDGET, activation_bytes, check_threads, count_macs, count_params, measure_latency
 from .measure import profile as profile_model
 from .models import model_from_name
+from .recipe import Recipe
 from .search import SAMPLERS, SearchStatus, list_spaces, quiet_optuna
 from .search import search as run_search
 

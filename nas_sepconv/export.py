@@ -15,7 +15,8 @@ import torch.nn as nn
 from . import results
 from .errors import UserInputError
 from .files import ensure_writable_dir
-from .io import REGISTRY_SOURCES, Recipe, check_device, load_model, save_model, trusted_names
+from .io import check_device, load_model, save_model
+from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
 from .search import TrialContext, parse_space
 from .train import evaluate
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
 from ..data import calibration_batches, load_dataset
 from ..errors import TrainingDiverged, UserInputError
-from ..io import Recipe, build_from_recipe, load_model, read_recipe, save_model
+from ..io import build_from_recipe, load_model, read_recipe, save_model
+from ..recipe import Recipe
 from ..measure import count_macs, count_params, measure_latency
 from ..storage import lock
 from ..train import converted_features, evaluate, fit

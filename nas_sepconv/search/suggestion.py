@@ -10,7 +10,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-from ..io import Recipe
+from ..recipe import Recipe
 from ..models import Arch, Stage
 from .schema import SiteGroup, _suggest
 from .spaces import Space
