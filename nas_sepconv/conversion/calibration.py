@@ -130,6 +130,15 @@ def _run(model: nn.Module, batch: Any) -> Any:
         return None
 
 
+def _run_hooked(model: nn.Module, batch: Any, handles: list) -> Any:
+    """:func:`_run` with the hooks whose ``handles`` are given, removed afterwards."""
+    try:
+        return _run(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _device(model: nn.Module, device: Any) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -174,12 +183,7 @@ def _forward_order(original: nn.Module, sites: list[_Site], batch: Any) -> list[
                 seen.append(name)
         return fn
 
-    handles = [s.original.register_forward_hook(hook(s.name)) for s in sites if s.original is not None]
-    try:
-        _run(original, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(original, batch, [s.original.register_forward_hook(hook(s.name)) for s in sites if s.original is not None])
     for s in sites:
         s.calls = counts.get(s.name, 0) if s.block is not None else 0
     rank = {name: i for i, name in enumerate(seen)}

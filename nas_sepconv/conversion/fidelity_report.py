@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..blocks import ConvGeometry, dense_weight, effective_weight, resize_kernel
-from .calibration import _Site, _batches, _device, _EvalMode, _forward_order, _has_forward, _last_linear, _on, _run, _sites
+from .calibration import _Site, _batches, _device, _EvalMode, _forward_order, _has_forward, _last_linear, _on, _run_hooked, _sites
 
 __all__ = ["fidelity"]
 
@@ -71,18 +71,8 @@ def fidelity(converted: nn.Module, original: nn.Module, batches: Iterable[Any], 
                     outs[name].append(output.detach())
                 return fn
 
-            handles = [s.original.register_forward_hook(orig_hook(s.name)) for s in live]
-            try:
-                _run(original, batch)
-            finally:
-                for h in handles:
-                    h.remove()
-            handles = [_last_linear(s).register_forward_hook(conv_hook(s.name)) for s in live]
-            try:
-                _run(converted, batch)
-            finally:
-                for h in handles:
-                    h.remove()
+            _run_hooked(original, batch, [s.original.register_forward_hook(orig_hook(s.name)) for s in live])
+            _run_hooked(converted, batch, [_last_linear(s).register_forward_hook(conv_hook(s.name)) for s in live])
             for s in live:
                 acc = sums[s.name]
                 callable_block = _has_forward(s.block)

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..blocks import CONV_TYPES, ConvGeometry, effective_weight
 from ..errors import UserInputError
-from .calibration import _Site, _Stop, _batches, _device, _EvalMode, _forward_order, _has_forward, _last_linear, _on, _run, _sites
+from .calibration import _Site, _Stop, _batches, _device, _EvalMode, _forward_order, _has_forward, _last_linear, _on, _run, _run_hooked, _sites
 from .normal_equations import _NormalEquations
 
 __all__ = ["refit"]
@@ -62,12 +62,7 @@ def _observe(site: _Site, original: nn.Module, converted: nn.Module, batches: li
             handles.pop().remove()
         # the last linear part is the block's last operation: its output is the block's output
         # (hooked there, so that a block inlined by re-tracing is still observed)
-        handles = [entry.register_forward_pre_hook(input_hook), linear.register_forward_hook(output_hook)]
-        try:
-            _run(converted, batch)
-        finally:
-            for h in handles:
-                h.remove()
+        _run_hooked(converted, batch, [entry.register_forward_pre_hook(input_hook), linear.register_forward_hook(output_hook)])
         for x, y, out in zip(inputs, targets, outputs):
             acc.add(x, y)
             err += (out.double() - y.double()).square().sum().item()
