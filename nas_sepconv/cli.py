@@ -26,7 +26,7 @@ from .conversion import apply_plan, make_plan
 from .errors import StorageError, UserInputError
 from .export import export_trial
 from .files import ensure_writable_dir
-from .io import load_model, save_model
+from .io import load_model, read_recipe, save_model
 from .measure import ACTIVATION_BUDGET, activation_bytes, check_threads, count_macs, count_params, measure_latency
 from .measure import profile as profile_model
 from .models import model_from_name
@@ -190,7 +190,7 @@ def convert(
 @app.command()
 def profile(
     model: str = typer.Option(..., "--model", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export"),
-    input_size: str = typer.Option("3,224,224", "--input-size", help="C,H,W of one input"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="C,H,W of one input (default: a saved model's recorded input size, else 3,224,224)"),
     latency: bool = typer.Option(False, "--latency", help="also measure CPU latency (batch 1)"),
     threads: int = typer.Option(2, "--threads", help="intra-op threads for --latency"),
     allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", help="package.module:factory a saved model file may import and call (repeatable); registry models need none"),
@@ -198,10 +198,11 @@ def profile(
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
     def run() -> None:
-        size = parse_input_size(input_size)
         check_threads(threads, "--threads")
+        text = input_size if input_size is not None else _recorded_input_size(model) or "3,224,224"
+        size = parse_input_size(text)
         net = _load_any_model(model, allow_import=allow_import)
-        x = example_input(net, size, input_size)
+        x = example_input(net, size, text)
         with _flag_names():
             print_frame(profile_model(net, x), title=f"{model} at {size}")
         out.print(f"total MACs {count_macs(net, x):,} (FLOPs = 2 x MACs), params {count_params(net):,}")
@@ -331,8 +332,21 @@ def export(
     _guard(run)
 
 
+def _is_model_file(name: str) -> bool:
+    return name.endswith(".safetensors") or Path(name).is_file()
+
+
+def _recorded_input_size(name: str) -> str | None:
+    """The input size a saved model's recipe records (``"C,H,W"``), or None (a model by name, or
+    a file that records none)."""
+    if not _is_model_file(name):
+        return None
+    size = read_recipe(name).input_size
+    return ",".join(str(v) for v in size) if size else None
+
+
 def _load_any_model(name: str, *, allow_import: list[str] | None = None):
-    if name.endswith(".safetensors") or Path(name).is_file():
+    if _is_model_file(name):
         return load_model(name, allow_import=allow_import)
     return model_from_name(name).eval()
 

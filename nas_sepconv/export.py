@@ -4,6 +4,7 @@ back with :func:`nas_sepconv.io.load_model`) or ONNX."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -80,10 +81,16 @@ def rebuild_trial(
         "how": how,
         "accuracy": accuracy,
         "recorded_accuracy": float(frozen.user_attrs.get("accuracy", float("nan"))),
-        "recipe": Recipe.from_dict(json.loads(frozen.user_attrs["arch_json"]), where=f"trial {number}'s arch_json"),
+        "recipe": _with_input_size(Recipe.from_dict(json.loads(frozen.user_attrs["arch_json"]), where=f"trial {number}'s arch_json"), (ctx.data.input_shape[0], resolution, resolution)),
         "input_size": [ctx.data.input_shape[0], resolution, resolution],
     }
     return model.eval(), info
+
+
+def _with_input_size(recipe: Recipe, size: tuple[int, int, int]) -> Recipe:
+    """``recipe`` stating the input size the trial ran at (trials recorded before built recipes
+    carried it have none), so that the exported file's MACs are the trial's."""
+    return recipe if recipe.input_size is not None else dataclasses.replace(recipe, input_size=size)
 
 
 def export_trial(

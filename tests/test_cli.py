@@ -85,3 +85,44 @@ def test_bad_spec_exits_2_with_one_line_and_no_traceback():
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: spec") and "Traceback" not in proc.stderr
+
+
+# -- issue 15: an exported built model keeps its input size ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def low_resolution_results(tmp_path_factory):
+    """A results folder of one trial of a build space run at 12x12 (resolution_mult 0.75 on the
+    16x16 digits)."""
+    import yaml
+
+    from conftest import FAST_SPACE
+
+    root = tmp_path_factory.mktemp("low_res")
+    space = dict(FAST_SPACE, name="lowres", search={"trials": 1, "sampler": "random"})
+    space["build"] = dict(FAST_SPACE["build"], resolution_mult=[0.75])
+    path = root / "lowres.yaml"
+    path.write_text(yaml.safe_dump(space))
+    study = ns.search(str(path), trials=1, out=root / "results", heartbeat=0)
+    (trial,) = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert trial.user_attrs["resolution"] == 12
+    return root / "results" / "lowres", trial
+
+
+def test_exported_built_model_reproduces_the_trials_macs(low_resolution_results, tmp_path):
+    from nas_sepconv.io import read_recipe
+
+    folder, trial = low_resolution_results
+    target = tmp_path / "t.safetensors"
+    result = runner.invoke(app, ["export", str(folder), "--trial", str(trial.number), "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    recipe = read_recipe(target)
+    assert recipe.kind == "built" and recipe.input_size == (1, 12, 12)
+    model = ns.load_model(target)
+    assert ns.count_macs(model, torch.randn(1, *recipe.input_size)) == trial.user_attrs["macs"]
+    result = runner.invoke(app, ["profile", "--model", str(target)])  # --input-size: the recipe's
+    assert result.exit_code == 0, result.output
+    assert f"total MACs {trial.user_attrs['macs']:,}" in result.output
+    # the trial's saved weights (what export loaded) state it too
+    assert read_recipe(folder / "weights" / f"trial_{trial.number}.safetensors").input_size == (1, 12, 12)
+

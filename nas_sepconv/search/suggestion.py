@@ -64,7 +64,9 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
             dropout=b.dropout,
         )
         res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", b.resolution_mult))
-        return Candidate("build", Recipe(kind="built", arch=arch.to_json()), f"r{res} {arch.summary()}", res, specs)
+        # the input size the trial runs at: a loaded model's MACs (count_macs, profile) are the trial's
+        recipe = Recipe(kind="built", arch=arch.to_json(), input_size=(input_shape[0], res, res))
+        return Candidate("build", recipe, f"r{res} {arch.summary()}", res, specs)
 
     c = s.convert
     width = float(_suggest(trial, "width_mult", c.width_mult))
