@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from typer.core import TyperGroup
 
@@ -62,8 +63,10 @@ class _OneLineErrors(TyperGroup):
 
 
 app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, help="Convert CNNs to separable convolutions; search the accuracy-vs-MACs Pareto front.")
-out = Console(width=None if sys.stdout.isatty() else 200)  # tables stay readable in logs and pipes
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# markup=False: messages, file names, table cells and status lines are printed as written (rich
+# markup would eat "[onnx]" of "pip install 'nas-sepconv[onnx]'"); styles are Text objects
+out = Console(width=None if sys.stdout.isatty() else 200, markup=False)  # tables stay readable in logs and pipes
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 _state = {"debug": False}
 
 
@@ -79,16 +82,21 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except UserInputError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(_error_line(exc), highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     except StorageError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(_error_line(exc), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130)
+
+
+def _error_line(exc: BaseException) -> Text:
+    """``error: <message>``, the message verbatim (brackets included), the prefix in bold red."""
+    return Text.assemble(("error:", "bold red"), f" {exc}")
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:
@@ -219,7 +227,7 @@ def spaces() -> None:
 
     def run() -> None:
         for name, description in list_spaces().items():
-            out.print(f"[bold]{name}[/]  {description}", highlight=False)
+            out.print(Text.assemble((name, "bold"), f"  {description}"), highlight=False)
 
     _guard(run)
 

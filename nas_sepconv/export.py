@@ -102,13 +102,14 @@ def export_trial(
     if out.suffix not in (".safetensors", ".onnx"):
         raise UserInputError("--out", f"{out.name} has an unknown extension", "use .safetensors or .onnx")
     ensure_writable_dir(out.parent, "--out")  # before a trial is re-trained for minutes
-    model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)
-    model = model.cpu()
-    if out.suffix == ".onnx":
+    if out.suffix == ".onnx":  # likewise
         try:
             import onnx  # noqa: F401
         except ImportError:
             raise UserInputError("--out", "ONNX export needs the onnx package", "pip install 'nas-sepconv[onnx]' or write .safetensors") from None
+    model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)
+    model = model.cpu()
+    if out.suffix == ".onnx":
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.onnx.export(model, (torch.randn(1, *info["input_size"]),), str(out), input_names=["input"], output_names=["logits"], dynamo=False)
     else:

@@ -87,7 +87,7 @@ def test_bad_spec_exits_2_with_one_line_and_no_traceback():
     assert len(lines) == 1 and lines[0].startswith("error: spec") and "Traceback" not in proc.stderr
 
 
-# -- issue 15: an exported built model keeps its input size ------------------------------------
+# -- issue 15: an exported built model keeps its input size; messages keep their brackets ------
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,21 @@ def test_exported_built_model_reproduces_the_trials_macs(low_resolution_results,
     # the trial's saved weights (what export loaded) state it too
     assert read_recipe(folder / "weights" / f"trial_{trial.number}.safetensors").input_size == (1, 12, 12)
 
+
+def test_onnx_hint_reaches_stderr_with_its_brackets(low_resolution_results, tmp_path, monkeypatch):
+    folder, trial = low_resolution_results
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx fails, as when it is not installed
+    result = runner.invoke(app, ["export", str(folder), "--trial", str(trial.number), "--out", str(tmp_path / "t.onnx")])
+    assert result.exit_code == 2, result.output
+    assert "pip install 'nas-sepconv[onnx]'" in result.stderr, result.stderr
+    assert not (tmp_path / "t.onnx").exists()
+
+
+def test_vision_hint_reaches_stderr_with_its_brackets(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    result = runner.invoke(app, ["profile", "--model", "torchvision:resnet18", "--input-size", "3,32,32"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model: torchvision is not installed"), result.stderr
+    assert "pip install 'nas-sepconv[vision]'" in lines[0]
