@@ -5,6 +5,7 @@ back with :func:`nas_sepconv.io.load_model`) or ONNX."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -104,7 +105,7 @@ def export_trial(
     ensure_writable_dir(out.parent, "--out")  # before a trial is re-trained for minutes
     if out.suffix == ".onnx":  # likewise
         try:
-            import onnx  # noqa: F401
+            importlib.import_module("onnx")  # torch.onnx.export needs it
         except ImportError:
             raise UserInputError("--out", "ONNX export needs the onnx package", "pip install 'nas-sepconv[onnx]' or write .safetensors") from None
     model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)
