@@ -246,6 +246,7 @@ def search(
     out_dir: Path = typer.Option(Path("results"), "--out", help="results root; outputs go to OUT/STUDY/"),
     retries: int = typer.Option(1, "--retries", help="retries of a trial whose worker died"),
     heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="read the data set from this folder or archive instead of the space's data.root"),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
@@ -261,7 +262,7 @@ def search(
         name = study
         try:
             with live:
-                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=name, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show)
+                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=name, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root)
         except KeyboardInterrupt:
             if last:
                 err.print(_status_line(last[0]), highlight=False)

@@ -46,6 +46,13 @@ build:
 
 
 @pytest.fixture(autouse=True)
+def _no_user_data(tmp_path_factory, monkeypatch):
+    """The per-user data folder (the default data.root of CIFAR-10 spaces) is an empty one of
+    the test session's, never the user's ~/.cache/nas_sepconv/data."""
+    monkeypatch.setenv("NAS_SEPCONV_DATA", str(tmp_path_factory.getbasetemp() / "no_user_data"))
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
     # NAS_SEPCONV_TEST_THREADS=1 when several test runs share the machine (threads spin)

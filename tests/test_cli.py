@@ -144,3 +144,65 @@ def test_vision_hint_reaches_stderr_with_its_brackets(monkeypatch):
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: model: torchvision is not installed"), result.stderr
     assert "pip install 'nas-sepconv[vision]'" in lines[0]
+
+
+# -- issue 15: where a space's data is: the per-user folder, --data-root, the space file's folder
+
+
+def _fake_cifar_tree(root, classes=("ant", "bee"), n_train=8, n_test=2):
+    """A tiny CIFAR-10-shaped ImageFolder tree (32x32 RGB PNGs)."""
+    from PIL import Image
+
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (32, 32), (20 * i, 100 * c, 7)).save(root / split / cls / f"{i:03d}.png")
+    return root
+
+
+def _cifar_space(**data):
+    import yaml
+
+    from conftest import FAST_SPACE
+
+    space = dict(FAST_SPACE, name="c10", search={"trials": 1, "sampler": "random"})
+    space["data"] = {"dataset": "cifar10", "val_fraction": 0.25, **data}
+    return yaml.safe_dump(space)
+
+
+def test_bundled_cifar_space_without_data_says_how_to_fill_the_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["search", "--space", "mobilenetv3_cifar10", "--trials", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    default = ns.data.default_data_root("cifar10")
+    assert lines[0].startswith("error: data.root:") and str(default) in lines[0]
+    assert "cifar-10-batches-py" in lines[0] and "ImageFolder" in lines[0] and "--data-root" in lines[0]
+    assert "shared" not in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_data_root_flag_is_used(tmp_path, monkeypatch):
+    tree = _fake_cifar_tree(tmp_path / "tree")
+    (tmp_path / "space.yaml").write_text(_cifar_space(root="not_here"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["search", "--space", "space.yaml", "--out", "out", "--data-root", str(tree)])
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(tmp_path / "out" / "c10" / "trials.csv")
+    assert list(df["state"]) == ["COMPLETE"]
+    # and it overrides a bundled space's data.root: a wrong one is named by the flag
+    result = runner.invoke(app, ["search", "--space", "mobilenetv3_cifar10", "--out", "out2", "--data-root", "nowhere"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --data-root:"), result.stderr
+
+
+def test_relative_data_root_is_read_from_the_space_files_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "spaces"
+    _fake_cifar_tree(folder / "tree")
+    (folder / "c10.yaml").write_text(_cifar_space(root="tree"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(app, ["search", "--space", str(folder / "c10.yaml"), "--out", "out"])
+    assert result.exit_code == 0, result.output
+    assert list(pd.read_csv(elsewhere / "out" / "c10" / "trials.csv")["state"]) == ["COMPLETE"]

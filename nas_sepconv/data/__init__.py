@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .cache import cache_dir
+from .cache import cache_dir, data_home, default_data_root
 from .calibration import calibration_batches
 from .datasets import Dataset, Split, load_dataset
 from .loader import AUGMENTS, DeviceLoader
@@ -17,7 +17,9 @@ __all__ = [
     "Split",
     "cache_dir",
     "calibration_batches",
+    "data_home",
     "dataset_names",
+    "default_data_root",
     "find_dataset",
     "load_dataset",
 ]

@@ -1,5 +1,6 @@
-"""The on-disk cache of decoded image folders (``.npz`` under :func:`cache_dir`), keyed by the
-folder's absolute path and modification times."""
+"""Per-user folders: the on-disk cache of decoded image folders (``.npz`` under
+:func:`cache_dir`, keyed by the folder's absolute path and modification times), and where a data
+set's files live when no root is given (:func:`default_data_root`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from .arrays import _Arrays
 
-__all__ = ["cache_dir"]
+__all__ = ["cache_dir", "data_home", "default_data_root"]
 
 
 _CACHE_VERSION = 1
@@ -21,6 +22,20 @@ def cache_dir() -> Path:
     """Where decoded image folders are cached: ``$NAS_SEPCONV_CACHE`` or ``~/.cache/nas_sepconv``."""
     env = os.environ.get("NAS_SEPCONV_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "nas_sepconv"
+
+
+def data_home() -> Path:
+    """The folder holding one folder of files per data set: ``$NAS_SEPCONV_DATA``, or ``data/``
+    of :func:`cache_dir` (``~/.cache/nas_sepconv/data``)."""
+    env = os.environ.get("NAS_SEPCONV_DATA")
+    return Path(env).expanduser() if env else cache_dir() / "data"
+
+
+def default_data_root(dataset: str) -> Path:
+    """Where data set ``dataset`` (a source name: ``cifar10``) is read from when no root is
+    given: ``data_home() / dataset`` (``~/.cache/nas_sepconv/data/cifar10``).  The one place
+    that decides it; nothing is created or downloaded."""
+    return data_home() / dataset
 
 
 def _source_signature(root: Path) -> str:

@@ -19,9 +19,18 @@ from .folders import _load_folder, _load_tar
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+#: How to fill a CIFAR-10 folder: what :func:`_load_cifar10` reads.
+CIFAR10_FILL = (
+    "the official python batches (extract cifar-10-python.tar.gz there: cifar-10-batches-py/), "
+    "an ImageFolder tree (train/<class>/*.png, test/<class>/*.png) or one .tar.gz of such a tree"
+)
+
+_ARCHIVES = (".tar.gz", ".tgz", ".tar")
+
+
 def _load_cifar10(root: Path, size: int) -> _Arrays:
     if root.is_file():
-        if root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        if root.name.endswith(_ARCHIVES):
             return _cached(root, "tar", size, lambda: _load_tar(root, size, force_rgb=True))
         raise UserInputError("dataset.root", f"{root} is a file", "point it at a folder (train/, test/) or cifar-10-batches-py")
     for batches in (root, root / "cifar-10-batches-py"):
@@ -29,10 +38,13 @@ def _load_cifar10(root: Path, size: int) -> _Arrays:
             return _load_cifar_batches(batches, size)
     if (root / "train").is_dir():
         return _load_folder(root, size, force_rgb=True)
+    archives = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(_ARCHIVES)) if root.is_dir() else []
+    if len(archives) == 1:  # a folder the archive was dropped into (the default data.root)
+        return _load_cifar10(archives[0], size)
     raise UserInputError(
         "dataset.root",
-        f"{root} holds neither an ImageFolder tree (train/, test/) nor cifar-10-batches-py",
-        "point it at the extracted CIFAR-10 folder",
+        f"{root} holds neither an ImageFolder tree (train/, test/) nor cifar-10-batches-py" + (f" but {len(archives)} archives" if archives else ""),
+        f"point it at the extracted CIFAR-10 folder, or put in it {CIFAR10_FILL}",
     )
 
 

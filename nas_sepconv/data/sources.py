@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ..errors import UserInputError
 from .arrays import _Arrays, _channel_stats, _existing, _need_root, _stratified_take
-from .cifar import _load_cifar10
+from .cache import default_data_root
+from .cifar import CIFAR10_FILL, _load_cifar10
 from .folders import _load_folder
 from .torchvision_sets import _load_torchvision
 
@@ -46,6 +47,15 @@ def _digits_source(arg: str, root: str | Path | None, size: int | None) -> _Arra
 
 
 def _cifar10_source(arg: str, root: str | Path | None, size: int | None) -> _Arrays:
+    if root is None:  # the per-user folder, which the user fills once
+        folder = default_data_root("cifar10")
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise UserInputError(
+                "dataset.root",
+                f"not given, and the default CIFAR-10 folder {folder} is {'empty' if folder.is_dir() else 'missing'}",
+                f"put in it {CIFAR10_FILL} ($NAS_SEPCONV_DATA moves it), or point data.root (--data-root PATH, root=) at the files",
+            )
+        root = folder
     return _load_cifar10(_need_root(root, "cifar10"), size)
 
 
@@ -109,7 +119,7 @@ DATASETS: dict[str, DataSource] = {
         DataSource("digits", (), "", False, False, 16, "shift", _digits_source,
                    "scikit-learn's 8x8 handwritten digits upsampled to 16x16 (no download; the default)"),
         DataSource("cifar10", ("cifar-10",), "", False, True, 32, "crop_flip", _cifar10_source,
-                   "CIFAR-10 under root: an ImageFolder tree, a .tar.gz of one, or cifar-10-batches-py"),
+                   "CIFAR-10 under root (default ~/.cache/nas_sepconv/data/cifar10): an ImageFolder tree, a .tar.gz of one, or cifar-10-batches-py"),
         DataSource("imagefolder", (), "PATH", False, True, 32, "crop_flip", _imagefolder_source,
                    "an ImageFolder tree with train/ and test/ (or val/) folders, at PATH or root"),
         DataSource("torchvision", (), "NAME", True, True, None, _torchvision_augment, _torchvision_source,

@@ -41,7 +41,7 @@ from .outputs import SearchStatus, refresh_outputs
 from .processes import _check_workers, _run_workers
 from .samplers import make_sampler
 from .settings import Settings
-from .spaces import Space, load_space
+from .spaces import Space, load_space, with_data_root
 from .study import open_study
 from .workers import _counts, _interruptible, _sigint_deferred, _worker_loop
 
@@ -63,6 +63,7 @@ def search(
     retries: int = 1,
     heartbeat: int = 10,
     progress: Callable[[SearchStatus], None] | None = None,
+    data_root: str | Path | None = None,
 ) -> optuna.Study:
     """Run (or resume) a search until ``trials`` trials have finished; returns the study.
 
@@ -82,12 +83,17 @@ def search(
         heartbeat: heartbeat interval in seconds (RDB storages); a RUNNING trial without a
             heartbeat for 3 intervals is marked FAIL.
         progress: called with a :class:`SearchStatus` after each finished trial.
+        data_root: read the data set from this folder or file instead of the space's
+            ``data.root`` (``--data-root``).  A relative ``data.root`` in a space file is read
+            from the file's folder; none: the per-user folder of
+            :func:`nas_sepconv.data.default_data_root`.
     """
+    loaded = load_space(space)
     settings = _settings(
-        load_space(space), trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed,
+        loaded if data_root is None else with_data_root(loaded, data_root), trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed,
         device=device, workers=workers, out=out, retries=retries, heartbeat=heartbeat,
     )
-    data = _checked_data(settings.space)
+    data = _checked_data(settings.space, flag="--data-root" if data_root is not None else None)
     if settings.space.kind == "convert":
         _check_convert(settings.space, data)  # a bad base model would otherwise fail every trial
     settings.out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,14 +159,15 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
     return settings
 
 
-def _checked_data(space: Space) -> Any:
+def _checked_data(space: Space, *, flag: str | None = None) -> Any:
     """The space's data set, loaded once here so that bad data fails early, named by its field
-    in the space file."""
+    in the space file (``flag``, when the root came from the command line)."""
     d = space.spec.data
     try:
         return load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size)
     except UserInputError as exc:
-        raise UserInputError("data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field, exc.problem, exc.fix) from None
+        field = "data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field
+        raise UserInputError(flag if flag and field == "data.root" else field, exc.problem, exc.fix) from None
 
 
 def _write_meta(settings: Settings) -> None:

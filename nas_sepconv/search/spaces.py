@@ -21,6 +21,7 @@ not searched).  Which block options are suggested for a kind is read from the ki
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..data import find_dataset
 from ..errors import UserInputError
 from .schema import LIMITS, SpaceFile, _printable
 
-__all__ = ["Space", "load_space", "parse_space", "list_spaces", "space_dirs"]
+__all__ = ["Space", "load_space", "parse_space", "list_spaces", "space_dirs", "with_data_root"]
 
 MAX_SPACE_BYTES = 1 << 20
 """The largest space file read (1 MiB): a space is a page of YAML, not data."""
@@ -221,4 +223,37 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
         raise UserInputError("space", f"{source} nests too deeply", "a space is a few levels of mappings and lists") from None
     except UserInputError as exc:
         raise UserInputError(_printable(exc.field), _printable(exc.problem), _printable(f"fix it in {source}")) from None
-    return Space(spec, path, text)
+    return Space(_paths_from(spec, path.parent) if path is not None else spec, path, text)
+
+
+def _from_folder(value: str, folder: Path) -> str:
+    """A path a space file names, relative to the file's folder (``~`` expanded)."""
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (folder / p).resolve())
+
+
+def _paths_from(spec: SpaceFile, folder: Path) -> SpaceFile:
+    """``spec`` with the paths it names (``data.root``, ``imagefolder:PATH``, ``convert.weights``)
+    resolved against ``folder``, the space file's: a relative path means the same files from any
+    working directory.  (The space's text, stored in the study, is kept as written.)"""
+    data = spec.data
+    kind, sep, arg = data.dataset.partition(":")
+    changes = {}
+    if data.root:
+        changes["root"] = _from_folder(data.root, folder)
+    if sep and arg and kind.strip().lower() == "imagefolder":
+        changes["dataset"] = f"{kind}:{_from_folder(arg, folder)}"
+    update: dict[str, Any] = {"data": data.model_copy(update=changes)} if changes else {}
+    if spec.convert is not None and spec.convert.weights:
+        update["convert"] = spec.convert.model_copy(update={"weights": _from_folder(spec.convert.weights, folder)})
+    return spec.model_copy(update=update) if update else spec
+
+
+def with_data_root(space: Space, root: "str | Path") -> Space:
+    """``space`` reading its data from ``root`` (``--data-root``; relative to the working
+    directory) instead of its ``data.root``."""
+    source, arg = find_dataset(space.spec.data.dataset)
+    if not source.needs_root or arg:
+        raise UserInputError("--data-root", f"space {space.name!r} reads data set {space.spec.data.dataset!r}, which takes no root folder", "leave --data-root out")
+    data = space.spec.data.model_copy(update={"root": str(Path(root).expanduser().resolve())})
+    return dataclasses.replace(space, spec=space.spec.model_copy(update={"data": data}))

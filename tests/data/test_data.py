@@ -785,3 +785,30 @@ def test_the_table_drives_loading_and_messages(monkeypatch):
     assert calls == [("7", None, 12)] and d.input_shape == (1, 12, 12) and d.augment == "none"
     with pytest.raises(UserInputError, match="toy:SIZE"):
         load_dataset("nothing")
+
+
+def test_cifar10_without_root_reads_the_per_user_folder(tmp_path, monkeypatch):
+    from nas_sepconv.data import default_data_root
+
+    monkeypatch.setenv("NAS_SEPCONV_DATA", str(tmp_path / "data"))
+    folder = default_data_root("cifar10")
+    assert folder == tmp_path / "data" / "cifar10"
+    with pytest.raises(UserInputError) as info:  # missing, then empty: how to fill it, in one line
+        load_dataset("cifar10")
+    for make in (lambda: None, lambda: folder.mkdir(parents=True)):
+        make()
+        with pytest.raises(UserInputError) as info:
+            load_dataset("cifar10")
+        message = str(info.value)
+        assert message.startswith("dataset.root:") and str(folder) in message and "\n" not in message
+        assert "cifar-10-batches-py" in message and "ImageFolder" in message and ".tar.gz" in message
+    tree = _write_tree(tmp_path / "tree", ext="png")
+    archive = folder / "cifar10-tiny.tar.gz"  # an archive dropped into the folder
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree / "train", arcname="train")
+        tar.add(tree / "test", arcname="test")
+    d = load_dataset("cifar10", val_fraction=0.2)
+    assert d.classes == ("ant", "bee", "cat") and len(d.test) == 6
+    monkeypatch.delenv("NAS_SEPCONV_DATA")
+    monkeypatch.setenv("NAS_SEPCONV_CACHE", str(tmp_path / "cache"))
+    assert default_data_root("cifar10") == tmp_path / "cache" / "data" / "cifar10"

@@ -78,3 +78,28 @@ def test_built_candidates_match_the_profiler(seed):
 
     again = build_network(Arch.from_json(candidate.recipe.arch))
     assert ns.count_macs(again, x[:1]) == ns.count_macs(model, x[:1]) > 0
+
+
+def test_bundled_spaces_name_no_folder_outside_the_package():
+    for name in BUNDLED:
+        space = load_space(name)
+        assert "../" not in space.text and "shared" not in space.text
+        assert space.spec.data.root is None  # CIFAR-10: the per-user folder (nas_sepconv.data.default_data_root)
+
+
+def test_relative_paths_of_a_space_file_are_read_from_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "spaces"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(
+        "name: s\nkind: convert\ndata: {dataset: cifar10, root: tree}\n"
+        "convert: {model: 'nas_sepconv:tiny_convnet', weights: w/base.safetensors}\n"
+    )
+    (folder / "f.yaml").write_text("name: f\nkind: convert\ndata: {dataset: 'imagefolder:imgs', root: null}\nconvert: {model: 'nas_sepconv:tiny_convnet', weights: /abs/w.pt}\n")
+    monkeypatch.chdir(tmp_path)
+    space = load_space(folder / "s.yaml")
+    assert space.spec.data.root == str(folder / "tree")
+    assert space.spec.convert.weights == str(folder / "w" / "base.safetensors")
+    assert "root: tree" in space.text  # the text (stored in the study) is kept as written
+    other = load_space(folder / "f.yaml")
+    assert other.spec.data.dataset == f"imagefolder:{folder / 'imgs'}" and other.spec.convert.weights == "/abs/w.pt"
+    assert parse_space((folder / "s.yaml").read_text()).spec.data.root == "tree"  # text alone: no folder to read from
