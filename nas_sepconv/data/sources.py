@@ -53,7 +53,7 @@ def _cifar10_source(arg: str, root: str | Path | None, size: int | None) -> _Arr
             raise UserInputError(
                 "dataset.root",
                 f"not given, and the default CIFAR-10 folder {folder} is {'empty' if folder.is_dir() else 'missing'}",
-                f"put in it {CIFAR10_FILL} ($NAS_SEPCONV_DATA moves it), or point data.root (--data-root PATH, root=) at the files",
+                f"put in it {CIFAR10_FILL} ($NAS_SEPCONV_DATA moves it), or point data.root (root=) at the files",
             )
         root = folder
     return _load_cifar10(_need_root(root, "cifar10"), size)

@@ -167,7 +167,8 @@ def _checked_data(space: Space, *, flag: str | None = None) -> Any:
         return load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size)
     except UserInputError as exc:
         field = "data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field
-        raise UserInputError(flag if flag and field == "data.root" else field, exc.problem, exc.fix) from None
+        fix = exc.fix.replace(" (root=)", "") + ", or give --data-root PATH" if field == "data.root" and d.root is None and exc.fix else exc.fix
+        raise UserInputError(flag if flag and field == "data.root" else field, exc.problem, fix) from None
 
 
 def _write_meta(settings: Settings) -> None:
