@@ -228,8 +228,11 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
 
 def _from_folder(value: str, folder: Path) -> str:
     """A path a space file names, relative to the file's folder (``~`` expanded)."""
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (folder / p).resolve())
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # ~user of no such user: kept as written; loading it names data.root
+        p = Path(value)
+    return str(p if p.is_absolute() else folder.absolute() / p)  # (no file-system call: any text is safe here)
 
 
 def _paths_from(spec: SpaceFile, folder: Path) -> SpaceFile:
