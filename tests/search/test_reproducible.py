@@ -1,0 +1,45 @@
+"""Issue 15: a search that is resumed never re-draws a configuration because of seeding and stays
+reproducible from its seed; pruned trials keep their metrics; a trial re-trained from its
+parameters and seed reproduces its recorded accuracy; over-budget trials are marked infeasible;
+the outputs are readable by everyone."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import optuna
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import nas_sepconv as ns
+from nas_sepconv.export import export_trial
+
+from conftest import FAST_SPACE  # noqa: E402  (tests/ is on sys.path)
+
+
+def _space(tmp_path, name: str, **search) -> str:
+    """FAST_SPACE with a continuous width (so that only seeding can repeat a configuration)."""
+    space = {**FAST_SPACE, "search": {**FAST_SPACE["search"], **search}}
+    space["build"] = {**FAST_SPACE["build"], "width_mult": {"low": 0.5, "high": 1.0}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return str(path)
+
+
+def _params(study: optuna.Study) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+@pytest.mark.parametrize("sampler", ["random", "nsga2"])
+def test_a_resumed_search_draws_new_configurations_and_is_reproducible(tmp_path, sampler):
+    space = _space(tmp_path, sampler, sampler=sampler)
+    runs = []
+    for out in ("a", "b"):
+        for trials in (3, 4, 5):  # the search, resumed twice
+            study = ns.search(space, trials=trials, out=tmp_path / out, seed=7)
+        runs.append(_params(study))
+    assert len(runs[0]) == 5 and len(set(runs[0])) == 5, runs[0]
+    assert runs[0] == runs[1]  # the same commands with the same seed: the same trials
