@@ -16,7 +16,8 @@ Conventions read from the Optuna study (written by :mod:`nas_sepconv.search`):
   the study's, and those of the other known columns come from the objectives table
   (:data:`~nas_sepconv.results.OBJECTIVES`);
 * trial user attributes ``accuracy``, ``test_accuracy``, ``macs``, ``params``, ``latency_ms``,
-  ``arch``, ``arch_json``, ``wall_time_s``, ``epochs`` (COMPLETE trials, both modes) and
+  ``arch``, ``arch_json``, ``wall_time_s``, ``epochs`` (COMPLETE trials, both modes),
+  ``accuracy`` (the last one reported), ``macs``, ``params``, ``epochs`` (PRUNED trials) and
   ``fail_reason`` (FAIL trials);
 * study user attributes ``mode`` (``"pareto"`` | ``"scalarised"``) and ``space``.
 

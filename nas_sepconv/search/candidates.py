@@ -180,7 +180,9 @@ def run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any = None,
             trial.report(_reward(val_acc, macs, space), epoch)
             if trial.should_prune():
                 metrics.update(accuracy=val_acc, epochs=epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+                pruned = optuna.TrialPruned(f"pruned at epoch {epoch}")
+                pruned.metrics = dict(metrics)  # what the trial measured, for its record (see workers._run_one)
+                raise pruned
 
     device = ctx.settings.device
     if not feasible:

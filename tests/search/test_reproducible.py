@@ -43,3 +43,14 @@ def test_a_resumed_search_draws_new_configurations_and_is_reproducible(tmp_path,
         runs.append(_params(study))
     assert len(runs[0]) == 5 and len(set(runs[0])) == 5, runs[0]
     assert runs[0] == runs[1]  # the same commands with the same seed: the same trials
+
+
+def test_pruned_trials_keep_their_metrics(tmp_path, monkeypatch):
+    space = _space(tmp_path, "s", mode="scalarised", target_macs=200000, pruner="median", sampler="tpe")
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number >= 1)
+    ns.search(space, trials=2, out=tmp_path / "r")
+    df = ns.results.load(tmp_path / "r" / "tiny")
+    pruned = df[df["state"] == "PRUNED"]
+    assert len(pruned) == 1
+    row = pruned.iloc[0]
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["macs"] > 0 and row["params"] > 0 and row["epochs"] == 1
