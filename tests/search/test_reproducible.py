@@ -54,3 +54,17 @@ def test_pruned_trials_keep_their_metrics(tmp_path, monkeypatch):
     assert len(pruned) == 1
     row = pruned.iloc[0]
     assert 0.0 <= row["accuracy"] <= 1.0 and row["macs"] > 0 and row["params"] > 0 and row["epochs"] == 1
+
+
+def test_a_retrained_trial_reproduces_its_recorded_accuracy(tmp_path):
+    space = _space(tmp_path, "r", trials=1)
+    ns.search(space, trials=1, out=tmp_path / "r", seed=3)
+    folder = tmp_path / "r" / "tiny"
+    saved = load_file(folder / "weights" / "trial_0.safetensors")
+    (folder / "weights" / "trial_0.safetensors").unlink()
+    torch.manual_seed(12345)  # whatever the process did before must not matter
+    info = export_trial(folder, 0, out=tmp_path / "m.safetensors")
+    assert info["how"].startswith("re-trained")
+    assert info["accuracy"] == info["recorded_accuracy"]
+    again = load_file(tmp_path / "m.safetensors")
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
