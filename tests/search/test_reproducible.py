@@ -68,3 +68,11 @@ def test_a_retrained_trial_reproduces_its_recorded_accuracy(tmp_path):
     assert info["accuracy"] == info["recorded_accuracy"]
     again = load_file(tmp_path / "m.safetensors")
     assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+
+
+def test_over_budget_trials_are_marked_infeasible(tmp_path):
+    space = _space(tmp_path, "b", max_macs=1)
+    ns.search(space, trials=2, out=tmp_path / "r")
+    df = ns.results.load(tmp_path / "r" / "tiny")
+    assert str(df["feasible"].dtype) == "boolean" and not df["feasible"].any()
+    assert ns.results.pareto_front(df).empty
