@@ -76,3 +76,17 @@ def test_over_budget_trials_are_marked_infeasible(tmp_path):
     df = ns.results.load(tmp_path / "r" / "tiny")
     assert str(df["feasible"].dtype) == "boolean" and not df["feasible"].any()
     assert ns.results.pareto_front(df).empty
+
+
+def test_outputs_are_readable_by_everyone(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ns.search(_space(tmp_path, "m"), trials=2, out=tmp_path / "r")
+    finally:
+        os.umask(old)
+    folder = tmp_path / "r" / "tiny"
+    files = [folder / n for n in ("trials.csv", "pareto.csv", "pareto.png", "meta.json", "study.db")]
+    files += list((folder / "weights").glob("*.safetensors")) + list((folder / "pareto").glob("*.json"))
+    assert len(files) >= 6
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, (path.name, oct(path.stat().st_mode))
