@@ -55,7 +55,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary file beside ``path`` for the caller to write; when the block ends without an
     exception it replaces ``path`` in one rename, so a reader (another worker, a crash, a full
     disk) never sees half a file.  The file gets the ordinary mode (0666 less the umask), not
-    mkstemp's 0600: results folders are shared."""
+    mkstemp's 0600: results folders are shared.  The mode is set again after the block, as a
+    writer may replace the file by one of its own (safetensors' ``save_file`` writes a 0600 file
+    and renames it over the path it is given)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -63,6 +65,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.fchmod(fd, 0o666 & ~_UMASK)
         os.close(fd)
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -16,7 +16,8 @@ Conventions read from the Optuna study (written by :mod:`nas_sepconv.search`):
   the study's, and those of the other known columns come from the objectives table
   (:data:`~nas_sepconv.results.OBJECTIVES`);
 * trial user attributes ``accuracy``, ``test_accuracy``, ``macs``, ``params``, ``latency_ms``,
-  ``arch``, ``arch_json``, ``wall_time_s``, ``epochs`` (COMPLETE trials, both modes) and
+  ``arch``, ``arch_json``, ``wall_time_s``, ``epochs`` (COMPLETE trials, both modes),
+  ``accuracy`` (the last one reported), ``macs``, ``params``, ``epochs`` (PRUNED trials) and
   ``fail_reason`` (FAIL trials);
 * study user attributes ``mode`` (``"pareto"`` | ``"scalarised"``) and ``space``.
 
@@ -60,7 +61,7 @@ _TIME_ATTR_COLUMNS: dict[str, str] = {
     "epochs": "Int64",
 }
 _FIXED = (
-    {"number", "state", "datetime_start", "datetime_complete", "duration_s", "fail_reason"}
+    {"number", "state", "datetime_start", "datetime_complete", "duration_s", "fail_reason", "feasible"}
     | set(_ATTR_COLUMNS)
     | set(_TAIL_ATTR_COLUMNS)
     | set(_TIME_ATTR_COLUMNS)
@@ -86,7 +87,9 @@ def load(source: str | Path | optuna.Study, study: str | None = None) -> pd.Data
         per searched parameter (category for string choices, Int64 for integers, float64 for
         floats), ``arch``, ``arch_json``, ``datetime_start``, ``datetime_complete``,
         ``duration_s``, ``wall_time_s``, ``epochs``, ``fail_reason`` (string, NA unless the
-        trial failed), then any other scalar user attributes.  MACs and params are nullable
+        trial failed), ``feasible`` (boolean: False for a trial over a hard budget, which was not
+        trained and is never on the front; NA where unknown, e.g. a running trial), then any
+        other scalar user attributes.  MACs and params are nullable
         ``Int64`` so that failed or running trials (NA) keep the integers exact.  A searched
         parameter whose name clashes with one of these columns is named ``param_<name>``.
 
@@ -151,6 +154,7 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.Data
         [t.user_attrs.get("fail_reason") if t.state.name == "FAIL" else None for t in trials],
         "string",
     )
+    cols["feasible"] = _feasible(trials)
     _add_extra_attr_columns(cols, trials)
 
     df = pd.DataFrame(cols)
@@ -256,6 +260,30 @@ def _time_columns(trials: list[Any]) -> dict[str, Any]:
     for name, dtype in _TIME_ATTR_COLUMNS.items():
         cols[name] = _typed(_attr(trials, name), dtype)
     return cols
+
+
+def _feasible(trials: list[Any]) -> Any:
+    """The ``feasible`` column: the trial's own record (user attribute ``feasible``, written by
+    the search), else its Optuna constraints (feasible when all are <= 0), else True for a
+    COMPLETE trial (no budget was set) and NA for the others."""
+    values: list[bool | None] = []
+    for t in trials:
+        flag = t.user_attrs.get("feasible")
+        if not isinstance(flag, bool):
+            constraints = _constraint_values(t)
+            flag = all(c <= 0 for c in constraints) if constraints else (True if t.state.name == "COMPLETE" else None)
+        values.append(flag)
+    return pd.array(values, dtype="boolean")
+
+
+def _constraint_values(trial: Any) -> list[float]:
+    """A trial's Optuna constraint values (``Trial.set_constraint`` keys, or the older list that
+    a sampler's ``constraints_func`` stores)."""
+    named = getattr(trial, "constraints", None)  # FrozenTrial.constraints (newer Optuna)
+    if isinstance(named, dict):
+        return [float(v) for v in named.values()]
+    old = trial.system_attrs.get("constraints")
+    return [float(v) for v in old] if isinstance(old, (list, tuple)) else []
 
 
 def _add_extra_attr_columns(cols: dict[str, Any], trials: list[Any]) -> None:

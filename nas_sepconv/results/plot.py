@@ -32,6 +32,7 @@ class _Front2D:
     y_front: np.ndarray
     numbers: np.ndarray  # trial numbers of the front points (or index labels)
     drawstyle: str
+    infeasible: int = 0  # COMPLETE trials over a hard budget (``feasible`` False): not drawn
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,17 @@ def _front_2d(df: pd.DataFrame, x: str, y: str, dirs: Sequence[str]) -> _Front2D
         # Attainment boundary: the best y for an x budget holds until the next front point
         # when x is minimised (steps-post), and from the previous one when x is maximised.
         drawstyle="steps-post" if dirs[0] == "minimize" else "steps-pre",
+        infeasible=_count_infeasible(df),
     )
+
+
+def _count_infeasible(df: pd.DataFrame) -> int:
+    if "feasible" not in df.columns:
+        return 0
+    over = (df["feasible"].astype("boolean") == False).fillna(False).to_numpy(dtype=bool)  # noqa: E712
+    if "state" in df.columns:
+        over &= (df["state"].astype("string") == "COMPLETE").fillna(False).to_numpy(dtype=bool)
+    return int(over.sum())
 
 
 def _axis_label(column: str, log: bool) -> str:
@@ -131,7 +142,9 @@ def plot_pareto(
     faded, front trials highlighted and joined by a step line tracing the attainable region;
     each baseline (name -> frame, e.g. a random-search study or the hand-designed MobileNets)
     adds its own front as a labelled step line.  The knee (see :func:`knee`) is marked when the
-    front has at least three points.  Only COMPLETE trials with finite values are drawn.
+    front has at least three points.  Only COMPLETE, feasible trials with finite values are
+    drawn; trials over a hard budget (``feasible`` False, not trained) are left out and counted
+    in the legend ("over budget, not shown (n)").
 
     Args:
         df: a frame from :func:`load`.
@@ -157,6 +170,9 @@ def plot_pareto(
                 linewidth=1.5, zorder=3)
         ax.scatter(main.x_front, main.y_front, s=30, color="tab:blue", edgecolors="black",
                    linewidths=0.5, zorder=4, label=f"Pareto front ({len(main.x_front)})")
+    if main.infeasible:  # not trained (accuracy 0): left out, but said so
+        ax.plot([], [], linestyle="none", marker="x", color="tab:red",
+                label=f"over budget, not shown ({main.infeasible})")
     colours = ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
                "tab:olive", "tab:cyan"]
     for i, (name, base) in enumerate(data.baselines.items()):

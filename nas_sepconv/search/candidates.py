@@ -3,12 +3,15 @@ of a convert space), building the candidate's model, training and measuring it, 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import optuna
 import torch
 import torch.nn as nn
@@ -106,9 +109,10 @@ def _prepare_base(ctx: TrialContext) -> nn.Module:
     with lock(ctx.settings.out_dir):
         if cache.is_file():
             return _load_base_cache(cache, ctx)
-        model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
-        cfg = replace(ctx.settings.space.spec.train, seed=ctx.settings.seed)
-        fit(model, ctx.data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=ctx.settings.device)
+        with seeded(ctx.settings.seed, ctx.settings.device):
+            model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
+            cfg = replace(ctx.settings.space.spec.train, seed=ctx.settings.seed)
+            fit(model, ctx.data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=ctx.settings.device)
         save_model(cache, model.cpu(), _base_recipe(ctx))
         return model.eval()
 
@@ -151,8 +155,38 @@ def _reward(accuracy: float, macs: int, space: Space) -> float:
     return accuracy * (macs / s.target_macs) ** s.reward_exponent
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device: str) -> Iterator[None]:
+    """Seed Python's, NumPy's and torch's generators with ``seed``; on the CPU also make torch
+    choose deterministic algorithms (warning where there is none) for the block, and restore its
+    settings afterwards.  A trial run in this block twice on the CPU gives the same weights and
+    accuracy, bit for bit.  On CUDA the generators are seeded but kernels are not forced to be
+    deterministic (atomics in cuDNN's backward, AMP): a re-run agrees to within the run-to-run
+    noise of the validation accuracy (typically well under a point), not exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    cpu = torch.device(device).type == "cpu"
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if cpu:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        if cpu:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
-    """Build, budget-check, train and evaluate one candidate; returns the model and metrics."""
+    """Build, budget-check, train and evaluate one candidate, all seeded with ``seed`` (see
+    :func:`seeded`: a re-run reproduces it exactly on the CPU); returns the model and metrics."""
+    if candidate.kind == "convert":
+        ctx.base()  # trained (seeded on its own) first, if it is not yet: not inside the trial's seeded run
+    with seeded(seed, ctx.settings.device):
+        return _run_candidate(ctx, candidate, trial=trial, seed=seed)
+
+
+def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed: int) -> tuple[nn.Module, dict[str, Any]]:
     space = ctx.settings.space
     s = space.spec.search
     started = time.perf_counter()
@@ -180,7 +214,9 @@ def run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any = None,
             trial.report(_reward(val_acc, macs, space), epoch)
             if trial.should_prune():
                 metrics.update(accuracy=val_acc, epochs=epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+                pruned = optuna.TrialPruned(f"pruned at epoch {epoch}")
+                pruned.metrics = dict(metrics)  # what the trial measured, for its record (see workers._run_one)
+                raise pruned
 
     device = ctx.settings.device
     if not feasible:

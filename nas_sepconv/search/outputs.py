@@ -69,7 +69,7 @@ def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
             number = int(path.stem.split("_")[1])
             if number in finished and number not in keep:
                 path.unlink(missing_ok=True)
-    complete = df[df["state"] == "COMPLETE"]
+    complete = df[(df["state"] == "COMPLETE") & df["feasible"].fillna(True)]  # over budget: accuracy 0, not a result
     status.front_size = len(front)
     status.best_accuracy = float(complete["accuracy"].max()) if len(complete) else None
     return status

@@ -42,7 +42,7 @@ from .processes import _check_workers, _run_workers
 from .samplers import make_sampler
 from .settings import Settings
 from .spaces import Space, load_space, with_data_root
-from .study import open_study
+from .study import claim_session, open_study
 from .workers import _counts, _interruptible, _sigint_deferred, _worker_loop
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
@@ -76,7 +76,11 @@ def search(
             SQLite ``<out>/<study>/study.db``.
         study: the study name (default: the space name); outputs go to ``<out>/<study>/``.
         sampler: ``nsga2`` (default in pareto mode), ``tpe``, ``gp`` or ``random``.
-        seed: seeds the sampler (worker i uses seed + i) and each trial (seed + trial number).
+        seed: seeds the sampler and each trial (seed + trial number).  The first worker of the
+            first run of a study seeds its sampler with ``seed``; every other worker, and every
+            resumed run, with a seed derived from ``seed``, the run's number in the study and the
+            worker's, so that none replays another's draws and the same commands with the same
+            seed give the same trials.
         device: ``cpu``, ``cuda``, ``cuda:1``.
         workers: local worker processes sharing the storage.
         retries: how many times a trial whose worker died is retried (heartbeat detection).
@@ -98,6 +102,7 @@ def search(
         _check_convert(settings.space, data)  # a bad base model would otherwise fail every trial
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
+    settings.session = claim_session(the_study, settings)
     _write_meta(settings)
     update = _updater(the_study, settings, progress)
     with _interruptible():

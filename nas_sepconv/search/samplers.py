@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import optuna
 
 from ..errors import UserInputError
 
-__all__ = ["SAMPLERS", "Sampler", "find_sampler", "make_sampler"]
+__all__ = ["SAMPLERS", "Sampler", "find_sampler", "make_sampler", "process_seed"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,16 @@ def find_sampler(name: Any, *, field: str = "--sampler") -> Sampler:
 def make_sampler(name: str, seed: int, space: Any) -> optuna.samplers.BaseSampler:
     """The seeded sampler ``name`` for ``space``."""
     return find_sampler(name).make(seed, space)
+
+
+def process_seed(seed: int, session: int, worker: int) -> int:
+    """The sampler seed of one process of a study: the study's ``seed`` for the first worker of
+    the first ``search`` call (so a one-process search seeds its sampler with ``--seed``), and
+    for any other (session, worker) a seed derived from all three.  A resumed search (a later
+    session), a second local worker or another machine thus never replays the draws of an
+    earlier process, while the same sequence of commands with the same seed draws the same
+    trials."""
+    if session == 0 and worker == 0:
+        return seed
+    entropy = [seed % 2**64, session, worker]  # SeedSequence takes non-negative integers
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])

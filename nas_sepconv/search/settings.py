@@ -23,3 +23,6 @@ class Settings:
     retries: int
     heartbeat: int
     keep_weights: bool = True
+    #: which ``search`` call of the study this is (0, 1, ...: counted in the study, see
+    #: :func:`~nas_sepconv.search.study.claim_session`); with the worker number it seeds the sampler
+    session: int = 0

@@ -11,9 +11,9 @@ import sqlalchemy.exc
 
 from ..errors import StorageError, UserInputError
 from ..results import OBJECTIVES
-from ..storage import open_storage, redact
+from ..storage import lock, open_storage, redact
 from .heartbeat import _RetryStale
-from .samplers import make_sampler
+from .samplers import make_sampler, process_seed
 from .settings import Settings
 from .spaces import Space, parse_space
 
@@ -43,7 +43,7 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             storage=storage,
             study_name=settings.study,
             directions=directions,
-            sampler=make_sampler(settings.sampler, settings.seed + worker, space),
+            sampler=make_sampler(settings.sampler, process_seed(settings.seed, settings.session, worker), space),
             pruner=_pruner(space),
             load_if_exists=True,
         )
@@ -70,6 +70,30 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             "--study", f"study {settings.study!r} was made with another version of space {existing!r}", "use another --study name, or the same space file"
         )
     return study
+
+
+#: study system attribute: how many ``search`` calls (sessions) the study has had
+SESSIONS_ATTR = "nas_sepconv:sessions"
+
+
+def claim_session(study: optuna.Study, settings: Settings) -> int:
+    """The number of this ``search`` call in the study (0 for the first), counted in the study
+    under the results folder's lock: with the worker number it seeds the sampler
+    (:func:`~nas_sepconv.search.samplers.process_seed`), so that no process replays the draws of
+    another.  (Machines that share a PostgreSQL study but not a results folder and start in the
+    same instant could read the same count; their workers still differ by number.)"""
+    try:
+        with lock(settings.out_dir):
+            count = study._storage.get_study_system_attrs(study._study_id).get(SESSIONS_ATTR)
+            if count is None:  # a new study, or one made before sessions were counted: past its trials
+                count = len(study.get_trials(deepcopy=False))
+            count = int(count)
+            study._storage.set_study_system_attr(study._study_id, SESSIONS_ATTR, count + 1)
+    except Exception as exc:
+        if isinstance(exc, OSError) or _is_storage_failure(exc):
+            raise _storage_error(exc, settings.storage, "opening the study") from None
+        raise
+    return count
 
 
 def _defining(space_yaml: str) -> dict:

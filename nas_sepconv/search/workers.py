@@ -106,8 +106,9 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
             study.tell(trial, values)
         except Exception as exc:  # the storage could not take the result (disk full, server gone)
             raise _storage_error(exc, settings.storage, f"recording trial {trial.number}") from None
-    except optuna.TrialPruned as exc:
-        for key in ("accuracy", "macs", "params", "arch", "epochs"):
+    except optuna.TrialPruned as exc:  # its metrics so far: the last validation accuracy, MACs, params, epochs
+        metrics = {**metrics, **getattr(exc, "metrics", {})}
+        for key in ("accuracy", "macs", "params", "arch", "resolution", "epochs"):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
         trial.set_user_attr("pruned_reason", str(exc))

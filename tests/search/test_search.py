@@ -72,7 +72,7 @@ def test_recorded_macs_match_the_profiler_and_export_reproduces_accuracy(tiny, t
     (folder / "weights" / f"trial_{number}.safetensors").unlink()
     _, again = rebuild_trial(folder, number)
     assert again["how"].startswith("re-trained")
-    assert again["accuracy"] == pytest.approx(best["accuracy"], abs=0.03)
+    assert again["accuracy"] == best["accuracy"]  # seeded and deterministic on the CPU: exactly
 
 
 def test_convert_space_search_on_digits(tmp_path):
