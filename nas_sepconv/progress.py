@@ -4,7 +4,7 @@ One helper for every long operation (``fit``/``distill``, ``sensitivity``, ``ref
 CLI's search status, the benchmarks), so that a log file or a CI job sees the same as a
 terminal: where stderr is not a terminal, a line every few seconds and one at the end::
 
-    refit: 12/40 sites, 1.9 sites/s, elapsed 6s, ETA 15s | layer2.0.conv1
+    refit: 12/40 sites, 1.9/s, elapsed 6s, ETA 15s | layer2.0.conv1
 
 (``done/total``, the rate since the start, elapsed time, the estimated time left, and what the
 operation adds).  Lines are at most 120 columns (a terminal's width on a terminal), cut at a
@@ -67,12 +67,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _rate(per_second: float, unit: str) -> str:
+def _rate(per_second: float) -> str:
     if per_second >= 1:
-        return f"{per_second:.1f} {unit}/s"
+        return f"{per_second:.1f}/s"
     if per_second * 60 >= 1:
-        return f"{per_second * 60:.1f} {unit}/min"
-    return f"{per_second * 3600:.1f} {unit}/h"
+        return f"{per_second * 60:.1f}/min"
+    return f"{per_second * 3600:.2g}/h"
 
 
 class _Bar(_RichProgress):
@@ -142,7 +142,7 @@ class Progress:
         parts = [f"{self.description}: {done}/{'?' if total is None else total} {self.unit}"]
         rate = rate_done / rate_time if rate_time > 0 and rate_done > 0 else None
         if rate is not None:
-            parts.append(_rate(rate, self.unit))
+            parts.append(_rate(rate))
         parts.append(f"{'took' if final else 'elapsed'} {_duration(elapsed)}")
         if not final and rate is not None and total is not None and total > done:
             parts.append(f"ETA {_duration((total - done) / rate)}")
