@@ -103,7 +103,7 @@ class Progress:
                  interval: float | None = None, transient: bool = False, resume: bool = False) -> None:
         self.description, self.total, self.unit = description, total, unit
         self.console = console if console is not None else Console(stderr=True, markup=False, highlight=False)
-        self.terminal = self.console.is_terminal
+        self.terminal = self.console.is_terminal or self.console.is_jupyter  # a notebook shows rich's widget
         self.interval = interval_seconds() if interval is None else interval
         self.transient, self._resume = transient, resume
         self.completed, self.info = 0, ""
@@ -133,7 +133,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=self.completed, total=self.total)
 
-    def line(self, final: bool = False) -> str:
+    def line(self, final: bool = False, stopped: bool = False) -> str:
         """The plain line of the progress now, at most the width (120 columns off a terminal)."""
         with self._lock:
             done, total, info = self.completed, self.total, self.info
@@ -143,7 +143,7 @@ class Progress:
         rate = rate_done / rate_time if rate_time > 0 and rate_done > 0 else None
         if rate is not None:
             parts.append(_rate(rate))
-        parts.append(f"{'took' if final else 'elapsed'} {_duration(elapsed)}")
+        parts.append(f"{'stopped after' if stopped else 'took' if final else 'elapsed'} {_duration(elapsed)}")
         if not final and rate is not None and total is not None and total > done:
             parts.append(f"ETA {_duration((total - done) / rate)}")
         text = ", ".join(parts) + (f" | {info}" if info else "")
@@ -163,14 +163,14 @@ class Progress:
             self._ticker.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()
         if self._bar is not None:
             self._bar.stop()
         if self.total is not None and (not self.terminal or self.transient):
-            self._write(self.line(final=True))
+            self._write(self.line(final=True, stopped=exc_type is not None))
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval):

@@ -77,3 +77,14 @@ def test_lines_fit_the_width_and_are_cut_at_a_token_boundary():
     bar = Progress("search", 10, unit="trials", console=console)
     bar.update(3, info=text)
     assert len(bar.line()) <= PLAIN_WIDTH and bar.line().endswith("...")
+
+
+def test_the_last_line_says_when_the_work_stopped_early():
+    console, stream = _plain_console()
+    try:
+        with Progress("work", 4, console=console, interval=60) as bar:
+            bar.update(1)
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert stream.getvalue().startswith("work: 1/4 steps") and "stopped after" in stream.getvalue()
