@@ -140,7 +140,7 @@ def _cache_path(out: Path, data: Dataset, cfg: BenchConfig) -> Path:
     return out / f"original_{name}_n{pool}_w{cfg.width}{stem}_e{cfg.epochs}_s{cfg.seed}.safetensors"
 
 
-def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], None]) -> tuple[torch.nn.Module, float, bool, dict]:
+def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], None], progress: bool = False) -> tuple[torch.nn.Module, float, bool, dict]:
     """The trained reference network: from the cache, or trained with ``fit`` and cached."""
     from safetensors.torch import load_file, save_file
 
@@ -155,7 +155,7 @@ def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], 
         return model.eval(), 0.0, True, info
     log(f"training the reference: {_arch(cfg)}, {cfg.epochs} epochs on {len(data.train)} images")
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
-    res = fit(model, data, config=tcfg, evaluate_test=False, device=cfg.device)
+    res = fit(model, data, config=tcfg, evaluate_test=False, device=cfg.device, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
     info = {"train_seconds": res.seconds, "val_accuracy": res.val_accuracy, "history": res.history,
@@ -204,16 +204,18 @@ def _one_epoch_config(cfg: BenchConfig, lr: float) -> TrainConfig:
 # -- the benchmark ---------------------------------------------------------------------------
 
 
-def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Callable[[str], None] = print) -> BenchResult:
+def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Callable[[str], None] = print, progress: bool = False) -> BenchResult:
     """Train (or load) the reference, convert it every way, and measure; returns the table.
 
-    Writes nothing but the cached reference weights; :func:`write_outputs` writes the rest."""
+    Writes nothing but the cached reference weights; :func:`write_outputs` writes the rest.
+    ``progress``: the long calls (training, sensitivity, refit, distillation) show their progress
+    on stderr (:mod:`nas_sepconv.progress`: plain lines every few seconds off a terminal)."""
     start = time.perf_counter()
     out = Path(out)
     dev = torch.device(cfg.device)  # data, models and every library call live there
     test = _test_split(data, cfg.test_subset, cfg.seed).to(dev)
     data = data.to(dev)
-    original, train_seconds, cached, info = _reference(data, cfg, Path(cfg.reference_dir or out), log)
+    original, train_seconds, cached, info = _reference(data, cfg, Path(cfg.reference_dir or out), log, progress)
     x = torch.zeros(1, *data.input_shape, device=dev)
     base_macs = ns.count_macs(original, x)
     calib = calibration_batches(data, n=cfg.calib, batch_size=128, split="train", seed=cfg.seed)
@@ -242,7 +244,7 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
         held_out = (calibration_batches(data, n=cfg.sensitivity_held_out, batch_size=128, split="val", seed=cfg.seed)
                     if cfg.sensitivity_held_out else None)
         sensitivity = ns.sensitivity(original, calib, candidates=cfg.budget_candidates, example_inputs=x,
-                                     eval_batches=held_out, device=dev)
+                                     eval_batches=held_out, device=dev, progress=progress)
         log(f"sensitivity of {sensitivity.name.nunique()} sites x {len(cfg.budget_candidates)} candidates "
             f"in {time.perf_counter() - t:.0f} s")
     for spec, family, param, train_rows in conversions:
@@ -271,7 +273,7 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
             def fine_tune(lr: float) -> torch.nn.Module:
                 torch.manual_seed(cfg.seed)  # the fresh blocks, independent of what ran before
                 model = ns.apply_plan(original, plan, init="random")
-                fit(model, data, config=_one_epoch_config(cfg, lr), evaluate_test=False, device=dev)
+                fit(model, data, config=_one_epoch_config(cfg, lr), evaluate_test=False, device=dev, progress=progress)
                 return model
 
             model = _best_on_validation(fine_tune, cfg.finetune_lrs, data, spec, RANDOM_FT, selections, log, dev)
@@ -291,13 +293,13 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
         if family == "dwsep":  # the ablation of the joint (depthwise + pointwise) refit
             t = time.perf_counter()
             model = _clone(svd, original, plan)
-            ns.refit(model, original, calib, plan=plan, iterations=0, device=dev)
+            ns.refit(model, original, calib, plan=plan, iterations=0, device=dev, progress=progress)
             record(REFIT_LAST, model, time.perf_counter() - t, calib_images=n_calib)
             del model
 
         t = time.perf_counter()
         refitted = svd  # refit in place: the SVD model is not needed any more
-        report = ns.refit(refitted, original, calib, plan=plan, device=dev)
+        report = ns.refit(refitted, original, calib, plan=plan, device=dev, progress=progress)
         refit_seconds = time.perf_counter() - t
         site_reports.append(report.assign(conversion=spec))
         record(REFIT, refitted, refit_seconds, calib_images=n_calib)
@@ -317,7 +319,7 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
             def distilled(lr: float) -> torch.nn.Module:
                 student = _clone(refitted, original, plan)
                 distill(student, original, data, config=_one_epoch_config(cfg, lr), features=features,
-                        feature_weight=cfg.feature_weight, device=dev)
+                        feature_weight=cfg.feature_weight, device=dev, progress=progress)
                 return student
 
             student = _best_on_validation(distilled, lrs, data, spec, method, selections, log, dev)
@@ -684,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                       train_conversions=None if args.train_conversions is None else tuple(
                           v for v in args.train_conversions.split(",") if v.strip()),
                       test_subset=args.test_subset, seed=args.seed, retrain=args.retrain, device=args.device)
-    result = run_benchmark(data, cfg, args.out, log=log)
+    result = run_benchmark(data, cfg, args.out, log=log, progress=True)
     result.seconds = time.perf_counter() - start  # data loading included
     argv_text = sys.argv[1:] if argv is None else argv
     command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/fidelity.py", *argv_text])

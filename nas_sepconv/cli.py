@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional
 import torch
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -31,6 +30,7 @@ from .io import load_model, read_recipe, save_model
 from .measure import ACTIVATION_BUDGET, activation_bytes, check_threads, count_macs, count_params, measure_latency
 from .measure import profile as profile_model
 from .models import model_from_name
+from .progress import Progress, shorten
 from .recipe import Recipe
 from .search import SAMPLERS, SearchStatus, list_spaces, quiet_optuna
 from .search import search as run_search
@@ -251,39 +251,38 @@ def search(
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
     def run() -> None:
-        # transient: bad input leaves its one error line only; the last status is printed below
-        live = Live(_status_line(None), console=err, refresh_per_second=2, transient=True)
-        last: list[SearchStatus] = []
+        # on a terminal a transient bar (bad input leaves its one error line only), else a plain
+        # line every few seconds; the last status stays (nas_sepconv.progress)
+        bar = Progress("search", unit="trials", console=err, transient=True, resume=True)
+        bar.update(info=_status_line(None))
 
         def show(status: SearchStatus) -> None:
-            last[:] = [status]
-            live.update(_status_line(status))
+            bar.update(status.done, total=status.target, info=_status_line(status))
 
-        name = study
         try:
-            with live:
-                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=name, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root)
+            with bar:
+                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root)
         except KeyboardInterrupt:
-            if last:
-                err.print(_status_line(last[0]), highlight=False)
             err.print("interrupted: outputs written; run the same command again to resume")
             raise typer.Exit(130)
-        if last:
-            err.print(_status_line(last[0]), highlight=False)
         _print_report(result.study_name, out_dir / result.study_name)
 
     _guard(run)
 
 
-def _status_line(status) -> str:
+def _status_line(status: SearchStatus | None) -> str:
+    """What the search's progress line adds to ``search: done/target trials, rate, ETA``; the
+    progress cuts it to the line's width at a space, so the architecture text (last) goes first."""
     if status is None:
         return "starting (loading data, opening the study) ..."
     best = "-" if status.best_accuracy is None else f"{100 * status.best_accuracy:.2f}%"
-    warning = f" | warning: {status.warning[:120]}" if getattr(status, "warning", "") else ""
-    return (
-        f"trials {status.done}/{status.target} done, {status.failed} failed, {status.running} running | "
-        f"Pareto front {status.front_size} | best accuracy {best} | last: {status.last[:90]}{warning}"
-    )
+    counts = ", ".join(f"{n} {what}" for n, what in ((status.running, "running"), (status.failed, "failed")) if n)
+    parts = ([counts] if counts else []) + [f"front {status.front_size}", f"best {best}"]
+    if status.warning:
+        parts.append(f"warning: {shorten(status.warning, 80)}")
+    if status.last:
+        parts.append(f"last {status.last}")
+    return " | ".join(parts)
 
 
 def _print_report(study_name: str, folder: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -206,3 +207,47 @@ def test_relative_data_root_is_read_from_the_space_files_folder(tmp_path, monkey
     result = runner.invoke(app, ["search", "--space", str(folder / "c10.yaml"), "--out", "out"])
     assert result.exit_code == 0, result.output
     assert list(pd.read_csv(elsewhere / "out" / "c10" / "trials.csv")["state"]) == ["COMPLETE"]
+
+
+# -- issue 19: the search shows its progress when stderr is a pipe, in lines that fit -----------
+
+
+def test_search_into_a_pipe_prints_periodic_progress_lines(tmp_path):
+    import os
+    import re
+
+    import yaml
+
+    from conftest import FAST_SPACE
+
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(FAST_SPACE))
+    env = dict(os.environ, NAS_SEPCONV_PROGRESS_INTERVAL="0.2", PYTHONPATH=os.pathsep.join(p for p in (str(Path(ns.__file__).parents[1]), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run([sys.executable, "-m", "nas_sepconv.cli", "search", "--space", "tiny.yaml", "--out", "out"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    progress = [ln for ln in lines if re.match(r"search: [0-2]/2 trials", ln)]
+    assert len(progress) >= 2 and progress == lines, proc.stderr  # periodic lines, nothing else
+    assert progress[-1].startswith("search: 2/2 trials") and "took" in progress[-1] and "front 2 | best" in progress[-1]
+    assert all(len(ln) <= 120 for ln in lines) and "\x1b" not in proc.stderr
+
+
+def test_the_search_status_line_fits_120_columns_and_cuts_the_architecture_at_a_token():
+    import io
+
+    from rich.console import Console
+
+    from nas_sepconv.cli import _status_line
+    from nas_sepconv.progress import Progress
+    from nas_sepconv.search import SearchStatus
+
+    arch = "r32 w0.75 d1.0 | " + " ".join(f"{c}:ir_e6_k5_se0.25_hswishx3/s2" for c in (16, 24, 40, 80, 112, 160))
+    status = SearchStatus(target=40, done=7, failed=1, running=2, front_size=4, best_accuracy=0.8123, last=f"#9 COMPLETE {arch}")
+    info = _status_line(status)
+    bar = Progress("search", unit="trials", console=Console(file=io.StringIO(), width=200), resume=True)  # the CLI's, off a terminal
+    bar.update(7, total=40, info=info)
+    line = bar.line()
+    full = f"search: 7/40 trials, elapsed 0s | {info}"
+    assert len(line) <= 120 and line.endswith("..."), line
+    head = line[: -len("...")]
+    assert full.startswith(head) and full[len(head)] == " " and "2 running, 1 failed" in head and "#9 COMPLETE r32" in head, line

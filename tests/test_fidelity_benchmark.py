@@ -152,20 +152,23 @@ def test_train_conversions_and_feature_row_only(bench, tmp_path, one_thread):
     assert args.train_conversions == "dwsep_m1,budget_0.142"
 
 
-def test_every_call_gets_the_device(bench, tmp_path, one_thread, monkeypatch):
+def test_every_call_gets_the_device(bench, tmp_path, one_thread, monkeypatch, capsys):
     """``--device``: each library call that runs a model is told where (their default is the
-    CPU, so a call left without it would silently move the work back there)."""
+    CPU, so a call left without it would silently move the work back there).  And with
+    ``progress=True`` (as ``main`` runs it) each long call shows its progress: plain lines with
+    done/total on a stderr that is not a terminal (issue 19)."""
     data = load_dataset("digits", subset=300)
     cfg = bench.BenchConfig(width=4, epochs=1, dw_mults=(1,), spatial_ranks=(), budgets=(0.6,),
                             budget_candidates=("dwsep_m1",), calib=32, test_subset=60, feature_weight=5.0,
                             device="cpu")
-    seen = []
+    seen, progress = [], []
 
     def spy(owner, name):
         real = getattr(owner, name)
 
         def call(*args, **options):
             seen.append((name, options.get("device")))
+            progress.append((name, options.get("progress")))
             return real(*args, **options)
 
         monkeypatch.setattr(owner, name, call)
@@ -174,8 +177,13 @@ def test_every_call_gets_the_device(bench, tmp_path, one_thread, monkeypatch):
         spy(bench, name)
     for name in ("refit", "sensitivity"):
         spy(bench.ns, name)
-    bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None)
+    bench.run_benchmark(data, cfg, tmp_path, log=lambda msg: None, progress=True)
     assert {name for name, _ in seen} == {"fit", "distill", "evaluate", "reestimate_batchnorm", "refit", "sensitivity"}
+    long_calls = [shown for name, shown in progress if name in ("fit", "distill", "refit", "sensitivity")]
+    assert long_calls and all(long_calls), progress
+    err = capsys.readouterr().err
+    for line in ("train: 1/1 epochs", "sensitivity: ", "refit: "):
+        assert line in err, err
     assert all(torch.device(device) == torch.device("cpu") for _, device in seen if device is not None)
     assert [name for name, device in seen if device is None] == []
     assert bench.parse_args(["--data", "x", "--device", "cuda:1"]).device == "cuda:1"

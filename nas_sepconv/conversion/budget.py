@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserInputError
+from ..progress import track
 from .plan import Plan, make_plan, with_spec
 from ..measure import output_tensors
 from .calibration import _batches, _device, _EvalMode, _on, _run
@@ -114,8 +115,10 @@ def sensitivity(
     few samples per unknown (deep sites on small feature maps), and the plan then spends too
     little of the budget there.
 
-    ``example_inputs`` defaults to the first sample of the first batch.  ``progress``: a rich
-    progress bar on stderr (one step per site and candidate).  ``model`` is never changed.
+    ``example_inputs`` defaults to the first sample of the first batch.  ``progress``: show
+    progress on stderr, one step per site and candidate (default False: nothing is printed; a
+    rich bar on a terminal, else a plain ``done/total`` line with rate and time left every few
+    seconds and at the end, :mod:`nas_sepconv.progress`).  ``model`` is never changed.
 
     Returns one row per (site, candidate), sites in forward order: ``name, spec, calls,
     macs_before, macs_after, params_before, params_after, damage`` (MACs and params of one call
@@ -138,12 +141,7 @@ def sensitivity(
         references = [_run(reference_model, b) for b in held]
     rows = []
     pairs = [(entry, spec) for entry in base.converted for spec in specs]
-    if progress:
-        from rich.console import Console
-        from rich.progress import track
-
-        pairs = track(pairs, description="sensitivity", console=Console(stderr=True))
-    for entry, spec in pairs:
+    for entry, spec in track(pairs, progress, "sensitivity", unit="conversions"):
         plan = _one_site(base, entry.name, spec)
         if plan is None:
             continue

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ..blocks import CONV_TYPES, ConvGeometry, effective_weight
 from ..errors import UserInputError
+from ..progress import progress as show_progress
 from .calibration import _Site, _Stop, _batches, _device, _EvalMode, _forward_order, _has_forward, _last_linear, _on, _run, _run_hooked, _sites
 from .normal_equations import _NormalEquations
 
@@ -162,6 +163,7 @@ def refit(
     iterations: int = 10,
     layers: str = "converted",
     device: Any = None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Re-solve each converted block (its last linear part, or all its factors) on calibration
     data, in place.
@@ -200,7 +202,9 @@ def refit(
     ``.name``, ``.spec`` and ``.converted``); default: ``converted.meta["nas_sepconv.plan"]``,
     where ``apply_plan`` keeps it.  ``device``: where to run (default: where ``converted``'s
     parameters are; ``converted`` is moved there, ``original`` is copied there if it lives
-    elsewhere and is never changed).
+    elsewhere and is never changed).  ``progress``: show progress on stderr, one step per site
+    (default False: nothing is printed; a rich bar on a terminal, else a plain ``done/total``
+    line with rate and time left every few seconds and at the end, :mod:`nas_sepconv.progress`).
 
     Returns one row per site in forward order: ``name``, ``kind``, ``method`` (``"last
     linear"`` or ``"joint (N alternating rounds)"``), ``rel_output_error_before``, ``rel_output_error_after`` (‖y_converted − y_original‖ /
@@ -208,10 +212,7 @@ def refit(
     "after" value is computed from the normal equations), ``refit_applied``, ``rows``
     (regression samples), ``note``.
     """
-    if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not ridge >= 0:
-        raise UserInputError("ridge", f"expected a number >= 0, got {ridge!r}", "use e.g. 1e-5")
-    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
-        raise UserInputError("iterations", f"expected an integer >= 0, got {iterations!r}", "use e.g. 10, or 0 to refit only the last linear part")
+    _check_arguments(ridge, iterations)
     dev = _device(converted, device)
     converted.to(dev)
     original = _on(original, dev)
@@ -222,7 +223,18 @@ def refit(
     sites = _sites(converted, original, plan, unconverted=layers == "all")
     rows = []
     with _EvalMode(converted, original):
-        for site in _forward_order(original, sites, data[0]):
-            rows.append(_refit_site(site, original, converted, data, ridge, iterations))
+        ordered = _forward_order(original, sites, data[0])
+        with show_progress(progress, "refit", len(ordered), unit="sites") as bar:
+            for site in ordered:
+                bar.update(info=site.name)
+                rows.append(_refit_site(site, original, converted, data, ridge, iterations))
+                bar.update(advance=1)
     columns = ["name", "kind", "method", "rel_output_error_before", "rel_output_error_after", "refit_applied", "rows", "note"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _check_arguments(ridge: Any, iterations: Any) -> None:
+    if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not ridge >= 0:
+        raise UserInputError("ridge", f"expected a number >= 0, got {ridge!r}", "use e.g. 1e-5")
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
+        raise UserInputError("iterations", f"expected an integer >= 0, got {iterations!r}", "use e.g. 10, or 0 to refit only the last linear part")

@@ -86,7 +86,8 @@ def search(
         retries: how many times a trial whose worker died is retried (heartbeat detection).
         heartbeat: heartbeat interval in seconds (RDB storages); a RUNNING trial without a
             heartbeat for 3 intervals is marked FAIL.
-        progress: called with a :class:`SearchStatus` after each finished trial.
+        progress: called with a :class:`SearchStatus` once the study is open (the trials it
+            holds from earlier runs; no front yet) and after each finished trial.
         data_root: read the data set from this folder or file instead of the space's
             ``data.root`` (``--data-root``).  A relative ``data.root`` in a space file is read
             from the file's folder; none: the per-user folder of
@@ -105,6 +106,9 @@ def search(
     settings.session = claim_session(the_study, settings)
     _write_meta(settings)
     update = _updater(the_study, settings, progress)
+    if progress:  # the study is open: what it holds before this run's first trial
+        counts = _counts(the_study)
+        progress(SearchStatus(target=settings.trials, done=counts["done"], failed=counts["failed"], running=counts["running"]))
     with _interruptible():
         try:
             if settings.workers == 1:

@@ -47,6 +47,8 @@ def distill(
     in a ResNet block the ReLU after ``bn1`` and the one after the shortcut sum), else the
     site's own output.  No adapters are needed: conversion keeps every output shape.  With few
     gradient steps this recovers more than the logits alone (``benchmarks/fidelity.py``).
+
+    ``progress``: show progress on stderr, as :func:`fit` does (default False: nothing printed).
     """
     if features == "converted":
         features = converted_features(student)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..data import Dataset, DeviceLoader, Split
 from ..errors import TrainingDiverged, UserInputError
+from ..progress import progress as show_progress
 from .config import OPTIMIZERS, SCHEDULES, FitResult, TrainConfig
 from .hints import _check_distill_args, _check_features, _distill_loss, _FeatureHints
 
@@ -75,7 +76,10 @@ def fit(
         feature_weight: weight of the feature term (>= 0).
         on_epoch: called as ``on_epoch(epoch, val_accuracy)`` after each epoch (1-based);
             whatever it raises propagates (e.g. ``optuna.TrialPruned``).
-        progress: show a rich progress bar on stderr.
+        progress: show progress on stderr, one step per epoch with the loss and the
+            validation accuracy (default False: nothing is printed; a rich bar on a terminal,
+            else a plain ``done/total`` line with rate and time left every few seconds and at
+            the end, :mod:`nas_sepconv.progress`).
         evaluate_test: also measure accuracy on ``data.test`` at the end.
 
     Raises:
@@ -193,7 +197,7 @@ def _train_epochs(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor
                   on_epoch: Callable[[int, float], None] | None, progress: bool) -> list[dict]:
     """Every epoch, each followed by the validation accuracy, the progress bar and ``on_epoch``."""
     history: list[dict] = []
-    with _progress_bar(progress, run.cfg.epochs) as bar:
+    with show_progress(progress, "train", run.cfg.epochs, unit="epochs") as bar:
         for epoch in range(1, run.cfg.epochs + 1):
             epoch_start = time.perf_counter()
             train_loss, lr = _train_epoch(run, model, loss_of, epoch)
@@ -202,7 +206,7 @@ def _train_epochs(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor
                 "epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc, "lr": lr,
                 "seconds": time.perf_counter() - epoch_start,
             })
-            bar(epoch, train_loss, val_acc)
+            bar.update(epoch, info=f"loss {train_loss:.3f}  val acc {val_acc:.3f}")
             if on_epoch is not None:
                 on_epoch(epoch, val_acc)
     return history
@@ -276,28 +280,6 @@ def _check_bad_step(bad_step: Tensor, epoch: int) -> None:
     step = int(bad_step.item())
     if step >= 0:
         raise TrainingDiverged(f"loss became nan or inf at epoch {epoch} step {step}; lower train.lr or set train.grad_clip")
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, epochs: int):
-    """Yields ``update(epoch, loss, val_acc)``; a rich bar on stderr when enabled, else a no-op."""
-    if not enabled:
-        yield lambda *args: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=False) as prog:
-        task = prog.add_task("train", total=epochs, stats="")
-
-        def update(epoch: int, loss: float, acc: float) -> None:
-            prog.update(task, completed=epoch, stats=f"loss {loss:.3f}  val acc {acc:.3f}")
-
-        yield update
 
 
 @torch.no_grad()

@@ -409,3 +409,21 @@ def test_refit_on_cuda_matches_cpu(net, data):
     assert next(net.parameters()).device.type == "cpu"  # the original is copied, not moved
     assert next(on_gpu.parameters()).device.type == "cuda"
     assert got["rel_output_error_after"].to_numpy() == pytest.approx(want["rel_output_error_after"].to_numpy(), rel=1e-3)
+
+
+def test_refit_shows_progress_only_when_asked(capsys):
+    """progress=True: plain lines with done/total on a stderr that is not a terminal (issue 19);
+    without it the library prints nothing."""
+    import nas_sepconv as ns
+    from nas_sepconv.models import tiny_convnet
+
+    torch.manual_seed(0)
+    original = tiny_convnet().eval()
+    x = torch.randn(8, 1, 16, 16)
+    converted = ns.convert(original, "dwsep", example_inputs=x[:1])
+    sites = len(ns.plan_of(converted).converted)
+    refit(converted, original, [x], iterations=1)
+    assert capsys.readouterr().err == ""
+    table = refit(converted, original, [x], iterations=1, progress=True)
+    err = capsys.readouterr().err
+    assert f"refit: {sites}/{sites} sites" in err and len(table) == sites, err
