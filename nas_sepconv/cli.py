@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -365,7 +366,10 @@ def main() -> None:
     try:
         quiet_optuna()
         app()
-    except UserInputError as exc:  # raised outside a guarded command body
+    except UserInputError as exc:  # raised outside a guarded command body, or re-raised by --debug
+        if _state["debug"]:  # the traceback, then the same one line and status as without --debug
+            traceback.print_exception(exc, file=sys.stderr)
+            sys.stderr.flush()
         err.print(f"error: {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C before a command body runs (importing torch takes seconds)

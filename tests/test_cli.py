@@ -206,3 +206,18 @@ def test_relative_data_root_is_read_from_the_space_files_folder(tmp_path, monkey
     result = runner.invoke(app, ["search", "--space", str(folder / "c10.yaml"), "--out", "out"])
     assert result.exit_code == 0, result.output
     assert list(pd.read_csv(elsewhere / "out" / "c10" / "trials.csv")["state"]) == ["COMPLETE"]
+
+
+# -- issue 19 ---------------------------------------------------------------------------------
+
+
+def test_debug_prints_the_traceback_and_keeps_the_status():
+    """--debug ("Show tracebacks") shows the traceback on the real stderr, then the same error
+    line, and exits with the same status (2: bad input)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas_sepconv.cli", "--debug", "convert", "--model", "torchvision:resnet18", "--input-size", "3,x"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr and "parse_input_size" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --input-size: '3,x' is not a size")
