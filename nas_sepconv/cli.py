@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from . import results
 from .blocks import BlockSpec
@@ -43,9 +43,26 @@ except ImportError:  # pragma: no cover - typer with click as a dependency
     from click.exceptions import Abort, ClickException
 
 
+def _no_type(option: Any) -> Any:
+    """A flag (``--help``, ``--debug``) shows no value placeholder (typer writes ``<bool>``)."""
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class _Command(TyperCommand):
+    """A command whose ``--help`` flag shows no ``<bool>`` placeholder."""
+
+    def get_help_option(self, ctx):  # type: ignore[override]
+        return _no_type(super().get_help_option(ctx))
+
+
 class _OneLineErrors(TyperGroup):
     """Flags typer cannot parse (unknown flag, a value of the wrong type) also end in one line
     on stderr and exit status 2, like the commands' own errors."""
+
+    def get_help_option(self, ctx):  # type: ignore[override]
+        return _no_type(super().get_help_option(ctx))
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
         try:
@@ -72,7 +89,7 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", metavar="", help="Show tracebacks.")) -> None:
     _state["debug"] = debug
 
 
@@ -159,14 +176,14 @@ def _fmt(v: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-@app.command()
+@app.command(cls=_Command)
 def convert(
-    model: str = typer.Option(..., "--model", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME or package.module:factory"),
-    to: str = typer.Option("dwsep", "--to", help="block spec for every eligible conv, e.g. dwsep, dwsep_m2, spatial_r0.5, ir_e4"),
-    input_size: str = typer.Option("3,224,224", "--input-size", help="C,H,W of one input"),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="save the converted model (safetensors + recipe)"),
-    init: str = typer.Option("svd", "--init", help="svd (closed form from the original weights) or random"),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    model: str = typer.Option(..., "--model", metavar="MODEL", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME or package.module:factory"),
+    to: str = typer.Option("dwsep", "--to", metavar="SPEC", help="block spec for every eligible conv, e.g. dwsep, dwsep_m2, spatial_r0.5, ir_e4"),
+    input_size: str = typer.Option("3,224,224", "--input-size", metavar="C,H,W", help="C,H,W of one input"),
+    out_file: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="save the converted model (.safetensors, with its recipe)"),
+    init: str = typer.Option("svd", "--init", metavar="svd|random", help="svd (closed form from the original weights) or random"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", metavar="N", help="classes of the model's head (default: the model's own)"),
 ) -> None:
     """Convert a model's convolutions and print the per-site report."""
 
@@ -196,13 +213,13 @@ def convert(
     _guard(run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def profile(
-    model: str = typer.Option(..., "--model", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export"),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="C,H,W of one input (default: a saved model's recorded input size, else 3,224,224)"),
-    latency: bool = typer.Option(False, "--latency", help="also measure CPU latency (batch 1)"),
-    threads: int = typer.Option(2, "--threads", help="intra-op threads for --latency"),
-    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", help="package.module:factory a saved model file may import and call (repeatable); registry models need none"),
+    model: str = typer.Option(..., "--model", metavar="MODEL|FILE", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", metavar="C,H,W", help="C,H,W of one input (default: a saved model's recorded input size, else 3,224,224)"),
+    latency: bool = typer.Option(False, "--latency", metavar="", help="also measure CPU latency (batch 1)"),
+    threads: int = typer.Option(2, "--threads", metavar="N", help="intra-op threads for --latency"),
+    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", metavar="MODULE:FACTORY", help="package.module:factory a saved model file may import and call (repeatable); registry models need none"),
 ) -> None:
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
@@ -222,7 +239,7 @@ def profile(
     _guard(run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def spaces() -> None:
     """List the bundled search spaces."""
 
@@ -233,21 +250,21 @@ def spaces() -> None:
     _guard(run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def search(
-    space: str = typer.Option("default", "--space", help="a bundled space name (nas-sepconv spaces) or a YAML path"),
-    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials the study should hold (default: the space's)"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite in the results directory)"),
-    study: Optional[str] = typer.Option(None, "--study", help="study name (default: the space name)"),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help=" | ".join(SAMPLERS)),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:1"),
-    workers: int = typer.Option(1, "--workers", help="local worker processes"),
-    out_dir: Path = typer.Option(Path("results"), "--out", help="results root; outputs go to OUT/STUDY/"),
-    retries: int = typer.Option(1, "--retries", help="retries of a trial whose worker died"),
-    heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="read the data set from this folder or archive instead of the space's data.root"),
+    space: str = typer.Option("default", "--space", metavar="NAME|PATH", help="a bundled space name (nas-sepconv spaces) or a YAML path"),
+    trials: Optional[int] = typer.Option(None, "--trials", metavar="N", help="finished trials the study should hold (default: the space's)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="S", help="stop starting trials after this many seconds"),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the results directory)"),
+    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (default: the space name)"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", metavar="|".join(SAMPLERS), help="the sampler (default: the space's search.sampler; tpe in scalarised mode)"),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="seeds the sampler (worker i: N + i) and each trial (N + trial number)"),
+    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|cuda:N", help="where the trials train"),
+    workers: int = typer.Option(1, "--workers", metavar="N", help="local worker processes"),
+    out_dir: Path = typer.Option(Path("results"), "--out", metavar="DIR", help="results root; outputs go to OUT/STUDY/"),
+    retries: int = typer.Option(1, "--retries", metavar="N", help="retries of a trial whose worker died"),
+    heartbeat: int = typer.Option(10, "--heartbeat", metavar="S", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="PATH", help="read the data set from this folder or archive instead of the space's data.root"),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
@@ -295,12 +312,12 @@ def _print_report(study_name: str, folder: Path) -> None:
         out.print(f"wrote {folder / name}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
-    results_dir: Optional[Path] = typer.Argument(None, help="a results directory (results/<study>)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
-    study: Optional[str] = typer.Option(None, "--study", help="study name"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="where to write CSV and PNG (default: the results directory, or results/<study>)"),
+    results_dir: Optional[Path] = typer.Argument(None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"),
+    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="where to write CSV and PNG (default: the results directory, or results/<study>)"),
 ) -> None:
     """Print the Pareto table; write trials.csv, pareto.csv, pareto.png."""
 
@@ -321,15 +338,15 @@ def report(
     _guard(run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
-    trial: int = typer.Option(..., "--trial", help="trial number"),
-    results_dir: Optional[Path] = typer.Argument(None, help="a results directory (results/<study>)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
-    study: Optional[str] = typer.Option(None, "--study", help="study name"),
-    out_file: Path = typer.Option(..., "--out", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:1"),
-    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)"),
+    trial: int = typer.Option(..., "--trial", metavar="N", help="trial number"),
+    results_dir: Optional[Path] = typer.Argument(None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"),
+    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"),
+    out_file: Path = typer.Option(..., "--out", metavar="FILE", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"),
+    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|cuda:N", help="where a trial without saved weights is re-trained"),
+    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", metavar="NAME", help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)"),
 ) -> None:
     """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
 
