@@ -265,6 +265,7 @@ def search(
     retries: int = typer.Option(1, "--retries", metavar="N", help="retries of a trial whose worker died"),
     heartbeat: int = typer.Option(10, "--heartbeat", metavar="S", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="PATH", help="read the data set from this folder or archive instead of the space's data.root"),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch intra-op threads per worker process (default: 1 for small inputs such as the 16x16 digits, else the CPU cores divided among the workers)"),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
@@ -280,7 +281,7 @@ def search(
         name = study
         try:
             with live:
-                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=name, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root)
+                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=name, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root, threads=threads)
         except KeyboardInterrupt:
             if last:
                 err.print(_status_line(last[0]), highlight=False)

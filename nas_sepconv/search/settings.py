@@ -23,3 +23,5 @@ class Settings:
     retries: int
     heartbeat: int
     keep_weights: bool = True
+    #: intra-op threads of each worker process (``--threads``); None: torch's own setting
+    threads: int | None = None

@@ -92,6 +92,7 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
         candidate = ctx.suggest(trial)
         trial.set_user_attr("arch", candidate.summary)
         trial.set_user_attr("seed", settings.seed + trial.number)
+        trial.set_user_attr("threads", torch.get_num_threads())  # what it trained with (--threads)
         _maybe_inject_failure(trial)  # mid-trial: the candidate is drawn, training about to start
         model, metrics = run_candidate(ctx, candidate, trial=trial, seed=settings.seed + trial.number)
         trial.set_user_attr("arch_json", json.dumps(candidate.recipe.to_dict()))
