@@ -43,26 +43,23 @@ except ImportError:  # pragma: no cover - typer with click as a dependency
     from click.exceptions import Abort, ClickException
 
 
-def _no_type(option: Any) -> Any:
-    """A flag (``--help``, ``--debug``) shows no value placeholder (typer writes ``<bool>``)."""
-    if option is not None:
-        option.metavar = ""
-    return option
-
-
-class _Command(TyperCommand):
-    """A command whose ``--help`` flag shows no ``<bool>`` placeholder."""
+class _NoFlagType:
+    """``--help`` shows no value placeholder (typer writes ``<bool>`` for a flag)."""
 
     def get_help_option(self, ctx):  # type: ignore[override]
-        return _no_type(super().get_help_option(ctx))
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
 
 
-class _OneLineErrors(TyperGroup):
+class _Command(_NoFlagType, TyperCommand):
+    pass
+
+
+class _OneLineErrors(_NoFlagType, TyperGroup):
     """Flags typer cannot parse (unknown flag, a value of the wrong type) also end in one line
     on stderr and exit status 2, like the commands' own errors."""
-
-    def get_help_option(self, ctx):  # type: ignore[override]
-        return _no_type(super().get_help_option(ctx))
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
         try:
@@ -305,10 +302,12 @@ def _status_line(status) -> str:
     )
 
 
-def _print_report(study_name: str, folder: Path) -> None:
-    df = results.load(folder)
-    table = results.pareto_table(df)
-    print_frame(table, title=f"Pareto front of {study_name} ({len(df)} trials)")
+def _print_report(study_name: str, folder: Path, df: Any = None) -> None:
+    """The Pareto table, the original model of a convert search, the files written."""
+    df = results.load(folder) if df is None else df
+    print_frame(results.pareto_table(df), title=f"Pareto front of {study_name} ({len(df)} trials)")
+    if line := results.base_line(df):
+        out.print(line)
     for name in ("trials.csv", "pareto.csv", "pareto.png"):
         out.print(f"wrote {folder / name}")
 
@@ -332,9 +331,7 @@ def report(
         if out_dir is None:  # the outputs go beside the study
             ensure_writable_dir(folder, "RESULTS_DIR" if results_dir is not None else "--out", fix="give --out DIR, a folder you can write to")
         results.write_outputs(df, folder)
-        print_frame(results.pareto_table(df), title=f"Pareto front of {df.attrs['study']} ({len(df)} trials)")
-        for name in ("trials.csv", "pareto.csv", "pareto.png"):
-            out.print(f"wrote {folder / name}")
+        _print_report(df.attrs["study"], folder, df)
 
     _guard(run)
 

@@ -227,6 +227,7 @@ def _worker_loop(settings: Settings, worker: int, on_finish: Callable[[], None] 
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     ctx = TrialContext(settings)
     study = open_study(settings, worker=worker)
+    ctx.study = study  # where the base model's accuracy is recorded (convert spaces)
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     while deadline is None or time.monotonic() < deadline:
         if parent is not None and os.getppid() != parent:
