@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from . import results
 from .blocks import BlockSpec
@@ -42,7 +43,21 @@ except ImportError:  # pragma: no cover - typer with click as a dependency
     from click.exceptions import Abort, ClickException
 
 
-class _OneLineErrors(TyperGroup):
+class _NoFlagType:
+    """``--help`` shows no value placeholder (typer writes ``<bool>`` for a flag)."""
+
+    def get_help_option(self, ctx):  # type: ignore[override]
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_NoFlagType, TyperCommand):
+    pass
+
+
+class _OneLineErrors(_NoFlagType, TyperGroup):
     """Flags typer cannot parse (unknown flag, a value of the wrong type) also end in one line
     on stderr and exit status 2, like the commands' own errors."""
 
@@ -71,7 +86,7 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", metavar="", help="Show tracebacks.")) -> None:
     _state["debug"] = debug
 
 
@@ -158,14 +173,14 @@ def _fmt(v: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-@app.command()
+@app.command(cls=_Command)
 def convert(
-    model: str = typer.Option(..., "--model", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME or package.module:factory"),
-    to: str = typer.Option("dwsep", "--to", help="block spec for every eligible conv, e.g. dwsep, dwsep_m2, spatial_r0.5, ir_e4"),
-    input_size: str = typer.Option("3,224,224", "--input-size", help="C,H,W of one input"),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="save the converted model (safetensors + recipe)"),
-    init: str = typer.Option("svd", "--init", help="svd (closed form from the original weights) or random"),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    model: str = typer.Option(..., "--model", metavar="MODEL", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME or package.module:factory"),
+    to: str = typer.Option("dwsep", "--to", metavar="SPEC", help="block spec for every eligible conv, e.g. dwsep, dwsep_m2, spatial_r0.5, ir_e4"),
+    input_size: str = typer.Option("3,224,224", "--input-size", metavar="C,H,W", help="C,H,W of one input"),
+    out_file: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="save the converted model (.safetensors, with its recipe)"),
+    init: str = typer.Option("svd", "--init", metavar="svd|random", help="svd (closed form from the original weights) or random"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", metavar="N", help="classes of the model's head (default: the model's own)"),
 ) -> None:
     """Convert a model's convolutions and print the per-site report."""
 
@@ -195,13 +210,13 @@ def convert(
     _guard(run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def profile(
-    model: str = typer.Option(..., "--model", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export"),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="C,H,W of one input (default: a saved model's recorded input size, else 3,224,224)"),
-    latency: bool = typer.Option(False, "--latency", help="also measure CPU latency (batch 1)"),
-    threads: int = typer.Option(2, "--threads", help="intra-op threads for --latency"),
-    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", help="package.module:factory a saved model file may import and call (repeatable); registry models need none"),
+    model: str = typer.Option(..., "--model", metavar="MODEL|FILE", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", metavar="C,H,W", help="C,H,W of one input (default: a saved model's recorded input size, else 3,224,224)"),
+    latency: bool = typer.Option(False, "--latency", metavar="", help="also measure CPU latency (batch 1)"),
+    threads: int = typer.Option(2, "--threads", metavar="N", help="intra-op threads for --latency"),
+    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", metavar="MODULE:FACTORY", help="package.module:factory a saved model file may import and call (repeatable); registry models need none"),
 ) -> None:
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
@@ -221,7 +236,7 @@ def profile(
     _guard(run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def spaces() -> None:
     """List the bundled search spaces."""
 
@@ -232,21 +247,22 @@ def spaces() -> None:
     _guard(run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def search(
-    space: str = typer.Option("default", "--space", help="a bundled space name (nas-sepconv spaces) or a YAML path"),
-    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials the study should hold (default: the space's)"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite in the results directory)"),
-    study: Optional[str] = typer.Option(None, "--study", help="study name (default: the space name)"),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help=" | ".join(SAMPLERS)),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:1"),
-    workers: int = typer.Option(1, "--workers", help="local worker processes"),
-    out_dir: Path = typer.Option(Path("results"), "--out", help="results root; outputs go to OUT/STUDY/"),
-    retries: int = typer.Option(1, "--retries", help="retries of a trial whose worker died"),
-    heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="read the data set from this folder or archive instead of the space's data.root"),
+    space: str = typer.Option("default", "--space", metavar="NAME|PATH", help="a bundled space name (nas-sepconv spaces) or a YAML path"),
+    trials: Optional[int] = typer.Option(None, "--trials", metavar="N", help="finished trials the study should hold (default: the space's)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="S", help="stop starting trials after this many seconds"),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the results directory)"),
+    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (default: the space name)"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", metavar="|".join(SAMPLERS), help="the sampler (default: the space's search.sampler; tpe in scalarised mode)"),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="seeds the sampler (worker i: N + i) and each trial (N + trial number)"),
+    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|cuda:N", help="where the trials train"),
+    workers: int = typer.Option(1, "--workers", metavar="N", help="local worker processes"),
+    out_dir: Path = typer.Option(Path("results"), "--out", metavar="DIR", help="results root; outputs go to OUT/STUDY/"),
+    retries: int = typer.Option(1, "--retries", metavar="N", help="retries of a trial whose worker died"),
+    heartbeat: int = typer.Option(10, "--heartbeat", metavar="S", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="PATH", help="read the data set from this folder or archive instead of the space's data.root"),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch intra-op threads per worker process (default: 1 for small inputs such as the 16x16 digits, else the CPU cores divided among the workers)"),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
@@ -261,7 +277,7 @@ def search(
 
         try:
             with bar:
-                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root)
+                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root, threads=threads)
         except KeyboardInterrupt:
             err.print("interrupted: outputs written; run the same command again to resume")
             raise typer.Exit(130)
@@ -285,20 +301,22 @@ def _status_line(status: SearchStatus | None) -> str:
     return " | ".join(parts)
 
 
-def _print_report(study_name: str, folder: Path) -> None:
-    df = results.load(folder)
-    table = results.pareto_table(df)
-    print_frame(table, title=f"Pareto front of {study_name} ({len(df)} trials)")
+def _print_report(study_name: str, folder: Path, df: Any = None) -> None:
+    """The Pareto table, the original model of a convert search, the files written."""
+    df = results.load(folder) if df is None else df
+    print_frame(results.pareto_table(df), title=f"Pareto front of {study_name} ({len(df)} trials)")
+    if line := results.base_line(df):
+        out.print(line)
     for name in ("trials.csv", "pareto.csv", "pareto.png"):
         out.print(f"wrote {folder / name}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
-    results_dir: Optional[Path] = typer.Argument(None, help="a results directory (results/<study>)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
-    study: Optional[str] = typer.Option(None, "--study", help="study name"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="where to write CSV and PNG (default: the results directory, or results/<study>)"),
+    results_dir: Optional[Path] = typer.Argument(None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"),
+    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="where to write CSV and PNG (default: the results directory, or results/<study>)"),
 ) -> None:
     """Print the Pareto table; write trials.csv, pareto.csv, pareto.png."""
 
@@ -312,22 +330,20 @@ def report(
         if out_dir is None:  # the outputs go beside the study
             ensure_writable_dir(folder, "RESULTS_DIR" if results_dir is not None else "--out", fix="give --out DIR, a folder you can write to")
         results.write_outputs(df, folder)
-        print_frame(results.pareto_table(df), title=f"Pareto front of {df.attrs['study']} ({len(df)} trials)")
-        for name in ("trials.csv", "pareto.csv", "pareto.png"):
-            out.print(f"wrote {folder / name}")
+        _print_report(df.attrs["study"], folder, df)
 
     _guard(run)
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
-    trial: int = typer.Option(..., "--trial", help="trial number"),
-    results_dir: Optional[Path] = typer.Argument(None, help="a results directory (results/<study>)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL"),
-    study: Optional[str] = typer.Option(None, "--study", help="study name"),
-    out_file: Path = typer.Option(..., "--out", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:1"),
-    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)"),
+    trial: int = typer.Option(..., "--trial", metavar="N", help="trial number"),
+    results_dir: Optional[Path] = typer.Argument(None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"),
+    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"),
+    out_file: Path = typer.Option(..., "--out", metavar="FILE", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"),
+    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|cuda:N", help="where a trial without saved weights is re-trained"),
+    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", metavar="NAME", help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)"),
 ) -> None:
     """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
 
@@ -364,7 +380,10 @@ def main() -> None:
     try:
         quiet_optuna()
         app()
-    except UserInputError as exc:  # raised outside a guarded command body
+    except UserInputError as exc:  # raised outside a guarded command body, or re-raised by --debug
+        if _state["debug"]:  # the traceback, then the same one line and status as without --debug
+            traceback.print_exception(exc, file=sys.stderr)
+            sys.stderr.flush()
         err.print(f"error: {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C before a command body runs (importing torch takes seconds)

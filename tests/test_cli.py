@@ -251,3 +251,42 @@ def test_the_search_status_line_fits_120_columns_and_cuts_the_architecture_at_a_
     assert len(line) <= 120 and line.endswith("..."), line
     head = line[: -len("...")]
     assert full.startswith(head) and full[len(head)] == " " and "2 running, 1 failed" in head and "#9 COMPLETE r32" in head, line
+
+
+# -- issue 19 ---------------------------------------------------------------------------------
+
+
+def test_debug_prints_the_traceback_and_keeps_the_status():
+    """--debug ("Show tracebacks") shows the traceback on the real stderr, then the same error
+    line, and exits with the same status (2: bad input)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas_sepconv.cli", "--debug", "convert", "--model", "torchvision:resnet18", "--input-size", "3,x"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr and "parse_input_size" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --input-size: '3,x' is not a size")
+
+
+def _commands():
+    import typer
+
+    group = typer.main.get_command(app)
+    return group, {name: group.get_command(None, name) for name in group.list_commands(None)}
+
+
+def test_every_option_has_help_and_a_meaningful_placeholder():
+    """Every option of every command says what it is for, and --help shows placeholders such as
+    N, URL, DIR, NAME|PATH, never typer's <bool> / <str>."""
+    group, commands = _commands()
+    assert set(commands) >= {"convert", "profile", "spaces", "search", "report", "export"}
+    for name, command in [("", group), *commands.items()]:
+        for param in command.params:
+            assert (param.help or "").strip(), f"{name} {param.opts or param.name}: no help text"
+        result = runner.invoke(app, [*([name] if name else []), "--help"])
+        assert result.exit_code == 0, result.output
+        for placeholder in ("<bool>", "<str>", "<int>", "<float>"):
+            assert placeholder not in result.output, f"{name} --help shows {placeholder}:\n{result.output}"
+    search_help = runner.invoke(app, ["search", "--help"]).output
+    for shown in ("NAME|PATH", "URL", "DIR"):
+        assert shown in search_help

@@ -7,7 +7,7 @@ from .comparison import compare
 from .frame import STATES, load
 from .front import hypervolume, knee, pareto_front
 from .objectives import KNOWN_DIRECTIONS, LOG_SCALE_COLUMNS, OBJECTIVES, Objective, objective
-from .outputs import pareto_table, write_outputs
+from .outputs import base_line, pareto_table, write_outputs
 from .plot import plot_pareto
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "OBJECTIVES",
     "Objective",
     "STATES",
+    "base_line",
     "compare",
     "hypervolume",
     "knee",

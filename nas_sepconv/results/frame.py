@@ -19,7 +19,8 @@ Conventions read from the Optuna study (written by :mod:`nas_sepconv.search`):
   ``arch``, ``arch_json``, ``wall_time_s``, ``epochs`` (COMPLETE trials, both modes),
   ``accuracy`` (the last one reported), ``macs``, ``params``, ``epochs`` (PRUNED trials) and
   ``fail_reason`` (FAIL trials);
-* study user attributes ``mode`` (``"pareto"`` | ``"scalarised"``) and ``space``.
+* study user attributes ``mode`` (``"pareto"`` | ``"scalarised"``), ``space`` and, for a
+  convert space, ``base`` (the original model's accuracy, test accuracy, MACs and params).
 
 MACs are multiply-accumulates (FLOPs = 2 x MACs).  Nothing here prints.
 """
@@ -96,7 +97,9 @@ def load(source: str | Path | optuna.Study, study: str | None = None) -> pd.Data
         ``df.attrs`` holds ``study`` (name), ``directions`` (column -> ``"maximize"`` /
         ``"minimize"``, for the study's objectives and the known columns), ``objectives`` (the
         study's metric names), ``mode`` (``"pareto"`` or ``"scalarised"``), ``params`` (the
-        searched-parameter columns), ``space`` and ``storage`` where known.
+        searched-parameter columns), ``space`` and ``storage`` where known, and ``base``: the
+        original model of a convert space (``{"model", "accuracy", "test_accuracy", "macs",
+        "params"}``, validation accuracy in ``accuracy``), None for a build space.
 
     Raises:
         UserInputError: the source does not exist, or the study cannot be chosen.
@@ -171,6 +174,7 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.Data
             "mode": mode,
             "params": [param_cols[p] for p in param_dists],
             "space": dict(study.user_attrs).get("space"),
+            "base": dict(study.user_attrs).get("base"),
             "storage": storage_label,
         }
     )

@@ -16,7 +16,7 @@ from .front import pareto_front
 from .objectives import KNOWN_DIRECTIONS
 from .plot import plot_pareto
 
-__all__ = ["write_outputs", "pareto_table"]
+__all__ = ["write_outputs", "pareto_table", "base_line"]
 
 
 def _param_columns(df: pd.DataFrame) -> list[str]:
@@ -103,3 +103,16 @@ def pareto_table(
     if "arch" in front.columns:
         table["arch"] = front["arch"].to_numpy()
     return table
+
+
+def base_line(df: pd.DataFrame) -> str | None:
+    """``original model: accuracy X% (test Y%), MACs Z M, params P M (MODEL)``: the original
+    model of a convert search (``df.attrs["base"]``), what the front is compared against; None
+    for a build search (or a study made before it was recorded)."""
+    base = df.attrs.get("base")
+    if not isinstance(base, Mapping) or base.get("accuracy") is None or base.get("macs") is None:
+        return None
+    test = f" (test {100 * base['test_accuracy']:.2f}%)" if base.get("test_accuracy") is not None else ""
+    params = f", params {base['params'] / 1e6:.3f} M" if base.get("params") is not None else ""
+    model = f" ({base['model']})" if base.get("model") else ""
+    return f"original model: accuracy {100 * base['accuracy']:.2f}%{test}, MACs {base['macs'] / 1e6:.2f} M{params}{model}"

@@ -45,6 +45,7 @@ class _ParetoPlotData:
     y_label: str = ""
     x_log: bool = False
     y_log: bool = False
+    reference_xy: tuple[float, float] | None = None  # the original model (``df.attrs["base"]``)
 
 
 def _scale(column: str) -> float:
@@ -88,6 +89,15 @@ def _axis_label(column: str, log: bool) -> str:
     return label
 
 
+def _reference_xy(df: pd.DataFrame, x: str, y: str) -> tuple[float, float] | None:
+    """The original model's point (``df.attrs["base"]`` of a convert search), plotted units."""
+    base = df.attrs.get("base")
+    if not isinstance(base, Mapping) or base.get(x) is None or base.get(y) is None:
+        return None
+    point = (float(base[x]) * _scale(x), float(base[y]) * _scale(y))
+    return point if all(np.isfinite(point)) else None
+
+
 def _pareto_plot_data(df: pd.DataFrame, *, x: str, y: str,
                       baselines: Mapping[str, pd.DataFrame] | None,
                       annotate_knee: bool) -> _ParetoPlotData:
@@ -105,14 +115,17 @@ def _pareto_plot_data(df: pd.DataFrame, *, x: str, y: str,
         row = knee(df, objectives=(x, y), directions=dirs)
         knee_xy = (float(row[x]) * _scale(x), float(row[y]) * _scale(y))
         knee_number = row["number"] if "number" in row.index else row.name
-    everything = [main.x_all] + [b.x_all for b in others.values()]
+    reference = _reference_xy(df, x, y)
+    extra = [np.array([reference[0]])] if reference else []
+    everything = [main.x_all] + [b.x_all for b in others.values()] + extra
     x_values = np.concatenate(everything) if everything else np.empty(0)
-    every_y = np.concatenate([main.y_all] + [b.y_all for b in others.values()])
+    every_y = np.concatenate([main.y_all] + [b.y_all for b in others.values()] + ([np.array([reference[1]])] if reference else []))
     x_log = x in LOG_SCALE_COLUMNS and len(x_values) > 0 and bool((x_values > 0).all())
     y_log = y in LOG_SCALE_COLUMNS and len(every_y) > 0 and bool((every_y > 0).all())
     return _ParetoPlotData(
         main=main, baselines=others, knee_xy=knee_xy, knee_number=knee_number,
         x_label=_axis_label(x, x_log), y_label=_axis_label(y, y_log), x_log=x_log, y_log=y_log,
+        reference_xy=reference,
     )
 
 
@@ -142,9 +155,10 @@ def plot_pareto(
     faded, front trials highlighted and joined by a step line tracing the attainable region;
     each baseline (name -> frame, e.g. a random-search study or the hand-designed MobileNets)
     adds its own front as a labelled step line.  The knee (see :func:`knee`) is marked when the
-    front has at least three points.  Only COMPLETE, feasible trials with finite values are
-    drawn; trials over a hard budget (``feasible`` False, not trained) are left out and counted
-    in the legend ("over budget, not shown (n)").
+    front has at least three points.  The original model of a convert search
+    (``df.attrs["base"]``) is marked, with a dotted line at its y value.  Only COMPLETE, feasible
+    trials with finite values are drawn; trials over a hard budget (``feasible`` False, not
+    trained) are left out and counted in the legend ("over budget, not shown (n)").
 
     Args:
         df: a frame from :func:`load`.
@@ -181,6 +195,10 @@ def plot_pareto(
             ax.plot(base.x_front, base.y_front, drawstyle=base.drawstyle, color=colour,
                     linewidth=1.2, linestyle="--", marker="o", markersize=4, zorder=2,
                     label=name)
+    if data.reference_xy is not None:  # what every candidate is compared against
+        ax.axhline(data.reference_xy[1], color="black", linestyle=":", linewidth=1.0, zorder=1)
+        ax.scatter([data.reference_xy[0]], [data.reference_xy[1]], marker="X", s=90, color="black",
+                   zorder=5, label="original model")
     if data.knee_xy is not None:
         ax.scatter([data.knee_xy[0]], [data.knee_xy[1]], marker="*", s=160, color="tab:red",
                    edgecolors="black", linewidths=0.5, zorder=5, label="knee")

@@ -42,11 +42,17 @@ class TrialContext:
         self.data = load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, seed=0, subset=d.subset, image_size=d.image_size).to(settings.device)
         self._base: nn.Module | None = None
         self._sites: list | None = None
+        #: the study a search records the base model's accuracy in (user attr ``base``); None
+        #: when rebuilding a trial
+        self.study: optuna.Study | None = None
 
     def base(self) -> nn.Module:
-        """The trained base model of a convert space (loaded, or trained once and cached)."""
+        """The trained base model of a convert space (loaded, or trained once and cached); its
+        accuracy and MACs are recorded in the study (see :func:`_record_base`)."""
         if self._base is None:
             self._base = _prepare_base(self)
+            if self.study is not None:
+                _record_base(self, self._base, self.study)
         return self._base
 
     def sites(self) -> list:
@@ -115,6 +121,24 @@ def _prepare_base(ctx: TrialContext) -> nn.Module:
             fit(model, ctx.data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=ctx.settings.device)
         save_model(cache, model.cpu(), _base_recipe(ctx))
         return model.eval()
+
+
+def _record_base(ctx: TrialContext, model: nn.Module, study: optuna.Study) -> None:
+    """The original model's validation and test accuracy, MACs and params as the study's user
+    attr ``base`` (``df.attrs["base"]``, the report's "original model" line, the plot's
+    reference): what a user compares every candidate against.  Once: a resumed study keeps it."""
+    if "base" in study.user_attrs:
+        return
+    device = ctx.settings.device
+    x = torch.randn(1, *ctx.data.input_shape)
+    macs, params = count_macs(model.cpu(), x), count_params(model)
+    study.set_user_attr("base", {
+        "model": ctx.settings.space.spec.convert.model,
+        "accuracy": evaluate(model, ctx.data.val, data=ctx.data, device=device),
+        "test_accuracy": evaluate(model, ctx.data.test, data=ctx.data, device=device),
+        "macs": int(macs),
+        "params": int(params),
+    })
 
 
 def _load_base_cache(cache: Path, ctx: TrialContext) -> nn.Module:

@@ -16,6 +16,7 @@ import torch
 from ..errors import StorageError, UserInputError
 from ..storage import open_storage
 from .settings import Settings
+from .threads import available_cores
 from .workers import _INTERRUPTED, _sigint_deferred, _worker_loop, quiet_optuna
 
 
@@ -27,7 +28,7 @@ def _worker_main(settings: Settings, worker: int, errors: Any = None) -> None:
     """A spawned worker.  It starts with Ctrl-C blocked (see :func:`_start_worker`): a Ctrl-C
     while it imported torch would have printed a traceback per worker; it arrives now."""
     quiet_optuna()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, settings.workers)))
+    torch.set_num_threads(settings.threads or max(1, available_cores() // max(1, settings.workers)))
 
     def interrupt_once(signum: int, frame: Any) -> None:  # Ctrl-C reaches us and the parent forwards it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -68,7 +69,7 @@ def _available_memory() -> int | None:
 def _check_workers(workers: int) -> None:
     """At most one worker per CPU core, and ~1 GiB of available memory per worker: more start
     that many torch processes that only fight over cores and memory (or get OOM-killed)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     memory = _available_memory()
     by_memory = max(1, memory // WORKER_MEMORY) if memory is not None else workers
     cap = min(cores, by_memory)

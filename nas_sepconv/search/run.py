@@ -34,6 +34,7 @@ from ..errors import StorageError, UserInputError
 from ..data import load_dataset
 from ..files import atomic_write, ensure_writable_dir
 from ..io import check_device
+from ..measure import check_threads
 from ..models import model_from_name
 from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
 from .candidates import build_candidate, run_candidate
@@ -43,6 +44,7 @@ from .samplers import make_sampler
 from .settings import Settings
 from .spaces import Space, load_space, with_data_root
 from .study import claim_session, open_study
+from .threads import choose_threads, torch_threads
 from .workers import _counts, _interruptible, _sigint_deferred, _worker_loop
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
@@ -64,6 +66,7 @@ def search(
     heartbeat: int = 10,
     progress: Callable[[SearchStatus], None] | None = None,
     data_root: str | Path | None = None,
+    threads: int | None = None,
 ) -> optuna.Study:
     """Run (or resume) a search until ``trials`` trials have finished; returns the study.
 
@@ -92,13 +95,18 @@ def search(
             ``data.root`` (``--data-root``).  A relative ``data.root`` in a space file is read
             from the file's folder; none: the per-user folder of
             :func:`nas_sepconv.data.default_data_root`.
+        threads: torch's intra-op threads in each worker process (``--threads``); default:
+            :func:`~nas_sepconv.search.threads.choose_threads` (1 for small inputs such as the
+            16x16 digits, else the cores divided among the workers).
     """
     loaded = load_space(space)
     settings = _settings(
         loaded if data_root is None else with_data_root(loaded, data_root), trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed,
-        device=device, workers=workers, out=out, retries=retries, heartbeat=heartbeat,
+        device=device, workers=workers, out=out, retries=retries, heartbeat=heartbeat, threads=threads,
     )
     data = _checked_data(settings.space, flag="--data-root" if data_root is not None else None)
+    if settings.threads is None:
+        settings.threads = choose_threads(data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers)
     if settings.space.kind == "convert":
         _check_convert(settings.space, data)  # a bad base model would otherwise fail every trial
     settings.out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +117,7 @@ def search(
     if progress:  # the study is open: what it holds before this run's first trial
         counts = _counts(the_study)
         progress(SearchStatus(target=settings.trials, done=counts["done"], failed=counts["failed"], running=counts["running"]))
-    with _interruptible():
+    with _interruptible(), torch_threads(settings.threads if settings.workers == 1 else None):
         try:
             if settings.workers == 1:
                 _worker_loop(settings, 0, on_finish=update)
@@ -124,7 +132,7 @@ def search(
 
 
 def _settings(space: Space, *, trials: int | None, timeout: float | None, storage: str | None, study: str | None, sampler: str | None,
-              seed: int, device: str, workers: int, out: str | Path, retries: int, heartbeat: int) -> Settings:
+              seed: int, device: str, workers: int, out: str | Path, retries: int, heartbeat: int, threads: int | None = None) -> Settings:
     """The arguments of :func:`search`, checked (each error names its flag), as settings;
     nothing is created but the results folder's parents (checked writable)."""
     if trials is not None and trials < 1:
@@ -132,6 +140,7 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
     if workers < 1:
         raise UserInputError("--workers", f"must be >= 1, got {workers}")
     _check_workers(workers)
+    check_threads(threads, "--threads")
     if timeout is not None and math.isnan(timeout):
         raise UserInputError("--timeout", "nan is not a number of seconds", "give seconds > 0, or leave it out (or inf) for no limit")
     if timeout is not None and timeout <= 0:
@@ -159,6 +168,7 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
         out_dir=out_dir,
         retries=retries,
         heartbeat=heartbeat,
+        threads=threads,
     )
     make_sampler(settings.sampler, seed, space)  # validate before creating anything
     if storage is not None:

@@ -26,3 +26,5 @@ class Settings:
     #: which ``search`` call of the study this is (0, 1, ...: counted in the study, see
     #: :func:`~nas_sepconv.search.study.claim_session`); with the worker number it seeds the sampler
     session: int = 0
+    #: intra-op threads of each worker process (``--threads``); None: torch's own setting
+    threads: int | None = None

@@ -92,6 +92,7 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
         candidate = ctx.suggest(trial)
         trial.set_user_attr("arch", candidate.summary)
         trial.set_user_attr("seed", settings.seed + trial.number)
+        trial.set_user_attr("threads", torch.get_num_threads())  # what it trained with (--threads)
         _maybe_inject_failure(trial)  # mid-trial: the candidate is drawn, training about to start
         model, metrics = run_candidate(ctx, candidate, trial=trial, seed=settings.seed + trial.number)
         trial.set_user_attr("arch_json", json.dumps(candidate.recipe.to_dict()))
@@ -227,6 +228,7 @@ def _worker_loop(settings: Settings, worker: int, on_finish: Callable[[], None] 
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     ctx = TrialContext(settings)
     study = open_study(settings, worker=worker)
+    ctx.study = study  # where the base model's accuracy is recorded (convert spaces)
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     while deadline is None or time.monotonic() < deadline:
         if parent is not None and os.getppid() != parent:
