@@ -155,10 +155,9 @@ def plot_pareto(
     faded, front trials highlighted and joined by a step line tracing the attainable region;
     each baseline (name -> frame, e.g. a random-search study or the hand-designed MobileNets)
     adds its own front as a labelled step line.  The knee (see :func:`knee`) is marked when the
-    front has at least three points.  The original model of a convert search
-    (``df.attrs["base"]``) is marked, with a dotted line at its y value.  Only COMPLETE, feasible
-    trials with finite values are drawn; trials over a hard budget (``feasible`` False, not
-    trained) are left out and counted in the legend ("over budget, not shown (n)").
+    front has at least three points.  A convert search's original model (``df.attrs["base"]``)
+    is marked, with a dotted line at its y.  Only COMPLETE, feasible trials with finite values
+    are drawn; over-budget ones (``feasible`` False) are counted in the legend.
 
     Args:
         df: a frame from :func:`load`.
