@@ -120,7 +120,9 @@ def test_full_disk_ends_the_run_in_one_line_and_the_same_command_resumes(tmp_pat
     assert sum(t.state == S.COMPLETE for t in after) == len(complete) + 1
     for t in after:
         if t.state == S.FAIL:
-            assert t.user_attrs.get("fail_reason", "").startswith("worker died"), t.user_attrs
+            # failed on resume (its process is gone), or by the run itself once the write that
+            # broke went through: either way with its reason
+            assert t.user_attrs.get("fail_reason", "").startswith(("worker died", "the storage failed")), t.user_attrs
 
 
 def test_a_trial_left_running_by_a_dead_process_does_not_block_a_resume(tmp_path):
