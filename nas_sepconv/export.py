@@ -74,7 +74,8 @@ def rebuild_trial(
     if weights.is_file():
         model, how = load_model(weights, allow_import=trusted, device=device), "loaded saved weights"
     else:
-        model = ctx.retrain(frozen.params, number=number, seed=int(frozen.user_attrs.get("seed", number)))
+        threads = frozen.user_attrs.get("threads")
+        model = ctx.retrain(frozen.params, number=number, seed=int(frozen.user_attrs.get("seed", number)), threads=int(threads) if threads else None)
         how = "re-trained from the trial's parameters and seed"
     resolution = int(frozen.user_attrs.get("resolution", ctx.data.input_shape[-1]))
     accuracy = evaluate(model.to(device), ctx.data.val, data=ctx.data, device=device, resolution=resolution)

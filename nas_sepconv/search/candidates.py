@@ -28,6 +28,7 @@ from ..storage import lock
 from ..train import converted_features, evaluate, fit
 from .settings import Settings
 from .spaces import Space
+from .threads import torch_threads
 from .suggestion import Candidate, suggest
 
 
@@ -77,10 +78,12 @@ class TrialContext:
         return suggest(space, trial, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
                        sites=self.sites() if space.kind == "convert" else None)
 
-    def retrain(self, params: dict[str, Any], *, number: int, seed: int) -> nn.Module:
-        """The model of the trial with these parameters, drawn again and trained with ``seed``."""
+    def retrain(self, params: dict[str, Any], *, number: int, seed: int, threads: int | None = None) -> nn.Module:
+        """The model of the trial with these parameters, drawn again and trained with ``seed`` on
+        ``threads`` intra-op threads (the trial's: on the CPU the result depends on them)."""
         candidate = self.suggest(optuna.trial.FixedTrial(params, number=number))
-        model, _ = run_candidate(self, candidate, seed=seed)
+        with torch_threads(threads):
+            model, _ = run_candidate(self, candidate, seed=seed)
         return model
 
 
