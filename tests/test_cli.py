@@ -37,7 +37,7 @@ def test_convert_prints_the_report_and_saves_a_loadable_model(tmp_path):
 def test_saved_weights_round_trip_exactly(tmp_path):
     net = tiny_convnet().eval()
     x = torch.randn(1, 1, 16, 16)
-    converted = ns.convert(net, "spatial_r0.5", example_inputs=x).eval()
+    converted = ns.convert(net, "spatial_r0.25", example_inputs=x).eval()
     plan = ns.plan_of(converted)
     recipe = dict(kind="converted", model="nas_sepconv:tiny_convnet", model_kwargs={}, width_mult=1.0, input_size=[1, 16, 16], plan=plan.to_json())
     path = ns.save_model(tmp_path / "m.safetensors", converted, recipe)

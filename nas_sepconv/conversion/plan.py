@@ -48,7 +48,9 @@ class Policy:
     least ``min_in_channels`` input channels (the stem has 3: separable convs save little
     there), ``kernel > 1`` only when ``skip_pointwise``, not already depthwise when
     ``skip_depthwise``.  Any conversion must save at least ``min_macs_saving`` (a fraction) of
-    the site's MACs (``None`` disables the check; 0 means "not more MACs than before").
+    the site's MACs (``None`` disables the check; 0 means "not more MACs than before"), and
+    one by ``default`` must save some: a block that costs as much as the conv it would replace
+    (``spatial_r0.5`` on a square 3x3 conv) is not made, the site is kept with the reason.
     Every glob must match at least one site (a typo is an error, not a silent no-op).
     """
 
@@ -91,12 +93,17 @@ class Policy:
                         f"policy.{where}[{glob!r}]", "matches no convolution", f"site names look like {example}; see plan.report()"
                     )
 
+    def rule_for(self, name: str) -> str | None:
+        """The first glob of ``rules`` that matches the site ``name``, or None."""
+        return next((glob for glob in self.rules if fnmatch.fnmatchcase(name, glob)), None)
+
     def decide(self, site: "Site") -> tuple[BlockSpec | None, str]:
         """The spec for a site and, when there is none, the reason."""
         g = site.geometry
-        for glob, spec in self.rules.items():
-            if fnmatch.fnmatchcase(site.name, glob):
-                return (spec, "") if spec is not None else (None, f"kept by rule {glob!r}")
+        glob = self.rule_for(site.name)
+        if glob is not None:
+            spec = self.rules[glob]
+            return (spec, "") if spec is not None else (None, f"kept by rule {glob!r}")
         if any(fnmatch.fnmatchcase(site.name, x) for x in self.exclude):
             return None, "excluded by policy"
         if not any(fnmatch.fnmatchcase(site.name, x) for x in self.include):
@@ -270,10 +277,12 @@ def _site_cost(g: ConvGeometry, spec: BlockSpec | None, input_shape: tuple[int, 
     return count_macs(module, x), count_params(module)
 
 
-def with_spec(entry: PlanEntry, spec: BlockSpec | None, *, reason: str = "", min_macs_saving: float | None = 0.0) -> PlanEntry:
+def with_spec(
+    entry: PlanEntry, spec: BlockSpec | None, *, reason: str = "", min_macs_saving: float | None = 0.0, must_save: bool = False
+) -> PlanEntry:
     """``entry`` converted to ``spec`` (its MACs and params after recomputed), or kept (with
     ``reason``) when ``spec`` is None, cannot replace the conv, or saves less than
-    ``min_macs_saving`` of its MACs (``None``: no check)."""
+    ``min_macs_saving`` of its MACs (``None``: no check), or, with ``must_save``, saves none."""
     kept = replace(entry, spec=None, reason=reason, macs_after=entry.macs_before, params_after=entry.params_before)
     if spec is None:
         return kept
@@ -281,7 +290,7 @@ def with_spec(entry: PlanEntry, spec: BlockSpec | None, *, reason: str = "", min
     if why_not:
         return replace(kept, reason=f"{spec} does not apply: {why_not}")
     macs, params = _site_cost(entry.geometry, spec, entry.input_shape)
-    if min_macs_saving is not None and macs > entry.macs_before * (1 - min_macs_saving):
+    if min_macs_saving is not None and (macs > entry.macs_before * (1 - min_macs_saving) or (must_save and macs >= entry.macs_before)):
         return replace(kept, reason=f"{spec} would not save MACs ({macs:,} vs {entry.macs_before:,})")
     return replace(entry, spec=spec, reason="", macs_after=macs, params_after=params)
 
@@ -303,7 +312,8 @@ def make_plan(model: nn.Module, policy: "str | BlockSpec | Mapping | Policy | No
         kept = PlanEntry(site.name, site.source, site.geometry, site.input_shape, site.output_shape, site.calls,
                          None, "", macs0, macs0, params0, params0)
         spec, reason = policy.decide(site)
-        entries.append(with_spec(kept, spec, reason=reason, min_macs_saving=policy.min_macs_saving))
+        by_default = policy.rule_for(site.name) is None  # a rule's spec is the user's explicit choice
+        entries.append(with_spec(kept, spec, reason=reason, min_macs_saving=policy.min_macs_saving, must_save=by_default))
     return Plan(
         model=type(model).__name__,
         input_shapes=[tuple(t.shape) for t in inputs],

@@ -1,10 +1,13 @@
 """CIFAR-10: an ImageFolder tree, a tar archive of one, or the official ``cifar-10-batches-py``
-python batches, read with a restricted unpickler that refuses every global but numpy's arrays."""
+python batches (extracted, or in ``cifar-10-python.tar.gz`` as downloaded), read with a
+restricted unpickler that refuses every global but numpy's arrays."""
 
 from __future__ import annotations
 
 import codecs
+import io
 import pickle
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +24,18 @@ _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "fro
 
 #: How to fill a CIFAR-10 folder: what :func:`_load_cifar10` reads.
 CIFAR10_FILL = (
-    "the official python batches (extract cifar-10-python.tar.gz there: cifar-10-batches-py/), "
+    "the official python batches (cifar-10-python.tar.gz as downloaded, or extracted: cifar-10-batches-py/), "
     "an ImageFolder tree (train/<class>/*.png, test/<class>/*.png) or one .tar.gz of such a tree"
 )
 
 _ARCHIVES = (".tar.gz", ".tgz", ".tar")
+_BATCH_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 
 def _load_cifar10(root: Path, size: int) -> _Arrays:
     if root.is_file():
         if root.name.endswith(_ARCHIVES):
-            return _cached(root, "tar", size, lambda: _load_tar(root, size, force_rgb=True))
+            return _cached(root, "tar", size, lambda: _load_archive(root, size))
         raise UserInputError("dataset.root", f"{root} is a file", "point it at a folder (train/, test/) or cifar-10-batches-py")
     for batches in (root, root / "cifar-10-batches-py"):
         if (batches / "data_batch_1").is_file():
@@ -46,6 +50,24 @@ def _load_cifar10(root: Path, size: int) -> _Arrays:
         f"{root} holds neither an ImageFolder tree (train/, test/) nor cifar-10-batches-py" + (f" but {len(archives)} archives" if archives else ""),
         f"point it at the extracted CIFAR-10 folder, or put in it {CIFAR10_FILL}",
     )
+
+
+def _load_archive(path: Path, size: int) -> _Arrays:
+    """The official ``cifar-10-python.tar.gz`` (``cifar-10-batches-py/`` inside), read without
+    extracting it, or else a tar archive of an ImageFolder tree."""
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                name = m.name.strip("/").rsplit("/", 1)[-1]
+                f = tar.extractfile(m) if m.isfile() and name in _BATCH_FILES else None
+                if f is not None:
+                    members[name] = f.read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserInputError("dataset.root", f"cannot read {path} ({_reason(e)})", "point it at a valid .tar.gz or extract it") from None
+    if "data_batch_1" not in members:
+        return _load_tar(path, size, force_rgb=True)
+    return _load_cifar_batches(Path(f"{path}:cifar-10-batches-py"), size, members)
 
 
 def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
@@ -86,9 +108,12 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         )
 
 
-def _safe_pickle_load(path: Path) -> Any:
-    """The object pickled in ``path``; a refused global or a damaged file is a UserInputError naming it."""
+def _safe_pickle_load(path: Path, data: bytes | None = None) -> Any:
+    """The object pickled in ``path`` (or in ``data``, the bytes of the archive member ``path``
+    names); a refused global or a damaged file is a UserInputError naming it."""
     try:
+        if data is not None:
+            return _ArraysOnlyUnpickler(io.BytesIO(data), path).load()
         with open(path, "rb") as f:
             return _ArraysOnlyUnpickler(f, path).load()
     except UserInputError:
@@ -99,11 +124,19 @@ def _safe_pickle_load(path: Path) -> Any:
         ) from None
 
 
-def _load_cifar_batches(folder: Path, size: int) -> _Arrays:
+def _load_cifar_batches(folder: Path, size: int, members: dict[str, bytes] | None = None) -> _Arrays:
+    """The batches in ``folder``, or in ``members`` (file name -> bytes, read from an archive)."""
+
+    def present(path: Path) -> bool:
+        return path.is_file() if members is None else path.name in members
+
+    def load(path: Path) -> Any:
+        return _safe_pickle_load(path, None if members is None else members[path.name])
+
     def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        if not path.is_file():
+        if not present(path):
             raise UserInputError("dataset.root", f"{path} is missing", "use a complete cifar-10-batches-py folder")
-        entry = _safe_pickle_load(path)
+        entry = load(path)
         data = _entry(entry, "data") if isinstance(entry, dict) else None
         labels = _entry(entry, "labels") if isinstance(entry, dict) else None
         if data is None or labels is None:
@@ -116,8 +149,8 @@ def _load_cifar_batches(folder: Path, size: int) -> _Arrays:
     x_test, y_test = read(folder / "test_batch")
     classes = _CIFAR10_CLASSES
     meta = folder / "batches.meta"
-    if meta.is_file():
-        entry = _safe_pickle_load(meta)
+    if present(meta):
+        entry = load(meta)
         names = _entry(entry, "label_names") if isinstance(entry, dict) else None
         if names is not None:
             if not isinstance(names, (list, tuple)) or len(names) != len(_CIFAR10_CLASSES):

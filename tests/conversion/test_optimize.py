@@ -34,7 +34,7 @@ def small() -> nn.Module:
     return _randomise_bn(cifar_resnet18(width=16))
 
 
-@pytest.fixture(scope="module", params=["none", "dwsep", "spatial_r0.5", "ir_e4"])
+@pytest.fixture(scope="module", params=["none", "dwsep", "spatial_r0.25", "ir_e4"])
 def model(request, small) -> nn.Module:
     if request.param == "none":
         return small

@@ -148,3 +148,16 @@ def test_activation_after_follows_norms_and_additions():
     assert activation_after(gm, "missing") is None
     adds = [n for n in gm.graph.nodes if is_add(n)]
     assert len(adds) == 2
+
+
+def test_default_spec_that_saves_no_macs_is_not_made_but_a_rule_is_kept_as_written():
+    # spatial_r0.5 on a square 3x3 conv C->C: rank 1.5C, 2 * 3 * 1.5C * C = 9 C^2, as much as the conv
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    inp = torch.randn(1, 8, 8, 8)
+    plan = ns.make_plan(net, "spatial_r0.5", example_inputs=inp)
+    assert not plan.converted and all("would not save MACs" in e.reason for e in plan.entries)
+    assert plan.macs_after == plan.model_macs
+    ruled = ns.make_plan(net, ns.Policy(rules={"0": "spatial_r0.5"}), example_inputs=inp).report().set_index("name")
+    assert ruled.loc["0", "spec"] == "spatial_r0.5" and ruled.loc["0", "macs_ratio"] == 1.0  # the user's rule, as written
+    assert ruled.loc["2", "spec"] == "dwsep"
+    assert ns.make_plan(net, ns.Policy(default="spatial_r0.5", min_macs_saving=None), example_inputs=inp).converted

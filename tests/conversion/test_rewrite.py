@@ -72,7 +72,7 @@ def test_input_model_is_not_mutated_unless_inplace():
     assert type(model).__name__ != "GraphModule"
 
 
-@pytest.mark.parametrize("spec", ["dwsep", "spatial_r0.5", "dw_spatial", "ir_e4", "grouped_g2", "dwsep_k5"])
+@pytest.mark.parametrize("spec", ["dwsep", "spatial_r0.25", "dw_spatial", "ir_e4", "grouped_g2", "dwsep_k5"])
 def test_converted_model_trains(spec):
     model = cifar_resnet18(width=16)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))

@@ -344,6 +344,20 @@ def test_cifar10_from_python_batches(tmp_path, bytes_keys):
         assert any(torch.equal(first, img) for img in torch.cat([d.train.x, d.val.x]))
 
 
+def test_cifar10_from_the_official_archive_as_downloaded(tmp_path, monkeypatch):
+    """cifar-10-python.tar.gz, not extracted: as data.root, and dropped into the per-user folder."""
+    _write_batches(tmp_path / "cifar-10-batches-py")
+    ref = load_dataset("cifar10", root=tmp_path / "cifar-10-batches-py", val_fraction=0.25)
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    archive = folder / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setenv("NAS_SEPCONV_DATA", str(tmp_path / "data"))
+    for d in (load_dataset("cifar10", root=archive, val_fraction=0.25), load_dataset("cifar10", val_fraction=0.25)):
+        assert d.classes == ref.classes and torch.equal(d.train.x, ref.train.x) and torch.equal(d.test.y, ref.test.y)
+
+
 def test_imagefolder_name_grayscale_and_val_folder(tmp_path):
     root = _write_tree(tmp_path / "gray", mode="L", size=20, test_name="val")
     d = load_dataset(f"imagefolder:{root}", image_size=8)
