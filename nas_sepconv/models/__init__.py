@@ -1,9 +1,10 @@
-"""Models by name, the MobileNet-style stage builder and the CIFAR presets."""
+"""Models by name, the MobileNet-style stage builder (its heads) and the presets."""
 
 from __future__ import annotations
 
 from .arch import ARCH_ACTS, Arch, Stage, make_divisible
 from .network import Layer, StageNet, build_network
+from .heads import HEADS, GlobalDepthwiseConv, Head
 from .presets import FACTORIES, cifar_resnet18, mobilenet_v2_cifar, mobilenet_v2_cifar_arch, mobilenet_v3_small_arch, mobilenet_v3_small_cifar, tiny_convnet
 from .names import model_from_name, replace_first_conv
 
@@ -11,6 +12,9 @@ __all__ = [
     "ARCH_ACTS",
     "Arch",
     "FACTORIES",
+    "GlobalDepthwiseConv",
+    "HEADS",
+    "Head",
     "Layer",
     "Stage",
     "StageNet",

@@ -1,6 +1,7 @@
-"""A MobileNetV2/V3-style network as plain data: :class:`Arch` (stages of one block spec each,
-width and depth multipliers) and :class:`Stage`, checked on construction and bounded in size
-(an Arch can come from a file); :func:`make_divisible`, MobileNet's channel rounding.
+"""A MobileNet-style network as plain data: :class:`Arch` (stages of one block spec each,
+width and depth multipliers, a head from :data:`~.heads.HEADS`) and :class:`Stage`, checked on
+construction and bounded in size (an Arch can come from a file); :func:`make_divisible`,
+MobileNet's channel rounding.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 from ..blocks import BlockSpec
 from ..errors import UserInputError
+from ..recipe import MAX_INPUT_SIDE
+from .heads import HEADS
 
 __all__ = ["ARCH_ACTS", "Arch", "MAX_CHANNELS", "MAX_LAYERS", "Stage", "make_divisible"]
 
@@ -42,12 +45,17 @@ def _is_number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Stage:
-    """``repeats`` layers of one block spec; the first has ``stride``, the others stride 1."""
+    """``repeats`` layers of one block spec; the first has ``stride``, the others stride 1.
+
+    ``shortcut``: an identity shortcut around every layer whose input and output shapes match
+    (stride 1, same channels), as in MobileNetV2's inverted residuals; ``False`` for plain
+    stacks such as MobileNetV1's."""
 
     spec: str
     out_channels: int
     repeats: int = 1
     stride: int = 1
+    shortcut: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.spec, BlockSpec):  # keep the string form (JSON, summary)
@@ -63,16 +71,22 @@ class Stage:
             value = getattr(self, name)
             if not _is_int(value) or not low <= value <= high:
                 raise UserInputError(f"{where}.{name}", f"expected an integer in [{low}, {high}], got {value!r}")
+        if not isinstance(self.shortcut, bool):
+            raise UserInputError(f"{where}.shortcut", f"expected true or false, got {self.shortcut!r}")
 
 
 @dataclass(frozen=True)
 class Arch:
-    """A MobileNetV2/V3-style network: stem, stages of block specs, optional 1×1 head, classifier.
+    """A MobileNet-style network: stem, stages of block specs, optional 1×1 head conv, a head
+    (:data:`~.heads.HEADS`: global average pooling, or MobileFaceNets' global depthwise
+    convolution ``gdc``), classifier.
 
     ``width_mult`` (MobileNet α) scales every channel count (stem, stages, head) with
     :func:`make_divisible` rounding; ``depth_mult`` scales the repeats per stage (rounded up, at
     least one).  ``act`` is the activation of the stem, the head and of layers whose block does
-    not end linearly.  ``head_channels == 0`` means no head convolution.
+    not end linearly.  ``head_channels == 0`` means no head convolution.  ``input_size``: the
+    input side (an int, or ``(height, width)``) the network is built for; a head that sizes a
+    kernel from the final feature map (``gdc``) needs it, other heads run at any size.
     """
 
     stages: tuple[Stage, ...]
@@ -85,6 +99,8 @@ class Arch:
     depth_mult: float = 1.0
     act: str = "relu"
     dropout: float = 0.0
+    head: str = "avgpool"
+    input_size: "int | tuple[int, int] | None" = None
 
     def __post_init__(self) -> None:
         stages = self.stages
@@ -96,8 +112,8 @@ class Arch:
             if isinstance(stage, dict):
                 stage = _from_mapping(Stage, stage, where)
             elif isinstance(stage, (list, tuple)) and not isinstance(stage, Stage):
-                if len(stage) != 4:
-                    raise UserInputError(where, f"expected (spec, out_channels, repeats, stride), got {stage!r}")
+                if len(stage) not in (4, 5):
+                    raise UserInputError(where, f"expected (spec, out_channels, repeats, stride[, shortcut]), got {stage!r}")
                 stage = Stage(*stage)
             if not isinstance(stage, Stage):
                 raise UserInputError(where, f"expected a Stage, got {type(stage).__name__}")
@@ -117,6 +133,21 @@ class Arch:
             raise UserInputError("arch.act", f"unknown activation {self.act!r}", f"use one of {list(ARCH_ACTS)}")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise UserInputError("arch.dropout", f"expected a number in [0, 1), got {self.dropout!r}")
+        self._check_head()
+
+    def _check_head(self) -> None:
+        """``head`` is one of :data:`HEADS`; ``input_size`` a side (or a pair), given if the head needs it."""
+        if not isinstance(self.head, str) or self.head not in HEADS:
+            raise UserInputError("arch.head", f"unknown head {self.head!r}", f"use one of {list(HEADS)}")
+        size = self.input_size
+        if isinstance(size, list):  # from JSON
+            size = tuple(size)
+            object.__setattr__(self, "input_size", size)
+        sides = (size,) if _is_int(size) else size if isinstance(size, tuple) and len(size) == 2 else None
+        if size is not None and (sides is None or not all(_is_int(v) and 1 <= v <= MAX_INPUT_SIDE for v in sides)):
+            raise UserInputError("arch.input_size", f"expected a side (or [height, width]) of 1 to {MAX_INPUT_SIDE} pixels, got {size!r}")
+        if size is None and HEADS[self.head].needs_input_size:
+            raise UserInputError("arch.input_size", f"missing: the {self.head} head sizes its kernel from the final feature map", "give the input side, e.g. input_size=112")
 
     def _check_size(self) -> None:
         """At most :data:`MAX_LAYERS` layers and :data:`MAX_CHANNELS` channels per layer."""
@@ -136,13 +167,27 @@ class Arch:
         """The number of layers of a stage after the depth multiplier."""
         return max(1, math.ceil(stage.repeats * self.depth_mult))
 
+    def feature_size(self) -> "tuple[int, int] | None":
+        """``(H, W)`` of the final feature map at :attr:`input_size` (``None`` without one).
+
+        Every layer keeps the output shape of a 3×3 convolution with padding 1 (the block
+        contract), so each stride ``s`` maps a side ``n`` to ``ceil(n / s)``."""
+        if self.input_size is None:
+            return None
+        sides = (self.input_size,) * 2 if _is_int(self.input_size) else tuple(self.input_size)
+        for stride in (self.stem_stride, *(s.stride for s in self.stages)):
+            sides = tuple(-(-n // stride) for n in sides)
+        return sides  # type: ignore[return-value]
+
     def summary(self) -> str:
-        """One line, e.g. ``w0.75 d1.0 | 16:ir_e6_k3x2/s1 24:ir_e4_k5x3/s2``."""
+        """One line, e.g. ``w0.75 d1.0 relu6 | 16:ir_e6_k3x2/s1 24:ir_e4_k5x3/s2 | head1280``:
+        multipliers, activation, stages (``/noskip``: no shortcuts), head conv, head if not avgpool."""
         stages = " ".join(
-            f"{s.out_channels}:{BlockSpec.parse(s.spec)}x{s.repeats}/s{s.stride}" for s in self.stages
+            f"{s.out_channels}:{BlockSpec.parse(s.spec)}x{s.repeats}/s{s.stride}{'' if s.shortcut else '/noskip'}" for s in self.stages
         )
-        head = f" | head{self.head_channels}" if self.head_channels else ""
-        return f"w{float(self.width_mult)} d{float(self.depth_mult)} | {stages}{head}"
+        parts = ([f"head{self.head_channels}"] if self.head_channels else []) + ([self.head] if self.head != next(iter(HEADS)) else [])
+        head = f" | {' '.join(parts)}" if parts else ""
+        return f"w{float(self.width_mult)} d{float(self.depth_mult)} {self.act} | {stages}{head}"
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch.nn as nn
 from ..blocks import BlockSpec, ConvGeometry, make_act
 from ..errors import UserInputError
 from .arch import Arch
+from .heads import HEADS
 
 __all__ = ["Layer", "StageNet", "build_network"]
 
@@ -25,7 +26,7 @@ def _ends_linear(spec: BlockSpec) -> bool:
 
 
 class Layer(nn.Module):
-    """``act(norm(block(x)))``, plus ``x`` when ``residual`` (stride 1 and C_in == C_out)."""
+    """``act(norm(block(x)))``, plus ``x`` when ``residual`` (a stage with shortcuts, stride 1, C_in == C_out)."""
 
     def __init__(self, block: nn.Module, norm: nn.Module, act: nn.Module, residual: bool):
         super().__init__()
@@ -73,7 +74,8 @@ class StageNet(nn.Module):
                 except UserInputError as exc:
                     raise UserInputError(f"arch.stages[{i}].spec", exc.problem, exc.fix) from None
                 act = nn.Identity() if _ends_linear(spec) else make_act(arch.act)
-                layers.append(Layer(block, nn.BatchNorm2d(cout), act, residual=stride == 1 and cin == cout))
+                residual = stage.shortcut and stride == 1 and cin == cout
+                layers.append(Layer(block, nn.BatchNorm2d(cout), act, residual=residual))
                 cin = cout
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
@@ -83,7 +85,7 @@ class StageNet(nn.Module):
             cin = head
         else:
             self.head = nn.Identity()
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = HEADS[arch.head].build(cin, arch.feature_size())
         self.flatten = nn.Flatten(1)
         self.dropout = nn.Dropout(arch.dropout) if arch.dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(cin, arch.num_classes)
@@ -118,11 +120,13 @@ def build_network(arch: Arch) -> nn.Module:
 
     Stem 3×3 conv + BN + act; per stage ``ceil(repeats * depth_mult)`` layers of
     ``Layer(block, BatchNorm2d, act)`` (no activation after blocks that end linearly, e.g.
-    inverted residuals; identity shortcut where stride is 1 and channels match); optional 1×1
-    head conv + BN + act; global average pool, dropout, linear classifier.  Sub-modules are named
-    ``stem``, ``stages.{i}.{j}.block`` / ``.norm``, ``head``, ``classifier``.  Blocks are built by
-    ``BlockSpec.build`` from a 3×3 geometry (the spec's ``kernel_size`` changes it).  Works for
-    any input resolution and traces with ``torch.fx``.
+    inverted residuals; identity shortcut where stride is 1 and channels match, in stages whose
+    ``shortcut`` is on); optional 1×1 head conv + BN + act; the head of ``arch.head`` (global
+    average pool, or a global depthwise conv sized from ``arch.input_size``) as ``pool``,
+    dropout, linear classifier.  Sub-modules are named ``stem``, ``stages.{i}.{j}.block`` /
+    ``.norm``, ``head``, ``pool``, ``classifier``.  Blocks are built by ``BlockSpec.build`` from a
+    3×3 geometry (the spec's ``kernel_size`` changes it).  Works for any input resolution (the
+    ``gdc`` head: only at ``arch.input_size``) and traces with ``torch.fx``.
     """
     if not isinstance(arch, Arch):
         raise UserInputError("arch", f"expected an Arch, got {type(arch).__name__}", "build one with Arch(stages=...)")

@@ -126,7 +126,7 @@ def test_arch_json_round_trip_and_summary():
     assert again == arch
     assert isinstance(again.stages[0], Stage)
     text = arch.summary()
-    assert text.startswith("w0.75 d1.0 | 16:ir_e6_k5x2/s1 24:ir_e6_k5x2/s2")
+    assert text == "w0.75 d1.0 hswish | 16:ir_e6_k5x2/s1 24:ir_e6_k5x2/s2 | head64"
     assert "\n" not in text
 
 
