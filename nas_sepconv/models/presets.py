@@ -1,27 +1,68 @@
-"""The CIFAR presets: MobileNetV2 and MobileNetV3-Small archs and networks, ResNet-18 for 32×32
-inputs, a tiny CNN for 16×16 digits, and :data:`FACTORIES` (their names for ``nas_sepconv:NAME``).
+"""The presets: MobileNetV1 (ImageNet, as the paper drew it), the CIFAR MobileNetV2 and
+MobileNetV3-Small archs and networks, ResNet-18 for 32×32 inputs, a tiny CNN for 16×16 digits,
+and :data:`FACTORIES` (their names for ``nas_sepconv:NAME``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import math
+
 import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
-from .arch import Arch, Stage, _is_int
+from .arch import Arch, Stage, _is_int, _is_number
 from .network import _conv_bn_act, _init_weights, build_network
 
 __all__ = [
     "FACTORIES",
     "cifar_resnet18",
+    "mobilenet_v1",
+    "mobilenet_v1_arch",
     "mobilenet_v2_cifar",
     "mobilenet_v2_cifar_arch",
     "mobilenet_v3_small_arch",
     "mobilenet_v3_small_cifar",
     "tiny_convnet",
 ]
+
+
+def mobilenet_v1_arch(
+    width_mult: float = 1.0, resolution_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3, *,
+    input_size: int | None = None, head: str = "avgpool",
+) -> Arch:
+    """MobileNetV1 (A. Howard et al., "MobileNets: Efficient Convolutional Neural Networks for
+    Mobile Vision Applications", arXiv:1704.04861, 2017), Table 1: a 3×3 stride-2 conv to 32
+    channels, 13 depthwise-separable layers (BN + ReLU after the depthwise and after the
+    pointwise conv: ``dwsep_bn_relu``, no shortcuts), global average pooling, a linear classifier.
+
+    ``width_mult`` is the paper's α (channels rounded by :func:`make_divisible`, which for the
+    paper's α of 1, 0.75, 0.5 and 0.25 gives exactly α·channels); ``resolution_mult`` its ρ, the
+    input side being ``round(224·ρ)`` (or ``input_size``, which replaces ρ).  At 224×224 the
+    network has 569 M MACs and 4.2 M parameters (Table 4).  ``head="gdc"`` swaps the average
+    pooling for a global depthwise convolution sized for that input (see :data:`HEADS`).
+    """
+    if not _is_number(resolution_mult) or not math.isfinite(resolution_mult) or resolution_mult <= 0:
+        raise UserInputError("resolution_mult", f"expected a number > 0, got {resolution_mult!r}")
+    if input_size is not None and resolution_mult != 1.0:
+        raise UserInputError("input_size", "given together with resolution_mult", "give one of them: input_size is 224·resolution_mult")
+    side = max(1, round(224 * resolution_mult)) if input_size is None else input_size
+    table = [(64, 1, 1), (128, 1, 2), (128, 1, 1), (256, 1, 2), (256, 1, 1), (512, 1, 2), (512, 5, 1), (1024, 1, 2), (1024, 1, 1)]
+    stages = tuple(Stage("dwsep_bn_relu", c, n, s, shortcut=False) for c, n, s in table)  # channels, repeats, stride
+    return Arch(
+        stages=stages, stem_channels=32, stem_stride=2, num_classes=num_classes, in_channels=in_channels,
+        width_mult=width_mult, act="relu", head=head, input_size=side,
+    )
+
+
+def mobilenet_v1(
+    width_mult: float = 1.0, resolution_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3, *,
+    input_size: int | None = None, head: str = "avgpool",
+) -> nn.Module:
+    """MobileNetV1 (Howard et al., 2017): the network of :func:`mobilenet_v1_arch`."""
+    return build_network(mobilenet_v1_arch(width_mult, resolution_mult, num_classes, in_channels, input_size=input_size, head=head))
 
 
 def mobilenet_v2_cifar_arch(width_mult: float = 1.0, num_classes: int = 10, in_channels: int = 3) -> Arch:
@@ -175,6 +216,7 @@ def tiny_convnet(num_classes: int = 10, in_channels: int = 1, width: int = 32) -
 
 FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "cifar_resnet18": cifar_resnet18,
+    "mobilenet_v1": mobilenet_v1,
     "mobilenet_v2_cifar": mobilenet_v2_cifar,
     "mobilenet_v3_small_cifar": mobilenet_v3_small_cifar,
     "tiny_convnet": tiny_convnet,
