@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..blocks import KINDS, BlockSpec
 from ..data import find_dataset
 from ..errors import UserInputError
-from ..models import ARCH_ACTS
+from ..models import ARCH_ACTS, HEADS
 from ..results import OBJECTIVES
 from ..train import MAX_BATCH_SIZE, MAX_EPOCHS, TrainConfig
 from .samplers import SAMPLERS, find_sampler
@@ -218,6 +218,17 @@ class StageChoices(BlockChoices):
     out_channels: int = Field(ge=1, le=LIMITS.channels)
     repeats: int = Field(default=1, ge=1, le=LIMITS.repeats)
     stride: int = Field(default=1, ge=1, le=LIMITS.stride)
+    # identity shortcuts where shapes allow (Stage.shortcut); a list of both searches it
+    shortcut: Choice = True
+
+    @model_validator(mode="after")
+    def _shortcut(self) -> "StageChoices":
+        if isinstance(self.shortcut, Range):
+            raise UserInputError("shortcut", "takes true or false, not a range", "give true, false or [true, false]")
+        for value in _values_of("shortcut", self.shortcut):
+            if not isinstance(value, bool):
+                raise UserInputError("shortcut", f"expected true or false, got {_short(value)}", "give true, false or [true, false]")
+        return self
 
 
 class BuildSection(_Strict):
@@ -225,6 +236,7 @@ class BuildSection(_Strict):
     stem_stride: int = Field(default=1, ge=1, le=LIMITS.stride)
     head_channels: int = Field(default=0, ge=0, le=LIMITS.channels)
     act: Choice = "relu"
+    head: Choice = next(iter(HEADS))  # a name of HEADS (avgpool, gdc), or a list of them
     dropout: float = Field(default=0.0, ge=0, lt=1)
     stages: list[StageChoices] = Field(min_length=1, max_length=LIMITS.stages)
     width_mult: Choice = 1.0
@@ -236,6 +248,7 @@ class BuildSection(_Strict):
         for name in ("width_mult", "depth_mult", "resolution_mult"):
             _check_mult(name, getattr(self, name))
         _check_names("act", self.act, ARCH_ACTS)
+        _check_names("head", self.head, HEADS)
         return self
 
 

@@ -1,7 +1,7 @@
 """``suggest(trial)``: one candidate drawn from a space (an architecture and how to rebuild it).
 
-Parameter names: ``width_mult``, ``depth_mult``, ``resolution_mult``, ``act``,
-``stage<i>.<option>`` (build spaces) and ``<group>.<option>`` (convert spaces).
+Parameter names: ``width_mult``, ``depth_mult``, ``resolution_mult``, ``act``, ``head``,
+``stage<i>.<option>`` and ``stage<i>.shortcut`` (build spaces) and ``<group>.<option>`` (convert spaces).
 """
 
 from __future__ import annotations
@@ -50,7 +50,13 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
         for i, st in enumerate(b.stages):
             spec = st.suggest_spec(trial, f"stage{i}")
             specs[f"stage{i}"] = str(spec)
-            stages.append(Stage(str(spec), st.out_channels, st.repeats, st.stride))
+            shortcut = bool(_suggest(trial, f"stage{i}.shortcut", st.shortcut))
+            stages.append(Stage(str(spec), st.out_channels, st.repeats, st.stride, shortcut))
+        # suggested in this order (a seeded sampler's draws follow it); head, the newest, last
+        width = float(_suggest(trial, "width_mult", b.width_mult))
+        depth = float(_suggest(trial, "depth_mult", b.depth_mult))
+        act = str(_suggest(trial, "act", b.act))
+        res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", b.resolution_mult))
         arch = Arch(
             stages=tuple(stages),
             stem_channels=b.stem_channels,
@@ -58,12 +64,13 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
             head_channels=b.head_channels,
             num_classes=num_classes,
             in_channels=input_shape[0],
-            width_mult=float(_suggest(trial, "width_mult", b.width_mult)),
-            depth_mult=float(_suggest(trial, "depth_mult", b.depth_mult)),
-            act=str(_suggest(trial, "act", b.act)),
+            width_mult=width,
+            depth_mult=depth,
+            act=act,
             dropout=b.dropout,
+            head=str(_suggest(trial, "head", b.head)),
+            input_size=res,  # the side the trial runs at (the gdc head's kernel is sized from it)
         )
-        res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", b.resolution_mult))
         # the input size the trial runs at: a loaded model's MACs (count_macs, profile) are the trial's
         recipe = Recipe(kind="built", arch=arch.to_json(), input_size=(input_shape[0], res, res))
         return Candidate("build", recipe, f"r{res} {arch.summary()}", res, specs)

@@ -103,3 +103,62 @@ def test_relative_paths_of_a_space_file_are_read_from_its_folder(tmp_path, monke
     other = load_space(folder / "f.yaml")
     assert other.spec.data.dataset == f"imagefolder:{folder / 'imgs'}" and other.spec.convert.weights == "/abs/w.pt"
     assert parse_space((folder / "s.yaml").read_text()).spec.data.root == "tree"  # text alone: no folder to read from
+
+
+HEAD_SPACE = (
+    "name: h\nkind: build\nbuild:\n  stem_channels: 8\n  head: [avgpool, gdc]\n  resolution_mult: [0.5, 1.0]\n  stages:\n"
+    "    - {out_channels: 8, kind: dwsep, shortcut: [true, false]}\n    - {out_channels: 16, stride: 2, kind: dwsep, shortcut: false}\n"
+)
+
+
+def test_head_and_shortcut_are_searched_when_listed():
+    space = parse_space(HEAD_SPACE)
+    x_side = 16
+    seen = set()
+    for head, shortcut, rho in (("gdc", False, 0.5), ("avgpool", True, 1.0), ("gdc", True, 1.0)):
+        trial = optuna.trial.FixedTrial({"head": head, "stage0.shortcut": shortcut, "resolution_mult": rho})
+        candidate = suggest(space, trial, input_shape=(1, x_side, x_side), num_classes=10)
+        model = build_from_recipe(candidate.recipe).eval()
+        assert model.arch.head == head and model.arch.input_size == candidate.resolution == int(x_side * rho)
+        assert [s.shortcut for s in model.arch.stages] == [shortcut, False]
+        assert model.stages[0][0].residual is shortcut
+        with torch.no_grad():
+            assert model(torch.randn(2, 1, candidate.resolution, candidate.resolution)).shape == (2, 10)
+        if head == "gdc":  # the kernel is the trial's final feature map
+            assert model.pool.conv.kernel_size == (candidate.resolution // 2,) * 2
+            assert candidate.summary.endswith("| gdc")
+        seen.add(type(model.pool).__name__)
+    assert seen == {"GlobalDepthwiseConv", "AdaptiveAvgPool2d"}
+
+
+def test_fixed_head_and_shortcut_add_no_parameter():
+    # the bundled spaces list neither: their trials ask for the same parameters as before
+    space = load_space("default")
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    candidate = suggest(space, trial, input_shape=(1, 16, 16), num_classes=10)
+    assert not {k for k in trial.params if k == "head" or k.endswith(".shortcut")}
+    arch = build_from_recipe(candidate.recipe).arch
+    assert arch.head == "avgpool" and all(s.shortcut for s in arch.stages)
+
+
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ("  head: maxpool\n", "build.head"),
+        ("  head: [avgpool, max]\n", "build.head"),
+        ("  head: {low: 0, high: 1}\n", "build.head"),
+    ],
+)
+def test_bad_head_is_named(patch, field):
+    text = "name: t\nkind: build\nbuild:\n" + patch + "  stages:\n    - {out_channels: 8, kind: [dwsep]}\n"
+    with pytest.raises(ns.UserInputError) as info:
+        parse_space(text)
+    assert str(info.value).startswith(field)
+
+
+@pytest.mark.parametrize("value", ["maybe", "[true, 1]", "{low: 0, high: 1}"])
+def test_bad_shortcut_is_named(value):
+    text = "name: t\nkind: build\nbuild:\n  stages:\n    - {out_channels: 8, kind: [dwsep], shortcut: " + value + "}\n"
+    with pytest.raises(ns.UserInputError) as info:
+        parse_space(text)
+    assert str(info.value).startswith("build.stages[0].shortcut"), str(info.value)
