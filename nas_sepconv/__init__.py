@@ -13,8 +13,10 @@ Model -> plan -> converted model -> trial -> DataFrame, one package per stage::
 
 from .blocks import KINDS, BlockSpec, ConvGeometry
 from .conversion import (
+    ExampleInputs,
     Plan,
     PlanEntry,
+    PlanWarning,
     Policy,
     apply_plan,
     convert,
@@ -50,10 +52,12 @@ __all__ = [
     "CandidateError",
     "ConvGeometry",
     "Dataset",
+    "ExampleInputs",
     "KINDS",
     "NasSepconvError",
     "Plan",
     "PlanEntry",
+    "PlanWarning",
     "Policy",
     "TrainConfig",
     "TrainingDiverged",

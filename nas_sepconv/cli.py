@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,7 +24,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import results
 from .blocks import BlockSpec
-from .conversion import apply_plan, make_plan
+from .conversion import PlanWarning, apply_plan, make_plan
 from .errors import StorageError, UserInputError
 from .export import export_trial
 from .files import ensure_writable_dir
@@ -182,7 +183,8 @@ def convert(
     init: str = typer.Option("svd", "--init", metavar="svd|random", help="svd (closed form from the original weights) or random"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", metavar="N", help="classes of the model's head (default: the model's own)"),
 ) -> None:
-    """Convert a model's convolutions and print the per-site report."""
+    """Convert a model's convolutions and print the per-site report (macs_ratio: MACs after /
+    before per site; for dwsep the MobileNet paper's 1/C_out + 1/K²)."""
 
     def run() -> None:
         if out_file is not None and out_file.suffix != ".safetensors":
@@ -194,10 +196,12 @@ def convert(
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
         net = model_from_name(model, **kwargs).eval()
         x = example_input(net, size, input_size)
-        with _flag_names():
+        with _flag_names(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", PlanWarning)  # the same lines are in plan.notes, printed below
             plan = make_plan(net, spec, example_inputs=x)
         converted = apply_plan(net, plan, init=init)
-        report = plan.report()[["name", "op", "spec", "reason", "macs_before", "macs_after", "params_before", "params_after"]]
+        # macs_ratio: MACs after / before per site (for dwsep the seeds' 1/C_out + 1/K²; 1 when kept)
+        report = plan.report()[["name", "op", "spec", "reason", "macs_before", "macs_after", "macs_ratio", "params_before", "params_after"]]
         print_frame(report, title=f"{model} -> {spec}")
         out.print(plan.summary())
         for note in plan.notes:

@@ -34,6 +34,23 @@ def test_convert_prints_the_report_and_saves_a_loadable_model(tmp_path):
     assert sum(type(m).__name__ == "DepthwiseSeparable" for m in model.modules()) == len(plan.converted)
 
 
+def test_convert_table_shows_each_sites_macs_ratio():
+    result = runner.invoke(app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsep", "--input-size", "1,16,16"])
+    assert result.exit_code == 0, result.output
+    assert "macs_ratio" in result.output
+    plan = ns.make_plan(tiny_convnet(), "dwsep", example_inputs=torch.randn(1, 1, 16, 16))
+    assert plan.converted
+    for e in plan.converted:  # the MobileNet paper's 1/C_out + 1/K² for a depthwise-separable block
+        seeds = 1 / e.geometry.out_channels + 1 / (e.geometry.kernel_size[0] * e.geometry.kernel_size[1])
+        row = next(line for line in result.output.splitlines() if f" {e.name} " in line)
+        assert f"{seeds:.4g}" in row
+    # a spec that would cost MACs is not made, and the CLI says why, with the numbers, once
+    result = runner.invoke(app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsep_m9", "--input-size", "1,16,16"])
+    assert result.exit_code == 0, result.output
+    assert "note: dwsep_m9 not made at 3 site(s)" in result.output and "saves -" in result.output
+    assert "PlanWarning" not in result.output
+
+
 def test_saved_weights_round_trip_exactly(tmp_path):
     net = tiny_convnet().eval()
     x = torch.randn(1, 1, 16, 16)

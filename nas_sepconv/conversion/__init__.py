@@ -3,8 +3,8 @@ width pruning and inference optimisation."""
 
 from __future__ import annotations
 
-from .sites import Site, activation_after, find_sites
-from .plan import Plan, PlanEntry, Policy, make_plan
+from .sites import ExampleInputs, Site, activation_after, find_sites
+from .plan import Plan, PlanEntry, PlanWarning, Policy, make_plan
 from .rewrite import INITS, apply_plan, convert, plan_of
 from .normal_equations import conv_patches
 from .least_squares import refit
@@ -14,9 +14,11 @@ from .budget import plan_for_budget, sensitivity
 from .optimize import fold_batchnorm, optimize_for_inference
 
 __all__ = [
+    "ExampleInputs",
     "INITS",
     "Plan",
     "PlanEntry",
+    "PlanWarning",
     "Policy",
     "Site",
     "activation_after",

@@ -6,15 +6,18 @@ records per site the decision of a :class:`Policy` (a :class:`BlockSpec`, or why
 skipped) with MACs and parameters before and after.  Nothing is converted: a :class:`Plan` is
 data, printable as a DataFrame and re-applicable (JSON) to a fresh instance of the same model.
 
-When symbolic tracing fails (data-dependent control flow), the sites are found by forward hooks
-on convolution modules instead (:mod:`.sites`), the plan says so, and ``apply_plan`` swaps
-submodules in place.
+When symbolic tracing fails (data-dependent control flow), or the traced graph would drop a
+``torch.no_grad()`` region of ``forward``, the sites are found by forward hooks on convolution
+modules instead (:mod:`.sites`), the plan says so, and ``apply_plan`` swaps submodules in place.
+Every conv module is in the plan: one that no example input reaches is kept, and the report,
+the summary and a :class:`PlanWarning` say so (pass :class:`~.sites.ExampleInputs` to reach
+every branch).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -23,100 +26,22 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
-from ..blocks import ConvGeometry, conv_from_geometry
-from ..measure import as_inputs, count_macs, count_params
-from ..blocks import BlockSpec, as_spec
-from .sites import Site, find_sites
+from ..blocks import BlockSpec, ConvGeometry, conv_from_geometry
+from ..measure import count_macs, count_params
+from .policy import NOT_REACHED, Policy
+from .sites import ExampleInputs, Site, example_list, find_sites
 
-__all__ = ["Policy", "PlanEntry", "Plan", "make_plan", "with_spec"]
+__all__ = ["NOT_REACHED", "Policy", "PlanEntry", "Plan", "PlanWarning", "make_plan", "with_spec"]
+
+
+class PlanWarning(UserWarning):
+    """What :func:`make_plan` tells about a plan that differs from what was asked: sites no
+    example input reached, a default spec that saves too few MACs to be made, convolutions that
+    run with gradients disabled.  The same lines are in ``Plan.notes``."""
+
 
 PLAN_FORMAT = 1
 META_KEY = "nas_sepconv.plan"  # where apply_plan keeps the Plan in a converted GraphModule's meta
-
-
-# --------------------------------------------------------------------------------------------
-# Policy
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Policy:
-    """Which conv sites to convert, and to what.
-
-    ``rules`` maps layer-name globs (fnmatch, matched against module paths such as
-    ``layer1.0.conv1``) to a spec, its string form, or ``None``/``"keep"`` to keep the conv;
-    the first matching rule wins and overrides the default filters.  Sites no rule names get
-    ``default`` (``None``: kept) if they pass the filters: ``include``/``exclude`` globs, at
-    least ``min_in_channels`` input channels (the stem has 3: separable convs save little
-    there), ``kernel > 1`` only when ``skip_pointwise``, not already depthwise when
-    ``skip_depthwise``.  Any conversion must save at least ``min_macs_saving`` (a fraction) of
-    the site's MACs (``None`` disables the check; 0 means "not more MACs than before"), and
-    one by ``default`` must save some: a block that costs as much as the conv it would replace
-    (``spatial_r0.5`` on a square 3x3 conv) is not made, the site is kept with the reason.
-    Every glob must match at least one site (a typo is an error, not a silent no-op).
-    """
-
-    default: BlockSpec | None = field(default_factory=lambda: BlockSpec("dwsep"))
-    rules: dict[str, BlockSpec | None] = field(default_factory=dict)
-    include: list[str] = field(default_factory=lambda: ["*"])
-    exclude: list[str] = field(default_factory=list)
-    min_in_channels: int = 5
-    skip_pointwise: bool = True
-    skip_depthwise: bool = True
-    min_macs_saving: float | None = 0.0
-
-    def __post_init__(self) -> None:
-        self.default = None if self.default in (None, "keep") else as_spec(self.default)
-        self.rules = {str(k): (None if v in (None, "keep") else as_spec(v)) for k, v in dict(self.rules).items()}
-        if self.min_macs_saving is not None and not 0 <= self.min_macs_saving < 1:
-            raise UserInputError("policy.min_macs_saving", f"must lie in [0, 1), got {self.min_macs_saving}")
-
-    @classmethod
-    def from_any(cls, policy: "str | BlockSpec | Mapping | Policy | None") -> "Policy":
-        """A Policy from a kind name / spec string, a BlockSpec, a glob mapping, or a Policy."""
-        if isinstance(policy, Policy):
-            return policy
-        if policy is None:
-            return cls()
-        if isinstance(policy, (str, BlockSpec)):
-            return cls(default=as_spec(policy))
-        if isinstance(policy, Mapping):
-            if "kind" in policy:
-                return cls(default=as_spec(dict(policy)))
-            return cls(default=None, rules=dict(policy), min_in_channels=1, skip_pointwise=False, skip_depthwise=False)
-        raise UserInputError("policy", f"expected a kind name, BlockSpec, glob mapping or Policy, got {type(policy).__name__}")
-
-    def check_globs(self, names: list[str]) -> None:
-        for where, globs in (("rules", list(self.rules)), ("include", self.include), ("exclude", self.exclude)):
-            for glob in globs:
-                if glob != "*" and not any(fnmatch.fnmatchcase(n, glob) for n in names):
-                    example = ", ".join(names[:3]) or "(none)"
-                    raise UserInputError(
-                        f"policy.{where}[{glob!r}]", "matches no convolution", f"site names look like {example}; see plan.report()"
-                    )
-
-    def rule_for(self, name: str) -> str | None:
-        """The first glob of ``rules`` that matches the site ``name``, or None."""
-        return next((glob for glob in self.rules if fnmatch.fnmatchcase(name, glob)), None)
-
-    def decide(self, site: "Site") -> tuple[BlockSpec | None, str]:
-        """The spec for a site and, when there is none, the reason."""
-        g = site.geometry
-        glob = self.rule_for(site.name)
-        if glob is not None:
-            spec = self.rules[glob]
-            return (spec, "") if spec is not None else (None, f"kept by rule {glob!r}")
-        if any(fnmatch.fnmatchcase(site.name, x) for x in self.exclude):
-            return None, "excluded by policy"
-        if not any(fnmatch.fnmatchcase(site.name, x) for x in self.include):
-            return None, "not included by policy"
-        if self.default is None:
-            return None, "no rule names it"
-        if self.skip_pointwise and g.is_pointwise:
-            return None, "1x1 convolution"
-        if self.skip_depthwise and g.is_depthwise:
-            return None, "already depthwise"
-        if g.in_channels < self.min_in_channels:
-            return None, f"C_in={g.in_channels} < {self.min_in_channels} (stem)"
-        return self.default, ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,10 +63,18 @@ class PlanEntry:
     macs_after: int
     params_before: int
     params_after: int
+    reached: bool = True
+    grad_enabled: bool = True
+    note: str = ""
 
     @property
     def converted(self) -> bool:
         return self.spec is not None
+
+    @property
+    def status(self) -> str:
+        """``converted``, ``kept`` or ``not reached``."""
+        return "converted" if self.converted else "kept" if self.reached else "not reached"
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -160,11 +93,13 @@ class PlanEntry:
 
 @dataclass
 class Plan:
-    """What to convert in a model: one :class:`PlanEntry` per conv site, in forward order.
+    """What to convert in a model: one :class:`PlanEntry` per conv site, in forward order, then
+    the conv modules no example input reached (kept).
 
-    ``traced`` is False when the model could not be traced by torch.fx (``apply_plan`` then
-    swaps conv submodules in place); ``notes`` says why and lists sites left alone.
-    ``model_macs`` is the whole model's MACs on the example inputs, before conversion.
+    ``traced`` is False when the model could not be traced by torch.fx, or its graph would drop
+    a ``torch.no_grad()`` region (``apply_plan`` then swaps conv submodules in place);
+    ``notes`` says why, lists sites left alone and what :class:`PlanWarning` said.
+    ``model_macs`` is the whole model's MACs on the (first) example input, before conversion.
     """
 
     model: str
@@ -188,9 +123,24 @@ class Plan:
     def params_after(self) -> int:
         return self.model_params - sum(e.params_before - e.params_after for e in self.converted)
 
+    @property
+    def not_reached(self) -> list[PlanEntry]:
+        """The conv sites no example input reached (kept: their input shape is unknown)."""
+        return [e for e in self.entries if not e.reached]
+
+    @property
+    def no_grad(self) -> list[PlanEntry]:
+        """The conv sites ``forward`` runs (at least once) with gradients disabled."""
+        return [e for e in self.entries if not e.grad_enabled]
+
     def report(self) -> pd.DataFrame:
-        """One row per conv site: name, op, spec (or ``keep``), reason when skipped, shapes,
-        calls, MACs and params before and after (MACs per call, bias excluded), macs_ratio."""
+        """One row per conv site: name, op, spec (or ``keep``), status (``converted``, ``kept``,
+        ``not reached``), reason when kept, shapes, calls (per forward on the first example
+        input: 0 when only another input reaches the site), MACs and params before and after
+        (MACs per call, bias excluded; 0 MACs when not reached), macs_ratio (MACs after /
+        before: for ``dwsep`` the MobileNet paper's 1/C_out + 1/K²), grad_enabled (False: a
+        call runs under ``torch.no_grad()``, so neither the conv nor its block trains through
+        it), note (e.g. what an explicit rule costs)."""
         rows = []
         for e in self.entries:
             rows.append(
@@ -199,6 +149,7 @@ class Plan:
                     op=e.geometry.describe(),
                     source=e.source,
                     spec=str(e.spec) if e.spec else "keep",
+                    status=e.status,
                     reason=e.reason,
                     input_shape=e.input_shape,
                     output_shape=e.output_shape,
@@ -208,6 +159,8 @@ class Plan:
                     params_before=e.params_before,
                     params_after=e.params_after,
                     macs_ratio=e.macs_after / e.macs_before if e.macs_before else 1.0,
+                    grad_enabled=e.grad_enabled,
+                    note=e.note,
                 )
             )
         df = pd.DataFrame(rows)
@@ -216,10 +169,16 @@ class Plan:
         return df
 
     def summary(self) -> str:
+        """One line: sites converted, not reached, under no_grad; MACs and params before -> after."""
         n = len(self.converted)
         ratio = self.macs_after / self.model_macs if self.model_macs else 1.0
+        sites = f"{n}/{len(self.entries)} conv sites converted"
+        if self.not_reached:
+            sites += f", {len(self.not_reached)} not reached by the example inputs: {_names(self.not_reached)}"
+        if self.no_grad:
+            sites += f", {len(self.no_grad)} under torch.no_grad(): {_names(self.no_grad)}"
         return (
-            f"{self.model}: {n}/{len(self.entries)} conv sites converted; MACs {self.model_macs:,} -> "
+            f"{self.model}: {sites}; MACs {self.model_macs:,} -> "
             f"{self.macs_after:,} ({ratio:.3f}x); params {self.model_params:,} -> {self.params_after:,}"
         )
 
@@ -270,11 +229,22 @@ class Plan:
 
 def _site_cost(g: ConvGeometry, spec: BlockSpec | None, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """MACs and params of one call of the block ``spec`` builds for ``g`` (the conv itself when
-    spec is None), counted on the meta device."""
+    spec is None), counted on the meta device; 0 MACs when the input shape is unknown."""
     with torch.device("meta"):
         module = conv_from_geometry(g) if spec is None else spec.build(g)
+        if not input_shape:
+            return 0, count_params(module)
         x = torch.empty(input_shape)
     return count_macs(module, x), count_params(module)
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.3g} %"
+
+
+def _saving(macs: int, before: int) -> str:
+    """``saves 9.6 %`` (negative when the block costs more MACs than the conv)."""
+    return f"saves {_percent(1 - macs / before) if before else '0 %'}"
 
 
 def with_spec(
@@ -282,7 +252,8 @@ def with_spec(
 ) -> PlanEntry:
     """``entry`` converted to ``spec`` (its MACs and params after recomputed), or kept (with
     ``reason``) when ``spec`` is None, cannot replace the conv, or saves less than
-    ``min_macs_saving`` of its MACs (``None``: no check), or, with ``must_save``, saves none."""
+    ``min_macs_saving`` of its MACs (``None``: no check), or, with ``must_save``, saves none;
+    the reason then states the numbers (``"... saves 9.6 %, below min_macs_saving 50 %"``)."""
     kept = replace(entry, spec=None, reason=reason, macs_after=entry.macs_before, params_after=entry.params_before)
     if spec is None:
         return kept
@@ -290,36 +261,92 @@ def with_spec(
     if why_not:
         return replace(kept, reason=f"{spec} does not apply: {why_not}")
     macs, params = _site_cost(entry.geometry, spec, entry.input_shape)
-    if min_macs_saving is not None and (macs > entry.macs_before * (1 - min_macs_saving) or (must_save and macs >= entry.macs_before)):
-        return replace(kept, reason=f"{spec} would not save MACs ({macs:,} vs {entry.macs_before:,})")
+    before = entry.macs_before
+    if min_macs_saving is not None and (macs > before * (1 - min_macs_saving) or (must_save and macs >= before)):
+        below = f"below min_macs_saving {_percent(min_macs_saving)}" if macs > before * (1 - min_macs_saving) else "a default conversion must save some"
+        return replace(kept, reason=f"{spec} would not save MACs: {_saving(macs, before)}, {below} ({macs:,} vs {before:,} MACs)")
     return replace(entry, spec=spec, reason="", macs_after=macs, params_after=params)
+
+
+def _rule_note(entry: PlanEntry, glob: str, min_macs_saving: float | None) -> str:
+    """What a rule's block costs, when it saves less than the default would have to."""
+    macs, before, floor = entry.macs_after, entry.macs_before, min_macs_saving or 0.0
+    if macs < before * (1 - floor):
+        return ""
+    if macs > before:
+        cost = f"costs {_percent(macs / before - 1)} more MACs than the conv"
+    else:
+        cost = _saving(macs, before) + (f", below min_macs_saving {_percent(floor)}" if floor else "")
+    return f"rule {glob!r}: {entry.spec} {cost} ({macs:,} vs {before:,} MACs); applied as written"
+
+
+def _entry(site: Site, policy: Policy) -> PlanEntry:
+    """The plan entry of one site: the policy's decision, MACs checked for the default only."""
+    macs0, params0 = _site_cost(site.geometry, None, site.input_shape)
+    kept = PlanEntry(site.name, site.source, site.geometry, site.input_shape, site.output_shape, site.calls,
+                     None, "", macs0, macs0, params0, params0, reached=site.reached, grad_enabled=site.grad_enabled)
+    spec, reason = policy.decide(site)
+    glob = policy.rule_for(site.name)
+    if glob is None or spec is None:  # the default (or kept): it must save MACs
+        return with_spec(kept, spec, reason=reason, min_macs_saving=policy.min_macs_saving, must_save=True)
+    entry = with_spec(kept, spec, reason=reason, min_macs_saving=None)  # the user's rule: as written
+    return replace(entry, note=_rule_note(entry, glob, policy.min_macs_saving)) if entry.converted else entry
+
+
+def _names(entries: list[PlanEntry], limit: int = 5) -> str:
+    names = ", ".join(e.name for e in entries[:limit])
+    return names + (f" and {len(entries) - limit} more" if len(entries) > limit else "")
+
+
+def _warnings(plan: Plan, policy: Policy) -> list[str]:
+    """The :class:`PlanWarning` lines of a plan: sites not reached, a default spec not made for
+    MACs (with the numbers), convolutions under ``torch.no_grad()``."""
+    lines = []
+    if plan.not_reached:
+        fix = "pass inputs that reach them, example_inputs=ns.ExampleInputs(x1, x2)" if not plan.traced else "forward never calls them"
+        lines.append(f"{len(plan.not_reached)} conv site(s) not reached by the example inputs, kept: {_names(plan.not_reached)} ({fix})")
+    marker = f"{policy.default} would not save MACs: "
+    refused = [e for e in plan.entries if e.reason.startswith(marker)]
+    if refused:
+        shown = "; ".join(f"{e.name}: {e.reason[len(marker):]}" for e in refused[:3]) + ("; ..." if len(refused) > 3 else "")
+        lines.append(
+            f"{policy.default} not made at {len(refused)} site(s), as it would not save MACs there: {shown}; to apply it "
+            f"anyway, pass ns.Policy(default={str(policy.default)!r}, min_macs_saving=None) or name the sites in Policy(rules=...)"
+        )
+    if plan.no_grad:
+        how = "" if plan.traced else " (conv modules are swapped in place, so forward keeps the region)"
+        lines.append(f"{len(plan.no_grad)} conv site(s) run under torch.no_grad() in {plan.model}.forward: {_names(plan.no_grad)}; "
+                     f"their blocks will not train through those calls either{how}")
+    return lines
 
 
 def make_plan(model: nn.Module, policy: "str | BlockSpec | Mapping | Policy | None" = "dwsep", *, example_inputs: Any) -> Plan:
     """Decide, for every conv site of ``model``, the block that replaces it (pure: the model is
-    not changed).  See :class:`Policy` for what ``policy`` may be."""
+    not changed).  See :class:`Policy` for what ``policy`` may be.
+
+    ``example_inputs``: a tensor, a tuple of tensors (the arguments of one call), an input size,
+    or :class:`~nas_sepconv.conversion.ExampleInputs` of several (each run on its own) so that
+    every branch of a data-dependent ``forward`` is reached; totals are those of the first.
+    Warns (:class:`PlanWarning`, the same lines in ``plan.notes``) about sites no input
+    reached, a default spec not made because it would not save MACs, convs under no_grad."""
     if not isinstance(model, nn.Module):
         raise UserInputError("model", f"expected an nn.Module, got {type(model).__name__}")
     policy = Policy.from_any(policy)
-    inputs = as_inputs(example_inputs)
-    sites, traced, notes = find_sites(model, inputs)
+    examples = example_list(example_inputs)
+    sites, traced, notes = find_sites(model, ExampleInputs(*examples))
     if not sites:
         raise UserInputError("model", f"{type(model).__name__} has no convolution to convert", "pass a model with nn.Conv layers or F.conv calls")
     policy.check_globs([s.name for s in sites])
-    entries = []
-    for site in sites:
-        macs0, params0 = _site_cost(site.geometry, None, site.input_shape)
-        kept = PlanEntry(site.name, site.source, site.geometry, site.input_shape, site.output_shape, site.calls,
-                         None, "", macs0, macs0, params0, params0)
-        spec, reason = policy.decide(site)
-        by_default = policy.rule_for(site.name) is None  # a rule's spec is the user's explicit choice
-        entries.append(with_spec(kept, spec, reason=reason, min_macs_saving=policy.min_macs_saving, must_save=by_default))
-    return Plan(
+    plan = Plan(
         model=type(model).__name__,
-        input_shapes=[tuple(t.shape) for t in inputs],
-        entries=entries,
+        input_shapes=[tuple(t.shape) for t in examples[0]],
+        entries=[_entry(site, policy) for site in sites],
         traced=traced,
         notes=notes,
-        model_macs=count_macs(model, inputs),
+        model_macs=count_macs(model, examples[0]),
         model_params=count_params(model),
     )
+    for line in _warnings(plan, policy):
+        plan.notes.append(line)
+        warnings.warn(line, PlanWarning, stacklevel=2)
+    return plan

@@ -8,11 +8,17 @@ it, its uses redirected, the old node erased; then ``graph.lint()``,
 blocks by swapping conv submodules in place (every registration of a shared conv gets the same
 block).  Blocks are initialised from the original weights in closed form (``init="svd"``) or
 left with PyTorch's fresh initialisation (``init="random"``).
+
+What trains stays what trained: a block's parameters require gradients as its conv's weight
+did, and a plan whose graph would drop a ``torch.no_grad()`` region of ``forward`` is not
+traced (:func:`~.sites.find_sites`), so the module swap keeps the model's own ``forward`` and
+its regions: a conv that ran without gradients becomes a block that runs without them.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -51,7 +57,7 @@ def _build(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | None, in
     block = entry.spec.build(entry.geometry).to(device=weight.device, dtype=weight.dtype)
     if init == "svd":
         initialise(block, entry.spec, entry.geometry, weight, bias)
-    return block.train(training)
+    return block.train(training).requires_grad_(weight.requires_grad)  # a frozen conv gives a frozen block
 
 
 def _check_site(entry: PlanEntry, geometry: ConvGeometry) -> None:
@@ -160,8 +166,15 @@ def convert(
     inplace: bool = False,
 ) -> nn.Module:
     """``make_plan`` then ``apply_plan``: the model with separable blocks, initialised from its
-    own weights in closed form by default."""
-    return apply_plan(model, make_plan(model, policy, example_inputs=example_inputs), init=init, inplace=inplace)
+    own weights in closed form by default.  ``make_plan``'s :class:`~.plan.PlanWarning` (sites
+    not reached, a spec not made because it would not save MACs, ...) point at the caller;
+    ``plan_of(result).notes`` keeps them for a traced result."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = make_plan(model, policy, example_inputs=example_inputs)
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=2)
+    return apply_plan(model, plan, init=init, inplace=inplace)
 
 
 def plan_of(model: nn.Module) -> Plan | None:

@@ -1,7 +1,13 @@
 """Conv sites: where a model's convolutions are, found by torch.fx tracing with shapes
 propagated from example inputs (``call_module`` of an ``nn.ConvNd`` and ``F.convNd`` calls on
-parameters), or by forward hooks on convolution modules when symbolic tracing fails; and where
-a site's output goes (:func:`activation_after`).
+parameters), or by forward hooks on convolution modules when symbolic tracing fails or drops a
+gradient-mode region; and where a site's output goes (:func:`activation_after`).
+
+Every convolution module is a site, reached or not: a module that no example input reaches
+(a branch of data-dependent control flow the inputs did not take, a conv ``forward`` never
+calls) is listed with ``reached=False`` and no shapes, so that plans can say so instead of
+leaving it out.  :class:`ExampleInputs` passes several inputs, so that each branch can be
+reached.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -17,22 +23,69 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.overrides import TorchFunctionMode
 
 from ..blocks import CONV_TYPES, ConvGeometry
+from ..errors import UserInputError
 from ..measure import as_inputs, wrong_input
 
-__all__ = ["Site", "activation_after", "find_sites", "functional_conv_args", "functional_site_name", "is_add", "trace"]
+__all__ = [
+    "ExampleInputs",
+    "Site",
+    "activation_after",
+    "dropped_grad_regions",
+    "example_list",
+    "find_sites",
+    "functional_conv_args",
+    "functional_site_name",
+    "is_add",
+    "trace",
+]
 
 _FUNCTIONAL_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
 
 
 # --------------------------------------------------------------------------------------------
-# Sites
+# Example inputs, sites
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, init=False)
+class ExampleInputs:
+    """Several example inputs, each passed to the model on its own:
+    ``ns.make_plan(model, policy, example_inputs=ns.ExampleInputs(x1, x2))``.
+
+    Each item is what ``example_inputs`` takes alone: a tensor, a tuple of tensors (the
+    positional arguments of a model with several), or an input size.  A plain tuple or list of
+    tensors stays what it was, the arguments of one call, so the two can never be confused.
+    Use several inputs when a model cannot be traced and its ``forward`` branches on the data:
+    a site any input reaches is found (with the shapes of the first input that reaches it);
+    the totals of a plan (model MACs, calls per site) are those of the first input.
+    """
+
+    items: tuple
+
+    def __init__(self, *items: Any) -> None:
+        if not items:
+            raise UserInputError("example_inputs", "ExampleInputs() holds no input", "pass at least one, e.g. ns.ExampleInputs(x1, x2)")
+        if any(isinstance(i, ExampleInputs) for i in items):
+            raise UserInputError("example_inputs", "ExampleInputs inside ExampleInputs", "list every input once: ns.ExampleInputs(x1, x2, x3)")
+        object.__setattr__(self, "items", tuple(items))
+
+
+def example_list(example_inputs: Any) -> list[tuple]:
+    """The example inputs as a list of argument tuples: one per item of an
+    :class:`ExampleInputs`, else the one that ``as_inputs`` reads."""
+    if isinstance(example_inputs, ExampleInputs):
+        return [as_inputs(item) for item in example_inputs.items]
+    return [as_inputs(example_inputs)]
+
+
 @dataclass(frozen=True)
 class Site:
     """A convolution found in a model: where (module path, or parameter path for functional
-    calls), its geometry, the shapes it sees, and how many times it runs per forward."""
+    calls), its geometry, the shapes it sees, and how many times it runs per forward (on the
+    first example input).  ``reached`` is False for a conv module no example input reached (no
+    shapes, no calls); ``grad_enabled`` is False when a call runs with gradients disabled
+    (inside ``torch.no_grad()``, ``torch.inference_mode()`` or ``set_grad_enabled(False)``)."""
 
     name: str
     source: str  # "module" | "functional"
@@ -40,17 +93,47 @@ class Site:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     calls: int = 1
+    reached: bool = True
+    grad_enabled: bool = True
 
 
 class _Tracer(fx.Tracer):
-    """Symbolic tracer that keeps every module call of ours and torch's as a leaf."""
+    """Symbolic tracer that keeps every module call of ours and torch's as a leaf, and records
+    in ``node.meta["grad_enabled"]`` whether gradients were enabled when the node was made."""
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta["grad_enabled"] = torch.is_grad_enabled()
+        return node
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` (raises whatever torch.fx raises when it cannot)."""
+    """Symbolically trace ``model`` (raises whatever torch.fx raises when it cannot).  Tracing
+    runs with gradients enabled, so that the nodes made inside a gradient-disabling region of
+    ``forward`` are marked (see :func:`dropped_grad_regions`)."""
     tracer = _Tracer()
-    graph = tracer.trace(model)
+    with torch.enable_grad():
+        graph = tracer.trace(model)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+_GRAD_MODE_FUNCTIONS = (torch._C._set_grad_enabled, torch.set_grad_enabled)
+_OPS = ("call_module", "call_function", "call_method")
+
+
+def dropped_grad_regions(gm: fx.GraphModule) -> list[str]:
+    """The operations of a traced graph that ``forward`` ran with gradients disabled (inside
+    ``torch.no_grad()``, ``torch.inference_mode()``, ``set_grad_enabled(False)``) but that
+    the GraphModule runs with the caller's gradient mode: symbolic tracing executes those
+    context managers without recording them, so the graph would compute gradients there, and
+    train parameters the model does not.  Empty when the graph sets the mode itself."""
+    if any(n.op == "call_function" and n.target in _GRAD_MODE_FUNCTIONS for n in gm.graph.nodes):
+        return []
+    return [
+        str(n.target) if n.op == "call_module" else n.name
+        for n in gm.graph.nodes
+        if n.op in _OPS and n.meta.get("grad_enabled") is False
+    ]
 
 
 def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
@@ -102,48 +185,85 @@ def _sites_from_graph(gm: fx.GraphModule) -> tuple[list[Site], list[str]]:
             )
         else:
             continue
+        grad = node.meta.get("grad_enabled", True)
         if name in found:
-            found[name] = Site(**{**found[name].__dict__, "calls": found[name].calls + 1})
+            old = found[name]
+            found[name] = replace(old, calls=old.calls + 1, grad_enabled=old.grad_enabled and grad)
             continue
         in_meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
-        found[name] = Site(name, source, geometry, tuple(in_meta.shape) if in_meta else (), tuple(meta.shape) if meta else ())
+        found[name] = Site(name, source, geometry, tuple(in_meta.shape) if in_meta else (), tuple(meta.shape) if meta else (), grad_enabled=grad)
     return list(found.values()), notes
 
 
-def _sites_from_hooks(model: nn.Module, inputs: tuple) -> list[Site]:
+def _unreached(model: nn.Module, found: list[Site]) -> list[Site]:
+    """A site with ``reached=False`` for every conv module not among ``found``."""
+    seen = {s.name for s in found}
+    return [
+        Site(n, "module", ConvGeometry.from_module(m), (), (), calls=0, reached=False)
+        for n, m in model.named_modules()
+        if isinstance(m, CONV_TYPES) and n not in seen
+    ]
+
+
+class _FunctionalConvs(TorchFunctionMode):
+    """Records the ``F.convNd`` calls on a model's parameters that no conv module makes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        own = {id(m.weight) for m in model.modules() if isinstance(m, CONV_TYPES)}
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        self.names = {id(t): n[: -len(".weight")] if n.endswith(".weight") else n for n, t in tensors if id(t) not in own}
+        self.seen: dict[str, None] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FUNCTIONAL_CONVS:
+            name = self.names.get(id(args[1] if len(args) > 1 else kwargs.get("weight")))
+            if name is not None:
+                self.seen[name] = None
+        return func(*args, **kwargs)
+
+
+def _sites_from_hooks(model: nn.Module, examples: list[tuple]) -> tuple[list[Site], list[str]]:
+    """Sites found by forward hooks on conv modules during an eager forward (eval mode,
+    gradients enabled so that the hooks see the regions ``forward`` disables them in) on each
+    example; the conv modules no example reaches come last, with ``reached=False``.  Notes name
+    the functional convolutions on parameters, which a module swap cannot replace."""
     found: dict[str, Site] = {}
     names = {m: n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)}
+    first = [True]
 
     def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        name = names[mod]
-        if name in found:
-            found[name] = Site(**{**found[name].__dict__, "calls": found[name].calls + 1})
+        name, grad, calls = names[mod], torch.is_grad_enabled(), int(first[0])
+        old = found.get(name)
+        if old is None:
+            found[name] = Site(name, "module", ConvGeometry.from_module(mod), tuple(args[0].shape), tuple(out.shape), calls, grad_enabled=grad)
         else:
-            found[name] = Site(name, "module", ConvGeometry.from_module(mod), tuple(args[0].shape), tuple(out.shape))
+            found[name] = replace(old, calls=old.calls + calls, grad_enabled=old.grad_enabled and grad)
 
     handles = [m.register_forward_hook(hook) for m in names]
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    functional = _FunctionalConvs(model)
     try:
-        with torch.no_grad():
-            flags = {m: m.training for m in model.modules()}
-            model.eval()
-            model(*inputs)
-            for m, f in flags.items():
-                m.training = f
+        with torch.enable_grad(), functional:
+            for i, inputs in enumerate(examples):
+                first[0] = i == 0
+                try:
+                    model(*inputs)
+                except Exception as exc:
+                    raise wrong_input(model, inputs, exc) from exc
     finally:
         for h in handles:
             h.remove()
-    return list(found.values())
+        for m, f in flags.items():
+            m.training = f
+    sites = list(found.values())
+    notes = [f"{n}: functional convolution; left as is (only conv modules are swapped)" for n in functional.seen]
+    return sites + _unreached(model, sites), notes
 
 
-def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool, list[str]]:
-    """All convolution sites of ``model`` in forward order, whether fx tracing worked, notes."""
-    inputs = as_inputs(example_inputs)
-    try:
-        gm = trace(model)
-    except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, ...)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        note = f"symbolic tracing failed ({type(exc).__name__}: {first}); convolution modules are swapped in place instead"
-        return _sites_from_hooks(model, inputs), False, [note]
+def _shape_prop(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
     flags = {m: m.training for m in gm.modules()}
     gm.eval()
     try:
@@ -155,8 +275,36 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
     finally:
         for m, f in flags.items():
             m.training = f
-    sites, notes = _sites_from_graph(gm)
-    return sites, True, notes
+
+
+def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool, list[str]]:
+    """All convolution sites of ``model`` (reached ones in forward order, then the conv modules
+    no example input reached), whether the plan can rewrite the fx graph, and notes.
+
+    ``example_inputs``: as :func:`~nas_sepconv.measure.as_inputs` reads it, or an
+    :class:`ExampleInputs` of several.  When symbolic tracing fails, or when the traced graph
+    drops a region that ``forward`` runs with gradients disabled (:func:`dropped_grad_regions`:
+    the GraphModule would train what the model does not), the sites are found by forward hooks
+    on each example and the result says ``traced=False``: conv modules are then swapped in
+    place, and the model's own ``forward`` keeps its ``torch.no_grad()`` regions.  A traced
+    graph's shapes come from the first example (every input runs the same graph)."""
+    examples = example_list(example_inputs)
+    try:
+        gm = trace(model)
+    except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        note = f"symbolic tracing failed ({type(exc).__name__}: {first}); convolution modules are swapped in place instead"
+    else:
+        dropped = dropped_grad_regions(gm)
+        if not dropped:
+            _shape_prop(model, gm, examples[0])
+            sites, notes = _sites_from_graph(gm)
+            return sites + _unreached(model, sites), True, notes
+        shown = ", ".join(dropped[:4]) + (f" and {len(dropped) - 4} more" if len(dropped) > 4 else "")
+        note = (f"torch.fx drops the gradient-disabled region of forward ({shown}: torch.no_grad() or alike); "
+                "convolution modules are swapped in place instead, so that forward keeps it")
+    sites, notes = _sites_from_hooks(model, examples)
+    return sites, False, [note, *notes]
 
 
 # --------------------------------------------------------------------------------------------

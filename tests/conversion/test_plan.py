@@ -161,3 +161,48 @@ def test_default_spec_that_saves_no_macs_is_not_made_but_a_rule_is_kept_as_writt
     assert ruled.loc["0", "spec"] == "spatial_r0.5" and ruled.loc["0", "macs_ratio"] == 1.0  # the user's rule, as written
     assert ruled.loc["2", "spec"] == "dwsep"
     assert ns.make_plan(net, ns.Policy(default="spatial_r0.5", min_macs_saving=None), example_inputs=inp).converted
+
+
+# -- issue 18.2: explicit requests are honoured; messages state the numbers --------------------
+
+
+def test_an_explicit_rule_is_applied_even_where_it_costs_macs_and_the_report_says_so():
+    # ir_e4 on a 64->128 3x3 stride-2 conv (ResNet's layer2.0.conv1): expand at full resolution
+    net = nn.Sequential(nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1))
+    inp = torch.randn(1, 64, 16, 16)
+    plan = ns.make_plan(net, {"0": "ir_e4"}, example_inputs=inp)
+    e = plan.entries[0]
+    assert str(e.spec) == "ir_e4" and e.macs_after > e.macs_before
+    cost = f"{(e.macs_after / e.macs_before - 1) * 100:.3g} %"
+    assert e.note == f"rule '0': ir_e4 costs {cost} more MACs than the conv ({e.macs_after:,} vs {e.macs_before:,} MACs); applied as written"
+    assert plan.report().set_index("name").loc["0", "note"] == e.note
+    assert plan.macs_after == ns.count_macs(ns.apply_plan(net, plan), inp) > plan.model_macs
+    # a rule wins over min_macs_saving too (the filter is the default's only)
+    ruled = ns.make_plan(net, ns.Policy(rules={"0": "ir_e4"}, min_macs_saving=0.5), example_inputs=inp)
+    assert str(ruled.entries[0].spec) == "ir_e4" and "costs" in ruled.entries[0].note
+    assert ruled.entries[1].spec is not None and ruled.entries[1].note == ""
+
+
+def test_a_default_spec_that_costs_macs_is_not_a_silent_no_op():
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))
+    inp = torch.randn(1, 8, 8, 8)  # conv 8*8*9*64 = 36,864 MACs; dwsep_m9 8*9*9*64 + 72*8*64 = 78,336
+    message = r"dwsep_m9 not made at 1 site\(s\).*0: saves -112 %, below min_macs_saving 0 % \(78,336 vs 36,864 MACs\).*min_macs_saving=None"
+    with pytest.warns(ns.PlanWarning, match=message):
+        same = ns.convert(net, ns.BlockSpec("dwsep", dw_mult=9), example_inputs=inp)
+    assert type(getattr(same, "0")) is nn.Conv2d
+    plan = ns.plan_of(same)
+    assert plan.entries[0].reason == "dwsep_m9 would not save MACs: saves -112 %, below min_macs_saving 0 % (78,336 vs 36,864 MACs)"
+    assert any(n.startswith("dwsep_m9 not made") for n in plan.notes)
+    # the fix the warning names applies it; dw_mult=K² is full rank, so the block is exact
+    full = ns.convert(net, ns.Policy(default="dwsep_m9", min_macs_saving=None), example_inputs=inp)
+    assert type(getattr(full, "0")) is not nn.Conv2d
+    with torch.no_grad():
+        assert torch.allclose(full(inp), net(inp), atol=1e-5)
+
+
+def test_min_macs_saving_message_states_the_numbers():
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))  # dwsep: 1/8 + 1/9 of the MACs, saves 76.4 %
+    with pytest.warns(ns.PlanWarning, match="saves 76.4 %, below min_macs_saving 90 %"):
+        plan = ns.make_plan(net, ns.Policy(default="dwsep", min_macs_saving=0.9), example_inputs=torch.randn(1, 8, 8, 8))
+    assert plan.entries[0].reason == "dwsep would not save MACs: saves 76.4 %, below min_macs_saving 90 % (8,704 vs 36,864 MACs)"
+    assert plan.report().loc[0, "status"] == "kept"
