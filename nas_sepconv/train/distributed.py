@@ -12,8 +12,14 @@ process trains on its shard: a :class:`~nas_sepconv.data.Dataset`, its slice of 
 batch of ``TrainConfig.batch_size`` (same order and augmentation in every process, so N
 processes see the batches one process would); a DataLoader, what its ``DistributedSampler``
 gives it (``set_epoch`` is called every epoch; a loader with the default sampler is refused).
-The loss and the accuracy are summed across processes, so every process returns the same
-``FitResult``; rank 0 alone shows progress.  The teacher is not wrapped: each process runs it,
+Every process must yield as many batches per epoch (``DistributedSampler`` with
+``drop_last=True`` on the loader does; ``fit`` compares the ``len()`` of the processes' loaders
+and refuses a mismatch), or one would wait for the others forever.  The loss and the accuracy
+are summed across processes, so every process returns the same ``FitResult`` (a
+``DistributedSampler`` pads the last shard with repeated images, so the validation accuracy
+may count up to N − 1 images twice); rank 0 alone shows progress.  A loss that is not finite
+in any process stops every process at the same step (checked every 50 steps and at the end
+of each epoch).  The teacher is not wrapped: each process runs it,
 in eval mode, on its own shard.
 
 BatchNorm: in training each process normalises its shard with the shard's own batch

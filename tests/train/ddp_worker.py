@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from nas_sepconv.data import Dataset, Split
-from nas_sepconv.errors import UserInputError
+from nas_sepconv.errors import TrainingDiverged, UserInputError
 from nas_sepconv.train import TrainConfig, distill, fit, init_distributed
 
 GLOBAL_BATCH = 16
@@ -99,14 +100,32 @@ def refused_run(rank: int, world: int) -> dict:
     return {"error": None}
 
 
-RUNS = {"dataset": dataset_run, "loader": loader_run, "distill_bn": distill_bn_run, "refused": refused_run}
+class _NanOnRank1(nn.Module):
+    """Finite on rank 0, NaN on rank 1: the processes must still stop together."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = no_bn_model()
+
+    def forward(self, x):
+        out = self.net(x)
+        return out * float("nan") if dist.is_initialized() and dist.get_rank() == 1 else out
+
+
+def diverged_run(rank: int, world: int) -> dict:
+    try:
+        fit(_NanOnRank1(), loader(tensors(64, torch.float32, 9), rank, world, shuffle=True), config=TrainConfig(epochs=1))
+    except TrainingDiverged as e:
+        return {"error": str(e)}
+    return {"error": None}
+
+
+RUNS = {"dataset": dataset_run, "loader": loader_run, "distill_bn": distill_bn_run, "refused": refused_run, "diverged": diverged_run}
 
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     init_distributed(backend="gloo")
-    import torch.distributed as dist
-
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {name: run(rank, world) for name, run in RUNS.items()}
     torch.save(results, out / f"rank{rank}.pt")

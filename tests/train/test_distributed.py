@@ -108,6 +108,13 @@ def test_loader_without_distributed_sampler_is_refused_under_ddp(two_ranks):
     assert ddp_worker.refused_run(0, 1)["error"] is None  # one process: any loader
 
 
+def test_a_loss_that_diverges_in_one_process_stops_every_process(two_ranks):
+    """Rank 1's loss is NaN from step 1, rank 0's only once the averaged gradients reach it:
+    both raise, naming the first bad step of any process (none waits forever)."""
+    for rank in two_ranks:
+        assert rank["diverged"]["error"].startswith("loss became nan or inf at epoch 1 step 1;")
+
+
 def test_init_distributed_without_torchrun_is_one_process(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
