@@ -1,7 +1,8 @@
 """Where :func:`~nas_sepconv.train.fit`'s batches come from, and how it measures accuracy: an
 in-memory :class:`~nas_sepconv.data.Dataset` (device-resident, :class:`~nas_sepconv.data.DeviceLoader`)
 or the user's own pipeline, any re-iterable of ``(inputs, targets)`` batches (a
-``torch.utils.data.DataLoader`` over an ``ImageFolder`` too large for memory).
+``torch.utils.data.DataLoader`` over an ``ImageFolder`` too large for memory), or a map-style
+torch dataset, which becomes a DataLoader of global batches of ``TrainConfig.batch_size``.
 
 Under ``torch.distributed`` each process trains on its shard.  A :class:`Dataset`: every
 process draws the same order and augmentation (the same seed) and takes its slice of each
@@ -27,7 +28,7 @@ from .distributed import _check_sharded, _set_epoch, _World
 
 __all__: list[str] = []  # used by fit and evaluate only
 
-_FIX = "pass a nas_sepconv Dataset, or an iterable of (inputs, targets) tensor pairs (or a DataLoader)"
+_FIX = "pass a nas_sepconv Dataset, a DataLoader, a torch map-style dataset, or an iterable of (inputs, targets) tensor pairs"
 EVAL_BATCH = 512
 
 
@@ -38,10 +39,30 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def _check_iterable(data: Any, field: str, epochs: int) -> None:
     """An iterable of batches that can be iterated once per epoch (refit's accepted forms)."""
     if isinstance(data, (str, bytes, Split)) or not isinstance(data, abc.Iterable):
-        raise UserInputError(field, f"expected a Dataset or batches of (inputs, targets), got {type(data).__name__}", _FIX)
+        raise UserInputError(field, f"expected a Dataset, a DataLoader or batches of (inputs, targets), got {type(data).__name__}", _FIX)
     if isinstance(data, abc.Iterator) and epochs > 1:
         raise UserInputError(field, f"is a one-shot iterator ({type(data).__name__}) and train.epochs is {epochs}",
                              "pass a DataLoader or a list, which can be iterated once per epoch")
+
+
+def _map_style(data: Any) -> bool:
+    """A torch map-style dataset (``__getitem__`` and ``__len__``: a TensorDataset, an ImageFolder)."""
+    from torch.utils.data import Dataset as TorchDataset, IterableDataset
+
+    return isinstance(data, TorchDataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__")
+
+
+def _as_loader(data: Any, cfg: TrainConfig, world: _World, *, train: bool) -> Any:
+    """A map-style dataset as a DataLoader in the main process: global batches of
+    ``cfg.batch_size``, each process its share of every one (a ``DistributedSampler`` seeded with
+    ``cfg.seed``, one process or N: the same order); training drops the last partial batch."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if cfg.batch_size % world.size:
+        raise UserInputError("train.batch_size", f"the global batch of {cfg.batch_size} does not split into {world.size} "
+                             "equal shards", f"use a multiple of {world.size}")
+    sampler = DistributedSampler(data, num_replicas=world.size, rank=world.rank, shuffle=train, seed=cfg.seed)
+    return DataLoader(data, batch_size=cfg.batch_size // world.size, sampler=sampler, drop_last=train)
 
 
 def _pair(batch: Any, i: int, field: str) -> tuple[Tensor, Tensor]:

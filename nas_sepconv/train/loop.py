@@ -31,7 +31,8 @@ from ..errors import TrainingDiverged, UserInputError
 from ..progress import progress as show_progress
 from .config import OPTIMIZERS, SCHEDULES, FitResult, TrainConfig
 from .distributed import _broadcast_buffers, _World, _wrap
-from .feeds import EVAL_BATCH, _autocast, _batch_counts, _check_iterable, _DatasetFeed, _LoaderFeed, _split_counts
+from .feeds import (EVAL_BATCH, _as_loader, _autocast, _batch_counts, _check_iterable, _DatasetFeed, _LoaderFeed,
+                    _map_style, _split_counts)
 from .hints import _check_distill_args, _check_features, _distill_loss, _FeatureHints
 
 __all__ = ["fit", "evaluate"]
@@ -199,6 +200,7 @@ def _feed(data: Any, val: Any, steps_per_epoch: int | None, cfg: TrainConfig, de
     if resolution is not None:
         raise UserInputError("resolution", "applies to a nas_sepconv Dataset, not to batches",
                              "resize in your DataLoader's transforms")
+    data, val = (_as_loader(d, cfg, world, train=d is data) if _map_style(d) else d for d in (data, val))
     return _LoaderFeed(data, val, cfg, device, channels_last, amp_dtype, world, steps_per_epoch)
 
 
@@ -323,8 +325,6 @@ def _check_bad_step(bad_step: Tensor, epoch: int) -> None:
         raise TrainingDiverged(f"loss became nan or inf at epoch {epoch} step {step}; lower train.lr or set train.grad_clip")
 
 
-
-
 def evaluate(
     model: nn.Module,
     split: Split | Iterable[Any],
@@ -338,12 +338,17 @@ def evaluate(
 
     ``split``: a :class:`~nas_sepconv.data.Split` of a Dataset, whose ``data`` supplies the
     normalisation (``mean``/``std``); or batches of ``(inputs, targets)`` (a DataLoader, ready
-    for the model; targets class indices; ``data`` and ``resolution`` not used).  Under
+    for the model; targets class indices; ``data`` and ``resolution`` not used), or a torch
+    map-style dataset of such pairs (read in batches of ``batch_size``).  Under
     ``torch.distributed``, batches are each process's shard: the counts are summed across
     processes (call it in every process).  The model is moved to ``device`` and its train/eval
     mode is restored afterwards.
     """
     device = torch.device(device)
+    if _map_style(split) and not isinstance(split, Split):
+        from torch.utils.data import DataLoader
+
+        split = DataLoader(split, batch_size=batch_size)
     if not isinstance(split, Split):
         _check_iterable(split, "split", 1)
     elif data is None:

@@ -73,6 +73,14 @@ def loader_run(rank: int, world: int) -> dict:
     return {"state": model.state_dict(), "history": result.history, "sampler_epoch": train.sampler.epoch}
 
 
+def mapstyle_run(rank: int, world: int) -> dict:
+    """A TensorDataset: fit makes the DataLoader, TrainConfig.batch_size the global batch."""
+    model = no_bn_model(torch.float64)
+    cfg = TrainConfig(epochs=2, batch_size=GLOBAL_BATCH, lr=0.05)
+    result = fit(model, tensors(64, torch.float64, 10), val=tensors(30, torch.float64, 11), config=cfg)
+    return {"state": model.state_dict(), "history": result.history}
+
+
 def distill_bn_run(rank: int, world: int) -> dict:
     """distill with BatchNorm and a feature hint; stderr captured (progress on rank 0 only)."""
     teacher, student = bn_model(), bn_model()
@@ -120,7 +128,7 @@ def diverged_run(rank: int, world: int) -> dict:
     return {"error": None}
 
 
-RUNS = {"dataset": dataset_run, "loader": loader_run, "distill_bn": distill_bn_run, "refused": refused_run, "diverged": diverged_run}
+RUNS = {"dataset": dataset_run, "loader": loader_run, "mapstyle": mapstyle_run, "distill_bn": distill_bn_run, "refused": refused_run, "diverged": diverged_run}
 
 
 def main(out: Path) -> None:

@@ -137,6 +137,20 @@ def test_steps_per_epoch_drives_the_schedule_and_caps_an_epoch():
     assert len(calls) == 4
 
 
+def test_a_torch_dataset_becomes_global_batches_of_the_config(loaders):
+    """A map-style dataset (TensorDataset): batches of TrainConfig.batch_size, the last partial
+    one dropped, a seeded order; evaluate reads one too."""
+    train_set, val_set = loaders[0].dataset, loaders[1].dataset
+    model = small_cnn()
+    calls = _counting(model)
+    result = fit(model, train_set, val=val_set, config=TrainConfig(epochs=1, batch_size=100, lr=0.1))
+    assert calls == [100] * (len(train_set) // 100)
+    assert result.val_accuracy == evaluate(model, val_set) == evaluate(model, loaders[1])
+    again = small_cnn()
+    fit(again, train_set, val=val_set, config=TrainConfig(epochs=1, batch_size=100, lr=0.1))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
 def test_a_list_of_pairs_trains_like_the_dataloader_it_came_from():
     ds = TensorDataset(*[torch.cat(t) for t in zip(*_batches(4))])
     a, b = small_cnn(), small_cnn()
@@ -148,18 +162,19 @@ def test_a_list_of_pairs_trains_like_the_dataloader_it_came_from():
 
 
 @pytest.mark.parametrize("call, field, message", [
-    (lambda m, d: fit(m, 5), "data", "expected a Dataset or batches"),
-    (lambda m, d: fit(m, "images/"), "data", "expected a Dataset or batches"),
+    (lambda m, d: fit(m, 5), "data", "expected a Dataset, a DataLoader or batches"),
+    (lambda m, d: fit(m, "images/"), "data", "expected a Dataset, a DataLoader or batches"),
     (lambda m, d: fit(m, [1, 2]), "data", "item 0 is a int, not an (inputs, targets) pair"),
     (lambda m, d: fit(m, [torch.randn(4, 1, 8, 8)]), "data", "item 0 is a Tensor"),
     (lambda m, d: fit(m, [(torch.randn(4, 1, 8, 8),)]), "data", "item 0 is a tuple"),
     (lambda m, d: fit(m, []), "data", "has no batches"),
     (lambda m, d: fit(m, _batches(), val=[None]), "val", "item 0 is a NoneType"),
-    (lambda m, d: fit(m, _batches(), val=3), "val", "expected a Dataset or batches"),
+    (lambda m, d: fit(m, _batches(), val=3), "val", "expected a Dataset, a DataLoader or batches"),
     (lambda m, d: fit(m, iter(_batches()), config=TrainConfig(epochs=2)), "data", "one-shot iterator"),
     (lambda m, d: fit(m, _batches(), steps_per_epoch=0), "steps_per_epoch", "positive int"),
     (lambda m, d: fit(m, _batches(), resolution=16), "resolution", "nas_sepconv Dataset"),
     (lambda m, d: fit(m, d, val=_batches()), "val", "not to a nas_sepconv Dataset"),
+    (lambda m, d: fit(m, d.train), "data", "got Split"),
     (lambda m, d: fit(m, d, steps_per_epoch=3), "steps_per_epoch", "not to a nas_sepconv Dataset"),
     (lambda m, d: distill(m, small_cnn(), [{"x": torch.randn(2, 1, 8, 8)}]), "data", "item 0 is a dict"),
     (lambda m, d: evaluate(m, [(1, 2)]), "split", "item 0 is a tuple"),
