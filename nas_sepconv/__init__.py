@@ -34,7 +34,7 @@ from .io import load_model, save_model
 from .measure import count_macs, count_params, measure_latency, profile
 from .models import model_from_name
 from .search import search  # the function (the package re-exports it under its own name)
-from .train import TrainConfig, distill
+from .train import TrainConfig, distill, init_distributed, is_main_process
 
 __version__ = "0.1.0"
 
@@ -68,6 +68,8 @@ __all__ = [
     "count_params",
     "distill",
     "fidelity",
+    "init_distributed",
+    "is_main_process",
     "load_model",
     "make_plan",
     "measure_latency",

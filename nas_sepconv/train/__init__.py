@@ -1,10 +1,11 @@
-"""Training: one TrainConfig, fit, evaluate, distillation."""
+"""Training: one TrainConfig, fit, evaluate, distillation, on a Dataset or your DataLoader, under torchrun too."""
 
 from __future__ import annotations
 
 from .batchnorm import reestimate_batchnorm
 from .config import MAX_BATCH_SIZE, MAX_EPOCHS, OPTIMIZERS, SCHEDULES, FitResult, TrainConfig
 from .distillation import converted_features, distill
+from .distributed import init_distributed, is_main_process
 from .loop import evaluate, fit
 
 __all__ = [
@@ -18,5 +19,7 @@ __all__ = [
     "distill",
     "evaluate",
     "fit",
+    "init_distributed",
+    "is_main_process",
     "reestimate_batchnorm",
 ]

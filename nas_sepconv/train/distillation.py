@@ -3,7 +3,7 @@ a teacher) and the hint points of a converted model (:func:`converted_features`)
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.fx as fx
@@ -21,8 +21,10 @@ __all__ = ["distill", "converted_features"]
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    data: Dataset,
+    data: Dataset | Iterable[Any],
     *,
+    val: Iterable[Any] | None = None,
+    steps_per_epoch: int | None = None,
     config: TrainConfig | None = None,
     temperature: float = 4.0,
     alpha: float = 0.9,
@@ -48,6 +50,13 @@ def distill(
     site's own output.  No adapters are needed: conversion keeps every output shape.  With few
     gradient steps this recovers more than the logits alone (``benchmarks/fidelity.py``).
 
+    ``data``: an in-memory :class:`~nas_sepconv.data.Dataset`, or your own pipeline: a
+    ``DataLoader`` (e.g. over an ``ImageFolder``) or any re-iterable of ``(inputs, targets)``
+    batches, with ``val=`` validation batches and ``steps_per_epoch`` when it has no ``len()``
+    (see :func:`fit`).  Under ``torchrun`` (:func:`~nas_sepconv.train.init_distributed`) the
+    student trains as DistributedDataParallel, each process on its shard; the teacher runs
+    as it is in every process.
+
     ``progress``: show progress on stderr, as :func:`fit` does (default False: nothing printed).
     """
     if features == "converted":
@@ -56,7 +65,7 @@ def distill(
         features = ()
     elif isinstance(features, str):
         raise UserInputError("features", f"unknown value {features!r}", "use 'converted', a list of module names, or None")
-    return fit(student, data, config=config, device=device, teacher=teacher, temperature=temperature,
+    return fit(student, data, val=val, steps_per_epoch=steps_per_epoch, config=config, device=device, teacher=teacher, temperature=temperature,
                alpha=alpha, features=list(features), feature_weight=feature_weight, progress=progress)
 
 

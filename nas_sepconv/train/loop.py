@@ -1,8 +1,12 @@
-"""Training and evaluation on a device-resident :class:`~nas_sepconv.data.Dataset`: :func:`fit`, :func:`evaluate`.
+"""Training and evaluation: :func:`fit`, :func:`evaluate`.
 
 :func:`fit` is the one training loop: candidate training in the search, fine-tuning of converted
-models, and distillation (:func:`~nas_sepconv.train.distill`) all go through it.  It is seeded (two runs with the
-same :class:`TrainConfig` give identical results on the CPU), raises
+models, and distillation (:func:`~nas_sepconv.train.distill`) all go through it.  It trains on
+an in-memory :class:`~nas_sepconv.data.Dataset` (device-resident) or on the user's own data
+pipeline (a ``DataLoader`` or any re-iterable of ``(inputs, targets)`` batches,
+:mod:`nas_sepconv.train.feeds`), and under ``torchrun`` as DistributedDataParallel
+(:mod:`nas_sepconv.train.distributed`).  It is seeded (two runs with the same
+:class:`TrainConfig` give identical results on the CPU), raises
 :class:`~nas_sepconv.errors.TrainingDiverged` as soon as the loss stops being finite, and reports
 validation accuracy after every epoch to an ``on_epoch`` callback (the search forwards it to
 Optuna's pruners; an exception raised there, such as ``optuna.TrialPruned``, propagates).
@@ -13,31 +17,36 @@ and channels-last memory format; on the CPU it runs plain float32.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Dataset, DeviceLoader, Split
+from ..data import Dataset, Split
 from ..errors import TrainingDiverged, UserInputError
 from ..progress import progress as show_progress
 from .config import OPTIMIZERS, SCHEDULES, FitResult, TrainConfig
+from .distributed import _broadcast_buffers, _World, _wrap
+from .feeds import (EVAL_BATCH, _as_loader, _autocast, _batch_counts, _check_iterable, _DatasetFeed, _LoaderFeed,
+                    _map_style, _split_counts)
 from .hints import _check_distill_args, _check_features, _distill_loss, _FeatureHints
 
 __all__ = ["fit", "evaluate"]
 
-_CUDA_CHECK_EVERY = 50  # steps between finiteness checks on CUDA (each one is a host sync)
+_CUDA_CHECK_EVERY = 50  # steps between finiteness checks on CUDA and under DDP (each one is a host sync)
+_NO_STEP = 2**62  # "no bad step yet"
 
 
 def fit(
     model: nn.Module,
-    data: Dataset,
+    data: Dataset | Iterable[Any],
     *,
+    val: Iterable[Any] | None = None,
+    steps_per_epoch: int | None = None,
     config: TrainConfig | None = None,
     device: str | torch.device = "cpu",
     resolution: int | None = None,
@@ -50,19 +59,29 @@ def fit(
     progress: bool = False,
     evaluate_test: bool = True,
 ) -> FitResult:
-    """Train ``model`` in place on ``data.train``; evaluate on ``data.val`` after every epoch.
+    """Train ``model`` in place on ``data``; measure validation accuracy after every epoch.
 
-    Seeds torch's global generator with ``config.seed`` (dropout, ...) and the loader's own
-    generator (order, augmentation): the same model, data and config train identically on the
-    CPU.  The training loader drops the last partial batch (a batch of one breaks BatchNorm).
+    Seeds torch's global generator with ``config.seed`` (plus the process's rank under
+    ``torch.distributed``: dropout, a DataLoader's workers) and a Dataset's loader with
+    ``config.seed`` (order, augmentation): the same model, data and config train identically
+    on the CPU.
 
     Args:
         model: trained in place and moved to ``device``; left in eval mode.
-        data: moved to ``device`` once (a no-op if already there).
+        data: a :class:`~nas_sepconv.data.Dataset` (moved to ``device`` once; batches of
+            ``config.batch_size`` of its ``train`` split, the last partial one dropped; its
+            ``val`` split) or your pipeline: a ``DataLoader`` or any iterable of ``(inputs,
+            targets)`` batches that can be iterated once per epoch (a generator: one epoch),
+            inputs ready for the model, targets class indices, moved to ``device`` as they
+            come (``config.batch_size`` is not used: give the loader ``drop_last=True``).
+        val: with batches, validation batches of the same form (default None: NaN accuracy).
+        steps_per_epoch: with batches, the steps of an epoch (it stops there) for the
+            learning-rate schedule; default ``len(data)``, needed where it has none.
         config: the :class:`TrainConfig`; defaults to ``TrainConfig()``.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
-        resolution: input side for training and evaluation (MobileNet ``resolution_mult``);
-            ``None`` keeps the data set's size.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (under torchrun: the one
+            :func:`~nas_sepconv.train.init_distributed` returns).
+        resolution: with a Dataset, the input side for training and evaluation (MobileNet
+            ``resolution_mult``); ``None`` keeps the data set's size.
         teacher: with a teacher, the loss is
             ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE``
             (Hinton et al. 2015); the teacher runs in eval mode without gradients.
@@ -79,12 +98,16 @@ def fit(
         progress: show progress on stderr, one step per epoch with the loss and the
             validation accuracy (default False: nothing is printed; a rich bar on a terminal,
             else a plain ``done/total`` line with rate and time left every few seconds and at
-            the end, :mod:`nas_sepconv.progress`).
-        evaluate_test: also measure accuracy on ``data.test`` at the end.
+            the end, :mod:`nas_sepconv.progress`); under torch.distributed, rank 0 only.
+        evaluate_test: with a Dataset, also measure accuracy on its ``test`` split at the end.
+
+    Under ``torchrun`` (:func:`~nas_sepconv.train.init_distributed`) it trains as
+    DistributedDataParallel, each process on its shard: call it in every process; see
+    :mod:`nas_sepconv.train.distributed` for what it does then (BatchNorm included).
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
-        UserInputError: bad ``config``, ``temperature``, ``alpha`` or ``resolution``.
+        UserInputError: bad ``data``, ``val``, ``config``, ``temperature``, ``alpha`` or ``resolution``.
     """
     cfg = TrainConfig() if config is None else config
     if not isinstance(cfg, TrainConfig):
@@ -93,41 +116,46 @@ def fit(
     if teacher is not None:
         _check_distill_args(temperature, alpha)
     features = _check_features(features, feature_weight, teacher)
-    run = _Run.start(model, data, cfg, torch.device(device), resolution)
+    run = _Run.start(model, data, val, steps_per_epoch, cfg, torch.device(device), resolution)
+    return _fit(run, model, teacher, features, (temperature, alpha, feature_weight), on_epoch, progress, evaluate_test)
+
+
+def _fit(run: "_Run", model: nn.Module, teacher: nn.Module | None, features: Sequence[str],
+         weights: tuple[float, float, float], on_epoch: Callable[[int, float], None] | None, progress: bool,
+         evaluate_test: bool) -> FitResult:
+    """:func:`fit` once its arguments are checked and its run started (``weights``: the
+    temperature, alpha and feature weight)."""
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
         teacher.to(run.device).eval()
     hints = _FeatureHints(model, teacher, features) if features else None
-    loss_of = _loss_function(run, model, teacher, hints, temperature, alpha, feature_weight)
+    net = _wrap(model, run.device) if run.world.distributed else model
+    loss_of = _loss_function(run, net, teacher, hints, *weights)
     start = time.perf_counter()
     try:
         history = _train_epochs(run, model, loss_of, on_epoch, progress)
-        test_acc = run.accuracy(model, run.data.test) if evaluate_test and len(run.data.test) else None
+        test_acc = run.feed.test_accuracy(model) if evaluate_test else None
     finally:
         model.eval()
         if hints is not None:
             hints.close()
         if teacher is not None and teacher_was_training:
             teacher.train()
-    return FitResult(
-        val_accuracy=history[-1]["val_accuracy"], test_accuracy=test_acc, history=history,
-        seconds=time.perf_counter() - start, epochs=cfg.epochs,
-    )
+    return FitResult(val_accuracy=history[-1]["val_accuracy"], test_accuracy=test_acc, history=history,
+                     seconds=time.perf_counter() - start, epochs=run.cfg.epochs)
 
 
 @dataclass
 class _Run:
-    """What one :func:`fit` trains with: the data on the device, the precision, the loader, the
-    optimizer and its schedule."""
+    """What one :func:`fit` trains with: the feed of batches, the precision, the optimizer and
+    its schedule, the process group."""
 
     cfg: TrainConfig
     device: torch.device
-    data: Dataset
-    resolution: int | None
+    world: _World
     amp_dtype: torch.dtype | None
-    channels_last: bool
     scaler: torch.amp.GradScaler
-    loader: DeviceLoader
+    feed: _DatasetFeed | _LoaderFeed
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
 
@@ -136,42 +164,50 @@ class _Run:
         return self.device.type == "cuda"
 
     @classmethod
-    def start(cls, model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
-              resolution: int | None) -> "_Run":
-        """Seed, move the model and data to ``device``, choose the precision, build the loader,
-        optimizer and schedule."""
+    def start(cls, model: nn.Module, data: Any, val: Any, steps_per_epoch: int | None, cfg: TrainConfig,
+              device: torch.device, resolution: int | None) -> "_Run":
+        """Seed, move the model to ``device``, choose the precision, build the feed of batches,
+        the optimizer and the schedule."""
+        world = _World.current()
         cuda = device.type == "cuda"
-        torch.manual_seed(cfg.seed)
-        data = data.to(device)
-        model.to(device)
+        if cuda and device.index is None and world.distributed:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.manual_seed(cfg.seed + world.rank)
         channels_last = cuda and cfg.channels_last
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
         amp_dtype = None
         if cuda and cfg.amp:
             amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        feed = _feed(data, val, steps_per_epoch, cfg, device, resolution, channels_last, amp_dtype, world)
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        n_train = len(data.train)
-        if n_train == 0:
-            raise UserInputError("dataset", "the training split is empty", "use a larger data set or subset")
-        loader = DeviceLoader(
-            data.train, batch_size=cfg.batch_size, mean=data.mean, std=data.std, augment=data.augment, shuffle=True,
-            drop_last=n_train >= cfg.batch_size,  # no ragged last batch (a batch of 1 breaks BatchNorm)
-            seed=cfg.seed, resolution=resolution, channels_last=channels_last,
-        )
         optimizer = _make_optimizer(model, cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, len(loader)))
-        return cls(cfg, device, data, resolution, amp_dtype, channels_last, scaler, loader, optimizer, scheduler)
-
-    def accuracy(self, model: nn.Module, split: Split) -> float:
-        return _accuracy(model, split, self.data, batch_size=512, resolution=self.resolution,
-                         amp_dtype=self.amp_dtype, channels_last=self.channels_last)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, feed.steps_per_epoch))
+        return cls(cfg, device, world, amp_dtype, scaler, feed, optimizer, scheduler)
 
 
-def _loss_function(run: _Run, model: nn.Module, teacher: nn.Module | None, hints: _FeatureHints | None,
+def _feed(data: Any, val: Any, steps_per_epoch: int | None, cfg: TrainConfig, device: torch.device,
+          resolution: int | None, channels_last: bool, amp_dtype: torch.dtype | None,
+          world: _World) -> _DatasetFeed | _LoaderFeed:
+    """The in-memory Dataset's feed, or the user's batches'."""
+    if isinstance(data, Dataset):
+        for name, value in (("val", val), ("steps_per_epoch", steps_per_epoch)):
+            if value is not None:
+                raise UserInputError(name, "applies to batches, not to a nas_sepconv Dataset (which has its own "
+                                     "validation split and batch size)", f"drop {name}=, or pass data as a DataLoader")
+        return _DatasetFeed(data, cfg, device, resolution, channels_last, amp_dtype, world)
+    if resolution is not None:
+        raise UserInputError("resolution", "applies to a nas_sepconv Dataset, not to batches",
+                             "resize in your DataLoader's transforms")
+    data, val = (_as_loader(d, cfg, world, train=d is data) if _map_style(d) else d for d in (data, val))
+    return _LoaderFeed(data, val, cfg, device, channels_last, amp_dtype, world, steps_per_epoch)
+
+
+def _loss_function(run: _Run, net: nn.Module, teacher: nn.Module | None, hints: _FeatureHints | None,
                    temperature: float, alpha: float, feature_weight: float) -> Callable[[Tensor, Tensor], Tensor]:
     """The training loss of a batch: cross-entropy, or with a teacher the distillation loss plus
-    the weighted feature hints."""
+    the weighted feature hints.  ``net`` is the model, or its DistributedDataParallel wrapper."""
     smoothing = run.cfg.label_smoothing
 
     def loss_of(x: Tensor, y: Tensor) -> Tensor:
@@ -179,29 +215,37 @@ def _loss_function(run: _Run, model: nn.Module, teacher: nn.Module | None, hints
             if hints is not None:
                 hints.active = True
             try:
-                logits = model(x)
+                logits = net(x)
                 if teacher is None:
-                    return F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+                    return F.cross_entropy(_full(logits), y, label_smoothing=smoothing)
                 with torch.no_grad():
                     teacher_logits = teacher(x)
             finally:
                 if hints is not None:
                     hints.active = False
-        loss = _distill_loss(logits.float(), teacher_logits.float(), y, temperature, alpha, smoothing)
+        student = _full(logits)
+        loss = _distill_loss(student, teacher_logits.to(student.dtype), y, temperature, alpha, smoothing)
         return loss if hints is None else loss + feature_weight * hints.loss()
 
     return loss_of
+
+
+def _full(t: Tensor) -> Tensor:
+    """Half-precision (autocast) logits in float32 for the loss; float32 and float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _train_epochs(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tensor],
                   on_epoch: Callable[[int, float], None] | None, progress: bool) -> list[dict]:
     """Every epoch, each followed by the validation accuracy, the progress bar and ``on_epoch``."""
     history: list[dict] = []
-    with show_progress(progress, "train", run.cfg.epochs, unit="epochs") as bar:
+    with show_progress(progress and run.world.rank == 0, "train", run.cfg.epochs, unit="epochs") as bar:
         for epoch in range(1, run.cfg.epochs + 1):
             epoch_start = time.perf_counter()
             train_loss, lr = _train_epoch(run, model, loss_of, epoch)
-            val_acc = run.accuracy(model, run.data.val)
+            if run.world.distributed:
+                _broadcast_buffers(model)
+            val_acc = run.feed.val_accuracy(model)
             history.append({
                 "epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc, "lr": lr,
                 "seconds": time.perf_counter() - epoch_start,
@@ -214,25 +258,27 @@ def _train_epochs(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor
 
 def _train_epoch(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tensor],
                  epoch: int) -> tuple[float, float]:
-    """One pass over the training split; returns the mean loss and the lr of the last step.
-    A loss that is not finite raises at once on the CPU, within 50 steps on CUDA."""
+    """One pass over the training batches; returns the mean loss (over every process) and the
+    lr of the last step.  A loss that is not finite raises at once on the CPU, within 50 steps
+    on CUDA and under DDP (every process at the same step)."""
     model.train()
     optimizer, scaler = run.optimizer, run.scaler
-    loss_sum = torch.zeros((), device=run.device)
-    bad_step = torch.full((), -1, dtype=torch.long, device=run.device)
+    deferred = run.cuda or run.world.distributed
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    bad_step = torch.full((), _NO_STEP, dtype=torch.long, device=run.device)
     lr = optimizer.param_groups[0]["lr"]
     step = 0
-    for step, (x, y) in enumerate(run.loader, 1):
+    for step, (x, y) in enumerate(run.feed.batches(epoch), 1):
         lr = optimizer.param_groups[0]["lr"]
         loss = loss_of(x, y)
         finite = torch.isfinite(loss.detach())
-        if not run.cuda:
+        if not deferred:
             if not finite:
                 _diverged(loss, epoch, step, lr)
         else:  # record the first bad step without a host sync; look every 50 steps
-            bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
+            bad_step = torch.where((bad_step == _NO_STEP) & ~finite, step, bad_step)
             if step % _CUDA_CHECK_EVERY == 0:
-                _check_bad_step(bad_step, epoch)
+                _check_bad_step(run.world.min(bad_step), epoch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if run.cfg.grad_clip is not None:
@@ -241,14 +287,11 @@ def _train_epoch(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor]
         scaler.step(optimizer)
         scaler.update()
         run.scheduler.step()
-        loss_sum += loss.detach()
-    if run.cuda:
-        _check_bad_step(bad_step, epoch)
-    return loss_sum.item() / max(step, 1), lr
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+        loss_sum += loss.detach().double()
+    if deferred:
+        _check_bad_step(run.world.min(bad_step), epoch)
+    totals = run.world.sum(torch.stack([loss_sum, torch.tensor(float(step), dtype=torch.float64, device=run.device)]))
+    return totals[0].item() / max(totals[1].item(), 1), lr
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -278,47 +321,49 @@ def _diverged(loss: Tensor, epoch: int, step: int, lr: float) -> None:
 
 def _check_bad_step(bad_step: Tensor, epoch: int) -> None:
     step = int(bad_step.item())
-    if step >= 0:
+    if step != _NO_STEP:
         raise TrainingDiverged(f"loss became nan or inf at epoch {epoch} step {step}; lower train.lr or set train.grad_clip")
-
-
-@torch.no_grad()
-def _accuracy(
-    model: nn.Module, split: Split, data: Dataset, *, batch_size: int, resolution: int | None,
-    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-) -> float:
-    if len(split) == 0:
-        return float("nan")
-    model.eval()
-    loader = DeviceLoader(split, batch_size=batch_size, mean=data.mean, std=data.std, shuffle=False,
-                          resolution=resolution, channels_last=channels_last)
-    correct = torch.zeros((), dtype=torch.long, device=split.device)
-    with _autocast(split.device, amp_dtype):
-        for x, y in loader:
-            correct += (model(x).argmax(dim=1) == y).sum()
-    return correct.item() / len(split)
 
 
 def evaluate(
     model: nn.Module,
-    split: Split,
+    split: Split | Iterable[Any],
     *,
-    data: Dataset,
-    batch_size: int = 512,
+    data: Dataset | None = None,
+    batch_size: int = EVAL_BATCH,
     device: str | torch.device = "cpu",
     resolution: int | None = None,
 ) -> float:
     """Top-1 accuracy in [0, 1] of ``model`` on ``split`` (eval mode, no gradients, float32).
 
-    ``data`` supplies the normalisation (``mean``/``std``).  The model is moved to ``device``
-    and its train/eval mode is restored afterwards.
+    ``split``: a :class:`~nas_sepconv.data.Split` of a Dataset, whose ``data`` supplies the
+    normalisation (``mean``/``std``); or batches of ``(inputs, targets)`` (a DataLoader, ready
+    for the model; targets class indices; ``data`` and ``resolution`` not used), or a torch
+    map-style dataset of such pairs (read in batches of ``batch_size``).  Under
+    ``torch.distributed``, batches are each process's shard: the counts are summed across
+    processes (call it in every process).  The model is moved to ``device`` and its train/eval
+    mode is restored afterwards.
     """
-    if len(split) == 0:
-        raise UserInputError("split", "is empty", "evaluate on a split with images")
     device = torch.device(device)
+    if _map_style(split) and not isinstance(split, Split):
+        from torch.utils.data import DataLoader
+
+        split = DataLoader(split, batch_size=batch_size)
+    if not isinstance(split, Split):
+        _check_iterable(split, "split", 1)
+    elif data is None:
+        raise UserInputError("data", "a Split needs its Dataset (for the normalisation)", "pass data=dataset")
+    elif len(split) == 0:
+        raise UserInputError("split", "is empty", "evaluate on a split with images")
     was_training = model.training
     model.to(device)
     try:
-        return _accuracy(model, split.to(device), data, batch_size=batch_size, resolution=resolution)
+        if isinstance(split, Split):
+            correct, total = _split_counts(model, split.to(device), data, resolution=resolution, batch_size=batch_size)
+            return correct.item() / total
+        counts = _World.current().sum(torch.stack(_batch_counts(model, split, device, "split")))
+        if counts[1].item() == 0:
+            raise UserInputError("split", "has no batches", "evaluate on batches with images")
+        return counts[0].item() / counts[1].item()
     finally:
         model.train(was_training)
