@@ -62,7 +62,8 @@ _TIME_ATTR_COLUMNS: dict[str, str] = {
     "epochs": "Int64",
 }
 _FIXED = (
-    {"number", "state", "datetime_start", "datetime_complete", "duration_s", "fail_reason", "feasible"}
+    {"number", "state", "datetime_start", "datetime_complete", "duration_s", "fail_reason", "feasible",
+     "epochs_trained", "stopped_early", "rung", "rung_results"}
     | set(_ATTR_COLUMNS)
     | set(_TAIL_ATTR_COLUMNS)
     | set(_TIME_ATTR_COLUMNS)
@@ -158,6 +159,7 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.Data
         "string",
     )
     cols["feasible"] = _feasible(trials)
+    cols.update(_fidelity_columns(trials))
     _add_extra_attr_columns(cols, trials)
 
     df = pd.DataFrame(cols)
@@ -175,6 +177,7 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.Data
             "params": [param_cols[p] for p in param_dists],
             "space": dict(study.user_attrs).get("space"),
             "base": dict(study.user_attrs).get("base"),
+            "multi_fidelity": dict(study.user_attrs).get("multi_fidelity"),
             "storage": storage_label,
         }
     )
@@ -278,6 +281,27 @@ def _feasible(trials: list[Any]) -> Any:
             flag = all(c <= 0 for c in constraints) if constraints else (True if t.state.name == "COMPLETE" else None)
         values.append(flag)
     return pd.array(values, dtype="boolean")
+
+
+def _fidelity_columns(trials: list[Any]) -> dict[str, Any]:
+    """``epochs_trained`` (the trial's epochs of training: summed, the epochs a study spent),
+    ``stopped_early`` (a COMPLETE trial the multi-fidelity mode stopped at a rung: never on the
+    front by default), and in a multi-fidelity study ``rung`` (the highest rung reached, 0 for
+    the first; the full budget is the last) and ``accuracy_epoch_<E>`` (validation accuracy at
+    the rung of epoch E), from the user attributes ``epochs_trained``/``epochs``,
+    ``stopped_early`` and ``rung_results``."""
+    cols: dict[str, Any] = {
+        "epochs_trained": _typed([t.user_attrs.get("epochs_trained", t.user_attrs.get("epochs")) for t in trials], "Int64"),
+    }
+    stopped = [t.user_attrs.get("stopped_early") for t in trials]
+    cols["stopped_early"] = pd.array([s if isinstance(s, bool) else (False if t.state.name == "COMPLETE" else None) for s, t in zip(stopped, trials)], dtype="boolean")
+    rungs = [[e for e in (t.user_attrs.get("rung_results") or []) if isinstance(e, dict)] for t in trials]
+    if any(rungs):
+        cols["rung"] = _typed([len(r) - 1 if r else None for r in rungs], "Int64")
+        epochs = sorted({e["epoch"] for r in rungs for e in r if isinstance(e.get("epoch"), int)})
+        for epoch in epochs:
+            cols[f"accuracy_epoch_{epoch}"] = _typed([next((e.get("accuracy") for e in r if e.get("epoch") == epoch), None) for r in rungs], "float64")
+    return cols
 
 
 def _constraint_values(trial: Any) -> list[float]:
