@@ -18,9 +18,11 @@ Conventions read from the Optuna study (written by :mod:`nas_sepconv.search`):
 * trial user attributes ``accuracy``, ``test_accuracy``, ``macs``, ``params``, ``latency_ms``,
   ``arch``, ``arch_json``, ``wall_time_s``, ``epochs`` (COMPLETE trials, both modes),
   ``accuracy`` (the last one reported), ``macs``, ``params``, ``epochs`` (PRUNED trials) and
-  ``fail_reason`` (FAIL trials);
-* study user attributes ``mode`` (``"pareto"`` | ``"scalarised"``), ``space`` and, for a
-  convert space, ``base`` (the original model's accuracy, test accuracy, MACs and params).
+  ``fail_reason`` (FAIL trials); in the multi-fidelity mode ``stopped_early``,
+  ``epochs_trained`` and ``rung_results`` (a list, one entry per rung reached:
+  ``{"epoch", <objectives>, "population", "promoted"}``, the full budget's without a decision);
+* study user attributes ``mode`` (``"pareto"`` | ``"scalarised"``), ``space``,
+  ``multi_fidelity`` (``{"min_epochs", "eta", "rungs"}`` or None) and, for a convert space, ``base`` (the original model's accuracy, test accuracy, MACs and params).
 
 MACs are multiply-accumulates (FLOPs = 2 x MACs).  Nothing here prints.
 """
@@ -90,15 +92,21 @@ def load(source: str | Path | optuna.Study, study: str | None = None) -> pd.Data
         floats), ``arch``, ``arch_json``, ``datetime_start``, ``datetime_complete``,
         ``duration_s``, ``wall_time_s``, ``epochs``, ``fail_reason`` (string, NA unless the
         trial failed), ``feasible`` (boolean: False for a trial over a hard budget, which was not
-        trained and is never on the front; NA where unknown, e.g. a running trial), then any
-        other scalar user attributes.  MACs and params are nullable
+        trained and is never on the front; NA where unknown, e.g. a running trial),
+        ``epochs_trained`` (Int64: summed, the training epochs the study spent),
+        ``stopped_early`` (boolean: True for a trial the multi-fidelity mode stopped at a rung,
+        which is off the front by default; False for the other COMPLETE trials), in a
+        multi-fidelity study ``rung`` (Int64: the highest rung reached, 0 the first, the full
+        budget the last) and ``accuracy_epoch_<E>`` (float64: the validation accuracy at the
+        rung of epoch E), then any other scalar user attributes.  MACs and params are nullable
         ``Int64`` so that failed or running trials (NA) keep the integers exact.  A searched
         parameter whose name clashes with one of these columns is named ``param_<name>``.
 
         ``df.attrs`` holds ``study`` (name), ``directions`` (column -> ``"maximize"`` /
         ``"minimize"``, for the study's objectives and the known columns), ``objectives`` (the
         study's metric names), ``mode`` (``"pareto"`` or ``"scalarised"``), ``params`` (the
-        searched-parameter columns), ``space`` and ``storage`` where known, and ``base``: the
+        searched-parameter columns), ``space`` and ``storage`` where known,
+        ``multi_fidelity`` (the study's ``{"min_epochs", "eta", "rungs"}``, None when off), and ``base``: the
         original model of a convert space (``{"model", "accuracy", "test_accuracy", "macs",
         "params"}``, validation accuracy in ``accuracy``), None for a build space.
 

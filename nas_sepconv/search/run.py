@@ -216,7 +216,8 @@ def _updater(the_study: optuna.Study, settings: Settings, progress: Callable[[Se
             done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
             if done:
                 last = max(done, key=lambda t: t.number)
-                status.last = f"#{last.number} {last.state.name} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
+                state = f"stopped early at epoch {last.user_attrs.get('epochs_trained')}" if last.user_attrs.get("stopped_early") else last.state.name
+                status.last = f"#{last.number} {state} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
             if progress:
                 progress(status)
 

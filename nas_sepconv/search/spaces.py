@@ -22,6 +22,7 @@ not searched).  Which block options are suggested for a kind is read from the ki
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,7 @@ def with_data_root(space: Space, root: "str | Path") -> Space:
     return dataclasses.replace(space, spec=space.spec.model_copy(update={"data": data}))
 
 
-def with_multi_fidelity(space: Space, setting: "bool | dict[str, Any] | None") -> Space:
+def with_multi_fidelity(space: Space, setting: "bool | Mapping[str, int] | None") -> Space:
     """``space`` with its multi-fidelity mode (``search.multi_fidelity``) as ``setting`` says:
     None keeps the space's; False turns it off; True turns it on (the space's rungs, else
     ``min_epochs`` 1 and ``eta`` 3); a mapping ``{"min_epochs": .., "eta": ..}`` sets it."""
@@ -271,9 +272,9 @@ def with_multi_fidelity(space: Space, setting: "bool | dict[str, Any] | None") -
     current = space.spec.search.multi_fidelity
     if isinstance(setting, bool):
         section = (current or MultiFidelitySection()) if setting else None
-    elif isinstance(setting, dict):
+    elif isinstance(setting, Mapping):
         try:
-            section = MultiFidelitySection.model_validate(setting)
+            section = MultiFidelitySection.model_validate(dict(setting))
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(["search.multi_fidelity", _field_path(first["loc"])]).rstrip(".")

@@ -165,7 +165,8 @@ def test_the_api_and_cli_switch_the_mode(tmp_path):
 def test_search_stops_candidates_early_records_rungs_and_resumes(tmp_path):
     path = _space(tmp_path, sampler="random")
     out = tmp_path / "r"
-    study = ns.search(path, trials=4, out=out, seed=0, threads=1)
+    seen = []
+    study = ns.search(path, trials=4, out=out, seed=0, threads=1, progress=seen.append)
     trials = study.get_trials()
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert study.user_attrs["multi_fidelity"] == {"min_epochs": 1, "eta": 3, "rungs": [1, 3]}
@@ -180,6 +181,7 @@ def test_search_stops_candidates_early_records_rungs_and_resumes(tmp_path):
         assert not (stopped and (out / "tiny" / "weights" / f"trial_{t.number}.safetensors").exists())  # never on the front
     assert trials[0].user_attrs["stopped_early"] is False  # the first result of a rung always goes on
     assert any(t.user_attrs["stopped_early"] for t in trials)
+    assert any(s.last.startswith(f"#{t.number} stopped early at epoch 1 ") for s in seen for t in trials if t.user_attrs["stopped_early"])
 
     df = ns.results.load(out / "tiny")
     assert df["stopped_early"].tolist() == [t.user_attrs["stopped_early"] for t in trials]
