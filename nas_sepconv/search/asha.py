@@ -21,7 +21,8 @@ fewer than ``eta`` results only its best goes on, as in Optuna's SuccessiveHalvi
 Candidates tied with the last one that goes on go on too.
 
 Objectives at a rung: the search's own, with the accuracy measured on the validation split after
-that epoch; MACs, params and latency are the candidate's (fixed).
+that epoch; MACs and params are the candidate's (fixed), and so is its latency, measured once
+at the first rung.
 """
 
 from __future__ import annotations
