@@ -263,7 +263,7 @@ def search(
     heartbeat: int = typer.Option(10, "--heartbeat", metavar="S", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="PATH", help="read the data set from this folder or archive instead of the space's data.root"),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch intra-op threads per worker process (default: 1 for small inputs such as the 16x16 digits, else the CPU cores divided among the workers)"),
-    multi_fidelity: Optional[bool] = typer.Option(None, "--multi-fidelity/--no-multi-fidelity", help="stop candidates early at rungs of epochs unless in the best 1/eta by non-dominated sorting (MO-ASHA; rungs from the space's search.multi_fidelity, else min_epochs 1, eta 3); default: the space's setting"),
+    multi_fidelity: Optional[bool] = typer.Option(None, "--multi-fidelity/--no-multi-fidelity", metavar="", help="stop candidates early at rungs of epochs unless in the best 1/eta by non-dominated sorting (MO-ASHA; rungs from the space's search.multi_fidelity, else min_epochs 1, eta 3); default: the space's setting"),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
