@@ -267,6 +267,7 @@ def search(
     heartbeat: int = typer.Option(10, "--heartbeat", metavar="S", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="PATH", help="read the data set from this folder or archive instead of the space's data.root"),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch intra-op threads per worker process (default: 1 for small inputs such as the 16x16 digits, else the CPU cores divided among the workers)"),
+    multi_fidelity: Optional[bool] = typer.Option(None, "--multi-fidelity/--no-multi-fidelity", metavar="", help="stop candidates early at rungs of epochs unless in the best 1/eta by non-dominated sorting (MO-ASHA; rungs from the space's search.multi_fidelity, else min_epochs 1, eta 3); default: the space's setting"),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
@@ -281,7 +282,7 @@ def search(
 
         try:
             with bar:
-                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root, threads=threads)
+                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root, threads=threads, multi_fidelity=multi_fidelity)
         except KeyboardInterrupt:
             err.print("interrupted: outputs written; run the same command again to resume")
             raise typer.Exit(130)

@@ -77,6 +77,8 @@ def rebuild_trial(
         threads = frozen.user_attrs.get("threads")
         model = ctx.retrain(frozen.params, number=number, seed=int(frozen.user_attrs.get("seed", number)), threads=int(threads) if threads else None)
         how = "re-trained from the trial's parameters and seed"
+        if frozen.user_attrs.get("stopped_early"):  # the multi-fidelity mode stopped it: its recorded accuracy is a rung's
+            how += f", to the full budget (the search stopped it early, after {frozen.user_attrs.get('epochs_trained')} epochs)"
     resolution = int(frozen.user_attrs.get("resolution", ctx.data.input_shape[-1]))
     accuracy = evaluate(model.to(device), ctx.data.val, data=ctx.data, device=device, resolution=resolution)
     info = {

@@ -18,9 +18,11 @@ Conventions read from the Optuna study (written by :mod:`nas_sepconv.search`):
 * trial user attributes ``accuracy``, ``test_accuracy``, ``macs``, ``params``, ``latency_ms``,
   ``arch``, ``arch_json``, ``wall_time_s``, ``epochs`` (COMPLETE trials, both modes),
   ``accuracy`` (the last one reported), ``macs``, ``params``, ``epochs`` (PRUNED trials) and
-  ``fail_reason`` (FAIL trials);
-* study user attributes ``mode`` (``"pareto"`` | ``"scalarised"``), ``space`` and, for a
-  convert space, ``base`` (the original model's accuracy, test accuracy, MACs and params).
+  ``fail_reason`` (FAIL trials); in the multi-fidelity mode ``stopped_early``,
+  ``epochs_trained`` and ``rung_results`` (a list, one entry per rung reached:
+  ``{"epoch", <objectives>, "population", "promoted"}``, the full budget's without a decision);
+* study user attributes ``mode`` (``"pareto"`` | ``"scalarised"``), ``space``,
+  ``multi_fidelity`` (``{"min_epochs", "eta", "rungs"}`` or None) and, for a convert space, ``base`` (the original model's accuracy, test accuracy, MACs and params).
 
 MACs are multiply-accumulates (FLOPs = 2 x MACs).  Nothing here prints.
 """
@@ -62,7 +64,8 @@ _TIME_ATTR_COLUMNS: dict[str, str] = {
     "epochs": "Int64",
 }
 _FIXED = (
-    {"number", "state", "datetime_start", "datetime_complete", "duration_s", "fail_reason", "feasible"}
+    {"number", "state", "datetime_start", "datetime_complete", "duration_s", "fail_reason", "feasible",
+     "epochs_trained", "stopped_early", "rung", "rung_results"}
     | set(_ATTR_COLUMNS)
     | set(_TAIL_ATTR_COLUMNS)
     | set(_TIME_ATTR_COLUMNS)
@@ -89,15 +92,21 @@ def load(source: str | Path | optuna.Study, study: str | None = None) -> pd.Data
         floats), ``arch``, ``arch_json``, ``datetime_start``, ``datetime_complete``,
         ``duration_s``, ``wall_time_s``, ``epochs``, ``fail_reason`` (string, NA unless the
         trial failed), ``feasible`` (boolean: False for a trial over a hard budget, which was not
-        trained and is never on the front; NA where unknown, e.g. a running trial), then any
-        other scalar user attributes.  MACs and params are nullable
+        trained and is never on the front; NA where unknown, e.g. a running trial),
+        ``epochs_trained`` (Int64: summed, the training epochs the study spent),
+        ``stopped_early`` (boolean: True for a trial the multi-fidelity mode stopped at a rung,
+        which is off the front by default; False for the other COMPLETE trials), in a
+        multi-fidelity study ``rung`` (Int64: the highest rung reached, 0 the first, the full
+        budget the last) and ``accuracy_epoch_<E>`` (float64: the validation accuracy at the
+        rung of epoch E), then any other scalar user attributes.  MACs and params are nullable
         ``Int64`` so that failed or running trials (NA) keep the integers exact.  A searched
         parameter whose name clashes with one of these columns is named ``param_<name>``.
 
         ``df.attrs`` holds ``study`` (name), ``directions`` (column -> ``"maximize"`` /
         ``"minimize"``, for the study's objectives and the known columns), ``objectives`` (the
         study's metric names), ``mode`` (``"pareto"`` or ``"scalarised"``), ``params`` (the
-        searched-parameter columns), ``space`` and ``storage`` where known, and ``base``: the
+        searched-parameter columns), ``space`` and ``storage`` where known,
+        ``multi_fidelity`` (the study's ``{"min_epochs", "eta", "rungs"}``, None when off), and ``base``: the
         original model of a convert space (``{"model", "accuracy", "test_accuracy", "macs",
         "params"}``, validation accuracy in ``accuracy``), None for a build space.
 
@@ -158,6 +167,7 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.Data
         "string",
     )
     cols["feasible"] = _feasible(trials)
+    cols.update(_fidelity_columns(trials))
     _add_extra_attr_columns(cols, trials)
 
     df = pd.DataFrame(cols)
@@ -175,6 +185,7 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.Data
             "params": [param_cols[p] for p in param_dists],
             "space": dict(study.user_attrs).get("space"),
             "base": dict(study.user_attrs).get("base"),
+            "multi_fidelity": dict(study.user_attrs).get("multi_fidelity"),
             "storage": storage_label,
         }
     )
@@ -278,6 +289,27 @@ def _feasible(trials: list[Any]) -> Any:
             flag = all(c <= 0 for c in constraints) if constraints else (True if t.state.name == "COMPLETE" else None)
         values.append(flag)
     return pd.array(values, dtype="boolean")
+
+
+def _fidelity_columns(trials: list[Any]) -> dict[str, Any]:
+    """``epochs_trained`` (the trial's epochs of training: summed, the epochs a study spent),
+    ``stopped_early`` (a COMPLETE trial the multi-fidelity mode stopped at a rung: never on the
+    front by default), and in a multi-fidelity study ``rung`` (the highest rung reached, 0 for
+    the first; the full budget is the last) and ``accuracy_epoch_<E>`` (validation accuracy at
+    the rung of epoch E), from the user attributes ``epochs_trained``/``epochs``,
+    ``stopped_early`` and ``rung_results``."""
+    cols: dict[str, Any] = {
+        "epochs_trained": _typed([t.user_attrs.get("epochs_trained", t.user_attrs.get("epochs")) for t in trials], "Int64"),
+    }
+    stopped = [t.user_attrs.get("stopped_early") for t in trials]
+    cols["stopped_early"] = pd.array([s if isinstance(s, bool) else (False if t.state.name == "COMPLETE" else None) for s, t in zip(stopped, trials)], dtype="boolean")
+    rungs = [[e for e in (t.user_attrs.get("rung_results") or []) if isinstance(e, dict)] for t in trials]
+    if any(rungs):
+        cols["rung"] = _typed([len(r) - 1 if r else None for r in rungs], "Int64")
+        epochs = sorted({e["epoch"] for r in rungs for e in r if isinstance(e.get("epoch"), int)})
+        for epoch in epochs:
+            cols[f"accuracy_epoch_{epoch}"] = _typed([next((e.get("accuracy") for e in r if e.get("epoch") == epoch), None) for r in rungs], "float64")
+    return cols
 
 
 def _constraint_values(trial: Any) -> list[float]:

@@ -1,6 +1,7 @@
 """The Pareto front of a results frame, its hypervolume and its knee (non-dominated sorting).
 
-Only COMPLETE, feasible rows with finite objective values take part.  Directions come from the
+Only COMPLETE, feasible rows with finite objective values take part, and of a multi-fidelity
+search only the trials trained to the full budget (``include_stopped=True``: all).  Directions come from the
 arguments, else ``df.attrs["directions"]``, else the objectives table (:data:`KNOWN_DIRECTIONS`).
 """
 
@@ -64,15 +65,19 @@ def _losses(df: pd.DataFrame, objectives: Sequence[str], dirs: Sequence[str]) ->
     return np.column_stack(cols) if cols else np.empty((len(df), 0))
 
 
-def _candidates(df: pd.DataFrame, losses: np.ndarray) -> np.ndarray:
+def _candidates(df: pd.DataFrame, losses: np.ndarray, *, include_stopped: bool = False) -> np.ndarray:
     """Rows eligible for the front: COMPLETE (when a state column exists), feasible (trials over
-    a hard budget are recorded with ``feasible`` False and are never on the front), finite
+    a hard budget are recorded with ``feasible`` False and are never on the front), trained to
+    the full budget unless ``include_stopped`` (the multi-fidelity mode records a trial it
+    stopped at a rung with ``stopped_early`` True, and that rung's objectives), finite
     objectives."""
     ok = np.isfinite(losses).all(axis=1)
     if "state" in df.columns:
         ok &= (df["state"].astype("string") == "COMPLETE").fillna(False).to_numpy(dtype=bool)
     if "feasible" in df.columns:
         ok &= (df["feasible"].astype("boolean") != False).fillna(True).to_numpy(dtype=bool)  # noqa: E712
+    if not include_stopped and "stopped_early" in df.columns:
+        ok &= (df["stopped_early"].astype("boolean") != True).fillna(True).to_numpy(dtype=bool)  # noqa: E712
     return ok
 
 
@@ -101,11 +106,14 @@ def pareto_front(
     objectives: Sequence[str] = ("accuracy", "macs"),
     directions: Sequence[str] | None = None,
     mask: bool = False,
+    include_stopped: bool = False,
 ) -> pd.DataFrame | pd.Series:
     """The non-dominated trials: the Pareto front of ``objectives``.
 
     Only COMPLETE rows (when the frame has a ``state`` column) with finite values in every
-    objective take part.  A row is on the front when no other eligible row is at least as good
+    objective take part, and of those neither the infeasible ones (``feasible`` False) nor, by
+    default, those the multi-fidelity mode stopped early (``stopped_early`` True: their
+    objectives are a rung's, not the full budget's).  A row is on the front when no other eligible row is at least as good
     in every objective and strictly better in one.  Ties: rows with identical objective vectors
     do not dominate one another, so all copies of a non-dominated vector are on the front.
 
@@ -116,6 +124,7 @@ def pareto_front(
             ``df.attrs["directions"]``, else from the known names (accuracy, test_accuracy,
             reward maximised; macs, params, latency_ms minimised).
         mask: return a boolean Series aligned to ``df.index`` instead of the rows.
+        include_stopped: let trials stopped early take part too.
 
     Returns:
         The front rows sorted by the first minimised objective (then the others, best first),
@@ -123,7 +132,7 @@ def pareto_front(
     """
     dirs = _directions(df, objectives, directions)
     losses = _losses(df, objectives, dirs)
-    ok = _candidates(df, losses)
+    ok = _candidates(df, losses, include_stopped=include_stopped)
     on_front = np.zeros(len(df), dtype=bool)
     idx = np.flatnonzero(ok)
     on_front[idx[_non_dominated(losses[idx])]] = True
@@ -176,10 +185,12 @@ def hypervolume(
     reference: Mapping[str, float] | Sequence[float],
     objectives: Sequence[str] = ("accuracy", "macs"),
     directions: Sequence[str] | None = None,
+    include_stopped: bool = False,
 ) -> float:
     """Dominated hypervolume of the trials w.r.t. a reference point, in the objectives' units.
 
-    The volume of the region that some eligible trial (COMPLETE, finite objectives) dominates
+    The volume of the region that some eligible trial (as in :func:`pareto_front`: COMPLETE,
+    feasible, finite objectives, not stopped early unless ``include_stopped``) dominates
     and that dominates the reference point.  Maximised objectives are negated, so the value is
     the one :func:`optuna._hypervolume.compute_hypervolume` gives on the negated points.  Trials
     that are not strictly better than the reference in every objective contribute nothing.
@@ -188,7 +199,7 @@ def hypervolume(
         df: a frame from :func:`load`.
         reference: the reference (nadir) point, as ``{objective: value}`` or a sequence in the
             order of ``objectives``, in the columns' own units (accuracy as a fraction, MACs).
-        objectives, directions: as in :func:`pareto_front`.
+        objectives, directions, include_stopped: as in :func:`pareto_front`.
     """
     dirs = _directions(df, objectives, directions)
     if isinstance(reference, Mapping):
@@ -211,7 +222,7 @@ def hypervolume(
         raise UserInputError("reference", f"{ref_values!r} is not finite", "give finite numbers")
     ref = np.where(np.array(dirs) == "maximize", -ref, ref)
     losses = _losses(df, objectives, dirs)
-    losses = losses[_candidates(df, losses)]
+    losses = losses[_candidates(df, losses, include_stopped=include_stopped)]
     losses = losses[(losses < ref).all(axis=1)]
     if len(losses) == 0:
         return 0.0
@@ -239,8 +250,10 @@ def knee(
     objectives: Sequence[str] = ("accuracy", "macs"),
     directions: Sequence[str] | None = None,
     log_scale: Sequence[str] = LOG_SCALE_COLUMNS,
+    include_stopped: bool = False,
 ) -> pd.Series:
-    """The front trial with the best trade-off (the knee of the Pareto front).
+    """The front trial with the best trade-off (the knee of the Pareto front of
+    :func:`pareto_front`, ``include_stopped`` as there).
 
     Method: each objective is normalised to [0, 1] over the front (after log10 for the
     ``log_scale`` columns whose values are all positive), 0 being the best value.  With two
@@ -257,7 +270,7 @@ def knee(
     Raises:
         UserInputError: no COMPLETE trial has finite objective values.
     """
-    front = pareto_front(df, objectives=objectives, directions=directions)
+    front = pareto_front(df, objectives=objectives, directions=directions, include_stopped=include_stopped)
     if len(front) == 0:
         raise UserInputError("df", "no COMPLETE trial with finite objective values",
                              "wait for trials to complete, or check the objective columns")

@@ -33,6 +33,9 @@ class _Front2D:
     numbers: np.ndarray  # trial numbers of the front points (or index labels)
     drawstyle: str
     infeasible: int = 0  # COMPLETE trials over a hard budget (``feasible`` False): not drawn
+    # trials the multi-fidelity mode stopped early (at their last rung's objectives): drawn apart
+    x_stopped: np.ndarray = field(default_factory=lambda: np.empty(0))
+    y_stopped: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ def _front_2d(df: pd.DataFrame, x: str, y: str, dirs: Sequence[str]) -> _Front2D
     on_front = _non_dominated(losses[ok])
     xs = pd.to_numeric(eligible[x]).to_numpy(dtype="float64", na_value=np.nan) * _scale(x)
     ys = pd.to_numeric(eligible[y]).to_numpy(dtype="float64", na_value=np.nan) * _scale(y)
+    stopped = df.iloc[np.flatnonzero(_candidates(df, losses, include_stopped=True) & ~ok)]
     order = np.lexsort((losses[ok][on_front, 1], xs[on_front]))
     numbers = (eligible["number"].to_numpy() if "number" in eligible.columns
                else eligible.index.to_numpy())
@@ -70,6 +74,8 @@ def _front_2d(df: pd.DataFrame, x: str, y: str, dirs: Sequence[str]) -> _Front2D
         # when x is minimised (steps-post), and from the previous one when x is maximised.
         drawstyle="steps-post" if dirs[0] == "minimize" else "steps-pre",
         infeasible=_count_infeasible(df),
+        x_stopped=pd.to_numeric(stopped[x]).to_numpy(dtype="float64", na_value=np.nan) * _scale(x),
+        y_stopped=pd.to_numeric(stopped[y]).to_numpy(dtype="float64", na_value=np.nan) * _scale(y),
     )
 
 
@@ -139,6 +145,17 @@ def _new_axes(figsize: tuple[float, float] = (7.0, 4.8)) -> matplotlib.axes.Axes
     return fig.add_subplot()
 
 
+def _draw_off_front(ax: matplotlib.axes.Axes, main: _Front2D) -> None:
+    """The dominated trials, faded; those stopped early, as hollow triangles."""
+    dominated = ~main.on_front
+    if dominated.any():
+        ax.scatter(main.x_all[dominated], main.y_all[dominated], s=14, color="tab:gray",
+                   alpha=0.3, linewidths=0, label=f"dominated trials ({int(dominated.sum())})")
+    if len(main.x_stopped):  # the multi-fidelity mode's: not trained to the end, never on the front
+        ax.scatter(main.x_stopped, main.y_stopped, s=16, marker="v", facecolors="none", edgecolors="tab:gray",
+                   alpha=0.6, linewidths=0.7, label=f"stopped early, at their last rung ({len(main.x_stopped)})")
+
+
 def plot_pareto(
     df: pd.DataFrame,
     *,
@@ -157,7 +174,9 @@ def plot_pareto(
     adds its own front as a labelled step line.  The knee (see :func:`knee`) is marked when the
     front has at least three points.  A convert search's original model (``df.attrs["base"]``)
     is marked, with a dotted line at its y.  Only COMPLETE, feasible trials with finite values
-    are drawn; over-budget ones (``feasible`` False) are counted in the legend.
+    are drawn; over-budget ones (``feasible`` False) are counted in the legend; those the
+    multi-fidelity mode stopped early are drawn as hollow triangles at their last rung's
+    accuracy, apart from the front.
 
     Args:
         df: a frame from :func:`load`.
@@ -174,10 +193,7 @@ def plot_pareto(
     if ax is None:
         ax = _new_axes()
     main = data.main
-    dominated = ~main.on_front
-    if dominated.any():
-        ax.scatter(main.x_all[dominated], main.y_all[dominated], s=14, color="tab:gray",
-                   alpha=0.3, linewidths=0, label=f"dominated trials ({int(dominated.sum())})")
+    _draw_off_front(ax, main)
     if len(main.x_front):
         ax.plot(main.x_front, main.y_front, drawstyle=main.drawstyle, color="tab:blue",
                 linewidth=1.5, zorder=3)

@@ -1,10 +1,11 @@
 """The search: space files (schema, spaces), suggest(trial), samplers, the study, candidates,
-its workers and outputs."""
+its workers and outputs, and the multi-fidelity mode (MO-ASHA, :mod:`.asha`)."""
 
 from __future__ import annotations
 
+from .asha import crowding_distance, nondominated_fronts, promotes, rung_epochs
 from .schema import BLOCK_OPTIONS, LIMITS, SpaceLimits
-from .spaces import Space, list_spaces, load_space, parse_space, space_dirs
+from .spaces import Space, list_spaces, load_space, parse_space, space_dirs, with_multi_fidelity
 from .suggestion import Candidate, suggest
 from .candidates import TrialContext, build_candidate, run_candidate
 from .outputs import SearchStatus
@@ -24,15 +25,20 @@ __all__ = [
     "SpaceLimits",
     "TrialContext",
     "build_candidate",
+    "crowding_distance",
     "list_spaces",
     "load_space",
+    "nondominated_fronts",
     "normalise_storage_url",
     "open_study",
     "parse_space",
+    "promotes",
     "quiet_optuna",
     "run_candidate",
+    "rung_epochs",
     "search",
     "space_dirs",
     "storage_url_for",
     "suggest",
+    "with_multi_fidelity",
 ]

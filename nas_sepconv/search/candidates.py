@@ -26,6 +26,8 @@ from ..recipe import Recipe
 from ..measure import count_macs, count_params, measure_latency
 from ..storage import lock
 from ..train import converted_features, evaluate, fit
+from .asha import RungLadder, StopAtRung
+from .schema import candidate_epochs
 from .settings import Settings
 from .spaces import Space
 from .threads import torch_threads
@@ -236,7 +238,14 @@ def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed:
         if teacher is not None and c.feature_weight > 0 and candidate.recipe.width_mult == 1.0 and plan_of(model) is not None:
             features = converted_features(model)
 
+    device = ctx.settings.device
+    ladder = _ladder(trial, space)
+
     def report(epoch: int, val_acc: float) -> None:
+        if ladder is not None and epoch in ladder.rungs:  # the multi-fidelity mode: go on, or StopAtRung
+            if "latency_ms" in s.objectives and "latency_ms" not in metrics:  # fixed per candidate: measured once, at the first rung
+                metrics["latency_ms"] = _latency_ms(model, x, device)
+            ladder.on_epoch(epoch, val_acc, metrics)
         if trial is not None and s.mode == "scalarised":
             trial.report(_reward(val_acc, macs, space), epoch)
             if trial.should_prune():
@@ -245,7 +254,6 @@ def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed:
                 pruned.metrics = dict(metrics)  # what the trial measured, for its record (see workers._run_one)
                 raise pruned
 
-    device = ctx.settings.device
     if not feasible:
         metrics.update(accuracy=0.0, test_accuracy=0.0, epochs=0, feasible=False)
     elif candidate.kind == "convert" and space.spec.convert.finetune_epochs == 0:
@@ -256,16 +264,42 @@ def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed:
             epochs=0,
         )
     else:
-        result = fit(model, ctx.data, config=cfg, device=device, resolution=candidate.resolution, teacher=teacher,
-                     features=features, feature_weight=space.spec.convert.feature_weight if features else 0.0, on_epoch=report)
-        metrics.update(accuracy=result.val_accuracy, test_accuracy=result.test_accuracy, epochs=result.epochs)
-    if "latency_ms" in s.objectives or s.max_latency_ms is not None:
-        metrics["latency_ms"] = measure_latency(model, x.to(device), repeats=10, warmup=3, threads=1)["median_ms"]
-        if s.max_latency_ms is not None:
-            constraints["max_latency_ms"] = metrics["latency_ms"] - s.max_latency_ms
+        metrics.update(_fit(ctx, candidate, model, cfg, teacher=teacher, features=features, report=report))
+    if ladder is not None:
+        metrics.update(ladder.attrs(metrics["epochs"]))
+    if ("latency_ms" in s.objectives or s.max_latency_ms is not None) and "latency_ms" not in metrics:
+        metrics["latency_ms"] = _latency_ms(model, x, device)
+    if s.max_latency_ms is not None:
+        constraints["max_latency_ms"] = metrics["latency_ms"] - s.max_latency_ms
     metrics["constraints"] = constraints
     metrics["feasible"] = all(c <= 0 for c in constraints.values())
     metrics["wall_time_s"] = time.perf_counter() - started
     if not math.isfinite(metrics["accuracy"]):
         raise TrainingDiverged("validation accuracy is not finite")
     return model, metrics
+
+
+def _fit(ctx: TrialContext, candidate: Candidate, model: nn.Module, cfg: Any, *, teacher: nn.Module | None, features: list, report: Any) -> dict[str, Any]:
+    """Train the candidate; its accuracy, test accuracy and epochs.  A trial that the
+    multi-fidelity mode stops at a rung (:class:`~.asha.StopAtRung`) ends with that rung's
+    validation accuracy, and its test accuracy measured then."""
+    device, resolution = ctx.settings.device, candidate.resolution
+    try:
+        result = fit(model, ctx.data, config=cfg, device=device, resolution=resolution, teacher=teacher,
+                     features=features, feature_weight=ctx.settings.space.spec.convert.feature_weight if features else 0.0, on_epoch=report)
+    except StopAtRung as stop:
+        test = evaluate(model, ctx.data.test, data=ctx.data, device=device, resolution=resolution) if len(ctx.data.test) else None
+        return {"accuracy": stop.accuracy, "test_accuracy": test, "epochs": stop.epoch}
+    return {"accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy, "epochs": result.epochs}
+
+
+def _ladder(trial: Any, space: Space) -> RungLadder | None:
+    """The trial's rungs in the multi-fidelity mode (:mod:`.asha`); None otherwise."""
+    mf = space.spec.search.multi_fidelity
+    if mf is None or not isinstance(trial, optuna.trial.Trial):
+        return None
+    return RungLadder(trial, rungs=mf.rungs(candidate_epochs(space.spec)), eta=mf.eta, objectives=space.spec.search.objectives)
+
+
+def _latency_ms(model: nn.Module, x: torch.Tensor, device: str) -> float:
+    return measure_latency(model, x.to(device), repeats=10, warmup=3, threads=1)["median_ms"]

@@ -69,7 +69,8 @@ def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
             number = int(path.stem.split("_")[1])
             if number in finished and number not in keep:
                 path.unlink(missing_ok=True)
-    complete = df[(df["state"] == "COMPLETE") & df["feasible"].fillna(True)]  # over budget: accuracy 0, not a result
+    # over budget: accuracy 0, not a result; stopped early: a rung's accuracy, not the full budget's
+    complete = df[(df["state"] == "COMPLETE") & df["feasible"].fillna(True) & ~df["stopped_early"].fillna(False)]
     status.front_size = len(front)
     status.best_accuracy = float(complete["accuracy"].max()) if len(complete) else None
     return status

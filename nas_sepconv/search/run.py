@@ -42,7 +42,7 @@ from .outputs import SearchStatus, refresh_outputs
 from .processes import _check_workers, _run_workers
 from .samplers import make_sampler
 from .settings import Settings
-from .spaces import Space, load_space, with_data_root
+from .spaces import Space, load_space, with_data_root, with_multi_fidelity
 from .study import claim_session, open_study
 from .threads import choose_threads, torch_threads
 from .workers import _counts, _interruptible, _sigint_deferred, _worker_loop
@@ -67,6 +67,7 @@ def search(
     progress: Callable[[SearchStatus], None] | None = None,
     data_root: str | Path | None = None,
     threads: int | None = None,
+    multi_fidelity: "bool | dict[str, int] | None" = None,
 ) -> optuna.Study:
     """Run (or resume) a search until ``trials`` trials have finished; returns the study.
 
@@ -98,8 +99,11 @@ def search(
         threads: torch's intra-op threads in each worker process (``--threads``); default:
             :func:`~nas_sepconv.search.threads.choose_threads` (1 for small inputs such as the
             16x16 digits, else the cores divided among the workers).
+        multi_fidelity: ``--multi-fidelity`` (MO-ASHA, :mod:`~nas_sepconv.search.asha`): None
+            keeps the space's ``search.multi_fidelity``, True turns it on (min_epochs 1, eta 3
+            unless the space says), False off, or ``{"min_epochs": .., "eta": ..}``.
     """
-    loaded = load_space(space)
+    loaded = with_multi_fidelity(load_space(space), multi_fidelity)
     settings = _settings(
         loaded if data_root is None else with_data_root(loaded, data_root), trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed,
         device=device, workers=workers, out=out, retries=retries, heartbeat=heartbeat, threads=threads,
@@ -114,9 +118,6 @@ def search(
     settings.session = claim_session(the_study, settings)
     _write_meta(settings)
     update = _updater(the_study, settings, progress)
-    if progress:  # the study is open: what it holds before this run's first trial
-        counts = _counts(the_study)
-        progress(SearchStatus(target=settings.trials, done=counts["done"], failed=counts["failed"], running=counts["running"]))
     with _interruptible(), torch_threads(settings.threads if settings.workers == 1 else None):
         try:
             if settings.workers == 1:
@@ -201,7 +202,11 @@ def _write_meta(settings: Settings) -> None:
 
 
 def _updater(the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None) -> Callable[[], None]:
-    """What runs after each finished trial: rewrite the outputs, then show the progress."""
+    """What runs after each finished trial: rewrite the outputs, then show the progress.  The
+    study is open: ``progress`` is shown what it holds before this run's first trial."""
+    if progress:
+        counts = _counts(the_study)
+        progress(SearchStatus(target=settings.trials, done=counts["done"], failed=counts["failed"], running=counts["running"]))
 
     def update() -> None:
         with _sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written
@@ -211,7 +216,8 @@ def _updater(the_study: optuna.Study, settings: Settings, progress: Callable[[Se
             done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
             if done:
                 last = max(done, key=lambda t: t.number)
-                status.last = f"#{last.number} {last.state.name} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
+                state = f"stopped early at epoch {last.user_attrs.get('epochs_trained')}" if last.user_attrs.get("stopped_early") else last.state.name
+                status.last = f"#{last.number} {state} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
             if progress:
                 progress(status)
 

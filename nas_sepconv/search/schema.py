@@ -19,9 +19,10 @@ from ..errors import UserInputError
 from ..models import ARCH_ACTS, HEADS
 from ..results import OBJECTIVES
 from ..train import MAX_BATCH_SIZE, MAX_EPOCHS, TrainConfig
+from .asha import rung_epochs
 from .samplers import SAMPLERS, find_sampler
 
-__all__ = ["SpaceFile", "Range", "SpaceLimits", "LIMITS", "BLOCK_OPTIONS", "SiteGroup"]
+__all__ = ["SpaceFile", "Range", "SpaceLimits", "LIMITS", "BLOCK_OPTIONS", "SiteGroup", "MultiFidelitySection", "candidate_epochs"]
 
 BLOCK_OPTIONS = sorted({o.name for k in KINDS.values() for o in k.options})
 #: The objectives a space may list (``search.objectives``), in the table's order.
@@ -302,6 +303,38 @@ class DataSection(_Strict):
         return self
 
 
+class MultiFidelitySection(_Strict):
+    """``search.multi_fidelity``: MO-ASHA's rungs (:mod:`.asha`), at ``min_epochs · eta^k``
+    epochs below the full budget; a ``1/eta`` share of each rung's results goes on."""
+
+    min_epochs: int = Field(default=1, ge=1, le=LIMITS.epochs)
+    eta: int = Field(default=3, ge=2, le=LIMITS.epochs)
+
+    def rungs(self, budget: int) -> tuple[int, ...]:
+        """The rungs in epochs, the last one ``budget`` (see :func:`.asha.rung_epochs`)."""
+        return rung_epochs(self.min_epochs, self.eta, budget)
+
+
+def candidate_epochs(spec: "SpaceFile") -> int:
+    """The epochs a candidate of the space trains: ``train.epochs`` (build), ``convert.finetune_epochs`` (convert)."""
+    return spec.convert.finetune_epochs if spec.kind == "convert" and spec.convert is not None else spec.train.epochs
+
+
+def check_multi_fidelity(spec: "SpaceFile") -> None:
+    """The multi-fidelity mode fits the space: Pareto mode, and rungs below the full budget."""
+    mf = spec.search.multi_fidelity
+    if mf is None:
+        return
+    if spec.search.mode != "pareto":
+        raise UserInputError("search.multi_fidelity", "needs mode pareto (the scalarised mode stops candidates early with its pruner)", "remove multi_fidelity, or use mode: pareto")
+    budget = candidate_epochs(spec)
+    if mf.min_epochs >= budget:
+        where = "convert.finetune_epochs" if spec.kind == "convert" else "train.epochs"
+        raise UserInputError("search.multi_fidelity.min_epochs", f"{mf.min_epochs} is not below the {budget} epochs a candidate trains ({where})",
+                             f"give min_epochs below {budget}, or raise {where}")
+    mf.rungs(budget)
+
+
 class SearchSection(_Strict):
     trials: int = Field(default=20, ge=1)
     sampler: str = next(iter(SAMPLERS))
@@ -315,6 +348,7 @@ class SearchSection(_Strict):
     max_latency_ms: float | None = Field(default=None, gt=0)
     max_failures: int | None = Field(default=None, ge=0)
     population_size: int = Field(default=8, ge=2)
+    multi_fidelity: MultiFidelitySection | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "SearchSection":
@@ -356,5 +390,6 @@ class SpaceFile(_Strict):
             raise UserInputError("build", "missing: kind build needs a build: section")
         if self.kind == "convert" and self.convert is None:
             raise UserInputError("convert", "missing: kind convert needs a convert: section")
+        check_multi_fidelity(self)
         return self
 

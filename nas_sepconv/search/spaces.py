@@ -22,6 +22,7 @@ not searched).  Which block options are suggested for a kind is read from the ki
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,9 @@ from pydantic import ValidationError
 
 from ..data import find_dataset
 from ..errors import UserInputError
-from .schema import LIMITS, SpaceFile, _printable
+from .schema import LIMITS, MultiFidelitySection, SpaceFile, _printable, check_multi_fidelity
 
-__all__ = ["Space", "load_space", "parse_space", "list_spaces", "space_dirs", "with_data_root"]
+__all__ = ["Space", "load_space", "parse_space", "list_spaces", "space_dirs", "with_data_root", "with_multi_fidelity"]
 
 MAX_SPACE_BYTES = 1 << 20
 """The largest space file read (1 MiB): a space is a page of YAML, not data."""
@@ -260,3 +261,27 @@ def with_data_root(space: Space, root: "str | Path") -> Space:
         raise UserInputError("--data-root", f"space {space.name!r} reads data set {space.spec.data.dataset!r}, which takes no root folder", "leave --data-root out")
     data = space.spec.data.model_copy(update={"root": str(Path(root).expanduser().resolve())})
     return dataclasses.replace(space, spec=space.spec.model_copy(update={"data": data}))
+
+
+def with_multi_fidelity(space: Space, setting: "bool | Mapping[str, int] | None") -> Space:
+    """``space`` with its multi-fidelity mode (``search.multi_fidelity``) as ``setting`` says:
+    None keeps the space's; False turns it off; True turns it on (the space's rungs, else
+    ``min_epochs`` 1 and ``eta`` 3); a mapping ``{"min_epochs": .., "eta": ..}`` sets it."""
+    if setting is None:
+        return space
+    current = space.spec.search.multi_fidelity
+    if isinstance(setting, bool):
+        section = (current or MultiFidelitySection()) if setting else None
+    elif isinstance(setting, Mapping):
+        try:
+            section = MultiFidelitySection.model_validate(dict(setting))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(["search.multi_fidelity", _field_path(first["loc"])]).rstrip(".")
+            msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+            raise UserInputError(field, msg, "give {'min_epochs': an integer >= 1, 'eta': an integer >= 2}") from None
+    else:
+        raise UserInputError("multi_fidelity", f"expected True, False, None or a mapping, got {type(setting).__name__}", "pass e.g. multi_fidelity=True or {'min_epochs': 1, 'eta': 3}")
+    spec = space.spec.model_copy(update={"search": space.spec.search.model_copy(update={"multi_fidelity": section})})
+    check_multi_fidelity(spec)
+    return dataclasses.replace(space, spec=spec)

@@ -15,6 +15,7 @@ from ..storage import lock, open_storage, redact
 from .heartbeat import _RetryStale
 from .samplers import make_sampler, process_seed
 from .settings import Settings
+from .schema import candidate_epochs
 from .spaces import Space, parse_space
 
 
@@ -53,6 +54,7 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
         raise
     if [d.name.lower() for d in study.directions] != directions:
         raise UserInputError("--study", f"study {settings.study!r} exists with other objectives", "use another --study name")
+    mf = multi_fidelity_record(space)
     existing = study.user_attrs.get("space")
     recorded = study.user_attrs.get("space_yaml")
     if existing is None:  # new study; "space" is written last and marks the record complete
@@ -60,6 +62,7 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             study.set_metric_names(names)
             study.set_user_attr("space_yaml", space.text)
             study.set_user_attr("mode", space.spec.search.mode)
+            study.set_user_attr(MULTI_FIDELITY_ATTR, mf)
             study.set_user_attr("space", space.name)
         except Exception as exc:
             if isinstance(exc, OSError) or _is_storage_failure(exc):
@@ -69,7 +72,25 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
         raise UserInputError(
             "--study", f"study {settings.study!r} was made with another version of space {existing!r}", "use another --study name, or the same space file"
         )
+    elif study.user_attrs.get(MULTI_FIDELITY_ATTR) != mf:
+        was = study.user_attrs.get(MULTI_FIDELITY_ATTR)
+        raise UserInputError(
+            "--multi-fidelity", f"study {settings.study!r} was run {'with rungs ' + str(was['rungs']) if was else 'without the multi-fidelity mode'}, not {'with rungs ' + str(mf['rungs']) if mf else 'without it'}",
+            "resume it with its own setting, or use another --study name",
+        )
     return study
+
+
+#: study user attribute: the multi-fidelity setting the study was made with (None: off)
+MULTI_FIDELITY_ATTR = "multi_fidelity"
+
+
+def multi_fidelity_record(space: Space) -> dict | None:
+    """``{"min_epochs", "eta", "rungs"}`` of the space's multi-fidelity mode, None when off."""
+    mf = space.spec.search.multi_fidelity
+    if mf is None:
+        return None
+    return {"min_epochs": mf.min_epochs, "eta": mf.eta, "rungs": list(mf.rungs(candidate_epochs(space.spec)))}
 
 
 #: study system attribute: how many ``search`` calls (sessions) the study has had

@@ -100,7 +100,7 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
             trial.set_user_attr(key, value)
         for key, value in metrics["constraints"].items():  # Optuna constraints: <= 0 is feasible
             trial.set_constraint(key, value)
-        if settings.keep_weights and metrics.get("feasible", True):
+        if settings.keep_weights and metrics.get("feasible", True) and not metrics.get("stopped_early"):  # (a stopped trial is never on the front)
             _save_weights(settings, trial, model, candidate)
         values = [_reward(metrics["accuracy"], metrics["macs"], space)] if space.spec.search.mode == "scalarised" else [metrics[k] for k in space.spec.search.objectives]
         try:
