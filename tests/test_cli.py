@@ -343,3 +343,11 @@ def test_report_with_a_bad_baseline_exits_2_with_one_line(searched_and_baseline,
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --baseline: ") and words in lines[0], result.stderr
     assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_the_grid_sampler_on_a_space_it_cannot_enumerate_exits_2_before_anything_is_written(tmp_path):
+    result = runner.invoke(app, ["search", "--sampler", "grid", "--trials", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: search.sampler: grid takes one kind per stage"), result.stderr
+    assert not (tmp_path / "out").exists()
