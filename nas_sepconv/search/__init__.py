@@ -9,7 +9,7 @@ from .suggestion import Candidate, suggest
 from .candidates import TrialContext, build_candidate, run_candidate
 from .outputs import SearchStatus
 from .run import normalise_storage_url, search, storage_url_for
-from .samplers import SAMPLERS, Sampler
+from .samplers import SAMPLERS, Sampler, grid_of
 from .study import open_study
 from .workers import quiet_optuna
 
@@ -24,6 +24,7 @@ __all__ = [
     "SpaceLimits",
     "TrialContext",
     "build_candidate",
+    "grid_of",
     "list_spaces",
     "load_space",
     "normalise_storage_url",

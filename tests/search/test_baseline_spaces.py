@@ -11,7 +11,8 @@ import yaml
 
 import nas_sepconv as ns
 from nas_sepconv.models import Arch, mobilenet_v2_cifar_arch, mobilenet_v3_small_arch
-from nas_sepconv.search.samplers import SAMPLERS, grid_of, make_sampler
+from nas_sepconv.search import SAMPLERS, grid_of
+from nas_sepconv.search.samplers import make_sampler
 from nas_sepconv.search.spaces import load_space, parse_space
 from nas_sepconv.search.suggestion import suggest
 
