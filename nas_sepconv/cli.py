@@ -322,8 +322,9 @@ def report(
     storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"),
     study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="where to write CSV and PNG (default: the results directory, or results/<study>)"),
+    baseline: Optional[list[Path]] = typer.Option(None, "--baseline", metavar="DIR", help="a baseline's results directory (e.g. of a mobilenetv2_width_digits search) to compare with, repeatable: hypervolumes on one common reference, comparison.csv and .png"),
 ) -> None:
-    """Print the Pareto table; write trials.csv, pareto.csv, pareto.png."""
+    """Print the Pareto table; write trials.csv, pareto.csv, pareto.png (--baseline: comparison.csv, .png)."""
 
     def run() -> None:
         if (results_dir is None) == (storage is None):
@@ -334,8 +335,12 @@ def report(
         folder = out_dir or (results_dir if results_dir is not None else Path("results") / df.attrs["study"])
         if out_dir is None:  # the outputs go beside the study
             ensure_writable_dir(folder, "RESULTS_DIR" if results_dir is not None else "--out", fix="give --out DIR, a folder you can write to")
-        results.write_outputs(df, folder)
+        table, paths = results.write_comparison({df.attrs["study"]: df}, folder, baselines=results.load_baselines(baseline, taken=[df.attrs["study"]], field="--baseline"), field="--baseline") if baseline else (None, {})
+        results.write_outputs(df, folder)  # (after the comparison: a bad --baseline fails before anything is written)
         _print_report(df.attrs["study"], folder, df)
+        if table is not None:
+            print_frame(results.comparison_table(table), title=f"Hypervolumes on one reference point (best baseline: {table.attrs['best_baseline']})")
+            out.print("\n".join([results.reference_line(table) or "no complete trial: no reference point", *(f"wrote {p}" for p in paths.values())]))
 
     _guard(run)
 

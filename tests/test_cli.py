@@ -307,3 +307,64 @@ def test_every_option_has_help_and_a_meaningful_placeholder():
     search_help = runner.invoke(app, ["search", "--help"]).output
     for shown in ("NAME|PATH", "URL", "DIR"):
         assert shown in search_help
+
+
+# -- issue 15: report --baseline compares the front with hand-designed families -----------------
+
+
+@pytest.fixture(scope="module")
+def searched_and_baseline(tmp_path_factory):
+    """Results folders of a tiny searched space, of a tiny width family run by the grid sampler
+    (the shape of the bundled baselines), and of a space with one more objective."""
+    import yaml
+
+    from conftest import FAST_SPACE
+
+    root = tmp_path_factory.mktemp("baselines")
+    family = dict(FAST_SPACE, name="tinyfamily", description="Baseline - a width family", search={"trials": 2, "sampler": "grid"})
+    family["build"] = dict(FAST_SPACE["build"], stages=[dict(FAST_SPACE["build"]["stages"][0], kind="inverted_residual")])
+    params = dict(FAST_SPACE, name="tinyparams", search={"trials": 1, "sampler": "random", "objectives": ["accuracy", "macs", "params"]})
+    for space in (FAST_SPACE, family, params):
+        path = root / f"{space['name']}.yaml"
+        path.write_text(yaml.safe_dump(space))
+        ns.search(str(path), out=root / "results", heartbeat=0, threads=1)
+    return {name: root / "results" / name for name in ("tiny", "tinyfamily", "tinyparams")}
+
+
+def test_report_with_baselines_prints_the_hypervolumes_and_writes_the_comparison(searched_and_baseline):
+    folders = searched_and_baseline
+    assert sorted(pd.read_csv(folders["tinyfamily"] / "trials.csv")["width_mult"]) == [0.5, 1.0]  # the grid: each once
+    result = runner.invoke(app, ["report", str(folders["tiny"]), "--baseline", str(folders["tinyfamily"]),
+                                 "--baseline", str(folders["tinyfamily"])])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Pareto front of tiny" in out and "Hypervolumes on one reference point (best baseline: tinyfamily)" in out
+    assert "searched" in out and "baseline" in out and f"tinyfamily ({folders['tinyfamily']})" in out.replace("\n", "")
+    assert "reference point: accuracy" in out and "x best baseline" in out
+    assert f"wrote {folders['tiny'] / 'comparison.csv'}" in out and f"wrote {folders['tiny'] / 'comparison.png'}" in out
+    table = pd.read_csv(folders["tiny"] / "comparison.csv")
+    assert table["name"].tolist()[:2] == ["tiny", "tinyfamily"] and table["baseline"].tolist() == [False, True, True]
+    assert table["hypervolume_ratio"].tolist()[1] == pytest.approx(1.0)
+    expected = ns.results.compare({"tiny": ns.results.load(folders["tiny"])}, baselines={"tinyfamily": ns.results.load(folders["tinyfamily"])})
+    assert table["hypervolume_ratio"].iloc[0] == pytest.approx(expected["hypervolume_ratio"].iloc[0])
+    assert (folders["tiny"] / "comparison.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("which, words", [("empty", "is not a results folder"), ("tinyparams", "searched ['accuracy', 'macs', 'params']")])
+def test_report_with_a_bad_baseline_exits_2_with_one_line(searched_and_baseline, tmp_path, which, words):
+    folders = dict(searched_and_baseline, empty=tmp_path / "empty")
+    folders["empty"].mkdir()
+    out = tmp_path / "rep"
+    result = runner.invoke(app, ["report", str(folders["tiny"]), "--baseline", str(folders[which]), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --baseline: ") and words in lines[0], result.stderr
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_the_grid_sampler_on_a_space_it_cannot_enumerate_exits_2_before_anything_is_written(tmp_path):
+    result = runner.invoke(app, ["search", "--sampler", "grid", "--trials", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: search.sampler: grid takes one kind per stage"), result.stderr
+    assert not (tmp_path / "out").exists()

@@ -7,8 +7,8 @@ from .comparison import compare
 from .frame import STATES, load
 from .front import hypervolume, knee, pareto_front
 from .objectives import KNOWN_DIRECTIONS, LOG_SCALE_COLUMNS, OBJECTIVES, Objective, objective
-from .outputs import base_line, pareto_table, write_outputs
-from .plot import plot_pareto
+from .outputs import base_line, comparison_table, load_baselines, pareto_table, reference_line, write_comparison, write_outputs
+from .plot import plot_fronts, plot_pareto
 
 __all__ = [
     "KNOWN_DIRECTIONS",
@@ -18,12 +18,17 @@ __all__ = [
     "STATES",
     "base_line",
     "compare",
+    "comparison_table",
     "hypervolume",
     "knee",
     "load",
+    "load_baselines",
     "objective",
     "pareto_front",
     "pareto_table",
+    "plot_fronts",
     "plot_pareto",
+    "reference_line",
+    "write_comparison",
     "write_outputs",
 ]

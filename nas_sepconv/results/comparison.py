@@ -1,5 +1,6 @@
 """Several studies side by side: one summary row per study (front size, best values,
-hypervolume on a common reference, knee)."""
+hypervolume on a common reference, knee), and each one's hypervolume over the best baseline's
+(hand-designed families such as MobileNet's width multipliers, run like a search)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ __all__ = ["compare"]
 def compare(
     studies: Mapping[str, pd.DataFrame],
     *,
+    baselines: Mapping[str, pd.DataFrame] | None = None,
     objectives: Sequence[str] = ("accuracy", "macs"),
     reference: Mapping[str, float] | Sequence[float] | None = None,
     directions: Sequence[str] | None = None,
@@ -39,10 +41,28 @@ def compare(
     objective, the worst value over every study's COMPLETE rows (in that log space), pushed
     out by 1% of the objective's range over those rows (1% of its magnitude when the range is
     zero).  A given ``reference`` is in the columns' own units (MACs, not log10 MACs).
+
+    ``baselines`` (name -> frame, e.g. the ``mobilenetv2_width_digits`` study) adds one row per
+    baseline after the studies', and the reference then covers them too.  Two more columns:
+    ``baseline`` (True on their rows) and ``hypervolume_ratio``, each row's hypervolume over the
+    best baseline's (NaN without baselines; inf where the best baseline's is 0); the best
+    baseline's name is ``attrs["best_baseline"]``.
+
+    Raises:
+        UserInputError: no study, a name given twice, a frame without the objectives' columns,
+            or frames of studies that searched different objectives (``attrs["objectives"]``).
     """
     if not isinstance(studies, Mapping) or not studies:
         raise UserInputError("studies", "expected a non-empty mapping name -> DataFrame",
                              "pass e.g. {'nsga2': df1, 'random': df2}")
+    baselines = dict(baselines or {})
+    clash = sorted(set(studies) & set(baselines))
+    if clash:
+        raise UserInputError("baselines", f"{clash} named as both a study and a baseline",
+                             "give each frame its own name")
+    _same_objectives({**studies, **baselines}, set(baselines))
+    searched = list(studies)
+    studies = {**studies, **baselines}
     first = next(iter(studies.values()))
     dirs = _directions(first, objectives, directions)
     logged = [o for o in objectives if o in log_scale]
@@ -64,9 +84,37 @@ def compare(
         row.update(_knee_columns(df, objectives, dirs, log_scale))
         rows.append(row)
     out = _typed_summary(pd.DataFrame(rows), first, objectives)
+    out["baseline"] = [name not in searched for name in studies]
+    out["hypervolume_ratio"], best = _ratios(out, hv_column)
     out.attrs["reference"] = None if ref_values is None else dict(zip(objectives, ref_values))
     out.attrs["log_scale"] = logged
+    out.attrs["hypervolume_column"] = hv_column
+    out.attrs["best_baseline"] = best
     return out
+
+
+def _same_objectives(frames: Mapping[str, pd.DataFrame], baselines: set[str]) -> None:
+    """Frames loaded from studies (``attrs["objectives"]``) searched the same objectives."""
+    known = {name: list(df.attrs["objectives"]) for name, df in frames.items()
+             if isinstance(df, pd.DataFrame) and df.attrs.get("objectives")}
+    items = list(known.items())
+    for name, searched in items[1:]:
+        if searched != items[0][1]:
+            raise UserInputError("baselines" if name in baselines else "studies", f"study {name!r} searched {searched}, but {items[0][0]!r} searched {items[0][1]}",
+                                 "compare studies of the same objectives")
+
+
+def _ratios(out: pd.DataFrame, hv_column: str) -> tuple[list[float], str | None]:
+    """Each row's hypervolume over the best baseline row's, and that baseline's name."""
+    base = out[out["baseline"]]
+    if base.empty:
+        return [math.nan] * len(out), None
+    i = int(np.argmax(base[hv_column].to_numpy(dtype="float64")))
+    best_name, best = str(base["name"].iloc[i]), float(base[hv_column].iloc[i])
+    ratios = []
+    for hv in out[hv_column].to_numpy(dtype="float64"):
+        ratios.append(hv / best if best > 0 else (math.inf if hv > 0 else math.nan))
+    return ratios, best_name
 
 
 def _log_transformed(studies: Mapping[str, pd.DataFrame], objectives: Sequence[str], dirs: list[str],

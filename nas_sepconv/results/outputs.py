@@ -1,5 +1,6 @@
-"""What a finished search leaves on disk (``trials.csv``, ``pareto.csv``, ``pareto.png``) and the
-front as a table for display (the CLI's ``report``)."""
+"""What a finished search leaves on disk (``trials.csv``, ``pareto.csv``, ``pareto.png``), the
+front as a table for display (the CLI's ``report``), and the comparison with baselines
+(``comparison.csv``, ``comparison.png``; ``report --baseline``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import pandas as pd
 
 from ..errors import UserInputError
 from ..files import atomic_write
-from .frame import _FIXED
+from .comparison import compare
+from .frame import _FIXED, load
 from .front import pareto_front
 from .objectives import KNOWN_DIRECTIONS
-from .plot import plot_pareto
+from .plot import plot_fronts, plot_pareto
 
-__all__ = ["write_outputs", "pareto_table", "base_line"]
+__all__ = ["load_baselines", "write_outputs", "write_comparison", "pareto_table", "comparison_table", "base_line", "reference_line"]
 
 
 def _param_columns(df: pd.DataFrame) -> list[str]:
@@ -71,6 +73,71 @@ def write_outputs(
     return paths
 
 
+def load_baselines(folders: Sequence[str | Path], *, taken: Sequence[str] = (),
+                   field: str = "baselines") -> dict[str, pd.DataFrame]:
+    """The frames (:func:`load`) of baselines' results folders, by study name; a name already
+    in ``taken`` or given twice gets its folder appended (``"default (results/seed1/default)"``).
+
+    Raises:
+        UserInputError: naming ``field`` (the CLI: ``--baseline``) and the folder, when it is
+            no results folder.
+    """
+    frames: dict[str, pd.DataFrame] = {}
+    for folder in folders:
+        fix = "give the results directory of a search (results/<study>)"
+        if not Path(folder).is_dir():
+            raise UserInputError(field, f"{folder} is not a folder", fix)
+        try:
+            frame = load(folder)
+        except UserInputError as exc:
+            raise UserInputError(field, f"{folder} is not a results folder ({exc.field}: {exc.problem})", fix) from exc
+        name = str(frame.attrs["study"])
+        frames[name if name not in frames and name not in taken else f"{name} ({folder})"] = frame
+    return frames
+
+
+def write_comparison(
+    studies: Mapping[str, pd.DataFrame],
+    out_dir: str | Path,
+    *,
+    baselines: Mapping[str, pd.DataFrame],
+    objectives: Sequence[str] = ("accuracy", "macs"),
+    field: str = "baselines",
+) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """Compare searched studies with baselines and write ``comparison.csv`` and
+    ``comparison.png`` into ``out_dir`` (atomically, as :func:`write_outputs`).
+
+    The table is :func:`compare` ``(studies, baselines=baselines)``: hypervolumes on one
+    reference point computed from every study and baseline together, and each one's ratio to
+    the best baseline's; the CSV adds the reference in the columns' own units
+    (``reference_<objective>``).  The plot is :func:`plot_fronts` of the first two objectives.
+    Nothing is written when the comparison fails (baselines of other objectives: an error
+    naming ``field``, the CLI's ``--baseline``).
+
+    Returns:
+        The table, and ``{"comparison": path, "plot": path}``.
+    """
+    try:
+        table = compare(studies, baselines=baselines, objectives=objectives)
+    except UserInputError as exc:
+        raise (UserInputError(field, exc.problem, exc.fix) if exc.field == "baselines" else exc) from None
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError("out_dir", f"cannot create {str(out)!r} ({exc})",
+                             "choose a writable directory") from exc
+    written = table.copy()
+    for o, value in (table.attrs["reference"] or {}).items():
+        written[f"reference_{o}"] = 10.0 ** value if o in table.attrs["log_scale"] else value
+    paths = {"comparison": out / "comparison.csv", "plot": out / "comparison.png"}
+    atomic_write(paths["comparison"], lambda fh: written.to_csv(fh, index=False), binary=False)
+    x, y = objectives[1], objectives[0]
+    ax = plot_fronts(studies, baselines=baselines, x=x, y=y, title=f"{', '.join(studies)} against {', '.join(baselines)}")
+    atomic_write(paths["plot"], lambda fh: ax.figure.savefig(fh, format="png", dpi=120), binary=True)
+    return table, paths
+
+
 def pareto_table(
     df: pd.DataFrame,
     *,
@@ -116,3 +183,43 @@ def base_line(df: pd.DataFrame) -> str | None:
     params = f", params {base['params'] / 1e6:.3f} M" if base.get("params") is not None else ""
     model = f" ({base['model']})" if base.get("model") else ""
     return f"original model: accuracy {100 * base['accuracy']:.2f}%{test}, MACs {base['macs'] / 1e6:.2f} M{params}{model}"
+
+
+def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`compare` table formatted for display (the CLI's ``report --baseline``).
+
+    Columns: ``study``, ``role`` (``searched`` / ``baseline``), ``complete``, ``front``,
+    ``best accuracy %``, ``min MACs (M)``, ``hypervolume (accuracy x log10 macs)`` (the axes
+    it is computed in), ``x best baseline`` (the ratio to the best baseline's hypervolume).
+    """
+    hv = table.attrs.get("hypervolume_column", "hypervolume_logmacs")
+    shown = pd.DataFrame({
+        "study": table["name"].to_numpy(),
+        "role": np.where(table["baseline"].to_numpy(dtype=bool), "baseline", "searched"),
+        "complete": table["n_complete"].to_numpy(),
+        "front": table["front_size"].to_numpy(),
+    })
+    if "best_accuracy" in table.columns:
+        shown["best accuracy %"] = np.round(100 * pd.to_numeric(table["best_accuracy"]).to_numpy(dtype="float64", na_value=np.nan), 2)
+    if "min_macs" in table.columns:
+        shown["min MACs (M)"] = np.round(pd.to_numeric(table["min_macs"]).to_numpy(dtype="float64", na_value=np.nan) / 1e6, 3)
+    logged = table.attrs.get("log_scale") or []
+    axes = " x ".join(f"log10 {o}" if o in logged else o for o in (table.attrs.get("reference") or {}))
+    shown[f"hypervolume ({axes})" if axes else hv] = table[hv].to_numpy(dtype="float64")
+    shown["x best baseline"] = table["hypervolume_ratio"].to_numpy(dtype="float64")
+    return shown
+
+
+def reference_line(table: pd.DataFrame) -> str | None:
+    """``reference point: accuracy X%, MACs Y M (...)``: the common reference of a
+    :func:`compare` table, in the columns' units; None when no study has a complete trial."""
+    reference = table.attrs.get("reference")
+    if not reference:
+        return None
+    logged = table.attrs.get("log_scale") or []
+    parts = []
+    for name, value in reference.items():
+        value = 10.0 ** value if name in logged else value
+        parts.append(f"accuracy {100 * value:.2f}%" if name == "accuracy"
+                     else f"MACs {value / 1e6:.3f} M" if name == "macs" else f"{name} {value:.4g}")
+    return f"reference point: {', '.join(parts)} (per objective the worst value of every study's trials, pushed out by 1% of the range)"

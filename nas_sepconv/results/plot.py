@@ -18,7 +18,9 @@ from .objectives import _AXIS_LABELS, _PERCENT_COLUMNS, LOG_SCALE_COLUMNS
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import matplotlib.axes
 
-__all__ = ["plot_pareto"]
+__all__ = ["plot_fronts", "plot_pareto"]
+
+_COLOURS = ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
 @dataclass(frozen=True)
@@ -202,10 +204,8 @@ def plot_pareto(
     if main.infeasible:  # not trained (accuracy 0): left out, but said so
         ax.plot([], [], linestyle="none", marker="x", color="tab:red",
                 label=f"over budget, not shown ({main.infeasible})")
-    colours = ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-               "tab:olive", "tab:cyan"]
     for i, (name, base) in enumerate(data.baselines.items()):
-        colour = colours[i % len(colours)]
+        colour = _COLOURS[i % len(_COLOURS)]
         if len(base.x_front):
             ax.plot(base.x_front, base.y_front, drawstyle=base.drawstyle, color=colour,
                     linewidth=1.2, linestyle="--", marker="o", markersize=4, zorder=2,
@@ -229,6 +229,71 @@ def plot_pareto(
     ax.set_xlabel(data.x_label)
     ax.set_ylabel(data.y_label)
     title = title if title is not None else df.attrs.get("study")
+    if title:
+        ax.set_title(str(title))
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8, frameon=True)
+    return ax
+
+
+def plot_fronts(
+    studies: Mapping[str, pd.DataFrame],
+    *,
+    baselines: Mapping[str, pd.DataFrame] | None = None,
+    ax: matplotlib.axes.Axes | None = None,
+    x: str = "macs",
+    y: str = "accuracy",
+    title: str | None = None,
+) -> matplotlib.axes.Axes:
+    """The Pareto fronts of several studies on one plot, one colour and label per study.
+
+    Each study (name -> frame, e.g. a searched space) is drawn as its trials, faded, and its
+    front as a solid step line; each baseline (e.g. the ``mobilenetv2_width_digits`` study, a
+    hand-designed family run like a search) as a dashed step line through its front.  Axes as
+    in :func:`plot_pareto` (MACs on a log axis, accuracies in %); only COMPLETE, feasible trials
+    with finite values are drawn.  :func:`compare` gives the same studies' hypervolumes.
+
+    Returns:
+        The Axes (``ax.figure.savefig(...)`` to write it).
+    """
+    if not isinstance(studies, Mapping) or not studies:
+        raise UserInputError("studies", "expected a non-empty mapping name -> DataFrame",
+                             "pass e.g. {'default': df1}")
+    frames = {**dict(studies), **dict(baselines or {})}
+    for name, df in frames.items():
+        missing = [c for c in (x, y) if not isinstance(df, pd.DataFrame) or c not in df.columns]
+        if missing:
+            raise UserInputError("baselines" if name not in studies else "studies",
+                                 f"{name!r} lacks column(s) {missing}", f"give frames with {x!r} and {y!r} columns")
+    dirs = _directions(next(iter(frames.values())), (x, y), None)
+    fronts = {name: _front_2d(df, x, y, dirs) for name, df in frames.items()}
+    if ax is None:
+        ax = _new_axes()
+    for i, (name, front) in enumerate(fronts.items()):
+        colour = "tab:blue" if i == 0 else _COLOURS[(i - 1) % len(_COLOURS)]
+        searched = name in studies
+        if searched and len(front.x_all):
+            ax.scatter(front.x_all[~front.on_front], front.y_all[~front.on_front], s=12, color=colour,
+                       alpha=0.25, linewidths=0)
+        if len(front.x_front):
+            ax.plot(front.x_front, front.y_front, drawstyle=front.drawstyle, color=colour,
+                    linewidth=1.5 if searched else 1.2, linestyle="-" if searched else "--",
+                    marker="o", markersize=5 if searched else 4, zorder=3 if searched else 2,
+                    label=f"{name} ({len(front.x_front)} on the front)")
+    every_x = np.concatenate([f.x_all for f in fronts.values()])
+    every_y = np.concatenate([f.y_all for f in fronts.values()])
+    if not len(every_x):
+        ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center",
+                transform=ax.transAxes, color="tab:gray")
+    x_log = x in LOG_SCALE_COLUMNS and len(every_x) > 0 and bool((every_x > 0).all())
+    y_log = y in LOG_SCALE_COLUMNS and len(every_y) > 0 and bool((every_y > 0).all())
+    if x_log:
+        ax.set_xscale("log")
+    if y_log:
+        ax.set_yscale("log")
+    ax.set_xlabel(_axis_label(x, x_log))
+    ax.set_ylabel(_axis_label(y, y_log))
     if title:
         ax.set_title(str(title))
     ax.grid(True, which="major", alpha=0.3)

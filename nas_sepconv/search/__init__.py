@@ -10,7 +10,7 @@ from .suggestion import Candidate, suggest
 from .candidates import TrialContext, build_candidate, run_candidate
 from .outputs import SearchStatus
 from .run import normalise_storage_url, search, storage_url_for
-from .samplers import SAMPLERS, Sampler
+from .samplers import SAMPLERS, Sampler, grid_of
 from .study import open_study
 from .workers import quiet_optuna
 
@@ -26,6 +26,7 @@ __all__ = [
     "TrialContext",
     "build_candidate",
     "crowding_distance",
+    "grid_of",
     "list_spaces",
     "load_space",
     "nondominated_fronts",

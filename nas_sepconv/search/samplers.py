@@ -1,7 +1,11 @@
 """The Optuna samplers a search can use: one table (:data:`SAMPLERS`), read by the space
 schema (``search.sampler``), by :func:`~nas_sepconv.search.search` (``--sampler``) and by the
 CLI's help.  Every sampler is seeded; hard budgets reach it as trial constraints
-(``Trial.set_constraint``)."""
+(``Trial.set_constraint``).
+
+``grid`` enumerates a space whose every searched choice is a list (a hand-designed family such
+as MobileNet's width multipliers): each point once, in the same order in every process, so that
+workers, resumed runs and seeds share one grid."""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 
+from ..blocks import BlockSpec
 from ..errors import UserInputError
 
-__all__ = ["SAMPLERS", "Sampler", "find_sampler", "make_sampler", "process_seed"]
+__all__ = ["SAMPLERS", "Sampler", "find_sampler", "grid_of", "make_sampler", "process_seed"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,62 @@ def _startup_trials(space: Any) -> int:
     return min(10, max(2, space.spec.search.trials // 3))
 
 
+def _grid_values(name: str, choice: Any) -> list[Any]:
+    """The values of one choice of a grid: a list, or one fixed value; a range is refused."""
+    if isinstance(choice, list):
+        return list(choice)
+    if choice is None or isinstance(choice, (bool, int, float, str)):
+        return [choice]
+    raise UserInputError("search.sampler", f"grid enumerates lists of values, and {name} is a range",
+                         f"give {name} as a list, or use another sampler")
+
+
+def grid_of(space: Any) -> dict[str, list[Any]]:
+    """The searched parameters of a build space and their values: what the ``grid`` sampler
+    enumerates (every parameter with more than one value; the names :func:`suggest` gives).
+
+    Refused (:class:`UserInputError` naming ``search.sampler``): a convert space, a range, a
+    stage with several kinds (the options a kind takes would be conditional parameters)."""
+    spec = space.spec
+    if spec.kind != "build":
+        raise UserInputError("search.sampler", "grid enumerates build spaces only", "use another sampler for a convert space")
+    b = spec.build
+    grid: dict[str, list[Any]] = {}
+    for i, stage in enumerate(b.stages):
+        kinds = _grid_values(f"stages[{i}].kind", stage.kind)
+        if len(kinds) > 1:
+            raise UserInputError("search.sampler", f"grid takes one kind per stage, and stage {i} has {kinds}",
+                                 "fix one kind per stage, or use another sampler")
+        options = stage.options()
+        for opt in BlockSpec(str(kinds[0])).info.options:  # the options suggest() asks for this kind
+            if opt.name in options:
+                grid[f"stage{i}.{opt.name}"] = _grid_values(f"stages[{i}].{opt.name}", options[opt.name])
+    for name in ("width_mult", "depth_mult", "resolution_mult", "act"):
+        grid[name] = _grid_values(name, getattr(b, name))
+    return {name: values for name, values in grid.items() if len(values) > 1}
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, without its ``study.stop()`` after the last point: the search
+    counts its trials itself, and ``stop`` outside ``Study.optimize`` raises."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        pass
+
+
+def _make_grid(seed: int, space: Any) -> optuna.samplers.BaseSampler:
+    """Every point of :func:`grid_of` once.  The points are numbered alike in every process
+    (Optuna shuffles them with the sampler's seed: a fixed one here); trial ``n`` of the study
+    takes point ``n`` (a failed trial's point is not retried).  The seed still changes each
+    trial's training (seed + trial number)."""
+    grid = grid_of(space)
+    points = int(np.prod([len(v) for v in grid.values()]))
+    if space.spec.search.trials > points:
+        raise UserInputError("search.trials", f"{space.spec.search.trials} trials, but the grid has {points} points",
+                             f"give trials: {points} (each point once)")
+    return _GridSampler(grid, seed=0)
+
+
 #: The samplers, by name (the first is the default of a pareto-mode space).
 SAMPLERS: dict[str, Sampler] = {
     s.name: s
@@ -52,6 +113,8 @@ SAMPLERS: dict[str, Sampler] = {
                 lambda seed, space: optuna.samplers.GPSampler(seed=seed, n_startup_trials=_startup_trials(space)),
                 ("trials",)),
         Sampler("random", "uniform random sampling", lambda seed, space: optuna.samplers.RandomSampler(seed=seed)),
+        Sampler("grid", "every point of a space whose choices are all lists, once each (a hand-designed family, e.g. MobileNet's width multipliers)",
+                _make_grid, ("trials",)),
     )
 }
 

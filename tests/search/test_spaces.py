@@ -11,7 +11,10 @@ from nas_sepconv.io import build_from_recipe
 from nas_sepconv.search.spaces import list_spaces, load_space, parse_space
 from nas_sepconv.search.suggestion import suggest
 
-BUNDLED = ["default", "digits_convert", "mobilenetv3_cifar10", "resnet18_convert_cifar10", "mobilenetv2_width_cifar10"]
+BUNDLED = [
+    "default", "digits_convert", "mobilenetv3_cifar10", "resnet18_convert_cifar10", "mobilenetv2_width_cifar10",
+    "mobilenetv2_width_digits", "mobilenetv3small_width_digits", "mobilenetv3small_width_cifar10",
+]
 
 
 def test_bundled_spaces_are_listed_and_valid():

@@ -1,0 +1,335 @@
+"""The searched front against the hand-designed width families (issue 15, deliverable 3).
+
+    python benchmarks/fronts.py digits [--seeds 0 1 2] [--out results/fronts/digits]
+    python benchmarks/fronts.py cifar10 --data-root PATH [--seeds 0 1 2] [--out results/fronts/cifar10]
+    python benchmarks/fronts.py cifar10-full --data-root PATH --device cuda [--out results/fronts/cifar10_cuda]
+
+For each seed, runs the searched space and each baseline family (bundled spaces: every alpha
+of the family once, by the grid sampler) with the same data, training recipe and seed, into
+``OUT/seed<N>/<study>/`` (the usual results folder: ``trials.csv``, ``pareto.csv``,
+``pareto.png``; the trained weights are deleted, ``nas-sepconv export`` re-trains a trial), and
+``OUT/seed<N>/comparison.csv|png`` (what ``nas-sepconv report OUT/seed<N>/<searched>
+--baseline ...`` prints and writes).  Then ``OUT/fronts.csv`` (one row per seed and study),
+``OUT/fronts.md`` (the table, the hypervolume of the searched front over the best baseline's
+per seed, mean +- std, the goal), ``OUT/fronts.png`` (every front, one panel per seed) and
+``OUT/hv_by_epochs.csv`` (the searched front's hypervolume after each trial against the
+training epochs spent so far: the curve the multi-fidelity mode is compared on).
+
+Hypervolumes are in accuracy x log10(MACs) (``ns.results.compare``) on ONE reference point
+computed from every trial of every study and seed together.  The configurations (which
+spaces, what is overridden, identically for all of them) are :data:`CONFIGS`; an overridden
+space is written to ``OUT/spaces/<name>.yaml`` and run from there.  Running the command again
+resumes (a finished study is left as it is).
+
+``--multi-fidelity`` is the hook for the multi-fidelity search mode (built apart): it adds its
+run of the searched space and its hypervolume-against-epochs curve; see
+:func:`multi_fidelity_search`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+GOAL = 1.05  # the searched front's hypervolume over the best baseline's, in every seed
+
+
+@dataclass(frozen=True)
+class Config:
+    """One comparison: the searched space, the baseline families, what is overridden in all of
+    them (a deep merge into each space file), and where it runs."""
+
+    searched: str
+    baselines: tuple[str, ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    workers: int = 1  # local worker processes of each search
+    note: str = ""
+    #: a stricter reference accuracy (MACs as the common reference): the ratio counting only
+    #: candidates at least this accurate (``ratio_floor``); None: not computed
+    floor: float | None = None
+
+
+CONFIGS: dict[str, Config] = {
+    "digits": Config(
+        "default", ("mobilenetv2_width_digits", "mobilenetv3small_width_digits"),
+        note="the bundled spaces as they are (24 trials of the default space; 6 + 5 alphas), 1 thread", floor=0.9,
+    ),
+    "cifar10": Config(
+        "mobilenetv3_cifar10", ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
+        overrides={"data": {"subset": 10000, "image_size": 16}, "train": {"epochs": 5}}, workers=2,
+        note="CPU-sized: 10,000 training images (9,000 train + 1,000 validation) at 16x16, 5 epochs, for every space alike, "
+             "2 worker processes; one seed (40 + 6 + 5 trials) estimated at about an hour on 2 cores",
+    ),
+    "cifar10-full": Config(
+        "mobilenetv3_cifar10", ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
+        device="cuda", note="the bundled spaces as they are (32x32, 50,000 images, 15 epochs), for a GPU",
+    ),
+}
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, mapping by mapping."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else copy.deepcopy(value)
+    return out
+
+
+def space_files(config: Config, out: Path, overrides: dict[str, Any]) -> dict[str, str]:
+    """name -> what ``ns.search`` runs: the bundled name, or the overridden copy in ``out/spaces``."""
+    from nas_sepconv.search import load_space
+
+    changes = merged(config.overrides, overrides)
+    found = {}
+    for name in (config.searched, *config.baselines):
+        if not changes:
+            found[name] = name
+            continue
+        data = merged(yaml.safe_load(load_space(name).text), changes)
+        path = out / "spaces" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        found[name] = str(path)
+    return found
+
+
+def multi_fidelity_search(space: str, *, seed: int, out: Path, **kwargs: Any) -> Any:
+    """The hook for the multi-fidelity mode (issue 15, deliverable 2, built apart): run the
+    searched space with it into ``out`` and return the study.  Until that mode is in this
+    checkout, ``--multi-fidelity`` stops here."""
+    raise SystemExit("--multi-fidelity: the multi-fidelity search mode is not in this checkout yet; "
+                     "wire its ns.search(...) call into benchmarks/fronts.py:multi_fidelity_search")
+
+
+def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, threads: int | None,
+             data_root: str | None, multi_fidelity: bool, log: Any = print) -> dict[str, dict[str, Any]]:
+    """Every study of one seed (run, or resumed: a finished one is left as it is): name ->
+    {"folder", "role"}."""
+    import nas_sepconv as ns
+
+    runs: dict[str, dict[str, Any]] = {}
+    for name, space in spaces.items():
+        start = time.perf_counter()
+        ns.search(space, seed=seed, out=out, device=config.device, workers=config.workers, threads=threads,
+                  data_root=data_root, heartbeat=0 if config.workers == 1 else 10)
+        shutil.rmtree(out / name / "weights", ignore_errors=True)
+        runs[name] = {"folder": out / name, "role": "searched" if name == config.searched else "baseline"}
+        log(f"seed {seed}: {name} done in {(time.perf_counter() - start) / 60:.1f} min")
+    if multi_fidelity:
+        name = f"{config.searched}_multifidelity"
+        multi_fidelity_search(spaces[config.searched], seed=seed, out=out, study=name, device=config.device,
+                              threads=threads, data_root=data_root)
+        runs[name] = {"folder": out / name, "role": "searched (multi-fidelity)"}
+    return runs
+
+
+def _epochs(df: pd.DataFrame) -> pd.Series:
+    """Training epochs each trial spent (0 where unknown)."""
+    if "epochs" not in df.columns:
+        return pd.Series(0, index=df.index)
+    return pd.to_numeric(df["epochs"], errors="coerce").fillna(0)
+
+
+def reference_of(frames: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """The one reference point (accuracy, MACs in MACs) of every frame together."""
+    import nas_sepconv as ns
+
+    table = ns.results.compare(frames)
+    logged = table.attrs["log_scale"]
+    return {o: 10.0 ** v if o in logged else v for o, v in table.attrs["reference"].items()}
+
+
+def seed_rows(seed: int, runs: dict[str, dict[str, Any]], frames: dict[str, pd.DataFrame],
+              reference: dict[str, float], floor: float | None = None) -> list[dict[str, Any]]:
+    """One row per study of a seed: its front, hypervolume on the common reference, ratio (and
+    on the seed's own reference; and with the reference accuracy raised to ``floor``)."""
+    import nas_sepconv as ns
+
+    searched = {n: frames[n] for n in runs if runs[n]["role"] != "baseline"}
+    baselines = {n: frames[n] for n in runs if runs[n]["role"] == "baseline"}
+    table = ns.results.compare(searched, baselines=baselines, reference=reference).set_index("name")
+    own = ns.results.compare(searched, baselines=baselines).set_index("name")  # what `report --baseline` prints
+    strict = (ns.results.compare(searched, baselines=baselines, reference={**reference, "accuracy": floor}).set_index("name")
+              if floor is not None else None)
+    rows = []
+    for name, run in runs.items():
+        df, row = frames[name], table.loc[name]
+        rows.append({
+            "seed": seed, "study": name, "role": run["role"], "complete": int(row["n_complete"]),
+            "front": int(row["front_size"]), "best_accuracy": float(row["best_accuracy"]),
+            "min_macs": int(row["min_macs"]), "hypervolume": float(row["hypervolume_logmacs"]),
+            "ratio": float(row["hypervolume_ratio"]), "ratio_seed_reference": float(own.loc[name, "hypervolume_ratio"]),
+            "ratio_floor": float(strict.loc[name, "hypervolume_ratio"]) if strict is not None else math.nan,
+            "best_baseline": table.attrs["best_baseline"], "epochs_spent": int(_epochs(df).sum()),
+            "trials_min": round(float(pd.to_numeric(df["duration_s"], errors="coerce").sum()) / 60, 2),
+        })
+    return rows
+
+
+def hv_by_epochs(seed: int, name: str, df: pd.DataFrame, reference: dict[str, float]) -> pd.DataFrame:
+    """The study's hypervolume (common reference) after each finished trial, in trial order,
+    against the training epochs spent so far."""
+    import nas_sepconv as ns
+
+    df = df.sort_values("number")
+    finished = df[df["state"].astype(str).isin(["COMPLETE", "PRUNED"])]
+    epochs = _epochs(finished).cumsum()
+    rows = []
+    for k in range(1, len(finished) + 1):
+        part = finished.iloc[:k]
+        hv = float(ns.results.compare({name: part}, reference=reference)["hypervolume_logmacs"].iloc[0])
+        rows.append({"seed": seed, "study": name, "trials": k, "epochs_spent": int(epochs.iloc[k - 1]), "hypervolume": hv})
+    return pd.DataFrame(rows)
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per study: hypervolume and ratio, mean +- std over the seeds; the smallest ratio."""
+    rows = []
+    for (study, role), part in table.groupby(["study", "role"], sort=False):
+        hv, ratio = part["hypervolume"], part["ratio"]
+        rows.append({
+            "study": study, "role": role, "seeds": len(part),
+            "hypervolume": f"{hv.mean():.4f} +- {hv.std(ddof=1) if len(part) > 1 else 0:.4f}",
+            "ratio to best baseline": f"{ratio.mean():.3f} +- {ratio.std(ddof=1) if len(part) > 1 else 0:.3f}",
+            "min ratio": round(float(ratio.min()), 3),
+            "ratio_floor": f"{part['ratio_floor'].mean():.3f} +- {part['ratio_floor'].std(ddof=1) if len(part) > 1 else 0:.3f}",
+            "best accuracy %": f"{100 * part['best_accuracy'].mean():.2f}",
+            "min MACs (M)": f"{part['min_macs'].mean() / 1e6:.3f}",
+            "epochs spent": int(part["epochs_spent"].mean()),
+        })
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4g}"
+    return str(v)
+
+
+def plot_all(frames_by_seed: dict[int, dict[str, pd.DataFrame]], roles: dict[str, str], path: Path, title: str) -> None:
+    """Every front, one panel per seed (``ns.results.plot_fronts``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    import nas_sepconv as ns
+
+    fig = Figure(figsize=(6.0 * len(frames_by_seed), 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(frames_by_seed), squeeze=False)[0]
+    for ax, (seed, frames) in zip(axes, frames_by_seed.items()):
+        searched = {n: f for n, f in frames.items() if roles[n] != "baseline"}
+        baselines = {n: f for n, f in frames.items() if roles[n] == "baseline"}
+        ns.results.plot_fronts(searched, baselines=baselines, ax=ax, title=f"{title}, seed {seed}")
+    fig.savefig(path, dpi=120)
+
+
+def write_report(table: pd.DataFrame, curves: pd.DataFrame, config_name: str, config: Config, out: Path,
+                 reference: dict[str, float], command: str) -> str:
+    """``fronts.csv``, ``hv_by_epochs.csv`` and ``fronts.md``; returns the markdown."""
+    table.to_csv(out / "fronts.csv", index=False)
+    curves.to_csv(out / "hv_by_epochs.csv", index=False)
+    searched = table[table["role"] == "searched"]
+    met = bool((searched["ratio"] >= GOAL).all())
+    ratios = ", ".join(f"seed {r.seed}: {r.ratio:.3f}" for r in searched.itertuples())
+    text = (
+        f"# The searched front against the width families: {config_name}\n\n"
+        f"Command: `{command}`\n\n"
+        f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), shared; device {config.device}, "
+        f"{config.workers} worker process(es) per search; "
+        f"{config.note}; the trials took {table['trials_min'].sum():.0f} min in all (`trials_min`: the sum of a study's trial durations).\n\n"
+        f"Spaces: `{config.searched}` (searched) against {', '.join(f'`{b}`' for b in config.baselines)} "
+        f"(every alpha once), with the same data, training recipe and seeds"
+        + (f"; overridden in all of them: `{config.overrides}`" if config.overrides else "") + ".\n\n"
+        f"Hypervolume in accuracy x log10(MACs) on one reference point for every study and seed: "
+        f"accuracy {100 * reference['accuracy']:.2f}%, MACs {reference['macs'] / 1e6:.3f} M (the worst values of all "
+        f"trials, pushed out by 1% of their range).  `ratio`: over the seed's best baseline; "
+        f"`ratio_seed_reference`: the same on the seed's own reference (what `nas-sepconv report "
+        f"seed<N>/{config.searched} --baseline ...` prints)"
+        + (f"; `ratio_floor`: the same with the reference accuracy raised to {100 * config.floor:g}% (only candidates "
+           f"at least that accurate count: a check that the ratio does not come from cheap, inaccurate models alone)"
+           if config.floor is not None else "") + ".\n\n"
+        f"**Goal: the searched front's hypervolume at least {GOAL}x the best baseline's in every seed: "
+        f"{'met' if met else 'NOT met'}** ({ratios}).\n\n"
+        "## Summary over the seeds (mean +- std)\n\n" + markdown_table(summary(table)) + "\n\n"
+        "## Per seed\n\n" + markdown_table(table) + "\n\n"
+        "Plot: `fronts.png` (every front, one panel per seed); per seed, `seed<N>/comparison.csv|png` and each "
+        "study's results folder.  `hv_by_epochs.csv`: the searched front's hypervolume after each trial against "
+        "the training epochs spent.\n"
+    )
+    (out / "fronts.md").write_text(text)
+    return text
+
+
+def run(config_name: str, *, seeds: list[int], out: Path, threads: int | None, data_root: str | None,
+        device: str | None = None, workers: int | None = None, overrides: dict[str, Any] | None = None, multi_fidelity: bool = False,
+        command: str = "", log: Any = print) -> pd.DataFrame:
+    """The whole comparison of one configuration; returns the per-seed table."""
+    import nas_sepconv as ns
+
+    config = CONFIGS[config_name]
+    if device is not None:
+        config = dataclasses.replace(config, device=device)
+    if workers is not None:
+        config = dataclasses.replace(config, workers=workers)
+    out.mkdir(parents=True, exist_ok=True)
+    spaces = space_files(config, out, overrides or {})
+    runs_by_seed = {seed: run_seed(config, spaces, seed, out / f"seed{seed}", threads=threads, data_root=data_root,
+                                   multi_fidelity=multi_fidelity, log=log) for seed in seeds}
+    frames_by_seed = {seed: {n: ns.results.load(r["folder"]) for n, r in runs.items()} for seed, runs in runs_by_seed.items()}
+    reference = reference_of({f"{n} {s}": f for s, frames in frames_by_seed.items() for n, f in frames.items()})
+    rows, curves = [], []
+    for seed, runs in runs_by_seed.items():
+        frames = frames_by_seed[seed]
+        rows += seed_rows(seed, runs, frames, reference, config.floor)
+        searched = {n: frames[n] for n in runs if runs[n]["role"] != "baseline"}
+        baselines = {n: frames[n] for n in runs if runs[n]["role"] == "baseline"}
+        ns.results.write_comparison(searched, out / f"seed{seed}", baselines=baselines)
+        curves += [hv_by_epochs(seed, n, frames[n], reference) for n in searched]
+    table = pd.DataFrame(rows)
+    roles = {n: r["role"] for runs in runs_by_seed.values() for n, r in runs.items()}
+    plot_all(frames_by_seed, roles, out / "fronts.png", config_name)
+    text = write_report(table, pd.concat(curves, ignore_index=True), config_name, config, out, reference, command)
+    log(text)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", choices=list(CONFIGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=None, help="default: results/fronts/<config>")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per search (default: the search's choice)")
+    parser.add_argument("--data-root", default=None, help="the CIFAR-10 folder or archive (the cifar10 configurations)")
+    parser.add_argument("--device", default=None, help="override the configuration's device (cpu, cuda)")
+    parser.add_argument("--workers", type=int, default=None, help="override the configuration's worker processes per search")
+    parser.add_argument("--multi-fidelity", action="store_true", help="also run the searched space in the multi-fidelity mode")
+    args = parser.parse_args()
+    out = args.out or Path("results/fronts") / args.config.replace("-", "_")
+    command = "python benchmarks/fronts.py " + " ".join(sys.argv[1:])
+    run(args.config, seeds=args.seeds, out=out, threads=args.threads, data_root=args.data_root, device=args.device,
+        workers=args.workers, multi_fidelity=args.multi_fidelity, command=command.strip())
+
+
+if __name__ == "__main__":
+    main()

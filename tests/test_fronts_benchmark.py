@@ -1,0 +1,61 @@
+"""Smoke test of benchmarks/fronts.py at toy size: the digits configuration with every space
+overridden alike (200 images, one epoch, two trials, the two smallest alphas at 8x8)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fronts.py"
+TOY = {"data": {"subset": 200}, "train": {"epochs": 1}, "search": {"trials": 2},
+       "build": {"width_mult": [0.35, 0.5], "resolution_mult": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("fronts_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_the_configurations_compare_a_searched_space_with_both_families(bench):
+    from nas_sepconv.search import load_space
+
+    for name, config in bench.CONFIGS.items():
+        assert len(config.baselines) == 2, name
+        searched = load_space(config.searched).spec
+        for baseline in config.baselines:
+            spec = load_space(baseline).spec
+            assert spec.train == searched.train and spec.data == searched.data
+    assert bench.CONFIGS["cifar10-full"].device == "cuda" and not bench.CONFIGS["cifar10-full"].overrides
+
+
+@pytest.mark.slow  # three searches with their outputs: about 20 s
+def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
+    table = bench.run("digits", seeds=[0], out=tmp_path, threads=1, data_root=None, overrides=TOY,
+                      command="python benchmarks/fronts.py digits (toy)", log=lambda msg: None)
+    assert table["study"].tolist() == ["default", "mobilenetv2_width_digits", "mobilenetv3small_width_digits"]
+    assert table["role"].tolist() == ["searched", "baseline", "baseline"] and (table["complete"] == 2).all()
+    best = table[table["role"] == "baseline"]["hypervolume"].max()
+    assert table["ratio"].iloc[0] == pytest.approx(table["hypervolume"].iloc[0] / best)
+    assert table["epochs_spent"].tolist() == [2, 2, 2] and "ratio_floor" in table.columns
+    for name in ("fronts.csv", "fronts.md", "fronts.png", "hv_by_epochs.csv", "seed0/comparison.csv", "seed0/comparison.png",
+                 "seed0/default/trials.csv", "spaces/mobilenetv2_width_digits.yaml"):
+        assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "seed0" / "default" / "weights").exists()
+    md = (tmp_path / "fronts.md").read_text()
+    assert "python benchmarks/fronts.py digits (toy)" in md and "Goal: the searched front's hypervolume" in md
+    curve = pd.read_csv(tmp_path / "hv_by_epochs.csv")
+    assert curve["epochs_spent"].tolist() == [1, 2] and curve["hypervolume"].is_monotonic_increasing
+
+
+def test_multi_fidelity_is_a_hook_until_the_mode_exists(bench, tmp_path):
+    with pytest.raises(SystemExit, match="multi-fidelity"):
+        bench.multi_fidelity_search("default", seed=0, out=tmp_path)
