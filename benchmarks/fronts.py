@@ -107,12 +107,19 @@ def space_files(config: Config, out: Path, overrides: dict[str, Any]) -> dict[st
     return found
 
 
-def multi_fidelity_search(space: str, *, seed: int, out: Path, **kwargs: Any) -> Any:
-    """The hook for the multi-fidelity mode (issue 15, deliverable 2, built apart): run the
-    searched space with it into ``out`` and return the study.  Until that mode is in this
-    checkout, ``--multi-fidelity`` stops here."""
-    raise SystemExit("--multi-fidelity: the multi-fidelity search mode is not in this checkout yet; "
-                     "wire its ns.search(...) call into benchmarks/fronts.py:multi_fidelity_search")
+def multi_fidelity_search(space: str, *, seed: int, out: Path, study: str, trials: int | None = None,
+                          **kwargs: Any) -> Any:
+    """The searched space once more, in the multi-fidelity mode (MO-ASHA, ``search.multi_fidelity``
+    of the space or its defaults), as study ``study`` in ``out``; returns the study.  It runs
+    twice the space's trials (``trials``): each stops early at a rung unless it ranks in the best
+    1/eta there, so its epochs spent (the frame's ``epochs_trained``) are what it is compared on."""
+    import nas_sepconv as ns
+    from nas_sepconv.search import load_space
+
+    trials = trials or 2 * load_space(space).spec.search.trials
+    study_ = ns.search(space, seed=seed, out=out, study=study, trials=trials, multi_fidelity=True, heartbeat=0, **kwargs)
+    shutil.rmtree(out / study / "weights", ignore_errors=True)
+    return study_
 
 
 def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, threads: int | None,
@@ -138,10 +145,12 @@ def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, th
 
 
 def _epochs(df: pd.DataFrame) -> pd.Series:
-    """Training epochs each trial spent (0 where unknown)."""
-    if "epochs" not in df.columns:
+    """Training epochs each trial spent (0 where unknown): ``epochs_trained`` (a trial the
+    multi-fidelity mode stopped early counts the epochs it trained), else ``epochs``."""
+    column = next((c for c in ("epochs_trained", "epochs") if c in df.columns), None)
+    if column is None:
         return pd.Series(0, index=df.index)
-    return pd.to_numeric(df["epochs"], errors="coerce").fillna(0)
+    return pd.to_numeric(df[column], errors="coerce").fillna(0)
 
 
 def reference_of(frames: dict[str, pd.DataFrame]) -> dict[str, float]:

@@ -56,6 +56,12 @@ def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
     assert curve["epochs_spent"].tolist() == [1, 2] and curve["hypervolume"].is_monotonic_increasing
 
 
-def test_multi_fidelity_is_a_hook_until_the_mode_exists(bench, tmp_path):
-    with pytest.raises(SystemExit, match="multi-fidelity"):
-        bench.multi_fidelity_search("default", seed=0, out=tmp_path)
+@pytest.mark.slow  # four searches: about 30 s
+def test_multi_fidelity_run_is_compared_on_epochs_spent(bench, tmp_path, one_thread):
+    toy = {**TOY, "train": {"epochs": 2}, "search": {"trials": 2, "multi_fidelity": {"min_epochs": 1, "eta": 2}}}
+    table = bench.run("digits", seeds=[0], out=tmp_path, threads=1, data_root=None, overrides=toy, multi_fidelity=True,
+                      command="python benchmarks/fronts.py digits --multi-fidelity (toy)", log=lambda msg: None)
+    row = table[table["study"] == "default_multifidelity"].iloc[0]
+    assert row["role"] == "searched (multi-fidelity)" and row["complete"] == 4  # twice the space's trials
+    assert 4 <= row["epochs_spent"] < 8  # one epoch each at least, and some stopped at the first rung
+    assert not (tmp_path / "seed0" / "default_multifidelity" / "weights").exists()
