@@ -48,9 +48,10 @@ def _arch(space_name: str, alpha: float, input_shape: tuple[int, int, int]) -> A
 
 
 def _canonical(arch: Arch) -> Arch:
-    """The arch with its block specs written the one way (``ir_e6_relu6`` = ``ir_e6_k3_relu6``)."""
+    """The arch with its block specs written the one way (``ir_e6_relu6`` = ``ir_e6_k3_relu6``),
+    without the input side a built candidate records (the presets leave it unset)."""
     stages = tuple(dataclasses.replace(s, spec=str(ns.BlockSpec.parse(s.spec))) for s in arch.stages)
-    return arch.replace(stages=stages, width_mult=float(arch.width_mult))
+    return arch.replace(stages=stages, width_mult=float(arch.width_mult), input_size=None)
 
 
 def _without_third_downsampling(arch: Arch) -> Arch:
