@@ -5,7 +5,6 @@ back with :func:`nas_sepconv.io.load_model`) or ONNX."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,6 +17,7 @@ from . import results
 from .errors import UserInputError
 from .files import ensure_writable_dir
 from .io import check_device, load_model, save_model
+from .measure import need_module, to_onnx
 from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
 from .search import TrialContext, parse_space
 from .train import evaluate
@@ -107,15 +107,12 @@ def export_trial(
         raise UserInputError("--out", f"{out.name} has an unknown extension", "use .safetensors or .onnx")
     ensure_writable_dir(out.parent, "--out")  # before a trial is re-trained for minutes
     if out.suffix == ".onnx":  # likewise
-        try:
-            importlib.import_module("onnx")  # torch.onnx.export needs it
-        except ImportError:
-            raise UserInputError("--out", "ONNX export needs the onnx package", "pip install 'nas-sepconv[onnx]' or write .safetensors") from None
+        need_module("onnx", "--out", fix="pip install 'nas-sepconv[onnx]' or write .safetensors")  # torch.onnx.export needs it
     model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)
     model = model.cpu()
     if out.suffix == ".onnx":
         out.parent.mkdir(parents=True, exist_ok=True)
-        torch.onnx.export(model, (torch.randn(1, *info["input_size"]),), str(out), input_names=["input"], output_names=["logits"], dynamo=False)
+        to_onnx(model, torch.randn(1, *info["input_size"]), out, output_name="logits")
     else:
         save_model(out, model, info["recipe"])
     return info

@@ -11,7 +11,7 @@ from .least_squares import refit
 from .fidelity_report import fidelity
 from .width import apply_width_mult, find_classifier
 from .budget import plan_for_budget, sensitivity
-from .optimize import fold_batchnorm, optimize_for_inference
+from ..measure import fold_batchnorm, optimize_for_inference
 
 __all__ = [
     "ExampleInputs",
