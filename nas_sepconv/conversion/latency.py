@@ -14,8 +14,8 @@ it for Efficient Deployment", ICLR 2020 (arXiv:1908.09791) sum per-layer latency
 :func:`latency_table` measures, in one runtime of :data:`~nas_sepconv.measure.RUNTIMES`, every
 conv site of a model alone (``keep``) and each candidate block at the sites a policy would
 convert, at the site's real input shape (batch included), dtype and memory format: warm-up
-rounds, then interleaved rounds (each round runs every block of a site once), median and
-p10/p90.  Entries are cached on disk (:class:`~nas_sepconv.measure.LatencyCache`), so another
+rounds, then interleaved rounds (each round runs every block not yet in the cache once, and the whole model), median
+and p10/p90.  Entries are cached on disk (:class:`~nas_sepconv.measure.LatencyCache`), so another
 model with the same layer shapes reuses them.  The whole model is measured once: the
 **remainder** (everything but its conv sites: norms, activations, pooling, the head, the
 runtime's per-call overhead) is that figure minus the sites' entries, and a converted model's
@@ -24,9 +24,10 @@ predicted latency is the remainder plus the entries of what each site then holds
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -34,8 +35,9 @@ import torch.nn as nn
 
 from ..blocks import BlockSpec, as_spec, conv_from_geometry
 from ..errors import UserInputError
-from ..measure import (LatencyCache, as_inputs, check_repeats, check_threads, find_runtime, latency_context, measure_latency,
+from ..measure import (LatencyCache, as_inputs, check_repeats, check_threads, find_runtime, latency_context,
                        prepare_forward, summarise, time_rounds, torch_threads)
+from ..progress import progress as progress_bar
 from ..progress import track
 from .plan import Plan, PlanEntry, make_plan, with_spec
 from .rewrite import plan_of
@@ -95,7 +97,7 @@ class LatencyTable:
                 wanted[name].append(spec)
         wanted = {k: v for k, v in wanted.items() if v}
         if wanted:
-            rows = _measure_sites([(self.sites[n], specs) for n, specs in wanted.items()], self.settings, self.context, progress)
+            rows, _ = _measure_sites([(self.sites[n], specs) for n, specs in wanted.items()], self.settings, self.context, progress)
             self.frame = pd.concat([self.frame, pd.DataFrame(rows, columns=TABLE_COLUMNS)], ignore_index=True)
 
     def predict(self, plan: Plan) -> float:
@@ -134,38 +136,45 @@ def _op_key(entry: PlanEntry, spec: BlockSpec | None) -> dict[str, Any]:
     return {"geometry": entry.geometry.to_dict(), "input_shape": list(entry.input_shape), "block": KEEP if spec is None else str(spec)}
 
 
-def _measure_sites(groups: Sequence[tuple[PlanEntry, list]], settings: dict[str, Any], context: dict[str, Any],
-                   progress: bool) -> list[dict[str, Any]]:
-    """Rows for each (site, its specs): read from the cache, or measured in interleaved rounds
-    (the site's missing blocks together) and cached."""
+def _measure_sites(groups: Sequence[tuple[PlanEntry, list]], settings: dict[str, Any], context: dict[str, Any], progress: bool,
+                   whole: Callable[[], Any] | None = None) -> tuple[list[dict[str, Any]], list[float]]:
+    """Rows for each (site, its specs), read from the cache or measured and cached, and the
+    times of ``whole`` (the whole model's forward, if given).  Every block not in the cache is
+    timed in the same interleaved rounds, the whole model too: between two calls of one block
+    run all the others, so its weights are as cold as in the model, and load from other
+    processes hits the entries and the whole model alike."""
     cache = LatencyCache(context, cache_dir=settings["cache_dir"])
-    runtime, device, dtype = find_runtime(settings["runtime"]), settings["device"], settings["dtype"]
+    runtime, device, dtype, threads = find_runtime(settings["runtime"]), settings["device"], settings["dtype"], settings["threads"]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    rows = []
+    pending = [(entry, s) for entry, specs in groups for s in specs if cache.get(_op_key(entry, s)) is None]
+    forwards = []
     try:
-        for entry, specs in track(groups, progress, "latency table", unit="sites"):
-            missing = [s for s in specs if cache.get(_op_key(entry, s)) is None]
-            if missing:
+        with torch_threads(threads):
+            for entry, s in track(pending, progress, "latency table: preparing", unit="blocks"):
                 with torch.device("cpu"):
-                    modules = [(conv_from_geometry(entry.geometry) if s is None else s.build(entry.geometry)).eval() for s in missing]
-                x = torch.randn(entry.input_shape)
-                with torch_threads(settings["threads"]):
-                    with torch.no_grad():
-                        forwards = [prepare_forward(m, (x,), runtime=runtime, threads=settings["threads"], device=device, dtype=dtype)
-                                    for m in modules]
-                    with torch.inference_mode():
-                        times = time_rounds(forwards, repeats=settings["repeats"], warmup=settings["warmup"], sync=sync)
-                for s, t in zip(missing, times):
-                    cache.put(_op_key(entry, s), {**summarise(t), "repeats": len(t)})
-            for s in specs:
-                record = cache.get(_op_key(entry, s))
-                macs = entry.macs_before if s is None else with_spec(entry, s, min_macs_saving=None).macs_after
-                rows.append(dict(name=entry.name, spec=KEEP if s is None else str(s), op=entry.geometry.describe(),
-                                 input_shape=tuple(entry.input_shape), calls=entry.calls, macs=macs, latency_ms=record["median_ms"],
-                                 p10_ms=record["p10_ms"], p90_ms=record["p90_ms"], source="measured" if s in missing else "cache"))
+                    module = (conv_from_geometry(entry.geometry) if s is None else s.build(entry.geometry)).eval()
+                with torch.no_grad():
+                    forwards.append(prepare_forward(module, (torch.randn(entry.input_shape),), runtime=runtime, threads=threads,
+                                                    device=device, dtype=dtype))
+            rounds = settings["repeats"] + settings["warmup"]
+            with progress_bar(progress and bool(forwards), "latency table: timing", rounds, unit="rounds") as bar:
+                with torch.inference_mode():
+                    times = time_rounds(forwards + ([whole] if whole else []), repeats=settings["repeats"], warmup=settings["warmup"],
+                                        sync=sync, on_round=lambda: bar.update(advance=1))
+        for (entry, s), t in zip(pending, times):
+            cache.put(_op_key(entry, s), {**summarise(t), "repeats": len(t)})
     finally:
         cache.save()
-    return rows
+    measured = {(e.name, s) for e, s in pending}
+    rows = []
+    for entry, specs in groups:
+        for s in specs:
+            record = cache.get(_op_key(entry, s))
+            macs = entry.macs_before if s is None else with_spec(entry, s, min_macs_saving=None).macs_after
+            rows.append(dict(name=entry.name, spec=KEEP if s is None else str(s), op=entry.geometry.describe(),
+                             input_shape=tuple(entry.input_shape), calls=entry.calls, macs=macs, latency_ms=record["median_ms"],
+                             p10_ms=record["p10_ms"], p90_ms=record["p90_ms"], source="measured" if (entry.name, s) in measured else "cache"))
+    return rows, (times[-1] if whole else [])
 
 
 def _settings(runtime: str, threads: int | None, device: Any, dtype: torch.dtype, repeats: int, warmup: int, cache_dir: Any) -> dict[str, Any]:
@@ -219,9 +228,11 @@ def latency_table(
     context = latency_context(device=settings["device"], threads=settings["threads"], runtime=rt.name, runtime_version=rt.version(),
                               dtype=dtype, memory_format=rt.memory_format)
     groups = [(e, [None] + ([s for s in specs if not s.unsupported(e.geometry)] if e.name in chosen else [])) for e in base.entries]
-    rows = _measure_sites(groups, settings, context, progress)
-    whole = measure_latency(model, inputs, repeats=repeats, warmup=warmup, threads=settings["threads"], device=settings["device"],
-                            runtime=rt.name, dtype=dtype)
+    net = copy.deepcopy(model).eval()  # the model is not changed
+    with torch_threads(settings["threads"]), torch.no_grad():
+        forward = prepare_forward(net, inputs, runtime=rt, threads=settings["threads"], device=settings["device"], dtype=dtype)
+    rows, times = _measure_sites(groups, settings, context, progress, whole=forward)
+    whole = summarise(times)
     return LatencyTable(pd.DataFrame(rows, columns=TABLE_COLUMNS), whole["median_ms"], whole["p10_ms"], whole["p90_ms"], context,
                         {e.name: e for e in base.entries}, settings)
 

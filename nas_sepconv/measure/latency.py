@@ -32,13 +32,16 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def time_rounds(forwards: Sequence[Callable[[], Any]], *, repeats: int, warmup: int, sync: Callable[[], None] = lambda: None) -> list[list[float]]:
+def time_rounds(forwards: Sequence[Callable[[], Any]], *, repeats: int, warmup: int, sync: Callable[[], None] = lambda: None,
+                on_round: Callable[[], None] = lambda: None) -> list[list[float]]:
     """Times in ms of each forward over ``repeats`` interleaved rounds after ``warmup`` rounds:
     every round runs every forward once, in reverse order every other round, so that load from
-    other processes and the machine's drift hit each alike (the protocol of results/latency/)."""
+    other processes and the machine's drift hit each alike (the protocol of results/latency/).
+    ``on_round`` is called after each round."""
     times: list[list[float]] = [[] for _ in forwards]
     order = list(enumerate(forwards))
     for r in range(warmup + repeats):
+        on_round()
         for i, forward in (order if r % 2 == 0 else order[::-1]):
             sync()
             start = time.perf_counter()

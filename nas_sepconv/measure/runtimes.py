@@ -46,7 +46,8 @@ def _channels_last_forward(model: nn.Module, inputs: tuple, threads: int | None)
 
 def _optimized(model: nn.Module, inputs: tuple, threads: int | None) -> Forward:
     net = optimize_for_inference(model, inputs, fold_bn=True, channels_last=True, compile=False)
-    return lambda: net(*inputs)
+    xs = tuple(_channels_last(t) for t in inputs)  # as a previous layer hands them over: no copy per call
+    return lambda: net(*xs)
 
 
 def _onnxruntime(model: nn.Module, inputs: tuple, threads: int | None) -> Forward:
