@@ -25,10 +25,10 @@ from . import results
 from .blocks import BlockSpec
 from .conversion import PlanWarning, apply_plan, make_plan
 from .errors import StorageError, UserInputError
-from .export import export_trial
+from .export import check_model_file, export_trial, write_model
 from .files import ensure_writable_dir
-from .io import load_model, read_recipe, save_model
-from .measure import ACTIVATION_BUDGET, ONNX_OPSET, RUNTIMES, activation_bytes, check_threads, count_macs, count_params, find_runtime, measure_latency, need_module, to_onnx
+from .io import load_model, read_recipe
+from .measure import ACTIVATION_BUDGET, RUNTIMES, activation_bytes, check_threads, count_macs, count_params, find_runtime, measure_latency
 from .measure import profile as profile_model
 from .models import model_from_name
 from .progress import Progress, shorten
@@ -186,12 +186,8 @@ def convert(
     before per site; for dwsep the MobileNet paper's 1/C_out + 1/K²)."""
 
     def run() -> None:
-        if out_file is not None and out_file.suffix not in (".safetensors", ".onnx"):
-            raise UserInputError("--out", f"{out_file.name} has an unknown extension", "use .safetensors (loads with nas_sepconv.load_model) or .onnx")
-        if out_file is not None and out_file.suffix == ".onnx":
-            need_module("onnx", "--out", fix="pip install 'nas-sepconv[onnx]' or write .safetensors")
         if out_file is not None:
-            ensure_writable_dir(out_file.parent, "--out")
+            check_model_file(out_file)
         size = parse_input_size(input_size)
         spec = BlockSpec.parse(to)
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -207,13 +203,9 @@ def convert(
         out.print(plan.summary())
         for note in plan.notes:
             out.print(f"note: {note}")
-        if out_file is not None and out_file.suffix == ".onnx":
-            to_onnx(converted, x, out_file)
-            out.print(f"saved {out_file} (ONNX opset {ONNX_OPSET}, batch dimension dynamic)")
-        elif out_file is not None:
+        if out_file is not None:
             recipe = Recipe(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=size, plan=plan.to_json(indent=None))
-            save_model(out_file, converted, recipe)
-            out.print(f"saved {out_file} (load with nas_sepconv.load_model({str(out_file)!r}))")
+            out.print(f"saved {out_file} ({write_model(out_file, converted, recipe)})")
 
     _guard(run)
 
