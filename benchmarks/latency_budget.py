@@ -8,9 +8,10 @@ Part 1, CIFAR-10 (the width-32 ResNet-18 reference of results/fidelity/, trained
 ``ns.sensitivity`` table (each site converted alone to each candidate, SVD + refit of that site,
 damage = KL on held-out validation images), then per runtime one ``ns.latency_table`` (batch 1).
 For each latency budget r: the plan ``plan_for_budget(latency_ratio=r)`` chooses, and the plan
-``plan_for_budget(macs_ratio=m)`` with the largest MACs ratio m (grid of 0.01) whose measured
-latency is at most the latency plan's measured latency (measured together, interleaved, with
-the original: the MACs plan gets at most the same time).  Both are converted with SVD and refit
+``plan_for_budget(macs_ratio=m)`` with the largest MACs ratio m (grid of 0.01; binary search)
+whose measured latency is at most the latency plan's (each measured together with it,
+interleaved: the MACs plan gets at most the same time).  The damage table is written to
+``OUT/sensitivity_cifar.csv`` and read back by a re-run.  Both are converted with SVD and refit
 on calibration images (no gradient steps) and evaluated on the test split.
 
 Part 2, torchvision ResNet-18 and ResNet-50 at 224 (random weights; latency only): the damage is
@@ -60,32 +61,30 @@ def measure(models: list, x: torch.Tensor, runtime: str, args: argparse.Namespac
     return [summarise(t)["median_ms"] for t in times]
 
 
-def macs_plan_of_equal_latency(original, damage, table, lat_model, x, runtime, args):
+def macs_plan_of_equal_latency(original, damage, lat_model, x, runtime, args):
     """The MACs-chosen plan with the largest MACs ratio whose measured latency is at most the
-    latency plan's (measured together); returns it, its MACs ratio and the number of tries."""
+    latency plan's, each candidate measured together with the latency plan's model (interleaved):
+    a binary search over the distinct plans of a 0.01 grid of MACs ratios (latency falls with the
+    MACs ratio).  Returns the plan, its MACs ratio and the number of plans measured."""
     plans = {}
-    for m in np.arange(0.99, 0.0, -0.01):
+    for m in np.arange(0.01, 1.0, 0.01):  # cheapest first
         try:
             plan = ns.plan_for_budget(original, damage, macs_ratio=round(float(m), 2), example_inputs=x)
         except ns.UserInputError:
-            break
-        key = tuple(str(e.spec) for e in plan.entries)
-        plans.setdefault(key, (round(float(m), 2), plan))
-    target = measure([lat_model], x, runtime, args)[0]
-    chosen, tries = None, 0
-    for m, plan in plans.values():  # largest MACs ratio first
-        if table.predict(plan) > 1.3 * target:
             continue
+        plans.setdefault(tuple(str(e.spec) for e in plan.entries), (round(float(m), 2), plan))
+    ordered = list(plans.values())
+    lo, hi, best, tries = 0, len(ordered) - 1, 0, 0  # ordered[best] is the fastest: the fallback
+    while lo <= hi:
+        mid = (lo + hi) // 2
         tries += 1
-        model = ns.apply_plan(original, plan, init="random")
-        lat_ms, macs_ms = measure([lat_model, model], x, runtime, args)
-        chosen = (plan, m)
-        if macs_ms <= lat_ms or tries >= args.max_tries:
-            break
-    if chosen is None:  # no MACs plan is predicted near: the cheapest one
-        m, plan = list(plans.values())[-1]
-        chosen = (plan, m)
-    return chosen[0], chosen[1], tries
+        lat_ms, macs_ms = measure([lat_model, ns.apply_plan(original, ordered[mid][1], init="random")], x, runtime, args)
+        if macs_ms <= lat_ms:
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    m, plan = ordered[best]
+    return plan, m, tries
 
 
 def converted_and_refit(original, plan, calib):
@@ -107,7 +106,13 @@ def cifar(args: argparse.Namespace) -> pd.DataFrame:
     acc = lambda m: 100 * evaluate(m, test, data=data, device="cpu")  # noqa: E731
     base_acc = acc(original)
     log(f"reference: {base_acc:.2f}% test accuracy; sensitivity of {len(CANDIDATES)} candidates ...")
-    damage = ns.sensitivity(original, calib, candidates=CANDIDATES, example_inputs=x, eval_batches=held, progress=True)
+    saved = Path(args.out) / "sensitivity_cifar.csv"  # the damage table: kept, and reused by a re-run
+    if saved.is_file():
+        damage = pd.read_csv(saved)
+        log(f"sensitivity read from {saved}")
+    else:
+        damage = ns.sensitivity(original, calib, candidates=CANDIDATES, example_inputs=x, eval_batches=held, progress=True)
+        damage.to_csv(saved, index=False)
     rows = []
     for runtime in args.runtimes:
         table = ns.latency_table(original, x, candidates=CANDIDATES, runtime=runtime, threads=args.threads, repeats=args.repeats,
@@ -121,7 +126,7 @@ def cifar(args: argparse.Namespace) -> pd.DataFrame:
                 rows.append(dict(runtime=runtime, budget=r, plan="latency", note=str(exc)))
                 continue
             lat_model = converted_and_refit(original, lat_plan, calib)
-            macs_plan, m, tries = macs_plan_of_equal_latency(original, damage, table, lat_model, x, runtime, args)
+            macs_plan, m, tries = macs_plan_of_equal_latency(original, damage, lat_model, x, runtime, args)
             macs_model = converted_and_refit(original, macs_plan, calib)
             orig_ms, lat_ms, macs_ms = measure([original, lat_model, macs_model], x, runtime, args)
             for kind, plan, model, ms, note in (("latency", lat_plan, lat_model, lat_ms, f"latency_ratio={r}"),
@@ -205,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--tv-repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--max-tries", type=int, default=8, help="MACs plans measured at most per budget")
     p.add_argument("--tv-models", nargs="*", default=["resnet18", "resnet50"])
     p.add_argument("--cache", default=None, help="latency cache folder (default: a fresh temporary one)")
     p.add_argument("--out", default="results/latency_budget")
