@@ -227,7 +227,8 @@ def latency_table(
     rt = find_runtime(settings["runtime"])
     context = latency_context(device=settings["device"], threads=settings["threads"], runtime=rt.name, runtime_version=rt.version(),
                               dtype=dtype, memory_format=rt.memory_format)
-    groups = [(e, [None] + ([s for s in specs if not s.unsupported(e.geometry)] if e.name in chosen else [])) for e in base.entries]
+    groups = [(e, [None] + ([s for s in specs if not s.unsupported(e.geometry)] if e.name in chosen else []))
+              for e in base.entries if e.reached]  # a site no example input reaches has no shape, and no time
     net = copy.deepcopy(model).eval()  # the model is not changed
     with torch_threads(settings["threads"]), torch.no_grad():
         forward = prepare_forward(net, inputs, runtime=rt, threads=settings["threads"], device=settings["device"], dtype=dtype)

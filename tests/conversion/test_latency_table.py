@@ -190,3 +190,11 @@ def test_unwritable_cache_folder_only_warns(tmp_path):
         warnings.simplefilter("always")
         table = ns.latency_table(Net().eval(), X, candidates=[], cache_dir=blocker / "sub", **FAST)
     assert table.model_ms > 0 and any("could not be written" in str(w.message) for w in caught)
+
+
+def test_a_site_no_input_reaches_is_not_timed(tmp_path):
+    model = Net().eval()
+    model.unused = nn.Conv2d(24, 24, 3, padding=1)  # never called by forward: in the plan, not reached
+    table = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    assert "unused" not in set(table.frame["name"]) and "unused" in table.sites
+    assert table.predict(ns.make_plan(model, "dwsep_m1", example_inputs=X)) > 0
