@@ -8,17 +8,20 @@ Part 1, CIFAR-10 (the width-32 ResNet-18 reference of results/fidelity/, trained
 ``ns.sensitivity`` table (each site converted alone to each candidate, SVD + refit of that site,
 damage = KL on held-out validation images), then per runtime one ``ns.latency_table`` (batch 1).
 For each latency budget r: the plan ``plan_for_budget(latency_ratio=r)`` chooses, and the plan
-``plan_for_budget(macs_ratio=m)`` with the largest MACs ratio m (grid of 0.01; binary search)
-whose measured latency is at most the latency plan's (each measured together with it,
-interleaved: the MACs plan gets at most the same time).  The damage table is written to
+``plan_for_budget(macs_ratio=m)`` (every distinct plan of a 0.01 grid of m) whose measured
+latency is the largest at most the latency plan's: the original, the latency plan and every
+MACs plan are timed in one interleaved loop, so the MACs plan gets at most the same time.  The damage table is written to
 ``OUT/sensitivity_cifar.csv`` and read back by a re-run.  Both are converted with SVD and refit
 on calibration images (no gradient steps) and evaluated on the test split.
 
-Part 2, torchvision ResNet-18 and ResNet-50 at 224 (random weights; latency only): the damage is
-``ns.sensitivity`` on two random images without refit (it only orders the candidates), and for
-each budget r the latency plan is converted and measured against the original, interleaved.
+Part 2, torchvision ResNet-18 and ResNet-50 at 224 (random weights; latency only): every conv
+but the stem is a site (the 1x1 convs too, with grouped candidates: ResNet-50's 3x3 convs alone
+hold too little of its time for these budgets); the damage is ``ns.sensitivity`` on two random
+images without refit (it only orders the candidates), and for each budget r the latency plan is
+converted and measured against the original, interleaved.
 
-Writes ``OUT/budget.md``, ``OUT/budget_cifar.csv`` and ``OUT/budget_torchvision.csv``.
+Writes ``OUT/budget_cifar.md`` + ``.csv`` (+ ``sensitivity_cifar.csv``) and
+``OUT/budget_torchvision.md`` + ``.csv``; ``--parts`` runs one of them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from nas_sepconv.models import cifar_resnet18
 from nas_sepconv.train import evaluate
 
 CANDIDATES = ["dwsep_m1", "dwsep_m2", "dwsep_m4", "spatial_r0.0625", "spatial_r0.125", "spatial_r0.25"]
+TV_CANDIDATES = ["dwsep_m1", "dwsep_m2", "spatial_r0.125", "grouped_g2", "grouped_g4"]
+TV_POLICY = ns.Policy(default="grouped_g2", skip_pointwise=False)  # the sites: every conv but the stem, 1x1 included
 
 
 def log(msg: str) -> None:
@@ -61,30 +66,28 @@ def measure(models: list, x: torch.Tensor, runtime: str, args: argparse.Namespac
     return [summarise(t)["median_ms"] for t in times]
 
 
-def macs_plan_of_equal_latency(original, damage, lat_model, x, runtime, args):
-    """The MACs-chosen plan with the largest MACs ratio whose measured latency is at most the
-    latency plan's, each candidate measured together with the latency plan's model (interleaved):
-    a binary search over the distinct plans of a 0.01 grid of MACs ratios (latency falls with the
-    MACs ratio).  Returns the plan, its MACs ratio and the number of plans measured."""
+def macs_plans(original, damage, x) -> list[tuple[float, ns.Plan]]:
+    """The distinct plans ``plan_for_budget(macs_ratio=m)`` chooses on a 0.01 grid of m."""
     plans = {}
-    for m in np.arange(0.01, 1.0, 0.01):  # cheapest first
+    for m in np.arange(0.01, 1.0, 0.01):
         try:
             plan = ns.plan_for_budget(original, damage, macs_ratio=round(float(m), 2), example_inputs=x)
         except ns.UserInputError:
             continue
         plans.setdefault(tuple(str(e.spec) for e in plan.entries), (round(float(m), 2), plan))
-    ordered = list(plans.values())
-    lo, hi, best, tries = 0, len(ordered) - 1, 0, 0  # ordered[best] is the fastest: the fallback
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        tries += 1
-        lat_ms, macs_ms = measure([lat_model, ns.apply_plan(original, ordered[mid][1], init="random")], x, runtime, args)
-        if macs_ms <= lat_ms:
-            best, lo = mid, mid + 1
-        else:
-            hi = mid - 1
-    m, plan = ordered[best]
-    return plan, m, tries
+    return list(plans.values())
+
+
+def macs_plan_of_equal_latency(original, lat_model, candidates, x, runtime, args):
+    """Original, latency plan and every MACs plan timed in one interleaved loop; the MACs plan
+    with the largest measured latency at most the latency plan's (the fastest if none is).
+    Returns (MACs ratio, plan, its ms), the latency plan's ms, the original's ms."""
+    models = [original, lat_model] + [ns.apply_plan(original, plan, init="random") for _, plan in candidates]
+    times = measure(models, x, runtime, args)
+    orig_ms, lat_ms, rest = times[0], times[1], times[2:]
+    fitting = [i for i, t in enumerate(rest) if t <= lat_ms]
+    i = max(fitting, key=lambda j: rest[j]) if fitting else min(range(len(rest)), key=lambda j: rest[j])
+    return (*candidates[i], rest[i]), lat_ms, orig_ms
 
 
 def converted_and_refit(original, plan, calib):
@@ -118,6 +121,7 @@ def cifar(args: argparse.Namespace) -> pd.DataFrame:
         table = ns.latency_table(original, x, candidates=CANDIDATES, runtime=runtime, threads=args.threads, repeats=args.repeats,
                                  warmup=args.warmup, cache_dir=args.cache, progress=True)
         log(f"[{runtime}] table: whole model {table.model_ms:.3f} ms, remainder {table.remainder_ms:.3f} ms")
+        candidates = macs_plans(original, damage, x)
         for r in args.budgets:
             try:
                 lat_plan = ns.plan_for_budget(original, damage, latency_ratio=r, latency_table=table, example_inputs=x)
@@ -126,11 +130,10 @@ def cifar(args: argparse.Namespace) -> pd.DataFrame:
                 rows.append(dict(runtime=runtime, budget=r, plan="latency", note=str(exc)))
                 continue
             lat_model = converted_and_refit(original, lat_plan, calib)
-            macs_plan, m, tries = macs_plan_of_equal_latency(original, damage, lat_model, x, runtime, args)
+            (m, macs_plan, macs_ms), lat_ms, orig_ms = macs_plan_of_equal_latency(original, lat_model, candidates, x, runtime, args)
             macs_model = converted_and_refit(original, macs_plan, calib)
-            orig_ms, lat_ms, macs_ms = measure([original, lat_model, macs_model], x, runtime, args)
             for kind, plan, model, ms, note in (("latency", lat_plan, lat_model, lat_ms, f"latency_ratio={r}"),
-                                                ("macs", macs_plan, macs_model, macs_ms, f"macs_ratio={m} ({tries} measured)")):
+                                                ("macs", macs_plan, macs_model, macs_ms, f"macs_ratio={m} (of {len(candidates)} timed)")):
                 rows.append(dict(runtime=runtime, budget=r, plan=kind, chosen_by=note, accuracy=round(acc(model), 2),
                                  delta_points=None, macs_ratio=round(plan.macs_after / plan.model_macs, 3),
                                  predicted_ms=round(table.predict(plan), 3), measured_ms=round(ms, 3), original_ms=round(orig_ms, 3),
@@ -148,9 +151,10 @@ def torchvision_part(args: argparse.Namespace) -> pd.DataFrame:
         torch.manual_seed(0)
         model = ns.model_from_name(f"torchvision:{name}").eval()
         x = torch.randn(1, 3, 224, 224)
-        damage = ns.sensitivity(model, [torch.randn(2, 3, 224, 224)], candidates=CANDIDATES, example_inputs=x, refit_sites=False)
+        damage = ns.sensitivity(model, [torch.randn(2, 3, 224, 224)], candidates=TV_CANDIDATES, policy=TV_POLICY, example_inputs=x,
+                                refit_sites=False, progress=True)
         for runtime in args.runtimes:
-            table = ns.latency_table(model, x, candidates=CANDIDATES, runtime=runtime, threads=args.threads, repeats=args.tv_repeats,
+            table = ns.latency_table(model, x, candidates=TV_CANDIDATES, policy=TV_POLICY, runtime=runtime, threads=args.threads, repeats=args.tv_repeats,
                                      warmup=args.warmup, cache_dir=args.cache, progress=True)
             for r in args.budgets:
                 try:
@@ -195,9 +199,22 @@ def goals(cf: pd.DataFrame, tv: pd.DataFrame) -> list[str]:
     return lines
 
 
+def header(title: str, args: argparse.Namespace, minutes: float, loads: tuple, repeats: int) -> list[str]:
+    argv = [a for a in sys.argv[1:]]
+    return [
+        f"# {title}", "",
+        f"Command: `{' '.join(shlex.quote(a) for a in ['python', 'benchmarks/latency_budget.py', *argv])}`", "",
+        f"- torch {torch.__version__}; " + ", ".join(f"{r}: {find_runtime(r).version()}" for r in args.runtimes),
+        f"- machine: {os.cpu_count()} logical CPUs ({processor_name(torch.device('cpu'))}), shared with other jobs: load average "
+        f"{loads[0]:.1f} before, {loads[1]:.1f} after; {args.threads} thread(s), batch 1; wall time {minutes:.1f} min",
+        f"- latency: medians of {repeats} interleaved rounds after {args.warmup} warm-up rounds; every latency table measured in this run (fresh cache)",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=None, help="CIFAR-10 root (folder or .tar.gz); part 1 is skipped without it")
+    p.add_argument("--parts", nargs="+", default=["cifar", "torchvision"], help="cifar (needs --data) and/or torchvision")
+    p.add_argument("--data", default=None, help="CIFAR-10 root (folder or .tar.gz)")
     p.add_argument("--reference", default="results/fidelity/original_cifar10_n20000_w32_stem2_e15_s0.safetensors")
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--stem-stride", type=int, default=2)
@@ -218,30 +235,29 @@ def main(argv: list[str] | None = None) -> int:
     args.cache = args.cache or tempfile.mkdtemp(prefix="latency_cache_")  # every figure measured in this run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    start, load0 = time.perf_counter(), os.getloadavg()[0]
-    cf = cifar(args) if args.data else pd.DataFrame()
-    if not cf.empty:
+    if "cifar" in args.parts:
+        start, load0 = time.perf_counter(), os.getloadavg()[0]
+        cf = cifar(args)
         cf.to_csv(out / "budget_cifar.csv", index=False)
-    tv = torchvision_part(args) if args.tv_models else pd.DataFrame()
-    if not tv.empty:
+        text = header("Latency budgets on CIFAR-10: plans chosen for measured latency vs for MACs", args,
+                      (time.perf_counter() - start) / 60, (load0, os.getloadavg()[0]), args.repeats)
+        text += [f"- candidates: {', '.join(CANDIDATES)} (default policy: every 3x3 conv after the stem)", "", "## Goals", "", *goals(cf, pd.DataFrame()), "",
+                 "## CIFAR-10 ResNet-18 (width 32, stem stride 2; SVD + refit, no gradient steps)", "",
+                 f"Reference test accuracy {cf.attrs['base_acc']:.2f}% on 10000 test images; per-site blocks in budget_cifar.csv.", "",
+                 markdown(cf.drop(columns=["sites"], errors="ignore"))]
+        (out / "budget_cifar.md").write_text("\n".join(text))
+        print("\n".join(text))
+    if "torchvision" in args.parts and args.tv_models:
+        start, load0 = time.perf_counter(), os.getloadavg()[0]
+        tv = torchvision_part(args)
         tv.to_csv(out / "budget_torchvision.csv", index=False)
-    minutes, load1 = (time.perf_counter() - start) / 60, os.getloadavg()[0]
-    command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/latency_budget.py", *(sys.argv[1:] if argv is None else argv)])
-    text = [
-        "# Latency budgets: plans chosen for measured latency vs plans chosen for MACs", "",
-        f"Command: `{command}`", "",
-        f"- torch {torch.__version__}; " + ", ".join(f"{r}: {find_runtime(r).version()}" for r in args.runtimes),
-        f"- machine: {os.cpu_count()} logical CPUs ({processor_name(torch.device('cpu'))}), shared with other jobs: load average "
-        f"{load0:.1f} before, {load1:.1f} after; {args.threads} thread(s), batch 1; wall time {minutes:.1f} min",
-        f"- candidates: {', '.join(CANDIDATES)}; latency: medians of {args.repeats} (torchvision {args.tv_repeats}) interleaved rounds",
-        "", "## Goals", "", *goals(cf, tv), "",
-        "## CIFAR-10 ResNet-18 (width 32, stem stride 2; SVD + refit, no gradient steps)", "",
-        (f"Reference test accuracy {cf.attrs['base_acc']:.2f}% on {10000} test images." if not cf.empty else ""), "",
-        markdown(cf.drop(columns=["sites"], errors="ignore")), "",
-        "## torchvision at 224 (random weights; latency only)", "", markdown(tv), "",
-    ]
-    (out / "budget.md").write_text("\n".join(text))
-    print("\n".join(text))
+        text = header("Latency budgets on torchvision ResNets at 224 (random weights; latency only)", args,
+                      (time.perf_counter() - start) / 60, (load0, os.getloadavg()[0]), args.tv_repeats)
+        text += [f"- candidates: {', '.join(TV_CANDIDATES)}, at every conv but the stem (1x1 convs included: grouped); "
+                 "damage from ns.sensitivity on 2 random images without refit (it only orders the candidates)", "",
+                 "## Goals", "", *goals(pd.DataFrame(), tv), "", markdown(tv)]
+        (out / "budget_torchvision.md").write_text("\n".join(text))
+        print("\n".join(text))
     return 0
 
 
