@@ -7,6 +7,7 @@ Model -> plan -> converted model -> trial -> DataFrame, one package per stage::
     model2 = ns.apply_plan(model, plan, init="svd")          # conversion/rewrite.py, blocks/closed_form*.py
     ns.refit(model2, model, batches)                         # conversion/least_squares.py
     plan = ns.plan_for_budget(model, ns.sensitivity(model, batches), macs_ratio=0.25, example_inputs=x)  # conversion/budget.py
+    table = ns.latency_table(model, x, runtime="onnxruntime")  # conversion/latency.py, measure/runtimes.py
     study = ns.search("default", trials=24)                  # search/
     df = ns.results.load("results/default")                  # results/
 """
@@ -15,16 +16,19 @@ from .blocks import KINDS, BlockSpec, ConvGeometry
 from .conversion import (
     ExampleInputs,
     Plan,
+    LatencyTable,
     PlanEntry,
     PlanWarning,
     Policy,
     apply_plan,
     convert,
     fidelity,
+    latency_table,
     make_plan,
     optimize_for_inference,
     plan_for_budget,
     plan_of,
+    predict_latency,
     refit,
     sensitivity,
 )
@@ -54,6 +58,7 @@ __all__ = [
     "Dataset",
     "ExampleInputs",
     "KINDS",
+    "LatencyTable",
     "NasSepconvError",
     "Plan",
     "PlanEntry",
@@ -70,6 +75,7 @@ __all__ = [
     "fidelity",
     "init_distributed",
     "is_main_process",
+    "latency_table",
     "load_model",
     "make_plan",
     "measure_latency",
@@ -77,6 +83,7 @@ __all__ = [
     "optimize_for_inference",
     "plan_for_budget",
     "plan_of",
+    "predict_latency",
     "profile",
     "refit",
     "results",

@@ -19,17 +19,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-
 from typer.core import TyperCommand, TyperGroup
 
 from . import results
 from .blocks import BlockSpec
 from .conversion import PlanWarning, apply_plan, make_plan
 from .errors import StorageError, UserInputError
-from .export import export_trial
+from .export import check_model_file, export_trial, write_model
 from .files import ensure_writable_dir
-from .io import load_model, read_recipe, save_model
-from .measure import ACTIVATION_BUDGET, activation_bytes, check_threads, count_macs, count_params, measure_latency
+from .io import load_model, read_recipe
+from .measure import ACTIVATION_BUDGET, RUNTIMES, activation_bytes, check_threads, count_macs, count_params, find_runtime, measure_latency
 from .measure import profile as profile_model
 from .models import model_from_name
 from .progress import Progress, shorten
@@ -179,7 +178,7 @@ def convert(
     model: str = typer.Option(..., "--model", metavar="MODEL", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME or package.module:factory"),
     to: str = typer.Option("dwsep", "--to", metavar="SPEC", help="block spec for every eligible conv, e.g. dwsep, dwsep_m2, spatial_r0.5, ir_e4"),
     input_size: str = typer.Option("3,224,224", "--input-size", metavar="C,H,W", help="C,H,W of one input"),
-    out_file: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="save the converted model (.safetensors, with its recipe)"),
+    out_file: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="save the converted model: .safetensors (with its recipe) or .onnx"),
     init: str = typer.Option("svd", "--init", metavar="svd|random", help="svd (closed form from the original weights) or random"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", metavar="N", help="classes of the model's head (default: the model's own)"),
 ) -> None:
@@ -187,10 +186,8 @@ def convert(
     before per site; for dwsep the MobileNet paper's 1/C_out + 1/K²)."""
 
     def run() -> None:
-        if out_file is not None and out_file.suffix != ".safetensors":
-            raise UserInputError("--out", f"{out_file.name} has an unknown extension", "use .safetensors (loads with nas_sepconv.load_model)")
         if out_file is not None:
-            ensure_writable_dir(out_file.parent, "--out")
+            check_model_file(out_file)
         size = parse_input_size(input_size)
         spec = BlockSpec.parse(to)
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -208,8 +205,7 @@ def convert(
             out.print(f"note: {note}")
         if out_file is not None:
             recipe = Recipe(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=size, plan=plan.to_json(indent=None))
-            save_model(out_file, converted, recipe)
-            out.print(f"saved {out_file} (load with nas_sepconv.load_model({str(out_file)!r}))")
+            out.print(f"saved {out_file} ({write_model(out_file, converted, recipe)})")
 
     _guard(run)
 
@@ -220,12 +216,14 @@ def profile(
     input_size: Optional[str] = typer.Option(None, "--input-size", metavar="C,H,W", help="C,H,W of one input (default: a saved model's recorded input size, else 3,224,224)"),
     latency: bool = typer.Option(False, "--latency", metavar="", help="also measure CPU latency (batch 1)"),
     threads: int = typer.Option(2, "--threads", metavar="N", help="intra-op threads for --latency"),
+    runtime: str = typer.Option("eager", "--runtime", metavar="|".join(RUNTIMES), help="what runs the forward for --latency"),
     allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", metavar="MODULE:FACTORY", help="package.module:factory a saved model file may import and call (repeatable); registry models need none"),
 ) -> None:
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
     def run() -> None:
         check_threads(threads, "--threads")
+        record = find_runtime(runtime, field="--runtime")
         text = input_size if input_size is not None else _recorded_input_size(model) or "3,224,224"
         size = parse_input_size(text)
         net = _load_any_model(model, allow_import=allow_import)
@@ -234,8 +232,8 @@ def profile(
             print_frame(profile_model(net, x), title=f"{model} at {size}")
         out.print(f"total MACs {count_macs(net, x):,} (FLOPs = 2 x MACs), params {count_params(net):,}")
         if latency:
-            lat = measure_latency(net, x, threads=threads)
-            out.print(f"latency (batch 1, {threads} threads): median {lat['median_ms']:.2f} ms")
+            lat = measure_latency(net, x, threads=threads, runtime=record.name)
+            out.print(f"latency ({record.name}, batch 1, {threads} threads): median {lat['median_ms']:.2f} ms (p10 {lat['p10_ms']:.2f}, p90 {lat['p90_ms']:.2f})")
 
     _guard(run)
 
@@ -371,8 +369,7 @@ def _is_model_file(name: str) -> bool:
 
 
 def _recorded_input_size(name: str) -> str | None:
-    """The input size a saved model's recipe records (``"C,H,W"``), or None (a model by name, or
-    a file that records none)."""
+    """A saved model's recorded input size (``"C,H,W"``); None for a model by name or none recorded."""
     if not _is_model_file(name):
         return None
     size = read_recipe(name).input_size

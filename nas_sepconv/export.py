@@ -5,7 +5,6 @@ back with :func:`nas_sepconv.io.load_model`) or ONNX."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,11 +17,12 @@ from . import results
 from .errors import UserInputError
 from .files import ensure_writable_dir
 from .io import check_device, load_model, save_model
+from .measure import need_module, to_onnx
 from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
 from .search import TrialContext, parse_space
 from .train import evaluate
 
-__all__ = ["export_trial", "rebuild_trial"]
+__all__ = ["MODEL_FILES", "check_model_file", "export_trial", "rebuild_trial", "write_model"]
 
 
 def _study_and_dir(source: "str | Path", study: str | None) -> tuple[optuna.Study, Path]:
@@ -97,25 +97,38 @@ def _with_input_size(recipe: Recipe, size: tuple[int, int, int]) -> Recipe:
     return recipe if recipe.input_size is not None else dataclasses.replace(recipe, input_size=size)
 
 
+MODEL_FILES = {".safetensors": "loads with nas_sepconv.load_model", ".onnx": "ONNX, batch dimension dynamic; runs in ONNX Runtime"}
+
+
+def check_model_file(out: "str | Path", field: str = "--out") -> Path:
+    """``out`` as a path a model can be written to: a known extension (:data:`MODEL_FILES`), a
+    folder that can be written, and for ONNX the ``onnx`` package.  Checked before any work."""
+    out = Path(out)
+    if out.suffix not in MODEL_FILES:
+        raise UserInputError(field, f"{out.name} has an unknown extension", f"use {' or '.join(MODEL_FILES)}")
+    ensure_writable_dir(out.parent, field)
+    if out.suffix == ".onnx":
+        need_module("onnx", field, fix="pip install 'nas-sepconv[onnx]' or write .safetensors")  # torch.onnx.export needs it
+    return out
+
+
+def write_model(out: "str | Path", model: nn.Module, recipe: Recipe, *, output_name: str = "output") -> str:
+    """Write ``model`` to ``out``: safetensors + ``recipe``, or ONNX traced at the recipe's
+    input size (batch 1; the batch dimension stays dynamic).  Returns how it loads."""
+    out = check_model_file(out)
+    if out.suffix == ".onnx":
+        to_onnx(model.cpu(), torch.randn(1, *recipe.input_size), out, output_name=output_name)
+    else:
+        save_model(out, model, recipe)
+    return MODEL_FILES[out.suffix]
+
+
 def export_trial(
     source: "str | Path", number: int, *, study: str | None = None, out: "str | Path", device: str = "cpu", allow_import: "str | Iterable[str] | None" = None
 ) -> dict[str, Any]:
     """Rebuild trial ``number`` (see :func:`rebuild_trial`) and write it to ``out``
-    (``.safetensors`` or ``.onnx``)."""
-    out = Path(out)
-    if out.suffix not in (".safetensors", ".onnx"):
-        raise UserInputError("--out", f"{out.name} has an unknown extension", "use .safetensors or .onnx")
-    ensure_writable_dir(out.parent, "--out")  # before a trial is re-trained for minutes
-    if out.suffix == ".onnx":  # likewise
-        try:
-            importlib.import_module("onnx")  # torch.onnx.export needs it
-        except ImportError:
-            raise UserInputError("--out", "ONNX export needs the onnx package", "pip install 'nas-sepconv[onnx]' or write .safetensors") from None
+    (``.safetensors`` or ``.onnx``, :func:`write_model`)."""
+    out = check_model_file(out)  # before a trial is re-trained for minutes
     model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)
-    model = model.cpu()
-    if out.suffix == ".onnx":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        torch.onnx.export(model, (torch.randn(1, *info["input_size"]),), str(out), input_names=["input"], output_names=["logits"], dynamo=False)
-    else:
-        save_model(out, model, info["recipe"])
+    write_model(out, model.cpu(), info["recipe"], output_name="logits")
     return info

@@ -48,8 +48,9 @@ build:
 @pytest.fixture(autouse=True)
 def _no_user_data(tmp_path_factory, monkeypatch):
     """The per-user data folder (the default data.root of CIFAR-10 spaces) is an empty one of
-    the test session's, never the user's ~/.cache/nas_sepconv/data."""
+    the test session's, never the user's ~/.cache/nas_sepconv/data; likewise the latency cache."""
     monkeypatch.setenv("NAS_SEPCONV_DATA", str(tmp_path_factory.getbasetemp() / "no_user_data"))
+    monkeypatch.setenv("NAS_SEPCONV_LATENCY_CACHE", str(tmp_path_factory.getbasetemp() / "latency_cache"))
 
 
 @pytest.fixture(autouse=True)

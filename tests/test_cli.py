@@ -70,6 +70,31 @@ def test_profile_prints_layers_and_totals():
     assert f"total MACs {macs:,}" in result.output
 
 
+def test_profile_latency_in_each_runtime():
+    for runtime in ("eager", "onnxruntime"):
+        result = runner.invoke(app, ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16", "--latency", "--threads", "1", "--runtime", runtime])
+        assert result.exit_code == 0, result.output
+        assert f"latency ({runtime}, batch 1, 1 threads): median" in result.output
+    result = runner.invoke(app, ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16", "--latency", "--runtime", "tvm"])
+    assert result.exit_code == 2 and "--runtime" in result.stderr and "onnxruntime" in result.stderr
+
+
+def test_convert_to_onnx_matches_pytorch(tmp_path):
+    import numpy as np
+    import onnxruntime
+
+    outs = {}
+    for suffix in ("onnx", "safetensors"):  # the same seeded model, written both ways
+        outs[suffix] = tmp_path / f"m.{suffix}"
+        torch.manual_seed(0)
+        result = runner.invoke(app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsep", "--input-size", "1,16,16", "--out", str(outs[suffix])])
+        assert result.exit_code == 0, result.output
+    x = torch.randn(2, 1, 16, 16)
+    (y,) = onnxruntime.InferenceSession(str(outs["onnx"]), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, ns.load_model(outs["safetensors"]).eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_spaces_lists_bundled_spaces():
     result = runner.invoke(app, ["spaces"])
     assert result.exit_code == 0 and "default" in result.output and "mobilenetv2_width_cifar10" in result.output
@@ -152,6 +177,23 @@ def test_onnx_hint_reaches_stderr_with_its_brackets(low_resolution_results, tmp_
     assert result.exit_code == 2, result.output
     assert "pip install 'nas-sepconv[onnx]'" in result.stderr, result.stderr
     assert not (tmp_path / "t.onnx").exists()
+
+
+def test_exported_onnx_trial_matches_its_pytorch_weights(low_resolution_results, tmp_path):
+    import numpy as np
+    import onnxruntime
+
+    folder, trial = low_resolution_results
+    target = tmp_path / "t.onnx"
+    result = runner.invoke(app, ["export", str(folder), "--trial", str(trial.number), "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    model = ns.load_model(folder / "weights" / f"trial_{trial.number}.safetensors").eval()
+    x = torch.randn(3, 1, 12, 12)
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, model(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert [o.name for o in session.get_outputs()] == ["logits"]
 
 
 def test_vision_hint_reaches_stderr_with_its_brackets(monkeypatch):

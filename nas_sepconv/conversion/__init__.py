@@ -1,5 +1,5 @@
 """Model -> plan -> converted model: conv sites, Plan, apply_plan, refit, fidelity, budgets,
-width pruning and inference optimisation."""
+width pruning, inference optimisation and latency tables."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from .least_squares import refit
 from .fidelity_report import fidelity
 from .width import apply_width_mult, find_classifier
 from .budget import plan_for_budget, sensitivity
-from .optimize import fold_batchnorm, optimize_for_inference
+from .latency import LatencyTable, latency_table, predict_latency
+from ..measure import fold_batchnorm, optimize_for_inference
 
 __all__ = [
     "ExampleInputs",
     "INITS",
+    "LatencyTable",
     "Plan",
     "PlanEntry",
     "PlanWarning",
@@ -30,10 +32,12 @@ __all__ = [
     "find_classifier",
     "find_sites",
     "fold_batchnorm",
+    "latency_table",
     "make_plan",
     "optimize_for_inference",
     "plan_for_budget",
     "plan_of",
+    "predict_latency",
     "refit",
     "sensitivity",
 ]

@@ -19,6 +19,13 @@ rank to minimise a per-layer damage objective under a whole-model complexity bud
    ``resolution`` steps of the required saving (each site's saving is rounded *down*, so the
    plan never exceeds the budget; the rounding can cost at most one step per site).
 
+With a latency table (:func:`~nas_sepconv.conversion.latency_table`), the budget can be a
+latency instead (``latency_ratio`` of the original's measured latency, or ``latency_ms``): each
+candidate then counts by the time it saves at its site on that machine and runtime, as the
+platform-aware searches do (MnasNet, arXiv:1807.11626; FBNet's lookup tables,
+arXiv:1812.03443), so that the budget buys the most speed for the least damage and a block
+that saves MACs but no time (a depthwise convolution on a small feature map) is left out.
+
 The summed single-site damages are a model of the joint damage, not a measurement: converting
 several sites compounds their errors (which the forward-order refit partly undoes).  Measure
 the converted model.  The table is the costly part (one refit and one pass over the batches
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -43,12 +51,12 @@ from .plan import Plan, make_plan, with_spec
 from ..measure import output_tensors
 from .calibration import _batches, _device, _EvalMode, _on, _run
 from .least_squares import refit
+from .latency import DEFAULT_CANDIDATES, LatencyTable
 from .rewrite import apply_plan
 from ..blocks import BlockSpec, as_spec
 
 __all__ = ["sensitivity", "plan_for_budget"]
 
-DEFAULT_CANDIDATES = ("dwsep_m1", "dwsep_m2", "dwsep_m4")
 SENSITIVITY_COLUMNS = ["name", "spec", "calls", "macs_before", "macs_after", "params_before", "params_after", "damage"]
 _METRICS = ("kl", "mse")
 
@@ -195,28 +203,64 @@ def choose(options: list[list[tuple[int, float]]], required: int, *, resolution:
     return chosen[::-1]
 
 
+def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_table: Any) -> tuple[str, float]:
+    """The one budget given, by field name, checked."""
+    given = {k: v for k, v in (("macs_ratio", macs_ratio), ("latency_ratio", latency_ratio), ("latency_ms", latency_ms)) if v is not None}
+    if len(given) != 1:
+        raise UserInputError("budget", f"give exactly one of macs_ratio, latency_ratio, latency_ms (got {', '.join(given) or 'none'})",
+                             "e.g. macs_ratio=0.25, or latency_ratio=0.5 with latency_table=ns.latency_table(model, x)")
+    (field, value), = given.items()
+    top = math.inf if field == "latency_ms" else 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
+        raise UserInputError(field, f"expected a number in (0, {top:g}], got {value!r}",
+                             "use e.g. 0.5 for half" if top == 1 else "use the budget in milliseconds, e.g. 20.0")
+    if field != "macs_ratio" and not isinstance(latency_table, LatencyTable):
+        raise UserInputError("latency_table", f"{field} needs a latency table, got {type(latency_table).__name__}",
+                             "pass latency_table=ns.latency_table(model, example_inputs)")
+    return field, float(value)
+
+
+def _savings(rows: pd.DataFrame, field: str, latency_table: LatencyTable | None) -> list[tuple[float, float]]:
+    """Per candidate row of one site: (saving, damage); a saving of MACs, or of measured time
+    (a block that saves no time is no option: the site is then kept unless another block pays)."""
+    if field == "macs_ratio":
+        return [(int((r.macs_before - r.macs_after) * r.calls), float(r.damage)) for r in rows.itertuples()]
+    keep = latency_table.ms(rows["name"].iloc[0], None)
+    return [((keep - latency_table.ms(r.name, r.spec)) * r.calls, float(r.damage)) for r in rows.itertuples()]
+
+
 def plan_for_budget(
     model: nn.Module,
     table: pd.DataFrame,
     *,
-    macs_ratio: float,
+    macs_ratio: float | None = None,
+    latency_ratio: float | None = None,
+    latency_ms: float | None = None,
+    latency_table: LatencyTable | None = None,
     example_inputs: Any,
     resolution: int = 4000,
 ) -> Plan:
     """The plan whose summed damage (from :func:`sensitivity`'s ``table``) is least among those
-    with at most ``macs_ratio`` × the model's MACs; each site gets one of its candidates or is
-    kept.  Sites the table does not name are kept.  The returned plan is an ordinary
+    within one budget: at most ``macs_ratio`` × the model's MACs, or a predicted latency of at
+    most ``latency_ratio`` × the original's measured latency or ``latency_ms`` milliseconds
+    (both need ``latency_table``, a :class:`~nas_sepconv.conversion.LatencyTable` of this model
+    at these ``example_inputs``; entries it lacks are measured).  Each site gets one of its
+    candidates or is kept; under a latency budget a candidate counts by the time it saves at
+    that site on the table's machine and runtime, so a block that saves MACs but no time is
+    never chosen.  Sites the table does not name are kept.  The returned plan is an ordinary
     :class:`~nas_sepconv.conversion.Plan` (apply it with :func:`~nas_sepconv.conversion.apply_plan`,
-    then :func:`~nas_sepconv.conversion.refit`); its ``notes`` record the budget and the predicted
-    damage.
+    then :func:`~nas_sepconv.conversion.refit`); its ``notes`` record the budget and the
+    predicted damage; with a ``latency_table`` (any budget) its report has each site's measured
+    ``latency_before_ms`` and ``latency_after_ms`` beside the MACs.
 
-    Raises :class:`UserInputError` if ``macs_ratio`` is not in (0, 1] or is below what the
-    candidates can reach, or if ``table`` lacks :func:`sensitivity`'s columns.
+    Raises :class:`UserInputError` unless exactly one budget is given, if it is out of range or
+    below what the candidates can reach, or if ``table`` lacks :func:`sensitivity`'s columns.
     """
-    if isinstance(macs_ratio, bool) or not isinstance(macs_ratio, (int, float)) or not 0 < macs_ratio <= 1:
-        raise UserInputError("macs_ratio", f"expected a number in (0, 1], got {macs_ratio!r}", "use e.g. 0.25 for a quarter of the MACs")
+    field, budget = _check_budget(macs_ratio, latency_ratio, latency_ms, latency_table)
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise UserInputError("resolution", f"expected a positive integer, got {resolution!r}", "use e.g. 4000")
+    if latency_table is not None and not isinstance(latency_table, LatencyTable):
+        raise UserInputError("latency_table", f"expected a LatencyTable, got {type(latency_table).__name__}", "use ns.latency_table(model, x)")
     missing = [c for c in SENSITIVITY_COLUMNS if c not in getattr(table, "columns", [])]
     if missing:
         raise UserInputError("table", f"lacks the columns {', '.join(missing)}", "pass the DataFrame ns.sensitivity returned")
@@ -227,20 +271,26 @@ def plan_for_budget(
     if unknown:
         raise UserInputError("table", f"names sites this model does not have ({', '.join(unknown[:3])})",
                              "compute the table with ns.sensitivity on this model")
+    if field != "macs_ratio":
+        latency_table.ensure([(r.name, r.spec) for r in table.itertuples()] + [(n, None) for n in names])
     groups, labels = [], []
     for name in names:
         rows = table[table["name"] == name]
-        groups.append([(0, 0.0)] + [(int((r.macs_before - r.macs_after) * r.calls), float(r.damage)) for r in rows.itertuples()])
-        labels.append([None] + list(rows["spec"]))
-    required = base.model_macs - int(macs_ratio * base.model_macs)
-    chosen = choose(groups, required, resolution=resolution)
+        options = [(o, spec) for o, spec in zip(_savings(rows, field, latency_table), rows["spec"]) if o[0] > 0]
+        groups.append([(0, 0.0)] + [o for o, _ in options])
+        labels.append([None] + [spec for _, spec in options])
+    total = base.model_macs if field == "macs_ratio" else latency_table.model_ms
+    limit = {"macs_ratio": int(budget * total), "latency_ratio": budget * total, "latency_ms": budget}[field]
+    chosen = choose(groups, total - limit, resolution=resolution)
     if chosen is None:
-        floor = (base.model_macs - sum(max(s for s, _ in g) for g in groups)) / base.model_macs
-        raise UserInputError("macs_ratio", f"{macs_ratio:g} is below what these candidates reach ({floor:.3f} of the MACs)",
-                             "raise macs_ratio, or add cheaper candidates (e.g. dwsep_m1) to ns.sensitivity")
+        floor = (total - sum(max(s for s, _ in g) for g in groups)) / total
+        what = "of the MACs" if field == "macs_ratio" else f"of the measured {total:.3g} ms, predicted"
+        raise UserInputError(field, f"{budget:g} is below what these candidates reach ({floor:.3f} {what})",
+                             f"raise {field}, or add cheaper candidates (e.g. dwsep_m1) to ns.sensitivity")
     rules = {glob.escape(name): label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
     plan = make_plan(model, rules, example_inputs=example_inputs)
     damage = sum(g[j][1] for g, j in zip(groups, chosen))
-    plan.notes.append(f"plan_for_budget: macs_ratio {macs_ratio:g} (reached {plan.macs_after / plan.model_macs:.4f}), "
+    reached = plan.macs_after / plan.model_macs if field == "macs_ratio" else latency_table.predict(plan) / (total if field == "latency_ratio" else 1)
+    plan.notes.append(f"plan_for_budget: {field} {budget:g} (reached {reached:.4f}{'' if field == 'macs_ratio' else ', predicted'}), "
                       f"predicted damage {damage:.4g} (sum of single-site damages)")
-    return plan
+    return plan if latency_table is None else latency_table.annotate(plan)

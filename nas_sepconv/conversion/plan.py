@@ -66,6 +66,10 @@ class PlanEntry:
     reached: bool = True
     grad_enabled: bool = True
     note: str = ""
+    #: measured latency of one call of the conv and of what replaces it (ms), where a latency
+    #: table gave them (:meth:`LatencyTable.annotate`, :func:`plan_for_budget` with a table)
+    latency_before_ms: float | None = None
+    latency_after_ms: float | None = None
 
     @property
     def converted(self) -> bool:
@@ -140,8 +144,9 @@ class Plan:
         (MACs per call, bias excluded; 0 MACs when not reached), macs_ratio (MACs after /
         before: for ``dwsep`` the MobileNet paper's 1/C_out + 1/K²), grad_enabled (False: a
         call runs under ``torch.no_grad()``, so neither the conv nor its block trains through
-        it), note (e.g. what an explicit rule costs)."""
-        rows = []
+        it), note (e.g. what an explicit rule costs); and ``latency_before_ms``/``latency_after_ms``
+        (one call, measured) when a latency table annotated the plan."""
+        rows, timed = [], any(e.latency_before_ms is not None for e in self.entries)
         for e in self.entries:
             rows.append(
                 dict(
@@ -163,6 +168,8 @@ class Plan:
                     note=e.note,
                 )
             )
+            if timed:
+                rows[-1].update(latency_before_ms=e.latency_before_ms, latency_after_ms=e.latency_after_ms)
         df = pd.DataFrame(rows)
         if not df.empty:
             df = df.astype({c: "int64" for c in ("calls", "macs_before", "macs_after", "params_before", "params_after")})
@@ -254,7 +261,8 @@ def with_spec(
     ``reason``) when ``spec`` is None, cannot replace the conv, or saves less than
     ``min_macs_saving`` of its MACs (``None``: no check), or, with ``must_save``, saves none;
     the reason then states the numbers (``"... saves 9.6 %, below min_macs_saving 50 %"``)."""
-    kept = replace(entry, spec=None, reason=reason, macs_after=entry.macs_before, params_after=entry.params_before)
+    kept = replace(entry, spec=None, reason=reason, macs_after=entry.macs_before, params_after=entry.params_before,
+                   latency_after_ms=entry.latency_before_ms)
     if spec is None:
         return kept
     why_not = spec.unsupported(entry.geometry)
@@ -265,7 +273,7 @@ def with_spec(
     if min_macs_saving is not None and (macs > before * (1 - min_macs_saving) or (must_save and macs >= before)):
         below = f"below min_macs_saving {_percent(min_macs_saving)}" if macs > before * (1 - min_macs_saving) else "a default conversion must save some"
         return replace(kept, reason=f"{spec} would not save MACs: {_saving(macs, before)}, {below} ({macs:,} vs {before:,} MACs)")
-    return replace(entry, spec=spec, reason="", macs_after=macs, params_after=params)
+    return replace(entry, spec=spec, reason="", macs_after=macs, params_after=params, latency_after_ms=None)
 
 
 def _rule_note(entry: PlanEntry, glob: str, min_macs_saving: float | None) -> str:

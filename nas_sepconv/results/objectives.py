@@ -60,7 +60,9 @@ OBJECTIVES: dict[str, Objective] = _table(
     Objective("params", "minimize", "Parameters", log_axis=True, percent=False,
               measured_by="trainable parameters of the candidate (ns.count_params)", searchable=True),
     Objective("latency_ms", "minimize", "Latency (ms)", log_axis=True, percent=False,
-              measured_by="median forward time of one input on the search device (ns.measure_latency)",
+              measured_by="median forward time of one input on the search device in search.latency_runtime: predicted "
+                          "from a latency table of the base model (convert spaces) or measured (ns.measure_latency); "
+                          "column latency_source says which",
               searchable=True),
     Objective("reward", "maximize", "Reward", log_axis=False, percent=False,
               measured_by="MnasNet's scalarised reward ACC·(MACs/T)^w (the scalarised mode's single objective)",

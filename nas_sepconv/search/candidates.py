@@ -23,11 +23,12 @@ from ..data import calibration_batches, load_dataset
 from ..errors import TrainingDiverged, UserInputError
 from ..io import build_from_recipe, load_model, read_recipe, save_model
 from ..recipe import Recipe
-from ..measure import count_macs, count_params, measure_latency
+from ..measure import count_macs, count_params
 from ..storage import lock
 from ..train import converted_features, evaluate, fit
 from .asha import RungLadder, StopAtRung
 from .schema import candidate_epochs
+from .latency import trial_latency
 from .settings import Settings
 from .spaces import Space
 from .threads import torch_threads
@@ -244,7 +245,7 @@ def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed:
     def report(epoch: int, val_acc: float) -> None:
         if ladder is not None and epoch in ladder.rungs:  # the multi-fidelity mode: go on, or StopAtRung
             if "latency_ms" in s.objectives and "latency_ms" not in metrics:  # fixed per candidate: measured once, at the first rung
-                metrics["latency_ms"] = _latency_ms(model, x, device)
+                metrics["latency_ms"], metrics["latency_source"] = trial_latency(ctx, model, x)
             ladder.on_epoch(epoch, val_acc, metrics)
         if trial is not None and s.mode == "scalarised":
             trial.report(_reward(val_acc, macs, space), epoch)
@@ -268,7 +269,7 @@ def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed:
     if ladder is not None:
         metrics.update(ladder.attrs(metrics["epochs"]))
     if ("latency_ms" in s.objectives or s.max_latency_ms is not None) and "latency_ms" not in metrics:
-        metrics["latency_ms"] = _latency_ms(model, x, device)
+        metrics["latency_ms"], metrics["latency_source"] = trial_latency(ctx, model, x)
     if s.max_latency_ms is not None:
         constraints["max_latency_ms"] = metrics["latency_ms"] - s.max_latency_ms
     metrics["constraints"] = constraints
@@ -299,7 +300,3 @@ def _ladder(trial: Any, space: Space) -> RungLadder | None:
     if mf is None or not isinstance(trial, optuna.trial.Trial):
         return None
     return RungLadder(trial, rungs=mf.rungs(candidate_epochs(space.spec)), eta=mf.eta, objectives=space.spec.search.objectives)
-
-
-def _latency_ms(model: nn.Module, x: torch.Tensor, device: str) -> float:
-    return measure_latency(model, x.to(device), repeats=10, warmup=3, threads=1)["median_ms"]

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..blocks import KINDS, BlockSpec
 from ..data import find_dataset
 from ..errors import UserInputError
+from ..measure import find_runtime
 from ..models import ARCH_ACTS, HEADS
 from ..results import OBJECTIVES
 from ..train import MAX_BATCH_SIZE, MAX_EPOCHS, TrainConfig
@@ -346,6 +347,8 @@ class SearchSection(_Strict):
     max_macs: float | None = Field(default=None, gt=0)
     max_params: float | None = Field(default=None, gt=0)
     max_latency_ms: float | None = Field(default=None, gt=0)
+    latency: Literal["predicted", "measured"] = "predicted"  # predicted where a latency table applies (search/latency.py)
+    latency_runtime: str = "eager"
     max_failures: int | None = Field(default=None, ge=0)
     population_size: int = Field(default=8, ge=2)
     multi_fidelity: MultiFidelitySection | None = None
@@ -353,6 +356,7 @@ class SearchSection(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "SearchSection":
         find_sampler(self.sampler, field="sampler")
+        find_runtime(self.latency_runtime, field="latency_runtime")
         for name in self.objectives:
             if name not in SEARCHABLE:
                 raise UserInputError("objectives", f"unknown objective {name!r}", f"use one of {', '.join(SEARCHABLE)}")

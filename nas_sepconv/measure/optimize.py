@@ -45,7 +45,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..measure import as_inputs
+from .inputs import as_inputs
 
 __all__ = ["optimize_for_inference", "fold_batchnorm"]
 

@@ -1,0 +1,200 @@
+"""Latency tables: rows, the on-disk cache (hits, misses, corruption), prediction and the plan
+report's latency columns.  Structure and caching only: no test asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import nas_sepconv as ns
+import nas_sepconv.conversion.latency as lt
+from nas_sepconv.conversion.latency import TABLE_COLUMNS
+from nas_sepconv.errors import UserInputError
+from nas_sepconv.measure import latency_cache_dir
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+X = torch.randn(1, 3, 12, 12)
+FAST = dict(repeats=2, warmup=0, threads=1)
+
+
+class Net(nn.Module):
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.conv1 = nn.Conv2d(width, 24, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(24)
+        self.conv2 = nn.Conv2d(24, 24, 3, stride=2, padding=1)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(torch.relu(self.stem(x)))))
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+class Other(Net):
+    """Another model with the same layer shapes (and another head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(24, 3)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The number of forwards of each interleaved loop the table builder times."""
+    calls = []
+    real = lt.time_rounds
+
+    def counting(forwards, **kwargs):
+        calls.append(len(forwards))
+        return real(forwards, **kwargs)
+
+    monkeypatch.setattr(lt, "time_rounds", counting)
+    return calls
+
+
+def test_rows_remainder_and_prediction(tmp_path):
+    model = Net().eval()
+    table = ns.latency_table(model, X, candidates=["dwsep_m1", "spatial_r0.25"], cache_dir=tmp_path, **FAST)
+    df = table.frame
+    assert list(df.columns) == TABLE_COLUMNS
+    # every site kept; candidates only where the policy converts (not the 3-channel stem)
+    assert list(zip(df["name"], df["spec"])) == [("stem", "keep"), ("conv1", "keep"), ("conv1", "dwsep_m1"), ("conv1", "spatial_r0.25"),
+                                                 ("conv2", "keep"), ("conv2", "dwsep_m1"), ("conv2", "spatial_r0.25")]
+    assert (df["source"] == "measured").all() and (df["latency_ms"] > 0).all() and (df["p10_ms"] <= df["p90_ms"]).all()
+    assert df.loc[1, "input_shape"] == (1, 16, 12, 12) and df.loc[2, "macs"] < df.loc[1, "macs"]
+    assert table.remainder_ms == pytest.approx(table.model_ms - df[df["spec"] == "keep"]["latency_ms"].sum())
+    plan = ns.make_plan(model, {"conv1": "dwsep_m1"}, example_inputs=X)
+    expected = table.model_ms - table.ms("conv1", None) + table.ms("conv1", "dwsep_m1")
+    assert table.predict(plan) == pytest.approx(expected)
+    assert ns.predict_latency(ns.apply_plan(model, plan), table) == pytest.approx(expected)
+    assert table.predict(ns.make_plan(model, {}, example_inputs=X)) == table.model_ms
+    assert table.context["runtime"] == "eager" and table.context["threads"] == 1 and table.context["memory_format"] == "contiguous"
+    assert not model.training
+
+
+def test_second_model_with_the_same_shapes_hits_the_cache(tmp_path, counted):
+    ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    # one interleaved loop: stem, conv1, conv1 as dwsep_m1, conv2, conv2 as dwsep_m1, the whole model
+    assert counted == [6]
+    other = ns.latency_table(Other().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    assert counted == [6, 1]  # only the (other) whole model is timed
+    assert (other.frame["source"] == "cache").all()
+
+
+@pytest.mark.parametrize("change", [dict(threads=2), dict(runtime="channels_last"), dict(dtype=torch.float64)])
+def test_a_change_of_context_misses_the_cache(tmp_path, counted, change):
+    ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    table = ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **{**FAST, **change})
+    assert counted == [6, 6] and (table.frame["source"] == "measured").all()
+    assert len(list(tmp_path.glob("*.json"))) == 2  # one file per context
+
+
+def test_another_input_shape_misses_the_cache(tmp_path, counted):
+    ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    table = ns.latency_table(Net().eval(), torch.randn(2, 3, 12, 12), candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    assert (table.frame["source"] == "measured").all() and table.frame.loc[0, "input_shape"] == (2, 3, 12, 12)
+
+
+def test_cache_file_is_plain_json_keyed_by_context_and_op(tmp_path):
+    ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == 1
+    assert set(data["context"]) == {"device", "processor", "threads", "runtime", "runtime_version", "torch", "dtype", "memory_format"}
+    ops = [e["op"] for e in data["entries"].values()]
+    assert {o["block"] for o in ops} == {"keep", "dwsep_m1"} and all({"geometry", "input_shape"} <= set(o) for o in ops)
+    assert len(ops) == 5  # stem, conv1 and conv2 kept; conv1 and conv2 as dwsep_m1
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99, "entries": {}}), json.dumps([1, 2])])
+def test_a_corrupted_cache_file_is_ignored_with_a_warning_and_rewritten(tmp_path, content):
+    ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    (path,) = tmp_path.glob("*.json")
+    path.write_text(content)
+    with pytest.warns(UserWarning, match="latency cache .* is ignored"):
+        table = ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    assert (table.frame["source"] == "measured").all()
+    assert len(json.loads(path.read_text())["entries"]) == 5
+
+
+def test_malformed_entries_are_dropped(tmp_path):
+    ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    key = next(iter(data["entries"]))
+    data["entries"][key]["median_ms"] = "__import__('os')"  # data, never code
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="1 malformed entries ignored"):
+        table = ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    assert (table.frame["source"] == "measured").sum() == 1
+
+
+def test_default_cache_dir_is_the_environment_s(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAS_SEPCONV_LATENCY_CACHE", str(tmp_path / "lat"))
+    assert latency_cache_dir() == tmp_path / "lat"
+    ns.latency_table(Net().eval(), X, candidates=[], **FAST)
+    assert len(list((tmp_path / "lat").glob("*.json"))) == 1
+    monkeypatch.delenv("NAS_SEPCONV_LATENCY_CACHE")
+    monkeypatch.setenv("NAS_SEPCONV_CACHE", str(tmp_path / "base"))
+    assert latency_cache_dir() == tmp_path / "base" / "latency"
+
+
+def test_missing_entries_are_measured_when_needed_and_annotate_the_report(tmp_path):
+    model = Net().eval()
+    table = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    plan = ns.make_plan(model, "dwsep_m2", example_inputs=X)
+    assert table.ms("conv1", "dwsep_m2") is None
+    predicted = ns.predict_latency(plan, table)
+    assert table.ms("conv1", "dwsep_m2") is not None and predicted > 0
+    report = table.annotate(plan).report()
+    row = report.set_index("name").loc["conv1"]
+    assert row["latency_before_ms"] == table.ms("conv1", None) and row["latency_after_ms"] == table.ms("conv1", "dwsep_m2")
+    stem = report.set_index("name").loc["stem"]
+    assert stem["latency_before_ms"] == stem["latency_after_ms"]
+    assert "latency_before_ms" not in plan.report().columns  # the plan itself is unchanged
+    back = ns.Plan.from_json(table.annotate(plan).to_json())
+    assert back.entries[1].latency_after_ms == row["latency_after_ms"]
+
+
+def test_bad_inputs(tmp_path):
+    model = Net().eval()
+    table = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    with pytest.raises(UserInputError) as info:
+        table.predict(ns.make_plan(model, "dwsep_m1", example_inputs=torch.randn(1, 3, 16, 16)))
+    assert info.value.field == "plan" and "input shape" in str(info.value)
+    with pytest.raises(UserInputError) as info:
+        ns.predict_latency(model, table)
+    assert info.value.field == "model"
+    for kwargs, field in ((dict(runtime="tvm"), "runtime"), (dict(dtype=torch.int8), "dtype"), (dict(candidates="dwsep"), "candidates"),
+                          (dict(threads=0), "threads"), (dict(repeats=0), "repeats")):
+        with pytest.raises(UserInputError) as info:
+            ns.latency_table(model, X, cache_dir=tmp_path, **{**FAST, **kwargs})
+        assert info.value.field == field
+
+
+def test_onnxruntime_table(tmp_path):
+    table = ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], runtime="onnxruntime", cache_dir=tmp_path, **FAST)
+    assert table.context["runtime"] == "onnxruntime" and table.context["runtime_version"].startswith("onnxruntime ")
+    assert (table.frame["latency_ms"] > 0).all()
+
+
+def test_unwritable_cache_folder_only_warns(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = ns.latency_table(Net().eval(), X, candidates=[], cache_dir=blocker / "sub", **FAST)
+    assert table.model_ms > 0 and any("could not be written" in str(w.message) for w in caught)
+
+
+def test_a_site_no_input_reaches_is_not_timed(tmp_path):
+    model = Net().eval()
+    model.unused = nn.Conv2d(24, 24, 3, padding=1)  # never called by forward: in the plan, not reached
+    table = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    assert "unused" not in set(table.frame["name"]) and "unused" in table.sites
+    assert table.predict(ns.make_plan(model, "dwsep_m1", example_inputs=X)) > 0
