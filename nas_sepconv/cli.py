@@ -186,8 +186,7 @@ def convert(
     before per site; for dwsep the MobileNet paper's 1/C_out + 1/K²)."""
 
     def run() -> None:
-        if out_file is not None:
-            check_model_file(out_file)
+        check_model_file(out_file)  # before any work (None: nothing to save)
         size = parse_input_size(input_size)
         spec = BlockSpec.parse(to)
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -197,7 +196,6 @@ def convert(
             warnings.simplefilter("ignore", PlanWarning)  # the same lines are in plan.notes, printed below
             plan = make_plan(net, spec, example_inputs=x)
         converted = apply_plan(net, plan, init=init)
-        # macs_ratio: MACs after / before per site (for dwsep the seeds' 1/C_out + 1/K²; 1 when kept)
         report = plan.report()[["name", "op", "spec", "reason", "macs_before", "macs_after", "macs_ratio", "params_before", "params_after"]]
         print_frame(report, title=f"{model} -> {spec}")
         out.print(plan.summary())

@@ -100,9 +100,12 @@ def _with_input_size(recipe: Recipe, size: tuple[int, int, int]) -> Recipe:
 MODEL_FILES = {".safetensors": "loads with nas_sepconv.load_model", ".onnx": "ONNX, batch dimension dynamic; runs in ONNX Runtime"}
 
 
-def check_model_file(out: "str | Path", field: str = "--out") -> Path:
+def check_model_file(out: "str | Path | None", field: str = "--out") -> Path | None:
     """``out`` as a path a model can be written to: a known extension (:data:`MODEL_FILES`), a
-    folder that can be written, and for ONNX the ``onnx`` package.  Checked before any work."""
+    folder that can be written, and for ONNX the ``onnx`` package.  Checked before any work.
+    ``None`` (nothing to write) passes."""
+    if out is None:
+        return None
     out = Path(out)
     if out.suffix not in MODEL_FILES:
         raise UserInputError(field, f"{out.name} has an unknown extension", f"use {' or '.join(MODEL_FILES)}")
