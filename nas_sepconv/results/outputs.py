@@ -37,6 +37,17 @@ def _pareto_columns(df: pd.DataFrame) -> list[str]:
     return chosen + [p for p in _param_columns(df) if p not in chosen]
 
 
+
+def _made_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path, created if needed (an ``out_dir`` error if it cannot be)."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError("out_dir", f"cannot create {str(out)!r} ({exc})",
+                             "choose a writable directory") from exc
+    return out
+
 def write_outputs(
     df: pd.DataFrame,
     out_dir: str | Path,
@@ -55,12 +66,7 @@ def write_outputs(
     Returns:
         ``{"trials": path, "pareto": path, "plot": path}``.
     """
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserInputError("out_dir", f"cannot create {str(out)!r} ({exc})",
-                             "choose a writable directory") from exc
+    out = _made_dir(out_dir)
     paths = {"trials": out / "trials.csv", "pareto": out / "pareto.csv", "plot": out / "pareto.png"}
     front = pareto_front(df, objectives=objectives)
     atomic_write(paths["trials"], lambda fh: df.to_csv(fh, index=False), binary=False)
@@ -121,12 +127,7 @@ def write_comparison(
         table = compare(studies, baselines=baselines, objectives=objectives)
     except UserInputError as exc:
         raise (UserInputError(field, exc.problem, exc.fix) if exc.field == "baselines" else exc) from None
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserInputError("out_dir", f"cannot create {str(out)!r} ({exc})",
-                             "choose a writable directory") from exc
+    out = _made_dir(out_dir)
     written = table.copy()
     for o, value in (table.attrs["reference"] or {}).items():
         written[f"reference_{o}"] = 10.0 ** value if o in table.attrs["log_scale"] else value

@@ -158,6 +158,23 @@ def _draw_off_front(ax: matplotlib.axes.Axes, main: _Front2D) -> None:
                    alpha=0.6, linewidths=0.7, label=f"stopped early, at their last rung ({len(main.x_stopped)})")
 
 
+
+def _finish_axes(ax: matplotlib.axes.Axes, *, x_label: str, y_label: str, x_log: bool, y_log: bool,
+                 title: Any) -> matplotlib.axes.Axes:
+    """Scales, labels, title, grid and legend, the same for every plot of this module."""
+    if x_log:
+        ax.set_xscale("log")
+    if y_log:
+        ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if title:
+        ax.set_title(str(title))
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8, frameon=True)
+    return ax
+
 def plot_pareto(
     df: pd.DataFrame,
     *,
@@ -222,19 +239,8 @@ def plot_pareto(
     if not len(main.x_all) and not data.baselines:
         ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center",
                 transform=ax.transAxes, color="tab:gray")
-    if data.x_log:
-        ax.set_xscale("log")
-    if data.y_log:
-        ax.set_yscale("log")
-    ax.set_xlabel(data.x_label)
-    ax.set_ylabel(data.y_label)
     title = title if title is not None else df.attrs.get("study")
-    if title:
-        ax.set_title(str(title))
-    ax.grid(True, which="major", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8, frameon=True)
-    return ax
+    return _finish_axes(ax, x_label=data.x_label, y_label=data.y_label, x_log=data.x_log, y_log=data.y_log, title=title)
 
 
 def plot_fronts(
@@ -288,15 +294,4 @@ def plot_fronts(
                 transform=ax.transAxes, color="tab:gray")
     x_log = x in LOG_SCALE_COLUMNS and len(every_x) > 0 and bool((every_x > 0).all())
     y_log = y in LOG_SCALE_COLUMNS and len(every_y) > 0 and bool((every_y > 0).all())
-    if x_log:
-        ax.set_xscale("log")
-    if y_log:
-        ax.set_yscale("log")
-    ax.set_xlabel(_axis_label(x, x_log))
-    ax.set_ylabel(_axis_label(y, y_log))
-    if title:
-        ax.set_title(str(title))
-    ax.grid(True, which="major", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8, frameon=True)
-    return ax
+    return _finish_axes(ax, x_label=_axis_label(x, x_log), y_label=_axis_label(y, y_log), x_log=x_log, y_log=y_log, title=title)
