@@ -86,3 +86,20 @@ def cifar10_root(tmp_path_factory):
             tar.extractall(root, filter="data")
     candidates = [p for p in [root, *root.iterdir()] if (p / "train").is_dir()]
     return candidates[0]
+
+
+class ThreeConvNet(torch.nn.Module):
+    """Three 3x3 convs after a stem, the middle one strided, a classifier (the budget tests' model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.conv1 = torch.nn.Conv2d(16, 24, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(24, 32, 3, stride=2, padding=1)
+        self.conv3 = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        for conv in (self.stem, self.conv1, self.conv2, self.conv3):
+            x = torch.relu(conv(x))
+        return self.fc(x.mean((2, 3)))

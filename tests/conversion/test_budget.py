@@ -14,26 +14,12 @@ import nas_sepconv as ns
 from nas_sepconv.conversion.budget import SENSITIVITY_COLUMNS, choose
 from nas_sepconv.errors import UserInputError
 
+from conftest import ThreeConvNet  # noqa: E402  (tests/ is on sys.path)
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
 
 
-class Net(nn.Module):
-    """Three 3x3 convs after a stem, the middle one strided, a classifier."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.conv1 = nn.Conv2d(16, 24, 3, padding=1)
-        self.conv2 = nn.Conv2d(24, 32, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        x = torch.relu(self.conv3(x))
-        return self.fc(x.mean((2, 3)))
+Net = ThreeConvNet
 
 
 @pytest.fixture(scope="module")

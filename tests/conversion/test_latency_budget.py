@@ -5,28 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 
 import nas_sepconv as ns
 from nas_sepconv.errors import UserInputError
+
+from conftest import ThreeConvNet  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 X = torch.randn(1, 3, 12, 12)
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.conv1 = nn.Conv2d(16, 24, 3, padding=1)
-        self.conv2 = nn.Conv2d(24, 32, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        for conv in (self.stem, self.conv1, self.conv2, self.conv3):
-            x = torch.relu(conv(x))
-        return self.fc(x.mean((2, 3)))
+Net = ThreeConvNet
 
 
 # one call's latency (ms) per (site, block): conv2's blocks save MACs but cost time
