@@ -61,6 +61,12 @@ class Config:
     #: a stricter reference accuracy (MACs as the common reference): the ratio counting only
     #: candidates at least this accurate (``ratio_floor``); None: not computed
     floor: float | None = None
+    #: merged into the searched space only, after ``overrides`` (its search budget: never the
+    #: baselines', which sweep each alpha once)
+    searched_overrides: dict[str, Any] = field(default_factory=dict)
+    #: the rungs of the ``--multi-fidelity`` run (``search.multi_fidelity``); None: the space's,
+    #: else min_epochs 1, eta 3
+    multi_fidelity: dict[str, int] | None = None
 
 
 CONFIGS: dict[str, Config] = {
@@ -70,9 +76,13 @@ CONFIGS: dict[str, Config] = {
     ),
     "cifar10": Config(
         "mobilenetv3_cifar10", ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
-        overrides={"data": {"subset": 10000, "image_size": 16}, "train": {"epochs": 5}}, workers=2,
-        note="CPU-sized: 10,000 training images (9,000 train + 1,000 validation) at 16x16, 5 epochs, for every space alike, "
-             "2 worker processes; one seed (40 + 6 + 5 trials) estimated at about an hour on 2 cores",
+        overrides={"data": {"subset": 5000, "image_size": 16},
+                   "train": {"epochs": 5, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0}},
+        searched_overrides={"search": {"trials": 24, "population_size": 8}}, multi_fidelity={"min_epochs": 1, "eta": 2},
+        workers=2,
+        note="CPU-sized: 5,000 training images (4,500 train + 500 validation; the test split's 10,000 only reported) "
+             "at 16x16, 5 epochs at batch 64 (lr 0.05, cosine, no warm-up), for every space alike; 24 trials of the "
+             "searched space (NSGA-II, population 8), every alpha of the families once; 2 worker processes",
     ),
     "cifar10-full": Config(
         "mobilenetv3_cifar10", ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
@@ -93,9 +103,11 @@ def space_files(config: Config, out: Path, overrides: dict[str, Any]) -> dict[st
     """name -> what ``ns.search`` runs: the bundled name, or the overridden copy in ``out/spaces``."""
     from nas_sepconv.search import load_space
 
-    changes = merged(config.overrides, overrides)
     found = {}
     for name in (config.searched, *config.baselines):
+        changes = merged(config.overrides, overrides)
+        if name == config.searched:
+            changes = merged(changes, config.searched_overrides)
         if not changes:
             found[name] = name
             continue
@@ -108,16 +120,18 @@ def space_files(config: Config, out: Path, overrides: dict[str, Any]) -> dict[st
 
 
 def multi_fidelity_search(space: str, *, seed: int, out: Path, study: str, trials: int | None = None,
-                          **kwargs: Any) -> Any:
+                          rungs: dict[str, int] | None = None, **kwargs: Any) -> Any:
     """The searched space once more, in the multi-fidelity mode (MO-ASHA, ``search.multi_fidelity``
-    of the space or its defaults), as study ``study`` in ``out``; returns the study.  It runs
+    of the space or its defaults; ``rungs``: ``{"min_epochs", "eta"}`` instead), as study ``study``
+    in ``out``; returns the study.  It runs
     twice the space's trials (``trials``): each stops early at a rung unless it ranks in the best
     1/eta there, so its epochs spent (the frame's ``epochs_trained``) are what it is compared on."""
     import nas_sepconv as ns
     from nas_sepconv.search import load_space
 
     trials = trials or 2 * load_space(space).spec.search.trials
-    study_ = ns.search(space, seed=seed, out=out, study=study, trials=trials, multi_fidelity=True, heartbeat=0, **kwargs)
+    study_ = ns.search(space, seed=seed, out=out, study=study, trials=trials, multi_fidelity=rungs or True,
+                       heartbeat=kwargs.pop("heartbeat", 0), **kwargs)
     shutil.rmtree(out / study / "weights", ignore_errors=True)
     return study_
 
@@ -132,14 +146,15 @@ def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, th
     for name, space in spaces.items():
         start = time.perf_counter()
         ns.search(space, seed=seed, out=out, device=config.device, workers=config.workers, threads=threads,
-                  data_root=data_root, heartbeat=0 if config.workers == 1 else 10)
+                  data_root=data_root, heartbeat=0 if config.workers == 1 else 10, multi_fidelity=False)
         shutil.rmtree(out / name / "weights", ignore_errors=True)
         runs[name] = {"folder": out / name, "role": "searched" if name == config.searched else "baseline"}
         log(f"seed {seed}: {name} done in {(time.perf_counter() - start) / 60:.1f} min")
     if multi_fidelity:
         name = f"{config.searched}_multifidelity"
         multi_fidelity_search(spaces[config.searched], seed=seed, out=out, study=name, device=config.device,
-                              threads=threads, data_root=data_root)
+                              threads=threads, data_root=data_root, rungs=config.multi_fidelity,
+                              workers=config.workers, heartbeat=0 if config.workers == 1 else 10)
         runs[name] = {"folder": out / name, "role": "searched (multi-fidelity)"}
     return runs
 

@@ -37,6 +37,22 @@ def test_the_configurations_compare_a_searched_space_with_both_families(bench):
     assert bench.CONFIGS["cifar10-full"].device == "cuda" and not bench.CONFIGS["cifar10-full"].overrides
 
 
+def test_searched_overrides_reach_the_searched_space_alone(bench, tmp_path):
+    import dataclasses
+
+    import yaml
+
+    config = dataclasses.replace(bench.CONFIGS["digits"], overrides={"train": {"epochs": 3}},
+                                 searched_overrides={"search": {"trials": 7}})
+    files = bench.space_files(config, tmp_path, {})
+    spaces = {name: yaml.safe_load(Path(path).read_text()) for name, path in files.items()}
+    assert all(space["train"]["epochs"] == 3 for space in spaces.values())  # the recipe: every space alike
+    assert spaces["default"]["search"]["trials"] == 7
+    assert [spaces[b]["search"]["trials"] for b in config.baselines] == [6, 5]  # each alpha once, untouched
+    cifar = bench.CONFIGS["cifar10"]
+    assert cifar.multi_fidelity == {"min_epochs": 1, "eta": 2} and "search" not in cifar.overrides
+
+
 @pytest.mark.slow  # three searches with their outputs: about 20 s
 def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
     table = bench.run("digits", seeds=[0], out=tmp_path, threads=1, data_root=None, overrides=TOY,
