@@ -6,7 +6,6 @@ Ctrl-C: exit status 130."""
 
 from __future__ import annotations
 
-import math
 import sys
 import traceback
 import warnings
@@ -132,7 +131,7 @@ def example_input(net: Any, size: tuple[int, ...], text: str) -> Any:
     with _flag_names():
         need = activation_bytes(net, shape)
     if need is None:  # the model does not run on the meta device: the input alone is the bound
-        need = 4 * math.prod(shape)
+        need = 4 * torch.Size(shape).numel()
     if need > ACTIVATION_BUDGET:
         raise UserInputError(
             "--input-size",
@@ -350,13 +349,14 @@ def export(
     out_file: Path = typer.Option(..., "--out", metavar="FILE", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"),
     device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|cuda:N", help="where a trial without saved weights is re-trained"),
     allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", metavar="NAME", help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="PATH", help="the data set's folder or archive, as given to the search's --data-root (re-training needs the data)"),
 ) -> None:
     """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
 
     def run() -> None:
         if (results_dir is None) == (storage is None):
             raise UserInputError("export", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv export results/default --trial 3 --out m.safetensors")
-        info = export_trial(results_dir if results_dir is not None else storage, trial, study=study, out=out_file, device=device, allow_import=allow_import)
+        info = export_trial(results_dir if results_dir is not None else storage, trial, study=study, out=out_file, device=device, allow_import=allow_import, data_root=data_root)
         out.print(f"trial {trial}: {info['how']}; accuracy {info['accuracy']:.4f} (recorded {info['recorded_accuracy']:.4f}); wrote {out_file}")
 
     _guard(run)

@@ -19,7 +19,7 @@ from .files import ensure_writable_dir
 from .io import check_device, load_model, save_model
 from .measure import need_module, to_onnx
 from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
-from .search import TrialContext, parse_space
+from .search import TrialContext, parse_space, with_data_root
 from .train import evaluate
 
 __all__ = ["MODEL_FILES", "check_model_file", "export_trial", "rebuild_trial", "write_model"]
@@ -51,10 +51,13 @@ def _check_stored_space(space: Any, trusted: frozenset[str]) -> None:
 
 
 def rebuild_trial(
-    source: "str | Path", number: int, *, study: str | None = None, device: str = "cpu", allow_import: "str | Iterable[str] | None" = None
+    source: "str | Path", number: int, *, study: str | None = None, device: str = "cpu", allow_import: "str | Iterable[str] | None" = None,
+    data_root: "str | Path | None" = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of trial ``number`` and how it was obtained (``how``), with its validation
-    accuracy measured now (``accuracy``) next to the recorded one.
+    accuracy measured now (``accuracy``) next to the recorded one.  ``data_root``: where the
+    data set is, when the search was given ``--data-root`` (the stored space keeps its own
+    ``data.root``, not the command line's).
 
     Nothing named by the results folder is imported or called unless ``allow_import`` names it
     (see :mod:`nas_sepconv.io`)."""
@@ -69,7 +72,13 @@ def rebuild_trial(
         raise UserInputError("--trial", f"trial {number} is {frozen.state.name}, not COMPLETE", "pick a completed trial (nas-sepconv report)")
     space = parse_space(the_study.user_attrs["space_yaml"], source=f"study {the_study.study_name}")
     _check_stored_space(space, trusted)
-    ctx = TrialContext.for_rebuild(space, device=device, out_dir=folder, study=the_study.study_name)
+    space = space if data_root is None else with_data_root(space, data_root)
+    try:
+        ctx = TrialContext.for_rebuild(space, device=device, out_dir=folder, study=the_study.study_name)
+    except UserInputError as exc:
+        if data_root is not None or not exc.field.endswith("root"):
+            raise
+        raise UserInputError(exc.field, exc.problem, "give --data-root PATH (data_root=), the data the search was run on") from None
     weights = folder / "weights" / f"trial_{number}.safetensors"
     if weights.is_file():
         model, how = load_model(weights, allow_import=trusted, device=device), "loaded saved weights"
@@ -127,11 +136,12 @@ def write_model(out: "str | Path", model: nn.Module, recipe: Recipe, *, output_n
 
 
 def export_trial(
-    source: "str | Path", number: int, *, study: str | None = None, out: "str | Path", device: str = "cpu", allow_import: "str | Iterable[str] | None" = None
+    source: "str | Path", number: int, *, study: str | None = None, out: "str | Path", device: str = "cpu", allow_import: "str | Iterable[str] | None" = None,
+    data_root: "str | Path | None" = None,
 ) -> dict[str, Any]:
     """Rebuild trial ``number`` (see :func:`rebuild_trial`) and write it to ``out``
     (``.safetensors`` or ``.onnx``, :func:`write_model`)."""
     out = check_model_file(out)  # before a trial is re-trained for minutes
-    model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import)
+    model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import, data_root=data_root)
     write_model(out, model.cpu(), info["recipe"], output_name="logits")
     return info

@@ -256,6 +256,25 @@ def test_data_root_flag_is_used(tmp_path, monkeypatch):
     assert result.exit_code == 2 and result.stderr.startswith("error: --data-root:"), result.stderr
 
 
+def test_export_re_trains_on_the_data_root_the_search_was_given(tmp_path, monkeypatch):
+    import shutil
+
+    tree = _fake_cifar_tree(tmp_path / "tree")
+    (tmp_path / "space.yaml").write_text(_cifar_space(root="not_here"))
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["search", "--space", "space.yaml", "--out", "out", "--data-root", str(tree)]).exit_code == 0
+    shutil.rmtree(tmp_path / "out" / "c10" / "weights")  # export must re-train, so it needs the data
+    result = runner.invoke(app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: dataset.root: not_here"), result.stderr
+    assert "give --data-root PATH" in lines[0] and not (tmp_path / "m.safetensors").exists()
+    result = runner.invoke(app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(tree)])
+    assert result.exit_code == 0, result.output
+    assert "re-trained" in result.stdout and (tmp_path / "m.safetensors").is_file()
+    recorded = float(pd.read_csv(tmp_path / "out" / "c10" / "trials.csv")["accuracy"].iloc[0])
+    assert f"accuracy {recorded:.4f} (recorded {recorded:.4f})" in result.stdout  # the same run again
+
+
 def test_relative_data_root_is_read_from_the_space_files_folder(tmp_path, monkeypatch):
     folder = tmp_path / "spaces"
     _fake_cifar_tree(folder / "tree")

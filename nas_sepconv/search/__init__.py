@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .asha import crowding_distance, nondominated_fronts, promotes, rung_epochs
 from .schema import BLOCK_OPTIONS, LIMITS, SpaceLimits
-from .spaces import Space, list_spaces, load_space, parse_space, space_dirs, with_multi_fidelity
+from .spaces import Space, list_spaces, load_space, parse_space, space_dirs, with_data_root, with_multi_fidelity
 from .suggestion import Candidate, suggest
 from .candidates import TrialContext, build_candidate, run_candidate
 from .outputs import SearchStatus
@@ -41,5 +41,6 @@ __all__ = [
     "space_dirs",
     "storage_url_for",
     "suggest",
+    "with_data_root",
     "with_multi_fidelity",
 ]
