@@ -40,7 +40,7 @@ from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_
 from .candidates import build_candidate, run_candidate
 from .outputs import SearchStatus, refresh_outputs
 from .processes import _check_workers, _run_workers
-from .samplers import make_sampler
+from .samplers import check_grid_trials, make_sampler
 from .settings import Settings
 from .spaces import Space, load_space, with_data_root, with_multi_fidelity
 from .study import claim_session, open_study
@@ -172,6 +172,7 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
         threads=threads,
     )
     make_sampler(settings.sampler, seed, space)  # validate before creating anything
+    check_grid_trials(settings.sampler, space, settings.trials)
     if storage is not None:
         open_storage(settings.storage)  # a bad URL fails before the results directory exists
         if settings.storage.startswith("sqlite"):  # SQLite writes a journal beside the database

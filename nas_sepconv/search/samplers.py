@@ -18,7 +18,7 @@ import optuna
 from ..blocks import BlockSpec
 from ..errors import UserInputError
 
-__all__ = ["SAMPLERS", "Sampler", "find_sampler", "grid_of", "make_sampler", "process_seed"]
+__all__ = ["SAMPLERS", "Sampler", "check_grid_trials", "find_sampler", "grid_of", "grid_points", "make_sampler", "process_seed"]
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,24 @@ class _GridSampler(optuna.samplers.GridSampler):
         pass
 
 
+def grid_points(space: Any) -> int:
+    """How many points :func:`grid_of` enumerates (the most trials a ``grid`` search runs)."""
+    return int(np.prod([len(v) for v in grid_of(space).values()]))
+
+
+def check_grid_trials(sampler: str, space: Any, trials: int) -> None:
+    """A ``grid`` search asked for more trials than its grid has points is refused (``--trials``)."""
+    if sampler == "grid" and trials > (points := grid_points(space)):
+        raise UserInputError("--trials", f"{trials} trials, but the grid of space {space.name!r} has {points} points",
+                             f"give --trials {points} or fewer (each point once)")
+
+
 def _make_grid(seed: int, space: Any) -> optuna.samplers.BaseSampler:
     """Every point of :func:`grid_of` once.  The points are numbered alike in every process
     (Optuna shuffles them with the sampler's seed: a fixed one here); trial ``n`` of the study
     takes point ``n`` (a failed trial's point is not retried).  The seed still changes each
     trial's training (seed + trial number)."""
-    grid = grid_of(space)
-    points = int(np.prod([len(v) for v in grid.values()]))
+    grid, points = grid_of(space), grid_points(space)
     if space.spec.search.trials > points:
         raise UserInputError("search.trials", f"{space.spec.search.trials} trials, but the grid has {points} points",
                              f"give trials: {points} (each point once)")

@@ -156,6 +156,22 @@ def test_the_grid_refuses_a_range_and_more_trials_than_points():
     assert info.value.field == "search.trials"
 
 
+def test_a_grid_search_refuses_more_trials_than_points_before_creating_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from nas_sepconv.cli import app
+
+    result = CliRunner().invoke(app, ["search", "--space", "mobilenetv3small_width_digits", "--trials", "6", "--out", str(tmp_path / "r")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0] == ("error: --trials: 6 trials, but the grid of space 'mobilenetv3small_width_digits' has 5 points; "
+                        "give --trials 5 or fewer (each point once)")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ns.UserInputError, match="grid of space 'mobilenetv2_width_digits' has 6 points") as info:
+        ns.search("mobilenetv2_width_digits", trials=7, out=tmp_path / "r")
+    assert info.value.field == "--trials" and not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("name", ["mobilenetv2_width_digits", "mobilenetv3small_width_digits"])
 def test_digits_baselines_run_end_to_end(name, tmp_path):
     """The bundled file with a tiny budget (300 images, one epoch, the two smallest alphas):
