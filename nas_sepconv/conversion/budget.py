@@ -285,8 +285,11 @@ def plan_for_budget(
     if chosen is None:
         floor = (total - sum(max(s for s, _ in g) for g in groups)) / total
         what = "of the MACs" if field == "macs_ratio" else f"of the measured {total:.3g} ms, predicted"
+        tried = list(dict.fromkeys(str(spec) for spec in table["spec"]))
+        cheaper = ("cheaper candidates than " + ", ".join(tried[:4]) + (", ..." if len(tried) > 4 else "")
+                   if "dwsep_m1" in tried else "cheaper candidates (e.g. dwsep_m1)")
         raise UserInputError(field, f"{budget:g} is below what these candidates reach ({floor:.3f} {what})",
-                             f"raise {field}, or add cheaper candidates (e.g. dwsep_m1) to ns.sensitivity")
+                             f"raise {field}, or add {cheaper} to ns.sensitivity")
     rules = {glob.escape(name): label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
     plan = make_plan(model, rules, example_inputs=example_inputs)
     damage = sum(g[j][1] for g, j in zip(groups, chosen))

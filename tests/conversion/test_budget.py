@@ -150,8 +150,12 @@ def test_rounding_never_breaks_the_budget():
 def test_bad_inputs(net_and_batches, table):
     model, batches = net_and_batches
     x = batches[0][:1]
-    with pytest.raises(UserInputError, match="macs_ratio"):
+    with pytest.raises(UserInputError, match="macs_ratio") as info:
         ns.plan_for_budget(model, table, macs_ratio=0.01, example_inputs=x)  # below what dwsep_m1 reaches
+    # dwsep_m1 was tried: the fix names what was tried instead of suggesting it again
+    assert info.value.fix == "raise macs_ratio, or add cheaper candidates than dwsep_m1, dwsep_m2, spatial_r0.25 to ns.sensitivity"
+    with pytest.raises(UserInputError, match=r"add cheaper candidates \(e.g. dwsep_m1\)"):
+        ns.plan_for_budget(model, table[table["spec"] == "dwsep_m2"], macs_ratio=0.01, example_inputs=x)
     with pytest.raises(UserInputError, match="macs_ratio"):
         ns.plan_for_budget(model, table, macs_ratio=1.5, example_inputs=x)
     with pytest.raises(UserInputError, match="resolution"):
