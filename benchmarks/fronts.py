@@ -45,6 +45,7 @@ import pandas as pd
 import yaml
 
 GOAL = 1.05  # the searched front's hypervolume over the best baseline's, in every seed
+MF_GOAL = 0.5  # the multi-fidelity run reaches the full search's hypervolume with at most this share of its epochs
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,47 @@ def hv_by_epochs(seed: int, name: str, df: pd.DataFrame, reference: dict[str, fl
     return pd.DataFrame(rows)
 
 
+def multi_fidelity_summary(curves: pd.DataFrame, searched: str) -> pd.DataFrame:
+    """Per seed, from :func:`hv_by_epochs`' curves: the full-budget search's final hypervolume
+    and the epochs it spent, against the epochs the multi-fidelity run of the same space spent
+    until its front (full-budget trials) reached that hypervolume; and both at half the full
+    search's epochs.  ``met``: reached within :data:`MF_GOAL` of the epochs."""
+    rows = []
+    for seed, part in curves.groupby("seed", sort=True):
+        full, mf = part[part["study"] == searched], part[part["study"] == f"{searched}_multifidelity"]
+        if full.empty or mf.empty:
+            continue
+        target, budget = float(full["hypervolume"].iloc[-1]), int(full["epochs_spent"].iloc[-1])
+        reached = mf[mf["hypervolume"] >= target - 1e-12]
+        epochs = int(reached["epochs_spent"].iloc[0]) if len(reached) else None
+        rows.append({
+            "seed": seed, "full_trials": len(full), "full_epochs": budget, "full_hv": target,
+            "mf_trials": len(mf), "mf_epochs": int(mf["epochs_spent"].iloc[-1]), "mf_hv": float(mf["hypervolume"].iloc[-1]),
+            "mf_epochs_to_full_hv": "not reached" if epochs is None else epochs,
+            "epochs_ratio": math.nan if epochs is None else round(epochs / budget, 3),
+            "full_hv_at_half": float(full[full["epochs_spent"] <= budget / 2]["hypervolume"].max()),
+            "mf_hv_at_half": float(mf[mf["epochs_spent"] <= budget / 2]["hypervolume"].max()),
+            "met": epochs is not None and epochs <= MF_GOAL * budget,
+        })
+    return pd.DataFrame(rows)
+
+
+def plot_hv_by_epochs(curves: pd.DataFrame, path: Path, title: str) -> None:
+    """Each searched study's hypervolume against the training epochs spent, one panel per seed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    seeds = sorted(curves["seed"].unique())
+    fig = Figure(figsize=(5.0 * len(seeds), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, seed in zip(fig.subplots(1, len(seeds), squeeze=False)[0], seeds):
+        for study, part in curves[curves["seed"] == seed].groupby("study", sort=False):
+            ax.step(part["epochs_spent"], part["hypervolume"], where="post", label=study)
+        ax.set(title=f"{title}, seed {seed}", xlabel="training epochs spent", ylabel="hypervolume (accuracy x log10 MACs)")
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+
+
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per study: hypervolume and ratio, mean +- std over the seeds; the smallest ratio."""
     rows = []
@@ -284,7 +326,9 @@ def write_report(table: pd.DataFrame, curves: pd.DataFrame, config_name: str, co
         f"{config.note}; the trials took {table['trials_min'].sum():.0f} min in all (`trials_min`: the sum of a study's trial durations).\n\n"
         f"Spaces: `{config.searched}` (searched) against {', '.join(f'`{b}`' for b in config.baselines)} "
         f"(every alpha once), with the same data, training recipe and seeds"
-        + (f"; overridden in all of them: `{config.overrides}`" if config.overrides else "") + ".\n\n"
+        + (f"; overridden in all of them: `{config.overrides}`" if config.overrides else "")
+        + (f"; in the searched space alone (its search budget): `{config.searched_overrides}`" if config.searched_overrides else "")
+        + ".\n\n"
         f"Hypervolume in accuracy x log10(MACs) on one reference point for every study and seed: "
         f"accuracy {100 * reference['accuracy']:.2f}%, MACs {reference['macs'] / 1e6:.3f} M (the worst values of all "
         f"trials, pushed out by 1% of their range).  `ratio`: over the seed's best baseline; "
@@ -301,6 +345,23 @@ def write_report(table: pd.DataFrame, curves: pd.DataFrame, config_name: str, co
         "study's results folder.  `hv_by_epochs.csv`: the searched front's hypervolume after each trial against "
         "the training epochs spent.\n"
     )
+    mf = multi_fidelity_summary(curves, config.searched)
+    if len(mf):
+        mf.to_csv(out / "multi_fidelity.csv", index=False)
+        plot_hv_by_epochs(curves, out / "hv_by_epochs.png", config_name)
+        mf_met = bool(mf["met"].all())
+        rungs = config.multi_fidelity or "the space's, else min_epochs 1, eta 3"
+        text += (
+            "\n## The multi-fidelity mode\n\n"
+            f"`{config.searched}_multifidelity`: the searched space in the multi-fidelity mode (MO-ASHA, rungs {rungs}), "
+            "twice its trials, same seed; compared on training epochs spent (every trial's, stopped ones included) "
+            "with the hypervolume of its full-budget trials on the common reference.  "
+            f"**Goal: the full search's final hypervolume reached with at most {MF_GOAL:g}x its epochs in every seed: "
+            f"{'met' if mf_met else 'NOT met'}** (epochs ratio "
+            + ", ".join(f"seed {r.seed}: " + ("not reached" if math.isnan(r.epochs_ratio) else f"{r.epochs_ratio:.3f}")
+                        for r in mf.itertuples()) + ").\n\n"
+            + markdown_table(mf) + "\n\n`multi_fidelity.csv` (this table), `hv_by_epochs.png` (the curves).\n"
+        )
     (out / "fronts.md").write_text(text)
     return text
 

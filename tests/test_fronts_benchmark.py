@@ -53,6 +53,17 @@ def test_searched_overrides_reach_the_searched_space_alone(bench, tmp_path):
     assert cifar.multi_fidelity == {"min_epochs": 1, "eta": 2} and "search" not in cifar.overrides
 
 
+def test_multi_fidelity_summary_finds_the_epochs_to_the_full_hypervolume(bench):
+    rows = [(0, "s", 5, 0.1), (0, "s", 10, 0.3), (0, "s", 20, 0.4),  # the full search: 20 epochs, 0.4
+            (0, "s_multifidelity", 2, 0.2), (0, "s_multifidelity", 8, 0.45), (0, "s_multifidelity", 30, 0.5),
+            (1, "s", 10, 0.2), (1, "s_multifidelity", 9, 0.1)]  # seed 1: never reached
+    curves = pd.DataFrame(rows, columns=["seed", "study", "epochs_spent", "hypervolume"])
+    mf = bench.multi_fidelity_summary(curves, "s").set_index("seed")
+    assert mf.loc[0, "mf_epochs_to_full_hv"] == 8 and mf.loc[0, "epochs_ratio"] == 0.4 and mf.loc[0, "met"]
+    assert mf.loc[0, "full_hv_at_half"] == 0.3 and mf.loc[0, "mf_hv_at_half"] == 0.45
+    assert mf.loc[1, "mf_epochs_to_full_hv"] == "not reached" and not mf.loc[1, "met"]
+
+
 @pytest.mark.slow  # three searches with their outputs: about 20 s
 def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
     table = bench.run("digits", seeds=[0], out=tmp_path, threads=1, data_root=None, overrides=TOY,
@@ -81,3 +92,7 @@ def test_multi_fidelity_run_is_compared_on_epochs_spent(bench, tmp_path, one_thr
     assert row["role"] == "searched (multi-fidelity)" and row["complete"] == 4  # twice the space's trials
     assert 4 <= row["epochs_spent"] < 8  # one epoch each at least, and some stopped at the first rung
     assert not (tmp_path / "seed0" / "default_multifidelity" / "weights").exists()
+    mf = pd.read_csv(tmp_path / "multi_fidelity.csv")
+    assert mf["seed"].tolist() == [0] and mf["full_epochs"].iloc[0] == 4  # the full search: 2 trials x 2 epochs
+    assert mf["mf_epochs"].iloc[0] == row["epochs_spent"] and "met" in mf.columns
+    assert (tmp_path / "hv_by_epochs.png").is_file() and "## The multi-fidelity mode" in (tmp_path / "fronts.md").read_text()
