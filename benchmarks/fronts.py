@@ -1,7 +1,7 @@
 """The searched front against the hand-designed width families (issue 15, deliverable 3).
 
     python benchmarks/fronts.py digits [--seeds 0 1 2] [--out results/fronts/digits]
-    python benchmarks/fronts.py cifar10 --data-root PATH [--seeds 0 1 2] [--out results/fronts/cifar10]
+    python benchmarks/fronts.py cifar10 --data-root PATH [--seeds 0 1 2] [--multi-fidelity [SEED ...]] [--out results/fronts/cifar10]
     python benchmarks/fronts.py cifar10-full --data-root PATH --device cuda [--out results/fronts/cifar10_cuda]
 
 For each seed, runs the searched space and each baseline family (bundled spaces: every alpha
@@ -21,8 +21,9 @@ spaces, what is overridden, identically for all of them) are :data:`CONFIGS`; an
 space is written to ``OUT/spaces/<name>.yaml`` and run from there.  Running the command again
 resumes (a finished study is left as it is).
 
-``--multi-fidelity`` is the hook for the multi-fidelity search mode (built apart): it adds its
-run of the searched space and its hypervolume-against-epochs curve; see
+``--multi-fidelity [SEED ...]`` adds, after every seed's studies, a run of the searched space in
+the multi-fidelity search mode (for the seeds named, else all) and its hypervolume-against-epochs
+curve against the full-budget search (``OUT/multi_fidelity.csv``, ``OUT/hv_by_epochs.png``); see
 :func:`multi_fidelity_search`.
 """
 
@@ -138,7 +139,7 @@ def multi_fidelity_search(space: str, *, seed: int, out: Path, study: str, trial
 
 
 def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, threads: int | None,
-             data_root: str | None, multi_fidelity: bool, log: Any = print) -> dict[str, dict[str, Any]]:
+             data_root: str | None, log: Any = print) -> dict[str, dict[str, Any]]:
     """Every study of one seed (run, or resumed: a finished one is left as it is): name ->
     {"folder", "role"}."""
     import nas_sepconv as ns
@@ -151,13 +152,18 @@ def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, th
         shutil.rmtree(out / name / "weights", ignore_errors=True)
         runs[name] = {"folder": out / name, "role": "searched" if name == config.searched else "baseline"}
         log(f"seed {seed}: {name} done in {(time.perf_counter() - start) / 60:.1f} min")
-    if multi_fidelity:
-        name = f"{config.searched}_multifidelity"
-        multi_fidelity_search(spaces[config.searched], seed=seed, out=out, study=name, device=config.device,
-                              threads=threads, data_root=data_root, rungs=config.multi_fidelity,
-                              workers=config.workers, heartbeat=0 if config.workers == 1 else 10)
-        runs[name] = {"folder": out / name, "role": "searched (multi-fidelity)"}
     return runs
+
+
+def run_multi_fidelity(config: Config, spaces: dict[str, str], seed: int, out: Path, *, threads: int | None,
+                       data_root: str | None, log: Any = print) -> dict[str, dict[str, Any]]:
+    """The searched space's multi-fidelity run of one seed (:func:`multi_fidelity_search`)."""
+    name, start = f"{config.searched}_multifidelity", time.perf_counter()
+    multi_fidelity_search(spaces[config.searched], seed=seed, out=out, study=name, device=config.device,
+                          threads=threads, data_root=data_root, rungs=config.multi_fidelity,
+                          workers=config.workers, heartbeat=0 if config.workers == 1 else 10)
+    log(f"seed {seed}: {name} done in {(time.perf_counter() - start) / 60:.1f} min")
+    return {name: {"folder": out / name, "role": "searched (multi-fidelity)"}}
 
 
 def _epochs(df: pd.DataFrame) -> pd.Series:
@@ -368,8 +374,10 @@ def write_report(table: pd.DataFrame, curves: pd.DataFrame, config_name: str, co
 
 def run(config_name: str, *, seeds: list[int], out: Path, threads: int | None, data_root: str | None,
         device: str | None = None, workers: int | None = None, overrides: dict[str, Any] | None = None, multi_fidelity: bool = False,
-        command: str = "", log: Any = print) -> pd.DataFrame:
-    """The whole comparison of one configuration; returns the per-seed table."""
+        multi_fidelity_seeds: list[int] | None = None, command: str = "", log: Any = print) -> pd.DataFrame:
+    """The whole comparison of one configuration; returns the per-seed table.  Every seed's
+    searched and baseline studies run first, then (``multi_fidelity``) the multi-fidelity runs,
+    of ``multi_fidelity_seeds`` only if given."""
     import nas_sepconv as ns
 
     config = CONFIGS[config_name]
@@ -379,8 +387,12 @@ def run(config_name: str, *, seeds: list[int], out: Path, threads: int | None, d
         config = dataclasses.replace(config, workers=workers)
     out.mkdir(parents=True, exist_ok=True)
     spaces = space_files(config, out, overrides or {})
-    runs_by_seed = {seed: run_seed(config, spaces, seed, out / f"seed{seed}", threads=threads, data_root=data_root,
-                                   multi_fidelity=multi_fidelity, log=log) for seed in seeds}
+    runs_by_seed = {seed: run_seed(config, spaces, seed, out / f"seed{seed}", threads=threads, data_root=data_root, log=log)
+                    for seed in seeds}
+    for seed in seeds if multi_fidelity else []:
+        if multi_fidelity_seeds is None or seed in multi_fidelity_seeds:
+            runs_by_seed[seed] |= run_multi_fidelity(config, spaces, seed, out / f"seed{seed}", threads=threads,
+                                                     data_root=data_root, log=log)
     frames_by_seed = {seed: {n: ns.results.load(r["folder"]) for n, r in runs.items()} for seed, runs in runs_by_seed.items()}
     reference = reference_of({f"{n} {s}": f for s, frames in frames_by_seed.items() for n, f in frames.items()})
     rows, curves = [], []
@@ -408,12 +420,15 @@ def main() -> None:
     parser.add_argument("--data-root", default=None, help="the CIFAR-10 folder or archive (the cifar10 configurations)")
     parser.add_argument("--device", default=None, help="override the configuration's device (cpu, cuda)")
     parser.add_argument("--workers", type=int, default=None, help="override the configuration's worker processes per search")
-    parser.add_argument("--multi-fidelity", action="store_true", help="also run the searched space in the multi-fidelity mode")
+    parser.add_argument("--multi-fidelity", type=int, nargs="*", default=None, metavar="SEED",
+                        help="also run the searched space in the multi-fidelity mode, after every seed's studies "
+                             "(for the seeds named, else every seed)")
     args = parser.parse_args()
     out = args.out or Path("results/fronts") / args.config.replace("-", "_")
     command = "python benchmarks/fronts.py " + " ".join(sys.argv[1:])
     run(args.config, seeds=args.seeds, out=out, threads=args.threads, data_root=args.data_root, device=args.device,
-        workers=args.workers, multi_fidelity=args.multi_fidelity, command=command.strip())
+        workers=args.workers, multi_fidelity=args.multi_fidelity is not None, multi_fidelity_seeds=args.multi_fidelity or None,
+        command=command.strip())
 
 
 if __name__ == "__main__":
