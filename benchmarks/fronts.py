@@ -139,14 +139,17 @@ def multi_fidelity_search(space: str, *, seed: int, out: Path, study: str, trial
 
 
 def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, threads: int | None,
-             data_root: str | None, log: Any = print) -> dict[str, dict[str, Any]]:
-    """Every study of one seed (run, or resumed: a finished one is left as it is): name ->
-    {"folder", "role"}."""
+             data_root: str | None, log: Any = print, report_only: bool = False) -> dict[str, dict[str, Any]]:
+    """Every study of one seed (run, or resumed: a finished one is left as it is; with
+    ``report_only`` only found): name -> {"folder", "role"}."""
     import nas_sepconv as ns
 
     runs: dict[str, dict[str, Any]] = {}
     for name, space in spaces.items():
         start = time.perf_counter()
+        if report_only:
+            runs[name] = {"folder": _found(out / name), "role": "searched" if name == config.searched else "baseline"}
+            continue
         ns.search(space, seed=seed, out=out, device=config.device, workers=config.workers, threads=threads,
                   data_root=data_root, heartbeat=0 if config.workers == 1 else 10, multi_fidelity=False)
         shutil.rmtree(out / name / "weights", ignore_errors=True)
@@ -155,10 +158,19 @@ def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, th
     return runs
 
 
+def _found(folder: Path) -> Path:
+    if not (folder / "trials.csv").is_file():
+        raise SystemExit(f"error: --report-only: {folder} has no trials.csv; run the command without --report-only first")
+    return folder
+
+
 def run_multi_fidelity(config: Config, spaces: dict[str, str], seed: int, out: Path, *, threads: int | None,
-                       data_root: str | None, log: Any = print) -> dict[str, dict[str, Any]]:
-    """The searched space's multi-fidelity run of one seed (:func:`multi_fidelity_search`)."""
+                       data_root: str | None, log: Any = print, report_only: bool = False) -> dict[str, dict[str, Any]]:
+    """The searched space's multi-fidelity run of one seed (:func:`multi_fidelity_search`; with
+    ``report_only`` the trials it has finished so far)."""
     name, start = f"{config.searched}_multifidelity", time.perf_counter()
+    if report_only:
+        return {name: {"folder": _found(out / name), "role": "searched (multi-fidelity)"}}
     multi_fidelity_search(spaces[config.searched], seed=seed, out=out, study=name, device=config.device,
                           threads=threads, data_root=data_root, rungs=config.multi_fidelity,
                           workers=config.workers, heartbeat=0 if config.workers == 1 else 10)
@@ -374,10 +386,11 @@ def write_report(table: pd.DataFrame, curves: pd.DataFrame, config_name: str, co
 
 def run(config_name: str, *, seeds: list[int], out: Path, threads: int | None, data_root: str | None,
         device: str | None = None, workers: int | None = None, overrides: dict[str, Any] | None = None, multi_fidelity: bool = False,
-        multi_fidelity_seeds: list[int] | None = None, command: str = "", log: Any = print) -> pd.DataFrame:
+        multi_fidelity_seeds: list[int] | None = None, report_only: bool = False, command: str = "", log: Any = print) -> pd.DataFrame:
     """The whole comparison of one configuration; returns the per-seed table.  Every seed's
     searched and baseline studies run first, then (``multi_fidelity``) the multi-fidelity runs,
-    of ``multi_fidelity_seeds`` only if given."""
+    of ``multi_fidelity_seeds`` only if given.  ``report_only``: no study is run or resumed, the
+    tables and plots are made from the folders as they are."""
     import nas_sepconv as ns
 
     config = CONFIGS[config_name]
@@ -387,12 +400,12 @@ def run(config_name: str, *, seeds: list[int], out: Path, threads: int | None, d
         config = dataclasses.replace(config, workers=workers)
     out.mkdir(parents=True, exist_ok=True)
     spaces = space_files(config, out, overrides or {})
-    runs_by_seed = {seed: run_seed(config, spaces, seed, out / f"seed{seed}", threads=threads, data_root=data_root, log=log)
-                    for seed in seeds}
+    runs_by_seed = {seed: run_seed(config, spaces, seed, out / f"seed{seed}", threads=threads, data_root=data_root, log=log,
+                                   report_only=report_only) for seed in seeds}
     for seed in seeds if multi_fidelity else []:
         if multi_fidelity_seeds is None or seed in multi_fidelity_seeds:
             runs_by_seed[seed] |= run_multi_fidelity(config, spaces, seed, out / f"seed{seed}", threads=threads,
-                                                     data_root=data_root, log=log)
+                                                     data_root=data_root, log=log, report_only=report_only)
     frames_by_seed = {seed: {n: ns.results.load(r["folder"]) for n, r in runs.items()} for seed, runs in runs_by_seed.items()}
     reference = reference_of({f"{n} {s}": f for s, frames in frames_by_seed.items() for n, f in frames.items()})
     rows, curves = [], []
@@ -423,12 +436,14 @@ def main() -> None:
     parser.add_argument("--multi-fidelity", type=int, nargs="*", default=None, metavar="SEED",
                         help="also run the searched space in the multi-fidelity mode, after every seed's studies "
                              "(for the seeds named, else every seed)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run or resume no study: make the tables and plots from the folders as they are")
     args = parser.parse_args()
     out = args.out or Path("results/fronts") / args.config.replace("-", "_")
     command = "python benchmarks/fronts.py " + " ".join(sys.argv[1:])
     run(args.config, seeds=args.seeds, out=out, threads=args.threads, data_root=args.data_root, device=args.device,
         workers=args.workers, multi_fidelity=args.multi_fidelity is not None, multi_fidelity_seeds=args.multi_fidelity or None,
-        command=command.strip())
+        report_only=args.report_only, command=command.strip())
 
 
 if __name__ == "__main__":

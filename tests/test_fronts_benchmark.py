@@ -81,6 +81,14 @@ def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
     assert "python benchmarks/fronts.py digits (toy)" in md and "Goal: the searched front's hypervolume" in md
     curve = pd.read_csv(tmp_path / "hv_by_epochs.csv")
     assert curve["epochs_spent"].tolist() == [1, 2] and curve["hypervolume"].is_monotonic_increasing
+    # --report-only: the same tables from the folders, nothing run
+    (tmp_path / "fronts.csv").unlink()
+    again = bench.run("digits", seeds=[0], out=tmp_path, threads=1, data_root=None, overrides=TOY, report_only=True,
+                      log=lambda msg: None)
+    pd.testing.assert_frame_equal(again.drop(columns="trials_min"), table.drop(columns="trials_min"))
+    assert (tmp_path / "fronts.csv").is_file()
+    with pytest.raises(SystemExit, match="--report-only: .*seed1/default has no trials.csv"):
+        bench.run("digits", seeds=[1], out=tmp_path, threads=1, data_root=None, overrides=TOY, report_only=True, log=lambda msg: None)
 
 
 @pytest.mark.slow  # four searches: about 30 s
