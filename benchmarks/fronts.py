@@ -440,7 +440,7 @@ def main() -> None:
                         help="run or resume no study: make the tables and plots from the folders as they are")
     args = parser.parse_args()
     out = args.out or Path("results/fronts") / args.config.replace("-", "_")
-    command = "python benchmarks/fronts.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/fronts.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")  # what made the studies
     run(args.config, seeds=args.seeds, out=out, threads=args.threads, data_root=args.data_root, device=args.device,
         workers=args.workers, multi_fidelity=args.multi_fidelity is not None, multi_fidelity_seeds=args.multi_fidelity or None,
         report_only=args.report_only, command=command.strip())
