@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,14 @@ class ThreeConvNet(torch.nn.Module):
         for conv in (self.stem, self.conv1, self.conv2, self.conv3):
             x = torch.relu(conv(x))
         return self.fc(x.mean((2, 3)))
+
+
+def load_benchmark(name: str):
+    """Yields ``benchmarks/<name>.py`` imported as a module, registered in ``sys.modules`` while
+    it is used (dataclasses look their module up); for a module-scoped fixture's ``yield from``."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)

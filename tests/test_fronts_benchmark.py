@@ -3,26 +3,20 @@ overridden alike (200 images, one epoch, two trials, the two smallest alphas at 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fronts.py"
+from conftest import load_benchmark  # tests/ is on sys.path
+
 TOY = {"data": {"subset": 200}, "train": {"epochs": 1}, "search": {"trials": 2},
        "build": {"width_mult": [0.35, 0.5], "resolution_mult": 0.5}}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("fronts_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_benchmark("fronts")
 
 
 def test_the_configurations_compare_a_searched_space_with_both_families(bench):
