@@ -1,23 +1,37 @@
 """MACs and parameters (latency: :mod:`.latency`; example inputs: :mod:`.inputs`).
 
-MACs (contract, DESIGN.md section 3): multiply-accumulates of convolution and linear weights,
-bias excluded.  Counted from shapes by a ``TorchFunctionMode`` that sees every ``F.convNd``,
-``F.conv_transposeNd`` and ``F.linear`` call (what ``nn.ConvNd`` and ``nn.Linear`` call), per call
+MACs (contract, DESIGN.md section 3): multiply-accumulates of convolution and linear weights
+plus those of activation-by-activation matrix products (attention), bias excluded;
+elementwise operations (norms, activations, scaling, softmax, adds) are not counted.
+Counted from shapes by a ``TorchFunctionMode`` that sees every torch function call, with one
+rule per function in ``_RULES``, per call
 
-* convolution: ``C_out·H_out·W_out·(C_in/groups)·Kh·Kw`` (any dims, stride, dilation, groups);
-* transposed convolution: ``C_in·H_in·W_in·(C_out/groups)·Kh·Kw``;
-* linear: ``in_features·out_features`` per output row;
+* convolution (``F.convNd``): ``C_out·H_out·W_out·(C_in/groups)·Kh·Kw`` (any dims, stride,
+  dilation, groups); transposed (``F.conv_transposeNd``): ``C_in·H_in·W_in·(C_out/groups)·Kh·Kw``;
+* linear (``F.linear``): ``in_features·out_features`` per output row;
+* matrix products (``matmul`` / ``@``, ``mm``, ``bmm``, ``baddbmm``, ``addmm``, ``mv``, ``dot``,
+  ... as functions and tensor methods): ``batch·m·n·k``; ``einsum`` and ``tensordot`` as torch
+  contracts them;
+* ``F.scaled_dot_product_attention``: ``batch·heads·L·S·(E + E_v)`` (Q·Kᵀ and A·V);
+* ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``): its four projections and its
+  two products.
 
-FLOPs = 2·MACs.  Activation-by-activation matmuls (attention's ``bmm``) carry no weights and
-are not counted.  Because calls are seen at the functional level, ``F.conv2d`` calls made in a
-``forward`` and subclasses of ``nn.Conv2d`` are counted like modules (no module-type tables);
-``tests/test_profile.py`` checks every formula, and checks the counter against
-``torch.utils.flop_counter.FlopCounterMode`` on whole torchvision models.
+These are ``torch.utils.flop_counter``'s formulas, FLOPs = 2·MACs.  A call is counted once:
+while the mode runs a function torch turns the mode off, so what a counted function calls
+inside (``multi_head_attention_forward``'s ``F.linear`` and ``bmm``, ``@``'s ``torch.matmul``)
+is not seen again; by the same token a torch function without a rule that multiplies inside
+(``torch.cdist``, the recurrent layers' kernels) counts nothing.  Because calls are seen at the
+functional level, ``F.conv2d`` calls made in a ``forward`` and subclasses of ``nn.Conv2d`` are
+counted like modules (no module-type tables); ``tests/measure/test_measure.py`` checks every
+formula, checks the counter against ``torch.utils.flop_counter.FlopCounterMode``, and
+(``-m slow``) against the multiply-adds torchvision publishes for each of its classifiers.
 Shapes are all that matter, so counting runs on the meta device when asked (no arithmetic).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -32,30 +46,155 @@ from .inputs import _eval_mode, as_inputs, wrong_input
 __all__ = ["count_macs", "count_params", "profile"]
 
 
+def _arg(args: tuple, kwargs: dict, index: int, name: str) -> Any:
+    """The argument a call passed at ``index`` or as ``name``."""
+    return args[index] if len(args) > index else kwargs[name]
+
+
 def _conv_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
-    weight = args[1] if len(args) > 1 else kwargs["weight"]
+    weight = _arg(args, kwargs, 1, "weight")
     return out.numel() * weight[0].numel()  # N·C_out·prod(out) · (C_in/groups)·prod(K)
 
 
 def _conv_transpose_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
-    x, weight = args[0], (args[1] if len(args) > 1 else kwargs["weight"])
+    x, weight = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
     return x.numel() * weight[0].numel()  # N·C_in·prod(in) · (C_out/groups)·prod(K)
 
 
 def _linear_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
-    weight = args[1] if len(args) > 1 else kwargs["weight"]
-    return out.numel() * weight.shape[-1]
+    return out.numel() * _arg(args, kwargs, 1, "weight").shape[-1]
+
+
+def _product(left: int, name: str) -> Callable[[tuple, dict, Any], int]:
+    """The rule of a matrix product whose left operand is argument ``left`` (or ``name``): every
+    output element accumulates ``k`` products, k the left operand's last size (batch·m·n·k for
+    ``bmm``, broadcast batch dimensions and vectors included for ``matmul``)."""
+
+    def rule(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+        return out.numel() * _arg(args, kwargs, left, name).shape[-1]
+
+    return rule
+
+
+def _addbmm_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+    batch1, batch2 = _arg(args, kwargs, 1, "batch1"), _arg(args, kwargs, 2, "batch2")
+    return batch1.numel() * batch2.shape[-1]  # b·m·k · n (the b products are summed into one m×n)
+
+
+def _tensordot_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+    a = _arg(args, kwargs, 0, "a")
+    dims = args[2] if len(args) > 2 else kwargs.get("dims", 2)
+    if isinstance(dims, torch.Tensor):
+        dims = dims.tolist()
+    if isinstance(dims, int):
+        contracted = range(a.dim() - dims, a.dim())
+    else:
+        contracted = [dims[0]] if isinstance(dims[0], int) else dims[0]
+    return out.numel() * math.prod(a.shape[d] for d in contracted)
+
+
+def _einsum_indices(spec: str, ndim: int, ellipsis: int) -> list[str]:
+    """An einsum term's indices, ``...`` written out as ``ellipsis`` broadcast indices of which
+    the term's own ``ndim - letters`` are the last."""
+    if "..." not in spec:
+        return list(spec)
+    head, tail = spec.split("...")
+    own = ndim - len(head) - len(tail)
+    return [*head, *(f"...{i}" for i in range(ellipsis - own, ellipsis)), *tail]
+
+
+def _einsum_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+    """``torch.einsum`` as torch contracts it (two operands at a time, left to right, as it does
+    without ``opt_einsum``): an index only one side has and nothing later needs is summed out
+    first; each product then costs the product of the sizes of the indices either side keeps."""
+    equation, operands = args[0].replace(" ", ""), args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    inputs, _, output = equation.partition("->")
+    specs = inputs.split(",")
+    ellipsis = max((t.dim() - len(s) + 3 for s, t in zip(specs, operands) if "..." in s), default=0)
+    terms = [_einsum_indices(s, t.dim(), ellipsis) for s, t in zip(specs, operands)]
+    sizes: dict[str, int] = {}
+    for term, t in zip(terms, operands):
+        for index, size in zip(term, t.shape):
+            sizes[index] = max(sizes.get(index, 1), size)
+    if "->" in equation:
+        kept = set(_einsum_indices(output, ellipsis + len(output) - 3, ellipsis))
+    else:  # implicit output: the indices that occur once, and the broadcast ones
+        flat = [i for term in terms for i in term]
+        kept = {i for i in flat if flat.count(i) == 1 or i.startswith("...")}
+    macs, left = 0, set(terms[0]) if terms else set()
+    for n, term in enumerate(terms[1:], start=1):
+        needed = kept.union(*terms[n + 1 :])
+        right = set(term)
+        product = {i for i in left | right if i in needed or (i in left and i in right)}
+        macs += math.prod(sizes[i] for i in product)
+        left = (left | right) & needed
+    return macs
+
+
+def _sdpa_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+    """``F.scaled_dot_product_attention``: Q·Kᵀ and A·V, batch·heads·L·S·(E + E_v) (the causal
+    mask does not change the count, as in ``torch.utils.flop_counter``)."""
+    query, key = _arg(args, kwargs, 0, "query"), _arg(args, kwargs, 1, "key")
+    return math.prod(out.shape[:-1]) * key.shape[-2] * (query.shape[-1] + out.shape[-1])
+
+
+_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
+
+
+def _mha_macs(args: tuple, kwargs: dict, out: Any) -> int:
+    """``nn.MultiheadAttention``'s functional form: its q, k, v and output projections and the
+    two products of the attention over its S keys (one more for ``bias_k``, one more for
+    ``add_zero_attn``; ``static_k``'s length when given)."""
+    a = _MHA_SIGNATURE.bind(*args, **kwargs).arguments
+    q, k, v = a["query"], a["key"], a["value"]
+    e = q.shape[-1]
+    rows_q, rows_k, rows_v = (math.prod(t.shape[:-1]) for t in (q, k, v))
+    projections = 2 * rows_q * e * e + rows_k * e * k.shape[-1] + rows_v * e * v.shape[-1]
+    static_k = a.get("static_k")
+    keys = static_k.shape[1] if static_k is not None else k.shape[0] + (a["bias_k"] is not None)
+    keys += bool(a["add_zero_attn"])
+    return projections + 2 * rows_q * keys * e
+
+
+# matrix products: name -> the index and keyword of the left operand (torch.name, Tensor.name, Tensor.name_)
+_PRODUCTS = {
+    "matmul": (0, "input"),
+    "mm": (0, "input"),
+    "bmm": (0, "input"),
+    "mv": (0, "input"),
+    "dot": (0, "input"),
+    "vdot": (0, "input"),
+    "inner": (0, "input"),
+    "addmm": (1, "mat1"),
+    "addmv": (1, "mat"),
+    "baddbmm": (1, "batch1"),
+}
+
+
+def _forms(name: str) -> list[Callable]:
+    """The functions and methods a call of torch's ``name`` reaches the mode as."""
+    owners = ((torch, name), (torch.Tensor, name), (torch.Tensor, name + "_"))
+    return [getattr(owner, attr) for owner, attr in owners if hasattr(owner, attr)]
 
 
 _RULES: dict[Callable, Callable[[tuple, dict, Any], int]] = {
     **{f: _conv_macs for f in (F.conv1d, F.conv2d, F.conv3d)},
     **{f: _conv_transpose_macs for f in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)},
     F.linear: _linear_macs,
+    **{f: _product(*operand) for name, operand in _PRODUCTS.items() for f in _forms(name)},
+    torch.linalg.matmul: _product(0, "input"),
+    **{f: _addbmm_macs for f in _forms("addbmm")},
+    torch.einsum: _einsum_macs,
+    torch.tensordot: _tensordot_macs,
+    F.scaled_dot_product_attention: _sdpa_macs,
+    F.multi_head_attention_forward: _mha_macs,
 }
 
 
 class _MacCounter(TorchFunctionMode):
-    """Counts weight MACs of every conv / linear call, attributed to the innermost module."""
+    """Counts the MACs of every call with a rule, attributed to the innermost module."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -115,8 +254,8 @@ def _counts(model: nn.Module, example_inputs: Any) -> dict[str, int]:
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """Multiply-accumulates of conv and linear weights for one forward on ``example_inputs``
-    (bias excluded; FLOPs = 2·MACs)."""
+    """Multiply-accumulates of conv and linear weights and of activation-by-activation matrix
+    products (attention) for one forward on ``example_inputs`` (bias excluded; FLOPs = 2·MACs)."""
     return _counts(model, example_inputs).get("", 0)
 
 
@@ -126,8 +265,9 @@ def count_params(model: nn.Module) -> int:
 
 
 def profile(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
-    """One row per layer that has weights or does weight MACs: ``name``, ``op`` (module class,
-    or ``functional`` for conv/linear calls made directly in a parent's forward), ``macs``,
+    """One row per layer that has weights or does MACs: ``name``, ``op`` (module class, or
+    ``functional`` for MACs of calls made directly in a parent's forward: an ``F.conv2d``, the
+    attention of an ``nn.MultiheadAttention``, a ``q @ k``), ``macs``,
     ``params`` (own parameters), ``output_shape``.  The ``macs`` column sums to
     :func:`count_macs`."""
     inputs = as_inputs(example_inputs)
