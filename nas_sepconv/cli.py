@@ -202,7 +202,7 @@ def convert(
             out.print(f"note: {note}")
         if out_file is not None:
             recipe = Recipe(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=size, plan=plan.to_json(indent=None))
-            out.print(f"saved {out_file} ({write_model(out_file, converted, recipe)})")
+            out.print(f"saved {out_file} ({write_model(out_file, converted, recipe, allow_import=model)})")
 
     _guard(run)
 
