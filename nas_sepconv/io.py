@@ -37,7 +37,7 @@ from .models import Arch, build_network, model_from_name
 from .recipe import FORMAT, REGISTRY_SOURCES, Recipe, check_trusted, trusted_names
 
 __all__ = ["Recipe", "save_model", "load_model", "read_recipe", "build_from_recipe", "bounded_build", "check_device", "trusted_names",
-           "build_on_meta", "state_mismatch",
+           "build_on_meta", "named_model", "state_mismatch",
            "MAX_PARAMS", "MAX_MODULES", "REGISTRY_SOURCES", "FORMAT"]  # Recipe, trusted_names, REGISTRY_SOURCES, FORMAT: from recipe.py
 
 _KEY = "nas_sepconv"
@@ -143,16 +143,21 @@ def _size_guard(max_params: int, max_modules: int) -> Iterator[None]:
             h.remove()
 
 
-def bounded_build(build: Callable[[], nn.Module], *, what: str = "recipe", max_params: int = MAX_PARAMS, max_modules: int = MAX_MODULES) -> nn.Module:
+def bounded_build(
+    build: Callable[[], nn.Module], *, what: str = "recipe", max_params: int = MAX_PARAMS,
+    max_modules: int = MAX_MODULES,
+    fix: str = "refused as a safeguard; raise max_params / max_modules of load_model if you trust the file",
+) -> nn.Module:
     """``build()`` twice: first on the ``meta`` device (costs no memory) to check the model's
     size against the budget, then for real, still guarded.  A model that cannot be built on
-    ``meta`` is built for real under the guard (which stops it as it grows)."""
+    ``meta`` is built for real under the guard (which stops it as it grows).  A model over the
+    budget raises :class:`UserInputError` naming ``what``, with ``fix``."""
     for device in ("meta", None):
         try:
             with _size_guard(max_params, max_modules), (torch.device(device) if device else contextlib.nullcontext()):
                 model = build()
         except _OverBudget as exc:
-            raise UserInputError(what, f"the model would have {exc}", "refused as a safeguard; raise max_params / max_modules of load_model if you trust the file") from None
+            raise UserInputError(what, f"the model would have {exc}", fix) from None
         except UserInputError:
             raise
         except Exception as exc:  # noqa: BLE001 - some models cannot be built on meta: build for real
@@ -192,6 +197,17 @@ def build_from_recipe(
         return model
 
     return bounded_build(build, max_params=max_params, max_modules=max_modules)
+
+
+def named_model(name: str, *, num_classes: int | None = None) -> nn.Module:
+    """:func:`~nas_sepconv.models.model_from_name` of a name the caller gives, in eval mode.  With
+    ``num_classes``, built on the meta device first (:func:`bounded_build`): a head that would
+    take the model over :data:`MAX_PARAMS` parameters is refused (``num_classes``) before
+    anything is allocated."""
+    if num_classes is None:
+        return model_from_name(name).eval()
+    build = lambda: model_from_name(name, num_classes=num_classes)  # noqa: E731
+    return bounded_build(build, what="num_classes", fix="give fewer classes").eval()
 
 
 def build_on_meta(recipe: "Recipe | Mapping[str, Any]", *, allow_import: "str | Iterable[str] | None" = None
