@@ -26,7 +26,7 @@ from .conversion import PlanWarning, apply_plan, make_plan
 from .errors import StorageError, UserInputError
 from .export import check_model_file, export_trial, write_model
 from .files import ensure_writable_dir
-from .io import load_model, read_recipe
+from .io import load_model, named_model, read_recipe
 from .measure import ACTIVATION_BUDGET, RUNTIMES, activation_bytes, check_threads, count_macs, count_params, find_runtime, measure_latency
 from .measure import profile as profile_model
 from .models import model_from_name
@@ -189,7 +189,7 @@ def convert(
         size = parse_input_size(input_size)
         spec = BlockSpec.parse(to)
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        net = model_from_name(model, **kwargs).eval()
+        net = named_model(model, num_classes=num_classes)
         x = example_input(net, size, input_size)
         with _flag_names(), warnings.catch_warnings():
             warnings.simplefilter("ignore", PlanWarning)  # the same lines are in plan.notes, printed below
@@ -202,7 +202,7 @@ def convert(
             out.print(f"note: {note}")
         if out_file is not None:
             recipe = Recipe(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=size, plan=plan.to_json(indent=None))
-            out.print(f"saved {out_file} ({write_model(out_file, converted, recipe)})")
+            out.print(f"saved {out_file} ({write_model(out_file, converted, recipe, allow_import=model)})")
 
     _guard(run)
 

@@ -1,6 +1,13 @@
 """Take a trial's model away: from its saved weights (Pareto trials keep them), or rebuilt and
 re-trained from the trial's parameters with its seed; written as safetensors + recipe (loads
-back with :func:`nas_sepconv.io.load_model`) or ONNX."""
+back with :func:`nas_sepconv.io.load_model`) or ONNX.
+
+Nothing is written that would not load back: the model must match its recipe tensor for tensor
+(saved weights replaced by another model's, or data of another class count, are refused before
+anything is written), and files are written atomically (a full disk leaves the file that was
+there and raises :class:`~nas_sepconv.errors.StorageError`; a link at the path is replaced, its
+target never written).  An ONNX model whose weights pass 1.75 GiB keeps them in one file beside
+it, ``<out>.data`` (see :mod:`nas_sepconv.measure.onnx`)."""
 
 from __future__ import annotations
 
@@ -14,10 +21,10 @@ import torch
 import torch.nn as nn
 
 from . import results
-from .errors import UserInputError
+from .errors import StorageError, UserInputError
 from .files import ensure_writable_dir
-from .io import check_device, load_model, save_model
-from .measure import need_module, to_onnx
+from .io import build_on_meta, check_device, load_model, save_model, state_mismatch
+from .measure import need_module, output_tensors, to_onnx
 from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
 from .search import TrialContext, parse_space, with_data_root
 from .train import evaluate
@@ -79,25 +86,69 @@ def rebuild_trial(
         if data_root is not None or not exc.field.endswith("root"):
             raise
         raise UserInputError(exc.field, exc.problem, "give --data-root PATH (data_root=), the data the search was run on") from None
+    resolution = int(frozen.user_attrs.get("resolution", ctx.data.input_shape[-1]))
+    recipe = _trial_recipe(frozen, (ctx.data.input_shape[0], resolution, resolution))
+    reference = build_on_meta(recipe, allow_import=trusted)  # what the written file must load as
+    _check_data(reference, recipe, ctx.data, number)
     weights = folder / "weights" / f"trial_{number}.safetensors"
     if weights.is_file():
         model, how = load_model(weights, allow_import=trusted, device=device), "loaded saved weights"
+        _check_model(model, reference, f"{weights} does not hold trial {number}'s model",
+                     "restore the file the search wrote, or delete it to re-train the trial from its parameters")
     else:
         threads = frozen.user_attrs.get("threads")
         model = ctx.retrain(frozen.params, number=number, seed=int(frozen.user_attrs.get("seed", number)), threads=int(threads) if threads else None)
         how = "re-trained from the trial's parameters and seed"
         if frozen.user_attrs.get("stopped_early"):  # the multi-fidelity mode stopped it: its recorded accuracy is a rung's
             how += f", to the full budget (the search stopped it early, after {frozen.user_attrs.get('epochs_trained')} epochs)"
-    resolution = int(frozen.user_attrs.get("resolution", ctx.data.input_shape[-1]))
+        _check_model(model, reference, f"trial {number}, re-trained, does not match its recorded recipe",
+                     "the study's space was changed since the search; export from the results folder the search wrote")
     accuracy = evaluate(model.to(device), ctx.data.val, data=ctx.data, device=device, resolution=resolution)
     info = {
         "how": how,
         "accuracy": accuracy,
         "recorded_accuracy": float(frozen.user_attrs.get("accuracy", float("nan"))),
-        "recipe": _with_input_size(Recipe.from_dict(json.loads(frozen.user_attrs["arch_json"]), where=f"trial {number}'s arch_json"), (ctx.data.input_shape[0], resolution, resolution)),
+        "recipe": recipe,
         "input_size": [ctx.data.input_shape[0], resolution, resolution],
     }
     return model.eval(), info
+
+
+def _trial_recipe(frozen: optuna.trial.FrozenTrial, size: tuple[int, int, int]) -> Recipe:
+    """The recipe a trial recorded (``arch_json``), stating the input size it ran at."""
+    where = f"trial {frozen.number}'s arch_json"
+    try:
+        data = json.loads(frozen.user_attrs["arch_json"])
+    except (KeyError, TypeError, ValueError, RecursionError):
+        fix = "export another trial, or run the search again"
+        raise UserInputError("--trial", f"{where} is missing or not JSON", fix) from None
+    return _with_input_size(Recipe.from_dict(data, where=where), size)
+
+
+def _check_data(reference: nn.Module, recipe: Recipe, data: Any, number: int) -> None:
+    """The data set (where the model is evaluated, or re-trained) must have the input channels
+    and the classes of the trial's recipe: another data set would make a model the recipe does
+    not describe, or an accuracy that means nothing."""
+    channels = recipe.input_size[0]
+    device = next((p.device for p in reference.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            outputs = output_tensors(reference.eval()(torch.zeros(1, *recipe.input_size, device=device)))
+    except Exception:  # noqa: BLE001 - no forward to count classes with: the tensors are compared later
+        outputs = []
+    classes = outputs[0].shape[-1] if outputs and outputs[0].dim() == 2 else data.num_classes
+    if (channels, classes) != (data.input_shape[0], data.num_classes):
+        raise UserInputError(
+            "--data-root", f"the data set has {data.num_classes} classes of {data.input_shape[0]}-channel images, "
+            f"trial {number} was trained on {classes} of {channels}-channel images",
+            "give --data-root PATH (data_root=), the data the search was run on",
+        )
+
+
+def _check_model(model: nn.Module, reference: nn.Module, problem: str, fix: str) -> None:
+    difference = state_mismatch(model, reference)
+    if difference:
+        raise UserInputError("--trial", f"{problem} ({difference})", fix)
 
 
 def _with_input_size(recipe: Recipe, size: tuple[int, int, int]) -> Recipe:
@@ -118,20 +169,40 @@ def check_model_file(out: "str | Path | None", field: str = "--out") -> Path | N
     out = Path(out)
     if out.suffix not in MODEL_FILES:
         raise UserInputError(field, f"{out.name} has an unknown extension", f"use {' or '.join(MODEL_FILES)}")
+    if out.is_dir():
+        raise UserInputError(field, f"{out} is a folder", f"give a file name, e.g. {out / ('model' + out.suffix)}")
     ensure_writable_dir(out.parent, field)
     if out.suffix == ".onnx":
         need_module("onnx", field, fix="pip install 'nas-sepconv[onnx]' or write .safetensors")  # torch.onnx.export needs it
     return out
 
 
-def write_model(out: "str | Path", model: nn.Module, recipe: Recipe, *, output_name: str = "output") -> str:
+def write_model(
+    out: "str | Path", model: nn.Module, recipe: Recipe, *, output_name: str = "output",
+    allow_import: "str | Iterable[str] | None" = None,
+) -> str:
     """Write ``model`` to ``out``: safetensors + ``recipe``, or ONNX traced at the recipe's
-    input size (batch 1; the batch dimension stays dynamic).  Returns how it loads."""
+    input size (batch 1; the batch dimension stays dynamic).  Returns how it loads.
+
+    A model that does not match ``recipe`` (which ``load_model`` would refuse) raises
+    :class:`UserInputError`; ``allow_import``: the ``package.module:factory`` the recipe may
+    name (see :func:`nas_sepconv.io.build_from_recipe`).  A write that fails (a full disk)
+    raises :class:`StorageError` and leaves whatever ``out`` was."""
     out = check_model_file(out)
-    if out.suffix == ".onnx":
-        to_onnx(model.cpu(), torch.randn(1, *recipe.input_size), out, output_name=output_name)
-    else:
-        save_model(out, model, recipe)
+    if out.suffix == ".safetensors":
+        difference = state_mismatch(model, build_on_meta(recipe, allow_import=allow_import))
+        if difference:
+            problem = f"the model does not match its recipe ({difference}): {out} would not load"
+            raise UserInputError("model", problem, "give the recipe that builds this model")
+    try:
+        if out.suffix == ".onnx":
+            to_onnx(model.cpu(), torch.randn(1, *recipe.input_size), out, output_name=output_name)
+        else:
+            save_model(out, model, recipe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StorageError(f"cannot write {out} ({reason}): it is as it was; make room or choose another path, "
+                           "and run the command again") from exc
     return MODEL_FILES[out.suffix]
 
 
@@ -143,5 +214,5 @@ def export_trial(
     (``.safetensors`` or ``.onnx``, :func:`write_model`)."""
     out = check_model_file(out)  # before a trial is re-trained for minutes
     model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import, data_root=data_root)
-    write_model(out, model.cpu(), info["recipe"], output_name="logits")
+    write_model(out, model.cpu(), info["recipe"], output_name="logits", allow_import=allow_import)
     return info

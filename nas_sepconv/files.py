@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 from .errors import UserInputError
 
-__all__ = ["ensure_writable_dir", "atomic_path", "atomic_write"]
+__all__ = ["ensure_writable_dir", "atomic_path", "atomic_write", "staging_dir", "publish"]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -84,4 +85,33 @@ def atomic_write(path: str | Path, content: "str | bytes | Callable[[IO], None]"
                 fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
+    return Path(path)
+
+
+@contextlib.contextmanager
+def staging_dir(path: str | Path) -> Iterator[Path]:
+    """A private, empty temporary folder beside ``path``, for a writer that makes several files
+    or names its files itself (ONNX external data is written as one file per tensor, named after
+    it): nothing lands beside ``path`` until :func:`publish` moves it there.  The folder, and
+    whatever is left in it, is removed when the block ends, with or without an exception."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(src: str | Path, path: str | Path) -> Path:
+    """Move the finished file ``src`` (written in a :func:`staging_dir` beside ``path``) onto
+    ``path`` in one rename, flushed to disk first, with the ordinary mode (0666 less the umask).
+    A symbolic link at ``path`` is replaced by the file; the link's target is never written."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(src, 0o666 & ~_UMASK)
+    os.replace(src, path)
     return Path(path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -36,6 +37,7 @@ from .models import Arch, build_network, model_from_name
 from .recipe import FORMAT, REGISTRY_SOURCES, Recipe, check_trusted, trusted_names
 
 __all__ = ["Recipe", "save_model", "load_model", "read_recipe", "build_from_recipe", "bounded_build", "check_device", "trusted_names",
+           "build_on_meta", "named_model", "state_mismatch",
            "MAX_PARAMS", "MAX_MODULES", "REGISTRY_SOURCES", "FORMAT"]  # Recipe, trusted_names, REGISTRY_SOURCES, FORMAT: from recipe.py
 
 _KEY = "nas_sepconv"
@@ -63,9 +65,24 @@ def save_model(path: str | Path, model: nn.Module, recipe: "Recipe | Mapping[str
         if ptr in seen and state[key].numel():
             state[key] = state[key].clone()
         seen.setdefault(ptr, key)
+    metadata = {_KEY: json.dumps({"format": FORMAT, **(recipe.to_dict() if isinstance(recipe, Recipe) else recipe)})}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={_KEY: json.dumps({"format": FORMAT, **(recipe.to_dict() if isinstance(recipe, Recipe) else recipe)})})
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error type, for I/O errors too
+            error = _as_os_error(exc, path)
+            if error is None:
+                raise
+            raise error from exc
     return path
+
+
+def _as_os_error(exc: Exception, path: Path) -> OSError | None:
+    """safetensors reports a failed write (a full disk) as ``SafetensorError("... I/O error: No
+    space left on device (os error 28)")``: as an :class:`OSError` with that errno, the way every
+    other writer raises, so that callers handle a full disk one way.  None for any other error."""
+    found = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(exc))
+    return OSError(int(found.group(2)), found.group(1), str(path)) if found else None
 
 
 def read_recipe(path: str | Path) -> "Recipe":
@@ -126,16 +143,21 @@ def _size_guard(max_params: int, max_modules: int) -> Iterator[None]:
             h.remove()
 
 
-def bounded_build(build: Callable[[], nn.Module], *, what: str = "recipe", max_params: int = MAX_PARAMS, max_modules: int = MAX_MODULES) -> nn.Module:
+def bounded_build(
+    build: Callable[[], nn.Module], *, what: str = "recipe", max_params: int = MAX_PARAMS,
+    max_modules: int = MAX_MODULES,
+    fix: str = "refused as a safeguard; raise max_params / max_modules of load_model if you trust the file",
+) -> nn.Module:
     """``build()`` twice: first on the ``meta`` device (costs no memory) to check the model's
     size against the budget, then for real, still guarded.  A model that cannot be built on
-    ``meta`` is built for real under the guard (which stops it as it grows)."""
+    ``meta`` is built for real under the guard (which stops it as it grows).  A model over the
+    budget raises :class:`UserInputError` naming ``what``, with ``fix``."""
     for device in ("meta", None):
         try:
             with _size_guard(max_params, max_modules), (torch.device(device) if device else contextlib.nullcontext()):
                 model = build()
         except _OverBudget as exc:
-            raise UserInputError(what, f"the model would have {exc}", "refused as a safeguard; raise max_params / max_modules of load_model if you trust the file") from None
+            raise UserInputError(what, f"the model would have {exc}", fix) from None
         except UserInputError:
             raise
         except Exception as exc:  # noqa: BLE001 - some models cannot be built on meta: build for real
@@ -175,6 +197,44 @@ def build_from_recipe(
         return model
 
     return bounded_build(build, max_params=max_params, max_modules=max_modules)
+
+
+def named_model(name: str, *, num_classes: int | None = None) -> nn.Module:
+    """:func:`~nas_sepconv.models.model_from_name` of a name the caller gives, in eval mode.  With
+    ``num_classes``, built on the meta device first (:func:`bounded_build`): a head that would
+    take the model over :data:`MAX_PARAMS` parameters is refused (``num_classes``) before
+    anything is allocated."""
+    if num_classes is None:
+        return model_from_name(name).eval()
+    build = lambda: model_from_name(name, num_classes=num_classes)  # noqa: E731
+    return bounded_build(build, what="num_classes", fix="give fewer classes").eval()
+
+
+def build_on_meta(recipe: "Recipe | Mapping[str, Any]", *, allow_import: "str | Iterable[str] | None" = None
+                  ) -> nn.Module:
+    """The architecture ``recipe`` rebuilds, as :func:`build_from_recipe` makes it, on the meta
+    device (no memory, no arithmetic) where it can be built there; else for real (pruning to a
+    width multiplier reads weights)."""
+    try:
+        with torch.device("meta"):
+            return build_from_recipe(recipe, allow_import=allow_import)
+    except UserInputError:  # cannot be built on meta: for real (trust and size errors come again)
+        return build_from_recipe(recipe, allow_import=allow_import)
+
+
+def state_mismatch(model: nn.Module, reference: nn.Module) -> str | None:
+    """The first difference between the tensors (names and shapes) of ``model`` and of
+    ``reference`` (e.g. :func:`build_on_meta` of a recipe): what :func:`load_model` would refuse
+    as "does not match its recipe", in a few words; None when they match."""
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    for name, shape in want.items():
+        if name not in have:
+            return f"{name} is missing"
+        if have[name] != shape:
+            return f"{name} is {list(have[name])}, the recipe's is {list(shape)}"
+    extra = sorted(set(have) - set(want))
+    return f"{extra[0]} is not in the recipe" if extra else None
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -145,6 +145,12 @@ def _junk_journal(env: Env, *, binary: bool) -> str:
     return str(path)
 
 
+def _folder(env: Env, name: str) -> str:
+    """A folder ``name`` (with a model file's extension) in the case's folder."""
+    (env.tmp / name).mkdir()
+    return str(env.tmp / name)
+
+
 def _export(env: Env, *flags: str) -> list[str]:
     return ["export", str(env.results), *flags]
 
@@ -384,6 +390,13 @@ CASES: list[Case] = [
     Case("export-no-such-trial", "--trial", cli=lambda e: _export(e, "--trial", "999", "--out", str(e.tmp / "m.safetensors")), needs_results=True),
     Case("export-bad-extension", "--out", cli=lambda e: _export(e, "--trial", "0", "--out", str(e.tmp / "x.txt")), needs_results=True),
     Case("export-out-unwritable", "--out", cli=lambda e: _export(e, "--trial", "0", "--out", "/proc/x/m.safetensors"), needs_results=True),
+    # ---- issue 28: outputs that are folders, a head too large to build
+    Case("convert-out-is-a-folder", "--out: ", cli=lambda e: ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16",
+                                                            "--out", _folder(e, "folder.onnx")]),
+    Case("export-out-is-a-folder", "--out: ", cli=lambda e: _export(e, "--trial", "0", "--out", _folder(e, "folder.safetensors")),
+         needs_results=True),
+    Case("convert-num-classes-huge", "num_classes: the model would have more than 1,000,000,000 parameters",
+         cli=lambda e: ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16", "--num-classes", "2000000000"]),
     # ---- exported files handed back to us
     Case("file-not-safetensors", "file", cli=lambda e: ["profile", "--model", _bad_safetensors(e), "--input-size", "3,8,8"]),
     Case("file-without-recipe", "file", cli=lambda e: ["profile", "--model", _safetensors_without_recipe(e), "--input-size", "3,8,8"]),
@@ -470,7 +483,8 @@ def test_bad_input(case: Case, tmp_path: Path, request, monkeypatch):
     # nothing half-written: no --out folder, no results/ in the working directory, no study.db
     assert not env.out.exists(), f"{case.id}: left {sorted(p.relative_to(env.out) for p in env.out.rglob('*'))}"
     created = set(p.name for p in tmp_path.iterdir()) - set(before)
-    assert not (created - {"space.yaml", "not_a_model.safetensors", "bare.safetensors", "pickled.safetensors", "user_model.safetensors", "data17"}), created
+    assert not (created - {"space.yaml", "not_a_model.safetensors", "bare.safetensors", "pickled.safetensors", "user_model.safetensors", "data17",
+                                "folder.onnx", "folder.safetensors"}), created
 
 
 @pytest.mark.parametrize(

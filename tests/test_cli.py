@@ -429,3 +429,163 @@ def test_the_grid_sampler_on_a_space_it_cannot_enumerate_exits_2_before_anything
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: search.sampler: grid takes one kind per stage"), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- issue 28: writes that follow links or leave halves; what ONNX cannot export; export checks --
+
+
+def _one_error_line(result) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("suffix", ["onnx", "safetensors"])
+def test_convert_out_replaces_a_link_and_never_writes_its_target(tmp_path, suffix):
+    target = tmp_path / "precious.txt"
+    target.write_text("not yours to overwrite")
+    link = tmp_path / f"m.{suffix}"
+    link.symlink_to(target)
+    result = runner.invoke(app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16", "--out", str(link)])
+    assert result.exit_code == 0, result.output
+    assert target.read_text() == "not yours to overwrite" and not link.is_symlink() and link.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, link.name])  # no temporary file left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE/SIGXFSZ semantics are Linux's here")
+@pytest.mark.parametrize("suffix", ["onnx", "safetensors"])
+def test_a_full_disk_in_convert_and_export_is_one_line_exit_1_and_the_old_file_stays(low_resolution_results, tmp_path, suffix):
+    """``ulimit -f`` below the model's size: the write fails.  One line, status 1 (a fault, not
+    the input), and the file that was there is whole: no truncated file, no stub."""
+    import os
+    import resource
+    import signal
+
+    def disk_full() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit raise EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    folder, trial = low_resolution_results
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    commands = {
+        "convert": ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16"],
+        "export": ["export", str(folder), "--trial", str(trial.number)],
+    }
+    for name, args in commands.items():
+        out = tmp_path / f"{name}.{suffix}"
+        out.write_bytes(b"the good file of yesterday")
+        proc = subprocess.run([sys.executable, "-m", "nas_sepconv.cli", *args, "--out", str(out)], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, preexec_fn=disk_full)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {out} (File too large)"), proc.stderr[-3000:]
+        assert out.read_bytes() == b"the good file of yesterday"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"convert.{suffix}", f"export.{suffix}"]
+
+
+_ODD_MODELS = '''
+import torch.nn as nn
+
+
+class Pool3(nn.Module):  # an adaptive pool to 3x3 of a 7x7 map: ONNX cannot express it
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d((3, 3))
+        self.fc = nn.Linear(72, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)).flatten(1))
+
+
+class Branchy(nn.Module):  # a branch on a tensor's values
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean() > 0:
+            y = y * 2
+        return self.fc(y.mean((2, 3)))
+
+
+class Volume(nn.Module):  # a Conv3d model
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3, 4)))
+'''
+
+
+@pytest.mark.parametrize("args, words", [
+    (["convert", "--model", "odd_models_28:Pool3", "--out", "m.onnx"], "model: Pool3 cannot be exported to ONNX opset 17 "
+     "(Unsupported: ONNX export of operator adaptive_avg_pool2d"),
+    (["convert", "--model", "odd_models_28:Branchy", "--out", "m.onnx"], "model: Branchy's forward branches on a tensor's values"),
+    (["profile", "--model", "odd_models_28:Pool3", "--latency", "--runtime", "onnxruntime"], "use another runtime (eager, "),
+    (["profile", "--model", "odd_models_28:Branchy", "--latency", "--runtime", "onnxruntime"], "(at odd_models_28.py:24)"),
+    (["profile", "--model", "odd_models_28:Volume", "--input-size", "3,4,6,6", "--latency", "--runtime", "channels_last"],
+     "runtime: channels_last stores 4-D weights"),
+], ids=["convert-pool", "convert-branch", "profile-pool", "profile-branch", "channels-last-conv3d"])
+def test_models_a_runtime_cannot_take_are_one_line_exit_2(tmp_path, monkeypatch, args, words):
+    (tmp_path / "odd_models_28.py").write_text(_ODD_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    size = [] if "--input-size" in args else ["--input-size", "3,7,7"]
+    result = runner.invoke(app, [*args, *size, "--threads", "1"] if args[0] == "profile" else [*args, *size])
+    assert result.exit_code == 2, result.output
+    assert words in _one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".py" and p.name != "__pycache__") == []
+
+
+def _copy_of(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "copy" / folder.name))
+
+
+def test_export_refuses_saved_weights_that_are_not_the_trials(low_resolution_results, tmp_path):
+    """Weights replaced in the results folder (here by a model of another class count): export
+    would write a file load_model refuses ("does not match its recipe"); it refuses, naming the file."""
+    import dataclasses
+
+    from nas_sepconv.io import read_recipe, save_model
+    from nas_sepconv.models import Arch, build_network
+
+    folder, trial = low_resolution_results
+    folder = _copy_of(folder, tmp_path)
+    weights = folder / "weights" / f"trial_{trial.number}.safetensors"
+    recipe = read_recipe(weights)
+    arch = dataclasses.replace(Arch.from_json(recipe.arch), num_classes=3)
+    save_model(weights, build_network(arch), dataclasses.replace(recipe, arch=arch.to_json()))
+    for suffix in ("safetensors", "onnx"):
+        out = tmp_path / f"m.{suffix}"
+        result = runner.invoke(app, ["export", str(folder), "--trial", str(trial.number), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        line = _one_error_line(result)
+        assert line.startswith(f"error: --trial: {weights} does not hold trial {trial.number}'s model (classifier.") and "delete it" in line
+        assert not out.exists()
+
+
+def test_export_refuses_a_data_root_of_another_class_count(tmp_path, monkeypatch):
+    import shutil
+
+    two, three = _fake_cifar_tree(tmp_path / "two"), _fake_cifar_tree(tmp_path / "three", classes=("ant", "bee", "cat"))
+    (tmp_path / "space.yaml").write_text(_cifar_space(root="not_here"))
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["search", "--space", "space.yaml", "--out", "out", "--data-root", str(two)]).exit_code == 0
+    for weights in ("saved", "re-trained"):
+        if weights == "re-trained":
+            shutil.rmtree(tmp_path / "out" / "c10" / "weights")
+        result = runner.invoke(app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(three)])
+        assert result.exit_code == 2, result.output
+        line = _one_error_line(result)
+        assert line.startswith("error: --data-root: the data set has 3 classes of 3-channel images, trial 0 was trained on 2"), line
+        assert not (tmp_path / "m.safetensors").exists()
+    result = runner.invoke(app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(two)])
+    assert result.exit_code == 0, result.output
+    assert ns.load_model(tmp_path / "m.safetensors")(torch.randn(1, 3, 32, 32)).shape == (1, 2)

@@ -7,7 +7,7 @@ from .counting import count_macs, count_params, profile
 from .inputs import ACTIVATION_BUDGET, activation_bytes, as_inputs, first_conv, input_mismatch, meta_copy, output_tensors, wrong_input
 from .latency import MAX_THREADS, check_repeats, check_threads, measure_latency, summarise, time_rounds, torch_threads
 from .latency_cache import LatencyCache, latency_cache_dir, latency_context, processor_name
-from .onnx import ONNX_OPSET, need_module, onnx_session, run_onnx, to_onnx
+from .onnx import ONNX_OPSET, OnnxTraceWarning, need_module, onnx_session, run_onnx, to_onnx
 from .optimize import fold_batchnorm, optimize_for_inference
 from .runtimes import RUNTIMES, Runtime, find_runtime, prepare_forward
 
@@ -16,6 +16,7 @@ __all__ = [
     "LatencyCache",
     "MAX_THREADS",
     "ONNX_OPSET",
+    "OnnxTraceWarning",
     "RUNTIMES",
     "Runtime",
     "activation_bytes",

@@ -1,28 +1,64 @@
 """ONNX: a model written to ONNX (PyTorch's TorchScript-based exporter, ``torch.onnx.export``
 with ``dynamo=False``: it needs only the ``onnx`` package), and run with ONNX Runtime
 (``onnxruntime``), the runtime models are commonly deployed with on CPUs.  Both packages are
-the ``onnx`` extra: ``pip install 'nas-sepconv[onnx]'``."""
+the ``onnx`` extra: ``pip install 'nas-sepconv[onnx]'``.
+
+A file is exported in a private folder beside it and moved into place in one rename
+(:func:`~nas_sepconv.files.publish`): a full disk or a failed export leaves the file that was
+there, a symbolic link at the path is replaced (its target is never written), and nothing else
+beside it is touched.  Weights of more than :data:`EXTERNAL_DATA_BYTES` (an ONNX file is a
+protobuf, which stops at 2 GiB) go to ONE file beside it, named after it: ``<out>.data`` (ONNX
+external data, as ``onnx.save_model(..., all_tensors_to_one_file=True)`` writes it), which
+must stay next to the ``.onnx`` file.
+
+What cannot be exported is refused (:class:`UserInputError` naming the model), never written:
+an operator ONNX lacks at opset :data:`ONNX_OPSET`, an adaptive pool it cannot express, and a
+forward that branches on a tensor's values (a Python ``if`` on a tensor): the exporter traces
+one example, so its graph would keep the branch that example took.  Such a branch is told from
+a branch on shapes (ViT's and Swin's size checks, exported as usual) by torch's
+``TracerWarning`` ("Converting a tensor to a Python boolean ...") together with a forward on
+the meta device, which has shapes but no values and stops where a value is read.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import io
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.jit import TracerWarning
 
 from ..errors import UserInputError
+from ..files import publish, staging_dir
 from .inputs import as_inputs, output_tensors
 
-__all__ = ["ONNX_OPSET", "need_module", "onnx_session", "run_onnx", "to_onnx"]
+__all__ = [
+    "EXTERNAL_DATA_BYTES", "ONNX_OPSET", "OnnxTraceWarning", "need_module", "onnx_session", "run_onnx", "to_onnx",
+]
 
 ONNX_OPSET = 17
+#: Weights (parameters and buffers) of more bytes than this are written as ONNX external data,
+#: in one file ``<out>.data`` beside the ``.onnx`` file (a protobuf stops at 2 GiB).
+EXTERNAL_DATA_BYTES = 2**31 - 2**28
 _HINT = "pip install 'nas-sepconv[onnx]'"
+_INSTEAD = "write .safetensors instead"
+_CONVERSION = "Converting a tensor to a Python"  # the TracerWarning of a tensor read as a bool/int/float
+_VALUE_READS = ("cannot be called on meta tensors", "copy out of meta tensor", "meta device type tensor to numpy")
+
+
+class OnnxTraceWarning(UserWarning):
+    """The exported graph may not do what the model does: the trace turned tensors into Python
+    values, and a forward on the meta device could not tell whether they were shapes or values."""
 
 
 def need_module(name: str, field: str, *, fix: str = _HINT) -> Any:
@@ -38,24 +74,140 @@ def _names(prefix: str, n: int) -> list[str]:
     return [prefix] if n == 1 else [f"{prefix}_{i}" for i in range(n)]
 
 
-def to_onnx(model: nn.Module, example_inputs: Any, out: "str | Path | None" = None, *, output_name: str = "output") -> bytes | Path:
+def to_onnx(
+    model: nn.Module, example_inputs: Any, out: "str | Path | None" = None, *, output_name: str = "output",
+    instead: str = _INSTEAD,
+) -> bytes | Path:
     """``model`` (an eval copy; the model itself is not changed) written to ONNX for
     ``example_inputs``, at opset :data:`ONNX_OPSET`, with its batch dimension dynamic.  Inputs
     are named ``input`` (``input_0``, ``input_1``, ... for several), outputs ``output_name``
-    likewise.  Returns the path ``out``, or the model's bytes when ``out`` is None."""
+    likewise.  Returns the path ``out`` (written atomically; weights over
+    :data:`EXTERNAL_DATA_BYTES` in ``<out>.data`` beside it), or the model's bytes when ``out``
+    is None.  A model that cannot be exported faithfully raises :class:`UserInputError`
+    (``model``) whose fix ends with ``instead`` (what the caller can do instead)."""
     need_module("onnx", "onnx")
     inputs = tuple(t.detach().cpu().float() for t in as_inputs(example_inputs))
     net = copy.deepcopy(model).cpu().float().eval()
     with torch.no_grad():
         n_out = len(output_tensors(net(*inputs)))
-    input_names, output_names = _names("input", len(inputs)), _names(output_name, n_out)
+    names = (_names("input", len(inputs)), _names(output_name, n_out))
+    label = type(model).__name__
+    weight_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    if out is None:
+        buffer = io.BytesIO()
+        _export(net, inputs, buffer, names, label=label, instead=instead)
+        return buffer.getvalue()
+    out = Path(out)
+    with staging_dir(out) as folder:
+        exported = folder / "export" / "model.onnx"
+        exported.parent.mkdir()
+        _export(net, inputs, exported, names, label=label, instead=instead)
+        if weight_bytes <= EXTERNAL_DATA_BYTES and [p.name for p in exported.parent.iterdir()] == [exported.name]:
+            publish(exported, out)
+        else:  # torch wrote one file per tensor, named after it: here, never beside ``out``
+            _publish_with_external_data(exported, folder / "final", out)
+    return out
+
+
+def _export(net: nn.Module, inputs: tuple, target: "io.BytesIO | Path", names: tuple[list[str], list[str]], *,
+            label: str, instead: str) -> None:
+    """``torch.onnx.export`` of ``net`` to ``target``; what it cannot export, or would export
+    unfaithfully, raises :class:`UserInputError`.  ``net`` is the caller's private copy: it is
+    left on the meta device when its trace is checked for branches on values."""
+    input_names, output_names = names
     axes = {name: {0: "batch"} for name in input_names + output_names}
-    target: Any = io.BytesIO() if out is None else str(out)
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated in favour of dynamo's
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, inputs, target, input_names=input_names, output_names=output_names,
-                          dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False)
-    return target.getvalue() if out is None else Path(out)
+    with warnings.catch_warnings(record=True) as caught, _stdout_kept_back():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated in favour of dynamo's
+        warnings.simplefilter("always", TracerWarning)  # (recorded: they say where the trace may be wrong)
+        try:
+            torch.onnx.export(net, inputs, target if isinstance(target, io.BytesIO) else str(target),
+                              input_names=input_names, output_names=output_names, dynamic_axes=axes,
+                              opset_version=ONNX_OPSET, dynamo=False)
+        except (OSError, MemoryError):  # the machine's fault (a full disk), not the model's
+            raise
+        except Exception as exc:  # noqa: BLE001 - torch.onnx raises several types for what it cannot export
+            problem = f"{label} cannot be exported to ONNX opset {ONNX_OPSET} ({_reason(exc)})"
+            raise UserInputError("model", problem, instead) from None
+    where = _value_reads(net, inputs, [w for w in caught if str(w.message).startswith(_CONVERSION)])
+    if where:
+        raise UserInputError(
+            "model", f"{label}'s forward branches on a tensor's values (at {where}): its ONNX graph would keep "
+            "only the branch the example input took",
+            f"compute the branch with tensor operations (torch.where), or {instead}",
+        )
+
+
+def _value_reads(net: nn.Module, inputs: tuple, conversions: list[warnings.WarningMessage]) -> str | None:
+    """Where (``file:line``) the trace read a tensor's value into Python, when those reads
+    depend on the input's values, not only on its shape; else None.  ``net`` is moved to the
+    meta device and run there: a read of a value stops it, a read of a shape does not."""
+    if not conversions:
+        return None
+    where = ", ".join(sorted({f"{Path(w.filename).name}:{w.lineno}" for w in conversions})[:3])
+    try:
+        with torch.no_grad():
+            net.to("meta")(*(t.to("meta") for t in inputs))
+    except Exception as exc:  # noqa: BLE001 - whatever stops a forward on meta
+        if any(marker in str(exc) for marker in _VALUE_READS):
+            return where
+        warnings.warn(
+            f"the ONNX trace turned tensors into Python values (at {where}); if they depend on the input's values, "
+            "the graph keeps the branch the example input took", OnnxTraceWarning, stacklevel=4,
+        )
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first part of an exporter's message, in one line."""
+    text = " ".join(str(exc).split())
+    for cut in (" Please feel free", " [Caused by"):
+        text = text.split(cut)[0]
+    return text[:200] or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _stdout_kept_back() -> Iterator[None]:
+    """What reaches the process's stdout (file descriptor 1) in the block is held back, and
+    written out only if the block succeeds: when an export fails, torch's exporter prints its
+    whole TorchScript graph there (from C++), and the error raised instead says, in one line,
+    what failed."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        held = tempfile.TemporaryFile()
+    except (OSError, ValueError, AttributeError):  # no stdout to redirect: nothing to hold back
+        yield
+        return
+    with held:
+        os.dup2(held.fileno(), 1)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 1)
+            raise
+        else:
+            os.dup2(saved, 1)
+            held.seek(0)
+            sys.stdout.flush()
+            with open(os.dup(1), "wb", closefd=True) as stdout:
+                stdout.write(held.read())
+        finally:
+            os.close(saved)
+
+
+def _publish_with_external_data(exported: Path, folder: Path, out: Path) -> None:
+    """The model at ``exported`` saved again with its weights in one file, ``<out>.data``,
+    then both moved into place (the data first, so that the new ``out`` never names data that
+    is not there)."""
+    import onnx
+
+    proto = onnx.load(str(exported), load_external_data=True)
+    folder.mkdir()
+    data = f"{out.name}.data"
+    onnx.save_model(proto, str(folder / out.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data)
+    publish(folder / data, out.with_name(data))
+    publish(folder / out.name, out)
 
 
 def onnx_session(model: "bytes | str | Path", *, threads: int | None = None) -> Any:

@@ -39,7 +39,10 @@ def _eager(model: nn.Module, inputs: tuple, threads: int | None) -> Forward:
 
 
 def _channels_last_forward(model: nn.Module, inputs: tuple, threads: int | None) -> Forward:
-    net = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    if not any(t.dim() == 4 for t in (*model.parameters(), *model.buffers())):  # e.g. a Conv3d or Conv1d model
+        problem = f"channels_last stores 4-D weights (of 2-D convolutions) NHWC, and {type(model).__name__} has none"
+        raise UserInputError("runtime", problem, f"use another runtime ({_others('channels_last')})")
+    net = copy.deepcopy(model)._apply(_channels_last)  # 4-D tensors only: a Conv3d's 5-D weights stay as they are
     xs = tuple(_channels_last(t) for t in inputs)
     return lambda: net(*xs)
 
@@ -51,9 +54,23 @@ def _optimized(model: nn.Module, inputs: tuple, threads: int | None) -> Forward:
 
 
 def _onnxruntime(model: nn.Module, inputs: tuple, threads: int | None) -> Forward:
-    session = onnx_session(to_onnx(model, inputs), threads=threads)
+    instead = f"use another runtime ({_others('onnxruntime')})"
+    exported = to_onnx(model, inputs, instead=instead)
+    try:
+        session = onnx_session(exported, threads=threads)
+    except (UserInputError, OSError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own error types (an operator it does not implement)
+        reason = " ".join(str(exc).split())[:200]
+        problem = f"ONNX Runtime cannot run {type(model).__name__} exported to ONNX ({reason})"
+        raise UserInputError("model", problem, instead) from None
     feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
     return lambda: session.run(None, feeds)
+
+
+def _others(name: str) -> str:
+    """The runtimes other than ``name`` that can run here, for a message's fix."""
+    return ", ".join(n for n, r in RUNTIMES.items() if n != name and r.available())
 
 
 def _torch_version() -> str:

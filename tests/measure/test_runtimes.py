@@ -81,3 +81,32 @@ def test_onnx_export_of_a_converted_model_matches_pytorch(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(y, converted(batch).numpy(), rtol=1e-4, atol=1e-5)
     assert [o.name for o in session.get_outputs()] == ["output"]
+
+
+class _Volume(nn.Module):
+    """A Conv3d model (5-D weights), with a Conv2d on a slice when ``mixed``."""
+
+    def __init__(self, mixed: bool = False):
+        super().__init__()
+        self.conv3d = nn.Conv3d(3, 4, 3, padding=1)
+        self.conv2d = nn.Conv2d(4, 4, 3, padding=1) if mixed else None
+
+    def forward(self, x):
+        y = self.conv3d(x).mean(2)
+        return self.conv2d(y) if self.conv2d is not None else y
+
+
+def test_channels_last_refuses_a_model_without_4d_weights_and_runs_a_mixed_one():
+    x = torch.randn(1, 3, 4, 6, 6)
+    with pytest.raises(UserInputError, match="channels_last stores 4-D weights .* _Volume has none") as info:
+        ns.measure_latency(_Volume(), x, runtime="channels_last", repeats=2, warmup=1, threads=1)
+    assert info.value.field == "runtime" and "eager" in info.value.fix and "channels_last" not in info.value.fix
+    lat = ns.measure_latency(_Volume(mixed=True), x, runtime="channels_last", repeats=2, warmup=1, threads=1)
+    assert lat["median_ms"] > 0
+
+
+def test_onnxruntime_refuses_a_model_onnx_cannot_express_and_names_other_runtimes():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d((3, 3)))
+    with pytest.raises(UserInputError, match="cannot be exported to ONNX opset 17") as info:
+        ns.measure_latency(net, torch.randn(1, 3, 7, 7), runtime="onnxruntime", repeats=2, warmup=1, threads=1)
+    assert info.value.field == "model" and info.value.fix.startswith("use another runtime (eager, ")
