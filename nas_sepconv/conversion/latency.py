@@ -107,11 +107,13 @@ class LatencyTable:
         per converted site, its block's entry less its conv's (times its calls)."""
         self._check(plan)
         self.ensure([(e.name, e.spec) for e in plan.converted] + [(e.name, None) for e in plan.converted])
-        predicted = self.model_ms + sum((self.ms(e.name, e.spec) - self.ms(e.name, None)) * e.calls for e in plan.converted)
+        changes = ((self.ms(e.name, e.spec) - self.ms(e.name, None)) * e.calls for e in plan.converted)
+        predicted = self.model_ms + sum(changes)
         if not (math.isfinite(predicted) and predicted > 0):  # no plan is ever made from such a figure
             folder = self.settings["cache_dir"] if self.settings["cache_dir"] is not None else latency_cache_dir()
             raise UserInputError(
-                "latency_table", f"predicts {predicted:.4g} ms for this plan, which no model takes: its entries do not agree "
+                "latency_table",
+                f"predicts {predicted:.4g} ms for this plan, which no model takes: its entries do not agree "
                 f"with the whole model's measured {self.model_ms:.4g} ms (a stale or altered latency cache)",
                 f"re-measure: delete the latency cache in {folder} and call ns.latency_table again")
         return predicted
@@ -201,7 +203,8 @@ def _settings(runtime: str, threads: int | None, device: Any, dtype: torch.dtype
         raise UserInputError("device", f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
                              f"use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'")
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-        raise UserInputError("cache_dir", f"expected a folder (a str or a path) or None, got {type(cache_dir).__name__}",
+        raise UserInputError("cache_dir",
+                             f"expected a folder (a str or a path) or None, got {type(cache_dir).__name__}",
                              "pass a folder such as '~/.cache/nas_sepconv/latency', or leave cache_dir out")
     return dict(runtime=find_runtime(runtime).name, threads=threads or torch.get_num_threads(), device=dev, dtype=dtype,
                 repeats=repeats, warmup=warmup, cache_dir=cache_dir)

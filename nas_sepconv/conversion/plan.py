@@ -190,7 +190,8 @@ class Plan:
         if self.not_reached:
             sites += f", {len(self.not_reached)} not reached by the example inputs: {_names(self.not_reached)}"
         if self.rules_not_applied:
-            sites += f", {len(self.rules_not_applied)} kept as their rule's block does not apply: {_names(self.rules_not_applied)}"
+            against = self.rules_not_applied
+            sites += f", {len(against)} kept as their rule's block does not apply: {_names(against)}"
         if self.no_grad:
             sites += f", {len(self.no_grad)} under torch.no_grad(): {_names(self.no_grad)}"
         return (
@@ -333,10 +334,11 @@ def _warnings(plan: Plan, policy: Policy) -> list[str]:
             f"{policy.default} not made at {len(refused)} site(s), as it would not save MACs there: {shown}; to apply it "
             f"anyway, pass ns.Policy(default={str(policy.default)!r}, min_macs_saving=None) or name the sites in Policy(rules=...)"
         )
-    if plan.rules_not_applied:
-        shown = "; ".join(f"{e.name}: {e.note[len(_RULE_NOT_APPLIED):]}" for e in plan.rules_not_applied[:3])
-        lines.append(f"{len(plan.rules_not_applied)} site(s) kept against their rule, whose block cannot replace the conv: "
-                     f"{shown}{'; ...' if len(plan.rules_not_applied) > 3 else ''}; name a block that can "
+    against = plan.rules_not_applied
+    if against:
+        shown = "; ".join(f"{e.name}: {e.note[len(_RULE_NOT_APPLIED):]}" for e in against[:3])
+        lines.append(f"{len(against)} site(s) kept against their rule, whose block cannot replace the conv: "
+                     f"{shown}{'; ...' if len(against) > 3 else ''}; name a block that can "
                      "(spec.unsupported(geometry) says why not), or keep those sites with None")
     if plan.no_grad:
         how = "" if plan.traced else " (conv modules are swapped in place, so forward keeps the region)"

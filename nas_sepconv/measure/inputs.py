@@ -58,8 +58,10 @@ def as_inputs(example_inputs: Any) -> tuple:
         shape = (1, *example_inputs) if len(example_inputs) <= 3 else tuple(example_inputs)
         need = 4 * math.prod(shape)
         if need > ACTIVATION_BUDGET:  # refused before it is allocated
-            raise UserInputError("input_size", f"{tuple(example_inputs)} is {_gib(need)} GiB for the input alone, above the "
-                                 f"budget of {_gib(ACTIVATION_BUDGET)} GiB", f"use a smaller input size, e.g. {shape[1]},224,224")
+            raise UserInputError("input_size",
+                                 f"{tuple(example_inputs)} is {_gib(need)} GiB for the input alone, "
+                                 f"above the budget of {_gib(ACTIVATION_BUDGET)} GiB",
+                                 f"use a smaller input size, e.g. {shape[1]},224,224")
         return (torch.randn(shape),)
     if isinstance(example_inputs, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in example_inputs):
         empty = [tuple(t.shape) for t in example_inputs if t.ndim and t.shape[0] == 0]
@@ -210,6 +212,7 @@ def check_example_size(model: nn.Module, inputs: tuple, *, field: str = "example
     need = per_example if need is None else need
     if need > ACTIVATION_BUDGET:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        raise UserInputError(field, f"an input of shape {shapes} needs about {_gib(need)} GiB of activations per example "
+        raise UserInputError(field,
+                             f"an input of shape {shapes} needs about {_gib(need)} GiB of activations per example "
                              f"(estimated), above the budget of {_gib(ACTIVATION_BUDGET)} GiB",
                              "use a smaller input (e.g. 224 x 224 images)")

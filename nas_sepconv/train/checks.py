@@ -40,7 +40,8 @@ def check_batch(x: Tensor, y: Tensor, field: str) -> None:
                              "give one target per input (targets of shape (batch,))")
     low = int(y.min()) if y.numel() else 0
     if low < 0:
-        raise UserInputError(field, f"a target is negative ({low}): targets are class indices 0..classes-1", _TARGETS_FIX)
+        raise UserInputError(field, f"a target is negative ({low}): targets are class indices 0..classes-1",
+                             _TARGETS_FIX)
 
 
 def checked_forward(model: nn.Module, x: Tensor, field: str, who: str) -> Tensor:
@@ -66,16 +67,19 @@ def check_outputs(logits: Tensor, y: Tensor, field: str) -> None:
         raise UserInputError(field, f"the model returns a {type(logits).__name__}, not a tensor of class scores",
                              "train a model whose forward returns the logits (wrap it if it returns more)")
     if logits.ndim < 2 or (logits.shape[0],) + tuple(logits.shape[2:]) != tuple(y.shape):
-        raise UserInputError(field, f"the model's outputs have shape {tuple(logits.shape)}, the targets {tuple(y.shape)}",
+        raise UserInputError(field,
+                             f"the model's outputs have shape {tuple(logits.shape)}, the targets {tuple(y.shape)}",
                              "give one class index per input, for a model that outputs (batch, classes)")
     classes, high = logits.shape[1], int(y.max()) if y.numel() else -1
     if high >= classes:
         raise UserInputError(field, f"a target is {high}, but the model has {classes} classes (0..{classes - 1})",
-                             "give targets below the model's number of classes, or a model with as many classes as the data")
+                             "give targets below the model's number of classes, "
+                             "or a model with as many classes as the data")
 
 
 def check_teacher(student: Tensor, teacher: Tensor) -> None:
     """A teacher whose outputs have the student's shape (the same classes)."""
     if tuple(teacher.shape) != tuple(student.shape):
-        raise UserInputError("teacher", f"outputs {tuple(teacher.shape)} where the student outputs {tuple(student.shape)}",
+        raise UserInputError("teacher",
+                             f"outputs {tuple(teacher.shape)} where the student outputs {tuple(student.shape)}",
                              "distill from a teacher with the student's classes (the same output shape)")

@@ -75,8 +75,7 @@ def fit(
             targets)`` batches that can be iterated once per epoch (a generator: one epoch),
             inputs ready for the model, targets class indices, moved to ``device`` as they
             come (``config.batch_size`` is not used: give the loader ``drop_last=True``).
-        val: with batches, validation batches of the same form (default None: no validation,
-            and ``val_accuracy`` is NaN; a ``val`` with no batches is refused).
+        val: with batches, validation batches of the same form (default None: NaN accuracy; none is refused).
         steps_per_epoch: with batches, the steps of an epoch (it stops there) for the
             learning-rate schedule; default ``len(data)``, needed where it has none.
         config: the :class:`TrainConfig`; defaults to ``TrainConfig()``.
@@ -107,14 +106,12 @@ def fit(
     DistributedDataParallel, each process on its shard: call it in every process; see
     :mod:`nas_sepconv.train.distributed` for what it does then (BatchNorm included).
 
-    The first batch of ``data`` (and of ``val``, when it can be iterated again) is checked
-    before the first step: inputs the model runs on, targets that are class indices (integers
-    in ``[0, classes)``, one per input), a teacher with the model's output shape.
+    The first batch of ``data`` and ``val`` is checked before the first step (:mod:`~nas_sepconv.train.checks`):
+    inputs the model runs on, targets in ``[0, classes)`` one per input, a teacher with the model's classes.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
-        UserInputError: bad ``data``, ``val``, ``teacher``, ``config``, ``temperature``, ``alpha``
-            or ``resolution``.
+        UserInputError: bad ``data``, ``val``, ``teacher``, ``config``, ``temperature``, ``alpha``, ``resolution``.
     """
     cfg = TrainConfig() if config is None else config
     if not isinstance(cfg, TrainConfig):

@@ -119,8 +119,9 @@ def test_an_absurd_table_entry_never_yields_a_plan(setup, budget):
     """An entry of 1e300 ms (a tampered cache) would predict a negative latency: refused."""
     model, damage, table = setup
     bad = _with(table, {("conv1", "keep"): 1e300})
-    with pytest.raises(UserInputError, match=r"^latency_table: predicts -1e\+300 ms for this plan, which no model takes: "
-                                             r"its entries do not agree with the whole model's measured 8 ms \(a stale or altered latency cache\)" + REMEASURE):
+    message = (r"^latency_table: predicts -1e\+300 ms for this plan, which no model takes: its entries do not agree "
+               r"with the whole model's measured 8 ms \(a stale or altered latency cache\)" + REMEASURE)
+    with pytest.raises(UserInputError, match=message):
         ns.plan_for_budget(model, damage, latency_table=bad, example_inputs=X, **budget)
 
 

@@ -213,8 +213,9 @@ def test_min_macs_saving_message_states_the_numbers():
 def test_a_rule_whose_block_cannot_apply_is_warned_noted_and_counted():
     """A grouped block named for a depthwise conv cannot replace it: the site is kept, and the
     PlanWarning, the site's note and the summary say so."""
-    with pytest.warns(ns.PlanWarning, match=r"^1 site\(s\) kept against their rule, whose block cannot replace the conv: "
-                                            r"body\.2: 'body\.2' names grouped_g4, which cannot replace this conv \(groups=4"):
+    message = (r"^1 site\(s\) kept against their rule, whose block cannot replace the conv: "
+               r"body\.2: 'body\.2' names grouped_g4, which cannot replace this conv \(groups=4")
+    with pytest.warns(ns.PlanWarning, match=message):
         plan = ns.make_plan(Small(), {"body.2": "grouped_g4", "body.0": "dwsep"}, example_inputs=x())
     row = plan.report().set_index("name").loc["body.2"]
     assert row["status"] == "kept" and row["spec"] == "keep"

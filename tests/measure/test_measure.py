@@ -141,8 +141,9 @@ def test_counter_agrees_with_torch_flop_counter(name):
 def test_a_huge_input_size_is_refused_before_it_is_allocated():
     from nas_sepconv.measure import as_inputs
 
-    with pytest.raises(ns.UserInputError, match=r"^input_size: \(8, 100000, 100000\) is 298\.0 GiB for the input alone, "
-                                                 r"above the budget of 4\.0 GiB; use a smaller input size, e\.g\. 8,224,224$"):
+    message = (r"^input_size: \(8, 100000, 100000\) is 298\.0 GiB for the input alone, "
+               r"above the budget of 4\.0 GiB; use a smaller input size, e\.g\. 8,224,224$")
+    with pytest.raises(ns.UserInputError, match=message):
         as_inputs((8, 100_000, 100_000))
     assert as_inputs((3, 16, 16))[0].shape == (1, 3, 16, 16)
 
@@ -151,7 +152,7 @@ def test_a_huge_input_size_is_refused_before_it_is_allocated():
 def test_an_input_of_batch_zero_is_refused(inputs):
     from nas_sepconv.measure import as_inputs
 
-    with pytest.raises(ns.UserInputError, match=r"^example_inputs: an input of shape \(0, \d+(, \d+)*\) holds no example; "):
+    with pytest.raises(ns.UserInputError, match=r"^example_inputs: an input of shape \(0(, \d+)*\) holds no example; "):
         as_inputs(inputs)
 
 
@@ -163,7 +164,8 @@ def test_check_example_size_estimates_one_example_above_the_gate_only(monkeypatc
 
     wide = nn.Sequential(nn.Conv2d(3, 1024, 1))
     inputs_mod.check_example_size(wide, (torch.empty(4, 3, 700, 700),))
-    with pytest.raises(ns.UserInputError, match=r"^example_inputs: an input of shape \(1, 3, 1100, 1100\) needs about 4\.6 GiB"):
+    message = r"^example_inputs: an input of shape \(1, 3, 1100, 1100\) needs about 4\.6 GiB"
+    with pytest.raises(ns.UserInputError, match=message):
         inputs_mod.check_example_size(wide, (torch.empty(1, 3, 1100, 1100),))
     monkeypatch.setattr(inputs_mod, "activation_bytes", lambda *a, **k: pytest.fail("estimated a small input"))
     inputs_mod.check_example_size(wide, (torch.empty(1, 3, 224, 224),))

@@ -33,7 +33,8 @@ def _y(n: int = 8) -> torch.Tensor:
 BAD_BATCHES = {
     "wrong channel count": ((_x(channels=3), _y()), r"does not run on inputs of shape \(8, 3, 8, 8\)"),
     "2-D inputs": ((torch.randn(8, 64), _y()), r"does not run on inputs of shape \(8, 64\)"),
-    "integer inputs": ((torch.randint(0, 255, (8, 1, 8, 8)), _y()), r"torch\.int64 \(Input type .*\); give floating-point inputs"),
+    "integer inputs": ((torch.randint(0, 255, (8, 1, 8, 8)), _y()),
+                       r"torch\.int64 \(Input type .*\); give floating-point inputs"),
     "targets out of range": ((_x(), _y() + 10), "a target is 1[0-9], but the model has 10 classes"),
     "negative targets": ((_x(), _y() - 10), "a target is negative"),
     "float targets": ((_x(), _y().float()), "the targets are torch.float32 tensors, not class indices"),
@@ -82,7 +83,7 @@ def test_evaluate_checks_the_first_batch(case):
 def test_a_teacher_with_another_class_count_is_refused_before_training():
     student = small_cnn()
     before = {k: v.detach().clone() for k, v in student.named_parameters()}
-    with pytest.raises(UserInputError, match=r"^teacher: outputs \(8, 5\) where the student outputs \(8, 10\); distill "):
+    with pytest.raises(UserInputError, match=r"^teacher: outputs \(8, 5\) where the student outputs \(8, 10\); "):
         distill(student, small_cnn(classes=5), [(_x(), _y())], config=ONE_EPOCH)
     with pytest.raises(UserInputError, match=r"^teacher: the teacher does not run on inputs of shape \(8, 1, 8, 8\)"):
         distill(student, small_cnn(in_channels=3), [(_x(), _y())], config=ONE_EPOCH)
@@ -112,7 +113,7 @@ class _Empty:
 @pytest.mark.parametrize("val", [[], _Empty(), iter(())], ids=["empty list", "empty re-iterable", "empty iterator"])
 def test_validation_with_no_batches_is_refused_not_nan(val):
     """val=None means no validation (NaN, documented); val with no batches is a mistake."""
-    with pytest.raises(UserInputError, match="^val: (has|yielded) no batches; pass validation batches, or leave val out"):
+    with pytest.raises(UserInputError, match="^val: (has|yielded) no batches; pass validation batches, or leave val"):
         fit(small_cnn(), [(_x(), _y())], val=val, config=ONE_EPOCH)
     result = fit(small_cnn(), [(_x(), _y())], config=ONE_EPOCH)
     assert result.val_accuracy != result.val_accuracy  # NaN: no val given
