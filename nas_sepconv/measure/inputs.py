@@ -64,9 +64,11 @@ def as_inputs(example_inputs: Any) -> tuple:
                                  f"use a smaller input size, e.g. {shape[1]},224,224")
         return (torch.randn(shape),)
     if isinstance(example_inputs, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in example_inputs):
+        if not example_inputs:
+            raise UserInputError("example_inputs", "holds no tensor", "pass a tensor, e.g. torch.randn(1, 3, 224, 224)")
         empty = [tuple(t.shape) for t in example_inputs if t.ndim and t.shape[0] == 0]
-        if empty or not example_inputs:
-            raise UserInputError("example_inputs", f"an input of shape {empty[0] if empty else ()} holds no example",
+        if empty:
+            raise UserInputError("example_inputs", f"an input of shape {empty[0]} holds no example",
                                  "give inputs of batch 1 or more (batch dimension first)")
         return tuple(example_inputs)
     raise UserInputError(

@@ -156,6 +156,13 @@ def test_an_input_of_batch_zero_is_refused(inputs):
         as_inputs(inputs)
 
 
+def test_no_input_at_all_is_refused():
+    from nas_sepconv.measure import as_inputs
+
+    with pytest.raises(ns.UserInputError, match=r"^example_inputs: holds no tensor; pass a tensor"):
+        as_inputs(())
+
+
 def test_check_example_size_estimates_one_example_above_the_gate_only(monkeypatch):
     """A batch of 4 examples of 2 GB of activations each is within the budget (it is per
     example); one example of 4.6 GiB is not; a small input is not estimated at all (no meta
