@@ -75,7 +75,7 @@ def fit(
             targets)`` batches that can be iterated once per epoch (a generator: one epoch),
             inputs ready for the model, targets class indices, moved to ``device`` as they
             come (``config.batch_size`` is not used: give the loader ``drop_last=True``).
-        val: with batches, validation batches of the same form (default None: NaN accuracy; none is refused).
+        val: with batches, validation batches of the same form (default None: NaN accuracy; empty: refused).
         steps_per_epoch: with batches, the steps of an epoch (it stops there) for the
             learning-rate schedule; default ``len(data)``, needed where it has none.
         config: the :class:`TrainConfig`; defaults to ``TrainConfig()``.
