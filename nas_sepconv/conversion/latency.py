@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -35,8 +37,8 @@ import torch.nn as nn
 
 from ..blocks import BlockSpec, as_spec, conv_from_geometry
 from ..errors import UserInputError
-from ..measure import (LatencyCache, as_inputs, check_repeats, check_threads, find_runtime, latency_context,
-                       prepare_forward, summarise, time_rounds, torch_threads)
+from ..measure import (LatencyCache, as_inputs, check_repeats, check_threads, find_runtime, latency_cache_dir,
+                       latency_context, prepare_forward, summarise, time_rounds, torch_threads)
 from ..progress import progress as progress_bar
 from ..progress import track
 from .plan import Plan, PlanEntry, make_plan, with_spec
@@ -105,7 +107,16 @@ class LatencyTable:
         per converted site, its block's entry less its conv's (times its calls)."""
         self._check(plan)
         self.ensure([(e.name, e.spec) for e in plan.converted] + [(e.name, None) for e in plan.converted])
-        return self.model_ms + sum((self.ms(e.name, e.spec) - self.ms(e.name, None)) * e.calls for e in plan.converted)
+        changes = ((self.ms(e.name, e.spec) - self.ms(e.name, None)) * e.calls for e in plan.converted)
+        predicted = self.model_ms + sum(changes)
+        if not (math.isfinite(predicted) and predicted > 0):  # no plan is ever made from such a figure
+            folder = self.settings["cache_dir"] if self.settings["cache_dir"] is not None else latency_cache_dir()
+            raise UserInputError(
+                "latency_table",
+                f"predicts {predicted:.4g} ms for this plan, which no model takes: its entries do not agree "
+                f"with the whole model's measured {self.model_ms:.4g} ms (a stale or altered latency cache)",
+                f"re-measure: delete the latency cache in {folder} and call ns.latency_table again")
+        return predicted
 
     def annotate(self, plan: Plan) -> Plan:
         """``plan`` with each site's measured latency before and after (one call) filled in
@@ -186,6 +197,15 @@ def _settings(runtime: str, threads: int | None, device: Any, dtype: torch.dtype
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise UserInputError("device", f"not a device: {device!r}", "use 'cpu' or 'cuda'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("device", f"{device!r}: CUDA is not available on this machine", "use device='cpu'")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UserInputError("device", f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                             f"use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise UserInputError("cache_dir",
+                             f"expected a folder (a str or a path) or None, got {type(cache_dir).__name__}",
+                             "pass a folder such as '~/.cache/nas_sepconv/latency', or leave cache_dir out")
     return dict(runtime=find_runtime(runtime).name, threads=threads or torch.get_num_threads(), device=dev, dtype=dtype,
                 repeats=repeats, warmup=warmup, cache_dir=cache_dir)
 

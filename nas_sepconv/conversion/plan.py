@@ -41,6 +41,7 @@ class PlanWarning(UserWarning):
 
 
 PLAN_FORMAT = 1
+_RULE_NOT_APPLIED = "rule not applied: "  # how the note of a site kept against its rule begins
 META_KEY = "nas_sepconv.plan"  # where apply_plan keeps the Plan in a converted GraphModule's meta
 
 
@@ -133,6 +134,12 @@ class Plan:
         return [e for e in self.entries if not e.reached]
 
     @property
+    def rules_not_applied(self) -> list[PlanEntry]:
+        """The sites a rule of the policy names with a block that cannot replace their conv
+        (a grouped block on a depthwise conv): kept, and their ``note`` says why."""
+        return [e for e in self.entries if e.reached and not e.converted and e.note.startswith(_RULE_NOT_APPLIED)]
+
+    @property
     def no_grad(self) -> list[PlanEntry]:
         """The conv sites ``forward`` runs (at least once) with gradients disabled."""
         return [e for e in self.entries if not e.grad_enabled]
@@ -182,6 +189,9 @@ class Plan:
         sites = f"{n}/{len(self.entries)} conv sites converted"
         if self.not_reached:
             sites += f", {len(self.not_reached)} not reached by the example inputs: {_names(self.not_reached)}"
+        if self.rules_not_applied:
+            against = self.rules_not_applied
+            sites += f", {len(against)} kept as their rule's block does not apply: {_names(against)}"
         if self.no_grad:
             sites += f", {len(self.no_grad)} under torch.no_grad(): {_names(self.no_grad)}"
         return (
@@ -298,7 +308,10 @@ def _entry(site: Site, policy: Policy) -> PlanEntry:
     if glob is None or spec is None:  # the default (or kept): it must save MACs
         return with_spec(kept, spec, reason=reason, min_macs_saving=policy.min_macs_saving, must_save=True)
     entry = with_spec(kept, spec, reason=reason, min_macs_saving=None)  # the user's rule: as written
-    return replace(entry, note=_rule_note(entry, glob, policy.min_macs_saving)) if entry.converted else entry
+    if not entry.converted:  # the block cannot replace this conv: kept, and said so
+        return replace(entry, note=f"{_RULE_NOT_APPLIED}{glob!r} names {spec}, which cannot replace this conv "
+                                         f"({entry.reason.split(': ', 1)[-1]})")
+    return replace(entry, note=_rule_note(entry, glob, policy.min_macs_saving))
 
 
 def _names(entries: list[PlanEntry], limit: int = 5) -> str:
@@ -321,6 +334,12 @@ def _warnings(plan: Plan, policy: Policy) -> list[str]:
             f"{policy.default} not made at {len(refused)} site(s), as it would not save MACs there: {shown}; to apply it "
             f"anyway, pass ns.Policy(default={str(policy.default)!r}, min_macs_saving=None) or name the sites in Policy(rules=...)"
         )
+    against = plan.rules_not_applied
+    if against:
+        shown = "; ".join(f"{e.name}: {e.note[len(_RULE_NOT_APPLIED):]}" for e in against[:3])
+        lines.append(f"{len(against)} site(s) kept against their rule, whose block cannot replace the conv: "
+                     f"{shown}{'; ...' if len(against) > 3 else ''}; name a block that can "
+                     "(spec.unsupported(geometry) says why not), or keep those sites with None")
     if plan.no_grad:
         how = "" if plan.traced else " (conv modules are swapped in place, so forward keeps the region)"
         lines.append(f"{len(plan.no_grad)} conv site(s) run under torch.no_grad() in {plan.model}.forward: {_names(plan.no_grad)}; "

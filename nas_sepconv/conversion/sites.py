@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from ..blocks import CONV_TYPES, ConvGeometry
 from ..errors import UserInputError
 from ..measure import as_inputs, wrong_input
+from ..measure.inputs import check_example_size
 
 __all__ = [
     "ExampleInputs",
@@ -58,7 +59,9 @@ class ExampleInputs:
     tensors stays what it was, the arguments of one call, so the two can never be confused.
     Use several inputs when a model cannot be traced and its ``forward`` branches on the data:
     a site any input reaches is found (with the shapes of the first input that reaches it);
-    the totals of a plan (model MACs, calls per site) are those of the first input.
+    the totals of a plan (model MACs, calls per site) are those of the first input.  Every
+    input must run: one the model does not run on, or whose forward would need more than
+    :data:`~nas_sepconv.measure.ACTIVATION_BUDGET` of activations, is refused by its position.
     """
 
     items: tuple
@@ -75,8 +78,52 @@ def example_list(example_inputs: Any) -> list[tuple]:
     """The example inputs as a list of argument tuples: one per item of an
     :class:`ExampleInputs`, else the one that ``as_inputs`` reads."""
     if isinstance(example_inputs, ExampleInputs):
-        return [as_inputs(item) for item in example_inputs.items]
+        items = example_inputs.items
+        examples = []
+        for i, item in enumerate(items):
+            with _naming_item(i, len(items)):
+                examples.append(as_inputs(item))
+        return examples
     return [as_inputs(example_inputs)]
+
+
+@contextlib.contextmanager
+def _naming_item(i: int, n: int):
+    """An error about one of several example inputs says which (item ``i`` of ``n``, 0-based)."""
+    try:
+        yield
+    except UserInputError as exc:
+        if n == 1:
+            raise
+        raise UserInputError("example_inputs", f"ExampleInputs item {i + 1} of {n}: {exc.problem}",
+                             exc.fix) from exc
+
+
+def _check_examples(model: nn.Module, examples: list[tuple]) -> None:
+    """Each example input within the activation budget, before any runs
+    (:func:`~nas_sepconv.measure.inputs.check_example_size`)."""
+    for i, inputs in enumerate(examples):
+        with _naming_item(i, len(examples)):
+            check_example_size(model, inputs)
+
+
+def _run_each(model: nn.Module, examples: list[tuple], *, start: int) -> None:
+    """Run the model on each example from ``start`` on (eval mode, no gradients), so that one it
+    does not run on is named, not dropped; raises :func:`~nas_sepconv.measure.wrong_input`'s error."""
+    if start >= len(examples):
+        return
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        for i, inputs in enumerate(examples[start:], start):
+            with _naming_item(i, len(examples)), torch.no_grad():
+                try:
+                    model(*inputs)
+                except Exception as exc:
+                    raise wrong_input(model, inputs, exc) from exc
+    finally:
+        for m, f in flags.items():
+            m.training = f
 
 
 @dataclass(frozen=True)
@@ -249,10 +296,11 @@ def _sites_from_hooks(model: nn.Module, examples: list[tuple]) -> tuple[list[Sit
         with torch.enable_grad(), functional:
             for i, inputs in enumerate(examples):
                 first[0] = i == 0
-                try:
-                    model(*inputs)
-                except Exception as exc:
-                    raise wrong_input(model, inputs, exc) from exc
+                with _naming_item(i, len(examples)):
+                    try:
+                        model(*inputs)
+                    except Exception as exc:
+                        raise wrong_input(model, inputs, exc) from exc
     finally:
         for h in handles:
             h.remove()
@@ -289,6 +337,7 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
     place, and the model's own ``forward`` keeps its ``torch.no_grad()`` regions.  A traced
     graph's shapes come from the first example (every input runs the same graph)."""
     examples = example_list(example_inputs)
+    _check_examples(model, examples)
     try:
         gm = trace(model)
     except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, ...)
@@ -297,7 +346,9 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
     else:
         dropped = dropped_grad_regions(gm)
         if not dropped:
-            _shape_prop(model, gm, examples[0])
+            with _naming_item(0, len(examples)):
+                _shape_prop(model, gm, examples[0])
+            _run_each(model, examples, start=1)  # the graph is the same for all, but each input must run
             sites, notes = _sites_from_graph(gm)
             return sites + _unreached(model, sites), True, notes
         shown = ", ".join(dropped[:4]) + (f" and {len(dropped) - 4} more" if len(dropped) > 4 else "")

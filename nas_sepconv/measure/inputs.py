@@ -4,6 +4,7 @@ activation memory of one forward (estimated on the meta device)."""
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -17,6 +18,7 @@ __all__ = [
     "ACTIVATION_BUDGET",
     "activation_bytes",
     "as_inputs",
+    "check_example_size",
     "first_conv",
     "input_mismatch",
     "meta_copy",
@@ -25,6 +27,8 @@ __all__ = [
 ]
 
 ACTIVATION_BUDGET = 4 * 2**30  # bytes of activations for one example the CLI allocates at most
+#: an example input of fewer bytes is not estimated: its forward would need over 1024 times its size
+_ESTIMATED_FROM = ACTIVATION_BUDGET // 1024
 
 
 def output_tensors(output: Any) -> list[torch.Tensor]:
@@ -38,17 +42,34 @@ def output_tensors(output: Any) -> list[torch.Tensor]:
     return []
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f}" if n < 2**40 else f"{n / 2**30:,.0f}"
+
+
 def as_inputs(example_inputs: Any) -> tuple:
     """Example inputs as a tuple of tensors.  A tuple/list of ints is read as an input size
-    ``(C, H, W)`` (batch 1 is added) or ``(N, C, H, W)``."""
+    ``(C, H, W)`` (batch 1 is added) or ``(N, C, H, W)``, refused when the input alone would
+    take more than :data:`ACTIVATION_BUDGET`; a tensor of batch 0 is refused."""
     if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
+        return as_inputs((example_inputs,))
     if isinstance(example_inputs, (tuple, list)) and example_inputs and all(isinstance(v, int) for v in example_inputs):
         if any(v <= 0 for v in example_inputs):
             raise UserInputError("input_size", f"sizes must be positive, got {tuple(example_inputs)}", "use e.g. 3,224,224")
-        size = tuple(example_inputs)
-        return (torch.randn(1, *size) if len(size) <= 3 else torch.randn(*size),)
+        shape = (1, *example_inputs) if len(example_inputs) <= 3 else tuple(example_inputs)
+        need = 4 * math.prod(shape)
+        if need > ACTIVATION_BUDGET:  # refused before it is allocated
+            raise UserInputError("input_size",
+                                 f"{tuple(example_inputs)} is {_gib(need)} GiB for the input alone, "
+                                 f"above the budget of {_gib(ACTIVATION_BUDGET)} GiB",
+                                 f"use a smaller input size, e.g. {shape[1]},224,224")
+        return (torch.randn(shape),)
     if isinstance(example_inputs, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in example_inputs):
+        if not example_inputs:
+            raise UserInputError("example_inputs", "holds no tensor", "pass a tensor, e.g. torch.randn(1, 3, 224, 224)")
+        empty = [tuple(t.shape) for t in example_inputs if t.ndim and t.shape[0] == 0]
+        if empty:
+            raise UserInputError("example_inputs", f"an input of shape {empty[0]} holds no example",
+                                 "give inputs of batch 1 or more (batch dimension first)")
         return tuple(example_inputs)
     raise UserInputError(
         "example_inputs", f"expected a tensor, a tuple of tensors or an input size, got {type(example_inputs).__name__}"
@@ -174,3 +195,26 @@ def activation_bytes(model: nn.Module, input_shape: tuple[int, ...], *, dtype: t
             raise mismatch from exc
         return None
     return x.numel() * x.element_size() + counter.total
+
+
+def check_example_size(model: nn.Module, inputs: tuple, *, field: str = "example_inputs") -> None:
+    """Refuse ``inputs`` when one example's forward (batch 1) would need more than
+    :data:`ACTIVATION_BUDGET` bytes of activations, as :func:`activation_bytes` estimates them
+    (nothing of that size is allocated), before the model runs on them.  An example input under
+    ``ACTIVATION_BUDGET / 1024`` bytes is not estimated (no estimate is made for the usual
+    sizes); a model with several inputs, or one that does not run on the meta device, is bound
+    by its inputs' bytes alone."""
+    per_example = sum(t[:1].numel() * t.element_size() for t in inputs if t.ndim)
+    if per_example < _ESTIMATED_FROM:
+        return
+    need = None
+    if len(inputs) == 1 and inputs[0].ndim:
+        x = inputs[0]
+        need = activation_bytes(model, (1, *x.shape[1:]), dtype=x.dtype if x.is_floating_point() else torch.float32)
+    need = per_example if need is None else need
+    if need > ACTIVATION_BUDGET:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise UserInputError(field,
+                             f"an input of shape {shapes} needs about {_gib(need)} GiB of activations per example "
+                             f"(estimated), above the budget of {_gib(ACTIVATION_BUDGET)} GiB",
+                             "use a smaller input (e.g. 224 x 224 images)")

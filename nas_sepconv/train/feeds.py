@@ -14,6 +14,7 @@ without one) and ``TrainConfig.batch_size`` is not used: the loader's batch size
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import abc
 from typing import Any, Iterable, Iterator
 
@@ -23,12 +24,14 @@ from torch import Tensor
 
 from ..data import Dataset, DeviceLoader, Split
 from ..errors import UserInputError
+from .checks import check_batch, check_outputs, checked_forward
 from .config import TrainConfig
 from .distributed import _check_sharded, _set_epoch, _World
 
 __all__: list[str] = []  # used by fit and evaluate only
 
 _FIX = "pass a nas_sepconv Dataset, a DataLoader, a torch map-style dataset, or an iterable of (inputs, targets) tensor pairs"
+_NO_VAL = "pass validation batches, or leave val out (val_accuracy is then NaN)"
 EVAL_BATCH = 512
 
 
@@ -129,6 +132,9 @@ class _DatasetFeed:
                                    channels_last=self.channels_last)
         return self.world.sum(correct).item() / n
 
+    def check_val(self, model: nn.Module) -> None:
+        """Nothing to check: a Dataset's splits were checked when it was made."""
+
     def val_accuracy(self, model: nn.Module) -> float:
         return self._accuracy(model, self.data.val)
 
@@ -145,6 +151,8 @@ class _LoaderFeed:
         _check_iterable(data, "data", cfg.epochs)
         if val is not None:
             _check_iterable(val, "val", cfg.epochs)
+            if isinstance(val, abc.Sized) and len(val) == 0:
+                raise UserInputError("val", "has no batches", _NO_VAL)
         _check_sharded(data, world, "data")
         _check_sharded(val, world, "val")
         self.data, self.val, self.device, self.channels_last, self.amp_dtype, self.world = (
@@ -173,12 +181,24 @@ class _LoaderFeed:
         if step == 0:
             raise UserInputError("data", f"epoch {epoch} yielded no batches", "pass a DataLoader or a list (a generator runs dry after one epoch)")
 
+    def check_val(self, model: nn.Module) -> None:
+        """The first validation batch checked before training (checks.py), unless ``val`` is a
+        one-shot iterator, whose first batch evaluation then checks."""
+        if self.val is None or isinstance(self.val, abc.Iterator):
+            return
+        _, total = _batch_counts(model, itertools.islice(self.val, 1), self.device, "val", amp_dtype=self.amp_dtype,
+                                 channels_last=self.channels_last)
+        if total.item() == 0:
+            raise UserInputError("val", "yielded no batches", _NO_VAL)
+
     def val_accuracy(self, model: nn.Module) -> float:
         if self.val is None:
             return float("nan")
         correct, total = _batch_counts(model, self.val, self.device, "val", amp_dtype=self.amp_dtype, channels_last=self.channels_last)
         counts = self.world.sum(torch.stack([correct, total]))
-        return counts[0].item() / counts[1].item() if counts[1].item() else float("nan")
+        if counts[1].item() == 0:
+            raise UserInputError("val", "yielded no batches", _NO_VAL)
+        return counts[0].item() / counts[1].item()
 
     def test_accuracy(self, model: nn.Module) -> float | None:
         return None
@@ -211,6 +231,12 @@ def _batch_counts(model: nn.Module, batches: Iterable[Any], device: torch.device
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            correct += (model(x).argmax(dim=1) == y).sum()
+            if i == 0:  # the first batch is checked (checks.py): one line for what torch says deep down
+                check_batch(x, y, field)
+                logits = checked_forward(model, x, field, "the model")
+                check_outputs(logits, y, field)
+            else:
+                logits = model(x)
+            correct += (logits.argmax(dim=1) == y).sum()
             total += y.shape[0]
     return correct, total

@@ -29,6 +29,7 @@ from torch import Tensor
 from ..data import Dataset, Split
 from ..errors import TrainingDiverged, UserInputError
 from ..progress import progress as show_progress
+from .checks import check_batch, check_outputs, check_teacher, checked_forward
 from .config import OPTIMIZERS, SCHEDULES, FitResult, TrainConfig
 from .distributed import _broadcast_buffers, _World, _wrap
 from .feeds import (EVAL_BATCH, _as_loader, _autocast, _batch_counts, _check_iterable, _DatasetFeed, _LoaderFeed,
@@ -74,7 +75,7 @@ def fit(
             targets)`` batches that can be iterated once per epoch (a generator: one epoch),
             inputs ready for the model, targets class indices, moved to ``device`` as they
             come (``config.batch_size`` is not used: give the loader ``drop_last=True``).
-        val: with batches, validation batches of the same form (default None: NaN accuracy).
+        val: with batches, validation batches of the same form (default None: NaN accuracy; empty: refused).
         steps_per_epoch: with batches, the steps of an epoch (it stops there) for the
             learning-rate schedule; default ``len(data)``, needed where it has none.
         config: the :class:`TrainConfig`; defaults to ``TrainConfig()``.
@@ -105,9 +106,12 @@ def fit(
     DistributedDataParallel, each process on its shard: call it in every process; see
     :mod:`nas_sepconv.train.distributed` for what it does then (BatchNorm included).
 
+    The first batch of ``data`` and ``val`` is checked before the first step (:mod:`~nas_sepconv.train.checks`):
+    inputs the model runs on, targets in ``[0, classes)`` one per input, a teacher with the model's classes.
+
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
-        UserInputError: bad ``data``, ``val``, ``config``, ``temperature``, ``alpha`` or ``resolution``.
+        UserInputError: bad ``data``, ``val``, ``teacher``, ``config``, ``temperature``, ``alpha``, ``resolution``.
     """
     cfg = TrainConfig() if config is None else config
     if not isinstance(cfg, TrainConfig):
@@ -133,6 +137,7 @@ def _fit(run: "_Run", model: nn.Module, teacher: nn.Module | None, features: Seq
     loss_of = _loss_function(run, net, teacher, hints, *weights)
     start = time.perf_counter()
     try:
+        run.feed.check_val(model)
         history = _train_epochs(run, model, loss_of, on_epoch, progress)
         test_acc = run.feed.test_accuracy(model) if evaluate_test else None
     finally:
@@ -209,20 +214,28 @@ def _loss_function(run: _Run, net: nn.Module, teacher: nn.Module | None, hints: 
     """The training loss of a batch: cross-entropy, or with a teacher the distillation loss plus
     the weighted feature hints.  ``net`` is the model, or its DistributedDataParallel wrapper."""
     smoothing = run.cfg.label_smoothing
+    unchecked = [True]  # the first batch is checked (checks.py) before its step changes the model
 
     def loss_of(x: Tensor, y: Tensor) -> Tensor:
+        first, unchecked[0] = unchecked[0], False
+        if first:
+            check_batch(x, y, "data")
         with _autocast(run.device, run.amp_dtype):
             if hints is not None:
                 hints.active = True
             try:
-                logits = net(x)
+                logits = checked_forward(net, x, "data", "the model") if first else net(x)
+                if first:
+                    check_outputs(logits, y, "data")
                 if teacher is None:
                     return F.cross_entropy(_full(logits), y, label_smoothing=smoothing)
                 with torch.no_grad():
-                    teacher_logits = teacher(x)
+                    teacher_logits = checked_forward(teacher, x, "teacher", "the teacher") if first else teacher(x)
             finally:
                 if hints is not None:
                     hints.active = False
+        if first:
+            check_teacher(logits, teacher_logits)
         student = _full(logits)
         loss = _distill_loss(student, teacher_logits.to(student.dtype), y, temperature, alpha, smoothing)
         return loss if hints is None else loss + feature_weight * hints.loss()

@@ -357,11 +357,19 @@ def test_inverted_residual_unused_channels_do_not_change_output():
 
 
 def test_inverted_residual_train_mode_is_not_exact_but_runs():
+    """The closed form is exact in eval mode (its BatchNorms hold the statistics it chose); in
+    train mode they normalise with the batch's own statistics, so the output differs from the
+    conv's, and it still trains."""
     seeded(19)
     conv = nn.Conv2d(4, 1, 3, padding=1)
     block, _, _ = convert(conv, BlockSpec("inverted_residual", expand_ratio=4, act="relu"))
+    x = torch.randn(2, 4, 7, 7)
+    assert_same_output(conv, block, x)  # eval mode: exact
+    with torch.no_grad():
+        want = conv(x)
     block.train()
-    y = block(torch.randn(2, 4, 7, 7))
+    y = block(x)
+    assert y.shape == want.shape and rel(y.detach(), want) > 0.01  # train mode: not exact
     y.sum().backward()
     assert block.conv_pw.weight.grad is not None
 

@@ -3,6 +3,8 @@ latencies are set by hand on a measured table, so the choices are deterministic.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -97,3 +99,43 @@ def test_bad_budgets(setup, kwargs, field):
     with pytest.raises(UserInputError) as info:
         ns.plan_for_budget(model, damage, example_inputs=X, **kwargs)
     assert info.value.field == field
+
+
+def _with(table, times=None, model_ms=None):
+    """A copy of the measured table with some entries (or the whole model's time) replaced."""
+    table = copy.deepcopy(table)
+    for (name, spec), ms in (times or {}).items():
+        table.frame.loc[(table.frame["name"] == name) & (table.frame["spec"] == spec), "latency_ms"] = ms
+    if model_ms is not None:
+        table.model_ms = model_ms
+    return table
+
+
+REMEASURE = r"; re-measure: delete the latency cache in .* and call ns\.latency_table again$"
+
+
+@pytest.mark.parametrize("budget", [dict(latency_ratio=0.8), dict(latency_ms=6.0), dict(macs_ratio=0.5)])
+def test_an_absurd_table_entry_never_yields_a_plan(setup, budget):
+    """An entry of 1e300 ms (a tampered cache) would predict a negative latency: refused."""
+    model, damage, table = setup
+    bad = _with(table, {("conv1", "keep"): 1e300})
+    message = (r"^latency_table: predicts -1e\+300 ms for this plan, which no model takes: its entries do not agree "
+               r"with the whole model's measured 8 ms \(a stale or altered latency cache\)" + REMEASURE)
+    with pytest.raises(UserInputError, match=message):
+        ns.plan_for_budget(model, damage, latency_table=bad, example_inputs=X, **budget)
+
+
+def test_entries_inconsistent_with_the_whole_model_refuse_to_predict(setup):
+    """The sites alone take 5.5 ms by the table; a whole model measured at 1 ms makes a
+    converted conv1 (2.0 -> 0.5 ms) predict -0.5 ms: refused, not a plan."""
+    model, damage, table = setup
+    bad = _with(table, model_ms=1.0)
+    plan = ns.make_plan(model, {"conv1": "dwsep_m1"}, example_inputs=X)
+    with pytest.raises(UserInputError, match=r"^latency_table: predicts -0\.5 ms for this plan" + ".*" + REMEASURE):
+        bad.predict(plan)
+    with pytest.raises(UserInputError, match=r"^latency_table: predicts -?\d"):
+        ns.plan_for_budget(model, damage, latency_ratio=0.5, latency_table=bad, example_inputs=X)
+    nan = _with(table, {("conv1", "dwsep_m1"): float("nan")})
+    with pytest.raises(UserInputError, match=r"^latency_table: predicts nan ms"):
+        nan.predict(plan)
+    assert table.predict(plan) == pytest.approx(MODEL_MS - 1.5)  # the table as measured still predicts

@@ -198,3 +198,20 @@ def test_a_site_no_input_reaches_is_not_timed(tmp_path):
     table = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
     assert "unused" not in set(table.frame["name"]) and "unused" in table.sites
     assert table.predict(ns.make_plan(model, "dwsep_m1", example_inputs=X)) > 0
+
+
+@pytest.mark.parametrize("kwargs, x, message", [
+    (dict(cache_dir=12345), X, r"^cache_dir: expected a folder \(a str or a path\) or None, got int; pass"),
+    (dict(device="cuda:99"), X, r"^device: 'cuda:99': (CUDA is not available|this machine has \d+ CUDA device)"),
+    (dict(), torch.randn(0, 3, 12, 12), r"^example_inputs: an input of shape \(0, 3, 12, 12\) holds no example; "),
+])
+def test_bad_arguments_are_one_line_naming_them(tmp_path, kwargs, x, message):
+    with pytest.raises(UserInputError, match=message) as info:
+        ns.latency_table(Net().eval(), x, candidates=["dwsep_m1"], **{"cache_dir": tmp_path, **FAST, **kwargs})
+    assert "\n" not in str(info.value)
+
+
+def test_cuda_without_a_gpu_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserInputError, match=r"^device: 'cuda': CUDA is not available on this machine; use device="):
+        ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], device="cuda", cache_dir=tmp_path, **FAST)

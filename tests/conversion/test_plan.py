@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -206,3 +208,27 @@ def test_min_macs_saving_message_states_the_numbers():
         plan = ns.make_plan(net, ns.Policy(default="dwsep", min_macs_saving=0.9), example_inputs=torch.randn(1, 8, 8, 8))
     assert plan.entries[0].reason == "dwsep would not save MACs: saves 76.4 %, below min_macs_saving 90 % (8,704 vs 36,864 MACs)"
     assert plan.report().loc[0, "status"] == "kept"
+
+
+def test_a_rule_whose_block_cannot_apply_is_warned_noted_and_counted():
+    """A grouped block named for a depthwise conv cannot replace it: the site is kept, and the
+    PlanWarning, the site's note and the summary say so."""
+    message = (r"^1 site\(s\) kept against their rule, whose block cannot replace the conv: "
+               r"body\.2: 'body\.2' names grouped_g4, which cannot replace this conv \(groups=4")
+    with pytest.warns(ns.PlanWarning, match=message):
+        plan = ns.make_plan(Small(), {"body.2": "grouped_g4", "body.0": "dwsep"}, example_inputs=x())
+    row = plan.report().set_index("name").loc["body.2"]
+    assert row["status"] == "kept" and row["spec"] == "keep"
+    assert row["note"].startswith("rule not applied: 'body.2' names grouped_g4, which cannot replace this conv")
+    assert [e.name for e in plan.rules_not_applied] == ["body.2"]
+    assert ", 1 kept as their rule's block does not apply: body.2;" in plan.summary()
+    assert any(n.startswith("1 site(s) kept against their rule") for n in plan.notes)
+    again = ns.Plan.from_json(plan.to_json())
+    assert again.summary() == plan.summary()
+
+
+def test_rules_that_apply_warn_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ns.PlanWarning)
+        plan = ns.make_plan(Small(), {"body.0": "grouped_g4"}, example_inputs=x())
+    assert not plan.rules_not_applied and "rule's block" not in plan.summary()

@@ -189,3 +189,61 @@ def test_traced_plan_lists_a_conv_module_forward_never_calls():
     assert plan.macs_after == ns.count_macs(ns.apply_plan(Unused(), plan), POS)
     again = ns.Plan.from_json(plan.to_json())
     assert again.report().equals(plan.report())
+
+
+class Plain(nn.Module):
+    """Traceable: every input runs the same graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(8, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(self.c1(x))
+
+
+@pytest.mark.parametrize("make", [Plain, branchy], ids=["traced", "untraced"])
+@pytest.mark.parametrize("position", [0, 1])
+def test_an_example_input_the_model_cannot_run_is_named_not_dropped(make, position):
+    """ExampleInputs(x_8ch, x_3ch): the 3-channel input is refused by its position, whether it
+    comes first or second and whether the model traces (one graph for all) or not."""
+    items = [POS, torch.randn(1, 3, 8, 8)]
+    if position == 0:
+        items.reverse()
+    with pytest.raises(ns.UserInputError, match=rf"^example_inputs: ExampleInputs item {position + 1} of 2: "
+                                                 r"\w+ expects 8 input channel\(s\) .*got 3; use input size 8,8,8"):
+        ns.make_plan(make(), "dwsep", example_inputs=ns.ExampleInputs(*items))
+
+
+def test_one_example_input_that_fails_keeps_its_plain_message():
+    with pytest.raises(ns.UserInputError, match=r"^input_size: Plain expects 8 input channel\(s\)"):
+        ns.make_plan(Plain(), "dwsep", example_inputs=torch.randn(1, 3, 8, 8))
+
+
+def test_a_huge_example_input_is_refused_before_it_runs(monkeypatch):
+    """Its activations are estimated on the meta device (nothing allocated): the forward never runs."""
+    wide = nn.Sequential(nn.Conv2d(3, 1024, 1), nn.ReLU(), nn.Conv2d(1024, 8, 3, padding=1))
+    ran = []
+    wide.register_forward_pre_hook(lambda m, a: ran.append(a[0].device.type))
+    x = torch.empty(1, 3, 1100, 1100)  # 14.5 MB; 1024 channels of it are 5 GB
+    message = (r"^example_inputs: an input of shape \(1, 3, 1100, 1100\) needs about [\d.]+ GiB of activations "
+               r"per example \(estimated\), above the budget of 4\.0 GiB; ")
+    with pytest.raises(ns.UserInputError, match=message):
+        ns.make_plan(wide, "dwsep", example_inputs=x)
+    assert "cpu" not in ran  # only the estimate's forward ran, on the meta device
+    with pytest.raises(ns.UserInputError, match=r"^example_inputs: ExampleInputs item 2 of 2: an input of shape"):
+        ns.make_plan(wide, "dwsep", example_inputs=ns.ExampleInputs(torch.randn(1, 3, 8, 8), x))
+
+
+def test_a_huge_input_size_is_refused_before_it_is_allocated():
+    message = (r"^input_size: \(3, 100000, 100000\) is 111\.8 GiB for the input alone, "
+               r"above the budget of 4\.0 GiB; use a smaller input size, e\.g\. 3,224,224$")
+    with pytest.raises(ns.UserInputError, match=message):
+        ns.make_plan(Plain(), "dwsep", example_inputs=(3, 100_000, 100_000))
+
+
+def test_an_example_input_of_batch_zero_is_refused():
+    with pytest.raises(ns.UserInputError, match=r"^example_inputs: an input of shape \(0, 8, 8, 8\) holds no example; "
+                                                 r"give inputs of batch 1 or more"):
+        ns.make_plan(Plain(), "dwsep", example_inputs=torch.randn(0, 8, 8, 8))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import os
 import pickle
 import tarfile
@@ -536,9 +537,26 @@ def _evil_payloads(marker: Path) -> dict:
     }
 
 
+def _record_calls(monkeypatch, evil: _Evil) -> list[tuple]:
+    """Replace the payload's function, where pickle would find it (``posix.system`` for
+    ``os.system``), by one that records a call with the payload's arguments instead of making
+    it (other calls go through): what the loader calls is then known when it returns."""
+    module = importlib.import_module(evil.func.__module__)
+    real, calls = getattr(module, evil.func.__name__), []
+
+    def recorder(*args, **kwargs):
+        if args == evil.args:
+            calls.append(args)
+            return None
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, evil.func.__name__, recorder)
+    return calls
+
+
 @pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
 @pytest.mark.parametrize("payload", list(_evil_payloads(Path("m"))))
-def test_doctored_cifar_batch_is_refused_and_runs_nothing(tmp_path, payload, protocol):
+def test_doctored_cifar_batch_is_refused_and_runs_nothing(tmp_path, monkeypatch, payload, protocol):
     folder = tmp_path / "cifar-10-batches-py"
     _write_batches(folder)
     marker = tmp_path / "pwned"
@@ -548,17 +566,16 @@ def test_doctored_cifar_batch_is_refused_and_runs_nothing(tmp_path, payload, pro
     if payload in ("os.system", "builtins.eval", "builtins.exec", "subprocess.Popen", "numpy.save"):
         sentinel = tmp_path / "real_run"
         real = _rewrite_batch(tmp_path, "real_batch", {b"data": _evil_payloads(sentinel)[payload]}, protocol=protocol)
-        pickle.loads(real.read_bytes())
-        for _ in range(50):  # Popen returns before touch has run
-            if sentinel.exists() or Path(f"{sentinel}.npy").exists():
-                break
-            time.sleep(0.05)
+        made = pickle.loads(real.read_bytes())[b"data"]
+        if payload == "subprocess.Popen":
+            assert made.wait() == 0  # Popen returns before touch has run: wait for it
         assert sentinel.exists() or Path(f"{sentinel}.npy").exists()
+    calls = _record_calls(monkeypatch, evil)
     with pytest.raises(UserInputError) as info:
         load_dataset("cifar10", root=folder)
     message = str(info.value)
     assert message.startswith("dataset.root:") and "\n" not in message and str(bad) in message
-    time.sleep(0.1)
+    assert calls == []  # the payload was never called (a Popen would be recorded when made, not when run)
     assert not marker.exists() and not Path(f"{marker}.npy").exists()
 
 

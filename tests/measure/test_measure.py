@@ -369,3 +369,43 @@ def test_macs_match_torchvision_published_multiply_adds():
     off = {name: round(r, 4) for name, r in ratios.items() if abs(r - 1) > 0.02}
     assert not off, f"count_macs / torchvision's multiply-adds off by more than 2 %: {off}"
     assert len(ratios) == len(names) >= 80 and any(name.startswith("vit") for name in ratios)
+
+
+def test_a_huge_input_size_is_refused_before_it_is_allocated():
+    from nas_sepconv.measure import as_inputs
+
+    message = (r"^input_size: \(8, 100000, 100000\) is 298\.0 GiB for the input alone, "
+               r"above the budget of 4\.0 GiB; use a smaller input size, e\.g\. 8,224,224$")
+    with pytest.raises(ns.UserInputError, match=message):
+        as_inputs((8, 100_000, 100_000))
+    assert as_inputs((3, 16, 16))[0].shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("inputs", [torch.randn(0, 3, 8, 8), (torch.randn(2, 3, 8, 8), torch.randn(0, 4))])
+def test_an_input_of_batch_zero_is_refused(inputs):
+    from nas_sepconv.measure import as_inputs
+
+    with pytest.raises(ns.UserInputError, match=r"^example_inputs: an input of shape \(0(, \d+)*\) holds no example; "):
+        as_inputs(inputs)
+
+
+def test_no_input_at_all_is_refused():
+    from nas_sepconv.measure import as_inputs
+
+    with pytest.raises(ns.UserInputError, match=r"^example_inputs: holds no tensor; pass a tensor"):
+        as_inputs(())
+
+
+def test_check_example_size_estimates_one_example_above_the_gate_only(monkeypatch):
+    """A batch of 4 examples of 2 GB of activations each is within the budget (it is per
+    example); one example of 4.6 GiB is not; a small input is not estimated at all (no meta
+    forward for the usual sizes)."""
+    import nas_sepconv.measure.inputs as inputs_mod
+
+    wide = nn.Sequential(nn.Conv2d(3, 1024, 1))
+    inputs_mod.check_example_size(wide, (torch.empty(4, 3, 700, 700),))
+    message = r"^example_inputs: an input of shape \(1, 3, 1100, 1100\) needs about 4\.6 GiB"
+    with pytest.raises(ns.UserInputError, match=message):
+        inputs_mod.check_example_size(wide, (torch.empty(1, 3, 1100, 1100),))
+    monkeypatch.setattr(inputs_mod, "activation_bytes", lambda *a, **k: pytest.fail("estimated a small input"))
+    inputs_mod.check_example_size(wide, (torch.empty(1, 3, 224, 224),))

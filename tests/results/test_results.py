@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -371,7 +372,7 @@ def test_objectives_table() -> None:
         assert record.direction in ("maximize", "minimize") and record.label and record.measured_by
         assert results.objective(name) is record
     assert [n for n, o in results.OBJECTIVES.items() if o.searchable] == ["accuracy", "macs", "params", "latency_ms"]
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'direction'"):
         results.OBJECTIVES["macs"].direction = "maximize"  # type: ignore[misc]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -263,8 +264,12 @@ def test_pickle_renamed_to_safetensors_is_refused_without_running_it(tmp_path):
     proc = run_cli("profile", "--model", str(path), "--input-size", "3,8,8", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "not a safetensors file" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()
-    with pytest.raises(Exception):  # what a torch.load(weights_only=True) in the package would do
-        torch.load(path, weights_only=True)
+    # what a torch.load(weights_only=True) in the package would do: refuse the pickle's global
+    # (read as a .pt: torch.load reads a path ending in .safetensors with safetensors, which refuses its header)
+    as_pickle = tmp_path / "model.pt"
+    as_pickle.write_bytes(path.read_bytes())
+    with pytest.raises(pickle.UnpicklingError, match=rf"GLOBAL {os.mkdir.__module__}\.mkdir"):
+        torch.load(as_pickle, weights_only=True)
     assert not marker.exists()
 
 
