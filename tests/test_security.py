@@ -246,7 +246,7 @@ def test_the_size_budget_is_stated_and_can_be_raised(tmp_path):
         (json.dumps({"format": 1, "kind": "built"}), "recipe.arch"),
         (json.dumps({"format": 1, "kind": "built", "arch": "{}", "colour": 1}), "recipe.colour"),
         (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "model_kwargs": [1]}), "recipe.model_kwargs"),
-        (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "plan": "{junk"}), "plan"),
+        (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "plan": "{junk"}), "recipe.plan"),
         (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "width_mult": 0.5}), "recipe.input_size"),
     ],
 )
@@ -325,3 +325,36 @@ def test_build_from_recipe_alone_raises_only_user_input_errors(recipe):
         build_from_recipe(recipe if isinstance(recipe, dict) else {"kind": recipe}, max_params=5_000_000)
     except UserInputError:
         pass
+
+
+# -- tampered results folders and nested JSON (issue 28, family 4) ------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+TINY_RECIPE = {"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet"}
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        (DEEP, "recipe"),
+        (json.dumps({"format": 1, "kind": "built", "arch": DEEP}), "recipe.arch"),
+        (json.dumps({**TINY_RECIPE, "plan": DEEP}), "recipe.plan"),
+        (json.dumps({**TINY_RECIPE, "rules": {"conv1": [["dwsep"]]}}), "recipe.rules"),
+    ],
+)
+def test_a_recipe_nested_100000_deep_is_one_line(text, field, tmp_path):
+    path = _raw_recipe_file(tmp_path / "m.safetensors", text)
+    with pytest.raises(UserInputError) as info:
+        load_model(path)
+    assert str(info.value).startswith(f"{field}: "), str(info.value)
+    result = CliRunner().invoke(app, ["profile", "--model", str(path), "--input-size", "1,8,8"])
+    assert result.exit_code == 2 and _one_line(result).startswith(f"error: {field}: ")
+
+
+def test_a_plan_or_arch_nested_100000_deep_is_one_line():
+    from nas_sepconv.models import Arch
+
+    with pytest.raises(UserInputError, match=r"^plan: the plan nests deeper than"):
+        ns.Plan.from_json(DEEP)
+    with pytest.raises(UserInputError, match=r"^arch: the arch nests deeper than"):
+        Arch.from_json('{"stages":' * 100_000 + "1" + "}" * 100_000)
