@@ -12,7 +12,7 @@ it, ``<out>.data`` (see :mod:`nas_sepconv.measure.onnx`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,12 +21,16 @@ import torch
 import torch.nn as nn
 
 from . import results
+from .conversion import Plan
 from .errors import StorageError, UserInputError
 from .files import ensure_writable_dir
 from .io import build_on_meta, check_device, load_model, save_model, state_mismatch
+from .jsonfile import loads
 from .measure import need_module, output_tensors, to_onnx
+from .models import Arch
 from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
-from .search import TrialContext, parse_space, with_data_root
+from .results.stored import STUDY_ATTRS, TAMPERED, stored_attr
+from .search import StoredTrial, TrialContext, parse_space, trial_resolution, with_data_root
 from .train import evaluate
 
 __all__ = ["MODEL_FILES", "check_model_file", "export_trial", "rebuild_trial", "write_model"]
@@ -77,7 +81,8 @@ def rebuild_trial(
     frozen = trials[number]
     if frozen.state != optuna.trial.TrialState.COMPLETE:
         raise UserInputError("--trial", f"trial {number} is {frozen.state.name}, not COMPLETE", "pick a completed trial (nas-sepconv report)")
-    space = parse_space(the_study.user_attrs["space_yaml"], source=f"study {the_study.study_name}")
+    where = str(folder)
+    space = _stored_space(the_study, where)
     _check_stored_space(space, trusted)
     space = space if data_root is None else with_data_root(space, data_root)
     try:
@@ -86,43 +91,76 @@ def rebuild_trial(
         if data_root is not None or not exc.field.endswith("root"):
             raise
         raise UserInputError(exc.field, exc.problem, "give --data-root PATH (data_root=), the data the search was run on") from None
-    resolution = int(frozen.user_attrs.get("resolution", ctx.data.input_shape[-1]))
-    recipe = _trial_recipe(frozen, (ctx.data.input_shape[0], resolution, resolution))
+    # everything the folder says is checked before minutes of work (stored.py, StoredTrial)
+    attr = functools.partial(stored_attr, frozen.user_attrs, owner=f"trial {number}", source=where)
+    resolution = _trial_side(space, frozen, ctx.data.input_shape[-1], where)
+    recipe = _with_input_size(_stored_recipe(frozen, where), (ctx.data.input_shape[0], resolution, resolution))
     reference = build_on_meta(recipe, allow_import=trusted)  # what the written file must load as
     _check_data(reference, recipe, ctx.data, number)
+    seed, threads = attr("seed"), attr("threads")
     weights = folder / "weights" / f"trial_{number}.safetensors"
     if weights.is_file():
         model, how = load_model(weights, allow_import=trusted, device=device), "loaded saved weights"
         _check_model(model, reference, f"{weights} does not hold trial {number}'s model",
                      "restore the file the search wrote, or delete it to re-train the trial from its parameters")
     else:
-        threads = frozen.user_attrs.get("threads")
-        model = ctx.retrain(frozen.params, number=number, seed=int(frozen.user_attrs.get("seed", number)), threads=int(threads) if threads else None)
+        seed = number if seed is None else seed
+        model = ctx.retrain(frozen.params, number=number, seed=seed, threads=threads, source=where)
         how = "re-trained from the trial's parameters and seed"
-        if frozen.user_attrs.get("stopped_early"):  # the multi-fidelity mode stopped it: its recorded accuracy is a rung's
-            how += f", to the full budget (the search stopped it early, after {frozen.user_attrs.get('epochs_trained')} epochs)"
+        if attr("stopped_early"):  # the multi-fidelity mode stopped it: its recorded accuracy is a rung's
+            how += f", to the full budget (the search stopped it early, after {attr('epochs_trained')} epochs)"
         _check_model(model, reference, f"trial {number}, re-trained, does not match its recorded recipe",
                      "the study's space was changed since the search; export from the results folder the search wrote")
     accuracy = evaluate(model.to(device), ctx.data.val, data=ctx.data, device=device, resolution=resolution)
+    recorded = attr("accuracy")
     info = {
         "how": how,
         "accuracy": accuracy,
-        "recorded_accuracy": float(frozen.user_attrs.get("accuracy", float("nan"))),
+        "recorded_accuracy": float("nan") if recorded is None else float(recorded),
         "recipe": recipe,
         "input_size": [ctx.data.input_shape[0], resolution, resolution],
     }
     return model.eval(), info
 
 
-def _trial_recipe(frozen: optuna.trial.FrozenTrial, size: tuple[int, int, int]) -> Recipe:
-    """The recipe a trial recorded (``arch_json``), stating the input size it ran at."""
-    where = f"trial {frozen.number}'s arch_json"
-    try:
-        data = json.loads(frozen.user_attrs["arch_json"])
-    except (KeyError, TypeError, ValueError, RecursionError):
-        fix = "export another trial, or run the search again"
-        raise UserInputError("--trial", f"{where} is missing or not JSON", fix) from None
-    return _with_input_size(Recipe.from_dict(data, where=where), size)
+def _stored_space(study: optuna.Study, where: str) -> Any:
+    """The space the study was made with (its ``space_yaml``), parsed and checked."""
+    text = stored_attr(study.user_attrs, "space_yaml", owner="the study", source=where, table=STUDY_ATTRS)
+    if text is None:
+        raise UserInputError("space_yaml", f"the study in {where} records no space", TAMPERED)
+    return parse_space(text, source=f"study {study.study_name}")
+
+
+def _trial_side(space: Any, frozen: optuna.trial.FrozenTrial, data_side: int, where: str) -> int:
+    """The input side trial ``frozen`` ran at: the one its parameters draw from ``space`` (each
+    checked, :class:`~nas_sepconv.search.StoredTrial`), which its record must agree with."""
+    side = trial_resolution(space, StoredTrial(frozen.params, number=frozen.number, source=where), data_side)
+    recorded = stored_attr(frozen.user_attrs, "resolution", owner=f"trial {frozen.number}", source=where)
+    if recorded is not None and recorded != side:
+        raise UserInputError(
+            "resolution",
+            f"trial {frozen.number} in {where} records {recorded}, but its parameters give {side}"
+            f" (data side {data_side})",
+            "give the data the search ran on (--data-root), or restore the results folder",
+        )
+    return side
+
+
+def _stored_recipe(frozen: optuna.trial.FrozenTrial, where: str) -> Recipe:
+    """The trial's recipe (its ``arch_json``), parsed by the bounded reader, checked, and its
+    ``arch`` or ``plan`` re-serialised from the parsed record: the exported file carries what
+    was validated, never the folder's text."""
+    owner = f"trial {frozen.number}"
+    text = stored_attr(frozen.user_attrs, "arch_json", owner=owner, source=where)
+    if text is None:
+        raise UserInputError("arch_json", f"{owner} in {where} records no recipe", TAMPERED)
+    data = loads(text, field="arch_json", what=f"the recipe of {owner} in {where}", fix=TAMPERED)
+    recipe = Recipe.from_dict(data, where=f"{owner}'s arch_json in {where}")
+    if recipe.arch is not None:
+        return dataclasses.replace(recipe, arch=Arch.from_json(recipe.arch).to_json())
+    if recipe.plan:
+        return dataclasses.replace(recipe, plan=Plan.from_json(recipe.plan).to_json(indent=None))
+    return recipe
 
 
 def _check_data(reference: nn.Module, recipe: Recipe, data: Any, number: int) -> None:

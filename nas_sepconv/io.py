@@ -33,6 +33,7 @@ import torch.nn.modules.module as _module_hooks
 from .conversion import Plan, apply_plan, apply_width_mult
 from .errors import UserInputError
 from .files import atomic_path
+from .jsonfile import loads
 from .models import Arch, build_network, model_from_name
 from .recipe import FORMAT, REGISTRY_SOURCES, Recipe, check_trusted, trusted_names
 
@@ -99,10 +100,7 @@ def read_recipe(path: str | Path) -> "Recipe":
         raise UserInputError("file", f"{path} is not a safetensors file ({' '.join(str(exc).split())[:100]})", _FILE_FIX) from None
     if _KEY not in meta:
         raise UserInputError("file", f"{path} has no nas-sepconv recipe", _FILE_FIX)
-    try:
-        recipe = json.loads(meta[_KEY])
-    except ValueError as exc:
-        raise UserInputError("recipe", f"{path} holds a recipe that is not valid JSON ({str(exc)[:80]})", "re-export the model") from None
+    recipe = loads(meta[_KEY], field="recipe", what=f"the recipe of {path}", fix="re-export the model")
     return Recipe.from_dict(recipe, where=str(path), saved=True)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .errors import UserInputError
+from .jsonfile import loads
 
 __all__ = ["Recipe", "FORMAT", "REGISTRY_SOURCES", "MAX_INPUT_ELEMENTS", "MAX_INPUT_SIDE", "check_model_kwargs", "trusted_names", "check_trusted"]
 
@@ -117,6 +118,7 @@ def _check_recipe(recipe: Any, *, where: str, saved: bool) -> None:
     if kind == "built":
         if not isinstance(recipe.get("arch"), str):
             raise UserInputError("recipe.arch", "missing, or not a JSON string", "re-export the model")
+        _check_embedded_json(recipe["arch"], "recipe.arch", where)
         return
     model = recipe.get("model")
     if not isinstance(model, str) or ":" not in model or len(model) > 200:
@@ -129,8 +131,27 @@ def _check_recipe(recipe: Any, *, where: str, saved: bool) -> None:
         raise UserInputError("recipe.input_size", "a width multiplier needs the input size it was pruned at", "re-export the model")
     if not isinstance(recipe.get("plan", ""), str):
         raise UserInputError("recipe.plan", "expected the JSON text of a plan", "re-export the model")
-    if not isinstance(recipe.get("rules", {}), dict):
+    if recipe.get("plan"):
+        _check_embedded_json(recipe["plan"], "recipe.plan", where)
+    _check_rules(recipe.get("rules", {}))
+
+
+def _check_embedded_json(text: str, field: str, where: str) -> None:
+    """An ``arch`` or ``plan`` is JSON text inside the recipe: it must parse within the bounds
+    of :func:`~nas_sepconv.jsonfile.loads` (its fields are checked where it is read)."""
+    loads(text, field=field, what=f"the {field.split('.')[-1]} of {where}", fix="re-export the model")
+
+
+def _check_rules(rules: Any) -> None:
+    """A searched candidate's rules: site names to spec strings (None: the site is kept)."""
+    if not isinstance(rules, dict):
         raise UserInputError("recipe.rules", "expected a mapping of site names to specs", "re-export the model")
+    for site, spec in rules.items():
+        plain_site = isinstance(site, str) and len(site) <= 1000
+        plain_spec = spec is None or (isinstance(spec, str) and len(spec) <= 200)
+        if not (plain_site and plain_spec):
+            shown = f"{str(site)[:40]!r}: {str(spec)[:40]!r}"
+            raise UserInputError("recipe.rules", f"{shown} is not a site name and a spec string", "re-export the model")
 
 
 def _check_input_size(size: Any) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,17 @@ from typing import Any
 import optuna
 
 from .errors import UserInputError
+from .jsonfile import check_regular_file, read_json
 
 __all__ = ["storage_url_for", "normalise_storage_url", "open_storage", "open_source", "sqlite_path", "without_password", "redact", "lock"]
+
+
+#: The largest journal file opened (Optuna replays it whole, in memory): a link to a huge
+#: or endless file (``/dev/zero``) is refused instead of read.
+MAX_JOURNAL_BYTES = 2 * 2**30
+
+#: The largest ``meta.json`` read (ours hold a few lines).
+MAX_META_BYTES = 2**20
 
 
 # -- URLs and opening for a search -------------------------------------------------------------
@@ -45,6 +54,9 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
     if url.endswith((".log", ".journal")) and "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 
+        if Path(url).exists():  # (a path that does not exist yet makes a new journal)
+            fix = "give the journal file a search wrote, or a path that does not exist yet"
+            check_regular_file(url, field="--storage", fix=fix, max_bytes=MAX_JOURNAL_BYTES)
         try:  # reading replays the whole file: junk fails here, not in the middle of a search
             return optuna.storages.JournalStorage(JournalFileBackend(url))
         except Exception as exc:
@@ -156,17 +168,17 @@ def open_source(source: str | Path) -> tuple[Any, str, str | None]:
 
 def _open_results_dir(path: Path) -> tuple[Any, str, str | None]:
     meta_path = path / "meta.json"
-    if not meta_path.is_file():
+    if not meta_path.exists():  # (one that is not a regular file is refused by the reader)
         raise UserInputError(
             "source",
             f"{str(path)!r} holds no meta.json",
             "pass the results/<study> directory a search wrote, or --storage URL --study NAME",
         )
+    fix = "rewrite it as JSON with keys storage and study"
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserInputError("meta.json", f"cannot read {str(meta_path)!r} ({exc})",
-                             "rewrite it as JSON with keys storage and study") from exc
+        meta = read_json(meta_path, field="meta.json", fix=fix, max_bytes=MAX_META_BYTES)
+    except OSError as exc:
+        raise UserInputError("meta.json", f"cannot read {str(meta_path)!r} ({exc.strerror or exc})", fix) from None
     storage = meta.get("storage") if isinstance(meta, dict) else None
     if not isinstance(storage, str) or not storage:
         raise UserInputError("meta.json", f"{str(meta_path)!r} has no 'storage' URL",
@@ -191,7 +203,7 @@ def _resolve_relative(path: Path, base: Path | None) -> Path | None:
     elif base is not None:
         candidates.append(base / path.name)
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.exists() and not candidate.is_dir():  # (a device or a pipe is refused when opened)
             return candidate
     return None
 
@@ -203,9 +215,10 @@ def _check_sqlite_url(url: str, base: Path | None) -> str:
         return url
     raw = url[len(prefix):].split("?", 1)[0]
     found = _resolve_relative(Path(raw), base)
+    fix = "check the path (sqlite:///relative.db or sqlite:////absolute.db)"
     if found is None:
-        raise UserInputError("storage", f"SQLite file {raw!r} does not exist",
-                             "check the path (sqlite:///relative.db or sqlite:////absolute.db)")
+        raise UserInputError("storage", f"SQLite file {raw!r} does not exist", fix)
+    check_regular_file(found, field="storage", fix=fix, max_bytes=sys.maxsize)  # not a device: SQLite would read it
     return prefix + str(found) if str(found) != raw else url
 
 
@@ -222,6 +235,8 @@ def _rdb(url: str) -> Any:
 def _open_storage_file(path: Path) -> Any:
     from optuna.storages.journal import JournalFileBackend
 
+    fix = "pass an Optuna JournalFileStorage file or a sqlite:/// URL"
+    check_regular_file(path, field="storage", fix=fix, max_bytes=sys.maxsize)  # a device or a pipe is never read
     suffix = path.suffix.lower()
     is_sqlite = suffix in _SQLITE_SUFFIXES
     if not is_sqlite and suffix not in _JOURNAL_SUFFIXES:
@@ -229,6 +244,7 @@ def _open_storage_file(path: Path) -> Any:
             is_sqlite = fh.read(16) == b"SQLite format 3\x00"
     if is_sqlite:
         return _rdb(f"sqlite:///{path}")
+    check_regular_file(path, field="storage", fix=fix, max_bytes=MAX_JOURNAL_BYTES)  # Optuna reads it whole
     try:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     except Exception as exc:

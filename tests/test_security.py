@@ -246,7 +246,7 @@ def test_the_size_budget_is_stated_and_can_be_raised(tmp_path):
         (json.dumps({"format": 1, "kind": "built"}), "recipe.arch"),
         (json.dumps({"format": 1, "kind": "built", "arch": "{}", "colour": 1}), "recipe.colour"),
         (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "model_kwargs": [1]}), "recipe.model_kwargs"),
-        (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "plan": "{junk"}), "plan"),
+        (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "plan": "{junk"}), "recipe.plan"),
         (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "width_mult": 0.5}), "recipe.input_size"),
     ],
 )
@@ -325,3 +325,124 @@ def test_build_from_recipe_alone_raises_only_user_input_errors(recipe):
         build_from_recipe(recipe if isinstance(recipe, dict) else {"kind": recipe}, max_params=5_000_000)
     except UserInputError:
         pass
+
+
+# -- tampered results folders and nested JSON (issue 28, family 4) ------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+TINY_RECIPE = {"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet"}
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        (DEEP, "recipe"),
+        (json.dumps({"format": 1, "kind": "built", "arch": DEEP}), "recipe.arch"),
+        (json.dumps({**TINY_RECIPE, "plan": DEEP}), "recipe.plan"),
+        (json.dumps({**TINY_RECIPE, "rules": {"conv1": [["dwsep"]]}}), "recipe.rules"),
+    ],
+)
+def test_a_recipe_nested_100000_deep_is_one_line(text, field, tmp_path):
+    path = _raw_recipe_file(tmp_path / "m.safetensors", text)
+    with pytest.raises(UserInputError) as info:
+        load_model(path)
+    assert str(info.value).startswith(f"{field}: "), str(info.value)
+    result = CliRunner().invoke(app, ["profile", "--model", str(path), "--input-size", "1,8,8"])
+    assert result.exit_code == 2 and _one_line(result).startswith(f"error: {field}: ")
+
+
+def test_a_plan_or_arch_nested_100000_deep_is_one_line():
+    from nas_sepconv.models import Arch
+
+    with pytest.raises(UserInputError, match=r"^plan: the plan nests deeper than"):
+        ns.Plan.from_json(DEEP)
+    with pytest.raises(UserInputError, match=r"^arch: the arch nests deeper than"):
+        Arch.from_json('{"stages":' * 100_000 + "1" + "}" * 100_000)
+
+
+@pytest.fixture(scope="module")
+def ranged_results(tmp_path_factory) -> Path:
+    """A results folder of one finished trial whose ``resolution_mult`` was drawn from a range."""
+    root = tmp_path_factory.mktemp("ranged_results")
+    space = root / "tiny.yaml"
+    ranged = {**FAST_SPACE["build"], "resolution_mult": {"low": 0.75, "high": 1.0}}
+    space.write_text(yaml.safe_dump({**FAST_SPACE, "build": ranged}))
+    ns.search(str(space), trials=1, out=root / "results", heartbeat=0)
+    return root / "results" / "tiny"
+
+
+def _tampered(results: Path, tmp_path: Path, *statements: tuple[str, tuple]) -> Path:
+    """A copy of ``results`` whose database had ``statements`` run on it (SQL: Optuna will not
+    change a finished trial); ``:trial`` stands for the id of trial 0."""
+    import shutil
+    import sqlite3
+
+    folder = tmp_path / "tampered"
+    shutil.copytree(results, folder)
+    (folder / "meta.json").write_text(json.dumps({"storage": f"sqlite:///{folder / 'study.db'}", "study": "tiny"}))
+    with sqlite3.connect(folder / "study.db") as db:
+        trial = db.execute("SELECT trial_id FROM trials WHERE number = 0").fetchone()[0]
+        for sql, args in statements:
+            db.execute(sql.replace(":trial", str(trial)), args)
+    return folder
+
+
+def _set_trial_attr(key: str, value_json: str | None) -> list[tuple[str, tuple]]:
+    statements = [("DELETE FROM trial_user_attributes WHERE trial_id = :trial AND key = ?", (key,))]
+    if value_json is not None:
+        insert = "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (:trial, ?, ?)"
+        statements.append((insert, (key, value_json)))
+    return statements
+
+
+def _built_recipe(arch_text: str) -> str:
+    return json.dumps(json.dumps({"kind": "built", "arch": arch_text, "input_size": [1, 8, 8]}))
+
+
+@pytest.mark.parametrize(
+    "statements, field",
+    [
+        (_set_trial_attr("threads", "-5"), "threads"),
+        (_set_trial_attr("seed", str(2**70)), "seed"),
+        (_set_trial_attr("resolution", str(10**6)), "resolution"),
+        (_set_trial_attr("resolution", "9"), "resolution"),  # in bounds, but not the side its parameters give
+        (_set_trial_attr("arch_json", json.dumps("{nope")), "arch_json"),
+        (_set_trial_attr("arch_json", None), "arch_json"),
+        (_set_trial_attr("arch_json", json.dumps(DEEP)), "arch_json"),
+        (_set_trial_attr("arch_json", _built_recipe(DEEP)), "recipe.arch"),
+        (_set_trial_attr("x", DEEP), "source"),  # a value Optuna itself cannot decode
+        ([("UPDATE trial_params SET param_value = 1e6 WHERE trial_id = :trial AND param_name = 'resolution_mult'", ())],
+         "resolution_mult"),
+        ([("DELETE FROM study_user_attributes WHERE key = 'space_yaml'", ())], "space_yaml"),
+    ],
+    ids=["threads", "seed", "resolution", "resolution-mismatch", "arch_json-not-json", "arch_json-missing",
+         "arch_json-deep", "arch-deep", "attr-deep", "param-out-of-range", "space_yaml-missing"],
+)
+def test_export_refuses_a_tampered_folder_in_one_line_before_any_work(ranged_results, tmp_path, statements, field):
+    folder = _tampered(ranged_results, tmp_path, *statements)
+    out = tmp_path / "x.safetensors"
+    result = CliRunner().invoke(app, ["export", str(folder), "--trial", "0", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    line = _one_line(result)
+    assert line.startswith(f"error: {field}: ") and str(folder) in line, line
+    assert not out.exists()
+
+
+def test_export_writes_the_recipe_it_validated_not_the_folders_text(ranged_results, tmp_path):
+    from safetensors import safe_open
+
+    from nas_sepconv.models import Arch
+
+    stored = ns.results.load(ranged_results).loc[0, "arch_json"]
+    recipe = json.loads(stored)
+    arch = json.loads(recipe["arch"])
+    planted = json.dumps(dict(reversed(list(arch.items()))), indent=7)  # the same arch, other text
+    replanted = json.dumps(json.dumps({**recipe, "arch": planted}))
+    folder = _tampered(ranged_results, tmp_path, *_set_trial_attr("arch_json", replanted))
+    out = tmp_path / "x.safetensors"
+    result = CliRunner().invoke(app, ["export", str(folder), "--trial", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out), framework="pt") as f:
+        written = json.loads(f.metadata()["nas_sepconv"])
+    assert written["arch"] == Arch.from_json(planted).to_json() != planted
+    assert isinstance(load_model(out), nn.Module)

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
+from ..jsonfile import loads
 from ..blocks import BlockSpec, ConvGeometry, conv_from_geometry
 from ..measure import count_macs, count_params
 from .policy import NOT_REACHED, Policy
@@ -216,10 +217,7 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserInputError("plan", f"not valid JSON ({exc.msg} at line {exc.lineno})", "pass the text Plan.to_json() wrote") from exc
+        data = loads(text, field="plan", what="the plan", fix="pass the text Plan.to_json() wrote")
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "entries" not in data:
             raise UserInputError("plan", "not a nas-sepconv plan (missing format/entries)", "pass the text Plan.to_json() wrote")
         try:

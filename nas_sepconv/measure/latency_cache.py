@@ -7,8 +7,11 @@ and the **op** (its geometry, the input shape with the batch size, and the block
 entry in it.  A second model with the same layer shapes reuses the entries; a change of machine,
 threads, runtime or library version reads another file, never a stale figure.
 
-The files are plain JSON (never pickle: loading one runs no code).  A file that cannot be read,
-or that is not one of ours, is ignored with a warning and rewritten on the next save.  They live
+The files are plain JSON (never pickle: loading one runs no code), read through the bounded
+reader of :mod:`nas_sepconv.jsonfile`.  A file that cannot be read, that is not a regular file
+of at most :data:`MAX_CACHE_BYTES`, or that is not one of ours, is ignored with a warning and
+rewritten on the next save; an entry whose latencies are not finite, positive and ordered
+(``p10_ms <= median_ms <= p90_ms``) is ignored with a warning.  They live
 in :func:`latency_cache_dir`: ``$NAS_SEPCONV_LATENCY_CACHE``, else ``latency/`` of
 ``$NAS_SEPCONV_CACHE`` or ``~/.cache/nas_sepconv``.
 """
@@ -26,10 +29,19 @@ from typing import Any
 
 import torch
 
+from ..errors import UserInputError
+from ..jsonfile import read_json
+
 __all__ = ["CACHE_FORMAT", "LatencyCache", "latency_cache_dir", "latency_context", "processor_name"]
 
 CACHE_FORMAT = 1
 _RECORD_FIELDS = ("median_ms", "p10_ms", "p90_ms")
+
+#: The largest cache file read (a file over it is ignored with a warning, and rewritten).
+MAX_CACHE_BYTES = 64 * 2**20
+
+#: The longest latency an entry may hold, in ms (an hour per op: longer is not a measurement).
+MAX_LATENCY_MS = 3_600_000.0
 
 
 def latency_cache_dir() -> Path:
@@ -77,10 +89,15 @@ def _canonical(value: Any) -> str:
 
 
 def _valid_record(record: Any) -> bool:
-    return isinstance(record, dict) and all(
-        isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool) and math.isfinite(record[k]) and record[k] >= 0
-        for k in _RECORD_FIELDS
-    )
+    """A measured record: ``p10_ms <= median_ms <= p90_ms``, each a finite number of
+    milliseconds in (0, :data:`MAX_LATENCY_MS`]."""
+    if not isinstance(record, dict):
+        return False
+    values = [record.get(k) for k in _RECORD_FIELDS]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return False
+    median, p10, p90 = values
+    return 0 < p10 <= median <= p90 <= MAX_LATENCY_MS
 
 
 class LatencyCache:
@@ -96,12 +113,14 @@ class LatencyCache:
 
     def _read(self) -> dict[str, dict[str, Any]]:
         """The file's entries; a file that is not one of ours, for this context, is ignored."""
-        if not self.path.is_file():
-            return {}
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return self._ignored(f"not readable JSON ({type(exc).__name__})")
+            data = read_json(self.path, field="latency cache", fix="", max_bytes=MAX_CACHE_BYTES)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            return self._ignored(f"not readable ({exc.strerror or type(exc).__name__})")
+        except UserInputError as exc:  # not a regular file, too large, not JSON, nested too deeply
+            return self._ignored(exc.problem)
         if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
             return self._ignored(f"not a latency cache of format {CACHE_FORMAT}")
         if data.get("context") != self.context:

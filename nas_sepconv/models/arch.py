@@ -13,6 +13,7 @@ from typing import Any
 
 from ..blocks import BlockSpec
 from ..errors import UserInputError
+from ..jsonfile import loads
 from ..recipe import MAX_INPUT_SIDE
 from .heads import HEADS
 
@@ -204,10 +205,7 @@ class Arch:
 
     @classmethod
     def from_json(cls, text: str) -> "Arch":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserInputError("arch", f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = loads(text, field="arch", what="the arch", fix="pass the text Arch.to_json() wrote")
         if not isinstance(data, dict):
             raise UserInputError("arch", f"expected a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)

@@ -38,6 +38,7 @@ import pandas as pd
 from ..errors import UserInputError
 from ..storage import open_source
 from .objectives import KNOWN_DIRECTIONS
+from .stored import decoding, read_study
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import optuna
@@ -122,10 +123,18 @@ def load(source: str | Path | optuna.Study, study: str | None = None) -> pd.Data
                 f"{study!r} given with a Study object named {source.study_name!r}",
                 "leave study out when passing a Study",
             )
-        return _frame_from_study(source, storage_label=None)
+        return _frame_from_study(source, storage_label=None, source=f"study {source.study_name!r}")
 
     storage, label, meta_study = open_source(source)
-    name = study if study is not None else meta_study
+    with decoding(str(source)):  # (Optuna decodes every study's attributes here)
+        loaded = _load_named(storage, label, study if study is not None else meta_study)
+    return _frame_from_study(loaded, storage_label=label, source=str(source))
+
+
+def _load_named(storage: Any, label: str, name: str | None) -> optuna.Study:
+    """The study ``name`` (None: the only one) of an open storage."""
+    import optuna
+
     names = optuna.get_all_study_names(storage=storage)
     if name is None:
         if len(names) != 1:
@@ -143,12 +152,11 @@ def load(source: str | Path | optuna.Study, study: str | None = None) -> pd.Data
             f"no study named {name!r} in {label} (studies: {listed})",
             "pass one of the listed names",
         )
-    loaded = optuna.load_study(study_name=name, storage=storage)
-    return _frame_from_study(loaded, storage_label=label)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
-def _frame_from_study(study: optuna.Study, storage_label: str | None) -> pd.DataFrame:
-    trials = study.get_trials(deepcopy=False)
+def _frame_from_study(study: optuna.Study, storage_label: str | None, source: str) -> pd.DataFrame:
+    trials = read_study(study, source)
     metric_names, mode, study_dirs = _study_objectives(study)
     param_dists = _param_distributions(trials)
     param_cols = {p: (f"param_{p}" if p in _FIXED or p in study_dirs else p) for p in param_dists}
@@ -342,7 +350,8 @@ def _typed(values: list[Any], dtype: str) -> Any:
     if dtype == "string":
         return pd.array([None if v is None else str(v) for v in values], dtype="string")
     numeric = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype("float64")
-    if dtype == "Int64":
+    if dtype == "Int64":  # (what no int64 holds, e.g. an objective told as inf, is missing)
+        numeric = numeric.where(numeric.abs() < 2.0**63)
         return numeric.round().astype("Int64").array
     return numeric.to_numpy(dtype="float64")
 
@@ -352,7 +361,7 @@ def _infer(values: list[Any]) -> Any:
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, bool) for v in present):
         return pd.array(values, dtype="boolean")
-    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+    if present and all(isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63 for v in present):
         return pd.array(values, dtype="Int64")
     if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
         return _typed(values, "float64")

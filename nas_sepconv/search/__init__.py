@@ -6,7 +6,7 @@ from __future__ import annotations
 from .asha import crowding_distance, nondominated_fronts, promotes, rung_epochs
 from .schema import BLOCK_OPTIONS, LIMITS, SpaceLimits
 from .spaces import Space, list_spaces, load_space, parse_space, space_dirs, with_data_root, with_multi_fidelity
-from .suggestion import Candidate, suggest
+from .suggestion import Candidate, StoredTrial, suggest, trial_resolution
 from .candidates import TrialContext, build_candidate, run_candidate
 from .outputs import SearchStatus
 from .run import normalise_storage_url, search, storage_url_for
@@ -23,6 +23,7 @@ __all__ = [
     "SearchStatus",
     "Space",
     "SpaceLimits",
+    "StoredTrial",
     "TrialContext",
     "build_candidate",
     "crowding_distance",
@@ -41,6 +42,7 @@ __all__ = [
     "space_dirs",
     "storage_url_for",
     "suggest",
+    "trial_resolution",
     "with_data_root",
     "with_multi_fidelity",
 ]

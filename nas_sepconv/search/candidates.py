@@ -32,7 +32,7 @@ from .latency import trial_latency
 from .settings import Settings
 from .spaces import Space
 from .threads import torch_threads
-from .suggestion import Candidate, suggest
+from .suggestion import Candidate, StoredTrial, suggest
 
 
 class TrialContext:
@@ -81,10 +81,13 @@ class TrialContext:
         return suggest(space, trial, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
                        sites=self.sites() if space.kind == "convert" else None)
 
-    def retrain(self, params: dict[str, Any], *, number: int, seed: int, threads: int | None = None) -> nn.Module:
+    def retrain(self, params: dict[str, Any], *, number: int, seed: int, threads: int | None = None,
+                source: str = "the study") -> nn.Module:
         """The model of the trial with these parameters, drawn again and trained with ``seed`` on
-        ``threads`` intra-op threads (the trial's: on the CPU the result depends on them)."""
-        candidate = self.suggest(optuna.trial.FixedTrial(params, number=number))
+        ``threads`` intra-op threads (the trial's: on the CPU the result depends on them).  The
+        parameters must be ones the space can draw (:class:`~.suggestion.StoredTrial`; errors
+        name ``source``, where they were read)."""
+        candidate = self.suggest(StoredTrial(params, number=number, source=source))
         with torch_threads(threads):
             model, _ = run_candidate(self, candidate, seed=seed)
         return model

@@ -36,7 +36,7 @@ def _fail_stale_trials(study: optuna.Study, settings: Settings) -> None:
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         owner_host, _, pid = str(t.system_attrs.get(WORKER_ATTR, "")).rpartition(":")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+        if owner_host == host and pid.isascii() and pid.isdigit() and not _alive(int(pid)):
             stale.setdefault(t._trial_id, f"worker died: process {pid} is gone")
     callback = storage.get_heartbeat_stale_trial_callback() if _heartbeat_enabled(storage) else None
     for trial_id, reason in stale.items():
@@ -53,7 +53,7 @@ def _fail_stale_trials(study: optuna.Study, settings: Settings) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (no process has a pid beyond the C int: a tampered record)
         return False
     except PermissionError:  # another user's process
         return True

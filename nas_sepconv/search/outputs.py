@@ -11,7 +11,9 @@ from typing import Any
 import optuna
 
 from .. import results
+from ..errors import UserInputError
 from ..files import atomic_write
+from ..jsonfile import loads
 
 
 @dataclass
@@ -58,7 +60,7 @@ def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     pareto_dir.mkdir(exist_ok=True)
     for _, row in front.iterrows():
         record = {k: (None if _isna(v) else v) for k, v in row.items() if k in ("number", "accuracy", "test_accuracy", "macs", "params", "latency_ms", "arch")}
-        record["recipe"] = json.loads(row["arch_json"]) if isinstance(row.get("arch_json"), str) else None
+        record["recipe"] = _recipe_of(row.get("arch_json"))
         atomic_write(pareto_dir / f"trial_{int(row['number'])}.json", json.dumps(record, indent=2, default=_json_default))
     for path in pareto_dir.glob("trial_*.json"):
         if int(path.stem.split("_")[1]) not in keep:
@@ -74,6 +76,17 @@ def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     status.front_size = len(front)
     status.best_accuracy = float(complete["accuracy"].max()) if len(complete) else None
     return status
+
+
+def _recipe_of(arch_json: Any) -> Any:
+    """A trial's recipe for its pareto/trial_<n>.json: its ``arch_json`` parsed by the bounded
+    reader (None when it has none, or one that is not JSON within the reader's bounds)."""
+    if not isinstance(arch_json, str):
+        return None
+    try:
+        return loads(arch_json, field="arch_json", what="the recipe", fix="")
+    except UserInputError:
+        return None
 
 
 def _isna(value: Any) -> bool:

@@ -11,6 +11,7 @@ import sqlalchemy.exc
 
 from ..errors import StorageError, UserInputError
 from ..results import OBJECTIVES
+from ..results.stored import TAMPERED, read_study
 from ..storage import lock, open_storage, redact
 from .heartbeat import _RetryStale
 from .samplers import make_sampler, process_seed
@@ -54,6 +55,7 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
         raise
     if [d.name.lower() for d in study.directions] != directions:
         raise UserInputError("--study", f"study {settings.study!r} exists with other objectives", "use another --study name")
+    read_study(study, redact(settings.storage))  # what a resume reads back, checked first (tampered: one line)
     mf = multi_fidelity_record(space)
     existing = study.user_attrs.get("space")
     recorded = study.user_attrs.get("space_yaml")
@@ -108,7 +110,10 @@ def claim_session(study: optuna.Study, settings: Settings) -> int:
             count = study._storage.get_study_system_attrs(study._study_id).get(SESSIONS_ATTR)
             if count is None:  # a new study, or one made before sessions were counted: past its trials
                 count = len(study.get_trials(deepcopy=False))
-            count = int(count)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                where = redact(settings.storage)
+                problem = f"the study in {where} records {str(count)[:40]!r}, not a count of searches"
+                raise UserInputError(SESSIONS_ATTR, problem, TAMPERED)
             study._storage.set_study_system_attr(study._study_id, SESSIONS_ATTR, count + 1)
     except Exception as exc:
         if isinstance(exc, OSError) or _is_storage_failure(exc):

@@ -10,12 +10,16 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
+
+from ..errors import UserInputError
 from ..recipe import Recipe
+from ..results.stored import TAMPERED
 from ..models import Arch, Stage
 from .schema import SiteGroup, _suggest
 from .spaces import Space
 
-__all__ = ["Candidate", "suggest", "resolution_for"]
+__all__ = ["Candidate", "StoredTrial", "suggest", "resolution_for", "trial_resolution"]
 
 
 @dataclass
@@ -34,6 +38,41 @@ class Candidate:
 
 def resolution_for(space: Space, base_side: int, resolution_mult: float) -> int:
     return max(8, int(round(base_side * float(resolution_mult))))
+
+
+def trial_resolution(space: Space, trial: Any, base_side: int) -> int:
+    """The input side ``trial`` draws from ``space`` (its ``resolution_mult``) for a data set
+    of side ``base_side``."""
+    spec = space.spec.build if space.spec.kind == "build" else space.spec.convert
+    return resolution_for(space, base_side, _suggest(trial, "resolution_mult", spec.resolution_mult))
+
+
+class StoredTrial(optuna.trial.FixedTrial):
+    """A finished trial's recorded parameters, replayed through a space: a FixedTrial that
+    refuses, since the parameters came from a results folder.  A parameter the space asks for
+    that the trial did not record, or a value the space could not have drawn (outside its
+    range, off its step, not one of its choices), is a :class:`UserInputError` naming the
+    parameter, the trial and ``source``, before the value reaches a model."""
+
+    def __init__(self, params: dict[str, Any], *, number: int, source: str):
+        super().__init__(dict(params), number=number)
+        self._recorded = dict(params)
+        self._source = source
+
+    def _suggest(self, name: str, distribution: Any) -> Any:
+        owner = f"trial {self.number} in {self._source}"
+        if name not in self._recorded:
+            raise UserInputError(name, f"{owner} records no value of this parameter of its space", TAMPERED)
+        value = self._recorded[name]
+        try:
+            drawable = distribution._contains(distribution.to_internal_repr(value))
+        except (ValueError, TypeError, OverflowError):
+            drawable = False
+        if not drawable:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            problem = f"{owner} records {shown}, which its space cannot draw ({distribution})"
+            raise UserInputError(name, problem, TAMPERED)
+        return super()._suggest(name, distribution)
 
 
 def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_classes: int, sites: list[Any] | None = None) -> Candidate:
@@ -56,7 +95,7 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
         width = float(_suggest(trial, "width_mult", b.width_mult))
         depth = float(_suggest(trial, "depth_mult", b.depth_mult))
         act = str(_suggest(trial, "act", b.act))
-        res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", b.resolution_mult))
+        res = trial_resolution(space, trial, input_shape[-1])
         arch = Arch(
             stages=tuple(stages),
             stem_channels=b.stem_channels,
@@ -77,7 +116,7 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
 
     c = s.convert
     width = float(_suggest(trial, "width_mult", c.width_mult))
-    res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", c.resolution_mult))
+    res = trial_resolution(space, trial, input_shape[-1])
     names = [site.name for site in sites or []]
     rules: dict[str, str | None] = {}
     specs: dict[str, str] = {}

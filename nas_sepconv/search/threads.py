@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ..measure import MAX_THREADS
+
 #: a training batch with fewer input elements than this (batch x C x H x W) is "small": one
 #: thread per process.  Digits at batch 128: 32,768 (small); CIFAR-10 at batch 128: 393,216.
 SMALL_BATCH_ELEMENTS = 1 << 18
@@ -31,11 +33,12 @@ def available_cores() -> int:
 def choose_threads(input_shape: Sequence[int], *, batch_size: int, workers: int = 1, cores: int | None = None) -> int:
     """The intra-op threads of each worker process: 1 for a small workload (a training batch
     of fewer than :data:`SMALL_BATCH_ELEMENTS` input elements), else ``cores // workers``
-    (at least 1), so that the workers together use each core once."""
+    (at least 1, at most :data:`~nas_sepconv.measure.MAX_THREADS`), so that the workers together
+    use each core once."""
     cores = available_cores() if cores is None else max(1, cores)
     if batch_size * math.prod(input_shape) < SMALL_BATCH_ELEMENTS:
         return 1
-    return max(1, cores // max(1, workers))
+    return min(MAX_THREADS, max(1, cores // max(1, workers)))  # (a trial records them: within --threads' bound)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import nas_sepconv as ns
 from nas_sepconv.cli import app
+from nas_sepconv.measure import MAX_THREADS
 from nas_sepconv.search.threads import SMALL_BATCH_ELEMENTS, choose_threads
 
 from conftest import FAST_SPACE
@@ -29,6 +30,12 @@ def test_small_inputs_train_on_one_thread_large_ones_share_the_cores():
     assert choose_threads(cifar, batch_size=8, workers=1, cores=16) == 1  # 8 x 3x32x32 is small
     assert 8 * 3 * 32 * 32 < SMALL_BATCH_ELEMENTS <= 128 * 3 * 32 * 32
     assert choose_threads(cifar, batch_size=128) >= 1  # this machine's cores
+
+
+def test_a_machine_of_many_cores_gets_at_most_the_bound_of_threads():
+    """A trial records its threads, and a results folder's are read back within --threads'
+    bound: the default never exceeds it."""
+    assert choose_threads((3, 32, 32), batch_size=128, workers=1, cores=1024) == MAX_THREADS
 
 
 def _space(tmp_path, trials: int) -> str:
