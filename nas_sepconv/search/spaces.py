@@ -32,7 +32,8 @@ from pydantic import ValidationError
 
 from ..data import find_dataset
 from ..errors import UserInputError
-from .schema import LIMITS, MultiFidelitySection, SpaceFile, _printable, check_multi_fidelity
+from .choices import LIMITS, printable
+from .schema import MultiFidelitySection, SpaceFile, check_multi_fidelity
 
 __all__ = ["Space", "load_space", "parse_space", "list_spaces", "space_dirs", "with_data_root", "with_multi_fidelity"]
 
@@ -151,7 +152,7 @@ def _one_line(exc: ValidationError, source: str) -> UserInputError:
         msg = "unknown field"
     others = {_field_path(e["loc"]) for e in errors} - {_field_path(first["loc"])}  # union alternatives share a path
     more = f" (and {len(others)} more problems)" if others else ""
-    return UserInputError(_printable(field), _printable(f"{msg}{more}"), _printable(fix))
+    return UserInputError(printable(field), printable(f"{msg}{more}"), printable(fix))
 
 
 def load_space(name_or_path: "str | Path | Space") -> Space:
@@ -223,7 +224,7 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
     except RecursionError:
         raise UserInputError("space", f"{source} nests too deeply", "a space is a few levels of mappings and lists") from None
     except UserInputError as exc:
-        raise UserInputError(_printable(exc.field), _printable(exc.problem), _printable(f"fix it in {source}")) from None
+        raise UserInputError(printable(exc.field), printable(exc.problem), printable(f"fix it in {source}")) from None
     return Space(_paths_from(spec, path.parent) if path is not None else spec, path, text)
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from ..recipe import Recipe
 from ..models import Arch, Stage
-from .schema import SiteGroup, _suggest
+from .choices import suggest_choice
+from .schema import SiteGroup
 from .spaces import Space
 
 __all__ = ["Candidate", "suggest", "resolution_for"]
@@ -50,13 +51,13 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
         for i, st in enumerate(b.stages):
             spec = st.suggest_spec(trial, f"stage{i}")
             specs[f"stage{i}"] = str(spec)
-            shortcut = bool(_suggest(trial, f"stage{i}.shortcut", st.shortcut))
+            shortcut = bool(suggest_choice(trial, f"stage{i}.shortcut", st.shortcut))
             stages.append(Stage(str(spec), st.out_channels, st.repeats, st.stride, shortcut))
         # suggested in this order (a seeded sampler's draws follow it); head, the newest, last
-        width = float(_suggest(trial, "width_mult", b.width_mult))
-        depth = float(_suggest(trial, "depth_mult", b.depth_mult))
-        act = str(_suggest(trial, "act", b.act))
-        res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", b.resolution_mult))
+        width = float(suggest_choice(trial, "width_mult", b.width_mult))
+        depth = float(suggest_choice(trial, "depth_mult", b.depth_mult))
+        act = str(suggest_choice(trial, "act", b.act))
+        res = resolution_for(space, input_shape[-1], suggest_choice(trial, "resolution_mult", b.resolution_mult))
         arch = Arch(
             stages=tuple(stages),
             stem_channels=b.stem_channels,
@@ -68,7 +69,7 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
             depth_mult=depth,
             act=act,
             dropout=b.dropout,
-            head=str(_suggest(trial, "head", b.head)),
+            head=str(suggest_choice(trial, "head", b.head)),
             input_size=res,  # the side the trial runs at (the gdc head's kernel is sized from it)
         )
         # the input size the trial runs at: a loaded model's MACs (count_macs, profile) are the trial's
@@ -76,8 +77,8 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
         return Candidate("build", recipe, f"r{res} {arch.summary()}", res, specs)
 
     c = s.convert
-    width = float(_suggest(trial, "width_mult", c.width_mult))
-    res = resolution_for(space, input_shape[-1], _suggest(trial, "resolution_mult", c.resolution_mult))
+    width = float(suggest_choice(trial, "width_mult", c.width_mult))
+    res = resolution_for(space, input_shape[-1], suggest_choice(trial, "resolution_mult", c.resolution_mult))
     names = [site.name for site in sites or []]
     rules: dict[str, str | None] = {}
     specs: dict[str, str] = {}
