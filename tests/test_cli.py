@@ -429,3 +429,19 @@ def test_the_grid_sampler_on_a_space_it_cannot_enumerate_exits_2_before_anything
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: search.sampler: grid takes one kind per stage"), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_disk_io_error_reading_the_storage_is_a_fault(searched_and_baseline, monkeypatch):
+    import sqlite3
+
+    import optuna
+    import sqlalchemy.exc
+
+    def failing(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", failing)
+    result = runner.invoke(app, ["report", "--storage", f"sqlite:///{searched_and_baseline['tiny'] / 'study.db'}", "--study", "tiny"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "disk I/O error" in lines[0] and "free disk space" in lines[0], result.stderr

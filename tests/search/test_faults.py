@@ -269,3 +269,36 @@ def test_a_trial_failed_by_the_heartbeat_gets_a_reason_and_its_retry_does_not(tm
     assert dead.state == S.FAIL and dead.user_attrs["fail_reason"] == "worker died: no heartbeat for 3 s", dead.user_attrs
     retry = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == orphan.number]
     assert len(retry) == 1 and retry[0].state == S.COMPLETE and "fail_reason" not in retry[0].user_attrs
+
+
+# --------------------------------------------------------------------------------------------
+# a disk that fails under the study's database (issue 28): a fault, not bad input
+# --------------------------------------------------------------------------------------------
+def _file_size_limit(limit: int):
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit raise EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE/SIGXFSZ semantics are Linux's here")
+def test_a_disk_io_error_on_the_study_database_is_a_fault_and_the_same_command_runs_later(tmp_path):
+    """SQLite's "disk I/O error" while it creates the study's tables: one line, exit status 1,
+    "free disk space ... run the same command again" (it was exit 2, "check the URL, the server
+    and the credentials"); the same command without the limit runs."""
+    space = write_space(tmp_path)
+    (tmp_path / "db").mkdir()
+    url = f"sqlite:///{tmp_path / 'db' / 'study.db'}"
+    args = [sys.executable, "-m", "nas_sepconv.cli", "search", "--space", str(space), "--trials", "1", "--out", str(tmp_path / "out"), "--storage", url]
+    proc = subprocess.run(args, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(8192))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [ln for ln in lines_of(proc.stderr) if not ln.startswith("search: ")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "disk I/O error" in lines[0] and "free disk space" in lines[0] and "run the same command again" in lines[0], lines[0]
+    assert "credentials" not in lines[0]
+    again = subprocess.run(args, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [t.state for t in optuna.load_study(study_name="tiny", storage=url).get_trials()] == [S.COMPLETE]
