@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 
 from .. import results
+from ..errors import StorageError
 from ..files import atomic_write
 
 
@@ -36,10 +37,11 @@ def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     ``nas-sepconv report``) writes it again."""
     try:
         return _refresh_outputs(study, out_dir)
-    except OSError as exc:
+    except (OSError, StorageError) as exc:  # (results.write_outputs raises StorageError from the OSError)
+        cause = exc.__cause__ if isinstance(exc, StorageError) and isinstance(exc.__cause__, OSError) else exc
         status = SearchStatus(target=0)
-        name = Path(exc.filename).name if getattr(exc, "filename", None) else "outputs"
-        status.warning = f"could not write {name} ({exc.strerror or exc}); nas-sepconv report rewrites it"
+        name = Path(cause.filename).name if getattr(cause, "filename", None) else "outputs"
+        status.warning = f"could not write {name} ({getattr(cause, 'strerror', None) or cause}); nas-sepconv report rewrites it"
         return status
 
 
