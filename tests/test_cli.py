@@ -477,3 +477,35 @@ def test_report_on_a_full_disk_is_one_line_exit_1_and_leaves_every_file_whole(se
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".csv", ".png")} == before  # as they were
     assert not [p for p in (*folder.rglob("*"), *tmp_path.rglob("*")) if p.name.endswith(".tmp")]
     assert not (tmp_path / "rep").exists() or not any((tmp_path / "rep").iterdir())
+
+
+# -- issue 28: seeds and study names --------------------------------------------------------------
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_outside_0_to_2_32_is_one_line_exit_2(tmp_path, seed):
+    result = runner.invoke(app, ["search", "--seed", seed, "--trials", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --seed: must be an integer from 0 to 4294967295"), lines
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ns.UserInputError, match=r"^--seed: "):
+        ns.search(seed=int(seed), trials=1, out=tmp_path / "out")
+
+
+def test_a_study_name_too_long_for_a_folder_is_one_line_exit_2(tmp_path):
+    import yaml
+
+    from conftest import FAST_SPACE
+
+    result = runner.invoke(app, ["search", "--study", "s" * 256, "--trials", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --study: the study name"), result.stderr
+    assert "256 bytes, more than a folder name takes (255)" in lines[0]
+    space = tmp_path / "long.yaml"
+    space.write_text(yaml.safe_dump(dict(FAST_SPACE, name="é" * 128)))  # 256 bytes in UTF-8
+    result = runner.invoke(app, ["search", "--space", str(space), "--trials", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: space: the study name"), result.stderr
+    assert "with --study NAME" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Callable
 
@@ -151,9 +152,10 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
     if heartbeat < 0 or retries < 0:
         raise UserInputError("--heartbeat" if heartbeat < 0 else "--retries", f"must be >= 0, got {min(heartbeat, retries)}")
     check_device(device, field="--device")
-    name = study or space.name
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise UserInputError("--study", f"{name!r} is not a usable name", "use letters, digits, '-', '_' and '.'")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        problem = f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}"
+        raise UserInputError("--seed", problem, "use e.g. --seed 0")
+    name = _study_name(study, space)
     out_dir = Path(out) / name
     ensure_writable_dir(out_dir, "--out")  # a new search, or the folder of the one it resumes
     settings = Settings(
@@ -178,6 +180,30 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
         if settings.storage.startswith("sqlite"):  # SQLite writes a journal beside the database
             ensure_writable_dir(Path(sqlite_path(settings.storage) or ".").parent, "--storage")
     return settings
+
+
+#: the largest --seed: NumPy's generators take seeds below 2**32
+MAX_SEED = 2**32 - 1
+#: the longest study name in bytes: it names the results folder (NAME_MAX of Linux and macOS)
+MAX_NAME_BYTES = 255
+
+
+def _study_name(study: str | None, space: Space) -> str:
+    """The study's name (``--study``, else the space's ``name``), checked: it names the results
+    folder, so it is one usable folder name; an error names where the name came from."""
+    name = study or space.name
+    if study:
+        field, fix = "--study", "give another --study"
+    else:
+        field, fix = "space", f"give another name: in {space.path or 'the space'}, or with --study NAME"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        problem = f"{name[:80]!r} is not a usable study name"
+        raise UserInputError(field, problem, f"use letters, digits, '-', '_' and '.'; {fix}")
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        problem = f"the study name {name[:40]!r}... is {size} bytes, more than a folder name takes ({MAX_NAME_BYTES})"
+        raise UserInputError(field, problem, fix)
+    return name
 
 
 def _checked_data(space: Space, *, flag: str | None = None) -> Any:
