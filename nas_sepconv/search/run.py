@@ -46,7 +46,8 @@ from .settings import Settings
 from .spaces import Space, load_space, with_data_root, with_multi_fidelity
 from .study import claim_session, open_study
 from .threads import choose_threads, torch_threads
-from .workers import _counts, _interruptible, _sigint_deferred, _worker_loop
+from .tally import check_run, counts
+from .workers import _interruptible, _sigint_deferred, _worker_loop
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
 
@@ -103,6 +104,13 @@ def search(
         multi_fidelity: ``--multi-fidelity`` (MO-ASHA, :mod:`~nas_sepconv.search.asha`): None
             keeps the space's ``search.multi_fidelity``, True turns it on (min_epochs 1, eta 3
             unless the space says), False off, or ``{"min_epochs": .., "eta": ..}``.
+
+    Raises:
+        UserInputError: bad input, before anything runs; or every trial of the run failed
+            for a reason the space's choices cause (:func:`~.tally.check_run`).
+        SearchFailed: every trial of the run failed, or the failure limit stopped it.
+        StorageError: the storage or the results folder cannot be written (disk full); what
+            finished is kept, and the same call resumes.
     """
     loaded = with_multi_fidelity(load_space(space), multi_fidelity)
     settings = _settings(
@@ -118,6 +126,15 @@ def search(
     the_study = open_study(settings)
     settings.session = claim_session(the_study, settings)
     _write_meta(settings)
+    status = _run(the_study, settings, progress)
+    check_run(the_study, settings, outputs_warning=status.warning)
+    return the_study
+
+
+def _run(the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None) -> SearchStatus:
+    """Run the trials (in this process, or in ``settings.workers`` processes) until the study
+    holds its trials, or the time or the failure limit is up; the outputs are rewritten after
+    each trial, and after an error that stops the run.  Returns the last status."""
     update = _updater(the_study, settings, progress)
     with _interruptible(), torch_threads(settings.threads if settings.workers == 1 else None):
         try:
@@ -129,8 +146,7 @@ def search(
             with contextlib.suppress(Exception):  # the outputs of what finished; never in place of the error that stopped the run
                 update()
             raise
-        update()
-    return the_study
+        return update()
 
 
 def _settings(space: Space, *, trials: int | None, timeout: float | None, storage: str | None, study: str | None, sampler: str | None,
@@ -228,18 +244,21 @@ def _write_meta(settings: Settings) -> None:
         raise StorageError(f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again") from None
 
 
-def _updater(the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None) -> Callable[[], None]:
+def _updater(
+    the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None
+) -> Callable[[], SearchStatus]:
     """What runs after each finished trial: rewrite the outputs, then show the progress.  The
     study is open: ``progress`` is shown what it holds before this run's first trial."""
     if progress:
-        counts = _counts(the_study)
-        progress(SearchStatus(target=settings.trials, done=counts["done"], failed=counts["failed"], running=counts["running"]))
+        n = counts(the_study, settings.session)
+        progress(SearchStatus(target=settings.trials, done=n["done"], failed=n["failed"], running=n["running"]))
 
-    def update() -> None:
+    def update() -> SearchStatus:
         with _sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written
             status = refresh_outputs(the_study, settings.out_dir) or SearchStatus(target=settings.trials)
-            counts = _counts(the_study)
-            status.target, status.done, status.failed, status.running = settings.trials, counts["done"], counts["failed"], counts["running"]
+            n = counts(the_study, settings.session)
+            status.target, status.done, status.running = settings.trials, n["done"], n["running"]
+            status.failed = n["failed"]
             done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
             if done:
                 last = max(done, key=lambda t: t.number)
@@ -247,6 +266,7 @@ def _updater(the_study: optuna.Study, settings: Settings, progress: Callable[[Se
                 status.last = f"#{last.number} {state} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
             if progress:
                 progress(status)
+        return status
 
     return update
 
