@@ -38,7 +38,7 @@ from ..io import check_device
 from ..measure import check_threads
 from ..models import model_from_name
 from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
-from .candidates import build_candidate, run_candidate
+from .candidates import build_candidate, check_base_cache, run_candidate
 from .outputs import SearchStatus, refresh_outputs
 from .processes import _check_workers, _run_workers
 from .samplers import check_grid_trials, make_sampler
@@ -121,7 +121,7 @@ def search(
     if settings.threads is None:
         settings.threads = choose_threads(data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers)
     if settings.space.kind == "convert":
-        _check_convert(settings.space, data)  # a bad base model would otherwise fail every trial
+        _check_convert(settings.space, data, settings.out_dir)  # a bad base model would otherwise fail every trial
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
     settings.session = claim_session(the_study, settings)
@@ -271,8 +271,9 @@ def _updater(
     return update
 
 
-def _check_convert(space: Space, data: Any) -> None:
-    """The base model of a convert space can be built, and its weights file exists."""
+def _check_convert(space: Space, data: Any, out_dir: Path) -> None:
+    """The base model of a convert space can be built, its weights file exists, and a base
+    model cached in the results folder by an earlier run is this space's."""
     c = space.spec.convert
     if c.weights and not Path(c.weights).is_file():
         raise UserInputError("convert.weights", f"{c.weights} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
@@ -280,3 +281,4 @@ def _check_convert(space: Space, data: Any) -> None:
         model_from_name(c.model, **dict(c.model_kwargs, num_classes=data.num_classes, in_channels=data.input_shape[0]))
     except UserInputError as exc:
         raise UserInputError(f"convert.{exc.field}" if exc.field in ("model", "num_classes", "in_channels") else exc.field, exc.problem, exc.fix) from None
+    check_base_cache(space, data, out_dir)
