@@ -100,3 +100,21 @@ def test_a_planted_base_model_is_refused_before_any_trial_and_deleting_it_helps(
         again = runner.invoke(app, args)
         assert again.exit_code == 0, again.output
         assert read_recipe(cache).model_kwargs["width"] == 32  # this space's base model, trained and cached
+
+
+def test_a_base_model_cache_that_cannot_be_written_costs_only_the_cache(convert_search, tmp_path, monkeypatch):
+    """The trained base model cannot be cached (disk full): the trial still runs and completes
+    (it failed, and so did every later one); the next run trains the base model again."""
+    import errno
+    import importlib
+
+    candidates = importlib.import_module("nas_sepconv.search.candidates")  # where the base model is cached
+
+    def no_space(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(candidates, "save_model", no_space)
+    space = convert_search[0].parents[1] / "dc.yaml"
+    study = ns.search(str(space), trials=1, out=tmp_path / "out", heartbeat=0)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE]
+    assert not (tmp_path / "out" / "digits_convert" / "base.safetensors").exists()
