@@ -278,8 +278,13 @@ def with_multi_fidelity(space: Space, setting: "bool | Mapping[str, int] | None"
             section = MultiFidelitySection.model_validate(dict(setting))
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(["search.multi_fidelity", _field_path(first["loc"])]).rstrip(".")
-            msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+            inner = first.get("ctx", {}).get("error")  # a validator's own error names its field
+            if isinstance(inner, UserInputError):
+                where, msg = inner.field, inner.problem
+            else:
+                where = _field_path(first["loc"])
+                msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+            field = ".".join(["search.multi_fidelity", where]).rstrip(".")
             raise UserInputError(field, msg, "give {'min_epochs': an integer >= 1, 'eta': an integer >= 2}") from None
     else:
         raise UserInputError("multi_fidelity", f"expected True, False, None or a mapping, got {type(setting).__name__}", "pass e.g. multi_fidelity=True or {'min_epochs': 1, 'eta': 3}")
