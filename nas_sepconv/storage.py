@@ -16,8 +16,10 @@ import optuna
 
 from .errors import StorageError, UserInputError
 
-__all__ = ["storage_url_for", "normalise_storage_url", "open_storage", "open_source", "sqlite_path", "without_password", "redact", "lock",
-           "is_disk_fault", "disk_fault"]
+__all__ = [
+    "storage_url_for", "normalise_storage_url", "open_storage", "open_source", "sqlite_path",
+    "without_password", "redact", "lock", "is_disk_fault", "disk_fault",
+]
 
 
 # -- URLs and opening for a search -------------------------------------------------------------
@@ -97,7 +99,10 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
 
 
 #: what a database says when the disk under it fails or fills (SQLite, PostgreSQL, MySQL, the OS)
-_DISK_FAULTS = ("disk i/o error", "database or disk is full", "no space left", "disk full", "file too large", "could not extend file", "input/output error")
+_DISK_FAULTS = (
+    "disk i/o error", "database or disk is full", "no space left", "disk full",
+    "file too large", "could not extend file", "input/output error",
+)
 
 
 def is_disk_fault(exc: BaseException) -> bool:
@@ -115,7 +120,10 @@ def is_disk_fault(exc: BaseException) -> bool:
 
 def disk_fault(url: str, doing: str, detail: str) -> StorageError:
     """The one line for a storage whose disk failed or is full (exit status 1 in the CLI)."""
-    return StorageError(f"storage: the disk of {redact(url)} failed while {doing} ({detail}); free disk space (or mend the disk), then run the same command again")
+    return StorageError(
+        f"storage: the disk of {redact(url)} failed while {doing} ({detail}); "
+        "free disk space (or mend the disk), then run the same command again"
+    )
 
 
 def sqlite_path(url: str) -> str | None:

@@ -441,7 +441,8 @@ def test_a_disk_io_error_reading_the_storage_is_a_fault(searched_and_baseline, m
         raise sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", failing)
-    result = runner.invoke(app, ["report", "--storage", f"sqlite:///{searched_and_baseline['tiny'] / 'study.db'}", "--study", "tiny"])
+    url = f"sqlite:///{searched_and_baseline['tiny'] / 'study.db'}"
+    result = runner.invoke(app, ["report", "--storage", url, "--study", "tiny"])
     assert result.exit_code == 1, (result.output, result.exception)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "disk I/O error" in lines[0] and "free disk space" in lines[0], result.stderr
@@ -457,22 +458,27 @@ def _report_on_a_full_disk(args: list[str], cwd: Path) -> subprocess.CompletedPr
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit raise EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(Path(ns.__file__).parents[1]), os.environ.get("PYTHONPATH")) if p))
-    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], env=env, check=True)  # its cache, built beforehand
-    return subprocess.run([sys.executable, "-m", "nas_sepconv.cli", "report", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=300, preexec_fn=full)
+    paths = (str(Path(ns.__file__).parents[1]), os.environ.get("PYTHONPATH"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    # matplotlib's font cache, built beforehand
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], env=env, check=True)
+    command = [sys.executable, "-m", "nas_sepconv.cli", "report", *args]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300, preexec_fn=full)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE/SIGXFSZ semantics are Linux's here")
 def test_report_on_a_full_disk_is_one_line_exit_1_and_leaves_every_file_whole(searched_and_baseline, tmp_path):
     folder = searched_and_baseline["tiny"]
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".csv", ".png")}
-    for args in ([str(folder)], [str(folder), "--baseline", str(searched_and_baseline["tinyfamily"]), "--out", str(tmp_path / "rep")]):
+    baseline = searched_and_baseline["tinyfamily"]
+    with_baseline = [str(folder), "--baseline", str(baseline), "--out", str(tmp_path / "rep")]
+    for args in ([str(folder)], with_baseline):
         proc = _report_on_a_full_disk(args, tmp_path)
         assert proc.returncode == 1, proc.stderr[-3000:]
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        assert lines[0].startswith("error: cannot write ") and "(File too large); free disk space, then run the same command again" in lines[0], lines[0]
+        assert lines[0].startswith("error: cannot write "), lines[0]
+        assert "(File too large); free disk space, then run the same command again" in lines[0]
         assert "wrote" not in proc.stdout
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".csv", ".png")} == before  # as they were
     assert not [p for p in (*folder.rglob("*"), *tmp_path.rglob("*")) if p.name.endswith(".tmp")]

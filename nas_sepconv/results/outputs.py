@@ -61,7 +61,8 @@ def _unwritten(path: Path, exc: OSError) -> StorageError:
     """The one line (exit status 1 in the CLI) for an output that cannot be written; the
     ``OSError`` it is raised from names the file (``filename``)."""
     exc.filename = str(path)
-    return StorageError(f"cannot write {path} ({exc.strerror or exc}); free disk space, then run the same command again")
+    reason = exc.strerror or exc
+    return StorageError(f"cannot write {path} ({reason}); free disk space, then run the same command again")
 
 
 def _write(path: Path, content: Callable[[IO], None], *, binary: bool) -> None:

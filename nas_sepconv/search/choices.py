@@ -102,12 +102,11 @@ class Range(Section):
         if self.step is not None and self.log:
             raise UserInputError("step", "a log range takes no step", "remove step or log")
         if self.step is not None and (self.high - self.low) / self.step > LIMITS.range_points:
-            raise UserInputError(
-                "step", f"{self.step:g} gives more than {LIMITS.range_points:,} values from {self.low:g} to {self.high:g}",
-                "give a larger step, or leave step out for a continuous range",
-            )
+            problem = f"{self.step:g} gives more than {LIMITS.range_points:,} values from {self.low:g} to {self.high:g}"
+            raise UserInputError("step", problem, "give a larger step, or leave step out for a continuous range")
         if self.int and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
-            raise UserInputError("low", f"an int range needs whole low, high and step, got {self.low}, {self.high}, {self.step}", "give integers or remove int: true")
+            problem = f"an int range needs whole low, high and step, got {self.low}, {self.high}, {self.step}"
+            raise UserInputError("low", problem, "give integers or remove int: true")
         return self
 
 
@@ -138,7 +137,8 @@ def check_mult(field: str, choice: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserInputError(field, f"expected a number, got {short(value)}", "use e.g. 0.5, 1.0")
         if not 0 < value <= LIMITS.mult:  # also nan, inf and ints past the float range
-            raise UserInputError(field, f"{short(value)} is outside (0, {LIMITS.mult:g}], the allowed range", f"use values above 0 and at most {LIMITS.mult:g}")
+            problem = f"{short(value)} is outside (0, {LIMITS.mult:g}], the allowed range"
+            raise UserInputError(field, problem, f"use values above 0 and at most {LIMITS.mult:g}")
 
 
 def check_names(field: str, choice: Any, known: Any) -> list[str]:
@@ -167,7 +167,8 @@ def suggest_choice(trial: Any, name: str, choice: Any) -> Any:
     """Suggest (or fix) one parameter."""
     if isinstance(choice, Range):
         if choice.int:
-            return trial.suggest_int(name, int(choice.low), int(choice.high), step=int(choice.step or 1), log=choice.log)
+            step = int(choice.step or 1)
+            return trial.suggest_int(name, int(choice.low), int(choice.high), step=step, log=choice.log)
         return trial.suggest_float(name, choice.low, choice.high, step=choice.step, log=choice.log)
     values = choice_values(choice)
     if len(values) == 1:

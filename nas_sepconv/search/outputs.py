@@ -41,7 +41,8 @@ def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
         cause = exc.__cause__ if isinstance(exc, StorageError) and isinstance(exc.__cause__, OSError) else exc
         status = SearchStatus(target=0)
         name = Path(cause.filename).name if getattr(cause, "filename", None) else "outputs"
-        status.warning = f"could not write {name} ({getattr(cause, 'strerror', None) or cause}); nas-sepconv report rewrites it"
+        reason = getattr(cause, "strerror", None) or cause
+        status.warning = f"could not write {name} ({reason}); nas-sepconv report rewrites it"
         return status
 
 

@@ -21,7 +21,10 @@ from ..models import ARCH_ACTS, HEADS
 from ..results import OBJECTIVES
 from ..train import TrainConfig
 from .asha import rung_epochs
-from .choices import LIMITS, Choice, Range, Section, SpaceLimits, check_mult, check_names, refuse_booleans, short, suggest_choice, values_of
+from .choices import (
+    LIMITS, Choice, Range, Section, SpaceLimits,
+    check_mult, check_names, refuse_booleans, short, suggest_choice, values_of,
+)
 from .samplers import SAMPLERS, find_sampler
 
 __all__ = ["SpaceFile", "Range", "SpaceLimits", "LIMITS", "BLOCK_OPTIONS", "SiteGroup", "MultiFidelitySection", "candidate_epochs"]
@@ -62,7 +65,8 @@ class BlockChoices(Section):
                         raise UserInputError(name, f"{info.name}.{name} takes integers", "add int: true to the range")
                     for value in values:
                         if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= LIMITS.option:
-                            raise UserInputError(name, f"{short(value)} is past the limit of {LIMITS.option}", f"give values of at most {LIMITS.option}")
+                            problem = f"{short(value)} is past the limit of {LIMITS.option}"
+                            raise UserInputError(name, problem, f"give values of at most {LIMITS.option}")
                         try:
                             opt.normalise(info.name, value)
                         except UserInputError as exc:
@@ -110,7 +114,8 @@ class StageChoices(BlockChoices):
             raise UserInputError("shortcut", "takes true or false, not a range", "give true, false or [true, false]")
         for value in values_of("shortcut", self.shortcut):
             if not isinstance(value, bool):
-                raise UserInputError("shortcut", f"expected true or false, got {short(value)}", "give true, false or [true, false]")
+                problem = f"expected true or false, got {short(value)}"
+                raise UserInputError("shortcut", problem, "give true, false or [true, false]")
         return self
 
 
@@ -277,7 +282,8 @@ class SpaceFile(Section):
         if self.kind == "convert" and self.convert is None:
             raise UserInputError("convert", "missing: kind convert needs a convert: section")
         if self.train.lr > LIMITS.lr:
-            raise UserInputError("train.lr", f"{self.train.lr:g} is above {LIMITS.lr:g}, the largest learning rate a space may give", "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
+            problem = f"{self.train.lr:g} is above {LIMITS.lr:g}, the largest learning rate a space may give"
+            raise UserInputError("train.lr", problem, "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
         check_multi_fidelity(self)
         return self
 

@@ -180,7 +180,8 @@ def test_bad_shortcut_is_named(value):
         ("search:\n  multi_fidelity: {min_epochs: true}\n", "search.multi_fidelity.min_epochs"),
         ("build:\n  stem_channels: true\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n", "build.stem_channels"),
         ("build:\n  stages:\n    - {out_channels: true, kind: [dwsep]}\n", "build.stages[0].out_channels"),
-        ("build:\n  width_mult: {low: true, high: 1.0}\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n", "build.width_mult.low"),
+        ("build:\n  width_mult: {low: true, high: 1.0}\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n",
+         "build.width_mult.low"),
     ],
 )
 def test_a_boolean_is_not_a_number(patch, field):
@@ -193,7 +194,8 @@ def test_a_boolean_is_not_a_number(patch, field):
 
 
 def test_true_and_false_stay_booleans_where_a_boolean_is_asked():
-    text = "name: t\nkind: build\ntrain: {amp: false, channels_last: true}\nbuild:\n  stages:\n    - {out_channels: 8, kind: [dwsep], shortcut: false}\n"
+    text = "name: t\nkind: build\ntrain: {amp: false, channels_last: true}\n"
+    text += "build:\n  stages:\n    - {out_channels: 8, kind: [dwsep], shortcut: false}\n"
     spec = parse_space(text).spec
     assert spec.train.amp is False and spec.train.channels_last is True
 
@@ -221,7 +223,8 @@ def test_a_finetune_learning_rate_past_the_limit_is_refused():
 
 @pytest.mark.parametrize("step", ["1.0e-300", "1.0e-7", "5.0e-324"])
 def test_a_range_step_that_gives_too_many_values_is_refused(step):
-    text = "name: t\nkind: build\nbuild:\n  width_mult: {low: 0.5, high: 1.0, step: " + step + "}\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n"
+    text = "name: t\nkind: build\nbuild:\n  width_mult: {low: 0.5, high: 1.0, step: " + step + "}\n"
+    text += "  stages:\n    - {out_channels: 8, kind: [dwsep]}\n"
     with pytest.raises(ns.UserInputError, match=r"^build\.width_mult\.step: .* gives more than 1,000,000 values"):
         parse_space(text)
     fine = text.replace(step, "0.25")
