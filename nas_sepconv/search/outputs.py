@@ -52,9 +52,9 @@ def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     df = results.load(study)
     status = SearchStatus(target=0)
+    results.write_outputs(df, out_dir)  # an empty study's too: the search names them as written
     if df.empty:
         return status
-    results.write_outputs(df, out_dir)
     front = results.pareto_front(df)
     keep = set(int(n) for n in front["number"])
     pareto_dir = out_dir / "pareto"

@@ -26,10 +26,11 @@ _INPUT_REASONS = ("CandidateError:", "UserInputError:")
 
 
 def failure_limit(settings: Settings) -> int:
-    """The failed trials after which a run stops: ``search.max_failures``, else
-    ``max(10, trials)`` (a candidate or setup that fails every time must not loop forever)."""
+    """The failed trials after which a run stops: ``search.max_failures`` (0: the first, as 1;
+    it ran nothing), else ``max(10, trials)`` (a candidate or setup that fails every time must
+    not loop forever)."""
     limit = settings.space.spec.search.max_failures
-    return max(10, settings.trials) if limit is None else limit
+    return max(10, settings.trials) if limit is None else max(1, limit)
 
 
 def run_trials(

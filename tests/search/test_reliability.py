@@ -430,3 +430,23 @@ def test_a_run_that_times_out_with_only_failures_says_why(tmp_path, monkeypatch)
     monkeypatch.setattr(workers, "_claim", one_claim_then_time_is_up)
     with pytest.raises(SearchFailed, match=r"^search: all 1 trial of this run failed \(1x TrainingDiverged: loss"):
         run_search(str(write_space(tmp_path)), trials=2, out=tmp_path / "out", heartbeat=0)
+
+
+def test_max_failures_0_stops_at_the_first_failure_but_runs_the_trials(tmp_path, monkeypatch):
+    """``search.max_failures: 0`` ran no trial at all (0 failures >= the limit of 0)."""
+    from nas_sepconv.errors import SearchFailed
+
+    study = run_search(str(_space_with(tmp_path, max_failures=0)), trials=1, out=tmp_path / "out", heartbeat=0)
+    assert [t.state for t in study.get_trials()] == [S.COMPLETE]
+    monkeypatch.setenv("NAS_SEPCONV_INJECT_FAILURES", "raise:1,2")
+    with pytest.raises(SearchFailed, match=r"all 1 trial of this run failed, and the search stopped at its limit of 1"):
+        run_search(str(_space_with(tmp_path, max_failures=0)), trials=3, out=tmp_path / "out", heartbeat=0)
+
+
+def test_a_run_that_finishes_no_trial_still_writes_the_outputs_it_names(tmp_path):
+    """A time limit up before the first trial: trials.csv, pareto.csv and pareto.png exist (the
+    CLI printed "wrote" for files that were never written)."""
+    run_search(str(write_space(tmp_path)), trials=1, out=tmp_path / "out", heartbeat=0, timeout=1e-9)
+    folder = tmp_path / "out" / "tiny"
+    assert all((folder / name).is_file() for name in ("trials.csv", "pareto.csv", "pareto.png"))
+    assert results.load(folder).empty
