@@ -23,7 +23,7 @@ from typer.core import TyperCommand, TyperGroup
 from . import results
 from .blocks import BlockSpec
 from .conversion import PlanWarning, apply_plan, make_plan
-from .errors import StorageError, UserInputError
+from .errors import SearchFailed, StorageError, UserInputError
 from .export import check_model_file, export_trial, write_model
 from .files import ensure_writable_dir
 from .io import load_model, named_model, read_recipe
@@ -98,7 +98,7 @@ def _guard(fn: Callable[[], Any]) -> Any:
             raise
         err.print(_error_line(exc), highlight=False, soft_wrap=True)
         raise typer.Exit(2)
-    except StorageError as exc:
+    except (StorageError, SearchFailed) as exc:  # a fault, not the user's input: status 1
         if _state["debug"]:
             raise
         err.print(_error_line(exc), highlight=False, soft_wrap=True)

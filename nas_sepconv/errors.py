@@ -7,7 +7,7 @@ CLI prints it and exits with status 2.
 
 from __future__ import annotations
 
-__all__ = ["NasSepconvError", "UserInputError", "TrainingDiverged", "CandidateError", "StorageError"]
+__all__ = ["NasSepconvError", "UserInputError", "TrainingDiverged", "CandidateError", "StorageError", "SearchFailed"]
 
 
 class NasSepconvError(Exception):
@@ -38,3 +38,10 @@ class CandidateError(NasSepconvError):
 class StorageError(NasSepconvError):
     """The study's storage cannot be written (disk full, database gone): the run stops; what
     was recorded stays, and the same command resumes.  The CLI prints its one line, status 1."""
+
+
+class SearchFailed(NasSepconvError):
+    """Every trial of a search run failed, or so many that the failure limit stopped it, for a
+    reason that is not the user's input (a fault of the machine, training that diverges): the
+    message says why, from the reasons recorded on the trials.  What finished stays, and the
+    same command resumes.  The CLI prints its one line, status 1."""

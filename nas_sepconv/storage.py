@@ -14,10 +14,13 @@ from typing import Any
 
 import optuna
 
-from .errors import UserInputError
+from .errors import StorageError, UserInputError
 from .jsonfile import check_regular_file, read_json
 
-__all__ = ["storage_url_for", "normalise_storage_url", "open_storage", "open_source", "sqlite_path", "without_password", "redact", "lock"]
+__all__ = [
+    "storage_url_for", "normalise_storage_url", "open_storage", "open_source", "sqlite_path",
+    "without_password", "redact", "lock", "is_disk_fault", "disk_fault",
+]
 
 
 #: The largest journal file opened (Optuna replays it whole, in memory): a link to a huge
@@ -61,6 +64,8 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
             return optuna.storages.JournalStorage(JournalFileBackend(url))
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            if is_disk_fault(exc):
+                raise disk_fault(url, "reading it", first) from None
             raise UserInputError(
                 "--storage", f"{url} is not an Optuna journal file ({type(exc).__name__}: {first})",
                 "give the journal file a search wrote, or a path that does not exist yet",
@@ -73,11 +78,13 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
             "use sqlite:///path/study.db, postgresql://user:pass@host/db, or a path ending in .log (journal file)",
         )
     kwargs: dict[str, Any] = {}
+    new_file = None  # a SQLite file this call creates: removed if its tables cannot all be made
     if scheme.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
         path = sqlite_path(url)
         if path and not Path(path).parent.is_dir():
             raise UserInputError("--storage", f"the folder of {path} does not exist", "create it or give another path")
+        new_file = Path(path) if path and not Path(path).exists() else None
     if heartbeat:
         kwargs.update(
             heartbeat_interval=heartbeat,
@@ -94,8 +101,41 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
                 time.sleep(0.5 + random.random())
                 continue
             first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+            if is_disk_fault(exc):
+                if new_file is not None:  # half a schema (a table without its unique index) would break the next run
+                    for made in (new_file, new_file.with_name(new_file.name + "-journal")):
+                        made.unlink(missing_ok=True)
+                raise disk_fault(url, "opening it", first) from None
             raise UserInputError("--storage", f"cannot open {redact(url)} ({first})", "check the URL, the server and the credentials") from None
     raise AssertionError("unreachable")
+
+
+#: what a database says when the disk under it fails or fills (SQLite, PostgreSQL, MySQL, the OS)
+_DISK_FAULTS = (
+    "disk i/o error", "database or disk is full", "no space left", "disk full",
+    "file too large", "could not extend file", "input/output error",
+)
+
+
+def is_disk_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the disk failed or is full:
+    a fault of the machine, not of the URL the user gave."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # StorageInternalError <- OperationalError <- sqlite3.OperationalError ...
+        if seen is None:
+            return False
+        if any(m in str(seen).lower() for m in _DISK_FAULTS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def disk_fault(url: str, doing: str, detail: str) -> StorageError:
+    """The one line for a storage whose disk failed or is full (exit status 1 in the CLI)."""
+    return StorageError(
+        f"storage: the disk of {redact(url)} failed while {doing} ({detail}); "
+        "free disk space (or mend the disk), then run the same command again"
+    )
 
 
 def sqlite_path(url: str) -> str | None:
@@ -226,8 +266,10 @@ def _rdb(url: str) -> Any:
 
     try:
         return optuna.storages.RDBStorage(normalise_storage_url(url))
-    except Exception as exc:  # sqlalchemy/driver errors: report as bad input
+    except Exception as exc:  # sqlalchemy/driver errors: report as bad input, unless the disk failed
         first = (str(exc).strip().splitlines() or [""])[0][:200]
+        if is_disk_fault(exc):
+            raise disk_fault(url, "reading it", first) from None
         raise UserInputError("storage", f"cannot open {redact(url)} ({type(exc).__name__}: {first})",
                              "check the URL and that its database driver is installed") from None
 
@@ -248,5 +290,7 @@ def _open_storage_file(path: Path) -> Any:
     try:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     except Exception as exc:
+        if is_disk_fault(exc):
+            raise disk_fault(str(path), "reading it", str(exc)[:200]) from None
         raise UserInputError("storage", f"cannot read journal file {str(path)!r} ({exc})",
                              "pass an Optuna JournalFileStorage file or a sqlite:/// URL") from exc

@@ -589,3 +589,89 @@ def test_export_refuses_a_data_root_of_another_class_count(tmp_path, monkeypatch
     result = runner.invoke(app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(two)])
     assert result.exit_code == 0, result.output
     assert ns.load_model(tmp_path / "m.safetensors")(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_a_disk_io_error_reading_the_storage_is_a_fault(searched_and_baseline, monkeypatch):
+    import sqlite3
+
+    import optuna
+    import sqlalchemy.exc
+
+    def failing(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", failing)
+    url = f"sqlite:///{searched_and_baseline['tiny'] / 'study.db'}"
+    result = runner.invoke(app, ["report", "--storage", url, "--study", "tiny"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "disk I/O error" in lines[0] and "free disk space" in lines[0], result.stderr
+
+
+def _report_on_a_full_disk(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``nas-sepconv report ARGS`` where no file can grow past 1 byte (RLIMIT_FSIZE): a full disk."""
+    import os
+    import resource
+    import signal
+
+    def full() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit raise EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
+
+    paths = (str(Path(ns.__file__).parents[1]), os.environ.get("PYTHONPATH"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    # matplotlib's font cache, built beforehand
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], env=env, check=True)
+    command = [sys.executable, "-m", "nas_sepconv.cli", "report", *args]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300, preexec_fn=full)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE/SIGXFSZ semantics are Linux's here")
+def test_report_on_a_full_disk_is_one_line_exit_1_and_leaves_every_file_whole(searched_and_baseline, tmp_path):
+    folder = searched_and_baseline["tiny"]
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".csv", ".png")}
+    baseline = searched_and_baseline["tinyfamily"]
+    with_baseline = [str(folder), "--baseline", str(baseline), "--out", str(tmp_path / "rep")]
+    for args in ([str(folder)], with_baseline):
+        proc = _report_on_a_full_disk(args, tmp_path)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert lines[0].startswith("error: cannot write "), lines[0]
+        assert "(File too large); free disk space, then run the same command again" in lines[0]
+        assert "wrote" not in proc.stdout
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".csv", ".png")} == before  # as they were
+    assert not [p for p in (*folder.rglob("*"), *tmp_path.rglob("*")) if p.name.endswith(".tmp")]
+    assert not (tmp_path / "rep").exists() or not any((tmp_path / "rep").iterdir())
+
+
+# -- issue 28: seeds and study names --------------------------------------------------------------
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_outside_0_to_2_32_is_one_line_exit_2(tmp_path, seed):
+    result = runner.invoke(app, ["search", "--seed", seed, "--trials", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --seed: must be an integer from 0 to 4294967295"), lines
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ns.UserInputError, match=r"^--seed: "):
+        ns.search(seed=int(seed), trials=1, out=tmp_path / "out")
+
+
+def test_a_study_name_too_long_for_a_folder_is_one_line_exit_2(tmp_path):
+    import yaml
+
+    from conftest import FAST_SPACE
+
+    result = runner.invoke(app, ["search", "--study", "s" * 256, "--trials", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --study: the study name"), result.stderr
+    assert "256 bytes, more than a folder name takes (255)" in lines[0]
+    space = tmp_path / "long.yaml"
+    space.write_text(yaml.safe_dump(dict(FAST_SPACE, name="é" * 128)))  # 256 bytes in UTF-8
+    result = runner.invoke(app, ["search", "--space", str(space), "--trials", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: space: the study name"), result.stderr
+    assert "with --study NAME" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -4,13 +4,15 @@ front as a table for display (the CLI's ``report``), and the comparison with bas
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Callable
 
 import numpy as np
 import pandas as pd
 
-from ..errors import UserInputError
+from ..errors import StorageError, UserInputError
 from ..files import atomic_write
 from .comparison import compare
 from .frame import _FIXED, load
@@ -44,9 +46,32 @@ def _made_dir(out_dir: str | Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if exc.errno in _DISK_FAULTS:
+            raise _unwritten(out, exc) from exc
         raise UserInputError("out_dir", f"cannot create {str(out)!r} ({exc})",
                              "choose a writable directory") from exc
     return out
+
+
+#: errors of the disk, not of the folder the user chose: full, over quota, a file over the size limit, I/O
+_DISK_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def _unwritten(path: Path, exc: OSError) -> StorageError:
+    """The one line (exit status 1 in the CLI) for an output that cannot be written; the
+    ``OSError`` it is raised from names the file (``filename``)."""
+    exc.filename = str(path)
+    reason = exc.strerror or exc
+    return StorageError(f"cannot write {path} ({reason}); free disk space, then run the same command again")
+
+
+def _write(path: Path, content: Callable[[IO], None], *, binary: bool) -> None:
+    """:func:`atomic_write` (a failed write leaves the file as it was, and no temporary file);
+    a write that fails raises :class:`StorageError`."""
+    try:
+        atomic_write(path, content, binary=binary)
+    except OSError as exc:
+        raise _unwritten(path, exc) from exc
 
 def write_outputs(
     df: pd.DataFrame,
@@ -63,19 +88,21 @@ def write_outputs(
     Each file is written to a temporary file in ``out_dir`` and renamed over the target, so an
     interrupted write never leaves a half-written file.  ``out_dir`` is created if needed.
 
+    Raises:
+        StorageError: a file cannot be written (disk full); it names the file, and the
+            ``OSError`` it is raised from has the file as its ``filename``.
+
     Returns:
         ``{"trials": path, "pareto": path, "plot": path}``.
     """
     out = _made_dir(out_dir)
     paths = {"trials": out / "trials.csv", "pareto": out / "pareto.csv", "plot": out / "pareto.png"}
     front = pareto_front(df, objectives=objectives)
-    atomic_write(paths["trials"], lambda fh: df.to_csv(fh, index=False), binary=False)
-    atomic_write(paths["pareto"], lambda fh: front[_pareto_columns(front)].to_csv(fh, index=False),
-                  binary=False)
+    _write(paths["trials"], lambda fh: df.to_csv(fh, index=False), binary=False)
+    _write(paths["pareto"], lambda fh: front[_pareto_columns(front)].to_csv(fh, index=False), binary=False)
     x, y = (objectives[1], objectives[0]) if len(objectives) == 2 else ("macs", "accuracy")
     ax = plot_pareto(df, x=x, y=y, baselines=baselines)
-    atomic_write(paths["plot"], lambda fh: ax.figure.savefig(fh, format="png", dpi=120),
-                  binary=True)
+    _write(paths["plot"], lambda fh: ax.figure.savefig(fh, format="png", dpi=120), binary=True)
     return paths
 
 
@@ -118,7 +145,8 @@ def write_comparison(
     the best baseline's; the CSV adds the reference in the columns' own units
     (``reference_<objective>``).  The plot is :func:`plot_fronts` of the first two objectives.
     Nothing is written when the comparison fails (baselines of other objectives: an error
-    naming ``field``, the CLI's ``--baseline``).
+    naming ``field``, the CLI's ``--baseline``); a file that cannot be written raises
+    :class:`StorageError`, as in :func:`write_outputs`.
 
     Returns:
         The table, and ``{"comparison": path, "plot": path}``.
@@ -132,10 +160,10 @@ def write_comparison(
     for o, value in (table.attrs["reference"] or {}).items():
         written[f"reference_{o}"] = 10.0 ** value if o in table.attrs["log_scale"] else value
     paths = {"comparison": out / "comparison.csv", "plot": out / "comparison.png"}
-    atomic_write(paths["comparison"], lambda fh: written.to_csv(fh, index=False), binary=False)
+    _write(paths["comparison"], lambda fh: written.to_csv(fh, index=False), binary=False)
     x, y = objectives[1], objectives[0]
     ax = plot_fronts(studies, baselines=baselines, x=x, y=y, title=f"{', '.join(studies)} against {', '.join(baselines)}")
-    atomic_write(paths["plot"], lambda fh: ax.figure.savefig(fh, format="png", dpi=120), binary=True)
+    _write(paths["plot"], lambda fh: ax.figure.savefig(fh, format="png", dpi=120), binary=True)
     return table, paths
 
 

@@ -4,7 +4,8 @@ its workers and outputs, and the multi-fidelity mode (MO-ASHA, :mod:`.asha`)."""
 from __future__ import annotations
 
 from .asha import crowding_distance, nondominated_fronts, promotes, rung_epochs
-from .schema import BLOCK_OPTIONS, LIMITS, SpaceLimits
+from .choices import LIMITS, SpaceLimits
+from .schema import BLOCK_OPTIONS
 from .spaces import Space, list_spaces, load_space, parse_space, space_dirs, with_data_root, with_multi_fidelity
 from .suggestion import Candidate, StoredTrial, suggest, trial_resolution
 from .candidates import TrialContext, build_candidate, run_candidate

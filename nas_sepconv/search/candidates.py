@@ -93,42 +93,65 @@ class TrialContext:
         return model
 
 
-def _base_recipe(ctx: TrialContext) -> Recipe:
-    c = ctx.settings.space.spec.convert
+def base_recipe(space: Space, data: Any) -> Recipe:
+    """The recipe of a convert space's base model on ``data`` (a data set of :mod:`nas_sepconv.data`)."""
+    c = space.spec.convert
     return Recipe(
         kind="converted",
         model=c.model,
-        model_kwargs=dict(c.model_kwargs, num_classes=ctx.data.num_classes, in_channels=ctx.data.input_shape[0]),
+        model_kwargs=dict(c.model_kwargs, num_classes=data.num_classes, in_channels=data.input_shape[0]),
         width_mult=1.0,
-        input_size=tuple(ctx.data.input_shape),
+        input_size=tuple(data.input_shape),
     )
+
+
+def check_base_cache(space: Space, data: Any, out_dir: Path) -> Path | None:
+    """The base model an earlier run cached in the results folder (``base.safetensors``), if
+    there is one and ``space`` makes no other base model (its recipe: a results folder is
+    shared, and its file must not choose what is built); None when there is none, or the
+    space gives ``convert.weights``.  Another file raises :class:`UserInputError` naming the
+    file (deleting it, as the message says, trains the base model again)."""
+    cache = out_dir / "base.safetensors"
+    if space.spec.convert.weights or not cache.is_file():
+        return None
+    fix = "delete it, and the base model is trained again"
+    try:
+        recipe = read_recipe(cache)
+    except UserInputError as exc:
+        problem = exc.problem.removeprefix(f"{cache} ")
+        raise UserInputError(str(cache), f"is not a base model a search saved ({problem})", fix) from None
+    if recipe != base_recipe(space, data):
+        raise UserInputError(str(cache), "holds another base model than this space's", fix)
+    return cache
 
 
 def _prepare_base(ctx: TrialContext) -> nn.Module:
     """The base model of a convert space: its factory is the one the space names (the user's own
     file: that vouches for it), loaded from ``convert.weights``, from the cache of an earlier run
-    (only if its recipe is exactly this space's), or trained once and cached."""
+    (only if its recipe is exactly this space's: :func:`check_base_cache`), or trained once and
+    cached (a cache that cannot be written costs nothing but a retraining by the next run)."""
     c = ctx.settings.space.spec.convert
     if c.weights:
         path = Path(c.weights)
         if not path.is_file():
             raise UserInputError("convert.weights", f"{path} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
-        model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
+        model = build_from_recipe(base_recipe(ctx.settings.space, ctx.data), allow_import=c.model)
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         return model.eval()
-    cache = ctx.settings.out_dir / "base.safetensors"
+    space, cache = ctx.settings.space, ctx.settings.out_dir / "base.safetensors"
     with lock(ctx.settings.out_dir):
-        if cache.is_file():
-            return _load_base_cache(cache, ctx)
+        if check_base_cache(space, ctx.data, ctx.settings.out_dir) is not None:
+            return load_model(cache, allow_import=c.model)
         with seeded(ctx.settings.seed, ctx.settings.device):
-            model = build_from_recipe(_base_recipe(ctx), allow_import=c.model)
-            cfg = replace(ctx.settings.space.spec.train, seed=ctx.settings.seed)
+            model = build_from_recipe(base_recipe(space, ctx.data), allow_import=c.model)
+            cfg = replace(space.spec.train, seed=ctx.settings.seed)
             fit(model, ctx.data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=ctx.settings.device)
-        save_model(cache, model.cpu(), _base_recipe(ctx))
+        with contextlib.suppress(Exception):  # a cache only (disk full: the next run trains it again, seeded alike)
+            save_model(cache, model.cpu(), base_recipe(space, ctx.data))
         return model.eval()
 
 
@@ -148,14 +171,6 @@ def _record_base(ctx: TrialContext, model: nn.Module, study: optuna.Study) -> No
         "macs": int(macs),
         "params": int(params),
     })
-
-
-def _load_base_cache(cache: Path, ctx: TrialContext) -> nn.Module:
-    """The cached base model of an earlier run, only if its recipe is the one this space makes:
-    a results folder is shared, and its file must not choose what is built."""
-    if read_recipe(cache) != _base_recipe(ctx):
-        raise UserInputError("convert.model", f"{cache} holds another base model than this space's", "delete it to train the base model again, or use another --out")
-    return load_model(cache, allow_import=ctx.settings.space.spec.convert.model)
 
 
 def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:

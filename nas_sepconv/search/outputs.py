@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 
 from .. import results
-from ..errors import UserInputError
+from ..errors import StorageError, UserInputError
 from ..files import atomic_write
 from ..jsonfile import loads
 
@@ -38,10 +38,12 @@ def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     ``nas-sepconv report``) writes it again."""
     try:
         return _refresh_outputs(study, out_dir)
-    except OSError as exc:
+    except (OSError, StorageError) as exc:  # (results.write_outputs raises StorageError from the OSError)
+        cause = exc.__cause__ if isinstance(exc, StorageError) and isinstance(exc.__cause__, OSError) else exc
         status = SearchStatus(target=0)
-        name = Path(exc.filename).name if getattr(exc, "filename", None) else "outputs"
-        status.warning = f"could not write {name} ({exc.strerror or exc}); nas-sepconv report rewrites it"
+        name = Path(cause.filename).name if getattr(cause, "filename", None) else "outputs"
+        reason = getattr(cause, "strerror", None) or cause
+        status.warning = f"could not write {name} ({reason}); nas-sepconv report rewrites it"
         return status
 
 
@@ -51,9 +53,9 @@ def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     df = results.load(study)
     status = SearchStatus(target=0)
+    results.write_outputs(df, out_dir)  # an empty study's too: the search names them as written
     if df.empty:
         return status
-    results.write_outputs(df, out_dir)
     front = results.pareto_front(df)
     keep = set(int(n) for n in front["number"])
     pareto_dir = out_dir / "pareto"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,7 +38,7 @@ from ..io import check_device
 from ..measure import check_threads
 from ..models import model_from_name
 from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
-from .candidates import build_candidate, run_candidate
+from .candidates import build_candidate, check_base_cache, run_candidate
 from .outputs import SearchStatus, refresh_outputs
 from .processes import _check_workers, _run_workers
 from .samplers import check_grid_trials, make_sampler
@@ -45,7 +46,8 @@ from .settings import Settings
 from .spaces import Space, load_space, with_data_root, with_multi_fidelity
 from .study import claim_session, open_study
 from .threads import choose_threads, torch_threads
-from .workers import _counts, _interruptible, _sigint_deferred, _worker_loop
+from .tally import check_run, counts
+from .workers import _interruptible, _sigint_deferred, _worker_loop
 
 __all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
 
@@ -102,6 +104,13 @@ def search(
         multi_fidelity: ``--multi-fidelity`` (MO-ASHA, :mod:`~nas_sepconv.search.asha`): None
             keeps the space's ``search.multi_fidelity``, True turns it on (min_epochs 1, eta 3
             unless the space says), False off, or ``{"min_epochs": .., "eta": ..}``.
+
+    Raises:
+        UserInputError: bad input, before anything runs; or every trial of the run failed
+            for a reason the space's choices cause (:func:`~.tally.check_run`).
+        SearchFailed: every trial of the run failed, or the failure limit stopped it.
+        StorageError: the storage or the results folder cannot be written (disk full); what
+            finished is kept, and the same call resumes.
     """
     loaded = with_multi_fidelity(load_space(space), multi_fidelity)
     settings = _settings(
@@ -112,11 +121,20 @@ def search(
     if settings.threads is None:
         settings.threads = choose_threads(data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers)
     if settings.space.kind == "convert":
-        _check_convert(settings.space, data)  # a bad base model would otherwise fail every trial
+        _check_convert(settings.space, data, settings.out_dir)  # a bad base model would otherwise fail every trial
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
     settings.session = claim_session(the_study, settings)
     _write_meta(settings)
+    status = _run(the_study, settings, progress)
+    check_run(the_study, settings, outputs_warning=status.warning)
+    return the_study
+
+
+def _run(the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None) -> SearchStatus:
+    """Run the trials (in this process, or in ``settings.workers`` processes) until the study
+    holds its trials, or the time or the failure limit is up; the outputs are rewritten after
+    each trial, and after an error that stops the run.  Returns the last status."""
     update = _updater(the_study, settings, progress)
     with _interruptible(), torch_threads(settings.threads if settings.workers == 1 else None):
         try:
@@ -128,8 +146,7 @@ def search(
             with contextlib.suppress(Exception):  # the outputs of what finished; never in place of the error that stopped the run
                 update()
             raise
-        update()
-    return the_study
+        return update()
 
 
 def _settings(space: Space, *, trials: int | None, timeout: float | None, storage: str | None, study: str | None, sampler: str | None,
@@ -151,9 +168,10 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
     if heartbeat < 0 or retries < 0:
         raise UserInputError("--heartbeat" if heartbeat < 0 else "--retries", f"must be >= 0, got {min(heartbeat, retries)}")
     check_device(device, field="--device")
-    name = study or space.name
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise UserInputError("--study", f"{name!r} is not a usable name", "use letters, digits, '-', '_' and '.'")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        problem = f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}"
+        raise UserInputError("--seed", problem, "use e.g. --seed 0")
+    name = _study_name(study, space)
     out_dir = Path(out) / name
     ensure_writable_dir(out_dir, "--out")  # a new search, or the folder of the one it resumes
     settings = Settings(
@@ -180,6 +198,30 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
     return settings
 
 
+#: the largest --seed: NumPy's generators take seeds below 2**32
+MAX_SEED = 2**32 - 1
+#: the longest study name in bytes: it names the results folder (NAME_MAX of Linux and macOS)
+MAX_NAME_BYTES = 255
+
+
+def _study_name(study: str | None, space: Space) -> str:
+    """The study's name (``--study``, else the space's ``name``), checked: it names the results
+    folder, so it is one usable folder name; an error names where the name came from."""
+    name = study or space.name
+    if study:
+        field, fix = "--study", "give another --study"
+    else:
+        field, fix = "space", f"give another name: in {space.path or 'the space'}, or with --study NAME"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        problem = f"{name[:80]!r} is not a usable study name"
+        raise UserInputError(field, problem, f"use letters, digits, '-', '_' and '.'; {fix}")
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        problem = f"the study name {name[:40]!r}... is {size} bytes, more than a folder name takes ({MAX_NAME_BYTES})"
+        raise UserInputError(field, problem, fix)
+    return name
+
+
 def _checked_data(space: Space, *, flag: str | None = None) -> Any:
     """The space's data set, loaded once here so that bad data fails early, named by its field
     in the space file (``flag``, when the root came from the command line)."""
@@ -202,18 +244,21 @@ def _write_meta(settings: Settings) -> None:
         raise StorageError(f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again") from None
 
 
-def _updater(the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None) -> Callable[[], None]:
+def _updater(
+    the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None
+) -> Callable[[], SearchStatus]:
     """What runs after each finished trial: rewrite the outputs, then show the progress.  The
     study is open: ``progress`` is shown what it holds before this run's first trial."""
     if progress:
-        counts = _counts(the_study)
-        progress(SearchStatus(target=settings.trials, done=counts["done"], failed=counts["failed"], running=counts["running"]))
+        n = counts(the_study, settings.session)
+        progress(SearchStatus(target=settings.trials, done=n["done"], failed=n["failed"], running=n["running"]))
 
-    def update() -> None:
+    def update() -> SearchStatus:
         with _sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written
             status = refresh_outputs(the_study, settings.out_dir) or SearchStatus(target=settings.trials)
-            counts = _counts(the_study)
-            status.target, status.done, status.failed, status.running = settings.trials, counts["done"], counts["failed"], counts["running"]
+            n = counts(the_study, settings.session)
+            status.target, status.done, status.running = settings.trials, n["done"], n["running"]
+            status.failed = n["failed"]
             done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
             if done:
                 last = max(done, key=lambda t: t.number)
@@ -221,12 +266,14 @@ def _updater(the_study: optuna.Study, settings: Settings, progress: Callable[[Se
                 status.last = f"#{last.number} {state} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
             if progress:
                 progress(status)
+        return status
 
     return update
 
 
-def _check_convert(space: Space, data: Any) -> None:
-    """The base model of a convert space can be built, and its weights file exists."""
+def _check_convert(space: Space, data: Any, out_dir: Path) -> None:
+    """The base model of a convert space can be built, its weights file exists, and a base
+    model cached in the results folder by an earlier run is this space's."""
     c = space.spec.convert
     if c.weights and not Path(c.weights).is_file():
         raise UserInputError("convert.weights", f"{c.weights} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
@@ -234,3 +281,4 @@ def _check_convert(space: Space, data: Any) -> None:
         model_from_name(c.model, **dict(c.model_kwargs, num_classes=data.num_classes, in_channels=data.input_shape[0]))
     except UserInputError as exc:
         raise UserInputError(f"convert.{exc.field}" if exc.field in ("model", "num_classes", "in_channels") else exc.field, exc.problem, exc.fix) from None
+    check_base_cache(space, data, out_dir)

@@ -1,17 +1,17 @@
-"""The schema of a search-space file: its pydantic sections, ranges and choices, and the
-limits record (:data:`LIMITS`) that bounds every size a space may ask for.
+"""The schema of a search-space file: its pydantic sections.
 
 A choice is a list (categorical), a range ``{low, high, step, log}`` or a single value (fixed,
-not searched).  Which block options a kind takes is read from the kind registry
-(:data:`nas_sepconv.blocks.KINDS`).
+not searched); choices, the base of every section and the limits record (:data:`LIMITS`) that
+bounds every size a space may ask for are in :mod:`.choices`.  Which block options a kind takes
+is read from the kind registry (:data:`nas_sepconv.blocks.KINDS`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, Union
+import typing
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..blocks import KINDS, BlockSpec
 from ..data import find_dataset
@@ -19,8 +19,12 @@ from ..errors import UserInputError
 from ..measure import find_runtime
 from ..models import ARCH_ACTS, HEADS
 from ..results import OBJECTIVES
-from ..train import MAX_BATCH_SIZE, MAX_EPOCHS, TrainConfig
+from ..train import TrainConfig
 from .asha import rung_epochs
+from .choices import (
+    LIMITS, Choice, Range, Section, SpaceLimits,
+    check_mult, check_names, refuse_booleans, short, suggest_choice, values_of,
+)
 from .samplers import SAMPLERS, find_sampler
 
 __all__ = ["SpaceFile", "Range", "SpaceLimits", "LIMITS", "BLOCK_OPTIONS", "SiteGroup", "MultiFidelitySection", "candidate_epochs"]
@@ -32,127 +36,7 @@ SEARCHABLE = tuple(name for name, o in OBJECTIVES.items() if o.searchable)
 REQUIRED_OBJECTIVES = ("accuracy", "macs")
 
 
-@dataclass(frozen=True)
-class SpaceLimits:
-    """The largest sizes a space file may ask for (read by the schema below, and only there).
-
-    A value past these is a typo (``depth_mult: 1e9``) that would pass validation and then fail,
-    or exhaust the memory, inside every trial; the message that refuses it states the limit.
-    The multipliers lie in ``(0, mult]``: MobileNet's α and ρ are at most about 2 in practice.
-    """
-
-    mult: float = 4.0  # width_mult, depth_mult, resolution_mult (every value of the choice)
-    channels: int = 4096  # stem_channels, a stage's out_channels, head_channels (before width_mult)
-    repeats: int = 64  # layers of one stage (before depth_mult)
-    stages: int = 64  # stages of a build space
-    stride: int = 8  # stem_stride, a stage's stride
-    image_size: int = 2048  # data.image_size, pixels per side
-    subset: int = 100_000_000  # data.subset, images
-    epochs: int = MAX_EPOCHS  # train.epochs (TrainConfig's bound), convert.base_epochs, convert.finetune_epochs
-    batch_size: int = MAX_BATCH_SIZE  # train.batch_size (TrainConfig's bound)
-    calibration_images: int = 1_000_000  # convert.calibration_images
-    option: int = 4096  # any numeric block option value (expand_ratio, dw_mult, rank, groups, kernel_size...)
-    nesting: int = 32  # levels of YAML mappings and lists
-    aliases: int = 64  # YAML aliases (*name): more is an expansion bomb, not a space
-
-
-LIMITS = SpaceLimits()
-
-
-class _Strict(BaseModel):
-    # inf and nan are never a learning rate, a weight or a size: refused for every float field
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class Range(_Strict):
-    """A numeric range: ``{low: 0.5, high: 1.5, step: 0.25}`` or ``{low: .., high: .., log: true}``."""
-
-    low: float
-    high: float
-    step: float | None = None
-    log: bool = False
-    int: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "Range":
-        if self.high < self.low:
-            raise UserInputError("high", f"{self.high} is below low ({self.low})", "give low <= high")
-        if self.log and self.low <= 0:
-            raise UserInputError("low", "a log range needs low > 0")
-        if self.step is not None and self.step <= 0:
-            raise UserInputError("step", f"must be > 0, got {self.step}", "or leave step out")
-        if self.step is not None and self.log:
-            raise UserInputError("step", "a log range takes no step", "remove step or log")
-        if self.int and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
-            raise UserInputError("low", f"an int range needs whole low, high and step, got {self.low}, {self.high}, {self.step}", "give integers or remove int: true")
-        return self
-
-
-Scalar = Union[bool, int, float, str, None]
-Choice = Union[Range, list[Scalar], Scalar]
-
-
-def _choice_values(choice: Any) -> list[Any] | None:
-    """The discrete values of a choice (None for a continuous range)."""
-    if isinstance(choice, Range):
-        return None
-    return list(choice) if isinstance(choice, list) else [choice]
-
-
-def _values_of(field: str, choice: Any) -> list[Any]:
-    """The values of a choice to validate: its list, its one value, or a range's ends; never empty."""
-    if isinstance(choice, Range):
-        return [choice.low, choice.high]
-    values = _choice_values(choice)
-    if not values:
-        raise UserInputError(field, "is an empty list", "give at least one value (a list of one fixes it)")
-    return values
-
-
-def _check_mult(field: str, choice: Any) -> None:
-    """Every value a multiplier choice can take is a number in (0, LIMITS.mult]."""
-    for value in _values_of(field, choice):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserInputError(field, f"expected a number, got {_short(value)}", "use e.g. 0.5, 1.0")
-        if not 0 < value <= LIMITS.mult:  # also nan, inf and ints past the float range
-            raise UserInputError(field, f"{_short(value)} is outside (0, {LIMITS.mult:g}], the allowed range", f"use values above 0 and at most {LIMITS.mult:g}")
-
-
-def _check_names(field: str, choice: Any, known: Any) -> list[str]:
-    """A choice of names (not a range), each one of ``known``."""
-    if isinstance(choice, Range):
-        raise UserInputError(field, "takes names, not a range", f"give a list of {sorted(known)}")
-    values = _values_of(field, choice)
-    for value in values:
-        if not isinstance(value, str) or value not in known:
-            raise UserInputError(field, f"unknown value {value!r}", f"use one of {list(known)}")
-    return values
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` on one line, cut to ``limit`` characters."""
-    text = _printable(repr(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _printable(text: str) -> str:
-    """``text`` with line breaks and other control characters escaped (messages are one line)."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-
-
-def _suggest(trial: Any, name: str, choice: Any) -> Any:
-    """Suggest (or fix) one parameter."""
-    if isinstance(choice, Range):
-        if choice.int:
-            return trial.suggest_int(name, int(choice.low), int(choice.high), step=int(choice.step or 1), log=choice.log)
-        return trial.suggest_float(name, choice.low, choice.high, step=choice.step, log=choice.log)
-    values = _choice_values(choice)
-    if len(values) == 1:
-        return values[0]
-    return trial.suggest_categorical(name, values)
-
-
-class BlockChoices(_Strict):
+class BlockChoices(Section):
     """Choices of block kind and options; options a kind does not take are not suggested."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -162,7 +46,7 @@ class BlockChoices(_Strict):
     def _known(self) -> "BlockChoices":
         if isinstance(self.kind, Range):
             raise UserInputError("kind", "takes kind names, not a range", f"give a list of {list(KINDS)}")
-        kinds = _values_of("kind", self.kind)
+        kinds = values_of("kind", self.kind)
         for k in kinds:
             BlockSpec(str(k))  # raises UserInputError naming the kind
         taken = {o.name for k in kinds for o in BlockSpec(str(k)).info.options}
@@ -172,7 +56,7 @@ class BlockChoices(_Strict):
             if name not in taken:
                 raise UserInputError(name, f"is not an option of any kind in {kinds}", "remove it or add a kind that takes it")
             # every value must be one the kinds accept: a bad value fails here, not in each trial
-            values = _values_of(name, choice)
+            values = values_of(name, choice)
             for k in kinds:
                 info = BlockSpec(str(k)).info
                 if any(o.name == name for o in info.options):
@@ -181,7 +65,8 @@ class BlockChoices(_Strict):
                         raise UserInputError(name, f"{info.name}.{name} takes integers", "add int: true to the range")
                     for value in values:
                         if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= LIMITS.option:
-                            raise UserInputError(name, f"{_short(value)} is past the limit of {LIMITS.option}", f"give values of at most {LIMITS.option}")
+                            problem = f"{short(value)} is past the limit of {LIMITS.option}"
+                            raise UserInputError(name, problem, f"give values of at most {LIMITS.option}")
                         try:
                             opt.normalise(info.name, value)
                         except UserInputError as exc:
@@ -206,13 +91,13 @@ class BlockChoices(_Strict):
         return out
 
     def suggest_spec(self, trial: Any, prefix: str) -> BlockSpec:
-        kind = BlockSpec(str(_suggest(trial, f"{prefix}.kind", self.kind))).kind
+        kind = BlockSpec(str(suggest_choice(trial, f"{prefix}.kind", self.kind))).kind
         info = KINDS[kind]
         options = {}
         for opt in info.options:
             if opt.name in self.options():
                 # option names are contracts with one meaning for every kind: one parameter
-                options[opt.name] = _suggest(trial, f"{prefix}.{opt.name}", self.options()[opt.name])
+                options[opt.name] = suggest_choice(trial, f"{prefix}.{opt.name}", self.options()[opt.name])
         return BlockSpec(kind, **options)
 
 
@@ -227,13 +112,14 @@ class StageChoices(BlockChoices):
     def _shortcut(self) -> "StageChoices":
         if isinstance(self.shortcut, Range):
             raise UserInputError("shortcut", "takes true or false, not a range", "give true, false or [true, false]")
-        for value in _values_of("shortcut", self.shortcut):
+        for value in values_of("shortcut", self.shortcut):
             if not isinstance(value, bool):
-                raise UserInputError("shortcut", f"expected true or false, got {_short(value)}", "give true, false or [true, false]")
+                problem = f"expected true or false, got {short(value)}"
+                raise UserInputError("shortcut", problem, "give true, false or [true, false]")
         return self
 
 
-class BuildSection(_Strict):
+class BuildSection(Section):
     stem_channels: int = Field(default=16, ge=1, le=LIMITS.channels)
     stem_stride: int = Field(default=1, ge=1, le=LIMITS.stride)
     head_channels: int = Field(default=0, ge=0, le=LIMITS.channels)
@@ -248,9 +134,9 @@ class BuildSection(_Strict):
     @model_validator(mode="after")
     def _choices(self) -> "BuildSection":
         for name in ("width_mult", "depth_mult", "resolution_mult"):
-            _check_mult(name, getattr(self, name))
-        _check_names("act", self.act, ARCH_ACTS)
-        _check_names("head", self.head, HEADS)
+            check_mult(name, getattr(self, name))
+        check_names("act", self.act, ARCH_ACTS)
+        check_names("head", self.head, HEADS)
         return self
 
 
@@ -259,7 +145,7 @@ class SiteGroup(BlockChoices):
     match: list[str] = Field(min_length=1)
 
 
-class ConvertSection(_Strict):
+class ConvertSection(Section):
     model: str
     model_kwargs: dict[str, Any] = {}
     weights: str | None = None
@@ -272,7 +158,7 @@ class ConvertSection(_Strict):
     refit: bool = True
     calibration_images: int = Field(default=256, ge=1, le=LIMITS.calibration_images)
     finetune_epochs: int = Field(default=1, ge=0, le=LIMITS.epochs)
-    finetune_lr: float = Field(default=0.01, gt=0)
+    finetune_lr: float = Field(default=0.01, gt=0, le=LIMITS.lr)
     distill: bool = True
     # hints at the activations after the converted sites (ns.distill(features="converted")), at
     # this weight; 0: logits only.  Used where the student keeps the base's widths (width_mult 1)
@@ -281,7 +167,7 @@ class ConvertSection(_Strict):
     @model_validator(mode="after")
     def _choices(self) -> "ConvertSection":
         for name in ("width_mult", "resolution_mult"):
-            _check_mult(name, getattr(self, name))
+            check_mult(name, getattr(self, name))
         if isinstance(self.groups, list):
             if not self.groups:
                 raise UserInputError("groups", "is an empty list", "give at least one group, or all")
@@ -291,7 +177,7 @@ class ConvertSection(_Strict):
         return self
 
 
-class DataSection(_Strict):
+class DataSection(Section):
     dataset: str = "digits"
     root: str | None = None
     subset: int | None = Field(default=None, ge=10, le=LIMITS.subset)
@@ -304,7 +190,7 @@ class DataSection(_Strict):
         return self
 
 
-class MultiFidelitySection(_Strict):
+class MultiFidelitySection(Section):
     """``search.multi_fidelity``: MO-ASHA's rungs (:mod:`.asha`), at ``min_epochs · eta^k``
     epochs below the full budget; a ``1/eta`` share of each rung's results goes on."""
 
@@ -336,7 +222,7 @@ def check_multi_fidelity(spec: "SpaceFile") -> None:
     mf.rungs(budget)
 
 
-class SearchSection(_Strict):
+class SearchSection(Section):
     trials: int = Field(default=20, ge=1)
     sampler: str = next(iter(SAMPLERS))
     objectives: list[str] = list(REQUIRED_OBJECTIVES)
@@ -370,7 +256,7 @@ class SearchSection(_Strict):
         return self
 
 
-class SpaceFile(_Strict):
+class SpaceFile(Section):
     name: str
     description: str = ""
     kind: Literal["build", "convert"]
@@ -386,6 +272,7 @@ class SpaceFile(_Strict):
     def _unseeded(cls, value: Any) -> Any:
         if isinstance(value, dict) and "seed" in value:
             raise UserInputError("seed", "unknown field", "the search seeds each trial itself: give --seed")
+        refuse_booleans(value, typing.get_type_hints(TrainConfig))  # (pydantic would take true as 1)
         return value
 
     @model_validator(mode="after")
@@ -394,6 +281,9 @@ class SpaceFile(_Strict):
             raise UserInputError("build", "missing: kind build needs a build: section")
         if self.kind == "convert" and self.convert is None:
             raise UserInputError("convert", "missing: kind convert needs a convert: section")
+        if self.train.lr > LIMITS.lr:
+            problem = f"{self.train.lr:g} is above {LIMITS.lr:g}, the largest learning rate a space may give"
+            raise UserInputError("train.lr", problem, "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
         check_multi_fidelity(self)
         return self
 

@@ -32,7 +32,8 @@ from pydantic import ValidationError
 
 from ..data import find_dataset
 from ..errors import UserInputError
-from .schema import LIMITS, MultiFidelitySection, SpaceFile, _printable, check_multi_fidelity
+from .choices import LIMITS, printable
+from .schema import MultiFidelitySection, SpaceFile, check_multi_fidelity
 
 __all__ = ["Space", "load_space", "parse_space", "list_spaces", "space_dirs", "with_data_root", "with_multi_fidelity"]
 
@@ -151,7 +152,7 @@ def _one_line(exc: ValidationError, source: str) -> UserInputError:
         msg = "unknown field"
     others = {_field_path(e["loc"]) for e in errors} - {_field_path(first["loc"])}  # union alternatives share a path
     more = f" (and {len(others)} more problems)" if others else ""
-    return UserInputError(_printable(field), _printable(f"{msg}{more}"), _printable(fix))
+    return UserInputError(printable(field), printable(f"{msg}{more}"), printable(fix))
 
 
 def load_space(name_or_path: "str | Path | Space") -> Space:
@@ -223,7 +224,7 @@ def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) 
     except RecursionError:
         raise UserInputError("space", f"{source} nests too deeply", "a space is a few levels of mappings and lists") from None
     except UserInputError as exc:
-        raise UserInputError(_printable(exc.field), _printable(exc.problem), _printable(f"fix it in {source}")) from None
+        raise UserInputError(printable(exc.field), printable(exc.problem), printable(f"fix it in {source}")) from None
     return Space(_paths_from(spec, path.parent) if path is not None else spec, path, text)
 
 
@@ -277,8 +278,13 @@ def with_multi_fidelity(space: Space, setting: "bool | Mapping[str, int] | None"
             section = MultiFidelitySection.model_validate(dict(setting))
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(["search.multi_fidelity", _field_path(first["loc"])]).rstrip(".")
-            msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+            inner = first.get("ctx", {}).get("error")  # a validator's own error names its field
+            if isinstance(inner, UserInputError):
+                where, msg = inner.field, inner.problem
+            else:
+                where = _field_path(first["loc"])
+                msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+            field = ".".join(["search.multi_fidelity", where]).rstrip(".")
             raise UserInputError(field, msg, "give {'min_epochs': an integer >= 1, 'eta': an integer >= 2}") from None
     else:
         raise UserInputError("multi_fidelity", f"expected True, False, None or a mapping, got {type(setting).__name__}", "pass e.g. multi_fidelity=True or {'min_epochs': 1, 'eta': 3}")

@@ -16,7 +16,8 @@ from ..errors import UserInputError
 from ..recipe import Recipe
 from ..results.stored import TAMPERED
 from ..models import Arch, Stage
-from .schema import SiteGroup, _suggest
+from .choices import suggest_choice
+from .schema import SiteGroup
 from .spaces import Space
 
 __all__ = ["Candidate", "StoredTrial", "suggest", "resolution_for", "trial_resolution"]
@@ -44,7 +45,7 @@ def trial_resolution(space: Space, trial: Any, base_side: int) -> int:
     """The input side ``trial`` draws from ``space`` (its ``resolution_mult``) for a data set
     of side ``base_side``."""
     spec = space.spec.build if space.spec.kind == "build" else space.spec.convert
-    return resolution_for(space, base_side, _suggest(trial, "resolution_mult", spec.resolution_mult))
+    return resolution_for(space, base_side, suggest_choice(trial, "resolution_mult", spec.resolution_mult))
 
 
 class StoredTrial(optuna.trial.FixedTrial):
@@ -89,12 +90,12 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
         for i, st in enumerate(b.stages):
             spec = st.suggest_spec(trial, f"stage{i}")
             specs[f"stage{i}"] = str(spec)
-            shortcut = bool(_suggest(trial, f"stage{i}.shortcut", st.shortcut))
+            shortcut = bool(suggest_choice(trial, f"stage{i}.shortcut", st.shortcut))
             stages.append(Stage(str(spec), st.out_channels, st.repeats, st.stride, shortcut))
         # suggested in this order (a seeded sampler's draws follow it); head, the newest, last
-        width = float(_suggest(trial, "width_mult", b.width_mult))
-        depth = float(_suggest(trial, "depth_mult", b.depth_mult))
-        act = str(_suggest(trial, "act", b.act))
+        width = float(suggest_choice(trial, "width_mult", b.width_mult))
+        depth = float(suggest_choice(trial, "depth_mult", b.depth_mult))
+        act = str(suggest_choice(trial, "act", b.act))
         res = trial_resolution(space, trial, input_shape[-1])
         arch = Arch(
             stages=tuple(stages),
@@ -107,7 +108,7 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
             depth_mult=depth,
             act=act,
             dropout=b.dropout,
-            head=str(_suggest(trial, "head", b.head)),
+            head=str(suggest_choice(trial, "head", b.head)),
             input_size=res,  # the side the trial runs at (the gdc head's kernel is sized from it)
         )
         # the input size the trial runs at: a loaded model's MACs (count_macs, profile) are the trial's
@@ -115,7 +116,7 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
         return Candidate("build", recipe, f"r{res} {arch.summary()}", res, specs)
 
     c = s.convert
-    width = float(_suggest(trial, "width_mult", c.width_mult))
+    width = float(suggest_choice(trial, "width_mult", c.width_mult))
     res = trial_resolution(space, trial, input_shape[-1])
     names = [site.name for site in sites or []]
     rules: dict[str, str | None] = {}

@@ -26,32 +26,17 @@ from .heartbeat import WORKER_ATTR, _WORKER_ID, _fail_stale_trials, _Heartbeat
 from .settings import Settings
 from .study import _is_storage_failure, _storage_error, open_study
 from .suggestion import Candidate
-
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-SURPLUS = "surplus claim: another worker took the last slot"
-
-
-def _counts(study: optuna.Study) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
-    S = optuna.trial.TrialState
-    return {
-        "done": sum(t.state in FINISHED for t in trials),
-        "running": sum(t.state == S.RUNNING for t in trials),
-        "failed": sum(t.state == S.FAIL and t.user_attrs.get("fail_reason") != SURPLUS for t in trials),
-    }
+from .tally import FINISHED, SESSION_ATTR, SURPLUS, counts, failure_limit
 
 
 def _claim(study: optuna.Study, settings: Settings) -> optuna.trial.Trial | str:
     """A new trial, or ``"finished"`` / ``"wait"``."""
     with lock(settings.out_dir):
         _fail_stale_trials(study, settings)
-        n = _counts(study)
+        n = counts(study, settings.session)
         if n["done"] >= settings.trials:
             return "finished"
-        limit = settings.space.spec.search.max_failures
-        if limit is None:  # a candidate or setup that fails every time must not loop forever
-            limit = max(10, settings.trials)
-        if n["failed"] >= limit:
+        if n["failed"] >= failure_limit(settings):  # this run's failures: an earlier run's fault may be gone
             return "finished"
         if n["done"] + n["running"] >= settings.trials:
             return "wait"
@@ -62,6 +47,7 @@ def _claim(study: optuna.Study, settings: Settings) -> optuna.trial.Trial | str:
         try:
             _Heartbeat.beat_once(study, trial, settings.heartbeat)  # a worker dying from here on is detected
             study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, _WORKER_ID)
+            study._storage.set_trial_system_attr(trial._trial_id, SESSION_ATTR, settings.session)
             claimed = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
             if claimed.index(trial.number) >= settings.trials:  # another machine raced us to the last slot
                 _tell_failed(study, trial, SURPLUS)
@@ -133,12 +119,15 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
 def _save_weights(settings: Settings, trial: optuna.trial.Trial, model: nn.Module, candidate: Candidate) -> None:
     """Save a trial's weights; a file that cannot be written (disk full, folder gone) costs the
     file only: the trial keeps its metrics and completes, with ``missing_artifacts`` saying
-    what is missing (``export`` re-trains such a trial from its recipe)."""
+    what is missing (``export`` re-trains such a trial from its recipe).  Any failure of the
+    write counts, not only ``OSError``: safetensors raises its own ``SafetensorError`` for a
+    full disk."""
     path = settings.out_dir / "weights" / f"trial_{trial.number}.safetensors"
     try:
         save_model(path, model.cpu(), candidate.recipe)
-    except OSError as exc:
-        trial.set_user_attr("missing_artifacts", [f"weights ({path.name}: {exc.strerror or exc})"])
+    except Exception as exc:  # noqa: BLE001 - the write failed, whatever raised it; the metrics stay
+        detail = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200] or type(exc).__name__
+        trial.set_user_attr("missing_artifacts", [f"weights ({path.name}: {detail})"])
 
 
 def _tell_failed(study: optuna.Study, trial: optuna.trial.Trial, reason: str, *, quiet: bool = False) -> None:

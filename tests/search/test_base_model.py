@@ -66,3 +66,55 @@ def test_the_plot_marks_the_original_model(convert_search):
     df.attrs["base"] = None  # a build search: no marker, no line
     assert "original model" not in ns.results.plot_pareto(df).get_legend_handles_labels()[1]
     assert ns.results.base_line(df) is None
+
+
+@pytest.mark.parametrize("planted", ["another model", "not a model"])
+def test_a_planted_base_model_is_refused_before_any_trial_and_deleting_it_helps(convert_search, tmp_path, planted):
+    """A ``base.safetensors`` in the results folder that this space did not make: one line
+    naming the file (exit status 2) before anything runs (every trial failed with it, and the
+    run ended with exit status 0); deleting it, as the line says, lets the same command run."""
+    from nas_sepconv.io import read_recipe
+    from nas_sepconv.recipe import Recipe
+
+    space = convert_search[0].parents[1] / "dc.yaml"
+    cache = tmp_path / "out" / "digits_convert" / "base.safetensors"
+    cache.parent.mkdir(parents=True)
+    if planted == "another model":
+        kwargs = {"width": 16, "num_classes": 10, "in_channels": 1}
+        recipe = Recipe(kind="converted", model="nas_sepconv:tiny_convnet", model_kwargs=kwargs, width_mult=1.0,
+                        input_size=(1, 16, 16))
+        ns.save_model(cache, ns.model_from_name("nas_sepconv:tiny_convnet", width=16), recipe)
+    else:
+        cache.write_bytes(b"junk")
+    args = ["search", "--space", str(space), "--trials", "1", "--out", str(tmp_path / "out"), "--heartbeat", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("search: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {cache}: "), result.stderr
+    refusal = "holds another base model" if planted == "another model" else "is not a base model a search saved"
+    assert refusal in lines[0]
+    assert lines[0].endswith("delete it, and the base model is trained again")
+    assert not (cache.parent / "study.db").exists()  # refused before the study was opened
+    if planted == "another model":
+        cache.unlink()
+        again = runner.invoke(app, args)
+        assert again.exit_code == 0, again.output
+        assert read_recipe(cache).model_kwargs["width"] == 32  # this space's base model, trained and cached
+
+
+def test_a_base_model_cache_that_cannot_be_written_costs_only_the_cache(convert_search, tmp_path, monkeypatch):
+    """The trained base model cannot be cached (disk full): the trial still runs and completes
+    (it failed, and so did every later one); the next run trains the base model again."""
+    import errno
+    import importlib
+
+    candidates = importlib.import_module("nas_sepconv.search.candidates")  # where the base model is cached
+
+    def no_space(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(candidates, "save_model", no_space)
+    space = convert_search[0].parents[1] / "dc.yaml"
+    study = ns.search(str(space), trials=1, out=tmp_path / "out", heartbeat=0)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE]
+    assert not (tmp_path / "out" / "digits_convert" / "base.safetensors").exists()

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
+from nas_sepconv.errors import StorageError
 from nas_sepconv.search.heartbeat import WORKER_ATTR
 from nas_sepconv.search import search as run_search
 
@@ -63,7 +64,8 @@ def lines_of(stderr: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 def test_weights_and_outputs_that_cannot_be_written_cost_only_those_files(tmp_path, monkeypatch):
     """save_model and write_outputs fail with ENOSPC: the trials still COMPLETE with their
-    metrics, say which artefact is missing, and the progress shows a warning."""
+    metrics, say which artefact is missing, the progress shows a warning, and the run ends
+    with one StorageError naming what could not be written."""
 
     def no_space(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -74,8 +76,10 @@ def test_weights_and_outputs_that_cannot_be_written_cost_only_those_files(tmp_pa
     monkeypatch.setattr(importlib.import_module("nas_sepconv.search.workers"), "save_model", no_space)  # where trials save weights
     monkeypatch.setattr(nsresults, "write_outputs", no_space_outputs)
     statuses = []
-    study = run_search(str(write_space(tmp_path)), trials=2, out=tmp_path / "out", heartbeat=0, progress=statuses.append)
-    trials = study.get_trials()
+    unwritten = r"could not write in .*trials\.csv \(No space left on device\); the weights of trials 0, 1 .*run the"
+    with pytest.raises(StorageError, match=unwritten):
+        run_search(str(write_space(tmp_path)), trials=2, out=tmp_path / "out", heartbeat=0, progress=statuses.append)
+    trials = trials_of(tmp_path / "out" / "tiny")
     assert [t.state for t in trials] == [S.COMPLETE, S.COMPLETE], [t.user_attrs.get("fail_reason") for t in trials]
     for t in trials:
         assert 0.0 <= t.user_attrs["accuracy"] <= 1.0 and t.values is not None
@@ -83,6 +87,76 @@ def test_weights_and_outputs_that_cannot_be_written_cost_only_those_files(tmp_pa
         assert any("weights" in m for m in t.user_attrs["missing_artifacts"])
     # (the first status, when the study is open, comes before any output is written)
     assert statuses[1:] and all("trials.csv" in s.warning for s in statuses[1:]), [s.warning for s in statuses]
+
+
+def test_weights_that_safetensors_cannot_write_keep_the_trial(tmp_path, monkeypatch):
+    """safetensors raises its own SafetensorError, not OSError, for a full disk: the trial
+    still COMPLETEs with its metrics and records the missing weights (it ended FAIL)."""
+    import safetensors
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)  # what nas_sepconv.io.save_model calls
+    with pytest.raises(StorageError, match=r"the weights of trials 0, 1 \(Error while serializing: I/O error: No"):
+        run_search(str(write_space(tmp_path)), trials=2, out=tmp_path / "out", heartbeat=0)
+    trials = trials_of(tmp_path / "out" / "tiny")
+    assert [t.state for t in trials] == [S.COMPLETE, S.COMPLETE], [t.user_attrs.get("fail_reason") for t in trials]
+    assert all("No space left on device" in t.user_attrs["missing_artifacts"][0] for t in trials)
+    assert (tmp_path / "out" / "tiny" / "trials.csv").is_file()  # the outputs were written: only the weights are named
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a 64 KiB tmpfs filled up to its last page (a full disk for the results
+    folder; the study's database elsewhere); ``free()`` empties it."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+    filler = mount / "filler"
+    filler.write_bytes(b"\0" * 15 * 4096)  # one page left: meta.json fits, weights and outputs do not
+
+    class Disk:
+        path = mount
+
+        @staticmethod
+        def free() -> None:
+            filler.unlink()
+
+    try:
+        yield Disk
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_results_disk_loses_no_trained_result_and_ends_in_one_line(tmp_path, full_disk):
+    """The results folder on a full disk, the database elsewhere: the trained trials COMPLETE
+    (they ended FAIL), the run ends with one line naming what could not be written, exit
+    status 1, without "wrote trials.csv"; with space freed the same command writes them."""
+    space = write_space(tmp_path)
+    (tmp_path / "db").mkdir()
+    url = f"sqlite:///{tmp_path / 'db' / 'study.db'}"
+    args = ["search", "--space", str(space), "--trials", "2", "--out", str(full_disk.path), "--storage", url]
+    args += ["--heartbeat", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = [ln for ln in lines_of(result.stderr) if not ln.startswith("search: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "trials.csv (No space left on device)" in lines[0] and "the weights of trials 0, 1" in lines[0], lines[0]
+    assert "free disk space, then run the same command again" in lines[0]
+    assert "wrote" not in result.stdout
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert [t.state for t in trials] == [S.COMPLETE, S.COMPLETE], [t.user_attrs.get("fail_reason") for t in trials]
+    assert not list((full_disk.path / "tiny").rglob("*.tmp"))
+    full_disk.free()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert f"wrote {full_disk.path / 'tiny' / 'trials.csv'}" in again.stdout
+    assert len(nsresults.load(full_disk.path / "tiny")) == 2
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE/SIGXFSZ semantics are Linux's here")
@@ -270,3 +344,38 @@ def test_a_trial_failed_by_the_heartbeat_gets_a_reason_and_its_retry_does_not(tm
     assert dead.state == S.FAIL and dead.user_attrs["fail_reason"] == "worker died: no heartbeat for 3 s", dead.user_attrs
     retry = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == orphan.number]
     assert len(retry) == 1 and retry[0].state == S.COMPLETE and "fail_reason" not in retry[0].user_attrs
+
+
+# --------------------------------------------------------------------------------------------
+# a disk that fails under the study's database (issue 28): a fault, not bad input
+# --------------------------------------------------------------------------------------------
+def _file_size_limit(limit: int):
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit raise EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE/SIGXFSZ semantics are Linux's here")
+def test_a_disk_io_error_on_the_study_database_is_a_fault_and_the_same_command_runs_later(tmp_path):
+    """SQLite's "disk I/O error" while it creates the study's tables: one line, exit status 1,
+    "free disk space ... run the same command again" (it was exit 2, "check the URL, the server
+    and the credentials"); the same command without the limit runs."""
+    space = write_space(tmp_path)
+    (tmp_path / "db").mkdir()
+    url = f"sqlite:///{tmp_path / 'db' / 'study.db'}"
+    args = [sys.executable, "-m", "nas_sepconv.cli", "search", "--space", str(space), "--trials", "1"]
+    args += ["--out", str(tmp_path / "out"), "--storage", url]
+    proc = subprocess.run(args, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_file_size_limit(8192))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [ln for ln in lines_of(proc.stderr) if not ln.startswith("search: ")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "disk I/O error" in lines[0] and "free disk space" in lines[0], lines[0]
+    assert "run the same command again" in lines[0]
+    assert "credentials" not in lines[0]
+    again = run_search(str(space), trials=1, out=tmp_path / "out", storage=url, heartbeat=0)  # the same, in this process
+    assert [t.state for t in again.get_trials()] == [S.COMPLETE]

@@ -129,6 +129,7 @@ def test_the_decision_reads_other_workers_results_from_the_storage(tmp_path):
     ({"min_epochs": 0}, "search.multi_fidelity.min_epochs", "greater than or equal to 1"),
     ({"min_epochs": 3}, "search.multi_fidelity.min_epochs", "not below the 3 epochs"),
     ({"rungs": 3}, "search.multi_fidelity.rungs", "unknown field"),
+    ({"min_epochs": True}, "search.multi_fidelity.min_epochs", "expected a number, got true"),  # (was taken as 1)
 ])
 def test_bad_settings_fail_in_one_line_naming_the_field(tmp_path, mf, field, words):
     with pytest.raises(ns.UserInputError) as info:

@@ -357,3 +357,101 @@ def test_swallowed_interrupt_still_stops_the_search(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "tiny" / "trials.csv").is_file()
     assert signal.getsignal(signal.SIGINT) is handler  # the handler is put back
 
+
+
+# -- issue 28: a study resumes after any fault; a run whose trials all fail says why ------------
+def _space_with(tmp_path: Path, **search: object) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "search": {**TINY["search"], **search}}, sort_keys=False))
+    return path
+
+
+def _error_lines(result) -> list[str]:
+    return [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("search: ")]
+
+
+def test_failures_of_an_earlier_run_do_not_stop_the_next_and_a_failed_run_says_why(tmp_path, monkeypatch):
+    """A fault fails every trial of a run until the failure limit: the run ends in one line
+    with the reason, exit status 1 (it ended with exit status 0 and nothing said).  With the
+    fault gone, the same command runs its trials: the earlier run's failures do not count
+    (they did, and every later run stopped at once)."""
+    from typer.testing import CliRunner
+
+    from nas_sepconv.cli import app
+
+    space = _space_with(tmp_path, max_failures=2)
+    args = ["search", "--space", str(space), "--trials", "1", "--out", str(tmp_path / "out"), "--heartbeat", "0"]
+    monkeypatch.setenv("NAS_SEPCONV_INJECT_FAILURES", "raise:0,1,2,3")
+    failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 1, (failed.output, failed.exception)
+    lines = _error_lines(failed)
+    assert len(lines) == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert lines[0].startswith("error: search: all 2 trials of this run failed, and the search stopped at its limit")
+    assert "2x RuntimeError, e.g. RuntimeError: injected failure at trial 0" in lines[0]
+    assert "run the same command again" in lines[0]
+    assert "wrote" not in failed.stdout
+    monkeypatch.delenv("NAS_SEPCONV_INJECT_FAILURES")
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, (again.output, again.exception)
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}")
+    assert [t.state for t in study.get_trials()] == [S.FAIL, S.FAIL, S.COMPLETE]
+
+
+def test_a_run_whose_candidates_cannot_be_built_is_refused_as_input(tmp_path):
+    """``groups: [3]`` at widths whose channels 3 does not divide: every trial fails with the
+    reason, and the run ends in one line naming the space and the reason, exit status 2."""
+    from typer.testing import CliRunner
+
+    from nas_sepconv.cli import app
+
+    stage = {"out_channels": 8, "repeats": 1, "stride": 2, "kind": ["grouped"], "groups": [3]}
+    space = tmp_path / "grouped.yaml"
+    build = {**TINY["build"], "stages": [stage]}
+    space.write_text(yaml.safe_dump({**TINY, "search": {**TINY["search"], "max_failures": 2}, "build": build}))
+    args = ["search", "--space", str(space), "--trials", "1", "--out", str(tmp_path / "out"), "--heartbeat", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = _error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: space: all 2 trials of this run failed"), result.stderr
+    assert "groups=3 must divide" in lines[0] and "change the space's choices" in lines[0]
+
+
+def test_a_run_that_times_out_with_only_failures_says_why(tmp_path, monkeypatch):
+    """The failure limit not reached, but every trial the run had time for failed: the run
+    still ends with the reason (the API: SearchFailed)."""
+    import importlib
+
+    from nas_sepconv.errors import SearchFailed
+
+    workers = importlib.import_module("nas_sepconv.search.workers")  # the worker loop looks _claim up there
+    real = workers._claim
+    claims = []
+
+    def one_claim_then_time_is_up(study, settings):
+        claims.append(1)
+        return real(study, settings) if len(claims) == 1 else "finished"
+
+    monkeypatch.setenv("NAS_SEPCONV_INJECT_FAILURES", "nan:0")
+    monkeypatch.setattr(workers, "_claim", one_claim_then_time_is_up)
+    with pytest.raises(SearchFailed, match=r"^search: all 1 trial of this run failed \(1x TrainingDiverged: loss"):
+        run_search(str(write_space(tmp_path)), trials=2, out=tmp_path / "out", heartbeat=0)
+
+
+def test_max_failures_0_stops_at_the_first_failure_but_runs_the_trials(tmp_path, monkeypatch):
+    """``search.max_failures: 0`` ran no trial at all (0 failures >= the limit of 0)."""
+    from nas_sepconv.errors import SearchFailed
+
+    study = run_search(str(_space_with(tmp_path, max_failures=0)), trials=1, out=tmp_path / "out", heartbeat=0)
+    assert [t.state for t in study.get_trials()] == [S.COMPLETE]
+    monkeypatch.setenv("NAS_SEPCONV_INJECT_FAILURES", "raise:1,2")
+    with pytest.raises(SearchFailed, match=r"all 1 trial of this run failed, and the search stopped at its limit of 1"):
+        run_search(str(_space_with(tmp_path, max_failures=0)), trials=3, out=tmp_path / "out", heartbeat=0)
+
+
+def test_a_run_that_finishes_no_trial_still_writes_the_outputs_it_names(tmp_path):
+    """A time limit up before the first trial: trials.csv, pareto.csv and pareto.png exist (the
+    CLI printed "wrote" for files that were never written)."""
+    run_search(str(write_space(tmp_path)), trials=1, out=tmp_path / "out", heartbeat=0, timeout=1e-9)
+    folder = tmp_path / "out" / "tiny"
+    assert all((folder / name).is_file() for name in ("trials.csv", "pareto.csv", "pareto.png"))
+    assert results.load(folder).empty

@@ -165,3 +165,67 @@ def test_bad_shortcut_is_named(value):
     with pytest.raises(ns.UserInputError) as info:
         parse_space(text)
     assert str(info.value).startswith("build.stages[0].shortcut"), str(info.value)
+
+
+# a boolean in a number field (YAML's ``epochs: true``) was taken as 1 by pydantic
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ("train:\n  epochs: true\n", "train.epochs"),
+        ("train:\n  batch_size: true\n", "train.batch_size"),
+        ("train:\n  lr: true\n", "train.lr"),
+        ("search:\n  trials: true\n", "search.trials"),
+        ("search:\n  max_failures: false\n", "search.max_failures"),
+        ("data:\n  subset: true\n", "data.subset"),
+        ("search:\n  multi_fidelity: {min_epochs: true}\n", "search.multi_fidelity.min_epochs"),
+        ("build:\n  stem_channels: true\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n", "build.stem_channels"),
+        ("build:\n  stages:\n    - {out_channels: true, kind: [dwsep]}\n", "build.stages[0].out_channels"),
+        ("build:\n  width_mult: {low: true, high: 1.0}\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n",
+         "build.width_mult.low"),
+    ],
+)
+def test_a_boolean_is_not_a_number(patch, field):
+    base = "name: t\nkind: build\n"
+    if "build:" not in patch:
+        base += "build:\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n"
+    with pytest.raises(ns.UserInputError, match=r"expected a number, got (true|false)") as info:
+        parse_space(base + patch)
+    assert str(info.value).startswith(field), str(info.value)
+
+
+def test_true_and_false_stay_booleans_where_a_boolean_is_asked():
+    text = "name: t\nkind: build\ntrain: {amp: false, channels_last: true}\n"
+    text += "build:\n  stages:\n    - {out_channels: 8, kind: [dwsep], shortcut: false}\n"
+    spec = parse_space(text).spec
+    assert spec.train.amp is False and spec.train.channels_last is True
+
+
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ("train:\n  lr: 1.0e+308\n", "train.lr"),
+        ("train:\n  lr: 11\n", "train.lr"),
+    ],
+)
+def test_a_learning_rate_past_the_limit_is_refused(patch, field):
+    base = "name: t\nkind: build\nbuild:\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n"
+    with pytest.raises(ns.UserInputError, match="the largest learning rate") as info:
+        parse_space(base + patch)
+    assert str(info.value).startswith(field)
+    assert parse_space(base + "train:\n  lr: 10\n").spec.train.lr == 10
+
+
+def test_a_finetune_learning_rate_past_the_limit_is_refused():
+    text = load_space("digits_convert").text.replace("finetune_lr: 0.02", "finetune_lr: 1.0e+308")
+    with pytest.raises(ns.UserInputError, match=r"^convert\.finetune_lr"):
+        parse_space(text)
+
+
+@pytest.mark.parametrize("step", ["1.0e-300", "1.0e-7", "5.0e-324"])
+def test_a_range_step_that_gives_too_many_values_is_refused(step):
+    text = "name: t\nkind: build\nbuild:\n  width_mult: {low: 0.5, high: 1.0, step: " + step + "}\n"
+    text += "  stages:\n    - {out_channels: 8, kind: [dwsep]}\n"
+    with pytest.raises(ns.UserInputError, match=r"^build\.width_mult\.step: .* gives more than 1,000,000 values"):
+        parse_space(text)
+    fine = text.replace(step, "0.25")
+    assert parse_space(fine).spec.build.width_mult.step == 0.25
