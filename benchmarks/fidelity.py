@@ -40,9 +40,9 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -68,8 +68,18 @@ NO_GRADIENT = (SVD, SVD_BN, REFIT_LAST, REFIT, REFIT_BN)
 BUDGET_CANDIDATES = ("dwsep_m1", "dwsep_m2", "dwsep_m4", "spatial_r0.0625", "spatial_r0.125", "spatial_r0.25")
 
 COLUMNS = [
-    "conversion", "family", "param", "method", "train_epochs", "calib_images", "test_accuracy",
-    "delta_points", "macs", "macs_ratio", "params", "seconds",
+    "conversion",
+    "family",
+    "param",
+    "method",
+    "train_epochs",
+    "calib_images",
+    "test_accuracy",
+    "delta_points",
+    "macs",
+    "macs_ratio",
+    "params",
+    "seconds",
 ]
 
 
@@ -95,7 +105,9 @@ class BenchConfig:
     feature_weight: float = 0.0  # > 0: also the feature distillation row (hints at this weight)
     feature_lrs: tuple[float, ...] | None = None  # its peak lrs (default: distill_lrs)
     logit_distill: bool = True  # the plain (logits only) distillation row
-    train_conversions: tuple[str, ...] | None = None  # conversions with training rows (default: every dwsep and budget one)
+    train_conversions: tuple[str, ...] | None = (
+        None  # conversions with training rows (default: every dwsep and budget one)
+    )
     test_subset: int | None = None
     seed: int = 0
     retrain: bool = False
@@ -140,12 +152,15 @@ def _cache_path(out: Path, data: Dataset, cfg: BenchConfig) -> Path:
     return out / f"original_{name}_n{pool}_w{cfg.width}{stem}_e{cfg.epochs}_s{cfg.seed}.safetensors"
 
 
-def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], None], progress: bool = False) -> tuple[torch.nn.Module, float, bool, dict]:
+def _reference(
+    data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], None], progress: bool = False
+) -> tuple[torch.nn.Module, float, bool, dict]:
     """The trained reference network: from the cache, or trained with ``fit`` and cached."""
     from safetensors.torch import load_file, save_file
 
-    model = cifar_resnet18(num_classes=data.num_classes, in_channels=data.input_shape[0], width=cfg.width,
-                           stem_stride=cfg.stem_stride).to(cfg.device)
+    model = cifar_resnet18(
+        num_classes=data.num_classes, in_channels=data.input_shape[0], width=cfg.width, stem_stride=cfg.stem_stride
+    ).to(cfg.device)
     path = _cache_path(out, data, cfg)
     info_path = path.with_suffix(".json")
     if path.is_file() and not cfg.retrain:
@@ -158,8 +173,12 @@ def _reference(data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], 
     res = fit(model, data, config=tcfg, evaluate_test=False, device=cfg.device, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
-    info = {"train_seconds": res.seconds, "val_accuracy": res.val_accuracy, "history": res.history,
-            "train_config": tcfg.to_dict()}
+    info = {
+        "train_seconds": res.seconds,
+        "val_accuracy": res.val_accuracy,
+        "history": res.history,
+        "train_config": tcfg.to_dict(),
+    }
     info_path.write_text(json.dumps(info, indent=2))
     log(f"reference trained in {res.seconds:.0f} s, val accuracy {100 * res.val_accuracy:.2f}%")
     return model.eval(), res.seconds, False, info
@@ -178,8 +197,16 @@ def _clone(model: torch.nn.Module, original: torch.nn.Module, plan: ns.Plan) -> 
     return twin.train(model.training)
 
 
-def _best_on_validation(train: Callable[[float], torch.nn.Module], lrs: tuple[float, ...], data: Dataset, spec: str,
-                        method: str, selections: list[dict], log: Callable[[str], None], device: torch.device) -> torch.nn.Module:
+def _best_on_validation(
+    train: Callable[[float], torch.nn.Module],
+    lrs: tuple[float, ...],
+    data: Dataset,
+    spec: str,
+    method: str,
+    selections: list[dict],
+    log: Callable[[str], None],
+    device: torch.device,
+) -> torch.nn.Module:
     """``train(lr)`` for each lr; the model with the best validation accuracy (never the test
     split), every lr's validation accuracy appended to ``selections``."""
     best, best_acc = None, -1.0
@@ -190,21 +217,28 @@ def _best_on_validation(train: Callable[[float], torch.nn.Module], lrs: tuple[fl
         log(f"  {method} lr {lr:g}: validation {val:.2f}%")
         if val > best_acc:
             best, best_acc = model, val
-    for row in selections[-len(lrs):]:
+    for row in selections[-len(lrs) :]:
         row["chosen"] = row["val_accuracy"] == best_acc
     return best
 
 
 def _one_epoch_config(cfg: BenchConfig, lr: float) -> TrainConfig:
     # one short run: a fifth of it warming up (the default one-epoch warm-up would end at the peak)
-    return TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch_size or cfg.batch_size, lr=lr,
-                       warmup_epochs=0.2 * cfg.finetune_epochs, seed=cfg.seed)
+    return TrainConfig(
+        epochs=cfg.finetune_epochs,
+        batch_size=cfg.finetune_batch_size or cfg.batch_size,
+        lr=lr,
+        warmup_epochs=0.2 * cfg.finetune_epochs,
+        seed=cfg.seed,
+    )
 
 
 # -- the benchmark ---------------------------------------------------------------------------
 
 
-def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Callable[[str], None] = print, progress: bool = False) -> BenchResult:
+def run_benchmark(
+    data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Callable[[str], None] = print, progress: bool = False
+) -> BenchResult:
     """Train (or load) the reference, convert it every way, and measure; returns the table.
 
     Writes nothing but the cached reference weights; :func:`write_outputs` writes the rest.
@@ -226,10 +260,25 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
 
     t = time.perf_counter()
     original_acc = acc(original)
-    rows = [dict(conversion=ORIGINAL, family=ORIGINAL, param=math.nan, method=ORIGINAL, train_epochs=cfg.epochs,
-                 calib_images=0, test_accuracy=original_acc, delta_points=0.0, macs=base_macs, macs_ratio=1.0,
-                 params=ns.count_params(original), seconds=float(info.get("train_seconds", math.nan)))]
-    log(f"original: {original_acc:.2f}% on {len(test)} test images ({time.perf_counter() - t:.0f} s), {base_macs / 1e6:.2f} M MACs")
+    rows = [
+        dict(
+            conversion=ORIGINAL,
+            family=ORIGINAL,
+            param=math.nan,
+            method=ORIGINAL,
+            train_epochs=cfg.epochs,
+            calib_images=0,
+            test_accuracy=original_acc,
+            delta_points=0.0,
+            macs=base_macs,
+            macs_ratio=1.0,
+            params=ns.count_params(original),
+            seconds=float(info.get("train_seconds", math.nan)),
+        )
+    ]
+    log(
+        f"original: {original_acc:.2f}% on {len(test)} test images ({time.perf_counter() - t:.0f} s), {base_macs / 1e6:.2f} M MACs"
+    )
 
     conversions = [(f"dwsep_m{m}", "dwsep", float(m), True) for m in cfg.dw_mults]
     conversions += [(f"spatial_r{r:g}", "spatial", float(r), False) for r in cfg.spatial_ranks]
@@ -241,17 +290,30 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
     sensitivity, budget_plans = pd.DataFrame(), []
     if cfg.budgets:
         t = time.perf_counter()
-        held_out = (calibration_batches(data, n=cfg.sensitivity_held_out, batch_size=128, split="val", seed=cfg.seed)
-                    if cfg.sensitivity_held_out else None)
-        sensitivity = ns.sensitivity(original, calib, candidates=cfg.budget_candidates, example_inputs=x,
-                                     eval_batches=held_out, device=dev, progress=progress)
-        log(f"sensitivity of {sensitivity.name.nunique()} sites x {len(cfg.budget_candidates)} candidates "
-            f"in {time.perf_counter() - t:.0f} s")
+        held_out = (
+            calibration_batches(data, n=cfg.sensitivity_held_out, batch_size=128, split="val", seed=cfg.seed)
+            if cfg.sensitivity_held_out
+            else None
+        )
+        sensitivity = ns.sensitivity(
+            original,
+            calib,
+            candidates=cfg.budget_candidates,
+            example_inputs=x,
+            eval_batches=held_out,
+            device=dev,
+            progress=progress,
+        )
+        log(
+            f"sensitivity of {sensitivity.name.nunique()} sites x {len(cfg.budget_candidates)} candidates "
+            f"in {time.perf_counter() - t:.0f} s"
+        )
     for spec, family, param, train_rows in conversions:
         if family == "budget":
             plan = ns.plan_for_budget(original, sensitivity, macs_ratio=param, example_inputs=x)
-            budget_plans += [dict(conversion=spec, name=e.name, spec=str(e.spec) if e.spec else "keep")
-                             for e in plan.entries]
+            budget_plans += [
+                dict(conversion=spec, name=e.name, spec=str(e.spec) if e.spec else "keep") for e in plan.entries
+            ]
         else:
             plan = ns.make_plan(original, spec, example_inputs=x)
         probe = ns.apply_plan(original, plan, init="random")
@@ -262,10 +324,25 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
         def record(method: str, model: torch.nn.Module, seconds: float, epochs: int = 0, calib_images: int = 0) -> None:
             t = time.perf_counter()
             a = acc(model)
-            rows.append(dict(conversion=spec, family=family, param=param, method=method, train_epochs=epochs,
-                             calib_images=calib_images, test_accuracy=a, delta_points=a - original_acc, macs=macs,
-                             macs_ratio=macs / base_macs, params=params, seconds=seconds))
-            log(f"  {method:32s} {a:6.2f}%  ({a - original_acc:+.2f})  [{seconds:.0f} s + eval {time.perf_counter() - t:.0f} s]")
+            rows.append(
+                dict(
+                    conversion=spec,
+                    family=family,
+                    param=param,
+                    method=method,
+                    train_epochs=epochs,
+                    calib_images=calib_images,
+                    test_accuracy=a,
+                    delta_points=a - original_acc,
+                    macs=macs,
+                    macs_ratio=macs / base_macs,
+                    params=params,
+                    seconds=seconds,
+                )
+            )
+            log(
+                f"  {method:32s} {a:6.2f}%  ({a - original_acc:+.2f})  [{seconds:.0f} s + eval {time.perf_counter() - t:.0f} s]"
+            )
 
         if train_rows:
             t = time.perf_counter()
@@ -317,26 +394,52 @@ def run_benchmark(data: Dataset, cfg: BenchConfig, out: str | Path, *, log: Call
             t = time.perf_counter()
 
             def distilled(lr: float) -> torch.nn.Module:
-                student = _clone(refitted, original, plan)
-                distill(student, original, data, config=_one_epoch_config(cfg, lr), features=features,
-                        feature_weight=cfg.feature_weight, device=dev, progress=progress)
+                student = _clone(refitted, original, plan)  # noqa: F821 - deleted only after the loop that calls this
+                distill(
+                    student,
+                    original,
+                    data,
+                    config=_one_epoch_config(cfg, lr),
+                    features=features,
+                    feature_weight=cfg.feature_weight,
+                    device=dev,
+                    progress=progress,
+                )
                 return student
 
             student = _best_on_validation(distilled, lrs, data, spec, method, selections, log, dev)
-            record(method, student, refit_seconds + (time.perf_counter() - t) / len(lrs),
-                   epochs=cfg.finetune_epochs, calib_images=n_calib)
+            record(
+                method,
+                student,
+                refit_seconds + (time.perf_counter() - t) / len(lrs),
+                epochs=cfg.finetune_epochs,
+                calib_images=n_calib,
+            )
             del student
         del refitted, svd
 
     table = pd.DataFrame(rows, columns=COLUMNS)
     sites = pd.concat(site_reports, ignore_index=True) if site_reports else pd.DataFrame()
-    return BenchResult(table=table, refit_sites=sites, original_accuracy=original_acc, test_images=len(test),
-                       train_seconds=train_seconds if not cached else float(info.get("train_seconds", math.nan)),
-                       cached=cached, seconds=time.perf_counter() - start,
-                       meta={"calib_images": n_calib, "base_macs": base_macs, "reference": info,
-                             "train_images": len(data.train), "val_images": len(data.val), "input_shape": data.input_shape,
-                             "selections": selections, "sensitivity": sensitivity,
-                             "budget_plans": pd.DataFrame(budget_plans)})
+    return BenchResult(
+        table=table,
+        refit_sites=sites,
+        original_accuracy=original_acc,
+        test_images=len(test),
+        train_seconds=train_seconds if not cached else float(info.get("train_seconds", math.nan)),
+        cached=cached,
+        seconds=time.perf_counter() - start,
+        meta={
+            "calib_images": n_calib,
+            "base_macs": base_macs,
+            "reference": info,
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+            "input_shape": data.input_shape,
+            "selections": selections,
+            "sensitivity": sensitivity,
+            "budget_plans": pd.DataFrame(budget_plans),
+        },
+    )
 
 
 # -- reporting -------------------------------------------------------------------------------
@@ -348,7 +451,9 @@ def pivot(table: pd.DataFrame) -> pd.DataFrame:
     order = list(dict.fromkeys(conv.conversion))
     out = {"method": ["MACs ratio (converted/original)"]}
     for c in order:
-        out[c] = [f"{conv[conv.conversion == c].macs_ratio.iloc[0]:.3f} (1/{1 / conv[conv.conversion == c].macs_ratio.iloc[0]:.1f})"]
+        out[c] = [
+            f"{conv[conv.conversion == c].macs_ratio.iloc[0]:.3f} (1/{1 / conv[conv.conversion == c].macs_ratio.iloc[0]:.1f})"
+        ]
     methods = [m for m in METHODS if m in set(conv.method)]
     for m in methods:
         out["method"].append(m)
@@ -371,7 +476,9 @@ def targets(table: pd.DataFrame, original_acc: float) -> list[str]:
     conv = table[table.conversion != ORIGINAL]
     cheap = conv[(conv.macs_ratio <= 0.25) & conv.method.isin([REFIT_LAST, REFIT, REFIT_BN])]
     if cheap.empty:
-        lines.append("- **≤ 1/4 MACs, no gradient steps, within 1 point: not measured** (no conversion here reaches 1/4 of the MACs).")
+        lines.append(
+            "- **≤ 1/4 MACs, no gradient steps, within 1 point: not measured** (no conversion here reaches 1/4 of the MACs)."
+        )
     else:
         best = cheap.loc[cheap.test_accuracy.idxmax()]
         met = best.delta_points >= -1.0
@@ -385,13 +492,17 @@ def targets(table: pd.DataFrame, original_acc: float) -> list[str]:
     if not above.empty:  # the cheapest conversion just above 1/4, for scale
         nearest = above[above.macs_ratio == above.macs_ratio.min()]
         r = nearest.loc[nearest.test_accuracy.idxmax()]
-        lines.append(f"  Cheapest conversion above 1/4 of the MACs: {r.conversion} (MACs ratio {r.macs_ratio:.3f}), "
-                     f"{r.method}, {r.test_accuracy:.2f}% ({r.delta_points:+.2f} points).")
+        lines.append(
+            f"  Cheapest conversion above 1/4 of the MACs: {r.conversion} (MACs ratio {r.macs_ratio:.3f}), "
+            f"{r.method}, {r.test_accuracy:.2f}% ({r.delta_points:+.2f} points)."
+        )
     ok = no_grad[no_grad.delta_points >= -1.0]
     if not ok.empty:
         best = ok.loc[ok.macs_ratio.idxmin()]
-        lines.append(f"  Cheapest conversion within 1 point with no gradient steps: {best.conversion} {best.method}, "
-                     f"MACs ratio {best.macs_ratio:.3f} (1/{1 / best.macs_ratio:.1f}), {best.delta_points:+.2f} points.")
+        lines.append(
+            f"  Cheapest conversion within 1 point with no gradient steps: {best.conversion} {best.method}, "
+            f"MACs ratio {best.macs_ratio:.3f} (1/{1 / best.macs_ratio:.1f}), {best.delta_points:+.2f} points."
+        )
     distilled = conv[conv.method.isin(DISTILLED)]
     seventh = distilled[distilled.macs_ratio <= 1 / 7]
     m1 = distilled[distilled.conversion == "dwsep_m1"]
@@ -399,18 +510,24 @@ def targets(table: pd.DataFrame, original_acc: float) -> list[str]:
         lines.append("- **≤ 1/7 MACs (dw_mult=1) within 1 point after ≤ 1 epoch of distillation: not measured.**")
     elif seventh.empty:  # dwsep_m1 costs more than 1/7 at this width
         r = m1.loc[m1.test_accuracy.idxmax()]
-        lines.append(f"- **≤ 1/7 MACs (dw_mult=1), ≤ 1 epoch of distillation, within 1 point: NOT met.** dwsep_m1 {r.method}: "
-                     f"{r.test_accuracy:.2f}% ({r.delta_points:+.2f} points), but its MACs ratio is "
-                     f"{r.macs_ratio:.3f} = 1/{1 / r.macs_ratio:.1f} > 1/7 for this width.")
+        lines.append(
+            f"- **≤ 1/7 MACs (dw_mult=1), ≤ 1 epoch of distillation, within 1 point: NOT met.** dwsep_m1 {r.method}: "
+            f"{r.test_accuracy:.2f}% ({r.delta_points:+.2f} points), but its MACs ratio is "
+            f"{r.macs_ratio:.3f} = 1/{1 / r.macs_ratio:.1f} > 1/7 for this width."
+        )
     else:
         r = seventh.loc[seventh.test_accuracy.idxmax()]
         verdict = "met" if r.delta_points >= -1.0 else "NOT met"
-        lines.append(f"- **≤ 1/7 MACs, ≤ {_epochs(r.train_epochs)} of distillation, within 1 point: {verdict}.** "
-                     f"Best: {r.conversion} {r.method}, {r.test_accuracy:.2f}% ({r.delta_points:+.2f} points), "
-                     f"MACs ratio {r.macs_ratio:.3f} (1/{1 / r.macs_ratio:.1f}).")
+        lines.append(
+            f"- **≤ 1/7 MACs, ≤ {_epochs(r.train_epochs)} of distillation, within 1 point: {verdict}.** "
+            f"Best: {r.conversion} {r.method}, {r.test_accuracy:.2f}% ({r.delta_points:+.2f} points), "
+            f"MACs ratio {r.macs_ratio:.3f} (1/{1 / r.macs_ratio:.1f})."
+        )
         for o in seventh.drop(index=r.name).itertuples():
-            lines.append(f"  {o.conversion} {o.method}: {o.test_accuracy:.2f}% ({o.delta_points:+.2f} points), "
-                         f"MACs ratio {o.macs_ratio:.3f}.")
+            lines.append(
+                f"  {o.conversion} {o.method}: {o.test_accuracy:.2f}% ({o.delta_points:+.2f} points), "
+                f"MACs ratio {o.macs_ratio:.3f}."
+            )
     gaps = []
     for c in dict.fromkeys(conv.conversion):
         d = conv[(conv.conversion == c) & conv.method.isin(DISTILLED)]
@@ -419,8 +536,10 @@ def targets(table: pd.DataFrame, original_acc: float) -> list[str]:
             gaps.append((c, d.test_accuracy.max() - rnd.test_accuracy.iloc[0]))
     if gaps:
         ahead = all(g >= 2.0 for _, g in gaps)
-        lines.append(f"- **Clearly ahead of random init + the same training budget: {'met' if ahead else 'NOT met'}** "
-                     "(best distillation row minus random-init row: " + ", ".join(f"{c} {g:+.2f}" for c, g in gaps) + " points).")
+        lines.append(
+            f"- **Clearly ahead of random init + the same training budget: {'met' if ahead else 'NOT met'}** "
+            "(best distillation row minus random-init row: " + ", ".join(f"{c} {g:+.2f}" for c, g in gaps) + " points)."
+        )
     return lines
 
 
@@ -455,8 +574,18 @@ def plot(table: pd.DataFrame, original_acc: float, path: Path, title: str) -> No
     plt.close(fig)
 
 
-def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, command: str, dataset_label: str,
-                  machine: str, threads: int, subset: int | None, notes: list[str] = ()) -> None:
+def write_outputs(
+    result: BenchResult,
+    cfg: BenchConfig,
+    out: str | Path,
+    *,
+    command: str,
+    dataset_label: str,
+    machine: str,
+    threads: int,
+    subset: int | None,
+    notes: list[str] = (),
+) -> None:
     """fidelity.csv, fidelity.md, fidelity.png and refit_sites.csv in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -468,8 +597,7 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
     if sens is not None and not sens.empty:
         sens.to_csv(out / "sensitivity.csv", index=False, float_format="%.6g")
         plans.to_csv(out / "budget_plans.csv", index=False)
-    title = (f"{dataset_label}: {_arch(cfg)}, {cfg.epochs} epochs, "
-             f"subset {subset if subset else 'all'}")
+    title = f"{dataset_label}: {_arch(cfg)}, {cfg.epochs} epochs, subset {subset if subset else 'all'}"
     plot(table, result.original_accuracy, out / "fidelity.png", title)
 
     ref = result.meta.get("reference", {})
@@ -478,20 +606,23 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
     site_summary = ""
     if not sites.empty:
         g = sites.groupby("conversion", sort=False)
-        s = pd.DataFrame({
-            "conversion": list(g.groups),
-            "median rel. output error before refit": [f"{v:.3f}" for v in g.rel_output_error_before.median()],
-            "after": [f"{v:.3f}" for v in g.rel_output_error_after.median()],
-            "last site before": [f"{v:.3f}" for v in g.rel_output_error_before.last()],
-            "last site after": [f"{v:.3f}" for v in g.rel_output_error_after.last()],
-        })
+        s = pd.DataFrame(
+            {
+                "conversion": list(g.groups),
+                "median rel. output error before refit": [f"{v:.3f}" for v in g.rel_output_error_before.median()],
+                "after": [f"{v:.3f}" for v in g.rel_output_error_after.median()],
+                "last site before": [f"{v:.3f}" for v in g.rel_output_error_before.last()],
+                "last site after": [f"{v:.3f}" for v in g.rel_output_error_after.last()],
+            }
+        )
         site_summary = _markdown(s)
     md = [
         "# Weight-preserving conversion: accuracy vs MACs",
         "",
         f"Test accuracy (%) on {result.test_images} {dataset_label} test images, and the difference to the original in "
         "points; MACs are multiply-accumulates of conv and linear weights (bias excluded) for one 1×"
-        + "×".join(map(str, result.meta["input_shape"])) + " image, whole model.",
+        + "×".join(map(str, result.meta["input_shape"]))
+        + " image, whole model.",
         "",
         _markdown(pivot(table)),
         "",
@@ -507,10 +638,13 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         f"- Command: `{command}`",
         f"- Data: {dataset_label}, training subset {subset if subset else 'all'} images (stratified; "
         f"{result.meta['train_images']} train / {result.meta['val_images']} validation), "
-        f"evaluated on {result.test_images} test images" + (" (seeded class-stratified subset of the test split)" if cfg.test_subset else " (the whole test split)") + ".",
+        f"evaluated on {result.test_images} test images"
+        + (" (seeded class-stratified subset of the test split)" if cfg.test_subset else " (the whole test split)")
+        + ".",
         f"- Reference: `{_arch(cfg)}`, {cfg.epochs} epochs of `fit` with the library defaults "
         f"(SGD Nesterov, lr 0.1, one-cycle, label smoothing 0.1, weight decay 5e-4, crop+flip, batch {cfg.batch_size})"
-        + (f", validation accuracy {100 * val:.2f}%" if val is not None else "") + ".",
+        + (f", validation accuracy {100 * val:.2f}%" if val is not None else "")
+        + ".",
         "- Conversions: the default policy (every 3×3 conv after the stem; the stem and the 1×1 shortcuts kept), "
         "linear blocks (no mid norm/activation).",
         f"- Calibration: {result.meta['calib_images']} training images, un-augmented (`calibration_batches`), "
@@ -519,27 +653,48 @@ def write_outputs(result: BenchResult, cfg: BenchConfig, out: str | Path, *, com
         "`nas_sepconv/joint_refit.py`; the last-linear-only row keeps the SVD's depthwise filters). "
         "`SVD + refit + BN re-estimation` recomputes the BatchNorm statistics after the refit; both rows are reported "
         "(no choice made on the test set).",
-        f"- `random init + fine-tune`: `apply_plan(init=\"random\")`, then {_epochs(cfg.finetune_epochs)} of `fit` "
+        f'- `random init + fine-tune`: `apply_plan(init="random")`, then {_epochs(cfg.finetune_epochs)} of `fit` '
         f"(cross-entropy, peak lr {_lrs(cfg.finetune_lrs)}, one-cycle with {0.2 * cfg.finetune_epochs:g} epoch warm-up). "
-        + (f"`SVD + refit + distillation`: the refit model, {_epochs(cfg.finetune_epochs)} of `distill` against the "
-           f"original (T 4, α 0.9, peak lr {_lrs(cfg.distill_lrs)}, same schedule). " if cfg.logit_distill else "")
-        + (f"`SVD + refit + feature distillation`: the refit model, {_epochs(cfg.finetune_epochs)} of `distill` against "
-           f"the original with hints, `distill(features=\"converted\", feature_weight={cfg.feature_weight:g})` "
-           f"(T 4, α 0.9; relative squared error of the activation after each converted site), peak lr "
-           f"{_lrs(cfg.feature_lrs or cfg.distill_lrs)}, same schedule. " if cfg.feature_weight > 0 else "")
+        + (
+            f"`SVD + refit + distillation`: the refit model, {_epochs(cfg.finetune_epochs)} of `distill` against the "
+            f"original (T 4, α 0.9, peak lr {_lrs(cfg.distill_lrs)}, same schedule). "
+            if cfg.logit_distill
+            else ""
+        )
+        + (
+            f"`SVD + refit + feature distillation`: the refit model, {_epochs(cfg.finetune_epochs)} of `distill` against "
+            f'the original with hints, `distill(features="converted", feature_weight={cfg.feature_weight:g})` '
+            f"(T 4, α 0.9; relative squared error of the activation after each converted site), peak lr "
+            f"{_lrs(cfg.feature_lrs or cfg.distill_lrs)}, same schedule. "
+            if cfg.feature_weight > 0
+            else ""
+        )
         + "Same number of steps for all "
         f"(batch {cfg.finetune_batch_size or cfg.batch_size}, {_steps(result, cfg)} steps)."
-        + (" Where several lrs are listed, each row keeps the lr with the best validation accuracy (chosen per "
-           "conversion; the test split is never used to choose): " + _selection_text(result.meta.get("selections", []))
-           if len(cfg.finetune_lrs) > 1 or len(cfg.distill_lrs) > 1 or len(cfg.feature_lrs or ()) > 1 else ""),
-        *([f"- `spatial_r0.5` costs as many MACs as the 3×3 conv it replaces (rank·3·(C_in + C_out) = 9·C_in·C_out at "
-             "rank 1.5·C); it is listed for completeness."] if 0.5 in cfg.spatial_ranks else []),
+        + (
+            " Where several lrs are listed, each row keeps the lr with the best validation accuracy (chosen per "
+            "conversion; the test split is never used to choose): " + _selection_text(result.meta.get("selections", []))
+            if len(cfg.finetune_lrs) > 1 or len(cfg.distill_lrs) > 1 or len(cfg.feature_lrs or ()) > 1
+            else ""
+        ),
+        *(
+            [
+                "- `spatial_r0.5` costs as many MACs as the 3×3 conv it replaces (rank·3·(C_in + C_out) = 9·C_in·C_out at "
+                "rank 1.5·C); it is listed for completeness."
+            ]
+            if 0.5 in cfg.spatial_ranks
+            else []
+        ),
         *[f"- {n}" for n in notes],
         f"- Machine: {machine}, torch {torch.__version__}, {threads} thread(s), {_device_text(cfg.device)}; "
         "the machine was shared with other jobs.",
         f"- Wall time: {result.seconds / 60:.1f} min for this run"
-        + (f" (reference loaded from the cache; it took {result.train_seconds / 60:.1f} min to train)" if result.cached
-           else f", of which {result.train_seconds / 60:.1f} min training the reference") + ".",
+        + (
+            f" (reference loaded from the cache; it took {result.train_seconds / 60:.1f} min to train)"
+            if result.cached
+            else f", of which {result.train_seconds / 60:.1f} min training the reference"
+        )
+        + ".",
         "",
         "## Refit: per-site relative output error (calibration data)",
         "",
@@ -569,10 +724,13 @@ def _budget_section(result: BenchResult, cfg: BenchConfig) -> list[str]:
         "",
         "`ns.sensitivity(original, calibration, candidates=...)`: each site converted alone to each candidate (SVD, then "
         "refit of that site), damage = mean KL(original ‖ converted) of the output on "
-        + (f"{cfg.sensitivity_held_out} held-out validation images (`eval_batches`; the refit sees only the calibration "
-           "images, so a site it overfits is not read as harmless). " if cfg.sensitivity_held_out
-           else "the calibration images. ") +
-        "`ns.plan_for_budget(original, table, macs_ratio=B)`: the least summed damage with at most B × the MACs "
+        + (
+            f"{cfg.sensitivity_held_out} held-out validation images (`eval_batches`; the refit sees only the calibration "
+            "images, so a site it overfits is not read as harmless). "
+            if cfg.sensitivity_held_out
+            else "the calibration images. "
+        )
+        + "`ns.plan_for_budget(original, table, macs_ratio=B)`: the least summed damage with at most B × the MACs "
         "(exact multiple-choice knapsack); every `budget_B` column below is then converted, refit and trained like the "
         "uniform conversions. Candidates: " + ", ".join(f"`{c}`" for c in cfg.budget_candidates) + ". "
         "Values in `sensitivity.csv` and `budget_plans.csv`.",
@@ -604,7 +762,9 @@ def _lrs(lrs: tuple[float, ...]) -> str:
 def _selection_text(selections: list[dict]) -> str:
     parts = []
     for (conv, method), rows in pd.DataFrame(selections).groupby(["conversion", "method"], sort=False):
-        vals = ", ".join(f"{r.lr:g}: {r.val_accuracy:.2f}%" + (" (chosen)" if r.chosen else "") for r in rows.itertuples())
+        vals = ", ".join(
+            f"{r.lr:g}: {r.val_accuracy:.2f}%" + (" (chosen)" if r.chosen else "") for r in rows.itertuples()
+        )
         parts.append(f"{conv} {method} [{vals}]")
     return "; ".join(parts) + "."
 
@@ -621,43 +781,90 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="data root (the extracted CIFAR-10 folder), or 'digits' for the embedded set")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--data", required=True, help="data root (the extracted CIFAR-10 folder), or 'digits' for the embedded set"
+    )
     p.add_argument("--dataset", default="cifar10", help="load_dataset name")
-    p.add_argument("--dataset-label", default=None, help="name in the outputs (default: 'CIFAR-10 (JPEG q75)' for cifar10)")
+    p.add_argument(
+        "--dataset-label", default=None, help="name in the outputs (default: 'CIFAR-10 (JPEG q75)' for cifar10)"
+    )
     p.add_argument("--subset", type=int, default=20000, help="training pool size (train + validation)")
     p.add_argument("--epochs", type=int, default=10, help="epochs of training of the reference")
     p.add_argument("--width", type=int, default=16, help="cifar_resnet18 width")
     p.add_argument("--stem-stride", type=int, default=1, help="cifar_resnet18 stem stride (2: stages on 16×16 maps)")
     p.add_argument("--dw-mults", type=_ints, default=(1, 2, 4), help="comma-separated dw_mult values")
-    p.add_argument("--spatial-ranks", type=_floats, default=(0.25, 0.5), help="comma-separated rank fractions ('' for none)")
-    p.add_argument("--budgets", type=_floats, default=(), help="comma-separated MACs ratios for ns.plan_for_budget ('' for none)")
-    p.add_argument("--budget-candidates", default=",".join(BUDGET_CANDIDATES), help="comma-separated block specs for ns.sensitivity")
-    p.add_argument("--sensitivity-held-out", type=int, default=0,
-                   help="validation images on which ns.sensitivity measures damage (0: the calibration images)")
+    p.add_argument(
+        "--spatial-ranks", type=_floats, default=(0.25, 0.5), help="comma-separated rank fractions ('' for none)"
+    )
+    p.add_argument(
+        "--budgets", type=_floats, default=(), help="comma-separated MACs ratios for ns.plan_for_budget ('' for none)"
+    )
+    p.add_argument(
+        "--budget-candidates",
+        default=",".join(BUDGET_CANDIDATES),
+        help="comma-separated block specs for ns.sensitivity",
+    )
+    p.add_argument(
+        "--sensitivity-held-out",
+        type=int,
+        default=0,
+        help="validation images on which ns.sensitivity measures damage (0: the calibration images)",
+    )
     p.add_argument("--reference-dir", default=None, help="where the trained reference is cached (default: --out)")
     p.add_argument("--calib", type=int, default=512, help="calibration images for refit and BN re-estimation")
     p.add_argument("--finetune-epochs", type=int, default=1, help="epochs for the random-init and distillation rows")
-    p.add_argument("--finetune-batch-size", type=int, default=None,
-                   help="batch size of the random-init and distillation rows (default: the reference's, 128)")
-    p.add_argument("--finetune-lr", type=_floats, default=(0.05,),
-                   help="peak lr, random init + fine-tune; comma-separated: the best on the validation split")
-    p.add_argument("--distill-lr", type=_floats, default=(0.05,),
-                   help="peak lr, distillation; comma-separated: the best on the validation split")
-    p.add_argument("--feature-weight", type=float, default=0.0,
-                   help="> 0: also a feature distillation row, ns.distill(features='converted', feature_weight=W)")
-    p.add_argument("--feature-lr", type=_floats, default=None,
-                   help="peak lr, feature distillation; comma-separated: the best on the validation split (default: --distill-lr)")
+    p.add_argument(
+        "--finetune-batch-size",
+        type=int,
+        default=None,
+        help="batch size of the random-init and distillation rows (default: the reference's, 128)",
+    )
+    p.add_argument(
+        "--finetune-lr",
+        type=_floats,
+        default=(0.05,),
+        help="peak lr, random init + fine-tune; comma-separated: the best on the validation split",
+    )
+    p.add_argument(
+        "--distill-lr",
+        type=_floats,
+        default=(0.05,),
+        help="peak lr, distillation; comma-separated: the best on the validation split",
+    )
+    p.add_argument(
+        "--feature-weight",
+        type=float,
+        default=0.0,
+        help="> 0: also a feature distillation row, ns.distill(features='converted', feature_weight=W)",
+    )
+    p.add_argument(
+        "--feature-lr",
+        type=_floats,
+        default=None,
+        help="peak lr, feature distillation; comma-separated: the best on the validation split (default: --distill-lr)",
+    )
     p.add_argument("--no-logit-distill", action="store_true", help="leave out the logits-only distillation row")
-    p.add_argument("--train-conversions", default=None,
-                   help="comma-separated conversions that get the training rows (default: every dwsep and budget one)")
+    p.add_argument(
+        "--train-conversions",
+        default=None,
+        help="comma-separated conversions that get the training rows (default: every dwsep and budget one)",
+    )
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on a stratified subset of the test split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--device", default="cpu", help="where to run: cpu, cuda, cuda:1 (training uses the library's AMP default on CUDA)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where to run: cpu, cuda, cuda:1 (training uses the library's AMP default on CUDA)",
+    )
     p.add_argument("--retrain", action="store_true", help="train the reference even if cached")
     p.add_argument("--machine", default="2-core CPU")
-    p.add_argument("--note", action="append", default=[], help="a line for the set-up section of fidelity.md (repeatable)")
+    p.add_argument(
+        "--note", action="append", default=[], help="a line for the set-up section of fidelity.md (repeatable)"
+    )
     p.add_argument("--out", default="results/fidelity")
     return p.parse_args(argv)
 
@@ -675,23 +882,47 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(name, root=root, subset=args.subset, seed=args.seed)
     log(f"data: {data}")
     label = args.dataset_label or {"cifar10": "CIFAR-10 (JPEG q75)"}.get(name, name)
-    cfg = BenchConfig(width=args.width, stem_stride=args.stem_stride, epochs=args.epochs, dw_mults=args.dw_mults, spatial_ranks=args.spatial_ranks,
-                      budgets=args.budgets, budget_candidates=tuple(v for v in args.budget_candidates.split(",") if v.strip()),
-                      sensitivity_held_out=args.sensitivity_held_out,
-                      reference_dir=args.reference_dir,
-                      calib=args.calib, finetune_epochs=args.finetune_epochs,
-                      finetune_batch_size=args.finetune_batch_size, finetune_lrs=args.finetune_lr,
-                      distill_lrs=args.distill_lr, feature_weight=args.feature_weight, feature_lrs=args.feature_lr,
-                      logit_distill=not args.no_logit_distill,
-                      train_conversions=None if args.train_conversions is None else tuple(
-                          v for v in args.train_conversions.split(",") if v.strip()),
-                      test_subset=args.test_subset, seed=args.seed, retrain=args.retrain, device=args.device)
+    cfg = BenchConfig(
+        width=args.width,
+        stem_stride=args.stem_stride,
+        epochs=args.epochs,
+        dw_mults=args.dw_mults,
+        spatial_ranks=args.spatial_ranks,
+        budgets=args.budgets,
+        budget_candidates=tuple(v for v in args.budget_candidates.split(",") if v.strip()),
+        sensitivity_held_out=args.sensitivity_held_out,
+        reference_dir=args.reference_dir,
+        calib=args.calib,
+        finetune_epochs=args.finetune_epochs,
+        finetune_batch_size=args.finetune_batch_size,
+        finetune_lrs=args.finetune_lr,
+        distill_lrs=args.distill_lr,
+        feature_weight=args.feature_weight,
+        feature_lrs=args.feature_lr,
+        logit_distill=not args.no_logit_distill,
+        train_conversions=None
+        if args.train_conversions is None
+        else tuple(v for v in args.train_conversions.split(",") if v.strip()),
+        test_subset=args.test_subset,
+        seed=args.seed,
+        retrain=args.retrain,
+        device=args.device,
+    )
     result = run_benchmark(data, cfg, args.out, log=log, progress=True)
     result.seconds = time.perf_counter() - start  # data loading included
     argv_text = sys.argv[1:] if argv is None else argv
     command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/fidelity.py", *argv_text])
-    write_outputs(result, cfg, args.out, command=command, dataset_label=label, machine=args.machine,
-                  threads=args.threads, subset=args.subset, notes=args.note)
+    write_outputs(
+        result,
+        cfg,
+        args.out,
+        command=command,
+        dataset_label=label,
+        machine=args.machine,
+        threads=args.threads,
+        subset=args.subset,
+        notes=args.note,
+    )
     print(_markdown(pivot(result.table)))
     print()
     print("\n".join(targets(result.table, result.original_accuracy)))

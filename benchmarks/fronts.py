@@ -73,22 +73,31 @@ class Config:
 
 CONFIGS: dict[str, Config] = {
     "digits": Config(
-        "default", ("mobilenetv2_width_digits", "mobilenetv3small_width_digits"),
-        note="the bundled spaces as they are (24 trials of the default space; 6 + 5 alphas), 1 thread", floor=0.9,
+        "default",
+        ("mobilenetv2_width_digits", "mobilenetv3small_width_digits"),
+        note="the bundled spaces as they are (24 trials of the default space; 6 + 5 alphas), 1 thread",
+        floor=0.9,
     ),
     "cifar10": Config(
-        "mobilenetv3_cifar10", ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
-        overrides={"data": {"subset": 5000, "image_size": 16},
-                   "train": {"epochs": 5, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0}},
-        searched_overrides={"search": {"trials": 24, "population_size": 8}}, multi_fidelity={"min_epochs": 1, "eta": 2},
-        workers=2, floor=0.35,  # about the middle of the families' accuracies at this size (30-37%, seed 0)
+        "mobilenetv3_cifar10",
+        ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
+        overrides={
+            "data": {"subset": 5000, "image_size": 16},
+            "train": {"epochs": 5, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0},
+        },
+        searched_overrides={"search": {"trials": 24, "population_size": 8}},
+        multi_fidelity={"min_epochs": 1, "eta": 2},
+        workers=2,
+        floor=0.35,  # about the middle of the families' accuracies at this size (30-37%, seed 0)
         note="CPU-sized: 5,000 training images (4,500 train + 500 validation; the test split's 10,000 only reported) "
-             "at 16x16, 5 epochs at batch 64 (lr 0.05, cosine, no warm-up), for every space alike; 24 trials of the "
-             "searched space (NSGA-II, population 8), every alpha of the families once; 2 worker processes",
+        "at 16x16, 5 epochs at batch 64 (lr 0.05, cosine, no warm-up), for every space alike; 24 trials of the "
+        "searched space (NSGA-II, population 8), every alpha of the families once; 2 worker processes",
     ),
     "cifar10-full": Config(
-        "mobilenetv3_cifar10", ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
-        device="cuda", note="the bundled spaces as they are (32x32, 50,000 images, 15 epochs), for a GPU",
+        "mobilenetv3_cifar10",
+        ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
+        device="cuda",
+        note="the bundled spaces as they are (32x32, 50,000 images, 15 epochs), for a GPU",
     ),
 }
 
@@ -121,8 +130,16 @@ def space_files(config: Config, out: Path, overrides: dict[str, Any]) -> dict[st
     return found
 
 
-def multi_fidelity_search(space: str, *, seed: int, out: Path, study: str, trials: int | None = None,
-                          rungs: dict[str, int] | None = None, **kwargs: Any) -> Any:
+def multi_fidelity_search(
+    space: str,
+    *,
+    seed: int,
+    out: Path,
+    study: str,
+    trials: int | None = None,
+    rungs: dict[str, int] | None = None,
+    **kwargs: Any,
+) -> Any:
     """The searched space once more, in the multi-fidelity mode (MO-ASHA, ``search.multi_fidelity``
     of the space or its defaults; ``rungs``: ``{"min_epochs", "eta"}`` instead), as study ``study``
     in ``out``; returns the study.  It runs
@@ -132,14 +149,31 @@ def multi_fidelity_search(space: str, *, seed: int, out: Path, study: str, trial
     from nas_sepconv.search import load_space
 
     trials = trials or 2 * load_space(space).spec.search.trials
-    study_ = ns.search(space, seed=seed, out=out, study=study, trials=trials, multi_fidelity=rungs or True,
-                       heartbeat=kwargs.pop("heartbeat", 0), **kwargs)
+    study_ = ns.search(
+        space,
+        seed=seed,
+        out=out,
+        study=study,
+        trials=trials,
+        multi_fidelity=rungs or True,
+        heartbeat=kwargs.pop("heartbeat", 0),
+        **kwargs,
+    )
     shutil.rmtree(out / study / "weights", ignore_errors=True)
     return study_
 
 
-def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, threads: int | None,
-             data_root: str | None, log: Any = print, report_only: bool = False) -> dict[str, dict[str, Any]]:
+def run_seed(
+    config: Config,
+    spaces: dict[str, str],
+    seed: int,
+    out: Path,
+    *,
+    threads: int | None,
+    data_root: str | None,
+    log: Any = print,
+    report_only: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Every study of one seed (run, or resumed: a finished one is left as it is; with
     ``report_only`` only found): name -> {"folder", "role"}."""
     import nas_sepconv as ns
@@ -150,8 +184,17 @@ def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, th
         if report_only:
             runs[name] = {"folder": _found(out / name), "role": "searched" if name == config.searched else "baseline"}
             continue
-        ns.search(space, seed=seed, out=out, device=config.device, workers=config.workers, threads=threads,
-                  data_root=data_root, heartbeat=0 if config.workers == 1 else 10, multi_fidelity=False)
+        ns.search(
+            space,
+            seed=seed,
+            out=out,
+            device=config.device,
+            workers=config.workers,
+            threads=threads,
+            data_root=data_root,
+            heartbeat=0 if config.workers == 1 else 10,
+            multi_fidelity=False,
+        )
         shutil.rmtree(out / name / "weights", ignore_errors=True)
         runs[name] = {"folder": out / name, "role": "searched" if name == config.searched else "baseline"}
         log(f"seed {seed}: {name} done in {(time.perf_counter() - start) / 60:.1f} min")
@@ -160,20 +203,40 @@ def run_seed(config: Config, spaces: dict[str, str], seed: int, out: Path, *, th
 
 def _found(folder: Path) -> Path:
     if not (folder / "trials.csv").is_file():
-        raise SystemExit(f"error: --report-only: {folder} has no trials.csv; run the command without --report-only first")
+        raise SystemExit(
+            f"error: --report-only: {folder} has no trials.csv; run the command without --report-only first"
+        )
     return folder
 
 
-def run_multi_fidelity(config: Config, spaces: dict[str, str], seed: int, out: Path, *, threads: int | None,
-                       data_root: str | None, log: Any = print, report_only: bool = False) -> dict[str, dict[str, Any]]:
+def run_multi_fidelity(
+    config: Config,
+    spaces: dict[str, str],
+    seed: int,
+    out: Path,
+    *,
+    threads: int | None,
+    data_root: str | None,
+    log: Any = print,
+    report_only: bool = False,
+) -> dict[str, dict[str, Any]]:
     """The searched space's multi-fidelity run of one seed (:func:`multi_fidelity_search`; with
     ``report_only`` the trials it has finished so far)."""
     name, start = f"{config.searched}_multifidelity", time.perf_counter()
     if report_only:
         return {name: {"folder": _found(out / name), "role": "searched (multi-fidelity)"}}
-    multi_fidelity_search(spaces[config.searched], seed=seed, out=out, study=name, device=config.device,
-                          threads=threads, data_root=data_root, rungs=config.multi_fidelity,
-                          workers=config.workers, heartbeat=0 if config.workers == 1 else 10)
+    multi_fidelity_search(
+        spaces[config.searched],
+        seed=seed,
+        out=out,
+        study=name,
+        device=config.device,
+        threads=threads,
+        data_root=data_root,
+        rungs=config.multi_fidelity,
+        workers=config.workers,
+        heartbeat=0 if config.workers == 1 else 10,
+    )
     log(f"seed {seed}: {name} done in {(time.perf_counter() - start) / 60:.1f} min")
     return {name: {"folder": out / name, "role": "searched (multi-fidelity)"}}
 
@@ -193,11 +256,16 @@ def reference_of(frames: dict[str, pd.DataFrame]) -> dict[str, float]:
 
     table = ns.results.compare(frames)
     logged = table.attrs["log_scale"]
-    return {o: 10.0 ** v if o in logged else v for o, v in table.attrs["reference"].items()}
+    return {o: 10.0**v if o in logged else v for o, v in table.attrs["reference"].items()}
 
 
-def seed_rows(seed: int, runs: dict[str, dict[str, Any]], frames: dict[str, pd.DataFrame],
-              reference: dict[str, float], floor: float | None = None) -> list[dict[str, Any]]:
+def seed_rows(
+    seed: int,
+    runs: dict[str, dict[str, Any]],
+    frames: dict[str, pd.DataFrame],
+    reference: dict[str, float],
+    floor: float | None = None,
+) -> list[dict[str, Any]]:
     """One row per study of a seed: its front, hypervolume on the common reference, ratio (and
     on the seed's own reference; and with the reference accuracy raised to ``floor``)."""
     import nas_sepconv as ns
@@ -206,20 +274,32 @@ def seed_rows(seed: int, runs: dict[str, dict[str, Any]], frames: dict[str, pd.D
     baselines = {n: frames[n] for n in runs if runs[n]["role"] == "baseline"}
     table = ns.results.compare(searched, baselines=baselines, reference=reference).set_index("name")
     own = ns.results.compare(searched, baselines=baselines).set_index("name")  # what `report --baseline` prints
-    strict = (ns.results.compare(searched, baselines=baselines, reference={**reference, "accuracy": floor}).set_index("name")
-              if floor is not None else None)
+    strict = (
+        ns.results.compare(searched, baselines=baselines, reference={**reference, "accuracy": floor}).set_index("name")
+        if floor is not None
+        else None
+    )
     rows = []
     for name, run in runs.items():
         df, row = frames[name], table.loc[name]
-        rows.append({
-            "seed": seed, "study": name, "role": run["role"], "complete": int(row["n_complete"]),
-            "front": int(row["front_size"]), "best_accuracy": float(row["best_accuracy"]),
-            "min_macs": int(row["min_macs"]), "hypervolume": float(row["hypervolume_logmacs"]),
-            "ratio": float(row["hypervolume_ratio"]), "ratio_seed_reference": float(own.loc[name, "hypervolume_ratio"]),
-            "ratio_floor": float(strict.loc[name, "hypervolume_ratio"]) if strict is not None else math.nan,
-            "best_baseline": table.attrs["best_baseline"], "epochs_spent": int(_epochs(df).sum()),
-            "trials_min": round(float(pd.to_numeric(df["duration_s"], errors="coerce").sum()) / 60, 2),
-        })
+        rows.append(
+            {
+                "seed": seed,
+                "study": name,
+                "role": run["role"],
+                "complete": int(row["n_complete"]),
+                "front": int(row["front_size"]),
+                "best_accuracy": float(row["best_accuracy"]),
+                "min_macs": int(row["min_macs"]),
+                "hypervolume": float(row["hypervolume_logmacs"]),
+                "ratio": float(row["hypervolume_ratio"]),
+                "ratio_seed_reference": float(own.loc[name, "hypervolume_ratio"]),
+                "ratio_floor": float(strict.loc[name, "hypervolume_ratio"]) if strict is not None else math.nan,
+                "best_baseline": table.attrs["best_baseline"],
+                "epochs_spent": int(_epochs(df).sum()),
+                "trials_min": round(float(pd.to_numeric(df["duration_s"], errors="coerce").sum()) / 60, 2),
+            }
+        )
     return rows
 
 
@@ -235,7 +315,9 @@ def hv_by_epochs(seed: int, name: str, df: pd.DataFrame, reference: dict[str, fl
     for k in range(1, len(finished) + 1):
         part = finished.iloc[:k]
         hv = float(ns.results.compare({name: part}, reference=reference)["hypervolume_logmacs"].iloc[0])
-        rows.append({"seed": seed, "study": name, "trials": k, "epochs_spent": int(epochs.iloc[k - 1]), "hypervolume": hv})
+        rows.append(
+            {"seed": seed, "study": name, "trials": k, "epochs_spent": int(epochs.iloc[k - 1]), "hypervolume": hv}
+        )
     return pd.DataFrame(rows)
 
 
@@ -252,15 +334,22 @@ def multi_fidelity_summary(curves: pd.DataFrame, searched: str) -> pd.DataFrame:
         target, budget = float(full["hypervolume"].iloc[-1]), int(full["epochs_spent"].iloc[-1])
         reached = mf[mf["hypervolume"] >= target - 1e-12]
         epochs = int(reached["epochs_spent"].iloc[0]) if len(reached) else None
-        rows.append({
-            "seed": seed, "full_trials": len(full), "full_epochs": budget, "full_hv": target,
-            "mf_trials": len(mf), "mf_epochs": int(mf["epochs_spent"].iloc[-1]), "mf_hv": float(mf["hypervolume"].iloc[-1]),
-            "mf_epochs_to_full_hv": "not reached" if epochs is None else epochs,
-            "epochs_ratio": math.nan if epochs is None else round(epochs / budget, 3),
-            "full_hv_at_half": float(full[full["epochs_spent"] <= budget / 2]["hypervolume"].max()),
-            "mf_hv_at_half": float(mf[mf["epochs_spent"] <= budget / 2]["hypervolume"].max()),
-            "met": epochs is not None and epochs <= MF_GOAL * budget,
-        })
+        rows.append(
+            {
+                "seed": seed,
+                "full_trials": len(full),
+                "full_epochs": budget,
+                "full_hv": target,
+                "mf_trials": len(mf),
+                "mf_epochs": int(mf["epochs_spent"].iloc[-1]),
+                "mf_hv": float(mf["hypervolume"].iloc[-1]),
+                "mf_epochs_to_full_hv": "not reached" if epochs is None else epochs,
+                "epochs_ratio": math.nan if epochs is None else round(epochs / budget, 3),
+                "full_hv_at_half": float(full[full["epochs_spent"] <= budget / 2]["hypervolume"].max()),
+                "mf_hv_at_half": float(mf[mf["epochs_spent"] <= budget / 2]["hypervolume"].max()),
+                "met": epochs is not None and epochs <= MF_GOAL * budget,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -275,7 +364,9 @@ def plot_hv_by_epochs(curves: pd.DataFrame, path: Path, title: str) -> None:
     for ax, seed in zip(fig.subplots(1, len(seeds), squeeze=False)[0], seeds):
         for study, part in curves[curves["seed"] == seed].groupby("study", sort=False):
             ax.step(part["epochs_spent"], part["hypervolume"], where="post", label=study)
-        ax.set(title=f"{title}, seed {seed}", xlabel="training epochs spent", ylabel="hypervolume (accuracy x log10 MACs)")
+        ax.set(
+            title=f"{title}, seed {seed}", xlabel="training epochs spent", ylabel="hypervolume (accuracy x log10 MACs)"
+        )
         ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
 
@@ -285,16 +376,20 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (study, role), part in table.groupby(["study", "role"], sort=False):
         hv, ratio = part["hypervolume"], part["ratio"]
-        rows.append({
-            "study": study, "role": role, "seeds": len(part),
-            "hypervolume": f"{hv.mean():.4f} +- {hv.std(ddof=1) if len(part) > 1 else 0:.4f}",
-            "ratio to best baseline": f"{ratio.mean():.3f} +- {ratio.std(ddof=1) if len(part) > 1 else 0:.3f}",
-            "min ratio": round(float(ratio.min()), 3),
-            "ratio_floor": f"{part['ratio_floor'].mean():.3f} +- {part['ratio_floor'].std(ddof=1) if len(part) > 1 else 0:.3f}",
-            "best accuracy %": f"{100 * part['best_accuracy'].mean():.2f}",
-            "min MACs (M)": f"{part['min_macs'].mean() / 1e6:.3f}",
-            "epochs spent": int(part["epochs_spent"].mean()),
-        })
+        rows.append(
+            {
+                "study": study,
+                "role": role,
+                "seeds": len(part),
+                "hypervolume": f"{hv.mean():.4f} +- {hv.std(ddof=1) if len(part) > 1 else 0:.4f}",
+                "ratio to best baseline": f"{ratio.mean():.3f} +- {ratio.std(ddof=1) if len(part) > 1 else 0:.3f}",
+                "min ratio": round(float(ratio.min()), 3),
+                "ratio_floor": f"{part['ratio_floor'].mean():.3f} +- {part['ratio_floor'].std(ddof=1) if len(part) > 1 else 0:.3f}",
+                "best accuracy %": f"{100 * part['best_accuracy'].mean():.2f}",
+                "min MACs (M)": f"{part['min_macs'].mean() / 1e6:.3f}",
+                "epochs spent": int(part["epochs_spent"].mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -328,8 +423,15 @@ def plot_all(frames_by_seed: dict[int, dict[str, pd.DataFrame]], roles: dict[str
     fig.savefig(path, dpi=120)
 
 
-def write_report(table: pd.DataFrame, curves: pd.DataFrame, config_name: str, config: Config, out: Path,
-                 reference: dict[str, float], command: str) -> str:
+def write_report(
+    table: pd.DataFrame,
+    curves: pd.DataFrame,
+    config_name: str,
+    config: Config,
+    out: Path,
+    reference: dict[str, float],
+    command: str,
+) -> str:
     """``fronts.csv``, ``hv_by_epochs.csv`` and ``fronts.md``; returns the markdown."""
     table.to_csv(out / "fronts.csv", index=False)
     curves.to_csv(out / "hv_by_epochs.csv", index=False)
@@ -345,16 +447,24 @@ def write_report(table: pd.DataFrame, curves: pd.DataFrame, config_name: str, co
         f"Spaces: `{config.searched}` (searched) against {', '.join(f'`{b}`' for b in config.baselines)} "
         f"(every alpha once), with the same data, training recipe and seeds"
         + (f"; overridden in all of them: `{config.overrides}`" if config.overrides else "")
-        + (f"; in the searched space alone (its search budget): `{config.searched_overrides}`" if config.searched_overrides else "")
+        + (
+            f"; in the searched space alone (its search budget): `{config.searched_overrides}`"
+            if config.searched_overrides
+            else ""
+        )
         + ".\n\n"
         f"Hypervolume in accuracy x log10(MACs) on one reference point for every study and seed: "
         f"accuracy {100 * reference['accuracy']:.2f}%, MACs {reference['macs'] / 1e6:.3f} M (the worst values of all "
         f"trials, pushed out by 1% of their range).  `ratio`: over the seed's best baseline; "
         f"`ratio_seed_reference`: the same on the seed's own reference (what `nas-sepconv report "
         f"seed<N>/{config.searched} --baseline ...` prints)"
-        + (f"; `ratio_floor`: the same with the reference accuracy raised to {100 * config.floor:g}% (only candidates "
-           f"at least that accurate count: a check that the ratio does not come from cheap, inaccurate models alone)"
-           if config.floor is not None else "") + ".\n\n"
+        + (
+            f"; `ratio_floor`: the same with the reference accuracy raised to {100 * config.floor:g}% (only candidates "
+            f"at least that accurate count: a check that the ratio does not come from cheap, inaccurate models alone)"
+            if config.floor is not None
+            else ""
+        )
+        + ".\n\n"
         f"**Goal: the searched front's hypervolume at least {GOAL}x the best baseline's in every seed: "
         f"{'met' if met else 'NOT met'}** ({ratios}).\n\n"
         "## Summary over the seeds (mean +- std)\n\n" + markdown_table(summary(table)) + "\n\n"
@@ -376,17 +486,34 @@ def write_report(table: pd.DataFrame, curves: pd.DataFrame, config_name: str, co
             "with the hypervolume of its full-budget trials on the common reference.  "
             f"**Goal: the full search's final hypervolume reached with at most {MF_GOAL:g}x its epochs in every seed: "
             f"{'met' if mf_met else 'NOT met'}** (epochs ratio "
-            + ", ".join(f"seed {r.seed}: " + ("not reached" if math.isnan(r.epochs_ratio) else f"{r.epochs_ratio:.3f}")
-                        for r in mf.itertuples()) + ").\n\n"
-            + markdown_table(mf) + "\n\n`multi_fidelity.csv` (this table), `hv_by_epochs.png` (the curves).\n"
+            + ", ".join(
+                f"seed {r.seed}: " + ("not reached" if math.isnan(r.epochs_ratio) else f"{r.epochs_ratio:.3f}")
+                for r in mf.itertuples()
+            )
+            + ").\n\n"
+            + markdown_table(mf)
+            + "\n\n`multi_fidelity.csv` (this table), `hv_by_epochs.png` (the curves).\n"
         )
     (out / "fronts.md").write_text(text)
     return text
 
 
-def run(config_name: str, *, seeds: list[int], out: Path, threads: int | None, data_root: str | None,
-        device: str | None = None, workers: int | None = None, overrides: dict[str, Any] | None = None, multi_fidelity: bool = False,
-        multi_fidelity_seeds: list[int] | None = None, report_only: bool = False, command: str = "", log: Any = print) -> pd.DataFrame:
+def run(
+    config_name: str,
+    *,
+    seeds: list[int],
+    out: Path,
+    threads: int | None,
+    data_root: str | None,
+    device: str | None = None,
+    workers: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    multi_fidelity: bool = False,
+    multi_fidelity_seeds: list[int] | None = None,
+    report_only: bool = False,
+    command: str = "",
+    log: Any = print,
+) -> pd.DataFrame:
     """The whole comparison of one configuration; returns the per-seed table.  Every seed's
     searched and baseline studies run first, then (``multi_fidelity``) the multi-fidelity runs,
     of ``multi_fidelity_seeds`` only if given.  ``report_only``: no study is run or resumed, the
@@ -400,13 +527,34 @@ def run(config_name: str, *, seeds: list[int], out: Path, threads: int | None, d
         config = dataclasses.replace(config, workers=workers)
     out.mkdir(parents=True, exist_ok=True)
     spaces = space_files(config, out, overrides or {})
-    runs_by_seed = {seed: run_seed(config, spaces, seed, out / f"seed{seed}", threads=threads, data_root=data_root, log=log,
-                                   report_only=report_only) for seed in seeds}
+    runs_by_seed = {
+        seed: run_seed(
+            config,
+            spaces,
+            seed,
+            out / f"seed{seed}",
+            threads=threads,
+            data_root=data_root,
+            log=log,
+            report_only=report_only,
+        )
+        for seed in seeds
+    }
     for seed in seeds if multi_fidelity else []:
         if multi_fidelity_seeds is None or seed in multi_fidelity_seeds:
-            runs_by_seed[seed] |= run_multi_fidelity(config, spaces, seed, out / f"seed{seed}", threads=threads,
-                                                     data_root=data_root, log=log, report_only=report_only)
-    frames_by_seed = {seed: {n: ns.results.load(r["folder"]) for n, r in runs.items()} for seed, runs in runs_by_seed.items()}
+            runs_by_seed[seed] |= run_multi_fidelity(
+                config,
+                spaces,
+                seed,
+                out / f"seed{seed}",
+                threads=threads,
+                data_root=data_root,
+                log=log,
+                report_only=report_only,
+            )
+    frames_by_seed = {
+        seed: {n: ns.results.load(r["folder"]) for n, r in runs.items()} for seed, runs in runs_by_seed.items()
+    }
     reference = reference_of({f"{n} {s}": f for s, frames in frames_by_seed.items() for n, f in frames.items()})
     rows, curves = [], []
     for seed, runs in runs_by_seed.items():
@@ -429,21 +577,46 @@ def main() -> None:
     parser.add_argument("config", choices=list(CONFIGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="default: results/fronts/<config>")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per search (default: the search's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per search (default: the search's choice)"
+    )
     parser.add_argument("--data-root", default=None, help="the CIFAR-10 folder or archive (the cifar10 configurations)")
     parser.add_argument("--device", default=None, help="override the configuration's device (cpu, cuda)")
-    parser.add_argument("--workers", type=int, default=None, help="override the configuration's worker processes per search")
-    parser.add_argument("--multi-fidelity", type=int, nargs="*", default=None, metavar="SEED",
-                        help="also run the searched space in the multi-fidelity mode, after every seed's studies "
-                             "(for the seeds named, else every seed)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="run or resume no study: make the tables and plots from the folders as they are")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="override the configuration's worker processes per search"
+    )
+    parser.add_argument(
+        "--multi-fidelity",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="SEED",
+        help="also run the searched space in the multi-fidelity mode, after every seed's studies "
+        "(for the seeds named, else every seed)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run or resume no study: make the tables and plots from the folders as they are",
+    )
     args = parser.parse_args()
     out = args.out or Path("results/fronts") / args.config.replace("-", "_")
-    command = "python benchmarks/fronts.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")  # what made the studies
-    run(args.config, seeds=args.seeds, out=out, threads=args.threads, data_root=args.data_root, device=args.device,
-        workers=args.workers, multi_fidelity=args.multi_fidelity is not None, multi_fidelity_seeds=args.multi_fidelity or None,
-        report_only=args.report_only, command=command.strip())
+    command = "python benchmarks/fronts.py " + " ".join(
+        a for a in sys.argv[1:] if a != "--report-only"
+    )  # what made the studies
+    run(
+        args.config,
+        seeds=args.seeds,
+        out=out,
+        threads=args.threads,
+        data_root=args.data_root,
+        device=args.device,
+        workers=args.workers,
+        multi_fidelity=args.multi_fidelity is not None,
+        multi_fidelity_seeds=args.multi_fidelity or None,
+        report_only=args.report_only,
+        command=command.strip(),
+    )
 
 
 if __name__ == "__main__":

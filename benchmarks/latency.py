@@ -38,8 +38,8 @@ import torch
 import torch.nn as nn
 
 import nas_sepconv as ns
-from nas_sepconv.models import model_from_name
 from nas_sepconv.conversion import optimize_for_inference
+from nas_sepconv.models import model_from_name
 
 VARIANTS = {
     "eager": None,
@@ -48,8 +48,23 @@ VARIANTS = {
     "fold_bn+cl+compile": dict(fold_bn=True, channels_last=True, compile=True),
 }
 COLUMNS = [
-    "model", "variant", "macs_orig", "macs_conv", "macs_ratio", "latency_orig_ms", "latency_conv_ms",
-    "speedup", "efficiency", "min_orig_ms", "min_conv_ms", "efficiency_min", "p10_orig_ms", "p90_orig_ms", "p10_conv_ms", "p90_conv_ms", "max_abs_diff",
+    "model",
+    "variant",
+    "macs_orig",
+    "macs_conv",
+    "macs_ratio",
+    "latency_orig_ms",
+    "latency_conv_ms",
+    "speedup",
+    "efficiency",
+    "min_orig_ms",
+    "min_conv_ms",
+    "efficiency_min",
+    "p10_orig_ms",
+    "p90_orig_ms",
+    "p10_conv_ms",
+    "p90_conv_ms",
+    "max_abs_diff",
 ]
 
 
@@ -59,7 +74,9 @@ def _one_call_ms(model: nn.Module, x: torch.Tensor) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def interleaved(pairs: dict[str, tuple[nn.Module, nn.Module]], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, tuple[list[float], list[float]]]:
+def interleaved(
+    pairs: dict[str, tuple[nn.Module, nn.Module]], x: torch.Tensor, repeats: int, warmup: int
+) -> dict[str, tuple[list[float], list[float]]]:
     """Per key, the (original, converted) times in ms of ``repeats`` interleaved rounds."""
     times = {k: ([], []) for k in pairs}
     with torch.no_grad():
@@ -100,7 +117,10 @@ def bench_model(name: str, spec: str, x: torch.Tensor, args: argparse.Namespace,
             continue
         t0 = time.perf_counter()
         try:
-            pairs[variant] = (optimize_for_inference(original, x, **options), optimize_for_inference(converted, x, **options))
+            pairs[variant] = (
+                optimize_for_inference(original, x, **options),
+                optimize_for_inference(converted, x, **options),
+            )
         except RuntimeError as exc:
             notes.append(f"{name}: `{variant}` skipped: {exc}")
             print(f"[{name}] {variant} skipped: {exc}", flush=True)
@@ -120,16 +140,27 @@ def bench_model(name: str, spec: str, x: torch.Tensor, args: argparse.Namespace,
     for variant, (to, tc) in times.items():
         lo, lc = statistics.median(to), statistics.median(tc)
         ratio = macs_c / macs_o
-        rows.append(dict(
-            model=name, variant=variant, macs_orig=macs_o, macs_conv=macs_c, macs_ratio=round(ratio, 4),
-            latency_orig_ms=round(lo, 2), latency_conv_ms=round(lc, 2), speedup=round(lo / lc, 3),
-            efficiency=round(lo / lc * ratio, 3),
-            min_orig_ms=round(min(to), 2), min_conv_ms=round(min(tc), 2),
-            efficiency_min=round(min(to) / min(tc) * ratio, 3),
-            p10_orig_ms=round(_q(to, 0.1), 2), p90_orig_ms=round(_q(to, 0.9), 2),
-            p10_conv_ms=round(_q(tc, 0.1), 2), p90_conv_ms=round(_q(tc, 0.9), 2),
-            max_abs_diff=f"{diffs[variant]:.1e}",
-        ))
+        rows.append(
+            dict(
+                model=name,
+                variant=variant,
+                macs_orig=macs_o,
+                macs_conv=macs_c,
+                macs_ratio=round(ratio, 4),
+                latency_orig_ms=round(lo, 2),
+                latency_conv_ms=round(lc, 2),
+                speedup=round(lo / lc, 3),
+                efficiency=round(lo / lc * ratio, 3),
+                min_orig_ms=round(min(to), 2),
+                min_conv_ms=round(min(tc), 2),
+                efficiency_min=round(min(to) / min(tc) * ratio, 3),
+                p10_orig_ms=round(_q(to, 0.1), 2),
+                p90_orig_ms=round(_q(to, 0.9), 2),
+                p10_conv_ms=round(_q(tc, 0.1), 2),
+                p90_conv_ms=round(_q(tc, 0.9), 2),
+                max_abs_diff=f"{diffs[variant]:.1e}",
+            )
+        )
     return rows
 
 
@@ -146,21 +177,41 @@ def bench_ops(args: argparse.Namespace) -> list[dict]:
         }
         macs = {"conv3x3": c * c * 9 * hw * hw, "dw3x3": c * 9 * hw * hw, "pw1x1": c * c * hw * hw}
         ops = {k: m.eval().to(memory_format=torch.channels_last) for k, m in ops.items()}
-        times = interleaved({"full": (ops["conv3x3"], ops["dw3x3"]), "pw": (ops["pw1x1"], ops["pw1x1"])}, x, args.repeats * 3, args.warmup)
-        t = {"conv3x3": statistics.median(times["full"][0]), "dw3x3": statistics.median(times["full"][1]),
-             "pw1x1": statistics.median(times["pw"][0] + times["pw"][1])}
+        times = interleaved(
+            {"full": (ops["conv3x3"], ops["dw3x3"]), "pw": (ops["pw1x1"], ops["pw1x1"])},
+            x,
+            args.repeats * 3,
+            args.warmup,
+        )
+        t = {
+            "conv3x3": statistics.median(times["full"][0]),
+            "dw3x3": statistics.median(times["full"][1]),
+            "pw1x1": statistics.median(times["pw"][0] + times["pw"][1]),
+        }
         sep_ms, sep_macs = t["dw3x3"] + t["pw1x1"], macs["dw3x3"] + macs["pw1x1"]
         for op in ops:
-            rows.append(dict(
-                layer=f"{c}ch@{hw}x{hw}", op=op, macs=macs[op], latency_ms=round(t[op], 4),
-                gmacs_per_s=round(macs[op] / t[op] / 1e6, 1),
-                share_of_dwsep_macs="" if op == "conv3x3" else round(macs[op] / sep_macs, 3),
-                share_of_dwsep_latency="" if op == "conv3x3" else round(t[op] / sep_ms, 3),
-            ))
-        rows.append(dict(layer=f"{c}ch@{hw}x{hw}", op="dw+pw vs conv3x3", macs=sep_macs, latency_ms=round(sep_ms, 4),
-                         gmacs_per_s=round(sep_macs / sep_ms / 1e6, 1),
-                         share_of_dwsep_macs=f"MACs ratio {sep_macs / macs['conv3x3']:.3f}",
-                         share_of_dwsep_latency=f"efficiency {t['conv3x3'] / sep_ms * sep_macs / macs['conv3x3']:.2f}"))
+            rows.append(
+                dict(
+                    layer=f"{c}ch@{hw}x{hw}",
+                    op=op,
+                    macs=macs[op],
+                    latency_ms=round(t[op], 4),
+                    gmacs_per_s=round(macs[op] / t[op] / 1e6, 1),
+                    share_of_dwsep_macs="" if op == "conv3x3" else round(macs[op] / sep_macs, 3),
+                    share_of_dwsep_latency="" if op == "conv3x3" else round(t[op] / sep_ms, 3),
+                )
+            )
+        rows.append(
+            dict(
+                layer=f"{c}ch@{hw}x{hw}",
+                op="dw+pw vs conv3x3",
+                macs=sep_macs,
+                latency_ms=round(sep_ms, 4),
+                gmacs_per_s=round(sep_macs / sep_ms / 1e6, 1),
+                share_of_dwsep_macs=f"MACs ratio {sep_macs / macs['conv3x3']:.3f}",
+                share_of_dwsep_latency=f"efficiency {t['conv3x3'] / sep_ms * sep_macs / macs['conv3x3']:.2f}",
+            )
+        )
     return rows
 
 
@@ -168,8 +219,10 @@ def ops_reading(op_rows: list[dict]) -> str:
     parts = []
     for r in op_rows:
         if r["op"] == "dw3x3":
-            parts.append(f"{r['layer']}: depthwise {100 * r['share_of_dwsep_macs']:.0f}% of the block's MACs, "
-                         f"{100 * r['share_of_dwsep_latency']:.0f}% of its time")
+            parts.append(
+                f"{r['layer']}: depthwise {100 * r['share_of_dwsep_macs']:.0f}% of the block's MACs, "
+                f"{100 * r['share_of_dwsep_latency']:.0f}% of its time"
+            )
     return "; ".join(parts) + "."
 
 
@@ -188,16 +241,31 @@ def reading(rows: list[dict]) -> str:
         eff = ", ".join(f"{r['variant']} {r['efficiency']:.2f}" for r in mine)
         verdict = f"meets >= 0.8 with {', '.join(ok)}" if ok else "no variant reaches 0.8"
         spread = max(max(r["p90_orig_ms"] / r["p10_orig_ms"], r["p90_conv_ms"] / r["p10_conv_ms"]) for r in mine)
-        noisy = (f" CAUTION: p90/p10 up to {spread:.1f}, other processes were competing for the cores; "
-                 "these medians measure contention as much as compute") if spread > 2 else ""
-        out.append(f"- {model}: efficiency {eff}; best {best['variant']} (speedup {best['speedup']:.2f}x "
-                   f"for a {1 / best['macs_ratio']:.2f}x MACs cut); {verdict}.{noisy}")
+        noisy = (
+            (
+                f" CAUTION: p90/p10 up to {spread:.1f}, other processes were competing for the cores; "
+                "these medians measure contention as much as compute"
+            )
+            if spread > 2
+            else ""
+        )
+        out.append(
+            f"- {model}: efficiency {eff}; best {best['variant']} (speedup {best['speedup']:.2f}x "
+            f"for a {1 / best['macs_ratio']:.2f}x MACs cut); {verdict}.{noisy}"
+        )
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"], help="resnet18, torchvision:NAME or package.module:factory")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["resnet18", "resnet50"],
+        help="resnet18, torchvision:NAME or package.module:factory",
+    )
     p.add_argument("--spec", default="dwsep", help="conversion policy / block spec (default dwsep)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=30, help="interleaved timing rounds (default 30)")
@@ -219,7 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     for name in args.models:
         rows += bench_model(name, args.spec, x, args, notes)
-    show = ["model", "variant", "macs_orig", "macs_conv", "macs_ratio", "latency_orig_ms", "latency_conv_ms", "speedup", "efficiency", "efficiency_min"]
+    show = [
+        "model",
+        "variant",
+        "macs_orig",
+        "macs_conv",
+        "macs_ratio",
+        "latency_orig_ms",
+        "latency_conv_ms",
+        "speedup",
+        "efficiency",
+        "efficiency_min",
+    ]
     table = markdown_table(rows, show)
     print(table, flush=True)
     op_rows = [] if args.no_ops else bench_ops(args)
@@ -265,13 +344,21 @@ def main(argv: list[str] | None = None) -> int:
     if notes:
         md += ["Notes:", "", *[f"- {n}" for n in notes], ""]
     if op_rows:
-        md += ["## One 3x3 conv per ResNet-18 stage vs its depthwise + pointwise parts",
-               "",
-               "Eager, channels_last, each op alone, interleaved rounds (ops.csv).",
-               "",
-               markdown_table(op_rows, op_cols), "", ops_reading(op_rows), ""]
+        md += [
+            "## One 3x3 conv per ResNet-18 stage vs its depthwise + pointwise parts",
+            "",
+            "Eager, channels_last, each op alone, interleaved rounds (ops.csv).",
+            "",
+            markdown_table(op_rows, op_cols),
+            "",
+            ops_reading(op_rows),
+            "",
+        ]
     (args.out / "latency.md").write_text("\n".join(md))
-    print(f"wrote {args.out / 'latency.csv'}, {args.out / 'latency.md'}" + (f", {args.out / 'ops.csv'}" if op_rows else ""))
+    print(
+        f"wrote {args.out / 'latency.csv'}, {args.out / 'latency.md'}"
+        + (f", {args.out / 'ops.csv'}" if op_rows else "")
+    )
     return 0
 
 

@@ -45,8 +45,10 @@ def measure_pair(original, converted, x, runtime: str, threads: int, repeats: in
     record = find_runtime(runtime)
     with torch_threads(threads):
         with torch.no_grad():
-            forwards = [prepare_forward(m.eval(), (x,), runtime=record, threads=threads, device=torch.device("cpu"), dtype=None)
-                        for m in (original, converted)]
+            forwards = [
+                prepare_forward(m.eval(), (x,), runtime=record, threads=threads, device=torch.device("cpu"), dtype=None)
+                for m in (original, converted)
+            ]
         with torch.inference_mode():
             times = time_rounds(forwards, repeats=repeats, warmup=warmup)
     return [summarise(t) for t in times]
@@ -60,20 +62,47 @@ def bench(name: str, runtime: str, args: argparse.Namespace, cache: Path) -> lis
     plan = ns.make_plan(model, policy, example_inputs=x)
     spec = str(plan.converted[0].spec)
     t0 = time.perf_counter()
-    table = ns.latency_table(model, x, candidates=[spec], policy=policy, runtime=runtime, threads=args.threads,
-                             repeats=args.repeats, warmup=args.warmup, cache_dir=cache, progress=True)
+    table = ns.latency_table(
+        model,
+        x,
+        candidates=[spec],
+        policy=policy,
+        runtime=runtime,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        cache_dir=cache,
+        progress=True,
+    )
     built = time.perf_counter() - t0
     converted = ns.apply_plan(model, plan, init="random").eval()
     measured = measure_pair(model, converted, x, runtime, args.threads, args.repeats, args.warmup)
     predicted = [table.model_ms, table.predict(plan)]
     rows = []
-    for variant, macs, pred, meas in zip(("original", "converted"), (plan.model_macs, plan.macs_after), predicted, measured):
-        rows.append(dict(model=name, runtime=runtime, variant=variant, macs=macs, predicted_ms=round(pred, 3),
-                         measured_ms=round(meas["median_ms"], 3), p10_ms=round(meas["p10_ms"], 3), p90_ms=round(meas["p90_ms"], 3),
-                         error_pct=round(100 * (pred - meas["median_ms"]) / meas["median_ms"], 1)))
-    print(f"[{name} {runtime}] table {built:.0f} s ({len(table.frame)} entries); "
-          + "; ".join(f"{r['variant']} predicted {r['predicted_ms']} measured {r['measured_ms']} ms ({r['error_pct']:+}%)" for r in rows),
-          flush=True)
+    for variant, macs, pred, meas in zip(
+        ("original", "converted"), (plan.model_macs, plan.macs_after), predicted, measured
+    ):
+        rows.append(
+            dict(
+                model=name,
+                runtime=runtime,
+                variant=variant,
+                macs=macs,
+                predicted_ms=round(pred, 3),
+                measured_ms=round(meas["median_ms"], 3),
+                p10_ms=round(meas["p10_ms"], 3),
+                p90_ms=round(meas["p90_ms"], 3),
+                error_pct=round(100 * (pred - meas["median_ms"]) / meas["median_ms"], 1),
+            )
+        )
+    print(
+        f"[{name} {runtime}] table {built:.0f} s ({len(table.frame)} entries); "
+        + "; ".join(
+            f"{r['variant']} predicted {r['predicted_ms']} measured {r['measured_ms']} ms ({r['error_pct']:+}%)"
+            for r in rows
+        ),
+        flush=True,
+    )
     return rows
 
 
@@ -84,9 +113,19 @@ def efficiency(df: pd.DataFrame) -> pd.DataFrame:
         o, c = g.set_index("variant").loc["original"], g.set_index("variant").loc["converted"]
         speedup, ratio = o.measured_ms / c.measured_ms, c.macs / o.macs
         predicted = o.predicted_ms / c.predicted_ms
-        out.append(dict(model=model, runtime=runtime, original_ms=o.measured_ms, converted_ms=c.measured_ms, macs_ratio=round(ratio, 3),
-                        speedup=round(speedup, 2), efficiency=round(speedup * ratio, 2), predicted_speedup=round(predicted, 2),
-                        speedup_error_pct=round(100 * (predicted - speedup) / speedup, 1)))
+        out.append(
+            dict(
+                model=model,
+                runtime=runtime,
+                original_ms=o.measured_ms,
+                converted_ms=c.measured_ms,
+                macs_ratio=round(ratio, 3),
+                speedup=round(speedup, 2),
+                efficiency=round(speedup * ratio, 2),
+                predicted_speedup=round(predicted, 2),
+                speedup_error_pct=round(100 * (predicted - speedup) / speedup, 1),
+            )
+        )
     return pd.DataFrame(out)
 
 
@@ -104,27 +143,38 @@ def write(df: pd.DataFrame, args: argparse.Namespace, seconds: float, loads: tup
     per_runtime = {r: statistics.median(g["error_pct"].abs()) for r, g in df.groupby("runtime", sort=False)}
     best = eff.groupby("runtime", sort=False)["efficiency"].median().sort_values(ascending=False)
     lines = [
-        "# Predicted vs measured latency (per-layer latency tables)", "",
-        f"Command: `python benchmarks/latency_table.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`", "",
+        "# Predicted vs measured latency (per-layer latency tables)",
+        "",
+        f"Command: `python benchmarks/latency_table.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
+        "",
         f"- torch {torch.__version__}, Python {platform.python_version()}; {find_runtime('onnxruntime').version() if 'onnxruntime' in args.runtimes else ''}",
         f"- machine: {os.cpu_count()} logical CPUs ({ns.measure.processor_name(torch.device('cpu'))}), "
         f"shared with other jobs: load average {loads[0]:.1f} before, {loads[1]:.1f} after; wall time {seconds / 60:.1f} min",
         f"- {args.threads} thread(s), batch 1, {args.size}x{args.size}, random weights; {args.repeats} interleaved rounds after {args.warmup} warm-up, medians",
         "- predicted: `table.predict(plan)` = the table's measured whole original + per converted site (block entry - conv entry) x calls;"
         " for the original that is the table's own whole-model measurement, taken minutes before the measured column",
-        "- measured: original and converted whole, interleaved in one loop, after the table", "",
-        markdown(df), "",
+        "- measured: original and converted whole, interleaved in one loop, after the table",
+        "",
+        markdown(df),
+        "",
         f"**Median absolute error: {mae:.1f}%** of the measured latency over all {len(df)} rows "
         f"({'met' if mae <= 10 else 'NOT met'}: the goal is 10%); per runtime: "
-        + ", ".join(f"{r} {v:.1f}%" for r, v in per_runtime.items()) + ".", "",
+        + ", ".join(f"{r} {v:.1f}%" for r, v in per_runtime.items())
+        + ".",
+        "",
         "The original's error is the machine's drift between two measurements of the same model (the table's, and the loop's "
         "minutes later): on a loaded machine it is as large as the converted model's.  The predicted *speedup* (original / "
         "converted, both predicted) against the measured one cancels that drift: median absolute error "
-        f"{statistics.median(eff['speedup_error_pct'].abs()):.1f}% (column speedup_error_pct below).", "",
-        "## Which runtime gets the most of the MACs saving", "",
-        "Speedup of the converted model (measured) against its MACs cut; efficiency = speedup x MACs ratio (1.0: time falls as much as MACs).", "",
-        markdown(eff), "",
-        "Median efficiency per runtime: " + ", ".join(f"{r} {v:.2f}" for r, v in best.items())
+        f"{statistics.median(eff['speedup_error_pct'].abs()):.1f}% (column speedup_error_pct below).",
+        "",
+        "## Which runtime gets the most of the MACs saving",
+        "",
+        "Speedup of the converted model (measured) against its MACs cut; efficiency = speedup x MACs ratio (1.0: time falls as much as MACs).",
+        "",
+        markdown(eff),
+        "",
+        "Median efficiency per runtime: "
+        + ", ".join(f"{r} {v:.2f}" for r, v in best.items())
         + f"; **{best.index[0]}** gets the most of the MACs saving on this machine.",
     ]
     (out / "prediction.md").write_text("\n".join(lines) + "\n")

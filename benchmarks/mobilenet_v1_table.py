@@ -34,13 +34,17 @@ def rows() -> list[str]:
         macs = ns.count_macs(model, torch.zeros(1, 3, side, side))
         params = ns.count_params(model)
         error = 100 * (macs / 1e6 - macs_paper) / macs_paper
-        out.append(f"| {table} | {alpha} | {side} | {macs_paper} | {macs:,} | {error:+.2f} % | {params_paper} | {params:,} |")
+        out.append(
+            f"| {table} | {alpha} | {side} | {macs_paper} | {macs:,} | {error:+.2f} % | {params_paper} | {params:,} |"
+        )
     return out
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    print("| paper table | α | input | paper MACs (M) | counted MACs | difference | paper params (M) | counted params |")
+    print(
+        "| paper table | α | input | paper MACs (M) | counted MACs | difference | paper params (M) | counted params |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows()))
 

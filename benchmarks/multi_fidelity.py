@@ -34,7 +34,9 @@ import pandas as pd
 FULL = "full budget"
 
 
-def run_studies(space: str, seed: int, *, trials: int, mf_trials: int, rungs: list[tuple[int, int]], threads: int, work: Path) -> dict[str, pd.DataFrame]:
+def run_studies(
+    space: str, seed: int, *, trials: int, mf_trials: int, rungs: list[tuple[int, int]], threads: int, work: Path
+) -> dict[str, pd.DataFrame]:
     """The studies of one seed, as frames by method name (their trials' total time in ``attrs``)."""
     import nas_sepconv as ns
 
@@ -63,8 +65,17 @@ def curves(frames: dict[str, pd.DataFrame], seed: int) -> pd.DataFrame:
         for i in range(len(done)):
             hv = results.hypervolume(logged.iloc[: i + 1], reference=reference) if reference else 0.0
             row = done.iloc[i]
-            rows.append({"seed": seed, "method": method, "trial": int(row["number"]), "epochs_trained": int(row["epochs_trained"] or 0),
-                         "stopped_early": bool(row["stopped_early"]), "cumulative_epochs": int(spent[i]), "hypervolume_logmacs": hv})
+            rows.append(
+                {
+                    "seed": seed,
+                    "method": method,
+                    "trial": int(row["number"]),
+                    "epochs_trained": int(row["epochs_trained"] or 0),
+                    "stopped_early": bool(row["stopped_early"]),
+                    "cumulative_epochs": int(spent[i]),
+                    "hypervolume_logmacs": hv,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -80,14 +91,26 @@ def summarise(curve: pd.DataFrame, frames: dict[str, pd.DataFrame], seed: int) -
             continue
         reached = mf[mf["hypervolume_logmacs"] >= target - 1e-12]
         epochs = int(reached["cumulative_epochs"].iloc[0]) if len(reached) else None
-        rows.append({
-            "seed": seed, "method": method, "full_trials": len(full), "full_epochs": budget, "full_hv": target,
-            "full_trials_s": frames[FULL].attrs["wall_s"], "mf_trials": len(mf), "mf_full_budget_trials": int((~mf["stopped_early"]).sum()),
-            "mf_epochs": int(mf["cumulative_epochs"].iloc[-1]), "mf_hv": float(mf["hypervolume_logmacs"].iloc[-1]), "mf_trials_s": frames[method].attrs["wall_s"],
-            "mf_epochs_to_full_hv": epochs, "ratio": None if epochs is None else epochs / budget,
-            "full_hv_at_half": full_at_half, "mf_hv_at_half": float(mf[mf["cumulative_epochs"] <= budget / 2]["hypervolume_logmacs"].max()),
-            "goal_met": epochs is not None and epochs <= budget / 2,
-        })
+        rows.append(
+            {
+                "seed": seed,
+                "method": method,
+                "full_trials": len(full),
+                "full_epochs": budget,
+                "full_hv": target,
+                "full_trials_s": frames[FULL].attrs["wall_s"],
+                "mf_trials": len(mf),
+                "mf_full_budget_trials": int((~mf["stopped_early"]).sum()),
+                "mf_epochs": int(mf["cumulative_epochs"].iloc[-1]),
+                "mf_hv": float(mf["hypervolume_logmacs"].iloc[-1]),
+                "mf_trials_s": frames[method].attrs["wall_s"],
+                "mf_epochs_to_full_hv": epochs,
+                "ratio": None if epochs is None else epochs / budget,
+                "full_hv_at_half": full_at_half,
+                "mf_hv_at_half": float(mf[mf["cumulative_epochs"] <= budget / 2]["hypervolume_logmacs"].max()),
+                "goal_met": epochs is not None and epochs <= budget / 2,
+            }
+        )
     return rows
 
 
@@ -100,8 +123,14 @@ def plot(curve: pd.DataFrame, summary: pd.DataFrame, path: Path, title: str) -> 
     colours = iter(["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"])
     ax = fig.add_subplot()
     for (seed, method), part in curve.groupby(["seed", "method"], sort=False):
-        ax.plot(part["cumulative_epochs"], part["hypervolume_logmacs"], drawstyle="steps-post", color="tab:blue" if method == FULL else next(colours, "tab:gray"),
-                linewidth=2.0 if method == FULL else 1.3, label=f"{method} (seed {seed})")
+        ax.plot(
+            part["cumulative_epochs"],
+            part["hypervolume_logmacs"],
+            drawstyle="steps-post",
+            color="tab:blue" if method == FULL else next(colours, "tab:gray"),
+            linewidth=2.0 if method == FULL else 1.3,
+            label=f"{method} (seed {seed})",
+        )
     for _, row in summary.drop_duplicates("seed").iterrows():
         ax.axhline(row["full_hv"], color="tab:blue", linestyle=":", linewidth=0.8)
         ax.axvline(row["full_epochs"] / 2, color="gray", linestyle="--", linewidth=0.8)
@@ -132,7 +161,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--trials", type=int, default=24, help="trials of the full-budget search")
     parser.add_argument("--mf-trials", type=int, default=48, help="trials of each multi-fidelity search")
-    parser.add_argument("--rungs", type=_rungs, nargs="+", default=[(1, 3)], metavar="MINxETA", help="multi-fidelity settings, e.g. 1x3 2x2")
+    parser.add_argument(
+        "--rungs",
+        type=_rungs,
+        nargs="+",
+        default=[(1, 3)],
+        metavar="MINxETA",
+        help="multi-fidelity settings, e.g. 1x3 2x2",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None, help="where the studies go (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("results/multi_fidelity"))
@@ -145,15 +181,25 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     all_curves, rows = [], []
     for seed in args.seeds:
-        frames = run_studies(args.space, seed, trials=args.trials, mf_trials=args.mf_trials, rungs=args.rungs, threads=args.threads, work=work)
+        frames = run_studies(
+            args.space,
+            seed,
+            trials=args.trials,
+            mf_trials=args.mf_trials,
+            rungs=args.rungs,
+            threads=args.threads,
+            work=work,
+        )
         curve = curves(frames, seed)
         all_curves.append(curve)
         rows += summarise(curve, frames, seed)
     curve, summary = pd.concat(all_curves, ignore_index=True), pd.DataFrame(rows)
     curve.to_csv(args.out / "hv_vs_epochs.csv", index=False)
     rungs = " ".join(f"{m}x{e}" for m, e in args.rungs)
-    command = (f"python benchmarks/multi_fidelity.py --space {args.space} --seeds {' '.join(map(str, args.seeds))} --trials {args.trials} "
-               f"--mf-trials {args.mf_trials} --rungs {rungs} --threads {args.threads} --out {args.out}")
+    command = (
+        f"python benchmarks/multi_fidelity.py --space {args.space} --seeds {' '.join(map(str, args.seeds))} --trials {args.trials} "
+        f"--mf-trials {args.mf_trials} --rungs {rungs} --threads {args.threads} --out {args.out}"
+    )
     plot(curve, summary, args.out / "hv_vs_epochs.png", f"{args.space}: full-budget search vs the multi-fidelity mode")
     text = f"# Multi-fidelity mode vs full-budget search: hypervolume against epochs\n\nMade by `{command}`.\n\n{markdown(summary)}\n"
     (args.out / "summary.md").write_text(text)

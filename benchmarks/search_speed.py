@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pandas as pd
 
-
 #: one busy background process: a one-thread matmul loop that stops by itself after SECONDS
 _BUSY = "import time, numpy as np\na = np.random.rand(256, 256)\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    a = a @ a\n    a /= np.abs(a).max()\n"
 
@@ -52,7 +51,24 @@ def run(space: str, trials: int, workers: int, device: str, seed: int, threads: 
     import nas_sepconv as ns
 
     scratch = Path(tempfile.mkdtemp(prefix="nas_sepconv_speed_"))
-    cmd = [sys.executable, "-m", "nas_sepconv.cli", "search", "--space", space, "--trials", str(trials), "--workers", str(workers), "--device", device, "--seed", str(seed), "--out", str(scratch)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas_sepconv.cli",
+        "search",
+        "--space",
+        space,
+        "--trials",
+        str(trials),
+        "--workers",
+        str(workers),
+        "--device",
+        device,
+        "--seed",
+        str(seed),
+        "--out",
+        str(scratch),
+    ]
     if threads != "auto":
         cmd += ["--threads", str(threads)]
     start = time.perf_counter()
@@ -107,9 +123,19 @@ def main() -> None:
     parser.add_argument("--space", default="default")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--threads", type=_threads_arg, nargs="+", default=["auto"], help="thread counts per worker to compare ('auto': the search's choice)")
-    parser.add_argument("--load", type=int, default=0, help="busy background processes during the measurements (a loaded machine)")
-    parser.add_argument("--load-seconds", type=float, default=3600.0, help="upper bound on each background process's life")
+    parser.add_argument(
+        "--threads",
+        type=_threads_arg,
+        nargs="+",
+        default=["auto"],
+        help="thread counts per worker to compare ('auto': the search's choice)",
+    )
+    parser.add_argument(
+        "--load", type=int, default=0, help="busy background processes during the measurements (a loaded machine)"
+    )
+    parser.add_argument(
+        "--load-seconds", type=float, default=3600.0, help="upper bound on each background process's life"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/search"))
@@ -117,7 +143,11 @@ def main() -> None:
     if args.load < 0:
         parser.error("--load: give 0 or more background processes")
     with background_load(args.load, args.load_seconds):
-        rows = [run(args.space, args.trials, w, args.device, args.seed, t, args.load) for w in args.workers for t in args.threads]
+        rows = [
+            run(args.space, args.trials, w, args.device, args.seed, t, args.load)
+            for w in args.workers
+            for t in args.threads
+        ]
     table = pd.DataFrame(rows)
     command = "python benchmarks/search_speed.py " + " ".join(sys.argv[1:])
     text = (
@@ -125,9 +155,7 @@ def main() -> None:
         f"Command: `{command.strip()}`\n\n"
         f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), shared; {args.load} busy background processes; threads per worker as in the table.\n"
         "Each row runs `nas-sepconv search` as a whole process in a fresh results directory "
-        "(data loading and interpreter start included).\n\n"
-        + markdown_table(table)
-        + "\n"
+        "(data loading and interpreter start included).\n\n" + markdown_table(table) + "\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "search_speed.csv", index=False)

@@ -52,7 +52,15 @@ SPACE = {
     "search": {"trials": 50, "sampler": "random"},
     "build": {
         "stem_channels": 8,
-        "stages": [{"out_channels": 8, "repeats": 1, "stride": 2, "kind": ["dwsep", "inverted_residual"], "expand_ratio": [2, 4]}],
+        "stages": [
+            {
+                "out_channels": 8,
+                "repeats": 1,
+                "stride": 2,
+                "kind": ["dwsep", "inverted_residual"],
+                "expand_ratio": [2, 4],
+            }
+        ],
         "width_mult": [0.5, 0.75, 1.0],
     },
 }
@@ -75,15 +83,35 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="nas_sepconv_soak_"))
     work.mkdir(parents=True, exist_ok=True)
     space_path = work / "soak.yaml"
-    space_path.write_text(yaml.safe_dump(dict(SPACE, search=dict(SPACE["search"], trials=args.trials)), sort_keys=False))
+    space_path.write_text(
+        yaml.safe_dump(dict(SPACE, search=dict(SPACE["search"], trials=args.trials)), sort_keys=False)
+    )
     inject = ";".join(f"{kind}:{','.join(map(str, numbers))}" for kind, numbers in INJECT.items())
     command = [
-        sys.executable, "-m", "nas_sepconv.cli", "search", "--space", str(space_path), "--trials", str(args.trials),
-        "--workers", str(args.workers), "--heartbeat", str(args.heartbeat), "--retries", "1", "--out", str(work / "out"),
+        sys.executable,
+        "-m",
+        "nas_sepconv.cli",
+        "search",
+        "--space",
+        str(space_path),
+        "--trials",
+        str(args.trials),
+        "--workers",
+        str(args.workers),
+        "--heartbeat",
+        str(args.heartbeat),
+        "--retries",
+        "1",
+        "--out",
+        str(work / "out"),
     ]
     shown = f"NAS_SEPCONV_INJECT_FAILURES='{inject}' nas-sepconv " + shlex.join(command[3:]).replace(str(work), "$WORK")
     print(shown, flush=True)
-    env = dict(os.environ, NAS_SEPCONV_INJECT_FAILURES=inject, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        NAS_SEPCONV_INJECT_FAILURES=inject,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
     started = time.monotonic()
     proc = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=args.timeout)
     wall = time.monotonic() - started
@@ -93,7 +121,12 @@ def main() -> int:
         print(f"search exited with {proc.returncode}", file=sys.stderr)
 
     row = measure(work / "out" / "soak", args.trials)
-    row.update(workers=args.workers, wall_s=round(wall, 1), exit_code=proc.returncode, traceback_in_stderr="Traceback" in proc.stderr)
+    row.update(
+        workers=args.workers,
+        wall_s=round(wall, 1),
+        exit_code=proc.returncode,
+        traceback_in_stderr="Traceback" in proc.stderr,
+    )
     write(row, args.results, shown, args)
     ok = proc.returncode == 0 and row["completed"] == args.trials and row["lost"] == 0 and row["duplicated"] == 0
     print("OK" if ok else "FAILED: see the table")
@@ -121,12 +154,16 @@ def measure(folder: Path, trials: int) -> dict:
     missing_numbers = sorted(set(range(max(numbers) + 1)) - set(numbers)) if numbers else []
     df = results.load(folder)
     front = results.pareto_front(df)
-    missing_weights = [int(n) for n in front["number"] if not (folder / "weights" / f"trial_{int(n)}.safetensors").is_file()]
+    missing_weights = [
+        int(n) for n in front["number"] if not (folder / "weights" / f"trial_{int(n)}.safetensors").is_file()
+    ]
     csv_rows = len(df)
 
     twice_numbered = len(numbers) - len(set(numbers))
     retried_twice = sum(c - 1 for c in Counter(retry_of.values()).values() if c > 1)
-    retry_next_to_complete = sum(1 for r, orig in retry_of.items() if state_of.get(r) == S.COMPLETE and state_of.get(orig) == S.COMPLETE)
+    retry_next_to_complete = sum(
+        1 for r, orig in retry_of.items() if state_of.get(r) == S.COMPLETE and state_of.get(orig) == S.COMPLETE
+    )
     return {
         "trials_requested": trials,
         "completed": len(complete),
@@ -143,7 +180,14 @@ def measure(folder: Path, trials: int) -> dict:
         "trial_numbers": len(numbers),
         "trials_csv_rows": csv_rows,
         "pareto_trials": len(front),
-        "details": json.dumps({"lost_attrs": lost_attrs, "missing_numbers": missing_numbers, "missing_weights": missing_weights, "retries": retry_of}),
+        "details": json.dumps(
+            {
+                "lost_attrs": lost_attrs,
+                "missing_numbers": missing_numbers,
+                "missing_weights": missing_weights,
+                "retries": retry_of,
+            }
+        ),
     }
 
 
@@ -160,7 +204,7 @@ def write(row: dict, out: Path, command: str, args: argparse.Namespace) -> None:
     md_rows = "\n".join(f"| {k} | {v} |" for k, v in shown.items())
     injected = ", ".join(f"{kind} at trials {', '.join(map(str, n))}" for kind, n in INJECT.items())
     (out / "soak.md").write_text(
-        f"""# Soak test: {row['trials_requested']} trials, {row['workers']} workers, injected failures
+        f"""# Soak test: {row["trials_requested"]} trials, {row["workers"]} workers, injected failures
 
 Machine: 2-core CPU (shared), {platform.python_implementation()} {platform.python_version()}, {platform.system()}.
 Search space: one stage (dwsep | inverted_residual, expand 2|4), width 0.5|0.75|1.0, one epoch on a
@@ -170,7 +214,7 @@ Search space: one stage (dwsep | inverted_residual, expand 2|4), width 0.5|0.75|
 |---|---|
 {md_rows}
 
-Must hold: completed = {row['trials_requested']}, lost = 0, duplicated = 0, running_left = 0.
+Must hold: completed = {row["trials_requested"]}, lost = 0, duplicated = 0, running_left = 0.
 `failed_killed`: the worker process was SIGKILLed mid-trial; the storage heartbeat
 (every {args.heartbeat} s, stale after {3 * args.heartbeat} s) marked its trial FAIL and
 Optuna's `RetryHeartbeatStaleTrialCallback` enqueued a retry (`retried`, system attr

@@ -15,8 +15,8 @@ Model -> plan -> converted model -> trial -> DataFrame, one package per stage::
 from .blocks import KINDS, BlockSpec, ConvGeometry
 from .conversion import (
     ExampleInputs,
-    Plan,
     LatencyTable,
+    Plan,
     PlanEntry,
     PlanWarning,
     Policy,
@@ -50,6 +50,7 @@ def __getattr__(name: str):
 
         return importlib.import_module(".results", __name__)
     raise AttributeError(f"module 'nas_sepconv' has no attribute {name!r}")
+
 
 __all__ = [
     "BlockSpec",

@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import typer
@@ -27,7 +28,16 @@ from .errors import SearchFailed, StorageError, UserInputError
 from .export import check_model_file, export_trial, write_model
 from .files import ensure_writable_dir
 from .io import load_model, named_model, read_recipe
-from .measure import ACTIVATION_BUDGET, RUNTIMES, activation_bytes, check_threads, count_macs, count_params, find_runtime, measure_latency
+from .measure import (
+    ACTIVATION_BUDGET,
+    RUNTIMES,
+    activation_bytes,
+    check_threads,
+    count_macs,
+    count_params,
+    find_runtime,
+    measure_latency,
+)
 from .measure import profile as profile_model
 from .models import model_from_name
 from .progress import Progress, shorten
@@ -76,7 +86,12 @@ class _OneLineErrors(_NoFlagType, TyperGroup):
         return code
 
 
-app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, help="Convert CNNs to separable convolutions; search the accuracy-vs-MACs Pareto front.")
+app = typer.Typer(
+    cls=_OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Convert CNNs to separable convolutions; search the accuracy-vs-MACs Pareto front.",
+)
 # markup=False: messages, file names, table cells and status lines are printed as written (rich
 # markup would eat "[onnx]" of "pip install 'nas-sepconv[onnx]'"); styles are Text objects
 out = Console(width=None if sys.stdout.isatty() else 200, markup=False)  # tables stay readable in logs and pipes
@@ -119,7 +134,9 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     except ValueError:
         size = ()
     if not size or len(size) > 4 or any(v <= 0 for v in size):
-        raise UserInputError("--input-size", f"{text!r} is not a size", "use comma-separated positive ints, e.g. 3,224,224")
+        raise UserInputError(
+            "--input-size", f"{text!r} is not a size", "use comma-separated positive ints, e.g. 3,224,224"
+        )
     return size
 
 
@@ -174,12 +191,25 @@ def _fmt(v: Any) -> str:
 # --------------------------------------------------------------------------------------------
 @app.command(cls=_Command)
 def convert(
-    model: str = typer.Option(..., "--model", metavar="MODEL", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME or package.module:factory"),
-    to: str = typer.Option("dwsep", "--to", metavar="SPEC", help="block spec for every eligible conv, e.g. dwsep, dwsep_m2, spatial_r0.5, ir_e4"),
+    model: str = typer.Option(
+        ..., "--model", metavar="MODEL", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME or package.module:factory"
+    ),
+    to: str = typer.Option(
+        "dwsep",
+        "--to",
+        metavar="SPEC",
+        help="block spec for every eligible conv, e.g. dwsep, dwsep_m2, spatial_r0.5, ir_e4",
+    ),
     input_size: str = typer.Option("3,224,224", "--input-size", metavar="C,H,W", help="C,H,W of one input"),
-    out_file: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="save the converted model: .safetensors (with its recipe) or .onnx"),
-    init: str = typer.Option("svd", "--init", metavar="svd|random", help="svd (closed form from the original weights) or random"),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", metavar="N", help="classes of the model's head (default: the model's own)"),
+    out_file: Path | None = typer.Option(
+        None, "--out", metavar="FILE", help="save the converted model: .safetensors (with its recipe) or .onnx"
+    ),
+    init: str = typer.Option(
+        "svd", "--init", metavar="svd|random", help="svd (closed form from the original weights) or random"
+    ),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", metavar="N", help="classes of the model's head (default: the model's own)"
+    ),
 ) -> None:
     """Convert a model's convolutions and print the per-site report (macs_ratio: MACs after /
     before per site; for dwsep the MobileNet paper's 1/C_out + 1/K²)."""
@@ -195,13 +225,22 @@ def convert(
             warnings.simplefilter("ignore", PlanWarning)  # the same lines are in plan.notes, printed below
             plan = make_plan(net, spec, example_inputs=x)
         converted = apply_plan(net, plan, init=init)
-        report = plan.report()[["name", "op", "spec", "reason", "macs_before", "macs_after", "macs_ratio", "params_before", "params_after"]]
+        report = plan.report()[
+            ["name", "op", "spec", "reason", "macs_before", "macs_after", "macs_ratio", "params_before", "params_after"]
+        ]
         print_frame(report, title=f"{model} -> {spec}")
         out.print(plan.summary())
         for note in plan.notes:
             out.print(f"note: {note}")
         if out_file is not None:
-            recipe = Recipe(kind="converted", model=model, model_kwargs=kwargs, width_mult=1.0, input_size=size, plan=plan.to_json(indent=None))
+            recipe = Recipe(
+                kind="converted",
+                model=model,
+                model_kwargs=kwargs,
+                width_mult=1.0,
+                input_size=size,
+                plan=plan.to_json(indent=None),
+            )
             out.print(f"saved {out_file} ({write_model(out_file, converted, recipe, allow_import=model)})")
 
     _guard(run)
@@ -209,12 +248,29 @@ def convert(
 
 @app.command(cls=_Command)
 def profile(
-    model: str = typer.Option(..., "--model", metavar="MODEL|FILE", help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export"),
-    input_size: Optional[str] = typer.Option(None, "--input-size", metavar="C,H,W", help="C,H,W of one input (default: a saved model's recorded input size, else 3,224,224)"),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        metavar="MODEL|FILE",
+        help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export",
+    ),
+    input_size: str | None = typer.Option(
+        None,
+        "--input-size",
+        metavar="C,H,W",
+        help="C,H,W of one input (default: a saved model's recorded input size, else 3,224,224)",
+    ),
     latency: bool = typer.Option(False, "--latency", metavar="", help="also measure CPU latency (batch 1)"),
     threads: int = typer.Option(2, "--threads", metavar="N", help="intra-op threads for --latency"),
-    runtime: str = typer.Option("eager", "--runtime", metavar="|".join(RUNTIMES), help="what runs the forward for --latency"),
-    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", metavar="MODULE:FACTORY", help="package.module:factory a saved model file may import and call (repeatable); registry models need none"),
+    runtime: str = typer.Option(
+        "eager", "--runtime", metavar="|".join(RUNTIMES), help="what runs the forward for --latency"
+    ),
+    allow_import: list[str] | None = typer.Option(
+        None,
+        "--allow-import",
+        metavar="MODULE:FACTORY",
+        help="package.module:factory a saved model file may import and call (repeatable); registry models need none",
+    ),
 ) -> None:
     """Per-layer MACs and parameters of a model (MACs: multiply-accumulates, bias excluded)."""
 
@@ -230,7 +286,9 @@ def profile(
         out.print(f"total MACs {count_macs(net, x):,} (FLOPs = 2 x MACs), params {count_params(net):,}")
         if latency:
             lat = measure_latency(net, x, threads=threads, runtime=record.name)
-            out.print(f"latency ({record.name}, batch 1, {threads} threads): median {lat['median_ms']:.2f} ms (p10 {lat['p10_ms']:.2f}, p90 {lat['p90_ms']:.2f})")
+            out.print(
+                f"latency ({record.name}, batch 1, {threads} threads): median {lat['median_ms']:.2f} ms (p10 {lat['p10_ms']:.2f}, p90 {lat['p90_ms']:.2f})"
+            )
 
     _guard(run)
 
@@ -248,21 +306,58 @@ def spaces() -> None:
 
 @app.command(cls=_Command)
 def search(
-    space: str = typer.Option("default", "--space", metavar="NAME|PATH", help="a bundled space name (nas-sepconv spaces) or a YAML path"),
-    trials: Optional[int] = typer.Option(None, "--trials", metavar="N", help="finished trials the study should hold (default: the space's)"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", metavar="S", help="stop starting trials after this many seconds"),
-    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the results directory)"),
-    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (default: the space name)"),
-    sampler: Optional[str] = typer.Option(None, "--sampler", metavar="|".join(SAMPLERS), help="the sampler (default: the space's search.sampler; tpe in scalarised mode)"),
-    seed: int = typer.Option(0, "--seed", metavar="N", help="seeds the sampler (worker i: N + i) and each trial (N + trial number)"),
+    space: str = typer.Option(
+        "default", "--space", metavar="NAME|PATH", help="a bundled space name (nas-sepconv spaces) or a YAML path"
+    ),
+    trials: int | None = typer.Option(
+        None, "--trials", metavar="N", help="finished trials the study should hold (default: the space's)"
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", metavar="S", help="stop starting trials after this many seconds"
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the results directory)"
+    ),
+    study: str | None = typer.Option(None, "--study", metavar="NAME", help="study name (default: the space name)"),
+    sampler: str | None = typer.Option(
+        None,
+        "--sampler",
+        metavar="|".join(SAMPLERS),
+        help="the sampler (default: the space's search.sampler; tpe in scalarised mode)",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", metavar="N", help="seeds the sampler (worker i: N + i) and each trial (N + trial number)"
+    ),
     device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|cuda:N", help="where the trials train"),
     workers: int = typer.Option(1, "--workers", metavar="N", help="local worker processes"),
-    out_dir: Path = typer.Option(Path("results"), "--out", metavar="DIR", help="results root; outputs go to OUT/STUDY/"),
+    out_dir: Path = typer.Option(
+        Path("results"), "--out", metavar="DIR", help="results root; outputs go to OUT/STUDY/"
+    ),
     retries: int = typer.Option(1, "--retries", metavar="N", help="retries of a trial whose worker died"),
-    heartbeat: int = typer.Option(10, "--heartbeat", metavar="S", help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="PATH", help="read the data set from this folder or archive instead of the space's data.root"),
-    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="torch intra-op threads per worker process (default: 1 for small inputs such as the 16x16 digits, else the CPU cores divided among the workers)"),
-    multi_fidelity: Optional[bool] = typer.Option(None, "--multi-fidelity/--no-multi-fidelity", metavar="", help="stop candidates early at rungs of epochs unless in the best 1/eta by non-dominated sorting (MO-ASHA; rungs from the space's search.multi_fidelity, else min_epochs 1, eta 3); default: the space's setting"),
+    heartbeat: int = typer.Option(
+        10,
+        "--heartbeat",
+        metavar="S",
+        help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried",
+    ),
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        metavar="PATH",
+        help="read the data set from this folder or archive instead of the space's data.root",
+    ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        metavar="N",
+        help="torch intra-op threads per worker process (default: 1 for small inputs such as the 16x16 digits, else the CPU cores divided among the workers)",
+    ),
+    multi_fidelity: bool | None = typer.Option(
+        None,
+        "--multi-fidelity/--no-multi-fidelity",
+        metavar="",
+        help="stop candidates early at rungs of epochs unless in the best 1/eta by non-dominated sorting (MO-ASHA; rungs from the space's search.multi_fidelity, else min_epochs 1, eta 3); default: the space's setting",
+    ),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
@@ -277,7 +372,24 @@ def search(
 
         try:
             with bar:
-                result = run_search(space, trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed, device=device, workers=workers, out=out_dir, retries=retries, heartbeat=heartbeat, progress=show, data_root=data_root, threads=threads, multi_fidelity=multi_fidelity)
+                result = run_search(
+                    space,
+                    trials=trials,
+                    timeout=timeout,
+                    storage=storage,
+                    study=study,
+                    sampler=sampler,
+                    seed=seed,
+                    device=device,
+                    workers=workers,
+                    out=out_dir,
+                    retries=retries,
+                    heartbeat=heartbeat,
+                    progress=show,
+                    data_root=data_root,
+                    threads=threads,
+                    multi_fidelity=multi_fidelity,
+                )
         except KeyboardInterrupt:
             err.print("interrupted: outputs written; run the same command again to resume")
             raise typer.Exit(130)
@@ -313,29 +425,72 @@ def _print_report(study_name: str, folder: Path, df: Any = None) -> None:
 
 @app.command(cls=_Command)
 def report(
-    results_dir: Optional[Path] = typer.Argument(None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"),
-    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"),
-    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="where to write CSV and PNG (default: the results directory, or results/<study>)"),
-    baseline: Optional[list[Path]] = typer.Option(None, "--baseline", metavar="DIR", help="a baseline's results directory (e.g. of a mobilenetv2_width_digits search) to compare with, repeatable: hypervolumes on one common reference, comparison.csv and .png"),
+    results_dir: Path | None = typer.Argument(
+        None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"
+    ),
+    study: str | None = typer.Option(
+        None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"
+    ),
+    out_dir: Path | None = typer.Option(
+        None,
+        "--out",
+        metavar="DIR",
+        help="where to write CSV and PNG (default: the results directory, or results/<study>)",
+    ),
+    baseline: list[Path] | None = typer.Option(
+        None,
+        "--baseline",
+        metavar="DIR",
+        help="a baseline's results directory (e.g. of a mobilenetv2_width_digits search) to compare with, repeatable: hypervolumes on one common reference, comparison.csv and .png",
+    ),
 ) -> None:
     """Print the Pareto table; write trials.csv, pareto.csv, pareto.png (--baseline: comparison.csv, .png)."""
 
     def run() -> None:
         if (results_dir is None) == (storage is None):
-            raise UserInputError("report", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv report results/default")
+            raise UserInputError(
+                "report",
+                "give either a results directory or --storage (with --study)",
+                "e.g. nas-sepconv report results/default",
+            )
         if out_dir is not None:
             ensure_writable_dir(out_dir, "--out")
         df = results.load(results_dir if results_dir is not None else storage, study=study)
         folder = out_dir or (results_dir if results_dir is not None else Path("results") / df.attrs["study"])
         if out_dir is None:  # the outputs go beside the study
-            ensure_writable_dir(folder, "RESULTS_DIR" if results_dir is not None else "--out", fix="give --out DIR, a folder you can write to")
-        table, paths = results.write_comparison({df.attrs["study"]: df}, folder, baselines=results.load_baselines(baseline, taken=[df.attrs["study"]], field="--baseline"), field="--baseline") if baseline else (None, {})
+            ensure_writable_dir(
+                folder,
+                "RESULTS_DIR" if results_dir is not None else "--out",
+                fix="give --out DIR, a folder you can write to",
+            )
+        table, paths = (
+            results.write_comparison(
+                {df.attrs["study"]: df},
+                folder,
+                baselines=results.load_baselines(baseline, taken=[df.attrs["study"]], field="--baseline"),
+                field="--baseline",
+            )
+            if baseline
+            else (None, {})
+        )
         results.write_outputs(df, folder)  # (after the comparison: a bad --baseline fails before anything is written)
         _print_report(df.attrs["study"], folder, df)
         if table is not None:
-            print_frame(results.comparison_table(table), title=f"Hypervolumes on one reference point (best baseline: {table.attrs['best_baseline']})")
-            out.print("\n".join([results.reference_line(table) or "no complete trial: no reference point", *(f"wrote {p}" for p in paths.values())]))
+            print_frame(
+                results.comparison_table(table),
+                title=f"Hypervolumes on one reference point (best baseline: {table.attrs['best_baseline']})",
+            )
+            out.print(
+                "\n".join(
+                    [
+                        results.reference_line(table) or "no complete trial: no reference point",
+                        *(f"wrote {p}" for p in paths.values()),
+                    ]
+                )
+            )
 
     _guard(run)
 
@@ -343,21 +498,55 @@ def report(
 @app.command(cls=_Command)
 def export(
     trial: int = typer.Option(..., "--trial", metavar="N", help="trial number"),
-    results_dir: Optional[Path] = typer.Argument(None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"),
-    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"),
-    study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"),
-    out_file: Path = typer.Option(..., "--out", metavar="FILE", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"),
-    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda|cuda:N", help="where a trial without saved weights is re-trained"),
-    allow_import: Optional[list[str]] = typer.Option(None, "--allow-import", metavar="NAME", help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="PATH", help="the data set's folder or archive, as given to the search's --data-root (re-training needs the data)"),
+    results_dir: Path | None = typer.Argument(
+        None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"
+    ),
+    study: str | None = typer.Option(
+        None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"
+    ),
+    out_file: Path = typer.Option(
+        ..., "--out", metavar="FILE", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"
+    ),
+    device: str = typer.Option(
+        "cpu", "--device", metavar="cpu|cuda|cuda:N", help="where a trial without saved weights is re-trained"
+    ),
+    allow_import: list[str] | None = typer.Option(
+        None,
+        "--allow-import",
+        metavar="NAME",
+        help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)",
+    ),
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        metavar="PATH",
+        help="the data set's folder or archive, as given to the search's --data-root (re-training needs the data)",
+    ),
 ) -> None:
     """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
 
     def run() -> None:
         if (results_dir is None) == (storage is None):
-            raise UserInputError("export", "give either a results directory or --storage (with --study)", "e.g. nas-sepconv export results/default --trial 3 --out m.safetensors")
-        info = export_trial(results_dir if results_dir is not None else storage, trial, study=study, out=out_file, device=device, allow_import=allow_import, data_root=data_root)
-        out.print(f"trial {trial}: {info['how']}; accuracy {info['accuracy']:.4f} (recorded {info['recorded_accuracy']:.4f}); wrote {out_file}")
+            raise UserInputError(
+                "export",
+                "give either a results directory or --storage (with --study)",
+                "e.g. nas-sepconv export results/default --trial 3 --out m.safetensors",
+            )
+        info = export_trial(
+            results_dir if results_dir is not None else storage,
+            trial,
+            study=study,
+            out=out_file,
+            device=device,
+            allow_import=allow_import,
+            data_root=data_root,
+        )
+        out.print(
+            f"trial {trial}: {info['how']}; accuracy {info['accuracy']:.4f} (recorded {info['recorded_accuracy']:.4f}); wrote {out_file}"
+        )
 
     _guard(run)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import optuna
 import torch
@@ -36,7 +37,7 @@ from .train import evaluate
 __all__ = ["MODEL_FILES", "check_model_file", "export_trial", "rebuild_trial", "write_model"]
 
 
-def _study_and_dir(source: "str | Path", study: str | None) -> tuple[optuna.Study, Path]:
+def _study_and_dir(source: str | Path, study: str | None) -> tuple[optuna.Study, Path]:
     df = results.load(source, study=study)
     storage = df.attrs["storage"]
     name = df.attrs["study"]
@@ -56,14 +57,20 @@ def _check_stored_space(space: Any, trusted: frozenset[str]) -> None:
     for field, name in named:
         if name not in trusted:
             raise UserInputError(
-                "--allow-import", f"the study's stored space names {field} {name!r}, which rebuilding would import and run",
+                "--allow-import",
+                f"the study's stored space names {field} {name!r}, which rebuilding would import and run",
                 f"if you trust the results folder, pass --allow-import {name} (allow_import={name!r})",
             )
 
 
 def rebuild_trial(
-    source: "str | Path", number: int, *, study: str | None = None, device: str = "cpu", allow_import: "str | Iterable[str] | None" = None,
-    data_root: "str | Path | None" = None,
+    source: str | Path,
+    number: int,
+    *,
+    study: str | None = None,
+    device: str = "cpu",
+    allow_import: str | Iterable[str] | None = None,
+    data_root: str | Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of trial ``number`` and how it was obtained (``how``), with its validation
     accuracy measured now (``accuracy``) next to the recorded one.  ``data_root``: where the
@@ -77,10 +84,18 @@ def rebuild_trial(
     the_study, folder = _study_and_dir(source, study)
     trials = {t.number: t for t in the_study.get_trials(deepcopy=False)}
     if number not in trials:
-        raise UserInputError("--trial", f"study {the_study.study_name!r} has no trial {number}", f"trials are 0..{max(trials) if trials else -1}")
+        raise UserInputError(
+            "--trial",
+            f"study {the_study.study_name!r} has no trial {number}",
+            f"trials are 0..{max(trials) if trials else -1}",
+        )
     frozen = trials[number]
     if frozen.state != optuna.trial.TrialState.COMPLETE:
-        raise UserInputError("--trial", f"trial {number} is {frozen.state.name}, not COMPLETE", "pick a completed trial (nas-sepconv report)")
+        raise UserInputError(
+            "--trial",
+            f"trial {number} is {frozen.state.name}, not COMPLETE",
+            "pick a completed trial (nas-sepconv report)",
+        )
     where = str(folder)
     space = _stored_space(the_study, where)
     _check_stored_space(space, trusted)
@@ -90,7 +105,9 @@ def rebuild_trial(
     except UserInputError as exc:
         if data_root is not None or not exc.field.endswith("root"):
             raise
-        raise UserInputError(exc.field, exc.problem, "give --data-root PATH (data_root=), the data the search was run on") from None
+        raise UserInputError(
+            exc.field, exc.problem, "give --data-root PATH (data_root=), the data the search was run on"
+        ) from None
     # everything the folder says is checked before minutes of work (stored.py, StoredTrial)
     attr = functools.partial(stored_attr, frozen.user_attrs, owner=f"trial {number}", source=where)
     resolution = _trial_side(space, frozen, ctx.data.input_shape[-1], where)
@@ -101,16 +118,24 @@ def rebuild_trial(
     weights = folder / "weights" / f"trial_{number}.safetensors"
     if weights.is_file():
         model, how = load_model(weights, allow_import=trusted, device=device), "loaded saved weights"
-        _check_model(model, reference, f"{weights} does not hold trial {number}'s model",
-                     "restore the file the search wrote, or delete it to re-train the trial from its parameters")
+        _check_model(
+            model,
+            reference,
+            f"{weights} does not hold trial {number}'s model",
+            "restore the file the search wrote, or delete it to re-train the trial from its parameters",
+        )
     else:
         seed = number if seed is None else seed
         model = ctx.retrain(frozen.params, number=number, seed=seed, threads=threads, source=where)
         how = "re-trained from the trial's parameters and seed"
         if attr("stopped_early"):  # the multi-fidelity mode stopped it: its recorded accuracy is a rung's
             how += f", to the full budget (the search stopped it early, after {attr('epochs_trained')} epochs)"
-        _check_model(model, reference, f"trial {number}, re-trained, does not match its recorded recipe",
-                     "the study's space was changed since the search; export from the results folder the search wrote")
+        _check_model(
+            model,
+            reference,
+            f"trial {number}, re-trained, does not match its recorded recipe",
+            "the study's space was changed since the search; export from the results folder the search wrote",
+        )
     accuracy = evaluate(model.to(device), ctx.data.val, data=ctx.data, device=device, resolution=resolution)
     recorded = attr("accuracy")
     info = {
@@ -177,7 +202,8 @@ def _check_data(reference: nn.Module, recipe: Recipe, data: Any, number: int) ->
     classes = outputs[0].shape[-1] if outputs and outputs[0].dim() == 2 else data.num_classes
     if (channels, classes) != (data.input_shape[0], data.num_classes):
         raise UserInputError(
-            "--data-root", f"the data set has {data.num_classes} classes of {data.input_shape[0]}-channel images, "
+            "--data-root",
+            f"the data set has {data.num_classes} classes of {data.input_shape[0]}-channel images, "
             f"trial {number} was trained on {classes} of {channels}-channel images",
             "give --data-root PATH (data_root=), the data the search was run on",
         )
@@ -195,10 +221,13 @@ def _with_input_size(recipe: Recipe, size: tuple[int, int, int]) -> Recipe:
     return recipe if recipe.input_size is not None else dataclasses.replace(recipe, input_size=size)
 
 
-MODEL_FILES = {".safetensors": "loads with nas_sepconv.load_model", ".onnx": "ONNX, batch dimension dynamic; runs in ONNX Runtime"}
+MODEL_FILES = {
+    ".safetensors": "loads with nas_sepconv.load_model",
+    ".onnx": "ONNX, batch dimension dynamic; runs in ONNX Runtime",
+}
 
 
-def check_model_file(out: "str | Path | None", field: str = "--out") -> Path | None:
+def check_model_file(out: str | Path | None, field: str = "--out") -> Path | None:
     """``out`` as a path a model can be written to: a known extension (:data:`MODEL_FILES`), a
     folder that can be written, and for ONNX the ``onnx`` package.  Checked before any work.
     ``None`` (nothing to write) passes."""
@@ -211,13 +240,19 @@ def check_model_file(out: "str | Path | None", field: str = "--out") -> Path | N
         raise UserInputError(field, f"{out} is a folder", f"give a file name, e.g. {out / ('model' + out.suffix)}")
     ensure_writable_dir(out.parent, field)
     if out.suffix == ".onnx":
-        need_module("onnx", field, fix="pip install 'nas-sepconv[onnx]' or write .safetensors")  # torch.onnx.export needs it
+        need_module(
+            "onnx", field, fix="pip install 'nas-sepconv[onnx]' or write .safetensors"
+        )  # torch.onnx.export needs it
     return out
 
 
 def write_model(
-    out: "str | Path", model: nn.Module, recipe: Recipe, *, output_name: str = "output",
-    allow_import: "str | Iterable[str] | None" = None,
+    out: str | Path,
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    output_name: str = "output",
+    allow_import: str | Iterable[str] | None = None,
 ) -> str:
     """Write ``model`` to ``out``: safetensors + ``recipe``, or ONNX traced at the recipe's
     input size (batch 1; the batch dimension stays dynamic).  Returns how it loads.
@@ -239,18 +274,28 @@ def write_model(
             save_model(out, model, recipe)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise StorageError(f"cannot write {out} ({reason}): it is as it was; make room or choose another path, "
-                           "and run the command again") from exc
+        raise StorageError(
+            f"cannot write {out} ({reason}): it is as it was; make room or choose another path, "
+            "and run the command again"
+        ) from exc
     return MODEL_FILES[out.suffix]
 
 
 def export_trial(
-    source: "str | Path", number: int, *, study: str | None = None, out: "str | Path", device: str = "cpu", allow_import: "str | Iterable[str] | None" = None,
-    data_root: "str | Path | None" = None,
+    source: str | Path,
+    number: int,
+    *,
+    study: str | None = None,
+    out: str | Path,
+    device: str = "cpu",
+    allow_import: str | Iterable[str] | None = None,
+    data_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Rebuild trial ``number`` (see :func:`rebuild_trial`) and write it to ``out``
     (``.safetensors`` or ``.onnx``, :func:`write_model`)."""
     out = check_model_file(out)  # before a trial is re-trained for minutes
-    model, info = rebuild_trial(source, number, study=study, device=device, allow_import=allow_import, data_root=data_root)
+    model, info = rebuild_trial(
+        source, number, study=study, device=device, allow_import=allow_import, data_root=data_root
+    )
     write_model(out, model.cpu(), info["recipe"], output_name="logits", allow_import=allow_import)
     return info

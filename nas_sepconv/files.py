@@ -15,8 +15,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from .errors import UserInputError
 
@@ -50,7 +51,6 @@ def ensure_writable_dir(path: str | Path, field: str, *, fix: str = "give a fold
     return path
 
 
-
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary file beside ``path`` for the caller to write; when the block ends without an
@@ -73,7 +73,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def atomic_write(path: str | Path, content: "str | bytes | Callable[[IO], None]", *, binary: bool = False) -> Path:
+def atomic_write(path: str | Path, content: str | bytes | Callable[[IO], None], *, binary: bool = False) -> Path:
     """Write ``content`` (text, bytes, or a function given the open file) to ``path`` atomically
     (see :func:`atomic_path`), flushed to disk before the rename."""
     binary = binary or isinstance(content, bytes)

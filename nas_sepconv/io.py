@@ -23,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -37,9 +38,23 @@ from .jsonfile import loads
 from .models import Arch, build_network, model_from_name
 from .recipe import FORMAT, REGISTRY_SOURCES, Recipe, check_trusted, trusted_names
 
-__all__ = ["Recipe", "save_model", "load_model", "read_recipe", "build_from_recipe", "bounded_build", "check_device", "trusted_names",
-           "build_on_meta", "named_model", "state_mismatch",
-           "MAX_PARAMS", "MAX_MODULES", "REGISTRY_SOURCES", "FORMAT"]  # Recipe, trusted_names, REGISTRY_SOURCES, FORMAT: from recipe.py
+__all__ = [
+    "Recipe",
+    "save_model",
+    "load_model",
+    "read_recipe",
+    "build_from_recipe",
+    "bounded_build",
+    "check_device",
+    "trusted_names",
+    "build_on_meta",
+    "named_model",
+    "state_mismatch",
+    "MAX_PARAMS",
+    "MAX_MODULES",
+    "REGISTRY_SOURCES",
+    "FORMAT",
+]  # Recipe, trusted_names, REGISTRY_SOURCES, FORMAT: from recipe.py
 
 _KEY = "nas_sepconv"
 
@@ -50,7 +65,7 @@ MAX_MODULES = 100_000
 _FILE_FIX = "give the file `nas-sepconv convert --out` or `export` wrote"
 
 
-def save_model(path: str | Path, model: nn.Module, recipe: "Recipe | Mapping[str, Any]") -> Path:
+def save_model(path: str | Path, model: nn.Module, recipe: Recipe | Mapping[str, Any]) -> Path:
     """Write ``model``'s weights and the ``recipe`` that rebuilds it to ``path`` (atomically).
 
     ``recipe``: a :class:`Recipe`, or its dict form (written as given; :func:`load_model`
@@ -86,7 +101,7 @@ def _as_os_error(exc: Exception, path: Path) -> OSError | None:
     return OSError(int(found.group(2)), found.group(1), str(path)) if found else None
 
 
-def read_recipe(path: str | Path) -> "Recipe":
+def read_recipe(path: str | Path) -> Recipe:
     """The recipe stored in a saved model file, checked (see :meth:`Recipe.from_dict`)."""
     from safetensors import safe_open
 
@@ -97,7 +112,9 @@ def read_recipe(path: str | Path) -> "Recipe":
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for junk
-        raise UserInputError("file", f"{path} is not a safetensors file ({' '.join(str(exc).split())[:100]})", _FILE_FIX) from None
+        raise UserInputError(
+            "file", f"{path} is not a safetensors file ({' '.join(str(exc).split())[:100]})", _FILE_FIX
+        ) from None
     if _KEY not in meta:
         raise UserInputError("file", f"{path} has no nas-sepconv recipe", _FILE_FIX)
     recipe = loads(meta[_KEY], field="recipe", what=f"the recipe of {path}", fix="re-export the model")
@@ -142,7 +159,10 @@ def _size_guard(max_params: int, max_modules: int) -> Iterator[None]:
 
 
 def bounded_build(
-    build: Callable[[], nn.Module], *, what: str = "recipe", max_params: int = MAX_PARAMS,
+    build: Callable[[], nn.Module],
+    *,
+    what: str = "recipe",
+    max_params: int = MAX_PARAMS,
     max_modules: int = MAX_MODULES,
     fix: str = "refused as a safeguard; raise max_params / max_modules of load_model if you trust the file",
 ) -> nn.Module:
@@ -152,7 +172,7 @@ def bounded_build(
     budget raises :class:`UserInputError` naming ``what``, with ``fix``."""
     for device in ("meta", None):
         try:
-            with _size_guard(max_params, max_modules), (torch.device(device) if device else contextlib.nullcontext()):
+            with _size_guard(max_params, max_modules), torch.device(device) if device else contextlib.nullcontext():
                 model = build()
         except _OverBudget as exc:
             raise UserInputError(what, f"the model would have {exc}", fix) from None
@@ -161,7 +181,9 @@ def bounded_build(
         except Exception as exc:  # noqa: BLE001 - some models cannot be built on meta: build for real
             if device is None:  # a file's arguments the factory rejects, in one line
                 text = " ".join(str(exc).split())[:160]
-                raise UserInputError(what, f"the model cannot be built ({type(exc).__name__}: {text})", "re-export it") from None
+                raise UserInputError(
+                    what, f"the model cannot be built ({type(exc).__name__}: {text})", "re-export it"
+                ) from None
             continue
         if device is None:
             return model
@@ -169,7 +191,11 @@ def bounded_build(
 
 
 def build_from_recipe(
-    recipe: "Recipe | Mapping[str, Any]", *, allow_import: "str | Iterable[str] | None" = None, max_params: int = MAX_PARAMS, max_modules: int = MAX_MODULES
+    recipe: Recipe | Mapping[str, Any],
+    *,
+    allow_import: str | Iterable[str] | None = None,
+    max_params: int = MAX_PARAMS,
+    max_modules: int = MAX_MODULES,
 ) -> nn.Module:
     """The architecture a recipe describes, with fresh weights.
 
@@ -189,7 +215,9 @@ def build_from_recipe(
     def build() -> nn.Module:
         model = model_from_name(name, **kwargs)
         if recipe.width_mult != 1.0:
-            model = apply_width_mult(model, recipe.width_mult, example_inputs=torch.randn(1, *recipe.input_size, device=_device_of(model)))
+            model = apply_width_mult(
+                model, recipe.width_mult, example_inputs=torch.randn(1, *recipe.input_size, device=_device_of(model))
+            )
         if recipe.plan:
             model = apply_plan(model, Plan.from_json(recipe.plan), init="random")
         return model
@@ -208,8 +236,7 @@ def named_model(name: str, *, num_classes: int | None = None) -> nn.Module:
     return bounded_build(build, what="num_classes", fix="give fewer classes").eval()
 
 
-def build_on_meta(recipe: "Recipe | Mapping[str, Any]", *, allow_import: "str | Iterable[str] | None" = None
-                  ) -> nn.Module:
+def build_on_meta(recipe: Recipe | Mapping[str, Any], *, allow_import: str | Iterable[str] | None = None) -> nn.Module:
     """The architecture ``recipe`` rebuilds, as :func:`build_from_recipe` makes it, on the meta
     device (no memory, no arithmetic) where it can be built there; else for real (pruning to a
     width multiplier reads weights)."""
@@ -239,7 +266,7 @@ def _device_of(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def check_device(device: "str | torch.device", *, field: str = "device") -> torch.device:
+def check_device(device: str | torch.device, *, field: str = "device") -> torch.device:
     """``device`` as a ``torch.device`` this machine has: ``cpu``, ``cuda`` or ``cuda:N``."""
     try:
         dev = torch.device(device)
@@ -250,14 +277,16 @@ def check_device(device: "str | torch.device", *, field: str = "device") -> torc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError(field, "CUDA is not available on this machine", "use cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserInputError(field, f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)", "use cuda:0 ...")
+        raise UserInputError(
+            field, f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)", "use cuda:0 ..."
+        )
     return dev
 
 
 def load_model(
     path: str | Path,
     *,
-    allow_import: "str | Iterable[str] | None" = None,
+    allow_import: str | Iterable[str] | None = None,
     device: str | torch.device = "cpu",
     max_params: int = MAX_PARAMS,
     max_modules: int = MAX_MODULES,
@@ -277,11 +306,19 @@ def load_model(
     try:
         state = load_file(str(path), device=str(dev))
     except Exception as exc:  # noqa: BLE001 - a truncated or corrupt tensor section
-        raise UserInputError("file", f"{path}: cannot read its tensors ({' '.join(str(exc).split())[:100]})", "re-export it") from None
+        raise UserInputError(
+            "file", f"{path}: cannot read its tensors ({' '.join(str(exc).split())[:100]})", "re-export it"
+        ) from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape
-        raise UserInputError("file", f"{path} does not match its recipe ({' '.join(str(exc).split())[:160]})", "re-export it") from None
+        raise UserInputError(
+            "file", f"{path} does not match its recipe ({' '.join(str(exc).split())[:160]})", "re-export it"
+        ) from None
     if missing or unexpected:
-        raise UserInputError("file", f"{path} does not match its recipe (missing {missing[:3]}, unexpected {unexpected[:3]})", "re-export it")
+        raise UserInputError(
+            "file",
+            f"{path} does not match its recipe (missing {missing[:3]}, unexpected {unexpected[:3]})",
+            "re-export it",
+        )
     return model.to(dev).eval()

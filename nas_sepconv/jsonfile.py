@@ -29,7 +29,7 @@ MAX_TEXT = 64 * 2**20
 
 
 def loads(
-    text: "str | bytes", *, field: str, what: str, fix: str, max_depth: int = MAX_DEPTH, max_chars: int = MAX_TEXT
+    text: str | bytes, *, field: str, what: str, fix: str, max_depth: int = MAX_DEPTH, max_chars: int = MAX_TEXT
 ) -> Any:
     """``text`` parsed as JSON, refused (naming ``field``; ``what`` says whose text it is) when
     it is not text, longer than ``max_chars``, not valid JSON, or nested deeper than
@@ -65,7 +65,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def check_regular_file(path: "str | Path", *, field: str, fix: str, max_bytes: int) -> os.stat_result:
+def check_regular_file(path: str | Path, *, field: str, fix: str, max_bytes: int) -> os.stat_result:
     """Refuse (naming ``field``) a path that is not a regular file (a device such as
     ``/dev/zero``, a pipe, a folder; links are followed) or that is larger than ``max_bytes``.
     Returns its ``stat``; a path that does not exist raises ``FileNotFoundError``."""
@@ -74,14 +74,14 @@ def check_regular_file(path: "str | Path", *, field: str, fix: str, max_bytes: i
     return info
 
 
-def _check_stat(info: os.stat_result, path: "str | Path", *, field: str, fix: str, max_bytes: int) -> None:
+def _check_stat(info: os.stat_result, path: str | Path, *, field: str, fix: str, max_bytes: int) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise UserInputError(field, f"{path} is not a regular file (a device, a pipe or a folder)", fix)
     if info.st_size > max_bytes:
         raise UserInputError(field, f"{path} is {info.st_size:,} bytes, over the {max_bytes:,} it may have", fix)
 
 
-def read_bytes(path: "str | Path", *, field: str, fix: str, max_bytes: int) -> bytes:
+def read_bytes(path: str | Path, *, field: str, fix: str, max_bytes: int) -> bytes:
     """The bytes of the regular file ``path``, at most ``max_bytes`` of them (checked on the
     open file, and bounded while reading: a file that grows is still refused).  A path that
     cannot be opened raises ``OSError``."""
@@ -98,7 +98,7 @@ def read_bytes(path: "str | Path", *, field: str, fix: str, max_bytes: int) -> b
     return data
 
 
-def read_json(path: "str | Path", *, field: str, fix: str, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
+def read_json(path: str | Path, *, field: str, fix: str, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """The JSON value of the file ``path``: :func:`read_bytes`, then :func:`loads`."""
     data = read_bytes(path, field=field, fix=fix, max_bytes=max_bytes)
     try:

@@ -19,7 +19,8 @@ import math
 import os
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -43,7 +44,7 @@ def shorten(text: str, width: int) -> str:
         return text
     room = width - len(ELLIPSIS)
     if room <= 0:
-        return ELLIPSIS[:max(width, 0)]
+        return ELLIPSIS[: max(width, 0)]
     cut = text.rfind(" ", 0, room + 1)
     head = text[:cut] if cut > 0 else text[:room]
     return head.rstrip(" |,;:") + ELLIPSIS
@@ -78,7 +79,7 @@ def _rate(per_second: float) -> str:
 class _Bar(_RichProgress):
     """A rich progress bar with the operation's text on a line of its own below it."""
 
-    def __init__(self, owner: "Progress", *columns: Any, **kwargs: Any) -> None:
+    def __init__(self, owner: Progress, *columns: Any, **kwargs: Any) -> None:
         self._owner = owner
         super().__init__(*columns, **kwargs)
 
@@ -99,8 +100,17 @@ class Progress:
     done before (a resumed search's trials): left out of the rate and the time left.
     """
 
-    def __init__(self, description: str, total: int | None = None, *, unit: str = "steps", console: Console | None = None,
-                 interval: float | None = None, transient: bool = False, resume: bool = False) -> None:
+    def __init__(
+        self,
+        description: str,
+        total: int | None = None,
+        *,
+        unit: str = "steps",
+        console: Console | None = None,
+        interval: float | None = None,
+        transient: bool = False,
+        resume: bool = False,
+    ) -> None:
         self.description, self.total, self.unit = description, total, unit
         self.console = console if console is not None else Console(stderr=True, markup=False, highlight=False)
         self.terminal = self.console.is_terminal or self.console.is_jupyter  # a notebook shows rich's widget
@@ -116,7 +126,9 @@ class Progress:
         self._lock = threading.Lock()
 
     # -- reporting ------------------------------------------------------------------------
-    def update(self, completed: int | None = None, *, advance: int = 0, total: int | None = None, info: str | None = None) -> None:
+    def update(
+        self, completed: int | None = None, *, advance: int = 0, total: int | None = None, info: str | None = None
+    ) -> None:
         """Set the count (``completed``) or add to it (``advance``); ``total`` and ``info`` (the
         operation's own text, e.g. the loss) replace theirs when given."""
         with self._lock:
@@ -150,11 +162,17 @@ class Progress:
         return shorten(text, self.console.width if self.terminal else PLAIN_WIDTH)
 
     # -- showing --------------------------------------------------------------------------
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._start = self._base_time = time.perf_counter()
         if self.terminal:
-            columns = (TextColumn(f"[bold]{self.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit),
-                       TimeElapsedColumn(), TimeRemainingColumn())
+            columns = (
+                TextColumn(f"[bold]{self.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
             self._bar = _Bar(self, *columns, console=self.console, transient=self.transient)
             self._task = self._bar.add_task(self.description, total=self.total, completed=self.completed)
             self._bar.start()
@@ -189,7 +207,7 @@ class Progress:
 class _Silent:
     """The progress of a library call made without ``progress=True``: shows nothing."""
 
-    def __enter__(self) -> "_Silent":
+    def __enter__(self) -> _Silent:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -204,7 +222,9 @@ def progress(enabled: bool, description: str, total: int | None = None, **kwargs
     return Progress(description, total, **kwargs) if enabled else _Silent()
 
 
-def track(items: Iterable[Any], enabled: bool, description: str, *, total: int | None = None, **kwargs: Any) -> Iterator[Any]:
+def track(
+    items: Iterable[Any], enabled: bool, description: str, *, total: int | None = None, **kwargs: Any
+) -> Iterator[Any]:
     """Yield ``items``, showing one step per item when ``enabled``."""
     items = list(items) if total is None else items
     with progress(enabled, description, len(items) if total is None else total, **kwargs) as bar:

@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import UserInputError
 from .jsonfile import loads
 
-__all__ = ["Recipe", "FORMAT", "REGISTRY_SOURCES", "MAX_INPUT_ELEMENTS", "MAX_INPUT_SIDE", "check_model_kwargs", "trusted_names", "check_trusted"]
+__all__ = [
+    "Recipe",
+    "FORMAT",
+    "REGISTRY_SOURCES",
+    "MAX_INPUT_ELEMENTS",
+    "MAX_INPUT_SIDE",
+    "check_model_kwargs",
+    "trusted_names",
+    "check_trusted",
+]
 
 #: The recipe format this version reads and writes.
 FORMAT = 1
@@ -47,7 +57,20 @@ _SAFE_WORD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
 
 
 #: Keys that make a model zoo read, fetch or unpickle something.
-_FORBIDDEN_KEY_PARTS = ("path", "file", "url", "dir", "pretrained", "checkpoint", "weights", "cache", "download", "hub", "cfg", "load")
+_FORBIDDEN_KEY_PARTS = (
+    "path",
+    "file",
+    "url",
+    "dir",
+    "pretrained",
+    "checkpoint",
+    "weights",
+    "cache",
+    "download",
+    "hub",
+    "cfg",
+    "load",
+)
 
 
 _RECIPE_KEYS = {
@@ -83,7 +106,12 @@ class Recipe:
         if self.kind == "built":
             out: dict[str, Any] = {"kind": self.kind, "arch": self.arch}
         else:
-            out = {"kind": self.kind, "model": self.model, "model_kwargs": dict(self.model_kwargs), "width_mult": self.width_mult}
+            out = {
+                "kind": self.kind,
+                "model": self.model,
+                "model_kwargs": dict(self.model_kwargs),
+                "width_mult": self.width_mult,
+            }
         if self.input_size is not None:
             out["input_size"] = list(self.input_size)
         if self.rules is not None:
@@ -93,7 +121,7 @@ class Recipe:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, *, where: str = "the recipe", saved: bool = False) -> "Recipe":
+    def from_dict(cls, data: Any, *, where: str = "the recipe", saved: bool = False) -> Recipe:
         """A recipe from its JSON form, checked (fields, plain model_kwargs, bounded sizes; a
         ``saved`` file's must state its ``format``); errors name ``recipe.<field>``."""
         _check_recipe(data, where=where, saved=saved)
@@ -104,15 +132,25 @@ class Recipe:
 def _check_recipe(recipe: Any, *, where: str, saved: bool) -> None:
     """Validate a recipe's shape and values (not yet its model name's trust)."""
     if not isinstance(recipe, dict):
-        raise UserInputError("recipe", f"{where}: expected a JSON object, got {type(recipe).__name__}", "re-export the model")
+        raise UserInputError(
+            "recipe", f"{where}: expected a JSON object, got {type(recipe).__name__}", "re-export the model"
+        )
     if recipe.get("format", None if saved else FORMAT) != FORMAT:
-        raise UserInputError("recipe.format", f"{where} has recipe format {recipe.get('format')!r}, this version reads {FORMAT}", "re-export it with this version")
+        raise UserInputError(
+            "recipe.format",
+            f"{where} has recipe format {recipe.get('format')!r}, this version reads {FORMAT}",
+            "re-export it with this version",
+        )
     kind = recipe.get("kind")
     if not isinstance(kind, str) or kind not in _RECIPE_KEYS:
-        raise UserInputError("recipe.kind", f"unknown recipe kind {str(kind)[:40]!r}", "expected 'converted' or 'built'")
+        raise UserInputError(
+            "recipe.kind", f"unknown recipe kind {str(kind)[:40]!r}", "expected 'converted' or 'built'"
+        )
     unknown = sorted(set(recipe) - _RECIPE_KEYS[kind])
     if unknown:
-        raise UserInputError(f"recipe.{unknown[0]}", f"unknown field of a {kind!r} recipe", f"fields are {sorted(_RECIPE_KEYS[kind])}")
+        raise UserInputError(
+            f"recipe.{unknown[0]}", f"unknown field of a {kind!r} recipe", f"fields are {sorted(_RECIPE_KEYS[kind])}"
+        )
     if "input_size" in recipe:
         _check_input_size(recipe["input_size"])
     if kind == "built":
@@ -122,13 +160,17 @@ def _check_recipe(recipe: Any, *, where: str, saved: bool) -> None:
         return
     model = recipe.get("model")
     if not isinstance(model, str) or ":" not in model or len(model) > 200:
-        raise UserInputError("recipe.model", f"expected a model name like torchvision:resnet18, got {model!r}", "re-export the model")
+        raise UserInputError(
+            "recipe.model", f"expected a model name like torchvision:resnet18, got {model!r}", "re-export the model"
+        )
     check_model_kwargs(recipe.get("model_kwargs", {}))
     width = recipe.get("width_mult", 1.0)
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or not 0 < width <= 4:
         raise UserInputError("recipe.width_mult", f"expected a number in (0, 4], got {width!r}", "re-export the model")
     if width != 1.0 and "input_size" not in recipe:
-        raise UserInputError("recipe.input_size", "a width multiplier needs the input size it was pruned at", "re-export the model")
+        raise UserInputError(
+            "recipe.input_size", "a width multiplier needs the input size it was pruned at", "re-export the model"
+        )
     if not isinstance(recipe.get("plan", ""), str):
         raise UserInputError("recipe.plan", "expected the JSON text of a plan", "re-export the model")
     if recipe.get("plan"):
@@ -156,12 +198,15 @@ def _check_rules(rules: Any) -> None:
 
 def _check_input_size(size: Any) -> None:
     if (
-        not isinstance(size, list) or not 1 <= len(size) <= 4
+        not isinstance(size, list)
+        or not 1 <= len(size) <= 4
         or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE for v in size)
         or math.prod(size) > MAX_INPUT_ELEMENTS
     ):
         raise UserInputError(
-            "recipe.input_size", f"expected [C, H, W] of positive ints, at most {MAX_INPUT_SIDE} per side and {MAX_INPUT_ELEMENTS:,} values, got {str(size)[:80]}", "re-export the model"
+            "recipe.input_size",
+            f"expected [C, H, W] of positive ints, at most {MAX_INPUT_SIDE} per side and {MAX_INPUT_ELEMENTS:,} values, got {str(size)[:80]}",
+            "re-export the model",
         )
 
 
@@ -179,13 +224,23 @@ def check_model_kwargs(kwargs: Any, *, field: str = "recipe.model_kwargs") -> di
         if not isinstance(key, str) or not key.isidentifier():
             raise UserInputError(field, f"{str(key)[:40]!r} is not an argument name", "re-export the model")
         if any(part in key.lower() for part in _FORBIDDEN_KEY_PARTS):
-            raise UserInputError(where, "a saved model may not ask to read, fetch or unpickle files", "load weights yourself, after load_model")
+            raise UserInputError(
+                where,
+                "a saved model may not ask to read, fetch or unpickle files",
+                "load weights yourself, after load_model",
+            )
         values = value if isinstance(value, list) else [value]
         if isinstance(value, list) and len(value) > _MAX_KWARG_LIST:
-            raise UserInputError(where, f"a list of {len(value)} values (at most {_MAX_KWARG_LIST})", "re-export the model")
+            raise UserInputError(
+                where, f"a list of {len(value)} values (at most {_MAX_KWARG_LIST})", "re-export the model"
+            )
         for v in values:
             if not _plain_value(v):
-                raise UserInputError(where, f"{str(v)[:40]!r} is not a plain architecture value (a number, a word, true/false, null)", "re-export the model")
+                raise UserInputError(
+                    where,
+                    f"{str(v)[:40]!r} is not a plain architecture value (a number, a word, true/false, null)",
+                    "re-export the model",
+                )
     return kwargs
 
 
@@ -199,19 +254,23 @@ def _plain_value(v: Any) -> bool:
     return isinstance(v, str) and bool(_SAFE_WORD.match(v)) and "://" not in v and ".." not in v
 
 
-def trusted_names(allow_import: "str | Iterable[str] | None", *, field: str = "allow_import") -> frozenset[str]:
+def trusted_names(allow_import: str | Iterable[str] | None, *, field: str = "allow_import") -> frozenset[str]:
     """The ``package.module:factory`` names a caller vouches for (never ``True``: a file must not
     choose what is imported)."""
     if allow_import is None or allow_import is False:
         return frozenset()
     if allow_import is True:
         raise UserInputError(
-            field, "True would let the file import and call any function", "name the factories you trust, e.g. allow_import='mypkg.models:make_net'"
+            field,
+            "True would let the file import and call any function",
+            "name the factories you trust, e.g. allow_import='mypkg.models:make_net'",
         )
     names = [allow_import] if isinstance(allow_import, str) else list(allow_import)
     for name in names:
         if not isinstance(name, str) or ":" not in name:
-            raise UserInputError(field, f"{name!r} is not a package.module:factory name", "e.g. allow_import='mypkg.models:make_net'")
+            raise UserInputError(
+                field, f"{name!r} is not a package.module:factory name", "e.g. allow_import='mypkg.models:make_net'"
+            )
     return frozenset(n.strip() for n in names)
 
 

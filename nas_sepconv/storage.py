@@ -18,8 +18,16 @@ from .errors import StorageError, UserInputError
 from .jsonfile import check_regular_file, read_json
 
 __all__ = [
-    "storage_url_for", "normalise_storage_url", "open_storage", "open_source", "sqlite_path",
-    "without_password", "redact", "lock", "is_disk_fault", "disk_fault",
+    "storage_url_for",
+    "normalise_storage_url",
+    "open_storage",
+    "open_source",
+    "sqlite_path",
+    "without_password",
+    "redact",
+    "lock",
+    "is_disk_fault",
+    "disk_fault",
 ]
 
 
@@ -67,7 +75,8 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
             if is_disk_fault(exc):
                 raise disk_fault(url, "reading it", first) from None
             raise UserInputError(
-                "--storage", f"{url} is not an Optuna journal file ({type(exc).__name__}: {first})",
+                "--storage",
+                f"{url} is not an Optuna journal file ({type(exc).__name__}: {first})",
                 "give the journal file a search wrote, or a path that does not exist yet",
             ) from None
     scheme = url.split("://", 1)[0] if "://" in url else ""
@@ -96,7 +105,9 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
             return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as exc:  # sqlalchemy raises many types; the user needs one line
             text = str(exc)
-            if attempt < 4 and any(m in text for m in ("duplicate key", "already exists", "UNIQUE constraint failed", "IntegrityError")):
+            if attempt < 4 and any(
+                m in text for m in ("duplicate key", "already exists", "UNIQUE constraint failed", "IntegrityError")
+            ):
                 # workers on several machines creating the schema of a fresh database at once
                 time.sleep(0.5 + random.random())
                 continue
@@ -106,14 +117,21 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
                     for made in (new_file, new_file.with_name(new_file.name + "-journal")):
                         made.unlink(missing_ok=True)
                 raise disk_fault(url, "opening it", first) from None
-            raise UserInputError("--storage", f"cannot open {redact(url)} ({first})", "check the URL, the server and the credentials") from None
+            raise UserInputError(
+                "--storage", f"cannot open {redact(url)} ({first})", "check the URL, the server and the credentials"
+            ) from None
     raise AssertionError("unreachable")
 
 
 #: what a database says when the disk under it fails or fills (SQLite, PostgreSQL, MySQL, the OS)
 _DISK_FAULTS = (
-    "disk i/o error", "database or disk is full", "no space left", "disk full",
-    "file too large", "could not extend file", "input/output error",
+    "disk i/o error",
+    "database or disk is full",
+    "no space left",
+    "disk full",
+    "file too large",
+    "could not extend file",
+    "input/output error",
 )
 
 
@@ -145,7 +163,8 @@ def sqlite_path(url: str) -> str | None:
     path, _, query = rest.removeprefix("/").partition("?")
     if not path or ":memory:" in path or "mode=memory" in query:
         raise UserInputError(
-            "--storage", f"{url} is an in-memory database, which no other process (workers, report, a resumed search) can reopen",
+            "--storage",
+            f"{url} is an in-memory database, which no other process (workers, report, a resumed search) can reopen",
             "give a file, e.g. sqlite:///study.db, or leave --storage out (SQLite in the results folder)",
         )
     return path.removeprefix("file:")
@@ -179,7 +198,6 @@ def lock(folder: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
 
 
 # -- opening a results source for reading ----------------------------------------------------
@@ -221,8 +239,9 @@ def _open_results_dir(path: Path) -> tuple[Any, str, str | None]:
         raise UserInputError("meta.json", f"cannot read {str(meta_path)!r} ({exc.strerror or exc})", fix) from None
     storage = meta.get("storage") if isinstance(meta, dict) else None
     if not isinstance(storage, str) or not storage:
-        raise UserInputError("meta.json", f"{str(meta_path)!r} has no 'storage' URL",
-                             'add "storage": "sqlite:///..." to it')
+        raise UserInputError(
+            "meta.json", f"{str(meta_path)!r} has no 'storage' URL", 'add "storage": "sqlite:///..." to it'
+        )
     name = meta.get("study")
     name = name if isinstance(name, str) and name else None
     if "://" in storage:
@@ -230,8 +249,11 @@ def _open_results_dir(path: Path) -> tuple[Any, str, str | None]:
         return _rdb(storage), storage, name
     file = _resolve_relative(Path(storage), path)
     if file is None:
-        raise UserInputError("meta.json", f"storage file {storage!r} not found",
-                             "fix the 'storage' entry or run from the directory the search ran in")
+        raise UserInputError(
+            "meta.json",
+            f"storage file {storage!r} not found",
+            "fix the 'storage' entry or run from the directory the search ran in",
+        )
     return _open_storage_file(file), str(file), name
 
 
@@ -251,9 +273,9 @@ def _resolve_relative(path: Path, base: Path | None) -> Path | None:
 def _check_sqlite_url(url: str, base: Path | None) -> str:
     """SQLAlchemy would create an empty database for a missing file: refuse instead."""
     prefix = "sqlite:///"
-    if not url.startswith(prefix) or url[len(prefix):] in ("", ":memory:"):
+    if not url.startswith(prefix) or url[len(prefix) :] in ("", ":memory:"):
         return url
-    raw = url[len(prefix):].split("?", 1)[0]
+    raw = url[len(prefix) :].split("?", 1)[0]
     found = _resolve_relative(Path(raw), base)
     fix = "check the path (sqlite:///relative.db or sqlite:////absolute.db)"
     if found is None:
@@ -270,8 +292,11 @@ def _rdb(url: str) -> Any:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         if is_disk_fault(exc):
             raise disk_fault(url, "reading it", first) from None
-        raise UserInputError("storage", f"cannot open {redact(url)} ({type(exc).__name__}: {first})",
-                             "check the URL and that its database driver is installed") from None
+        raise UserInputError(
+            "storage",
+            f"cannot open {redact(url)} ({type(exc).__name__}: {first})",
+            "check the URL and that its database driver is installed",
+        ) from None
 
 
 def _open_storage_file(path: Path) -> Any:
@@ -292,5 +317,8 @@ def _open_storage_file(path: Path) -> Any:
     except Exception as exc:
         if is_disk_fault(exc):
             raise disk_fault(str(path), "reading it", str(exc)[:200]) from None
-        raise UserInputError("storage", f"cannot read journal file {str(path)!r} ({exc})",
-                             "pass an Optuna JournalFileStorage file or a sqlite:/// URL") from exc
+        raise UserInputError(
+            "storage",
+            f"cannot read journal file {str(path)!r} ({exc})",
+            "pass an Optuna JournalFileStorage file or a sqlite:/// URL",
+        ) from exc

@@ -24,7 +24,9 @@ FAST_SPACE = {
     "search": {"trials": 2, "sampler": "random"},
     "build": {
         "stem_channels": 8,
-        "stages": [{"out_channels": 8, "repeats": 1, "stride": 2, "kind": ["dwsep", "inverted_residual"], "expand_ratio": [2]}],
+        "stages": [
+            {"out_channels": 8, "repeats": 1, "stride": 2, "kind": ["dwsep", "inverted_residual"], "expand_ratio": [2]}
+        ],
         "width_mult": [0.5, 1.0],
     },
 }
@@ -44,7 +46,6 @@ build:
   width_mult: [0.5, 1.0]
   resolution_mult: [0.75, 1.0]
 """
-
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +111,9 @@ class ThreeConvNet(torch.nn.Module):
 def load_benchmark(name: str):
     """Yields ``benchmarks/<name>.py`` imported as a module, registered in ``sys.modules`` while
     it is used (dataclasses look their module up); for a module-scoped fixture's ``yield from``."""
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"{name}_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

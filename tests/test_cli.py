@@ -9,20 +9,32 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 from typer.testing import CliRunner
 
 import nas_sepconv as ns
 from nas_sepconv.cli import app
 from nas_sepconv.models import tiny_convnet
 
-from conftest import TINY
-
 runner = CliRunner()
 
 
 def test_convert_prints_the_report_and_saves_a_loadable_model(tmp_path):
     out = tmp_path / "r18.safetensors"
-    result = runner.invoke(app, ["convert", "--model", "nas_sepconv:cifar_resnet18", "--to", "dwsep_m2", "--input-size", "3,32,32", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            "--model",
+            "nas_sepconv:cifar_resnet18",
+            "--to",
+            "dwsep_m2",
+            "--input-size",
+            "3,32,32",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "layer1.0.conv1" in result.output and "conv sites converted" in result.output
     model = ns.load_model(out)
@@ -35,7 +47,9 @@ def test_convert_prints_the_report_and_saves_a_loadable_model(tmp_path):
 
 
 def test_convert_table_shows_each_sites_macs_ratio():
-    result = runner.invoke(app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsep", "--input-size", "1,16,16"])
+    result = runner.invoke(
+        app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsep", "--input-size", "1,16,16"]
+    )
     assert result.exit_code == 0, result.output
     assert "macs_ratio" in result.output
     plan = ns.make_plan(tiny_convnet(), "dwsep", example_inputs=torch.randn(1, 1, 16, 16))
@@ -45,7 +59,9 @@ def test_convert_table_shows_each_sites_macs_ratio():
         row = next(line for line in result.output.splitlines() if f" {e.name} " in line)
         assert f"{seeds:.4g}" in row
     # a spec that would cost MACs is not made, and the CLI says why, with the numbers, once
-    result = runner.invoke(app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsep_m9", "--input-size", "1,16,16"])
+    result = runner.invoke(
+        app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsep_m9", "--input-size", "1,16,16"]
+    )
     assert result.exit_code == 0, result.output
     assert "note: dwsep_m9 not made at 3 site(s)" in result.output and "saves -" in result.output
     assert "PlanWarning" not in result.output
@@ -56,7 +72,14 @@ def test_saved_weights_round_trip_exactly(tmp_path):
     x = torch.randn(1, 1, 16, 16)
     converted = ns.convert(net, "spatial_r0.25", example_inputs=x).eval()
     plan = ns.plan_of(converted)
-    recipe = dict(kind="converted", model="nas_sepconv:tiny_convnet", model_kwargs={}, width_mult=1.0, input_size=[1, 16, 16], plan=plan.to_json())
+    recipe = dict(
+        kind="converted",
+        model="nas_sepconv:tiny_convnet",
+        model_kwargs={},
+        width_mult=1.0,
+        input_size=[1, 16, 16],
+        plan=plan.to_json(),
+    )
     path = ns.save_model(tmp_path / "m.safetensors", converted, recipe)
     loaded = ns.load_model(path)
     with torch.no_grad():
@@ -72,10 +95,27 @@ def test_profile_prints_layers_and_totals():
 
 def test_profile_latency_in_each_runtime():
     for runtime in ("eager", "onnxruntime"):
-        result = runner.invoke(app, ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16", "--latency", "--threads", "1", "--runtime", runtime])
+        result = runner.invoke(
+            app,
+            [
+                "profile",
+                "--model",
+                "nas_sepconv:tiny_convnet",
+                "--input-size",
+                "1,16,16",
+                "--latency",
+                "--threads",
+                "1",
+                "--runtime",
+                runtime,
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert f"latency ({runtime}, batch 1, 1 threads): median" in result.output
-    result = runner.invoke(app, ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16", "--latency", "--runtime", "tvm"])
+    result = runner.invoke(
+        app,
+        ["profile", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16", "--latency", "--runtime", "tvm"],
+    )
     assert result.exit_code == 2 and "--runtime" in result.stderr and "onnxruntime" in result.stderr
 
 
@@ -87,10 +127,25 @@ def test_convert_to_onnx_matches_pytorch(tmp_path):
     for suffix in ("onnx", "safetensors"):  # the same seeded model, written both ways
         outs[suffix] = tmp_path / f"m.{suffix}"
         torch.manual_seed(0)
-        result = runner.invoke(app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsep", "--input-size", "1,16,16", "--out", str(outs[suffix])])
+        result = runner.invoke(
+            app,
+            [
+                "convert",
+                "--model",
+                "nas_sepconv:tiny_convnet",
+                "--to",
+                "dwsep",
+                "--input-size",
+                "1,16,16",
+                "--out",
+                str(outs[suffix]),
+            ],
+        )
         assert result.exit_code == 0, result.output
     x = torch.randn(2, 1, 16, 16)
-    (y,) = onnxruntime.InferenceSession(str(outs["onnx"]), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    (y,) = onnxruntime.InferenceSession(str(outs["onnx"]), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )
     with torch.no_grad():
         np.testing.assert_allclose(y, ns.load_model(outs["safetensors"]).eval()(x).numpy(), rtol=1e-4, atol=1e-5)
 
@@ -122,8 +177,20 @@ def test_search_report_export_from_the_cli(tmp_path):
 
 def test_bad_spec_exits_2_with_one_line_and_no_traceback():
     proc = subprocess.run(
-        [sys.executable, "-m", "nas_sepconv.cli", "convert", "--model", "nas_sepconv:tiny_convnet", "--to", "dwsepp", "--input-size", "1,16,16"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "nas_sepconv.cli",
+            "convert",
+            "--model",
+            "nas_sepconv:tiny_convnet",
+            "--to",
+            "dwsepp",
+            "--input-size",
+            "1,16,16",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -138,7 +205,6 @@ def low_resolution_results(tmp_path_factory):
     """A results folder of one trial of a build space run at 12x12 (resolution_mult 0.75 on the
     16x16 digits)."""
     import yaml
-
     from conftest import FAST_SPACE
 
     root = tmp_path_factory.mktemp("low_res")
@@ -173,7 +239,9 @@ def test_exported_built_model_reproduces_the_trials_macs(low_resolution_results,
 def test_onnx_hint_reaches_stderr_with_its_brackets(low_resolution_results, tmp_path, monkeypatch):
     folder, trial = low_resolution_results
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx fails, as when it is not installed
-    result = runner.invoke(app, ["export", str(folder), "--trial", str(trial.number), "--out", str(tmp_path / "t.onnx")])
+    result = runner.invoke(
+        app, ["export", str(folder), "--trial", str(trial.number), "--out", str(tmp_path / "t.onnx")]
+    )
     assert result.exit_code == 2, result.output
     assert "pip install 'nas-sepconv[onnx]'" in result.stderr, result.stderr
     assert not (tmp_path / "t.onnx").exists()
@@ -223,7 +291,6 @@ def _fake_cifar_tree(root, classes=("ant", "bee"), n_train=8, n_test=2):
 
 def _cifar_space(**data):
     import yaml
-
     from conftest import FAST_SPACE
 
     space = dict(FAST_SPACE, name="c10", search={"trials": 1, "sampler": "random"})
@@ -233,7 +300,9 @@ def _cifar_space(**data):
 
 def test_bundled_cifar_space_without_data_says_how_to_fill_the_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["search", "--space", "mobilenetv3_cifar10", "--trials", "1", "--out", str(tmp_path / "out")])
+    result = runner.invoke(
+        app, ["search", "--space", "mobilenetv3_cifar10", "--trials", "1", "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, result.stderr
@@ -262,13 +331,19 @@ def test_export_re_trains_on_the_data_root_the_search_was_given(tmp_path, monkey
     tree = _fake_cifar_tree(tmp_path / "tree")
     (tmp_path / "space.yaml").write_text(_cifar_space(root="not_here"))
     monkeypatch.chdir(tmp_path)
-    assert runner.invoke(app, ["search", "--space", "space.yaml", "--out", "out", "--data-root", str(tree)]).exit_code == 0
+    assert (
+        runner.invoke(app, ["search", "--space", "space.yaml", "--out", "out", "--data-root", str(tree)]).exit_code == 0
+    )
     shutil.rmtree(tmp_path / "out" / "c10" / "weights")  # export must re-train, so it needs the data
     result = runner.invoke(app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors"])
     lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: dataset.root: not_here"), result.stderr
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: dataset.root: not_here"), (
+        result.stderr
+    )
     assert "give --data-root PATH" in lines[0] and not (tmp_path / "m.safetensors").exists()
-    result = runner.invoke(app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(tree)])
+    result = runner.invoke(
+        app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(tree)]
+    )
     assert result.exit_code == 0, result.output
     assert "re-trained" in result.stdout and (tmp_path / "m.safetensors").is_file()
     recorded = float(pd.read_csv(tmp_path / "out" / "c10" / "trials.csv")["accuracy"].iloc[0])
@@ -295,13 +370,22 @@ def test_search_into_a_pipe_prints_periodic_progress_lines(tmp_path):
     import re
 
     import yaml
-
     from conftest import FAST_SPACE
 
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(FAST_SPACE))
-    env = dict(os.environ, NAS_SEPCONV_PROGRESS_INTERVAL="0.2", PYTHONPATH=os.pathsep.join(p for p in (str(Path(ns.__file__).parents[1]), os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run([sys.executable, "-m", "nas_sepconv.cli", "search", "--space", "tiny.yaml", "--out", "out"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    env = dict(
+        os.environ,
+        NAS_SEPCONV_PROGRESS_INTERVAL="0.2",
+        PYTHONPATH=os.pathsep.join(p for p in (str(Path(ns.__file__).parents[1]), os.environ.get("PYTHONPATH")) if p),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas_sepconv.cli", "search", "--space", "tiny.yaml", "--out", "out"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     progress = [ln for ln in lines if re.match(r"search: [0-2]/2 trials", ln)]
@@ -320,15 +404,21 @@ def test_the_search_status_line_fits_120_columns_and_cuts_the_architecture_at_a_
     from nas_sepconv.search import SearchStatus
 
     arch = "r32 w0.75 d1.0 | " + " ".join(f"{c}:ir_e6_k5_se0.25_hswishx3/s2" for c in (16, 24, 40, 80, 112, 160))
-    status = SearchStatus(target=40, done=7, failed=1, running=2, front_size=4, best_accuracy=0.8123, last=f"#9 COMPLETE {arch}")
+    status = SearchStatus(
+        target=40, done=7, failed=1, running=2, front_size=4, best_accuracy=0.8123, last=f"#9 COMPLETE {arch}"
+    )
     info = _status_line(status)
-    bar = Progress("search", unit="trials", console=Console(file=io.StringIO(), width=200), resume=True)  # the CLI's, off a terminal
+    bar = Progress(
+        "search", unit="trials", console=Console(file=io.StringIO(), width=200), resume=True
+    )  # the CLI's, off a terminal
     bar.update(7, total=40, info=info)
     line = bar.line()
     full = f"search: 7/40 trials, elapsed 0s | {info}"
     assert len(line) <= 120 and line.endswith("..."), line
     head = line[: -len("...")]
-    assert full.startswith(head) and full[len(head)] == " " and "2 running, 1 failed" in head and "#9 COMPLETE r32" in head, line
+    assert (
+        full.startswith(head) and full[len(head)] == " " and "2 running, 1 failed" in head and "#9 COMPLETE r32" in head
+    ), line
 
 
 # -- issue 19 ---------------------------------------------------------------------------------
@@ -338,8 +428,20 @@ def test_debug_prints_the_traceback_and_keeps_the_status():
     """--debug ("Show tracebacks") shows the traceback on the real stderr, then the same error
     line, and exits with the same status (2: bad input)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "nas_sepconv.cli", "--debug", "convert", "--model", "torchvision:resnet18", "--input-size", "3,x"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "nas_sepconv.cli",
+            "--debug",
+            "convert",
+            "--model",
+            "torchvision:resnet18",
+            "--input-size",
+            "3,x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback (most recent call last)" in proc.stderr and "parse_input_size" in proc.stderr
@@ -378,13 +480,20 @@ def searched_and_baseline(tmp_path_factory):
     """Results folders of a tiny searched space, of a tiny width family run by the grid sampler
     (the shape of the bundled baselines), and of a space with one more objective."""
     import yaml
-
     from conftest import FAST_SPACE
 
     root = tmp_path_factory.mktemp("baselines")
-    family = dict(FAST_SPACE, name="tinyfamily", description="Baseline - a width family", search={"trials": 2, "sampler": "grid"})
-    family["build"] = dict(FAST_SPACE["build"], stages=[dict(FAST_SPACE["build"]["stages"][0], kind="inverted_residual")])
-    params = dict(FAST_SPACE, name="tinyparams", search={"trials": 1, "sampler": "random", "objectives": ["accuracy", "macs", "params"]})
+    family = dict(
+        FAST_SPACE, name="tinyfamily", description="Baseline - a width family", search={"trials": 2, "sampler": "grid"}
+    )
+    family["build"] = dict(
+        FAST_SPACE["build"], stages=[dict(FAST_SPACE["build"]["stages"][0], kind="inverted_residual")]
+    )
+    params = dict(
+        FAST_SPACE,
+        name="tinyparams",
+        search={"trials": 1, "sampler": "random", "objectives": ["accuracy", "macs", "params"]},
+    )
     for space in (FAST_SPACE, family, params):
         path = root / f"{space['name']}.yaml"
         path.write_text(yaml.safe_dump(space))
@@ -395,8 +504,17 @@ def searched_and_baseline(tmp_path_factory):
 def test_report_with_baselines_prints_the_hypervolumes_and_writes_the_comparison(searched_and_baseline):
     folders = searched_and_baseline
     assert sorted(pd.read_csv(folders["tinyfamily"] / "trials.csv")["width_mult"]) == [0.5, 1.0]  # the grid: each once
-    result = runner.invoke(app, ["report", str(folders["tiny"]), "--baseline", str(folders["tinyfamily"]),
-                                 "--baseline", str(folders["tinyfamily"])])
+    result = runner.invoke(
+        app,
+        [
+            "report",
+            str(folders["tiny"]),
+            "--baseline",
+            str(folders["tinyfamily"]),
+            "--baseline",
+            str(folders["tinyfamily"]),
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "Pareto front of tiny" in out and "Hypervolumes on one reference point (best baseline: tinyfamily)" in out
@@ -406,12 +524,16 @@ def test_report_with_baselines_prints_the_hypervolumes_and_writes_the_comparison
     table = pd.read_csv(folders["tiny"] / "comparison.csv")
     assert table["name"].tolist()[:2] == ["tiny", "tinyfamily"] and table["baseline"].tolist() == [False, True, True]
     assert table["hypervolume_ratio"].tolist()[1] == pytest.approx(1.0)
-    expected = ns.results.compare({"tiny": ns.results.load(folders["tiny"])}, baselines={"tinyfamily": ns.results.load(folders["tinyfamily"])})
+    expected = ns.results.compare(
+        {"tiny": ns.results.load(folders["tiny"])}, baselines={"tinyfamily": ns.results.load(folders["tinyfamily"])}
+    )
     assert table["hypervolume_ratio"].iloc[0] == pytest.approx(expected["hypervolume_ratio"].iloc[0])
     assert (folders["tiny"] / "comparison.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("which, words", [("empty", "is not a results folder"), ("tinyparams", "searched ['accuracy', 'macs', 'params']")])
+@pytest.mark.parametrize(
+    "which, words", [("empty", "is not a results folder"), ("tinyparams", "searched ['accuracy', 'macs', 'params']")]
+)
 def test_report_with_a_bad_baseline_exits_2_with_one_line(searched_and_baseline, tmp_path, which, words):
     folders = dict(searched_and_baseline, empty=tmp_path / "empty")
     folders["empty"].mkdir()
@@ -427,7 +549,9 @@ def test_the_grid_sampler_on_a_space_it_cannot_enumerate_exits_2_before_anything
     result = runner.invoke(app, ["search", "--sampler", "grid", "--trials", "1", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: search.sampler: grid takes one kind per stage"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: search.sampler: grid takes one kind per stage"), (
+        result.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -446,7 +570,9 @@ def test_convert_out_replaces_a_link_and_never_writes_its_target(tmp_path, suffi
     target.write_text("not yours to overwrite")
     link = tmp_path / f"m.{suffix}"
     link.symlink_to(target)
-    result = runner.invoke(app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16", "--out", str(link)])
+    result = runner.invoke(
+        app, ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16", "--out", str(link)]
+    )
     assert result.exit_code == 0, result.output
     assert target.read_text() == "not yours to overwrite" and not link.is_symlink() and link.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, link.name])  # no temporary file left
@@ -454,7 +580,9 @@ def test_convert_out_replaces_a_link_and_never_writes_its_target(tmp_path, suffi
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE/SIGXFSZ semantics are Linux's here")
 @pytest.mark.parametrize("suffix", ["onnx", "safetensors"])
-def test_a_full_disk_in_convert_and_export_is_one_line_exit_1_and_the_old_file_stays(low_resolution_results, tmp_path, suffix):
+def test_a_full_disk_in_convert_and_export_is_one_line_exit_1_and_the_old_file_stays(
+    low_resolution_results, tmp_path, suffix
+):
     """``ulimit -f`` below the model's size: the write fails.  One line, status 1 (a fault, not
     the input), and the file that was there is whole: no truncated file, no stub."""
     import os
@@ -466,7 +594,10 @@ def test_a_full_disk_in_convert_and_export_is_one_line_exit_1_and_the_old_file_s
         resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
 
     folder, trial = low_resolution_results
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
     commands = {
         "convert": ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "1,16,16"],
         "export": ["export", str(folder), "--trial", str(trial.number)],
@@ -474,16 +605,25 @@ def test_a_full_disk_in_convert_and_export_is_one_line_exit_1_and_the_old_file_s
     for name, args in commands.items():
         out = tmp_path / f"{name}.{suffix}"
         out.write_bytes(b"the good file of yesterday")
-        proc = subprocess.run([sys.executable, "-m", "nas_sepconv.cli", *args, "--out", str(out)], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300, preexec_fn=disk_full)
+        proc = subprocess.run(
+            [sys.executable, "-m", "nas_sepconv.cli", *args, "--out", str(out)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=disk_full,
+        )
         assert proc.returncode == 1, proc.stderr[-3000:]
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {out} (File too large)"), proc.stderr[-3000:]
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {out} (File too large)"), proc.stderr[
+            -3000:
+        ]
         assert out.read_bytes() == b"the good file of yesterday"
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"convert.{suffix}", f"export.{suffix}"]
 
 
-_ODD_MODELS = '''
+_ODD_MODELS = """
 import torch.nn as nn
 
 
@@ -519,18 +659,45 @@ class Volume(nn.Module):  # a Conv3d model
 
     def forward(self, x):
         return self.fc(self.conv(x).mean((2, 3, 4)))
-'''
+"""
 
 
-@pytest.mark.parametrize("args, words", [
-    (["convert", "--model", "odd_models_28:Pool3", "--out", "m.onnx"], "model: Pool3 cannot be exported to ONNX opset 17 "
-     "(Unsupported: ONNX export of operator adaptive_avg_pool2d"),
-    (["convert", "--model", "odd_models_28:Branchy", "--out", "m.onnx"], "model: Branchy's forward branches on a tensor's values"),
-    (["profile", "--model", "odd_models_28:Pool3", "--latency", "--runtime", "onnxruntime"], "use another runtime (eager, "),
-    (["profile", "--model", "odd_models_28:Branchy", "--latency", "--runtime", "onnxruntime"], "(at odd_models_28.py:24)"),
-    (["profile", "--model", "odd_models_28:Volume", "--input-size", "3,4,6,6", "--latency", "--runtime", "channels_last"],
-     "runtime: channels_last stores 4-D weights"),
-], ids=["convert-pool", "convert-branch", "profile-pool", "profile-branch", "channels-last-conv3d"])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (
+            ["convert", "--model", "odd_models_28:Pool3", "--out", "m.onnx"],
+            "model: Pool3 cannot be exported to ONNX opset 17 "
+            "(Unsupported: ONNX export of operator adaptive_avg_pool2d",
+        ),
+        (
+            ["convert", "--model", "odd_models_28:Branchy", "--out", "m.onnx"],
+            "model: Branchy's forward branches on a tensor's values",
+        ),
+        (
+            ["profile", "--model", "odd_models_28:Pool3", "--latency", "--runtime", "onnxruntime"],
+            "use another runtime (eager, ",
+        ),
+        (
+            ["profile", "--model", "odd_models_28:Branchy", "--latency", "--runtime", "onnxruntime"],
+            "(at odd_models_28.py:24)",
+        ),
+        (
+            [
+                "profile",
+                "--model",
+                "odd_models_28:Volume",
+                "--input-size",
+                "3,4,6,6",
+                "--latency",
+                "--runtime",
+                "channels_last",
+            ],
+            "runtime: channels_last stores 4-D weights",
+        ),
+    ],
+    ids=["convert-pool", "convert-branch", "profile-pool", "profile-branch", "channels-last-conv3d"],
+)
 def test_models_a_runtime_cannot_take_are_one_line_exit_2(tmp_path, monkeypatch, args, words):
     (tmp_path / "odd_models_28.py").write_text(_ODD_MODELS)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -567,7 +734,10 @@ def test_export_refuses_saved_weights_that_are_not_the_trials(low_resolution_res
         result = runner.invoke(app, ["export", str(folder), "--trial", str(trial.number), "--out", str(out)])
         assert result.exit_code == 2, result.output
         line = _one_error_line(result)
-        assert line.startswith(f"error: --trial: {weights} does not hold trial {trial.number}'s model (classifier.") and "delete it" in line
+        assert (
+            line.startswith(f"error: --trial: {weights} does not hold trial {trial.number}'s model (classifier.")
+            and "delete it" in line
+        )
         assert not out.exists()
 
 
@@ -577,16 +747,24 @@ def test_export_refuses_a_data_root_of_another_class_count(tmp_path, monkeypatch
     two, three = _fake_cifar_tree(tmp_path / "two"), _fake_cifar_tree(tmp_path / "three", classes=("ant", "bee", "cat"))
     (tmp_path / "space.yaml").write_text(_cifar_space(root="not_here"))
     monkeypatch.chdir(tmp_path)
-    assert runner.invoke(app, ["search", "--space", "space.yaml", "--out", "out", "--data-root", str(two)]).exit_code == 0
+    assert (
+        runner.invoke(app, ["search", "--space", "space.yaml", "--out", "out", "--data-root", str(two)]).exit_code == 0
+    )
     for weights in ("saved", "re-trained"):
         if weights == "re-trained":
             shutil.rmtree(tmp_path / "out" / "c10" / "weights")
-        result = runner.invoke(app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(three)])
+        result = runner.invoke(
+            app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(three)]
+        )
         assert result.exit_code == 2, result.output
         line = _one_error_line(result)
-        assert line.startswith("error: --data-root: the data set has 3 classes of 3-channel images, trial 0 was trained on 2"), line
+        assert line.startswith(
+            "error: --data-root: the data set has 3 classes of 3-channel images, trial 0 was trained on 2"
+        ), line
         assert not (tmp_path / "m.safetensors").exists()
-    result = runner.invoke(app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(two)])
+    result = runner.invoke(
+        app, ["export", "out/c10", "--trial", "0", "--out", "m.safetensors", "--data-root", str(two)]
+    )
     assert result.exit_code == 0, result.output
     assert ns.load_model(tmp_path / "m.safetensors")(torch.randn(1, 3, 32, 32)).shape == (1, 2)
 
@@ -659,7 +837,6 @@ def test_a_seed_outside_0_to_2_32_is_one_line_exit_2(tmp_path, seed):
 
 def test_a_study_name_too_long_for_a_folder_is_one_line_exit_2(tmp_path):
     import yaml
-
     from conftest import FAST_SPACE
 
     result = runner.invoke(app, ["search", "--study", "s" * 256, "--trials", "1", "--out", str(tmp_path / "out")])

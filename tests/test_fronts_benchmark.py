@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import load_benchmark  # tests/ is on sys.path
 
-TOY = {"data": {"subset": 200}, "train": {"epochs": 1}, "search": {"trials": 2},
-       "build": {"width_mult": [0.35, 0.5], "resolution_mult": 0.5}}
+TOY = {
+    "data": {"subset": 200},
+    "train": {"epochs": 1},
+    "search": {"trials": 2},
+    "build": {"width_mult": [0.35, 0.5], "resolution_mult": 0.5},
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +39,9 @@ def test_searched_overrides_reach_the_searched_space_alone(bench, tmp_path):
 
     import yaml
 
-    config = dataclasses.replace(bench.CONFIGS["digits"], overrides={"train": {"epochs": 3}},
-                                 searched_overrides={"search": {"trials": 7}})
+    config = dataclasses.replace(
+        bench.CONFIGS["digits"], overrides={"train": {"epochs": 3}}, searched_overrides={"search": {"trials": 7}}
+    )
     files = bench.space_files(config, tmp_path, {})
     spaces = {name: yaml.safe_load(Path(path).read_text()) for name, path in files.items()}
     assert all(space["train"]["epochs"] == 3 for space in spaces.values())  # the recipe: every space alike
@@ -48,9 +52,16 @@ def test_searched_overrides_reach_the_searched_space_alone(bench, tmp_path):
 
 
 def test_multi_fidelity_summary_finds_the_epochs_to_the_full_hypervolume(bench):
-    rows = [(0, "s", 5, 0.1), (0, "s", 10, 0.3), (0, "s", 20, 0.4),  # the full search: 20 epochs, 0.4
-            (0, "s_multifidelity", 2, 0.2), (0, "s_multifidelity", 8, 0.45), (0, "s_multifidelity", 30, 0.5),
-            (1, "s", 10, 0.2), (1, "s_multifidelity", 9, 0.1)]  # seed 1: never reached
+    rows = [
+        (0, "s", 5, 0.1),
+        (0, "s", 10, 0.3),
+        (0, "s", 20, 0.4),  # the full search: 20 epochs, 0.4
+        (0, "s_multifidelity", 2, 0.2),
+        (0, "s_multifidelity", 8, 0.45),
+        (0, "s_multifidelity", 30, 0.5),
+        (1, "s", 10, 0.2),
+        (1, "s_multifidelity", 9, 0.1),
+    ]  # seed 1: never reached
     curves = pd.DataFrame(rows, columns=["seed", "study", "epochs_spent", "hypervolume"])
     mf = bench.multi_fidelity_summary(curves, "s").set_index("seed")
     assert mf.loc[0, "mf_epochs_to_full_hv"] == 8 and mf.loc[0, "epochs_ratio"] == 0.4 and mf.loc[0, "met"]
@@ -60,15 +71,31 @@ def test_multi_fidelity_summary_finds_the_epochs_to_the_full_hypervolume(bench):
 
 @pytest.mark.slow  # three searches with their outputs: about 20 s
 def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
-    table = bench.run("digits", seeds=[0], out=tmp_path, threads=1, data_root=None, overrides=TOY,
-                      command="python benchmarks/fronts.py digits (toy)", log=lambda msg: None)
+    table = bench.run(
+        "digits",
+        seeds=[0],
+        out=tmp_path,
+        threads=1,
+        data_root=None,
+        overrides=TOY,
+        command="python benchmarks/fronts.py digits (toy)",
+        log=lambda msg: None,
+    )
     assert table["study"].tolist() == ["default", "mobilenetv2_width_digits", "mobilenetv3small_width_digits"]
     assert table["role"].tolist() == ["searched", "baseline", "baseline"] and (table["complete"] == 2).all()
     best = table[table["role"] == "baseline"]["hypervolume"].max()
     assert table["ratio"].iloc[0] == pytest.approx(table["hypervolume"].iloc[0] / best)
     assert table["epochs_spent"].tolist() == [2, 2, 2] and "ratio_floor" in table.columns
-    for name in ("fronts.csv", "fronts.md", "fronts.png", "hv_by_epochs.csv", "seed0/comparison.csv", "seed0/comparison.png",
-                 "seed0/default/trials.csv", "spaces/mobilenetv2_width_digits.yaml"):
+    for name in (
+        "fronts.csv",
+        "fronts.md",
+        "fronts.png",
+        "hv_by_epochs.csv",
+        "seed0/comparison.csv",
+        "seed0/comparison.png",
+        "seed0/default/trials.csv",
+        "spaces/mobilenetv2_width_digits.yaml",
+    ):
         assert (tmp_path / name).is_file(), name
     assert not (tmp_path / "seed0" / "default" / "weights").exists()
     md = (tmp_path / "fronts.md").read_text()
@@ -77,19 +104,45 @@ def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
     assert curve["epochs_spent"].tolist() == [1, 2] and curve["hypervolume"].is_monotonic_increasing
     # --report-only: the same tables from the folders, nothing run
     (tmp_path / "fronts.csv").unlink()
-    again = bench.run("digits", seeds=[0], out=tmp_path, threads=1, data_root=None, overrides=TOY, report_only=True,
-                      log=lambda msg: None)
+    again = bench.run(
+        "digits",
+        seeds=[0],
+        out=tmp_path,
+        threads=1,
+        data_root=None,
+        overrides=TOY,
+        report_only=True,
+        log=lambda msg: None,
+    )
     pd.testing.assert_frame_equal(again.drop(columns="trials_min"), table.drop(columns="trials_min"))
     assert (tmp_path / "fronts.csv").is_file()
     with pytest.raises(SystemExit, match="--report-only: .*seed1/default has no trials.csv"):
-        bench.run("digits", seeds=[1], out=tmp_path, threads=1, data_root=None, overrides=TOY, report_only=True, log=lambda msg: None)
+        bench.run(
+            "digits",
+            seeds=[1],
+            out=tmp_path,
+            threads=1,
+            data_root=None,
+            overrides=TOY,
+            report_only=True,
+            log=lambda msg: None,
+        )
 
 
 @pytest.mark.slow  # four searches: about 30 s
 def test_multi_fidelity_run_is_compared_on_epochs_spent(bench, tmp_path, one_thread):
     toy = {**TOY, "train": {"epochs": 2}, "search": {"trials": 2, "multi_fidelity": {"min_epochs": 1, "eta": 2}}}
-    table = bench.run("digits", seeds=[0], out=tmp_path, threads=1, data_root=None, overrides=toy, multi_fidelity=True,
-                      command="python benchmarks/fronts.py digits --multi-fidelity (toy)", log=lambda msg: None)
+    table = bench.run(
+        "digits",
+        seeds=[0],
+        out=tmp_path,
+        threads=1,
+        data_root=None,
+        overrides=toy,
+        multi_fidelity=True,
+        command="python benchmarks/fronts.py digits --multi-fidelity (toy)",
+        log=lambda msg: None,
+    )
     row = table[table["study"] == "default_multifidelity"].iloc[0]
     assert row["role"] == "searched (multi-fidelity)" and row["complete"] == 4  # twice the space's trials
     assert 4 <= row["epochs_spent"] < 8  # one epoch each at least, and some stopped at the first rung
@@ -97,4 +150,6 @@ def test_multi_fidelity_run_is_compared_on_epochs_spent(bench, tmp_path, one_thr
     mf = pd.read_csv(tmp_path / "multi_fidelity.csv")
     assert mf["seed"].tolist() == [0] and mf["full_epochs"].iloc[0] == 4  # the full search: 2 trials x 2 epochs
     assert mf["mf_epochs"].iloc[0] == row["epochs_spent"] and "met" in mf.columns
-    assert (tmp_path / "hv_by_epochs.png").is_file() and "## The multi-fidelity mode" in (tmp_path / "fronts.md").read_text()
+    assert (tmp_path / "hv_by_epochs.png").is_file() and "## The multi-fidelity mode" in (
+        tmp_path / "fronts.md"
+    ).read_text()

@@ -214,7 +214,11 @@ def test_the_checker_sees_a_cycle_and_an_upward_import():
 def _long_definitions(source: str) -> list[str]:
     """The functions over MAX_FUNCTION_LINES and classes over MAX_CLASS_LINES of ``source``, as
     the formatter left it (CI checks that the code is formatted, so the counts are of its shape)."""
-    limits = {ast.FunctionDef: MAX_FUNCTION_LINES, ast.AsyncFunctionDef: MAX_FUNCTION_LINES, ast.ClassDef: MAX_CLASS_LINES}
+    limits = {
+        ast.FunctionDef: MAX_FUNCTION_LINES,
+        ast.AsyncFunctionDef: MAX_FUNCTION_LINES,
+        ast.ClassDef: MAX_CLASS_LINES,
+    }
     long = []
     for node in ast.walk(ast.parse(source)):
         limit = limits.get(type(node))

@@ -21,7 +21,9 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
         pytest.skip(f"cannot build a wheel here: {proc.stderr.strip().splitlines()[-1:]}")
@@ -42,16 +44,41 @@ def test_the_installed_wheel_lists_spaces_and_runs_a_search(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     # the dependencies (torch, optuna, ...) come from this environment; its editable install of the
     # checkout does not (a .pth file inside a path added by a .pth file is not run)
     Path(purelib, "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--ignore-installed", "-q", str(wheel)],
-                   check=True, capture_output=True, timeout=300, env=env)
-    where = subprocess.run([str(python), "-c", "import nas_sepconv; print(nas_sepconv.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--ignore-installed",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env=env,
+    )
+    where = subprocess.run(
+        [str(python), "-c", "import nas_sepconv; print(nas_sepconv.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert where.returncode == 0, where.stderr
     where = where.stdout
     assert where.startswith(purelib), f"imported {where} instead of the installed wheel"
@@ -60,7 +87,13 @@ def test_the_installed_wheel_lists_spaces_and_runs_a_search(wheel, tmp_path):
     assert listed.returncode == 0, listed.stderr
     for space in (REPO / "search_spaces").glob("*.yaml"):
         assert space.stem in listed.stdout
-    ran = subprocess.run([str(script), "search", "--trials", "1", "--out", str(tmp_path / "results")],
-                         capture_output=True, text=True, cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
+    ran = subprocess.run(
+        [str(script), "search", "--trials", "1", "--out", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert ran.returncode == 0, ran.stderr
     assert (tmp_path / "results" / "default" / "trials.csv").is_file()

@@ -60,7 +60,7 @@ def readme_blocks(text: str) -> list[Block]:
             j -= 1
         end = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("```")), None)
         assert end is not None, f"README.md:{i + 1}: a fence is never closed"
-        blocks.append(Block(lines[i][3:].strip(), "\n".join(lines[i + 1:end]) + "\n", i + 1, marks))
+        blocks.append(Block(lines[i][3:].strip(), "\n".join(lines[i + 1 : end]) + "\n", i + 1, marks))
         i = end + 1
     previous = ""
     for b in blocks:
@@ -77,7 +77,9 @@ RUN = [b for b in BLOCKS if b.lang in RUNNABLE and "not run" not in b.marks]
 def test_every_example_is_run_or_says_why_not():
     assert len(RUN) >= 5, [b.id for b in BLOCKS]
     for b in BLOCKS:
-        assert b.lang in (*RUNNABLE, "text"), f"README.md:{b.line}: a ```{b.lang} block: use python, bash, or text for output"
+        assert b.lang in (*RUNNABLE, "text"), (
+            f"README.md:{b.line}: a ```{b.lang} block: use python, bash, or text for output"
+        )
         if "not run" in b.marks:
             assert b.lang in RUNNABLE and len(b.marks["not run"]) > 10, f"README.md:{b.line}: say why it is not run"
         if "slow" in b.marks:
@@ -93,7 +95,9 @@ def _commands(block: Block) -> list[list[str]]:
         words = shlex.split(line, comments=True)
         if not words:
             continue
-        assert words[0] == "nas-sepconv", f"README.md:{block.line}: {line.strip()!r} is not a nas-sepconv command; mark the block not run"
+        assert words[0] == "nas-sepconv", (
+            f"README.md:{block.line}: {line.strip()!r} is not a nas-sepconv command; mark the block not run"
+        )
         commands.append(words[1:])
     assert commands, f"README.md:{block.line}: no command"
     return commands
@@ -111,7 +115,9 @@ def _run(args: list[str], cwd: Path, timeout: float) -> None:
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
-@pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=[pytest.mark.slow] if "slow" in b.marks else []) for b in RUN])
+@pytest.mark.parametrize(
+    "block", [pytest.param(b, id=b.id, marks=[pytest.mark.slow] if "slow" in b.marks else []) for b in RUN]
+)
 def test_readme_example_runs(block: Block, workdir: Path):
     timeout = SLOW_TIMEOUT_S if "slow" in block.marks else TIMEOUT_S
     if block.lang == "python":

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from conftest import FAST_SPACE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -24,8 +25,6 @@ import nas_sepconv as ns
 from nas_sepconv.cli import app
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.io import MAX_PARAMS, build_from_recipe, load_model, save_model
-
-from conftest import FAST_SPACE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +47,13 @@ def _raw_recipe_file(path: Path, text: str) -> Path:
 
 
 def _shell_recipe(marker: Path) -> dict:
-    return {"kind": "converted", "model": "os:system", "model_kwargs": {"command": f"touch {marker}"}, "width_mult": 1.0, "input_size": [1, 8, 8]}
+    return {
+        "kind": "converted",
+        "model": "os:system",
+        "model_kwargs": {"command": f"touch {marker}"},
+        "width_mult": 1.0,
+        "input_size": [1, 8, 8],
+    }
 
 
 def _one_line(result) -> str:
@@ -79,7 +84,9 @@ def test_export_of_a_results_folder_never_runs_a_planted_command(results_dir, tm
     original = weights.read_bytes()
     try:
         _plant(weights, _shell_recipe(marker))
-        result = CliRunner().invoke(app, ["export", str(results_dir), "--trial", "0", "--out", str(tmp_path / "x.safetensors")])
+        result = CliRunner().invoke(
+            app, ["export", str(results_dir), "--trial", "0", "--out", str(tmp_path / "x.safetensors")]
+        )
         assert result.exit_code == 2, result.output
         assert "recipe.model" in _one_line(result)
         assert not marker.exists(), "the planted command ran"
@@ -115,7 +122,10 @@ def test_an_exact_vouched_name_is_the_only_way_in(tmp_path, monkeypatch):
         "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    path = _plant(tmp_path / "m.safetensors", {"kind": "converted", "model": f"{name}:make", "model_kwargs": {}, "width_mult": 1.0, "input_size": [1, 8, 8]})
+    path = _plant(
+        tmp_path / "m.safetensors",
+        {"kind": "converted", "model": f"{name}:make", "model_kwargs": {}, "width_mult": 1.0, "input_size": [1, 8, 8]},
+    )
     with pytest.raises(UserInputError, match=r"^recipe\.model"):
         load_model(path, allow_import=[f"{name}:other", "os:system"])
     assert not marker.exists() and name not in sys.modules
@@ -177,7 +187,16 @@ def test_recipe_kwargs_that_read_fetch_or_explode_are_refused(kwargs, field, tmp
         raise AssertionError("torch.load was called")
 
     monkeypatch.setattr(torch, "load", no_load)
-    path = _plant(tmp_path / "m.safetensors", {"kind": "converted", "model": "timm:resnet18", "model_kwargs": kwargs, "width_mult": 1.0, "input_size": [3, 8, 8]})
+    path = _plant(
+        tmp_path / "m.safetensors",
+        {
+            "kind": "converted",
+            "model": "timm:resnet18",
+            "model_kwargs": kwargs,
+            "width_mult": 1.0,
+            "input_size": [3, 8, 8],
+        },
+    )
     with pytest.raises(UserInputError) as info:
         load_model(path)
     assert str(info.value).startswith(field), str(info.value)
@@ -198,12 +217,45 @@ def test_the_minimum_torch_loads_weights_only_by_default():
     "recipe, field",
     [
         ({"kind": "converted", "model": "nas_sepconv:cifar_resnet18", "model_kwargs": {"width": 1_000_000}}, "recipe"),
-        ({"kind": "converted", "model": "nas_sepconv:tiny_convnet", "model_kwargs": {"num_classes": 1_000_000, "width": 100_000}}, "recipe"),
-        ({"kind": "built", "arch": json.dumps({"stages": [{"spec": "dwsep", "out_channels": 8, "repeats": 1, "stride": 1}], "depth_mult": 1e9})}, "arch"),
-        ({"kind": "built", "arch": json.dumps({"stages": [{"spec": "dwsep", "out_channels": 8, "repeats": 10**9, "stride": 1}]})}, "arch"),
-        ({"kind": "built", "arch": json.dumps({"stages": [{"spec": "dwsep", "out_channels": 10**7, "repeats": 1, "stride": 1}]})}, "arch"),
-        ({"kind": "converted", "model": "nas_sepconv:tiny_convnet", "input_size": [3, 100000, 100000]}, "recipe.input_size"),
-        ({"kind": "converted", "model": "nas_sepconv:tiny_convnet", "width_mult": 1e9, "input_size": [1, 8, 8]}, "recipe.width_mult"),
+        (
+            {
+                "kind": "converted",
+                "model": "nas_sepconv:tiny_convnet",
+                "model_kwargs": {"num_classes": 1_000_000, "width": 100_000},
+            },
+            "recipe",
+        ),
+        (
+            {
+                "kind": "built",
+                "arch": json.dumps(
+                    {"stages": [{"spec": "dwsep", "out_channels": 8, "repeats": 1, "stride": 1}], "depth_mult": 1e9}
+                ),
+            },
+            "arch",
+        ),
+        (
+            {
+                "kind": "built",
+                "arch": json.dumps({"stages": [{"spec": "dwsep", "out_channels": 8, "repeats": 10**9, "stride": 1}]}),
+            },
+            "arch",
+        ),
+        (
+            {
+                "kind": "built",
+                "arch": json.dumps({"stages": [{"spec": "dwsep", "out_channels": 10**7, "repeats": 1, "stride": 1}]}),
+            },
+            "arch",
+        ),
+        (
+            {"kind": "converted", "model": "nas_sepconv:tiny_convnet", "input_size": [3, 100000, 100000]},
+            "recipe.input_size",
+        ),
+        (
+            {"kind": "converted", "model": "nas_sepconv:tiny_convnet", "width_mult": 1e9, "input_size": [1, 8, 8]},
+            "recipe.width_mult",
+        ),
     ],
 )
 def test_sizes_from_a_file_are_refused_quickly_and_without_memory(recipe, field, tmp_path):
@@ -223,11 +275,19 @@ def test_sizes_from_a_file_are_refused_quickly_and_without_memory(recipe, field,
 
 
 def test_the_size_budget_is_stated_and_can_be_raised(tmp_path):
-    recipe = {"kind": "converted", "model": "nas_sepconv:tiny_convnet", "model_kwargs": {"width": 64}, "width_mult": 1.0, "input_size": [1, 8, 8]}
+    recipe = {
+        "kind": "converted",
+        "model": "nas_sepconv:tiny_convnet",
+        "model_kwargs": {"width": 64},
+        "width_mult": 1.0,
+        "input_size": [1, 8, 8],
+    }
     path = save_model(tmp_path / "m.safetensors", ns.model_from_name("nas_sepconv:tiny_convnet", width=64), recipe)
     with pytest.raises(UserInputError, match=r"more than 1,000 parameters"):
         load_model(path, max_params=1000)
-    assert ns.count_params(load_model(path)) == ns.count_params(ns.model_from_name("nas_sepconv:tiny_convnet", width=64))
+    assert ns.count_params(load_model(path)) == ns.count_params(
+        ns.model_from_name("nas_sepconv:tiny_convnet", width=64)
+    )
     assert MAX_PARAMS >= 10**8
 
 
@@ -245,9 +305,18 @@ def test_the_size_budget_is_stated_and_can_be_raised(tmp_path):
         (json.dumps({"format": 2, "kind": "built"}), "recipe.format"),
         (json.dumps({"format": 1, "kind": "built"}), "recipe.arch"),
         (json.dumps({"format": 1, "kind": "built", "arch": "{}", "colour": 1}), "recipe.colour"),
-        (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "model_kwargs": [1]}), "recipe.model_kwargs"),
-        (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "plan": "{junk"}), "recipe.plan"),
-        (json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "width_mult": 0.5}), "recipe.input_size"),
+        (
+            json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "model_kwargs": [1]}),
+            "recipe.model_kwargs",
+        ),
+        (
+            json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "plan": "{junk"}),
+            "recipe.plan",
+        ),
+        (
+            json.dumps({"format": 1, "kind": "converted", "model": "nas_sepconv:tiny_convnet", "width_mult": 0.5}),
+            "recipe.input_size",
+        ),
     ],
 )
 def test_malformed_recipes_get_one_line(text, field, tmp_path):
@@ -267,37 +336,82 @@ def test_load_model_device_is_checked_first(tmp_path):
 
 
 def test_export_device_is_checked_before_anything_runs(results_dir, tmp_path):
-    result = CliRunner().invoke(app, ["export", str(results_dir), "--trial", "0", "--device", "tpu", "--out", str(tmp_path / "x.safetensors")])
+    result = CliRunner().invoke(
+        app, ["export", str(results_dir), "--trial", "0", "--device", "tpu", "--out", str(tmp_path / "x.safetensors")]
+    )
     assert result.exit_code == 2 and "--device" in _one_line(result)
 
 
 # -- fuzzing: random recipes -------------------------------------------------------------------
 
 _names = st.sampled_from(
-    ["nas_sepconv:tiny_convnet", "nas_sepconv:nope", "torchvision:squeezenet1_1", "torchvision:nope", "timm:resnet18",
-     "os:system", "subprocess:run", "builtins:eval", "importlib:import_module", "torch:load", "pickle:loads", "a.b:c", ":", "x"]
+    [
+        "nas_sepconv:tiny_convnet",
+        "nas_sepconv:nope",
+        "torchvision:squeezenet1_1",
+        "torchvision:nope",
+        "timm:resnet18",
+        "os:system",
+        "subprocess:run",
+        "builtins:eval",
+        "importlib:import_module",
+        "torch:load",
+        "pickle:loads",
+        "a.b:c",
+        ":",
+        "x",
+    ]
 )
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**40), max_value=2**40), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=20), st.sampled_from(["/etc/passwd", "https://x.invalid/w.pth", "../x", "relu", "bn"]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(["/etc/passwd", "https://x.invalid/w.pth", "../x", "relu", "bn"]),
 )
-_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 _kwargs = st.dictionaries(
-    st.sampled_from(["num_classes", "in_channels", "width", "checkpoint_path", "pretrained", "weights", "command", "args", "x", "stem_stride"]),
-    _json, max_size=4,
+    st.sampled_from(
+        [
+            "num_classes",
+            "in_channels",
+            "width",
+            "checkpoint_path",
+            "pretrained",
+            "weights",
+            "command",
+            "args",
+            "x",
+            "stem_stride",
+        ]
+    ),
+    _json,
+    max_size=4,
 )
 _recipes = st.one_of(
     st.fixed_dictionaries(
         {"kind": st.just("converted"), "model": _names},
-        optional={"model_kwargs": _kwargs | _json, "width_mult": _scalars, "input_size": st.lists(st.integers(-2, 10**6), max_size=5) | _json,
-                  "plan": st.text(max_size=30) | _json, "rules": _json},
+        optional={
+            "model_kwargs": _kwargs | _json,
+            "width_mult": _scalars,
+            "input_size": st.lists(st.integers(-2, 10**6), max_size=5) | _json,
+            "plan": st.text(max_size=30) | _json,
+            "rules": _json,
+        },
     ),
     st.fixed_dictionaries({"kind": st.just("built"), "arch": st.text(max_size=30) | _json.map(json.dumps) | _json}),
     _json,
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(recipe=_recipes)
 def test_random_recipes_give_a_model_or_one_user_input_error_and_import_nothing(recipe, tmp_path):
     import torchvision  # noqa: F401 - imported by the registry lookups: not a file's choice
@@ -314,7 +428,11 @@ def test_random_recipes_give_a_model_or_one_user_input_error_and_import_nothing(
         assert "\n" not in str(exc)
     else:
         assert isinstance(model, nn.Module)
-    new = {m for m in set(sys.modules) - before if not m.startswith(("torchvision", "torch", "nas_sepconv", "PIL", "numpy", "scipy", "sympy"))}
+    new = {
+        m
+        for m in set(sys.modules) - before
+        if not m.startswith(("torchvision", "torch", "nas_sepconv", "PIL", "numpy", "scipy", "sympy"))
+    }
     assert not new, f"loading imported {sorted(new)}"
 
 
@@ -411,12 +529,30 @@ def _built_recipe(arch_text: str) -> str:
         (_set_trial_attr("arch_json", json.dumps(DEEP)), "arch_json"),
         (_set_trial_attr("arch_json", _built_recipe(DEEP)), "recipe.arch"),
         (_set_trial_attr("x", DEEP), "source"),  # a value Optuna itself cannot decode
-        ([("UPDATE trial_params SET param_value = 1e6 WHERE trial_id = :trial AND param_name = 'resolution_mult'", ())],
-         "resolution_mult"),
+        (
+            [
+                (
+                    "UPDATE trial_params SET param_value = 1e6 WHERE trial_id = :trial AND param_name = 'resolution_mult'",
+                    (),
+                )
+            ],
+            "resolution_mult",
+        ),
         ([("DELETE FROM study_user_attributes WHERE key = 'space_yaml'", ())], "space_yaml"),
     ],
-    ids=["threads", "seed", "resolution", "resolution-mismatch", "arch_json-not-json", "arch_json-missing",
-         "arch_json-deep", "arch-deep", "attr-deep", "param-out-of-range", "space_yaml-missing"],
+    ids=[
+        "threads",
+        "seed",
+        "resolution",
+        "resolution-mismatch",
+        "arch_json-not-json",
+        "arch_json-missing",
+        "arch_json-deep",
+        "arch-deep",
+        "attr-deep",
+        "param-out-of-range",
+        "space_yaml-missing",
+    ],
 )
 def test_export_refuses_a_tampered_folder_in_one_line_before_any_work(ranged_results, tmp_path, statements, field):
     folder = _tampered(ranged_results, tmp_path, *statements)

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import FAST_SPACE
 from typer.testing import CliRunner
 
 import nas_sepconv as ns
 from nas_sepconv.cli import app
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.storage import MAX_JOURNAL_BYTES, open_storage
-
-from conftest import FAST_SPACE
 
 
 def _sparse(path: Path, size: int) -> Path:

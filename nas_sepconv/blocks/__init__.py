@@ -3,12 +3,32 @@ the closed-form initialisers that fill it from the original weights."""
 
 from __future__ import annotations
 
-from .geometry import CONV_TYPES, ConvGeometry
-from .modules import ACTIVATIONS, ChannelShuffle, DepthwiseSeparable, DepthwiseSpatial, GroupedShuffle, InvertedResidual, SpatialSeparable, SqueezeExcite, conv_from_geometry, make_act
-from .closed_form import dense_weight, effective_weight, init_dwsep, init_grouped, init_keep, init_spatial, initialise, resize_kernel
-from .closed_form_stacked import init_dw_spatial, init_inverted_residual
+from .closed_form import (
+    dense_weight,
+    effective_weight,
+    init_dwsep,
+    init_grouped,
+    init_keep,
+    init_spatial,
+    initialise,
+    resize_kernel,
+)
 from .closed_form_joint import DWSEP, JointRefit, refit_dwsep
+from .closed_form_stacked import init_dw_spatial, init_inverted_residual
+from .geometry import CONV_TYPES, ConvGeometry
 from .kinds import KINDS, Kind, Option, kind_names, resolve_rank
+from .modules import (
+    ACTIVATIONS,
+    ChannelShuffle,
+    DepthwiseSeparable,
+    DepthwiseSpatial,
+    GroupedShuffle,
+    InvertedResidual,
+    SpatialSeparable,
+    SqueezeExcite,
+    conv_from_geometry,
+    make_act,
+)
 from .spec import BlockSpec, as_spec
 
 __all__ = [

@@ -38,8 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .modules import DepthwiseSeparable, DepthwiseSpatial, GroupedShuffle, SpatialSeparable
 from .geometry import ConvGeometry
+from .modules import DepthwiseSeparable, DepthwiseSpatial, GroupedShuffle, SpatialSeparable
 
 __all__ = [
     "initialise",
@@ -162,7 +162,7 @@ def _ungroup(weight: torch.Tensor, groups: int) -> torch.Tensor:
     a, b = weight.shape[0] // groups, weight.shape[1]
     out = weight.new_zeros(weight.shape[0], groups * b, *weight.shape[2:])
     for gi in range(groups):
-        out[gi * a:(gi + 1) * a, gi * b:(gi + 1) * b] = weight[gi * a:(gi + 1) * a]
+        out[gi * a : (gi + 1) * a, gi * b : (gi + 1) * b] = weight[gi * a : (gi + 1) * a]
     return out
 
 
@@ -259,7 +259,7 @@ def init_grouped(block: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
     groups = conv.groups
     shuffled = dense_weight(weight, g)[:, _shuffle_perm(block.shuffle, g.in_channels)]
     a, b = g.out_channels // groups, g.in_channels // groups
-    diagonal = [shuffled[gi * a:(gi + 1) * a, gi * b:(gi + 1) * b] for gi in range(groups)]
+    diagonal = [shuffled[gi * a : (gi + 1) * a, gi * b : (gi + 1) * b] for gi in range(groups)]
     _copy(conv.weight, torch.cat(diagonal, 0))
     if bias is not None:
         _copy(conv.bias, bias)

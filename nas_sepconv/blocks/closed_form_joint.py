@@ -25,8 +25,8 @@ per-channel rank-m structure of a depthwise-separable block (Howard et al., 2017
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -67,7 +67,11 @@ def _dwsep_unsupported(block: nn.Module, g: ConvGeometry) -> str | None:
     dw = block.conv_dw
     padding = dw.padding if isinstance(dw.padding, str) else tuple(dw.padding)
     if (tuple(dw.kernel_size), tuple(dw.stride), tuple(dw.dilation), padding, dw.padding_mode) != (
-        g.kernel_size, g.stride, g.dilation, g.padding, g.padding_mode
+        g.kernel_size,
+        g.stride,
+        g.dilation,
+        g.padding,
+        g.padding_mode,
     ):
         return "the depthwise kernel differs from the source's"
     if g.in_channels * math.prod(g.kernel_size) > MAX_PATCH_DIM:
@@ -85,9 +89,15 @@ def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor
         return torch.linalg.pinv(a, hermitian=True) @ b
 
 
-def _conjugate_gradients(matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, x: torch.Tensor,
-                         *, precondition: Callable[[torch.Tensor], torch.Tensor] = lambda r: r,
-                         steps: int = 100, tol: float = 1e-10) -> torch.Tensor:
+def _conjugate_gradients(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    precondition: Callable[[torch.Tensor], torch.Tensor] = lambda r: r,
+    steps: int = 100,
+    tol: float = 1e-10,
+) -> torch.Tensor:
     """Solve H x = rhs for symmetric positive (semi-)definite H from ``x`` by preconditioned
     conjugate gradients (``precondition`` applies M⁻¹ for a symmetric positive definite M ≈ H);
     every step lowers ½xᵀHx − rhsᵀx, so stopping early is still a descent step."""
@@ -113,8 +123,15 @@ def _conjugate_gradients(matvec: Callable[[torch.Tensor], torch.Tensor], rhs: to
     return x
 
 
-def refit_dwsep(block: nn.Module, g: ConvGeometry, xtx: torch.Tensor, xty: torch.Tensor, *,
-                ridge: float = 1e-5, iterations: int = 10) -> None:
+def refit_dwsep(
+    block: nn.Module,
+    g: ConvGeometry,
+    xtx: torch.Tensor,
+    xty: torch.Tensor,
+    *,
+    ridge: float = 1e-5,
+    iterations: int = 10,
+) -> None:
     """Re-solve a linear ``dwsep`` block's depthwise filters and pointwise weights (and the
     pointwise bias, if any) by alternating least squares on the patch statistics ``xtx``
     (d × d) and ``xty`` (d × C_out) of the source geometry, d = C_in·K² (+1 for the bias

@@ -44,7 +44,7 @@ class ConvGeometry:
     output_padding: tuple[int, ...] = ()
 
     @classmethod
-    def from_module(cls, conv: nn.Module) -> "ConvGeometry":
+    def from_module(cls, conv: nn.Module) -> ConvGeometry:
         """Read the geometry of an ``nn.ConvNd`` or ``nn.ConvTransposeNd`` module."""
         if not isinstance(conv, CONV_TYPES):
             raise TypeError(f"expected a convolution module, got {type(conv).__name__}")
@@ -74,7 +74,7 @@ class ConvGeometry:
         padding: Any = 0,
         dilation: Any = 1,
         groups: int = 1,
-    ) -> "ConvGeometry":
+    ) -> ConvGeometry:
         """Read the geometry of a functional ``F.convNd(x, weight, bias, stride, ...)`` call."""
         dims = len(weight_shape) - 2
         return cls(
@@ -107,7 +107,7 @@ class ConvGeometry:
             return tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
         return tuple(self.padding)
 
-    def with_kernel(self, kernel_size: int | tuple[int, ...]) -> "ConvGeometry":
+    def with_kernel(self, kernel_size: int | tuple[int, ...]) -> ConvGeometry:
         """The same convolution with another kernel size and the padding that keeps every output shape.
 
         Padding grows by ``dilation * (k_new - k_old) / 2`` per dimension, so the difference of
@@ -134,7 +134,7 @@ class ConvGeometry:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ConvGeometry":
+    def from_dict(cls, data: dict[str, Any]) -> ConvGeometry:
         data = dict(data)
         for key in ("kernel_size", "stride", "dilation", "output_padding"):
             data[key] = tuple(data.get(key, ()))

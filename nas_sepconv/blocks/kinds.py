@@ -10,17 +10,19 @@ spaces all read :data:`KINDS`; there is no per-kind ``if``/``elif`` anywhere els
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from . import modules as blocks
-from . import closed_form as decompose
-from .closed_form_stacked import init_dw_spatial, init_inverted_residual
-from .closed_form_joint import DWSEP as _DWSEP_REFIT, JointRefit
 from ..errors import UserInputError
+from . import closed_form as decompose
+from . import modules as blocks
+from .closed_form_joint import DWSEP as _DWSEP_REFIT
+from .closed_form_joint import JointRefit
+from .closed_form_stacked import init_dw_spatial, init_inverted_residual
 from .geometry import ConvGeometry
 
 __all__ = ["Option", "Kind", "KINDS", "kind_names", "resolve_rank"]
@@ -69,9 +71,17 @@ class Option:
                 return value
             raise UserInputError(where, f"expected true or false, got {value!r}")
         if self.type == "kernel":
-            ks = (value,) if isinstance(value, int) and not isinstance(value, bool) else tuple(value) if isinstance(value, (tuple, list)) else None
+            ks = (
+                (value,)
+                if isinstance(value, int) and not isinstance(value, bool)
+                else tuple(value)
+                if isinstance(value, (tuple, list))
+                else None
+            )
             if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 and k % 2 == 1 for k in ks):
-                raise UserInputError(where, f"expected an odd positive int or tuple of them, got {value!r}", "use e.g. 3, 5 or 7")
+                raise UserInputError(
+                    where, f"expected an odd positive int or tuple of them, got {value!r}", "use e.g. 3, 5 or 7"
+                )
             for k in ks:
                 self._bounded(where, k)
             return ks[0] if len(set(ks)) == 1 and len(ks) == 1 else tuple(ks)
@@ -79,7 +89,9 @@ class Option:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UserInputError(where, f"expected an int or a fraction in (0, 1], got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
-                raise UserInputError(where, f"expected a finite number, got {value}", "give a fraction in (0, 1] or an int rank")
+                raise UserInputError(
+                    where, f"expected a finite number, got {value}", "give a fraction in (0, 1] or an int rank"
+                )
             if isinstance(value, float) and value.is_integer() and value > 1:
                 value = int(value)
             if isinstance(value, float) and not 0 < value <= 1:
@@ -118,7 +130,7 @@ class Option:
             return True if token == self.code else False if token == "no" + self.code else None
         if not token.startswith(self.code):
             return None
-        rest = token[len(self.code):]
+        rest = token[len(self.code) :]
         try:
             if self.type == "kernel":
                 parts = [int(p) for p in rest.split("x")]
@@ -206,15 +218,23 @@ KINDS: dict[str, Kind] = {
     k.name: k
     for k in [
         Kind(
-            "keep", (), (KERNEL,),
+            "keep",
+            (),
+            (KERNEL,),
             build=lambda g: blocks.conv_from_geometry(g),
             init=decompose.init_keep,
             effective=decompose._effective_conv,
             doc="the original convolution (optionally with another kernel size)",
         ),
         Kind(
-            "dwsep", ("sep", "depthwise_separable"),
-            (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), Option("mid_norm", "bn", bool, False), Option("mid_act", "", "act", "none"), KERNEL),
+            "dwsep",
+            ("sep", "depthwise_separable"),
+            (
+                Option("dw_mult", "m", int, 1, minimum=1, maximum=64),
+                Option("mid_norm", "bn", bool, False),
+                Option("mid_act", "", "act", "none"),
+                KERNEL,
+            ),
             build=lambda g, **o: blocks.DepthwiseSeparable(g, **o),
             init=decompose.init_dwsep,
             effective=decompose._effective_dwsep,
@@ -223,7 +243,8 @@ KINDS: dict[str, Kind] = {
             doc="depthwise KxK then pointwise 1x1 (MobileNetV1, Xception)",
         ),
         Kind(
-            "spatial", ("spatially_separable",),
+            "spatial",
+            ("spatially_separable",),
             (Option("rank", "r", "rank", 0.25, minimum=1, maximum=65536), KERNEL),
             build=_build_spatial,
             init=decompose.init_spatial,
@@ -233,7 +254,8 @@ KINDS: dict[str, Kind] = {
             doc="Kx1 to `rank` channels then 1xK (Jaderberg et al. 2014, Tai et al. 2016)",
         ),
         Kind(
-            "dw_spatial", ("factorized_dw",),
+            "dw_spatial",
+            ("factorized_dw",),
             (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSpatial(g, **o),
             init=init_dw_spatial,
@@ -243,7 +265,8 @@ KINDS: dict[str, Kind] = {
             doc="depthwise Kx1, depthwise 1xK, pointwise (EffNet, Flattened networks)",
         ),
         Kind(
-            "inverted_residual", ("ir", "mbconv"),
+            "inverted_residual",
+            ("ir", "mbconv"),
             (
                 Option("expand_ratio", "e", float, 6, minimum=1, maximum=64),
                 KERNEL,
@@ -259,7 +282,8 @@ KINDS: dict[str, Kind] = {
             doc="expand 1x1, depthwise KxK, [SE], project 1x1 (MobileNetV2/V3)",
         ),
         Kind(
-            "grouped", ("group",),
+            "grouped",
+            ("group",),
             (Option("groups", "g", int, 4, minimum=2, maximum=4096), KERNEL),
             build=lambda g, **o: blocks.GroupedShuffle(g, **o),
             init=decompose.init_grouped,

@@ -47,10 +47,10 @@ class BlockSpec:
     def __reduce__(self) -> tuple:  # pickling and deepcopy go through the string form
         return (BlockSpec.parse, (str(self),))
 
-    def __copy__(self) -> "BlockSpec":
+    def __copy__(self) -> BlockSpec:
         return self
 
-    def __deepcopy__(self, memo: dict) -> "BlockSpec":
+    def __deepcopy__(self, memo: dict) -> BlockSpec:
         return self
 
     @property
@@ -83,22 +83,28 @@ class BlockSpec:
         return hash((self.kind, self.options))
 
     @classmethod
-    def parse(cls, text: "str | BlockSpec") -> "BlockSpec":
+    def parse(cls, text: str | BlockSpec) -> BlockSpec:
         """Parse the short string form (``dwsep_m2``, ``ir_e6_k5_se0.25_hswish``, ...)."""
         if isinstance(text, BlockSpec):
             return text
         if not isinstance(text, str) or not text.strip():
-            raise UserInputError("spec", f"expected a block spec string, got {text!r}", f"use e.g. 'dwsep' or 'ir_e6_k5'; kinds: {kind_names()}")
+            raise UserInputError(
+                "spec",
+                f"expected a block spec string, got {text!r}",
+                f"use e.g. 'dwsep' or 'ir_e6_k5'; kinds: {kind_names()}",
+            )
         text = text.strip()
         names = sorted(_ALIASES, key=len, reverse=True)
         head = next((n for n in names if text == n or text.startswith(n + "_")), None)
         if head is None:
             close = difflib.get_close_matches(text.split("_")[0], names, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UserInputError("spec", f"{text!r} does not start with a block kind", f"{hint}use one of {kind_names()}")
+            raise UserInputError(
+                "spec", f"{text!r} does not start with a block kind", f"{hint}use one of {kind_names()}"
+            )
         kind = _kind(head)
         options: dict[str, Any] = {}
-        for token in filter(None, text[len(head):].split("_")):
+        for token in filter(None, text[len(head) :].split("_")):
             for opt in sorted(kind.options, key=lambda o: len(o.code), reverse=True):
                 value = opt.decode(token)
                 if value is not None and opt.name not in options:
@@ -106,7 +112,9 @@ class BlockSpec:
                     break
             else:
                 codes = ", ".join(f"{o.code or '<act>'}=<{o.name}>" for o in kind.options)
-                raise UserInputError("spec", f"token {token!r} of {text!r} is not an option of {kind.name}", f"{kind.name} takes {codes}")
+                raise UserInputError(
+                    "spec", f"token {token!r} of {text!r} is not an option of {kind.name}", f"{kind.name} takes {codes}"
+                )
         return cls(kind.name, **options)
 
     # -- building -----------------------------------------------------------------------
@@ -132,7 +140,7 @@ class BlockSpec:
         return self.info.build(self.geometry_for(g), **options)
 
 
-def as_spec(value: "str | BlockSpec | dict") -> BlockSpec:
+def as_spec(value: str | BlockSpec | dict) -> BlockSpec:
     """A BlockSpec from a spec, its string form, or a mapping ``{"kind": ..., **options}``."""
     if isinstance(value, BlockSpec):
         return value

@@ -37,7 +37,8 @@ from __future__ import annotations
 import dataclasses
 import glob
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,15 +46,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import UserInputError
-from ..progress import track
-from .plan import Plan, make_plan, with_spec
-from ..measure import output_tensors
-from .calibration import _batches, _device, _EvalMode, _on, _run
-from .least_squares import refit
-from .latency import DEFAULT_CANDIDATES, LatencyTable
-from .rewrite import apply_plan
 from ..blocks import BlockSpec, as_spec
+from ..errors import UserInputError
+from ..measure import output_tensors
+from ..progress import track
+from .calibration import _batches, _device, _EvalMode, _on, _run
+from .latency import DEFAULT_CANDIDATES, LatencyTable
+from .least_squares import refit
+from .plan import Plan, make_plan, with_spec
+from .rewrite import apply_plan
 
 __all__ = ["sensitivity", "plan_for_budget"]
 
@@ -88,8 +89,11 @@ def _one_site(plan: Plan, name: str, spec: BlockSpec) -> Plan | None:
 
 def _candidates(candidates: Sequence[Any]) -> list[BlockSpec]:
     if isinstance(candidates, (str, BlockSpec)) or not candidates:
-        raise UserInputError("candidates", f"expected a non-empty list of block specs, got {candidates!r}",
-                             "use e.g. ['dwsep_m1', 'dwsep_m2', 'spatial_r0.125']")
+        raise UserInputError(
+            "candidates",
+            f"expected a non-empty list of block specs, got {candidates!r}",
+            "use e.g. ['dwsep_m1', 'dwsep_m2', 'spatial_r0.125']",
+        )
     return list(dict.fromkeys(as_spec(c) for c in candidates))
 
 
@@ -134,7 +138,9 @@ def sensitivity(
     """
     specs = _candidates(candidates)
     if metric not in _METRICS:
-        raise UserInputError("metric", f"expected one of {', '.join(_METRICS)}, got {metric!r}", "use 'kl' for classifiers")
+        raise UserInputError(
+            "metric", f"expected one of {', '.join(_METRICS)}, got {metric!r}", "use 'kl' for classifiers"
+        )
     dev = _device(model, device)
     reference_model = _on(model, dev)
     data = _batches(batches, dev)
@@ -159,9 +165,18 @@ def sensitivity(
         with _EvalMode(converted):
             outputs = [_run(converted, b) for b in held]
         e = next(e for e in plan.entries if e.name == entry.name)
-        rows.append(dict(name=e.name, spec=str(spec), calls=e.calls, macs_before=e.macs_before,
-                         macs_after=e.macs_after, params_before=e.params_before, params_after=e.params_after,
-                         damage=_damage(outputs, references, metric)))
+        rows.append(
+            dict(
+                name=e.name,
+                spec=str(spec),
+                calls=e.calls,
+                macs_before=e.macs_before,
+                macs_after=e.macs_after,
+                params_before=e.params_before,
+                params_after=e.params_after,
+                damage=_damage(outputs, references, metric),
+            )
+        )
         del converted, outputs
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
@@ -187,7 +202,7 @@ def choose(options: list[list[tuple[int, float]]], required: int, *, resolution:
             prev = np.arange(resolution + 1)
             cand[s:resolution] = best[: resolution - s] + damage
             prev[s:resolution] = np.arange(resolution - s)
-            tail = best[resolution - s:]  # every state from which this saving reaches the budget
+            tail = best[resolution - s :]  # every state from which this saving reaches the budget
             k = int(np.argmin(tail))
             cand[resolution], prev[resolution] = tail[k] + damage, resolution - s + k
             better = cand < new
@@ -205,18 +220,31 @@ def choose(options: list[list[tuple[int, float]]], required: int, *, resolution:
 
 def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_table: Any) -> tuple[str, float]:
     """The one budget given, by field name, checked."""
-    given = {k: v for k, v in (("macs_ratio", macs_ratio), ("latency_ratio", latency_ratio), ("latency_ms", latency_ms)) if v is not None}
+    given = {
+        k: v
+        for k, v in (("macs_ratio", macs_ratio), ("latency_ratio", latency_ratio), ("latency_ms", latency_ms))
+        if v is not None
+    }
     if len(given) != 1:
-        raise UserInputError("budget", f"give exactly one of macs_ratio, latency_ratio, latency_ms (got {', '.join(given) or 'none'})",
-                             "e.g. macs_ratio=0.25, or latency_ratio=0.5 with latency_table=ns.latency_table(model, x)")
-    (field, value), = given.items()
+        raise UserInputError(
+            "budget",
+            f"give exactly one of macs_ratio, latency_ratio, latency_ms (got {', '.join(given) or 'none'})",
+            "e.g. macs_ratio=0.25, or latency_ratio=0.5 with latency_table=ns.latency_table(model, x)",
+        )
+    ((field, value),) = given.items()
     top = math.inf if field == "latency_ms" else 1
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
-        raise UserInputError(field, f"expected a number in (0, {top:g}], got {value!r}",
-                             "use e.g. 0.5 for half" if top == 1 else "use the budget in milliseconds, e.g. 20.0")
+        raise UserInputError(
+            field,
+            f"expected a number in (0, {top:g}], got {value!r}",
+            "use e.g. 0.5 for half" if top == 1 else "use the budget in milliseconds, e.g. 20.0",
+        )
     if field != "macs_ratio" and not isinstance(latency_table, LatencyTable):
-        raise UserInputError("latency_table", f"{field} needs a latency table, got {type(latency_table).__name__}",
-                             "pass latency_table=ns.latency_table(model, example_inputs)")
+        raise UserInputError(
+            "latency_table",
+            f"{field} needs a latency table, got {type(latency_table).__name__}",
+            "pass latency_table=ns.latency_table(model, example_inputs)",
+        )
     return field, float(value)
 
 
@@ -260,17 +288,26 @@ def plan_for_budget(
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise UserInputError("resolution", f"expected a positive integer, got {resolution!r}", "use e.g. 4000")
     if latency_table is not None and not isinstance(latency_table, LatencyTable):
-        raise UserInputError("latency_table", f"expected a LatencyTable, got {type(latency_table).__name__}", "use ns.latency_table(model, x)")
+        raise UserInputError(
+            "latency_table",
+            f"expected a LatencyTable, got {type(latency_table).__name__}",
+            "use ns.latency_table(model, x)",
+        )
     missing = [c for c in SENSITIVITY_COLUMNS if c not in getattr(table, "columns", [])]
     if missing:
-        raise UserInputError("table", f"lacks the columns {', '.join(missing)}", "pass the DataFrame ns.sensitivity returned")
+        raise UserInputError(
+            "table", f"lacks the columns {', '.join(missing)}", "pass the DataFrame ns.sensitivity returned"
+        )
     base = make_plan(model, {}, example_inputs=example_inputs)  # every site kept: the sites and MACs only
     sites = {e.name for e in base.entries}
     names = [n for n in dict.fromkeys(table["name"]) if n in sites]
     unknown = sorted(set(table["name"]) - set(names))
     if unknown:
-        raise UserInputError("table", f"names sites this model does not have ({', '.join(unknown[:3])})",
-                             "compute the table with ns.sensitivity on this model")
+        raise UserInputError(
+            "table",
+            f"names sites this model does not have ({', '.join(unknown[:3])})",
+            "compute the table with ns.sensitivity on this model",
+        )
     if field != "macs_ratio":
         latency_table.ensure([(r.name, r.spec) for r in table.itertuples()] + [(n, None) for n in names])
     groups, labels = [], []
@@ -286,14 +323,26 @@ def plan_for_budget(
         floor = (total - sum(max(s for s, _ in g) for g in groups)) / total
         what = "of the MACs" if field == "macs_ratio" else f"of the measured {total:.3g} ms, predicted"
         tried = list(dict.fromkeys(str(spec) for spec in table["spec"]))
-        cheaper = ("cheaper candidates than " + ", ".join(tried[:4]) + (", ..." if len(tried) > 4 else "")
-                   if "dwsep_m1" in tried else "cheaper candidates (e.g. dwsep_m1)")
-        raise UserInputError(field, f"{budget:g} is below what these candidates reach ({floor:.3f} {what})",
-                             f"raise {field}, or add {cheaper} to ns.sensitivity")
+        cheaper = (
+            "cheaper candidates than " + ", ".join(tried[:4]) + (", ..." if len(tried) > 4 else "")
+            if "dwsep_m1" in tried
+            else "cheaper candidates (e.g. dwsep_m1)"
+        )
+        raise UserInputError(
+            field,
+            f"{budget:g} is below what these candidates reach ({floor:.3f} {what})",
+            f"raise {field}, or add {cheaper} to ns.sensitivity",
+        )
     rules = {glob.escape(name): label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
     plan = make_plan(model, rules, example_inputs=example_inputs)
     damage = sum(g[j][1] for g, j in zip(groups, chosen))
-    reached = plan.macs_after / plan.model_macs if field == "macs_ratio" else latency_table.predict(plan) / (total if field == "latency_ratio" else 1)
-    plan.notes.append(f"plan_for_budget: {field} {budget:g} (reached {reached:.4f}{'' if field == 'macs_ratio' else ', predicted'}), "
-                      f"predicted damage {damage:.4g} (sum of single-site damages)")
+    reached = (
+        plan.macs_after / plan.model_macs
+        if field == "macs_ratio"
+        else latency_table.predict(plan) / (total if field == "latency_ratio" else 1)
+    )
+    plan.notes.append(
+        f"plan_for_budget: {field} {budget:g} (reached {reached:.4f}{'' if field == 'macs_ratio' else ', predicted'}), "
+        f"predicted damage {damage:.4g} (sum of single-site damages)"
+    )
     return plan if latency_table is None else latency_table.annotate(plan)

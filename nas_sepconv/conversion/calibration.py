@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 from collections import abc
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -181,9 +182,12 @@ def _forward_order(original: nn.Module, sites: list[_Site], batch: Any) -> list[
             counts[name] = counts.get(name, 0) + 1
             if name not in seen:
                 seen.append(name)
+
         return fn
 
-    _run_hooked(original, batch, [s.original.register_forward_hook(hook(s.name)) for s in sites if s.original is not None])
+    _run_hooked(
+        original, batch, [s.original.register_forward_hook(hook(s.name)) for s in sites if s.original is not None]
+    )
     for s in sites:
         s.calls = counts.get(s.name, 0) if s.block is not None else 0
     rank = {name: i for i, name in enumerate(seen)}

@@ -6,14 +6,26 @@ space (accumulated and local).  Batches and sites: :mod:`.calibration`.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 import torch
 import torch.nn as nn
 
 from ..blocks import ConvGeometry, dense_weight, effective_weight, resize_kernel
-from .calibration import _Site, _batches, _device, _EvalMode, _forward_order, _has_forward, _last_linear, _on, _run_hooked, _sites
+from .calibration import (
+    _batches,
+    _device,
+    _EvalMode,
+    _forward_order,
+    _has_forward,
+    _last_linear,
+    _on,
+    _run_hooked,
+    _Site,
+    _sites,
+)
 
 __all__ = ["fidelity"]
 
@@ -64,11 +76,13 @@ def fidelity(converted: nn.Module, original: nn.Module, batches: Iterable[Any], 
             def orig_hook(name: str):
                 def fn(module, args, output):
                     seen[name].append((args[0].detach(), output.detach()))
+
                 return fn
 
             def conv_hook(name: str):
                 def fn(module, args, output):
                     outs[name].append(output.detach())
+
                 return fn
 
             _run_hooked(original, batch, [s.original.register_forward_hook(orig_hook(s.name)) for s in live])
@@ -87,12 +101,14 @@ def fidelity(converted: nn.Module, original: nn.Module, batches: Iterable[Any], 
         err, local, ref = sums[s.name]
         ok = s.calls > 0 and ref > 0
         whole = s.block is not None and _has_forward(s.block)
-        rows.append(dict(
-            name=s.name,
-            kind=s.spec.kind,
-            rel_weight_error=_rel_weight_error(s) if whole else math.nan,
-            rel_output_error=math.sqrt(err / ref) if ok else math.nan,
-            rel_output_error_local=math.sqrt(local / ref) if ok and whole else math.nan,
-        ))
+        rows.append(
+            dict(
+                name=s.name,
+                kind=s.spec.kind,
+                rel_weight_error=_rel_weight_error(s) if whole else math.nan,
+                rel_output_error=math.sqrt(err / ref) if ok else math.nan,
+                rel_output_error_local=math.sqrt(local / ref) if ok and whole else math.nan,
+            )
+        )
     columns = ["name", "kind", "rel_weight_error", "rel_output_error", "rel_output_error_local"]
     return pd.DataFrame(rows, columns=columns)

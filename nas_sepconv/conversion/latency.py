@@ -28,8 +28,9 @@ import copy
 import dataclasses
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -37,8 +38,19 @@ import torch.nn as nn
 
 from ..blocks import BlockSpec, as_spec, conv_from_geometry
 from ..errors import UserInputError
-from ..measure import (LatencyCache, as_inputs, check_repeats, check_threads, find_runtime, latency_cache_dir,
-                       latency_context, prepare_forward, summarise, time_rounds, torch_threads)
+from ..measure import (
+    LatencyCache,
+    as_inputs,
+    check_repeats,
+    check_threads,
+    find_runtime,
+    latency_cache_dir,
+    latency_context,
+    prepare_forward,
+    summarise,
+    time_rounds,
+    torch_threads,
+)
 from ..progress import progress as progress_bar
 from ..progress import track
 from .plan import Plan, PlanEntry, make_plan, with_spec
@@ -79,27 +91,32 @@ class LatencyTable:
         keep = self.frame[self.frame["spec"] == KEEP]
         return self.model_ms - float((keep["latency_ms"] * keep["calls"]).sum())
 
-    def ms(self, name: str, spec: "BlockSpec | str | None") -> float | None:
+    def ms(self, name: str, spec: BlockSpec | str | None) -> float | None:
         """The latency (ms) of one call of site ``name`` holding ``spec`` (``None``/``keep``: the
         conv itself), or None when the table has no such entry."""
         label = KEEP if spec in (None, KEEP) else str(as_spec(spec))
         rows = self.frame[(self.frame["name"] == name) & (self.frame["spec"] == label)]
         return float(rows["latency_ms"].iloc[0]) if len(rows) else None
 
-    def ensure(self, pairs: Iterable[tuple[str, "BlockSpec | str | None"]], *, progress: bool = False) -> None:
+    def ensure(self, pairs: Iterable[tuple[str, BlockSpec | str | None]], *, progress: bool = False) -> None:
         """Measure (or read from the cache) the entries of ``pairs`` (site name, spec) the table
         lacks.  Raises :class:`UserInputError` for a site the model does not have."""
         wanted: dict[str, list[BlockSpec | None]] = {}
         for name, spec in pairs:
             if name not in self.sites:
-                raise UserInputError("plan", f"names site {name!r}, which the latency table's model does not have",
-                                     "build the latency table with ns.latency_table on this model")
+                raise UserInputError(
+                    "plan",
+                    f"names site {name!r}, which the latency table's model does not have",
+                    "build the latency table with ns.latency_table on this model",
+                )
             spec = None if spec in (None, KEEP) else as_spec(spec)
             if self.ms(name, spec) is None and spec not in wanted.setdefault(name, []):
                 wanted[name].append(spec)
         wanted = {k: v for k, v in wanted.items() if v}
         if wanted:
-            rows, _ = _measure_sites([(self.sites[n], specs) for n, specs in wanted.items()], self.settings, self.context, progress)
+            rows, _ = _measure_sites(
+                [(self.sites[n], specs) for n, specs in wanted.items()], self.settings, self.context, progress
+            )
             self.frame = pd.concat([self.frame, pd.DataFrame(rows, columns=TABLE_COLUMNS)], ignore_index=True)
 
     def predict(self, plan: Plan) -> float:
@@ -115,7 +132,8 @@ class LatencyTable:
                 "latency_table",
                 f"predicts {predicted:.4g} ms for this plan, which no model takes: its entries do not agree "
                 f"with the whole model's measured {self.model_ms:.4g} ms (a stale or altered latency cache)",
-                f"re-measure: delete the latency cache in {folder} and call ns.latency_table again")
+                f"re-measure: delete the latency cache in {folder} and call ns.latency_table again",
+            )
         return predicted
 
     def annotate(self, plan: Plan) -> Plan:
@@ -129,33 +147,57 @@ class LatencyTable:
             after = self.ms(e.name, e.spec) if e.converted else before
             entries.append(dataclasses.replace(e, latency_before_ms=before, latency_after_ms=after))
         notes = [n for n in plan.notes if not n.startswith("latency table:")]
-        notes.append(f"latency table: predicted {predicted:.3f} ms, {predicted / self.model_ms:.3f}x the measured "
-                     f"{self.model_ms:.3f} ms ({self.context['runtime']}, {self.context['threads']} threads)")
+        notes.append(
+            f"latency table: predicted {predicted:.3f} ms, {predicted / self.model_ms:.3f}x the measured "
+            f"{self.model_ms:.3f} ms ({self.context['runtime']}, {self.context['threads']} threads)"
+        )
         return dataclasses.replace(plan, entries=entries, notes=notes)
 
     def _check(self, plan: Plan) -> None:
         if not isinstance(plan, Plan):
-            raise UserInputError("plan", f"expected a Plan, got {type(plan).__name__}", "pass ns.make_plan's or ns.plan_for_budget's plan")
+            raise UserInputError(
+                "plan",
+                f"expected a Plan, got {type(plan).__name__}",
+                "pass ns.make_plan's or ns.plan_for_budget's plan",
+            )
         for e in plan.converted:
             site = self.sites.get(e.name)
             if site is not None and (site.geometry != e.geometry or tuple(site.input_shape) != tuple(e.input_shape)):
-                raise UserInputError("plan", f"site {e.name!r} has input shape {e.input_shape} in the plan but "
-                                     f"{site.input_shape} in the latency table", "make the plan and the table with the same example_inputs")
+                raise UserInputError(
+                    "plan",
+                    f"site {e.name!r} has input shape {e.input_shape} in the plan but "
+                    f"{site.input_shape} in the latency table",
+                    "make the plan and the table with the same example_inputs",
+                )
 
 
 def _op_key(entry: PlanEntry, spec: BlockSpec | None) -> dict[str, Any]:
-    return {"geometry": entry.geometry.to_dict(), "input_shape": list(entry.input_shape), "block": KEEP if spec is None else str(spec)}
+    return {
+        "geometry": entry.geometry.to_dict(),
+        "input_shape": list(entry.input_shape),
+        "block": KEEP if spec is None else str(spec),
+    }
 
 
-def _measure_sites(groups: Sequence[tuple[PlanEntry, list]], settings: dict[str, Any], context: dict[str, Any], progress: bool,
-                   whole: Callable[[], Any] | None = None) -> tuple[list[dict[str, Any]], list[float]]:
+def _measure_sites(
+    groups: Sequence[tuple[PlanEntry, list]],
+    settings: dict[str, Any],
+    context: dict[str, Any],
+    progress: bool,
+    whole: Callable[[], Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[float]]:
     """Rows for each (site, its specs), read from the cache or measured and cached, and the
     times of ``whole`` (the whole model's forward, if given).  Every block not in the cache is
     timed in the same interleaved rounds, the whole model too: between two calls of one block
     run all the others, so its weights are as cold as in the model, and load from other
     processes hits the entries and the whole model alike."""
     cache = LatencyCache(context, cache_dir=settings["cache_dir"])
-    runtime, device, dtype, threads = find_runtime(settings["runtime"]), settings["device"], settings["dtype"], settings["threads"]
+    runtime, device, dtype, threads = (
+        find_runtime(settings["runtime"]),
+        settings["device"],
+        settings["dtype"],
+        settings["threads"],
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     pending = [(entry, s) for entry, specs in groups for s in specs if cache.get(_op_key(entry, s)) is None]
     forwards = []
@@ -165,13 +207,26 @@ def _measure_sites(groups: Sequence[tuple[PlanEntry, list]], settings: dict[str,
                 with torch.device("cpu"):
                     module = (conv_from_geometry(entry.geometry) if s is None else s.build(entry.geometry)).eval()
                 with torch.no_grad():
-                    forwards.append(prepare_forward(module, (torch.randn(entry.input_shape),), runtime=runtime, threads=threads,
-                                                    device=device, dtype=dtype))
+                    forwards.append(
+                        prepare_forward(
+                            module,
+                            (torch.randn(entry.input_shape),),
+                            runtime=runtime,
+                            threads=threads,
+                            device=device,
+                            dtype=dtype,
+                        )
+                    )
             rounds = settings["repeats"] + settings["warmup"]
             with progress_bar(progress and bool(forwards), "latency table: timing", rounds, unit="rounds") as bar:
                 with torch.inference_mode():
-                    times = time_rounds(forwards + ([whole] if whole else []), repeats=settings["repeats"], warmup=settings["warmup"],
-                                        sync=sync, on_round=lambda: bar.update(advance=1))
+                    times = time_rounds(
+                        forwards + ([whole] if whole else []),
+                        repeats=settings["repeats"],
+                        warmup=settings["warmup"],
+                        sync=sync,
+                        on_round=lambda: bar.update(advance=1),
+                    )
         for (entry, s), t in zip(pending, times):
             cache.put(_op_key(entry, s), {**summarise(t), "repeats": len(t)})
     finally:
@@ -182,13 +237,26 @@ def _measure_sites(groups: Sequence[tuple[PlanEntry, list]], settings: dict[str,
         for s in specs:
             record = cache.get(_op_key(entry, s))
             macs = entry.macs_before if s is None else with_spec(entry, s, min_macs_saving=None).macs_after
-            rows.append(dict(name=entry.name, spec=KEEP if s is None else str(s), op=entry.geometry.describe(),
-                             input_shape=tuple(entry.input_shape), calls=entry.calls, macs=macs, latency_ms=record["median_ms"],
-                             p10_ms=record["p10_ms"], p90_ms=record["p90_ms"], source="measured" if (entry.name, s) in measured else "cache"))
+            rows.append(
+                dict(
+                    name=entry.name,
+                    spec=KEEP if s is None else str(s),
+                    op=entry.geometry.describe(),
+                    input_shape=tuple(entry.input_shape),
+                    calls=entry.calls,
+                    macs=macs,
+                    latency_ms=record["median_ms"],
+                    p10_ms=record["p10_ms"],
+                    p90_ms=record["p90_ms"],
+                    source="measured" if (entry.name, s) in measured else "cache",
+                )
+            )
     return rows, (times[-1] if whole else [])
 
 
-def _settings(runtime: str, threads: int | None, device: Any, dtype: torch.dtype, repeats: int, warmup: int, cache_dir: Any) -> dict[str, Any]:
+def _settings(
+    runtime: str, threads: int | None, device: Any, dtype: torch.dtype, repeats: int, warmup: int, cache_dir: Any
+) -> dict[str, Any]:
     check_threads(threads, "threads")
     check_repeats(repeats, warmup)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -200,25 +268,37 @@ def _settings(runtime: str, threads: int | None, device: Any, dtype: torch.dtype
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError("device", f"{device!r}: CUDA is not available on this machine", "use device='cpu'")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise UserInputError("device", f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
-                             f"use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'")
+        raise UserInputError(
+            "device",
+            f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+            f"use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'",
+        )
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-        raise UserInputError("cache_dir",
-                             f"expected a folder (a str or a path) or None, got {type(cache_dir).__name__}",
-                             "pass a folder such as '~/.cache/nas_sepconv/latency', or leave cache_dir out")
-    return dict(runtime=find_runtime(runtime).name, threads=threads or torch.get_num_threads(), device=dev, dtype=dtype,
-                repeats=repeats, warmup=warmup, cache_dir=cache_dir)
+        raise UserInputError(
+            "cache_dir",
+            f"expected a folder (a str or a path) or None, got {type(cache_dir).__name__}",
+            "pass a folder such as '~/.cache/nas_sepconv/latency', or leave cache_dir out",
+        )
+    return dict(
+        runtime=find_runtime(runtime).name,
+        threads=threads or torch.get_num_threads(),
+        device=dev,
+        dtype=dtype,
+        repeats=repeats,
+        warmup=warmup,
+        cache_dir=cache_dir,
+    )
 
 
 def latency_table(
     model: nn.Module,
     example_inputs: Any,
     *,
-    candidates: Sequence["str | BlockSpec"] = DEFAULT_CANDIDATES,
+    candidates: Sequence[str | BlockSpec] = DEFAULT_CANDIDATES,
     policy: Any = "dwsep",
     runtime: str = "eager",
     threads: int | None = None,
-    device: "str | torch.device" = "cpu",
+    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     repeats: int = 20,
     warmup: int = 3,
@@ -239,32 +319,58 @@ def latency_table(
     """
     settings = _settings(runtime, threads, device, dtype, repeats, warmup, cache_dir)
     if isinstance(candidates, (str, BlockSpec)):
-        raise UserInputError("candidates", f"expected a list of block specs, got {candidates!r}", "use e.g. ['dwsep_m1', 'dwsep_m2']")
+        raise UserInputError(
+            "candidates", f"expected a list of block specs, got {candidates!r}", "use e.g. ['dwsep_m1', 'dwsep_m2']"
+        )
     specs = list(dict.fromkeys(as_spec(c) for c in candidates))
     inputs = as_inputs(example_inputs)
     chosen = {e.name for e in make_plan(model, policy, example_inputs=inputs).converted}
     base = make_plan(model, {}, example_inputs=inputs)  # every site, kept
     rt = find_runtime(settings["runtime"])
-    context = latency_context(device=settings["device"], threads=settings["threads"], runtime=rt.name, runtime_version=rt.version(),
-                              dtype=dtype, memory_format=rt.memory_format)
-    groups = [(e, [None] + ([s for s in specs if not s.unsupported(e.geometry)] if e.name in chosen else []))
-              for e in base.entries if e.reached]  # a site no example input reaches has no shape, and no time
+    context = latency_context(
+        device=settings["device"],
+        threads=settings["threads"],
+        runtime=rt.name,
+        runtime_version=rt.version(),
+        dtype=dtype,
+        memory_format=rt.memory_format,
+    )
+    groups = [
+        (e, [None] + ([s for s in specs if not s.unsupported(e.geometry)] if e.name in chosen else []))
+        for e in base.entries
+        if e.reached
+    ]  # a site no example input reaches has no shape, and no time
     net = copy.deepcopy(model).eval()  # the model is not changed
     with torch_threads(settings["threads"]), torch.no_grad():
-        forward = prepare_forward(net, inputs, runtime=rt, threads=settings["threads"], device=settings["device"], dtype=dtype)
+        forward = prepare_forward(
+            net, inputs, runtime=rt, threads=settings["threads"], device=settings["device"], dtype=dtype
+        )
     rows, times = _measure_sites(groups, settings, context, progress, whole=forward)
     whole = summarise(times)
-    return LatencyTable(pd.DataFrame(rows, columns=TABLE_COLUMNS), whole["median_ms"], whole["p10_ms"], whole["p90_ms"], context,
-                        {e.name: e for e in base.entries}, settings)
+    return LatencyTable(
+        pd.DataFrame(rows, columns=TABLE_COLUMNS),
+        whole["median_ms"],
+        whole["p10_ms"],
+        whole["p90_ms"],
+        context,
+        {e.name: e for e in base.entries},
+        settings,
+    )
 
 
-def predict_latency(model_or_plan: "nn.Module | Plan", table: LatencyTable) -> float:
+def predict_latency(model_or_plan: nn.Module | Plan, table: LatencyTable) -> float:
     """The latency (ms) ``table`` predicts for a converted model (one :func:`apply_plan` made)
     or a :class:`Plan`: the measured whole original model, less each converted site's conv
     entry, plus its block's (entries it lacks are measured first)."""
     if not isinstance(table, LatencyTable):
-        raise UserInputError("table", f"expected a LatencyTable, got {type(table).__name__}", "build one with ns.latency_table(model, x)")
+        raise UserInputError(
+            "table", f"expected a LatencyTable, got {type(table).__name__}", "build one with ns.latency_table(model, x)"
+        )
     plan = model_or_plan if isinstance(model_or_plan, Plan) else plan_of(model_or_plan)
     if plan is None:
-        raise UserInputError("model", "is not a model converted by ns.apply_plan (it carries no plan)", "pass the plan, or the converted model")
+        raise UserInputError(
+            "model",
+            "is not a model converted by ns.apply_plan (it carries no plan)",
+            "pass the plan, or the converted model",
+        )
     return table.predict(plan)

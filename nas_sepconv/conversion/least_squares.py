@@ -16,7 +16,8 @@ float64, closed-form solves), no gradient steps.  Batches and sites: :mod:`.cali
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -25,14 +26,28 @@ import torch.nn as nn
 from ..blocks import CONV_TYPES, ConvGeometry, effective_weight
 from ..errors import UserInputError
 from ..progress import progress as show_progress
-from .calibration import _Site, _Stop, _batches, _device, _EvalMode, _forward_order, _has_forward, _last_linear, _on, _run, _run_hooked, _sites
+from .calibration import (
+    _batches,
+    _device,
+    _EvalMode,
+    _forward_order,
+    _has_forward,
+    _last_linear,
+    _on,
+    _run,
+    _run_hooked,
+    _Site,
+    _sites,
+    _Stop,
+)
 from .normal_equations import _NormalEquations
 
 __all__ = ["refit"]
 
 
-def _observe(site: _Site, original: nn.Module, converted: nn.Module, batches: list, entry: nn.Module,
-             acc: _NormalEquations) -> tuple[float, float]:
+def _observe(
+    site: _Site, original: nn.Module, converted: nn.Module, batches: list, entry: nn.Module, acc: _NormalEquations
+) -> tuple[float, float]:
     """Accumulate the regression of ``acc``: X from the input of ``entry`` (a sub-layer of the
     block) in the converted model, Y from the original conv's output in the original model.
     Returns Σ‖block output − Y‖² and Σ‖Y‖² before any change."""
@@ -63,7 +78,9 @@ def _observe(site: _Site, original: nn.Module, converted: nn.Module, batches: li
             handles.pop().remove()
         # the last linear part is the block's last operation: its output is the block's output
         # (hooked there, so that a block inlined by re-tracing is still observed)
-        _run_hooked(converted, batch, [entry.register_forward_pre_hook(input_hook), linear.register_forward_hook(output_hook)])
+        _run_hooked(
+            converted, batch, [entry.register_forward_pre_hook(input_hook), linear.register_forward_hook(output_hook)]
+        )
         for x, y, out in zip(inputs, targets, outputs):
             acc.add(x, y)
             err += (out.double() - y.double()).square().sum().item()
@@ -90,12 +107,23 @@ def _theta(site: _Site, g: ConvGeometry) -> torch.Tensor:
     return theta.unsqueeze(0)
 
 
-def _refit_site(site: _Site, original: nn.Module, converted: nn.Module, batches: list, ridge: float,
-                iterations: int) -> dict:
-    row = dict(name=site.name, kind="unconverted" if site.spec is None else site.spec.kind, method="", rel_output_error_before=math.nan,
-               rel_output_error_after=math.nan, refit_applied=False, rows=0, note="")
+def _refit_site(
+    site: _Site, original: nn.Module, converted: nn.Module, batches: list, ridge: float, iterations: int
+) -> dict:
+    row = dict(
+        name=site.name,
+        kind="unconverted" if site.spec is None else site.spec.kind,
+        method="",
+        rel_output_error_before=math.nan,
+        rel_output_error_after=math.nan,
+        refit_applied=False,
+        rows=0,
+        note="",
+    )
     if site.calls == 0:
-        row["note"] = "not run by the model on these batches" if site.block is not None else "functional or missing site"
+        row["note"] = (
+            "not run by the model on these batches" if site.block is not None else "functional or missing site"
+        )
         return row
     linear = _last_linear(site)
     if not isinstance(linear, (*CONV_TYPES, nn.Linear)) or getattr(linear, "transposed", False):
@@ -138,7 +166,11 @@ def _refit_site(site: _Site, original: nn.Module, converted: nn.Module, batches:
         if take.any():
             after = min(err, torch.where(take, acc.sse(new), acc.sse(old)).sum().clamp_min(0).item())
         applied = bool(take.any())
-        note = "" if take.all() else "the solve would not lower the error: old weights kept" + ("" if not take.any() else " in some groups")
+        note = (
+            ""
+            if take.all()
+            else "the solve would not lower the error: old weights kept" + ("" if not take.any() else " in some groups")
+        )
         method = "last linear"
     ref = max(ref, 1e-300)
     row.update(
@@ -218,8 +250,11 @@ def refit(
     original = _on(original, dev)
     data = _batches(batches, dev)
     if layers not in ("converted", "all"):
-        raise UserInputError("layers", f"expected 'converted' or 'all', got {layers!r}",
-                             "use 'all' to also re-solve the conv and linear layers the plan kept")
+        raise UserInputError(
+            "layers",
+            f"expected 'converted' or 'all', got {layers!r}",
+            "use 'all' to also re-solve the conv and linear layers the plan kept",
+        )
     sites = _sites(converted, original, plan, unconverted=layers == "all")
     rows = []
     with _EvalMode(converted, original):
@@ -229,7 +264,16 @@ def refit(
                 bar.update(info=site.name)
                 rows.append(_refit_site(site, original, converted, data, ridge, iterations))
                 bar.update(advance=1)
-    columns = ["name", "kind", "method", "rel_output_error_before", "rel_output_error_after", "refit_applied", "rows", "note"]
+    columns = [
+        "name",
+        "kind",
+        "method",
+        "rel_output_error_before",
+        "rel_output_error_after",
+        "refit_applied",
+        "rows",
+        "note",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -237,4 +281,8 @@ def _check_arguments(ridge: Any, iterations: Any) -> None:
     if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not ridge >= 0:
         raise UserInputError("ridge", f"expected a number >= 0, got {ridge!r}", "use e.g. 1e-5")
     if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
-        raise UserInputError("iterations", f"expected an integer >= 0, got {iterations!r}", "use e.g. 10, or 0 to refit only the last linear part")
+        raise UserInputError(
+            "iterations",
+            f"expected an integer >= 0, got {iterations!r}",
+            "use e.g. 10, or 0 to refit only the last linear part",
+        )

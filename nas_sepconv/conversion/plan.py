@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import torch
 import torch.nn as nn
 
+from ..blocks import BlockSpec, ConvGeometry, conv_from_geometry
 from ..errors import UserInputError
 from ..jsonfile import loads
-from ..blocks import BlockSpec, ConvGeometry, conv_from_geometry
 from ..measure import count_macs, count_params
 from .policy import NOT_REACHED, Policy
 from .sites import ExampleInputs, Site, example_list, find_sites
@@ -89,7 +90,7 @@ class PlanEntry:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PlanEntry":
+    def from_dict(cls, d: dict[str, Any]) -> PlanEntry:
         d = dict(d)
         d["geometry"] = ConvGeometry.from_dict(d["geometry"])
         d["spec"] = None if d["spec"] is None else BlockSpec.parse(d["spec"])
@@ -180,7 +181,9 @@ class Plan:
                 rows[-1].update(latency_before_ms=e.latency_before_ms, latency_after_ms=e.latency_after_ms)
         df = pd.DataFrame(rows)
         if not df.empty:
-            df = df.astype({c: "int64" for c in ("calls", "macs_before", "macs_after", "params_before", "params_after")})
+            df = df.astype(
+                {c: "int64" for c in ("calls", "macs_before", "macs_after", "params_before", "params_after")}
+            )
         return df
 
     def summary(self) -> str:
@@ -216,16 +219,22 @@ class Plan:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "Plan":
+    def from_json(cls, text: str) -> Plan:
         data = loads(text, field="plan", what="the plan", fix="pass the text Plan.to_json() wrote")
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "entries" not in data:
-            raise UserInputError("plan", "not a nas-sepconv plan (missing format/entries)", "pass the text Plan.to_json() wrote")
+            raise UserInputError(
+                "plan", "not a nas-sepconv plan (missing format/entries)", "pass the text Plan.to_json() wrote"
+            )
         try:
             entries = [PlanEntry.from_dict(e) for e in data["entries"]]
         except UserInputError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise UserInputError("plan.entries", f"malformed entry ({type(exc).__name__}: {str(exc)[:80]})", "pass the text Plan.to_json() wrote") from None
+            raise UserInputError(
+                "plan.entries",
+                f"malformed entry ({type(exc).__name__}: {str(exc)[:80]})",
+                "pass the text Plan.to_json() wrote",
+            ) from None
         try:
             return cls(
                 model=str(data["model"]),
@@ -239,7 +248,9 @@ class Plan:
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # (UserInputError is a ValueError)
             if isinstance(exc, UserInputError):
                 raise
-            raise UserInputError("plan", f"malformed plan ({type(exc).__name__}: {str(exc)[:80]})", "pass the text Plan.to_json() wrote") from None
+            raise UserInputError(
+                "plan", f"malformed plan ({type(exc).__name__}: {str(exc)[:80]})", "pass the text Plan.to_json() wrote"
+            ) from None
 
 
 def _site_cost(g: ConvGeometry, spec: BlockSpec | None, input_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -263,14 +274,25 @@ def _saving(macs: int, before: int) -> str:
 
 
 def with_spec(
-    entry: PlanEntry, spec: BlockSpec | None, *, reason: str = "", min_macs_saving: float | None = 0.0, must_save: bool = False
+    entry: PlanEntry,
+    spec: BlockSpec | None,
+    *,
+    reason: str = "",
+    min_macs_saving: float | None = 0.0,
+    must_save: bool = False,
 ) -> PlanEntry:
     """``entry`` converted to ``spec`` (its MACs and params after recomputed), or kept (with
     ``reason``) when ``spec`` is None, cannot replace the conv, or saves less than
     ``min_macs_saving`` of its MACs (``None``: no check), or, with ``must_save``, saves none;
     the reason then states the numbers (``"... saves 9.6 %, below min_macs_saving 50 %"``)."""
-    kept = replace(entry, spec=None, reason=reason, macs_after=entry.macs_before, params_after=entry.params_before,
-                   latency_after_ms=entry.latency_before_ms)
+    kept = replace(
+        entry,
+        spec=None,
+        reason=reason,
+        macs_after=entry.macs_before,
+        params_after=entry.params_before,
+        latency_after_ms=entry.latency_before_ms,
+    )
     if spec is None:
         return kept
     why_not = spec.unsupported(entry.geometry)
@@ -279,8 +301,14 @@ def with_spec(
     macs, params = _site_cost(entry.geometry, spec, entry.input_shape)
     before = entry.macs_before
     if min_macs_saving is not None and (macs > before * (1 - min_macs_saving) or (must_save and macs >= before)):
-        below = f"below min_macs_saving {_percent(min_macs_saving)}" if macs > before * (1 - min_macs_saving) else "a default conversion must save some"
-        return replace(kept, reason=f"{spec} would not save MACs: {_saving(macs, before)}, {below} ({macs:,} vs {before:,} MACs)")
+        below = (
+            f"below min_macs_saving {_percent(min_macs_saving)}"
+            if macs > before * (1 - min_macs_saving)
+            else "a default conversion must save some"
+        )
+        return replace(
+            kept, reason=f"{spec} would not save MACs: {_saving(macs, before)}, {below} ({macs:,} vs {before:,} MACs)"
+        )
     return replace(entry, spec=spec, reason="", macs_after=macs, params_after=params, latency_after_ms=None)
 
 
@@ -299,16 +327,33 @@ def _rule_note(entry: PlanEntry, glob: str, min_macs_saving: float | None) -> st
 def _entry(site: Site, policy: Policy) -> PlanEntry:
     """The plan entry of one site: the policy's decision, MACs checked for the default only."""
     macs0, params0 = _site_cost(site.geometry, None, site.input_shape)
-    kept = PlanEntry(site.name, site.source, site.geometry, site.input_shape, site.output_shape, site.calls,
-                     None, "", macs0, macs0, params0, params0, reached=site.reached, grad_enabled=site.grad_enabled)
+    kept = PlanEntry(
+        site.name,
+        site.source,
+        site.geometry,
+        site.input_shape,
+        site.output_shape,
+        site.calls,
+        None,
+        "",
+        macs0,
+        macs0,
+        params0,
+        params0,
+        reached=site.reached,
+        grad_enabled=site.grad_enabled,
+    )
     spec, reason = policy.decide(site)
     glob = policy.rule_for(site.name)
     if glob is None or spec is None:  # the default (or kept): it must save MACs
         return with_spec(kept, spec, reason=reason, min_macs_saving=policy.min_macs_saving, must_save=True)
     entry = with_spec(kept, spec, reason=reason, min_macs_saving=None)  # the user's rule: as written
     if not entry.converted:  # the block cannot replace this conv: kept, and said so
-        return replace(entry, note=f"{_RULE_NOT_APPLIED}{glob!r} names {spec}, which cannot replace this conv "
-                                         f"({entry.reason.split(': ', 1)[-1]})")
+        return replace(
+            entry,
+            note=f"{_RULE_NOT_APPLIED}{glob!r} names {spec}, which cannot replace this conv "
+            f"({entry.reason.split(': ', 1)[-1]})",
+        )
     return replace(entry, note=_rule_note(entry, glob, policy.min_macs_saving))
 
 
@@ -322,30 +367,44 @@ def _warnings(plan: Plan, policy: Policy) -> list[str]:
     MACs (with the numbers), convolutions under ``torch.no_grad()``."""
     lines = []
     if plan.not_reached:
-        fix = "pass inputs that reach them, example_inputs=ns.ExampleInputs(x1, x2)" if not plan.traced else "forward never calls them"
-        lines.append(f"{len(plan.not_reached)} conv site(s) not reached by the example inputs, kept: {_names(plan.not_reached)} ({fix})")
+        fix = (
+            "pass inputs that reach them, example_inputs=ns.ExampleInputs(x1, x2)"
+            if not plan.traced
+            else "forward never calls them"
+        )
+        lines.append(
+            f"{len(plan.not_reached)} conv site(s) not reached by the example inputs, kept: {_names(plan.not_reached)} ({fix})"
+        )
     marker = f"{policy.default} would not save MACs: "
     refused = [e for e in plan.entries if e.reason.startswith(marker)]
     if refused:
-        shown = "; ".join(f"{e.name}: {e.reason[len(marker):]}" for e in refused[:3]) + ("; ..." if len(refused) > 3 else "")
+        shown = "; ".join(f"{e.name}: {e.reason[len(marker) :]}" for e in refused[:3]) + (
+            "; ..." if len(refused) > 3 else ""
+        )
         lines.append(
             f"{policy.default} not made at {len(refused)} site(s), as it would not save MACs there: {shown}; to apply it "
             f"anyway, pass ns.Policy(default={str(policy.default)!r}, min_macs_saving=None) or name the sites in Policy(rules=...)"
         )
     against = plan.rules_not_applied
     if against:
-        shown = "; ".join(f"{e.name}: {e.note[len(_RULE_NOT_APPLIED):]}" for e in against[:3])
-        lines.append(f"{len(against)} site(s) kept against their rule, whose block cannot replace the conv: "
-                     f"{shown}{'; ...' if len(against) > 3 else ''}; name a block that can "
-                     "(spec.unsupported(geometry) says why not), or keep those sites with None")
+        shown = "; ".join(f"{e.name}: {e.note[len(_RULE_NOT_APPLIED) :]}" for e in against[:3])
+        lines.append(
+            f"{len(against)} site(s) kept against their rule, whose block cannot replace the conv: "
+            f"{shown}{'; ...' if len(against) > 3 else ''}; name a block that can "
+            "(spec.unsupported(geometry) says why not), or keep those sites with None"
+        )
     if plan.no_grad:
         how = "" if plan.traced else " (conv modules are swapped in place, so forward keeps the region)"
-        lines.append(f"{len(plan.no_grad)} conv site(s) run under torch.no_grad() in {plan.model}.forward: {_names(plan.no_grad)}; "
-                     f"their blocks will not train through those calls either{how}")
+        lines.append(
+            f"{len(plan.no_grad)} conv site(s) run under torch.no_grad() in {plan.model}.forward: {_names(plan.no_grad)}; "
+            f"their blocks will not train through those calls either{how}"
+        )
     return lines
 
 
-def make_plan(model: nn.Module, policy: "str | BlockSpec | Mapping | Policy | None" = "dwsep", *, example_inputs: Any) -> Plan:
+def make_plan(
+    model: nn.Module, policy: str | BlockSpec | Mapping | Policy | None = "dwsep", *, example_inputs: Any
+) -> Plan:
     """Decide, for every conv site of ``model``, the block that replaces it (pure: the model is
     not changed).  See :class:`Policy` for what ``policy`` may be.
 
@@ -360,7 +419,11 @@ def make_plan(model: nn.Module, policy: "str | BlockSpec | Mapping | Policy | No
     examples = example_list(example_inputs)
     sites, traced, notes = find_sites(model, ExampleInputs(*examples))
     if not sites:
-        raise UserInputError("model", f"{type(model).__name__} has no convolution to convert", "pass a model with nn.Conv layers or F.conv calls")
+        raise UserInputError(
+            "model",
+            f"{type(model).__name__} has no convolution to convert",
+            "pass a model with nn.Conv layers or F.conv calls",
+        )
     policy.check_globs([s.name for s in sites])
     plan = Plan(
         model=type(model).__name__,

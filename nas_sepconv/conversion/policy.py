@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
@@ -59,7 +59,7 @@ class Policy:
             raise UserInputError("policy.min_macs_saving", f"must lie in [0, 1), got {self.min_macs_saving}")
 
     @classmethod
-    def from_any(cls, policy: "str | BlockSpec | Mapping | Policy | None") -> "Policy":
+    def from_any(cls, policy: str | BlockSpec | Mapping | Policy | None) -> Policy:
         """A Policy from a kind name / spec string, a BlockSpec, a glob mapping, or a Policy."""
         if isinstance(policy, Policy):
             return policy
@@ -71,7 +71,9 @@ class Policy:
             if "kind" in policy:
                 return cls(default=as_spec(dict(policy)))
             return cls(default=None, rules=dict(policy), min_in_channels=1, skip_pointwise=False, skip_depthwise=False)
-        raise UserInputError("policy", f"expected a kind name, BlockSpec, glob mapping or Policy, got {type(policy).__name__}")
+        raise UserInputError(
+            "policy", f"expected a kind name, BlockSpec, glob mapping or Policy, got {type(policy).__name__}"
+        )
 
     def check_globs(self, names: list[str]) -> None:
         for where, globs in (("rules", list(self.rules)), ("include", self.include), ("exclude", self.exclude)):
@@ -79,20 +81,24 @@ class Policy:
                 if glob != "*" and not any(fnmatch.fnmatchcase(n, glob) for n in names):
                     example = ", ".join(names[:3]) or "(none)"
                     raise UserInputError(
-                        f"policy.{where}[{glob!r}]", "matches no convolution", f"site names look like {example}; see plan.report()"
+                        f"policy.{where}[{glob!r}]",
+                        "matches no convolution",
+                        f"site names look like {example}; see plan.report()",
                     )
 
     def rule_for(self, name: str) -> str | None:
         """The first glob of ``rules`` that matches the site ``name``, or None."""
         return next((glob for glob in self.rules if fnmatch.fnmatchcase(name, glob)), None)
 
-    def decide(self, site: "Site") -> tuple[BlockSpec | None, str]:
+    def decide(self, site: Site) -> tuple[BlockSpec | None, str]:
         """The spec for a site and, when there is none, the reason (MACs are not checked here:
         see :func:`with_spec`)."""
         g = site.geometry
         glob = self.rule_for(site.name)
         if not site.reached:
-            return None, NOT_REACHED if glob is None or self.rules[glob] is None else f"{NOT_REACHED} (rule {glob!r} not applied)"
+            return None, NOT_REACHED if glob is None or self.rules[
+                glob
+            ] is None else f"{NOT_REACHED} (rule {glob!r} not applied)"
         if glob is not None:
             spec = self.rules[glob]
             return (spec, "") if spec is not None else (None, f"kept by rule {glob!r}")

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..blocks import initialise
+from ..blocks import CONV_TYPES, BlockSpec, ConvGeometry, initialise
 from ..errors import UserInputError
-from ..blocks import CONV_TYPES, ConvGeometry
 from .plan import META_KEY, Plan, PlanEntry, Policy, make_plan
 from .sites import functional_conv_args, functional_site_name, trace
-from ..blocks import BlockSpec
 
 __all__ = ["apply_plan", "convert", "plan_of", "INITS"]
 
@@ -70,7 +69,11 @@ def _check_site(entry: PlanEntry, geometry: ConvGeometry) -> None:
 
 
 def _missing(entry: PlanEntry) -> UserInputError:
-    return UserInputError(f"plan.entries[{entry.name!r}]", "no such convolution in this model", "make the plan from this model (ns.make_plan)")
+    return UserInputError(
+        f"plan.entries[{entry.name!r}]",
+        "no such convolution in this model",
+        "make the plan from this model (ns.make_plan)",
+    )
 
 
 def _rewrite_graph(model: nn.Module, plan: Plan, init: str) -> fx.GraphModule:
@@ -95,7 +98,14 @@ def _rewrite_graph(model: nn.Module, plan: Plan, init: str) -> fx.GraphModule:
         args = functional_conv_args(nodes[0])
         weight = gm.get_parameter(args["weight"].target)
         bias = gm.get_parameter(args["bias"].target) if isinstance(args["bias"], fx.Node) else None
-        g = ConvGeometry.from_call(tuple(weight.shape), bias=bias is not None, stride=args["stride"], padding=args["padding"], dilation=args["dilation"], groups=args["groups"])
+        g = ConvGeometry.from_call(
+            tuple(weight.shape),
+            bias=bias is not None,
+            stride=args["stride"],
+            padding=args["padding"],
+            dilation=args["dilation"],
+            groups=args["groups"],
+        )
         _check_site(entry, g)
         block_name = entry.name.replace(".", "_") + "_block"
         gm.add_submodule(block_name, _build(entry, weight, bias, init, gm.training))
@@ -148,7 +158,9 @@ def apply_plan(model: nn.Module, plan: Plan, *, init: str = "svd", inplace: bool
     if init not in INITS:
         raise UserInputError("init", f"unknown initialisation {init!r}", f"use one of {list(INITS)}")
     if not isinstance(plan, Plan):
-        raise UserInputError("plan", f"expected a Plan, got {type(plan).__name__}", "use ns.make_plan or ns.Plan.from_json")
+        raise UserInputError(
+            "plan", f"expected a Plan, got {type(plan).__name__}", "use ns.make_plan or ns.Plan.from_json"
+        )
     target = model if inplace else copy.deepcopy(model)
     if not plan.traced:
         return _swap_modules(target, plan, init)
@@ -159,7 +171,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, init: str = "svd", inplace: bool
 
 def convert(
     model: nn.Module,
-    policy: "str | BlockSpec | Mapping | Policy | None" = "dwsep",
+    policy: str | BlockSpec | Mapping | Policy | None = "dwsep",
     *,
     example_inputs: Any,
     init: str = "svd",

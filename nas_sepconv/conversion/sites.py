@@ -68,9 +68,15 @@ class ExampleInputs:
 
     def __init__(self, *items: Any) -> None:
         if not items:
-            raise UserInputError("example_inputs", "ExampleInputs() holds no input", "pass at least one, e.g. ns.ExampleInputs(x1, x2)")
+            raise UserInputError(
+                "example_inputs", "ExampleInputs() holds no input", "pass at least one, e.g. ns.ExampleInputs(x1, x2)"
+            )
         if any(isinstance(i, ExampleInputs) for i in items):
-            raise UserInputError("example_inputs", "ExampleInputs inside ExampleInputs", "list every input once: ns.ExampleInputs(x1, x2, x3)")
+            raise UserInputError(
+                "example_inputs",
+                "ExampleInputs inside ExampleInputs",
+                "list every input once: ns.ExampleInputs(x1, x2, x3)",
+            )
         object.__setattr__(self, "items", tuple(items))
 
 
@@ -95,8 +101,7 @@ def _naming_item(i: int, n: int):
     except UserInputError as exc:
         if n == 1:
             raise
-        raise UserInputError("example_inputs", f"ExampleInputs item {i + 1} of {n}: {exc.problem}",
-                             exc.fix) from exc
+        raise UserInputError("example_inputs", f"ExampleInputs item {i + 1} of {n}: {exc.problem}", exc.fix) from exc
 
 
 def _check_examples(model: nn.Module, examples: list[tuple]) -> None:
@@ -228,7 +233,12 @@ def _sites_from_graph(gm: fx.GraphModule) -> tuple[list[Site], list[str]]:
             weight = gm.get_parameter(w.target) if w.target in dict(gm.named_parameters()) else gm.get_buffer(w.target)
             name, source = functional_site_name(node), "functional"
             geometry = ConvGeometry.from_call(
-                tuple(weight.shape), bias=b is not None, stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"]
+                tuple(weight.shape),
+                bias=b is not None,
+                stride=a["stride"],
+                padding=a["padding"],
+                dilation=a["dilation"],
+                groups=a["groups"],
             )
         else:
             continue
@@ -238,7 +248,14 @@ def _sites_from_graph(gm: fx.GraphModule) -> tuple[list[Site], list[str]]:
             found[name] = replace(old, calls=old.calls + 1, grad_enabled=old.grad_enabled and grad)
             continue
         in_meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
-        found[name] = Site(name, source, geometry, tuple(in_meta.shape) if in_meta else (), tuple(meta.shape) if meta else (), grad_enabled=grad)
+        found[name] = Site(
+            name,
+            source,
+            geometry,
+            tuple(in_meta.shape) if in_meta else (),
+            tuple(meta.shape) if meta else (),
+            grad_enabled=grad,
+        )
     return list(found.values()), notes
 
 
@@ -259,7 +276,9 @@ class _FunctionalConvs(TorchFunctionMode):
         super().__init__()
         own = {id(m.weight) for m in model.modules() if isinstance(m, CONV_TYPES)}
         tensors = [*model.named_parameters(), *model.named_buffers()]
-        self.names = {id(t): n[: -len(".weight")] if n.endswith(".weight") else n for n, t in tensors if id(t) not in own}
+        self.names = {
+            id(t): n[: -len(".weight")] if n.endswith(".weight") else n for n, t in tensors if id(t) not in own
+        }
         self.seen: dict[str, None] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -284,7 +303,15 @@ def _sites_from_hooks(model: nn.Module, examples: list[tuple]) -> tuple[list[Sit
         name, grad, calls = names[mod], torch.is_grad_enabled(), int(first[0])
         old = found.get(name)
         if old is None:
-            found[name] = Site(name, "module", ConvGeometry.from_module(mod), tuple(args[0].shape), tuple(out.shape), calls, grad_enabled=grad)
+            found[name] = Site(
+                name,
+                "module",
+                ConvGeometry.from_module(mod),
+                tuple(args[0].shape),
+                tuple(out.shape),
+                calls,
+                grad_enabled=grad,
+            )
         else:
             found[name] = replace(old, calls=old.calls + calls, grad_enabled=old.grad_enabled and grad)
 
@@ -342,7 +369,9 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
         gm = trace(model)
     except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, ...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        note = f"symbolic tracing failed ({type(exc).__name__}: {first}); convolution modules are swapped in place instead"
+        note = (
+            f"symbolic tracing failed ({type(exc).__name__}: {first}); convolution modules are swapped in place instead"
+        )
     else:
         dropped = dropped_grad_regions(gm)
         if not dropped:
@@ -352,8 +381,10 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
             sites, notes = _sites_from_graph(gm)
             return sites + _unreached(model, sites), True, notes
         shown = ", ".join(dropped[:4]) + (f" and {len(dropped) - 4} more" if len(dropped) > 4 else "")
-        note = (f"torch.fx drops the gradient-disabled region of forward ({shown}: torch.no_grad() or alike); "
-                "convolution modules are swapped in place instead, so that forward keeps it")
+        note = (
+            f"torch.fx drops the gradient-disabled region of forward ({shown}: torch.no_grad() or alike); "
+            "convolution modules are swapped in place instead, so that forward keeps it"
+        )
     sites, notes = _sites_from_hooks(model, examples)
     return sites, False, [note, *notes]
 
@@ -363,8 +394,21 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
 # --------------------------------------------------------------------------------------------
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _PASS_THROUGH = (nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Dropout)
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Mish, nn.PReLU,
-                nn.Hardtanh, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardswish,
+    nn.SiLU,
+    nn.GELU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.PReLU,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+)
 
 
 def is_add(node: fx.Node) -> bool:

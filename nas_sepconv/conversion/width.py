@@ -14,14 +14,14 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
-from ..models import make_divisible
 from ..measure import output_tensors
+from ..models import make_divisible
 
 __all__ = ["apply_width_mult", "find_classifier"]
 
@@ -60,16 +60,24 @@ def _check_arguments(model: nn.Module, width_mult: float, example_inputs: torch.
     if width_mult <= 0:
         raise UserInputError("width_mult", f"must be > 0, got {width_mult}", "use a value in (0, 1], e.g. 0.5")
     if width_mult > 1:
-        raise UserInputError("width_mult", f"{width_mult} > 1 cannot be reached by pruning an existing model", _WIDER_FIX)
+        raise UserInputError(
+            "width_mult", f"{width_mult} > 1 cannot be reached by pruning an existing model", _WIDER_FIX
+        )
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise UserInputError("round_to", f"expected an integer >= 1, got {round_to!r}", "use 8 (or 1 for no rounding)")
     if not isinstance(model, nn.Module):
         raise UserInputError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, torch.Tensor):
-        raise UserInputError("example_inputs", f"expected a tensor, got {type(example_inputs).__name__}", "pass a batch such as torch.randn(2, 3, 32, 32)")
+        raise UserInputError(
+            "example_inputs",
+            f"expected a tensor, got {type(example_inputs).__name__}",
+            "pass a batch such as torch.randn(2, 3, 32, 32)",
+        )
 
 
-def _ignored_in_copy(model: nn.Module, pruned: nn.Module, ignored_layers: Sequence[nn.Module] | None) -> list[nn.Module]:
+def _ignored_in_copy(
+    model: nn.Module, pruned: nn.Module, ignored_layers: Sequence[nn.Module] | None
+) -> list[nn.Module]:
     """The modules of the copy ``pruned`` that stand for ``ignored_layers`` (given as modules of
     ``model``, or already of the copy)."""
     names = {id(m): n for n, m in model.named_modules()}
@@ -81,11 +89,17 @@ def _ignored_in_copy(model: nn.Module, pruned: nn.Module, ignored_layers: Sequen
         elif any(layer is m for m in pruned.modules()):
             ignored.append(layer)
         else:
-            raise UserInputError("ignored_layers", f"a {type(layer).__name__} in ignored_layers is not a sub-module of the model", "pass modules of the model itself")
+            raise UserInputError(
+                "ignored_layers",
+                f"a {type(layer).__name__} in ignored_layers is not a sub-module of the model",
+                "pass modules of the model itself",
+            )
     return ignored
 
 
-def _keep_ratios(pruned: nn.Module, ignored: list[nn.Module], width_mult: float, round_to: int) -> dict[nn.Module, float]:
+def _keep_ratios(
+    pruned: nn.Module, ignored: list[nn.Module], width_mult: float, round_to: int
+) -> dict[nn.Module, float]:
     """Per-layer pruning ratios so every group keeps make_divisible(c * width_mult) channels (the
     half channel guards Torch-Pruning's int() truncation)."""
     ratios: dict[nn.Module, float] = {}
@@ -128,7 +142,9 @@ def apply_width_mult(
     try:
         import torch_pruning as tp
     except ImportError:
-        raise UserInputError("width_mult", "pruning needs torch-pruning, which is not installed", "pip install torch-pruning") from None
+        raise UserInputError(
+            "width_mult", "pruning needs torch-pruning, which is not installed", "pip install torch-pruning"
+        ) from None
 
     ignored = _ignored_in_copy(model, pruned, ignored_layers)
     shapes = _output_shapes(pruned, example_inputs)
@@ -157,7 +173,8 @@ def apply_width_mult(
     new_shapes = _output_shapes(pruned, example_inputs)
     if new_shapes != shapes:  # pragma: no cover - a Torch-Pruning gap on an unusual model
         raise UserInputError(
-            "model", f"pruning changed the output shapes from {shapes} to {new_shapes}",
+            "model",
+            f"pruning changed the output shapes from {shapes} to {new_shapes}",
             "pass the output layer in ignored_layers",
         )
     return pruned

@@ -57,8 +57,13 @@ def _cached(root: Path, kind: str, size: int, build) -> _Arrays:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return _Arrays(
-                    z["x_train"], z["y_train"], z["x_test"], z["y_test"],
-                    tuple(str(c) for c in z["classes"]), tuple(z["mean"].tolist()), tuple(z["std"].tolist()),
+                    z["x_train"],
+                    z["y_train"],
+                    z["x_test"],
+                    z["y_test"],
+                    tuple(str(c) for c in z["classes"]),
+                    tuple(z["mean"].tolist()),
+                    tuple(z["std"].tolist()),
                 )
         except (OSError, ValueError, KeyError, EOFError):
             pass  # unreadable cache: rebuild it
@@ -68,8 +73,14 @@ def _cached(root: Path, kind: str, size: int, build) -> _Arrays:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             np.savez(
-                f, x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test,
-                classes=np.asarray(arrays.classes, dtype=str), mean=np.asarray(arrays.mean), std=np.asarray(arrays.std),
+                f,
+                x_train=arrays.x_train,
+                y_train=arrays.y_train,
+                x_test=arrays.x_test,
+                y_test=arrays.y_test,
+                classes=np.asarray(arrays.classes, dtype=str),
+                mean=np.asarray(arrays.mean),
+                std=np.asarray(arrays.std),
             )
         os.replace(tmp, path)
     except OSError:

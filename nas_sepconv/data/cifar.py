@@ -18,7 +18,6 @@ from .arrays import _Arrays, _channel_stats, _one_line, _reason, _resize_nchw
 from .cache import _cached
 from .folders import _load_folder, _load_tar
 
-
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -36,7 +35,9 @@ def _load_cifar10(root: Path, size: int) -> _Arrays:
     if root.is_file():
         if root.name.endswith(_ARCHIVES):
             return _cached(root, "tar", size, lambda: _load_archive(root, size))
-        raise UserInputError("dataset.root", f"{root} is a file", "point it at a folder (train/, test/) or cifar-10-batches-py")
+        raise UserInputError(
+            "dataset.root", f"{root} is a file", "point it at a folder (train/, test/) or cifar-10-batches-py"
+        )
     for batches in (root, root / "cifar-10-batches-py"):
         if (batches / "data_batch_1").is_file():
             return _load_cifar_batches(batches, size)
@@ -47,7 +48,8 @@ def _load_cifar10(root: Path, size: int) -> _Arrays:
         return _load_cifar10(archives[0], size)
     raise UserInputError(
         "dataset.root",
-        f"{root} holds neither an ImageFolder tree (train/, test/) nor cifar-10-batches-py" + (f" but {len(archives)} archives" if archives else ""),
+        f"{root} holds neither an ImageFolder tree (train/, test/) nor cifar-10-batches-py"
+        + (f" but {len(archives)} archives" if archives else ""),
         f"point it at the extracted CIFAR-10 folder, or put in it {CIFAR10_FILL}",
     )
 
@@ -64,7 +66,9 @@ def _load_archive(path: Path, size: int) -> _Arrays:
                 if f is not None:
                     members[name] = f.read()
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserInputError("dataset.root", f"cannot read {path} ({_reason(e)})", "point it at a valid .tar.gz or extract it") from None
+        raise UserInputError(
+            "dataset.root", f"cannot read {path} ({_reason(e)})", "point it at a valid .tar.gz or extract it"
+        ) from None
     if "data_batch_1" not in members:
         return _load_tar(path, size, force_rgb=True)
     return _load_cifar_batches(Path(f"{path}:cifar-10-batches-py"), size, members)
@@ -74,7 +78,9 @@ def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` as Python 3 pickles ``bytes`` at protocol <= 2 (``encode(text, 'latin1')``),
     and only that: no other codec is reachable from a batch file."""
     if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1":
-        raise pickle.UnpicklingError(f"_codecs.encode is only allowed as encode(str, 'latin1'), got encoding {encoding!r}")
+        raise pickle.UnpicklingError(
+            f"_codecs.encode is only allowed as encode(str, 'latin1'), got encoding {encoding!r}"
+        )
     return codecs.encode(text, "latin1")
 
 
@@ -120,7 +126,9 @@ def _safe_pickle_load(path: Path, data: bytes | None = None) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 -- a damaged pickle raises almost anything
         raise UserInputError(
-            "dataset.root", f"cannot read {path} as a CIFAR batch ({_reason(e)})", "use the official cifar-10-batches-py files (download them again)"
+            "dataset.root",
+            f"cannot read {path} as a CIFAR batch ({_reason(e)})",
+            "use the official cifar-10-batches-py files (download them again)",
         ) from None
 
 
@@ -140,7 +148,11 @@ def _load_cifar_batches(folder: Path, size: int, members: dict[str, bytes] | Non
         data = _entry(entry, "data") if isinstance(entry, dict) else None
         labels = _entry(entry, "labels") if isinstance(entry, dict) else None
         if data is None or labels is None:
-            raise UserInputError("dataset.root", f"{path} is not a CIFAR-10 batch (no data and labels)", "use the official cifar-10-batches-py files")
+            raise UserInputError(
+                "dataset.root",
+                f"{path} is not a CIFAR-10 batch (no data and labels)",
+                "use the official cifar-10-batches-py files",
+            )
         return _checked_batch(path, data, labels)
 
     parts = [read(folder / f"data_batch_{i}") for i in range(1, 6)]
@@ -155,7 +167,9 @@ def _load_cifar_batches(folder: Path, size: int, members: dict[str, bytes] | Non
         if names is not None:
             if not isinstance(names, (list, tuple)) or len(names) != len(_CIFAR10_CLASSES):
                 raise UserInputError(
-                    "dataset.root", f"{meta} does not hold {len(_CIFAR10_CLASSES)} label_names", "use the official batches.meta, or remove it"
+                    "dataset.root",
+                    f"{meta} does not hold {len(_CIFAR10_CLASSES)} label_names",
+                    "use the official batches.meta, or remove it",
                 )
             classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     x_train, x_test = _resize_nchw(x_train, size), _resize_nchw(x_test, size)
@@ -170,15 +184,23 @@ def _checked_batch(path: Path, data: Any, labels: Any) -> tuple[np.ndarray, np.n
     except (ValueError, TypeError) as e:  # ragged lists and the like
         raise UserInputError("dataset.root", f"{path} holds malformed data or labels ({_reason(e)})", fix) from None
     if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.dtype.kind not in "iu":
-        raise UserInputError("dataset.root", f"{path} holds data of shape {x.shape} and type {x.dtype}, not N x 3072 integers", fix)
+        raise UserInputError(
+            "dataset.root", f"{path} holds data of shape {x.shape} and type {x.dtype}, not N x 3072 integers", fix
+        )
     if x.size and (x.min() < 0 or x.max() > 255):
         raise UserInputError("dataset.root", f"{path} holds pixel values outside 0..255", fix)
     if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
-        raise UserInputError("dataset.root", f"{path} holds labels of shape {y.shape} and type {y.dtype}, not N integers", fix)
+        raise UserInputError(
+            "dataset.root", f"{path} holds labels of shape {y.shape} and type {y.dtype}, not N integers", fix
+        )
     if len(y) != len(x):
         raise UserInputError("dataset.root", f"{path} holds {len(x)} images but {len(y)} labels", fix)
     if y.size and (y.min() < 0 or y.max() >= len(_CIFAR10_CLASSES)):
-        raise UserInputError("dataset.root", f"{path} holds labels outside 0..{len(_CIFAR10_CLASSES) - 1} (from {y.min()} to {y.max()})", fix)
+        raise UserInputError(
+            "dataset.root",
+            f"{path} holds labels outside 0..{len(_CIFAR10_CLASSES) - 1} (from {y.min()} to {y.max()})",
+            fix,
+        )
     return x.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), y.astype(np.int64, copy=False)
 
 

@@ -59,7 +59,7 @@ class Split:
     def device(self) -> torch.device:
         return self.x.device
 
-    def to(self, device: str | torch.device) -> "Split":
+    def to(self, device: str | torch.device) -> Split:
         """A split with both tensors on ``device`` (the same tensors where already there)."""
         return Split(self.x.to(device), self.y.to(device))
 
@@ -83,7 +83,7 @@ class Dataset:
     augment: str = "none"
     classes: tuple[str, ...] = ()
 
-    def to(self, device: str | torch.device) -> "Dataset":
+    def to(self, device: str | torch.device) -> Dataset:
         """A copy with the three splits on ``device``."""
         return dataclasses.replace(
             self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
@@ -133,7 +133,9 @@ def load_dataset(
         raise UserInputError("dataset.val_fraction", f"must be in (0, 1), got {val_fraction!r}", "use e.g. 0.1")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 2):
         raise UserInputError("dataset.subset", f"must be an int >= 2 or None, got {subset!r}", "use e.g. 5000")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE):
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE
+    ):
         raise UserInputError(
             "dataset.image_size",
             f"must be an int in 1..{MAX_IMAGE_SIZE}, got {image_size!r} (the data set is held in memory at this size)",
@@ -148,10 +150,14 @@ def load_dataset(
     return _make_dataset(name.strip(), arrays, augment, val_fraction=val_fraction, seed=seed, subset=subset)
 
 
-def _make_dataset(name: str, a: _Arrays, augment: str, *, val_fraction: float, seed: int, subset: int | None) -> Dataset:
+def _make_dataset(
+    name: str, a: _Arrays, augment: str, *, val_fraction: float, seed: int, subset: int | None
+) -> Dataset:
     if len(np.unique(a.y_train)) < 2:  # sources that name no classes (torchvision, batches) land here
         raise UserInputError(
-            "dataset", f"{name} has images of fewer than 2 classes in its training split", "a classifier needs at least 2 classes"
+            "dataset",
+            f"{name} has images of fewer than 2 classes in its training split",
+            "a classifier needs at least 2 classes",
         )
     rng = np.random.default_rng(seed)
     pool = np.arange(len(a.y_train))

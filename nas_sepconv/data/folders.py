@@ -7,16 +7,16 @@ import io
 import multiprocessing
 import os
 import tarfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import UserInputError
 from .arrays import _Arrays, _channel_stats, _one_line, _reason
 from .cache import _cached
-
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -32,14 +32,18 @@ def _scan_split(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[st
     for c in names:
         if c not in index:
             raise UserInputError(
-                "dataset.root", f"class folder {split_dir / c} has no counterpart in train/", "use the same class folders in every split"
+                "dataset.root",
+                f"class folder {split_dir / c} has no counterpart in train/",
+                "use the same class folders in every split",
             )
         for f in sorted(os.scandir(split_dir / c), key=lambda e: e.name):
             if f.is_file() and f.name.lower().endswith(_IMAGE_EXTENSIONS) and not f.name.startswith("."):
                 paths.append(f.path)
                 labels.append(index[c])
     if not paths:
-        raise UserInputError("dataset.root", f"no images found under {split_dir}", "put images in <split>/<class>/ folders")
+        raise UserInputError(
+            "dataset.root", f"no images found under {split_dir}", "put images in <split>/<class>/ folders"
+        )
     return paths, labels, list(classes)
 
 
@@ -47,12 +51,18 @@ def _test_dir(root: Path) -> Path:
     for name in ("test", "val"):
         if (root / name).is_dir():
             return root / name
-    raise UserInputError("dataset.root", f"{root} has no test/ (or val/) folder", "add a test/<class>/ tree next to train/")
+    raise UserInputError(
+        "dataset.root", f"{root} has no test/ (or val/) folder", "add a test/<class>/ tree next to train/"
+    )
 
 
 def _load_folder(root: Path, size: int, *, force_rgb: bool) -> _Arrays:
     if not (root / "train").is_dir():
-        raise UserInputError("dataset.root", f"{root} has no train/ folder", "use an ImageFolder tree: train/<class>/*.jpg, test/<class>/*.jpg")
+        raise UserInputError(
+            "dataset.root",
+            f"{root} has no train/ folder",
+            "use an ImageFolder tree: train/<class>/*.jpg, test/<class>/*.jpg",
+        )
     test_dir = _test_dir(root)
 
     def build() -> _Arrays:
@@ -64,8 +74,12 @@ def _load_folder(root: Path, size: int, *, force_rgb: bool) -> _Arrays:
         n = len(paths)
         x_train = x[:n]
         return _Arrays(
-            x_train, np.asarray(labels, np.int64), x[n:], np.asarray(test_labels, np.int64),
-            tuple(classes), *_channel_stats(x_train),
+            x_train,
+            np.asarray(labels, np.int64),
+            x[n:],
+            np.asarray(test_labels, np.int64),
+            tuple(classes),
+            *_channel_stats(x_train),
         )
 
     return _cached(root, "folder-rgb" if force_rgb else "folder", size, build)
@@ -86,10 +100,14 @@ def _load_tar(path: Path, size: int, *, force_rgb: bool) -> _Arrays:
                     if f is not None:
                         members.setdefault(split, {}).setdefault(cls, []).append((m.name, f.read()))
     except (tarfile.TarError, OSError) as e:
-        raise UserInputError("dataset.root", f"cannot read {path} ({e})", "point it at a valid .tar.gz or extract it") from None
+        raise UserInputError(
+            "dataset.root", f"cannot read {path} ({e})", "point it at a valid .tar.gz or extract it"
+        ) from None
     test_split = "test" if "test" in members else "val"
     if "train" not in members or test_split not in members:
-        raise UserInputError("dataset.root", f"{path} has no train/ and test/ image folders", "use an ImageFolder tree archive")
+        raise UserInputError(
+            "dataset.root", f"{path} has no train/ and test/ image folders", "use an ImageFolder tree archive"
+        )
     classes = sorted(members["train"])
     index = {c: i for i, c in enumerate(classes)}
 
@@ -97,7 +115,11 @@ def _load_tar(path: Path, size: int, *, force_rgb: bool) -> _Arrays:
         blobs, labels = [], []
         for c in sorted(members[split]):
             if c not in index:
-                raise UserInputError("dataset.root", f"class {c!r} of {split}/ has no counterpart in train/", "use the same class folders")
+                raise UserInputError(
+                    "dataset.root",
+                    f"class {c!r} of {split}/ has no counterpart in train/",
+                    "use the same class folders",
+                )
             for name, blob in sorted(members[split][c], key=lambda nb: nb[0].rsplit("/", 1)[-1]):
                 blobs.append((f"{path}:{name}", blob))
                 labels.append(index[c])
@@ -110,7 +132,12 @@ def _load_tar(path: Path, size: int, *, force_rgb: bool) -> _Arrays:
     x = _decode_all(blobs + test_blobs, size, mode)
     n = len(blobs)
     return _Arrays(
-        x[:n], np.asarray(labels, np.int64), x[n:], np.asarray(test_labels, np.int64), tuple(classes), *_channel_stats(x[:n])
+        x[:n],
+        np.asarray(labels, np.int64),
+        x[n:],
+        np.asarray(test_labels, np.int64),
+        tuple(classes),
+        *_channel_stats(x[:n]),
     )
 
 

@@ -3,7 +3,8 @@ split's device, with no per-sample Python."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,9 @@ class DeviceLoader:
             raise UserInputError("batch_size", f"must be a positive int, got {batch_size!r}", "use e.g. 128")
         if augment not in _AUGMENT_PARAMS:
             raise UserInputError("augment", f"unknown augmentation {augment!r}", f"use one of {', '.join(AUGMENTS)}")
-        if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+        if resolution is not None and (
+            isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1
+        ):
             raise UserInputError("resolution", f"must be a positive int or None, got {resolution!r}", "use e.g. 24")
         self.split = split if device is None else split.to(device)
         self.device = self.split.device
@@ -91,7 +94,9 @@ class DeviceLoader:
         if std_t.numel() == 1:
             std_t = std_t.expand(channels)
         if mean_t.numel() != channels or std_t.numel() != channels:
-            raise UserInputError("dataset.mean", f"has {mean_t.numel()} values for {channels} channels", "give one per channel")
+            raise UserInputError(
+                "dataset.mean", f"has {mean_t.numel()} values for {channels} channels", "give one per channel"
+            )
         if bool((std_t <= 0).any()):
             raise UserInputError("dataset.std", "must be positive", "give the per-channel standard deviation")
         # x_norm = x * scale + shift, with uint8 -> [0, 1] folded into the scale.

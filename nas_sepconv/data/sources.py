@@ -3,9 +3,9 @@ and by every message that lists the names."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,8 +37,13 @@ def _load_digits(size: int) -> _Arrays:
     test_idx, train_idx = _stratified_take(y_all, round(_DIGITS_TEST_FRACTION * len(y_all)), np.random.default_rng(0))
     mean, std = _channel_stats(x_all[train_idx])
     return _Arrays(
-        x_all[train_idx], y_all[train_idx], x_all[test_idx], y_all[test_idx],
-        tuple(str(int(c)) for c in bunch.target_names), mean, std,
+        x_all[train_idx],
+        y_all[train_idx],
+        x_all[test_idx],
+        y_all[test_idx],
+        tuple(str(int(c)) for c in bunch.target_names),
+        mean,
+        std,
     )
 
 
@@ -64,7 +69,9 @@ def _imagefolder_source(arg: str, root: str | Path | None, size: int | None) -> 
         raise UserInputError("dataset.root", f"given twice ({arg!r} in the name, {str(root)!r} as root)", "give one")
     folder = _existing(Path(arg).expanduser() if arg else _need_root(root, "imagefolder"))
     if not folder.is_dir():
-        raise UserInputError("dataset.root", f"{folder} is not a folder", "point it at a folder with train/ and test/ subfolders")
+        raise UserInputError(
+            "dataset.root", f"{folder} is not a folder", "point it at a folder with train/ and test/ subfolders"
+        )
     return _load_folder(folder, size, force_rgb=False)
 
 
@@ -116,14 +123,50 @@ class DataSource:
 DATASETS: dict[str, DataSource] = {
     s.name: s
     for s in (
-        DataSource("digits", (), "", False, False, 16, "shift", _digits_source,
-                   "scikit-learn's 8x8 handwritten digits upsampled to 16x16 (no download; the default)"),
-        DataSource("cifar10", ("cifar-10",), "", False, True, 32, "crop_flip", _cifar10_source,
-                   "CIFAR-10 under root (default ~/.cache/nas_sepconv/data/cifar10): an ImageFolder tree, a .tar.gz of one, or cifar-10-batches-py"),
-        DataSource("imagefolder", (), "PATH", False, True, 32, "crop_flip", _imagefolder_source,
-                   "an ImageFolder tree with train/ and test/ (or val/) folders, at PATH or root"),
-        DataSource("torchvision", (), "NAME", True, True, None, _torchvision_augment, _torchvision_source,
-                   "a torchvision.datasets class whose files are already under root (nothing is downloaded)"),
+        DataSource(
+            "digits",
+            (),
+            "",
+            False,
+            False,
+            16,
+            "shift",
+            _digits_source,
+            "scikit-learn's 8x8 handwritten digits upsampled to 16x16 (no download; the default)",
+        ),
+        DataSource(
+            "cifar10",
+            ("cifar-10",),
+            "",
+            False,
+            True,
+            32,
+            "crop_flip",
+            _cifar10_source,
+            "CIFAR-10 under root (default ~/.cache/nas_sepconv/data/cifar10): an ImageFolder tree, a .tar.gz of one, or cifar-10-batches-py",
+        ),
+        DataSource(
+            "imagefolder",
+            (),
+            "PATH",
+            False,
+            True,
+            32,
+            "crop_flip",
+            _imagefolder_source,
+            "an ImageFolder tree with train/ and test/ (or val/) folders, at PATH or root",
+        ),
+        DataSource(
+            "torchvision",
+            (),
+            "NAME",
+            True,
+            True,
+            None,
+            _torchvision_augment,
+            _torchvision_source,
+            "a torchvision.datasets class whose files are already under root (nothing is downloaded)",
+        ),
     )
 }
 

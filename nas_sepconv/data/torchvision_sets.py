@@ -22,11 +22,18 @@ def _load_torchvision(cls_name: str, root: str | Path | None, image_size: int | 
             "dataset", f"torchvision:{cls_name} needs torchvision", "pip install torchvision (the [vision] extra)"
         ) from None
     matches = [
-        n for n in dir(tvd)
-        if n.lower() == cls_name.lower() and inspect.isclass(getattr(tvd, n)) and issubclass(getattr(tvd, n), torch.utils.data.Dataset)
+        n
+        for n in dir(tvd)
+        if n.lower() == cls_name.lower()
+        and inspect.isclass(getattr(tvd, n))
+        and issubclass(getattr(tvd, n), torch.utils.data.Dataset)
     ]
     if not matches:
-        raise UserInputError("dataset", f"torchvision has no data set {cls_name!r}", "use a class of torchvision.datasets, e.g. torchvision:CIFAR100")
+        raise UserInputError(
+            "dataset",
+            f"torchvision has no data set {cls_name!r}",
+            "use a class of torchvision.datasets, e.g. torchvision:CIFAR100",
+        )
     name = matches[0]
     cls = getattr(tvd, name)
     folder = _need_root(root, f"torchvision:{name}")
@@ -41,7 +48,9 @@ def _load_torchvision(cls_name: str, root: str | Path | None, image_size: int | 
         elif "split" in params:
             kwargs["split"] = "train" if train else "test"
         else:
-            raise UserInputError("dataset", f"torchvision:{name} has no train/test split argument", "use imagefolder:PATH instead")
+            raise UserInputError(
+                "dataset", f"torchvision:{name} has no train/test split argument", "use imagefolder:PATH instead"
+            )
         try:
             return cls(str(folder), **kwargs)
         except (RuntimeError, FileNotFoundError, OSError, ValueError) as e:

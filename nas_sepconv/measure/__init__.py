@@ -4,7 +4,16 @@ op on disk); nothing else."""
 from __future__ import annotations
 
 from .counting import count_macs, count_params, profile
-from .inputs import ACTIVATION_BUDGET, activation_bytes, as_inputs, first_conv, input_mismatch, meta_copy, output_tensors, wrong_input
+from .inputs import (
+    ACTIVATION_BUDGET,
+    activation_bytes,
+    as_inputs,
+    first_conv,
+    input_mismatch,
+    meta_copy,
+    output_tensors,
+    wrong_input,
+)
 from .latency import MAX_THREADS, check_repeats, check_threads, measure_latency, summarise, time_rounds, torch_threads
 from .latency_cache import LatencyCache, latency_cache_dir, latency_context, processor_name
 from .onnx import ONNX_OPSET, OnnxTraceWarning, need_module, onnx_session, run_onnx, to_onnx

@@ -33,7 +33,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -226,7 +227,6 @@ class _MacCounter(TorchFunctionMode):
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()
-
 
 
 def _run_counted(model: nn.Module, inputs: tuple) -> dict[str, int]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -54,22 +55,29 @@ def as_inputs(example_inputs: Any) -> tuple:
         return as_inputs((example_inputs,))
     if isinstance(example_inputs, (tuple, list)) and example_inputs and all(isinstance(v, int) for v in example_inputs):
         if any(v <= 0 for v in example_inputs):
-            raise UserInputError("input_size", f"sizes must be positive, got {tuple(example_inputs)}", "use e.g. 3,224,224")
+            raise UserInputError(
+                "input_size", f"sizes must be positive, got {tuple(example_inputs)}", "use e.g. 3,224,224"
+            )
         shape = (1, *example_inputs) if len(example_inputs) <= 3 else tuple(example_inputs)
         need = 4 * math.prod(shape)
         if need > ACTIVATION_BUDGET:  # refused before it is allocated
-            raise UserInputError("input_size",
-                                 f"{tuple(example_inputs)} is {_gib(need)} GiB for the input alone, "
-                                 f"above the budget of {_gib(ACTIVATION_BUDGET)} GiB",
-                                 f"use a smaller input size, e.g. {shape[1]},224,224")
+            raise UserInputError(
+                "input_size",
+                f"{tuple(example_inputs)} is {_gib(need)} GiB for the input alone, "
+                f"above the budget of {_gib(ACTIVATION_BUDGET)} GiB",
+                f"use a smaller input size, e.g. {shape[1]},224,224",
+            )
         return (torch.randn(shape),)
     if isinstance(example_inputs, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in example_inputs):
         if not example_inputs:
             raise UserInputError("example_inputs", "holds no tensor", "pass a tensor, e.g. torch.randn(1, 3, 224, 224)")
         empty = [tuple(t.shape) for t in example_inputs if t.ndim and t.shape[0] == 0]
         if empty:
-            raise UserInputError("example_inputs", f"an input of shape {empty[0]} holds no example",
-                                 "give inputs of batch 1 or more (batch dimension first)")
+            raise UserInputError(
+                "example_inputs",
+                f"an input of shape {empty[0]} holds no example",
+                "give inputs of batch 1 or more (batch dimension first)",
+            )
         return tuple(example_inputs)
     raise UserInputError(
         "example_inputs", f"expected a tensor, a tuple of tensors or an input size, got {type(example_inputs).__name__}"
@@ -154,7 +162,9 @@ def wrong_input(model: nn.Module, inputs: tuple, exc: Exception) -> UserInputErr
     first_line = text.splitlines()[0][:200] if text else type(cause).__name__
     shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
     return UserInputError(
-        "input_size", f"{model_name} does not run on inputs of shape {shapes} ({first_line})", "give the input size the model expects"
+        "input_size",
+        f"{model_name} does not run on inputs of shape {shapes} ({first_line})",
+        "give the input size the model expects",
     )
 
 
@@ -176,7 +186,9 @@ class _OutputBytes(TorchFunctionMode):
         return out
 
 
-def activation_bytes(model: nn.Module, input_shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32) -> int | None:
+def activation_bytes(
+    model: nn.Module, input_shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32
+) -> int | None:
     """An estimate of the activation memory of one forward on an input of ``input_shape``: the
     input plus every tensor every torch function returns (views and freed intermediates
     included, so an upper bound of the peak), found on the meta device from a structural copy,
@@ -214,7 +226,9 @@ def check_example_size(model: nn.Module, inputs: tuple, *, field: str = "example
     need = per_example if need is None else need
     if need > ACTIVATION_BUDGET:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        raise UserInputError(field,
-                             f"an input of shape {shapes} needs about {_gib(need)} GiB of activations per example "
-                             f"(estimated), above the budget of {_gib(ACTIVATION_BUDGET)} GiB",
-                             "use a smaller input (e.g. 224 x 224 images)")
+        raise UserInputError(
+            field,
+            f"an input of shape {shapes} needs about {_gib(need)} GiB of activations per example "
+            f"(estimated), above the budget of {_gib(ACTIVATION_BUDGET)} GiB",
+            "use a smaller input (e.g. 224 x 224 images)",
+        )

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,8 +33,14 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def time_rounds(forwards: Sequence[Callable[[], Any]], *, repeats: int, warmup: int, sync: Callable[[], None] = lambda: None,
-                on_round: Callable[[], None] = lambda: None) -> list[list[float]]:
+def time_rounds(
+    forwards: Sequence[Callable[[], Any]],
+    *,
+    repeats: int,
+    warmup: int,
+    sync: Callable[[], None] = lambda: None,
+    on_round: Callable[[], None] = lambda: None,
+) -> list[list[float]]:
     """Times in ms of each forward over ``repeats`` interleaved rounds after ``warmup`` rounds:
     every round runs every forward once, in reverse order every other round, so that load from
     other processes and the machine's drift hit each alike (the protocol of results/latency/).
@@ -42,7 +49,7 @@ def time_rounds(forwards: Sequence[Callable[[], Any]], *, repeats: int, warmup: 
     order = list(enumerate(forwards))
     for r in range(warmup + repeats):
         on_round()
-        for i, forward in (order if r % 2 == 0 else order[::-1]):
+        for i, forward in order if r % 2 == 0 else order[::-1]:
             sync()
             start = time.perf_counter()
             forward()
@@ -88,7 +95,9 @@ def measure_latency(
     record = find_runtime(runtime)
     inputs = as_inputs(example_inputs)
     first = next(iter(model.parameters()), None)
-    device = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
+    device = (
+        torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch_threads(threads), _eval_mode(model):
         with torch.no_grad():
@@ -103,4 +112,8 @@ def check_threads(threads: Any, field: str) -> None:
     if threads is None:
         return
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise UserInputError(field, f"expected an integer in [1, {MAX_THREADS}], got {threads!r}", "use e.g. 1 or the number of CPU cores")
+        raise UserInputError(
+            field,
+            f"expected an integer in [1, {MAX_THREADS}], got {threads!r}",
+            "use e.g. 1 or the number of CPU cores",
+        )

@@ -69,8 +69,9 @@ def processor_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def latency_context(*, device: torch.device, threads: int, runtime: str, runtime_version: str, dtype: torch.dtype,
-                    memory_format: str) -> dict[str, Any]:
+def latency_context(
+    *, device: torch.device, threads: int, runtime: str, runtime_version: str, dtype: torch.dtype, memory_format: str
+) -> dict[str, Any]:
     """What a measured latency depends on besides the op itself (a cache file's key)."""
     return {
         "device": device.type,
@@ -104,7 +105,7 @@ class LatencyCache:
     """Measured latencies of one context, read from and written to one JSON file of
     ``cache_dir`` (default :func:`latency_cache_dir`)."""
 
-    def __init__(self, context: dict[str, Any], *, cache_dir: "str | Path | None" = None):
+    def __init__(self, context: dict[str, Any], *, cache_dir: str | Path | None = None):
         self.context = dict(context)
         digest = hashlib.sha1(_canonical(self.context).encode()).hexdigest()[:20]
         self.path = Path(cache_dir if cache_dir is not None else latency_cache_dir()).expanduser() / f"{digest}.json"
@@ -121,13 +122,20 @@ class LatencyCache:
             return self._ignored(f"not readable ({exc.strerror or type(exc).__name__})")
         except UserInputError as exc:  # not a regular file, too large, not JSON, nested too deeply
             return self._ignored(exc.problem)
-        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != CACHE_FORMAT
+            or not isinstance(data.get("entries"), dict)
+        ):
             return self._ignored(f"not a latency cache of format {CACHE_FORMAT}")
         if data.get("context") != self.context:
             return self._ignored("its context is not this one")
         entries = {k: v for k, v in data["entries"].items() if isinstance(k, str) and _valid_record(v)}
         if len(entries) < len(data["entries"]):
-            warnings.warn(f"latency cache {self.path}: {len(data['entries']) - len(entries)} malformed entries ignored", stacklevel=3)
+            warnings.warn(
+                f"latency cache {self.path}: {len(data['entries']) - len(entries)} malformed entries ignored",
+                stacklevel=3,
+            )
         return entries
 
     def _ignored(self, why: str) -> dict[str, dict[str, Any]]:
@@ -157,8 +165,14 @@ class LatencyCache:
                 merged = {**self._read(), **self._new}
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"format": CACHE_FORMAT, "context": self.context, "entries": merged}, indent=1), encoding="utf-8")
+            tmp.write_text(
+                json.dumps({"format": CACHE_FORMAT, "context": self.context, "entries": merged}, indent=1),
+                encoding="utf-8",
+            )
             os.replace(tmp, self.path)
             self._new = {}
         except OSError as exc:
-            warnings.warn(f"latency cache {self.path} could not be written ({exc.strerror or exc}); measurements are not kept", stacklevel=2)
+            warnings.warn(
+                f"latency cache {self.path} could not be written ({exc.strerror or exc}); measurements are not kept",
+                stacklevel=2,
+            )

@@ -30,8 +30,9 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,13 @@ from ..files import publish, staging_dir
 from .inputs import as_inputs, output_tensors
 
 __all__ = [
-    "EXTERNAL_DATA_BYTES", "ONNX_OPSET", "OnnxTraceWarning", "need_module", "onnx_session", "run_onnx", "to_onnx",
+    "EXTERNAL_DATA_BYTES",
+    "ONNX_OPSET",
+    "OnnxTraceWarning",
+    "need_module",
+    "onnx_session",
+    "run_onnx",
+    "to_onnx",
 ]
 
 ONNX_OPSET = 17
@@ -75,7 +82,11 @@ def _names(prefix: str, n: int) -> list[str]:
 
 
 def to_onnx(
-    model: nn.Module, example_inputs: Any, out: "str | Path | None" = None, *, output_name: str = "output",
+    model: nn.Module,
+    example_inputs: Any,
+    out: str | Path | None = None,
+    *,
+    output_name: str = "output",
     instead: str = _INSTEAD,
 ) -> bytes | Path:
     """``model`` (an eval copy; the model itself is not changed) written to ONNX for
@@ -109,8 +120,15 @@ def to_onnx(
     return out
 
 
-def _export(net: nn.Module, inputs: tuple, target: "io.BytesIO | Path", names: tuple[list[str], list[str]], *,
-            label: str, instead: str) -> None:
+def _export(
+    net: nn.Module,
+    inputs: tuple,
+    target: io.BytesIO | Path,
+    names: tuple[list[str], list[str]],
+    *,
+    label: str,
+    instead: str,
+) -> None:
     """``torch.onnx.export`` of ``net`` to ``target``; what it cannot export, or would export
     unfaithfully, raises :class:`UserInputError`.  ``net`` is the caller's private copy: it is
     left on the meta device when its trace is checked for branches on values."""
@@ -120,9 +138,16 @@ def _export(net: nn.Module, inputs: tuple, target: "io.BytesIO | Path", names: t
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated in favour of dynamo's
         warnings.simplefilter("always", TracerWarning)  # (recorded: they say where the trace may be wrong)
         try:
-            torch.onnx.export(net, inputs, target if isinstance(target, io.BytesIO) else str(target),
-                              input_names=input_names, output_names=output_names, dynamic_axes=axes,
-                              opset_version=ONNX_OPSET, dynamo=False)
+            torch.onnx.export(
+                net,
+                inputs,
+                target if isinstance(target, io.BytesIO) else str(target),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=axes,
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
         except (OSError, MemoryError):  # the machine's fault (a full disk), not the model's
             raise
         except Exception as exc:  # noqa: BLE001 - torch.onnx raises several types for what it cannot export
@@ -131,7 +156,8 @@ def _export(net: nn.Module, inputs: tuple, target: "io.BytesIO | Path", names: t
     where = _value_reads(net, inputs, [w for w in caught if str(w.message).startswith(_CONVERSION)])
     if where:
         raise UserInputError(
-            "model", f"{label}'s forward branches on a tensor's values (at {where}): its ONNX graph would keep "
+            "model",
+            f"{label}'s forward branches on a tensor's values (at {where}): its ONNX graph would keep "
             "only the branch the example input took",
             f"compute the branch with tensor operations (torch.where), or {instead}",
         )
@@ -152,7 +178,9 @@ def _value_reads(net: nn.Module, inputs: tuple, conversions: list[warnings.Warni
             return where
         warnings.warn(
             f"the ONNX trace turned tensors into Python values (at {where}); if they depend on the input's values, "
-            "the graph keeps the branch the example input took", OnnxTraceWarning, stacklevel=4,
+            "the graph keeps the branch the example input took",
+            OnnxTraceWarning,
+            stacklevel=4,
         )
     return None
 
@@ -204,13 +232,14 @@ def _publish_with_external_data(exported: Path, folder: Path, out: Path) -> None
     proto = onnx.load(str(exported), load_external_data=True)
     folder.mkdir()
     data = f"{out.name}.data"
-    onnx.save_model(proto, str(folder / out.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data)
+    onnx.save_model(
+        proto, str(folder / out.name), save_as_external_data=True, all_tensors_to_one_file=True, location=data
+    )
     publish(folder / data, out.with_name(data))
     publish(folder / out.name, out)
 
 
-def onnx_session(model: "bytes | str | Path", *, threads: int | None = None) -> Any:
+def onnx_session(model: bytes | str | Path, *, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session of ``model`` (bytes or a path) with ``threads`` intra-op
     threads (default: torch's current setting) and one inter-op thread, all graph
     optimisations on."""

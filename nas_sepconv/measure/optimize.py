@@ -76,15 +76,27 @@ def _fold_graph(gm: fx.GraphModule) -> int:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     for node in list(gm.graph.nodes):
-        if node.op == "call_module" and isinstance(modules[node.target], _NO_OPS) and len(node.args) == 1 and not node.kwargs:
+        if (
+            node.op == "call_module"
+            and isinstance(modules[node.target], _NO_OPS)
+            and len(node.args) == 1
+            and not node.kwargs
+        ):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
     folded = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], _NORMS) or len(node.args) != 1 or node.kwargs:
+        if (
+            node.op != "call_module"
+            or not isinstance(modules[node.target], _NORMS)
+            or len(node.args) != 1
+            or node.kwargs
+        ):
             continue
         src = node.args[0]
-        if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1 and calls.get(src.target) == 1):
+        if not (
+            isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1 and calls.get(src.target) == 1
+        ):
             continue
         conv, bn = modules[src.target], modules[node.target]
         if not _foldable(conv, bn):
@@ -138,7 +150,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001 - torch.fx raises many types
-        warnings.warn(f"{type(model).__name__} cannot be traced ({type(exc).__name__}); folding conv→BN pairs inside nn.Sequential only")
+        warnings.warn(
+            f"{type(model).__name__} cannot be traced ({type(exc).__name__}); folding conv→BN pairs inside nn.Sequential only"
+        )
         _fold_sequential(model)
         return model
     gm.eval()
@@ -154,7 +168,10 @@ class _ChannelsLast(nn.Module):
         self.inner = inner
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        fix = lambda t: t.contiguous(memory_format=torch.channels_last) if isinstance(t, torch.Tensor) and t.dim() == 4 else t  # noqa: E731
+        def fix(t: Any) -> Any:
+            is_4d = isinstance(t, torch.Tensor) and t.dim() == 4
+            return t.contiguous(memory_format=torch.channels_last) if is_4d else t
+
         return self.inner(*map(fix, args), **{k: fix(v) for k, v in kwargs.items()})
 
 

@@ -15,8 +15,9 @@ cache key).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -113,7 +114,7 @@ class Runtime:
     name: str
     description: str
     memory_format: str
-    prepare: Callable[[nn.Module, tuple, "int | None"], Forward]
+    prepare: Callable[[nn.Module, tuple, int | None], Forward]
     version: Callable[[], str]
     available: Callable[[], bool]
     devices: tuple[str, ...] = ("cpu", "cuda")
@@ -128,13 +129,33 @@ def _table(*records: Runtime) -> dict[str, Runtime]:
 #: The runtimes, by name.
 RUNTIMES: dict[str, Runtime] = _table(
     Runtime("eager", "PyTorch eager, the module as is (NCHW)", "contiguous", _eager, _torch_version, lambda: True),
-    Runtime("channels_last", "PyTorch eager with channels_last weights and inputs", "channels_last", _channels_last_forward,
-            _torch_version, lambda: True),
-    Runtime("optimized", "PyTorch eager after ns.optimize_for_inference (BatchNorm folded, blocks inlined, channels_last)",
-            "channels_last", _optimized, _torch_version, lambda: True),
-    Runtime("onnxruntime", "ONNX Runtime (CPU execution provider, all graph optimisations) on the model exported to ONNX",
-            "contiguous", _onnxruntime, _ort_version, _importable("onnxruntime"), devices=("cpu",), dtypes=(torch.float32,),
-            install="pip install 'nas-sepconv[onnx]'"),
+    Runtime(
+        "channels_last",
+        "PyTorch eager with channels_last weights and inputs",
+        "channels_last",
+        _channels_last_forward,
+        _torch_version,
+        lambda: True,
+    ),
+    Runtime(
+        "optimized",
+        "PyTorch eager after ns.optimize_for_inference (BatchNorm folded, blocks inlined, channels_last)",
+        "channels_last",
+        _optimized,
+        _torch_version,
+        lambda: True,
+    ),
+    Runtime(
+        "onnxruntime",
+        "ONNX Runtime (CPU execution provider, all graph optimisations) on the model exported to ONNX",
+        "contiguous",
+        _onnxruntime,
+        _ort_version,
+        _importable("onnxruntime"),
+        devices=("cpu",),
+        dtypes=(torch.float32,),
+        install="pip install 'nas-sepconv[onnx]'",
+    ),
 )
 
 
@@ -149,21 +170,35 @@ def find_runtime(name: Any, *, field: str = "runtime") -> Runtime:
     return record
 
 
-def prepare_forward(model: nn.Module, example_inputs: tuple, *, runtime: Runtime, threads: int | None,
-                    device: torch.device, dtype: torch.dtype | None) -> Forward:
+def prepare_forward(
+    model: nn.Module,
+    example_inputs: tuple,
+    *,
+    runtime: Runtime,
+    threads: int | None,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> Forward:
     """A forward of ``model`` (in eval mode: a copy is made when the device, dtype or runtime
     needs one, else the model's flags are the caller's to set) on ``example_inputs`` moved to
     ``device`` and ``dtype``, the way ``runtime`` runs it."""
     if device.type not in runtime.devices:
-        raise UserInputError("device", f"runtime {runtime.name} does not run on {device.type}", f"use device='cpu' or another runtime")
+        raise UserInputError(
+            "device", f"runtime {runtime.name} does not run on {device.type}", "use device='cpu' or another runtime"
+        )
     if runtime.dtypes is not None and dtype is not None and dtype not in runtime.dtypes:
-        raise UserInputError("dtype", f"runtime {runtime.name} runs {', '.join(map(str, runtime.dtypes))} only, not {dtype}",
-                             "use dtype=torch.float32")
+        raise UserInputError(
+            "dtype",
+            f"runtime {runtime.name} runs {', '.join(map(str, runtime.dtypes))} only, not {dtype}",
+            "use dtype=torch.float32",
+        )
     first = next(iter(model.parameters()), None)
     same = first is None or (first.device == device and (dtype is None or first.dtype == dtype))
     net = model if same else copy.deepcopy(model).to(device=device, dtype=dtype)
     if dtype is not None:
-        inputs = tuple(t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device) for t in example_inputs)
+        inputs = tuple(
+            t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device) for t in example_inputs
+        )
     else:
         inputs = tuple(t.to(device) for t in example_inputs)
     return runtime.prepare(net, inputs, threads)

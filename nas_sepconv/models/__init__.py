@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from .arch import ARCH_ACTS, Arch, Stage, make_divisible
-from .network import Layer, StageNet, build_network
 from .heads import HEADS, GlobalDepthwiseConv, Head
-from .presets import FACTORIES, cifar_resnet18, mobilenet_v1, mobilenet_v1_arch, mobilenet_v2_cifar, mobilenet_v2_cifar_arch, mobilenet_v3_small_arch, mobilenet_v3_small_cifar, tiny_convnet
 from .names import model_from_name, replace_first_conv
+from .network import Layer, StageNet, build_network
+from .presets import (
+    FACTORIES,
+    cifar_resnet18,
+    mobilenet_v1,
+    mobilenet_v1_arch,
+    mobilenet_v2_cifar,
+    mobilenet_v2_cifar_arch,
+    mobilenet_v3_small_arch,
+    mobilenet_v3_small_cifar,
+    tiny_convnet,
+)
 
 __all__ = [
     "ARCH_ACTS",

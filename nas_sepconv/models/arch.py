@@ -35,7 +35,6 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return int(new)
 
 
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -101,7 +100,7 @@ class Arch:
     act: str = "relu"
     dropout: float = 0.0
     head: str = "avgpool"
-    input_size: "int | tuple[int, int] | None" = None
+    input_size: int | tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         stages = self.stages
@@ -114,14 +113,22 @@ class Arch:
                 stage = _from_mapping(Stage, stage, where)
             elif isinstance(stage, (list, tuple)) and not isinstance(stage, Stage):
                 if len(stage) not in (4, 5):
-                    raise UserInputError(where, f"expected (spec, out_channels, repeats, stride[, shortcut]), got {stage!r}")
+                    raise UserInputError(
+                        where, f"expected (spec, out_channels, repeats, stride[, shortcut]), got {stage!r}"
+                    )
                 stage = Stage(*stage)
             if not isinstance(stage, Stage):
                 raise UserInputError(where, f"expected a Stage, got {type(stage).__name__}")
             stage.check(where)
             converted.append(stage)
         object.__setattr__(self, "stages", tuple(converted))
-        for name, low in (("stem_channels", 1), ("stem_stride", 1), ("head_channels", 0), ("num_classes", 1), ("in_channels", 1)):
+        for name, low in (
+            ("stem_channels", 1),
+            ("stem_stride", 1),
+            ("head_channels", 0),
+            ("num_classes", 1),
+            ("in_channels", 1),
+        ):
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise UserInputError(f"arch.{name}", f"expected an integer >= {low}, got {value!r}")
@@ -146,18 +153,39 @@ class Arch:
             object.__setattr__(self, "input_size", size)
         sides = (size,) if _is_int(size) else size if isinstance(size, tuple) and len(size) == 2 else None
         if size is not None and (sides is None or not all(_is_int(v) and 1 <= v <= MAX_INPUT_SIDE for v in sides)):
-            raise UserInputError("arch.input_size", f"expected a side (or [height, width]) of 1 to {MAX_INPUT_SIDE} pixels, got {size!r}")
+            raise UserInputError(
+                "arch.input_size", f"expected a side (or [height, width]) of 1 to {MAX_INPUT_SIDE} pixels, got {size!r}"
+            )
         if size is None and HEADS[self.head].needs_input_size:
-            raise UserInputError("arch.input_size", f"missing: the {self.head} head sizes its kernel from the final feature map", "give the input side, e.g. input_size=112")
+            raise UserInputError(
+                "arch.input_size",
+                f"missing: the {self.head} head sizes its kernel from the final feature map",
+                "give the input side, e.g. input_size=112",
+            )
 
     def _check_size(self) -> None:
         """At most :data:`MAX_LAYERS` layers and :data:`MAX_CHANNELS` channels per layer."""
         layers = sum(self.repeats(s) for s in self.stages)
         if layers > MAX_LAYERS:
-            raise UserInputError("arch.depth_mult", f"{layers:,} layers after depth_mult {self.depth_mult:g} (at most {MAX_LAYERS})", "use fewer repeats or a smaller depth_mult")
-        widest = max(self.channels(c) for c in (self.stem_channels, self.head_channels, *(s.out_channels for s in self.stages)))
-        if widest > MAX_CHANNELS or self.stem_channels > MAX_CHANNELS or self.head_channels > MAX_CHANNELS or self.in_channels > MAX_CHANNELS:
-            raise UserInputError("arch.width_mult", f"a layer of {widest:,} channels after width_mult {self.width_mult:g} (at most {MAX_CHANNELS})", "use fewer channels or a smaller width_mult")
+            raise UserInputError(
+                "arch.depth_mult",
+                f"{layers:,} layers after depth_mult {self.depth_mult:g} (at most {MAX_LAYERS})",
+                "use fewer repeats or a smaller depth_mult",
+            )
+        widest = max(
+            self.channels(c) for c in (self.stem_channels, self.head_channels, *(s.out_channels for s in self.stages))
+        )
+        if (
+            widest > MAX_CHANNELS
+            or self.stem_channels > MAX_CHANNELS
+            or self.head_channels > MAX_CHANNELS
+            or self.in_channels > MAX_CHANNELS
+        ):
+            raise UserInputError(
+                "arch.width_mult",
+                f"a layer of {widest:,} channels after width_mult {self.width_mult:g} (at most {MAX_CHANNELS})",
+                "use fewer channels or a smaller width_mult",
+            )
 
     # -- derived --------------------------------------------------------------------------
     def channels(self, value: int) -> int:
@@ -168,7 +196,7 @@ class Arch:
         """The number of layers of a stage after the depth multiplier."""
         return max(1, math.ceil(stage.repeats * self.depth_mult))
 
-    def feature_size(self) -> "tuple[int, int] | None":
+    def feature_size(self) -> tuple[int, int] | None:
         """``(H, W)`` of the final feature map at :attr:`input_size` (``None`` without one).
 
         Every layer keeps the output shape of a 3×3 convolution with padding 1 (the block
@@ -184,9 +212,12 @@ class Arch:
         """One line, e.g. ``w0.75 d1.0 relu6 | 16:ir_e6_k3x2/s1 24:ir_e4_k5x3/s2 | head1280``:
         multipliers, activation, stages (``/noskip``: no shortcuts), head conv, head if not avgpool."""
         stages = " ".join(
-            f"{s.out_channels}:{BlockSpec.parse(s.spec)}x{s.repeats}/s{s.stride}{'' if s.shortcut else '/noskip'}" for s in self.stages
+            f"{s.out_channels}:{BlockSpec.parse(s.spec)}x{s.repeats}/s{s.stride}{'' if s.shortcut else '/noskip'}"
+            for s in self.stages
         )
-        parts = ([f"head{self.head_channels}"] if self.head_channels else []) + ([self.head] if self.head != next(iter(HEADS)) else [])
+        parts = ([f"head{self.head_channels}"] if self.head_channels else []) + (
+            [self.head] if self.head != next(iter(HEADS)) else []
+        )
         head = f" | {' '.join(parts)}" if parts else ""
         return f"w{float(self.width_mult)} d{float(self.depth_mult)} {self.act} | {stages}{head}"
 
@@ -197,20 +228,20 @@ class Arch:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Arch":
+    def from_dict(cls, data: dict[str, Any]) -> Arch:
         return _from_mapping(cls, data, "arch")
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "Arch":
+    def from_json(cls, text: str) -> Arch:
         data = loads(text, field="arch", what="the arch", fix="pass the text Arch.to_json() wrote")
         if not isinstance(data, dict):
             raise UserInputError("arch", f"expected a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)
 
-    def replace(self, **changes: Any) -> "Arch":
+    def replace(self, **changes: Any) -> Arch:
         return replace(self, **changes)
 
 
@@ -222,4 +253,6 @@ def _from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:
     try:
         return cls(**data)
     except TypeError as exc:  # a required field is missing
-        raise UserInputError(where, str(exc).split(".__init__() ")[-1], f"{cls.__name__} takes {sorted(known)}") from None
+        raise UserInputError(
+            where, str(exc).split(".__init__() ")[-1], f"{cls.__name__} takes {sorted(known)}"
+        ) from None

@@ -6,8 +6,8 @@ by the build search spaces (the names a space may list).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -45,16 +45,16 @@ class Head:
     it needs ``feature_size`` (the final map's ``(H, W)``, from :attr:`Arch.input_size`)."""
 
     name: str
-    build: Callable[[int, "tuple[int, int] | None"], nn.Module]
+    build: Callable[[int, tuple[int, int] | None], nn.Module]
     needs_input_size: bool
     doc: str
 
 
-def _avgpool(channels: int, feature_size: "tuple[int, int] | None") -> nn.Module:
+def _avgpool(channels: int, feature_size: tuple[int, int] | None) -> nn.Module:
     return nn.AdaptiveAvgPool2d(1)
 
 
-def _gdc(channels: int, feature_size: "tuple[int, int] | None") -> nn.Module:
+def _gdc(channels: int, feature_size: tuple[int, int] | None) -> nn.Module:
     assert feature_size is not None  # Arch refuses a gdc head without input_size
     return GlobalDepthwiseConv(channels, feature_size)
 

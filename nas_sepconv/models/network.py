@@ -66,8 +66,15 @@ class StageNet(nn.Module):
             for j in range(arch.repeats(stage)):
                 stride = stage.stride if j == 0 else 1
                 g = ConvGeometry(
-                    dims=2, in_channels=cin, out_channels=cout, kernel_size=(3, 3), stride=(stride, stride),
-                    padding=(1, 1), dilation=(1, 1), groups=1, bias=False,
+                    dims=2,
+                    in_channels=cin,
+                    out_channels=cout,
+                    kernel_size=(3, 3),
+                    stride=(stride, stride),
+                    padding=(1, 1),
+                    dilation=(1, 1),
+                    groups=1,
+                    bias=False,
                 )
                 try:
                     block = spec.build(g)

@@ -5,9 +5,9 @@ and :data:`FACTORIES` (their names for ``nas_sepconv:NAME``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,8 +30,13 @@ __all__ = [
 
 
 def mobilenet_v1_arch(
-    width_mult: float = 1.0, resolution_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3, *,
-    input_size: int | None = None, head: str = "avgpool",
+    width_mult: float = 1.0,
+    resolution_mult: float = 1.0,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    *,
+    input_size: int | None = None,
+    head: str = "avgpool",
 ) -> Arch:
     """MobileNetV1 (A. Howard et al., "MobileNets: Efficient Convolutional Neural Networks for
     Mobile Vision Applications", arXiv:1704.04861, 2017), Table 1: a 3×3 stride-2 conv to 32
@@ -47,22 +52,48 @@ def mobilenet_v1_arch(
     if not _is_number(resolution_mult) or not math.isfinite(resolution_mult) or resolution_mult <= 0:
         raise UserInputError("resolution_mult", f"expected a number > 0, got {resolution_mult!r}")
     if input_size is not None and resolution_mult != 1.0:
-        raise UserInputError("input_size", "given together with resolution_mult", "give one of them: input_size is 224·resolution_mult")
+        raise UserInputError(
+            "input_size", "given together with resolution_mult", "give one of them: input_size is 224·resolution_mult"
+        )
     side = max(1, round(224 * resolution_mult)) if input_size is None else input_size
-    table = [(64, 1, 1), (128, 1, 2), (128, 1, 1), (256, 1, 2), (256, 1, 1), (512, 1, 2), (512, 5, 1), (1024, 1, 2), (1024, 1, 1)]
+    table = [
+        (64, 1, 1),
+        (128, 1, 2),
+        (128, 1, 1),
+        (256, 1, 2),
+        (256, 1, 1),
+        (512, 1, 2),
+        (512, 5, 1),
+        (1024, 1, 2),
+        (1024, 1, 1),
+    ]
     stages = tuple(Stage("dwsep_bn_relu", c, n, s, shortcut=False) for c, n, s in table)  # channels, repeats, stride
     return Arch(
-        stages=stages, stem_channels=32, stem_stride=2, num_classes=num_classes, in_channels=in_channels,
-        width_mult=width_mult, act="relu", head=head, input_size=side,
+        stages=stages,
+        stem_channels=32,
+        stem_stride=2,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width_mult=width_mult,
+        act="relu",
+        head=head,
+        input_size=side,
     )
 
 
 def mobilenet_v1(
-    width_mult: float = 1.0, resolution_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3, *,
-    input_size: int | None = None, head: str = "avgpool",
+    width_mult: float = 1.0,
+    resolution_mult: float = 1.0,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    *,
+    input_size: int | None = None,
+    head: str = "avgpool",
 ) -> nn.Module:
     """MobileNetV1 (Howard et al., 2017): the network of :func:`mobilenet_v1_arch`."""
-    return build_network(mobilenet_v1_arch(width_mult, resolution_mult, num_classes, in_channels, input_size=input_size, head=head))
+    return build_network(
+        mobilenet_v1_arch(width_mult, resolution_mult, num_classes, in_channels, input_size=input_size, head=head)
+    )
 
 
 def mobilenet_v2_cifar_arch(width_mult: float = 1.0, num_classes: int = 10, in_channels: int = 3) -> Arch:
@@ -82,8 +113,15 @@ def mobilenet_v2_cifar_arch(width_mult: float = 1.0, num_classes: int = 10, in_c
     ]
     stages = tuple(Stage(f"ir_e{t}_k3_relu6", c, n, s) for t, c, n, s in table)
     return Arch(
-        stages=stages, stem_channels=32, stem_stride=1, head_channels=1280, num_classes=num_classes,
-        in_channels=in_channels, width_mult=width_mult, act="relu6", dropout=0.2,
+        stages=stages,
+        stem_channels=32,
+        stem_stride=1,
+        head_channels=1280,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width_mult=width_mult,
+        act="relu6",
+        dropout=0.2,
     )
 
 
@@ -109,8 +147,15 @@ def mobilenet_v3_small_arch(num_classes: int = 10, in_channels: int = 3, width_m
         Stage("ir_e6_k5_se0.25_hswish", 96, 3, 2),
     )
     return Arch(
-        stages=stages, stem_channels=16, stem_stride=1, head_channels=576, num_classes=num_classes,
-        in_channels=in_channels, width_mult=width_mult, act="hswish", dropout=0.2,
+        stages=stages,
+        stem_channels=16,
+        stem_stride=1,
+        head_channels=576,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width_mult=width_mult,
+        act="hswish",
+        dropout=0.2,
     )
 
 
@@ -144,8 +189,15 @@ class CifarResNet(nn.Module):
     """ResNet for 32×32 inputs: 3×3 stem (stride 1 by default, 2 for a 4× cheaper network on
     16×16 maps), no max-pool, four stages of basic blocks."""
 
-    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), *, num_classes: int = 10, in_channels: int = 3,
-                 width: int = 64, stem_stride: int = 1):
+    def __init__(
+        self,
+        blocks: tuple[int, ...] = (2, 2, 2, 2),
+        *,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 64,
+        stem_stride: int = 1,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -184,7 +236,9 @@ def cifar_resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64,
     Recognition"): BasicBlocks [2, 2, 2, 2], widths ``width·(1, 2, 4, 8)``; ``stem_stride=2``
     runs the stages on 16×16 maps (a quarter of the MACs at the same width)."""
     _check_positive(num_classes=num_classes, in_channels=in_channels, width=width, stem_stride=stem_stride)
-    return CifarResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, width=width, stem_stride=stem_stride)
+    return CifarResNet(
+        (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, width=width, stem_stride=stem_stride
+    )
 
 
 class TinyConvNet(nn.Module):

@@ -7,7 +7,15 @@ from .comparison import compare
 from .frame import STATES, load
 from .front import hypervolume, knee, pareto_front
 from .objectives import KNOWN_DIRECTIONS, LOG_SCALE_COLUMNS, OBJECTIVES, Objective, objective
-from .outputs import base_line, comparison_table, load_baselines, pareto_table, reference_line, write_comparison, write_outputs
+from .outputs import (
+    base_line,
+    comparison_table,
+    load_baselines,
+    pareto_table,
+    reference_line,
+    write_comparison,
+    write_outputs,
+)
 from .plot import plot_fronts, plot_pareto
 
 __all__ = [

@@ -53,13 +53,15 @@ def compare(
             or frames of studies that searched different objectives (``attrs["objectives"]``).
     """
     if not isinstance(studies, Mapping) or not studies:
-        raise UserInputError("studies", "expected a non-empty mapping name -> DataFrame",
-                             "pass e.g. {'nsga2': df1, 'random': df2}")
+        raise UserInputError(
+            "studies", "expected a non-empty mapping name -> DataFrame", "pass e.g. {'nsga2': df1, 'random': df2}"
+        )
     baselines = dict(baselines or {})
     clash = sorted(set(studies) & set(baselines))
     if clash:
-        raise UserInputError("baselines", f"{clash} named as both a study and a baseline",
-                             "give each frame its own name")
+        raise UserInputError(
+            "baselines", f"{clash} named as both a study and a baseline", "give each frame its own name"
+        )
     _same_objectives({**studies, **baselines}, set(baselines))
     searched = list(studies)
     studies = {**studies, **baselines}
@@ -77,9 +79,9 @@ def compare(
     for name, df in studies.items():
         row = _study_row(name, df, objectives, dirs, log_scale)
         row[hv_column] = (
-            hypervolume(transformed[name], reference=ref_values, objectives=objectives,
-                        directions=dirs)
-            if ref_values is not None else 0.0
+            hypervolume(transformed[name], reference=ref_values, objectives=objectives, directions=dirs)
+            if ref_values is not None
+            else 0.0
         )
         row.update(_knee_columns(df, objectives, dirs, log_scale))
         rows.append(row)
@@ -95,13 +97,19 @@ def compare(
 
 def _same_objectives(frames: Mapping[str, pd.DataFrame], baselines: set[str]) -> None:
     """Frames loaded from studies (``attrs["objectives"]``) searched the same objectives."""
-    known = {name: list(df.attrs["objectives"]) for name, df in frames.items()
-             if isinstance(df, pd.DataFrame) and df.attrs.get("objectives")}
+    known = {
+        name: list(df.attrs["objectives"])
+        for name, df in frames.items()
+        if isinstance(df, pd.DataFrame) and df.attrs.get("objectives")
+    }
     items = list(known.items())
     for name, searched in items[1:]:
         if searched != items[0][1]:
-            raise UserInputError("baselines" if name in baselines else "studies", f"study {name!r} searched {searched}, but {items[0][0]!r} searched {items[0][1]}",
-                                 "compare studies of the same objectives")
+            raise UserInputError(
+                "baselines" if name in baselines else "studies",
+                f"study {name!r} searched {searched}, but {items[0][0]!r} searched {items[0][1]}",
+                "compare studies of the same objectives",
+            )
 
 
 def _ratios(out: pd.DataFrame, hv_column: str) -> tuple[list[float], str | None]:
@@ -117,8 +125,9 @@ def _ratios(out: pd.DataFrame, hv_column: str) -> tuple[list[float], str | None]
     return ratios, best_name
 
 
-def _log_transformed(studies: Mapping[str, pd.DataFrame], objectives: Sequence[str], dirs: list[str],
-                     logged: list[str]) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
+def _log_transformed(
+    studies: Mapping[str, pd.DataFrame], objectives: Sequence[str], dirs: list[str], logged: list[str]
+) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
     """Copies of the frames with the ``logged`` objectives as log10, and the stacked losses of
     every study's eligible rows in that space."""
     transformed: dict[str, pd.DataFrame] = {}
@@ -148,21 +157,24 @@ def _default_reference(stacked: np.ndarray, dirs: list[str]) -> list[float] | No
     return [-r if d == "maximize" else r for r, d in zip(ref_loss, dirs)]
 
 
-def _given_reference(reference: Mapping[str, float] | Sequence[float], objectives: Sequence[str],
-                     logged: list[str]) -> list[float]:
+def _given_reference(
+    reference: Mapping[str, float] | Sequence[float], objectives: Sequence[str], logged: list[str]
+) -> list[float]:
     """A reference in the columns' own units, in the comparison's (log10) space."""
     if isinstance(reference, Mapping):
         ref_values = [reference[o] for o in objectives if o in reference]
     else:
         ref_values = list(reference)
     if len(ref_values) != len(objectives):
-        raise UserInputError("reference", f"{reference!r} does not match {list(objectives)}",
-                             "give one value per objective")
+        raise UserInputError(
+            "reference", f"{reference!r} does not match {list(objectives)}", "give one value per objective"
+        )
     return [math.log10(float(r)) if o in logged else float(r) for o, r in zip(objectives, ref_values)]
 
 
-def _study_row(name: str, df: pd.DataFrame, objectives: Sequence[str], dirs: list[str],
-               log_scale: Sequence[str]) -> dict[str, Any]:
+def _study_row(
+    name: str, df: pd.DataFrame, objectives: Sequence[str], dirs: list[str], log_scale: Sequence[str]
+) -> dict[str, Any]:
     """``name``, the counts, the front size and the best value of each objective."""
     losses = _losses(df, objectives, dirs)
     ok = _candidates(df, losses)
@@ -170,7 +182,8 @@ def _study_row(name: str, df: pd.DataFrame, objectives: Sequence[str], dirs: lis
         "name": name,
         "n_trials": len(df),
         "n_complete": int((df["state"].astype("string") == "COMPLETE").fillna(False).sum())
-        if "state" in df.columns else len(df),
+        if "state" in df.columns
+        else len(df),
     }
     front_mask = pareto_front(df, objectives=objectives, directions=dirs, mask=True)
     row["front_size"] = int(front_mask.sum())
@@ -181,8 +194,9 @@ def _study_row(name: str, df: pd.DataFrame, objectives: Sequence[str], dirs: lis
     return row
 
 
-def _knee_columns(df: pd.DataFrame, objectives: Sequence[str], dirs: list[str],
-                  log_scale: Sequence[str]) -> dict[str, Any]:
+def _knee_columns(
+    df: pd.DataFrame, objectives: Sequence[str], dirs: list[str], log_scale: Sequence[str]
+) -> dict[str, Any]:
     """``knee_number`` and ``knee_<o>``; NA when the study has no eligible row."""
     losses = _losses(df, objectives, dirs)
     if not _candidates(df, losses).any():

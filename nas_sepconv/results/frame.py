@@ -65,8 +65,19 @@ _TIME_ATTR_COLUMNS: dict[str, str] = {
     "epochs": "Int64",
 }
 _FIXED = (
-    {"number", "state", "datetime_start", "datetime_complete", "duration_s", "fail_reason", "feasible",
-     "epochs_trained", "stopped_early", "rung", "rung_results"}
+    {
+        "number",
+        "state",
+        "datetime_start",
+        "datetime_complete",
+        "duration_s",
+        "fail_reason",
+        "feasible",
+        "epochs_trained",
+        "stopped_early",
+        "rung",
+        "rung_results",
+    }
     | set(_ATTR_COLUMNS)
     | set(_TAIL_ATTR_COLUMNS)
     | set(_TIME_ATTR_COLUMNS)
@@ -253,8 +264,9 @@ def _objective_columns(trials: list[Any], metric_names: list[str]) -> dict[str, 
     return cols
 
 
-def _param_value_columns(trials: list[Any], param_dists: dict[str, list[Any]],
-                         param_cols: dict[str, str]) -> dict[str, Any]:
+def _param_value_columns(
+    trials: list[Any], param_dists: dict[str, list[Any]], param_cols: dict[str, str]
+) -> dict[str, Any]:
     from optuna.distributions import (
         CategoricalDistribution,
         FloatDistribution,
@@ -264,17 +276,16 @@ def _param_value_columns(trials: list[Any], param_dists: dict[str, list[Any]],
     cols: dict[str, Any] = {}
     for pname, dists in param_dists.items():
         values = [t.params.get(pname) for t in trials]
-        cols[param_cols[pname]] = _param_array(values, dists, CategoricalDistribution,
-                                               IntDistribution, FloatDistribution)
+        cols[param_cols[pname]] = _param_array(
+            values, dists, CategoricalDistribution, IntDistribution, FloatDistribution
+        )
     return cols
 
 
 def _time_columns(trials: list[Any]) -> dict[str, Any]:
     """``datetime_start``, ``datetime_complete``, ``duration_s``, then the timing attributes."""
-    start = pd.to_datetime(pd.Series([t.datetime_start for t in trials], dtype=object)).astype(
-        "datetime64[us]")
-    complete = pd.to_datetime(pd.Series([t.datetime_complete for t in trials], dtype=object)
-                              ).astype("datetime64[us]")
+    start = pd.to_datetime(pd.Series([t.datetime_start for t in trials], dtype=object)).astype("datetime64[us]")
+    complete = pd.to_datetime(pd.Series([t.datetime_complete for t in trials], dtype=object)).astype("datetime64[us]")
     cols: dict[str, Any] = {
         "datetime_start": start.to_numpy(),
         "datetime_complete": complete.to_numpy(),
@@ -307,16 +318,26 @@ def _fidelity_columns(trials: list[Any]) -> dict[str, Any]:
     the rung of epoch E), from the user attributes ``epochs_trained``/``epochs``,
     ``stopped_early`` and ``rung_results``."""
     cols: dict[str, Any] = {
-        "epochs_trained": _typed([t.user_attrs.get("epochs_trained", t.user_attrs.get("epochs")) for t in trials], "Int64"),
+        "epochs_trained": _typed(
+            [t.user_attrs.get("epochs_trained", t.user_attrs.get("epochs")) for t in trials], "Int64"
+        ),
     }
     stopped = [t.user_attrs.get("stopped_early") for t in trials]
-    cols["stopped_early"] = pd.array([s if isinstance(s, bool) else (False if t.state.name == "COMPLETE" else None) for s, t in zip(stopped, trials)], dtype="boolean")
+    cols["stopped_early"] = pd.array(
+        [
+            s if isinstance(s, bool) else (False if t.state.name == "COMPLETE" else None)
+            for s, t in zip(stopped, trials)
+        ],
+        dtype="boolean",
+    )
     rungs = [[e for e in (t.user_attrs.get("rung_results") or []) if isinstance(e, dict)] for t in trials]
     if any(rungs):
         cols["rung"] = _typed([len(r) - 1 if r else None for r in rungs], "Int64")
         epochs = sorted({e["epoch"] for r in rungs for e in r if isinstance(e.get("epoch"), int)})
         for epoch in epochs:
-            cols[f"accuracy_epoch_{epoch}"] = _typed([next((e.get("accuracy") for e in r if e.get("epoch") == epoch), None) for r in rungs], "float64")
+            cols[f"accuracy_epoch_{epoch}"] = _typed(
+                [next((e.get("accuracy") for e in r if e.get("epoch") == epoch), None) for r in rungs], "float64"
+            )
     return cols
 
 
@@ -370,8 +391,7 @@ def _infer(values: list[Any]) -> Any:
     return pd.array(values, dtype=object)
 
 
-def _param_array(values: list[Any], dists: list[Any], categorical: type, integer: type,
-                 floating: type) -> Any:
+def _param_array(values: list[Any], dists: list[Any], categorical: type, integer: type, floating: type) -> Any:
     if all(isinstance(d, categorical) for d in dists):
         choices: list[Any] = []
         for d in dists:

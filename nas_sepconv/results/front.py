@@ -18,25 +18,28 @@ from .objectives import KNOWN_DIRECTIONS, LOG_SCALE_COLUMNS
 __all__ = ["pareto_front", "hypervolume", "knee"]
 
 
-def _directions(df: pd.DataFrame, objectives: Sequence[str],
-                directions: Sequence[str] | None) -> list[str]:
+def _directions(df: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str] | None) -> list[str]:
     """Validated list of "maximize"/"minimize", one per objective."""
     if isinstance(objectives, str):
-        raise UserInputError("objectives", f"got the string {objectives!r}",
-                             f"pass a sequence of column names, e.g. ({objectives!r},)")
+        raise UserInputError(
+            "objectives", f"got the string {objectives!r}", f"pass a sequence of column names, e.g. ({objectives!r},)"
+        )
     if len(objectives) == 0:
         raise UserInputError("objectives", "no objective given", 'pass e.g. ("accuracy", "macs")')
     missing = [o for o in objectives if o not in df.columns]
     if missing:
         raise UserInputError(
-            "objectives", f"column(s) {missing} not in the frame",
+            "objectives",
+            f"column(s) {missing} not in the frame",
             f"choose from {[c for c in df.columns if c in KNOWN_DIRECTIONS] or list(df.columns)}",
         )
     if directions is not None:
         if isinstance(directions, str) or len(directions) != len(objectives):
-            raise UserInputError("directions",
-                                 f"{directions!r} does not give one direction per objective",
-                                 f"pass {len(objectives)} of 'maximize'/'minimize'")
+            raise UserInputError(
+                "directions",
+                f"{directions!r} does not give one direction per objective",
+                f"pass {len(objectives)} of 'maximize'/'minimize'",
+            )
         out = []
         for d in directions:
             text = str(getattr(d, "name", d)).lower()
@@ -45,14 +48,14 @@ def _directions(df: pd.DataFrame, objectives: Sequence[str],
             elif text in ("minimize", "min", "minimise"):
                 out.append("minimize")
             else:
-                raise UserInputError("directions", f"unknown direction {d!r}",
-                                     "use 'maximize' or 'minimize'")
+                raise UserInputError("directions", f"unknown direction {d!r}", "use 'maximize' or 'minimize'")
         return out
     known = {**KNOWN_DIRECTIONS, **dict(df.attrs.get("directions") or {})}
     unknown = [o for o in objectives if o not in known]
     if unknown:
-        raise UserInputError("directions", f"no known direction for {unknown}",
-                             "pass directions=('maximize'|'minimize', ...)")
+        raise UserInputError(
+            "directions", f"no known direction for {unknown}", "pass directions=('maximize'|'minimize', ...)"
+        )
     return [known[o] for o in objectives]
 
 
@@ -93,10 +96,10 @@ def _non_dominated(losses: np.ndarray) -> np.ndarray:
         return keep
     block = max(1, 4_000_000 // max(1, n * k))
     for lo in range(0, n, block):
-        rows = losses[lo:lo + block, None, :]  # (b, 1, k)
+        rows = losses[lo : lo + block, None, :]  # (b, 1, k)
         le = (losses[None, :, :] <= rows).all(axis=2)  # (b, n): other <= row everywhere
         lt = (losses[None, :, :] < rows).any(axis=2)  # (b, n): other < row somewhere
-        keep[lo:lo + block] = ~(le & lt).any(axis=1)
+        keep[lo : lo + block] = ~(le & lt).any(axis=1)
     return keep
 
 
@@ -147,8 +150,7 @@ def _front_order(losses: np.ndarray, dirs: Sequence[str]) -> np.ndarray:
     first = dirs.index("minimize") if "minimize" in dirs else 0
     keys = [first] + [i for i in range(len(dirs)) if i != first]
     # np.lexsort sorts by the last key first.
-    return np.lexsort(tuple(losses[:, i] for i in reversed(keys))) if len(losses) else \
-        np.arange(0)
+    return np.lexsort(tuple(losses[:, i] for i in reversed(keys))) if len(losses) else np.arange(0)
 
 
 def _hv(points: np.ndarray, ref: np.ndarray) -> float:
@@ -205,19 +207,18 @@ def hypervolume(
     if isinstance(reference, Mapping):
         missing = [o for o in objectives if o not in reference]
         if missing:
-            raise UserInputError("reference", f"no value for {missing}",
-                                 "give one value per objective")
+            raise UserInputError("reference", f"no value for {missing}", "give one value per objective")
         ref_values = [reference[o] for o in objectives]
     else:
         if isinstance(reference, str) or len(reference) != len(objectives):
-            raise UserInputError("reference", f"{reference!r} does not match {list(objectives)}",
-                                 "give one value per objective")
+            raise UserInputError(
+                "reference", f"{reference!r} does not match {list(objectives)}", "give one value per objective"
+            )
         ref_values = list(reference)
     try:
         ref = np.array([float(v) for v in ref_values], dtype="float64")
     except (TypeError, ValueError) as exc:
-        raise UserInputError("reference", f"{ref_values!r} is not numeric",
-                             "give numbers") from exc
+        raise UserInputError("reference", f"{ref_values!r} is not numeric", "give numbers") from exc
     if not np.isfinite(ref).all():
         raise UserInputError("reference", f"{ref_values!r} is not finite", "give finite numbers")
     ref = np.where(np.array(dirs) == "maximize", -ref, ref)
@@ -230,8 +231,9 @@ def hypervolume(
     return _hv(losses[_non_dominated(losses)], ref)
 
 
-def _normalised_losses(front: pd.DataFrame, objectives: Sequence[str], dirs: Sequence[str],
-                       log_scale: Sequence[str]) -> np.ndarray:
+def _normalised_losses(
+    front: pd.DataFrame, objectives: Sequence[str], dirs: Sequence[str], log_scale: Sequence[str]
+) -> np.ndarray:
     """Front objectives scaled to [0, 1] with 0 the best value (log10 for log_scale columns)."""
     out = []
     for o, d in zip(objectives, dirs):
@@ -272,8 +274,11 @@ def knee(
     """
     front = pareto_front(df, objectives=objectives, directions=directions, include_stopped=include_stopped)
     if len(front) == 0:
-        raise UserInputError("df", "no COMPLETE trial with finite objective values",
-                             "wait for trials to complete, or check the objective columns")
+        raise UserInputError(
+            "df",
+            "no COMPLETE trial with finite objective values",
+            "wait for trials to complete, or check the objective columns",
+        )
     dirs = _directions(df, objectives, directions)
     pos = _knee_position(_normalised_losses(front, objectives, dirs, log_scale))
     return front.iloc[pos]

@@ -43,7 +43,9 @@ class Objective:
 
     def __post_init__(self) -> None:
         if self.direction not in ("maximize", "minimize"):
-            raise ValueError(f"Objective {self.name!r}: direction must be 'maximize' or 'minimize', got {self.direction!r}")
+            raise ValueError(
+                f"Objective {self.name!r}: direction must be 'maximize' or 'minimize', got {self.direction!r}"
+            )
 
 
 def _table(*records: Objective) -> dict[str, Objective]:
@@ -52,30 +54,68 @@ def _table(*records: Objective) -> dict[str, Objective]:
 
 #: The objectives, by name, in the order a space lists them.
 OBJECTIVES: dict[str, Objective] = _table(
-    Objective("accuracy", "maximize", "Validation accuracy (%)", log_axis=False, percent=True,
-              measured_by="top-1 accuracy on the validation split after training", searchable=True),
-    Objective("macs", "minimize", "MACs (multiply-accumulates)", log_axis=True, percent=False,
-              measured_by="multiply-accumulates of conv and linear weights for one input (ns.count_macs)",
-              searchable=True),
-    Objective("params", "minimize", "Parameters", log_axis=True, percent=False,
-              measured_by="trainable parameters of the candidate (ns.count_params)", searchable=True),
-    Objective("latency_ms", "minimize", "Latency (ms)", log_axis=True, percent=False,
-              measured_by="median forward time of one input on the search device in search.latency_runtime: predicted "
-                          "from a latency table of the base model (convert spaces) or measured (ns.measure_latency); "
-                          "column latency_source says which",
-              searchable=True),
-    Objective("reward", "maximize", "Reward", log_axis=False, percent=False,
-              measured_by="MnasNet's scalarised reward ACC·(MACs/T)^w (the scalarised mode's single objective)",
-              searchable=False),
+    Objective(
+        "accuracy",
+        "maximize",
+        "Validation accuracy (%)",
+        log_axis=False,
+        percent=True,
+        measured_by="top-1 accuracy on the validation split after training",
+        searchable=True,
+    ),
+    Objective(
+        "macs",
+        "minimize",
+        "MACs (multiply-accumulates)",
+        log_axis=True,
+        percent=False,
+        measured_by="multiply-accumulates of conv and linear weights for one input (ns.count_macs)",
+        searchable=True,
+    ),
+    Objective(
+        "params",
+        "minimize",
+        "Parameters",
+        log_axis=True,
+        percent=False,
+        measured_by="trainable parameters of the candidate (ns.count_params)",
+        searchable=True,
+    ),
+    Objective(
+        "latency_ms",
+        "minimize",
+        "Latency (ms)",
+        log_axis=True,
+        percent=False,
+        measured_by="median forward time of one input on the search device in search.latency_runtime: predicted "
+        "from a latency table of the base model (convert spaces) or measured (ns.measure_latency); "
+        "column latency_source says which",
+        searchable=True,
+    ),
+    Objective(
+        "reward",
+        "maximize",
+        "Reward",
+        log_axis=False,
+        percent=False,
+        measured_by="MnasNet's scalarised reward ACC·(MACs/T)^w (the scalarised mode's single objective)",
+        searchable=False,
+    ),
 )
 
 #: Every metric column the results know: the objectives and the reported ``test_accuracy``.
 METRICS: dict[str, Objective] = {
     **OBJECTIVES,
     **_table(
-        Objective("test_accuracy", "maximize", "Test accuracy (%)", log_axis=False, percent=True,
-                  measured_by="top-1 accuracy on the test split after training (reported, never optimised)",
-                  searchable=False),
+        Objective(
+            "test_accuracy",
+            "maximize",
+            "Test accuracy (%)",
+            log_axis=False,
+            percent=True,
+            measured_by="top-1 accuracy on the test split after training (reported, never optimised)",
+            searchable=False,
+        ),
     ),
 }
 

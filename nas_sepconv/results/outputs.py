@@ -5,9 +5,9 @@ front as a table for display (the CLI's ``report``), and the comparison with bas
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,15 @@ from .front import pareto_front
 from .objectives import KNOWN_DIRECTIONS
 from .plot import plot_fronts, plot_pareto
 
-__all__ = ["load_baselines", "write_outputs", "write_comparison", "pareto_table", "comparison_table", "base_line", "reference_line"]
+__all__ = [
+    "load_baselines",
+    "write_outputs",
+    "write_comparison",
+    "pareto_table",
+    "comparison_table",
+    "base_line",
+    "reference_line",
+]
 
 
 def _param_columns(df: pd.DataFrame) -> list[str]:
@@ -29,15 +37,13 @@ def _param_columns(df: pd.DataFrame) -> list[str]:
     if params is not None:
         return [p for p in params if p in df.columns]
     known = _FIXED | set(KNOWN_DIRECTIONS) | set(df.attrs.get("objectives") or [])
-    return [c for c in df.columns if c not in known and not c.startswith("user_attrs_")
-            and not c.startswith("value")]
+    return [c for c in df.columns if c not in known and not c.startswith("user_attrs_") and not c.startswith("value")]
 
 
 def _pareto_columns(df: pd.DataFrame) -> list[str]:
     base = ["number", "accuracy", "test_accuracy", "macs", "params", "latency_ms", "arch"]
     chosen = [c for c in base if c in df.columns]
     return chosen + [p for p in _param_columns(df) if p not in chosen]
-
 
 
 def _made_dir(out_dir: str | Path) -> Path:
@@ -48,8 +54,7 @@ def _made_dir(out_dir: str | Path) -> Path:
     except OSError as exc:
         if exc.errno in _DISK_FAULTS:
             raise _unwritten(out, exc) from exc
-        raise UserInputError("out_dir", f"cannot create {str(out)!r} ({exc})",
-                             "choose a writable directory") from exc
+        raise UserInputError("out_dir", f"cannot create {str(out)!r} ({exc})", "choose a writable directory") from exc
     return out
 
 
@@ -72,6 +77,7 @@ def _write(path: Path, content: Callable[[IO], None], *, binary: bool) -> None:
         atomic_write(path, content, binary=binary)
     except OSError as exc:
         raise _unwritten(path, exc) from exc
+
 
 def write_outputs(
     df: pd.DataFrame,
@@ -106,8 +112,9 @@ def write_outputs(
     return paths
 
 
-def load_baselines(folders: Sequence[str | Path], *, taken: Sequence[str] = (),
-                   field: str = "baselines") -> dict[str, pd.DataFrame]:
+def load_baselines(
+    folders: Sequence[str | Path], *, taken: Sequence[str] = (), field: str = "baselines"
+) -> dict[str, pd.DataFrame]:
     """The frames (:func:`load`) of baselines' results folders, by study name; a name already
     in ``taken`` or given twice gets its folder appended (``"default (results/seed1/default)"``).
 
@@ -158,11 +165,13 @@ def write_comparison(
     out = _made_dir(out_dir)
     written = table.copy()
     for o, value in (table.attrs["reference"] or {}).items():
-        written[f"reference_{o}"] = 10.0 ** value if o in table.attrs["log_scale"] else value
+        written[f"reference_{o}"] = 10.0**value if o in table.attrs["log_scale"] else value
     paths = {"comparison": out / "comparison.csv", "plot": out / "comparison.png"}
     _write(paths["comparison"], lambda fh: written.to_csv(fh, index=False), binary=False)
     x, y = objectives[1], objectives[0]
-    ax = plot_fronts(studies, baselines=baselines, x=x, y=y, title=f"{', '.join(studies)} against {', '.join(baselines)}")
+    ax = plot_fronts(
+        studies, baselines=baselines, x=x, y=y, title=f"{', '.join(studies)} against {', '.join(baselines)}"
+    )
     _write(paths["plot"], lambda fh: ax.figure.savefig(fh, format="png", dpi=120), binary=True)
     return table, paths
 
@@ -180,8 +189,7 @@ def pareto_table(
     """
     front = pareto_front(df, objectives=objectives)
     table = pd.DataFrame(index=range(len(front)))
-    table["trial"] = (front["number"].to_numpy() if "number" in front.columns
-                      else front.index.to_numpy())
+    table["trial"] = front["number"].to_numpy() if "number" in front.columns else front.index.to_numpy()
 
     def num(column: str) -> np.ndarray:
         return pd.to_numeric(front[column]).to_numpy(dtype="float64", na_value=np.nan)
@@ -211,7 +219,9 @@ def base_line(df: pd.DataFrame) -> str | None:
     test = f" (test {100 * base['test_accuracy']:.2f}%)" if base.get("test_accuracy") is not None else ""
     params = f", params {base['params'] / 1e6:.3f} M" if base.get("params") is not None else ""
     model = f" ({base['model']})" if base.get("model") else ""
-    return f"original model: accuracy {100 * base['accuracy']:.2f}%{test}, MACs {base['macs'] / 1e6:.2f} M{params}{model}"
+    return (
+        f"original model: accuracy {100 * base['accuracy']:.2f}%{test}, MACs {base['macs'] / 1e6:.2f} M{params}{model}"
+    )
 
 
 def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -222,16 +232,22 @@ def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
     it is computed in), ``x best baseline`` (the ratio to the best baseline's hypervolume).
     """
     hv = table.attrs.get("hypervolume_column", "hypervolume_logmacs")
-    shown = pd.DataFrame({
-        "study": table["name"].to_numpy(),
-        "role": np.where(table["baseline"].to_numpy(dtype=bool), "baseline", "searched"),
-        "complete": table["n_complete"].to_numpy(),
-        "front": table["front_size"].to_numpy(),
-    })
+    shown = pd.DataFrame(
+        {
+            "study": table["name"].to_numpy(),
+            "role": np.where(table["baseline"].to_numpy(dtype=bool), "baseline", "searched"),
+            "complete": table["n_complete"].to_numpy(),
+            "front": table["front_size"].to_numpy(),
+        }
+    )
     if "best_accuracy" in table.columns:
-        shown["best accuracy %"] = np.round(100 * pd.to_numeric(table["best_accuracy"]).to_numpy(dtype="float64", na_value=np.nan), 2)
+        shown["best accuracy %"] = np.round(
+            100 * pd.to_numeric(table["best_accuracy"]).to_numpy(dtype="float64", na_value=np.nan), 2
+        )
     if "min_macs" in table.columns:
-        shown["min MACs (M)"] = np.round(pd.to_numeric(table["min_macs"]).to_numpy(dtype="float64", na_value=np.nan) / 1e6, 3)
+        shown["min MACs (M)"] = np.round(
+            pd.to_numeric(table["min_macs"]).to_numpy(dtype="float64", na_value=np.nan) / 1e6, 3
+        )
     logged = table.attrs.get("log_scale") or []
     axes = " x ".join(f"log10 {o}" if o in logged else o for o in (table.attrs.get("reference") or {}))
     shown[f"hypervolume ({axes})" if axes else hv] = table[hv].to_numpy(dtype="float64")
@@ -248,7 +264,12 @@ def reference_line(table: pd.DataFrame) -> str | None:
     logged = table.attrs.get("log_scale") or []
     parts = []
     for name, value in reference.items():
-        value = 10.0 ** value if name in logged else value
-        parts.append(f"accuracy {100 * value:.2f}%" if name == "accuracy"
-                     else f"MACs {value / 1e6:.3f} M" if name == "macs" else f"{name} {value:.4g}")
+        value = 10.0**value if name in logged else value
+        parts.append(
+            f"accuracy {100 * value:.2f}%"
+            if name == "accuracy"
+            else f"MACs {value / 1e6:.3f} M"
+            if name == "macs"
+            else f"{name} {value:.4g}"
+        )
     return f"reference point: {', '.join(parts)} (per objective the worst value of every study's trials, pushed out by 1% of the range)"

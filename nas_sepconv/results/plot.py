@@ -66,11 +66,13 @@ def _front_2d(df: pd.DataFrame, x: str, y: str, dirs: Sequence[str]) -> _Front2D
     ys = pd.to_numeric(eligible[y]).to_numpy(dtype="float64", na_value=np.nan) * _scale(y)
     stopped = df.iloc[np.flatnonzero(_candidates(df, losses, include_stopped=True) & ~ok)]
     order = np.lexsort((losses[ok][on_front, 1], xs[on_front]))
-    numbers = (eligible["number"].to_numpy() if "number" in eligible.columns
-               else eligible.index.to_numpy())
+    numbers = eligible["number"].to_numpy() if "number" in eligible.columns else eligible.index.to_numpy()
     return _Front2D(
-        x_all=xs, y_all=ys, on_front=on_front,
-        x_front=xs[on_front][order], y_front=ys[on_front][order],
+        x_all=xs,
+        y_all=ys,
+        on_front=on_front,
+        x_front=xs[on_front][order],
+        y_front=ys[on_front][order],
         numbers=numbers[on_front][order],
         # Attainment boundary: the best y for an x budget holds until the next front point
         # when x is minimised (steps-post), and from the previous one when x is maximised.
@@ -106,17 +108,20 @@ def _reference_xy(df: pd.DataFrame, x: str, y: str) -> tuple[float, float] | Non
     return point if all(np.isfinite(point)) else None
 
 
-def _pareto_plot_data(df: pd.DataFrame, *, x: str, y: str,
-                      baselines: Mapping[str, pd.DataFrame] | None,
-                      annotate_knee: bool) -> _ParetoPlotData:
+def _pareto_plot_data(
+    df: pd.DataFrame, *, x: str, y: str, baselines: Mapping[str, pd.DataFrame] | None, annotate_knee: bool
+) -> _ParetoPlotData:
     dirs = _directions(df, (x, y), None)
     main = _front_2d(df, x, y, dirs)
     others = {}
     for name, base in (baselines or {}).items():
         missing = [c for c in (x, y) if c not in base.columns]
         if missing:
-            raise UserInputError("baselines", f"baseline {name!r} lacks column(s) {missing}",
-                                 f"give baselines with {x!r} and {y!r} columns")
+            raise UserInputError(
+                "baselines",
+                f"baseline {name!r} lacks column(s) {missing}",
+                f"give baselines with {x!r} and {y!r} columns",
+            )
         others[name] = _front_2d(base, x, y, dirs)
     knee_xy, knee_number = None, None
     if annotate_knee and len(main.x_front) >= 3:
@@ -127,12 +132,20 @@ def _pareto_plot_data(df: pd.DataFrame, *, x: str, y: str,
     extra = [np.array([reference[0]])] if reference else []
     everything = [main.x_all] + [b.x_all for b in others.values()] + extra
     x_values = np.concatenate(everything) if everything else np.empty(0)
-    every_y = np.concatenate([main.y_all] + [b.y_all for b in others.values()] + ([np.array([reference[1]])] if reference else []))
+    every_y = np.concatenate(
+        [main.y_all] + [b.y_all for b in others.values()] + ([np.array([reference[1]])] if reference else [])
+    )
     x_log = x in LOG_SCALE_COLUMNS and len(x_values) > 0 and bool((x_values > 0).all())
     y_log = y in LOG_SCALE_COLUMNS and len(every_y) > 0 and bool((every_y > 0).all())
     return _ParetoPlotData(
-        main=main, baselines=others, knee_xy=knee_xy, knee_number=knee_number,
-        x_label=_axis_label(x, x_log), y_label=_axis_label(y, y_log), x_log=x_log, y_log=y_log,
+        main=main,
+        baselines=others,
+        knee_xy=knee_xy,
+        knee_number=knee_number,
+        x_label=_axis_label(x, x_log),
+        y_label=_axis_label(y, y_log),
+        x_log=x_log,
+        y_log=y_log,
         reference_xy=reference,
     )
 
@@ -151,16 +164,32 @@ def _draw_off_front(ax: matplotlib.axes.Axes, main: _Front2D) -> None:
     """The dominated trials, faded; those stopped early, as hollow triangles."""
     dominated = ~main.on_front
     if dominated.any():
-        ax.scatter(main.x_all[dominated], main.y_all[dominated], s=14, color="tab:gray",
-                   alpha=0.3, linewidths=0, label=f"dominated trials ({int(dominated.sum())})")
+        ax.scatter(
+            main.x_all[dominated],
+            main.y_all[dominated],
+            s=14,
+            color="tab:gray",
+            alpha=0.3,
+            linewidths=0,
+            label=f"dominated trials ({int(dominated.sum())})",
+        )
     if len(main.x_stopped):  # the multi-fidelity mode's: not trained to the end, never on the front
-        ax.scatter(main.x_stopped, main.y_stopped, s=16, marker="v", facecolors="none", edgecolors="tab:gray",
-                   alpha=0.6, linewidths=0.7, label=f"stopped early, at their last rung ({len(main.x_stopped)})")
+        ax.scatter(
+            main.x_stopped,
+            main.y_stopped,
+            s=16,
+            marker="v",
+            facecolors="none",
+            edgecolors="tab:gray",
+            alpha=0.6,
+            linewidths=0.7,
+            label=f"stopped early, at their last rung ({len(main.x_stopped)})",
+        )
 
 
-
-def _finish_axes(ax: matplotlib.axes.Axes, *, x_label: str, y_label: str, x_log: bool, y_log: bool,
-                 title: Any) -> matplotlib.axes.Axes:
+def _finish_axes(
+    ax: matplotlib.axes.Axes, *, x_label: str, y_label: str, x_log: bool, y_log: bool, title: Any
+) -> matplotlib.axes.Axes:
     """Scales, labels, title, grid and legend, the same for every plot of this module."""
     if x_log:
         ax.set_xscale("log")
@@ -174,6 +203,7 @@ def _finish_axes(ax: matplotlib.axes.Axes, *, x_label: str, y_label: str, x_log:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8, frameon=True)
     return ax
+
 
 def plot_pareto(
     df: pd.DataFrame,
@@ -214,31 +244,62 @@ def plot_pareto(
     main = data.main
     _draw_off_front(ax, main)
     if len(main.x_front):
-        ax.plot(main.x_front, main.y_front, drawstyle=main.drawstyle, color="tab:blue",
-                linewidth=1.5, zorder=3)
-        ax.scatter(main.x_front, main.y_front, s=30, color="tab:blue", edgecolors="black",
-                   linewidths=0.5, zorder=4, label=f"Pareto front ({len(main.x_front)})")
+        ax.plot(main.x_front, main.y_front, drawstyle=main.drawstyle, color="tab:blue", linewidth=1.5, zorder=3)
+        ax.scatter(
+            main.x_front,
+            main.y_front,
+            s=30,
+            color="tab:blue",
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=4,
+            label=f"Pareto front ({len(main.x_front)})",
+        )
     if main.infeasible:  # not trained (accuracy 0): left out, but said so
-        ax.plot([], [], linestyle="none", marker="x", color="tab:red",
-                label=f"over budget, not shown ({main.infeasible})")
+        ax.plot(
+            [], [], linestyle="none", marker="x", color="tab:red", label=f"over budget, not shown ({main.infeasible})"
+        )
     for i, (name, base) in enumerate(data.baselines.items()):
         colour = _COLOURS[i % len(_COLOURS)]
         if len(base.x_front):
-            ax.plot(base.x_front, base.y_front, drawstyle=base.drawstyle, color=colour,
-                    linewidth=1.2, linestyle="--", marker="o", markersize=4, zorder=2,
-                    label=name)
+            ax.plot(
+                base.x_front,
+                base.y_front,
+                drawstyle=base.drawstyle,
+                color=colour,
+                linewidth=1.2,
+                linestyle="--",
+                marker="o",
+                markersize=4,
+                zorder=2,
+                label=name,
+            )
     if data.reference_xy is not None:  # what every candidate is compared against
         ax.axhline(data.reference_xy[1], color="black", linestyle=":", linewidth=1.0, zorder=1)
-        ax.scatter([data.reference_xy[0]], [data.reference_xy[1]], marker="X", s=90, color="black",
-                   zorder=5, label="original model")
+        ax.scatter(
+            [data.reference_xy[0]],
+            [data.reference_xy[1]],
+            marker="X",
+            s=90,
+            color="black",
+            zorder=5,
+            label="original model",
+        )
     if data.knee_xy is not None:
-        ax.scatter([data.knee_xy[0]], [data.knee_xy[1]], marker="*", s=160, color="tab:red",
-                   edgecolors="black", linewidths=0.5, zorder=5, label="knee")
-        ax.annotate(f"trial {data.knee_number}", data.knee_xy, xytext=(8, -14),
-                    textcoords="offset points", fontsize=8)
+        ax.scatter(
+            [data.knee_xy[0]],
+            [data.knee_xy[1]],
+            marker="*",
+            s=160,
+            color="tab:red",
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=5,
+            label="knee",
+        )
+        ax.annotate(f"trial {data.knee_number}", data.knee_xy, xytext=(8, -14), textcoords="offset points", fontsize=8)
     if not len(main.x_all) and not data.baselines:
-        ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center",
-                transform=ax.transAxes, color="tab:gray")
+        ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center", transform=ax.transAxes, color="tab:gray")
     title = title if title is not None else df.attrs.get("study")
     return _finish_axes(ax, x_label=data.x_label, y_label=data.y_label, x_log=data.x_log, y_log=data.y_log, title=title)
 
@@ -264,14 +325,16 @@ def plot_fronts(
         The Axes (``ax.figure.savefig(...)`` to write it).
     """
     if not isinstance(studies, Mapping) or not studies:
-        raise UserInputError("studies", "expected a non-empty mapping name -> DataFrame",
-                             "pass e.g. {'default': df1}")
+        raise UserInputError("studies", "expected a non-empty mapping name -> DataFrame", "pass e.g. {'default': df1}")
     frames = {**dict(studies), **dict(baselines or {})}
     for name, df in frames.items():
         missing = [c for c in (x, y) if not isinstance(df, pd.DataFrame) or c not in df.columns]
         if missing:
-            raise UserInputError("baselines" if name not in studies else "studies",
-                                 f"{name!r} lacks column(s) {missing}", f"give frames with {x!r} and {y!r} columns")
+            raise UserInputError(
+                "baselines" if name not in studies else "studies",
+                f"{name!r} lacks column(s) {missing}",
+                f"give frames with {x!r} and {y!r} columns",
+            )
     dirs = _directions(next(iter(frames.values())), (x, y), None)
     fronts = {name: _front_2d(df, x, y, dirs) for name, df in frames.items()}
     if ax is None:
@@ -280,18 +343,28 @@ def plot_fronts(
         colour = "tab:blue" if i == 0 else _COLOURS[(i - 1) % len(_COLOURS)]
         searched = name in studies
         if searched and len(front.x_all):
-            ax.scatter(front.x_all[~front.on_front], front.y_all[~front.on_front], s=12, color=colour,
-                       alpha=0.25, linewidths=0)
+            ax.scatter(
+                front.x_all[~front.on_front], front.y_all[~front.on_front], s=12, color=colour, alpha=0.25, linewidths=0
+            )
         if len(front.x_front):
-            ax.plot(front.x_front, front.y_front, drawstyle=front.drawstyle, color=colour,
-                    linewidth=1.5 if searched else 1.2, linestyle="-" if searched else "--",
-                    marker="o", markersize=5 if searched else 4, zorder=3 if searched else 2,
-                    label=f"{name} ({len(front.x_front)} on the front)")
+            ax.plot(
+                front.x_front,
+                front.y_front,
+                drawstyle=front.drawstyle,
+                color=colour,
+                linewidth=1.5 if searched else 1.2,
+                linestyle="-" if searched else "--",
+                marker="o",
+                markersize=5 if searched else 4,
+                zorder=3 if searched else 2,
+                label=f"{name} ({len(front.x_front)} on the front)",
+            )
     every_x = np.concatenate([f.x_all for f in fronts.values()])
     every_y = np.concatenate([f.y_all for f in fronts.values()])
     if not len(every_x):
-        ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center",
-                transform=ax.transAxes, color="tab:gray")
+        ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center", transform=ax.transAxes, color="tab:gray")
     x_log = x in LOG_SCALE_COLUMNS and len(every_x) > 0 and bool((every_x > 0).all())
     y_log = y in LOG_SCALE_COLUMNS and len(every_y) > 0 and bool((every_y > 0).all())
-    return _finish_axes(ax, x_label=_axis_label(x, x_log), y_label=_axis_label(y, y_log), x_log=x_log, y_log=y_log, title=title)
+    return _finish_axes(
+        ax, x_label=_axis_label(x, x_log), y_label=_axis_label(y, y_log), x_log=x_log, y_log=y_log, title=title
+    )

@@ -26,8 +26,17 @@ from ..recipe import MAX_INPUT_SIDE
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import optuna
 
-__all__ = ["MAX_SEED", "STUDY_ATTRS", "TAMPERED", "TRIAL_ATTRS", "Attr", "check_attrs", "decoding", "read_study",
-           "stored_attr"]
+__all__ = [
+    "MAX_SEED",
+    "STUDY_ATTRS",
+    "TAMPERED",
+    "TRIAL_ATTRS",
+    "Attr",
+    "check_attrs",
+    "decoding",
+    "read_study",
+    "stored_attr",
+]
 
 #: The largest seed a trial may record: below 2**63, which every generator it seeds takes.
 MAX_SEED = 2**63 - 1
@@ -82,8 +91,13 @@ def _base(v: Any) -> bool:
     """The original model of a convert search: its name, accuracies, MACs and params."""
     if not isinstance(v, dict) or not set(v) <= {"model", "accuracy", "test_accuracy", "macs", "params"}:
         return False
-    checks = {"model": _text, "accuracy": _number_in(0, 1), "test_accuracy": _number_in(0, 1),
-              "macs": _int_in(0, _INT64), "params": _int_in(0, _INT64)}
+    checks = {
+        "model": _text,
+        "accuracy": _number_in(0, 1),
+        "test_accuracy": _number_in(0, 1),
+        "macs": _int_in(0, _INT64),
+        "params": _int_in(0, _INT64),
+    }
     return all(value is None or checks[key](value) for key, value in v.items())
 
 
@@ -120,8 +134,11 @@ STUDY_ATTRS: dict[str, Attr] = _table(
     Attr("space", "the name of a space", lambda v: isinstance(v, str) and 0 < len(v) <= 200),
     Attr("space_yaml", "the YAML text of a space", _text),
     Attr("mode", "'pareto' or 'scalarised'", lambda v: v in ("pareto", "scalarised")),
-    Attr("multi_fidelity", "null or {min_epochs, eta, rungs} (ascending epochs)",
-         lambda v: v is None or _multi_fidelity(v)),
+    Attr(
+        "multi_fidelity",
+        "null or {min_epochs, eta, rungs} (ascending epochs)",
+        lambda v: v is None or _multi_fidelity(v),
+    ),
     Attr("base", "{model, accuracy, test_accuracy, macs, params} of the original model", _base),
 )
 
@@ -145,9 +162,7 @@ def stored_attr(
     return value
 
 
-def check_attrs(
-    attrs: Mapping[str, Any], *, owner: str, source: str, table: Mapping[str, Attr] = TRIAL_ATTRS
-) -> None:
+def check_attrs(attrs: Mapping[str, Any], *, owner: str, source: str, table: Mapping[str, Attr] = TRIAL_ATTRS) -> None:
     """Every attribute of ``table`` that ``attrs`` holds, checked (see :func:`stored_attr`)."""
     for name in table:
         if name in attrs:
@@ -171,7 +186,7 @@ def decoding(source: str) -> Iterator[None]:
         raise UserInputError("source", f"{source} holds a record that cannot be read ({detail})", TAMPERED) from None
 
 
-def read_study(study: "optuna.Study", source: str) -> list[Any]:
+def read_study(study: optuna.Study, source: str) -> list[Any]:
     """The study's trials, with its attributes and every trial's checked (the tables above;
     Optuna's reading as in :func:`decoding`)."""
     with decoding(source):

@@ -4,15 +4,15 @@ its workers and outputs, and the multi-fidelity mode (MO-ASHA, :mod:`.asha`)."""
 from __future__ import annotations
 
 from .asha import crowding_distance, nondominated_fronts, promotes, rung_epochs
-from .choices import LIMITS, SpaceLimits
-from .schema import BLOCK_OPTIONS
-from .spaces import Space, list_spaces, load_space, parse_space, space_dirs, with_data_root, with_multi_fidelity
-from .suggestion import Candidate, StoredTrial, suggest, trial_resolution
 from .candidates import TrialContext, build_candidate, run_candidate
+from .choices import LIMITS, SpaceLimits
 from .outputs import SearchStatus
 from .run import normalise_storage_url, search, storage_url_for
 from .samplers import SAMPLERS, Sampler, grid_of
+from .schema import BLOCK_OPTIONS
+from .spaces import Space, list_spaces, load_space, parse_space, space_dirs, with_data_root, with_multi_fidelity
 from .study import open_study
+from .suggestion import Candidate, StoredTrial, suggest, trial_resolution
 from .workers import quiet_optuna
 
 __all__ = [

@@ -27,7 +27,8 @@ at the first rung.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -35,7 +36,15 @@ import optuna
 from ..errors import UserInputError
 from ..results import OBJECTIVES
 
-__all__ = ["StopAtRung", "RungLadder", "rung_epochs", "nondominated_fronts", "crowding_distance", "promotes", "RUNG_ATTR"]
+__all__ = [
+    "StopAtRung",
+    "RungLadder",
+    "rung_epochs",
+    "nondominated_fronts",
+    "crowding_distance",
+    "promotes",
+    "RUNG_ATTR",
+]
 
 #: the trial user attribute holding a trial's rung results (a list, one entry per rung reached)
 RUNG_ATTR = "rung_results"
@@ -49,12 +58,21 @@ def rung_epochs(min_epochs: int, eta: int, budget: int) -> tuple[int, ...]:
         UserInputError: ``eta`` below 2, ``min_epochs`` below 1 or not below ``budget``.
     """
     if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
-        raise UserInputError("search.multi_fidelity.eta", f"must be an integer >= 2, got {eta!r}", "use e.g. eta: 3 (a third of a rung goes on)")
+        raise UserInputError(
+            "search.multi_fidelity.eta",
+            f"must be an integer >= 2, got {eta!r}",
+            "use e.g. eta: 3 (a third of a rung goes on)",
+        )
     if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 1:
-        raise UserInputError("search.multi_fidelity.min_epochs", f"must be an integer >= 1, got {min_epochs!r}", "use e.g. min_epochs: 1")
+        raise UserInputError(
+            "search.multi_fidelity.min_epochs", f"must be an integer >= 1, got {min_epochs!r}", "use e.g. min_epochs: 1"
+        )
     if min_epochs >= budget:
-        raise UserInputError("search.multi_fidelity.min_epochs", f"{min_epochs} is not below the {budget} epochs a candidate trains",
-                             f"give min_epochs below {budget}, or train candidates for more epochs")
+        raise UserInputError(
+            "search.multi_fidelity.min_epochs",
+            f"{min_epochs} is not below the {budget} epochs a candidate trains",
+            f"give min_epochs below {budget}, or train candidates for more epochs",
+        )
     rungs, epochs = [], min_epochs
     while epochs < budget:
         rungs.append(epochs)
@@ -135,7 +153,9 @@ class StopAtRung(Exception):
 def _losses(entries: Sequence[dict[str, Any]], objectives: Sequence[str]) -> np.ndarray:
     """Rung entries as rows to minimise (maximised objectives negated)."""
     signs = [-1.0 if OBJECTIVES[o].direction == "maximize" else 1.0 for o in objectives]
-    return np.array([[s * float(e[o]) for s, o in zip(signs, objectives)] for e in entries], dtype="float64").reshape(len(entries), len(objectives))
+    return np.array([[s * float(e[o]) for s, o in zip(signs, objectives)] for e in entries], dtype="float64").reshape(
+        len(entries), len(objectives)
+    )
 
 
 class RungLadder:
@@ -152,7 +172,11 @@ class RungLadder:
         :class:`StopAtRung` unless the trial goes on."""
         if epoch not in self.rungs:
             return
-        entry: dict[str, Any] = {"epoch": epoch, "accuracy": float(accuracy), **{o: fixed[o] for o in self.objectives if o != "accuracy"}}
+        entry: dict[str, Any] = {
+            "epoch": epoch,
+            "accuracy": float(accuracy),
+            **{o: fixed[o] for o in self.objectives if o != "accuracy"},
+        }
         if epoch < self.rungs[-1]:
             others = self._others(epoch)
             losses = _losses([*others, entry], self.objectives)
@@ -172,7 +196,11 @@ class RungLadder:
             if t.number == self.trial.number:
                 continue
             for e in t.user_attrs.get(RUNG_ATTR) or ():
-                if isinstance(e, dict) and e.get("epoch") == epoch and all(isinstance(e.get(o), (int, float)) for o in self.objectives):
+                if (
+                    isinstance(e, dict)
+                    and e.get("epoch") == epoch
+                    and all(isinstance(e.get(o), (int, float)) for o in self.objectives)
+                ):
                     found.append(e)
         return [e for e in found if np.isfinite(_losses([e], self.objectives)).all()]
 

@@ -7,32 +7,32 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import optuna
 import torch
 import torch.nn as nn
-
 from safetensors.torch import load_file
 
 from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
 from ..data import calibration_batches, load_dataset
 from ..errors import TrainingDiverged, UserInputError
 from ..io import build_from_recipe, load_model, read_recipe, save_model
-from ..recipe import Recipe
 from ..measure import count_macs, count_params
+from ..recipe import Recipe
 from ..storage import lock
 from ..train import converted_features, evaluate, fit
 from .asha import RungLadder, StopAtRung
-from .schema import candidate_epochs
 from .latency import trial_latency
+from .schema import candidate_epochs
 from .settings import Settings
 from .spaces import Space
-from .threads import torch_threads
 from .suggestion import Candidate, StoredTrial, suggest
+from .threads import torch_threads
 
 
 class TrialContext:
@@ -43,7 +43,9 @@ class TrialContext:
     def __init__(self, settings: Settings):
         self.settings = settings
         d = settings.space.spec.data
-        self.data = load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, seed=0, subset=d.subset, image_size=d.image_size).to(settings.device)
+        self.data = load_dataset(
+            d.dataset, root=d.root, val_fraction=d.val_fraction, seed=0, subset=d.subset, image_size=d.image_size
+        ).to(settings.device)
         self._base: nn.Module | None = None
         self._sites: list | None = None
         #: the study a search records the base model's accuracy in (user attr ``base``); None
@@ -67,22 +69,41 @@ class TrialContext:
             self._sites = [s for s in sites if eligible.decide(s)[0] is not None]
         return self._sites
 
-
     @classmethod
-    def for_rebuild(cls, space: Space, *, device: str, out_dir: Path, study: str = "") -> "TrialContext":
+    def for_rebuild(cls, space: Space, *, device: str, out_dir: Path, study: str = "") -> TrialContext:
         """A context to rebuild the trials of a study made with ``space`` (no storage; the base
         model of a convert space is looked for in ``out_dir``, as the search left it)."""
-        return cls(Settings(space=space, trials=1, timeout=None, storage="", study=study, sampler="random", seed=0, device=device,
-                            workers=1, out_dir=out_dir, retries=0, heartbeat=0))
+        return cls(
+            Settings(
+                space=space,
+                trials=1,
+                timeout=None,
+                storage="",
+                study=study,
+                sampler="random",
+                seed=0,
+                device=device,
+                workers=1,
+                out_dir=out_dir,
+                retries=0,
+                heartbeat=0,
+            )
+        )
 
     def suggest(self, trial: Any) -> Candidate:
         """The candidate ``trial`` (an Optuna trial, or a FixedTrial of a trial's parameters) draws."""
         space = self.settings.space
-        return suggest(space, trial, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
-                       sites=self.sites() if space.kind == "convert" else None)
+        return suggest(
+            space,
+            trial,
+            input_shape=self.data.input_shape,
+            num_classes=self.data.num_classes,
+            sites=self.sites() if space.kind == "convert" else None,
+        )
 
-    def retrain(self, params: dict[str, Any], *, number: int, seed: int, threads: int | None = None,
-                source: str = "the study") -> nn.Module:
+    def retrain(
+        self, params: dict[str, Any], *, number: int, seed: int, threads: int | None = None, source: str = "the study"
+    ) -> nn.Module:
         """The model of the trial with these parameters, drawn again and trained with ``seed`` on
         ``threads`` intra-op threads (the trial's: on the CPU the result depends on them).  The
         parameters must be ones the space can draw (:class:`~.suggestion.StoredTrial`; errors
@@ -134,7 +155,11 @@ def _prepare_base(ctx: TrialContext) -> nn.Module:
     if c.weights:
         path = Path(c.weights)
         if not path.is_file():
-            raise UserInputError("convert.weights", f"{path} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
+            raise UserInputError(
+                "convert.weights",
+                f"{path} does not exist",
+                "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it",
+            )
         model = build_from_recipe(base_recipe(ctx.settings.space, ctx.data), allow_import=c.model)
         if path.suffix == ".safetensors":
             state = load_file(str(path))
@@ -164,13 +189,16 @@ def _record_base(ctx: TrialContext, model: nn.Module, study: optuna.Study) -> No
     device = ctx.settings.device
     x = torch.randn(1, *ctx.data.input_shape)
     macs, params = count_macs(model.cpu(), x), count_params(model)
-    study.set_user_attr("base", {
-        "model": ctx.settings.space.spec.convert.model,
-        "accuracy": evaluate(model, ctx.data.val, data=ctx.data, device=device),
-        "test_accuracy": evaluate(model, ctx.data.test, data=ctx.data, device=device),
-        "macs": int(macs),
-        "params": int(params),
-    })
+    study.set_user_attr(
+        "base",
+        {
+            "model": ctx.settings.space.spec.convert.model,
+            "accuracy": evaluate(model, ctx.data.val, data=ctx.data, device=device),
+            "test_accuracy": evaluate(model, ctx.data.test, data=ctx.data, device=device),
+            "macs": int(macs),
+            "params": int(params),
+        },
+    )
 
 
 def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
@@ -185,13 +213,24 @@ def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
         model = apply_width_mult(model, recipe.width_mult, example_inputs=x)
     rules = {k: v for k, v in recipe.rules.items() if v is not None}
     if rules:
-        policy = Policy(default=None, rules=rules, min_in_channels=1, skip_pointwise=False, skip_depthwise=False, min_macs_saving=None)
+        policy = Policy(
+            default=None,
+            rules=rules,
+            min_in_channels=1,
+            skip_pointwise=False,
+            skip_depthwise=False,
+            min_macs_saving=None,
+        )
         plan = make_plan(model, policy, example_inputs=x)
         model = apply_plan(model, plan, init=c.init)
         candidate.recipe = replace(recipe, plan=plan.to_json(indent=None))
         if c.init == "svd" and c.refit:
             batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
-            teacher = apply_width_mult(ctx.base().cpu(), recipe.width_mult, example_inputs=x) if recipe.width_mult != 1.0 else ctx.base().cpu()
+            teacher = (
+                apply_width_mult(ctx.base().cpu(), recipe.width_mult, example_inputs=x)
+                if recipe.width_mult != 1.0
+                else ctx.base().cpu()
+            )
             # no BatchNorm re-estimation afterwards: the refit restores each conv's output, so the
             # original running statistics (from the whole training set) are the right ones
             refit(model, teacher, batches, plan=plan)
@@ -225,7 +264,9 @@ def seeded(seed: int, device: str) -> Iterator[None]:
             torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
-def run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+def run_candidate(
+    ctx: TrialContext, candidate: Candidate, *, trial: Any = None, seed: int = 0
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build, budget-check, train and evaluate one candidate, all seeded with ``seed`` (see
     :func:`seeded`: a re-run reproduces it exactly on the CPU); returns the model and metrics."""
     if candidate.kind == "convert":
@@ -234,14 +275,21 @@ def run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any = None,
         return _run_candidate(ctx, candidate, trial=trial, seed=seed)
 
 
-def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+def _run_candidate(
+    ctx: TrialContext, candidate: Candidate, *, trial: Any, seed: int
+) -> tuple[nn.Module, dict[str, Any]]:
     space = ctx.settings.space
     s = space.spec.search
     started = time.perf_counter()
     model = build_candidate(ctx, candidate)
     x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
     macs, params = count_macs(model, x), count_params(model)
-    metrics: dict[str, Any] = {"macs": int(macs), "params": int(params), "arch": candidate.summary, "resolution": candidate.resolution}
+    metrics: dict[str, Any] = {
+        "macs": int(macs),
+        "params": int(params),
+        "arch": candidate.summary,
+        "resolution": candidate.resolution,
+    }
     constraints: dict[str, float] = {}
     for key, limit, value in (("max_macs", s.max_macs, macs), ("max_params", s.max_params, params)):
         if limit is not None:
@@ -251,10 +299,20 @@ def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed:
     teacher, features = None, []
     if candidate.kind == "convert":
         c = space.spec.convert
-        cfg = replace(cfg, epochs=max(1, c.finetune_epochs), lr=c.finetune_lr, warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs)
+        cfg = replace(
+            cfg,
+            epochs=max(1, c.finetune_epochs),
+            lr=c.finetune_lr,
+            warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs,
+        )
         teacher = ctx.base() if c.distill else None
         # hints need the base's widths: a width-pruned student has other feature shapes
-        if teacher is not None and c.feature_weight > 0 and candidate.recipe.width_mult == 1.0 and plan_of(model) is not None:
+        if (
+            teacher is not None
+            and c.feature_weight > 0
+            and candidate.recipe.width_mult == 1.0
+            and plan_of(model) is not None
+        ):
             features = converted_features(model)
 
     device = ctx.settings.device
@@ -262,7 +320,9 @@ def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed:
 
     def report(epoch: int, val_acc: float) -> None:
         if ladder is not None and epoch in ladder.rungs:  # the multi-fidelity mode: go on, or StopAtRung
-            if "latency_ms" in s.objectives and "latency_ms" not in metrics:  # fixed per candidate: measured once, at the first rung
+            if (
+                "latency_ms" in s.objectives and "latency_ms" not in metrics
+            ):  # fixed per candidate: measured once, at the first rung
                 metrics["latency_ms"], metrics["latency_source"] = trial_latency(ctx, model, x)
             ladder.on_epoch(epoch, val_acc, metrics)
         if trial is not None and s.mode == "scalarised":
@@ -298,16 +358,38 @@ def _run_candidate(ctx: TrialContext, candidate: Candidate, *, trial: Any, seed:
     return model, metrics
 
 
-def _fit(ctx: TrialContext, candidate: Candidate, model: nn.Module, cfg: Any, *, teacher: nn.Module | None, features: list, report: Any) -> dict[str, Any]:
+def _fit(
+    ctx: TrialContext,
+    candidate: Candidate,
+    model: nn.Module,
+    cfg: Any,
+    *,
+    teacher: nn.Module | None,
+    features: list,
+    report: Any,
+) -> dict[str, Any]:
     """Train the candidate; its accuracy, test accuracy and epochs.  A trial that the
     multi-fidelity mode stops at a rung (:class:`~.asha.StopAtRung`) ends with that rung's
     validation accuracy, and its test accuracy measured then."""
     device, resolution = ctx.settings.device, candidate.resolution
     try:
-        result = fit(model, ctx.data, config=cfg, device=device, resolution=resolution, teacher=teacher,
-                     features=features, feature_weight=ctx.settings.space.spec.convert.feature_weight if features else 0.0, on_epoch=report)
+        result = fit(
+            model,
+            ctx.data,
+            config=cfg,
+            device=device,
+            resolution=resolution,
+            teacher=teacher,
+            features=features,
+            feature_weight=ctx.settings.space.spec.convert.feature_weight if features else 0.0,
+            on_epoch=report,
+        )
     except StopAtRung as stop:
-        test = evaluate(model, ctx.data.test, data=ctx.data, device=device, resolution=resolution) if len(ctx.data.test) else None
+        test = (
+            evaluate(model, ctx.data.test, data=ctx.data, device=device, resolution=resolution)
+            if len(ctx.data.test)
+            else None
+        )
         return {"accuracy": stop.accuracy, "test_accuracy": test, "epochs": stop.epoch}
     return {"accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy, "epochs": result.epochs}
 
@@ -317,4 +399,6 @@ def _ladder(trial: Any, space: Space) -> RungLadder | None:
     mf = space.spec.search.multi_fidelity
     if mf is None or not isinstance(trial, optuna.trial.Trial):
         return None
-    return RungLadder(trial, rungs=mf.rungs(candidate_epochs(space.spec)), eta=mf.eta, objectives=space.spec.search.objectives)
+    return RungLadder(
+        trial, rungs=mf.rungs(candidate_epochs(space.spec)), eta=mf.eta, objectives=space.spec.search.objectives
+    )

@@ -16,8 +16,21 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from ..errors import UserInputError
 from ..train import MAX_BATCH_SIZE, MAX_EPOCHS
 
-__all__ = ["SpaceLimits", "LIMITS", "Section", "Range", "Choice", "refuse_booleans", "choice_values", "values_of",
-           "check_mult", "check_names", "short", "printable", "suggest_choice"]
+__all__ = [
+    "SpaceLimits",
+    "LIMITS",
+    "Section",
+    "Range",
+    "Choice",
+    "refuse_booleans",
+    "choice_values",
+    "values_of",
+    "check_mult",
+    "check_names",
+    "short",
+    "printable",
+    "suggest_choice",
+]
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,7 @@ class Range(Section):
     int: bool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if self.high < self.low:
             raise UserInputError("high", f"{self.high} is below low ({self.low})", "give low <= high")
         if self.log and self.low <= 0:
@@ -110,8 +123,8 @@ class Range(Section):
         return self
 
 
-Scalar = Union[bool, int, float, str, None]
-Choice = Union[Range, list[Scalar], Scalar]
+Scalar = bool | int | float | str | None
+Choice = Range | list[Scalar] | Scalar
 
 
 def choice_values(choice: Any) -> list[Any] | None:

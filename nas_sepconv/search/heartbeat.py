@@ -14,7 +14,6 @@ import optuna
 
 from .settings import Settings
 
-
 #: system attribute of a running trial: ``host:pid`` of the process that runs it
 WORKER_ATTR = "nas_sepconv:worker"
 

@@ -19,7 +19,7 @@ from ..measure import measure_latency
 __all__ = ["trial_latency"]
 
 REPEATS, WARMUP, THREADS = 10, 3, 1
-_TABLES: "weakref.WeakKeyDictionary[Any, LatencyTable]" = weakref.WeakKeyDictionary()  # per TrialContext
+_TABLES: weakref.WeakKeyDictionary[Any, LatencyTable] = weakref.WeakKeyDictionary()  # per TrialContext
 
 
 def _table(ctx: Any, x: torch.Tensor) -> LatencyTable:
@@ -27,15 +27,28 @@ def _table(ctx: Any, x: torch.Tensor) -> LatencyTable:
     workers and by later searches on this machine)."""
     if ctx not in _TABLES:
         s = ctx.settings.space.spec.search
-        _TABLES[ctx] = latency_table(ctx.base().cpu(), x.cpu(), candidates=[], runtime=s.latency_runtime, threads=THREADS,
-                                     device=ctx.settings.device, repeats=REPEATS, warmup=WARMUP)
+        _TABLES[ctx] = latency_table(
+            ctx.base().cpu(),
+            x.cpu(),
+            candidates=[],
+            runtime=s.latency_runtime,
+            threads=THREADS,
+            device=ctx.settings.device,
+            repeats=REPEATS,
+            warmup=WARMUP,
+        )
     return _TABLES[ctx]
 
 
 def _predictable(ctx: Any, model: nn.Module, x: torch.Tensor) -> bool:
     plan = plan_of(model)
     base_shape = (1, *ctx.data.input_shape)
-    return ctx.settings.space.kind == "convert" and plan is not None and tuple(x.shape) == base_shape and tuple(plan.input_shapes[0]) == base_shape
+    return (
+        ctx.settings.space.kind == "convert"
+        and plan is not None
+        and tuple(x.shape) == base_shape
+        and tuple(plan.input_shapes[0]) == base_shape
+    )
 
 
 def trial_latency(ctx: Any, model: nn.Module, x: torch.Tensor) -> tuple[float, str]:
@@ -44,5 +57,7 @@ def trial_latency(ctx: Any, model: nn.Module, x: torch.Tensor) -> tuple[float, s
     s = ctx.settings.space.spec.search
     if s.latency != "measured" and _predictable(ctx, model, x):
         return _table(ctx, x).predict(plan_of(model)), "predicted"
-    lat = measure_latency(model, x.to(ctx.settings.device), repeats=REPEATS, warmup=WARMUP, threads=THREADS, runtime=s.latency_runtime)
+    lat = measure_latency(
+        model, x.to(ctx.settings.device), repeats=REPEATS, warmup=WARMUP, threads=THREADS, runtime=s.latency_runtime
+    )
     return lat["median_ms"], "measured"

@@ -61,9 +61,15 @@ def _refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     pareto_dir = out_dir / "pareto"
     pareto_dir.mkdir(exist_ok=True)
     for _, row in front.iterrows():
-        record = {k: (None if _isna(v) else v) for k, v in row.items() if k in ("number", "accuracy", "test_accuracy", "macs", "params", "latency_ms", "arch")}
+        record = {
+            k: (None if _isna(v) else v)
+            for k, v in row.items()
+            if k in ("number", "accuracy", "test_accuracy", "macs", "params", "latency_ms", "arch")
+        }
         record["recipe"] = _recipe_of(row.get("arch_json"))
-        atomic_write(pareto_dir / f"trial_{int(row['number'])}.json", json.dumps(record, indent=2, default=_json_default))
+        atomic_write(
+            pareto_dir / f"trial_{int(row['number'])}.json", json.dumps(record, indent=2, default=_json_default)
+        )
     for path in pareto_dir.glob("trial_*.json"):
         if int(path.stem.split("_")[1]) not in keep:
             path.unlink(missing_ok=True)

@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -18,7 +19,6 @@ from ..storage import open_storage
 from .settings import Settings
 from .threads import available_cores
 from .workers import _INTERRUPTED, _sigint_deferred, _worker_loop, quiet_optuna
-
 
 #: exit status of a worker stopped by a storage failure (EX_TEMPFAIL); its message goes up a queue
 STORAGE_FAILED = 75
@@ -74,8 +74,14 @@ def _check_workers(workers: int) -> None:
     by_memory = max(1, memory // WORKER_MEMORY) if memory is not None else workers
     cap = min(cores, by_memory)
     if workers > cap:
-        why = f"{cores} CPU cores" if cap == cores else f"{memory / (1 << 30):.1f} GiB of available memory at ~1 GiB per worker"
-        raise UserInputError("--workers", f"{workers} is more than this machine can run ({cap}: {why})", f"use --workers {cap} or fewer")
+        why = (
+            f"{cores} CPU cores"
+            if cap == cores
+            else f"{memory / (1 << 30):.1f} GiB of available memory at ~1 GiB per worker"
+        )
+        raise UserInputError(
+            "--workers", f"{workers} is more than this machine can run ({cap}: {why})", f"use --workers {cap} or fewer"
+        )
 
 
 def _start_worker(ctx: Any, settings: Settings, number: int, errors: Any) -> Any:
@@ -112,7 +118,11 @@ def _run_workers(settings: Settings, update: Callable[[], None]) -> None:
                     continue
                 del procs[i]
                 if p.exitcode == STORAGE_FAILED:  # every worker would fail the same way
-                    raise StorageError(errors.get() if not errors.empty() else "storage: a worker could not write to the storage; run the same command again to resume")
+                    raise StorageError(
+                        errors.get()
+                        if not errors.empty()
+                        else "storage: a worker could not write to the storage; run the same command again to resume"
+                    )
                 if p.exitcode != 0 and restarts < 4 * settings.workers:  # a killed worker is replaced
                     restarts += 1
                     procs[i] = _start_worker(ctx, settings, i + settings.workers * restarts, errors)

@@ -26,13 +26,14 @@ import contextlib
 import json
 import math
 import numbers
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
-from ..errors import StorageError, UserInputError
 from ..data import load_dataset
+from ..errors import StorageError, UserInputError
 from ..files import atomic_write, ensure_writable_dir
 from ..io import check_device
 from ..measure import check_threads
@@ -45,15 +46,23 @@ from .samplers import check_grid_trials, make_sampler
 from .settings import Settings
 from .spaces import Space, load_space, with_data_root, with_multi_fidelity
 from .study import claim_session, open_study
-from .threads import choose_threads, torch_threads
 from .tally import check_run, counts
+from .threads import choose_threads, torch_threads
 from .workers import _interruptible, _sigint_deferred, _worker_loop
 
-__all__ = ["search", "SearchStatus", "build_candidate", "run_candidate", "storage_url_for", "normalise_storage_url", "open_study"]
+__all__ = [
+    "search",
+    "SearchStatus",
+    "build_candidate",
+    "run_candidate",
+    "storage_url_for",
+    "normalise_storage_url",
+    "open_study",
+]
 
 
 def search(
-    space: "str | Path | Space" = "default",
+    space: str | Path | Space = "default",
     *,
     trials: int | None = None,
     timeout: float | None = None,
@@ -69,7 +78,7 @@ def search(
     progress: Callable[[SearchStatus], None] | None = None,
     data_root: str | Path | None = None,
     threads: int | None = None,
-    multi_fidelity: "bool | dict[str, int] | None" = None,
+    multi_fidelity: bool | dict[str, int] | None = None,
 ) -> optuna.Study:
     """Run (or resume) a search until ``trials`` trials have finished; returns the study.
 
@@ -114,12 +123,25 @@ def search(
     """
     loaded = with_multi_fidelity(load_space(space), multi_fidelity)
     settings = _settings(
-        loaded if data_root is None else with_data_root(loaded, data_root), trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler, seed=seed,
-        device=device, workers=workers, out=out, retries=retries, heartbeat=heartbeat, threads=threads,
+        loaded if data_root is None else with_data_root(loaded, data_root),
+        trials=trials,
+        timeout=timeout,
+        storage=storage,
+        study=study,
+        sampler=sampler,
+        seed=seed,
+        device=device,
+        workers=workers,
+        out=out,
+        retries=retries,
+        heartbeat=heartbeat,
+        threads=threads,
     )
     data = _checked_data(settings.space, flag="--data-root" if data_root is not None else None)
     if settings.threads is None:
-        settings.threads = choose_threads(data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers)
+        settings.threads = choose_threads(
+            data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers
+        )
     if settings.space.kind == "convert":
         _check_convert(settings.space, data, settings.out_dir)  # a bad base model would otherwise fail every trial
     settings.out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,14 +165,30 @@ def _run(the_study: optuna.Study, settings: Settings, progress: Callable[[Search
             else:
                 _run_workers(settings, update)
         except BaseException:
-            with contextlib.suppress(Exception):  # the outputs of what finished; never in place of the error that stopped the run
+            with contextlib.suppress(
+                Exception
+            ):  # the outputs of what finished; never in place of the error that stopped the run
                 update()
             raise
         return update()
 
 
-def _settings(space: Space, *, trials: int | None, timeout: float | None, storage: str | None, study: str | None, sampler: str | None,
-              seed: int, device: str, workers: int, out: str | Path, retries: int, heartbeat: int, threads: int | None = None) -> Settings:
+def _settings(
+    space: Space,
+    *,
+    trials: int | None,
+    timeout: float | None,
+    storage: str | None,
+    study: str | None,
+    sampler: str | None,
+    seed: int,
+    device: str,
+    workers: int,
+    out: str | Path,
+    retries: int,
+    heartbeat: int,
+    threads: int | None = None,
+) -> Settings:
     """The arguments of :func:`search`, checked (each error names its flag), as settings;
     nothing is created but the results folder's parents (checked writable)."""
     if trials is not None and trials < 1:
@@ -160,13 +198,17 @@ def _settings(space: Space, *, trials: int | None, timeout: float | None, storag
     _check_workers(workers)
     check_threads(threads, "--threads")
     if timeout is not None and math.isnan(timeout):
-        raise UserInputError("--timeout", "nan is not a number of seconds", "give seconds > 0, or leave it out (or inf) for no limit")
+        raise UserInputError(
+            "--timeout", "nan is not a number of seconds", "give seconds > 0, or leave it out (or inf) for no limit"
+        )
     if timeout is not None and timeout <= 0:
         raise UserInputError("--timeout", f"must be > 0 seconds, got {timeout}")
     if timeout == math.inf:  # inf: no limit, as when --timeout is left out
         timeout = None
     if heartbeat < 0 or retries < 0:
-        raise UserInputError("--heartbeat" if heartbeat < 0 else "--retries", f"must be >= 0, got {min(heartbeat, retries)}")
+        raise UserInputError(
+            "--heartbeat" if heartbeat < 0 else "--retries", f"must be >= 0, got {min(heartbeat, retries)}"
+        )
     check_device(device, field="--device")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         problem = f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}"
@@ -227,21 +269,34 @@ def _checked_data(space: Space, *, flag: str | None = None) -> Any:
     in the space file (``flag``, when the root came from the command line)."""
     d = space.spec.data
     try:
-        return load_dataset(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size)
+        return load_dataset(
+            d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size
+        )
     except UserInputError as exc:
         field = "data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field
-        fix = exc.fix.replace(" (root=)", "") + ", or give --data-root PATH" if field == "data.root" and d.root is None and exc.fix else exc.fix
+        fix = (
+            exc.fix.replace(" (root=)", "") + ", or give --data-root PATH"
+            if field == "data.root" and d.root is None and exc.fix
+            else exc.fix
+        )
         raise UserInputError(flag if flag and field == "data.root" else field, exc.problem, fix) from None
 
 
 def _write_meta(settings: Settings) -> None:
     """``meta.json`` of the results folder: where the study lives (password left out)."""
     space, out_dir = settings.space, settings.out_dir
-    meta = {"storage": without_password(settings.storage), "study": settings.study, "space": space.name, "mode": space.spec.search.mode}
+    meta = {
+        "storage": without_password(settings.storage),
+        "study": settings.study,
+        "space": space.name,
+        "mode": space.spec.search.mode,
+    }
     try:
         atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2))
     except OSError as exc:  # (the folder was checked writable: a full disk)
-        raise StorageError(f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again") from None
+        raise StorageError(
+            f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again"
+        ) from None
 
 
 def _updater(
@@ -262,7 +317,11 @@ def _updater(
             done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
             if done:
                 last = max(done, key=lambda t: t.number)
-                state = f"stopped early at epoch {last.user_attrs.get('epochs_trained')}" if last.user_attrs.get("stopped_early") else last.state.name
+                state = (
+                    f"stopped early at epoch {last.user_attrs.get('epochs_trained')}"
+                    if last.user_attrs.get("stopped_early")
+                    else last.state.name
+                )
                 status.last = f"#{last.number} {state} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
             if progress:
                 progress(status)
@@ -276,9 +335,17 @@ def _check_convert(space: Space, data: Any, out_dir: Path) -> None:
     model cached in the results folder by an earlier run is this space's."""
     c = space.spec.convert
     if c.weights and not Path(c.weights).is_file():
-        raise UserInputError("convert.weights", f"{c.weights} does not exist", "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it")
+        raise UserInputError(
+            "convert.weights",
+            f"{c.weights} does not exist",
+            "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it",
+        )
     try:
         model_from_name(c.model, **dict(c.model_kwargs, num_classes=data.num_classes, in_channels=data.input_shape[0]))
     except UserInputError as exc:
-        raise UserInputError(f"convert.{exc.field}" if exc.field in ("model", "num_classes", "in_channels") else exc.field, exc.problem, exc.fix) from None
+        raise UserInputError(
+            f"convert.{exc.field}" if exc.field in ("model", "num_classes", "in_channels") else exc.field,
+            exc.problem,
+            exc.fix,
+        ) from None
     check_base_cache(space, data, out_dir)

@@ -9,8 +9,9 @@ workers, resumed runs and seeds share one grid."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import optuna
@@ -18,7 +19,16 @@ import optuna
 from ..blocks import BlockSpec
 from ..errors import UserInputError
 
-__all__ = ["SAMPLERS", "Sampler", "check_grid_trials", "find_sampler", "grid_of", "grid_points", "make_sampler", "process_seed"]
+__all__ = [
+    "SAMPLERS",
+    "Sampler",
+    "check_grid_trials",
+    "find_sampler",
+    "grid_of",
+    "grid_points",
+    "make_sampler",
+    "process_seed",
+]
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,11 @@ def _grid_values(name: str, choice: Any) -> list[Any]:
         return list(choice)
     if choice is None or isinstance(choice, (bool, int, float, str)):
         return [choice]
-    raise UserInputError("search.sampler", f"grid enumerates lists of values, and {name} is a range",
-                         f"give {name} as a list, or use another sampler")
+    raise UserInputError(
+        "search.sampler",
+        f"grid enumerates lists of values, and {name} is a range",
+        f"give {name} as a list, or use another sampler",
+    )
 
 
 def grid_of(space: Any) -> dict[str, list[Any]]:
@@ -61,14 +74,19 @@ def grid_of(space: Any) -> dict[str, list[Any]]:
     stage with several kinds (the options a kind takes would be conditional parameters)."""
     spec = space.spec
     if spec.kind != "build":
-        raise UserInputError("search.sampler", "grid enumerates build spaces only", "use another sampler for a convert space")
+        raise UserInputError(
+            "search.sampler", "grid enumerates build spaces only", "use another sampler for a convert space"
+        )
     b = spec.build
     grid: dict[str, list[Any]] = {}
     for i, stage in enumerate(b.stages):
         kinds = _grid_values(f"stages[{i}].kind", stage.kind)
         if len(kinds) > 1:
-            raise UserInputError("search.sampler", f"grid takes one kind per stage, and stage {i} has {kinds}",
-                                 "fix one kind per stage, or use another sampler")
+            raise UserInputError(
+                "search.sampler",
+                f"grid takes one kind per stage, and stage {i} has {kinds}",
+                "fix one kind per stage, or use another sampler",
+            )
         options = stage.options()
         for opt in BlockSpec(str(kinds[0])).info.options:  # the options suggest() asks for this kind
             if opt.name in options:
@@ -94,8 +112,11 @@ def grid_points(space: Any) -> int:
 def check_grid_trials(sampler: str, space: Any, trials: int) -> None:
     """A ``grid`` search asked for more trials than its grid has points is refused (``--trials``)."""
     if sampler == "grid" and trials > (points := grid_points(space)):
-        raise UserInputError("--trials", f"{trials} trials, but the grid of space {space.name!r} has {points} points",
-                             f"give --trials {points} or fewer (each point once)")
+        raise UserInputError(
+            "--trials",
+            f"{trials} trials, but the grid of space {space.name!r} has {points} points",
+            f"give --trials {points} or fewer (each point once)",
+        )
 
 
 def _make_grid(seed: int, space: Any) -> optuna.samplers.BaseSampler:
@@ -105,8 +126,11 @@ def _make_grid(seed: int, space: Any) -> optuna.samplers.BaseSampler:
     trial's training (seed + trial number)."""
     grid, points = grid_of(space), grid_points(space)
     if space.spec.search.trials > points:
-        raise UserInputError("search.trials", f"{space.spec.search.trials} trials, but the grid has {points} points",
-                             f"give trials: {points} (each point once)")
+        raise UserInputError(
+            "search.trials",
+            f"{space.spec.search.trials} trials, but the grid has {points} points",
+            f"give trials: {points} (each point once)",
+        )
     return _GridSampler(grid, seed=0)
 
 
@@ -114,18 +138,35 @@ def _make_grid(seed: int, space: Any) -> optuna.samplers.BaseSampler:
 SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (
-        Sampler("nsga2", "NSGA-II, a genetic algorithm for several objectives (Deb et al. 2002)",
-                lambda seed, space: optuna.samplers.NSGAIISampler(seed=seed, population_size=space.spec.search.population_size),
-                ("population_size",)),
-        Sampler("tpe", "multivariate tree-structured Parzen estimator (the default of a scalarised space)",
-                lambda seed, space: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=_startup_trials(space)),
-                ("trials",)),
-        Sampler("gp", "Gaussian-process Bayesian optimisation",
-                lambda seed, space: optuna.samplers.GPSampler(seed=seed, n_startup_trials=_startup_trials(space)),
-                ("trials",)),
+        Sampler(
+            "nsga2",
+            "NSGA-II, a genetic algorithm for several objectives (Deb et al. 2002)",
+            lambda seed, space: optuna.samplers.NSGAIISampler(
+                seed=seed, population_size=space.spec.search.population_size
+            ),
+            ("population_size",),
+        ),
+        Sampler(
+            "tpe",
+            "multivariate tree-structured Parzen estimator (the default of a scalarised space)",
+            lambda seed, space: optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, n_startup_trials=_startup_trials(space)
+            ),
+            ("trials",),
+        ),
+        Sampler(
+            "gp",
+            "Gaussian-process Bayesian optimisation",
+            lambda seed, space: optuna.samplers.GPSampler(seed=seed, n_startup_trials=_startup_trials(space)),
+            ("trials",),
+        ),
         Sampler("random", "uniform random sampling", lambda seed, space: optuna.samplers.RandomSampler(seed=seed)),
-        Sampler("grid", "every point of a space whose choices are all lists, once each (a hand-designed family, e.g. MobileNet's width multipliers)",
-                _make_grid, ("trials",)),
+        Sampler(
+            "grid",
+            "every point of a space whose choices are all lists, once each (a hand-designed family, e.g. MobileNet's width multipliers)",
+            _make_grid,
+            ("trials",),
+        ),
     )
 }
 

@@ -22,12 +22,30 @@ from ..results import OBJECTIVES
 from ..train import TrainConfig
 from .asha import rung_epochs
 from .choices import (
-    LIMITS, Choice, Range, Section, SpaceLimits,
-    check_mult, check_names, refuse_booleans, short, suggest_choice, values_of,
+    LIMITS,
+    Choice,
+    Range,
+    Section,
+    SpaceLimits,
+    check_mult,
+    check_names,
+    refuse_booleans,
+    short,
+    suggest_choice,
+    values_of,
 )
 from .samplers import SAMPLERS, find_sampler
 
-__all__ = ["SpaceFile", "Range", "SpaceLimits", "LIMITS", "BLOCK_OPTIONS", "SiteGroup", "MultiFidelitySection", "candidate_epochs"]
+__all__ = [
+    "SpaceFile",
+    "Range",
+    "SpaceLimits",
+    "LIMITS",
+    "BLOCK_OPTIONS",
+    "SiteGroup",
+    "MultiFidelitySection",
+    "candidate_epochs",
+]
 
 BLOCK_OPTIONS = sorted({o.name for k in KINDS.values() for o in k.options})
 #: The objectives a space may list (``search.objectives``), in the table's order.
@@ -43,7 +61,7 @@ class BlockChoices(Section):
     kind: Choice = ["dwsep"]
 
     @model_validator(mode="after")
-    def _known(self) -> "BlockChoices":
+    def _known(self) -> BlockChoices:
         if isinstance(self.kind, Range):
             raise UserInputError("kind", "takes kind names, not a range", f"give a list of {list(KINDS)}")
         kinds = values_of("kind", self.kind)
@@ -54,7 +72,9 @@ class BlockChoices(Section):
             if name not in BLOCK_OPTIONS:
                 raise UserInputError(name, "is not a block option", f"block options are {BLOCK_OPTIONS}")
             if name not in taken:
-                raise UserInputError(name, f"is not an option of any kind in {kinds}", "remove it or add a kind that takes it")
+                raise UserInputError(
+                    name, f"is not an option of any kind in {kinds}", "remove it or add a kind that takes it"
+                )
             # every value must be one the kinds accept: a bad value fails here, not in each trial
             values = values_of(name, choice)
             for k in kinds:
@@ -64,7 +84,11 @@ class BlockChoices(Section):
                     if isinstance(choice, Range) and opt.type is int and not choice.int:
                         raise UserInputError(name, f"{info.name}.{name} takes integers", "add int: true to the range")
                     for value in values:
-                        if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= LIMITS.option:
+                        if (
+                            isinstance(value, (int, float))
+                            and not isinstance(value, bool)
+                            and not abs(value) <= LIMITS.option
+                        ):
                             problem = f"{short(value)} is past the limit of {LIMITS.option}"
                             raise UserInputError(name, problem, f"give values of at most {LIMITS.option}")
                         try:
@@ -86,7 +110,9 @@ class BlockChoices(Section):
                     inner = exc.errors()[0].get("ctx", {}).get("error")
                     if isinstance(inner, UserInputError):
                         raise UserInputError(f"{k}.{inner.field}", inner.problem, inner.fix) from None
-                    raise UserInputError(k, f"{v} is not a range: {exc.errors()[0]['msg']}", "give {low, high, step, log, int}") from None
+                    raise UserInputError(
+                        k, f"{v} is not a range: {exc.errors()[0]['msg']}", "give {low, high, step, log, int}"
+                    ) from None
             out[k] = v
         return out
 
@@ -109,7 +135,7 @@ class StageChoices(BlockChoices):
     shortcut: Choice = True
 
     @model_validator(mode="after")
-    def _shortcut(self) -> "StageChoices":
+    def _shortcut(self) -> StageChoices:
         if isinstance(self.shortcut, Range):
             raise UserInputError("shortcut", "takes true or false, not a range", "give true, false or [true, false]")
         for value in values_of("shortcut", self.shortcut):
@@ -132,7 +158,7 @@ class BuildSection(Section):
     resolution_mult: Choice = 1.0
 
     @model_validator(mode="after")
-    def _choices(self) -> "BuildSection":
+    def _choices(self) -> BuildSection:
         for name in ("width_mult", "depth_mult", "resolution_mult"):
             check_mult(name, getattr(self, name))
         check_names("act", self.act, ARCH_ACTS)
@@ -165,7 +191,7 @@ class ConvertSection(Section):
     feature_weight: float = Field(default=10.0, ge=0)
 
     @model_validator(mode="after")
-    def _choices(self) -> "ConvertSection":
+    def _choices(self) -> ConvertSection:
         for name in ("width_mult", "resolution_mult"):
             check_mult(name, getattr(self, name))
         if isinstance(self.groups, list):
@@ -185,7 +211,7 @@ class DataSection(Section):
     image_size: int | None = Field(default=None, ge=4, le=LIMITS.image_size)
 
     @model_validator(mode="after")
-    def _known(self) -> "DataSection":
+    def _known(self) -> DataSection:
         find_dataset(self.dataset)  # raises naming the field dataset, listing the data sets
         return self
 
@@ -202,23 +228,30 @@ class MultiFidelitySection(Section):
         return rung_epochs(self.min_epochs, self.eta, budget)
 
 
-def candidate_epochs(spec: "SpaceFile") -> int:
+def candidate_epochs(spec: SpaceFile) -> int:
     """The epochs a candidate of the space trains: ``train.epochs`` (build), ``convert.finetune_epochs`` (convert)."""
     return spec.convert.finetune_epochs if spec.kind == "convert" and spec.convert is not None else spec.train.epochs
 
 
-def check_multi_fidelity(spec: "SpaceFile") -> None:
+def check_multi_fidelity(spec: SpaceFile) -> None:
     """The multi-fidelity mode fits the space: Pareto mode, and rungs below the full budget."""
     mf = spec.search.multi_fidelity
     if mf is None:
         return
     if spec.search.mode != "pareto":
-        raise UserInputError("search.multi_fidelity", "needs mode pareto (the scalarised mode stops candidates early with its pruner)", "remove multi_fidelity, or use mode: pareto")
+        raise UserInputError(
+            "search.multi_fidelity",
+            "needs mode pareto (the scalarised mode stops candidates early with its pruner)",
+            "remove multi_fidelity, or use mode: pareto",
+        )
     budget = candidate_epochs(spec)
     if mf.min_epochs >= budget:
         where = "convert.finetune_epochs" if spec.kind == "convert" else "train.epochs"
-        raise UserInputError("search.multi_fidelity.min_epochs", f"{mf.min_epochs} is not below the {budget} epochs a candidate trains ({where})",
-                             f"give min_epochs below {budget}, or raise {where}")
+        raise UserInputError(
+            "search.multi_fidelity.min_epochs",
+            f"{mf.min_epochs} is not below the {budget} epochs a candidate trains ({where})",
+            f"give min_epochs below {budget}, or raise {where}",
+        )
     mf.rungs(budget)
 
 
@@ -233,26 +266,33 @@ class SearchSection(Section):
     max_macs: float | None = Field(default=None, gt=0)
     max_params: float | None = Field(default=None, gt=0)
     max_latency_ms: float | None = Field(default=None, gt=0)
-    latency: Literal["predicted", "measured"] = "predicted"  # predicted where a latency table applies (search/latency.py)
+    latency: Literal["predicted", "measured"] = (
+        "predicted"  # predicted where a latency table applies (search/latency.py)
+    )
     latency_runtime: str = "eager"
     max_failures: int | None = Field(default=None, ge=0)
     population_size: int = Field(default=8, ge=2)
     multi_fidelity: MultiFidelitySection | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SearchSection":
+    def _consistent(self) -> SearchSection:
         find_sampler(self.sampler, field="sampler")
         find_runtime(self.latency_runtime, field="latency_runtime")
         for name in self.objectives:
             if name not in SEARCHABLE:
                 raise UserInputError("objectives", f"unknown objective {name!r}", f"use one of {', '.join(SEARCHABLE)}")
-        if tuple(self.objectives[: len(REQUIRED_OBJECTIVES)]) != REQUIRED_OBJECTIVES or len(set(self.objectives)) != len(self.objectives):
+        if tuple(self.objectives[: len(REQUIRED_OBJECTIVES)]) != REQUIRED_OBJECTIVES or len(
+            set(self.objectives)
+        ) != len(self.objectives):
             optional = ", ".join(n for n in SEARCHABLE if n not in REQUIRED_OBJECTIVES)
             raise UserInputError(
-                "objectives", f"got {self.objectives}; they must start with {', '.join(REQUIRED_OBJECTIVES)} (then optionally {optional}), without repeats"
+                "objectives",
+                f"got {self.objectives}; they must start with {', '.join(REQUIRED_OBJECTIVES)} (then optionally {optional}), without repeats",
             )
         if self.mode == "scalarised" and self.target_macs is None:
-            raise UserInputError("target_macs", "missing: mode scalarised needs it (the T of MnasNet's reward ACC·(MACs/T)^w)")
+            raise UserInputError(
+                "target_macs", "missing: mode scalarised needs it (the T of MnasNet's reward ACC·(MACs/T)^w)"
+            )
         return self
 
 
@@ -276,7 +316,7 @@ class SpaceFile(Section):
         return value
 
     @model_validator(mode="after")
-    def _section(self) -> "SpaceFile":
+    def _section(self) -> SpaceFile:
         if self.kind == "build" and self.build is None:
             raise UserInputError("build", "missing: kind build needs a build: section")
         if self.kind == "convert" and self.convert is None:
@@ -286,4 +326,3 @@ class SpaceFile(Section):
             raise UserInputError("train.lr", problem, "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
         check_multi_fidelity(self)
         return self
-

@@ -88,12 +88,20 @@ def _locate(name_or_path: str | Path) -> Path:
     try:
         exists = path.exists()
     except (OSError, ValueError) as exc:  # a name too long, a NUL byte
-        raise UserInputError("space", f"{str(name_or_path)[:80]!r} is not a usable path ({type(exc).__name__})", "give a YAML file or a bundled name (nas-sepconv spaces)") from None
+        raise UserInputError(
+            "space",
+            f"{str(name_or_path)[:80]!r} is not a usable path ({type(exc).__name__})",
+            "give a YAML file or a bundled name (nas-sepconv spaces)",
+        ) from None
     if path.suffix in (".yaml", ".yml") or exists:
         if not exists:
-            raise UserInputError("space", f"{path} does not exist", "give a YAML file or a bundled name (nas-sepconv spaces)")
+            raise UserInputError(
+                "space", f"{path} does not exist", "give a YAML file or a bundled name (nas-sepconv spaces)"
+            )
         if path.is_dir():
-            raise UserInputError("space", f"{path} is a directory, not a space file", "give the path of a YAML file inside it")
+            raise UserInputError(
+                "space", f"{path} is a directory, not a space file", "give the path of a YAML file inside it"
+            )
         if not path.is_file():  # a device, a FIFO, a socket: reading it could block or never end
             raise UserInputError("space", f"{path} is not a regular file", "give a YAML file")
         return path
@@ -102,7 +110,9 @@ def _locate(name_or_path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     names = sorted({p.stem for d in space_dirs() for p in d.glob("*.yaml")})
-    raise UserInputError("space", f"no bundled space named {str(name_or_path)!r}", f"use one of {names} or a path to a YAML file")
+    raise UserInputError(
+        "space", f"no bundled space named {str(name_or_path)!r}", f"use one of {names} or a path to a YAML file"
+    )
 
 
 def _read_text(path: Path) -> str:
@@ -111,13 +121,23 @@ def _read_text(path: Path) -> str:
         with path.open("rb") as f:
             data = f.read(MAX_SPACE_BYTES + 1)  # bounded even if the size on disk lies
     except OSError as exc:
-        raise UserInputError("space", f"{path} cannot be read ({exc.strerror or type(exc).__name__})", "check the path and its permissions") from None
+        raise UserInputError(
+            "space",
+            f"{path} cannot be read ({exc.strerror or type(exc).__name__})",
+            "check the path and its permissions",
+        ) from None
     if len(data) > MAX_SPACE_BYTES:
-        raise UserInputError("space", f"{path} is larger than {MAX_SPACE_BYTES} bytes, too big for a space file", "give a YAML search-space file")
+        raise UserInputError(
+            "space",
+            f"{path} is larger than {MAX_SPACE_BYTES} bytes, too big for a space file",
+            "give a YAML search-space file",
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UserInputError("space", f"{path} is not UTF-8 text (a binary file?)", "give a YAML search-space file") from None
+        raise UserInputError(
+            "space", f"{path} is not UTF-8 text (a binary file?)", "give a YAML search-space file"
+        ) from None
 
 
 def _field_path(loc: tuple) -> str:
@@ -125,7 +145,11 @@ def _field_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("list[union[bool,int,float,str,none]]", "Range", "bool", "int", "float", "str", "none") or "[" in str(part) or str(part).startswith(("function-", "literal")):
+        elif (
+            part in ("list[union[bool,int,float,str,none]]", "Range", "bool", "int", "float", "str", "none")
+            or "[" in str(part)
+            or str(part).startswith(("function-", "literal"))
+        ):
             continue
         else:
             out += ("." if out else "") + str(part)
@@ -155,7 +179,7 @@ def _one_line(exc: ValidationError, source: str) -> UserInputError:
     return UserInputError(printable(field), printable(f"{msg}{more}"), printable(fix))
 
 
-def load_space(name_or_path: "str | Path | Space") -> Space:
+def load_space(name_or_path: str | Path | Space) -> Space:
     """A validated space from a bundled name or a YAML path."""
     if isinstance(name_or_path, Space):
         return name_or_path
@@ -200,29 +224,47 @@ def _safe_load(text: str) -> Any:
 def parse_space(text: str, *, source: str = "<text>", path: Path | None = None) -> Space:
     """Validate the YAML text of a space (safe loader; nothing is imported or executed)."""
     if not isinstance(text, str):
-        raise UserInputError("space", f"{source} gave {type(text).__name__}, not text", "pass the YAML as a str (or a path to load_space)")
+        raise UserInputError(
+            "space",
+            f"{source} gave {type(text).__name__}, not text",
+            "pass the YAML as a str (or a path to load_space)",
+        )
     if len(text) > MAX_SPACE_BYTES:
-        raise UserInputError("space", f"{source} is longer than {MAX_SPACE_BYTES} characters, too big for a space", "give a YAML search-space file")
+        raise UserInputError(
+            "space",
+            f"{source} is longer than {MAX_SPACE_BYTES} characters, too big for a space",
+            "give a YAML search-space file",
+        )
     try:
         data = _safe_load(text)
     except _TooDeep as exc:
-        raise UserInputError("space", f"{source} {exc.args[0]}", "a space is a few levels of plain mappings and lists") from None
+        raise UserInputError(
+            "space", f"{source} {exc.args[0]}", "a space is a few levels of plain mappings and lists"
+        ) from None
     except yaml.constructor.ConstructorError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserInputError("space", f"{source} uses a tag the safe YAML loader refuses{where} ({exc.problem})", "spaces hold plain values only; remove the !!tag") from None
+        raise UserInputError(
+            "space",
+            f"{source} uses a tag the safe YAML loader refuses{where} ({exc.problem})",
+            "spaces hold plain values only; remove the !!tag",
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserInputError("space", f"{source} is not valid YAML{where}", "check indentation and colons") from None
     if not isinstance(data, dict):
-        raise UserInputError("space", f"{source} must hold a mapping with name, kind, ...", "see search_spaces/default.yaml")
+        raise UserInputError(
+            "space", f"{source} must hold a mapping with name, kind, ...", "see search_spaces/default.yaml"
+        )
     try:
         spec = SpaceFile.model_validate(data)
     except ValidationError as exc:
         raise _one_line(exc, source) from None
     except RecursionError:
-        raise UserInputError("space", f"{source} nests too deeply", "a space is a few levels of mappings and lists") from None
+        raise UserInputError(
+            "space", f"{source} nests too deeply", "a space is a few levels of mappings and lists"
+        ) from None
     except UserInputError as exc:
         raise UserInputError(printable(exc.field), printable(exc.problem), printable(f"fix it in {source}")) from None
     return Space(_paths_from(spec, path.parent) if path is not None else spec, path, text)
@@ -254,17 +296,21 @@ def _paths_from(spec: SpaceFile, folder: Path) -> SpaceFile:
     return spec.model_copy(update=update) if update else spec
 
 
-def with_data_root(space: Space, root: "str | Path") -> Space:
+def with_data_root(space: Space, root: str | Path) -> Space:
     """``space`` reading its data from ``root`` (``--data-root``; relative to the working
     directory) instead of its ``data.root``."""
     source, arg = find_dataset(space.spec.data.dataset)
     if not source.needs_root or arg:
-        raise UserInputError("--data-root", f"space {space.name!r} reads data set {space.spec.data.dataset!r}, which takes no root folder", "leave --data-root out")
+        raise UserInputError(
+            "--data-root",
+            f"space {space.name!r} reads data set {space.spec.data.dataset!r}, which takes no root folder",
+            "leave --data-root out",
+        )
     data = space.spec.data.model_copy(update={"root": str(Path(root).expanduser().resolve())})
     return dataclasses.replace(space, spec=space.spec.model_copy(update={"data": data}))
 
 
-def with_multi_fidelity(space: Space, setting: "bool | Mapping[str, int] | None") -> Space:
+def with_multi_fidelity(space: Space, setting: bool | Mapping[str, int] | None) -> Space:
     """``space`` with its multi-fidelity mode (``search.multi_fidelity``) as ``setting`` says:
     None keeps the space's; False turns it off; True turns it on (the space's rungs, else
     ``min_epochs`` 1 and ``eta`` 3); a mapping ``{"min_epochs": .., "eta": ..}`` sets it."""
@@ -287,7 +333,11 @@ def with_multi_fidelity(space: Space, setting: "bool | Mapping[str, int] | None"
             field = ".".join(["search.multi_fidelity", where]).rstrip(".")
             raise UserInputError(field, msg, "give {'min_epochs': an integer >= 1, 'eta': an integer >= 2}") from None
     else:
-        raise UserInputError("multi_fidelity", f"expected True, False, None or a mapping, got {type(setting).__name__}", "pass e.g. multi_fidelity=True or {'min_epochs': 1, 'eta': 3}")
+        raise UserInputError(
+            "multi_fidelity",
+            f"expected True, False, None or a mapping, got {type(setting).__name__}",
+            "pass e.g. multi_fidelity=True or {'min_epochs': 1, 'eta': 3}",
+        )
     spec = space.spec.model_copy(update={"search": space.spec.search.model_copy(update={"multi_fidelity": section})})
     check_multi_fidelity(spec)
     return dataclasses.replace(space, spec=spec)

@@ -15,8 +15,8 @@ from ..results.stored import TAMPERED, read_study
 from ..storage import lock, open_storage, redact
 from .heartbeat import _RetryStale
 from .samplers import make_sampler, process_seed
-from .settings import Settings
 from .schema import candidate_epochs
+from .settings import Settings
 from .spaces import Space, parse_space
 
 
@@ -37,7 +37,11 @@ def metric_names(space: Space) -> list[str]:
 def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
     """Create or load the study (same name and storage: resumed)."""
     space = settings.space
-    storage = open_storage(settings.storage, heartbeat=settings.heartbeat, stale_callback=_RetryStale(max_retry=settings.retries) if settings.retries else None)
+    storage = open_storage(
+        settings.storage,
+        heartbeat=settings.heartbeat,
+        stale_callback=_RetryStale(max_retry=settings.retries) if settings.retries else None,
+    )
     names = metric_names(space)
     directions = [OBJECTIVES[n].direction for n in names]
     try:
@@ -54,7 +58,9 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             raise _storage_error(exc, settings.storage, "opening the study") from None
         raise
     if [d.name.lower() for d in study.directions] != directions:
-        raise UserInputError("--study", f"study {settings.study!r} exists with other objectives", "use another --study name")
+        raise UserInputError(
+            "--study", f"study {settings.study!r} exists with other objectives", "use another --study name"
+        )
     read_study(study, redact(settings.storage))  # what a resume reads back, checked first (tampered: one line)
     mf = multi_fidelity_record(space)
     existing = study.user_attrs.get("space")
@@ -72,12 +78,15 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             raise
     elif existing != space.name or (recorded is not None and _defining(recorded) != _defining(space.text)):
         raise UserInputError(
-            "--study", f"study {settings.study!r} was made with another version of space {existing!r}", "use another --study name, or the same space file"
+            "--study",
+            f"study {settings.study!r} was made with another version of space {existing!r}",
+            "use another --study name, or the same space file",
         )
     elif study.user_attrs.get(MULTI_FIDELITY_ATTR) != mf:
         was = study.user_attrs.get(MULTI_FIDELITY_ATTR)
         raise UserInputError(
-            "--multi-fidelity", f"study {settings.study!r} was run {'with rungs ' + str(was['rungs']) if was else 'without the multi-fidelity mode'}, not {'with rungs ' + str(mf['rungs']) if mf else 'without it'}",
+            "--multi-fidelity",
+            f"study {settings.study!r} was run {'with rungs ' + str(was['rungs']) if was else 'without the multi-fidelity mode'}, not {'with rungs ' + str(mf['rungs']) if mf else 'without it'}",
             "resume it with its own setting, or use another --study name",
         )
     return study
@@ -139,7 +148,9 @@ def _storage_error(exc: BaseException, url: str | None, doing: str) -> StorageEr
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     texts = [str(e).strip() for e in chain if str(e).strip()]
-    detail = next((t for t in texts if "full" in t.lower() or "too large" in t.lower()), texts[0] if texts else type(exc).__name__)
+    detail = next(
+        (t for t in texts if "full" in t.lower() or "too large" in t.lower()), texts[0] if texts else type(exc).__name__
+    )
     detail = detail.splitlines()[0][:160]
     return StorageError(
         f"storage: cannot write to {redact(url) if url else 'the storage'} while {doing} ({detail}); "

@@ -13,9 +13,9 @@ from typing import Any
 import optuna
 
 from ..errors import UserInputError
+from ..models import Arch, Stage
 from ..recipe import Recipe
 from ..results.stored import TAMPERED
-from ..models import Arch, Stage
 from .choices import suggest_choice
 from .schema import SiteGroup
 from .spaces import Space
@@ -76,7 +76,9 @@ class StoredTrial(optuna.trial.FixedTrial):
         return super()._suggest(name, distribution)
 
 
-def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_classes: int, sites: list[Any] | None = None) -> Candidate:
+def suggest(
+    space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_classes: int, sites: list[Any] | None = None
+) -> Candidate:
     """Draw one candidate from ``space`` with ``trial`` (an Optuna trial or FixedTrial).
 
     ``sites`` (for convert spaces) are the base model's conv sites (:func:`plan.find_sites`)
@@ -121,7 +123,11 @@ def suggest(space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_
     names = [site.name for site in sites or []]
     rules: dict[str, str | None] = {}
     specs: dict[str, str] = {}
-    groups = [SiteGroup(name=n.replace(".", "_"), match=[n], **c.choices.model_dump()) for n in names] if c.groups == "all" else c.groups
+    groups = (
+        [SiteGroup(name=n.replace(".", "_"), match=[n], **c.choices.model_dump()) for n in names]
+        if c.groups == "all"
+        else c.groups
+    )
     for group in groups:
         spec = group.suggest_spec(trial, group.name)
         specs[group.name] = str(spec)

@@ -11,8 +11,9 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import torch
@@ -22,7 +23,7 @@ from ..errors import CandidateError, StorageError, TrainingDiverged, UserInputEr
 from ..io import save_model
 from ..storage import lock
 from .candidates import TrialContext, _reward, run_candidate
-from .heartbeat import WORKER_ATTR, _WORKER_ID, _fail_stale_trials, _Heartbeat
+from .heartbeat import _WORKER_ID, WORKER_ATTR, _fail_stale_trials, _Heartbeat
 from .settings import Settings
 from .study import _is_storage_failure, _storage_error, open_study
 from .suggestion import Candidate
@@ -48,7 +49,9 @@ def _claim(study: optuna.Study, settings: Settings) -> optuna.trial.Trial | str:
             _Heartbeat.beat_once(study, trial, settings.heartbeat)  # a worker dying from here on is detected
             study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, _WORKER_ID)
             study._storage.set_trial_system_attr(trial._trial_id, SESSION_ATTR, settings.session)
-            claimed = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
+            claimed = sorted(
+                t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
+            )
             if claimed.index(trial.number) >= settings.trials:  # another machine raced us to the last slot
                 _tell_failed(study, trial, SURPLUS)
                 return "wait"
@@ -86,9 +89,15 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
             trial.set_user_attr(key, value)
         for key, value in metrics["constraints"].items():  # Optuna constraints: <= 0 is feasible
             trial.set_constraint(key, value)
-        if settings.keep_weights and metrics.get("feasible", True) and not metrics.get("stopped_early"):  # (a stopped trial is never on the front)
+        if (
+            settings.keep_weights and metrics.get("feasible", True) and not metrics.get("stopped_early")
+        ):  # (a stopped trial is never on the front)
             _save_weights(settings, trial, model, candidate)
-        values = [_reward(metrics["accuracy"], metrics["macs"], space)] if space.spec.search.mode == "scalarised" else [metrics[k] for k in space.spec.search.objectives]
+        values = (
+            [_reward(metrics["accuracy"], metrics["macs"], space)]
+            if space.spec.search.mode == "scalarised"
+            else [metrics[k] for k in space.spec.search.objectives]
+        )
         try:
             study.tell(trial, values)
         except Exception as exc:  # the storage could not take the result (disk full, server gone)
@@ -199,7 +208,10 @@ def _interruptible():
     """Ctrl-C in the block sets :data:`_INTERRUPTED` and raises KeyboardInterrupt (main thread,
     default handler only); the default handler is put back after the block."""
     _INTERRUPTED.clear()
-    main = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    main = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
     if main:
         signal.signal(signal.SIGINT, _interrupt)
     try:
@@ -209,7 +221,9 @@ def _interruptible():
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _worker_loop(settings: Settings, worker: int, on_finish: Callable[[], None] | None = None, *, parent: int | None = None) -> None:
+def _worker_loop(
+    settings: Settings, worker: int, on_finish: Callable[[], None] | None = None, *, parent: int | None = None
+) -> None:
     """Claim and run trials until the study holds ``settings.trials`` finished trials.  A
     spawned worker (``parent`` given) stops when its parent process is gone, so a killed
     ``nas-sepconv search`` leaves no orphans behind."""

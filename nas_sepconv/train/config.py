@@ -4,14 +4,24 @@ optimizer and learning-rate schedule tables it names, and :class:`FitResult`."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
 from ..errors import UserInputError
 
-__all__ = ["TrainConfig", "FitResult", "OPTIMIZERS", "SCHEDULES", "MAX_EPOCHS", "MAX_BATCH_SIZE", "Optimizer", "Schedule"]
+__all__ = [
+    "TrainConfig",
+    "FitResult",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "MAX_EPOCHS",
+    "MAX_BATCH_SIZE",
+    "Optimizer",
+    "Schedule",
+]
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,11 @@ def _cosine(warm: int, total: int) -> Callable[[int], float]:
 OPTIMIZERS: dict[str, Optimizer] = {
     o.name: o
     for o in (
-        Optimizer("sgd", "SGD with Nesterov momentum 0.9",
-                  lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)),
+        Optimizer(
+            "sgd",
+            "SGD with Nesterov momentum 0.9",
+            lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True),
+        ),
         Optimizer("adamw", "AdamW (decoupled weight decay)", lambda groups, lr: torch.optim.AdamW(groups, lr=lr)),
     )
 }
@@ -68,8 +81,11 @@ OPTIMIZERS: dict[str, Optimizer] = {
 SCHEDULES: dict[str, Schedule] = {
     s.name: s
     for s in (
-        Schedule("onecycle", "warm up from lr/25 along a half cosine, then cosine down to lr/25e4 (Smith & Topin 2019)",
-                 _onecycle),
+        Schedule(
+            "onecycle",
+            "warm up from lr/25 along a half cosine, then cosine down to lr/25e4 (Smith & Topin 2019)",
+            _onecycle,
+        ),
         Schedule("cosine", "linear warm-up from 0, then cosine to 0", _cosine),
     )
 }
@@ -129,34 +145,48 @@ class TrainConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         if not is_int(self.epochs) or not 1 <= self.epochs <= MAX_EPOCHS:
-            raise UserInputError("train.epochs", f"must be a positive int of at most {MAX_EPOCHS}, got {self.epochs!r}", "use e.g. 10")
+            raise UserInputError(
+                "train.epochs", f"must be a positive int of at most {MAX_EPOCHS}, got {self.epochs!r}", "use e.g. 10"
+            )
         if not is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise UserInputError(
-                "train.batch_size", f"must be a positive int of at most {MAX_BATCH_SIZE}, got {self.batch_size!r}", "use e.g. 128"
+                "train.batch_size",
+                f"must be a positive int of at most {MAX_BATCH_SIZE}, got {self.batch_size!r}",
+                "use e.g. 128",
             )
         if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
-            raise UserInputError("train.optimizer", f"unknown optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
+            raise UserInputError(
+                "train.optimizer", f"unknown optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}"
+            )
         if not is_real(self.lr) or self.lr <= 0:
-            raise UserInputError("train.lr", f"must be a positive number, got {self.lr!r}", "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
+            raise UserInputError(
+                "train.lr", f"must be a positive number, got {self.lr!r}", "use e.g. 0.1 (sgd) or 1e-3 (adamw)"
+            )
         if not is_real(self.weight_decay) or self.weight_decay < 0:
             raise UserInputError("train.weight_decay", f"must be >= 0, got {self.weight_decay!r}", "use e.g. 5e-4")
         if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
-            raise UserInputError("train.schedule", f"unknown schedule {self.schedule!r}", f"use one of {', '.join(SCHEDULES)}")
+            raise UserInputError(
+                "train.schedule", f"unknown schedule {self.schedule!r}", f"use one of {', '.join(SCHEDULES)}"
+            )
         if not is_real(self.warmup_epochs) or self.warmup_epochs < 0:
             raise UserInputError("train.warmup_epochs", f"must be >= 0, got {self.warmup_epochs!r}", "use e.g. 1")
         if not is_real(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
-            raise UserInputError("train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing!r}", "use e.g. 0.1")
+            raise UserInputError(
+                "train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing!r}", "use e.g. 0.1"
+            )
         if not isinstance(self.amp, bool):
             raise UserInputError("train.amp", f"must be true or false, got {self.amp!r}")
         if not isinstance(self.channels_last, bool):
             raise UserInputError("train.channels_last", f"must be true or false, got {self.channels_last!r}")
         if self.grad_clip is not None and (not is_real(self.grad_clip) or self.grad_clip <= 0):
-            raise UserInputError("train.grad_clip", f"must be a positive number or None, got {self.grad_clip!r}", "use e.g. 5.0")
+            raise UserInputError(
+                "train.grad_clip", f"must be a positive number or None, got {self.grad_clip!r}", "use e.g. 5.0"
+            )
         if not is_int(self.seed):
             raise UserInputError("train.seed", f"must be an int, got {self.seed!r}")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping (a YAML ``train:`` section); unknown keys raise :class:`UserInputError`."""
         known = {f.name for f in fields(cls)}
         for key in values:

@@ -3,7 +3,8 @@ a teacher) and the hint points of a converted model (:func:`converted_features`)
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -64,9 +65,23 @@ def distill(
     elif features is None:
         features = ()
     elif isinstance(features, str):
-        raise UserInputError("features", f"unknown value {features!r}", "use 'converted', a list of module names, or None")
-    return fit(student, data, val=val, steps_per_epoch=steps_per_epoch, config=config, device=device, teacher=teacher, temperature=temperature,
-               alpha=alpha, features=list(features), feature_weight=feature_weight, progress=progress)
+        raise UserInputError(
+            "features", f"unknown value {features!r}", "use 'converted', a list of module names, or None"
+        )
+    return fit(
+        student,
+        data,
+        val=val,
+        steps_per_epoch=steps_per_epoch,
+        config=config,
+        device=device,
+        teacher=teacher,
+        temperature=temperature,
+        alpha=alpha,
+        features=list(features),
+        feature_weight=feature_weight,
+        progress=progress,
+    )
 
 
 def converted_features(student: nn.Module) -> list[str]:
@@ -74,8 +89,11 @@ def converted_features(student: nn.Module) -> list[str]:
     by ``apply_plan``, the activation after it, or the site itself (see :func:`distill`)."""
     plan = plan_of(student)
     if plan is None:
-        raise UserInputError("features", "'converted' needs a student made by ns.apply_plan (it carries its plan)",
-                             "pass a list of module names instead")
+        raise UserInputError(
+            "features",
+            "'converted' needs a student made by ns.apply_plan (it carries its plan)",
+            "pass a list of module names instead",
+        )
     names = []
     for entry in plan.converted:
         if entry.source != "module":

@@ -96,7 +96,7 @@ class _World:
     size: int = 1
 
     @classmethod
-    def current(cls) -> "_World":
+    def current(cls) -> _World:
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
@@ -156,12 +156,18 @@ def _check_sharded(loader: Any, world: _World, field: str) -> None:
         return
     sampler = getattr(loader.batch_sampler, "sampler", loader.sampler)
     if isinstance(sampler, (RandomSampler, SequentialSampler)):
-        raise UserInputError(field, f"is a DataLoader without a DistributedSampler in a group of {world.size} processes: "
-                             "every process would read the same batches",
-                             "build it with sampler=DistributedSampler(dataset) (and no shuffle=)")
+        raise UserInputError(
+            field,
+            f"is a DataLoader without a DistributedSampler in a group of {world.size} processes: "
+            "every process would read the same batches",
+            "build it with sampler=DistributedSampler(dataset) (and no shuffle=)",
+        )
     if isinstance(sampler, DistributedSampler) and sampler.num_replicas != world.size:
-        raise UserInputError(field, f"its DistributedSampler has num_replicas={sampler.num_replicas} in a group of "
-                             f"{world.size} processes", "build the DistributedSampler after init_distributed()")
+        raise UserInputError(
+            field,
+            f"its DistributedSampler has num_replicas={sampler.num_replicas} in a group of {world.size} processes",
+            "build the DistributedSampler after init_distributed()",
+        )
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import abc
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -42,15 +43,21 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def _check_iterable(data: Any, field: str, epochs: int) -> None:
     """An iterable of batches that can be iterated once per epoch (refit's accepted forms)."""
     if isinstance(data, (str, bytes, Split)) or not isinstance(data, abc.Iterable):
-        raise UserInputError(field, f"expected a Dataset, a DataLoader or batches of (inputs, targets), got {type(data).__name__}", _FIX)
+        raise UserInputError(
+            field, f"expected a Dataset, a DataLoader or batches of (inputs, targets), got {type(data).__name__}", _FIX
+        )
     if isinstance(data, abc.Iterator) and epochs > 1:
-        raise UserInputError(field, f"is a one-shot iterator ({type(data).__name__}) and train.epochs is {epochs}",
-                             "pass a DataLoader or a list, which can be iterated once per epoch")
+        raise UserInputError(
+            field,
+            f"is a one-shot iterator ({type(data).__name__}) and train.epochs is {epochs}",
+            "pass a DataLoader or a list, which can be iterated once per epoch",
+        )
 
 
 def _map_style(data: Any) -> bool:
     """A torch map-style dataset (``__getitem__`` and ``__len__``: a TensorDataset, an ImageFolder)."""
-    from torch.utils.data import Dataset as TorchDataset, IterableDataset
+    from torch.utils.data import Dataset as TorchDataset
+    from torch.utils.data import IterableDataset
 
     return isinstance(data, TorchDataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__")
 
@@ -62,8 +69,11 @@ def _as_loader(data: Any, cfg: TrainConfig, world: _World, *, train: bool) -> An
     from torch.utils.data import DataLoader, DistributedSampler
 
     if cfg.batch_size % world.size:
-        raise UserInputError("train.batch_size", f"the global batch of {cfg.batch_size} does not split into {world.size} "
-                             "equal shards", f"use a multiple of {world.size}")
+        raise UserInputError(
+            "train.batch_size",
+            f"the global batch of {cfg.batch_size} does not split into {world.size} equal shards",
+            f"use a multiple of {world.size}",
+        )
     sampler = DistributedSampler(data, num_replicas=world.size, rank=world.rank, shuffle=train, seed=cfg.seed)
     return DataLoader(data, batch_size=cfg.batch_size // world.size, sampler=sampler, drop_last=train)
 
@@ -79,13 +89,19 @@ def _pair(batch: Any, i: int, field: str) -> tuple[Tensor, Tensor]:
 def _steps_of(data: Iterable[Any], steps_per_epoch: int | None) -> int:
     if steps_per_epoch is not None:
         if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise UserInputError("steps_per_epoch", f"must be a positive int or None, got {steps_per_epoch!r}", "use e.g. len(loader)")
+            raise UserInputError(
+                "steps_per_epoch", f"must be a positive int or None, got {steps_per_epoch!r}", "use e.g. len(loader)"
+            )
         return steps_per_epoch
     try:
         n = len(data)  # type: ignore[arg-type]
     except TypeError:
-        raise UserInputError("steps_per_epoch", f"the data ({type(data).__name__}) has no len(), and the learning-rate "
-                             "schedule needs the number of steps per epoch", "pass steps_per_epoch=N") from None
+        raise UserInputError(
+            "steps_per_epoch",
+            f"the data ({type(data).__name__}) has no len(), and the learning-rate "
+            "schedule needs the number of steps per epoch",
+            "pass steps_per_epoch=N",
+        ) from None
     if n < 1:
         raise UserInputError("data", "has no batches", _FIX)
     return n
@@ -95,22 +111,45 @@ class _DatasetFeed:
     """An in-memory Dataset on the device; under torch.distributed, this process's slice of
     every global batch, and its share of the evaluation (counts summed across processes)."""
 
-    def __init__(self, data: Dataset, cfg: TrainConfig, device: torch.device, resolution: int | None,
-                 channels_last: bool, amp_dtype: torch.dtype | None, world: _World):
+    def __init__(
+        self,
+        data: Dataset,
+        cfg: TrainConfig,
+        device: torch.device,
+        resolution: int | None,
+        channels_last: bool,
+        amp_dtype: torch.dtype | None,
+        world: _World,
+    ):
         self.data, self.resolution, self.channels_last, self.amp_dtype, self.world = (
-            data.to(device), resolution, channels_last, amp_dtype, world)
+            data.to(device),
+            resolution,
+            channels_last,
+            amp_dtype,
+            world,
+        )
         n_train = len(self.data.train)
         if n_train == 0:
             raise UserInputError("dataset", "the training split is empty", "use a larger data set or subset")
         self.shard = cfg.batch_size // world.size
         if world.distributed and (cfg.batch_size % world.size or n_train < cfg.batch_size):
-            raise UserInputError("train.batch_size", f"the global batch of {cfg.batch_size} does not split into {world.size} "
-                                 f"equal shards of a training split of {n_train}",
-                                 f"use a multiple of {world.size} of at most {n_train}")
+            raise UserInputError(
+                "train.batch_size",
+                f"the global batch of {cfg.batch_size} does not split into {world.size} "
+                f"equal shards of a training split of {n_train}",
+                f"use a multiple of {world.size} of at most {n_train}",
+            )
         self.loader = DeviceLoader(
-            self.data.train, batch_size=cfg.batch_size, mean=self.data.mean, std=self.data.std, augment=self.data.augment,
-            shuffle=True, drop_last=n_train >= cfg.batch_size,  # no ragged last batch (a batch of 1 breaks BatchNorm)
-            seed=cfg.seed, resolution=resolution, channels_last=channels_last,
+            self.data.train,
+            batch_size=cfg.batch_size,
+            mean=self.data.mean,
+            std=self.data.std,
+            augment=self.data.augment,
+            shuffle=True,
+            drop_last=n_train >= cfg.batch_size,  # no ragged last batch (a batch of 1 breaks BatchNorm)
+            seed=cfg.seed,
+            resolution=resolution,
+            channels_last=channels_last,
         )
         self.steps_per_epoch = len(self.loader)
 
@@ -120,16 +159,22 @@ class _DatasetFeed:
             return
         lo = self.world.rank * self.shard
         for x, y in self.loader:
-            yield x[lo:lo + self.shard], y[lo:lo + self.shard]
+            yield x[lo : lo + self.shard], y[lo : lo + self.shard]
 
     def _accuracy(self, model: nn.Module, split: Split) -> float:
         n = len(split)
         if n == 0:
             return float("nan")
         if self.world.distributed:
-            split = Split(split.x[self.world.rank::self.world.size], split.y[self.world.rank::self.world.size])
-        correct, _ = _split_counts(model, split, self.data, resolution=self.resolution, amp_dtype=self.amp_dtype,
-                                   channels_last=self.channels_last)
+            split = Split(split.x[self.world.rank :: self.world.size], split.y[self.world.rank :: self.world.size])
+        correct, _ = _split_counts(
+            model,
+            split,
+            self.data,
+            resolution=self.resolution,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
+        )
         return self.world.sum(correct).item() / n
 
     def check_val(self, model: nn.Module) -> None:
@@ -146,8 +191,17 @@ class _LoaderFeed:
     """The user's batches (a DataLoader or any re-iterable of (inputs, targets)), moved to the
     device; ``val`` the same or None.  ``steps_per_epoch`` caps an epoch when given."""
 
-    def __init__(self, data: Iterable[Any], val: Iterable[Any] | None, cfg: TrainConfig, device: torch.device,
-                 channels_last: bool, amp_dtype: torch.dtype | None, world: _World, steps_per_epoch: int | None):
+    def __init__(
+        self,
+        data: Iterable[Any],
+        val: Iterable[Any] | None,
+        cfg: TrainConfig,
+        device: torch.device,
+        channels_last: bool,
+        amp_dtype: torch.dtype | None,
+        world: _World,
+        steps_per_epoch: int | None,
+    ):
         _check_iterable(data, "data", cfg.epochs)
         if val is not None:
             _check_iterable(val, "val", cfg.epochs)
@@ -156,14 +210,23 @@ class _LoaderFeed:
         _check_sharded(data, world, "data")
         _check_sharded(val, world, "val")
         self.data, self.val, self.device, self.channels_last, self.amp_dtype, self.world = (
-            data, val, device, channels_last, amp_dtype, world)
+            data,
+            val,
+            device,
+            channels_last,
+            amp_dtype,
+            world,
+        )
         self.cap = steps_per_epoch
         self.steps_per_epoch = _steps_of(data, steps_per_epoch)
         if world.distributed:  # a process with fewer batches would leave the others waiting forever
             lo, neg_hi = world.min(torch.tensor([self.steps_per_epoch, -self.steps_per_epoch])).tolist()
             if lo != -neg_hi:
-                raise UserInputError("data", f"the processes have {lo} to {-neg_hi} batches per epoch",
-                                     "give every process as many batches (DistributedSampler and drop_last=True do)")
+                raise UserInputError(
+                    "data",
+                    f"the processes have {lo} to {-neg_hi} batches per epoch",
+                    "give every process as many batches (DistributedSampler and drop_last=True do)",
+                )
 
     def _moved(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         x = x.to(self.device, non_blocking=True)
@@ -179,22 +242,34 @@ class _LoaderFeed:
             if self.cap is not None and step >= self.cap:
                 break
         if step == 0:
-            raise UserInputError("data", f"epoch {epoch} yielded no batches", "pass a DataLoader or a list (a generator runs dry after one epoch)")
+            raise UserInputError(
+                "data",
+                f"epoch {epoch} yielded no batches",
+                "pass a DataLoader or a list (a generator runs dry after one epoch)",
+            )
 
     def check_val(self, model: nn.Module) -> None:
         """The first validation batch checked before training (checks.py), unless ``val`` is a
         one-shot iterator, whose first batch evaluation then checks."""
         if self.val is None or isinstance(self.val, abc.Iterator):
             return
-        _, total = _batch_counts(model, itertools.islice(self.val, 1), self.device, "val", amp_dtype=self.amp_dtype,
-                                 channels_last=self.channels_last)
+        _, total = _batch_counts(
+            model,
+            itertools.islice(self.val, 1),
+            self.device,
+            "val",
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
+        )
         if total.item() == 0:
             raise UserInputError("val", "yielded no batches", _NO_VAL)
 
     def val_accuracy(self, model: nn.Module) -> float:
         if self.val is None:
             return float("nan")
-        correct, total = _batch_counts(model, self.val, self.device, "val", amp_dtype=self.amp_dtype, channels_last=self.channels_last)
+        correct, total = _batch_counts(
+            model, self.val, self.device, "val", amp_dtype=self.amp_dtype, channels_last=self.channels_last
+        )
         counts = self.world.sum(torch.stack([correct, total]))
         if counts[1].item() == 0:
             raise UserInputError("val", "yielded no batches", _NO_VAL)
@@ -205,12 +280,27 @@ class _LoaderFeed:
 
 
 @torch.no_grad()
-def _split_counts(model: nn.Module, split: Split, data: Dataset, *, resolution: int | None, batch_size: int = EVAL_BATCH,
-                  amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[Tensor, int]:
+def _split_counts(
+    model: nn.Module,
+    split: Split,
+    data: Dataset,
+    *,
+    resolution: int | None,
+    batch_size: int = EVAL_BATCH,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[Tensor, int]:
     """Correct predictions (a tensor on the split's device) and images of a split, in eval mode."""
     model.eval()
-    loader = DeviceLoader(split, batch_size=batch_size, mean=data.mean, std=data.std, shuffle=False,
-                          resolution=resolution, channels_last=channels_last)
+    loader = DeviceLoader(
+        split,
+        batch_size=batch_size,
+        mean=data.mean,
+        std=data.std,
+        shuffle=False,
+        resolution=resolution,
+        channels_last=channels_last,
+    )
     correct = torch.zeros((), dtype=torch.long, device=split.device)
     with _autocast(split.device, amp_dtype):
         for x, y in loader:
@@ -219,8 +309,15 @@ def _split_counts(model: nn.Module, split: Split, data: Dataset, *, resolution: 
 
 
 @torch.no_grad()
-def _batch_counts(model: nn.Module, batches: Iterable[Any], device: torch.device, field: str, *,
-                  amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[Tensor, Tensor]:
+def _batch_counts(
+    model: nn.Module,
+    batches: Iterable[Any],
+    device: torch.device,
+    field: str,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[Tensor, Tensor]:
     """Correct predictions and targets over ``(inputs, targets)`` batches (class indices), in eval mode."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)

@@ -5,7 +5,8 @@ checks of their arguments."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -18,16 +19,28 @@ __all__: list[str] = []  # used by fit and distill only
 
 
 def _check_distill_args(temperature: float, alpha: float) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 or not math.isfinite(temperature):
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not temperature > 0
+        or not math.isfinite(temperature)
+    ):
         raise UserInputError("distill.temperature", f"must be a positive number, got {temperature!r}", "use e.g. 4")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise UserInputError("distill.alpha", f"must be in [0, 1], got {alpha!r}", "use e.g. 0.9")
 
 
 def _check_features(features: Any, weight: float, teacher: nn.Module | None) -> tuple[str, ...]:
-    if isinstance(features, str) or not isinstance(features, (list, tuple)) or not all(isinstance(n, str) for n in features):
-        raise UserInputError("features", f"expected a list of module names, got {features!r}",
-                             "use e.g. plan.converted names, or 'converted' with ns.distill")
+    if (
+        isinstance(features, str)
+        or not isinstance(features, (list, tuple))
+        or not all(isinstance(n, str) for n in features)
+    ):
+        raise UserInputError(
+            "features",
+            f"expected a list of module names, got {features!r}",
+            "use e.g. plan.converted names, or 'converted' with ns.distill",
+        )
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 or not math.isfinite(weight):
         raise UserInputError("feature_weight", f"must be a number >= 0, got {weight!r}", "use e.g. 10")
     if features and teacher is None:
@@ -53,8 +66,11 @@ class _FeatureHints:
                     pair.append(model.get_submodule(name))
                 except AttributeError:
                     self.close()
-                    raise UserInputError("features", f"the {side} has no module {name!r}",
-                                         "name modules that both models have (a converted model's sites)") from None
+                    raise UserInputError(
+                        "features",
+                        f"the {side} has no module {name!r}",
+                        "name modules that both models have (a converted model's sites)",
+                    ) from None
             self.handles.append(pair[0].register_forward_hook(self._keep(self.student, name)))
             self.handles.append(pair[1].register_forward_hook(self._keep(self.teacher, None)))
 
@@ -65,18 +81,25 @@ class _FeatureHints:
                 store.append(output if name is not None else output.detach().clone())
                 if name is not None:
                     self.names.append(name)
+
         return hook
 
     def loss(self) -> Tensor:
         try:
             if len(self.student) != len(self.teacher):
-                raise UserInputError("features", f"the student ran {len(self.student)} hinted modules, the teacher "
-                                     f"{len(self.teacher)}", "name modules that both models run equally often")
+                raise UserInputError(
+                    "features",
+                    f"the student ran {len(self.student)} hinted modules, the teacher {len(self.teacher)}",
+                    "name modules that both models run equally often",
+                )
             terms = []
             for name, fs, ft in zip(self.names, self.student, self.teacher):
                 if fs.shape != ft.shape:
-                    raise UserInputError("features", f"{name!r}: student output {tuple(fs.shape)} vs teacher "
-                                         f"{tuple(ft.shape)}", "name modules whose outputs have the same shape")
+                    raise UserInputError(
+                        "features",
+                        f"{name!r}: student output {tuple(fs.shape)} vs teacher {tuple(ft.shape)}",
+                        "name modules whose outputs have the same shape",
+                    )
                 ft = ft.float()
                 terms.append((fs.float() - ft).square().mean() / ft.square().mean().clamp_min(1e-12))
             return torch.stack(terms).mean() if terms else torch.zeros(())
@@ -91,10 +114,14 @@ class _FeatureHints:
         self.handles.clear()
 
 
-def _distill_loss(student: Tensor, teacher: Tensor, y: Tensor, temperature: float, alpha: float, smoothing: float) -> Tensor:
+def _distill_loss(
+    student: Tensor, teacher: Tensor, y: Tensor, temperature: float, alpha: float, smoothing: float
+) -> Tensor:
     """Hinton et al. 2015: ``alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE``."""
     t = float(temperature)
-    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean", log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean", log_target=True
+    )
     loss = (alpha * t * t) * kl
     if alpha < 1:
         loss = loss + (1 - alpha) * F.cross_entropy(student, y, label_smoothing=smoothing)

@@ -18,8 +18,9 @@ and channels-last memory format; on the CPU it runs plain float32.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,8 +33,17 @@ from ..progress import progress as show_progress
 from .checks import check_batch, check_outputs, check_teacher, checked_forward
 from .config import OPTIMIZERS, SCHEDULES, FitResult, TrainConfig
 from .distributed import _broadcast_buffers, _World, _wrap
-from .feeds import (EVAL_BATCH, _as_loader, _autocast, _batch_counts, _check_iterable, _DatasetFeed, _LoaderFeed,
-                    _map_style, _split_counts)
+from .feeds import (
+    EVAL_BATCH,
+    _as_loader,
+    _autocast,
+    _batch_counts,
+    _check_iterable,
+    _DatasetFeed,
+    _LoaderFeed,
+    _map_style,
+    _split_counts,
+)
 from .hints import _check_distill_args, _check_features, _distill_loss, _FeatureHints
 
 __all__ = ["fit", "evaluate"]
@@ -124,9 +134,16 @@ def fit(
     return _fit(run, model, teacher, features, (temperature, alpha, feature_weight), on_epoch, progress, evaluate_test)
 
 
-def _fit(run: "_Run", model: nn.Module, teacher: nn.Module | None, features: Sequence[str],
-         weights: tuple[float, float, float], on_epoch: Callable[[int, float], None] | None, progress: bool,
-         evaluate_test: bool) -> FitResult:
+def _fit(
+    run: _Run,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    features: Sequence[str],
+    weights: tuple[float, float, float],
+    on_epoch: Callable[[int, float], None] | None,
+    progress: bool,
+    evaluate_test: bool,
+) -> FitResult:
     """:func:`fit` once its arguments are checked and its run started (``weights``: the
     temperature, alpha and feature weight)."""
     teacher_was_training = teacher.training if teacher is not None else False
@@ -146,8 +163,13 @@ def _fit(run: "_Run", model: nn.Module, teacher: nn.Module | None, features: Seq
             hints.close()
         if teacher is not None and teacher_was_training:
             teacher.train()
-    return FitResult(val_accuracy=history[-1]["val_accuracy"], test_accuracy=test_acc, history=history,
-                     seconds=time.perf_counter() - start, epochs=run.cfg.epochs)
+    return FitResult(
+        val_accuracy=history[-1]["val_accuracy"],
+        test_accuracy=test_acc,
+        history=history,
+        seconds=time.perf_counter() - start,
+        epochs=run.cfg.epochs,
+    )
 
 
 @dataclass
@@ -169,8 +191,16 @@ class _Run:
         return self.device.type == "cuda"
 
     @classmethod
-    def start(cls, model: nn.Module, data: Any, val: Any, steps_per_epoch: int | None, cfg: TrainConfig,
-              device: torch.device, resolution: int | None) -> "_Run":
+    def start(
+        cls,
+        model: nn.Module,
+        data: Any,
+        val: Any,
+        steps_per_epoch: int | None,
+        cfg: TrainConfig,
+        device: torch.device,
+        resolution: int | None,
+    ) -> _Run:
         """Seed, move the model to ``device``, choose the precision, build the feed of batches,
         the optimizer and the schedule."""
         world = _World.current()
@@ -192,25 +222,45 @@ class _Run:
         return cls(cfg, device, world, amp_dtype, scaler, feed, optimizer, scheduler)
 
 
-def _feed(data: Any, val: Any, steps_per_epoch: int | None, cfg: TrainConfig, device: torch.device,
-          resolution: int | None, channels_last: bool, amp_dtype: torch.dtype | None,
-          world: _World) -> _DatasetFeed | _LoaderFeed:
+def _feed(
+    data: Any,
+    val: Any,
+    steps_per_epoch: int | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    resolution: int | None,
+    channels_last: bool,
+    amp_dtype: torch.dtype | None,
+    world: _World,
+) -> _DatasetFeed | _LoaderFeed:
     """The in-memory Dataset's feed, or the user's batches'."""
     if isinstance(data, Dataset):
         for name, value in (("val", val), ("steps_per_epoch", steps_per_epoch)):
             if value is not None:
-                raise UserInputError(name, "applies to batches, not to a nas_sepconv Dataset (which has its own "
-                                     "validation split and batch size)", f"drop {name}=, or pass data as a DataLoader")
+                raise UserInputError(
+                    name,
+                    "applies to batches, not to a nas_sepconv Dataset (which has its own "
+                    "validation split and batch size)",
+                    f"drop {name}=, or pass data as a DataLoader",
+                )
         return _DatasetFeed(data, cfg, device, resolution, channels_last, amp_dtype, world)
     if resolution is not None:
-        raise UserInputError("resolution", "applies to a nas_sepconv Dataset, not to batches",
-                             "resize in your DataLoader's transforms")
+        raise UserInputError(
+            "resolution", "applies to a nas_sepconv Dataset, not to batches", "resize in your DataLoader's transforms"
+        )
     data, val = (_as_loader(d, cfg, world, train=d is data) if _map_style(d) else d for d in (data, val))
     return _LoaderFeed(data, val, cfg, device, channels_last, amp_dtype, world, steps_per_epoch)
 
 
-def _loss_function(run: _Run, net: nn.Module, teacher: nn.Module | None, hints: _FeatureHints | None,
-                   temperature: float, alpha: float, feature_weight: float) -> Callable[[Tensor, Tensor], Tensor]:
+def _loss_function(
+    run: _Run,
+    net: nn.Module,
+    teacher: nn.Module | None,
+    hints: _FeatureHints | None,
+    temperature: float,
+    alpha: float,
+    feature_weight: float,
+) -> Callable[[Tensor, Tensor], Tensor]:
     """The training loss of a batch: cross-entropy, or with a teacher the distillation loss plus
     the weighted feature hints.  ``net`` is the model, or its DistributedDataParallel wrapper."""
     smoothing = run.cfg.label_smoothing
@@ -248,8 +298,13 @@ def _full(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _train_epochs(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tensor],
-                  on_epoch: Callable[[int, float], None] | None, progress: bool) -> list[dict]:
+def _train_epochs(
+    run: _Run,
+    model: nn.Module,
+    loss_of: Callable[[Tensor, Tensor], Tensor],
+    on_epoch: Callable[[int, float], None] | None,
+    progress: bool,
+) -> list[dict]:
     """Every epoch, each followed by the validation accuracy, the progress bar and ``on_epoch``."""
     history: list[dict] = []
     with show_progress(progress and run.world.rank == 0, "train", run.cfg.epochs, unit="epochs") as bar:
@@ -259,18 +314,24 @@ def _train_epochs(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor
             if run.world.distributed:
                 _broadcast_buffers(model)
             val_acc = run.feed.val_accuracy(model)
-            history.append({
-                "epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc, "lr": lr,
-                "seconds": time.perf_counter() - epoch_start,
-            })
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_accuracy": val_acc,
+                    "lr": lr,
+                    "seconds": time.perf_counter() - epoch_start,
+                }
+            )
             bar.update(epoch, info=f"loss {train_loss:.3f}  val acc {val_acc:.3f}")
             if on_epoch is not None:
                 on_epoch(epoch, val_acc)
     return history
 
 
-def _train_epoch(run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tensor],
-                 epoch: int) -> tuple[float, float]:
+def _train_epoch(
+    run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tensor], epoch: int
+) -> tuple[float, float]:
     """One pass over the training batches; returns the mean loss (over every process) and the
     lr of the last step.  A loss that is not finite raises at once on the CPU, within 50 steps
     on CUDA and under DDP (every process at the same step)."""
@@ -314,7 +375,11 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
             (no_decay if p.ndim <= 1 else decay).append(p)
     if not decay and not no_decay:
         raise UserInputError("model", "has no trainable parameters", "unfreeze some parameters (requires_grad=True)")
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = [
+        g
+        for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
     return OPTIMIZERS[cfg.optimizer].build(groups, cfg.lr)
 
 
@@ -329,13 +394,17 @@ def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]
 
 def _diverged(loss: Tensor, epoch: int, step: int, lr: float) -> None:
     kind = "nan" if torch.isnan(loss).item() else "inf"
-    raise TrainingDiverged(f"loss became {kind} at epoch {epoch} step {step} (lr {lr:.3g}); lower train.lr or set train.grad_clip")
+    raise TrainingDiverged(
+        f"loss became {kind} at epoch {epoch} step {step} (lr {lr:.3g}); lower train.lr or set train.grad_clip"
+    )
 
 
 def _check_bad_step(bad_step: Tensor, epoch: int) -> None:
     step = int(bad_step.item())
     if step != _NO_STEP:
-        raise TrainingDiverged(f"loss became nan or inf at epoch {epoch} step {step}; lower train.lr or set train.grad_clip")
+        raise TrainingDiverged(
+            f"loss became nan or inf at epoch {epoch} step {step}; lower train.lr or set train.grad_clip"
+        )
 
 
 def evaluate(

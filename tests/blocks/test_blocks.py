@@ -8,11 +8,22 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nas_sepconv.blocks import ConvGeometry
-from nas_sepconv.blocks import KINDS, BlockSpec
+from nas_sepconv.blocks import KINDS, BlockSpec, ConvGeometry
 from nas_sepconv.errors import UserInputError
 
-SPECS = ["keep", "dwsep", "dwsep_m2_bn_relu", "spatial_r0.5", "spatial_r3", "dw_spatial_m2", "ir_e4_se0.25_hswish", "ir_e1", "grouped_g2", "dwsep_k5", "ir_e6_k5_relu"]
+SPECS = [
+    "keep",
+    "dwsep",
+    "dwsep_m2_bn_relu",
+    "spatial_r0.5",
+    "spatial_r3",
+    "dw_spatial_m2",
+    "ir_e4_se0.25_hswish",
+    "ir_e1",
+    "grouped_g2",
+    "dwsep_k5",
+    "ir_e6_k5_relu",
+]
 
 
 @st.composite
@@ -24,7 +35,12 @@ def conv_configs(draw):
     stride = draw(st.sampled_from([1, 2, (2, 1)]))
     dilation = draw(st.sampled_from([1, 2]))
     pad_kind = draw(st.sampled_from(["int", "tuple", "same", "valid"]))
-    padding = {"int": draw(st.integers(0, 2)), "tuple": (draw(st.integers(0, 2)), draw(st.integers(0, 2))), "same": "same", "valid": "valid"}[pad_kind]
+    padding = {
+        "int": draw(st.integers(0, 2)),
+        "tuple": (draw(st.integers(0, 2)), draw(st.integers(0, 2))),
+        "same": "same",
+        "valid": "valid",
+    }[pad_kind]
     if padding == "same":
         stride = 1
     mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "circular"]))
@@ -32,7 +48,17 @@ def conv_configs(draw):
         padding = min(padding, 1) if isinstance(padding, int) else tuple(min(p, 1) for p in padding)
     bias = draw(st.booleans())
     h, w = draw(st.integers(9, 16)), draw(st.integers(9, 16))
-    return nn.Conv2d(cin, cout, (kh, kw), stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias, padding_mode=mode), (h, w)
+    return nn.Conv2d(
+        cin,
+        cout,
+        (kh, kw),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        bias=bias,
+        padding_mode=mode,
+    ), (h, w)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -78,7 +104,10 @@ def test_registry_has_the_six_kinds():
         ("dwsep_m2", BlockSpec("dwsep", dw_mult=2)),
         ("spatial_r0.5", BlockSpec("spatial", rank=0.5)),
         ("spatial_r16", BlockSpec("spatial", rank=16)),
-        ("ir_e6_k5_se0.25_hswish", BlockSpec("inverted_residual", expand_ratio=6, kernel_size=5, se_ratio=0.25, act="hswish")),
+        (
+            "ir_e6_k5_se0.25_hswish",
+            BlockSpec("inverted_residual", expand_ratio=6, kernel_size=5, se_ratio=0.25, act="hswish"),
+        ),
         ("grouped_g4", BlockSpec("grouped", groups=4)),
         ("dw_spatial_m3", BlockSpec("dw_spatial", dw_mult=3)),
         ("dwsep_m1_bn_relu", BlockSpec("dwsep", dw_mult=1, mid_norm=True, mid_act="relu")),
@@ -117,7 +146,11 @@ def test_unknown_option_is_named():
 
 def test_kernel_change_needs_even_difference():
     g = ConvGeometry.from_module(nn.Conv2d(4, 4, 3, padding=1))
-    assert "even" in BlockSpec("dwsep", kernel_size=5).unsupported(g) if False else BlockSpec("dwsep", kernel_size=5).unsupported(g) is None
+    assert (
+        "even" in BlockSpec("dwsep", kernel_size=5).unsupported(g)
+        if False
+        else BlockSpec("dwsep", kernel_size=5).unsupported(g) is None
+    )
     assert BlockSpec("keep", kernel_size=(3, 5)).build(g)(torch.randn(1, 4, 8, 8)).shape == (1, 4, 8, 8)
 
 

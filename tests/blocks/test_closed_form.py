@@ -8,11 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from nas_sepconv.blocks import BlockSpec, ConvGeometry, closed_form_stacked
 from nas_sepconv.blocks import closed_form as decompose
-from nas_sepconv.blocks import closed_form_stacked
-from nas_sepconv.blocks import ConvGeometry
-from nas_sepconv.blocks import BlockSpec
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
 
@@ -61,7 +58,11 @@ CASES_2D = [
     ("circular", lambda: nn.Conv2d(6, 8, (3, 5), padding=(1, 2), padding_mode="circular", stride=2), (2, 6, 9, 10)),
     ("no_bias", lambda: nn.Conv2d(6, 8, 3, padding=1, bias=False), (2, 6, 9, 10)),
     ("groups", lambda: nn.Conv2d(6, 8, 3, padding=1, groups=2), (2, 6, 9, 10)),
-    ("groups_dilation_reflect", lambda: nn.Conv2d(6, 9, 3, dilation=(1, 2), padding=(1, 2), groups=3, padding_mode="reflect"), (2, 6, 9, 10)),
+    (
+        "groups_dilation_reflect",
+        lambda: nn.Conv2d(6, 9, 3, dilation=(1, 2), padding=(1, 2), groups=3, padding_mode="reflect"),
+        (2, 6, 9, 10),
+    ),
 ]
 
 
@@ -98,10 +99,23 @@ def test_full_rank_is_exact_2d(kind, make, shape):
         (lambda: nn.Conv3d(3, 5, 3, padding=1, dilation=(1, 1, 2)), (1, 3, 5, 6, 7)),
         (lambda: nn.Conv3d(4, 6, (1, 3, 3), padding=(0, 1, 1), padding_mode="circular", groups=2), (1, 4, 4, 6, 7)),
         (lambda: nn.ConvTranspose2d(6, 8, 3, stride=2, padding=1, output_padding=1), (2, 6, 5, 6)),
-        (lambda: nn.ConvTranspose2d(6, 8, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2, bias=False), (2, 6, 5, 6)),
+        (
+            lambda: nn.ConvTranspose2d(
+                6, 8, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2, bias=False
+            ),
+            (2, 6, 5, 6),
+        ),
         (lambda: nn.ConvTranspose1d(4, 6, 4, stride=2, padding=1), (2, 4, 9)),
     ],
-    ids=["1d", "1d_same_reflect_groups", "3d", "3d_circular_groups", "transposed", "transposed_groups", "transposed_1d"],
+    ids=[
+        "1d",
+        "1d_same_reflect_groups",
+        "3d",
+        "3d_circular_groups",
+        "transposed",
+        "transposed_groups",
+        "transposed_1d",
+    ],
 )
 def test_dwsep_full_rank_is_exact_nd_and_transposed(make, shape):
     seeded(1)
@@ -142,7 +156,7 @@ def test_dwsep_truncated_reaches_eckart_young(groups, m):
     dropped = 0.0
     for gi in range(groups):
         for i in range(cin_g):
-            mat = w[gi * cout_g:(gi + 1) * cout_g, i].reshape(cout_g, 9)
+            mat = w[gi * cout_g : (gi + 1) * cout_g, i].reshape(cout_g, 9)
             s = np.linalg.svd(mat, compute_uv=False)
             dropped += float((s[m:] ** 2).sum())
     err = weight_error_sq(block, spec, g, conv.weight)
@@ -168,7 +182,7 @@ def test_spatial_truncated_reaches_eckart_young(groups, rank):
     r = rank // groups
     dropped = 0.0
     for gi in range(groups):
-        wg = w[gi * cout_g:(gi + 1) * cout_g]  # (cout_g, cin_g, kh, kw)
+        wg = w[gi * cout_g : (gi + 1) * cout_g]  # (cout_g, cin_g, kh, kw)
         mat = wg.transpose(1, 2, 0, 3).reshape(cin_g * 3, cout_g * 5)
         s = np.linalg.svd(mat, compute_uv=False)
         dropped += float((s[r:] ** 2).sum())
@@ -223,7 +237,9 @@ def test_dw_spatial_truncated_between_bounds(m):
     with torch.no_grad():  # the block computes its effective weight
         x = torch.randn(2, 6, 8, 8)
         eff = decompose.effective_weight(block, spec, g).float()
-        torch.testing.assert_close(block(x), torch.nn.functional.conv2d(x, eff, block.conv_pw.bias, padding=1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            block(x), torch.nn.functional.conv2d(x, eff, block.conv_pw.bias, padding=1), rtol=1e-4, atol=1e-4
+        )
 
 
 # -- grouped ---------------------------------------------------------------------------------
@@ -241,7 +257,7 @@ def test_grouped_keeps_block_diagonal_part(source_groups, groups):
     a, b = 24 // groups, 12 // groups
     for gi in range(groups):
         rows = torch.arange(gi * a, (gi + 1) * a)
-        cols = perm[gi * b:(gi + 1) * b]
+        cols = perm[gi * b : (gi + 1) * b]
         mask[rows.unsqueeze(1), cols.unsqueeze(0)] = True
     want = dense * mask.reshape(24, 12, 1, 1)
     eff = decompose.effective_weight(block, spec, g)

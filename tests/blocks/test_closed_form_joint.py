@@ -25,6 +25,7 @@ def test_block_jacobi_preconditioner_speeds_up_conjugate_gradients():
         return ((x - exact).norm() / exact.norm()).item()
 
     plain = _conjugate_gradients(lambda v: h @ v, rhs, torch.zeros(48, dtype=torch.float64), steps=5)
-    pre = _conjugate_gradients(lambda v: h @ v, rhs, torch.zeros(48, dtype=torch.float64), steps=5,
-                               precondition=lambda r: inverse @ r)
+    pre = _conjugate_gradients(
+        lambda v: h @ v, rhs, torch.zeros(48, dtype=torch.float64), steps=5, precondition=lambda r: inverse @ r
+    )
     assert err(pre) < 1e-3 < err(plain)

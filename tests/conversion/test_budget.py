@@ -9,12 +9,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
+from conftest import ThreeConvNet  # noqa: E402  (tests/ is on sys.path)
 
 import nas_sepconv as ns
 from nas_sepconv.conversion.budget import SENSITIVITY_COLUMNS, choose
 from nas_sepconv.errors import UserInputError
-
-from conftest import ThreeConvNet  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
 
@@ -109,8 +108,18 @@ def test_sensitive_site_gets_the_better_block():
         for spec, damage in (("dwsep_m1", 10.0 if e.name == "conv1" else 0.1), ("dwsep_m4", 0.05)):
             p = ns.make_plan(model, {e.name: spec}, example_inputs=x)
             f = next(f for f in p.entries if f.name == e.name)
-            rows.append(dict(name=e.name, spec=spec, calls=1, macs_before=f.macs_before, macs_after=f.macs_after,
-                             params_before=f.params_before, params_after=f.params_after, damage=damage))
+            rows.append(
+                dict(
+                    name=e.name,
+                    spec=spec,
+                    calls=1,
+                    macs_before=f.macs_before,
+                    macs_after=f.macs_after,
+                    params_before=f.params_before,
+                    params_after=f.params_after,
+                    damage=damage,
+                )
+            )
     table = pd.DataFrame(rows)
     m1_all = ns.make_plan(model, "dwsep_m1", example_inputs=x)
     ratio = (m1_all.macs_after + 0.5 * (m1_all.model_macs - m1_all.macs_after)) / m1_all.model_macs
@@ -124,12 +133,17 @@ def test_sensitive_site_gets_the_better_block():
 def test_choose_is_optimal_against_brute_force():
     rng = random.Random(0)
     for _ in range(40):
-        groups = [[(0, 0.0)] + [(rng.randint(1, 100), rng.random()) for _ in range(rng.randint(1, 3))]
-                  for _ in range(rng.randint(1, 4))]
+        groups = [
+            [(0, 0.0)] + [(rng.randint(1, 100), rng.random()) for _ in range(rng.randint(1, 3))]
+            for _ in range(rng.randint(1, 4))
+        ]
         required = rng.randint(0, sum(max(s for s, _ in g) for g in groups))
         picked = choose(groups, required, resolution=10_000)  # every saving is a whole number of steps
-        feasible = [c for c in itertools.product(*(range(len(g)) for g in groups))
-                    if sum(g[j][0] for g, j in zip(groups, c)) >= required]
+        feasible = [
+            c
+            for c in itertools.product(*(range(len(g)) for g in groups))
+            if sum(g[j][0] for g, j in zip(groups, c)) >= required
+        ]
         best = min(sum(g[j][1] for g, j in zip(groups, c)) for c in feasible)
         assert picked is not None
         assert sum(g[j][0] for g, j in zip(groups, picked)) >= required
@@ -153,7 +167,10 @@ def test_bad_inputs(net_and_batches, table):
     with pytest.raises(UserInputError, match="macs_ratio") as info:
         ns.plan_for_budget(model, table, macs_ratio=0.01, example_inputs=x)  # below what dwsep_m1 reaches
     # dwsep_m1 was tried: the fix names what was tried instead of suggesting it again
-    assert info.value.fix == "raise macs_ratio, or add cheaper candidates than dwsep_m1, dwsep_m2, spatial_r0.25 to ns.sensitivity"
+    assert (
+        info.value.fix
+        == "raise macs_ratio, or add cheaper candidates than dwsep_m1, dwsep_m2, spatial_r0.25 to ns.sensitivity"
+    )
     with pytest.raises(UserInputError, match=r"add cheaper candidates \(e.g. dwsep_m1\)"):
         ns.plan_for_budget(model, table[table["spec"] == "dwsep_m2"], macs_ratio=0.01, example_inputs=x)
     with pytest.raises(UserInputError, match="macs_ratio"):

@@ -7,11 +7,10 @@ import copy
 
 import pytest
 import torch
+from conftest import ThreeConvNet  # noqa: E402  (tests/ is on sys.path)
 
 import nas_sepconv as ns
 from nas_sepconv.errors import UserInputError
-
-from conftest import ThreeConvNet  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 X = torch.randn(1, 3, 12, 12)
@@ -21,9 +20,18 @@ Net = ThreeConvNet
 
 
 # one call's latency (ms) per (site, block): conv2's blocks save MACs but cost time
-TIMES = {("stem", "keep"): 0.5, ("conv1", "keep"): 2.0, ("conv1", "dwsep_m1"): 0.5, ("conv1", "dwsep_m2"): 0.9,
-         ("conv2", "keep"): 1.0, ("conv2", "dwsep_m1"): 1.3, ("conv2", "dwsep_m2"): 1.6,
-         ("conv3", "keep"): 2.0, ("conv3", "dwsep_m1"): 1.2, ("conv3", "dwsep_m2"): 1.5}
+TIMES = {
+    ("stem", "keep"): 0.5,
+    ("conv1", "keep"): 2.0,
+    ("conv1", "dwsep_m1"): 0.5,
+    ("conv1", "dwsep_m2"): 0.9,
+    ("conv2", "keep"): 1.0,
+    ("conv2", "dwsep_m1"): 1.3,
+    ("conv2", "dwsep_m2"): 1.6,
+    ("conv3", "keep"): 2.0,
+    ("conv3", "dwsep_m1"): 1.2,
+    ("conv3", "dwsep_m2"): 1.5,
+}
 MODEL_MS = 8.0
 
 
@@ -33,8 +41,15 @@ def setup(tmp_path_factory):
     model = Net().eval()
     batches = [torch.randn(8, 3, 12, 12)]
     damage = ns.sensitivity(model, batches, candidates=["dwsep_m1", "dwsep_m2"], refit_sites=False)
-    table = ns.latency_table(model, X, candidates=["dwsep_m1", "dwsep_m2"], repeats=1, warmup=0, threads=1,
-                             cache_dir=tmp_path_factory.mktemp("lat"))
+    table = ns.latency_table(
+        model,
+        X,
+        candidates=["dwsep_m1", "dwsep_m2"],
+        repeats=1,
+        warmup=0,
+        threads=1,
+        cache_dir=tmp_path_factory.mktemp("lat"),
+    )
     table.frame["latency_ms"] = [TIMES[(n, s)] for n, s in zip(table.frame["name"], table.frame["spec"])]
     table.model_ms = MODEL_MS
     return model, damage, table
@@ -60,7 +75,10 @@ def test_latency_ms_budget_and_the_report_columns(setup):
     assert {"latency_before_ms", "latency_after_ms", "macs_before", "macs_after"} <= set(report.columns)
     for e in plan.entries:
         after = TIMES[(e.name, str(e.spec) if e.spec else "keep")]
-        assert report.loc[e.name, "latency_before_ms"] == TIMES[(e.name, "keep")] and report.loc[e.name, "latency_after_ms"] == after
+        assert (
+            report.loc[e.name, "latency_before_ms"] == TIMES[(e.name, "keep")]
+            and report.loc[e.name, "latency_after_ms"] == after
+        )
 
 
 def test_a_generous_latency_budget_keeps_everything(setup):
@@ -84,14 +102,17 @@ def test_missing_latency_entries_are_measured(setup, tmp_path):
     assert {"dwsep_m1", "dwsep_m2"} <= set(table.frame["spec"])
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(), "budget"),
-    (dict(macs_ratio=0.5, latency_ratio=0.5), "budget"),
-    (dict(latency_ratio=0.5), "latency_table"),
-    (dict(latency_ratio=1.5, use_table=True), "latency_ratio"),
-    (dict(latency_ms=-1.0, use_table=True), "latency_ms"),
-    (dict(latency_ratio=0.1, use_table=True), "latency_ratio"),  # below what the candidates reach
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(), "budget"),
+        (dict(macs_ratio=0.5, latency_ratio=0.5), "budget"),
+        (dict(latency_ratio=0.5), "latency_table"),
+        (dict(latency_ratio=1.5, use_table=True), "latency_ratio"),
+        (dict(latency_ms=-1.0, use_table=True), "latency_ms"),
+        (dict(latency_ratio=0.1, use_table=True), "latency_ratio"),  # below what the candidates reach
+    ],
+)
 def test_bad_budgets(setup, kwargs, field):
     model, damage, table = setup
     if kwargs.pop("use_table", False):
@@ -119,8 +140,10 @@ def test_an_absurd_table_entry_never_yields_a_plan(setup, budget):
     """An entry of 1e300 ms (a tampered cache) would predict a negative latency: refused."""
     model, damage, table = setup
     bad = _with(table, {("conv1", "keep"): 1e300})
-    message = (r"^latency_table: predicts -1e\+300 ms for this plan, which no model takes: its entries do not agree "
-               r"with the whole model's measured 8 ms \(a stale or altered latency cache\)" + REMEASURE)
+    message = (
+        r"^latency_table: predicts -1e\+300 ms for this plan, which no model takes: its entries do not agree "
+        r"with the whole model's measured 8 ms \(a stale or altered latency cache\)" + REMEASURE
+    )
     with pytest.raises(UserInputError, match=message):
         ns.plan_for_budget(model, damage, latency_table=bad, example_inputs=X, **budget)
 

@@ -63,8 +63,15 @@ def test_rows_remainder_and_prediction(tmp_path):
     df = table.frame
     assert list(df.columns) == TABLE_COLUMNS
     # every site kept; candidates only where the policy converts (not the 3-channel stem)
-    assert list(zip(df["name"], df["spec"])) == [("stem", "keep"), ("conv1", "keep"), ("conv1", "dwsep_m1"), ("conv1", "spatial_r0.25"),
-                                                 ("conv2", "keep"), ("conv2", "dwsep_m1"), ("conv2", "spatial_r0.25")]
+    assert list(zip(df["name"], df["spec"])) == [
+        ("stem", "keep"),
+        ("conv1", "keep"),
+        ("conv1", "dwsep_m1"),
+        ("conv1", "spatial_r0.25"),
+        ("conv2", "keep"),
+        ("conv2", "dwsep_m1"),
+        ("conv2", "spatial_r0.25"),
+    ]
     assert (df["source"] == "measured").all() and (df["latency_ms"] > 0).all() and (df["p10_ms"] <= df["p90_ms"]).all()
     assert df.loc[1, "input_shape"] == (1, 16, 12, 12) and df.loc[2, "macs"] < df.loc[1, "macs"]
     assert table.remainder_ms == pytest.approx(table.model_ms - df[df["spec"] == "keep"]["latency_ms"].sum())
@@ -73,7 +80,11 @@ def test_rows_remainder_and_prediction(tmp_path):
     assert table.predict(plan) == pytest.approx(expected)
     assert ns.predict_latency(ns.apply_plan(model, plan), table) == pytest.approx(expected)
     assert table.predict(ns.make_plan(model, {}, example_inputs=X)) == table.model_ms
-    assert table.context["runtime"] == "eager" and table.context["threads"] == 1 and table.context["memory_format"] == "contiguous"
+    assert (
+        table.context["runtime"] == "eager"
+        and table.context["threads"] == 1
+        and table.context["memory_format"] == "contiguous"
+    )
     assert not model.training
 
 
@@ -96,7 +107,9 @@ def test_a_change_of_context_misses_the_cache(tmp_path, counted, change):
 
 def test_another_input_shape_misses_the_cache(tmp_path, counted):
     ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
-    table = ns.latency_table(Net().eval(), torch.randn(2, 3, 12, 12), candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    table = ns.latency_table(
+        Net().eval(), torch.randn(2, 3, 12, 12), candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST
+    )
     assert (table.frame["source"] == "measured").all() and table.frame.loc[0, "input_shape"] == (2, 3, 12, 12)
 
 
@@ -105,7 +118,16 @@ def test_cache_file_is_plain_json_keyed_by_context_and_op(tmp_path):
     (path,) = tmp_path.glob("*.json")
     data = json.loads(path.read_text())
     assert data["format"] == 1
-    assert set(data["context"]) == {"device", "processor", "threads", "runtime", "runtime_version", "torch", "dtype", "memory_format"}
+    assert set(data["context"]) == {
+        "device",
+        "processor",
+        "threads",
+        "runtime",
+        "runtime_version",
+        "torch",
+        "dtype",
+        "memory_format",
+    }
     ops = [e["op"] for e in data["entries"].values()]
     assert {o["block"] for o in ops} == {"keep", "dwsep_m1"} and all({"geometry", "input_shape"} <= set(o) for o in ops)
     assert len(ops) == 5  # stem, conv1 and conv2 kept; conv1 and conv2 as dwsep_m1
@@ -153,7 +175,9 @@ def test_missing_entries_are_measured_when_needed_and_annotate_the_report(tmp_pa
     assert table.ms("conv1", "dwsep_m2") is not None and predicted > 0
     report = table.annotate(plan).report()
     row = report.set_index("name").loc["conv1"]
-    assert row["latency_before_ms"] == table.ms("conv1", None) and row["latency_after_ms"] == table.ms("conv1", "dwsep_m2")
+    assert row["latency_before_ms"] == table.ms("conv1", None) and row["latency_after_ms"] == table.ms(
+        "conv1", "dwsep_m2"
+    )
     stem = report.set_index("name").loc["stem"]
     assert stem["latency_before_ms"] == stem["latency_after_ms"]
     assert "latency_before_ms" not in plan.report().columns  # the plan itself is unchanged
@@ -170,15 +194,22 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(UserInputError) as info:
         ns.predict_latency(model, table)
     assert info.value.field == "model"
-    for kwargs, field in ((dict(runtime="tvm"), "runtime"), (dict(dtype=torch.int8), "dtype"), (dict(candidates="dwsep"), "candidates"),
-                          (dict(threads=0), "threads"), (dict(repeats=0), "repeats")):
+    for kwargs, field in (
+        (dict(runtime="tvm"), "runtime"),
+        (dict(dtype=torch.int8), "dtype"),
+        (dict(candidates="dwsep"), "candidates"),
+        (dict(threads=0), "threads"),
+        (dict(repeats=0), "repeats"),
+    ):
         with pytest.raises(UserInputError) as info:
             ns.latency_table(model, X, cache_dir=tmp_path, **{**FAST, **kwargs})
         assert info.value.field == field
 
 
 def test_onnxruntime_table(tmp_path):
-    table = ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], runtime="onnxruntime", cache_dir=tmp_path, **FAST)
+    table = ns.latency_table(
+        Net().eval(), X, candidates=["dwsep_m1"], runtime="onnxruntime", cache_dir=tmp_path, **FAST
+    )
     assert table.context["runtime"] == "onnxruntime" and table.context["runtime_version"].startswith("onnxruntime ")
     assert (table.frame["latency_ms"] > 0).all()
 
@@ -200,11 +231,14 @@ def test_a_site_no_input_reaches_is_not_timed(tmp_path):
     assert table.predict(ns.make_plan(model, "dwsep_m1", example_inputs=X)) > 0
 
 
-@pytest.mark.parametrize("kwargs, x, message", [
-    (dict(cache_dir=12345), X, r"^cache_dir: expected a folder \(a str or a path\) or None, got int; pass"),
-    (dict(device="cuda:99"), X, r"^device: 'cuda:99': (CUDA is not available|this machine has \d+ CUDA device)"),
-    (dict(), torch.randn(0, 3, 12, 12), r"^example_inputs: an input of shape \(0, 3, 12, 12\) holds no example; "),
-])
+@pytest.mark.parametrize(
+    "kwargs, x, message",
+    [
+        (dict(cache_dir=12345), X, r"^cache_dir: expected a folder \(a str or a path\) or None, got int; pass"),
+        (dict(device="cuda:99"), X, r"^device: 'cuda:99': (CUDA is not available|this machine has \d+ CUDA device)"),
+        (dict(), torch.randn(0, 3, 12, 12), r"^example_inputs: an input of shape \(0, 3, 12, 12\) holds no example; "),
+    ],
+)
 def test_bad_arguments_are_one_line_naming_them(tmp_path, kwargs, x, message):
     with pytest.raises(UserInputError, match=message) as info:
         ns.latency_table(Net().eval(), x, candidates=["dwsep_m1"], **{"cache_dir": tmp_path, **FAST, **kwargs})

@@ -8,8 +8,8 @@ import torch.nn as nn
 
 import nas_sepconv as ns
 from nas_sepconv.blocks import DepthwiseSeparable, InvertedResidual, SpatialSeparable
-from nas_sepconv.models import cifar_resnet18
 from nas_sepconv.conversion import fold_batchnorm, optimize_for_inference
+from nas_sepconv.models import cifar_resnet18
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -68,7 +68,9 @@ def test_outputs_kept_and_bn_gone(model, channels_last):
 
 def test_blocks_are_inlined_and_folded(model):
     fast = optimize_for_inference(model, X[:1], channels_last=False)
-    assert not any(isinstance(m, (DepthwiseSeparable, SpatialSeparable, InvertedResidual, nn.Identity)) for m in fast.modules())
+    assert not any(
+        isinstance(m, (DepthwiseSeparable, SpatialSeparable, InvertedResidual, nn.Identity)) for m in fast.modules()
+    )
 
 
 def test_channels_last_weights():

@@ -16,7 +16,12 @@ class Small(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.body = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Conv2d(32, 32, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, groups=32),
+            nn.Conv2d(32, 32, 1),
+        )
         self.extra = nn.Parameter(torch.randn(32, 32, 3, 3) * 0.05)
         self.head = nn.Linear(32, 10)
 
@@ -160,7 +165,9 @@ def test_default_spec_that_saves_no_macs_is_not_made_but_a_rule_is_kept_as_writt
     assert not plan.converted and all("would not save MACs" in e.reason for e in plan.entries)
     assert plan.macs_after == plan.model_macs
     ruled = ns.make_plan(net, ns.Policy(rules={"0": "spatial_r0.5"}), example_inputs=inp).report().set_index("name")
-    assert ruled.loc["0", "spec"] == "spatial_r0.5" and ruled.loc["0", "macs_ratio"] == 1.0  # the user's rule, as written
+    assert (
+        ruled.loc["0", "spec"] == "spatial_r0.5" and ruled.loc["0", "macs_ratio"] == 1.0
+    )  # the user's rule, as written
     assert ruled.loc["2", "spec"] == "dwsep"
     assert ns.make_plan(net, ns.Policy(default="spatial_r0.5", min_macs_saving=None), example_inputs=inp).converted
 
@@ -176,7 +183,10 @@ def test_an_explicit_rule_is_applied_even_where_it_costs_macs_and_the_report_say
     e = plan.entries[0]
     assert str(e.spec) == "ir_e4" and e.macs_after > e.macs_before
     cost = f"{(e.macs_after / e.macs_before - 1) * 100:.3g} %"
-    assert e.note == f"rule '0': ir_e4 costs {cost} more MACs than the conv ({e.macs_after:,} vs {e.macs_before:,} MACs); applied as written"
+    assert (
+        e.note
+        == f"rule '0': ir_e4 costs {cost} more MACs than the conv ({e.macs_after:,} vs {e.macs_before:,} MACs); applied as written"
+    )
     assert plan.report().set_index("name").loc["0", "note"] == e.note
     assert plan.macs_after == ns.count_macs(ns.apply_plan(net, plan), inp) > plan.model_macs
     # a rule wins over min_macs_saving too (the filter is the default's only)
@@ -193,7 +203,10 @@ def test_a_default_spec_that_costs_macs_is_not_a_silent_no_op():
         same = ns.convert(net, ns.BlockSpec("dwsep", dw_mult=9), example_inputs=inp)
     assert type(getattr(same, "0")) is nn.Conv2d
     plan = ns.plan_of(same)
-    assert plan.entries[0].reason == "dwsep_m9 would not save MACs: saves -112 %, below min_macs_saving 0 % (78,336 vs 36,864 MACs)"
+    assert (
+        plan.entries[0].reason
+        == "dwsep_m9 would not save MACs: saves -112 %, below min_macs_saving 0 % (78,336 vs 36,864 MACs)"
+    )
     assert any(n.startswith("dwsep_m9 not made") for n in plan.notes)
     # the fix the warning names applies it; dw_mult=K² is full rank, so the block is exact
     full = ns.convert(net, ns.Policy(default="dwsep_m9", min_macs_saving=None), example_inputs=inp)
@@ -205,16 +218,23 @@ def test_a_default_spec_that_costs_macs_is_not_a_silent_no_op():
 def test_min_macs_saving_message_states_the_numbers():
     net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))  # dwsep: 1/8 + 1/9 of the MACs, saves 76.4 %
     with pytest.warns(ns.PlanWarning, match="saves 76.4 %, below min_macs_saving 90 %"):
-        plan = ns.make_plan(net, ns.Policy(default="dwsep", min_macs_saving=0.9), example_inputs=torch.randn(1, 8, 8, 8))
-    assert plan.entries[0].reason == "dwsep would not save MACs: saves 76.4 %, below min_macs_saving 90 % (8,704 vs 36,864 MACs)"
+        plan = ns.make_plan(
+            net, ns.Policy(default="dwsep", min_macs_saving=0.9), example_inputs=torch.randn(1, 8, 8, 8)
+        )
+    assert (
+        plan.entries[0].reason
+        == "dwsep would not save MACs: saves 76.4 %, below min_macs_saving 90 % (8,704 vs 36,864 MACs)"
+    )
     assert plan.report().loc[0, "status"] == "kept"
 
 
 def test_a_rule_whose_block_cannot_apply_is_warned_noted_and_counted():
     """A grouped block named for a depthwise conv cannot replace it: the site is kept, and the
     PlanWarning, the site's note and the summary say so."""
-    message = (r"^1 site\(s\) kept against their rule, whose block cannot replace the conv: "
-               r"body\.2: 'body\.2' names grouped_g4, which cannot replace this conv \(groups=4")
+    message = (
+        r"^1 site\(s\) kept against their rule, whose block cannot replace the conv: "
+        r"body\.2: 'body\.2' names grouped_g4, which cannot replace this conv \(groups=4"
+    )
     with pytest.warns(ns.PlanWarning, match=message):
         plan = ns.make_plan(Small(), {"body.2": "grouped_g4", "body.0": "dwsep"}, example_inputs=x())
     row = plan.report().set_index("name").loc["body.2"]

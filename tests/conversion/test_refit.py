@@ -16,12 +16,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from nas_sepconv.blocks import BlockSpec, ConvGeometry
 from nas_sepconv.blocks import closed_form as decompose
-from nas_sepconv.errors import UserInputError
-from nas_sepconv.blocks import ConvGeometry
 from nas_sepconv.conversion import conv_patches, fidelity, refit
-from nas_sepconv.blocks import BlockSpec
-
+from nas_sepconv.errors import UserInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
 
@@ -102,7 +100,9 @@ def test_refit_dwsep_m1_reduces_error_substantially(net, data):
     assert logits_after < logits_before
 
 
-@pytest.mark.parametrize("spec", ["spatial_r0.25", "dw_spatial_m1", "grouped_g4", "ir_e4_relu", "ir_e2_se0.25_hswish", "dwsep_m2_bn_relu"])
+@pytest.mark.parametrize(
+    "spec", ["spatial_r0.25", "dw_spatial_m1", "grouped_g4", "ir_e4_relu", "ir_e2_se0.25_hswish", "dwsep_m2_bn_relu"]
+)
 def test_refit_never_increases_error(net, data, spec):
     converted, plan = convert(net, spec, SITES)
     df = refit(converted, net, data, plan=plan)
@@ -110,7 +110,9 @@ def test_refit_never_increases_error(net, data, spec):
     assert (df["rel_output_error_after"] < df["rel_output_error_before"]).any()
     after = fidelity(converted, net, data, plan=plan)
     # the error reported after refit is the error the model now has at each site
-    assert after["rel_output_error"].to_numpy() == pytest.approx(df["rel_output_error_after"].to_numpy(), rel=1e-3, abs=1e-6)
+    assert after["rel_output_error"].to_numpy() == pytest.approx(
+        df["rel_output_error_after"].to_numpy(), rel=1e-3, abs=1e-6
+    )
 
 
 def test_refit_keeps_old_weights_when_solve_would_hurt(net, data):
@@ -134,7 +136,9 @@ def test_joint_refit_beats_last_linear_refit(net, data):
     assert b["rel_output_error_before"].iloc[0] == pytest.approx(a["rel_output_error_before"].iloc[0], rel=1e-9)
     assert b["rel_output_error_after"].iloc[0] < 0.95 * a["rel_output_error_after"].iloc[0]
     fid = fidelity(joint, net, data, plan=plan)
-    assert fid["rel_output_error"].to_numpy() == pytest.approx(b["rel_output_error_after"].to_numpy(), rel=1e-3, abs=1e-6)
+    assert fid["rel_output_error"].to_numpy() == pytest.approx(
+        b["rel_output_error_after"].to_numpy(), rel=1e-3, abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -174,7 +178,9 @@ def test_joint_refit_conjugate_gradients_match_direct_solve(net, data, monkeypat
     want = refit(direct, net, data, plan=plan, iterations=3)
     monkeypatch.setattr(joint_refit, "DIRECT_MAX", 0)
     got = refit(iterative, net, data, plan=plan, iterations=3)
-    assert got["rel_output_error_after"].to_numpy() == pytest.approx(want["rel_output_error_after"].to_numpy(), rel=1e-3)
+    assert got["rel_output_error_after"].to_numpy() == pytest.approx(
+        want["rel_output_error_after"].to_numpy(), rel=1e-3
+    )
 
 
 def test_joint_refit_keeps_old_weights_when_solve_would_hurt(net, data, monkeypatch):
@@ -187,8 +193,11 @@ def test_joint_refit_keeps_old_weights_when_solve_would_hurt(net, data, monkeypa
             block.conv_pw.weight.zero_()
 
     kind = specs.KINDS["dwsep"]
-    monkeypatch.setitem(specs.KINDS, "dwsep", dataclasses.replace(
-        kind, joint_refit=dataclasses.replace(kind.joint_refit, solve=harmful)))
+    monkeypatch.setitem(
+        specs.KINDS,
+        "dwsep",
+        dataclasses.replace(kind, joint_refit=dataclasses.replace(kind.joint_refit, solve=harmful)),
+    )
     converted, plan = convert(net, "dwsep_m1", SITES)
     before = {k: v.clone() for k, v in converted.state_dict().items()}
     df = refit(converted, net, data, plan=plan)
@@ -408,7 +417,9 @@ def test_refit_on_cuda_matches_cpu(net, data):
     got = refit(on_gpu, net, data, plan=plan, device="cuda")
     assert next(net.parameters()).device.type == "cpu"  # the original is copied, not moved
     assert next(on_gpu.parameters()).device.type == "cuda"
-    assert got["rel_output_error_after"].to_numpy() == pytest.approx(want["rel_output_error_after"].to_numpy(), rel=1e-3)
+    assert got["rel_output_error_after"].to_numpy() == pytest.approx(
+        want["rel_output_error_after"].to_numpy(), rel=1e-3
+    )
 
 
 def test_refit_shows_progress_only_when_asked(capsys):

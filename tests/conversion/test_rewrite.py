@@ -14,7 +14,16 @@ from nas_sepconv.models import cifar_resnet18, tiny_convnet
 torchvision = pytest.importorskip("torchvision")
 
 # A representative subset in the default run; every classification model under -m slow.
-FAST_MODELS = ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "regnet_x_400mf", "googlenet", "efficientnet_b0", "convnext_tiny", "vgg11"]
+FAST_MODELS = [
+    "resnet18",
+    "mobilenet_v3_small",
+    "squeezenet1_1",
+    "regnet_x_400mf",
+    "googlenet",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vgg11",
+]
 
 
 def _classification_models():

@@ -56,7 +56,10 @@ def test_a_site_no_input_reaches_is_listed_reported_and_warned():
 def test_a_rule_naming_an_unreached_site_says_it_was_not_applied():
     with pytest.warns(ns.PlanWarning):
         plan = ns.make_plan(branchy(), {"c3": "dwsep"}, example_inputs=POS)
-    assert plan.report().set_index("name").loc["c3", "reason"] == "not reached by the example inputs (rule 'c3' not applied)"
+    assert (
+        plan.report().set_index("name").loc["c3", "reason"]
+        == "not reached by the example inputs (rule 'c3' not applied)"
+    )
 
 
 def test_several_example_inputs_reach_every_branch():
@@ -85,7 +88,9 @@ def test_example_inputs_are_never_confused_with_the_arguments_of_one_call():
     x = torch.randn(1, 8, 6, 6)
     one_call = ns.make_plan(TwoArgs(), "dwsep", example_inputs=(x, x))
     assert one_call.input_shapes == [(1, 8, 6, 6), (1, 8, 6, 6)] and len(one_call.converted) == 2
-    two_calls = ns.make_plan(TwoArgs(), "dwsep", example_inputs=ns.ExampleInputs((x, x), (x[:, :, :4, :4], x[:, :, :4, :4])))
+    two_calls = ns.make_plan(
+        TwoArgs(), "dwsep", example_inputs=ns.ExampleInputs((x, x), (x[:, :, :4, :4], x[:, :, :4, :4]))
+    )
     assert two_calls.input_shapes == one_call.input_shapes
     with pytest.raises(ns.UserInputError, match="example_inputs"):
         ns.ExampleInputs()
@@ -211,8 +216,11 @@ def test_an_example_input_the_model_cannot_run_is_named_not_dropped(make, positi
     items = [POS, torch.randn(1, 3, 8, 8)]
     if position == 0:
         items.reverse()
-    with pytest.raises(ns.UserInputError, match=rf"^example_inputs: ExampleInputs item {position + 1} of 2: "
-                                                 r"\w+ expects 8 input channel\(s\) .*got 3; use input size 8,8,8"):
+    with pytest.raises(
+        ns.UserInputError,
+        match=rf"^example_inputs: ExampleInputs item {position + 1} of 2: "
+        r"\w+ expects 8 input channel\(s\) .*got 3; use input size 8,8,8",
+    ):
         ns.make_plan(make(), "dwsep", example_inputs=ns.ExampleInputs(*items))
 
 
@@ -227,8 +235,10 @@ def test_a_huge_example_input_is_refused_before_it_runs(monkeypatch):
     ran = []
     wide.register_forward_pre_hook(lambda m, a: ran.append(a[0].device.type))
     x = torch.empty(1, 3, 1100, 1100)  # 14.5 MB; 1024 channels of it are 5 GB
-    message = (r"^example_inputs: an input of shape \(1, 3, 1100, 1100\) needs about [\d.]+ GiB of activations "
-               r"per example \(estimated\), above the budget of 4\.0 GiB; ")
+    message = (
+        r"^example_inputs: an input of shape \(1, 3, 1100, 1100\) needs about [\d.]+ GiB of activations "
+        r"per example \(estimated\), above the budget of 4\.0 GiB; "
+    )
     with pytest.raises(ns.UserInputError, match=message):
         ns.make_plan(wide, "dwsep", example_inputs=x)
     assert "cpu" not in ran  # only the estimate's forward ran, on the meta device
@@ -237,13 +247,18 @@ def test_a_huge_example_input_is_refused_before_it_runs(monkeypatch):
 
 
 def test_a_huge_input_size_is_refused_before_it_is_allocated():
-    message = (r"^input_size: \(3, 100000, 100000\) is 111\.8 GiB for the input alone, "
-               r"above the budget of 4\.0 GiB; use a smaller input size, e\.g\. 3,224,224$")
+    message = (
+        r"^input_size: \(3, 100000, 100000\) is 111\.8 GiB for the input alone, "
+        r"above the budget of 4\.0 GiB; use a smaller input size, e\.g\. 3,224,224$"
+    )
     with pytest.raises(ns.UserInputError, match=message):
         ns.make_plan(Plain(), "dwsep", example_inputs=(3, 100_000, 100_000))
 
 
 def test_an_example_input_of_batch_zero_is_refused():
-    with pytest.raises(ns.UserInputError, match=r"^example_inputs: an input of shape \(0, 8, 8, 8\) holds no example; "
-                                                 r"give inputs of batch 1 or more"):
+    with pytest.raises(
+        ns.UserInputError,
+        match=r"^example_inputs: an input of shape \(0, 8, 8, 8\) holds no example; "
+        r"give inputs of batch 1 or more",
+    ):
         ns.make_plan(Plain(), "dwsep", example_inputs=torch.randn(0, 8, 8, 8))

@@ -8,9 +8,9 @@ import torch.nn as nn
 
 pytest.importorskip("torch_pruning")
 
+from nas_sepconv.conversion import apply_width_mult, find_classifier
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.models import Arch, Stage, build_network, cifar_resnet18
-from nas_sepconv.conversion import apply_width_mult, find_classifier
 
 
 def n_params(model: nn.Module) -> int:
@@ -29,7 +29,9 @@ class ConcatNet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
         self.branch_a = nn.Sequential(nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
         self.branch_b = nn.Sequential(nn.Conv2d(32, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self.mix = nn.Sequential(nn.Conv2d(48 + 32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.mix = nn.Sequential(
+            nn.Conv2d(48 + 32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        )
         self.fc = nn.Linear(64, 10)
 
     def forward(self, x):
@@ -74,7 +76,9 @@ def test_concat_model(x32):
 
 def test_inverted_residual_network(x32):
     # depthwise convolutions and identity shortcuts of a built MobileNet-style network
-    arch = Arch(stages=(Stage("ir_e4_k3", 32, 2, 1), Stage("ir_e4_k3_se0.25", 48, 2, 2)), stem_channels=32, head_channels=64)
+    arch = Arch(
+        stages=(Stage("ir_e4_k3", 32, 2, 1), Stage("ir_e4_k3_se0.25", 48, 2, 2)), stem_channels=32, head_channels=64
+    )
     model = build_network(arch).eval()
     pruned = apply_width_mult(model, 0.5, example_inputs=x32)
     assert pruned.stem[0].out_channels == 16
@@ -91,7 +95,9 @@ class ConvHead(nn.Module):
 
     def __init__(self, num_classes: int = 7):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU()
+        )
         self.classifier = nn.Conv2d(64, num_classes, 1)
 
     def forward(self, x):

@@ -15,12 +15,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nas_sepconv.data import (
+    DATASETS,
+    DataSource,
+    DeviceLoader,
+    Split,
+    calibration_batches,
+    dataset_names,
+    find_dataset,
+    load_dataset,
+)
 from nas_sepconv.data import arrays as arrays_mod
 from nas_sepconv.data import cifar as cifar_mod
 from nas_sepconv.data import datasets as data_mod
 from nas_sepconv.data import folders as folders_mod
 from nas_sepconv.data import sources as sources_mod
-from nas_sepconv.data import DATASETS, DataSource, DeviceLoader, Split, calibration_batches, dataset_names, find_dataset, load_dataset
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.train import reestimate_batchnorm
 
@@ -43,7 +52,9 @@ def _hashes(x: torch.Tensor) -> list[str]:
     return [hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in x]
 
 
-def _write_tree(root: Path, classes=("cat", "ant", "bee"), n_train=6, n_test=2, size=32, mode="RGB", ext="png", test_name="test"):
+def _write_tree(
+    root: Path, classes=("cat", "ant", "bee"), n_train=6, n_test=2, size=32, mode="RGB", ext="png", test_name="test"
+):
     """A tiny ImageFolder tree; every image is one constant colour, unique across the tree."""
     from PIL import Image
 
@@ -81,8 +92,12 @@ def test_digits_splits_partition_the_data(digits):
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    full = F.interpolate(torch.from_numpy(bunch.images.astype(np.float32) / 16).unsqueeze(1), size=(16, 16),
-                         mode="bilinear", align_corners=False).clamp(0, 1)
+    full = F.interpolate(
+        torch.from_numpy(bunch.images.astype(np.float32) / 16).unsqueeze(1),
+        size=(16, 16),
+        mode="bilinear",
+        align_corners=False,
+    ).clamp(0, 1)
     ours = torch.cat([digits.train.x, digits.val.x, digits.test.x])
     labels = torch.cat([digits.train.y, digits.val.y, digits.test.y])
     assert sorted(zip(_hashes(ours), labels.tolist())) == sorted(zip(_hashes(full), bunch.target.tolist()))
@@ -277,7 +292,11 @@ def test_imagefolder_splits_are_disjoint_and_cached(tmp_path, monkeypatch):
     assert d.input_shape == (3, 32, 32)  # resized at load
     ids = {name: set(s.x[:, 0, 0, 0].tolist()) for name, s in (("train", d.train), ("val", d.val), ("test", d.test))}
     assert len(ids["train"]) == len(d.train) and len(ids["val"]) == len(d.val)
-    assert ids["train"].isdisjoint(ids["val"]) and ids["train"].isdisjoint(ids["test"]) and ids["val"].isdisjoint(ids["test"])
+    assert (
+        ids["train"].isdisjoint(ids["val"])
+        and ids["train"].isdisjoint(ids["test"])
+        and ids["val"].isdisjoint(ids["test"])
+    )
     assert len(d.val) == 4 and set(torch.bincount(d.val.y).tolist()) <= {1, 2}
 
     cached = list((tmp_path / "cache").glob("*.npz"))
@@ -474,7 +493,18 @@ def _rewrite_batch(folder: Path, name: str, entry, protocol=pickle.DEFAULT_PROTO
         ({"data": np.zeros((4, 3072), np.uint8)}, "not a CIFAR-10 batch"),
         ([1, 2, 3], "not a CIFAR-10 batch"),
     ],
-    ids=["data-100x10", "labels-count", "label-10", "label-negative", "pixel-300", "float-data", "ragged", "labels-2d", "no-labels", "a-list"],
+    ids=[
+        "data-100x10",
+        "labels-count",
+        "label-10",
+        "label-negative",
+        "pixel-300",
+        "float-data",
+        "ragged",
+        "labels-2d",
+        "no-labels",
+        "a-list",
+    ],
 )
 def test_cifar_batch_of_the_wrong_shape_names_the_file(tmp_path, entry, words):
     folder = tmp_path / "cifar-10-batches-py"
@@ -591,7 +621,9 @@ def _break_one_image(root: Path, which: str = "train/bee/001.jpg", how: str = "t
     return path
 
 
-@pytest.mark.parametrize("which", ["train/ant/000.jpg", "train/bee/001.jpg", "test/cat/001.jpg"], ids=["first", "middle", "test-split"])
+@pytest.mark.parametrize(
+    "which", ["train/ant/000.jpg", "train/bee/001.jpg", "test/cat/001.jpg"], ids=["first", "middle", "test-split"]
+)
 @pytest.mark.parametrize("how", ["truncate", "garbage"])
 @pytest.mark.parametrize("name", ["imagefolder", "cifar10"])
 def test_broken_image_names_the_file(tmp_path, which, how, name):
@@ -612,7 +644,9 @@ def test_broken_image_in_a_tar_names_the_member(tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tree / "train", arcname="train")
         tar.add(tree / "test", arcname="test")
-    with pytest.raises(UserInputError, match=r"^dataset\.root: cannot decode the image .*tiny\.tar\.gz:train/cat/002\.jpg"):
+    with pytest.raises(
+        UserInputError, match=r"^dataset\.root: cannot decode the image .*tiny\.tar\.gz:train/cat/002\.jpg"
+    ):
         load_dataset("cifar10", root=archive)
 
 
@@ -695,7 +729,9 @@ def _flags_in_error_messages() -> dict[str, set[str]]:
     for path in sorted((REPO_ROOT / "nas_sepconv").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             func = getattr(node, "func", None)
-            if not (isinstance(node, ast.Call) and getattr(func, "id", getattr(func, "attr", None)) == "UserInputError"):
+            if not (
+                isinstance(node, ast.Call) and getattr(func, "id", getattr(func, "attr", None)) == "UserInputError"
+            ):
                 continue
             for part in ast.walk(node):
                 if isinstance(part, ast.Constant) and isinstance(part.value, str):
@@ -753,8 +789,13 @@ def test_sizes_are_refused_before_anything_is_read(tmp_path, monkeypatch, kwargs
         raise AssertionError("read or decoded the data before checking the sizes")
 
     for module, loader in (
-        (sources_mod, "_load_digits"), (sources_mod, "_load_cifar10"), (sources_mod, "_load_folder"),
-        (cifar_mod, "_load_folder"), (cifar_mod, "_resize_nchw"), (folders_mod, "_decode_all"), (arrays_mod, "_resize_nchw"),
+        (sources_mod, "_load_digits"),
+        (sources_mod, "_load_cifar10"),
+        (sources_mod, "_load_folder"),
+        (cifar_mod, "_load_folder"),
+        (cifar_mod, "_resize_nchw"),
+        (folders_mod, "_decode_all"),
+        (arrays_mod, "_resize_nchw"),
     ):
         monkeypatch.setattr(module, loader, no_loading)
     root = _write_tree(tmp_path / "tree", n_train=2, n_test=1, size=8)
@@ -793,7 +834,9 @@ def test_find_dataset(name, source, arg):
     assert found is DATASETS[source] and found_arg == arg
 
 
-@pytest.mark.parametrize("name", ["mnist", "digits:x", "cifar10:/data", "torchvision", "torchvision:", "", "  ", None, 3])
+@pytest.mark.parametrize(
+    "name", ["mnist", "digits:x", "cifar10:/data", "torchvision", "torchvision:", "", "  ", None, 3]
+)
 def test_find_dataset_refuses_and_lists_the_names(name):
     with pytest.raises(UserInputError) as info:
         find_dataset(name)

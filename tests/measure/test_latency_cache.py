@@ -14,7 +14,11 @@ from nas_sepconv.measure import LatencyCache, latency_context
 from nas_sepconv.measure.latency_cache import MAX_CACHE_BYTES
 
 CONTEXT = latency_context(
-    device=torch.device("cpu"), threads=1, runtime="eager", runtime_version="1", dtype=torch.float32,
+    device=torch.device("cpu"),
+    threads=1,
+    runtime="eager",
+    runtime_version="1",
+    dtype=torch.float32,
     memory_format="contiguous",
 )
 GOOD = {"median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.2, "repeats": 5}

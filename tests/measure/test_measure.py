@@ -8,8 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nas_sepconv as ns
-from nas_sepconv.blocks import ConvGeometry
-from nas_sepconv.blocks import BlockSpec, resolve_rank
+from nas_sepconv.blocks import BlockSpec, ConvGeometry, resolve_rank
 
 
 def out_hw(h, k, s, p, d):
@@ -175,8 +174,23 @@ def randn(*shapes):
         (lambda a, b: torch.tensordot(a, b, dims=([1, 2], [0, 1])), [(2, 3, 4), (3, 4, 5)], 2 * 5 * 3 * 4),
         (lambda a, b: torch.tensordot(a, b, dims=1), [(2, 3, 4), (4, 5)], 2 * 3 * 5 * 4),
     ],
-    ids=["matmul", "matmul-broadcast", "matmul-vector", "@", "Tensor.matmul", "linalg.matmul", "mm", "bmm",
-         "mv", "dot", "baddbmm", "Tensor.addmm", "addbmm", "tensordot-lists", "tensordot-int"],
+    ids=[
+        "matmul",
+        "matmul-broadcast",
+        "matmul-vector",
+        "@",
+        "Tensor.matmul",
+        "linalg.matmul",
+        "mm",
+        "bmm",
+        "mv",
+        "dot",
+        "baddbmm",
+        "Tensor.addmm",
+        "addbmm",
+        "tensordot-lists",
+        "tensordot-int",
+    ],
 )
 def test_matrix_product_formula(fn, shapes, macs):
     assert ns.count_macs(Call(fn), randn(*shapes)) == macs
@@ -337,7 +351,7 @@ def test_plan_of_a_hybrid_model_counts_its_attention():
     assert plan.model_macs == ns.count_macs(net, x) == stem + conv + attention + head
     dwsep = 16 * 9 * 8 * 8 + 16 * 32 * 8 * 8
     assert plan.macs_after == ns.count_macs(ns.apply_plan(net, plan), x) == stem + dwsep + attention + head
-    assert "MACs {:,} -> {:,}".format(stem + conv + attention + head, plan.macs_after) in plan.summary()
+    assert f"MACs {stem + conv + attention + head:,} -> {plan.macs_after:,}" in plan.summary()
 
 
 def _build_on_meta(torchvision, name, **kwargs):
@@ -374,8 +388,10 @@ def test_macs_match_torchvision_published_multiply_adds():
 def test_a_huge_input_size_is_refused_before_it_is_allocated():
     from nas_sepconv.measure import as_inputs
 
-    message = (r"^input_size: \(8, 100000, 100000\) is 298\.0 GiB for the input alone, "
-               r"above the budget of 4\.0 GiB; use a smaller input size, e\.g\. 8,224,224$")
+    message = (
+        r"^input_size: \(8, 100000, 100000\) is 298\.0 GiB for the input alone, "
+        r"above the budget of 4\.0 GiB; use a smaller input size, e\.g\. 8,224,224$"
+    )
     with pytest.raises(ns.UserInputError, match=message):
         as_inputs((8, 100_000, 100_000))
     assert as_inputs((3, 16, 16))[0].shape == (1, 3, 16, 16)

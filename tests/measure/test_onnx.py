@@ -78,10 +78,14 @@ def test_an_onnx_file_replaces_a_link_and_never_writes_its_target(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "precious.txt"]
 
 
-@pytest.mark.parametrize("model, size, words", [
-    (_Fft(), 8, "aten::fft_fft2"),
-    (_Pool3(), 7, "adaptive_avg_pool2d"),
-], ids=["operator", "adaptive-pool"])
+@pytest.mark.parametrize(
+    "model, size, words",
+    [
+        (_Fft(), 8, "aten::fft_fft2"),
+        (_Pool3(), 7, "adaptive_avg_pool2d"),
+    ],
+    ids=["operator", "adaptive-pool"],
+)
 def test_what_onnx_cannot_express_is_refused_and_the_old_file_stays(tmp_path, capfd, model, size, words):
     out = tmp_path / "m.onnx"
     before = _old_file(out)

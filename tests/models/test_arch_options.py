@@ -136,7 +136,9 @@ def test_summary_names_the_activation(act):
 
 
 def test_summary_marks_plain_stages_and_the_head():
-    a = arch(stages=(Stage("dwsep", 16, 2, 1, False), Stage("dwsep", 24, 2, 2)), head="gdc", input_size=32, head_channels=64)
+    a = arch(
+        stages=(Stage("dwsep", 16, 2, 1, False), Stage("dwsep", 24, 2, 2)), head="gdc", input_size=32, head_channels=64
+    )
     assert a.summary() == "w1.0 d1.0 relu | 16:dwsepx2/s1/noskip 24:dwsepx2/s2 | head64 gdc"
     assert arch().summary() == "w1.0 d1.0 relu | 16:dwsepx2/s1 24:dwsepx2/s2"
 

@@ -79,7 +79,9 @@ def test_no_shortcut_changes_the_output():
     # the same weights with shortcuts (where shapes allow: one 128, one 256, five 512, one 1024)
     # compute something else: MobileNetV1's layers are plain
     plain = mobilenet_v1(width_mult=0.25, num_classes=10).eval()
-    arch = plain.arch.replace(stages=tuple(Stage(s.spec, s.out_channels, s.repeats, s.stride, True) for s in plain.arch.stages))
+    arch = plain.arch.replace(
+        stages=tuple(Stage(s.spec, s.out_channels, s.repeats, s.stride, True) for s in plain.arch.stages)
+    )
     skip = build_network(arch).eval()
     assert sum(layer.residual for stage in skip.stages for layer in stage) == 8
     skip.load_state_dict(plain.state_dict())
@@ -90,7 +92,9 @@ def test_no_shortcut_changes_the_output():
 
 def test_by_name_and_loaded_without_allow_import(tmp_path):
     assert "mobilenet_v1" in FACTORIES
-    model = model_from_name("nas_sepconv:mobilenet_v1", num_classes=10, in_channels=1, width_mult=0.25, input_size=64, head="gdc")
+    model = model_from_name(
+        "nas_sepconv:mobilenet_v1", num_classes=10, in_channels=1, width_mult=0.25, input_size=64, head="gdc"
+    )
     assert model.stem[0].in_channels == 1 and model.classifier.out_features == 10
     assert model.pool.conv.kernel_size == (2, 2)
     kwargs = {"width_mult": 0.25, "input_size": 64, "head": "gdc", "num_classes": 10, "in_channels": 1}

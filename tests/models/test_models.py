@@ -11,6 +11,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from nas_sepconv.blocks import KINDS, BlockSpec
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.models import (
     FACTORIES,
@@ -26,7 +27,6 @@ from nas_sepconv.models import (
     model_from_name,
     tiny_convnet,
 )
-from nas_sepconv.blocks import KINDS, BlockSpec
 
 
 def n_params(model: nn.Module) -> int:
@@ -140,7 +140,10 @@ def test_arch_accepts_lists_and_mappings():
     "change, field",
     [
         (dict(stages=()), "arch.stages"),
-        (dict(stages=(Stage("ir_e6", 16, 1, 1), Stage("ir_e6", 24, 1, 1), Stage("ir_e6", 32, 1, 0))), "arch.stages[2].stride"),
+        (
+            dict(stages=(Stage("ir_e6", 16, 1, 1), Stage("ir_e6", 24, 1, 1), Stage("ir_e6", 32, 1, 0))),
+            "arch.stages[2].stride",
+        ),
         (dict(stages=(Stage("nonsense", 16, 1, 1),)), "arch.stages[0].spec"),
         (dict(stages=(Stage("keep", 0, 1, 1),)), "arch.stages[0].out_channels"),
         (dict(width_mult=0), "arch.width_mult"),
@@ -213,7 +216,9 @@ def test_any_resolution(size):
         assert model(torch.randn(1, 3, size, size)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("depth_mult, expected", [(1.0, [2, 3]), (0.5, [1, 2]), (0.25, [1, 1]), (1.2, [3, 4]), (2.0, [4, 6])])
+@pytest.mark.parametrize(
+    "depth_mult, expected", [(1.0, [2, 3]), (0.5, [1, 2]), (0.25, [1, 1]), (1.2, [3, 4]), (2.0, [4, 6])]
+)
 def test_depth_mult_rounds_up(depth_mult, expected):
     arch = Arch(stages=(Stage("dwsep", 16, 2, 1), Stage("dwsep", 24, 3, 2)), depth_mult=depth_mult)
     assert [arch.repeats(s) for s in arch.stages] == [math.ceil(n * depth_mult) or 1 for n in (2, 3)]

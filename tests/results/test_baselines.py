@@ -15,12 +15,14 @@ from nas_sepconv.errors import UserInputError
 
 def _frame(points: list[tuple[float, int]], *, objectives: list[str] | None = None, study: str = "s") -> pd.DataFrame:
     """A results frame of COMPLETE trials (accuracy, MACs)."""
-    df = pd.DataFrame({
-        "number": np.arange(len(points)),
-        "state": pd.Categorical(["COMPLETE"] * len(points), categories=list(results.STATES)),
-        "accuracy": [a for a, _ in points],
-        "macs": pd.array([m for _, m in points], dtype="Int64"),
-    })
+    df = pd.DataFrame(
+        {
+            "number": np.arange(len(points)),
+            "state": pd.Categorical(["COMPLETE"] * len(points), categories=list(results.STATES)),
+            "accuracy": [a for a, _ in points],
+            "macs": pd.array([m for _, m in points], dtype="Int64"),
+        }
+    )
     if objectives is not None:
         df.attrs.update(objectives=objectives, study=study)
     return df
@@ -35,9 +37,11 @@ MNV3 = [(0.6, 100)]
 
 
 def test_compare_with_baselines_gives_the_exact_hypervolume_ratio():
-    table = results.compare({"searched": _frame(SEARCHED)},
-                            baselines={"mnv2": _frame(MNV2), "mnv3": _frame(MNV3)},
-                            reference={"accuracy": 0.5, "macs": 1e4})
+    table = results.compare(
+        {"searched": _frame(SEARCHED)},
+        baselines={"mnv2": _frame(MNV2), "mnv3": _frame(MNV3)},
+        reference={"accuracy": 0.5, "macs": 1e4},
+    )
     assert table["name"].tolist() == ["searched", "mnv2", "mnv3"]
     assert table["baseline"].tolist() == [False, True, True]
     assert table["hypervolume_logmacs"].to_numpy() == pytest.approx([0.6, 0.3, 0.2], abs=1e-12)
@@ -56,11 +60,15 @@ def test_the_default_reference_covers_the_baselines_too():
     alone = results.compare({"mnv3": _frame(MNV3)})  # alone, mnv3 would set a different one
     assert alone.attrs["reference"] != ref
     for name, points in (("searched", SEARCHED), ("mnv2", MNV2)):
-        hv = results.hypervolume(_frame(points).assign(macs=np.log10(_frame(points)["macs"].astype(float))),
-                                 reference=[ref["accuracy"], ref["macs"]])
+        hv = results.hypervolume(
+            _frame(points).assign(macs=np.log10(_frame(points)["macs"].astype(float))),
+            reference=[ref["accuracy"], ref["macs"]],
+        )
         assert table.set_index("name").loc[name, "hypervolume_logmacs"] == pytest.approx(hv)
     best = table.set_index("name")["hypervolume_logmacs"]
-    assert table.set_index("name").loc["searched", "hypervolume_ratio"] == pytest.approx(best["searched"] / best["mnv2"])
+    assert table.set_index("name").loc["searched", "hypervolume_ratio"] == pytest.approx(
+        best["searched"] / best["mnv2"]
+    )
 
 
 def test_compare_without_baselines_has_no_ratio():
@@ -70,8 +78,9 @@ def test_compare_without_baselines_has_no_ratio():
 
 
 def test_a_baseline_of_zero_hypervolume_gives_an_infinite_ratio():
-    table = results.compare({"s": _frame(SEARCHED)}, baselines={"b": _frame([(0.1, 10**6)])},
-                            reference={"accuracy": 0.5, "macs": 1e4})
+    table = results.compare(
+        {"s": _frame(SEARCHED)}, baselines={"b": _frame([(0.1, 10**6)])}, reference={"accuracy": 0.5, "macs": 1e4}
+    )
     assert table["hypervolume_ratio"].tolist()[0] == math.inf and math.isnan(table["hypervolume_ratio"].tolist()[1])
 
 
@@ -103,24 +112,37 @@ def test_plot_fronts_draws_one_labelled_line_per_study():
 
 
 def test_write_comparison_writes_the_table_and_the_plot(tmp_path):
-    table, paths = results.write_comparison({"searched": _frame(SEARCHED)}, tmp_path / "out",
-                                            baselines={"mnv2": _frame(MNV2), "mnv3": _frame(MNV3)})
+    table, paths = results.write_comparison(
+        {"searched": _frame(SEARCHED)}, tmp_path / "out", baselines={"mnv2": _frame(MNV2), "mnv3": _frame(MNV3)}
+    )
     assert set(paths) == {"comparison", "plot"} and paths["plot"].stat().st_size > 1000
     written = pd.read_csv(paths["comparison"])
     assert written["name"].tolist() == ["searched", "mnv2", "mnv3"]
     assert written["hypervolume_ratio"].to_numpy() == pytest.approx(table["hypervolume_ratio"].to_numpy())
     assert written["reference_macs"].iloc[0] == pytest.approx(10 ** table.attrs["reference"]["macs"])
     shown = results.comparison_table(table)
-    assert list(shown.columns) == ["study", "role", "complete", "front", "best accuracy %", "min MACs (M)",
-                                   "hypervolume (accuracy x log10 macs)", "x best baseline"]
+    assert list(shown.columns) == [
+        "study",
+        "role",
+        "complete",
+        "front",
+        "best accuracy %",
+        "min MACs (M)",
+        "hypervolume (accuracy x log10 macs)",
+        "x best baseline",
+    ]
     assert shown["role"].tolist() == ["searched", "baseline", "baseline"]
     assert results.reference_line(table).startswith("reference point: accuracy 59.70%, MACs 0.005")
 
 
 def test_write_comparison_writes_nothing_when_the_objectives_differ(tmp_path):
     with pytest.raises(UserInputError) as info:
-        results.write_comparison({"s": _frame(SEARCHED, objectives=["accuracy", "macs"])}, tmp_path / "out",
-                                 baselines={"b": _frame(MNV2, objectives=["reward"])}, field="--baseline")
+        results.write_comparison(
+            {"s": _frame(SEARCHED, objectives=["accuracy", "macs"])},
+            tmp_path / "out",
+            baselines={"b": _frame(MNV2, objectives=["reward"])},
+            field="--baseline",
+        )
     assert info.value.field == "--baseline"
     assert not (tmp_path / "out").exists()
 

@@ -52,7 +52,9 @@ def test_infeasible_trials_are_off_the_front_knee_and_hypervolume(frame):
     assert int(results.knee(frame)["number"]) in (0, 1, 2)
     feasible_only = frame[frame["feasible"].fillna(False)]
     reference = {"accuracy": 0.0, "macs": 1000}
-    assert results.hypervolume(frame, reference=reference) == pytest.approx(results.hypervolume(feasible_only, reference=reference))
+    assert results.hypervolume(frame, reference=reference) == pytest.approx(
+        results.hypervolume(feasible_only, reference=reference)
+    )
     assert list(results.pareto_table(frame)["trial"]) == [2, 0, 1]
 
 

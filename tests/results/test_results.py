@@ -13,8 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from nas_sepconv import results
-from nas_sepconv.results import plot as plot_mod
 from nas_sepconv.errors import UserInputError
+from nas_sepconv.results import plot as plot_mod
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -86,11 +86,13 @@ def test_pareto_mask_matches_brute_force(seed: int, k: int) -> None:
 
 
 def test_pareto_ties_all_kept_and_defaults() -> None:
-    df = pd.DataFrame({
-        "accuracy": [0.9, 0.9, 0.8, 0.7, 0.95],
-        "macs": [100, 100, 50, 60, 400],
-        "state": ["COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "FAIL"],
-    })
+    df = pd.DataFrame(
+        {
+            "accuracy": [0.9, 0.9, 0.8, 0.7, 0.95],
+            "macs": [100, 100, 50, 60, 400],
+            "state": ["COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "FAIL"],
+        }
+    )
     mask = results.pareto_front(df, mask=True)  # known directions: max accuracy, min macs
     assert mask.tolist() == [True, True, True, False, False]
     front = results.pareto_front(df)
@@ -127,8 +129,7 @@ def test_hypervolume_matches_optuna(seed: int, k: int) -> None:
     expected = _optuna_hv(values * sign, np.array(ref) * sign)
     assert hv > 0
     assert hv == pytest.approx(expected, rel=1e-10)
-    by_name = results.hypervolume(df, reference=dict(zip(cols, ref)), objectives=cols,
-                                  directions=directions)
+    by_name = results.hypervolume(df, reference=dict(zip(cols, ref)), objectives=cols, directions=directions)
     assert by_name == pytest.approx(hv)
 
 
@@ -148,10 +149,10 @@ def test_knee_convex_front() -> None:
     # accuracy climbs steeply until 10 MMACs, then flattens: the elbow is trial 3.
     macs = [1e6, 2e6, 5e6, 1e7, 2e7, 5e7, 1e8]
     acc = [0.30, 0.55, 0.75, 0.88, 0.895, 0.90, 0.905]
-    df = pd.DataFrame({"number": range(7), "accuracy": acc, "macs": macs,
-                       "state": ["COMPLETE"] * 7})
-    df = pd.concat([df, pd.DataFrame({"number": [7], "accuracy": [0.5], "macs": [9e7],
-                                      "state": ["COMPLETE"]})], ignore_index=True)
+    df = pd.DataFrame({"number": range(7), "accuracy": acc, "macs": macs, "state": ["COMPLETE"] * 7})
+    df = pd.concat(
+        [df, pd.DataFrame({"number": [7], "accuracy": [0.5], "macs": [9e7], "state": ["COMPLETE"]})], ignore_index=True
+    )
     row = results.knee(df)
     assert isinstance(row, pd.Series)
     assert row["number"] == 3 and row.name == 3
@@ -190,7 +191,7 @@ def _fill_study(study: optuna.Study, seed: int, n_complete: int = 8) -> None:
         if kind.startswith("ir"):
             trial.suggest_int("stage2.expand_ratio", 1, 6)
         acc = float(0.4 + 0.5 * width + 0.02 * rng.random())
-        macs = int(1e6 * width ** 2 * (1 + i)) + i
+        macs = int(1e6 * width**2 * (1 + i)) + i
         trial.set_user_attr("accuracy", acc)
         trial.set_user_attr("test_accuracy", acc - 0.01)
         trial.set_user_attr("macs", macs)
@@ -213,8 +214,12 @@ def _fill_study(study: optuna.Study, seed: int, n_complete: int = 8) -> None:
 @pytest.fixture()
 def sqlite_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = optuna.create_study(study_name="pareto-a", storage=url, directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.RandomSampler(seed=0))  # seeded: some trials draw an "ir" kind
+    study = optuna.create_study(
+        study_name="pareto-a",
+        storage=url,
+        directions=["maximize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )  # seeded: some trials draw an "ir" kind
     study.set_metric_names(["accuracy", "macs"])
     study.set_user_attr("mode", "pareto")
     study.set_user_attr("space", "tiny")
@@ -235,8 +240,7 @@ def test_load_columns_and_dtypes(sqlite_study) -> None:
     assert df["state"].value_counts()[["COMPLETE", "FAIL", "RUNNING"]].tolist() == [8, 1, 1]
     for column in ("macs", "params", "epochs"):
         assert df[column].dtype == "Int64", column
-    for column in ("accuracy", "test_accuracy", "duration_s", "wall_time_s", "width_mult",
-                   "resolution_mult"):
+    for column in ("accuracy", "test_accuracy", "duration_s", "wall_time_s", "width_mult", "resolution_mult"):
         assert df[column].dtype == np.float64, column
     assert df["kernel_size"].dtype == "Int64"
     assert df["stage2.expand_ratio"].dtype == "Int64"
@@ -272,8 +276,7 @@ def test_load_columns_and_dtypes(sqlite_study) -> None:
 
 def test_load_ambiguous_and_missing(sqlite_study, tmp_path) -> None:
     url, _ = sqlite_study
-    other = optuna.create_study(study_name="pareto-b", storage=url,
-                                directions=["maximize", "minimize"])
+    other = optuna.create_study(study_name="pareto-b", storage=url, directions=["maximize", "minimize"])
     other.set_metric_names(["accuracy", "macs"])
     with pytest.raises(UserInputError, match="pareto-a.*pareto-b"):
         results.load(url)
@@ -292,8 +295,9 @@ def test_load_scalarised_and_journal(tmp_path) -> None:
 
     path = tmp_path / "journal.log"
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    study = optuna.create_study(study_name="mnas", storage=storage, direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=1))
+    study = optuna.create_study(
+        study_name="mnas", storage=storage, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1)
+    )
     study.set_metric_names(["reward"])
     study.set_user_attr("mode", "scalarised")
     _fill_study(study, seed=1, n_complete=5)
@@ -311,8 +315,7 @@ def test_load_scalarised_and_journal(tmp_path) -> None:
 
 def test_plot_pareto_data_and_axes(sqlite_study) -> None:
     df = results.load(sqlite_study[0])
-    data = plot_mod._pareto_plot_data(df, x="macs", y="accuracy", baselines=None,
-                                     annotate_knee=True)
+    data = plot_mod._pareto_plot_data(df, x="macs", y="accuracy", baselines=None, annotate_knee=True)
     assert data.main.drawstyle == "steps-post" and data.x_log
     assert np.all(np.diff(data.main.x_front) >= 0)
     assert data.main.y_all.max() > 1  # percent
@@ -341,16 +344,19 @@ def test_write_outputs_roundtrip(sqlite_study, tmp_path) -> None:
     assert results.pareto_front(trials)["number"].tolist() == front["number"].tolist()
 
     table = results.pareto_table(df)
-    assert list(table.columns) == ["trial", "accuracy %", "test accuracy %", "MACs (M)",
-                                   "params (M)", "arch"]
+    assert list(table.columns) == ["trial", "accuracy %", "test accuracy %", "MACs (M)", "params (M)", "arch"]
     assert len(table) == len(front)
 
 
 def test_compare(sqlite_study, tmp_path) -> None:
     df_a = results.load(sqlite_study[0])
     url_b = f"sqlite:///{tmp_path / 'b.db'}"
-    study_b = optuna.create_study(study_name="pareto-b", storage=url_b, directions=["maximize", "minimize"],
-                                  sampler=optuna.samplers.RandomSampler(seed=5))
+    study_b = optuna.create_study(
+        study_name="pareto-b",
+        storage=url_b,
+        directions=["maximize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=5),
+    )
     study_b.set_metric_names(["accuracy", "macs"])
     _fill_study(study_b, seed=5, n_complete=4)
     df_b = results.load(url_b)

@@ -30,9 +30,18 @@ def frame() -> pd.DataFrame:
     for accuracy, macs, rungs in TRIALS:
         trial = study.ask()
         trial.suggest_float("width_mult", 0.25, 1.0)
-        entries = [{"epoch": e, "accuracy": a, "macs": macs, **({} if p is None else {"promoted": p, "population": 3})} for e, a, p in rungs]
-        for key, value in {"accuracy": accuracy, "macs": macs, "epochs": rungs[-1][0], "epochs_trained": rungs[-1][0],
-                           "stopped_early": rungs[-1][2] is False, "rung_results": entries}.items():
+        entries = [
+            {"epoch": e, "accuracy": a, "macs": macs, **({} if p is None else {"promoted": p, "population": 3})}
+            for e, a, p in rungs
+        ]
+        for key, value in {
+            "accuracy": accuracy,
+            "macs": macs,
+            "epochs": rungs[-1][0],
+            "epochs_trained": rungs[-1][0],
+            "stopped_early": rungs[-1][2] is False,
+            "rung_results": entries,
+        }.items():
             trial.set_user_attr(key, value)
         study.tell(trial, [accuracy, macs])
     study.ask()  # left RUNNING
@@ -41,12 +50,16 @@ def frame() -> pd.DataFrame:
 
 def test_the_frame_has_the_rung_columns(frame):
     assert str(frame["stopped_early"].dtype) == "boolean" and str(frame["epochs_trained"].dtype) == "Int64"
-    assert frame["stopped_early"].tolist()[:5] == [False, False, False, True, True] and pd.isna(frame["stopped_early"].iloc[5])
+    assert frame["stopped_early"].tolist()[:5] == [False, False, False, True, True] and pd.isna(
+        frame["stopped_early"].iloc[5]
+    )
     assert frame["epochs_trained"].tolist()[:5] == [9, 9, 9, 3, 1]
     assert int(frame["epochs_trained"].sum()) == 31  # the epochs the study spent
     assert frame["rung"].tolist()[:5] == [2, 2, 2, 1, 0]
     assert frame["accuracy_epoch_1"].tolist()[:5] == [0.5, 0.6, 0.4, 0.7, 0.85]
-    assert frame["accuracy_epoch_3"].tolist()[:4] == [0.7, 0.8, 0.6, 0.95] and pd.isna(frame["accuracy_epoch_3"].iloc[4])
+    assert frame["accuracy_epoch_3"].tolist()[:4] == [0.7, 0.8, 0.6, 0.95] and pd.isna(
+        frame["accuracy_epoch_3"].iloc[4]
+    )
     assert frame["accuracy_epoch_9"].notna().sum() == 3
     assert frame.attrs["multi_fidelity"]["rungs"] == [1, 3, 9]
     assert "rung_results" not in frame.columns
@@ -71,8 +84,12 @@ def test_stopped_trials_are_off_the_front_knee_hypervolume_and_table(frame):
     assert int(results.knee(frame, include_stopped=True)["number"]) in (3, 4)
     full = frame[frame["stopped_early"] == False]  # noqa: E712
     reference = {"accuracy": 0.0, "macs": 1000}
-    assert results.hypervolume(frame, reference=reference) == pytest.approx(results.hypervolume(full, reference=reference))
-    assert results.hypervolume(frame, reference=reference, include_stopped=True) > results.hypervolume(frame, reference=reference)
+    assert results.hypervolume(frame, reference=reference) == pytest.approx(
+        results.hypervolume(full, reference=reference)
+    )
+    assert results.hypervolume(frame, reference=reference, include_stopped=True) > results.hypervolume(
+        frame, reference=reference
+    )
     assert list(results.pareto_table(frame)["trial"]) == [2, 0, 1]
 
 

@@ -21,12 +21,27 @@ from nas_sepconv.results.stored import STUDY_ATTRS, TRIAL_ATTRS
 
 DEEP = "[" * 100_000 + "]" * 100_000
 GOOD_TRIAL = {
-    "accuracy": 0.5, "test_accuracy": 0.4, "macs": 1000, "params": 10, "latency_ms": 1.5, "wall_time_s": 2.0,
-    "epochs": 1, "epochs_trained": 1, "seed": 0, "threads": 1, "resolution": 16, "arch": "a", "arch_json": "{}",
-    "feasible": True, "stopped_early": False, "rung_results": [{"epoch": 1, "accuracy": 0.5}],
+    "accuracy": 0.5,
+    "test_accuracy": 0.4,
+    "macs": 1000,
+    "params": 10,
+    "latency_ms": 1.5,
+    "wall_time_s": 2.0,
+    "epochs": 1,
+    "epochs_trained": 1,
+    "seed": 0,
+    "threads": 1,
+    "resolution": 16,
+    "arch": "a",
+    "arch_json": "{}",
+    "feasible": True,
+    "stopped_early": False,
+    "rung_results": [{"epoch": 1, "accuracy": 0.5}],
 }
 GOOD_STUDY = {
-    "space": "tiny", "space_yaml": "name: tiny", "mode": "pareto",
+    "space": "tiny",
+    "space_yaml": "name: tiny",
+    "mode": "pareto",
     "multi_fidelity": {"min_epochs": 1, "eta": 3, "rungs": [1, 3]},
     "base": {"model": "m", "accuracy": 0.9, "test_accuracy": None, "macs": 10, "params": 2},
 }

@@ -22,9 +22,15 @@ def convert_search(tmp_path_factory):
     through the CLI."""
     root = tmp_path_factory.mktemp("base")
     text = (Path(__file__).resolve().parents[2] / "search_spaces" / "digits_convert.yaml").read_text()
-    text = text.replace("base_epochs: 8", "base_epochs: 2").replace("trials: 12", "trials: 1").replace("epochs: 6", "epochs: 1")
+    text = (
+        text.replace("base_epochs: 8", "base_epochs: 2")
+        .replace("trials: 12", "trials: 1")
+        .replace("epochs: 6", "epochs: 1")
+    )
     (root / "dc.yaml").write_text(text)
-    result = runner.invoke(app, ["search", "--space", str(root / "dc.yaml"), "--trials", "1", "--out", str(root / "r"), "--heartbeat", "0"])
+    result = runner.invoke(
+        app, ["search", "--space", str(root / "dc.yaml"), "--trials", "1", "--out", str(root / "r"), "--heartbeat", "0"]
+    )
     assert result.exit_code == 0, result.output
     return root / "r" / "digits_convert", result.output
 
@@ -37,7 +43,9 @@ def test_the_study_records_the_original_models_accuracy(convert_search):
     assert 0.2 < base["accuracy"] <= 1.0 and 0.0 < base["test_accuracy"] <= 1.0  # trained 2 epochs: well above chance
     (trial,) = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert base["macs"] > 0 and base["params"] > 0
-    assert base["macs"] == ns.count_macs(ns.model_from_name("nas_sepconv:tiny_convnet", width=32), __import__("torch").randn(1, 1, 16, 16))
+    assert base["macs"] == ns.count_macs(
+        ns.model_from_name("nas_sepconv:tiny_convnet", width=32), __import__("torch").randn(1, 1, 16, 16)
+    )
     df = ns.results.load(folder)
     assert df.attrs["base"] == base
 
@@ -47,7 +55,10 @@ def test_report_and_closing_table_show_the_original_model(convert_search):
     df = ns.results.load(folder)
     line = ns.results.base_line(df)
     base = df.attrs["base"]
-    assert line.startswith(f"original model: accuracy {100 * base['accuracy']:.2f}%") and f"MACs {base['macs'] / 1e6:.2f} M" in line
+    assert (
+        line.startswith(f"original model: accuracy {100 * base['accuracy']:.2f}%")
+        and f"MACs {base['macs'] / 1e6:.2f} M" in line
+    )
     assert line in search_output
     result = runner.invoke(app, ["report", str(folder)])
     assert result.exit_code == 0 and line in result.output, result.output
@@ -81,8 +92,13 @@ def test_a_planted_base_model_is_refused_before_any_trial_and_deleting_it_helps(
     cache.parent.mkdir(parents=True)
     if planted == "another model":
         kwargs = {"width": 16, "num_classes": 10, "in_channels": 1}
-        recipe = Recipe(kind="converted", model="nas_sepconv:tiny_convnet", model_kwargs=kwargs, width_mult=1.0,
-                        input_size=(1, 16, 16))
+        recipe = Recipe(
+            kind="converted",
+            model="nas_sepconv:tiny_convnet",
+            model_kwargs=kwargs,
+            width_mult=1.0,
+            input_size=(1, 16, 16),
+        )
         ns.save_model(cache, ns.model_from_name("nas_sepconv:tiny_convnet", width=16), recipe)
     else:
         cache.write_bytes(b"junk")

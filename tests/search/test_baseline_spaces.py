@@ -86,7 +86,9 @@ def test_digits_baselines_downsample_16_to_4_as_the_default_space(name):
     assert total == 4
 
 
-@pytest.mark.parametrize("name, alphas", [("mobilenetv2_width_digits", V2_ALPHAS), ("mobilenetv3small_width_cifar10", V3_ALPHAS)])
+@pytest.mark.parametrize(
+    "name, alphas", [("mobilenetv2_width_digits", V2_ALPHAS), ("mobilenetv3small_width_cifar10", V3_ALPHAS)]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_grid_draws_each_alpha_once(name, alphas, seed):
     space = load_space(name)
@@ -150,7 +152,9 @@ def test_the_grid_refuses_spaces_it_cannot_enumerate(space, field, words):
 def test_the_grid_refuses_a_range_and_more_trials_than_points():
     base = "name: g\nkind: build\nbuild:\n  stages:\n    - {out_channels: 8, kind: dwsep}\n"
     with pytest.raises(ns.UserInputError, match="width_mult is a range"):
-        make_sampler("grid", 0, parse_space(base + "  width_mult: {low: 0.5, high: 1.0}\nsearch: {sampler: grid, trials: 2}\n"))
+        make_sampler(
+            "grid", 0, parse_space(base + "  width_mult: {low: 0.5, high: 1.0}\nsearch: {sampler: grid, trials: 2}\n")
+        )
     with pytest.raises(ns.UserInputError, match="grid has 2 points") as info:
         make_sampler("grid", 0, parse_space(base + "  width_mult: [0.5, 1.0]\nsearch: {sampler: grid, trials: 3}\n"))
     assert info.value.field == "search.trials"
@@ -161,11 +165,15 @@ def test_a_grid_search_refuses_more_trials_than_points_before_creating_anything(
 
     from nas_sepconv.cli import app
 
-    result = CliRunner().invoke(app, ["search", "--space", "mobilenetv3small_width_digits", "--trials", "6", "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        app, ["search", "--space", "mobilenetv3small_width_digits", "--trials", "6", "--out", str(tmp_path / "r")]
+    )
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
-    assert lines[0] == ("error: --trials: 6 trials, but the grid of space 'mobilenetv3small_width_digits' has 5 points; "
-                        "give --trials 5 or fewer (each point once)")
+    assert lines[0] == (
+        "error: --trials: 6 trials, but the grid of space 'mobilenetv3small_width_digits' has 5 points; "
+        "give --trials 5 or fewer (each point once)"
+    )
     assert not (tmp_path / "r").exists()
     with pytest.raises(ns.UserInputError, match="grid of space 'mobilenetv2_width_digits' has 6 points") as info:
         ns.search("mobilenetv2_width_digits", trials=7, out=tmp_path / "r")

@@ -23,15 +23,14 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import FAST_SPACE  # noqa: E402
 from typer.testing import CliRunner
 
 import nas_sepconv.results as nsresults
 from nas_sepconv.cli import app
 from nas_sepconv.errors import StorageError
-from nas_sepconv.search.heartbeat import WORKER_ATTR
 from nas_sepconv.search import search as run_search
-
-from conftest import FAST_SPACE  # noqa: E402
+from nas_sepconv.search.heartbeat import WORKER_ATTR
 
 REPO = Path(__file__).resolve().parents[2]
 S = optuna.trial.TrialState
@@ -73,7 +72,9 @@ def test_weights_and_outputs_that_cannot_be_written_cost_only_those_files(tmp_pa
     def no_space_outputs(df, out_dir, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(out_dir) / "trials.csv"))
 
-    monkeypatch.setattr(importlib.import_module("nas_sepconv.search.workers"), "save_model", no_space)  # where trials save weights
+    monkeypatch.setattr(
+        importlib.import_module("nas_sepconv.search.workers"), "save_model", no_space
+    )  # where trials save weights
     monkeypatch.setattr(nsresults, "write_outputs", no_space_outputs)
     statuses = []
     unwritten = r"could not write in .*trials\.csv \(No space left on device\); the weights of trials 0, 1 .*run the"
@@ -175,8 +176,21 @@ def test_full_disk_ends_the_run_in_one_line_and_the_same_command_resumes(tmp_pat
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit raise EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    args = [sys.executable, "-m", "nas_sepconv.cli", "search", "--space", str(space), "--trials", "20", "--out", str(tmp_path / "out")]
-    proc = subprocess.run(args, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=disk_full)
+    args = [
+        sys.executable,
+        "-m",
+        "nas_sepconv.cli",
+        "search",
+        "--space",
+        str(space),
+        "--trials",
+        "20",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.run(
+        args, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=disk_full
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in lines_of(proc.stderr) if not ln.startswith("search: ")]  # progress lines (stderr is a pipe)
@@ -185,8 +199,14 @@ def test_full_disk_ends_the_run_in_one_line_and_the_same_command_resumes(tmp_pat
     complete = [t.number for t in before if t.state == S.COMPLETE]
     assert len(complete) >= 1
 
-    again = subprocess.run([*args[:-4], "--trials", str(len(complete) + 1), "--out", str(tmp_path / "out")],
-                           env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [*args[:-4], "--trials", str(len(complete) + 1), "--out", str(tmp_path / "out")],
+        env=env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     after = trials_of(folder)
     assert not [t.number for t in after if t.state == S.RUNNING], "a trial is still RUNNING"
@@ -269,14 +289,30 @@ def test_read_only_folders_are_refused_before_anything_runs(tmp_path, immutable,
     _one_line(runner.invoke(app, ["search", "--space", str(space), "--trials", "1", "--out", str(fresh)]), "--out")
     assert not list(fresh.iterdir())
     # resuming a search whose results folder is read-only
-    _one_line(runner.invoke(app, ["search", "--space", str(space), "--trials", "2", "--out", str(tmp_path / "out")]), "--out")
+    _one_line(
+        runner.invoke(app, ["search", "--space", str(space), "--trials", "2", "--out", str(tmp_path / "out")]), "--out"
+    )
     assert not trained, "a trial ran before the folder was found read-only"
     # report writes beside the study by default
     line = _one_line(runner.invoke(app, ["report", str(folder)]), "RESULTS_DIR")
     assert "--out" in line
     assert runner.invoke(app, ["report", str(folder), "--out", str(tmp_path / "elsewhere")]).exit_code == 0
     # convert --out into a read-only folder fails before the model is converted
-    _one_line(runner.invoke(app, ["convert", "--model", "torchvision:resnet18", "--input-size", "3,32,32", "--out", str(fresh / "m.safetensors")]), "--out")
+    _one_line(
+        runner.invoke(
+            app,
+            [
+                "convert",
+                "--model",
+                "torchvision:resnet18",
+                "--input-size",
+                "3,32,32",
+                "--out",
+                str(fresh / "m.safetensors"),
+            ],
+        ),
+        "--out",
+    )
     assert len(trials_of(folder)) == 1
 
 
@@ -296,9 +332,30 @@ def test_ctrl_c_while_workers_start_prints_one_line(tmp_path):
     if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
         pytest.skip("/proc/PID/task/PID/children is not available: cannot see the workers start")
     space = write_space(tmp_path)
-    args = [sys.executable, "-m", "nas_sepconv.cli", "search", "--space", str(space), "--trials", "6", "--workers", "2", "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(args, env=env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    args = [
+        sys.executable,
+        "-m",
+        "nas_sepconv.cli",
+        "search",
+        "--space",
+        str(space),
+        "--trials",
+        "6",
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.Popen(
+        args,
+        env=env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120  # the parent has spawned its workers: they import torch
         while len(_children(proc.pid)) < 2:
@@ -331,7 +388,9 @@ def test_a_trial_failed_by_the_heartbeat_gets_a_reason_and_its_retry_does_not(tm
 
     space = write_space(tmp_path)
     run_search(str(space), trials=1, out=tmp_path / "out", heartbeat=1)
-    storage = open_storage(f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}", heartbeat=1, stale_callback=_RetryStale(max_retry=1))
+    storage = open_storage(
+        f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}", heartbeat=1, stale_callback=_RetryStale(max_retry=1)
+    )
     study = optuna.load_study(study_name="tiny", storage=storage)
     orphan = study.ask({"width_mult": optuna.distributions.CategoricalDistribution([0.5, 1.0])})
     with warnings.catch_warnings():
@@ -341,8 +400,12 @@ def test_a_trial_failed_by_the_heartbeat_gets_a_reason_and_its_retry_does_not(tm
     study = run_search(str(space), trials=2, out=tmp_path / "out", heartbeat=1, retries=1, timeout=60)
     trials = study.get_trials()
     dead = trials[orphan.number]
-    assert dead.state == S.FAIL and dead.user_attrs["fail_reason"] == "worker died: no heartbeat for 3 s", dead.user_attrs
-    retry = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == orphan.number]
+    assert dead.state == S.FAIL and dead.user_attrs["fail_reason"] == "worker died: no heartbeat for 3 s", (
+        dead.user_attrs
+    )
+    retry = [
+        t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == orphan.number
+    ]
     assert len(retry) == 1 and retry[0].state == S.COMPLETE and "fail_reason" not in retry[0].user_attrs
 
 
@@ -369,13 +432,16 @@ def test_a_disk_io_error_on_the_study_database_is_a_fault_and_the_same_command_r
     url = f"sqlite:///{tmp_path / 'db' / 'study.db'}"
     args = [sys.executable, "-m", "nas_sepconv.cli", "search", "--space", str(space), "--trials", "1"]
     args += ["--out", str(tmp_path / "out"), "--storage", url]
-    proc = subprocess.run(args, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          preexec_fn=_file_size_limit(8192))
+    proc = subprocess.run(
+        args, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(8192)
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     lines = [ln for ln in lines_of(proc.stderr) if not ln.startswith("search: ")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "disk I/O error" in lines[0] and "free disk space" in lines[0], lines[0]
     assert "run the same command again" in lines[0]
     assert "credentials" not in lines[0]
-    again = run_search(str(space), trials=1, out=tmp_path / "out", storage=url, heartbeat=0)  # the same, in this process
+    again = run_search(
+        str(space), trials=1, out=tmp_path / "out", storage=url, heartbeat=0
+    )  # the same, in this process
     assert [t.state for t in again.get_trials()] == [S.COMPLETE]

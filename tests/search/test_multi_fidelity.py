@@ -12,15 +12,24 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import FAST_SPACE
 from typer.testing import CliRunner
 
 import nas_sepconv as ns
 from nas_sepconv.cli import app
 from nas_sepconv.io import load_model
-from nas_sepconv.search import TrialContext, crowding_distance, run_candidate, load_space, nondominated_fronts, parse_space, promotes, rung_epochs, with_multi_fidelity
+from nas_sepconv.search import (
+    TrialContext,
+    crowding_distance,
+    load_space,
+    nondominated_fronts,
+    parse_space,
+    promotes,
+    run_candidate,
+    rung_epochs,
+    with_multi_fidelity,
+)
 from nas_sepconv.search.asha import RungLadder, StopAtRung
-
-from conftest import FAST_SPACE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -51,7 +60,11 @@ def _brute_fronts(losses):
     n = len(losses)
     fronts, left, level = [-1] * n, set(range(n)), 0
     while left:
-        top = {i for i in left if not any(all(losses[j] <= losses[i]) and any(losses[j] < losses[i]) for j in left if j != i)}
+        top = {
+            i
+            for i in left
+            if not any(all(losses[j] <= losses[i]) and any(losses[j] < losses[i]) for j in left if j != i)
+        }
         for i in top:
             fronts[i] = level
         left -= top
@@ -83,11 +96,19 @@ def test_crowding_distance_is_nsga2s():
 
 def test_promotion_takes_the_best_third_by_front_then_crowding():
     # nine results at a rung, eta 3: three go on
-    losses = np.array([
-        [-0.95, 400], [-0.90, 200], [-0.80, 100],  # front 0 (the extremes have infinite crowding)
-        [-0.85, 250], [-0.70, 150],                # front 1
-        [-0.60, 500], [-0.50, 600], [-0.40, 700], [-0.30, 800],
-    ])
+    losses = np.array(
+        [
+            [-0.95, 400],
+            [-0.90, 200],
+            [-0.80, 100],  # front 0 (the extremes have infinite crowding)
+            [-0.85, 250],
+            [-0.70, 150],  # front 1
+            [-0.60, 500],
+            [-0.50, 600],
+            [-0.40, 700],
+            [-0.30, 800],
+        ]
+    )
     went_on = [promotes(losses, i, eta=3) for i in range(len(losses))]
     assert went_on == [True, True, True] + [False] * 6
     # with eta 9 only one would go on: the two extremes of front 0 tie (infinite crowding), both go
@@ -124,13 +145,16 @@ def test_the_decision_reads_other_workers_results_from_the_storage(tmp_path):
 
 
 # ------------------------------------------------------------------ validation
-@pytest.mark.parametrize("mf, field, words", [
-    ({"min_epochs": 1, "eta": 1}, "search.multi_fidelity.eta", "greater than or equal to 2"),
-    ({"min_epochs": 0}, "search.multi_fidelity.min_epochs", "greater than or equal to 1"),
-    ({"min_epochs": 3}, "search.multi_fidelity.min_epochs", "not below the 3 epochs"),
-    ({"rungs": 3}, "search.multi_fidelity.rungs", "unknown field"),
-    ({"min_epochs": True}, "search.multi_fidelity.min_epochs", "expected a number, got true"),  # (was taken as 1)
-])
+@pytest.mark.parametrize(
+    "mf, field, words",
+    [
+        ({"min_epochs": 1, "eta": 1}, "search.multi_fidelity.eta", "greater than or equal to 2"),
+        ({"min_epochs": 0}, "search.multi_fidelity.min_epochs", "greater than or equal to 1"),
+        ({"min_epochs": 3}, "search.multi_fidelity.min_epochs", "not below the 3 epochs"),
+        ({"rungs": 3}, "search.multi_fidelity.rungs", "unknown field"),
+        ({"min_epochs": True}, "search.multi_fidelity.min_epochs", "expected a number, got true"),  # (was taken as 1)
+    ],
+)
 def test_bad_settings_fail_in_one_line_naming_the_field(tmp_path, mf, field, words):
     with pytest.raises(ns.UserInputError) as info:
         load_space(_space(tmp_path, mf=mf))
@@ -144,7 +168,10 @@ def test_the_mode_needs_pareto_mode_and_a_convert_space_that_fine_tunes(tmp_path
     with pytest.raises(ns.UserInputError, match="search.multi_fidelity: needs mode pareto"):
         load_space(_space(tmp_path, mode="scalarised", target_macs=1e5))
     text = load_space("digits_convert").text.replace("search:\n", "search:\n  multi_fidelity: {min_epochs: 1}\n", 1)
-    with pytest.raises(ns.UserInputError, match=r"search.multi_fidelity.min_epochs: 1 is not below the 1 epochs a candidate trains \(convert.finetune_epochs\)"):
+    with pytest.raises(
+        ns.UserInputError,
+        match=r"search.multi_fidelity.min_epochs: 1 is not below the 1 epochs a candidate trains \(convert.finetune_epochs\)",
+    ):
         parse_space(text)  # the bundled convert space fine-tunes each candidate for one epoch
     space = parse_space(text.replace("finetune_epochs: 1", "finetune_epochs: 4"))
     assert space.spec.search.multi_fidelity.rungs(4) == (1, 3, 4)
@@ -157,7 +184,17 @@ def test_the_api_and_cli_switch_the_mode(tmp_path):
     assert (on.min_epochs, on.eta, on.rungs(3)) == (1, 3, (1, 3))
     assert with_multi_fidelity(with_multi_fidelity(space, {"eta": 2}), False).spec.search.multi_fidelity is None
     assert with_multi_fidelity(space, None) is space
-    result = CliRunner().invoke(app, ["search", "--space", str(_space(tmp_path, epochs=1, mf=None)), "--multi-fidelity", "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "search",
+            "--space",
+            str(_space(tmp_path, epochs=1, mf=None)),
+            "--multi-fidelity",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 2 and "search.multi_fidelity.min_epochs" in result.output
     assert not (tmp_path / "r").exists()
 
@@ -173,16 +210,25 @@ def test_search_stops_candidates_early_records_rungs_and_resumes(tmp_path):
     assert study.user_attrs["multi_fidelity"] == {"min_epochs": 1, "eta": 3, "rungs": [1, 3]}
     for t in trials:
         rungs = t.user_attrs["rung_results"]
-        assert rungs[0]["epoch"] == 1 and rungs[0]["population"] == t.number + 1  # one worker: every earlier trial is there
+        assert (
+            rungs[0]["epoch"] == 1 and rungs[0]["population"] == t.number + 1
+        )  # one worker: every earlier trial is there
         stopped = not rungs[0]["promoted"]
         assert t.user_attrs["stopped_early"] is stopped
         assert t.user_attrs["epochs_trained"] == t.user_attrs["epochs"] == (1 if stopped else 3)
         assert [e["epoch"] for e in rungs] == ([1] if stopped else [1, 3])
         assert t.values[0] == rungs[-1]["accuracy"] == t.user_attrs["accuracy"]  # the last rung's objectives
-        assert not (stopped and (out / "tiny" / "weights" / f"trial_{t.number}.safetensors").exists())  # never on the front
+        assert not (
+            stopped and (out / "tiny" / "weights" / f"trial_{t.number}.safetensors").exists()
+        )  # never on the front
     assert trials[0].user_attrs["stopped_early"] is False  # the first result of a rung always goes on
     assert any(t.user_attrs["stopped_early"] for t in trials)
-    assert any(s.last.startswith(f"#{t.number} stopped early at epoch 1 ") for s in seen for t in trials if t.user_attrs["stopped_early"])
+    assert any(
+        s.last.startswith(f"#{t.number} stopped early at epoch 1 ")
+        for s in seen
+        for t in trials
+        if t.user_attrs["stopped_early"]
+    )
 
     df = ns.results.load(out / "tiny")
     assert df["stopped_early"].tolist() == [t.user_attrs["stopped_early"] for t in trials]
@@ -208,7 +254,10 @@ def test_a_trial_promoted_to_the_end_equals_the_same_trial_trained_in_one_go(tmp
     ctx = TrialContext.for_rebuild(space, device="cpu", out_dir=tmp_path / "r" / "tiny")
     candidate = ctx.suggest(optuna.trial.FixedTrial(trial.params, number=trial.number))
     model, metrics = run_candidate(ctx, candidate, seed=trial.user_attrs["seed"])  # one go, no rungs
-    assert metrics["accuracy"] == trial.user_attrs["accuracy"] and metrics["test_accuracy"] == trial.user_attrs["test_accuracy"]
+    assert (
+        metrics["accuracy"] == trial.user_attrs["accuracy"]
+        and metrics["test_accuracy"] == trial.user_attrs["test_accuracy"]
+    )
     saved = load_model(tmp_path / "r" / "tiny" / "weights" / f"trial_{trial.number}.safetensors")
     for name, value in model.state_dict().items():
         assert torch.equal(value.cpu(), saved.state_dict()[name]), name

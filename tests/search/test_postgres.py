@@ -21,12 +21,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+from test_reliability import check_exact, cli, env_with, write_space
 
 import nas_sepconv.results as results
 from nas_sepconv.storage import normalise_storage_url
-from test_reliability import check_exact, check_outputs, cli, env_with, write_space
 
-pytest.importorskip("psycopg2", reason="psycopg2 is needed for PostgreSQL storages (pip install 'nas-sepconv[postgres]')")
+pytest.importorskip(
+    "psycopg2", reason="psycopg2 is needed for PostgreSQL storages (pip install 'nas-sepconv[postgres]')"
+)
 
 
 def _bindir() -> Path | None:
@@ -51,7 +53,9 @@ def _free_port() -> int:
 def postgres_url():
     bindir = _bindir()
     if bindir is None or not (bindir / "pg_ctl").exists():
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin or on PATH; run .ci/postgres.sh")
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin or on PATH; run .ci/postgres.sh"
+        )
     prefix: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="nas_sepconv_pg_"))
     if os.geteuid() == 0:  # the server refuses to run as root
@@ -77,7 +81,11 @@ def postgres_url():
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "nas")
         yield f"postgresql://postgres:unused@127.0.0.1:{port}/nas"
     finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -91,8 +99,26 @@ def pg_search(postgres_url, tmp_path_factory):
     space = write_space(tmp)
     procs = [
         subprocess.Popen(
-            cli("search", "--space", str(space), "--trials", str(N), "--storage", postgres_url, "--study", "pg", "--heartbeat", "2", "--out", str(tmp / f"machine{i}")),
-            env=env_with(), cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cli(
+                "search",
+                "--space",
+                str(space),
+                "--trials",
+                str(N),
+                "--storage",
+                postgres_url,
+                "--study",
+                "pg",
+                "--heartbeat",
+                "2",
+                "--out",
+                str(tmp / f"machine{i}"),
+            ),
+            env=env_with(),
+            cwd=tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]

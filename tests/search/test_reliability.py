@@ -23,14 +23,13 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from conftest import FAST_SPACE  # noqa: E402
 
 import nas_sepconv.results as results
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.io import load_model, save_model
 from nas_sepconv.search import search as run_search
 from nas_sepconv.search.spaces import parse_space
-
-from conftest import FAST_SPACE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "nas_sepconv"
@@ -68,7 +67,9 @@ def check_exact(trials: list[optuna.trial.FrozenTrial], n: int) -> None:
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)), f"duplicate trial numbers: {Counter(numbers)}"
     complete = [t for t in trials if t.state == S.COMPLETE]
-    assert len(complete) == n, f"{len(complete)} COMPLETE, want {n}: {[(t.number, t.state.name, t.user_attrs.get('fail_reason')) for t in trials]}"
+    assert len(complete) == n, (
+        f"{len(complete)} COMPLETE, want {n}: {[(t.number, t.state.name, t.user_attrs.get('fail_reason')) for t in trials]}"
+    )
     assert not [t.number for t in trials if t.state in (S.RUNNING, S.WAITING)], "trials left RUNNING/WAITING"
     for t in complete:  # a completed trial keeps everything needed to rebuild it
         missing = [k for k in USER_ATTRS if k not in t.user_attrs]
@@ -85,7 +86,9 @@ def check_outputs(folder: Path, n_trials: int) -> None:
     assert len(df) == n_trials and df["number"].is_unique
     front = results.pareto_front(df)
     for number in front["number"]:  # Pareto trials keep their weights (never dropped by a racing refresh)
-        assert (folder / "weights" / f"trial_{int(number)}.safetensors").is_file(), f"weights of Pareto trial {number} missing"
+        assert (folder / "weights" / f"trial_{int(number)}.safetensors").is_file(), (
+            f"weights of Pareto trial {number} missing"
+        )
         assert (folder / "pareto" / f"trial_{int(number)}.json").is_file()
     assert not list(folder.rglob("*.tmp")), "temporary files left behind"
 
@@ -126,8 +129,22 @@ def test_killed_worker_is_detected_retried_and_nothing_is_lost(tmp_path):
     space = write_space(tmp_path)
     started = time.monotonic()
     proc = run_cli(
-        "search", "--space", str(space), "--trials", "4", "--workers", "2", "--heartbeat", "1", "--retries", "1", "--out", str(tmp_path / "out"),
-        inject="kill:1", cwd=tmp_path, timeout=180,
+        "search",
+        "--space",
+        str(space),
+        "--trials",
+        "4",
+        "--workers",
+        "2",
+        "--heartbeat",
+        "1",
+        "--retries",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        inject="kill:1",
+        cwd=tmp_path,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -152,12 +169,29 @@ def test_ctrl_c_writes_outputs_and_resumes(tmp_path, workers):
     exit status 130, outputs written, no trial left RUNNING, and the same command resumes."""
     space = write_space(tmp_path)
     n = 5 if workers == 1 else 16  # with workers the first outputs appear later: more trials to interrupt
-    args = ["search", "--space", str(space), "--trials", str(n), "--workers", str(workers), "--out", str(tmp_path / "out")]
+    args = [
+        "search",
+        "--space",
+        str(space),
+        "--trials",
+        str(n),
+        "--workers",
+        str(workers),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     folder = tmp_path / "out" / "tiny"
     # the child starts with Ctrl-C at its default even when this run inherited it ignored (a
     # job started with `&` from a script ignores SIGINT, and Python then never installs its handler)
-    proc = subprocess.Popen(cli(*args), env=env_with(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cli(*args),
+        env=env_with(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while not (folder / "trials.csv").is_file():  # the first trial has finished
@@ -191,8 +225,23 @@ def test_ctrl_c_writes_outputs_and_resumes(tmp_path, workers):
 def test_two_processes_share_one_study(tmp_path, kind):
     space = write_space(tmp_path)
     storage = f"sqlite:///{tmp_path / 'shared.db'}" if kind == "sqlite" else str(tmp_path / "shared.log")
-    args = cli("search", "--space", str(space), "--trials", "6", "--storage", storage, "--study", "shared", "--out", str(tmp_path / "out"))
-    procs = [subprocess.Popen(args, env=env_with(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    args = cli(
+        "search",
+        "--space",
+        str(space),
+        "--trials",
+        "6",
+        "--storage",
+        storage,
+        "--study",
+        "shared",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    procs = [
+        subprocess.Popen(args, env=env_with(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -229,7 +278,11 @@ def test_recipe_cannot_import_a_user_module_without_allow_import(tmp_path, monke
     marker = _user_module(tmp_path, name)
     monkeypatch.syspath_prepend(str(tmp_path))
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
-    path = save_model(tmp_path / "m.safetensors", model, {"kind": "converted", "model": f"{name}:make", "model_kwargs": {}, "width_mult": 1.0, "input_size": [3, 8, 8]})
+    path = save_model(
+        tmp_path / "m.safetensors",
+        model,
+        {"kind": "converted", "model": f"{name}:make", "model_kwargs": {}, "width_mult": 1.0, "input_size": [3, 8, 8]},
+    )
     with pytest.raises(UserInputError, match=r"^recipe\.model: the file asks to import"):
         load_model(path)
     assert not marker.exists() and name not in sys.modules, "the module was imported"
@@ -294,15 +347,21 @@ def test_the_package_never_unpickles_or_loads_unsafe_yaml():
         for call in _calls(tree, "torch", "load"):
             torch_loads += 1
             kw = {k.arg: k.value for k in call.keywords}
-            assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, f"{path.name}:{call.lineno} torch.load without weights_only=True"
+            assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, (
+                f"{path.name}:{call.lineno} torch.load without weights_only=True"
+            )
         for attr in ("load", "load_all", "unsafe_load", "full_load", "unsafe_load_all"):
             bad = list(_calls(tree, "yaml", attr))
             assert not bad, f"{path.name}:{bad[0].lineno} yaml.{attr}; use yaml.safe_load"
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                names = [a.name for a in node.names] + (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                )
                 pickles = {"pickle", "dill", "cloudpickle", "marshal"} & {n.split(".")[0] for n in names}
-                assert not pickles or path.relative_to(PACKAGE).as_posix() in PICKLE_KNOWN, f"{path.name}:{node.lineno} imports a pickle module"
+                assert not pickles or path.relative_to(PACKAGE).as_posix() in PICKLE_KNOWN, (
+                    f"{path.name}:{node.lineno} imports a pickle module"
+                )
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("eval", "exec"):
                 raise AssertionError(f"{path.name}:{node.lineno} calls {node.func.id}")
     assert torch_loads >= 1  # the check above did see the package's torch.load calls
@@ -314,7 +373,6 @@ def test_yaml_python_tags_are_refused(tmp_path):
     with pytest.raises(UserInputError, match=r"^space: .*tag the safe YAML loader refuses"):
         parse_space(text)
     assert not marker.exists()
-
 
 
 def test_cifar_batches_cannot_run_code(tmp_path):
@@ -352,11 +410,12 @@ def test_swallowed_interrupt_still_stops_the_search(tmp_path, monkeypatch):
     monkeypatch.setattr(search_mod, "_INTERRUPTED", threading.Event())  # not left set for other tests
     with pytest.raises(KeyboardInterrupt):
         run_search(str(space), trials=4, out=str(tmp_path / "out"))
-    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}").get_trials()
+    trials = optuna.load_study(
+        study_name="tiny", storage=f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}"
+    ).get_trials()
     assert [t.state for t in trials] == [S.COMPLETE]
     assert (tmp_path / "out" / "tiny" / "trials.csv").is_file()
     assert signal.getsignal(signal.SIGINT) is handler  # the handler is put back
-
 
 
 # -- issue 28: a study resumes after any fault; a run whose trials all fail says why ------------

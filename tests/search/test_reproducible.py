@@ -12,12 +12,11 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import FAST_SPACE  # noqa: E402  (tests/ is on sys.path)
 from safetensors.torch import load_file
 
 import nas_sepconv as ns
 from nas_sepconv.export import export_trial
-
-from conftest import FAST_SPACE  # noqa: E402  (tests/ is on sys.path)
 
 
 def _space(tmp_path, name: str, **search) -> str:

@@ -9,12 +9,11 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY  # noqa: E402  (tests/ is on sys.path; the tiny space is shared)
 
 import nas_sepconv as ns
 from nas_sepconv.export import export_trial, rebuild_trial
 from nas_sepconv.io import load_model
-
-from conftest import TINY  # noqa: E402  (tests/ is on sys.path; the tiny space is shared)
 
 
 @pytest.fixture
@@ -44,12 +43,27 @@ def test_search_completes_resumes_and_writes_outputs(tiny, tmp_path):
 def test_loaded_frame_has_documented_columns_and_dtypes(tiny, tmp_path):
     ns.search(tiny, trials=3, out=tmp_path)
     df = ns.results.load(tmp_path / "tiny")
-    for column in ("number", "state", "accuracy", "macs", "params", "test_accuracy", "arch", "arch_json", "duration_s", "fail_reason", "width_mult", "stage0.kind"):
+    for column in (
+        "number",
+        "state",
+        "accuracy",
+        "macs",
+        "params",
+        "test_accuracy",
+        "arch",
+        "arch_json",
+        "duration_s",
+        "fail_reason",
+        "width_mult",
+        "stage0.kind",
+    ):
         assert column in df.columns, column
     assert df["number"].dtype == "int64"
     assert str(df["macs"].dtype) == "Int64" and str(df["params"].dtype) == "Int64"
     assert df["accuracy"].dtype == "float64"
-    assert isinstance(df["state"].dtype, pd.CategoricalDtype) and isinstance(df["stage0.kind"].dtype, pd.CategoricalDtype)
+    assert isinstance(df["state"].dtype, pd.CategoricalDtype) and isinstance(
+        df["stage0.kind"].dtype, pd.CategoricalDtype
+    )
     front = ns.results.pareto_front(df)
     assert 1 <= len(front) <= 3
     assert ns.results.hypervolume(df, reference={"accuracy": 0.0, "macs": float(df["macs"].max()) * 1.1}) > 0
@@ -77,7 +91,11 @@ def test_recorded_macs_match_the_profiler_and_export_reproduces_accuracy(tiny, t
 
 def test_convert_space_search_on_digits(tmp_path):
     text = (Path(__file__).resolve().parents[2] / "search_spaces" / "digits_convert.yaml").read_text()
-    text = text.replace("base_epochs: 8", "base_epochs: 2").replace("trials: 12", "trials: 2").replace("epochs: 6", "epochs: 2")
+    text = (
+        text.replace("base_epochs: 8", "base_epochs: 2")
+        .replace("trials: 12", "trials: 2")
+        .replace("epochs: 6", "epochs: 2")
+    )
     path = tmp_path / "dc.yaml"
     path.write_text(text)
     study = ns.search(path, trials=2, out=tmp_path / "r")
@@ -96,13 +114,18 @@ def test_convert_space_search_on_digits(tmp_path):
 def test_convert_candidates_distill_with_feature_hints(tmp_path, monkeypatch):
     import importlib
 
-    candidates = importlib.import_module("nas_sepconv.search.candidates")  # the search looks fit up there (ns.search is the function)
+    candidates = importlib.import_module(
+        "nas_sepconv.search.candidates"
+    )  # the search looks fit up there (ns.search is the function)
 
     text = (Path(__file__).resolve().parents[2] / "search_spaces" / "digits_convert.yaml").read_text()
-    text = (text.replace("base_epochs: 8", "base_epochs: 1").replace("epochs: 6", "epochs: 1")
-            .replace("kind: [keep, dwsep, spatial, inverted_residual]", "kind: [dwsep, spatial]")
-            .replace("    expand_ratio: [4]\n", "")
-            .replace("width_mult: [0.5, 1.0]", "width_mult: 1.0"))
+    text = (
+        text.replace("base_epochs: 8", "base_epochs: 1")
+        .replace("epochs: 6", "epochs: 1")
+        .replace("kind: [keep, dwsep, spatial, inverted_residual]", "kind: [dwsep, spatial]")
+        .replace("    expand_ratio: [4]\n", "")
+        .replace("width_mult: [0.5, 1.0]", "width_mult: 1.0")
+    )
     seen = []
     real_fit = candidates.fit
 
@@ -123,7 +146,10 @@ def test_convert_candidates_distill_with_feature_hints(tmp_path, monkeypatch):
 
 
 def test_scalarised_mode_records_both_objectives(tmp_path):
-    text = TINY.replace("search: {trials: 3, sampler: nsga2, population_size: 4}", "search: {trials: 4, mode: scalarised, target_macs: 200000, pruner: median}")
+    text = TINY.replace(
+        "search: {trials: 3, sampler: nsga2, population_size: 4}",
+        "search: {trials: 4, mode: scalarised, target_macs: 200000, pruner: median}",
+    )
     path = tmp_path / "s.yaml"
     path.write_text(text)
     study = ns.search(path, trials=4, out=tmp_path / "r")
@@ -138,7 +164,10 @@ def test_scalarised_mode_records_both_objectives(tmp_path):
 
 
 def test_budget_constraint_skips_training_of_oversized_candidates(tmp_path):
-    text = TINY.replace("search: {trials: 3, sampler: nsga2, population_size: 4}", "search: {trials: 3, sampler: nsga2, population_size: 4, max_macs: 1}")
+    text = TINY.replace(
+        "search: {trials: 3, sampler: nsga2, population_size: 4}",
+        "search: {trials: 3, sampler: nsga2, population_size: 4, max_macs: 1}",
+    )
     path = tmp_path / "b.yaml"
     path.write_text(text)
     study = ns.search(path, trials=3, out=tmp_path / "r")
@@ -148,7 +177,15 @@ def test_budget_constraint_skips_training_of_oversized_candidates(tmp_path):
 
 
 def test_infeasible_trials_are_never_on_the_front(tmp_path):
-    df = pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "accuracy": [0.0, 0.9, 0.8], "macs": [10, 500, 300], "feasible": [False, True, True]})
+    df = pd.DataFrame(
+        {
+            "number": [0, 1, 2],
+            "state": ["COMPLETE"] * 3,
+            "accuracy": [0.0, 0.9, 0.8],
+            "macs": [10, 500, 300],
+            "feasible": [False, True, True],
+        }
+    )
     front = ns.results.pareto_front(df)
     assert list(front["number"]) == [2, 1]
 

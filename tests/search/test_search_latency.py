@@ -22,8 +22,13 @@ def _space(tmp_path: Path, **search) -> Path:
     spec = yaml.safe_load(SPACE.read_text())
     spec["data"]["subset"] = 300
     spec["train"]["epochs"] = 1
-    spec["convert"].update(base_epochs=1, finetune_epochs=0, width_mult=[1.0], calibration_images=64,
-                           choices={"kind": ["keep", "dwsep"], "dw_mult": [1]})
+    spec["convert"].update(
+        base_epochs=1,
+        finetune_epochs=0,
+        width_mult=[1.0],
+        calibration_images=64,
+        choices={"kind": ["keep", "dwsep"], "dw_mult": [1]},
+    )
     spec["search"] = {"trials": 2, "sampler": "random", "objectives": ["accuracy", "macs", "latency_ms"], **search}
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(spec))

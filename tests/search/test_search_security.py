@@ -22,7 +22,13 @@ def _plant(path: Path, recipe: dict) -> Path:
 
 
 def _shell_recipe(marker: Path) -> dict:
-    return {"kind": "converted", "model": "os:system", "model_kwargs": {"command": f"touch {marker}"}, "width_mult": 1.0, "input_size": [1, 8, 8]}
+    return {
+        "kind": "converted",
+        "model": "os:system",
+        "model_kwargs": {"command": f"touch {marker}"},
+        "width_mult": 1.0,
+        "input_size": [1, 8, 8],
+    }
 
 
 def test_resuming_a_convert_search_refuses_a_tampered_base_model(tmp_path):
@@ -42,8 +48,13 @@ def test_resuming_a_convert_search_refuses_a_tampered_base_model(tmp_path):
     assert not marker.exists()
     model = ns.model_from_name("nas_sepconv:tiny_convnet", num_classes=10, in_channels=1)
     kwargs = {"num_classes": 10, "in_channels": 1}
-    recipe = {"kind": "converted", "model": "nas_sepconv:tiny_convnet", "model_kwargs": kwargs, "width_mult": 1.0,
-              "input_size": [1, 8, 8]}
+    recipe = {
+        "kind": "converted",
+        "model": "nas_sepconv:tiny_convnet",
+        "model_kwargs": kwargs,
+        "width_mult": 1.0,
+        "input_size": [1, 8, 8],
+    }
     good = save_model(tmp_path / "good" / "base.safetensors", model, recipe)
     assert check_base_cache(space, data, good.parent) == good
     assert check_base_cache(space, data, tmp_path / "none") is None

@@ -19,19 +19,47 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from conftest import FAST_SPACE
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
+from nas_sepconv.blocks import KINDS
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.search.schema import BLOCK_OPTIONS, LIMITS
 from nas_sepconv.search.spaces import Space, load_space, parse_space
-from nas_sepconv.blocks import KINDS
 
-from conftest import FAST_SPACE
-
-FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # values that broke the loader once (or would): drawn as often as all the others together
-nasty = st.sampled_from([0, -1, 0.5, 2, 3, 1e9, 1e308, 10**400, -(10**400), float("nan"), float("inf"), -float("inf"), "", "1e9", "relu", "gelu9", "dwsep", "all", "a\nb", "\u2028"])
+nasty = st.sampled_from(
+    [
+        0,
+        -1,
+        0.5,
+        2,
+        3,
+        1e9,
+        1e308,
+        10**400,
+        -(10**400),
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        "",
+        "1e9",
+        "relu",
+        "gelu9",
+        "dwsep",
+        "all",
+        "a\nb",
+        "\u2028",
+    ]
+)
 scalars = st.one_of(
     nasty,
     st.one_of(
@@ -47,7 +75,16 @@ junk = st.recursive(
     scalars,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
-        st.dictionaries(st.one_of(st.text(max_size=8), st.sampled_from(["low", "high", "step", "int", "log", "x\ny"]), st.integers(), st.none()), inner, max_size=4),
+        st.dictionaries(
+            st.one_of(
+                st.text(max_size=8),
+                st.sampled_from(["low", "high", "step", "int", "log", "x\ny"]),
+                st.integers(),
+                st.none(),
+            ),
+            inner,
+            max_size=4,
+        ),
     ),
     max_leaves=12,
 )
@@ -61,7 +98,15 @@ DANGEROUS_TAGS = [
     "!!python/object:argparse.Namespace {x: 1}",
     "!custom 1",
 ]
-ODD_SAFE_TAGS = ["!!binary aGVsbG8=", "!!set {a, b}", "!!timestamp 2001-12-14", "!!omap [a: 1]", "!!pairs [a: 1]", "!!float .nan", "!!int 99999999999999999999999"]
+ODD_SAFE_TAGS = [
+    "!!binary aGVsbG8=",
+    "!!set {a, b}",
+    "!!timestamp 2001-12-14",
+    "!!omap [a: 1]",
+    "!!pairs [a: 1]",
+    "!!float .nan",
+    "!!int 99999999999999999999999",
+]
 
 
 def _forbid_calls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,7 +120,13 @@ def _forbid_calls(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _warm() -> None:
     """Let the libraries import what they import lazily on their first error, before snapshots."""
-    for text in ["x: [", "- 1", "name: t\nkind: build\n", yaml.safe_dump(FAST_SPACE), "name: t\nkind: build\nbuild: {stages: [{out_channels: x}]}\ntrain: {lr: .inf}"]:
+    for text in [
+        "x: [",
+        "- 1",
+        "name: t\nkind: build\n",
+        yaml.safe_dump(FAST_SPACE),
+        "name: t\nkind: build\nbuild: {stages: [{out_channels: x}]}\ntrain: {lr: .inf}",
+    ]:
         try:
             parse_space(text)
         except UserInputError:
@@ -139,11 +190,36 @@ def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
-KEYS = sorted({p[-1] for p in _paths(FAST_SPACE) if isinstance(p[-1], str)} | {
-    "depth_mult", "resolution_mult", "act", "head_channels", "lr", "weight_decay", "warmup_epochs",
-    "label_smoothing", "grad_clip", "image_size", "rank", "kernel_size", "se_ratio", "dw_mult", "groups",
-    "low", "high", "step", "log", "int", "convert", "model", "match", "choices", "dropout",
-})
+KEYS = sorted(
+    {p[-1] for p in _paths(FAST_SPACE) if isinstance(p[-1], str)}
+    | {
+        "depth_mult",
+        "resolution_mult",
+        "act",
+        "head_channels",
+        "lr",
+        "weight_decay",
+        "warmup_epochs",
+        "label_smoothing",
+        "grad_clip",
+        "image_size",
+        "rank",
+        "kernel_size",
+        "se_ratio",
+        "dw_mult",
+        "groups",
+        "low",
+        "high",
+        "step",
+        "log",
+        "int",
+        "convert",
+        "model",
+        "match",
+        "choices",
+        "dropout",
+    }
+)
 
 
 @st.composite
@@ -160,7 +236,9 @@ def mutated_spaces(draw: Any) -> dict:
         if action == "delete":
             del parent[key]
         elif action == "add" and isinstance(parent, dict):
-            parent[draw(st.one_of(st.sampled_from(KEYS), st.sampled_from(["x\ny", "\u2028", "\x00"]), st.text(max_size=6)))] = draw(junk)
+            parent[
+                draw(st.one_of(st.sampled_from(KEYS), st.sampled_from(["x\ny", "\u2028", "\x00"]), st.text(max_size=6)))
+            ] = draw(junk)
         else:
             parent[key] = draw(junk)
     return space
@@ -199,12 +277,18 @@ def test_block_choices(choices: dict, where: str) -> None:
         del space["build"]
         space["kind"] = "convert"
         group = {"name": "g", "match": ["*"], **choices}
-        space["convert"] = {"model": "nas_sepconv:tiny_convnet", **({"choices": choices} if where == "convert.choices" else {"groups": [group]})}
+        space["convert"] = {
+            "model": "nas_sepconv:tiny_convnet",
+            **({"choices": choices} if where == "convert.choices" else {"groups": [group]}),
+        }
     _check(parse_space, _dump(space))
 
 
 @FUZZ
-@given(st.sampled_from(["build.width_mult", "build.depth_mult", "build.resolution_mult"]), st.one_of(junk, st.floats(), st.lists(st.floats(), max_size=3)))
+@given(
+    st.sampled_from(["build.width_mult", "build.depth_mult", "build.resolution_mult"]),
+    st.one_of(junk, st.floats(), st.lists(st.floats(), max_size=3)),
+)
 @example("build.width_mult", [10**400])
 @example("build.depth_mult", 1e9)
 def test_multipliers_are_validated_up_front(field: str, value: Any) -> None:
@@ -214,8 +298,13 @@ def test_multipliers_are_validated_up_front(field: str, value: Any) -> None:
     result = _check(parse_space, _dump(space))
     if result is not None:
         choice = getattr(result.spec.build, field.split(".")[1])
-        values = [choice.low, choice.high] if hasattr(choice, "low") else choice if isinstance(choice, list) else [choice]
-        assert values and all(not isinstance(v, bool) and math.isfinite(v) and 0 < v <= LIMITS.mult for v in values), (field, choice)
+        values = (
+            [choice.low, choice.high] if hasattr(choice, "low") else choice if isinstance(choice, list) else [choice]
+        )
+        assert values and all(not isinstance(v, bool) and math.isfinite(v) and 0 < v <= LIMITS.mult for v in values), (
+            field,
+            choice,
+        )
 
 
 @FUZZ
@@ -228,7 +317,9 @@ def test_python_tags_are_refused(tag: str, key: str) -> None:
 
 
 @FUZZ
-@given(st.sampled_from(ODD_SAFE_TAGS), st.sampled_from(["name", "description", "build", "train", "data", "search", "kind"]))
+@given(
+    st.sampled_from(ODD_SAFE_TAGS), st.sampled_from(["name", "description", "build", "train", "data", "search", "kind"])
+)
 def test_odd_safe_tags(tag: str, key: str) -> None:
     """Tags the safe loader builds (bytes, sets, dates, pairs) are refused or harmless."""
     _check(parse_space, _dump({k: v for k, v in FAST_SPACE.items() if k != key}) + f"{key}: {tag}\n")
@@ -258,7 +349,9 @@ def test_deep_nesting_is_refused_not_a_crash(depth: int, open_: str, close: str)
 
 
 def test_alias_bomb_is_refused() -> None:
-    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+    )
     with pytest.raises(UserInputError, match="aliases"):
         _check_raising(parse_space, bomb)
 

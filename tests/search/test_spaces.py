@@ -12,8 +12,14 @@ from nas_sepconv.search.spaces import list_spaces, load_space, parse_space
 from nas_sepconv.search.suggestion import suggest
 
 BUNDLED = [
-    "default", "digits_convert", "mobilenetv3_cifar10", "resnet18_convert_cifar10", "mobilenetv2_width_cifar10",
-    "mobilenetv2_width_digits", "mobilenetv3small_width_digits", "mobilenetv3small_width_cifar10",
+    "default",
+    "digits_convert",
+    "mobilenetv3_cifar10",
+    "resnet18_convert_cifar10",
+    "mobilenetv2_width_cifar10",
+    "mobilenetv2_width_digits",
+    "mobilenetv3small_width_digits",
+    "mobilenetv3small_width_cifar10",
 ]
 
 
@@ -76,7 +82,7 @@ def test_built_candidates_match_the_profiler(seed):
     model = build_from_recipe(candidate.recipe)
     x = torch.randn(2, 1, candidate.resolution, candidate.resolution)
     assert model(x).shape == (2, 10)
-    arch = ns.models.Arch.from_json(candidate.recipe.arch) if hasattr(ns, "models") else None
+
     from nas_sepconv.models import Arch, build_network
 
     again = build_network(Arch.from_json(candidate.recipe.arch))
@@ -97,7 +103,9 @@ def test_relative_paths_of_a_space_file_are_read_from_its_folder(tmp_path, monke
         "name: s\nkind: convert\ndata: {dataset: cifar10, root: tree}\n"
         "convert: {model: 'nas_sepconv:tiny_convnet', weights: w/base.safetensors}\n"
     )
-    (folder / "f.yaml").write_text("name: f\nkind: convert\ndata: {dataset: 'imagefolder:imgs', root: null}\nconvert: {model: 'nas_sepconv:tiny_convnet', weights: /abs/w.pt}\n")
+    (folder / "f.yaml").write_text(
+        "name: f\nkind: convert\ndata: {dataset: 'imagefolder:imgs', root: null}\nconvert: {model: 'nas_sepconv:tiny_convnet', weights: /abs/w.pt}\n"
+    )
     monkeypatch.chdir(tmp_path)
     space = load_space(folder / "s.yaml")
     assert space.spec.data.root == str(folder / "tree")
@@ -180,8 +188,10 @@ def test_bad_shortcut_is_named(value):
         ("search:\n  multi_fidelity: {min_epochs: true}\n", "search.multi_fidelity.min_epochs"),
         ("build:\n  stem_channels: true\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n", "build.stem_channels"),
         ("build:\n  stages:\n    - {out_channels: true, kind: [dwsep]}\n", "build.stages[0].out_channels"),
-        ("build:\n  width_mult: {low: true, high: 1.0}\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n",
-         "build.width_mult.low"),
+        (
+            "build:\n  width_mult: {low: true, high: 1.0}\n  stages:\n    - {out_channels: 8, kind: [dwsep]}\n",
+            "build.width_mult.low",
+        ),
     ],
 )
 def test_a_boolean_is_not_a_number(patch, field):

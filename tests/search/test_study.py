@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import FAST_SPACE
 
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.search import search as run_search
 from nas_sepconv.search.study import SESSIONS_ATTR
-
-from conftest import FAST_SPACE
 
 DEEP = "[" * 100_000 + "]" * 100_000
 

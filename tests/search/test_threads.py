@@ -7,14 +7,13 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import FAST_SPACE
 from typer.testing import CliRunner
 
 import nas_sepconv as ns
 from nas_sepconv.cli import app
 from nas_sepconv.measure import MAX_THREADS
 from nas_sepconv.search.threads import SMALL_BATCH_ELEMENTS, choose_threads
-
-from conftest import FAST_SPACE
 
 
 def test_small_inputs_train_on_one_thread_large_ones_share_the_cores():
@@ -67,7 +66,9 @@ def test_threads_reach_the_worker_processes(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "-1", "999"])
 def test_bad_threads_is_one_line_naming_the_flag(value, tmp_path):
-    result = CliRunner().invoke(app, ["search", "--space", _space(tmp_path, 1), "--threads", value, "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app, ["search", "--space", _space(tmp_path, 1), "--threads", value, "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --threads:"), result.stderr

@@ -30,16 +30,31 @@ def no_bn_model(dtype: torch.dtype = torch.float32) -> nn.Module:
 
 def bn_model() -> nn.Module:
     torch.manual_seed(2)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3)
+    )
 
 
 def tiny_dataset() -> Dataset:
     """64 training images of 8x8 (uint8), with the CIFAR augmentation (random crop and flip)."""
     g = torch.Generator().manual_seed(0)
-    split = lambda n: Split(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g),
-                            torch.randint(0, 3, (n,), generator=g))
-    return Dataset(name="tiny", train=split(64), val=split(20), test=split(10), num_classes=3,
-                   input_shape=(1, 8, 8), mean=(0.5,), std=(0.25,), augment="crop_flip")
+
+    def split(n):
+        return Split(
+            torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g), torch.randint(0, 3, (n,), generator=g)
+        )
+
+    return Dataset(
+        name="tiny",
+        train=split(64),
+        val=split(20),
+        test=split(10),
+        num_classes=3,
+        input_shape=(1, 8, 8),
+        mean=(0.5,),
+        std=(0.25,),
+        augment="crop_flip",
+    )
 
 
 def tensors(n: int, dtype: torch.dtype, seed: int) -> TensorDataset:
@@ -56,8 +71,9 @@ def dataset_run(rank: int, world: int) -> dict:
     """The in-memory Dataset: batch_size is the global batch, split across the processes."""
     model = no_bn_model()
     seen: list[tuple[int, float]] = []  # per training step: the batch size and the sum of its inputs
-    model.register_forward_pre_hook(lambda m, args: seen.append((args[0].shape[0], args[0].double().sum().item()))
-                                    if m.training else None)
+    model.register_forward_pre_hook(
+        lambda m, args: seen.append((args[0].shape[0], args[0].double().sum().item())) if m.training else None
+    )
     cfg = TrainConfig(epochs=2, batch_size=GLOBAL_BATCH, lr=0.05, warmup_epochs=0.5)
     result = fit(model, tiny_dataset(), config=cfg)
     return {"state": model.state_dict(), "history": result.history, "test": result.test_accuracy, "seen": seen}
@@ -90,12 +106,23 @@ def distill_bn_run(rank: int, world: int) -> dict:
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        result = distill(student, teacher, loader(tensors(64, torch.float32, 6), rank, world, shuffle=True),
-                         val=loader(tensors(32, torch.float32, 7), rank, world, shuffle=False),
-                         config=TrainConfig(epochs=1, lr=0.05), features=["2"], progress=True)
+        result = distill(
+            student,
+            teacher,
+            loader(tensors(64, torch.float32, 6), rank, world, shuffle=True),
+            val=loader(tensors(32, torch.float32, 7), rank, world, shuffle=False),
+            config=TrainConfig(epochs=1, lr=0.05),
+            features=["2"],
+            progress=True,
+        )
     unchanged = all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
-    return {"state": student.state_dict(), "history": result.history, "stderr": err.getvalue(),
-            "teacher_unchanged": unchanged, "teacher_training": teacher.training}
+    return {
+        "state": student.state_dict(),
+        "history": result.history,
+        "stderr": err.getvalue(),
+        "teacher_unchanged": unchanged,
+        "teacher_training": teacher.training,
+    }
 
 
 def refused_run(rank: int, world: int) -> dict:
@@ -122,13 +149,24 @@ class _NanOnRank1(nn.Module):
 
 def diverged_run(rank: int, world: int) -> dict:
     try:
-        fit(_NanOnRank1(), loader(tensors(64, torch.float32, 9), rank, world, shuffle=True), config=TrainConfig(epochs=1))
+        fit(
+            _NanOnRank1(),
+            loader(tensors(64, torch.float32, 9), rank, world, shuffle=True),
+            config=TrainConfig(epochs=1),
+        )
     except TrainingDiverged as e:
         return {"error": str(e)}
     return {"error": None}
 
 
-RUNS = {"dataset": dataset_run, "loader": loader_run, "mapstyle": mapstyle_run, "distill_bn": distill_bn_run, "refused": refused_run, "diverged": diverged_run}
+RUNS = {
+    "dataset": dataset_run,
+    "loader": loader_run,
+    "mapstyle": mapstyle_run,
+    "distill_bn": distill_bn_run,
+    "refused": refused_run,
+    "diverged": diverged_run,
+}
 
 
 def main(out: Path) -> None:

@@ -17,8 +17,14 @@ ONE_EPOCH = TrainConfig(epochs=1, lr=0.1)
 
 def small_cnn(classes: int = 10, in_channels: int = 1) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, classes))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, classes),
+    )
 
 
 def _x(n: int = 8, channels: int = 1) -> torch.Tensor:
@@ -33,8 +39,10 @@ def _y(n: int = 8) -> torch.Tensor:
 BAD_BATCHES = {
     "wrong channel count": ((_x(channels=3), _y()), r"does not run on inputs of shape \(8, 3, 8, 8\)"),
     "2-D inputs": ((torch.randn(8, 64), _y()), r"does not run on inputs of shape \(8, 64\)"),
-    "integer inputs": ((torch.randint(0, 255, (8, 1, 8, 8)), _y()),
-                       r"torch\.int64 \(Input type .*\); give floating-point inputs"),
+    "integer inputs": (
+        (torch.randint(0, 255, (8, 1, 8, 8)), _y()),
+        r"torch\.int64 \(Input type .*\); give floating-point inputs",
+    ),
     "targets out of range": ((_x(), _y() + 10), "a target is 1[0-9], but the model has 10 classes"),
     "negative targets": ((_x(), _y() - 10), "a target is negative"),
     "float targets": ((_x(), _y().float()), "the targets are torch.float32 tensors, not class indices"),

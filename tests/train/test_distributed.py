@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_worker
 import pytest
 import torch
 
-import ddp_worker
-from nas_sepconv.train import init_distributed, is_main_process
 from nas_sepconv.errors import UserInputError
+from nas_sepconv.train import init_distributed, is_main_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,10 +35,24 @@ def two_ranks(tmp_path_factory) -> list[dict]:
     torchrun's agent, which would cost another interpreter's start; the README recipe's test
     runs torchrun itself."""
     out = tmp_path_factory.mktemp("ddp")
-    base = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(_free_port()), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, ddp_worker.__file__, str(out)], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    base = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, ddp_worker.__file__, str(out)],
+            env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     try:
         logs = [p.communicate(timeout=240)[0] for p in procs]
     finally:
@@ -77,8 +91,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_ranks, run,
     _assert_same(r0["state"], one["state"], rtol=tol, atol=tol)
     _assert_same_history(r0["history"], one["history"], rel=tol)
     assert _no_seconds(r0["history"]) == _no_seconds(r1["history"])  # loss and accuracy reduced across the ranks
-    moved = max((one["state"][k] - ddp_worker.no_bn_model(one["state"][k].dtype).state_dict()[k]).abs().max().item()
-                for k in one["state"])
+    moved = max(
+        (one["state"][k] - ddp_worker.no_bn_model(one["state"][k].dtype).state_dict()[k]).abs().max().item()
+        for k in one["state"]
+    )
     assert moved > 1e-3  # it trained
     if run == "loader":
         assert r0["sampler_epoch"] == r1["sampler_epoch"] == 1  # set_epoch every epoch (0-based)

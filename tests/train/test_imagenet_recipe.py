@@ -35,7 +35,7 @@ SHRINK = {  # README text -> the tiny run's
 def recipe_script() -> str:
     """The first python block after the section's heading, shrunk."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index(HEADING):]
+    section = text[text.index(HEADING) :]
     code = re.search(r"^```python\n(.*?)^```", section, re.S | re.M).group(1)
     for old, new in SHRINK.items():
         assert old in code, f"the README recipe no longer has {old!r}: update SHRINK"
@@ -68,8 +68,16 @@ def _environment() -> dict[str, str]:
 def test_readme_imagenet_recipe_runs_under_torchrun(tmp_path):
     fake_imagefolder(tmp_path / "imagenet")
     (tmp_path / "convert_imagenet.py").write_text(recipe_script())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "convert_imagenet.py", str(tmp_path / "imagenet")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "convert_imagenet.py",
+        str(tmp_path / "imagenet"),
+    ]
     done = subprocess.run(cmd, cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("top-1 after one epoch:") == 1  # rank 0 alone prints

@@ -21,9 +21,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def small_cnn(seed: int = 0, width: int = 16) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, 10),
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * width, 10),
     )
 
 
@@ -83,8 +89,8 @@ def test_distill_takes_a_dataloader_with_feature_hints(trained, loaders):
 
 def test_distill_reads_an_imagefolder(tmp_path, trained):
     """A torchvision ImageFolder of PNG files on disk, through a DataLoader with workers' transforms."""
-    from PIL import Image
     import torchvision.transforms as T
+    from PIL import Image
     from torchvision.datasets import ImageFolder
 
     g = torch.Generator().manual_seed(0)
@@ -96,7 +102,9 @@ def test_distill_reads_an_imagefolder(tmp_path, trained):
     folder = ImageFolder(str(tmp_path), T.Compose([T.Grayscale(), T.ToTensor(), T.Normalize([0.5], [0.25])]))
     loader = DataLoader(folder, batch_size=8, shuffle=True, drop_last=True)
     teacher, student = trained[0], small_cnn(seed=2)
-    result = distill(student, teacher, loader, val=DataLoader(folder, batch_size=12), config=TrainConfig(epochs=2, lr=0.05))
+    result = distill(
+        student, teacher, loader, val=DataLoader(folder, batch_size=12), config=TrainConfig(epochs=2, lr=0.05)
+    )
     assert len(result.history) == 2 and 0 <= result.val_accuracy <= 1
     assert all(r["train_loss"] == r["train_loss"] for r in result.history)  # finite
 
@@ -127,7 +135,9 @@ def test_steps_per_epoch_drives_the_schedule_and_caps_an_epoch():
     calls = _counting(model)
     with pytest.raises(UserInputError, match="^steps_per_epoch: .*no len"):
         fit(model, _Stream(_batches()), config=TrainConfig(epochs=2))
-    result = fit(model, _Stream(_batches()), steps_per_epoch=4, config=TrainConfig(epochs=2, schedule="cosine", warmup_epochs=0))
+    result = fit(
+        model, _Stream(_batches()), steps_per_epoch=4, config=TrainConfig(epochs=2, schedule="cosine", warmup_epochs=0)
+    )
     assert len(calls) == 8 and result.history[-1]["lr"] < 0.02  # cosine over 8 steps: the last is near 0
     calls.clear()
     fit(model, itertools.repeat(_batches(1)[0]), steps_per_epoch=3, config=TrainConfig(epochs=1))  # an endless stream
@@ -161,25 +171,28 @@ def test_a_list_of_pairs_trains_like_the_dataloader_it_came_from():
         assert torch.equal(pa, pb)
 
 
-@pytest.mark.parametrize("call, field, message", [
-    (lambda m, d: fit(m, 5), "data", "expected a Dataset, a DataLoader or batches"),
-    (lambda m, d: fit(m, "images/"), "data", "expected a Dataset, a DataLoader or batches"),
-    (lambda m, d: fit(m, [1, 2]), "data", "item 0 is a int, not an (inputs, targets) pair"),
-    (lambda m, d: fit(m, [torch.randn(4, 1, 8, 8)]), "data", "item 0 is a Tensor"),
-    (lambda m, d: fit(m, [(torch.randn(4, 1, 8, 8),)]), "data", "item 0 is a tuple"),
-    (lambda m, d: fit(m, []), "data", "has no batches"),
-    (lambda m, d: fit(m, _batches(), val=[None]), "val", "item 0 is a NoneType"),
-    (lambda m, d: fit(m, _batches(), val=3), "val", "expected a Dataset, a DataLoader or batches"),
-    (lambda m, d: fit(m, iter(_batches()), config=TrainConfig(epochs=2)), "data", "one-shot iterator"),
-    (lambda m, d: fit(m, _batches(), steps_per_epoch=0), "steps_per_epoch", "positive int"),
-    (lambda m, d: fit(m, _batches(), resolution=16), "resolution", "nas_sepconv Dataset"),
-    (lambda m, d: fit(m, d, val=_batches()), "val", "not to a nas_sepconv Dataset"),
-    (lambda m, d: fit(m, d.train), "data", "got Split"),
-    (lambda m, d: fit(m, d, steps_per_epoch=3), "steps_per_epoch", "not to a nas_sepconv Dataset"),
-    (lambda m, d: distill(m, small_cnn(), [{"x": torch.randn(2, 1, 8, 8)}]), "data", "item 0 is a dict"),
-    (lambda m, d: evaluate(m, [(1, 2)]), "split", "item 0 is a tuple"),
-    (lambda m, d: evaluate(m, d.val), "data", "needs its Dataset"),
-])
+@pytest.mark.parametrize(
+    "call, field, message",
+    [
+        (lambda m, d: fit(m, 5), "data", "expected a Dataset, a DataLoader or batches"),
+        (lambda m, d: fit(m, "images/"), "data", "expected a Dataset, a DataLoader or batches"),
+        (lambda m, d: fit(m, [1, 2]), "data", "item 0 is a int, not an (inputs, targets) pair"),
+        (lambda m, d: fit(m, [torch.randn(4, 1, 8, 8)]), "data", "item 0 is a Tensor"),
+        (lambda m, d: fit(m, [(torch.randn(4, 1, 8, 8),)]), "data", "item 0 is a tuple"),
+        (lambda m, d: fit(m, []), "data", "has no batches"),
+        (lambda m, d: fit(m, _batches(), val=[None]), "val", "item 0 is a NoneType"),
+        (lambda m, d: fit(m, _batches(), val=3), "val", "expected a Dataset, a DataLoader or batches"),
+        (lambda m, d: fit(m, iter(_batches()), config=TrainConfig(epochs=2)), "data", "one-shot iterator"),
+        (lambda m, d: fit(m, _batches(), steps_per_epoch=0), "steps_per_epoch", "positive int"),
+        (lambda m, d: fit(m, _batches(), resolution=16), "resolution", "nas_sepconv Dataset"),
+        (lambda m, d: fit(m, d, val=_batches()), "val", "not to a nas_sepconv Dataset"),
+        (lambda m, d: fit(m, d.train), "data", "got Split"),
+        (lambda m, d: fit(m, d, steps_per_epoch=3), "steps_per_epoch", "not to a nas_sepconv Dataset"),
+        (lambda m, d: distill(m, small_cnn(), [{"x": torch.randn(2, 1, 8, 8)}]), "data", "item 0 is a dict"),
+        (lambda m, d: evaluate(m, [(1, 2)]), "split", "item 0 is a tuple"),
+        (lambda m, d: evaluate(m, d.val), "data", "needs its Dataset"),
+    ],
+)
 def test_bad_data_names_the_field(call, field, message, digits):
     with pytest.raises(UserInputError) as e:
         call(small_cnn(), digits)

@@ -29,7 +29,6 @@ from nas_sepconv.train import distillation as distill_mod
 from nas_sepconv.train import hints as hints_mod
 from nas_sepconv.train import loop as train_mod
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
 
 
@@ -41,9 +40,16 @@ def digits():
 def small_cnn(width: int = 16, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(2 * width * 16, 10),
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(2 * width * 16, 10),
     )
 
 
@@ -121,8 +127,16 @@ def test_on_epoch_exception_propagates(tiny):
 
 def test_adamw_cosine_clip_and_resolution(tiny):
     small = tiny
-    config = TrainConfig(epochs=1, batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05,
-                         schedule="cosine", grad_clip=1.0, label_smoothing=0.0)
+    config = TrainConfig(
+        epochs=1,
+        batch_size=64,
+        optimizer="adamw",
+        lr=2e-3,
+        weight_decay=0.05,
+        schedule="cosine",
+        grad_clip=1.0,
+        label_smoothing=0.0,
+    )
     result = fit(small_cnn(), small, config=config, resolution=12)
     assert 0 <= result.val_accuracy <= 1 and math.isfinite(result.history[0]["train_loss"])
 
@@ -178,7 +192,9 @@ def test_distill_moves_student_towards_teacher(digits, trained):
     student = small_cnn(width=4, seed=2)
     before = _agreement(student, teacher, digits)
     part = dataclasses.replace(digits, train=_head(digits.train, 640))
-    result = distill(student, teacher, part, config=TrainConfig(epochs=2, batch_size=64, lr=0.1), temperature=4.0, alpha=0.9)
+    result = distill(
+        student, teacher, part, config=TrainConfig(epochs=2, batch_size=64, lr=0.1), temperature=4.0, alpha=0.9
+    )
     after = _agreement(student, teacher, digits)
     assert after > before + 0.3 and after > 0.7
     assert result.val_accuracy > 0.6
@@ -276,8 +292,10 @@ def _hint_error(student, teacher, name, digits):
     """Relative squared error of module ``name``'s output, student vs teacher, on the val split."""
     x = torch.cat(calibration_batches(digits, n=256, split="val", batch_size=256))
     outs = {}
-    hooks = [m.get_submodule(name).register_forward_hook(lambda mod, a, o, key=key: outs.__setitem__(key, o))
-             for key, m in (("s", student.eval()), ("t", teacher.eval()))]
+    hooks = [
+        m.get_submodule(name).register_forward_hook(lambda mod, a, o, key=key: outs.__setitem__(key, o))
+        for key, m in (("s", student.eval()), ("t", teacher.eval()))
+    ]
     with torch.no_grad():
         student(x), teacher(x)
     for h in hooks:
@@ -359,8 +377,13 @@ def test_feature_hint_argument_checks(digits, trained):
         distill(student, teacher, digits, features="converted", feature_weight=-1.0)
     narrow = small_cnn(width=4)  # same module names, other widths
     with pytest.raises(UserInputError, match=r"^features: '6': student output"):
-        distill(narrow, teacher, dataclasses.replace(digits, train=_head(digits.train, 64)), features=["6"],
-                config=TrainConfig(epochs=1, batch_size=64))
+        distill(
+            narrow,
+            teacher,
+            dataclasses.replace(digits, train=_head(digits.train, 64)),
+            features=["6"],
+            config=TrainConfig(epochs=1, batch_size=64),
+        )
     assert not any(m._forward_hooks for m in [*narrow.modules(), *teacher.modules()])
 
 
