@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserInputError
-from .frame import _typed
+from .arrays import typed
 from .front import _candidates, _directions, _losses, hypervolume, knee, pareto_front
 from .objectives import LOG_SCALE_COLUMNS
 
@@ -216,7 +216,7 @@ def _typed_summary(out: pd.DataFrame, first: pd.DataFrame, objectives: Sequence[
         for prefix in ("best_", "min_", "knee_"):
             if prefix + o in out.columns:
                 dtype = "Int64" if _is_integer(first, o) else "float64"
-                out[prefix + o] = _typed(out[prefix + o].tolist(), dtype)
+                out[prefix + o] = typed(out[prefix + o].tolist(), dtype)
     return out
 
 

@@ -37,6 +37,7 @@ import pandas as pd
 
 from ..errors import UserInputError
 from ..storage import open_source
+from .arrays import infer, typed
 from .objectives import KNOWN_DIRECTIONS
 from .stored import decoding, read_study
 
@@ -179,9 +180,9 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None, source: st
     cols.update(_objective_columns(trials, metric_names))
     cols.update(_param_value_columns(trials, param_dists, param_cols))
     for name, dtype in _TAIL_ATTR_COLUMNS.items():
-        cols[name] = _typed(_attr(trials, name), dtype)
+        cols[name] = typed(_attr(trials, name), dtype)
     cols.update(_time_columns(trials))
-    cols["fail_reason"] = _typed(
+    cols["fail_reason"] = typed(
         [t.user_attrs.get("fail_reason") if t.state.name == "FAIL" else None for t in trials],
         "string",
     )
@@ -254,13 +255,13 @@ def _objective_columns(trials: list[Any], metric_names: list[str]) -> dict[str, 
         if name in _ATTR_COLUMNS:
             from_attr = _attr(trials, name)  # exact (int MACs) when present; the told value otherwise
             values = [a if a is not None else v for a, v in zip(from_attr, values)]
-        cols[name] = _typed(values, _ATTR_COLUMNS.get(name, "float64"))
+        cols[name] = typed(values, _ATTR_COLUMNS.get(name, "float64"))
     for name, dtype in _ATTR_COLUMNS.items():
         if name not in cols:
             values = _attr(trials, name)
             if name == "latency_ms" and all(v is None for v in values):
                 continue  # optional column, left out when no trial measured it
-            cols[name] = _typed(values, dtype)
+            cols[name] = typed(values, dtype)
     return cols
 
 
@@ -292,7 +293,7 @@ def _time_columns(trials: list[Any]) -> dict[str, Any]:
         "duration_s": (complete - start).dt.total_seconds().to_numpy(dtype="float64", na_value=np.nan),
     }
     for name, dtype in _TIME_ATTR_COLUMNS.items():
-        cols[name] = _typed(_attr(trials, name), dtype)
+        cols[name] = typed(_attr(trials, name), dtype)
     return cols
 
 
@@ -318,7 +319,7 @@ def _fidelity_columns(trials: list[Any]) -> dict[str, Any]:
     the rung of epoch E), from the user attributes ``epochs_trained``/``epochs``,
     ``stopped_early`` and ``rung_results``."""
     cols: dict[str, Any] = {
-        "epochs_trained": _typed(
+        "epochs_trained": typed(
             [t.user_attrs.get("epochs_trained", t.user_attrs.get("epochs")) for t in trials], "Int64"
         ),
     }
@@ -332,10 +333,10 @@ def _fidelity_columns(trials: list[Any]) -> dict[str, Any]:
     )
     rungs = [[e for e in (t.user_attrs.get("rung_results") or []) if isinstance(e, dict)] for t in trials]
     if any(rungs):
-        cols["rung"] = _typed([len(r) - 1 if r else None for r in rungs], "Int64")
+        cols["rung"] = typed([len(r) - 1 if r else None for r in rungs], "Int64")
         epochs = sorted({e["epoch"] for r in rungs for e in r if isinstance(e.get("epoch"), int)})
         for epoch in epochs:
-            cols[f"accuracy_epoch_{epoch}"] = _typed(
+            cols[f"accuracy_epoch_{epoch}"] = typed(
                 [next((e.get("accuracy") for e in r if e.get("epoch") == epoch), None) for r in rungs], "float64"
             )
     return cols
@@ -363,32 +364,7 @@ def _add_extra_attr_columns(cols: dict[str, Any], trials: list[Any]) -> None:
         if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
             continue
         column = key if key not in cols else f"user_attrs_{key}"
-        cols[column] = _infer(values)
-
-
-def _typed(values: list[Any], dtype: str) -> Any:
-    """Values (with None for missing) as an array of the given dtype."""
-    if dtype == "string":
-        return pd.array([None if v is None else str(v) for v in values], dtype="string")
-    numeric = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype("float64")
-    if dtype == "Int64":  # (what no int64 holds, e.g. an objective told as inf, is missing)
-        numeric = numeric.where(numeric.abs() < 2.0**63)
-        return numeric.round().astype("Int64").array
-    return numeric.to_numpy(dtype="float64")
-
-
-def _infer(values: list[Any]) -> Any:
-    """Nullable dtype for a list of scalars (None = missing)."""
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, bool) for v in present):
-        return pd.array(values, dtype="boolean")
-    if present and all(isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63 for v in present):
-        return pd.array(values, dtype="Int64")
-    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return _typed(values, "float64")
-    if all(isinstance(v, str) for v in present):
-        return pd.array(values, dtype="string")
-    return pd.array(values, dtype=object)
+        cols[column] = infer(values)
 
 
 def _param_array(values: list[Any], dists: list[Any], categorical: type, integer: type, floating: type) -> Any:
@@ -398,9 +374,9 @@ def _param_array(values: list[Any], dists: list[Any], categorical: type, integer
             choices += [c for c in d.choices if c not in choices]
         if all(isinstance(c, str) for c in choices):
             return pd.Categorical(values, categories=choices)
-        return _infer(values)
+        return infer(values)
     if all(isinstance(d, integer) for d in dists):
-        return _typed(values, "Int64")
+        return typed(values, "Int64")
     if all(isinstance(d, (integer, floating)) for d in dists):
-        return _typed(values, "float64")
-    return _infer(values)
+        return typed(values, "float64")
+    return infer(values)
