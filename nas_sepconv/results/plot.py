@@ -187,6 +187,75 @@ def _draw_off_front(ax: matplotlib.axes.Axes, main: _Front2D) -> None:
         )
 
 
+def _draw_front(ax: matplotlib.axes.Axes, main: _Front2D) -> None:
+    """The Pareto front: its step line and points, and the count of over-budget trials."""
+    if len(main.x_front):
+        ax.plot(main.x_front, main.y_front, drawstyle=main.drawstyle, color="tab:blue", linewidth=1.5, zorder=3)
+        ax.scatter(
+            main.x_front,
+            main.y_front,
+            s=30,
+            color="tab:blue",
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=4,
+            label=f"Pareto front ({len(main.x_front)})",
+        )
+    if main.infeasible:  # not trained (accuracy 0): left out, but said so
+        ax.plot(
+            [], [], linestyle="none", marker="x", color="tab:red", label=f"over budget, not shown ({main.infeasible})"
+        )
+
+
+def _draw_baseline_fronts(ax: matplotlib.axes.Axes, baselines: Mapping[str, _Front2D]) -> None:
+    """Each baseline's front as a labelled dashed step line, one colour each."""
+    for i, (name, base) in enumerate(baselines.items()):
+        colour = _COLOURS[i % len(_COLOURS)]
+        if len(base.x_front):
+            ax.plot(
+                base.x_front,
+                base.y_front,
+                drawstyle=base.drawstyle,
+                color=colour,
+                linewidth=1.2,
+                linestyle="--",
+                marker="o",
+                markersize=4,
+                zorder=2,
+                label=name,
+            )
+
+
+def _draw_reference(ax: matplotlib.axes.Axes, xy: tuple[float, float]) -> None:
+    """The original model's point, with a dotted line at its y."""
+    ax.axhline(xy[1], color="black", linestyle=":", linewidth=1.0, zorder=1)
+    ax.scatter(
+        [xy[0]],
+        [xy[1]],
+        marker="X",
+        s=90,
+        color="black",
+        zorder=5,
+        label="original model",
+    )
+
+
+def _draw_knee(ax: matplotlib.axes.Axes, xy: tuple[float, float], number: Any) -> None:
+    """The knee of the front, a star labelled with its trial number."""
+    ax.scatter(
+        [xy[0]],
+        [xy[1]],
+        marker="*",
+        s=160,
+        color="tab:red",
+        edgecolors="black",
+        linewidths=0.5,
+        zorder=5,
+        label="knee",
+    )
+    ax.annotate(f"trial {number}", xy, xytext=(8, -14), textcoords="offset points", fontsize=8)
+
+
 def _finish_axes(
     ax: matplotlib.axes.Axes, *, x_label: str, y_label: str, x_log: bool, y_log: bool, title: Any
 ) -> matplotlib.axes.Axes:
@@ -243,61 +312,12 @@ def plot_pareto(
         ax = _new_axes()
     main = data.main
     _draw_off_front(ax, main)
-    if len(main.x_front):
-        ax.plot(main.x_front, main.y_front, drawstyle=main.drawstyle, color="tab:blue", linewidth=1.5, zorder=3)
-        ax.scatter(
-            main.x_front,
-            main.y_front,
-            s=30,
-            color="tab:blue",
-            edgecolors="black",
-            linewidths=0.5,
-            zorder=4,
-            label=f"Pareto front ({len(main.x_front)})",
-        )
-    if main.infeasible:  # not trained (accuracy 0): left out, but said so
-        ax.plot(
-            [], [], linestyle="none", marker="x", color="tab:red", label=f"over budget, not shown ({main.infeasible})"
-        )
-    for i, (name, base) in enumerate(data.baselines.items()):
-        colour = _COLOURS[i % len(_COLOURS)]
-        if len(base.x_front):
-            ax.plot(
-                base.x_front,
-                base.y_front,
-                drawstyle=base.drawstyle,
-                color=colour,
-                linewidth=1.2,
-                linestyle="--",
-                marker="o",
-                markersize=4,
-                zorder=2,
-                label=name,
-            )
+    _draw_front(ax, main)
+    _draw_baseline_fronts(ax, data.baselines)
     if data.reference_xy is not None:  # what every candidate is compared against
-        ax.axhline(data.reference_xy[1], color="black", linestyle=":", linewidth=1.0, zorder=1)
-        ax.scatter(
-            [data.reference_xy[0]],
-            [data.reference_xy[1]],
-            marker="X",
-            s=90,
-            color="black",
-            zorder=5,
-            label="original model",
-        )
+        _draw_reference(ax, data.reference_xy)
     if data.knee_xy is not None:
-        ax.scatter(
-            [data.knee_xy[0]],
-            [data.knee_xy[1]],
-            marker="*",
-            s=160,
-            color="tab:red",
-            edgecolors="black",
-            linewidths=0.5,
-            zorder=5,
-            label="knee",
-        )
-        ax.annotate(f"trial {data.knee_number}", data.knee_xy, xytext=(8, -14), textcoords="offset points", fontsize=8)
+        _draw_knee(ax, data.knee_xy, data.knee_number)
     if not len(main.x_all) and not data.baselines:
         ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center", transform=ax.transAxes, color="tab:gray")
     title = title if title is not None else df.attrs.get("study")
