@@ -12,14 +12,14 @@ validation accuracy after every epoch to an ``on_epoch`` callback (the search fo
 Optuna's pruners; an exception raised there, such as ``optuna.TrialPruned``, propagates).
 
 On CUDA it uses mixed precision (bfloat16 where supported, else float16 with a gradient scaler)
-and channels-last memory format; on the CPU it runs plain float32.
+and channels-last memory format; on the CPU it runs plain float32.  What a run trains with (seed,
+precision, feed, optimizer, schedule) is set up in :mod:`nas_sepconv.train.run`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,20 +31,18 @@ from ..data import Dataset, Split
 from ..errors import TrainingDiverged, UserInputError
 from ..progress import progress as show_progress
 from .checks import check_batch, check_outputs, check_teacher, checked_forward
-from .config import OPTIMIZERS, SCHEDULES, FitResult, TrainConfig
+from .config import FitResult, TrainConfig
 from .distributed import _broadcast_buffers, _World, _wrap
 from .feeds import (
     EVAL_BATCH,
-    _as_loader,
     _autocast,
     _batch_counts,
     _check_iterable,
-    _DatasetFeed,
-    _LoaderFeed,
     _map_style,
     _split_counts,
 )
 from .hints import _check_distill_args, _check_features, _distill_loss, _FeatureHints
+from .run import Run
 
 __all__ = ["fit", "evaluate"]
 
@@ -130,12 +128,12 @@ def fit(
     if teacher is not None:
         _check_distill_args(temperature, alpha)
     features = _check_features(features, feature_weight, teacher)
-    run = _Run.start(model, data, val, steps_per_epoch, cfg, torch.device(device), resolution)
+    run = Run.start(model, data, val, steps_per_epoch, cfg, torch.device(device), resolution)
     return _fit(run, model, teacher, features, (temperature, alpha, feature_weight), on_epoch, progress, evaluate_test)
 
 
 def _fit(
-    run: _Run,
+    run: Run,
     model: nn.Module,
     teacher: nn.Module | None,
     features: Sequence[str],
@@ -172,88 +170,8 @@ def _fit(
     )
 
 
-@dataclass
-class _Run:
-    """What one :func:`fit` trains with: the feed of batches, the precision, the optimizer and
-    its schedule, the process group."""
-
-    cfg: TrainConfig
-    device: torch.device
-    world: _World
-    amp_dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler
-    feed: _DatasetFeed | _LoaderFeed
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    @classmethod
-    def start(
-        cls,
-        model: nn.Module,
-        data: Any,
-        val: Any,
-        steps_per_epoch: int | None,
-        cfg: TrainConfig,
-        device: torch.device,
-        resolution: int | None,
-    ) -> _Run:
-        """Seed, move the model to ``device``, choose the precision, build the feed of batches,
-        the optimizer and the schedule."""
-        world = _World.current()
-        cuda = device.type == "cuda"
-        if cuda and device.index is None and world.distributed:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.manual_seed(cfg.seed + world.rank)
-        channels_last = cuda and cfg.channels_last
-        amp_dtype = None
-        if cuda and cfg.amp:
-            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        feed = _feed(data, val, steps_per_epoch, cfg, device, resolution, channels_last, amp_dtype, world)
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        optimizer = _make_optimizer(model, cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, feed.steps_per_epoch))
-        return cls(cfg, device, world, amp_dtype, scaler, feed, optimizer, scheduler)
-
-
-def _feed(
-    data: Any,
-    val: Any,
-    steps_per_epoch: int | None,
-    cfg: TrainConfig,
-    device: torch.device,
-    resolution: int | None,
-    channels_last: bool,
-    amp_dtype: torch.dtype | None,
-    world: _World,
-) -> _DatasetFeed | _LoaderFeed:
-    """The in-memory Dataset's feed, or the user's batches'."""
-    if isinstance(data, Dataset):
-        for name, value in (("val", val), ("steps_per_epoch", steps_per_epoch)):
-            if value is not None:
-                raise UserInputError(
-                    name,
-                    "applies to batches, not to a nas_sepconv Dataset (which has its own "
-                    "validation split and batch size)",
-                    f"drop {name}=, or pass data as a DataLoader",
-                )
-        return _DatasetFeed(data, cfg, device, resolution, channels_last, amp_dtype, world)
-    if resolution is not None:
-        raise UserInputError(
-            "resolution", "applies to a nas_sepconv Dataset, not to batches", "resize in your DataLoader's transforms"
-        )
-    data, val = (_as_loader(d, cfg, world, train=d is data) if _map_style(d) else d for d in (data, val))
-    return _LoaderFeed(data, val, cfg, device, channels_last, amp_dtype, world, steps_per_epoch)
-
-
 def _loss_function(
-    run: _Run,
+    run: Run,
     net: nn.Module,
     teacher: nn.Module | None,
     hints: _FeatureHints | None,
@@ -299,7 +217,7 @@ def _full(t: Tensor) -> Tensor:
 
 
 def _train_epochs(
-    run: _Run,
+    run: Run,
     model: nn.Module,
     loss_of: Callable[[Tensor, Tensor], Tensor],
     on_epoch: Callable[[int, float], None] | None,
@@ -330,7 +248,7 @@ def _train_epochs(
 
 
 def _train_epoch(
-    run: _Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tensor], epoch: int
+    run: Run, model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tensor], epoch: int
 ) -> tuple[float, float]:
     """One pass over the training batches; returns the mean loss (over every process) and the
     lr of the last step.  A loss that is not finite raises at once on the CPU, within 50 steps
@@ -366,30 +284,6 @@ def _train_epoch(
         _check_bad_step(run.world.min(bad_step), epoch)
     totals = run.world.sum(torch.stack([loss_sum, torch.tensor(float(step), dtype=torch.float64, device=run.device)]))
     return totals[0].item() / max(totals[1].item(), 1), lr
-
-
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    if not decay and not no_decay:
-        raise UserInputError("model", "has no trainable parameters", "unfreeze some parameters (requires_grad=True)")
-    groups = [
-        g
-        for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
-        if g["params"]
-    ]
-    return OPTIMIZERS[cfg.optimizer].build(groups, cfg.lr)
-
-
-def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """Multiplier of the peak lr at each step (``LambdaLR``).  The warm-up is capped at 30% of
-    the run, so a short run (one epoch of fine-tuning) still anneals."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = min(round(cfg.warmup_epochs * steps_per_epoch), int(0.3 * total))
-
-    return SCHEDULES[cfg.schedule].factor(warm, total)
 
 
 def _diverged(loss: Tensor, epoch: int, step: int, lr: float) -> None:

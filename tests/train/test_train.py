@@ -27,7 +27,7 @@ from nas_sepconv.train import (
 )
 from nas_sepconv.train import distillation as distill_mod
 from nas_sepconv.train import hints as hints_mod
-from nas_sepconv.train import loop as train_mod
+from nas_sepconv.train import run as run_mod
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
 
@@ -160,7 +160,7 @@ def _head(split, n):
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_lr_schedules(schedule):
     config = TrainConfig(epochs=4, schedule=schedule, warmup_epochs=1, lr=0.1)
-    factor = train_mod._lr_factor(config, steps_per_epoch=10)
+    factor = run_mod._lr_factor(config, steps_per_epoch=10)
     values = [factor(s) for s in range(40)]
     assert values[0] < 0.2 and max(values) == pytest.approx(1.0, abs=0.01)
     assert max(range(40), key=values.__getitem__) in (9, 10)  # peak at the end of the warm-up
