@@ -13,7 +13,9 @@ Optuna's pruners; an exception raised there, such as ``optuna.TrialPruned``, pro
 
 On CUDA it uses mixed precision (bfloat16 where supported, else float16 with a gradient scaler)
 and channels-last memory format; on the CPU it runs plain float32.  What a run trains with (seed,
-precision, feed, optimizer, schedule) is set up in :mod:`nas_sepconv.train.run`.
+precision, feed, optimizer, schedule) is set up in :mod:`nas_sepconv.train.run`, the loss of a
+batch (cross-entropy or distillation with feature hints) in :mod:`nas_sepconv.train.loss`; this
+module holds the loop of epochs and steps.
 """
 
 from __future__ import annotations
@@ -24,24 +26,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import Dataset, Split
 from ..errors import TrainingDiverged, UserInputError
 from ..progress import progress as show_progress
-from .checks import check_batch, check_outputs, check_teacher, checked_forward
 from .config import FitResult, TrainConfig
-from .distributed import _broadcast_buffers, _World, _wrap
-from .feeds import (
-    EVAL_BATCH,
-    _autocast,
-    _batch_counts,
-    _check_iterable,
-    _map_style,
-    _split_counts,
-)
-from .hints import _check_distill_args, _check_features, _distill_loss, _FeatureHints
+from .distributed import _broadcast_buffers, _World
+from .feeds import EVAL_BATCH, _batch_counts, _check_iterable, _map_style, _split_counts
+from .hints import _check_distill_args, _check_features
+from .loss import training_loss
 from .run import Run
 
 __all__ = ["fit", "evaluate"]
@@ -121,35 +115,33 @@ def fit(
         TrainingDiverged: the loss became NaN or infinite.
         UserInputError: bad ``data``, ``val``, ``teacher``, ``config``, ``temperature``, ``alpha``, ``resolution``.
     """
-    cfg = TrainConfig() if config is None else config
-    if not isinstance(cfg, TrainConfig):
-        raise UserInputError("train", f"expected a TrainConfig, got {type(cfg).__name__}", "pass TrainConfig(...)")
-    cfg.validate()
+    cfg = _checked_config(config)
     if teacher is not None:
         _check_distill_args(temperature, alpha)
     features = _check_features(features, feature_weight, teacher)
     run = Run.start(model, data, val, steps_per_epoch, cfg, torch.device(device), resolution)
-    return _fit(run, model, teacher, features, (temperature, alpha, feature_weight), on_epoch, progress, evaluate_test)
+    with training_loss(run, model, teacher, features, temperature, alpha, feature_weight) as loss_of:
+        return _train(run, model, loss_of, on_epoch, progress, evaluate_test)
 
 
-def _fit(
+def _checked_config(config: TrainConfig | None) -> TrainConfig:
+    """The config to train with: ``TrainConfig()`` when None, else the one given, validated."""
+    cfg = TrainConfig() if config is None else config
+    if not isinstance(cfg, TrainConfig):
+        raise UserInputError("train", f"expected a TrainConfig, got {type(cfg).__name__}", "pass TrainConfig(...)")
+    cfg.validate()
+    return cfg
+
+
+def _train(
     run: Run,
     model: nn.Module,
-    teacher: nn.Module | None,
-    features: Sequence[str],
-    weights: tuple[float, float, float],
+    loss_of: Callable[[Tensor, Tensor], Tensor],
     on_epoch: Callable[[int, float], None] | None,
     progress: bool,
     evaluate_test: bool,
 ) -> FitResult:
-    """:func:`fit` once its arguments are checked and its run started (``weights``: the
-    temperature, alpha and feature weight)."""
-    teacher_was_training = teacher.training if teacher is not None else False
-    if teacher is not None:
-        teacher.to(run.device).eval()
-    hints = _FeatureHints(model, teacher, features) if features else None
-    net = _wrap(model, run.device) if run.world.distributed else model
-    loss_of = _loss_function(run, net, teacher, hints, *weights)
+    """Train every epoch with ``loss_of``, then measure the test accuracy; the model is left in eval mode."""
     start = time.perf_counter()
     try:
         run.feed.check_val(model)
@@ -157,10 +149,6 @@ def _fit(
         test_acc = run.feed.test_accuracy(model) if evaluate_test else None
     finally:
         model.eval()
-        if hints is not None:
-            hints.close()
-        if teacher is not None and teacher_was_training:
-            teacher.train()
     return FitResult(
         val_accuracy=history[-1]["val_accuracy"],
         test_accuracy=test_acc,
@@ -168,52 +156,6 @@ def _fit(
         seconds=time.perf_counter() - start,
         epochs=run.cfg.epochs,
     )
-
-
-def _loss_function(
-    run: Run,
-    net: nn.Module,
-    teacher: nn.Module | None,
-    hints: _FeatureHints | None,
-    temperature: float,
-    alpha: float,
-    feature_weight: float,
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """The training loss of a batch: cross-entropy, or with a teacher the distillation loss plus
-    the weighted feature hints.  ``net`` is the model, or its DistributedDataParallel wrapper."""
-    smoothing = run.cfg.label_smoothing
-    unchecked = [True]  # the first batch is checked (checks.py) before its step changes the model
-
-    def loss_of(x: Tensor, y: Tensor) -> Tensor:
-        first, unchecked[0] = unchecked[0], False
-        if first:
-            check_batch(x, y, "data")
-        with _autocast(run.device, run.amp_dtype):
-            if hints is not None:
-                hints.active = True
-            try:
-                logits = checked_forward(net, x, "data", "the model") if first else net(x)
-                if first:
-                    check_outputs(logits, y, "data")
-                if teacher is None:
-                    return F.cross_entropy(_full(logits), y, label_smoothing=smoothing)
-                with torch.no_grad():
-                    teacher_logits = checked_forward(teacher, x, "teacher", "the teacher") if first else teacher(x)
-            finally:
-                if hints is not None:
-                    hints.active = False
-        if first:
-            check_teacher(logits, teacher_logits)
-        student = _full(logits)
-        loss = _distill_loss(student, teacher_logits.to(student.dtype), y, temperature, alpha, smoothing)
-        return loss if hints is None else loss + feature_weight * hints.loss()
-
-    return loss_of
-
-
-def _full(t: Tensor) -> Tensor:
-    """Half-precision (autocast) logits in float32 for the loss; float32 and float64 as they are."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _train_epochs(
