@@ -65,7 +65,9 @@ _TIME_ATTR_COLUMNS: dict[str, str] = {
     "wall_time_s": "float64",
     "epochs": "Int64",
 }
-_FIXED = (
+#: The columns a frame may have whatever the study searched: a searched parameter of one of these
+#: names becomes ``param_<name>``, a user attribute of one is not added as an extra column.
+FIXED_COLUMNS = (
     {
         "number",
         "state",
@@ -171,7 +173,7 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None, source: st
     trials = read_study(study, source)
     metric_names, mode, study_dirs = _study_objectives(study)
     param_dists = _param_distributions(trials)
-    param_cols = {p: (f"param_{p}" if p in _FIXED or p in study_dirs else p) for p in param_dists}
+    param_cols = {p: (f"param_{p}" if p in FIXED_COLUMNS or p in study_dirs else p) for p in param_dists}
 
     cols: dict[str, pd.Series | pd.api.extensions.ExtensionArray | np.ndarray] = {}
     n = len(trials)
@@ -357,7 +359,7 @@ def _add_extra_attr_columns(cols: dict[str, Any], trials: list[Any]) -> None:
     extra: list[str] = []
     for t in trials:
         for key in t.user_attrs:
-            if key not in _FIXED and key not in extra:
+            if key not in FIXED_COLUMNS and key not in extra:
                 extra.append(key)
     for key in extra:
         values = _attr(trials, key)

@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import StorageError, UserInputError
 from ..files import atomic_write
 from .comparison import compare
-from .frame import _FIXED, load
+from .frame import FIXED_COLUMNS, load
 from .front import pareto_front
 from .objectives import KNOWN_DIRECTIONS
 from .plot import plot_fronts, plot_pareto
@@ -36,7 +36,7 @@ def _param_columns(df: pd.DataFrame) -> list[str]:
     params = df.attrs.get("params")
     if params is not None:
         return [p for p in params if p in df.columns]
-    known = _FIXED | set(KNOWN_DIRECTIONS) | set(df.attrs.get("objectives") or [])
+    known = FIXED_COLUMNS | set(KNOWN_DIRECTIONS) | set(df.attrs.get("objectives") or [])
     return [c for c in df.columns if c not in known and not c.startswith("user_attrs_") and not c.startswith("value")]
 
 
