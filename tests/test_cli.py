@@ -399,7 +399,7 @@ def test_the_search_status_line_fits_120_columns_and_cuts_the_architecture_at_a_
 
     from rich.console import Console
 
-    from nas_sepconv.cli import _status_line
+    from nas_sepconv.cli.search import _status_line
     from nas_sepconv.progress import Progress
     from nas_sepconv.search import SearchStatus
 

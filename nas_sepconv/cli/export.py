@@ -1,0 +1,66 @@
+"""``nas-sepconv export``: rebuild a trial's model and write it to a file (``export_trial``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import UserInputError
+from ..export import export_trial
+from .common import guard, out
+
+
+def export(
+    trial: int = typer.Option(..., "--trial", metavar="N", help="trial number"),
+    results_dir: Path | None = typer.Argument(
+        None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"
+    ),
+    study: str | None = typer.Option(
+        None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"
+    ),
+    out_file: Path = typer.Option(
+        ..., "--out", metavar="FILE", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"
+    ),
+    device: str = typer.Option(
+        "cpu", "--device", metavar="cpu|cuda|cuda:N", help="where a trial without saved weights is re-trained"
+    ),
+    allow_import: list[str] | None = typer.Option(
+        None,
+        "--allow-import",
+        metavar="NAME",
+        help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)",
+    ),
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        metavar="PATH",
+        help="the data set's folder or archive, as given to the search's --data-root (re-training needs the data)",
+    ),
+) -> None:
+    """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
+
+    def run() -> None:
+        if (results_dir is None) == (storage is None):
+            raise UserInputError(
+                "export",
+                "give either a results directory or --storage (with --study)",
+                "e.g. nas-sepconv export results/default --trial 3 --out m.safetensors",
+            )
+        info = export_trial(
+            results_dir if results_dir is not None else storage,
+            trial,
+            study=study,
+            out=out_file,
+            device=device,
+            allow_import=allow_import,
+            data_root=data_root,
+        )
+        out.print(
+            f"trial {trial}: {info['how']}; accuracy {info['accuracy']:.4f} (recorded {info['recorded_accuracy']:.4f}); wrote {out_file}"
+        )
+
+    guard(run)

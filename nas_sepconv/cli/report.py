@@ -1,0 +1,95 @@
+"""``nas-sepconv report``: the Pareto table of a study and its output files (``nas_sepconv.results``),
+with a comparison against baselines; ``print_report`` is also how a search ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .. import results
+from ..errors import UserInputError
+from ..files import ensure_writable_dir
+from .common import guard, out, print_frame
+
+
+def print_report(study_name: str, folder: Path, df: Any = None) -> None:
+    """The Pareto table, the original model of a convert search, the files written."""
+    df = results.load(folder) if df is None else df
+    print_frame(results.pareto_table(df), title=f"Pareto front of {study_name} ({len(df)} trials)")
+    if line := results.base_line(df):
+        out.print(line)
+    for name in ("trials.csv", "pareto.csv", "pareto.png"):
+        out.print(f"wrote {folder / name}")
+
+
+def report(
+    results_dir: Path | None = typer.Argument(
+        None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"
+    ),
+    study: str | None = typer.Option(
+        None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"
+    ),
+    out_dir: Path | None = typer.Option(
+        None,
+        "--out",
+        metavar="DIR",
+        help="where to write CSV and PNG (default: the results directory, or results/<study>)",
+    ),
+    baseline: list[Path] | None = typer.Option(
+        None,
+        "--baseline",
+        metavar="DIR",
+        help="a baseline's results directory (e.g. of a mobilenetv2_width_digits search) to compare with, repeatable: hypervolumes on one common reference, comparison.csv and .png",
+    ),
+) -> None:
+    """Print the Pareto table; write trials.csv, pareto.csv, pareto.png (--baseline: comparison.csv, .png)."""
+
+    def run() -> None:
+        if (results_dir is None) == (storage is None):
+            raise UserInputError(
+                "report",
+                "give either a results directory or --storage (with --study)",
+                "e.g. nas-sepconv report results/default",
+            )
+        if out_dir is not None:
+            ensure_writable_dir(out_dir, "--out")
+        df = results.load(results_dir if results_dir is not None else storage, study=study)
+        folder = out_dir or (results_dir if results_dir is not None else Path("results") / df.attrs["study"])
+        if out_dir is None:  # the outputs go beside the study
+            ensure_writable_dir(
+                folder,
+                "RESULTS_DIR" if results_dir is not None else "--out",
+                fix="give --out DIR, a folder you can write to",
+            )
+        table, paths = (
+            results.write_comparison(
+                {df.attrs["study"]: df},
+                folder,
+                baselines=results.load_baselines(baseline, taken=[df.attrs["study"]], field="--baseline"),
+                field="--baseline",
+            )
+            if baseline
+            else (None, {})
+        )
+        results.write_outputs(df, folder)  # (after the comparison: a bad --baseline fails before anything is written)
+        print_report(df.attrs["study"], folder, df)
+        if table is not None:
+            print_frame(
+                results.comparison_table(table),
+                title=f"Hypervolumes on one reference point (best baseline: {table.attrs['best_baseline']})",
+            )
+            out.print(
+                "\n".join(
+                    [
+                        results.reference_line(table) or "no complete trial: no reference point",
+                        *(f"wrote {p}" for p in paths.values()),
+                    ]
+                )
+            )
+
+    guard(run)
