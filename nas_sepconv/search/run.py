@@ -39,7 +39,8 @@ from ..io import check_device
 from ..measure import check_threads
 from ..models import model_from_name
 from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
-from .candidates import build_candidate, check_base_cache, run_candidate
+from .base_model import check_base_cache
+from .candidates import build_candidate, run_candidate
 from .outputs import SearchStatus, refresh_outputs
 from .processes import _check_workers, _run_workers
 from .samplers import check_grid_trials, make_sampler
