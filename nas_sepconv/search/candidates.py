@@ -177,10 +177,7 @@ def _run_candidate(
         "arch": candidate.summary,
         "resolution": candidate.resolution,
     }
-    constraints: dict[str, float] = {}
-    for key, limit, value in (("max_macs", s.max_macs, macs), ("max_params", s.max_params, params)):
-        if limit is not None:
-            constraints[key] = float(value - limit)
+    constraints = _size_constraints(space, macs, params)
     feasible = all(c <= 0 for c in constraints.values())
     cfg = replace(space.spec.train, seed=seed)
     teacher, features = None, []
@@ -243,6 +240,17 @@ def _run_candidate(
     if not math.isfinite(metrics["accuracy"]):
         raise TrainingDiverged("validation accuracy is not finite")
     return model, metrics
+
+
+def _size_constraints(space: Space, macs: int, params: int) -> dict[str, float]:
+    """The candidate's hard budgets on MACs and params that the space sets, as Optuna
+    constraints (how far over the limit: <= 0 when it is met)."""
+    s = space.spec.search
+    constraints: dict[str, float] = {}
+    for key, limit, value in (("max_macs", s.max_macs, macs), ("max_params", s.max_params, params)):
+        if limit is not None:
+            constraints[key] = float(value - limit)
+    return constraints
 
 
 def _fit(
