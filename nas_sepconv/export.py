@@ -82,20 +82,7 @@ def rebuild_trial(
     check_device(device, field="--device")
     trusted = trusted_names(allow_import, field="--allow-import")
     the_study, folder = _study_and_dir(source, study)
-    trials = {t.number: t for t in the_study.get_trials(deepcopy=False)}
-    if number not in trials:
-        raise UserInputError(
-            "--trial",
-            f"study {the_study.study_name!r} has no trial {number}",
-            f"trials are 0..{max(trials) if trials else -1}",
-        )
-    frozen = trials[number]
-    if frozen.state != optuna.trial.TrialState.COMPLETE:
-        raise UserInputError(
-            "--trial",
-            f"trial {number} is {frozen.state.name}, not COMPLETE",
-            "pick a completed trial (nas-sepconv report)",
-        )
+    frozen = _complete_trial(the_study, number)
     where = str(folder)
     space = _stored_space(the_study, where)
     _check_stored_space(space, trusted)
@@ -146,6 +133,25 @@ def rebuild_trial(
         "input_size": [ctx.data.input_shape[0], resolution, resolution],
     }
     return model.eval(), info
+
+
+def _complete_trial(the_study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """Trial ``number`` of the study, which must exist and be COMPLETE (``--trial``)."""
+    trials = {t.number: t for t in the_study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise UserInputError(
+            "--trial",
+            f"study {the_study.study_name!r} has no trial {number}",
+            f"trials are 0..{max(trials) if trials else -1}",
+        )
+    frozen = trials[number]
+    if frozen.state != optuna.trial.TrialState.COMPLETE:
+        raise UserInputError(
+            "--trial",
+            f"trial {number} is {frozen.state.name}, not COMPLETE",
+            "pick a completed trial (nas-sepconv report)",
+        )
+    return frozen
 
 
 def _stored_space(study: optuna.Study, where: str) -> Any:

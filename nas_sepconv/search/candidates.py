@@ -1,34 +1,30 @@
 """One candidate: the per-process context (the data set on the device, the trained base model
-of a convert space), building the candidate's model, training and measuring it, the reward."""
+of a convert space: :mod:`.base_model`), building the candidate's model, training and measuring
+it (seeded: :mod:`.seeding`), the reward."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 
 from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
 from ..data import calibration_batches, load_dataset
-from ..errors import TrainingDiverged, UserInputError
-from ..io import build_from_recipe, load_model, read_recipe, save_model
+from ..errors import TrainingDiverged
+from ..io import build_from_recipe
 from ..measure import count_macs, count_params
-from ..recipe import Recipe
-from ..storage import lock
 from ..train import converted_features, evaluate, fit
 from .asha import RungLadder, StopAtRung
+from .base_model import prepare_base, record_base
 from .latency import trial_latency
 from .schema import candidate_epochs
+from .seeding import seeded
 from .settings import Settings
 from .spaces import Space
 from .suggestion import Candidate, StoredTrial, suggest
@@ -54,11 +50,11 @@ class TrialContext:
 
     def base(self) -> nn.Module:
         """The trained base model of a convert space (loaded, or trained once and cached); its
-        accuracy and MACs are recorded in the study (see :func:`_record_base`)."""
+        accuracy and MACs are recorded in the study (see :func:`~.base_model.record_base`)."""
         if self._base is None:
-            self._base = _prepare_base(self)
+            self._base = prepare_base(self.settings, self.data)
             if self.study is not None:
-                _record_base(self, self._base, self.study)
+                record_base(self.settings, self.data, self._base, self.study)
         return self._base
 
     def sites(self) -> list:
@@ -114,93 +110,6 @@ class TrialContext:
         return model
 
 
-def base_recipe(space: Space, data: Any) -> Recipe:
-    """The recipe of a convert space's base model on ``data`` (a data set of :mod:`nas_sepconv.data`)."""
-    c = space.spec.convert
-    return Recipe(
-        kind="converted",
-        model=c.model,
-        model_kwargs=dict(c.model_kwargs, num_classes=data.num_classes, in_channels=data.input_shape[0]),
-        width_mult=1.0,
-        input_size=tuple(data.input_shape),
-    )
-
-
-def check_base_cache(space: Space, data: Any, out_dir: Path) -> Path | None:
-    """The base model an earlier run cached in the results folder (``base.safetensors``), if
-    there is one and ``space`` makes no other base model (its recipe: a results folder is
-    shared, and its file must not choose what is built); None when there is none, or the
-    space gives ``convert.weights``.  Another file raises :class:`UserInputError` naming the
-    file (deleting it, as the message says, trains the base model again)."""
-    cache = out_dir / "base.safetensors"
-    if space.spec.convert.weights or not cache.is_file():
-        return None
-    fix = "delete it, and the base model is trained again"
-    try:
-        recipe = read_recipe(cache)
-    except UserInputError as exc:
-        problem = exc.problem.removeprefix(f"{cache} ")
-        raise UserInputError(str(cache), f"is not a base model a search saved ({problem})", fix) from None
-    if recipe != base_recipe(space, data):
-        raise UserInputError(str(cache), "holds another base model than this space's", fix)
-    return cache
-
-
-def _prepare_base(ctx: TrialContext) -> nn.Module:
-    """The base model of a convert space: its factory is the one the space names (the user's own
-    file: that vouches for it), loaded from ``convert.weights``, from the cache of an earlier run
-    (only if its recipe is exactly this space's: :func:`check_base_cache`), or trained once and
-    cached (a cache that cannot be written costs nothing but a retraining by the next run)."""
-    c = ctx.settings.space.spec.convert
-    if c.weights:
-        path = Path(c.weights)
-        if not path.is_file():
-            raise UserInputError(
-                "convert.weights",
-                f"{path} does not exist",
-                "give a state dict (.safetensors or .pt) of the base model, or remove the field to train it",
-            )
-        model = build_from_recipe(base_recipe(ctx.settings.space, ctx.data), allow_import=c.model)
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        return model.eval()
-    space, cache = ctx.settings.space, ctx.settings.out_dir / "base.safetensors"
-    with lock(ctx.settings.out_dir):
-        if check_base_cache(space, ctx.data, ctx.settings.out_dir) is not None:
-            return load_model(cache, allow_import=c.model)
-        with seeded(ctx.settings.seed, ctx.settings.device):
-            model = build_from_recipe(base_recipe(space, ctx.data), allow_import=c.model)
-            cfg = replace(space.spec.train, seed=ctx.settings.seed)
-            fit(model, ctx.data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=ctx.settings.device)
-        with contextlib.suppress(Exception):  # a cache only (disk full: the next run trains it again, seeded alike)
-            save_model(cache, model.cpu(), base_recipe(space, ctx.data))
-        return model.eval()
-
-
-def _record_base(ctx: TrialContext, model: nn.Module, study: optuna.Study) -> None:
-    """The original model's validation and test accuracy, MACs and params as the study's user
-    attr ``base`` (``df.attrs["base"]``, the report's "original model" line, the plot's
-    reference): what a user compares every candidate against.  Once: a resumed study keeps it."""
-    if "base" in study.user_attrs:
-        return
-    device = ctx.settings.device
-    x = torch.randn(1, *ctx.data.input_shape)
-    macs, params = count_macs(model.cpu(), x), count_params(model)
-    study.set_user_attr(
-        "base",
-        {
-            "model": ctx.settings.space.spec.convert.model,
-            "accuracy": evaluate(model, ctx.data.val, data=ctx.data, device=device),
-            "test_accuracy": evaluate(model, ctx.data.test, data=ctx.data, device=device),
-            "macs": int(macs),
-            "params": int(params),
-        },
-    )
-
-
 def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
     """The candidate's model, ready to train: built from scratch, or converted from the base."""
     if candidate.kind == "build":
@@ -242,28 +151,6 @@ def _reward(accuracy: float, macs: int, space: Space) -> float:
     return accuracy * (macs / s.target_macs) ** s.reward_exponent
 
 
-@contextlib.contextmanager
-def seeded(seed: int, device: str) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's generators with ``seed``; on the CPU also make torch
-    choose deterministic algorithms (warning where there is none) for the block, and restore its
-    settings afterwards.  A trial run in this block twice on the CPU gives the same weights and
-    accuracy, bit for bit.  On CUDA the generators are seeded but kernels are not forced to be
-    deterministic (atomics in cuDNN's backward, AMP): a re-run agrees to within the run-to-run
-    noise of the validation accuracy (typically well under a point), not exactly."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    cpu = torch.device(device).type == "cpu"
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    if cpu:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        if cpu:
-            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-
-
 def run_candidate(
     ctx: TrialContext, candidate: Candidate, *, trial: Any = None, seed: int = 0
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -290,10 +177,7 @@ def _run_candidate(
         "arch": candidate.summary,
         "resolution": candidate.resolution,
     }
-    constraints: dict[str, float] = {}
-    for key, limit, value in (("max_macs", s.max_macs, macs), ("max_params", s.max_params, params)):
-        if limit is not None:
-            constraints[key] = float(value - limit)
+    constraints = _size_constraints(space, macs, params)
     feasible = all(c <= 0 for c in constraints.values())
     cfg = replace(space.spec.train, seed=seed)
     teacher, features = None, []
@@ -356,6 +240,17 @@ def _run_candidate(
     if not math.isfinite(metrics["accuracy"]):
         raise TrainingDiverged("validation accuracy is not finite")
     return model, metrics
+
+
+def _size_constraints(space: Space, macs: int, params: int) -> dict[str, float]:
+    """The candidate's hard budgets on MACs and params that the space sets, as Optuna
+    constraints (how far over the limit: <= 0 when it is met)."""
+    s = space.spec.search
+    constraints: dict[str, float] = {}
+    for key, limit, value in (("max_macs", s.max_macs, macs), ("max_params", s.max_params, params)):
+        if limit is not None:
+            constraints[key] = float(value - limit)
+    return constraints
 
 
 def _fit(

@@ -39,7 +39,8 @@ from ..io import check_device
 from ..measure import check_threads
 from ..models import model_from_name
 from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
-from .candidates import build_candidate, check_base_cache, run_candidate
+from .base_model import check_base_cache
+from .candidates import build_candidate, run_candidate
 from .outputs import SearchStatus, refresh_outputs
 from .processes import _check_workers, _run_workers
 from .samplers import check_grid_trials, make_sampler
@@ -137,13 +138,28 @@ def search(
         heartbeat=heartbeat,
         threads=threads,
     )
-    data = _checked_data(settings.space, flag="--data-root" if data_root is not None else None)
+    _fit_to_data(settings, flag="--data-root" if data_root is not None else None)
+    return _open_and_run(settings, progress)
+
+
+def _fit_to_data(settings: Settings, *, flag: str | None) -> None:
+    """Check the space against its data set before anything is created (bad data, or a
+    convert space's bad base model, would otherwise fail every trial), and choose the threads
+    for its inputs unless ``--threads`` gave them.  ``flag``: where the data root came from,
+    when the command line gave it."""
+    data = _checked_data(settings.space, flag=flag)
     if settings.threads is None:
         settings.threads = choose_threads(
             data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers
         )
     if settings.space.kind == "convert":
         _check_convert(settings.space, data, settings.out_dir)  # a bad base model would otherwise fail every trial
+
+
+def _open_and_run(settings: Settings, progress: Callable[[SearchStatus], None] | None) -> optuna.Study:
+    """Create the results folder, open (or resume) the study, claim this run's session in it
+    and record where the study lives (``meta.json``); run the trials, then check the run (every
+    trial failed: an error).  Returns the study."""
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
     settings.session = claim_session(the_study, settings)

@@ -124,12 +124,12 @@ def test_a_base_model_cache_that_cannot_be_written_costs_only_the_cache(convert_
     import errno
     import importlib
 
-    candidates = importlib.import_module("nas_sepconv.search.candidates")  # where the base model is cached
+    base_model = importlib.import_module("nas_sepconv.search.base_model")  # where the base model is cached
 
     def no_space(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(candidates, "save_model", no_space)
+    monkeypatch.setattr(base_model, "save_model", no_space)
     space = convert_search[0].parents[1] / "dc.yaml"
     study = ns.search(str(space), trials=1, out=tmp_path / "out", heartbeat=0)
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE]

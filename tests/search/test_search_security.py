@@ -13,7 +13,7 @@ import torch.nn as nn
 import nas_sepconv as ns
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.io import save_model
-from nas_sepconv.search.candidates import check_base_cache
+from nas_sepconv.search.base_model import check_base_cache
 
 
 def _plant(path: Path, recipe: dict) -> Path:
