@@ -10,7 +10,7 @@ When symbolic tracing fails (data-dependent control flow), or the traced graph w
 ``torch.no_grad()`` region of ``forward``, the sites are found by forward hooks on convolution
 modules instead (:mod:`.sites`), the plan says so, and ``apply_plan`` swaps submodules in place.
 Every conv module is in the plan: one that no example input reaches is kept, and the report,
-the summary and a :class:`PlanWarning` say so (pass :class:`~.sites.ExampleInputs` to reach
+the summary and a :class:`PlanWarning` say so (pass :class:`~.examples.ExampleInputs` to reach
 every branch).
 """
 
@@ -30,8 +30,9 @@ from ..blocks import BlockSpec, ConvGeometry, conv_from_geometry
 from ..errors import UserInputError
 from ..jsonfile import loads
 from ..measure import count_macs, count_params
+from .examples import ExampleInputs, example_list
 from .policy import NOT_REACHED, Policy
-from .sites import ExampleInputs, Site, example_list, find_sites
+from .sites import Site, find_sites
 
 __all__ = ["NOT_REACHED", "Policy", "PlanEntry", "Plan", "PlanWarning", "make_plan", "with_spec"]
 
