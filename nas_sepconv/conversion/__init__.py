@@ -10,7 +10,9 @@ from .fidelity_report import fidelity
 from .latency import LatencyTable, latency_table, predict_latency
 from .least_squares import refit
 from .normal_equations import conv_patches
-from .plan import Plan, PlanEntry, PlanWarning, Policy, make_plan
+from .plan import Plan, PlanEntry
+from .planning import PlanWarning, make_plan
+from .policy import Policy
 from .rewrite import INITS, apply_plan, convert, plan_of
 from .sites import Site, activation_after, find_sites
 from .width import apply_width_mult, find_classifier

@@ -53,7 +53,8 @@ from ..progress import track
 from .calibration import _batches, _device, _EvalMode, _on, _run
 from .latency import DEFAULT_CANDIDATES, LatencyTable
 from .least_squares import refit
-from .plan import Plan, make_plan, with_spec
+from .plan import Plan
+from .planning import make_plan, with_spec
 from .rewrite import apply_plan
 
 __all__ = ["sensitivity", "plan_for_budget"]
