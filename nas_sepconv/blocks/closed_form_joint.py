@@ -1,8 +1,8 @@
 """Joint least-squares refit of every factor of a depthwise-separable block, from patch statistics.
 
-:func:`nas_sepconv.refit.refit` re-solves a block's last linear part with the earlier parts
+:func:`nas_sepconv.conversion.refit` re-solves a block's last linear part with the earlier parts
 fixed.  For ``dwsep`` the depthwise filters then stay where the SVD of the *weights* put them
-(:func:`nas_sepconv.decompose.init_dwsep`), although the calibration data says which filter
+(:func:`nas_sepconv.blocks.closed_form.init_dwsep`), although the calibration data says which filter
 directions matter.  This module re-solves them too.
 
 A linear ``dwsep`` block with depthwise filters D (C_in, m, K²) and pointwise weights
@@ -44,7 +44,7 @@ MAX_PATCH_DIM = 8192
 
 @dataclass(frozen=True)
 class JointRefit:
-    """How :func:`nas_sepconv.refit.refit` re-solves all of a kind's factors.
+    """How :func:`nas_sepconv.conversion.refit` re-solves all of a kind's factors.
 
     ``input_layer``: the block's first sub-layer (its input is the block's input, observed there
     so that blocks inlined by fx are still seen); ``unsupported(block, g)``: a reason the block
