@@ -44,6 +44,18 @@ from .normal_equations import _NormalEquations
 
 __all__ = ["refit"]
 
+#: the columns of :func:`refit`'s report, one row per site
+REFIT_COLUMNS = [
+    "name",
+    "kind",
+    "method",
+    "rel_output_error_before",
+    "rel_output_error_after",
+    "refit_applied",
+    "rows",
+    "note",
+]
+
 
 def _observe(
     site: _Site, original: nn.Module, converted: nn.Module, batches: list, entry: nn.Module, acc: _NormalEquations
@@ -264,17 +276,7 @@ def refit(
                 bar.update(info=site.name)
                 rows.append(_refit_site(site, original, converted, data, ridge, iterations))
                 bar.update(advance=1)
-    columns = [
-        "name",
-        "kind",
-        "method",
-        "rel_output_error_before",
-        "rel_output_error_after",
-        "refit_applied",
-        "rows",
-        "note",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=REFIT_COLUMNS)
 
 
 def _check_arguments(ridge: Any, iterations: Any) -> None:
