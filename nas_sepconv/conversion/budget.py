@@ -98,6 +98,15 @@ def _candidates(candidates: Sequence[Any]) -> list[BlockSpec]:
     return list(dict.fromkeys(as_spec(c) for c in candidates))
 
 
+def _first_sample(data: list[Any]) -> torch.Tensor:
+    """The default example input of :func:`sensitivity`: the first sample of the first batch
+    (on the CPU)."""
+    first = data[0][0] if isinstance(data[0], (tuple, list)) else data[0]
+    if not isinstance(first, torch.Tensor):
+        raise UserInputError("example_inputs", "cannot be taken from dict batches", "pass example_inputs=")
+    return first[:1].cpu()
+
+
 @torch.no_grad()
 def sensitivity(
     model: nn.Module,
@@ -146,10 +155,7 @@ def sensitivity(
     reference_model = _on(model, dev)
     data = _batches(batches, dev)
     if example_inputs is None:
-        first = data[0][0] if isinstance(data[0], (tuple, list)) else data[0]
-        if not isinstance(first, torch.Tensor):
-            raise UserInputError("example_inputs", "cannot be taken from dict batches", "pass example_inputs=")
-        example_inputs = first[:1].cpu()
+        example_inputs = _first_sample(data)
     base = make_plan(model, policy, example_inputs=example_inputs)
     held = data if eval_batches is None else _batches(eval_batches, dev)
     with _EvalMode(reference_model):
@@ -258,6 +264,26 @@ def _savings(rows: pd.DataFrame, field: str, latency_table: LatencyTable | None)
     return [((keep - latency_table.ms(r.name, r.spec)) * r.calls, float(r.damage)) for r in rows.itertuples()]
 
 
+def _below_reach(
+    field: str, budget: float, total: float, groups: list[list[tuple[float, float]]], table: pd.DataFrame
+) -> UserInputError:
+    """The error for a budget below what the candidates reach: the least fraction of ``total``
+    that saving the most at every site reaches, and cheaper candidates to compute the table with."""
+    floor = (total - sum(max(s for s, _ in g) for g in groups)) / total
+    what = "of the MACs" if field == "macs_ratio" else f"of the measured {total:.3g} ms, predicted"
+    tried = list(dict.fromkeys(str(spec) for spec in table["spec"]))
+    cheaper = (
+        "cheaper candidates than " + ", ".join(tried[:4]) + (", ..." if len(tried) > 4 else "")
+        if "dwsep_m1" in tried
+        else "cheaper candidates (e.g. dwsep_m1)"
+    )
+    return UserInputError(
+        field,
+        f"{budget:g} is below what these candidates reach ({floor:.3f} {what})",
+        f"raise {field}, or add {cheaper} to ns.sensitivity",
+    )
+
+
 def plan_for_budget(
     model: nn.Module,
     table: pd.DataFrame,
@@ -321,19 +347,7 @@ def plan_for_budget(
     limit = {"macs_ratio": int(budget * total), "latency_ratio": budget * total, "latency_ms": budget}[field]
     chosen = choose(groups, total - limit, resolution=resolution)
     if chosen is None:
-        floor = (total - sum(max(s for s, _ in g) for g in groups)) / total
-        what = "of the MACs" if field == "macs_ratio" else f"of the measured {total:.3g} ms, predicted"
-        tried = list(dict.fromkeys(str(spec) for spec in table["spec"]))
-        cheaper = (
-            "cheaper candidates than " + ", ".join(tried[:4]) + (", ..." if len(tried) > 4 else "")
-            if "dwsep_m1" in tried
-            else "cheaper candidates (e.g. dwsep_m1)"
-        )
-        raise UserInputError(
-            field,
-            f"{budget:g} is below what these candidates reach ({floor:.3f} {what})",
-            f"raise {field}, or add {cheaper} to ns.sensitivity",
-        )
+        raise _below_reach(field, budget, total, groups, table)
     rules = {glob.escape(name): label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
     plan = make_plan(model, rules, example_inputs=example_inputs)
     damage = sum(g[j][1] for g, j in zip(groups, chosen))
