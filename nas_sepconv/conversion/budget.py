@@ -50,7 +50,7 @@ from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
 from ..measure import output_tensors
 from ..progress import track
-from .calibration import _batches, _device, _EvalMode, _on, _run
+from .calibration import EvalMode, batch_list, on_device, resolve_device, run_batch
 from .latency import DEFAULT_CANDIDATES, LatencyTable
 from .least_squares import refit
 from .plan import Plan
@@ -151,15 +151,15 @@ def sensitivity(
         raise UserInputError(
             "metric", f"expected one of {', '.join(_METRICS)}, got {metric!r}", "use 'kl' for classifiers"
         )
-    dev = _device(model, device)
-    reference_model = _on(model, dev)
-    data = _batches(batches, dev)
+    dev = resolve_device(model, device)
+    reference_model = on_device(model, dev)
+    data = batch_list(batches, dev)
     if example_inputs is None:
         example_inputs = _first_sample(data)
     base = make_plan(model, policy, example_inputs=example_inputs)
-    held = data if eval_batches is None else _batches(eval_batches, dev)
-    with _EvalMode(reference_model):
-        references = [_run(reference_model, b) for b in held]
+    held = data if eval_batches is None else batch_list(eval_batches, dev)
+    with EvalMode(reference_model):
+        references = [run_batch(reference_model, b) for b in held]
     rows = []
     pairs = [(entry, spec) for entry in base.converted for spec in specs]
     for entry, spec in track(pairs, progress, "sensitivity", unit="conversions"):
@@ -169,8 +169,8 @@ def sensitivity(
         converted = apply_plan(model, plan, init="svd").to(dev)
         if refit_sites:
             refit(converted, reference_model, data, plan=plan, iterations=iterations)
-        with _EvalMode(converted):
-            outputs = [_run(converted, b) for b in held]
+        with EvalMode(converted):
+            outputs = [run_batch(converted, b) for b in held]
         e = next(e for e in plan.entries if e.name == entry.name)
         rows.append(
             dict(
