@@ -50,6 +50,15 @@ __all__ = [
     "resize_kernel",
     "dense_weight",
     "effective_weight",
+    "copy_param",
+    "per_channel_matrices",
+    "pointwise_from_columns",
+    "svd_factors",
+    "effective_conv",
+    "effective_dwsep",
+    "effective_spatial",
+    "effective_dw_spatial",
+    "effective_grouped",
 ]
 
 
@@ -70,18 +79,19 @@ def initialise(block: nn.Module, spec, source: ConvGeometry, weight: torch.Tenso
     spec.info.init(block, weight, bias, g)
 
 
-def _copy(param: torch.Tensor, value: torch.Tensor) -> None:
+def copy_param(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy ``value`` into ``param`` in place, in its shape and dtype."""
     param.copy_(value.reshape(param.shape).to(param.dtype))
 
 
 def init_keep(block: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry) -> None:
     """The original weights (kernel resized if the spec asks)."""
-    _copy(block.weight, weight)
+    copy_param(block.weight, weight)
     if bias is not None:
-        _copy(block.bias, bias)
+        copy_param(block.bias, bias)
 
 
-def _per_channel_matrices(weight: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
+def per_channel_matrices(weight: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
     """(C_in, C_out/groups, prod(K)): for each input channel, the matrix of its filters to the
     output channels of its group."""
     k = weight[0, 0].numel()
@@ -92,7 +102,7 @@ def _per_channel_matrices(weight: torch.Tensor, g: ConvGeometry) -> torch.Tensor
     return w.reshape(g.in_channels, cout_g, k)
 
 
-def _pointwise_from_columns(cols: torch.Tensor, g: ConvGeometry, m: int) -> torch.Tensor:
+def pointwise_from_columns(cols: torch.Tensor, g: ConvGeometry, m: int) -> torch.Tensor:
     """Pointwise weight (C_out, C_in*m/groups) from per-channel columns (C_in, C_out/g, m)."""
     cin_g, cout_g = g.in_channels // g.groups, g.out_channels // g.groups
     p = cols.reshape(g.groups, cin_g, cout_g, m).permute(0, 2, 1, 3)  # (g, cout_g, cin_g, m)
@@ -102,11 +112,11 @@ def _pointwise_from_columns(cols: torch.Tensor, g: ConvGeometry, m: int) -> torc
 def _truncated_svd(mats: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced rank-``rank`` factors A (…, n, rank), B (…, rank, p) with A@B the best
     Frobenius approximation (Eckart–Young); zero columns beyond the matrix rank."""
-    a, b = _svd_factors(mats, rank)
+    a, b = svd_factors(mats, rank)
     return a.float(), b.float()
 
 
-def _svd_factors(mats: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def svd_factors(mats: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_truncated_svd` in float64."""
     u, s, vh = torch.linalg.svd(mats.double(), full_matrices=False)
     r = min(rank, s.shape[-1])
@@ -125,12 +135,12 @@ def init_dwsep(block: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None
     of channel i and the left factors their pointwise columns.  Exact when
     ``m >= min(C_out/groups, K²)``.  Bias goes to the pointwise conv."""
     m = block.conv_dw.out_channels // g.in_channels
-    mats = _per_channel_matrices(weight, g)  # (C_in, cout_g, k)
+    mats = per_channel_matrices(weight, g)  # (C_in, cout_g, k)
     cols, rows = _truncated_svd(mats, m)  # (C_in, cout_g, m), (C_in, m, k)
-    _copy(block.conv_dw.weight, rows.reshape(g.in_channels * m, *g.kernel_size))
-    _copy(block.conv_pw.weight, _pointwise_from_columns(cols, g, m))
+    copy_param(block.conv_dw.weight, rows.reshape(g.in_channels * m, *g.kernel_size))
+    copy_param(block.conv_pw.weight, pointwise_from_columns(cols, g, m))
     if bias is not None:
-        _copy(block.conv_pw.bias, bias)
+        copy_param(block.conv_pw.bias, bias)
 
 
 def init_spatial(block: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry) -> None:
@@ -145,10 +155,10 @@ def init_spatial(block: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
     a, b = _truncated_svd(mats, r)  # (g, cin_g*kh, r), (g, r, cout_g*kw)
     vertical = a.reshape(g.groups, cin_g, kh, r).permute(0, 3, 1, 2)  # (g, r, cin_g, kh)
     horizontal = b.reshape(g.groups, r, cout_g, kw).permute(0, 2, 1, 3)  # (g, cout_g, r, kw)
-    _copy(block.conv_v.weight, vertical.reshape(g.groups * r, cin_g, kh, 1))
-    _copy(block.conv_h.weight, horizontal.reshape(g.out_channels, r, 1, kw))
+    copy_param(block.conv_v.weight, vertical.reshape(g.groups * r, cin_g, kh, 1))
+    copy_param(block.conv_h.weight, horizontal.reshape(g.out_channels, r, 1, kw))
     if bias is not None:
-        _copy(block.conv_h.bias, bias)
+        copy_param(block.conv_h.bias, bias)
 
 
 # -- dense kernels ---------------------------------------------------------------------------
@@ -187,11 +197,11 @@ def _compose_pointwise(filters: torch.Tensor, pw: nn.Module, g: ConvGeometry) ->
     return w.reshape(*w.shape[:2], *g.kernel_size)
 
 
-def _effective_conv(block: nn.Module, g: ConvGeometry) -> torch.Tensor:
+def effective_conv(block: nn.Module, g: ConvGeometry) -> torch.Tensor:
     return _ungroup(block.weight.double(), block.groups)
 
 
-def _effective_dwsep(block: DepthwiseSeparable, g: ConvGeometry) -> torch.Tensor | None:
+def effective_dwsep(block: DepthwiseSeparable, g: ConvGeometry) -> torch.Tensor | None:
     if not (isinstance(block.norm_dw, nn.Identity) and isinstance(block.act_dw, nn.Identity)):
         return None  # not linear
     cin = g.in_channels
@@ -199,14 +209,14 @@ def _effective_dwsep(block: DepthwiseSeparable, g: ConvGeometry) -> torch.Tensor
     return _compose_pointwise(filters, block.conv_pw, g)
 
 
-def _effective_spatial(block: SpatialSeparable, g: ConvGeometry) -> torch.Tensor:
+def effective_spatial(block: SpatialSeparable, g: ConvGeometry) -> torch.Tensor:
     kh, kw = g.kernel_size
     v = _ungroup(block.conv_v.weight.double().reshape(block.conv_v.out_channels, -1, kh), block.conv_v.groups)
     h = _ungroup(block.conv_h.weight.double().reshape(block.conv_h.out_channels, -1, kw), block.conv_h.groups)
     return torch.einsum("osx,siy->oiyx", h, v)
 
 
-def _effective_dw_spatial(block: DepthwiseSpatial, g: ConvGeometry) -> torch.Tensor:
+def effective_dw_spatial(block: DepthwiseSpatial, g: ConvGeometry) -> torch.Tensor:
     kh, kw = g.kernel_size
     cin = g.in_channels
     v = block.conv_dwv.weight.double().reshape(cin, -1, kh)
@@ -215,7 +225,7 @@ def _effective_dw_spatial(block: DepthwiseSpatial, g: ConvGeometry) -> torch.Ten
     return _compose_pointwise(filters, block.conv_pw, g)
 
 
-def _effective_grouped(block: GroupedShuffle, g: ConvGeometry) -> torch.Tensor:
+def effective_grouped(block: GroupedShuffle, g: ConvGeometry) -> torch.Tensor:
     shuffled = _ungroup(block.conv.weight.double(), block.conv.groups)
     w = torch.zeros_like(shuffled)
     w[:, _shuffle_perm(block.shuffle, g.in_channels)] = shuffled
@@ -236,7 +246,7 @@ def effective_weight(block: nn.Module, spec, g: ConvGeometry) -> torch.Tensor | 
     ``spec=None`` means a layer the plan kept: a convolution's own kernel, ``None`` otherwise.
     """
     if spec is None:
-        return _effective_conv(block, g) if isinstance(block, nn.modules.conv._ConvNd) else None
+        return effective_conv(block, g) if isinstance(block, nn.modules.conv._ConvNd) else None
     effective = spec.info.effective
     return None if effective is None else effective(block, spec.geometry_for(g))
 
@@ -260,6 +270,6 @@ def init_grouped(block: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
     shuffled = dense_weight(weight, g)[:, _shuffle_perm(block.shuffle, g.in_channels)]
     a, b = g.out_channels // groups, g.in_channels // groups
     diagonal = [shuffled[gi * a : (gi + 1) * a, gi * b : (gi + 1) * b] for gi in range(groups)]
-    _copy(conv.weight, torch.cat(diagonal, 0))
+    copy_param(conv.weight, torch.cat(diagonal, 0))
     if bias is not None:
-        _copy(conv.bias, bias)
+        copy_param(conv.bias, bias)

@@ -1,8 +1,8 @@
 """Joint least-squares refit of every factor of a depthwise-separable block, from patch statistics.
 
-:func:`nas_sepconv.refit.refit` re-solves a block's last linear part with the earlier parts
+:func:`nas_sepconv.conversion.refit` re-solves a block's last linear part with the earlier parts
 fixed.  For ``dwsep`` the depthwise filters then stay where the SVD of the *weights* put them
-(:func:`nas_sepconv.decompose.init_dwsep`), although the calibration data says which filter
+(:func:`nas_sepconv.blocks.closed_form.init_dwsep`), although the calibration data says which filter
 directions matter.  This module re-solves them too.
 
 A linear ``dwsep`` block with depthwise filters D (C_in, m, K²) and pointwise weights
@@ -44,7 +44,7 @@ MAX_PATCH_DIM = 8192
 
 @dataclass(frozen=True)
 class JointRefit:
-    """How :func:`nas_sepconv.refit.refit` re-solves all of a kind's factors.
+    """How :func:`nas_sepconv.conversion.refit` re-solves all of a kind's factors.
 
     ``input_layer``: the block's first sub-layer (its input is the block's input, observed there
     so that blocks inlined by fx are still seen); ``unsupported(block, g)``: a reason the block
@@ -123,6 +123,51 @@ def _conjugate_gradients(
     return x
 
 
+def _pointwise_step(a4: torch.Tensor, b3: torch.Tensor, d: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The P-step: the pointwise weights (C_out, C_in, m) of least error for the depthwise
+    filters ``d`` (C_in, m, K²) fixed, from the statistics A (C_in, K², C_in, K²) and
+    B (C_in, K², C_out)."""
+    cin, m, _ = d.shape
+    cout = b3.shape[2]
+    zz = torch.einsum("ijt,itsu,sku->ijsk", d, a4, d).reshape(cin * m, cin * m)
+    zy = torch.einsum("ijt,ito->ijo", d, b3).reshape(cin * m, cout)
+    return _ridge_solve(zz, zy, ridge).T.reshape(cout, cin, m)
+
+
+def _depthwise_step(a4: torch.Tensor, b3: torch.Tensor, p: torch.Tensor, d: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The D-step: the depthwise filters (C_in, m, K²) of least error for the pointwise weights
+    ``p`` fixed, from the statistics A (C_in, K², C_in, K²) and B (C_in, K², C_out); solved
+    directly up to :data:`DIRECT_MAX` unknowns, else by block-Jacobi preconditioned conjugate
+    gradients warm-started at the current filters ``d``."""
+    cin, m, k = d.shape
+    gram = torch.einsum("oij,osk->ijsk", p, p)  # (C_in, m, C_in, m)
+    rhs = torch.einsum("ito,oij->ijt", b3, p)  # (C_in, m, K²)
+    size = cin * m * k
+    if size <= DIRECT_MAX:
+        h = torch.einsum("itsu,ijsk->ijtsku", a4, gram).reshape(size, size)
+        return _ridge_solve(h, rhs.reshape(size, 1), ridge).reshape(cin, m, k)
+    # the same ridge as _ridge_solve: ridge · mean diagonal of H, from the diagonals of A and G
+    lam = ridge * torch.einsum("itit,ijij->ijt", a4, gram).mean().clamp_min(1e-300)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        t = torch.einsum("ijsk,sku->ijsu", gram, v)
+        return torch.einsum("itsu,ijsu->ijt", a4, t) + lam * v
+
+    # block-Jacobi preconditioner: H's (m·K²)² diagonal block of each input channel,
+    # A[i,:,i,:] ⊗ G[i,:,i,:] + λI, factorised once per D-step (C_in small Cholesky factors)
+    idx = torch.arange(cin)
+    blocks = torch.einsum("itu,ijk->ijtku", a4[idx, :, idx, :], gram[idx, :, idx, :]).reshape(cin, m * k, m * k)
+    blocks = blocks + lam * torch.eye(m * k, dtype=blocks.dtype, device=blocks.device)
+    factor, info = torch.linalg.cholesky_ex(blocks)
+    if bool((info != 0).any()):
+        return _conjugate_gradients(matvec, rhs, d)
+
+    def precondition(r: torch.Tensor) -> torch.Tensor:
+        return torch.cholesky_solve(r.reshape(cin, m * k, 1), factor).reshape(cin, m, k)
+
+    return _conjugate_gradients(matvec, rhs, d, precondition=precondition)
+
+
 def refit_dwsep(
     block: nn.Module,
     g: ConvGeometry,
@@ -155,43 +200,10 @@ def refit_dwsep(
         w = torch.einsum("ijt,oij->ito", d, p).reshape(cin * k, cout)
         return ((w * (a @ w)).sum() - 2 * (w * b).sum()).item()
 
-    def p_step(d: torch.Tensor) -> torch.Tensor:
-        zz = torch.einsum("ijt,itsu,sku->ijsk", d, a4, d).reshape(cin * m, cin * m)
-        zy = torch.einsum("ijt,ito->ijo", d, b3).reshape(cin * m, cout)
-        return _ridge_solve(zz, zy, ridge).T.reshape(cout, cin, m)
-
-    def d_step(p: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        gram = torch.einsum("oij,osk->ijsk", p, p)  # (C_in, m, C_in, m)
-        rhs = torch.einsum("ito,oij->ijt", b3, p)  # (C_in, m, K²)
-        size = cin * m * k
-        if size <= DIRECT_MAX:
-            h = torch.einsum("itsu,ijsk->ijtsku", a4, gram).reshape(size, size)
-            return _ridge_solve(h, rhs.reshape(size, 1), ridge).reshape(cin, m, k)
-        # the same ridge as _ridge_solve: ridge · mean diagonal of H, from the diagonals of A and G
-        lam = ridge * torch.einsum("itit,ijij->ijt", a4, gram).mean().clamp_min(1e-300)
-
-        def matvec(v: torch.Tensor) -> torch.Tensor:
-            t = torch.einsum("ijsk,sku->ijsu", gram, v)
-            return torch.einsum("itsu,ijsu->ijt", a4, t) + lam * v
-
-        # block-Jacobi preconditioner: H's (m·K²)² diagonal block of each input channel,
-        # A[i,:,i,:] ⊗ G[i,:,i,:] + λI, factorised once per D-step (C_in small Cholesky factors)
-        idx = torch.arange(cin)
-        blocks = torch.einsum("itu,ijk->ijtku", a4[idx, :, idx, :], gram[idx, :, idx, :]).reshape(cin, m * k, m * k)
-        blocks = blocks + lam * torch.eye(m * k, dtype=blocks.dtype, device=blocks.device)
-        factor, info = torch.linalg.cholesky_ex(blocks)
-        if bool((info != 0).any()):
-            return _conjugate_gradients(matvec, rhs, d)
-
-        def precondition(r: torch.Tensor) -> torch.Tensor:
-            return torch.cholesky_solve(r.reshape(cin, m * k, 1), factor).reshape(cin, m, k)
-
-        return _conjugate_gradients(matvec, rhs, d, precondition=precondition)
-
     best = (loss(d, p), d, p)
     for _ in range(iterations):
-        p = p_step(d)
-        d = d_step(p, d)
+        p = _pointwise_step(a4, b3, d, ridge)
+        d = _depthwise_step(a4, b3, p, d, ridge)
         current = loss(d, p)
         if current < best[0]:
             best = (current, d, p)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .closed_form import _copy, _per_channel_matrices, _pointwise_from_columns, _svd_factors, dense_weight
+from .closed_form import copy_param, dense_weight, per_channel_matrices, pointwise_from_columns, svd_factors
 from .geometry import ConvGeometry
 from .modules import SqueezeExcite
 
@@ -57,9 +57,9 @@ def init_dw_spatial(block: nn.Module, weight: torch.Tensor, bias: torch.Tensor |
     k = kh * kw
     cin = g.in_channels
     m = block.conv_dwv.out_channels // cin
-    mats = _per_channel_matrices(weight, g).double()  # (C_in, n, k)
+    mats = per_channel_matrices(weight, g).double()  # (C_in, n, k)
     n = mats.shape[1]
-    candidates = [_rank1(_svd_factors(mats, m)[1].reshape(cin, m, kh, kw))]
+    candidates = [_rank1(svd_factors(mats, m)[1].reshape(cin, m, kh, kw))]
     if m >= n:
         candidates.append(_rank1(F.pad(mats, (0, 0, 0, m - n)).reshape(cin, m, kh, kw)))
     if m >= k:
@@ -82,11 +82,11 @@ def init_dw_spatial(block: nn.Module, weight: torch.Tensor, bias: torch.Tensor |
             mask = take.reshape(-1, *([1] * (value.dim() - 1)))
             best[slot] = torch.where(mask, value, best[slot])
     v, h, cols, _ = best
-    _copy(block.conv_dwv.weight, v.reshape(cin * m, 1, kh, 1))
-    _copy(block.conv_dwh.weight, h.reshape(cin * m, 1, 1, kw))
-    _copy(block.conv_pw.weight, _pointwise_from_columns(cols, g, m))
+    copy_param(block.conv_dwv.weight, v.reshape(cin * m, 1, kh, 1))
+    copy_param(block.conv_dwh.weight, h.reshape(cin * m, 1, 1, kw))
+    copy_param(block.conv_pw.weight, pointwise_from_columns(cols, g, m))
     if bias is not None:
-        _copy(block.conv_pw.bias, bias)
+        copy_param(block.conv_pw.bias, bias)
 
 
 # -- inverted residual -----------------------------------------------------------------------
@@ -127,7 +127,7 @@ def _identity_norm(norm: nn.Module) -> None:
 def _unit_l1_factors(mats: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The rank-``rank`` SVD factors (columns, filters) of per-channel matrices, each filter
     rescaled to unit L1 norm with Σf ≥ 0 (the scale and sign go to its column)."""
-    cols, rows = _svd_factors(mats, rank)
+    cols, rows = svd_factors(mats, rank)
     l1 = rows.abs().sum(-1, keepdim=True)
     l1 = torch.where(l1 > 0, l1, torch.ones_like(l1))
     sign = torch.where(rows.sum(-1, keepdim=True) < 0, -1.0, 1.0).double()
@@ -148,12 +148,12 @@ def _write_projection(block: nn.Module, pwl: torch.Tensor, bias: torch.Tensor | 
     zero; its bias from ``bias`` (zero when there is none)."""
     cout, used = pwl.shape
     block.conv_pwl.weight.zero_()
-    _copy(block.conv_pwl.weight[:, :used], pwl.reshape(cout, used, *block.conv_pwl.weight.shape[2:]))
+    copy_param(block.conv_pwl.weight[:, :used], pwl.reshape(cout, used, *block.conv_pwl.weight.shape[2:]))
     if block.conv_pwl.bias is not None:
         if bias is None:
             block.conv_pwl.bias.zero_()
         else:
-            _copy(block.conv_pwl.bias, bias)
+            copy_param(block.conv_pwl.bias, bias)
 
 
 def init_inverted_residual(
@@ -228,9 +228,9 @@ def init_inverted_residual(
     if expand:
         w_pw = torch.zeros(used, cin, dtype=torch.float64)
         w_pw[torch.arange(used), torch.arange(cin).repeat_interleave(rank * n)] = c * es.repeat(cin * rank)
-        _copy(block.conv_pw.weight[:used], w_pw.reshape(used, cin, *ones))
+        copy_param(block.conv_pw.weight[:used], w_pw.reshape(used, cin, *ones))
     dw = rows.unsqueeze(2) * fs.reshape(1, 1, n, 1)  # (C_in, r, n, k)
-    _copy(block.conv_dw.weight[:used], dw.reshape(used, 1, *g.kernel_size))
+    copy_param(block.conv_dw.weight[:used], dw.reshape(used, 1, *g.kernel_size))
     pwl = cols.unsqueeze(-1) * ps / (c * gate)  # (C_in, C_out, r, n)
     _write_projection(block, pwl.permute(1, 0, 2, 3).reshape(cout, used), bias)
     _identity_norm(block.norm_pw)

@@ -25,7 +25,7 @@ from .closed_form_joint import JointRefit
 from .closed_form_stacked import init_dw_spatial, init_inverted_residual
 from .geometry import ConvGeometry
 
-__all__ = ["Option", "Kind", "KINDS", "kind_names", "resolve_rank"]
+__all__ = ["Option", "Kind", "KINDS", "KIND_ALIASES", "kind_by_name", "kind_names", "resolve_rank"]
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ KINDS: dict[str, Kind] = {
             (KERNEL,),
             build=lambda g: blocks.conv_from_geometry(g),
             init=decompose.init_keep,
-            effective=decompose._effective_conv,
+            effective=decompose.effective_conv,
             doc="the original convolution (optionally with another kernel size)",
         ),
         Kind(
@@ -237,7 +237,7 @@ KINDS: dict[str, Kind] = {
             ),
             build=lambda g, **o: blocks.DepthwiseSeparable(g, **o),
             init=decompose.init_dwsep,
-            effective=decompose._effective_dwsep,
+            effective=decompose.effective_dwsep,
             last_linear="conv_pw",
             joint_refit=_DWSEP_REFIT,
             doc="depthwise KxK then pointwise 1x1 (MobileNetV1, Xception)",
@@ -248,7 +248,7 @@ KINDS: dict[str, Kind] = {
             (Option("rank", "r", "rank", 0.25, minimum=1, maximum=65536), KERNEL),
             build=_build_spatial,
             init=decompose.init_spatial,
-            effective=decompose._effective_spatial,
+            effective=decompose.effective_spatial,
             last_linear="conv_h",
             unsupported=_not_2d,
             doc="Kx1 to `rank` channels then 1xK (Jaderberg et al. 2014, Tai et al. 2016)",
@@ -259,7 +259,7 @@ KINDS: dict[str, Kind] = {
             (Option("dw_mult", "m", int, 1, minimum=1, maximum=64), KERNEL),
             build=lambda g, **o: blocks.DepthwiseSpatial(g, **o),
             init=init_dw_spatial,
-            effective=decompose._effective_dw_spatial,
+            effective=decompose.effective_dw_spatial,
             last_linear="conv_pw",
             unsupported=_not_2d,
             doc="depthwise Kx1, depthwise 1xK, pointwise (EffNet, Flattened networks)",
@@ -287,7 +287,7 @@ KINDS: dict[str, Kind] = {
             (Option("groups", "g", int, 4, minimum=2, maximum=4096), KERNEL),
             build=lambda g, **o: blocks.GroupedShuffle(g, **o),
             init=decompose.init_grouped,
-            effective=decompose._effective_grouped,
+            effective=decompose.effective_grouped,
             last_linear="conv",
             unsupported=_grouped_unsupported,
             doc="grouped conv + channel shuffle (ResNeXt, ShuffleNet)",
@@ -295,15 +295,17 @@ KINDS: dict[str, Kind] = {
     ]
 }
 
-_ALIASES = {alias: k.name for k in KINDS.values() for alias in (k.name, k.short, *k.aliases) if alias}
+#: every name a kind answers to (name, short name, aliases) -> the kind's name
+KIND_ALIASES = {alias: k.name for k in KINDS.values() for alias in (k.name, k.short, *k.aliases) if alias}
 
 
 def kind_names() -> list[str]:
     return list(KINDS)
 
 
-def _kind(name: str) -> Kind:
-    canonical = _ALIASES.get(name)
+def kind_by_name(name: str) -> Kind:
+    """The kind that ``name`` (its name, short name or an alias) names."""
+    canonical = KIND_ALIASES.get(name)
     if canonical is None:
         raise UserInputError("kind", f"unknown block kind {name!r}", f"use one of {kind_names()}")
     return KINDS[canonical]

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..errors import UserInputError
 from .geometry import ConvGeometry
-from .kinds import _ALIASES, KERNEL, KINDS, Kind, _kind, kind_names
+from .kinds import KERNEL, KIND_ALIASES, KINDS, Kind, kind_by_name, kind_names
 
 __all__ = ["BlockSpec", "as_spec"]
 
@@ -30,7 +30,7 @@ class BlockSpec:
     __slots__ = ("kind", "options")
 
     def __init__(self, kind: str, **options: Any):
-        info = _kind(kind)
+        info = kind_by_name(kind)
         normalised = {}
         for name, value in options.items():
             opt = info.option(name)
@@ -94,7 +94,7 @@ class BlockSpec:
                 f"use e.g. 'dwsep' or 'ir_e6_k5'; kinds: {kind_names()}",
             )
         text = text.strip()
-        names = sorted(_ALIASES, key=len, reverse=True)
+        names = sorted(KIND_ALIASES, key=len, reverse=True)
         head = next((n for n in names if text == n or text.startswith(n + "_")), None)
         if head is None:
             close = difflib.get_close_matches(text.split("_")[0], names, n=1)
@@ -102,7 +102,7 @@ class BlockSpec:
             raise UserInputError(
                 "spec", f"{text!r} does not start with a block kind", f"{hint}use one of {kind_names()}"
             )
-        kind = _kind(head)
+        kind = kind_by_name(head)
         options: dict[str, Any] = {}
         for token in filter(None, text[len(head) :].split("_")):
             for opt in sorted(kind.options, key=lambda o: len(o.code), reverse=True):

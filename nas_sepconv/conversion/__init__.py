@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from ..measure import fold_batchnorm, optimize_for_inference
 from .budget import plan_for_budget, sensitivity
+from .examples import ExampleInputs
 from .fidelity_report import fidelity
 from .latency import LatencyTable, latency_table, predict_latency
 from .least_squares import refit
 from .normal_equations import conv_patches
-from .plan import Plan, PlanEntry, PlanWarning, Policy, make_plan
+from .plan import Plan, PlanEntry
+from .planning import PlanWarning, make_plan
+from .policy import Policy
 from .rewrite import INITS, apply_plan, convert, plan_of
-from .sites import ExampleInputs, Site, activation_after, find_sites
+from .sites import Site, activation_after, find_sites
 from .width import apply_width_mult, find_classifier
 
 __all__ = [

@@ -50,10 +50,11 @@ from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
 from ..measure import output_tensors
 from ..progress import track
-from .calibration import _batches, _device, _EvalMode, _on, _run
+from .calibration import EvalMode, batch_list, on_device, resolve_device, run_batch
 from .latency import DEFAULT_CANDIDATES, LatencyTable
 from .least_squares import refit
-from .plan import Plan, make_plan, with_spec
+from .plan import Plan
+from .planning import make_plan, with_spec
 from .rewrite import apply_plan
 
 __all__ = ["sensitivity", "plan_for_budget"]
@@ -95,6 +96,15 @@ def _candidates(candidates: Sequence[Any]) -> list[BlockSpec]:
             "use e.g. ['dwsep_m1', 'dwsep_m2', 'spatial_r0.125']",
         )
     return list(dict.fromkeys(as_spec(c) for c in candidates))
+
+
+def _first_sample(data: list[Any]) -> torch.Tensor:
+    """The default example input of :func:`sensitivity`: the first sample of the first batch
+    (on the CPU)."""
+    first = data[0][0] if isinstance(data[0], (tuple, list)) else data[0]
+    if not isinstance(first, torch.Tensor):
+        raise UserInputError("example_inputs", "cannot be taken from dict batches", "pass example_inputs=")
+    return first[:1].cpu()
 
 
 @torch.no_grad()
@@ -141,18 +151,15 @@ def sensitivity(
         raise UserInputError(
             "metric", f"expected one of {', '.join(_METRICS)}, got {metric!r}", "use 'kl' for classifiers"
         )
-    dev = _device(model, device)
-    reference_model = _on(model, dev)
-    data = _batches(batches, dev)
+    dev = resolve_device(model, device)
+    reference_model = on_device(model, dev)
+    data = batch_list(batches, dev)
     if example_inputs is None:
-        first = data[0][0] if isinstance(data[0], (tuple, list)) else data[0]
-        if not isinstance(first, torch.Tensor):
-            raise UserInputError("example_inputs", "cannot be taken from dict batches", "pass example_inputs=")
-        example_inputs = first[:1].cpu()
+        example_inputs = _first_sample(data)
     base = make_plan(model, policy, example_inputs=example_inputs)
-    held = data if eval_batches is None else _batches(eval_batches, dev)
-    with _EvalMode(reference_model):
-        references = [_run(reference_model, b) for b in held]
+    held = data if eval_batches is None else batch_list(eval_batches, dev)
+    with EvalMode(reference_model):
+        references = [run_batch(reference_model, b) for b in held]
     rows = []
     pairs = [(entry, spec) for entry in base.converted for spec in specs]
     for entry, spec in track(pairs, progress, "sensitivity", unit="conversions"):
@@ -162,8 +169,8 @@ def sensitivity(
         converted = apply_plan(model, plan, init="svd").to(dev)
         if refit_sites:
             refit(converted, reference_model, data, plan=plan, iterations=iterations)
-        with _EvalMode(converted):
-            outputs = [_run(converted, b) for b in held]
+        with EvalMode(converted):
+            outputs = [run_batch(converted, b) for b in held]
         e = next(e for e in plan.entries if e.name == entry.name)
         rows.append(
             dict(
@@ -257,6 +264,26 @@ def _savings(rows: pd.DataFrame, field: str, latency_table: LatencyTable | None)
     return [((keep - latency_table.ms(r.name, r.spec)) * r.calls, float(r.damage)) for r in rows.itertuples()]
 
 
+def _below_reach(
+    field: str, budget: float, total: float, groups: list[list[tuple[float, float]]], table: pd.DataFrame
+) -> UserInputError:
+    """The error for a budget below what the candidates reach: the least fraction of ``total``
+    that saving the most at every site reaches, and cheaper candidates to compute the table with."""
+    floor = (total - sum(max(s for s, _ in g) for g in groups)) / total
+    what = "of the MACs" if field == "macs_ratio" else f"of the measured {total:.3g} ms, predicted"
+    tried = list(dict.fromkeys(str(spec) for spec in table["spec"]))
+    cheaper = (
+        "cheaper candidates than " + ", ".join(tried[:4]) + (", ..." if len(tried) > 4 else "")
+        if "dwsep_m1" in tried
+        else "cheaper candidates (e.g. dwsep_m1)"
+    )
+    return UserInputError(
+        field,
+        f"{budget:g} is below what these candidates reach ({floor:.3f} {what})",
+        f"raise {field}, or add {cheaper} to ns.sensitivity",
+    )
+
+
 def plan_for_budget(
     model: nn.Module,
     table: pd.DataFrame,
@@ -320,19 +347,7 @@ def plan_for_budget(
     limit = {"macs_ratio": int(budget * total), "latency_ratio": budget * total, "latency_ms": budget}[field]
     chosen = choose(groups, total - limit, resolution=resolution)
     if chosen is None:
-        floor = (total - sum(max(s for s, _ in g) for g in groups)) / total
-        what = "of the MACs" if field == "macs_ratio" else f"of the measured {total:.3g} ms, predicted"
-        tried = list(dict.fromkeys(str(spec) for spec in table["spec"]))
-        cheaper = (
-            "cheaper candidates than " + ", ".join(tried[:4]) + (", ..." if len(tried) > 4 else "")
-            if "dwsep_m1" in tried
-            else "cheaper candidates (e.g. dwsep_m1)"
-        )
-        raise UserInputError(
-            field,
-            f"{budget:g} is below what these candidates reach ({floor:.3f} {what})",
-            f"raise {field}, or add {cheaper} to ns.sensitivity",
-        )
+        raise _below_reach(field, budget, total, groups, table)
     rules = {glob.escape(name): label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
     plan = make_plan(model, rules, example_inputs=example_inputs)
     damage = sum(g[j][1] for g, j in zip(groups, chosen))

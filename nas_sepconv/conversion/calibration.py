@@ -25,13 +25,31 @@ from ..blocks import CONV_TYPES, BlockSpec, as_spec
 from ..errors import UserInputError
 from .plan import META_KEY
 
+__all__ = [
+    "CalibrationSite",
+    "EvalMode",
+    "StopForward",
+    "batch_list",
+    "calibration_sites",
+    "forward_order",
+    "has_forward",
+    "last_linear_layer",
+    "on_device",
+    "resolve_device",
+    "run_batch",
+    "run_hooked",
+]
 
-class _Stop(Exception):
+
+class StopForward(Exception):
     """Raised from a hook to end a forward pass once the site of interest has run."""
 
 
 @dataclass
-class _Site:
+class CalibrationSite:
+    """A site as refit, fidelity and sensitivity observe it: its name, the spec that replaced it,
+    the conv in the original model, the block in the converted one, and its calls per forward."""
+
     name: str
     spec: BlockSpec | None  # None: a layer the plan left as it was (refit with layers="all")
     original: nn.Module | None  # the conv in the original model
@@ -63,7 +81,9 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def _sites(converted: nn.Module, original: nn.Module, plan: Any, *, unconverted: bool = False) -> list[_Site]:
+def calibration_sites(
+    converted: nn.Module, original: nn.Module, plan: Any, *, unconverted: bool = False
+) -> list[CalibrationSite]:
     """The plan's converted sites; with ``unconverted``, also every conv and linear layer of
     the original model that the converted model still has, unchanged in type, at the same name."""
     sites, taken = [], set()
@@ -74,7 +94,7 @@ def _sites(converted: nn.Module, original: nn.Module, plan: Any, *, unconverted:
         block = _submodule(converted, entry.name)
         if not isinstance(conv, CONV_TYPES) or getattr(entry, "source", "module") != "module":
             conv = block = None
-        sites.append(_Site(entry.name, as_spec(entry.spec), conv, block))
+        sites.append(CalibrationSite(entry.name, as_spec(entry.spec), conv, block))
         taken.add(entry.name)
     if unconverted:
         for name, layer in original.named_modules():
@@ -82,7 +102,7 @@ def _sites(converted: nn.Module, original: nn.Module, plan: Any, *, unconverted:
                 continue
             twin = _submodule(converted, name)
             if type(twin) is type(layer):
-                sites.append(_Site(name, None, layer, twin))
+                sites.append(CalibrationSite(name, None, layer, twin))
     return sites
 
 
@@ -95,7 +115,7 @@ def _is_batch(batch: Any) -> bool:
     return isinstance(batch, dict) and any(isinstance(v, torch.Tensor) for v in batch.values())
 
 
-def _batches(batches: Iterable[Any], device: torch.device) -> list[Any]:
+def batch_list(batches: Iterable[Any], device: torch.device) -> list[Any]:
     fix = "pass an iterable of input tensors, (x, y) tuples or dicts of tensors (or a DataLoader)"
     if isinstance(batches, (str, bytes)) or not isinstance(batches, abc.Iterable):
         raise UserInputError("batches", f"expected calibration batches, got {type(batches).__name__}", fix)
@@ -118,29 +138,29 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _run(model: nn.Module, batch: Any) -> Any:
+def run_batch(model: nn.Module, batch: Any) -> Any:
     """One forward pass on a batch (a tensor, ``(x, y)`` or keyword inputs); returns the output,
-    or None when a hook ended the pass early by raising :class:`_Stop`."""
+    or None when a hook ended the pass early by raising :class:`StopForward`."""
     try:
         if isinstance(batch, dict):
             return model(**batch)
         if isinstance(batch, (tuple, list)):
             return model(batch[0])
         return model(batch)
-    except _Stop:
+    except StopForward:
         return None
 
 
-def _run_hooked(model: nn.Module, batch: Any, handles: list) -> Any:
-    """:func:`_run` with the hooks whose ``handles`` are given, removed afterwards."""
+def run_hooked(model: nn.Module, batch: Any, handles: list) -> Any:
+    """:func:`run_batch` with the hooks whose ``handles`` are given, removed afterwards."""
     try:
-        return _run(model, batch)
+        return run_batch(model, batch)
     finally:
         for h in handles:
             h.remove()
 
 
-def _device(model: nn.Module, device: Any) -> torch.device:
+def resolve_device(model: nn.Module, device: Any) -> torch.device:
     if device is not None:
         return torch.device(device)
     for p in model.parameters():
@@ -148,14 +168,14 @@ def _device(model: nn.Module, device: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _on(model: nn.Module, device: torch.device) -> nn.Module:
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` if it already lives on ``device``, else a copy there (the user's model is not moved)."""
     if all(t.device == device for t in [*model.parameters(), *model.buffers()]):
         return model
     return copy.deepcopy(model).to(device)
 
 
-class _EvalMode:
+class EvalMode:
     """Put models in eval mode and restore every module's own flag afterwards."""
 
     def __init__(self, *models: nn.Module):
@@ -171,7 +191,7 @@ class _EvalMode:
             m.training = flag
 
 
-def _forward_order(original: nn.Module, sites: list[_Site], batch: Any) -> list[_Site]:
+def forward_order(original: nn.Module, sites: list[CalibrationSite], batch: Any) -> list[CalibrationSite]:
     """The sites in the order the original convolutions first run, with their call counts;
     sites that do not run (or have no module) go last with ``calls == 0``."""
     seen: list[str] = []
@@ -185,7 +205,7 @@ def _forward_order(original: nn.Module, sites: list[_Site], batch: Any) -> list[
 
         return fn
 
-    _run_hooked(
+    run_hooked(
         original, batch, [s.original.register_forward_hook(hook(s.name)) for s in sites if s.original is not None]
     )
     for s in sites:
@@ -194,11 +214,11 @@ def _forward_order(original: nn.Module, sites: list[_Site], batch: Any) -> list[
     return sorted(sites, key=lambda s: rank.get(s.name, len(rank)) if s.calls else len(rank))
 
 
-def _has_forward(module: nn.Module) -> bool:
+def has_forward(module: nn.Module) -> bool:
     """False for the plain containers torch.fx leaves when it inlines a block."""
     return type(module).forward is not nn.Module.forward
 
 
-def _last_linear(site: _Site) -> nn.Module:
+def last_linear_layer(site: CalibrationSite) -> nn.Module:
     path = "" if site.spec is None else site.spec.info.last_linear
     return site.block if path == "" else site.block.get_submodule(path)

@@ -15,22 +15,22 @@ import torch.nn as nn
 
 from ..blocks import ConvGeometry, dense_weight, effective_weight, resize_kernel
 from .calibration import (
-    _batches,
-    _device,
-    _EvalMode,
-    _forward_order,
-    _has_forward,
-    _last_linear,
-    _on,
-    _run_hooked,
-    _Site,
-    _sites,
+    CalibrationSite,
+    EvalMode,
+    batch_list,
+    calibration_sites,
+    forward_order,
+    has_forward,
+    last_linear_layer,
+    on_device,
+    resolve_device,
+    run_hooked,
 )
 
 __all__ = ["fidelity"]
 
 
-def _rel_weight_error(site: _Site) -> float:
+def _rel_weight_error(site: CalibrationSite) -> float:
     if site.original is None:
         return math.nan
     g = ConvGeometry.from_module(site.original)
@@ -61,13 +61,13 @@ def fidelity(converted: nn.Module, original: nn.Module, batches: Iterable[Any], 
 
     Runs on the device of ``converted``'s parameters, in eval mode; nothing is changed.
     """
-    dev = _device(converted, None)
-    original = _on(original, dev)
-    data = _batches(batches, dev)
-    sites = _sites(converted, original, plan)
+    dev = resolve_device(converted, None)
+    original = on_device(original, dev)
+    data = batch_list(batches, dev)
+    sites = calibration_sites(converted, original, plan)
     sums = {s.name: [0.0, 0.0, 0.0] for s in sites}  # accumulated err², local err², ref²
-    with _EvalMode(converted, original):
-        sites = _forward_order(original, sites, data[0])
+    with EvalMode(converted, original):
+        sites = forward_order(original, sites, data[0])
         live = [s for s in sites if s.calls]
         for batch in data:
             seen: dict[str, list] = {s.name: [] for s in live}
@@ -85,11 +85,11 @@ def fidelity(converted: nn.Module, original: nn.Module, batches: Iterable[Any], 
 
                 return fn
 
-            _run_hooked(original, batch, [s.original.register_forward_hook(orig_hook(s.name)) for s in live])
-            _run_hooked(converted, batch, [_last_linear(s).register_forward_hook(conv_hook(s.name)) for s in live])
+            run_hooked(original, batch, [s.original.register_forward_hook(orig_hook(s.name)) for s in live])
+            run_hooked(converted, batch, [last_linear_layer(s).register_forward_hook(conv_hook(s.name)) for s in live])
             for s in live:
                 acc = sums[s.name]
-                callable_block = _has_forward(s.block)
+                callable_block = has_forward(s.block)
                 for (x, y), out in zip(seen[s.name], outs[s.name]):
                     y = y.double()
                     acc[0] += (out.double() - y).square().sum().item()
@@ -100,7 +100,7 @@ def fidelity(converted: nn.Module, original: nn.Module, batches: Iterable[Any], 
     for s in sites:
         err, local, ref = sums[s.name]
         ok = s.calls > 0 and ref > 0
-        whole = s.block is not None and _has_forward(s.block)
+        whole = s.block is not None and has_forward(s.block)
         rows.append(
             dict(
                 name=s.name,

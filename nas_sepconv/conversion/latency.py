@@ -53,7 +53,8 @@ from ..measure import (
 )
 from ..progress import progress as progress_bar
 from ..progress import track
-from .plan import Plan, PlanEntry, make_plan, with_spec
+from .plan import Plan, PlanEntry
+from .planning import make_plan, with_spec
 from .rewrite import plan_of
 
 __all__ = ["DEFAULT_CANDIDATES", "LatencyTable", "TABLE_COLUMNS", "latency_table", "predict_latency"]

@@ -27,31 +27,48 @@ from ..blocks import CONV_TYPES, ConvGeometry, effective_weight
 from ..errors import UserInputError
 from ..progress import progress as show_progress
 from .calibration import (
-    _batches,
-    _device,
-    _EvalMode,
-    _forward_order,
-    _has_forward,
-    _last_linear,
-    _on,
-    _run,
-    _run_hooked,
-    _Site,
-    _sites,
-    _Stop,
+    CalibrationSite,
+    EvalMode,
+    StopForward,
+    batch_list,
+    calibration_sites,
+    forward_order,
+    has_forward,
+    last_linear_layer,
+    on_device,
+    resolve_device,
+    run_batch,
+    run_hooked,
 )
-from .normal_equations import _NormalEquations
+from .normal_equations import NormalEquations
 
 __all__ = ["refit"]
 
+#: the columns of :func:`refit`'s report, one row per site
+REFIT_COLUMNS = [
+    "name",
+    "kind",
+    "method",
+    "rel_output_error_before",
+    "rel_output_error_after",
+    "refit_applied",
+    "rows",
+    "note",
+]
+
 
 def _observe(
-    site: _Site, original: nn.Module, converted: nn.Module, batches: list, entry: nn.Module, acc: _NormalEquations
+    site: CalibrationSite,
+    original: nn.Module,
+    converted: nn.Module,
+    batches: list,
+    entry: nn.Module,
+    acc: NormalEquations,
 ) -> tuple[float, float]:
     """Accumulate the regression of ``acc``: X from the input of ``entry`` (a sub-layer of the
     block) in the converted model, Y from the original conv's output in the original model.
     Returns Σ‖block output − Y‖² and Σ‖Y‖² before any change."""
-    linear = _last_linear(site)
+    linear = last_linear_layer(site)
     err = ref = 0.0
     for batch in batches:
         targets: list[torch.Tensor] = []
@@ -61,7 +78,7 @@ def _observe(
         def target_hook(module, args, output):
             targets.append(output.detach())
             if len(targets) == site.calls:
-                raise _Stop
+                raise StopForward
 
         def input_hook(module, args):
             inputs.append(args[0].detach())
@@ -69,16 +86,16 @@ def _observe(
         def output_hook(module, args, output):
             outputs.append(output.detach())
             if len(outputs) == site.calls:
-                raise _Stop
+                raise StopForward
 
         handles = [site.original.register_forward_hook(target_hook)]
         try:
-            _run(original, batch)
+            run_batch(original, batch)
         finally:
             handles.pop().remove()
         # the last linear part is the block's last operation: its output is the block's output
         # (hooked there, so that a block inlined by re-tracing is still observed)
-        _run_hooked(
+        run_hooked(
             converted, batch, [entry.register_forward_pre_hook(input_hook), linear.register_forward_hook(output_hook)]
         )
         for x, y, out in zip(inputs, targets, outputs):
@@ -88,27 +105,27 @@ def _observe(
     return err, ref
 
 
-def _joint_problem(site: _Site, iterations: int) -> tuple[Any, ConvGeometry] | None:
+def _joint_problem(site: CalibrationSite, iterations: int) -> tuple[Any, ConvGeometry] | None:
     """The kind's joint refit and the source geometry, when it applies to this site."""
     joint = None if site.spec is None else site.spec.info.joint_refit
-    if joint is None or iterations == 0 or not _has_forward(site.block):
+    if joint is None or iterations == 0 or not has_forward(site.block):
         return None
     g = ConvGeometry.from_module(site.original)
     return (joint, g) if joint.unsupported(site.block, g) is None else None
 
 
-def _theta(site: _Site, g: ConvGeometry) -> torch.Tensor:
+def _theta(site: CalibrationSite, g: ConvGeometry) -> torch.Tensor:
     """The block's dense kernel (and bias) as the source conv's regression Θ (1, d, C_out)."""
     w = effective_weight(site.block, site.spec, g).double()
     theta = w.reshape(g.out_channels, -1).T
-    bias = _last_linear(site).bias
+    bias = last_linear_layer(site).bias
     if bias is not None:
         theta = torch.cat([theta, bias.detach().double().reshape(1, -1)], 0)
     return theta.unsqueeze(0)
 
 
 def _refit_site(
-    site: _Site, original: nn.Module, converted: nn.Module, batches: list, ridge: float, iterations: int
+    site: CalibrationSite, original: nn.Module, converted: nn.Module, batches: list, ridge: float, iterations: int
 ) -> dict:
     row = dict(
         name=site.name,
@@ -125,14 +142,14 @@ def _refit_site(
             "not run by the model on these batches" if site.block is not None else "functional or missing site"
         )
         return row
-    linear = _last_linear(site)
+    linear = last_linear_layer(site)
     if not isinstance(linear, (*CONV_TYPES, nn.Linear)) or getattr(linear, "transposed", False):
         row["note"] = f"last linear part {type(linear).__name__} is not refit"
         return row
     joint = _joint_problem(site, iterations)
     if joint is not None:
         kind, g = joint
-        acc = _NormalEquations(site.original)  # patches of the block's input, source geometry
+        acc = NormalEquations(site.original)  # patches of the block's input, source geometry
         err, ref = _observe(site, original, converted, batches, site.block.get_submodule(kind.input_layer), acc)
         if acc.rows == 0:
             row["note"] = "the block did not run"
@@ -148,7 +165,7 @@ def _refit_site(
         note = "" if applied else "the solve would not lower the error: old weights kept"
         method = f"joint ({iterations} alternating rounds)"
     else:
-        acc = _NormalEquations(linear)
+        acc = NormalEquations(linear)
         err, ref = _observe(site, original, converted, batches, linear, acc)
         if acc.rows == 0:
             row["note"] = "the block's last linear part did not run"
@@ -245,36 +262,26 @@ def refit(
     (regression samples), ``note``.
     """
     _check_arguments(ridge, iterations)
-    dev = _device(converted, device)
+    dev = resolve_device(converted, device)
     converted.to(dev)
-    original = _on(original, dev)
-    data = _batches(batches, dev)
+    original = on_device(original, dev)
+    data = batch_list(batches, dev)
     if layers not in ("converted", "all"):
         raise UserInputError(
             "layers",
             f"expected 'converted' or 'all', got {layers!r}",
             "use 'all' to also re-solve the conv and linear layers the plan kept",
         )
-    sites = _sites(converted, original, plan, unconverted=layers == "all")
+    sites = calibration_sites(converted, original, plan, unconverted=layers == "all")
     rows = []
-    with _EvalMode(converted, original):
-        ordered = _forward_order(original, sites, data[0])
+    with EvalMode(converted, original):
+        ordered = forward_order(original, sites, data[0])
         with show_progress(progress, "refit", len(ordered), unit="sites") as bar:
             for site in ordered:
                 bar.update(info=site.name)
                 rows.append(_refit_site(site, original, converted, data, ridge, iterations))
                 bar.update(advance=1)
-    columns = [
-        "name",
-        "kind",
-        "method",
-        "rel_output_error_before",
-        "rel_output_error_after",
-        "refit_applied",
-        "rows",
-        "note",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=REFIT_COLUMNS)
 
 
 def _check_arguments(ridge: Any, iterations: Any) -> None:

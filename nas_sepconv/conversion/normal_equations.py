@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["conv_patches"]
+__all__ = ["NormalEquations", "conv_patches"]
 
 
 def _explicit_padding(conv: nn.Module) -> list[int]:
@@ -50,7 +50,7 @@ def conv_patches(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(rows, -1)
 
 
-class _NormalEquations:
+class NormalEquations:
     """XᵀX, XᵀY and ‖Y‖² per group of a conv's (or a linear layer's) regression, accumulated
     in float64."""
 

@@ -1,7 +1,7 @@
 """Policy: which conv sites a plan converts, and to what (the rules, the default, the filters).
 
 :func:`~nas_sepconv.conversion.make_plan` reads it; the MACs a spec saves are checked there
-(:func:`~nas_sepconv.conversion.plan.with_spec`), for the default only.
+(:func:`~nas_sepconv.conversion.planning.with_spec`), for the default only.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ import torch.nn as nn
 
 from ..blocks import CONV_TYPES, BlockSpec, ConvGeometry, initialise
 from ..errors import UserInputError
-from .plan import META_KEY, Plan, PlanEntry, Policy, make_plan
+from .plan import META_KEY, Plan, PlanEntry
+from .planning import make_plan
+from .policy import Policy
 from .sites import functional_conv_args, functional_site_name, trace
 
 __all__ = ["apply_plan", "convert", "plan_of", "INITS"]

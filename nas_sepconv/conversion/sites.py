@@ -6,8 +6,8 @@ gradient-mode region; and where a site's output goes (:func:`activation_after`).
 Every convolution module is a site, reached or not: a module that no example input reaches
 (a branch of data-dependent control flow the inputs did not take, a conv ``forward`` never
 calls) is listed with ``reached=False`` and no shapes, so that plans can say so instead of
-leaving it out.  :class:`ExampleInputs` passes several inputs, so that each branch can be
-reached.
+leaving it out.  :class:`~.examples.ExampleInputs` passes several inputs, so that each branch
+can be reached.
 """
 
 from __future__ import annotations
@@ -26,16 +26,13 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.overrides import TorchFunctionMode
 
 from ..blocks import CONV_TYPES, ConvGeometry
-from ..errors import UserInputError
-from ..measure import as_inputs, wrong_input
-from ..measure.inputs import check_example_size
+from ..measure import wrong_input
+from .examples import check_examples, example_list, naming_item, run_each
 
 __all__ = [
-    "ExampleInputs",
     "Site",
     "activation_after",
     "dropped_grad_regions",
-    "example_list",
     "find_sites",
     "functional_conv_args",
     "functional_site_name",
@@ -44,91 +41,6 @@ __all__ = [
 ]
 
 _FUNCTIONAL_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
-
-
-# --------------------------------------------------------------------------------------------
-# Example inputs, sites
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True, init=False)
-class ExampleInputs:
-    """Several example inputs, each passed to the model on its own:
-    ``ns.make_plan(model, policy, example_inputs=ns.ExampleInputs(x1, x2))``.
-
-    Each item is what ``example_inputs`` takes alone: a tensor, a tuple of tensors (the
-    positional arguments of a model with several), or an input size.  A plain tuple or list of
-    tensors stays what it was, the arguments of one call, so the two can never be confused.
-    Use several inputs when a model cannot be traced and its ``forward`` branches on the data:
-    a site any input reaches is found (with the shapes of the first input that reaches it);
-    the totals of a plan (model MACs, calls per site) are those of the first input.  Every
-    input must run: one the model does not run on, or whose forward would need more than
-    :data:`~nas_sepconv.measure.ACTIVATION_BUDGET` of activations, is refused by its position.
-    """
-
-    items: tuple
-
-    def __init__(self, *items: Any) -> None:
-        if not items:
-            raise UserInputError(
-                "example_inputs", "ExampleInputs() holds no input", "pass at least one, e.g. ns.ExampleInputs(x1, x2)"
-            )
-        if any(isinstance(i, ExampleInputs) for i in items):
-            raise UserInputError(
-                "example_inputs",
-                "ExampleInputs inside ExampleInputs",
-                "list every input once: ns.ExampleInputs(x1, x2, x3)",
-            )
-        object.__setattr__(self, "items", tuple(items))
-
-
-def example_list(example_inputs: Any) -> list[tuple]:
-    """The example inputs as a list of argument tuples: one per item of an
-    :class:`ExampleInputs`, else the one that ``as_inputs`` reads."""
-    if isinstance(example_inputs, ExampleInputs):
-        items = example_inputs.items
-        examples = []
-        for i, item in enumerate(items):
-            with _naming_item(i, len(items)):
-                examples.append(as_inputs(item))
-        return examples
-    return [as_inputs(example_inputs)]
-
-
-@contextlib.contextmanager
-def _naming_item(i: int, n: int):
-    """An error about one of several example inputs says which (item ``i`` of ``n``, 0-based)."""
-    try:
-        yield
-    except UserInputError as exc:
-        if n == 1:
-            raise
-        raise UserInputError("example_inputs", f"ExampleInputs item {i + 1} of {n}: {exc.problem}", exc.fix) from exc
-
-
-def _check_examples(model: nn.Module, examples: list[tuple]) -> None:
-    """Each example input within the activation budget, before any runs
-    (:func:`~nas_sepconv.measure.inputs.check_example_size`)."""
-    for i, inputs in enumerate(examples):
-        with _naming_item(i, len(examples)):
-            check_example_size(model, inputs)
-
-
-def _run_each(model: nn.Module, examples: list[tuple], *, start: int) -> None:
-    """Run the model on each example from ``start`` on (eval mode, no gradients), so that one it
-    does not run on is named, not dropped; raises :func:`~nas_sepconv.measure.wrong_input`'s error."""
-    if start >= len(examples):
-        return
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        for i, inputs in enumerate(examples[start:], start):
-            with _naming_item(i, len(examples)), torch.no_grad():
-                try:
-                    model(*inputs)
-                except Exception as exc:
-                    raise wrong_input(model, inputs, exc) from exc
-    finally:
-        for m, f in flags.items():
-            m.training = f
 
 
 @dataclass(frozen=True)
@@ -323,7 +235,7 @@ def _sites_from_hooks(model: nn.Module, examples: list[tuple]) -> tuple[list[Sit
         with torch.enable_grad(), functional:
             for i, inputs in enumerate(examples):
                 first[0] = i == 0
-                with _naming_item(i, len(examples)):
+                with naming_item(i, len(examples)):
                     try:
                         model(*inputs)
                     except Exception as exc:
@@ -357,14 +269,14 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
     no example input reached), whether the plan can rewrite the fx graph, and notes.
 
     ``example_inputs``: as :func:`~nas_sepconv.measure.as_inputs` reads it, or an
-    :class:`ExampleInputs` of several.  When symbolic tracing fails, or when the traced graph
+    :class:`~.examples.ExampleInputs` of several.  When symbolic tracing fails, or when the traced graph
     drops a region that ``forward`` runs with gradients disabled (:func:`dropped_grad_regions`:
     the GraphModule would train what the model does not), the sites are found by forward hooks
     on each example and the result says ``traced=False``: conv modules are then swapped in
     place, and the model's own ``forward`` keeps its ``torch.no_grad()`` regions.  A traced
     graph's shapes come from the first example (every input runs the same graph)."""
     examples = example_list(example_inputs)
-    _check_examples(model, examples)
+    check_examples(model, examples)
     try:
         gm = trace(model)
     except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, ...)
@@ -375,9 +287,9 @@ def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool,
     else:
         dropped = dropped_grad_regions(gm)
         if not dropped:
-            with _naming_item(0, len(examples)):
+            with naming_item(0, len(examples)):
                 _shape_prop(model, gm, examples[0])
-            _run_each(model, examples, start=1)  # the graph is the same for all, but each input must run
+            run_each(model, examples, start=1)  # the graph is the same for all, but each input must run
             sites, notes = _sites_from_graph(gm)
             return sites + _unreached(model, sites), True, notes
         shown = ", ".join(dropped[:4]) + (f" and {len(dropped) - 4} more" if len(dropped) > 4 else "")

@@ -229,8 +229,8 @@ def test_dw_spatial_truncated_between_bounds(m):
     dw_block, dw_spec, _ = convert(conv, f"dwsep_m{m}")
     lower = weight_error_sq(dw_block, dw_spec, g, conv.weight)
     # plain product of the two truncations, with the SVD's own pointwise columns
-    mats = decompose._per_channel_matrices(conv.weight.detach(), g).double()
-    cols, rows = decompose._svd_factors(mats, m)
+    mats = decompose.per_channel_matrices(conv.weight.detach(), g).double()
+    cols, rows = decompose.svd_factors(mats, m)
     v, h = closed_form_stacked._rank1(rows.reshape(6, m, 3, 3))
     plain = (mats - cols @ (v.unsqueeze(-1) * h.unsqueeze(-2)).reshape(6, m, 9)).square().sum().item()
     assert lower * (1 - 1e-6) <= err <= plain * (1 + 1e-6)

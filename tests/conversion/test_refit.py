@@ -383,7 +383,7 @@ def test_fidelity_consistent_with_refit_and_decompose(net, data):
     # weight error is the Eckart–Young error of decompose
     conv = net.conv2
     g = ConvGeometry.from_module(conv)
-    mats = decompose._per_channel_matrices(conv.weight.detach(), g).double()
+    mats = decompose.per_channel_matrices(conv.weight.detach(), g).double()
     s = torch.linalg.svdvals(mats)
     want = (s[:, 2:].square().sum() / s.square().sum()).sqrt().item()
     assert fid["rel_weight_error"].iloc[0] == pytest.approx(want, rel=1e-4)
