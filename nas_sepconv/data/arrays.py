@@ -1,4 +1,4 @@
-"""What a source yields before splitting (:class:`_Arrays`), and the helpers every source uses:
+"""What a source yields before splitting (:class:`Arrays`), and the helpers every source uses:
 the stratified take, per-channel statistics, resizing, root checks and one-line error reasons."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..errors import UserInputError
 
 
 @dataclass
-class _Arrays:
+class Arrays:
     """What a source yields before splitting: the training pool and the test set, NCHW."""
 
     x_train: np.ndarray
@@ -27,7 +27,7 @@ class _Arrays:
     std: tuple[float, ...]
 
 
-def _stratified_take(y: np.ndarray, n_take: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_take(y: np.ndarray, n_take: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(taken, rest)`` (each sorted): ``n_take`` drawn per class in proportion."""
     labels, counts = np.unique(y, return_counts=True)
     quota = counts * (n_take / len(y))
@@ -46,7 +46,7 @@ def _stratified_take(y: np.ndarray, n_take: int, rng: np.random.Generator) -> tu
     return taken_idx, np.flatnonzero(mask)
 
 
-def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std on the [0, 1] scale of NCHW images (uint8 via exact histograms)."""
     means, stds = [], []
     for ch in range(x.shape[1]):
@@ -65,7 +65,7 @@ def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(means), tuple(stds)
 
 
-def _resize_nchw(x: np.ndarray, size: int) -> np.ndarray:
+def resize_nchw(x: np.ndarray, size: int) -> np.ndarray:
     """Resize NCHW images to ``size`` x ``size`` (bilinear, antialiased), keeping the dtype."""
     if x.shape[2] == size and x.shape[3] == size:
         return x
@@ -79,27 +79,27 @@ def _resize_nchw(x: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def _need_root(root: str | Path | None, kind: str) -> Path:
+def need_root(root: str | Path | None, kind: str) -> Path:
     if root is None:
         raise UserInputError(
             "dataset.root",
             f"{kind} needs a root folder",
             "set root: in the data section of the space file (data.root), or pass root=... to load_dataset, pointing at the files",
         )
-    return _existing(Path(root).expanduser())
+    return existing(Path(root).expanduser())
 
 
-def _existing(path: Path) -> Path:
+def existing(path: Path) -> Path:
     if not path.exists():
         raise UserInputError("dataset.root", f"{path} does not exist", "check the path (extract archives first)")
     return path.resolve()
 
 
-def _one_line(text: str, limit: int = 200) -> str:
+def one_line(text: str, limit: int = 200) -> str:
     """``text`` on one line, at most ``limit`` characters, for an error message."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _reason(e: BaseException) -> str:
-    return _one_line(str(e)) or type(e).__name__
+def error_reason(e: BaseException) -> str:
+    return one_line(str(e)) or type(e).__name__

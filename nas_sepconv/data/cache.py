@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import _Arrays
+from .arrays import Arrays
 
 __all__ = ["cache_dir", "data_home", "default_data_root"]
 
@@ -50,13 +50,13 @@ def _source_signature(root: Path) -> str:
     return "|".join(parts)
 
 
-def _cached(root: Path, kind: str, size: int, build) -> _Arrays:
+def _cached(root: Path, kind: str, size: int, build) -> Arrays:
     key = f"v{_CACHE_VERSION}|{kind}|{size}|{_source_signature(root)}"
     path = cache_dir() / f"{root.name or 'root'}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
-                return _Arrays(
+                return Arrays(
                     z["x_train"],
                     z["y_train"],
                     z["x_test"],

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError
-from .arrays import _Arrays, _channel_stats, _one_line, _reason, _resize_nchw
+from .arrays import Arrays, channel_stats, error_reason, one_line, resize_nchw
 from .cache import _cached
 from .folders import _load_folder, _load_tar
 
@@ -31,7 +31,7 @@ _ARCHIVES = (".tar.gz", ".tgz", ".tar")
 _BATCH_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 
-def _load_cifar10(root: Path, size: int) -> _Arrays:
+def _load_cifar10(root: Path, size: int) -> Arrays:
     if root.is_file():
         if root.name.endswith(_ARCHIVES):
             return _cached(root, "tar", size, lambda: _load_archive(root, size))
@@ -54,7 +54,7 @@ def _load_cifar10(root: Path, size: int) -> _Arrays:
     )
 
 
-def _load_archive(path: Path, size: int) -> _Arrays:
+def _load_archive(path: Path, size: int) -> Arrays:
     """The official ``cifar-10-python.tar.gz`` (``cifar-10-batches-py/`` inside), read without
     extracting it, or else a tar archive of an ImageFolder tree."""
     members: dict[str, bytes] = {}
@@ -67,7 +67,7 @@ def _load_archive(path: Path, size: int) -> _Arrays:
                     members[name] = f.read()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UserInputError(
-            "dataset.root", f"cannot read {path} ({_reason(e)})", "point it at a valid .tar.gz or extract it"
+            "dataset.root", f"cannot read {path} ({error_reason(e)})", "point it at a valid .tar.gz or extract it"
         ) from None
     if "data_batch_1" not in members:
         return _load_tar(path, size, force_rgb=True)
@@ -109,7 +109,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         raise UserInputError(
             "dataset.root",
-            f"{self.path} is not a plain CIFAR batch: it asks to load {_one_line(module)}.{_one_line(name)} (refused, it could run code)",
+            f"{self.path} is not a plain CIFAR batch: it asks to load {one_line(module)}.{one_line(name)} (refused, it could run code)",
             "use the official cifar-10-batches-py files",
         )
 
@@ -127,12 +127,12 @@ def _safe_pickle_load(path: Path, data: bytes | None = None) -> Any:
     except Exception as e:  # noqa: BLE001 -- a damaged pickle raises almost anything
         raise UserInputError(
             "dataset.root",
-            f"cannot read {path} as a CIFAR batch ({_reason(e)})",
+            f"cannot read {path} as a CIFAR batch ({error_reason(e)})",
             "use the official cifar-10-batches-py files (download them again)",
         ) from None
 
 
-def _load_cifar_batches(folder: Path, size: int, members: dict[str, bytes] | None = None) -> _Arrays:
+def _load_cifar_batches(folder: Path, size: int, members: dict[str, bytes] | None = None) -> Arrays:
     """The batches in ``folder``, or in ``members`` (file name -> bytes, read from an archive)."""
 
     def present(path: Path) -> bool:
@@ -172,8 +172,8 @@ def _load_cifar_batches(folder: Path, size: int, members: dict[str, bytes] | Non
                     "use the official batches.meta, or remove it",
                 )
             classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-    x_train, x_test = _resize_nchw(x_train, size), _resize_nchw(x_test, size)
-    return _Arrays(x_train, y_train, x_test, y_test, classes, *_channel_stats(x_train))
+    x_train, x_test = resize_nchw(x_train, size), resize_nchw(x_test, size)
+    return Arrays(x_train, y_train, x_test, y_test, classes, *channel_stats(x_train))
 
 
 def _checked_batch(path: Path, data: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +182,9 @@ def _checked_batch(path: Path, data: Any, labels: Any) -> tuple[np.ndarray, np.n
     try:
         x, y = np.asarray(data), np.asarray(labels)
     except (ValueError, TypeError) as e:  # ragged lists and the like
-        raise UserInputError("dataset.root", f"{path} holds malformed data or labels ({_reason(e)})", fix) from None
+        raise UserInputError(
+            "dataset.root", f"{path} holds malformed data or labels ({error_reason(e)})", fix
+        ) from None
     if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.dtype.kind not in "iu":
         raise UserInputError(
             "dataset.root", f"{path} holds data of shape {x.shape} and type {x.dtype}, not N x 3072 integers", fix

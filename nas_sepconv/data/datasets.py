@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserInputError
-from .arrays import _Arrays, _stratified_take
+from .arrays import Arrays, stratified_take
 from .sources import dataset_names, find_dataset
 
 __all__ = ["Split", "Dataset", "load_dataset", "MAX_IMAGE_SIZE"]
@@ -150,9 +150,7 @@ def load_dataset(
     return _make_dataset(name.strip(), arrays, augment, val_fraction=val_fraction, seed=seed, subset=subset)
 
 
-def _make_dataset(
-    name: str, a: _Arrays, augment: str, *, val_fraction: float, seed: int, subset: int | None
-) -> Dataset:
+def _make_dataset(name: str, a: Arrays, augment: str, *, val_fraction: float, seed: int, subset: int | None) -> Dataset:
     if len(np.unique(a.y_train)) < 2:  # sources that name no classes (torchvision, batches) land here
         raise UserInputError(
             "dataset",
@@ -162,11 +160,11 @@ def _make_dataset(
     rng = np.random.default_rng(seed)
     pool = np.arange(len(a.y_train))
     if subset is not None and subset < len(pool):
-        pool, _ = _stratified_take(a.y_train, subset, rng)
+        pool, _ = stratified_take(a.y_train, subset, rng)
     n_val = min(max(1, round(val_fraction * len(pool))), len(pool) - 1)
     if n_val < 1:
         raise UserInputError("dataset.subset", f"leaves {len(pool)} training image(s)", "use a larger subset")
-    val_pos, train_pos = _stratified_take(a.y_train[pool], n_val, rng)
+    val_pos, train_pos = stratified_take(a.y_train[pool], n_val, rng)
 
     def split(x: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None) -> Split:
         if idx is not None:

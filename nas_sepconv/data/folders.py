@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError
-from .arrays import _Arrays, _channel_stats, _one_line, _reason
+from .arrays import Arrays, channel_stats, error_reason, one_line
 from .cache import _cached
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -56,7 +56,7 @@ def _test_dir(root: Path) -> Path:
     )
 
 
-def _load_folder(root: Path, size: int, *, force_rgb: bool) -> _Arrays:
+def _load_folder(root: Path, size: int, *, force_rgb: bool) -> Arrays:
     if not (root / "train").is_dir():
         raise UserInputError(
             "dataset.root",
@@ -65,7 +65,7 @@ def _load_folder(root: Path, size: int, *, force_rgb: bool) -> _Arrays:
         )
     test_dir = _test_dir(root)
 
-    def build() -> _Arrays:
+    def build() -> Arrays:
         paths, labels, classes = _scan_split(root / "train", None)
         _check_classes(labels, classes, root / "train")
         test_paths, test_labels, _ = _scan_split(test_dir, classes)
@@ -73,19 +73,19 @@ def _load_folder(root: Path, size: int, *, force_rgb: bool) -> _Arrays:
         x = _decode_all(paths + test_paths, size, mode)
         n = len(paths)
         x_train = x[:n]
-        return _Arrays(
+        return Arrays(
             x_train,
             np.asarray(labels, np.int64),
             x[n:],
             np.asarray(test_labels, np.int64),
             tuple(classes),
-            *_channel_stats(x_train),
+            *channel_stats(x_train),
         )
 
     return _cached(root, "folder-rgb" if force_rgb else "folder", size, build)
 
 
-def _load_tar(path: Path, size: int, *, force_rgb: bool) -> _Arrays:
+def _load_tar(path: Path, size: int, *, force_rgb: bool) -> Arrays:
     """An ImageFolder tree inside a tar archive (optionally under one top folder)."""
     members: dict[str, dict[str, list[tuple[str, bytes]]]] = {}
     try:
@@ -131,13 +131,13 @@ def _load_tar(path: Path, size: int, *, force_rgb: bool) -> _Arrays:
     mode = "RGB" if force_rgb else _image_mode(io.BytesIO(blobs[0][1]), blobs[0][0])
     x = _decode_all(blobs + test_blobs, size, mode)
     n = len(blobs)
-    return _Arrays(
+    return Arrays(
         x[:n],
         np.asarray(labels, np.int64),
         x[n:],
         np.asarray(test_labels, np.int64),
         tuple(classes),
-        *_channel_stats(x[:n]),
+        *channel_stats(x[:n]),
     )
 
 
@@ -164,7 +164,7 @@ class _BrokenImage(Exception):
 def _broken_image_error(source: str, reason: str) -> UserInputError:
     return UserInputError(
         "dataset.root",
-        f"cannot decode the image {_one_line(source, 400)} ({_one_line(reason)})",
+        f"cannot decode the image {one_line(source, 400)} ({one_line(reason)})",
         "remove the file, or re-encode it (e.g. open and save it again with an image editor or PIL)",
     )
 
@@ -176,7 +176,7 @@ def _image_mode(source, name: str) -> str:
         with Image.open(source) as im:
             return "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
     except Exception as e:  # noqa: BLE001 -- PIL raises many types for broken files
-        raise _broken_image_error(name, _reason(e)) from None
+        raise _broken_image_error(name, error_reason(e)) from None
 
 
 def _decode_chunk(args: tuple[list, int, str]) -> np.ndarray:
@@ -197,7 +197,7 @@ def _decode_chunk(args: tuple[list, int, str]) -> np.ndarray:
                     im = im.resize((size, size), Image.BILINEAR)
                 out[i] = np.asarray(im).reshape(size, size, channels)
         except Exception as e:  # noqa: BLE001 -- truncated files raise OSError, others ValueError, SyntaxError ...
-            raise _BrokenImage(str(name), _reason(e)) from None
+            raise _BrokenImage(str(name), error_reason(e)) from None
     return out
 
 

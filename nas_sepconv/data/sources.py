@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserInputError
-from .arrays import _Arrays, _channel_stats, _existing, _need_root, _stratified_take
+from .arrays import Arrays, channel_stats, existing, need_root, stratified_take
 from .cache import default_data_root
 from .cifar import CIFAR10_FILL, _load_cifar10
 from .folders import _load_folder
@@ -25,7 +25,7 @@ _MNIST_LIKE = {"mnist", "kmnist", "emnist", "qmnist"}
 _DIGITS_TEST_FRACTION = 0.2
 
 
-def _load_digits(size: int) -> _Arrays:
+def _load_digits(size: int) -> Arrays:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -34,9 +34,9 @@ def _load_digits(size: int) -> _Arrays:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
     x_all, y_all = x.numpy(), bunch.target.astype(np.int64)
     # The test split is fixed (not seeded), so test accuracies compare across seeds.
-    test_idx, train_idx = _stratified_take(y_all, round(_DIGITS_TEST_FRACTION * len(y_all)), np.random.default_rng(0))
-    mean, std = _channel_stats(x_all[train_idx])
-    return _Arrays(
+    test_idx, train_idx = stratified_take(y_all, round(_DIGITS_TEST_FRACTION * len(y_all)), np.random.default_rng(0))
+    mean, std = channel_stats(x_all[train_idx])
+    return Arrays(
         x_all[train_idx],
         y_all[train_idx],
         x_all[test_idx],
@@ -47,11 +47,11 @@ def _load_digits(size: int) -> _Arrays:
     )
 
 
-def _digits_source(arg: str, root: str | Path | None, size: int | None) -> _Arrays:
+def _digits_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
     return _load_digits(size)
 
 
-def _cifar10_source(arg: str, root: str | Path | None, size: int | None) -> _Arrays:
+def _cifar10_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
     if root is None:  # the per-user folder, which the user fills once
         folder = default_data_root("cifar10")
         if not folder.is_dir() or not any(folder.iterdir()):
@@ -61,13 +61,13 @@ def _cifar10_source(arg: str, root: str | Path | None, size: int | None) -> _Arr
                 f"put in it {CIFAR10_FILL} ($NAS_SEPCONV_DATA moves it), or point data.root (root=) at the files",
             )
         root = folder
-    return _load_cifar10(_need_root(root, "cifar10"), size)
+    return _load_cifar10(need_root(root, "cifar10"), size)
 
 
-def _imagefolder_source(arg: str, root: str | Path | None, size: int | None) -> _Arrays:
+def _imagefolder_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
     if arg and root is not None and Path(arg).expanduser().resolve() != Path(root).expanduser().resolve():
         raise UserInputError("dataset.root", f"given twice ({arg!r} in the name, {str(root)!r} as root)", "give one")
-    folder = _existing(Path(arg).expanduser() if arg else _need_root(root, "imagefolder"))
+    folder = existing(Path(arg).expanduser() if arg else need_root(root, "imagefolder"))
     if not folder.is_dir():
         raise UserInputError(
             "dataset.root", f"{folder} is not a folder", "point it at a folder with train/ and test/ subfolders"
@@ -75,7 +75,7 @@ def _imagefolder_source(arg: str, root: str | Path | None, size: int | None) -> 
     return _load_folder(folder, size, force_rgb=False)
 
 
-def _torchvision_source(arg: str, root: str | Path | None, size: int | None) -> _Arrays:
+def _torchvision_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
     return _load_torchvision(arg, root, size)
 
 
@@ -110,7 +110,7 @@ class DataSource:
     needs_root: bool
     image_size: int | None
     augment: str | Callable[[str], str]
-    load: Callable[[str, str | Path | None, int | None], _Arrays]
+    load: Callable[[str, str | Path | None, int | None], Arrays]
     description: str
 
     @property

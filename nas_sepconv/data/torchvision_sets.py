@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 
 from ..errors import UserInputError
-from .arrays import _Arrays, _channel_stats, _need_root, _resize_nchw
+from .arrays import Arrays, channel_stats, need_root, resize_nchw
 
 
-def _load_torchvision(cls_name: str, root: str | Path | None, image_size: int | None) -> _Arrays:
+def _load_torchvision(cls_name: str, root: str | Path | None, image_size: int | None) -> Arrays:
     try:
         import torchvision.datasets as tvd
     except ImportError:
@@ -36,7 +36,7 @@ def _load_torchvision(cls_name: str, root: str | Path | None, image_size: int | 
         )
     name = matches[0]
     cls = getattr(tvd, name)
-    folder = _need_root(root, f"torchvision:{name}")
+    folder = need_root(root, f"torchvision:{name}")
     params = inspect.signature(cls).parameters
 
     def make(train: bool):
@@ -65,7 +65,7 @@ def _load_torchvision(cls_name: str, root: str | Path | None, image_size: int | 
     x_train, y_train = _torchvision_arrays(train_ds, image_size)
     x_test, y_test = _torchvision_arrays(test_ds, image_size)
     classes = tuple(str(c) for c in getattr(train_ds, "classes", None) or ())
-    return _Arrays(x_train, y_train, x_test, y_test, classes, *_channel_stats(x_train))
+    return Arrays(x_train, y_train, x_test, y_test, classes, *channel_stats(x_train))
 
 
 def _torchvision_arrays(ds, image_size: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -90,5 +90,5 @@ def _torchvision_arrays(ds, image_size: int | None) -> tuple[np.ndarray, np.ndar
     y = (targets.numpy() if isinstance(targets, Tensor) else np.asarray(targets)).astype(np.int64)
     x = np.ascontiguousarray(x)
     if image_size is not None:
-        x = _resize_nchw(x, image_size)
+        x = resize_nchw(x, image_size)
     return x, y

@@ -137,7 +137,7 @@ def test_dataset_to_moves_splits(digits):
 
 def test_stratified_take_is_disjoint_and_exact():
     y = np.repeat(np.arange(7), [3, 10, 25, 1, 8, 8, 45])
-    taken, rest = arrays_mod._stratified_take(y, 20, np.random.default_rng(3))
+    taken, rest = arrays_mod.stratified_take(y, 20, np.random.default_rng(3))
     assert len(taken) == 20 and len(rest) == len(y) - 20
     assert set(taken).isdisjoint(rest) and set(taken) | set(rest) == set(range(len(y)))
     assert np.bincount(y[taken], minlength=7)[6] == 9  # 20 * 45 / 100
@@ -793,9 +793,9 @@ def test_sizes_are_refused_before_anything_is_read(tmp_path, monkeypatch, kwargs
         (sources_mod, "_load_cifar10"),
         (sources_mod, "_load_folder"),
         (cifar_mod, "_load_folder"),
-        (cifar_mod, "_resize_nchw"),
+        (cifar_mod, "resize_nchw"),
         (folders_mod, "_decode_all"),
-        (arrays_mod, "_resize_nchw"),
+        (arrays_mod, "resize_nchw"),
     ):
         monkeypatch.setattr(module, loader, no_loading)
     root = _write_tree(tmp_path / "tree", n_train=2, n_test=1, size=8)
