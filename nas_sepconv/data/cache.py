@@ -12,7 +12,7 @@ import numpy as np
 
 from .arrays import Arrays
 
-__all__ = ["cache_dir", "data_home", "default_data_root"]
+__all__ = ["cache_dir", "cached", "data_home", "default_data_root"]
 
 
 _CACHE_VERSION = 1
@@ -50,7 +50,9 @@ def _source_signature(root: Path) -> str:
     return "|".join(parts)
 
 
-def _cached(root: Path, kind: str, size: int, build) -> Arrays:
+def cached(root: Path, kind: str, size: int, build) -> Arrays:
+    """What ``build()`` returns for ``root``, read from the cache while ``root`` is unchanged (same
+    ``kind``, ``size`` and modification times), else built and stored (a failed write only costs the speed-up)."""
     key = f"v{_CACHE_VERSION}|{kind}|{size}|{_source_signature(root)}"
     path = cache_dir() / f"{root.name or 'root'}-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
     if path.is_file():

@@ -15,13 +15,13 @@ import numpy as np
 
 from ..errors import UserInputError
 from .arrays import Arrays, channel_stats, error_reason, one_line, resize_nchw
-from .cache import _cached
-from .folders import _load_folder, _load_tar
+from .cache import cached
+from .folders import load_folder, load_tar
 
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-#: How to fill a CIFAR-10 folder: what :func:`_load_cifar10` reads.
+#: How to fill a CIFAR-10 folder: what :func:`load_cifar10` reads.
 CIFAR10_FILL = (
     "the official python batches (cifar-10-python.tar.gz as downloaded, or extracted: cifar-10-batches-py/), "
     "an ImageFolder tree (train/<class>/*.png, test/<class>/*.png) or one .tar.gz of such a tree"
@@ -31,10 +31,11 @@ _ARCHIVES = (".tar.gz", ".tgz", ".tar")
 _BATCH_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 
-def _load_cifar10(root: Path, size: int) -> Arrays:
+def load_cifar10(root: Path, size: int) -> Arrays:
+    """CIFAR-10 from ``root``: any of :data:`CIFAR10_FILL`, or a folder holding one archive of it."""
     if root.is_file():
         if root.name.endswith(_ARCHIVES):
-            return _cached(root, "tar", size, lambda: _load_archive(root, size))
+            return cached(root, "tar", size, lambda: _load_archive(root, size))
         raise UserInputError(
             "dataset.root", f"{root} is a file", "point it at a folder (train/, test/) or cifar-10-batches-py"
         )
@@ -42,10 +43,10 @@ def _load_cifar10(root: Path, size: int) -> Arrays:
         if (batches / "data_batch_1").is_file():
             return _load_cifar_batches(batches, size)
     if (root / "train").is_dir():
-        return _load_folder(root, size, force_rgb=True)
+        return load_folder(root, size, force_rgb=True)
     archives = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(_ARCHIVES)) if root.is_dir() else []
     if len(archives) == 1:  # a folder the archive was dropped into (the default data.root)
-        return _load_cifar10(archives[0], size)
+        return load_cifar10(archives[0], size)
     raise UserInputError(
         "dataset.root",
         f"{root} holds neither an ImageFolder tree (train/, test/) nor cifar-10-batches-py"
@@ -70,7 +71,7 @@ def _load_archive(path: Path, size: int) -> Arrays:
             "dataset.root", f"cannot read {path} ({error_reason(e)})", "point it at a valid .tar.gz or extract it"
         ) from None
     if "data_batch_1" not in members:
-        return _load_tar(path, size, force_rgb=True)
+        return load_tar(path, size, force_rgb=True)
     return _load_cifar_batches(Path(f"{path}:cifar-10-batches-py"), size, members)
 
 

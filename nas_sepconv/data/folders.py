@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from .arrays import Arrays, channel_stats, error_reason, one_line
-from .cache import _cached
+from .cache import cached
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -56,7 +56,8 @@ def _test_dir(root: Path) -> Path:
     )
 
 
-def _load_folder(root: Path, size: int, *, force_rgb: bool) -> Arrays:
+def load_folder(root: Path, size: int, *, force_rgb: bool) -> Arrays:
+    """The ImageFolder tree at ``root`` (``train/``, ``test/`` or ``val/``), decoded once and cached."""
     if not (root / "train").is_dir():
         raise UserInputError(
             "dataset.root",
@@ -82,10 +83,10 @@ def _load_folder(root: Path, size: int, *, force_rgb: bool) -> Arrays:
             *channel_stats(x_train),
         )
 
-    return _cached(root, "folder-rgb" if force_rgb else "folder", size, build)
+    return cached(root, "folder-rgb" if force_rgb else "folder", size, build)
 
 
-def _load_tar(path: Path, size: int, *, force_rgb: bool) -> Arrays:
+def load_tar(path: Path, size: int, *, force_rgb: bool) -> Arrays:
     """An ImageFolder tree inside a tar archive (optionally under one top folder)."""
     members: dict[str, dict[str, list[tuple[str, bytes]]]] = {}
     try:

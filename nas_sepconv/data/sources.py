@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from ..errors import UserInputError
 from .arrays import Arrays, channel_stats, existing, need_root, stratified_take
 from .cache import default_data_root
-from .cifar import CIFAR10_FILL, _load_cifar10
-from .folders import _load_folder
-from .torchvision_sets import _load_torchvision
+from .cifar import CIFAR10_FILL, load_cifar10
+from .folders import load_folder
+from .torchvision_sets import load_torchvision
 
 __all__ = ["DataSource", "DATASETS", "find_dataset", "dataset_names"]
 
@@ -61,7 +61,7 @@ def _cifar10_source(arg: str, root: str | Path | None, size: int | None) -> Arra
                 f"put in it {CIFAR10_FILL} ($NAS_SEPCONV_DATA moves it), or point data.root (root=) at the files",
             )
         root = folder
-    return _load_cifar10(need_root(root, "cifar10"), size)
+    return load_cifar10(need_root(root, "cifar10"), size)
 
 
 def _imagefolder_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
@@ -72,11 +72,11 @@ def _imagefolder_source(arg: str, root: str | Path | None, size: int | None) -> 
         raise UserInputError(
             "dataset.root", f"{folder} is not a folder", "point it at a folder with train/ and test/ subfolders"
         )
-    return _load_folder(folder, size, force_rgb=False)
+    return load_folder(folder, size, force_rgb=False)
 
 
 def _torchvision_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
-    return _load_torchvision(arg, root, size)
+    return load_torchvision(arg, root, size)
 
 
 def _torchvision_augment(arg: str) -> str:

@@ -14,7 +14,8 @@ from ..errors import UserInputError
 from .arrays import Arrays, channel_stats, need_root, resize_nchw
 
 
-def _load_torchvision(cls_name: str, root: str | Path | None, image_size: int | None) -> Arrays:
+def load_torchvision(cls_name: str, root: str | Path | None, image_size: int | None) -> Arrays:
+    """The train and test sets of ``torchvision.datasets.<cls_name>`` (any case) from files under ``root``."""
     try:
         import torchvision.datasets as tvd
     except ImportError:

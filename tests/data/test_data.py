@@ -790,9 +790,9 @@ def test_sizes_are_refused_before_anything_is_read(tmp_path, monkeypatch, kwargs
 
     for module, loader in (
         (sources_mod, "_load_digits"),
-        (sources_mod, "_load_cifar10"),
-        (sources_mod, "_load_folder"),
-        (cifar_mod, "_load_folder"),
+        (sources_mod, "load_cifar10"),
+        (sources_mod, "load_folder"),
+        (cifar_mod, "load_folder"),
         (cifar_mod, "resize_nchw"),
         (folders_mod, "_decode_all"),
         (arrays_mod, "resize_nchw"),
