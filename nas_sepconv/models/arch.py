@@ -17,7 +17,7 @@ from ..jsonfile import loads
 from ..recipe import MAX_INPUT_SIDE
 from .heads import HEADS
 
-__all__ = ["ARCH_ACTS", "Arch", "MAX_CHANNELS", "MAX_LAYERS", "Stage", "make_divisible"]
+__all__ = ["ARCH_ACTS", "Arch", "MAX_CHANNELS", "MAX_LAYERS", "Stage", "is_int", "is_number", "make_divisible"]
 
 ARCH_ACTS = ("relu", "relu6", "hswish")
 #: The largest network an :class:`Arch` may describe (an Arch can come from a file): layers
@@ -35,11 +35,13 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return int(new)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """``value`` is an ``int`` and not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """``value`` is an ``int`` or a ``float`` and not a ``bool``."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -69,7 +71,7 @@ class Stage:
             raise UserInputError(f"{where}.spec", exc.problem, exc.fix) from None
         for name, low, high in (("out_channels", 1, MAX_CHANNELS), ("repeats", 1, MAX_LAYERS), ("stride", 1, 64)):
             value = getattr(self, name)
-            if not _is_int(value) or not low <= value <= high:
+            if not is_int(value) or not low <= value <= high:
                 raise UserInputError(f"{where}.{name}", f"expected an integer in [{low}, {high}], got {value!r}")
         if not isinstance(self.shortcut, bool):
             raise UserInputError(f"{where}.shortcut", f"expected true or false, got {self.shortcut!r}")
@@ -130,16 +132,16 @@ class Arch:
             ("in_channels", 1),
         ):
             value = getattr(self, name)
-            if not _is_int(value) or value < low:
+            if not is_int(value) or value < low:
                 raise UserInputError(f"arch.{name}", f"expected an integer >= {low}, got {value!r}")
         for name in ("width_mult", "depth_mult"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            if not is_number(value) or not math.isfinite(value) or value <= 0:
                 raise UserInputError(f"arch.{name}", f"expected a number > 0, got {value!r}")
         self._check_size()
         if self.act not in ARCH_ACTS:
             raise UserInputError("arch.act", f"unknown activation {self.act!r}", f"use one of {list(ARCH_ACTS)}")
-        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+        if not is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise UserInputError("arch.dropout", f"expected a number in [0, 1), got {self.dropout!r}")
         self._check_head()
 
@@ -151,8 +153,8 @@ class Arch:
         if isinstance(size, list):  # from JSON
             size = tuple(size)
             object.__setattr__(self, "input_size", size)
-        sides = (size,) if _is_int(size) else size if isinstance(size, tuple) and len(size) == 2 else None
-        if size is not None and (sides is None or not all(_is_int(v) and 1 <= v <= MAX_INPUT_SIDE for v in sides)):
+        sides = (size,) if is_int(size) else size if isinstance(size, tuple) and len(size) == 2 else None
+        if size is not None and (sides is None or not all(is_int(v) and 1 <= v <= MAX_INPUT_SIDE for v in sides)):
             raise UserInputError(
                 "arch.input_size", f"expected a side (or [height, width]) of 1 to {MAX_INPUT_SIDE} pixels, got {size!r}"
             )
@@ -203,7 +205,7 @@ class Arch:
         contract), so each stride ``s`` maps a side ``n`` to ``ceil(n / s)``."""
         if self.input_size is None:
             return None
-        sides = (self.input_size,) * 2 if _is_int(self.input_size) else tuple(self.input_size)
+        sides = (self.input_size,) * 2 if is_int(self.input_size) else tuple(self.input_size)
         for stride in (self.stem_stride, *(s.stride for s in self.stages)):
             sides = tuple(-(-n // stride) for n in sides)
         return sides  # type: ignore[return-value]

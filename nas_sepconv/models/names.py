@@ -20,7 +20,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import UserInputError
-from .arch import _is_int
+from .arch import is_int
 from .presets import FACTORIES
 
 __all__ = ["model_from_name", "replace_first_conv"]
@@ -253,7 +253,7 @@ def model_from_name(
                 pass
         raise UserInputError("model", f"{name!r} names no source{hint}", _PREFIX_HELP)
     for value, label in ((num_classes, "num_classes"), (in_channels, "in_channels")):
-        if value is not None and (not _is_int(value) or value < 1):
+        if value is not None and (not is_int(value) or value < 1):
             raise UserInputError(label, f"expected an integer >= 1, got {value!r}")
     source, _, rest = name.strip().partition(":")
     source, rest = source.strip(), rest.strip()

@@ -14,7 +14,7 @@ from ..errors import UserInputError
 from .arch import Arch
 from .heads import HEADS
 
-__all__ = ["Layer", "StageNet", "build_network"]
+__all__ = ["Layer", "StageNet", "build_network", "conv_bn_act", "init_weights"]
 
 
 def _ends_linear(spec: BlockSpec) -> bool:
@@ -42,7 +42,8 @@ class Layer(nn.Module):
         return out
 
 
-def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int, act: str) -> nn.Sequential:
+def conv_bn_act(cin: int, cout: int, kernel: int, stride: int, act: str) -> nn.Sequential:
+    """Convolution (same padding, no bias), BatchNorm, then the activation ``act``."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
         nn.BatchNorm2d(cout),
@@ -57,7 +58,7 @@ class StageNet(nn.Module):
         super().__init__()
         self.arch = arch
         cin = arch.channels(arch.stem_channels)
-        self.stem = _conv_bn_act(arch.in_channels, cin, 3, arch.stem_stride, arch.act)
+        self.stem = conv_bn_act(arch.in_channels, cin, 3, arch.stem_stride, arch.act)
         stages = []
         for i, stage in enumerate(arch.stages):
             spec = BlockSpec.parse(stage.spec)
@@ -88,7 +89,7 @@ class StageNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         if arch.head_channels > 0:
             head = arch.channels(arch.head_channels)
-            self.head = _conv_bn_act(cin, head, 1, 1, arch.act)
+            self.head = conv_bn_act(cin, head, 1, 1, arch.act)
             cin = head
         else:
             self.head = nn.Identity()
@@ -97,7 +98,7 @@ class StageNet(nn.Module):
         self.dropout = nn.Dropout(arch.dropout) if arch.dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(cin, arch.num_classes)
         self.num_features = cin
-        _init_weights(self)
+        init_weights(self)
         for module in self.modules():
             if isinstance(module, Layer) and module.residual and isinstance(module.norm, nn.BatchNorm2d):
                 nn.init.zeros_(module.norm.weight)
@@ -107,7 +108,7 @@ class StageNet(nn.Module):
         return self.classifier(self.dropout(self.flatten(self.pool(x))))
 
 
-def _init_weights(model: nn.Module) -> None:
+def init_weights(model: nn.Module) -> None:
     """Kaiming-normal (fan-out) convolutions, unit BatchNorm, small-normal linear layers."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

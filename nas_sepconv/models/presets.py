@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
-from .arch import Arch, Stage, _is_int, _is_number
-from .network import _conv_bn_act, _init_weights, build_network
+from .arch import Arch, Stage, is_int, is_number
+from .network import build_network, conv_bn_act, init_weights
 
 __all__ = [
     "FACTORIES",
@@ -49,7 +49,7 @@ def mobilenet_v1_arch(
     network has 569 M MACs and 4.2 M parameters (Table 4).  ``head="gdc"`` swaps the average
     pooling for a global depthwise convolution sized for that input (see :data:`HEADS`).
     """
-    if not _is_number(resolution_mult) or not math.isfinite(resolution_mult) or resolution_mult <= 0:
+    if not is_number(resolution_mult) or not math.isfinite(resolution_mult) or resolution_mult <= 0:
         raise UserInputError("resolution_mult", f"expected a number > 0, got {resolution_mult!r}")
     if input_size is not None and resolution_mult != 1.0:
         raise UserInputError(
@@ -227,7 +227,7 @@ class CifarResNet(nn.Module):
 
 def _check_positive(**values: Any) -> None:
     for name, value in values.items():
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise UserInputError(name, f"expected an integer >= 1, got {value!r}")
 
 
@@ -248,15 +248,15 @@ class TinyConvNet(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            *_conv_bn_act(in_channels, w, 3, 1, "relu"),
-            *_conv_bn_act(w, 2 * w, 3, 2, "relu"),
-            *_conv_bn_act(2 * w, 2 * w, 3, 1, "relu"),
-            *_conv_bn_act(2 * w, 2 * w, 3, 2, "relu"),
+            *conv_bn_act(in_channels, w, 3, 1, "relu"),
+            *conv_bn_act(w, 2 * w, 3, 2, "relu"),
+            *conv_bn_act(2 * w, 2 * w, 3, 1, "relu"),
+            *conv_bn_act(2 * w, 2 * w, 3, 2, "relu"),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.classifier = nn.Linear(2 * w, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.flatten(self.pool(self.features(x))))
