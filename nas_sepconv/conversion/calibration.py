@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ..blocks import CONV_TYPES, BlockSpec, as_spec
 from ..errors import UserInputError
+from ..measure.inputs import model_device
 from .plan import META_KEY
 
 __all__ = [
@@ -160,11 +161,7 @@ def run_hooked(model: nn.Module, batch: Any, handles: list) -> Any:
 
 
 def resolve_device(model: nn.Module, device: Any) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+    return torch.device(device) if device is not None else model_device(model)
 
 
 def on_device(model: nn.Module, device: torch.device) -> nn.Module:

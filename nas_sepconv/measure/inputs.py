@@ -24,6 +24,7 @@ __all__ = [
     "first_conv",
     "input_mismatch",
     "meta_copy",
+    "model_device",
     "output_tensors",
     "wrong_input",
 ]
@@ -83,6 +84,11 @@ def as_inputs(example_inputs: Any) -> tuple:
     raise UserInputError(
         "example_inputs", f"expected a tensor, a tuple of tensors or an input size, got {type(example_inputs).__name__}"
     )
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 @contextmanager
