@@ -12,6 +12,7 @@ Model -> plan -> converted model -> trial -> DataFrame, one package per stage::
     df = ns.results.load("results/default")                  # results/
 """
 
+from . import results  # (the search imports it anyway)
 from .blocks import KINDS, BlockSpec, ConvGeometry
 from .conversion import (
     ExampleInputs,
@@ -41,15 +42,6 @@ from .search import search  # the function (the package re-exports it under its 
 from .train import TrainConfig, distill, init_distributed, is_main_process
 
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str):
-    """``ns.results`` loads Optuna and matplotlib's helpers, so it is imported on first use."""
-    if name == "results":
-        import importlib
-
-        return importlib.import_module(".results", __name__)
-    raise AttributeError(f"module 'nas_sepconv' has no attribute {name!r}")
 
 
 __all__ = [

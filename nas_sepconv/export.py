@@ -28,6 +28,7 @@ from .files import ensure_writable_dir
 from .io import build_on_meta, check_device, load_model, save_model, state_mismatch
 from .jsonfile import loads
 from .measure import need_module, output_tensors, to_onnx
+from .measure.inputs import model_device
 from .models import Arch
 from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
 from .results.stored import STUDY_ATTRS, TAMPERED, stored_attr
@@ -199,7 +200,7 @@ def _check_data(reference: nn.Module, recipe: Recipe, data: Any, number: int) ->
     and the classes of the trial's recipe: another data set would make a model the recipe does
     not describe, or an accuracy that means nothing."""
     channels = recipe.input_size[0]
-    device = next((p.device for p in reference.parameters()), torch.device("cpu"))
+    device = model_device(reference)
     try:
         with torch.no_grad():
             outputs = output_tensors(reference.eval()(torch.zeros(1, *recipe.input_size, device=device)))

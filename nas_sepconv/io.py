@@ -35,6 +35,7 @@ from .conversion import Plan, apply_plan, apply_width_mult
 from .errors import UserInputError
 from .files import atomic_path
 from .jsonfile import loads
+from .measure.inputs import model_device
 from .models import Arch, build_network, model_from_name
 from .recipe import FORMAT, REGISTRY_SOURCES, Recipe, check_trusted, trusted_names
 
@@ -216,7 +217,7 @@ def build_from_recipe(
         model = model_from_name(name, **kwargs)
         if recipe.width_mult != 1.0:
             model = apply_width_mult(
-                model, recipe.width_mult, example_inputs=torch.randn(1, *recipe.input_size, device=_device_of(model))
+                model, recipe.width_mult, example_inputs=torch.randn(1, *recipe.input_size, device=model_device(model))
             )
         if recipe.plan:
             model = apply_plan(model, Plan.from_json(recipe.plan), init="random")
@@ -260,10 +261,6 @@ def state_mismatch(model: nn.Module, reference: nn.Module) -> str | None:
             return f"{name} is {list(have[name])}, the recipe's is {list(shape)}"
     extra = sorted(set(have) - set(want))
     return f"{extra[0]} is not in the recipe" if extra else None
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def check_device(device: str | torch.device, *, field: str = "device") -> torch.device:

@@ -26,6 +26,7 @@ __all__ = [
     "REGISTRY_SOURCES",
     "MAX_INPUT_ELEMENTS",
     "MAX_INPUT_SIDE",
+    "MAX_MULTIPLIER",
     "check_model_kwargs",
     "trusted_names",
     "check_trusted",
@@ -44,6 +45,10 @@ MAX_INPUT_ELEMENTS = 3 * 2048 * 2048
 
 
 MAX_INPUT_SIDE = 8192
+
+
+#: The largest width (and depth, resolution) multiplier a recipe or a search space may hold.
+MAX_MULTIPLIER = 4.0
 
 
 #: Recipe ``model_kwargs``: integers up to this size, strings of this form, lists this long.
@@ -165,8 +170,15 @@ def _check_recipe(recipe: Any, *, where: str, saved: bool) -> None:
         )
     check_model_kwargs(recipe.get("model_kwargs", {}))
     width = recipe.get("width_mult", 1.0)
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or not 0 < width <= 4:
-        raise UserInputError("recipe.width_mult", f"expected a number in (0, 4], got {width!r}", "re-export the model")
+    if (
+        isinstance(width, bool)
+        or not isinstance(width, (int, float))
+        or not math.isfinite(width)
+        or not 0 < width <= MAX_MULTIPLIER
+    ):
+        raise UserInputError(
+            "recipe.width_mult", f"expected a number in (0, {MAX_MULTIPLIER:g}], got {width!r}", "re-export the model"
+        )
     if width != 1.0 and "input_size" not in recipe:
         raise UserInputError(
             "recipe.input_size", "a width multiplier needs the input size it was pruned at", "re-export the model"

@@ -98,15 +98,6 @@ class ConvGeometry:
     def is_depthwise(self) -> bool:
         return self.groups > 1 and self.groups == self.in_channels
 
-    @property
-    def padding_tuple(self) -> tuple[int, ...]:
-        """Explicit per-dimension padding ('same' resolved to its left padding, 'valid' to 0)."""
-        if self.padding == "valid":
-            return (0,) * self.dims
-        if self.padding == "same":
-            return tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
-        return tuple(self.padding)
-
     def with_kernel(self, kernel_size: int | tuple[int, ...]) -> ConvGeometry:
         """The same convolution with another kernel size and the padding that keeps every output shape.
 

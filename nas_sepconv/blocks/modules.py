@@ -49,7 +49,7 @@ def make_act(name: str | None) -> nn.Module:
         return nn.Identity()
     if name not in ACTIVATIONS:
         raise ValueError(f"act={name!r} is not known; use one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name](inplace=True) if name in ("relu", "relu6", "hswish") else ACTIVATIONS[name]()
+    return ACTIVATIONS[name]() if name == "none" else ACTIVATIONS[name](inplace=True)
 
 
 def _norm(dims: int, channels: int, enabled: bool) -> nn.Module:

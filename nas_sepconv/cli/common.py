@@ -159,6 +159,14 @@ def print_frame(df, *, title: str | None = None, max_rows: int = 200) -> None:
         out.print(f"... {len(df) - max_rows} more rows")
 
 
+def results_source(results_dir: Path | None, storage: str | None, *, command: str, example: str) -> Path | str:
+    """Where a command reads a search's results: its results directory or its ``--storage``,
+    exactly one of them given (else a :class:`UserInputError` showing ``example``)."""
+    if (results_dir is None) == (storage is None):
+        raise UserInputError(command, "give either a results directory or --storage (with --study)", example)
+    return results_dir if results_dir is not None else storage
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..errors import UserInputError
 from ..export import export_trial
-from .common import guard, out
+from .common import guard, out, results_source
 
 
 def export(
@@ -44,14 +43,14 @@ def export(
     """Rebuild a trial's model (saved weights, or re-trained) and write it to a file."""
 
     def run() -> None:
-        if (results_dir is None) == (storage is None):
-            raise UserInputError(
-                "export",
-                "give either a results directory or --storage (with --study)",
-                "e.g. nas-sepconv export results/default --trial 3 --out m.safetensors",
-            )
+        source = results_source(
+            results_dir,
+            storage,
+            command="export",
+            example="e.g. nas-sepconv export results/default --trial 3 --out m.safetensors",
+        )
         info = export_trial(
-            results_dir if results_dir is not None else storage,
+            source,
             trial,
             study=study,
             out=out_file,

@@ -9,9 +9,8 @@ from typing import Any
 import typer
 
 from .. import results
-from ..errors import UserInputError
 from ..files import ensure_writable_dir
-from .common import guard, out, print_frame
+from .common import guard, out, print_frame, results_source
 
 
 def print_report(study_name: str, folder: Path, df: Any = None) -> None:
@@ -50,15 +49,12 @@ def report(
     """Print the Pareto table; write trials.csv, pareto.csv, pareto.png (--baseline: comparison.csv, .png)."""
 
     def run() -> None:
-        if (results_dir is None) == (storage is None):
-            raise UserInputError(
-                "report",
-                "give either a results directory or --storage (with --study)",
-                "e.g. nas-sepconv report results/default",
-            )
+        source = results_source(
+            results_dir, storage, command="report", example="e.g. nas-sepconv report results/default"
+        )
         if out_dir is not None:
             ensure_writable_dir(out_dir, "--out")
-        df = results.load(results_dir if results_dir is not None else storage, study=study)
+        df = results.load(source, study=study)
         folder = out_dir or (results_dir if results_dir is not None else Path("results") / df.attrs["study"])
         if out_dir is None:  # the outputs go beside the study
             ensure_writable_dir(

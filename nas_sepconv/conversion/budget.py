@@ -49,8 +49,9 @@ import torch.nn.functional as F
 from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
 from ..measure import output_tensors
+from ..measure.inputs import eval_mode
 from ..progress import track
-from .calibration import EvalMode, batch_list, on_device, resolve_device, run_batch
+from .calibration import batch_list, on_device, resolve_device, run_batch
 from .latency import DEFAULT_CANDIDATES, LatencyTable
 from .least_squares import refit
 from .plan import Plan
@@ -158,7 +159,7 @@ def sensitivity(
         example_inputs = _first_sample(data)
     base = make_plan(model, policy, example_inputs=example_inputs)
     held = data if eval_batches is None else batch_list(eval_batches, dev)
-    with EvalMode(reference_model):
+    with eval_mode(reference_model):
         references = [run_batch(reference_model, b) for b in held]
     rows = []
     pairs = [(entry, spec) for entry in base.converted for spec in specs]
@@ -169,7 +170,7 @@ def sensitivity(
         converted = apply_plan(model, plan, init="svd").to(dev)
         if refit_sites:
             refit(converted, reference_model, data, plan=plan, iterations=iterations)
-        with EvalMode(converted):
+        with eval_mode(converted):
             outputs = [run_batch(converted, b) for b in held]
         e = next(e for e in plan.entries if e.name == entry.name)
         rows.append(

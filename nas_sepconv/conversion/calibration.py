@@ -23,11 +23,11 @@ import torch.nn as nn
 
 from ..blocks import CONV_TYPES, BlockSpec, as_spec
 from ..errors import UserInputError
+from ..measure.inputs import model_device
 from .plan import META_KEY
 
 __all__ = [
     "CalibrationSite",
-    "EvalMode",
     "StopForward",
     "batch_list",
     "calibration_sites",
@@ -161,11 +161,7 @@ def run_hooked(model: nn.Module, batch: Any, handles: list) -> Any:
 
 
 def resolve_device(model: nn.Module, device: Any) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+    return torch.device(device) if device is not None else model_device(model)
 
 
 def on_device(model: nn.Module, device: torch.device) -> nn.Module:
@@ -173,22 +169,6 @@ def on_device(model: nn.Module, device: torch.device) -> nn.Module:
     if all(t.device == device for t in [*model.parameters(), *model.buffers()]):
         return model
     return copy.deepcopy(model).to(device)
-
-
-class EvalMode:
-    """Put models in eval mode and restore every module's own flag afterwards."""
-
-    def __init__(self, *models: nn.Module):
-        self.modules = [m for model in models for m in model.modules()]
-
-    def __enter__(self) -> None:
-        self.flags = [m.training for m in self.modules]
-        for m in self.modules:
-            m.training = False
-
-    def __exit__(self, *exc: Any) -> None:
-        for m, flag in zip(self.modules, self.flags):
-            m.training = flag
 
 
 def forward_order(original: nn.Module, sites: list[CalibrationSite], batch: Any) -> list[CalibrationSite]:

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..errors import UserInputError
 from ..measure import as_inputs, wrong_input
-from ..measure.inputs import check_example_size
+from ..measure.inputs import check_example_size, eval_mode
 
 __all__ = ["ExampleInputs", "check_examples", "example_list", "naming_item", "run_each"]
 
@@ -88,15 +88,10 @@ def run_each(model: nn.Module, examples: list[tuple], *, start: int) -> None:
     does not run on is named, not dropped; raises :func:`~nas_sepconv.measure.wrong_input`'s error."""
     if start >= len(examples):
         return
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         for i, inputs in enumerate(examples[start:], start):
             with naming_item(i, len(examples)), torch.no_grad():
                 try:
                     model(*inputs)
                 except Exception as exc:
                     raise wrong_input(model, inputs, exc) from exc
-    finally:
-        for m, f in flags.items():
-            m.training = f

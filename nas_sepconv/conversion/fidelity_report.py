@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from ..blocks import ConvGeometry, dense_weight, effective_weight, resize_kernel
+from ..measure.inputs import eval_mode
 from .calibration import (
     CalibrationSite,
-    EvalMode,
     batch_list,
     calibration_sites,
     forward_order,
@@ -66,7 +66,7 @@ def fidelity(converted: nn.Module, original: nn.Module, batches: Iterable[Any], 
     data = batch_list(batches, dev)
     sites = calibration_sites(converted, original, plan)
     sums = {s.name: [0.0, 0.0, 0.0] for s in sites}  # accumulated err², local err², ref²
-    with EvalMode(converted, original):
+    with eval_mode(converted, original):
         sites = forward_order(original, sites, data[0])
         live = [s for s in sites if s.calls]
         for batch in data:

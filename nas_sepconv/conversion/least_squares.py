@@ -25,10 +25,10 @@ import torch.nn as nn
 
 from ..blocks import CONV_TYPES, ConvGeometry, effective_weight
 from ..errors import UserInputError
+from ..measure.inputs import eval_mode
 from ..progress import progress as show_progress
 from .calibration import (
     CalibrationSite,
-    EvalMode,
     StopForward,
     batch_list,
     calibration_sites,
@@ -274,7 +274,7 @@ def refit(
         )
     sites = calibration_sites(converted, original, plan, unconverted=layers == "all")
     rows = []
-    with EvalMode(converted, original):
+    with eval_mode(converted, original):
         ordered = forward_order(original, sites, data[0])
         with show_progress(progress, "refit", len(ordered), unit="sites") as bar:
             for site in ordered:

@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..blocks import CONV_TYPES, ConvGeometry
 from ..measure import wrong_input
+from ..measure.inputs import eval_mode
 from .examples import check_examples, example_list, naming_item, run_each
 
 __all__ = [
@@ -228,11 +229,9 @@ def _sites_from_hooks(model: nn.Module, examples: list[tuple]) -> tuple[list[Sit
             found[name] = replace(old, calls=old.calls + calls, grad_enabled=old.grad_enabled and grad)
 
     handles = [m.register_forward_hook(hook) for m in names]
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
     functional = _FunctionalConvs(model)
     try:
-        with torch.enable_grad(), functional:
+        with eval_mode(model), torch.enable_grad(), functional:
             for i, inputs in enumerate(examples):
                 first[0] = i == 0
                 with naming_item(i, len(examples)):
@@ -243,25 +242,18 @@ def _sites_from_hooks(model: nn.Module, examples: list[tuple]) -> tuple[list[Sit
     finally:
         for h in handles:
             h.remove()
-        for m, f in flags.items():
-            m.training = f
     sites = list(found.values())
     notes = [f"{n}: functional convolution; left as is (only conv modules are swapped)" for n in functional.seen]
     return sites + _unreached(model, sites), notes
 
 
 def _shape_prop(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
-    flags = {m: m.training for m in gm.modules()}
-    gm.eval()
     try:
         # ShapeProp prints a traceback itself before re-raising; our one-line error replaces it
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+        with eval_mode(gm), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(*inputs)
     except Exception as exc:
         raise wrong_input(model, inputs, exc) from exc
-    finally:
-        for m, f in flags.items():
-            m.training = f
 
 
 def find_sites(model: nn.Module, example_inputs: Any) -> tuple[list[Site], bool, list[str]]:

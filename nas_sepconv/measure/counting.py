@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .inputs import _eval_mode, as_inputs, wrong_input
+from .inputs import as_inputs, eval_mode, wrong_input
 
 __all__ = ["count_macs", "count_params", "profile"]
 
@@ -233,7 +233,7 @@ def _run_counted(model: nn.Module, inputs: tuple) -> dict[str, int]:
     """MACs per module path ('' = the root), each including its children, from one forward."""
     counter = _MacCounter(model)
     try:
-        with _eval_mode(model), torch.no_grad(), counter:
+        with eval_mode(model), torch.no_grad(), counter:
             model(*inputs)
     finally:
         counter.remove()

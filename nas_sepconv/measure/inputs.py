@@ -20,9 +20,11 @@ __all__ = [
     "activation_bytes",
     "as_inputs",
     "check_example_size",
+    "eval_mode",
     "first_conv",
     "input_mismatch",
     "meta_copy",
+    "model_device",
     "output_tensors",
     "wrong_input",
 ]
@@ -84,11 +86,18 @@ def as_inputs(example_inputs: Any) -> tuple:
     )
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration (BatchNorm statistics untouched), previous flags restored."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """``models`` in eval mode for the duration (BatchNorm statistics untouched), every module's
+    own flag restored afterwards."""
+    flags = {m: m.training for model in models for m in model.modules()}
+    for model in models:
+        model.eval()
     try:
         yield
     finally:
@@ -113,7 +122,7 @@ def first_conv(model: nn.Module, inputs: tuple) -> tuple[str, nn.Module, tuple[i
 
     handles = [m.register_forward_pre_hook(hook) for m in names]
     try:
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(*inputs)
     except Exception:  # _Reached, or the forward failed before any convolution
         pass
@@ -199,7 +208,7 @@ def activation_bytes(
     x = torch.empty(tuple(input_shape), dtype=dtype, device="meta")
     counter = _OutputBytes()
     try:
-        with _eval_mode(meta), torch.no_grad(), counter:
+        with eval_mode(meta), torch.no_grad(), counter:
             meta(x)
     except Exception as exc:
         mismatch = input_mismatch(meta, (x,))

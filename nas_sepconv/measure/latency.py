@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
-from .inputs import _eval_mode, as_inputs
+from .inputs import as_inputs, eval_mode, model_device
 from .runtimes import find_runtime, prepare_forward
 
 __all__ = ["MAX_THREADS", "check_threads", "measure_latency", "summarise", "time_rounds", "torch_threads"]
@@ -94,12 +94,9 @@ def measure_latency(
     check_repeats(repeats, warmup)
     record = find_runtime(runtime)
     inputs = as_inputs(example_inputs)
-    first = next(iter(model.parameters()), None)
-    device = (
-        torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
-    )
+    device = torch.device(device) if device is not None else model_device(model)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch_threads(threads), _eval_mode(model):
+    with torch_threads(threads), eval_mode(model):
         with torch.no_grad():
             forward = prepare_forward(model, inputs, runtime=record, threads=threads, device=device, dtype=dtype)
         with torch.inference_mode():

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from ..blocks import BlockSpec
+from ..blocks import ACTIVATIONS, BlockSpec
 from ..errors import UserInputError
 from ..jsonfile import loads
 from ..recipe import MAX_INPUT_SIDE
@@ -19,7 +19,7 @@ from .heads import HEADS
 
 __all__ = ["ARCH_ACTS", "Arch", "MAX_CHANNELS", "MAX_LAYERS", "Stage", "is_int", "is_number", "make_divisible"]
 
-ARCH_ACTS = ("relu", "relu6", "hswish")
+ARCH_ACTS = tuple(name for name in ACTIVATIONS if name != "none")  # the blocks' table, less "none"
 #: The largest network an :class:`Arch` may describe (an Arch can come from a file): layers
 #: after the depth multiplier, and channels of any layer after the width multiplier.
 MAX_LAYERS = 1000

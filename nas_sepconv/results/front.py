@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import UserInputError
 from .objectives import KNOWN_DIRECTIONS, LOG_SCALE_COLUMNS
 
-__all__ = ["pareto_front", "hypervolume", "knee"]
+__all__ = ["pareto_front", "hypervolume", "knee", "nondominated_fronts"]
 
 
 def _directions(df: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str] | None) -> list[str]:
@@ -101,6 +101,23 @@ def _non_dominated(losses: np.ndarray) -> np.ndarray:
         lt = (losses[None, :, :] < rows).any(axis=2)  # (b, n): other < row somewhere
         keep[lo : lo + block] = ~(le & lt).any(axis=1)
     return keep
+
+
+def nondominated_fronts(losses: np.ndarray) -> np.ndarray:
+    """The non-dominated front of each row of ``losses`` (n x k, every column minimised): 0 for
+    the rows no other row dominates, 1 for those only rows of front 0 dominate, and so on
+    (NSGA-II's non-dominated sorting, Deb et al. 2002): each front is the non-dominated rows of
+    those not yet on a front."""
+    losses = np.asarray(losses, dtype="float64")
+    fronts = np.full(len(losses), -1, dtype=np.int64)
+    left = np.arange(len(losses))
+    level = 0
+    while len(left):
+        current = _non_dominated(losses[left])
+        fronts[left[current]] = level
+        left = left[~current]
+        level += 1
+    return fronts
 
 
 def pareto_front(

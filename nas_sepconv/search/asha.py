@@ -4,8 +4,9 @@ Schmucker, Donini, Perrone, Archambeau, "Multi-objective multi-fidelity hyperpar
 optimization with application to fairness" (2021, arXiv:2106.12639): ASHA (Li et al., "A System
 for Massively Parallel Hyperparameter Tuning", MLSys 2020) whose rung decision ranks the rung's
 results by non-dominated sorting.  We use the NSGA-II selection the paper offers (Deb et al.,
-"A fast and elitist multiobjective genetic algorithm: NSGA-II", 2002): non-dominated fronts,
-then the crowding distance inside a front.
+"A fast and elitist multiobjective genetic algorithm: NSGA-II", 2002): non-dominated fronts
+(the results layer's :func:`~nas_sepconv.results.front.nondominated_fronts`), then the crowding
+distance inside a front.
 
 Rungs are in epochs: ``min_epochs · eta^k`` below the epochs a candidate trains (the full
 budget), then the full budget itself (:func:`rung_epochs`).  A trial trains in one run of
@@ -35,6 +36,7 @@ import optuna
 
 from ..errors import UserInputError
 from ..results import OBJECTIVES
+from ..results.front import nondominated_fronts
 
 __all__ = [
     "StopAtRung",
@@ -78,27 +80,6 @@ def rung_epochs(min_epochs: int, eta: int, budget: int) -> tuple[int, ...]:
         rungs.append(epochs)
         epochs *= eta
     return (*rungs, budget)
-
-
-def nondominated_fronts(losses: np.ndarray) -> np.ndarray:
-    """The non-dominated front of each row of ``losses`` (n x k, every column minimised): 0 for
-    the rows no other row dominates, 1 for those only rows of front 0 dominate, and so on
-    (NSGA-II's non-dominated sorting, Deb et al. 2002).  Row j dominates row i when it is <= in
-    every column and < in one; identical rows do not dominate each other."""
-    losses = np.asarray(losses, dtype="float64")
-    n = len(losses)
-    le = (losses[None, :, :] <= losses[:, None, :]).all(axis=2)  # [i, j]: j <= i everywhere
-    lt = (losses[None, :, :] < losses[:, None, :]).any(axis=2)
-    dominated_by = le & lt  # [i, j]: j dominates i
-    fronts = np.full(n, -1, dtype=np.int64)
-    left = np.ones(n, dtype=bool)
-    level = 0
-    while left.any():
-        current = left & ~(dominated_by & left[None, :]).any(axis=1)
-        fronts[current] = level
-        left &= ~current
-        level += 1
-    return fronts
 
 
 def crowding_distance(losses: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_
 from ..data import calibration_batches, load_dataset
 from ..errors import TrainingDiverged
 from ..io import build_from_recipe
-from ..measure import count_macs, count_params
+from ..measure import count_macs, count_params, torch_threads
 from ..train import converted_features, evaluate, fit
 from .asha import RungLadder, StopAtRung
 from .base_model import prepare_base, record_base
@@ -28,7 +28,6 @@ from .seeding import seeded
 from .settings import Settings
 from .spaces import Space
 from .suggestion import Candidate, StoredTrial, suggest
-from .threads import torch_threads
 
 
 class TrialContext:

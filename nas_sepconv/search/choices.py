@@ -14,6 +14,7 @@ from typing import Any, Union
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..errors import UserInputError
+from ..recipe import MAX_MULTIPLIER
 from ..train import MAX_BATCH_SIZE, MAX_EPOCHS
 
 __all__ = [
@@ -42,7 +43,7 @@ class SpaceLimits:
     The multipliers lie in ``(0, mult]``: MobileNet's α and ρ are at most about 2 in practice.
     """
 
-    mult: float = 4.0  # width_mult, depth_mult, resolution_mult (every value of the choice)
+    mult: float = MAX_MULTIPLIER  # width_mult, depth_mult, resolution_mult (every value of the choice)
     channels: int = 4096  # stem_channels, a stage's out_channels, head_channels (before width_mult)
     repeats: int = 64  # layers of one stage (before depth_mult)
     stages: int = 64  # stages of a build space

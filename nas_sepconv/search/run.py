@@ -36,7 +36,7 @@ from ..data import load_dataset
 from ..errors import StorageError, UserInputError
 from ..files import atomic_write, ensure_writable_dir
 from ..io import check_device
-from ..measure import check_threads
+from ..measure import check_threads, torch_threads
 from ..models import model_from_name
 from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
 from .base_model import check_base_cache
@@ -48,7 +48,7 @@ from .settings import Settings
 from .spaces import Space, load_space, with_data_root, with_multi_fidelity
 from .study import claim_session, open_study
 from .tally import check_run, counts
-from .threads import choose_threads, torch_threads
+from .threads import choose_threads
 from .workers import _interruptible, _sigint_deferred, _worker_loop
 
 __all__ = [

@@ -37,7 +37,8 @@ class Candidate:
     spec_by_param: dict[str, str]
 
 
-def resolution_for(space: Space, base_side: int, resolution_mult: float) -> int:
+def resolution_for(base_side: int, resolution_mult: float) -> int:
+    """The input side for a data set of side ``base_side`` at ``resolution_mult`` (at least 8)."""
     return max(8, int(round(base_side * float(resolution_mult))))
 
 
@@ -45,7 +46,7 @@ def trial_resolution(space: Space, trial: Any, base_side: int) -> int:
     """The input side ``trial`` draws from ``space`` (its ``resolution_mult``) for a data set
     of side ``base_side``."""
     spec = space.spec.build if space.spec.kind == "build" else space.spec.convert
-    return resolution_for(space, base_side, suggest_choice(trial, "resolution_mult", spec.resolution_mult))
+    return resolution_for(base_side, suggest_choice(trial, "resolution_mult", spec.resolution_mult))
 
 
 class StoredTrial(optuna.trial.FixedTrial):

@@ -9,12 +9,9 @@ inputs (CIFAR-10 at batch 128 and up) do use them: each worker gets its share of
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
-
-import torch
+from collections.abc import Sequence
 
 from ..measure import MAX_THREADS
 
@@ -39,17 +36,3 @@ def choose_threads(input_shape: Sequence[int], *, batch_size: int, workers: int 
     if batch_size * math.prod(input_shape) < SMALL_BATCH_ELEMENTS:
         return 1
     return min(MAX_THREADS, max(1, cores // max(1, workers)))  # (a trial records them: within --threads' bound)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` for the block (None: unchanged), then restored."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
