@@ -44,7 +44,15 @@ from torch import Tensor
 
 from ..errors import UserInputError
 
-__all__ = ["init_distributed", "is_main_process"]
+__all__ = [
+    "World",
+    "broadcast_buffers",
+    "check_sharded",
+    "init_distributed",
+    "is_main_process",
+    "set_loader_epoch",
+    "wrap_ddp",
+]
 
 #: the environment torchrun sets in every process it starts
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -85,18 +93,18 @@ def init_distributed(*, backend: str | None = None) -> torch.device:
 def is_main_process() -> bool:
     """True in the process that writes files and shows progress: rank 0, or the only process
     when ``torch.distributed`` is not initialised."""
-    return _World.current().rank == 0
+    return World.current().rank == 0
 
 
 @dataclass(frozen=True)
-class _World:
+class World:
     """This process's rank and the number of processes (0 and 1 without a process group)."""
 
     rank: int = 0
     size: int = 1
 
     @classmethod
-    def current(cls) -> _World:
+    def current(cls) -> World:
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
@@ -128,7 +136,7 @@ def _collective_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
 
 
-def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` in DistributedDataParallel (rank 0's parameters and buffers are broadcast to
     every process now, its buffers again before each training forward)."""
     from torch.nn.parallel import DistributedDataParallel
@@ -136,7 +144,7 @@ def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def _broadcast_buffers(model: nn.Module) -> None:
+def broadcast_buffers(model: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) to every process, so that all copies
     evaluate, and end, the same."""
     for buf in model.buffers():
@@ -147,7 +155,7 @@ def _broadcast_buffers(model: nn.Module) -> None:
             buf.copy_(tmp)
 
 
-def _check_sharded(loader: Any, world: _World, field: str) -> None:
+def check_sharded(loader: Any, world: World, field: str) -> None:
     """Refuse a DataLoader that would give every process the same batches: one built with the
     default sampler (sequential or random) rather than a DistributedSampler."""
     from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
@@ -170,7 +178,7 @@ def _check_sharded(loader: Any, world: _World, field: str) -> None:
         )
 
 
-def _set_epoch(loader: Any, epoch: int) -> None:
+def set_loader_epoch(loader: Any, epoch: int) -> None:
     """``set_epoch(epoch)`` on the loader's samplers that have it (a DistributedSampler draws a
     new order per epoch only when told), and on the loader itself if it has one."""
     seen: list[Any] = []

@@ -27,20 +27,32 @@ from ..data import Dataset, DeviceLoader, Split
 from ..errors import UserInputError
 from .checks import check_batch, check_outputs, checked_forward
 from .config import TrainConfig
-from .distributed import _check_sharded, _set_epoch, _World
+from .distributed import World, check_sharded, set_loader_epoch
 
-__all__: list[str] = []  # used by fit and evaluate only
+# used by fit, evaluate and the losses only (not re-exported by the package)
+__all__ = [
+    "EVAL_BATCH",
+    "DatasetFeed",
+    "LoaderFeed",
+    "amp_context",
+    "as_loader",
+    "batch_counts",
+    "check_iterable",
+    "is_map_style",
+    "split_counts",
+]
 
 _FIX = "pass a nas_sepconv Dataset, a DataLoader, a torch map-style dataset, or an iterable of (inputs, targets) tensor pairs"
 _NO_VAL = "pass validation batches, or leave val out (val_accuracy is then NaN)"
 EVAL_BATCH = 512
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def amp_context(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``, or a context that does nothing when ``dtype`` is None."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-def _check_iterable(data: Any, field: str, epochs: int) -> None:
+def check_iterable(data: Any, field: str, epochs: int) -> None:
     """An iterable of batches that can be iterated once per epoch (refit's accepted forms)."""
     if isinstance(data, (str, bytes, Split)) or not isinstance(data, abc.Iterable):
         raise UserInputError(
@@ -54,7 +66,7 @@ def _check_iterable(data: Any, field: str, epochs: int) -> None:
         )
 
 
-def _map_style(data: Any) -> bool:
+def is_map_style(data: Any) -> bool:
     """A torch map-style dataset (``__getitem__`` and ``__len__``: a TensorDataset, an ImageFolder)."""
     from torch.utils.data import Dataset as TorchDataset
     from torch.utils.data import IterableDataset
@@ -62,7 +74,7 @@ def _map_style(data: Any) -> bool:
     return isinstance(data, TorchDataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__")
 
 
-def _as_loader(data: Any, cfg: TrainConfig, world: _World, *, train: bool) -> Any:
+def as_loader(data: Any, cfg: TrainConfig, world: World, *, train: bool) -> Any:
     """A map-style dataset as a DataLoader in the main process: global batches of
     ``cfg.batch_size``, each process its share of every one (a ``DistributedSampler`` seeded with
     ``cfg.seed``, one process or N: the same order); training drops the last partial batch."""
@@ -107,7 +119,7 @@ def _steps_of(data: Iterable[Any], steps_per_epoch: int | None) -> int:
     return n
 
 
-class _DatasetFeed:
+class DatasetFeed:
     """An in-memory Dataset on the device; under torch.distributed, this process's slice of
     every global batch, and its share of the evaluation (counts summed across processes)."""
 
@@ -119,7 +131,7 @@ class _DatasetFeed:
         resolution: int | None,
         channels_last: bool,
         amp_dtype: torch.dtype | None,
-        world: _World,
+        world: World,
     ):
         self.data, self.resolution, self.channels_last, self.amp_dtype, self.world = (
             data.to(device),
@@ -167,7 +179,7 @@ class _DatasetFeed:
             return float("nan")
         if self.world.distributed:
             split = Split(split.x[self.world.rank :: self.world.size], split.y[self.world.rank :: self.world.size])
-        correct, _ = _split_counts(
+        correct, _ = split_counts(
             model,
             split,
             self.data,
@@ -187,7 +199,7 @@ class _DatasetFeed:
         return self._accuracy(model, self.data.test) if len(self.data.test) else None
 
 
-class _LoaderFeed:
+class LoaderFeed:
     """The user's batches (a DataLoader or any re-iterable of (inputs, targets)), moved to the
     device; ``val`` the same or None.  ``steps_per_epoch`` caps an epoch when given."""
 
@@ -199,16 +211,16 @@ class _LoaderFeed:
         device: torch.device,
         channels_last: bool,
         amp_dtype: torch.dtype | None,
-        world: _World,
+        world: World,
         steps_per_epoch: int | None,
     ):
-        _check_iterable(data, "data", cfg.epochs)
+        check_iterable(data, "data", cfg.epochs)
         if val is not None:
-            _check_iterable(val, "val", cfg.epochs)
+            check_iterable(val, "val", cfg.epochs)
             if isinstance(val, abc.Sized) and len(val) == 0:
                 raise UserInputError("val", "has no batches", _NO_VAL)
-        _check_sharded(data, world, "data")
-        _check_sharded(val, world, "val")
+        check_sharded(data, world, "data")
+        check_sharded(val, world, "val")
         self.data, self.val, self.device, self.channels_last, self.amp_dtype, self.world = (
             data,
             val,
@@ -235,7 +247,7 @@ class _LoaderFeed:
         return x, y.to(self.device, non_blocking=True)
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        _set_epoch(self.data, epoch - 1)
+        set_loader_epoch(self.data, epoch - 1)
         step = 0
         for step, batch in enumerate(self.data, 1):
             yield self._moved(*_pair(batch, step - 1, "data"))
@@ -253,7 +265,7 @@ class _LoaderFeed:
         one-shot iterator, whose first batch evaluation then checks."""
         if self.val is None or isinstance(self.val, abc.Iterator):
             return
-        _, total = _batch_counts(
+        _, total = batch_counts(
             model,
             itertools.islice(self.val, 1),
             self.device,
@@ -267,7 +279,7 @@ class _LoaderFeed:
     def val_accuracy(self, model: nn.Module) -> float:
         if self.val is None:
             return float("nan")
-        correct, total = _batch_counts(
+        correct, total = batch_counts(
             model, self.val, self.device, "val", amp_dtype=self.amp_dtype, channels_last=self.channels_last
         )
         counts = self.world.sum(torch.stack([correct, total]))
@@ -280,7 +292,7 @@ class _LoaderFeed:
 
 
 @torch.no_grad()
-def _split_counts(
+def split_counts(
     model: nn.Module,
     split: Split,
     data: Dataset,
@@ -302,14 +314,14 @@ def _split_counts(
         channels_last=channels_last,
     )
     correct = torch.zeros((), dtype=torch.long, device=split.device)
-    with _autocast(split.device, amp_dtype):
+    with amp_context(split.device, amp_dtype):
         for x, y in loader:
             correct += (model(x).argmax(dim=1) == y).sum()
     return correct, len(split)
 
 
 @torch.no_grad()
-def _batch_counts(
+def batch_counts(
     model: nn.Module,
     batches: Iterable[Any],
     device: torch.device,
@@ -322,7 +334,7 @@ def _batch_counts(
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = torch.zeros((), dtype=torch.long, device=device)
-    with _autocast(device, amp_dtype):
+    with amp_context(device, amp_dtype):
         for i, batch in enumerate(batches):
             x, y = _pair(batch, i, field)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

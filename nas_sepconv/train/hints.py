@@ -15,10 +15,12 @@ from torch import Tensor
 
 from ..errors import UserInputError
 
-__all__: list[str] = []  # used by fit and distill only
+# used by fit and distill only (not re-exported by the package)
+__all__ = ["FeatureHints", "check_distill_args", "check_features", "distill_loss"]
 
 
-def _check_distill_args(temperature: float, alpha: float) -> None:
+def check_distill_args(temperature: float, alpha: float) -> None:
+    """Refuse a distillation temperature that is not a positive number, or an alpha outside [0, 1]."""
     if (
         isinstance(temperature, bool)
         or not isinstance(temperature, (int, float))
@@ -30,7 +32,8 @@ def _check_distill_args(temperature: float, alpha: float) -> None:
         raise UserInputError("distill.alpha", f"must be in [0, 1], got {alpha!r}", "use e.g. 0.9")
 
 
-def _check_features(features: Any, weight: float, teacher: nn.Module | None) -> tuple[str, ...]:
+def check_features(features: Any, weight: float, teacher: nn.Module | None) -> tuple[str, ...]:
+    """The module names to hint (none when ``weight`` is 0), checked: names, a weight >= 0, a teacher."""
     if (
         isinstance(features, str)
         or not isinstance(features, (list, tuple))
@@ -48,7 +51,7 @@ def _check_features(features: Any, weight: float, teacher: nn.Module | None) -> 
     return tuple(features) if weight > 0 else ()
 
 
-class _FeatureHints:
+class FeatureHints:
     """Collects the outputs of the named modules of a student and its teacher during one
     training forward pass (``active``) and turns them into the hint loss: the mean over
     modules (and calls) of ‖f_s − f_t‖² / ‖f_t‖²."""
@@ -114,7 +117,7 @@ class _FeatureHints:
         self.handles.clear()
 
 
-def _distill_loss(
+def distill_loss(
     student: Tensor, teacher: Tensor, y: Tensor, temperature: float, alpha: float, smoothing: float
 ) -> Tensor:
     """Hinton et al. 2015: ``alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE``."""

@@ -32,9 +32,9 @@ from ..data import Dataset, Split
 from ..errors import TrainingDiverged, UserInputError
 from ..progress import progress as show_progress
 from .config import FitResult, TrainConfig
-from .distributed import _broadcast_buffers, _World
-from .feeds import EVAL_BATCH, _batch_counts, _check_iterable, _map_style, _split_counts
-from .hints import _check_distill_args, _check_features
+from .distributed import World, broadcast_buffers
+from .feeds import EVAL_BATCH, batch_counts, check_iterable, is_map_style, split_counts
+from .hints import check_distill_args, check_features
 from .loss import training_loss
 from .run import Run
 
@@ -117,8 +117,8 @@ def fit(
     """
     cfg = _checked_config(config)
     if teacher is not None:
-        _check_distill_args(temperature, alpha)
-    features = _check_features(features, feature_weight, teacher)
+        check_distill_args(temperature, alpha)
+    features = check_features(features, feature_weight, teacher)
     run = Run.start(model, data, val, steps_per_epoch, cfg, torch.device(device), resolution)
     with training_loss(run, model, teacher, features, temperature, alpha, feature_weight) as loss_of:
         return _train(run, model, loss_of, on_epoch, progress, evaluate_test)
@@ -172,7 +172,7 @@ def _train_epochs(
             epoch_start = time.perf_counter()
             train_loss, lr = _train_epoch(run, model, loss_of, epoch)
             if run.world.distributed:
-                _broadcast_buffers(model)
+                broadcast_buffers(model)
             val_acc = run.feed.val_accuracy(model)
             history.append(
                 {
@@ -263,12 +263,12 @@ def evaluate(
     mode is restored afterwards.
     """
     device = torch.device(device)
-    if _map_style(split) and not isinstance(split, Split):
+    if is_map_style(split) and not isinstance(split, Split):
         from torch.utils.data import DataLoader
 
         split = DataLoader(split, batch_size=batch_size)
     if not isinstance(split, Split):
-        _check_iterable(split, "split", 1)
+        check_iterable(split, "split", 1)
     elif data is None:
         raise UserInputError("data", "a Split needs its Dataset (for the normalisation)", "pass data=dataset")
     elif len(split) == 0:
@@ -277,9 +277,9 @@ def evaluate(
     model.to(device)
     try:
         if isinstance(split, Split):
-            correct, total = _split_counts(model, split.to(device), data, resolution=resolution, batch_size=batch_size)
+            correct, total = split_counts(model, split.to(device), data, resolution=resolution, batch_size=batch_size)
             return correct.item() / total
-        counts = _World.current().sum(torch.stack(_batch_counts(model, split, device, "split")))
+        counts = World.current().sum(torch.stack(batch_counts(model, split, device, "split")))
         if counts[1].item() == 0:
             raise UserInputError("split", "has no batches", "evaluate on batches with images")
         return counts[0].item() / counts[1].item()

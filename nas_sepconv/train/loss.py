@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_batch, check_outputs, check_teacher, checked_forward
-from .distributed import _wrap
-from .feeds import _autocast
-from .hints import _distill_loss, _FeatureHints
+from .distributed import wrap_ddp
+from .feeds import amp_context
+from .hints import FeatureHints, distill_loss
 from .run import Run
 
 __all__ = ["training_loss"]
@@ -39,8 +39,8 @@ def training_loss(
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
         teacher.to(run.device).eval()
-    hints = _FeatureHints(model, teacher, features) if features else None
-    net = _wrap(model, run.device) if run.world.distributed else model
+    hints = FeatureHints(model, teacher, features) if features else None
+    net = wrap_ddp(model, run.device) if run.world.distributed else model
     try:
         yield _loss_function(run, net, teacher, hints, temperature, alpha, feature_weight)
     finally:
@@ -54,7 +54,7 @@ def _loss_function(
     run: Run,
     net: nn.Module,
     teacher: nn.Module | None,
-    hints: _FeatureHints | None,
+    hints: FeatureHints | None,
     temperature: float,
     alpha: float,
     feature_weight: float,
@@ -68,7 +68,7 @@ def _loss_function(
         first, unchecked[0] = unchecked[0], False
         if first:
             check_batch(x, y, "data")
-        with _autocast(run.device, run.amp_dtype):
+        with amp_context(run.device, run.amp_dtype):
             if hints is not None:
                 hints.active = True
             try:
@@ -85,7 +85,7 @@ def _loss_function(
         if first:
             check_teacher(logits, teacher_logits)
         student = _full(logits)
-        loss = _distill_loss(student, teacher_logits.to(student.dtype), y, temperature, alpha, smoothing)
+        loss = distill_loss(student, teacher_logits.to(student.dtype), y, temperature, alpha, smoothing)
         return loss if hints is None else loss + feature_weight * hints.loss()
 
     return loss_of

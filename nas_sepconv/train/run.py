@@ -17,8 +17,8 @@ import torch.nn as nn
 from ..data import Dataset
 from ..errors import UserInputError
 from .config import OPTIMIZERS, SCHEDULES, TrainConfig
-from .distributed import _World
-from .feeds import _as_loader, _DatasetFeed, _LoaderFeed, _map_style
+from .distributed import World
+from .feeds import DatasetFeed, LoaderFeed, as_loader, is_map_style
 
 __all__ = ["Run"]
 
@@ -30,10 +30,10 @@ class Run:
 
     cfg: TrainConfig
     device: torch.device
-    world: _World
+    world: World
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler
-    feed: _DatasetFeed | _LoaderFeed
+    feed: DatasetFeed | LoaderFeed
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
 
@@ -54,7 +54,7 @@ class Run:
     ) -> Run:
         """Seed, move the model to ``device``, choose the precision, build the feed of batches,
         the optimizer and the schedule."""
-        world = _World.current()
+        world = World.current()
         cuda = device.type == "cuda"
         if cuda and device.index is None and world.distributed:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -82,8 +82,8 @@ def _feed(
     resolution: int | None,
     channels_last: bool,
     amp_dtype: torch.dtype | None,
-    world: _World,
-) -> _DatasetFeed | _LoaderFeed:
+    world: World,
+) -> DatasetFeed | LoaderFeed:
     """The in-memory Dataset's feed, or the user's batches'."""
     if isinstance(data, Dataset):
         for name, value in (("val", val), ("steps_per_epoch", steps_per_epoch)):
@@ -94,13 +94,13 @@ def _feed(
                     "validation split and batch size)",
                     f"drop {name}=, or pass data as a DataLoader",
                 )
-        return _DatasetFeed(data, cfg, device, resolution, channels_last, amp_dtype, world)
+        return DatasetFeed(data, cfg, device, resolution, channels_last, amp_dtype, world)
     if resolution is not None:
         raise UserInputError(
             "resolution", "applies to a nas_sepconv Dataset, not to batches", "resize in your DataLoader's transforms"
         )
-    data, val = (_as_loader(d, cfg, world, train=d is data) if _map_style(d) else d for d in (data, val))
-    return _LoaderFeed(data, val, cfg, device, channels_last, amp_dtype, world, steps_per_epoch)
+    data, val = (as_loader(d, cfg, world, train=d is data) if is_map_style(d) else d for d in (data, val))
+    return LoaderFeed(data, val, cfg, device, channels_last, amp_dtype, world, steps_per_epoch)
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

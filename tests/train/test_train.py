@@ -216,9 +216,9 @@ def test_distill_loss_is_hinton():
     pt = torch.softmax(t / T, 1)
     kl = (pt * (pt.log() - torch.log_softmax(s / T, 1))).sum(1).mean()
     expected = alpha * T * T * kl + (1 - alpha) * nn.functional.cross_entropy(s, y)
-    got = hints_mod._distill_loss(s, t, y, T, alpha, 0.0)
+    got = hints_mod.distill_loss(s, t, y, T, alpha, 0.0)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert hints_mod._distill_loss(t, t, y, T, 1.0, 0.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert hints_mod.distill_loss(t, t, y, T, 1.0, 0.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_reestimate_batchnorm(digits):
@@ -319,7 +319,7 @@ def test_feature_hint_loss_is_relative_squared_error():
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU())
     student = copy.deepcopy(teacher)
-    hints = hints_mod._FeatureHints(student, teacher, ["0", "1"])
+    hints = hints_mod.FeatureHints(student, teacher, ["0", "1"])
     x = torch.randn(4, 2, 8, 8)
     hints.active = True
     student(x), teacher(x)
