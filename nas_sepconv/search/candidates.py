@@ -145,7 +145,8 @@ def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
     return model
 
 
-def _reward(accuracy: float, macs: int, space: Space) -> float:
+def reward(accuracy: float, macs: int, space: Space) -> float:
+    """The single-objective reward: accuracy times (MACs / target MACs) to the reward exponent."""
     s = space.spec.search
     return accuracy * (macs / s.target_macs) ** s.reward_exponent
 
@@ -209,7 +210,7 @@ def _run_candidate(
                 metrics["latency_ms"], metrics["latency_source"] = trial_latency(ctx, model, x)
             ladder.on_epoch(epoch, val_acc, metrics)
         if trial is not None and s.mode == "scalarised":
-            trial.report(_reward(val_acc, macs, space), epoch)
+            trial.report(reward(val_acc, macs, space), epoch)
             if trial.should_prune():
                 metrics.update(accuracy=val_acc, epochs=epoch)
                 pruned = optuna.TrialPruned(f"pruned at epoch {epoch}")

@@ -17,11 +17,11 @@ from .settings import Settings
 #: system attribute of a running trial: ``host:pid`` of the process that runs it
 WORKER_ATTR = "nas_sepconv:worker"
 
+#: this process's ``host:pid``, the value of WORKER_ATTR on the trials it runs
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
-_WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
-
-def _fail_stale_trials(study: optuna.Study, settings: Settings) -> None:
+def fail_stale_trials(study: optuna.Study, settings: Settings) -> None:
     """Fail the RUNNING trials whose worker died, each with its ``fail_reason``: those whose
     heartbeat stopped (Optuna's ``fail_stale_trials``, which records no reason), and those run
     by a process of this machine that is gone (a search killed, or stopped by a full disk, runs
@@ -59,7 +59,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class _RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
+class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a trial whose worker died, without the dead trial's ``fail_reason``
     (the retry copies its user attributes: it would complete with a failure reason)."""
 
@@ -76,7 +76,7 @@ def _heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
     return get_interval is not None and get_interval() is not None
 
 
-class _Heartbeat:
+class Heartbeat:
     """Records the storage heartbeat of the running trial (Optuna does this only inside
     ``study.optimize``; we use ask/tell)."""
 

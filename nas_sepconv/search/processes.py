@@ -18,7 +18,7 @@ from ..errors import StorageError, UserInputError
 from ..storage import open_storage
 from .settings import Settings
 from .threads import available_cores
-from .workers import _INTERRUPTED, _sigint_deferred, _worker_loop, quiet_optuna
+from .workers import INTERRUPTED, quiet_optuna, sigint_deferred, worker_loop
 
 #: exit status of a worker stopped by a storage failure (EX_TEMPFAIL); its message goes up a queue
 STORAGE_FAILED = 75
@@ -32,13 +32,13 @@ def _worker_main(settings: Settings, worker: int, errors: Any = None) -> None:
 
     def interrupt_once(signum: int, frame: Any) -> None:  # Ctrl-C reaches us and the parent forwards it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _INTERRUPTED.set()
+        INTERRUPTED.set()
         raise KeyboardInterrupt
 
     try:
         signal.signal(signal.SIGINT, interrupt_once)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        _worker_loop(settings, worker, parent=os.getppid())
+        worker_loop(settings, worker, parent=os.getppid())
     except KeyboardInterrupt:  # the running trial is recorded FAIL; exit without a traceback
         sys.exit(130)
     except StorageError as exc:  # the parent reports it, once
@@ -66,7 +66,7 @@ def _available_memory() -> int | None:
         return None
 
 
-def _check_workers(workers: int) -> None:
+def check_workers(workers: int) -> None:
     """At most one worker per CPU core, and ~1 GiB of available memory per worker: more start
     that many torch processes that only fight over cores and memory (or get OOM-killed)."""
     cores = available_cores()
@@ -98,7 +98,10 @@ def _start_worker(ctx: Any, settings: Settings, number: int, errors: Any) -> Any
     return proc
 
 
-def _run_workers(settings: Settings, update: Callable[[], None]) -> None:
+def run_workers(settings: Settings, update: Callable[[], None]) -> None:
+    """Run ``settings.workers`` spawned worker processes to the end, replacing killed ones and
+    calling ``update`` when the count of finished trials changes; on Ctrl-C or a failed storage,
+    stop them all (each records its running trial as FAIL) and raise."""
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.SimpleQueue()
     procs: dict[int, Any] = {}
@@ -111,7 +114,7 @@ def _run_workers(settings: Settings, update: Callable[[], None]) -> None:
         study_id = storage.get_study_id_from_name(settings.study)
         while procs:
             time.sleep(1.0)
-            if _INTERRUPTED.is_set():  # swallowed on the way: see _interrupt
+            if INTERRUPTED.is_set():  # swallowed on the way: see _interrupt
                 raise KeyboardInterrupt
             for i, p in list(procs.items()):
                 if p.exitcode is None:
@@ -131,7 +134,7 @@ def _run_workers(settings: Settings, update: Callable[[], None]) -> None:
                 seen = finished
                 update()
     except BaseException:  # Ctrl-C or a failed storage: each worker records its running trial as FAIL, then stops
-        with _sigint_deferred():
+        with sigint_deferred():
             for p in procs.values():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGINT)

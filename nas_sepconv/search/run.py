@@ -42,14 +42,14 @@ from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_
 from .base_model import check_base_cache
 from .candidates import build_candidate, run_candidate
 from .outputs import SearchStatus, refresh_outputs
-from .processes import _check_workers, _run_workers
+from .processes import check_workers, run_workers
 from .samplers import check_grid_trials, make_sampler
 from .settings import Settings
 from .spaces import Space, load_space, with_data_root, with_multi_fidelity
 from .study import claim_session, open_study
 from .tally import check_run, counts
 from .threads import choose_threads
-from .workers import _interruptible, _sigint_deferred, _worker_loop
+from .workers import interruptible, sigint_deferred, worker_loop
 
 __all__ = [
     "search",
@@ -174,12 +174,12 @@ def _run(the_study: optuna.Study, settings: Settings, progress: Callable[[Search
     holds its trials, or the time or the failure limit is up; the outputs are rewritten after
     each trial, and after an error that stops the run.  Returns the last status."""
     update = _updater(the_study, settings, progress)
-    with _interruptible(), torch_threads(settings.threads if settings.workers == 1 else None):
+    with interruptible(), torch_threads(settings.threads if settings.workers == 1 else None):
         try:
             if settings.workers == 1:
-                _worker_loop(settings, 0, on_finish=update)
+                worker_loop(settings, 0, on_finish=update)
             else:
-                _run_workers(settings, update)
+                run_workers(settings, update)
         except BaseException:
             with contextlib.suppress(
                 Exception
@@ -211,7 +211,7 @@ def _settings(
         raise UserInputError("--trials", f"must be >= 1, got {trials}")
     if workers < 1:
         raise UserInputError("--workers", f"must be >= 1, got {workers}")
-    _check_workers(workers)
+    check_workers(workers)
     check_threads(threads, "--threads")
     if timeout is not None and math.isnan(timeout):
         raise UserInputError(
@@ -325,7 +325,7 @@ def _updater(
         progress(SearchStatus(target=settings.trials, done=n["done"], failed=n["failed"], running=n["running"]))
 
     def update() -> SearchStatus:
-        with _sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written
+        with sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written
             status = refresh_outputs(the_study, settings.out_dir) or SearchStatus(target=settings.trials)
             n = counts(the_study, settings.session)
             status.target, status.done, status.running = settings.trials, n["done"], n["running"]

@@ -13,7 +13,7 @@ from ..errors import StorageError, UserInputError
 from ..results import OBJECTIVES
 from ..results.stored import TAMPERED, read_study
 from ..storage import lock, open_storage, redact
-from .heartbeat import _RetryStale
+from .heartbeat import RetryStale
 from .samplers import make_sampler, process_seed
 from .schema import candidate_epochs
 from .settings import Settings
@@ -40,7 +40,7 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
     storage = open_storage(
         settings.storage,
         heartbeat=settings.heartbeat,
-        stale_callback=_RetryStale(max_retry=settings.retries) if settings.retries else None,
+        stale_callback=RetryStale(max_retry=settings.retries) if settings.retries else None,
     )
     names = metric_names(space)
     directions = [OBJECTIVES[n].direction for n in names]
@@ -54,8 +54,8 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             load_if_exists=True,
         )
     except Exception as exc:
-        if isinstance(exc, OSError) or _is_storage_failure(exc):
-            raise _storage_error(exc, settings.storage, "opening the study") from None
+        if isinstance(exc, OSError) or is_storage_failure(exc):
+            raise storage_error(exc, settings.storage, "opening the study") from None
         raise
     if [d.name.lower() for d in study.directions] != directions:
         raise UserInputError(
@@ -73,8 +73,8 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             study.set_user_attr(MULTI_FIDELITY_ATTR, mf)
             study.set_user_attr("space", space.name)
         except Exception as exc:
-            if isinstance(exc, OSError) or _is_storage_failure(exc):
-                raise _storage_error(exc, settings.storage, "creating the study") from None
+            if isinstance(exc, OSError) or is_storage_failure(exc):
+                raise storage_error(exc, settings.storage, "creating the study") from None
             raise
     elif existing != space.name or (recorded is not None and _defining(recorded) != _defining(space.text)):
         raise UserInputError(
@@ -125,8 +125,8 @@ def claim_session(study: optuna.Study, settings: Settings) -> int:
                 raise UserInputError(SESSIONS_ATTR, problem, TAMPERED)
             study._storage.set_study_system_attr(study._study_id, SESSIONS_ATTR, count + 1)
     except Exception as exc:
-        if isinstance(exc, OSError) or _is_storage_failure(exc):
-            raise _storage_error(exc, settings.storage, "opening the study") from None
+        if isinstance(exc, OSError) or is_storage_failure(exc):
+            raise storage_error(exc, settings.storage, "opening the study") from None
         raise
     return count
 
@@ -137,11 +137,12 @@ def _defining(space_yaml: str) -> dict:
     return parse_space(space_yaml).spec.model_dump(exclude={"description": True, "search": {"trials", "max_failures"}})
 
 
-def _is_storage_failure(exc: BaseException) -> bool:
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the storage failing (Optuna, SQLAlchemy or sqlite), not the trial."""
     return isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error))
 
 
-def _storage_error(exc: BaseException, url: str | None, doing: str) -> StorageError:
+def storage_error(exc: BaseException, url: str | None, doing: str) -> StorageError:
     """One line for a storage that failed (the chained SQLAlchemy traceback runs to ~500 lines)."""
     chain, seen = [], exc
     while seen is not None and len(chain) < 10:  # StorageInternalError <- OperationalError <- sqlite3 ...

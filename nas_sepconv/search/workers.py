@@ -22,10 +22,10 @@ import torch.nn as nn
 from ..errors import CandidateError, StorageError, TrainingDiverged, UserInputError
 from ..io import save_model
 from ..storage import lock
-from .candidates import TrialContext, _reward, run_candidate
-from .heartbeat import _WORKER_ID, WORKER_ATTR, _fail_stale_trials, _Heartbeat
+from .candidates import TrialContext, reward, run_candidate
+from .heartbeat import WORKER_ATTR, WORKER_ID, Heartbeat, fail_stale_trials
 from .settings import Settings
-from .study import _is_storage_failure, _storage_error, open_study
+from .study import is_storage_failure, open_study, storage_error
 from .suggestion import Candidate
 from .tally import FINISHED, SESSION_ATTR, SURPLUS, counts, failure_limit
 
@@ -33,7 +33,7 @@ from .tally import FINISHED, SESSION_ATTR, SURPLUS, counts, failure_limit
 def _claim(study: optuna.Study, settings: Settings) -> optuna.trial.Trial | str:
     """A new trial, or ``"finished"`` / ``"wait"``."""
     with lock(settings.out_dir):
-        _fail_stale_trials(study, settings)
+        fail_stale_trials(study, settings)
         n = counts(study, settings.session)
         if n["done"] >= settings.trials:
             return "finished"
@@ -44,10 +44,10 @@ def _claim(study: optuna.Study, settings: Settings) -> optuna.trial.Trial | str:
         try:
             trial = study.ask()
         except Exception as exc:
-            raise _storage_error(exc, settings.storage, "starting a trial") from None
+            raise storage_error(exc, settings.storage, "starting a trial") from None
         try:
-            _Heartbeat.beat_once(study, trial, settings.heartbeat)  # a worker dying from here on is detected
-            study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, _WORKER_ID)
+            Heartbeat.beat_once(study, trial, settings.heartbeat)  # a worker dying from here on is detected
+            study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, WORKER_ID)
             study._storage.set_trial_system_attr(trial._trial_id, SESSION_ATTR, settings.session)
             claimed = sorted(
                 t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
@@ -77,7 +77,7 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
     beat = None
     metrics: dict[str, Any] = {}
     try:
-        beat = _Heartbeat(study, trial, settings.heartbeat)
+        beat = Heartbeat(study, trial, settings.heartbeat)
         candidate = ctx.suggest(trial)
         trial.set_user_attr("arch", candidate.summary)
         trial.set_user_attr("seed", settings.seed + trial.number)
@@ -94,14 +94,14 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
         ):  # (a stopped trial is never on the front)
             _save_weights(settings, trial, model, candidate)
         values = (
-            [_reward(metrics["accuracy"], metrics["macs"], space)]
+            [reward(metrics["accuracy"], metrics["macs"], space)]
             if space.spec.search.mode == "scalarised"
             else [metrics[k] for k in space.spec.search.objectives]
         )
         try:
             study.tell(trial, values)
         except Exception as exc:  # the storage could not take the result (disk full, server gone)
-            raise _storage_error(exc, settings.storage, f"recording trial {trial.number}") from None
+            raise storage_error(exc, settings.storage, f"recording trial {trial.number}") from None
     except optuna.TrialPruned as exc:  # its metrics so far: the last validation accuracy, MACs, params, epochs
         metrics = {**metrics, **getattr(exc, "metrics", {})}
         for key in ("accuracy", "macs", "params", "arch", "resolution", "epochs"):
@@ -116,9 +116,9 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
         _tell_failed(study, trial, "the storage failed while recording it", quiet=True)
         raise
     except Exception as exc:  # every failure of a candidate is recorded; the study goes on
-        if _is_storage_failure(exc):
+        if is_storage_failure(exc):
             _tell_failed(study, trial, "the storage failed while recording it", quiet=True)
-            raise _storage_error(exc, settings.storage, f"recording trial {trial.number}") from None
+            raise storage_error(exc, settings.storage, f"recording trial {trial.number}") from None
         _tell_failed(study, trial, _fail_reason(exc))
     finally:
         if beat is not None:
@@ -150,7 +150,7 @@ def _tell_failed(study: optuna.Study, trial: optuna.trial.Trial, reason: str, *,
         pass
     except Exception as exc:  # the storage itself fails: the trial stays RUNNING until a resume fails it
         if not quiet:
-            raise _storage_error(exc, None, f"recording trial {trial.number} as failed") from None
+            raise storage_error(exc, None, f"recording trial {trial.number} as failed") from None
 
 
 def _maybe_inject_failure(trial: optuna.trial.Trial) -> None:
@@ -173,16 +173,16 @@ def _maybe_inject_failure(trial: optuna.trial.Trial) -> None:
 #: set by Ctrl-C.  The handlers also raise KeyboardInterrupt at once, to stop the running trial;
 #: but Python drops an exception raised while a finalizer (``__del__``, a weakref callback) runs,
 #: so the claim loop checks this too and stops after the trial.
-_INTERRUPTED = threading.Event()
+INTERRUPTED = threading.Event()
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    _INTERRUPTED.set()
+    INTERRUPTED.set()
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def _sigint_deferred():
+def sigint_deferred():
     """Hold Ctrl-C back for the block (main thread only): it raises KeyboardInterrupt after."""
     previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     if previous not in (signal.default_int_handler, _interrupt):
@@ -191,7 +191,7 @@ def _sigint_deferred():
     caught: list[int] = []
 
     def hold(signum: int, frame: Any) -> None:
-        _INTERRUPTED.set()
+        INTERRUPTED.set()
         caught.append(signum)
 
     signal.signal(signal.SIGINT, hold)
@@ -204,10 +204,10 @@ def _sigint_deferred():
 
 
 @contextlib.contextmanager
-def _interruptible():
-    """Ctrl-C in the block sets :data:`_INTERRUPTED` and raises KeyboardInterrupt (main thread,
+def interruptible():
+    """Ctrl-C in the block sets :data:`INTERRUPTED` and raises KeyboardInterrupt (main thread,
     default handler only); the default handler is put back after the block."""
-    _INTERRUPTED.clear()
+    INTERRUPTED.clear()
     main = (
         threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -221,13 +221,13 @@ def _interruptible():
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _worker_loop(
+def worker_loop(
     settings: Settings, worker: int, on_finish: Callable[[], None] | None = None, *, parent: int | None = None
 ) -> None:
     """Claim and run trials until the study holds ``settings.trials`` finished trials.  A
     spawned worker (``parent`` given) stops when its parent process is gone, so a killed
     ``nas-sepconv search`` leaves no orphans behind."""
-    # we record heartbeats ourselves around ask/tell (see _Heartbeat); Optuna warns on ask()
+    # we record heartbeats ourselves around ask/tell (see Heartbeat); Optuna warns on ask()
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     ctx = TrialContext(settings)
     study = open_study(settings, worker=worker)
@@ -245,7 +245,7 @@ def _worker_loop(
         _run_one(ctx, study, claim)
         if on_finish:
             on_finish()
-        if _INTERRUPTED.is_set():  # the KeyboardInterrupt was swallowed on the way (see _interrupt)
+        if INTERRUPTED.is_set():  # the KeyboardInterrupt was swallowed on the way (see _interrupt)
             raise KeyboardInterrupt
 
 

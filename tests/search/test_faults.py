@@ -383,13 +383,13 @@ def test_a_trial_failed_by_the_heartbeat_gets_a_reason_and_its_retry_does_not(tm
     """Optuna's fail_stale_trials records no reason; ours does (and a retry starts clean)."""
     import warnings
 
-    from nas_sepconv.search.heartbeat import _RetryStale
+    from nas_sepconv.search.heartbeat import RetryStale
     from nas_sepconv.storage import open_storage
 
     space = write_space(tmp_path)
     run_search(str(space), trials=1, out=tmp_path / "out", heartbeat=1)
     storage = open_storage(
-        f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}", heartbeat=1, stale_callback=_RetryStale(max_retry=1)
+        f"sqlite:///{tmp_path / 'out' / 'tiny' / 'study.db'}", heartbeat=1, stale_callback=RetryStale(max_retry=1)
     )
     study = optuna.load_study(study_name="tiny", storage=storage)
     orphan = study.ask({"width_mult": optuna.distributions.CategoricalDistribution([0.5, 1.0])})

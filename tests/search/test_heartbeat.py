@@ -8,14 +8,14 @@ from types import SimpleNamespace
 
 import optuna
 
-from nas_sepconv.search.heartbeat import WORKER_ATTR, _fail_stale_trials
+from nas_sepconv.search.heartbeat import WORKER_ATTR, fail_stale_trials
 
 
 def _orphan(tmp_path, pid: str) -> optuna.Study:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
     trial = study.ask()
     study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{pid}")
-    _fail_stale_trials(study, SimpleNamespace(heartbeat=0))
+    fail_stale_trials(study, SimpleNamespace(heartbeat=0))
     return study
 
 

@@ -403,11 +403,11 @@ def test_swallowed_interrupt_still_stops_the_search(tmp_path, monkeypatch):
     def run_one(ctx, study, trial):
         real_run_one(ctx, study, trial)
         if trial.number == 0:  # Ctrl-C whose KeyboardInterrupt got lost
-            search_mod._INTERRUPTED.set()
+            search_mod.INTERRUPTED.set()
 
     monkeypatch.setattr(search_mod, "_run_one", run_one)
     handler = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
-    monkeypatch.setattr(search_mod, "_INTERRUPTED", threading.Event())  # not left set for other tests
+    monkeypatch.setattr(search_mod, "INTERRUPTED", threading.Event())  # not left set for other tests
     with pytest.raises(KeyboardInterrupt):
         run_search(str(space), trials=4, out=str(tmp_path / "out"))
     trials = optuna.load_study(
