@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..errors import UserInputError
 from .arrays import typed
-from .front import _candidates, _directions, _losses, hypervolume, knee, pareto_front
+from .front import eligible_rows, hypervolume, knee, loss_matrix, pareto_front, resolve_directions
 from .objectives import LOG_SCALE_COLUMNS
 
 __all__ = ["compare"]
@@ -66,7 +66,7 @@ def compare(
     searched = list(studies)
     studies = {**studies, **baselines}
     first = next(iter(studies.values()))
-    dirs = _directions(first, objectives, directions)
+    dirs = resolve_directions(first, objectives, directions)
     logged = [o for o in objectives if o in log_scale]
     transformed, stacked = _log_transformed(studies, objectives, dirs, logged)
     if reference is None:
@@ -133,14 +133,14 @@ def _log_transformed(
     transformed: dict[str, pd.DataFrame] = {}
     all_losses = []
     for name, df in studies.items():
-        _directions(df, objectives, dirs)  # checks the columns
+        resolve_directions(df, objectives, dirs)  # checks the columns
         t = df.copy()
         for o in logged:
             v = pd.to_numeric(t[o], errors="coerce").astype("float64")
             t[o] = np.log10(v.where(v > 0))
         transformed[name] = t
-        losses = _losses(t, objectives, dirs)
-        all_losses.append(losses[_candidates(t, losses)])
+        losses = loss_matrix(t, objectives, dirs)
+        all_losses.append(losses[eligible_rows(t, losses)])
     stacked = np.vstack(all_losses) if all_losses else np.empty((0, len(objectives)))
     return transformed, stacked
 
@@ -176,8 +176,8 @@ def _study_row(
     name: str, df: pd.DataFrame, objectives: Sequence[str], dirs: list[str], log_scale: Sequence[str]
 ) -> dict[str, Any]:
     """``name``, the counts, the front size and the best value of each objective."""
-    losses = _losses(df, objectives, dirs)
-    ok = _candidates(df, losses)
+    losses = loss_matrix(df, objectives, dirs)
+    ok = eligible_rows(df, losses)
     row: dict[str, Any] = {
         "name": name,
         "n_trials": len(df),
@@ -198,8 +198,8 @@ def _knee_columns(
     df: pd.DataFrame, objectives: Sequence[str], dirs: list[str], log_scale: Sequence[str]
 ) -> dict[str, Any]:
     """``knee_number`` and ``knee_<o>``; NA when the study has no eligible row."""
-    losses = _losses(df, objectives, dirs)
-    if not _candidates(df, losses).any():
+    losses = loss_matrix(df, objectives, dirs)
+    if not eligible_rows(df, losses).any():
         return {"knee_number": pd.NA, **{f"knee_{o}": np.nan for o in objectives}}
     k = knee(df, objectives=objectives, directions=dirs, log_scale=log_scale)
     row: dict[str, Any] = {"knee_number": k["number"] if "number" in k.index else k.name}

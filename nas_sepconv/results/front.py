@@ -15,10 +15,19 @@ import pandas as pd
 from ..errors import UserInputError
 from .objectives import KNOWN_DIRECTIONS, LOG_SCALE_COLUMNS
 
-__all__ = ["pareto_front", "hypervolume", "knee", "nondominated_fronts"]
+__all__ = [
+    "pareto_front",
+    "hypervolume",
+    "knee",
+    "nondominated_fronts",
+    "eligible_rows",
+    "loss_matrix",
+    "non_dominated_mask",
+    "resolve_directions",
+]
 
 
-def _directions(df: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str] | None) -> list[str]:
+def resolve_directions(df: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str] | None) -> list[str]:
     """Validated list of "maximize"/"minimize", one per objective."""
     if isinstance(objectives, str):
         raise UserInputError(
@@ -59,7 +68,7 @@ def _directions(df: pd.DataFrame, objectives: Sequence[str], directions: Sequenc
     return [known[o] for o in objectives]
 
 
-def _losses(df: pd.DataFrame, objectives: Sequence[str], dirs: Sequence[str]) -> np.ndarray:
+def loss_matrix(df: pd.DataFrame, objectives: Sequence[str], dirs: Sequence[str]) -> np.ndarray:
     """Objective values as a float matrix to minimise (maximised columns negated)."""
     cols = []
     for o, d in zip(objectives, dirs):
@@ -68,7 +77,7 @@ def _losses(df: pd.DataFrame, objectives: Sequence[str], dirs: Sequence[str]) ->
     return np.column_stack(cols) if cols else np.empty((len(df), 0))
 
 
-def _candidates(df: pd.DataFrame, losses: np.ndarray, *, include_stopped: bool = False) -> np.ndarray:
+def eligible_rows(df: pd.DataFrame, losses: np.ndarray, *, include_stopped: bool = False) -> np.ndarray:
     """Rows eligible for the front: COMPLETE (when a state column exists), feasible (trials over
     a hard budget are recorded with ``feasible`` False and are never on the front), trained to
     the full budget unless ``include_stopped`` (the multi-fidelity mode records a trial it
@@ -84,7 +93,7 @@ def _candidates(df: pd.DataFrame, losses: np.ndarray, *, include_stopped: bool =
     return ok
 
 
-def _non_dominated(losses: np.ndarray) -> np.ndarray:
+def non_dominated_mask(losses: np.ndarray) -> np.ndarray:
     """Boolean mask of the rows of ``losses`` (n x k, minimised) that no other row dominates.
 
     Row j dominates row i when it is <= in every objective and < in at least one; identical
@@ -113,7 +122,7 @@ def nondominated_fronts(losses: np.ndarray) -> np.ndarray:
     left = np.arange(len(losses))
     level = 0
     while len(left):
-        current = _non_dominated(losses[left])
+        current = non_dominated_mask(losses[left])
         fronts[left[current]] = level
         left = left[~current]
         level += 1
@@ -150,12 +159,12 @@ def pareto_front(
         The front rows sorted by the first minimised objective (then the others, best first),
         or, with ``mask=True``, the boolean Series ``on_front``.
     """
-    dirs = _directions(df, objectives, directions)
-    losses = _losses(df, objectives, dirs)
-    ok = _candidates(df, losses, include_stopped=include_stopped)
+    dirs = resolve_directions(df, objectives, directions)
+    losses = loss_matrix(df, objectives, dirs)
+    ok = eligible_rows(df, losses, include_stopped=include_stopped)
     on_front = np.zeros(len(df), dtype=bool)
     idx = np.flatnonzero(ok)
-    on_front[idx[_non_dominated(losses[idx])]] = True
+    on_front[idx[non_dominated_mask(losses[idx])]] = True
     if mask:
         return pd.Series(on_front, index=df.index, name="on_front")
     order = _front_order(losses[on_front], dirs)
@@ -187,7 +196,7 @@ def _hv(points: np.ndarray, ref: np.ndarray) -> float:
         y = np.minimum.accumulate(points[order, 1])
         widths = np.diff(np.append(x, ref[0]))
         return float(np.sum(widths * (ref[1] - y)))
-    points = points[_non_dominated(points)]
+    points = points[non_dominated_mask(points)]
     points = points[np.argsort(points[:, -1], kind="stable")]
     z = np.append(points[:, -1], ref[-1])
     total = 0.0
@@ -220,7 +229,7 @@ def hypervolume(
             order of ``objectives``, in the columns' own units (accuracy as a fraction, MACs).
         objectives, directions, include_stopped: as in :func:`pareto_front`.
     """
-    dirs = _directions(df, objectives, directions)
+    dirs = resolve_directions(df, objectives, directions)
     if isinstance(reference, Mapping):
         missing = [o for o in objectives if o not in reference]
         if missing:
@@ -239,13 +248,13 @@ def hypervolume(
     if not np.isfinite(ref).all():
         raise UserInputError("reference", f"{ref_values!r} is not finite", "give finite numbers")
     ref = np.where(np.array(dirs) == "maximize", -ref, ref)
-    losses = _losses(df, objectives, dirs)
-    losses = losses[_candidates(df, losses, include_stopped=include_stopped)]
+    losses = loss_matrix(df, objectives, dirs)
+    losses = losses[eligible_rows(df, losses, include_stopped=include_stopped)]
     losses = losses[(losses < ref).all(axis=1)]
     if len(losses) == 0:
         return 0.0
     losses = np.unique(losses, axis=0)
-    return _hv(losses[_non_dominated(losses)], ref)
+    return _hv(losses[non_dominated_mask(losses)], ref)
 
 
 def _normalised_losses(
@@ -296,7 +305,7 @@ def knee(
             "no COMPLETE trial with finite objective values",
             "wait for trials to complete, or check the objective columns",
         )
-    dirs = _directions(df, objectives, directions)
+    dirs = resolve_directions(df, objectives, directions)
     pos = _knee_position(_normalised_losses(front, objectives, dirs, log_scale))
     return front.iloc[pos]
 

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 from ..errors import UserInputError
 
-__all__ = ["Objective", "OBJECTIVES", "METRICS", "objective", "KNOWN_DIRECTIONS", "LOG_SCALE_COLUMNS"]
+__all__ = [
+    "Objective",
+    "OBJECTIVES",
+    "METRICS",
+    "objective",
+    "KNOWN_DIRECTIONS",
+    "LOG_SCALE_COLUMNS",
+    "PERCENT_COLUMNS",
+    "AXIS_LABELS",
+]
 
 
 @dataclass(frozen=True)
@@ -126,9 +135,10 @@ KNOWN_DIRECTIONS: dict[str, str] = {name: m.direction for name, m in METRICS.ite
 #: Columns best read on a logarithmic scale (they span orders of magnitude).
 LOG_SCALE_COLUMNS: tuple[str, ...] = tuple(name for name, m in METRICS.items() if m.log_axis)
 
-# Fractions shown x100, and the axis labels, of the known metric columns.
-_PERCENT_COLUMNS: tuple[str, ...] = tuple(name for name, m in METRICS.items() if m.percent)
-_AXIS_LABELS: dict[str, str] = {name: m.label for name, m in METRICS.items()}
+#: Columns holding fractions, shown x100 (as percent).
+PERCENT_COLUMNS: tuple[str, ...] = tuple(name for name, m in METRICS.items() if m.percent)
+#: The axis label of each known metric column.
+AXIS_LABELS: dict[str, str] = {name: m.label for name, m in METRICS.items()}
 
 
 def objective(name: str) -> Objective:

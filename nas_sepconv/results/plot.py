@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserInputError
-from .front import _candidates, _directions, _losses, _non_dominated, knee
-from .objectives import _AXIS_LABELS, _PERCENT_COLUMNS, LOG_SCALE_COLUMNS
+from .front import eligible_rows, knee, loss_matrix, non_dominated_mask, resolve_directions
+from .objectives import AXIS_LABELS, LOG_SCALE_COLUMNS, PERCENT_COLUMNS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import matplotlib.axes
@@ -54,17 +54,17 @@ class _ParetoPlotData:
 
 
 def _scale(column: str) -> float:
-    return 100.0 if column in _PERCENT_COLUMNS else 1.0
+    return 100.0 if column in PERCENT_COLUMNS else 1.0
 
 
 def _front_2d(df: pd.DataFrame, x: str, y: str, dirs: Sequence[str]) -> _Front2D:
-    losses = _losses(df, (x, y), dirs)
-    ok = _candidates(df, losses)
+    losses = loss_matrix(df, (x, y), dirs)
+    ok = eligible_rows(df, losses)
     eligible = df.iloc[np.flatnonzero(ok)]
-    on_front = _non_dominated(losses[ok])
+    on_front = non_dominated_mask(losses[ok])
     xs = pd.to_numeric(eligible[x]).to_numpy(dtype="float64", na_value=np.nan) * _scale(x)
     ys = pd.to_numeric(eligible[y]).to_numpy(dtype="float64", na_value=np.nan) * _scale(y)
-    stopped = df.iloc[np.flatnonzero(_candidates(df, losses, include_stopped=True) & ~ok)]
+    stopped = df.iloc[np.flatnonzero(eligible_rows(df, losses, include_stopped=True) & ~ok)]
     order = np.lexsort((losses[ok][on_front, 1], xs[on_front]))
     numbers = eligible["number"].to_numpy() if "number" in eligible.columns else eligible.index.to_numpy()
     return _Front2D(
@@ -93,7 +93,7 @@ def _count_infeasible(df: pd.DataFrame) -> int:
 
 
 def _axis_label(column: str, log: bool) -> str:
-    label = _AXIS_LABELS.get(column, column)
+    label = AXIS_LABELS.get(column, column)
     if log:
         label = label[:-1] + ", log scale)" if label.endswith(")") else label + " (log scale)"
     return label
@@ -111,7 +111,7 @@ def _reference_xy(df: pd.DataFrame, x: str, y: str) -> tuple[float, float] | Non
 def _pareto_plot_data(
     df: pd.DataFrame, *, x: str, y: str, baselines: Mapping[str, pd.DataFrame] | None, annotate_knee: bool
 ) -> _ParetoPlotData:
-    dirs = _directions(df, (x, y), None)
+    dirs = resolve_directions(df, (x, y), None)
     main = _front_2d(df, x, y, dirs)
     others = {}
     for name, base in (baselines or {}).items():
@@ -355,7 +355,7 @@ def plot_fronts(
                 f"{name!r} lacks column(s) {missing}",
                 f"give frames with {x!r} and {y!r} columns",
             )
-    dirs = _directions(next(iter(frames.values())), (x, y), None)
+    dirs = resolve_directions(next(iter(frames.values())), (x, y), None)
     fronts = {name: _front_2d(df, x, y, dirs) for name, df in frames.items()}
     if ax is None:
         ax = _new_axes()
