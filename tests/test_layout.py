@@ -16,8 +16,8 @@ facade and may import anything):
     errors
 
 No import cycle between modules, no module over 400 lines, no function over 80 lines, no class
-over 250 lines (as the formatter lays them out), and no test imports a private name (``_x``)
-from a package other than the one it tests.
+over 250 lines (as the formatter lays them out), no module imports another module's private name,
+and no test imports a private name (``_x``) from a package other than the one it tests.
 """
 
 from __future__ import annotations
@@ -243,6 +243,33 @@ def test_the_length_check_sees_a_long_function_and_a_long_class():
         f"f ({MAX_CLASS_LINES + 1} lines, at most {MAX_FUNCTION_LINES})",
         f"C ({MAX_CLASS_LINES + 1} lines, at most {MAX_CLASS_LINES})",
     ]
+
+
+def _private_imports(module: str, source: str, is_package: bool = False) -> list[str]:
+    """The private names (``_x``, not dunders) that ``module`` imports from other nas_sepconv modules."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and _resolve(module, is_package, node):
+            found += [
+                f"{a.name} from {node.module or '.'}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
+    return found
+
+
+def test_no_private_name_crosses_modules():
+    """A module's private name used by another module is a seam in the wrong place: the two are
+    one concept, or the shared part has a public name (DESIGN.md section 5)."""
+    crossing = {m: _private_imports(m, p.read_text(), p.name == "__init__.py") for m, p in MODULES.items()}
+    assert not {m: names for m, names in crossing.items() if names}
+
+
+def test_the_private_import_check_sees_one():
+    planted = (
+        "from .frame import _typed, load\nfrom ..errors import UserInputError\nfrom __future__ import annotations\n"
+    )
+    assert _private_imports("nas_sepconv.results.front", planted) == ["_typed from frame"]
 
 
 def _test_files() -> list[Path]:
