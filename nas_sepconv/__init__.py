@@ -3,7 +3,7 @@
 Model -> plan -> converted model -> trial -> DataFrame, one package per stage::
 
     import nas_sepconv as ns
-    plan = ns.make_plan(model, "dwsep", example_inputs=x)    # conversion/plan.py, sites.py
+    plan = ns.make_plan(model, "dwsep", example_inputs=x)    # conversion/planning.py, sites.py
     model2 = ns.apply_plan(model, plan, init="svd")          # conversion/rewrite.py, blocks/closed_form*.py
     ns.refit(model2, model, batches)                         # conversion/least_squares.py
     plan = ns.plan_for_budget(model, ns.sensitivity(model, batches), macs_ratio=0.25, example_inputs=x)  # conversion/budget.py
