@@ -15,7 +15,8 @@ class NasSepconvError(Exception):
 
 
 class UserInputError(NasSepconvError, ValueError):
-    """Bad input: the message names the field and how to mend it."""
+    """Bad input: the message names the field and how to mend it, on one line (a line break that
+    came with the input, such as a JSON key holding ``\\n``, is shown escaped)."""
 
     def __init__(self, field: str, problem: str, fix: str | None = None):
         self.field = field
@@ -24,7 +25,7 @@ class UserInputError(NasSepconvError, ValueError):
         text = f"{field}: {problem}" if field else problem
         if fix:
             text += f"; {fix}"
-        super().__init__(text)
+        super().__init__(text.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class TrainingDiverged(NasSepconvError, FloatingPointError):

@@ -409,6 +409,16 @@ _recipes = st.one_of(
 )
 
 
+def test_a_line_break_in_a_recipe_key_stays_on_the_error_line(tmp_path):
+    """Found by the fuzz test below: an arch whose key is a line break made a two-line error."""
+    path = _raw_recipe_file(
+        tmp_path / "m.safetensors", json.dumps({"format": 1, "kind": "built", "arch": '{"\\n": null}'})
+    )
+    with pytest.raises(UserInputError, match=r"^arch\.\\n: unknown field; Arch takes ") as info:
+        load_model(path)
+    assert "\n" not in str(info.value) and info.value.field == "arch.\n"
+
+
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
