@@ -78,7 +78,8 @@ OBJECTIVES: dict[str, Objective] = _table(
         "MACs (multiply-accumulates)",
         log_axis=True,
         percent=False,
-        measured_by="multiply-accumulates of conv and linear weights for one input (ns.count_macs)",
+        measured_by="multiply-accumulates of conv and linear weights and of activation-by-activation "
+        "products (attention) for one input (ns.count_macs)",
         searchable=True,
     ),
     Objective(

@@ -59,9 +59,11 @@ def check_run(study: optuna.Study, settings: Settings, *, outputs_warning: str =
     failed, or the failure limit stopped it (:class:`UserInputError` when every failure came
     from the space's choices, else :class:`SearchFailed`); else some of its results could not
     be written (:class:`StorageError`: the weights of its trials, ``outputs_warning``)."""
-    mine = run_trials(study, settings.session)
+    trials = study.get_trials(deepcopy=False)  # read once: every count below is of these
+    mine = run_trials(study, settings.session, trials)
     failed = [t for t in mine if t.state == optuna.trial.TrialState.FAIL]
-    stopped = len(failed) >= failure_limit(settings) and counts(study, settings.session)["done"] < settings.trials
+    done = sum(t.state in FINISHED for t in trials)
+    stopped = len(failed) >= failure_limit(settings) and done < settings.trials
     if failed and (stopped or len(failed) == len(mine)):
         raise _failed(failed, len(mine), stopped, failure_limit(settings))
     unwritten = [outputs_warning.split(";")[0].removeprefix("could not write ")] if outputs_warning else []
