@@ -6,7 +6,8 @@ Model -> plan -> converted model -> trial -> DataFrame, one package per stage::
     plan = ns.make_plan(model, "dwsep", example_inputs=x)    # conversion/planning.py, sites.py
     model2 = ns.apply_plan(model, plan, init="svd")          # conversion/rewrite.py, blocks/closed_form*.py
     ns.refit(model2, model, batches)                         # conversion/least_squares.py
-    plan = ns.plan_for_budget(model, ns.sensitivity(model, batches), macs_ratio=0.25, example_inputs=x)  # conversion/budget.py
+    plan = ns.plan_for_budget(model, ns.sensitivity(model, batches),      # conversion/budget.py
+                              macs_ratio=0.25, example_inputs=x)
     table = ns.latency_table(model, x, runtime="onnxruntime")  # conversion/latency.py, measure/runtimes.py
     study = ns.search("default", trials=24)                  # search/
     df = ns.results.load("results/default")                  # results/

@@ -29,7 +29,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.modules.module as _module_hooks
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from .conversion import Plan, apply_plan, apply_width_mult
 from .errors import UserInputError
@@ -148,9 +152,9 @@ def _size_guard(max_params: int, max_modules: int) -> Iterator[None]:
                 raise _OverBudget(f"more than {max_params:,} parameters and buffers")
 
     handles = [
-        _module_hooks.register_module_module_registration_hook(on_module),
-        _module_hooks.register_module_parameter_registration_hook(on_tensor),
-        _module_hooks.register_module_buffer_registration_hook(on_tensor),
+        register_module_module_registration_hook(on_module),
+        register_module_parameter_registration_hook(on_tensor),
+        register_module_buffer_registration_hook(on_tensor),
     ]
     try:
         yield

@@ -217,7 +217,8 @@ def _check_input_size(size: Any) -> None:
     ):
         raise UserInputError(
             "recipe.input_size",
-            f"expected [C, H, W] of positive ints, at most {MAX_INPUT_SIDE} per side and {MAX_INPUT_ELEMENTS:,} values, got {str(size)[:80]}",
+            f"expected [C, H, W] of positive ints, at most {MAX_INPUT_SIDE} per side and {MAX_INPUT_ELEMENTS:,} "
+            f"values, got {str(size)[:80]}",
             "re-export the model",
         )
 

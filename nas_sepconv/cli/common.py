@@ -49,7 +49,9 @@ class _OneLineErrors(_NoFlagType, TyperGroup):
     """Flags typer cannot parse (unknown flag, a value of the wrong type) also end in one line
     on stderr and exit status 2, like the commands' own errors."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+    def main(  # type: ignore[override]
+        self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra
+    ):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except ClickException as exc:
@@ -131,7 +133,8 @@ def example_input(net: Any, size: tuple[int, ...], text: str) -> Any:
     if need > ACTIVATION_BUDGET:
         raise UserInputError(
             "--input-size",
-            f"{text} needs about {need / 2**30:,.1f} GiB of activations for one example (estimated), above the budget of {ACTIVATION_BUDGET / 2**30:g} GiB",
+            f"{text} needs about {need / 2**30:,.1f} GiB of activations for one example (estimated), above the "
+            f"budget of {ACTIVATION_BUDGET / 2**30:g} GiB",
             f"use a smaller input size, e.g. {size[0]},224,224",
         )
     return torch.randn(shape)

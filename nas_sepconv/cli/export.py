@@ -31,7 +31,10 @@ def export(
         None,
         "--allow-import",
         metavar="NAME",
-        help="a name the results folder may make us import and call: package.module:factory of a convert space, or a torchvision:DATASET (repeatable)",
+        help=(
+            "a name the results folder may make us import and call: package.module:factory of a convert space, or a "
+            "torchvision:DATASET (repeatable)"
+        ),
     ),
     data_root: Path | None = typer.Option(
         None,
@@ -59,7 +62,8 @@ def export(
             data_root=data_root,
         )
         out.print(
-            f"trial {trial}: {info['how']}; accuracy {info['accuracy']:.4f} (recorded {info['recorded_accuracy']:.4f}); wrote {out_file}"
+            f"trial {trial}: {info['how']}; accuracy {info['accuracy']:.4f} (recorded "
+            f"{info['recorded_accuracy']:.4f}); wrote {out_file}"
         )
 
     guard(run)

@@ -59,7 +59,8 @@ def profile(
         if latency:
             lat = measure_latency(net, x, threads=threads, runtime=record.name)
             out.print(
-                f"latency ({record.name}, batch 1, {threads} threads): median {lat['median_ms']:.2f} ms (p10 {lat['p10_ms']:.2f}, p90 {lat['p90_ms']:.2f})"
+                f"latency ({record.name}, batch 1, {threads} threads): median {lat['median_ms']:.2f} ms (p10 "
+                f"{lat['p10_ms']:.2f}, p90 {lat['p90_ms']:.2f})"
             )
 
     guard(run)

@@ -43,7 +43,10 @@ def report(
         None,
         "--baseline",
         metavar="DIR",
-        help="a baseline's results directory (e.g. of a mobilenetv2_width_digits search) to compare with, repeatable: hypervolumes on one common reference, comparison.csv and .png",
+        help=(
+            "a baseline's results directory (e.g. of a mobilenetv2_width_digits search) to compare with, "
+            "repeatable: hypervolumes on one common reference, comparison.csv and .png"
+        ),
     ),
 ) -> None:
     """Print the Pareto table; write trials.csv, pareto.csv, pareto.png (--baseline: comparison.csv, .png)."""

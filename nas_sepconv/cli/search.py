@@ -14,6 +14,18 @@ from ..search import search as run_search
 from .common import err, guard
 from .report import print_report
 
+_HEARTBEAT_HELP = (
+    "seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried"
+)
+_THREADS_HELP = (
+    "torch intra-op threads per worker process (default: 1 for small inputs such as the 16x16 digits, else "
+    "the CPU cores divided among the workers)"
+)
+_MULTI_FIDELITY_HELP = (
+    "stop candidates early at rungs of epochs unless in the best 1/eta by non-dominated sorting (MO-ASHA; "
+    "rungs from the space's search.multi_fidelity, else min_epochs 1, eta 3); default: the space's setting"
+)
+
 
 def search(
     space: str = typer.Option(
@@ -48,7 +60,7 @@ def search(
         10,
         "--heartbeat",
         metavar="S",
-        help="seconds between a running trial's heartbeats; one silent for 3 beats (its worker died) is failed and retried",
+        help=_HEARTBEAT_HELP,
     ),
     data_root: Path | None = typer.Option(
         None,
@@ -60,13 +72,13 @@ def search(
         None,
         "--threads",
         metavar="N",
-        help="torch intra-op threads per worker process (default: 1 for small inputs such as the 16x16 digits, else the CPU cores divided among the workers)",
+        help=_THREADS_HELP,
     ),
     multi_fidelity: bool | None = typer.Option(
         None,
         "--multi-fidelity/--no-multi-fidelity",
         metavar="",
-        help="stop candidates early at rungs of epochs unless in the best 1/eta by non-dominated sorting (MO-ASHA; rungs from the space's search.multi_fidelity, else min_epochs 1, eta 3); default: the space's setting",
+        help=_MULTI_FIDELITY_HELP,
     ),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""

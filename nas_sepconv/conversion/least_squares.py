@@ -256,10 +256,10 @@ def refit(
     line with rate and time left every few seconds and at the end, :mod:`nas_sepconv.progress`).
 
     Returns one row per site in forward order: ``name``, ``kind``, ``method`` (``"last
-    linear"`` or ``"joint (N alternating rounds)"``), ``rel_output_error_before``, ``rel_output_error_after`` (‖y_converted − y_original‖ /
-    ‖y_original‖ at that site on the calibration data, before and after its refit; the
-    "after" value is computed from the normal equations), ``refit_applied``, ``rows``
-    (regression samples), ``note``.
+    linear"`` or ``"joint (N alternating rounds)"``), ``rel_output_error_before``,
+    ``rel_output_error_after`` (‖y_converted − y_original‖ / ‖y_original‖ at that site on the
+    calibration data, before and after its refit; the "after" value is computed from the normal
+    equations), ``refit_applied``, ``rows`` (regression samples), ``note``.
     """
     _check_arguments(ridge, iterations)
     dev = resolve_device(converted, device)

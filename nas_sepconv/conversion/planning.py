@@ -156,7 +156,8 @@ def _warnings(plan: Plan, policy: Policy) -> list[str]:
             else "forward never calls them"
         )
         lines.append(
-            f"{len(plan.not_reached)} conv site(s) not reached by the example inputs, kept: {short_list(plan.not_reached)} ({fix})"
+            f"{len(plan.not_reached)} conv site(s) not reached by the example inputs, kept: "
+            f"{short_list(plan.not_reached)} ({fix})"
         )
     marker = f"{policy.default} would not save MACs: "
     refused = [e for e in plan.entries if e.reason.startswith(marker)]
@@ -165,8 +166,10 @@ def _warnings(plan: Plan, policy: Policy) -> list[str]:
             "; ..." if len(refused) > 3 else ""
         )
         lines.append(
-            f"{policy.default} not made at {len(refused)} site(s), as it would not save MACs there: {shown}; to apply it "
-            f"anyway, pass ns.Policy(default={str(policy.default)!r}, min_macs_saving=None) or name the sites in Policy(rules=...)"
+            f"{policy.default} not made at {len(refused)} site(s), as it would not save MACs there: {shown}; to "
+            "apply it "
+            f"anyway, pass ns.Policy(default={str(policy.default)!r}, min_macs_saving=None) or name the sites in "
+            "Policy(rules=...)"
         )
     against = plan.rules_not_applied
     if against:
@@ -179,7 +182,8 @@ def _warnings(plan: Plan, policy: Policy) -> list[str]:
     if plan.no_grad:
         how = "" if plan.traced else " (conv modules are swapped in place, so forward keeps the region)"
         lines.append(
-            f"{len(plan.no_grad)} conv site(s) run under torch.no_grad() in {plan.model}.forward: {short_list(plan.no_grad)}; "
+            f"{len(plan.no_grad)} conv site(s) run under torch.no_grad() in {plan.model}.forward: "
+            f"{short_list(plan.no_grad)}; "
             f"their blocks will not train through those calls either{how}"
         )
     return lines

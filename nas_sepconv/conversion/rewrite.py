@@ -47,7 +47,8 @@ def _check_finite(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | N
         if bad:
             raise UserInputError(
                 "model",
-                f"layer {entry.name!r} has {bad} non-finite {part} value(s) (NaN or inf), which init='svd' cannot factor",
+                f"layer {entry.name!r} has {bad} non-finite {part} value(s) (NaN or inf), which init='svd' cannot "
+                "factor",
                 "repair or reload the model's weights, or pass init='random'",
             )
 

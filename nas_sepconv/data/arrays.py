@@ -84,7 +84,8 @@ def need_root(root: str | Path | None, kind: str) -> Path:
         raise UserInputError(
             "dataset.root",
             f"{kind} needs a root folder",
-            "set root: in the data section of the space file (data.root), or pass root=... to load_dataset, pointing at the files",
+            "set root: in the data section of the space file (data.root), or pass root=... to load_dataset, "
+            "pointing at the files",
         )
     return existing(Path(root).expanduser())
 

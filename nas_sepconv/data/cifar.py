@@ -110,7 +110,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         raise UserInputError(
             "dataset.root",
-            f"{self.path} is not a plain CIFAR batch: it asks to load {one_line(module)}.{one_line(name)} (refused, it could run code)",
+            f"{self.path} is not a plain CIFAR batch: it asks to load {one_line(module)}.{one_line(name)} (refused, "
+            "it could run code)",
             "use the official cifar-10-batches-py files",
         )
 

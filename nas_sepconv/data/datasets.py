@@ -49,7 +49,8 @@ class Split:
     def __post_init__(self) -> None:
         if self.x.ndim != 4 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
             raise ValueError(
-                f"Split needs x of shape (N, C, H, W) and y of shape (N,), got {tuple(self.x.shape)} and {tuple(self.y.shape)}"
+                f"Split needs x of shape (N, C, H, W) and y of shape (N,), got {tuple(self.x.shape)} and "
+                f"{tuple(self.y.shape)}"
             )
 
     def __len__(self) -> int:

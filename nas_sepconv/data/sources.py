@@ -143,7 +143,8 @@ DATASETS: dict[str, DataSource] = {
             32,
             "crop_flip",
             _cifar10_source,
-            "CIFAR-10 under root (default ~/.cache/nas_sepconv/data/cifar10): an ImageFolder tree, a .tar.gz of one, or cifar-10-batches-py",
+            "CIFAR-10 under root (default ~/.cache/nas_sepconv/data/cifar10): an ImageFolder tree, a .tar.gz of "
+            "one, or cifar-10-batches-py",
         ),
         DataSource(
             "imagefolder",

@@ -151,7 +151,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001 - torch.fx raises many types
         warnings.warn(
-            f"{type(model).__name__} cannot be traced ({type(exc).__name__}); folding conv→BN pairs inside nn.Sequential only"
+            f"{type(model).__name__} cannot be traced ({type(exc).__name__}); folding conv→BN pairs inside "
+            "nn.Sequential only"
         )
         _fold_sequential(model)
         return model

@@ -22,7 +22,8 @@ Conventions read from the Optuna study (written by :mod:`nas_sepconv.search`):
   ``epochs_trained`` and ``rung_results`` (a list, one entry per rung reached:
   ``{"epoch", <objectives>, "population", "promoted"}``, the full budget's without a decision);
 * study user attributes ``mode`` (``"pareto"`` | ``"scalarised"``), ``space``,
-  ``multi_fidelity`` (``{"min_epochs", "eta", "rungs"}`` or None) and, for a convert space, ``base`` (the original model's accuracy, test accuracy, MACs and params).
+  ``multi_fidelity`` (``{"min_epochs", "eta", "rungs"}`` or None) and, for a convert space,
+  ``base`` (the original model's accuracy, test accuracy, MACs and params).
 
 MACs are multiply-accumulates (FLOPs = 2 x MACs).  Nothing here prints.
 """

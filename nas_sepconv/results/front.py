@@ -142,9 +142,10 @@ def pareto_front(
     Only COMPLETE rows (when the frame has a ``state`` column) with finite values in every
     objective take part, and of those neither the infeasible ones (``feasible`` False) nor, by
     default, those the multi-fidelity mode stopped early (``stopped_early`` True: their
-    objectives are a rung's, not the full budget's).  A row is on the front when no other eligible row is at least as good
-    in every objective and strictly better in one.  Ties: rows with identical objective vectors
-    do not dominate one another, so all copies of a non-dominated vector are on the front.
+    objectives are a rung's, not the full budget's).  A row is on the front when no other
+    eligible row is at least as good in every objective and strictly better in one.  Ties: rows
+    with identical objective vectors do not dominate one another, so all copies of a
+    non-dominated vector are on the front.
 
     Args:
         df: a frame from :func:`load` (or any frame with the objective columns).

@@ -272,4 +272,7 @@ def reference_line(table: pd.DataFrame) -> str | None:
             if name == "macs"
             else f"{name} {value:.4g}"
         )
-    return f"reference point: {', '.join(parts)} (per objective the worst value of every study's trials, pushed out by 1% of the range)"
+    return (
+        f"reference point: {', '.join(parts)} (per objective the worst value of every study's trials, pushed out by "
+        "1% of the range)"
+    )

@@ -311,7 +311,8 @@ def _write_meta(settings: Settings) -> None:
         atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2))
     except OSError as exc:  # (the folder was checked writable: a full disk)
         raise StorageError(
-            f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same command again"
+            f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same "
+            "command again"
         ) from None
 
 
@@ -338,7 +339,8 @@ def _updater(
                     if last.user_attrs.get("stopped_early")
                     else last.state.name
                 )
-                status.last = f"#{last.number} {state} {last.user_attrs.get('arch', '')} {last.user_attrs.get('fail_reason', '')}".strip()
+                arch, reason = last.user_attrs.get("arch", ""), last.user_attrs.get("fail_reason", "")
+                status.last = f"#{last.number} {state} {arch} {reason}".strip()
             if progress:
                 progress(status)
         return status

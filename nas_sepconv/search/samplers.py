@@ -163,7 +163,8 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler("random", "uniform random sampling", lambda seed, space: optuna.samplers.RandomSampler(seed=seed)),
         Sampler(
             "grid",
-            "every point of a space whose choices are all lists, once each (a hand-designed family, e.g. MobileNet's width multipliers)",
+            "every point of a space whose choices are all lists, once each (a hand-designed family, e.g. "
+            "MobileNet's width multipliers)",
             _make_grid,
             ("trials",),
         ),

@@ -287,7 +287,8 @@ class SearchSection(Section):
             optional = ", ".join(n for n in SEARCHABLE if n not in REQUIRED_OBJECTIVES)
             raise UserInputError(
                 "objectives",
-                f"got {self.objectives}; they must start with {', '.join(REQUIRED_OBJECTIVES)} (then optionally {optional}), without repeats",
+                f"got {self.objectives}; they must start with {', '.join(REQUIRED_OBJECTIVES)} (then optionally "
+                f"{optional}), without repeats",
             )
         if self.mode == "scalarised" and self.target_macs is None:
             raise UserInputError(

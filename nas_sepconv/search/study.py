@@ -84,9 +84,11 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
         )
     elif study.user_attrs.get(MULTI_FIDELITY_ATTR) != mf:
         was = study.user_attrs.get(MULTI_FIDELITY_ATTR)
+        was_run = "with rungs " + str(was["rungs"]) if was else "without the multi-fidelity mode"
+        asked = "with rungs " + str(mf["rungs"]) if mf else "without it"
         raise UserInputError(
             "--multi-fidelity",
-            f"study {settings.study!r} was run {'with rungs ' + str(was['rungs']) if was else 'without the multi-fidelity mode'}, not {'with rungs ' + str(mf['rungs']) if mf else 'without it'}",
+            f"study {settings.study!r} was run {was_run}, not {asked}",
             "resume it with its own setting, or use another --study name",
         )
     return study
@@ -155,5 +157,6 @@ def storage_error(exc: BaseException, url: str | None, doing: str) -> StorageErr
     detail = detail.splitlines()[0][:160]
     return StorageError(
         f"storage: cannot write to {redact(url) if url else 'the storage'} while {doing} ({detail}); "
-        "free disk space (or mend the database), then run the same command again: finished trials are kept and the search resumes"
+        "free disk space (or mend the database), then run the same command again: finished trials are kept and the "
+        "search resumes"
     )

@@ -42,7 +42,10 @@ __all__ = [
     "split_counts",
 ]
 
-_FIX = "pass a nas_sepconv Dataset, a DataLoader, a torch map-style dataset, or an iterable of (inputs, targets) tensor pairs"
+_FIX = (
+    "pass a nas_sepconv Dataset, a DataLoader, a torch map-style dataset, or an iterable of (inputs, targets) "
+    "tensor pairs"
+)
 _NO_VAL = "pass validation batches, or leave val out (val_accuracy is then NaN)"
 EVAL_BATCH = 512
 
