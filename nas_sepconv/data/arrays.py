@@ -48,18 +48,27 @@ def stratified_take(y: np.ndarray, n_take: int, rng: np.random.Generator) -> tup
 
 def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std on the [0, 1] scale of NCHW images (uint8 via exact histograms)."""
+    if x.dtype == np.uint8:
+        return stats_from_histograms(
+            np.stack([np.bincount(x[:, ch].reshape(-1), minlength=256) for ch in range(x.shape[1])])
+        )
     means, stds = [], []
     for ch in range(x.shape[1]):
-        plane = x[:, ch]
-        if plane.dtype == np.uint8:
-            hist = np.bincount(plane.reshape(-1), minlength=256).astype(np.float64)
-            values = np.arange(256, dtype=np.float64) / 255.0
-            total = hist.sum()
-            mean = float((hist * values).sum() / total)
-            var = float((hist * (values - mean) ** 2).sum() / total)
-        else:
-            plane = plane.astype(np.float64)
-            mean, var = float(plane.mean()), float(plane.var())
+        plane = x[:, ch].astype(np.float64)
+        means.append(float(plane.mean()))
+        stds.append(max(math.sqrt(float(plane.var())), 1e-6))
+    return tuple(means), tuple(stds)
+
+
+def stats_from_histograms(hist: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on the [0, 1] scale from ``(C, 256)`` counts of uint8 values."""
+    means, stds = [], []
+    values = np.arange(256, dtype=np.float64) / 255.0
+    for counts in hist:
+        h = counts.astype(np.float64)
+        total = h.sum()
+        mean = float((h * values).sum() / total)
+        var = float((h * (values - mean) ** 2).sum() / total)
         means.append(mean)
         stds.append(max(math.sqrt(var), 1e-6))
     return tuple(means), tuple(stds)

@@ -29,8 +29,6 @@ def calibration_batches(
         raise UserInputError("n", f"must be a positive int, got {n!r}", "use e.g. 512")
     source: Split = getattr(dataset, split)
     gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randperm(len(source), generator=gen)[:n].to(source.device)  # not sorted: see above
-    loader = DeviceLoader(
-        Split(source.x[idx], source.y[idx]), batch_size=batch_size, mean=dataset.mean, std=dataset.std, shuffle=False
-    )
+    idx = torch.randperm(len(source), generator=gen)[:n]  # not sorted: see above
+    loader = DeviceLoader(source.subset(idx), batch_size=batch_size, mean=dataset.mean, std=dataset.std, shuffle=False)
     return [x for x, _ in loader]

@@ -17,6 +17,7 @@ from ..errors import UserInputError
 from .arrays import Arrays, channel_stats, error_reason, one_line, resize_nchw
 from .cache import cached
 from .folders import load_folder, load_tar
+from .memory import MemoryPlan
 
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -31,22 +32,25 @@ _ARCHIVES = (".tar.gz", ".tgz", ".tar")
 _BATCH_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 
-def load_cifar10(root: Path, size: int) -> Arrays:
+def load_cifar10(root: Path, size: int, memory: MemoryPlan | None = None) -> Arrays:
     """CIFAR-10 from ``root``: any of :data:`CIFAR10_FILL`, or a folder holding one archive of it."""
+    memory = memory or MemoryPlan()
     if root.is_file():
         if root.name.endswith(_ARCHIVES):
+            memory.held_in_memory("CIFAR-10 from an archive is held in memory")
             return cached(root, "tar", size, lambda: _load_archive(root, size))
         raise UserInputError(
             "dataset.root", f"{root} is a file", "point it at a folder (train/, test/) or cifar-10-batches-py"
         )
     for batches in (root, root / "cifar-10-batches-py"):
         if (batches / "data_batch_1").is_file():
+            memory.held_in_memory("CIFAR-10 from its batch files is held in memory")
             return _load_cifar_batches(batches, size)
     if (root / "train").is_dir():
-        return load_folder(root, size, force_rgb=True)
+        return load_folder(root, size, force_rgb=True, memory=memory)
     archives = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(_ARCHIVES)) if root.is_dir() else []
     if len(archives) == 1:  # a folder the archive was dropped into (the default data.root)
-        return load_cifar10(archives[0], size)
+        return load_cifar10(archives[0], size, memory)
     raise UserInputError(
         "dataset.root",
         f"{root} holds neither an ImageFolder tree (train/, test/) nor cifar-10-batches-py"

@@ -3,9 +3,11 @@
 A :class:`Dataset` is three :class:`Split` s (train, val, test) of image tensors ``(N, C, H, W)``
 (``uint8`` in 0..255, or float in [0, 1]) with ``long`` labels, plus the per-channel ``mean`` and
 ``std`` (on the [0, 1] scale, computed over the training images) and the name of its
-augmentation.  Everything fits in memory (CIFAR-10 is 184 MB as ``uint8``), so a whole data set
-moves to the GPU once and :class:`DeviceLoader` does indexing, augmentation, normalisation and
-resizing there, batch at a time, with no per-sample Python.
+augmentation.  A data set that fits the memory budget is held once per machine (CIFAR-10 is 184 MB
+as ``uint8``; image folders as a memory-mapped decoded cache that all processes share) and moves to
+the GPU once; one that does not is streamed: its images stay on disk and DataLoader workers decode
+each batch (:mod:`.memory`, :mod:`.images`).  Either way :class:`DeviceLoader` does indexing,
+augmentation, normalisation and resizing batch at a time, with no per-sample Python.
 
 The sources :func:`load_dataset` reads are the table :data:`~nas_sepconv.data.DATASETS`
 (``sources.py``: one record per source with its name, ``:ARG``, default image size, augmentation
@@ -22,6 +24,7 @@ Decoded image folders are cached as ``.npz`` under ``$NAS_SEPCONV_CACHE`` (defau
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,8 @@ from torch import Tensor
 
 from ..errors import UserInputError
 from .arrays import Arrays, stratified_take
+from .images import ImageFiles
+from .memory import MemoryPlan
 from .sources import dataset_names, find_dataset
 
 __all__ = ["Split", "Dataset", "load_dataset", "MAX_IMAGE_SIZE"]
@@ -39,29 +44,95 @@ __all__ = ["Split", "Dataset", "load_dataset", "MAX_IMAGE_SIZE"]
 MAX_IMAGE_SIZE = 1024
 
 
-@dataclass
 class Split:
-    """Images ``x`` ``(N, C, H, W)`` (``uint8`` 0..255 or float in [0, 1]) and labels ``y`` ``(N,)``."""
+    """The images and labels ``y`` ``(N,)`` of one split.
 
-    x: Tensor
-    y: Tensor
+    ``x`` holds the images the split draws from: an ``(M, C, H, W)`` tensor (``uint8`` 0..255 or
+    float in [0, 1]), which may be the memory-mapped decoded cache every process of the machine
+    shares, or :class:`~nas_sepconv.data.images.ImageFiles`, decoded batch by batch (the streamed
+    path).  ``rows`` picks the split's images out of them, in order (``None``: all ``M``, then
+    ``M == N``), so a validation hold-out is not a copy of the images.  :meth:`take` gathers a batch.
+    """
 
-    def __post_init__(self) -> None:
-        if self.x.ndim != 4 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
+    def __init__(
+        self,
+        x: Tensor | ImageFiles,
+        y: Tensor,
+        *,
+        rows: Tensor | None = None,
+        device: str | torch.device | None = None,
+    ):
+        n = len(x) if rows is None else int(rows.shape[0])
+        if not isinstance(x, ImageFiles) and x.ndim != 4:
+            raise ValueError(f"Split needs images of shape (N, C, H, W), got {tuple(x.shape)}")
+        if y.ndim != 1 or y.shape[0] != n:
             raise ValueError(
-                f"Split needs x of shape (N, C, H, W) and y of shape (N,), got {tuple(self.x.shape)} and "
-                f"{tuple(self.y.shape)}"
+                f"Split needs labels of shape (N,) for its {n} images (x {tuple(self._shape_of(x))}), "
+                f"got {tuple(y.shape)}"
             )
+        self.images, self.y, self.rows = x, y, rows
+        self._device = torch.device(device) if device is not None else None
+
+    @staticmethod
+    def _shape_of(x: Tensor | ImageFiles) -> tuple[int, ...]:
+        return (len(x), *x.image_shape) if isinstance(x, ImageFiles) else tuple(x.shape)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     @property
+    def streamed(self) -> bool:
+        """Whether the images stay on disk and are decoded batch by batch."""
+        return isinstance(self.images, ImageFiles)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self._shape_of(self.images)[1:])  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8 if isinstance(self.images, ImageFiles) else self.images.dtype
+
+    @property
     def device(self) -> torch.device:
-        return self.x.device
+        """Where batches of this split lie."""
+        if self._device is not None:
+            return self._device
+        return torch.device("cpu") if isinstance(self.images, ImageFiles) else self.images.device
+
+    def take(self, idx: Tensor | slice) -> Tensor:
+        """The images at positions ``idx`` of the split (a tensor of indices, or a slice), on :attr:`device`."""
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        rows = idx if self.rows is None else self.rows[idx.to(self.rows.device)]
+        if isinstance(self.images, ImageFiles):
+            return self.images.decode(rows).to(self.device)
+        return self.images[rows.to(self.images.device)]
+
+    @property
+    def x(self) -> Tensor:
+        """All the split's images as one tensor (gathered; a streamed split refuses: it is never held whole)."""
+        if isinstance(self.images, ImageFiles):
+            raise UserInputError(
+                "split.x",
+                f"the split's {len(self)} images are streamed from files, never held whole",
+                "iterate a DeviceLoader over the split, or take(indices) a batch",
+            )
+        return self.images if self.rows is None else self.images[self.rows.to(self.images.device)]
+
+    def subset(self, idx: Tensor) -> Split:
+        """The images at positions ``idx``, sharing the images (no copy)."""
+        rows = idx if self.rows is None else self.rows[idx.to(self.rows.device)]
+        return Split(self.images, self.y[idx.to(self.y.device)], rows=rows, device=self._device)
 
     def to(self, device: str | torch.device) -> Split:
-        """A split with both tensors on ``device`` (the same tensors where already there)."""
+        """The split on ``device``: itself where already there; a streamed split decodes its batches
+        there; an in-memory one is gathered and moved (the data set moves to a GPU once)."""
+        device = torch.device(device)
+        if device == self.device or (device.type == self.device.type and device.index is None):
+            return self
+        if isinstance(self.images, ImageFiles):
+            return Split(self.images, self.y.to(device), rows=self.rows, device=device)
         return Split(self.x.to(device), self.y.to(device))
 
 
@@ -84,6 +155,18 @@ class Dataset:
     augment: str = "none"
     classes: tuple[str, ...] = ()
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the images stay on disk and are decoded batch by batch (:class:`MemoryPlan`)."""
+        return self.train.streamed
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of all its images decoded (what the in-memory path holds, once per machine)."""
+        c, h, w = self.input_shape
+        itemsize = 1 if self.train.dtype == torch.uint8 else self.train.dtype.itemsize
+        return (len(self.train) + len(self.val) + len(self.test)) * c * h * w * itemsize
+
     def to(self, device: str | torch.device) -> Dataset:
         """A copy with the three splits on ``device``."""
         return dataclasses.replace(
@@ -94,7 +177,7 @@ class Dataset:
         return (
             f"Dataset({self.name!r}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
             f"num_classes={self.num_classes}, input_shape={self.input_shape}, augment={self.augment!r}, "
-            f"device={self.train.device})"
+            f"device={self.train.device}, streamed={self.streamed})"
         )
 
 
@@ -106,8 +189,15 @@ def load_dataset(
     seed: int = 0,
     subset: int | None = None,
     image_size: int | None = None,
+    stream: bool | None = None,
+    memory_budget: int | None = None,
 ) -> Dataset:
-    """Load a data set into CPU tensors, with a seeded, stratified validation split.
+    """Load a data set, with a seeded, stratified validation split.
+
+    Image folders (``imagefolder``, ``cifar10`` as an ImageFolder tree) are decoded once into a
+    memory-mapped cache that every process of the machine shares, or, when the decoded images
+    would exceed ``memory_budget``, left on disk and decoded batch by batch by DataLoader worker
+    processes (:class:`MemoryPlan`; the same images, batches and accuracy either way).
 
     Args:
         name: a source of :data:`DATASETS` (:func:`dataset_names`): ``"digits"``, ``"cifar10"``,
@@ -123,7 +213,7 @@ def load_dataset(
             (16 for ``digits``, 32 for ``cifar10`` and ``imagefolder``, native for torchvision).
 
     Returns:
-        A :class:`Dataset` on the CPU; move it with :meth:`Dataset.to`.
+        A :class:`Dataset` on the CPU (its images memory-mapped or streamed); move it with :meth:`Dataset.to`.
 
     Raises:
         UserInputError: unknown name, missing or empty folder, missing files, bad arguments.
@@ -139,14 +229,20 @@ def load_dataset(
     ):
         raise UserInputError(
             "dataset.image_size",
-            f"must be an int in 1..{MAX_IMAGE_SIZE}, got {image_size!r} (the data set is held in memory at this size)",
+            f"must be an int in 1..{MAX_IMAGE_SIZE}, got {image_size!r} (the images are decoded at this size)",
             "use e.g. 32",
         )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserInputError("dataset.seed", f"must be an int, got {seed!r}")
 
+    memory = MemoryPlan(stream=stream, budget=memory_budget)
     source, arg = find_dataset(name)
-    arrays = source.load(arg, root, image_size or source.image_size)
+    size = image_size or source.image_size
+    if source.streams:
+        arrays = source.load(arg, root, size, memory)
+    else:
+        memory.held_in_memory(f"{source.usage} is held in memory")
+        arrays = source.load(arg, root, size)
     augment = source.augment(arg) if callable(source.augment) else source.augment
     return _make_dataset(name.strip(), arrays, augment, val_fraction=val_fraction, seed=seed, subset=subset)
 
@@ -167,18 +263,23 @@ def _make_dataset(name: str, a: Arrays, augment: str, *, val_fraction: float, se
         raise UserInputError("dataset.subset", f"leaves {len(pool)} training image(s)", "use a larger subset")
     val_pos, train_pos = stratified_take(a.y_train[pool], n_val, rng)
 
-    def split(x: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None) -> Split:
-        if idx is not None:
-            x, y = x[idx], y[idx]
-        return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+    def images(x: np.ndarray | ImageFiles) -> Tensor | ImageFiles:
+        return x if isinstance(x, ImageFiles) else as_tensor(x)
 
+    def labels(y: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+    def split(x: Tensor | ImageFiles, y: np.ndarray, idx: np.ndarray) -> Split:
+        return Split(x, labels(y[idx]), rows=torch.from_numpy(idx.astype(np.int64)))
+
+    x_train = images(a.x_train)
     num_classes = len(a.classes) if a.classes else int(max(a.y_train.max(initial=-1), a.y_test.max(initial=-1))) + 1
-    c, h, w = a.x_train.shape[1:]
+    c, h, w = a.x_train.image_shape if isinstance(a.x_train, ImageFiles) else a.x_train.shape[1:]
     return Dataset(
         name=name,
-        train=split(a.x_train, a.y_train, pool[train_pos]),
-        val=split(a.x_train, a.y_train, pool[val_pos]),
-        test=split(a.x_test, a.y_test),
+        train=split(x_train, a.y_train, pool[train_pos]),
+        val=split(x_train, a.y_train, pool[val_pos]),
+        test=Split(images(a.x_test), labels(a.y_test)),
         num_classes=num_classes,
         input_shape=(int(c), int(h), int(w)),
         mean=tuple(float(m) for m in a.mean),
@@ -186,3 +287,12 @@ def _make_dataset(name: str, a: Arrays, augment: str, *, val_fraction: float, se
         augment=augment,
         classes=tuple(a.classes),
     )
+
+
+def as_tensor(x: np.ndarray) -> Tensor:
+    """``x`` as a tensor sharing its memory (a memory-mapped cache stays mapped, not copied)."""
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    with warnings.catch_warnings():  # a read-only map: the images are only ever read
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(x)

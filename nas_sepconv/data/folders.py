@@ -7,16 +7,19 @@ import io
 import multiprocessing
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import UserInputError
-from .arrays import Arrays, channel_stats, error_reason, one_line
-from .cache import cached
+from .arrays import Arrays, channel_stats, error_reason, stats_from_histograms
+from .cache import cached, cached_stats
+from .images import BrokenImage, ImageFiles, broken_image_error, decode_images
+from .memory import MemoryPlan
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -56,8 +59,20 @@ def _test_dir(root: Path) -> Path:
     )
 
 
-def load_folder(root: Path, size: int, *, force_rgb: bool) -> Arrays:
-    """The ImageFolder tree at ``root`` (``train/``, ``test/`` or ``val/``), decoded once and cached."""
+@dataclass(frozen=True)
+class FolderScan:
+    """An ImageFolder tree listed, nothing decoded: the training pool's and the test split's files."""
+
+    train: ImageFiles
+    test: ImageFiles
+    y_train: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[str, ...]
+
+
+def scan_folder(root: Path, size: int, *, force_rgb: bool) -> FolderScan:
+    """List the ImageFolder tree at ``root`` (``train/``, ``test/`` or ``val/``); the mode (RGB or
+    grey) is read from the first training image's header."""
     if not (root / "train").is_dir():
         raise UserInputError(
             "dataset.root",
@@ -65,25 +80,56 @@ def load_folder(root: Path, size: int, *, force_rgb: bool) -> Arrays:
             "use an ImageFolder tree: train/<class>/*.jpg, test/<class>/*.jpg",
         )
     test_dir = _test_dir(root)
+    paths, labels, classes = _scan_split(root / "train", None)
+    _check_classes(labels, classes, root / "train")
+    test_paths, test_labels, _ = _scan_split(test_dir, classes)
+    mode = "RGB" if force_rgb else _image_mode(paths[0], paths[0])
+    return FolderScan(
+        ImageFiles(_path_array(paths), size, mode),
+        ImageFiles(_path_array(test_paths), size, mode),
+        np.asarray(labels, np.int64),
+        np.asarray(test_labels, np.int64),
+        tuple(classes),
+    )
+
+
+def _path_array(paths: list[str]) -> np.ndarray:
+    return np.asarray([os.fsencode(p) for p in paths], dtype=np.bytes_)
+
+
+def load_folder(root: Path, size: int, *, force_rgb: bool, memory: MemoryPlan | None = None) -> Arrays:
+    """The ImageFolder tree at ``root``: decoded once, cached and memory-mapped (one copy per
+    machine), or left on disk and streamed when ``memory`` says so (:class:`MemoryPlan`)."""
+    scan = scan_folder(root, size, force_rgb=force_rgb)
+    kind = "folder-rgb" if force_rgb else "folder"
+    if (memory or MemoryPlan(stream=False)).streams(scan.train.nbytes() + scan.test.nbytes()):
+        mean, std = cached_stats(root, kind, size, lambda: streamed_stats(scan.train))
+        return Arrays(scan.train, scan.y_train, scan.test, scan.y_test, scan.classes, mean, std)
 
     def build() -> Arrays:
-        paths, labels, classes = _scan_split(root / "train", None)
-        _check_classes(labels, classes, root / "train")
-        test_paths, test_labels, _ = _scan_split(test_dir, classes)
-        mode = "RGB" if force_rgb else _image_mode(paths[0], paths[0])
-        x = _decode_all(paths + test_paths, size, mode)
-        n = len(paths)
-        x_train = x[:n]
-        return Arrays(
-            x_train,
-            np.asarray(labels, np.int64),
-            x[n:],
-            np.asarray(test_labels, np.int64),
-            tuple(classes),
-            *channel_stats(x_train),
-        )
+        sources = [os.fsdecode(p) for p in np.concatenate([scan.train.paths, scan.test.paths])]
+        x = _decode_all(sources, size, scan.train.mode)
+        n = len(scan.train)
+        return Arrays(x[:n], scan.y_train, x[n:], scan.y_test, scan.classes, *channel_stats(x[:n]))
 
-    return cached(root, "folder-rgb" if force_rgb else "folder", size, build)
+    return cached(root, kind, size, build)
+
+
+def streamed_stats(files: ImageFiles) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of images left on disk: one decoding pass (worker processes where
+    they pay), exact histograms summed, so the figures equal :func:`channel_stats` of the decoded array."""
+    jobs = [(files, np.arange(i, min(i + _DECODE_CHUNK, len(files)))) for i in range(0, len(files), _DECODE_CHUNK)]
+    total = np.zeros((files.channels, 256), np.int64)
+    for part in _map_jobs(_histogram_chunk, jobs, len(files)):
+        total += part
+    return stats_from_histograms(total)
+
+
+def _histogram_chunk(args: tuple[ImageFiles, np.ndarray]) -> np.ndarray:
+    """Per-channel histograms ``(C, 256)`` of some images (one job of :func:`streamed_stats`)."""
+    files, rows = args
+    x = files.decode(rows).numpy()
+    return np.stack([np.bincount(x[:, ch].reshape(-1), minlength=256) for ch in range(x.shape[1])])
 
 
 def load_tar(path: Path, size: int, *, force_rgb: bool) -> Arrays:
@@ -154,22 +200,6 @@ def _check_classes(labels: Sequence[int], classes: Sequence[str], where: Any) ->
         )
 
 
-class _BrokenImage(Exception):
-    """An image that PIL cannot decode; plain args, so it crosses from a worker process intact."""
-
-    def __init__(self, source: str, reason: str):
-        super().__init__(source, reason)
-        self.source, self.reason = source, reason
-
-
-def _broken_image_error(source: str, reason: str) -> UserInputError:
-    return UserInputError(
-        "dataset.root",
-        f"cannot decode the image {one_line(source, 400)} ({one_line(reason)})",
-        "remove the file, or re-encode it (e.g. open and save it again with an image editor or PIL)",
-    )
-
-
 def _image_mode(source, name: str) -> str:
     from PIL import Image
 
@@ -177,29 +207,12 @@ def _image_mode(source, name: str) -> str:
         with Image.open(source) as im:
             return "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
     except Exception as e:  # noqa: BLE001 -- PIL raises many types for broken files
-        raise _broken_image_error(name, error_reason(e)) from None
+        raise broken_image_error(name, error_reason(e)) from None
 
 
 def _decode_chunk(args: tuple[list, int, str]) -> np.ndarray:
-    """Decode images (paths, or ``(name, encoded bytes)``) to one ``(n, H, W, C)`` uint8 array;
-    an image that does not decode raises :class:`_BrokenImage` naming it."""
-    from PIL import Image
-
-    sources, size, mode = args
-    channels = 1 if mode == "L" else 3
-    out = np.empty((len(sources), size, size, channels), dtype=np.uint8)
-    for i, src in enumerate(sources):
-        name, data = src if isinstance(src, tuple) else (src, src)
-        try:
-            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-                if im.mode != mode:
-                    im = im.convert(mode)
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                out[i] = np.asarray(im).reshape(size, size, channels)
-        except Exception as e:  # noqa: BLE001 -- truncated files raise OSError, others ValueError, SyntaxError ...
-            raise _BrokenImage(str(name), error_reason(e)) from None
-    return out
+    """One decoding job of :func:`_decode_all` (a pool maps one argument)."""
+    return decode_images(*args)
 
 
 #: Images per decoding job, and the number of images from which worker processes decode.
@@ -207,27 +220,34 @@ _DECODE_CHUNK = 1000
 _PROCESS_MIN_IMAGES = 4 * _DECODE_CHUNK
 
 
-def _decode_all(sources: list, size: int, mode: str) -> np.ndarray:
-    """Decode in parallel (forked worker processes where available) to NCHW uint8."""
+def _map_jobs(fn: Callable[[Any], np.ndarray], jobs: list, n_images: int) -> Iterator[np.ndarray]:
+    """``fn(job)`` for each job, in order, computed in parallel: forked worker processes where they
+    pay, else threads; each result is handed on as it comes, so a caller holds one at a time."""
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    chunk = _DECODE_CHUNK
-    jobs = [(sources[i : i + chunk], size, mode) for i in range(0, len(sources), chunk)]
+    use_processes = (
+        workers > 1
+        and n_images > _PROCESS_MIN_IMAGES
+        and "fork" in multiprocessing.get_all_start_methods()
+        and not multiprocessing.current_process().daemon  # a daemonic worker may not have children
+    )
     try:
-        use_processes = (
-            workers > 1
-            and len(sources) > _PROCESS_MIN_IMAGES
-            and "fork" in multiprocessing.get_all_start_methods()
-            and not multiprocessing.current_process().daemon  # a daemonic worker may not have children
-        )
         if use_processes:
             # PIL's per-image overhead holds the GIL, so processes decode ~2x faster than threads;
             # the workers only use PIL and numpy, which is safe after fork.
             with multiprocessing.get_context("fork").Pool(min(workers, 16)) as pool:
-                parts = pool.map(_decode_chunk, jobs)
+                yield from pool.imap(fn, jobs)
         else:
             with ThreadPoolExecutor(max(1, min(workers, 8))) as ex:
-                parts = list(ex.map(_decode_chunk, jobs))
-    except _BrokenImage as e:
-        raise _broken_image_error(e.source, e.reason) from None
-    x = np.concatenate(parts) if parts else np.zeros((0, size, size, 1 if mode == "L" else 3), np.uint8)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+                yield from ex.map(fn, jobs)
+    except BrokenImage as e:
+        raise broken_image_error(e.source, e.reason) from None
+
+
+def _decode_all(sources: list, size: int, mode: str) -> np.ndarray:
+    """Decode in parallel to NCHW uint8 (filled chunk by chunk: about one copy of the images at a time)."""
+    chunk = _DECODE_CHUNK
+    jobs = [(sources[i : i + chunk], size, mode) for i in range(0, len(sources), chunk)]
+    out = np.empty((len(sources), 1 if mode == "L" else 3, size, size), np.uint8)
+    for i, part in enumerate(_map_jobs(_decode_chunk, jobs, len(sources))):
+        out[i * chunk : i * chunk + len(part)] = part.transpose(0, 3, 1, 2)
+    return out

@@ -3,19 +3,22 @@ split's device, with no per-sample Python."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserInputError
+from .images import stream_batches
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .datasets import Split
 
-__all__ = ["AUGMENTS", "DeviceLoader"]
+__all__ = ["AUGMENTS", "DeviceLoader", "stream_workers"]
 
 
 #: Augmentations: name -> (zero padding of the random crop, random horizontal flip).
@@ -51,6 +54,8 @@ class DeviceLoader:
         device: where to put the split; ``None`` keeps its device.
         resolution: resize batches to this height (width scaled alike), for ``resolution_mult``.
         channels_last: return batches in channels-last memory format.
+        workers: DataLoader worker processes decoding a streamed split's batches ahead (default:
+            :func:`stream_workers`); an in-memory split needs none.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class DeviceLoader:
         device: str | torch.device | None = None,
         resolution: int | None = None,
         channels_last: bool = False,
+        workers: int | None = None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserInputError("batch_size", f"must be a positive int, got {batch_size!r}", "use e.g. 128")
@@ -84,9 +90,10 @@ class DeviceLoader:
         self.drop_last = drop_last
         self.resolution = resolution
         self.channels_last = channels_last
+        self.workers = stream_workers() if workers is None else workers
         self._pad, self._flip = _AUGMENT_PARAMS[augment]
 
-        channels = self.split.x.shape[1]
+        channels = self.split.image_shape[0]
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if mean_t.numel() == 1:
@@ -100,7 +107,7 @@ class DeviceLoader:
         if bool((std_t <= 0).any()):
             raise UserInputError("dataset.std", "must be positive", "give the per-channel standard deviation")
         # x_norm = x * scale + shift, with uint8 -> [0, 1] folded into the scale.
-        unit = 255.0 if self.split.x.dtype == torch.uint8 else 1.0
+        unit = 255.0 if self.split.dtype == torch.uint8 else 1.0
         self._scale = (1.0 / (unit * std_t)).reshape(1, -1, 1, 1).to(self.device)
         self._shift = (-mean_t / std_t).reshape(1, -1, 1, 1).to(self.device)
         self._gen = torch.Generator(device=self.device)
@@ -113,14 +120,20 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.split)
         order = torch.randperm(n, generator=self._gen, device=self.device) if self.shuffle else None
-        for b in range(len(self)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
-            if order is None:
-                x, y = self.split.x[lo:hi], self.split.y[lo:hi]
-            else:
-                idx = order[lo:hi]
-                x, y = self.split.x[idx], self.split.y[idx]
-            yield self._prepare(x), y
+        batches = [
+            torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, n))
+            if order is None
+            else order[b * self.batch_size : (b + 1) * self.batch_size]
+            for b in range(len(self))
+        ]
+        if not self.split.streamed:
+            for idx in batches:
+                yield self._prepare(self.split.take(idx)), self.split.y[idx.to(self.split.y.device)]
+            return
+        rows = [_rows(self.split, idx) for idx in batches]
+        decoded = stream_batches(self.split.images, rows, workers=self.workers, pin=self.device.type == "cuda")
+        for idx, x in zip(batches, decoded):
+            yield self._prepare(x.to(self.device, non_blocking=True)), self.split.y[idx.to(self.split.y.device)]
 
     def _prepare(self, x: Tensor) -> Tensor:
         if self._pad:
@@ -148,3 +161,16 @@ class DeviceLoader:
         batch = torch.arange(n, device=self.device).view(n, 1, 1, 1)
         chan = torch.arange(c, device=self.device).view(1, c, 1, 1)
         return padded[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def _rows(split: Split, idx: Tensor) -> np.ndarray:
+    """Rows of the split's images at positions ``idx``, for the workers that decode them."""
+    idx = idx.cpu()
+    return (idx if split.rows is None else split.rows[idx]).numpy()
+
+
+def stream_workers() -> int:
+    """DataLoader worker processes decoding a streamed split: half this machine's cores (at least 1,
+    at most 8), so that training keeps the rest."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // 2))

@@ -16,6 +16,7 @@ from .arrays import Arrays, channel_stats, existing, need_root, stratified_take
 from .cache import default_data_root
 from .cifar import CIFAR10_FILL, load_cifar10
 from .folders import load_folder
+from .memory import MemoryPlan
 from .torchvision_sets import load_torchvision
 
 __all__ = ["DataSource", "DATASETS", "find_dataset", "dataset_names"]
@@ -51,7 +52,7 @@ def _digits_source(arg: str, root: str | Path | None, size: int | None) -> Array
     return _load_digits(size)
 
 
-def _cifar10_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
+def _cifar10_source(arg: str, root: str | Path | None, size: int | None, memory: MemoryPlan) -> Arrays:
     if root is None:  # the per-user folder, which the user fills once
         folder = default_data_root("cifar10")
         if not folder.is_dir() or not any(folder.iterdir()):
@@ -61,10 +62,10 @@ def _cifar10_source(arg: str, root: str | Path | None, size: int | None) -> Arra
                 f"put in it {CIFAR10_FILL} ($NAS_SEPCONV_DATA moves it), or point data.root (root=) at the files",
             )
         root = folder
-    return load_cifar10(need_root(root, "cifar10"), size)
+    return load_cifar10(need_root(root, "cifar10"), size, memory)
 
 
-def _imagefolder_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
+def _imagefolder_source(arg: str, root: str | Path | None, size: int | None, memory: MemoryPlan) -> Arrays:
     if arg and root is not None and Path(arg).expanduser().resolve() != Path(root).expanduser().resolve():
         raise UserInputError("dataset.root", f"given twice ({arg!r} in the name, {str(root)!r} as root)", "give one")
     folder = existing(Path(arg).expanduser() if arg else need_root(root, "imagefolder"))
@@ -72,7 +73,7 @@ def _imagefolder_source(arg: str, root: str | Path | None, size: int | None) -> 
         raise UserInputError(
             "dataset.root", f"{folder} is not a folder", "point it at a folder with train/ and test/ subfolders"
         )
-    return load_folder(folder, size, force_rgb=False)
+    return load_folder(folder, size, force_rgb=False, memory=memory)
 
 
 def _torchvision_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
@@ -99,7 +100,9 @@ class DataSource:
         image_size: default side of the images, ``None`` for the files' native size.
         augment: the augmentation (one of :data:`AUGMENTS`), or a function of the ``:ARG``
             part giving it.
-        load: ``load(arg, root, image_size) -> arrays`` (``image_size`` already defaulted).
+        load: ``load(arg, root, image_size) -> arrays`` (``image_size`` already defaulted); a
+            source that ``streams`` takes a :class:`MemoryPlan` too: ``load(arg, root, image_size, memory)``.
+        streams: its images can stay on disk and be decoded batch by batch (image folders).
         description: one line for listings.
     """
 
@@ -110,8 +113,9 @@ class DataSource:
     needs_root: bool
     image_size: int | None
     augment: str | Callable[[str], str]
-    load: Callable[[str, str | Path | None, int | None], Arrays]
+    load: Callable[..., Arrays]
     description: str
+    streams: bool = False
 
     @property
     def usage(self) -> str:
@@ -145,6 +149,7 @@ DATASETS: dict[str, DataSource] = {
             _cifar10_source,
             "CIFAR-10 under root (default ~/.cache/nas_sepconv/data/cifar10): an ImageFolder tree, a .tar.gz of "
             "one, or cifar-10-batches-py",
+            streams=True,
         ),
         DataSource(
             "imagefolder",
@@ -156,6 +161,7 @@ DATASETS: dict[str, DataSource] = {
             "crop_flip",
             _imagefolder_source,
             "an ImageFolder tree with train/ and test/ (or val/) folders, at PATH or root",
+            streams=True,
         ),
         DataSource(
             "torchvision",

@@ -181,7 +181,7 @@ class DatasetFeed:
         if n == 0:
             return float("nan")
         if self.world.distributed:
-            split = Split(split.x[self.world.rank :: self.world.size], split.y[self.world.rank :: self.world.size])
+            split = split.subset(torch.arange(self.world.rank, n, self.world.size))
         correct, _ = split_counts(
             model,
             split,
