@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
-from ..data import calibration_batches, load_dataset
+from ..data import calibration_batches
 from ..errors import TrainingDiverged
 from ..io import build_from_recipe
 from ..measure import count_macs, count_params, torch_threads
@@ -37,10 +37,7 @@ class TrialContext:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        d = settings.space.spec.data
-        self.data = load_dataset(
-            d.dataset, root=d.root, val_fraction=d.val_fraction, seed=0, subset=d.subset, image_size=d.image_size
-        ).to(settings.device)
+        self.data = settings.space.spec.data.load().to(settings.device)
         self._base: nn.Module | None = None
         self._sites: list | None = None
         #: the study a search records the base model's accuracy in (user attr ``base``); None

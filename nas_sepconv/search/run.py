@@ -32,7 +32,6 @@ from typing import Any
 
 import optuna
 
-from ..data import load_dataset
 from ..errors import StorageError, UserInputError
 from ..files import atomic_write, ensure_writable_dir
 from ..io import check_device
@@ -285,9 +284,7 @@ def _checked_data(space: Space, *, flag: str | None = None) -> Any:
     in the space file (``flag``, when the root came from the command line)."""
     d = space.spec.data
     try:
-        return load_dataset(
-            d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, image_size=d.image_size
-        )
+        return d.load()
     except UserInputError as exc:
         field = "data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field
         fix = (

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..blocks import KINDS, BlockSpec
-from ..data import find_dataset
+from ..data import Dataset, find_dataset, load_dataset
 from ..errors import UserInputError
 from ..measure import find_runtime
 from ..models import ARCH_ACTS, HEADS
@@ -209,11 +209,28 @@ class DataSection(Section):
     subset: int | None = Field(default=None, ge=10, le=LIMITS.subset)
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     image_size: int | None = Field(default=None, ge=4, le=LIMITS.image_size)
+    #: ``auto`` streams an image folder from disk when its decoded images exceed ``memory_budget_gb``
+    #: (default: half the machine's memory); ``true`` always, ``false`` never (nas_sepconv.data.memory)
+    stream: bool | Literal["auto"] = "auto"
+    memory_budget_gb: float | None = Field(default=None, gt=0, le=1e6)
 
     @model_validator(mode="after")
     def _known(self) -> DataSection:
         find_dataset(self.dataset)  # raises naming the field dataset, listing the data sets
         return self
+
+    def load(self, *, seed: int = 0) -> Dataset:
+        """The data set this section names, held in memory or streamed as it says."""
+        return load_dataset(
+            self.dataset,
+            root=self.root,
+            val_fraction=self.val_fraction,
+            seed=seed,
+            subset=self.subset,
+            image_size=self.image_size,
+            stream=None if self.stream == "auto" else self.stream,
+            memory_budget=None if self.memory_budget_gb is None else int(self.memory_budget_gb * 1e9),
+        )
 
 
 class MultiFidelitySection(Section):
