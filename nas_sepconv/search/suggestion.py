@@ -94,7 +94,7 @@ def suggest(
             spec = st.suggest_spec(trial, f"stage{i}")
             specs[f"stage{i}"] = str(spec)
             shortcut = bool(suggest_choice(trial, f"stage{i}.shortcut", st.shortcut))
-            stages.append(Stage(str(spec), st.out_channels, st.repeats, st.stride, shortcut))
+            stages.append(Stage(spec, st.out_channels, st.repeats, st.stride, shortcut))
         # suggested in this order (a seeded sampler's draws follow it); head, the newest, last
         width = float(suggest_choice(trial, "width_mult", b.width_mult))
         depth = float(suggest_choice(trial, "depth_mult", b.depth_mult))
