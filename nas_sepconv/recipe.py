@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import UserInputError
 from .jsonfile import loads
+from .models.arch import MAX_INPUT_SIDE
 
 __all__ = [
     "Recipe",
@@ -42,9 +43,6 @@ REGISTRY_SOURCES = ("torchvision", "timm", "nas_sepconv")
 
 #: A saved input size: at most this many values per example, and this many per side.
 MAX_INPUT_ELEMENTS = 3 * 2048 * 2048
-
-
-MAX_INPUT_SIDE = 8192
 
 
 #: The largest width (and depth, resolution) multiplier a recipe or a search space may hold.

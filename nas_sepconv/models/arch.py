@@ -14,16 +14,27 @@ from typing import Any
 from ..blocks import ACTIVATIONS, BlockSpec
 from ..errors import UserInputError
 from ..jsonfile import loads
-from ..recipe import MAX_INPUT_SIDE
 from .heads import HEADS
 
-__all__ = ["ARCH_ACTS", "Arch", "MAX_CHANNELS", "MAX_LAYERS", "Stage", "is_int", "is_number", "make_divisible"]
+__all__ = [
+    "ARCH_ACTS",
+    "Arch",
+    "MAX_CHANNELS",
+    "MAX_INPUT_SIDE",
+    "MAX_LAYERS",
+    "Stage",
+    "is_int",
+    "is_number",
+    "make_divisible",
+]
 
 ARCH_ACTS = tuple(name for name in ACTIVATIONS if name != "none")  # the blocks' table, less "none"
 #: The largest network an :class:`Arch` may describe (an Arch can come from a file): layers
 #: after the depth multiplier, and channels of any layer after the width multiplier.
 MAX_LAYERS = 1000
 MAX_CHANNELS = 16384
+#: The largest input side (an Arch's ``input_size``, a recipe's ``input_size``) in pixels.
+MAX_INPUT_SIDE = 8192
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
