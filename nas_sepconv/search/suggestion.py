@@ -115,7 +115,7 @@ def suggest(
             input_size=res,  # the side the trial runs at (the gdc head's kernel is sized from it)
         )
         # the input size the trial runs at: a loaded model's MACs (count_macs, profile) are the trial's
-        recipe = Recipe(kind="built", arch=arch.to_json(), input_size=(input_shape[0], res, res))
+        recipe = Recipe(kind="built", arch=arch, input_size=(input_shape[0], res, res))
         return Candidate("build", recipe, f"r{res} {arch.summary()}", res, specs)
 
     c = s.convert
