@@ -22,14 +22,12 @@ import torch
 import torch.nn as nn
 
 from . import results
-from .conversion import Plan
 from .errors import StorageError, UserInputError
 from .files import ensure_writable_dir
 from .io import build_on_meta, check_device, load_model, save_model, state_mismatch
 from .jsonfile import loads
 from .measure import need_module, output_tensors, to_onnx
 from .measure.inputs import model_device
-from .models import Arch
 from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
 from .results.stored import STUDY_ATTRS, TAMPERED, stored_attr
 from .search import StoredTrial, TrialContext, parse_space, trial_resolution, with_data_root
@@ -179,20 +177,15 @@ def _trial_side(space: Any, frozen: optuna.trial.FrozenTrial, data_side: int, wh
 
 
 def _stored_recipe(frozen: optuna.trial.FrozenTrial, where: str) -> Recipe:
-    """The trial's recipe (its ``arch_json``), parsed by the bounded reader, checked, and its
-    ``arch`` or ``plan`` re-serialised from the parsed record: the exported file carries what
-    was validated, never the folder's text."""
+    """The trial's recipe (its ``arch_json``), parsed by the bounded reader and checked; its
+    ``arch`` or ``plan`` is read into an object, which the exported file is written from: it
+    carries what was validated, never the folder's text."""
     owner = f"trial {frozen.number}"
     text = stored_attr(frozen.user_attrs, "arch_json", owner=owner, source=where)
     if text is None:
         raise UserInputError("arch_json", f"{owner} in {where} records no recipe", TAMPERED)
     data = loads(text, field="arch_json", what=f"the recipe of {owner} in {where}", fix=TAMPERED)
-    recipe = Recipe.from_dict(data, where=f"{owner}'s arch_json in {where}")
-    if recipe.arch is not None:
-        return dataclasses.replace(recipe, arch=Arch.from_json(recipe.arch).to_json())
-    if recipe.plan:
-        return dataclasses.replace(recipe, plan=Plan.from_json(recipe.plan).to_json(indent=None))
-    return recipe
+    return Recipe.from_dict(data, where=f"{owner}'s arch_json in {where}")
 
 
 def _check_data(reference: nn.Module, recipe: Recipe, data: Any, number: int) -> None:

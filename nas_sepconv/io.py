@@ -35,12 +35,12 @@ from torch.nn.modules.module import (
     register_module_parameter_registration_hook,
 )
 
-from .conversion import Plan, apply_plan, apply_width_mult
+from .conversion import apply_plan, apply_width_mult
 from .errors import UserInputError
 from .files import atomic_path
 from .jsonfile import loads
 from .measure.inputs import model_device
-from .models import Arch, build_network, model_from_name
+from .models import build_network, model_from_name
 from .recipe import FORMAT, REGISTRY_SOURCES, Recipe, check_trusted, trusted_names
 
 __all__ = [
@@ -211,8 +211,7 @@ def build_from_recipe(
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
     trusted = trusted_names(allow_import)
     if recipe.kind == "built":
-        arch = Arch.from_json(recipe.arch)
-        return bounded_build(lambda: build_network(arch), max_params=max_params, max_modules=max_modules)
+        return bounded_build(lambda: build_network(recipe.arch), max_params=max_params, max_modules=max_modules)
     name = recipe.model
     check_trusted(name, trusted)
     kwargs = dict(recipe.model_kwargs)
@@ -223,8 +222,8 @@ def build_from_recipe(
             model = apply_width_mult(
                 model, recipe.width_mult, example_inputs=torch.randn(1, *recipe.input_size, device=model_device(model))
             )
-        if recipe.plan:
-            model = apply_plan(model, Plan.from_json(recipe.plan), init="random")
+        if recipe.plan is not None:
+            model = apply_plan(model, recipe.plan, init="random")
         return model
 
     return bounded_build(build, max_params=max_params, max_modules=max_modules)

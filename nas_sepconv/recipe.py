@@ -17,8 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .conversion import Plan
 from .errors import UserInputError
 from .jsonfile import loads
+from .models import Arch
+from .models.arch import MAX_INPUT_SIDE
 
 __all__ = [
     "Recipe",
@@ -42,9 +45,6 @@ REGISTRY_SOURCES = ("torchvision", "timm", "nas_sepconv")
 
 #: A saved input size: at most this many values per example, and this many per side.
 MAX_INPUT_ELEMENTS = 3 * 2048 * 2048
-
-
-MAX_INPUT_SIDE = 8192
 
 
 #: The largest width (and depth, resolution) multiplier a recipe or a search space may hold.
@@ -88,26 +88,32 @@ _RECIPE_KEYS = {
 class Recipe:
     """How to rebuild a model's architecture: the one record of a saved file, a trial's
     ``arch_json`` and an export.  ``"converted"``: ``model(**model_kwargs)``, pruned to
-    ``width_mult`` at ``input_size`` ([C, H, W]), converted by ``plan`` (a Plan's JSON); ``rules``:
-    a searched candidate's site -> spec choices.  ``"built"``: the network ``arch`` (an Arch's
-    JSON).  Checked when made (:meth:`from_dict`); trust is :func:`build_from_recipe`'s ``allow_import``."""
+    ``width_mult`` at ``input_size`` ([C, H, W]), converted by ``plan`` (a :class:`Plan`);
+    ``rules``: a searched candidate's site -> spec choices.  ``"built"``: the network ``arch``
+    (an :class:`Arch`).  An ``arch`` or ``plan`` given as its JSON text is parsed here, once;
+    :meth:`to_dict` writes them as JSON text (the stored format).  Checked when made
+    (:meth:`from_dict`); trust is :func:`build_from_recipe`'s ``allow_import``."""
 
     kind: str
     model: str | None = None
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     width_mult: float = 1.0
     input_size: tuple[int, ...] | None = None
-    plan: str | None = None
+    plan: Plan | None = None
     rules: Mapping[str, str | None] | None = None
-    arch: str | None = None
+    arch: Arch | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.input_size, list):
             object.__setattr__(self, "input_size", tuple(self.input_size))
-        _check_recipe(self.to_dict(), where="the recipe", saved=False)
+        for name in ("arch", "plan"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # its JSON text: parsed where it enters
+                object.__setattr__(self, name, _read_embedded(name, value, "the recipe") if value else None)
+        _check_recipe(self._fields(), where="the recipe", saved=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (the keys files have always had; ``save_model`` adds ``format``)."""
+    def _fields(self) -> dict[str, Any]:
+        """The keys of the JSON form, with ``arch`` and ``plan`` as objects."""
         if self.kind == "built":
             out: dict[str, Any] = {"kind": self.kind, "arch": self.arch}
         else:
@@ -125,17 +131,48 @@ class Recipe:
             out["plan"] = self.plan
         return out
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the keys files have always had, ``arch`` and ``plan`` as JSON text;
+        ``save_model`` adds ``format``)."""
+        out = self._fields()
+        if self.kind == "built":
+            out["arch"] = self.arch.to_json()
+        if self.plan is not None:
+            out["plan"] = self.plan.to_json(indent=None)
+        return out
+
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "the recipe", saved: bool = False) -> Recipe:
         """A recipe from its JSON form, checked (fields, plain model_kwargs, bounded sizes; a
         ``saved`` file's must state its ``format``); errors name ``recipe.<field>``."""
-        _check_recipe(data, where=where, saved=saved)
+        kind = _check_shape(data, where=where, saved=saved)
         values = {k: v for k, v in data.items() if k != "format"}
+        if kind == "built" and not isinstance(values.get("arch"), str):
+            raise UserInputError("recipe.arch", "missing, or not a JSON string", "re-export the model")
+        if not isinstance(values.get("plan", ""), str):
+            raise UserInputError("recipe.plan", "expected the JSON text of a plan", "re-export the model")
+        for name in ("arch", "plan"):
+            if name in values:  # "plan": "" is no plan
+                values[name] = _read_embedded(name, values[name], where) if values[name] else None
+        # every field checked as read, before the record converts any (a list of model_kwargs)
+        _check_recipe({**values, "format": FORMAT}, where=where, saved=saved)
         return cls(**values)
 
 
-def _check_recipe(recipe: Any, *, where: str, saved: bool) -> None:
-    """Validate a recipe's shape and values (not yet its model name's trust)."""
+def _read_embedded(name: str, text: str, where: str) -> Arch | Plan:
+    """A recipe's ``arch`` or ``plan``, JSON text inside the recipe: parsed within the bounds of
+    :func:`~nas_sepconv.jsonfile.loads` (errors name ``recipe.<name>``), then read (checked)."""
+    field = f"recipe.{name}"
+    data = loads(text, field=field, what=f"the {name} of {where}", fix="re-export the model")
+    if name == "plan":
+        return Plan.from_dict(data)
+    if not isinstance(data, dict):
+        raise UserInputError(field, f"the arch of {where} is not a JSON object", "re-export the model")
+    return Arch.from_dict(data)
+
+
+def _check_shape(recipe: Any, *, where: str, saved: bool) -> str:
+    """A recipe's JSON form is an object of a known kind and format, with that kind's keys; its kind."""
     if not isinstance(recipe, dict):
         raise UserInputError(
             "recipe", f"{where}: expected a JSON object, got {type(recipe).__name__}", "re-export the model"
@@ -156,12 +193,17 @@ def _check_recipe(recipe: Any, *, where: str, saved: bool) -> None:
         raise UserInputError(
             f"recipe.{unknown[0]}", f"unknown field of a {kind!r} recipe", f"fields are {sorted(_RECIPE_KEYS[kind])}"
         )
+    return kind
+
+
+def _check_recipe(recipe: dict[str, Any], *, where: str, saved: bool) -> None:
+    """Validate a recipe's fields (:meth:`Recipe._fields`; not yet its model name's trust)."""
+    kind = _check_shape(recipe, where=where, saved=saved)
     if "input_size" in recipe:
         _check_input_size(recipe["input_size"])
     if kind == "built":
-        if not isinstance(recipe.get("arch"), str):
-            raise UserInputError("recipe.arch", "missing, or not a JSON string", "re-export the model")
-        _check_embedded_json(recipe["arch"], "recipe.arch", where)
+        if not isinstance(recipe.get("arch"), Arch):
+            raise UserInputError("recipe.arch", "missing, or not an Arch", "re-export the model")
         return
     model = recipe.get("model")
     if not isinstance(model, str) or ":" not in model or len(model) > 200:
@@ -183,17 +225,9 @@ def _check_recipe(recipe: Any, *, where: str, saved: bool) -> None:
         raise UserInputError(
             "recipe.input_size", "a width multiplier needs the input size it was pruned at", "re-export the model"
         )
-    if not isinstance(recipe.get("plan", ""), str):
-        raise UserInputError("recipe.plan", "expected the JSON text of a plan", "re-export the model")
-    if recipe.get("plan"):
-        _check_embedded_json(recipe["plan"], "recipe.plan", where)
+    if not isinstance(recipe.get("plan"), (Plan, type(None))):
+        raise UserInputError("recipe.plan", "expected a Plan", "re-export the model")
     _check_rules(recipe.get("rules", {}))
-
-
-def _check_embedded_json(text: str, field: str, where: str) -> None:
-    """An ``arch`` or ``plan`` is JSON text inside the recipe: it must parse within the bounds
-    of :func:`~nas_sepconv.jsonfile.loads` (its fields are checked where it is read)."""
-    loads(text, field=field, what=f"the {field.split('.')[-1]} of {where}", fix="re-export the model")
 
 
 def _check_rules(rules: Any) -> None:

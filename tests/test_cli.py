@@ -721,13 +721,13 @@ def test_export_refuses_saved_weights_that_are_not_the_trials(low_resolution_res
     import dataclasses
 
     from nas_sepconv.io import read_recipe, save_model
-    from nas_sepconv.models import Arch, build_network
+    from nas_sepconv.models import build_network
 
     folder, trial = low_resolution_results
     folder = _copy_of(folder, tmp_path)
     weights = folder / "weights" / f"trial_{trial.number}.safetensors"
     recipe = read_recipe(weights)
-    arch = dataclasses.replace(Arch.from_json(recipe.arch), num_classes=3)
+    arch = dataclasses.replace(recipe.arch, num_classes=3)
     save_model(weights, build_network(arch), dataclasses.replace(recipe, arch=arch.to_json()))
     for suffix in ("safetensors", "onnx"):
         out = tmp_path / f"m.{suffix}"

@@ -8,10 +8,11 @@ facade and may import anything):
     export
     search
     results, train, io
+    recipe (holds an Arch and a Plan: above the models and the conversion)
     conversion
     models, data
     blocks, measure
-    storage, files, recipe, progress, search_spaces (the bundled YAML spaces)
+    storage, files, progress, search_spaces (the bundled YAML spaces)
     jsonfile
     errors
 
@@ -34,10 +35,11 @@ LAYERS: list[set[str]] = [
     {"export"},
     {"search"},
     {"results", "train", "io"},
+    {"recipe"},
     {"conversion"},
     {"models", "data"},
     {"blocks", "measure"},
-    {"storage", "files", "recipe", "progress", "search_spaces"},
+    {"storage", "files", "progress", "search_spaces"},
     {"jsonfile"},
     {"errors"},
 ]

@@ -65,7 +65,7 @@ def convert(
                 model_kwargs=kwargs,
                 width_mult=1.0,
                 input_size=size,
-                plan=plan.to_json(indent=None),
+                plan=plan,
             )
             out.print(f"saved {out_file} ({write_model(out_file, converted, recipe, allow_import=model)})")
 

@@ -40,6 +40,7 @@ from ..blocks import BlockSpec, as_spec, conv_from_geometry
 from ..errors import UserInputError
 from ..measure import (
     LatencyCache,
+    Runtime,
     as_inputs,
     check_repeats,
     check_threads,
@@ -57,7 +58,7 @@ from .plan import Plan, PlanEntry
 from .planning import make_plan, with_spec
 from .rewrite import plan_of
 
-__all__ = ["DEFAULT_CANDIDATES", "LatencyTable", "TABLE_COLUMNS", "latency_table", "predict_latency"]
+__all__ = ["DEFAULT_CANDIDATES", "LatencySettings", "LatencyTable", "TABLE_COLUMNS", "latency_table", "predict_latency"]
 
 #: the candidates a latency table (and :func:`~nas_sepconv.conversion.sensitivity`) measures by default
 DEFAULT_CANDIDATES = ("dwsep_m1", "dwsep_m2", "dwsep_m4")
@@ -84,7 +85,7 @@ class LatencyTable:
     model_p90_ms: float
     context: dict[str, Any]
     sites: dict[str, PlanEntry] = field(repr=False)
-    settings: dict[str, Any] = field(repr=False)
+    settings: LatencySettings = field(repr=False)
 
     @property
     def remainder_ms(self) -> float:
@@ -128,7 +129,7 @@ class LatencyTable:
         changes = ((self.ms(e.name, e.spec) - self.ms(e.name, None)) * e.calls for e in plan.converted)
         predicted = self.model_ms + sum(changes)
         if not (math.isfinite(predicted) and predicted > 0):  # no plan is ever made from such a figure
-            folder = self.settings["cache_dir"] if self.settings["cache_dir"] is not None else latency_cache_dir()
+            folder = self.settings.cache_dir if self.settings.cache_dir is not None else latency_cache_dir()
             raise UserInputError(
                 "latency_table",
                 f"predicts {predicted:.4g} ms for this plan, which no model takes: its entries do not agree "
@@ -182,7 +183,7 @@ def _op_key(entry: PlanEntry, spec: BlockSpec | None) -> dict[str, Any]:
 
 def _measure_sites(
     groups: Sequence[tuple[PlanEntry, list]],
-    settings: dict[str, Any],
+    settings: LatencySettings,
     context: dict[str, Any],
     progress: bool,
     whole: Callable[[], Any] | None = None,
@@ -192,13 +193,8 @@ def _measure_sites(
     timed in the same interleaved rounds, the whole model too: between two calls of one block
     run all the others, so its weights are as cold as in the model, and load from other
     processes hits the entries and the whole model alike."""
-    cache = LatencyCache(context, cache_dir=settings["cache_dir"])
-    runtime, device, dtype, threads = (
-        find_runtime(settings["runtime"]),
-        settings["device"],
-        settings["dtype"],
-        settings["threads"],
-    )
+    cache = LatencyCache(context, cache_dir=settings.cache_dir)
+    runtime, device, dtype, threads = settings.runtime, settings.device, settings.dtype, settings.threads
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     pending = [(entry, s) for entry, specs in groups for s in specs if cache.get(_op_key(entry, s)) is None]
     forwards = []
@@ -218,13 +214,13 @@ def _measure_sites(
                             dtype=dtype,
                         )
                     )
-            rounds = settings["repeats"] + settings["warmup"]
+            rounds = settings.repeats + settings.warmup
             with progress_bar(progress and bool(forwards), "latency table: timing", rounds, unit="rounds") as bar:
                 with torch.inference_mode():
                     times = time_rounds(
                         forwards + ([whole] if whole else []),
-                        repeats=settings["repeats"],
-                        warmup=settings["warmup"],
+                        repeats=settings.repeats,
+                        warmup=settings.warmup,
                         sync=sync,
                         on_round=lambda: bar.update(advance=1),
                     )
@@ -255,40 +251,57 @@ def _measure_sites(
     return rows, (times[-1] if whole else [])
 
 
-def _settings(
-    runtime: str, threads: int | None, device: Any, dtype: torch.dtype, repeats: int, warmup: int, cache_dir: Any
-) -> dict[str, Any]:
-    check_threads(threads, "threads")
-    check_repeats(repeats, warmup)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise UserInputError("dtype", f"expected a floating torch.dtype, got {dtype!r}", "use torch.float32")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserInputError("device", f"not a device: {device!r}", "use 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("device", f"{device!r}: CUDA is not available on this machine", "use device='cpu'")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise UserInputError(
-            "device",
-            f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
-            f"use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'",
-        )
-    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-        raise UserInputError(
-            "cache_dir",
-            f"expected a folder (a str or a path) or None, got {type(cache_dir).__name__}",
-            "pass a folder such as '~/.cache/nas_sepconv/latency', or leave cache_dir out",
-        )
-    return dict(
-        runtime=find_runtime(runtime).name,
-        threads=threads or torch.get_num_threads(),
-        device=dev,
-        dtype=dtype,
-        repeats=repeats,
-        warmup=warmup,
-        cache_dir=cache_dir,
-    )
+@dataclass(frozen=True)
+class LatencySettings:
+    """How a latency table measures: the runtime's record (:data:`~nas_sepconv.measure.RUNTIMES`),
+    intra-op ``threads``, ``device``, ``dtype``, ``repeats`` rounds after ``warmup``, the cache
+    folder (``None``: :func:`~nas_sepconv.measure.latency_cache_dir`).  Made once, from
+    :func:`latency_table`'s arguments (:meth:`checked`), and passed below as it is."""
+
+    runtime: Runtime
+    threads: int
+    device: torch.device
+    dtype: torch.dtype
+    repeats: int
+    warmup: int
+    cache_dir: str | os.PathLike | None
+
+    @classmethod
+    def checked(
+        cls,
+        runtime: str,
+        threads: int | None,
+        device: Any,
+        dtype: torch.dtype,
+        repeats: int,
+        warmup: int,
+        cache_dir: Any,
+    ) -> LatencySettings:
+        """The settings of these arguments; :class:`UserInputError` naming the one that is wrong."""
+        check_threads(threads, "threads")
+        check_repeats(repeats, warmup)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise UserInputError("dtype", f"expected a floating torch.dtype, got {dtype!r}", "use torch.float32")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise UserInputError("device", f"not a device: {device!r}", "use 'cpu' or 'cuda'") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserInputError("device", f"{device!r}: CUDA is not available on this machine", "use device='cpu'")
+        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+            raise UserInputError(
+                "device",
+                f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                f"use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'",
+            )
+        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+            raise UserInputError(
+                "cache_dir",
+                f"expected a folder (a str or a path) or None, got {type(cache_dir).__name__}",
+                "pass a folder such as '~/.cache/nas_sepconv/latency', or leave cache_dir out",
+            )
+        threads = threads or torch.get_num_threads()
+        return cls(find_runtime(runtime), threads, dev, dtype, repeats, warmup, cache_dir)
 
 
 def latency_table(
@@ -318,7 +331,7 @@ def latency_table(
     stderr, one step per site.  ``model`` is never changed.  Returns a :class:`LatencyTable`
     (its ``frame`` is the DataFrame; ``predict(plan)`` a converted model's latency).
     """
-    settings = _settings(runtime, threads, device, dtype, repeats, warmup, cache_dir)
+    settings = LatencySettings.checked(runtime, threads, device, dtype, repeats, warmup, cache_dir)
     if isinstance(candidates, (str, BlockSpec)):
         raise UserInputError(
             "candidates", f"expected a list of block specs, got {candidates!r}", "use e.g. ['dwsep_m1', 'dwsep_m2']"
@@ -327,10 +340,10 @@ def latency_table(
     inputs = as_inputs(example_inputs)
     chosen = {e.name for e in make_plan(model, policy, example_inputs=inputs).converted}
     base = make_plan(model, {}, example_inputs=inputs)  # every site, kept
-    rt = find_runtime(settings["runtime"])
+    rt = settings.runtime
     context = latency_context(
-        device=settings["device"],
-        threads=settings["threads"],
+        device=settings.device,
+        threads=settings.threads,
         runtime=rt.name,
         runtime_version=rt.version(),
         dtype=dtype,
@@ -342,9 +355,9 @@ def latency_table(
         if e.reached
     ]  # a site no example input reaches has no shape, and no time
     net = copy.deepcopy(model).eval()  # the model is not changed
-    with torch_threads(settings["threads"]), torch.no_grad():
+    with torch_threads(settings.threads), torch.no_grad():
         forward = prepare_forward(
-            net, inputs, runtime=rt, threads=settings["threads"], device=settings["device"], dtype=dtype
+            net, inputs, runtime=rt, threads=settings.threads, device=settings.device, dtype=dtype
         )
     rows, times = _measure_sites(groups, settings, context, progress, whole=forward)
     whole = summarise(times)

@@ -194,7 +194,11 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        data = loads(text, field="plan", what="the plan", fix="pass the text Plan.to_json() wrote")
+        return cls.from_dict(loads(text, field="plan", what="the plan", fix="pass the text Plan.to_json() wrote"))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Plan:
+        """A plan from its parsed JSON form, checked (errors name ``plan``)."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "entries" not in data:
             raise UserInputError(
                 "plan", "not a nas-sepconv plan (missing format/entries)", "pass the text Plan.to_json() wrote"

@@ -14,16 +14,27 @@ from typing import Any
 from ..blocks import ACTIVATIONS, BlockSpec
 from ..errors import UserInputError
 from ..jsonfile import loads
-from ..recipe import MAX_INPUT_SIDE
 from .heads import HEADS
 
-__all__ = ["ARCH_ACTS", "Arch", "MAX_CHANNELS", "MAX_LAYERS", "Stage", "is_int", "is_number", "make_divisible"]
+__all__ = [
+    "ARCH_ACTS",
+    "Arch",
+    "MAX_CHANNELS",
+    "MAX_INPUT_SIDE",
+    "MAX_LAYERS",
+    "Stage",
+    "is_int",
+    "is_number",
+    "make_divisible",
+]
 
 ARCH_ACTS = tuple(name for name in ACTIVATIONS if name != "none")  # the blocks' table, less "none"
 #: The largest network an :class:`Arch` may describe (an Arch can come from a file): layers
 #: after the depth multiplier, and channels of any layer after the width multiplier.
 MAX_LAYERS = 1000
 MAX_CHANNELS = 16384
+#: The largest input side (an Arch's ``input_size``, a recipe's ``input_size``) in pixels.
+MAX_INPUT_SIDE = 8192
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -49,32 +60,42 @@ def is_number(value: Any) -> bool:
 class Stage:
     """``repeats`` layers of one block spec; the first has ``stride``, the others stride 1.
 
-    ``shortcut``: an identity shortcut around every layer whose input and output shapes match
-    (stride 1, same channels), as in MobileNetV2's inverted residuals; ``False`` for plain
-    stacks such as MobileNetV1's."""
+    ``spec``: a :class:`BlockSpec`; its string form (``ir_e6_k5``) is parsed here, once, where
+    it enters.  A string that does not parse stays as given, so that the :class:`Arch` holding
+    the stage reports it under the stage's place (:meth:`check`).  ``shortcut``: an identity
+    shortcut around every layer whose input and output shapes match (stride 1, same channels),
+    as in MobileNetV2's inverted residuals; ``False`` for plain stacks such as MobileNetV1's."""
 
-    spec: str
+    spec: BlockSpec
     out_channels: int
     repeats: int = 1
     stride: int = 1
     shortcut: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.spec, BlockSpec):  # keep the string form (JSON, summary)
-            object.__setattr__(self, "spec", str(self.spec))
+        if not isinstance(self.spec, BlockSpec):
+            try:
+                object.__setattr__(self, "spec", BlockSpec.parse(self.spec))
+            except UserInputError:
+                pass  # reported by check(), naming the stage
 
     def check(self, where: str = "stage") -> None:
         """Raise :class:`UserInputError` naming ``where.<field>`` if a field is invalid."""
-        try:
-            BlockSpec.parse(self.spec)
-        except UserInputError as exc:
-            raise UserInputError(f"{where}.spec", exc.problem, exc.fix) from None
+        if not isinstance(self.spec, BlockSpec):
+            try:
+                BlockSpec.parse(self.spec)
+            except UserInputError as exc:
+                raise UserInputError(f"{where}.spec", exc.problem, exc.fix) from None
         for name, low, high in (("out_channels", 1, MAX_CHANNELS), ("repeats", 1, MAX_LAYERS), ("stride", 1, 64)):
             value = getattr(self, name)
             if not is_int(value) or not low <= value <= high:
                 raise UserInputError(f"{where}.{name}", f"expected an integer in [{low}, {high}], got {value!r}")
         if not isinstance(self.shortcut, bool):
             raise UserInputError(f"{where}.shortcut", f"expected true or false, got {self.shortcut!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the spec as its string."""
+        return {**asdict(self), "spec": str(self.spec)}
 
 
 @dataclass(frozen=True)
@@ -214,8 +235,7 @@ class Arch:
         """One line, e.g. ``w0.75 d1.0 relu6 | 16:ir_e6_k3x2/s1 24:ir_e4_k5x3/s2 | head1280``:
         multipliers, activation, stages (``/noskip``: no shortcuts), head conv, head if not avgpool."""
         stages = " ".join(
-            f"{s.out_channels}:{BlockSpec.parse(s.spec)}x{s.repeats}/s{s.stride}{'' if s.shortcut else '/noskip'}"
-            for s in self.stages
+            f"{s.out_channels}:{s.spec}x{s.repeats}/s{s.stride}{'' if s.shortcut else '/noskip'}" for s in self.stages
         )
         parts = ([f"head{self.head_channels}"] if self.head_channels else []) + (
             [self.head] if self.head != next(iter(HEADS)) else []
@@ -226,7 +246,7 @@ class Arch:
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["stages"] = [asdict(s) for s in self.stages]
+        data["stages"] = [s.to_dict() for s in self.stages]
         return data
 
     @classmethod

@@ -61,7 +61,7 @@ class StageNet(nn.Module):
         self.stem = conv_bn_act(arch.in_channels, cin, 3, arch.stem_stride, arch.act)
         stages = []
         for i, stage in enumerate(arch.stages):
-            spec = BlockSpec.parse(stage.spec)
+            spec = stage.spec
             cout = arch.channels(stage.out_channels)
             layers = []
             for j in range(arch.repeats(stage)):

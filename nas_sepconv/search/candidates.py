@@ -128,7 +128,7 @@ def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
         )
         plan = make_plan(model, policy, example_inputs=x)
         model = apply_plan(model, plan, init=c.init)
-        candidate.recipe = replace(recipe, plan=plan.to_json(indent=None))
+        candidate.recipe = replace(recipe, plan=plan)
         if c.init == "svd" and c.refit:
             batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
             teacher = (

@@ -94,7 +94,7 @@ def suggest(
             spec = st.suggest_spec(trial, f"stage{i}")
             specs[f"stage{i}"] = str(spec)
             shortcut = bool(suggest_choice(trial, f"stage{i}.shortcut", st.shortcut))
-            stages.append(Stage(str(spec), st.out_channels, st.repeats, st.stride, shortcut))
+            stages.append(Stage(spec, st.out_channels, st.repeats, st.stride, shortcut))
         # suggested in this order (a seeded sampler's draws follow it); head, the newest, last
         width = float(suggest_choice(trial, "width_mult", b.width_mult))
         depth = float(suggest_choice(trial, "depth_mult", b.depth_mult))
@@ -115,7 +115,7 @@ def suggest(
             input_size=res,  # the side the trial runs at (the gdc head's kernel is sized from it)
         )
         # the input size the trial runs at: a loaded model's MACs (count_macs, profile) are the trial's
-        recipe = Recipe(kind="built", arch=arch.to_json(), input_size=(input_shape[0], res, res))
+        recipe = Recipe(kind="built", arch=arch, input_size=(input_shape[0], res, res))
         return Candidate("build", recipe, f"r{res} {arch.summary()}", res, specs)
 
     c = s.convert

@@ -249,3 +249,30 @@ def test_cuda_without_a_gpu_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserInputError, match=r"^device: 'cuda': CUDA is not available on this machine; use device="):
         ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], device="cuda", cache_dir=tmp_path, **FAST)
+
+
+def test_settings_hold_the_runtime_record_looked_up_once(tmp_path, monkeypatch):
+    looked_up = []
+    real = lt.find_runtime
+
+    def counting(name, **kwargs):
+        looked_up.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(lt, "find_runtime", counting)
+    table = ns.latency_table(Net(), X, cache_dir=tmp_path, **FAST)
+    table.ensure([("conv1", "dwsep_m2")])  # measured later, with the same settings
+    assert looked_up == ["eager"]
+    assert table.settings.runtime is ns.measure.RUNTIMES["eager"]
+    assert table.settings.threads == 1 and table.settings.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [(dict(runtime="nope"), "runtime"), (dict(dtype=torch.int8), "dtype"), (dict(cache_dir=3), "cache_dir")],
+)
+def test_settings_name_the_argument_that_is_wrong(change, field):
+    args = dict(runtime="eager", threads=1, device="cpu", dtype=torch.float32, repeats=2, warmup=0, cache_dir=None)
+    with pytest.raises(UserInputError) as info:
+        lt.LatencySettings.checked(**{**args, **change})
+    assert info.value.field == field

@@ -133,7 +133,7 @@ def test_arch_json_round_trip_and_summary():
 def test_arch_accepts_lists_and_mappings():
     arch = Arch(stages=[("dwsep", 16, 1, 1), {"spec": "keep", "out_channels": 24, "repeats": 1, "stride": 2}])
     assert arch.stages == (Stage("dwsep", 16, 1, 1), Stage("keep", 24, 1, 2))
-    assert Stage(BlockSpec("dwsep", dw_mult=2), 16).spec == "dwsep_m2"
+    assert str(Stage(BlockSpec("dwsep", dw_mult=2), 16).spec) == "dwsep_m2"  # a BlockSpec; written as its string
 
 
 @pytest.mark.parametrize(

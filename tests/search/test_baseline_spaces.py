@@ -44,7 +44,7 @@ def _arch(space_name: str, alpha: float, input_shape: tuple[int, int, int]) -> A
     trial = optuna.trial.FixedTrial({"width_mult": alpha})
     candidate = suggest(load_space(space_name), trial, input_shape=input_shape, num_classes=10)
     assert candidate.resolution == input_shape[-1]
-    return Arch.from_json(candidate.recipe.arch)
+    return candidate.recipe.arch
 
 
 def _canonical(arch: Arch) -> Arch:
@@ -104,7 +104,7 @@ def test_the_grid_draws_each_alpha_once(name, alphas, seed):
 
 def _arch_width(space, trial) -> float:
     candidate = suggest(space, trial, input_shape=(1, 16, 16), num_classes=10)
-    return Arch.from_json(candidate.recipe.arch).width_mult
+    return candidate.recipe.arch.width_mult
 
 
 def test_the_grid_is_shared_by_processes_of_other_seeds():

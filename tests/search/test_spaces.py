@@ -83,9 +83,9 @@ def test_built_candidates_match_the_profiler(seed):
     x = torch.randn(2, 1, candidate.resolution, candidate.resolution)
     assert model(x).shape == (2, 10)
 
-    from nas_sepconv.models import Arch, build_network
+    from nas_sepconv.models import build_network
 
-    again = build_network(Arch.from_json(candidate.recipe.arch))
+    again = build_network(candidate.recipe.arch)
     assert ns.count_macs(again, x[:1]) == ns.count_macs(model, x[:1]) > 0
 
 
