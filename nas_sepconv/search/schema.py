@@ -19,6 +19,7 @@ from ..errors import UserInputError
 from ..measure import find_runtime
 from ..models import ARCH_ACTS, HEADS
 from ..results import OBJECTIVES
+from ..tables import unknown_name
 from ..train import TrainConfig
 from .asha import rung_epochs
 from .choices import (
@@ -280,7 +281,7 @@ class SearchSection(Section):
         find_runtime(self.latency_runtime, field="latency_runtime")
         for name in self.objectives:
             if name not in SEARCHABLE:
-                raise UserInputError("objectives", f"unknown objective {name!r}", f"use one of {', '.join(SEARCHABLE)}")
+                raise unknown_name(name, field="objectives", what="objective", names=SEARCHABLE)
         if tuple(self.objectives[: len(REQUIRED_OBJECTIVES)]) != REQUIRED_OBJECTIVES or len(
             set(self.objectives)
         ) != len(self.objectives):

@@ -1,0 +1,52 @@
+"""The lookup helper (nas_sepconv/tables.py) and the tables read through it: every unknown name
+is one error shape, ``<field>: unknown <what> <name>; use one of: a, b, c``."""
+
+from __future__ import annotations
+
+import pytest
+
+from nas_sepconv.blocks.kinds import KINDS, kind_by_name
+from nas_sepconv.data.sources import DATASETS, find_dataset
+from nas_sepconv.errors import UserInputError
+from nas_sepconv.measure.runtimes import RUNTIMES, find_runtime
+from nas_sepconv.results.objectives import OBJECTIVES, objective
+from nas_sepconv.search.samplers import SAMPLERS, find_sampler
+from nas_sepconv.tables import lookup, unknown_name
+
+
+def test_lookup_returns_the_record():
+    table = {"a": 1, "b": 2}
+    assert lookup(table, "b", field="f", what="thing") == 2
+
+
+@pytest.mark.parametrize("name", ["c", None, 3, ["a"], ""])
+def test_lookup_error_names_the_field_the_name_and_the_choices(name):
+    with pytest.raises(UserInputError) as info:
+        lookup({"a": 1, "b": 2}, name, field="search.thing", what="thing")
+    e = info.value
+    assert (e.field, e.problem, e.fix) == ("search.thing", f"unknown thing {name!r}", "use one of: a, b")
+    assert str(e) == f"search.thing: unknown thing {name!r}; use one of: a, b"
+
+
+def test_lookup_lists_the_given_names_for_a_table_keyed_by_aliases():
+    aliases = {"a": "alpha", "alpha": "alpha"}
+    assert lookup(aliases, "a", field="f", what="x", names=["alpha"]) == "alpha"
+    with pytest.raises(UserInputError, match=r"^f: unknown x 'b'; use one of: alpha$"):
+        lookup(aliases, "b", field="f", what="x", names=["alpha"])
+    assert str(unknown_name("b", field="f", what="x", names=["alpha"])) == "f: unknown x 'b'; use one of: alpha"
+
+
+@pytest.mark.parametrize(
+    ("find", "field", "what", "names"),
+    [
+        (find_runtime, "runtime", "runtime", list(RUNTIMES)),
+        (find_sampler, "--sampler", "sampler", list(SAMPLERS)),
+        (objective, "search.objectives", "objective", list(OBJECTIVES)),
+        (kind_by_name, "kind", "block kind", list(KINDS)),
+        (lambda n: find_dataset(n)[0], "dataset", "data set", [s.usage for s in DATASETS.values()]),
+    ],
+)
+def test_every_table_has_the_one_error_shape(find, field, what, names):
+    with pytest.raises(UserInputError) as info:
+        find("nope")
+    assert str(info.value) == f"{field}: unknown {what} 'nope'; use one of: {', '.join(names)}"
