@@ -3,14 +3,18 @@ is one error shape, ``<field>: unknown <what> <name>; use one of: a, b, c``."""
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 from nas_sepconv.blocks.kinds import KINDS, kind_by_name
+from nas_sepconv.conversion import INITS, init_method
 from nas_sepconv.data.sources import DATASETS, find_dataset
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.measure.runtimes import RUNTIMES, find_runtime
 from nas_sepconv.results.objectives import OBJECTIVES, objective
 from nas_sepconv.search.samplers import SAMPLERS, find_sampler
+from nas_sepconv.search.schema import ConvertSection
 from nas_sepconv.tables import lookup, unknown_name
 
 
@@ -44,9 +48,14 @@ def test_lookup_lists_the_given_names_for_a_table_keyed_by_aliases():
         (objective, "search.objectives", "objective", list(OBJECTIVES)),
         (kind_by_name, "kind", "block kind", list(KINDS)),
         (lambda n: find_dataset(n)[0], "dataset", "data set", [s.usage for s in DATASETS.values()]),
+        (init_method, "init", "initialisation", list(INITS)),
     ],
 )
 def test_every_table_has_the_one_error_shape(find, field, what, names):
     with pytest.raises(UserInputError) as info:
         find("nope")
     assert str(info.value) == f"{field}: unknown {what} 'nope'; use one of: {', '.join(names)}"
+
+
+def test_the_schema_choices_are_the_tables_names():
+    assert typing.get_args(ConvertSection.model_fields["init"].annotation) == tuple(INITS)

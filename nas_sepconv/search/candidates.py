@@ -14,7 +14,7 @@ import optuna
 import torch
 import torch.nn as nn
 
-from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
+from ..conversion import INITS, Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
 from ..data import calibration_batches, load_dataset
 from ..errors import TrainingDiverged
 from ..io import build_from_recipe
@@ -132,7 +132,7 @@ def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
         plan = make_plan(model, policy, example_inputs=x)
         model = apply_plan(model, plan, init=c.init)
         candidate.recipe = replace(recipe, plan=plan.to_json(indent=None))
-        if c.init == "svd" and c.refit:
+        if INITS[c.init].from_weights and c.refit:
             batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
             teacher = (
                 apply_width_mult(ctx.base().cpu(), recipe.width_mult, example_inputs=x)

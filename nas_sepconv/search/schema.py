@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..blocks import KINDS, BlockSpec
+from ..conversion import INIT_NAMES
 from ..data import find_dataset
 from ..errors import UserInputError
 from ..measure import find_runtime
@@ -181,7 +182,7 @@ class ConvertSection(Section):
     choices: BlockChoices = BlockChoices()
     width_mult: Choice = 1.0
     resolution_mult: Choice = 1.0
-    init: Literal["svd", "random"] = "svd"
+    init: Literal[INIT_NAMES] = INIT_NAMES[0]
     refit: bool = True
     calibration_images: int = Field(default=256, ge=1, le=LIMITS.calibration_images)
     finetune_epochs: int = Field(default=1, ge=0, le=LIMITS.epochs)
