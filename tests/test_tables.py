@@ -12,9 +12,11 @@ from nas_sepconv.conversion import INITS, init_method
 from nas_sepconv.data.sources import DATASETS, find_dataset
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.measure.runtimes import RUNTIMES, find_runtime
+from nas_sepconv.results.modes import SEARCH_MODES, search_mode
 from nas_sepconv.results.objectives import OBJECTIVES, objective
+from nas_sepconv.search.pruners import PRUNERS, find_pruner
 from nas_sepconv.search.samplers import SAMPLERS, find_sampler
-from nas_sepconv.search.schema import ConvertSection
+from nas_sepconv.search.schema import ConvertSection, SearchSection
 from nas_sepconv.tables import lookup, unknown_name
 
 
@@ -49,6 +51,8 @@ def test_lookup_lists_the_given_names_for_a_table_keyed_by_aliases():
         (kind_by_name, "kind", "block kind", list(KINDS)),
         (lambda n: find_dataset(n)[0], "dataset", "data set", [s.usage for s in DATASETS.values()]),
         (init_method, "init", "initialisation", list(INITS)),
+        (find_pruner, "search.pruner", "pruner", list(PRUNERS)),
+        (search_mode, "search.mode", "search mode", list(SEARCH_MODES)),
     ],
 )
 def test_every_table_has_the_one_error_shape(find, field, what, names):
@@ -57,5 +61,22 @@ def test_every_table_has_the_one_error_shape(find, field, what, names):
     assert str(info.value) == f"{field}: unknown {what} 'nope'; use one of: {', '.join(names)}"
 
 
-def test_the_schema_choices_are_the_tables_names():
-    assert typing.get_args(ConvertSection.model_fields["init"].annotation) == tuple(INITS)
+@pytest.mark.parametrize(
+    ("section", "field", "table"),
+    [
+        (SearchSection, "mode", SEARCH_MODES),
+        (SearchSection, "pruner", PRUNERS),
+        (ConvertSection, "init", INITS),
+    ],
+)
+def test_the_schema_choices_are_the_tables_names(section, field, table):
+    assert typing.get_args(section.model_fields[field].annotation) == tuple(table)
+
+
+def test_every_search_mode_names_known_things():
+    for mode in SEARCH_MODES.values():
+        assert mode.metric is None or mode.metric in OBJECTIVES
+        assert mode.sampler is None or mode.sampler in SAMPLERS
+        assert set(mode.needs) <= set(SearchSection.model_fields)
+    assert SEARCH_MODES["scalarised"].metric_names(["accuracy", "macs"]) == ["reward"]
+    assert SEARCH_MODES["pareto"].metric_names(["accuracy", "macs"]) == ["accuracy", "macs"]

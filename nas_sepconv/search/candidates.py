@@ -151,6 +151,17 @@ def reward(accuracy: float, macs: int, space: Space) -> float:
     return accuracy * (macs / s.target_macs) ** s.reward_exponent
 
 
+def objective_values(metrics: dict[str, Any], space: Space) -> list[float]:
+    """The values a trial tells its study, one per metric of the space's search mode (see
+    :meth:`~nas_sepconv.results.modes.SearchMode.metric_names`): the reward is computed from
+    the trial's accuracy and MACs, every other metric is the trial's own."""
+    s = space.spec.search
+    return [
+        reward(metrics["accuracy"], metrics["macs"], space) if name == "reward" else metrics[name]
+        for name in s.search_mode.metric_names(s.objectives)
+    ]
+
+
 def run_candidate(
     ctx: TrialContext, candidate: Candidate, *, trial: Any = None, seed: int = 0
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -209,7 +220,7 @@ def _run_candidate(
             ):  # fixed per candidate: measured once, at the first rung
                 metrics["latency_ms"], metrics["latency_source"] = trial_latency(ctx, model, x)
             ladder.on_epoch(epoch, val_acc, metrics)
-        if trial is not None and s.mode == "scalarised":
+        if trial is not None and s.search_mode.prunes:
             trial.report(reward(val_acc, macs, space), epoch)
             if trial.should_prune():
                 metrics.update(accuracy=val_acc, epochs=epoch)

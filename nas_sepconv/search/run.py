@@ -238,7 +238,7 @@ def _settings(
         timeout=timeout,
         storage=storage_url_for(storage, out_dir),
         study=name,
-        sampler=sampler or ("tpe" if space.spec.search.mode == "scalarised" else space.spec.search.sampler),
+        sampler=sampler or space.spec.search.search_mode.sampler or space.spec.search.sampler,
         seed=seed,
         device=device,
         workers=workers,

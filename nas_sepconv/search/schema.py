@@ -20,6 +20,7 @@ from ..errors import UserInputError
 from ..measure import find_runtime
 from ..models import ARCH_ACTS, HEADS
 from ..results import OBJECTIVES
+from ..results.modes import SEARCH_MODE_NAMES, SEARCH_MODES, SearchMode
 from ..tables import unknown_name
 from ..train import TrainConfig
 from .asha import rung_epochs
@@ -36,6 +37,7 @@ from .choices import (
     suggest_choice,
     values_of,
 )
+from .pruners import PRUNER_NAMES
 from .samplers import SAMPLERS, find_sampler
 
 __all__ = [
@@ -240,11 +242,13 @@ def check_multi_fidelity(spec: SpaceFile) -> None:
     mf = spec.search.multi_fidelity
     if mf is None:
         return
-    if spec.search.mode != "pareto":
+    mode = spec.search.search_mode
+    if not mode.multi_fidelity:
+        allowed = " or ".join(m.name for m in SEARCH_MODES.values() if m.multi_fidelity)
         raise UserInputError(
             "search.multi_fidelity",
-            "needs mode pareto (the scalarised mode stops candidates early with its pruner)",
-            "remove multi_fidelity, or use mode: pareto",
+            f"needs mode {allowed} (the {mode.name} mode stops candidates early with its pruner)",
+            f"remove multi_fidelity, or use mode: {allowed}",
         )
     budget = candidate_epochs(spec)
     if mf.min_epochs >= budget:
@@ -261,10 +265,10 @@ class SearchSection(Section):
     trials: int = Field(default=20, ge=1)
     sampler: str = next(iter(SAMPLERS))
     objectives: list[str] = list(REQUIRED_OBJECTIVES)
-    mode: Literal["pareto", "scalarised"] = "pareto"
+    mode: Literal[SEARCH_MODE_NAMES] = SEARCH_MODE_NAMES[0]
     target_macs: float | None = Field(default=None, gt=0)
     reward_exponent: float = -0.07
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal[PRUNER_NAMES] = PRUNER_NAMES[0]
     max_macs: float | None = Field(default=None, gt=0)
     max_params: float | None = Field(default=None, gt=0)
     max_latency_ms: float | None = Field(default=None, gt=0)
@@ -292,11 +296,15 @@ class SearchSection(Section):
                 f"got {self.objectives}; they must start with {', '.join(REQUIRED_OBJECTIVES)} (then optionally "
                 f"{optional}), without repeats",
             )
-        if self.mode == "scalarised" and self.target_macs is None:
-            raise UserInputError(
-                "target_macs", "missing: mode scalarised needs it (the T of MnasNet's reward ACC·(MACs/T)^w)"
-            )
+        for need, why in self.search_mode.needs.items():
+            if getattr(self, need) is None:
+                raise UserInputError(need, f"missing: mode {self.mode} needs it ({why})")
         return self
+
+    @property
+    def search_mode(self) -> SearchMode:
+        """The record of :attr:`mode` (:data:`~nas_sepconv.results.modes.SEARCH_MODES`)."""
+        return SEARCH_MODES[self.mode]
 
 
 class SpaceFile(Section):
