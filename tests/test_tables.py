@@ -16,7 +16,8 @@ from nas_sepconv.results.modes import SEARCH_MODES, search_mode
 from nas_sepconv.results.objectives import OBJECTIVES, objective
 from nas_sepconv.search.pruners import PRUNERS, find_pruner
 from nas_sepconv.search.samplers import SAMPLERS, find_sampler
-from nas_sepconv.search.schema import ConvertSection, SearchSection
+from nas_sepconv.search.schema import ConvertSection, SearchSection, SpaceFile
+from nas_sepconv.search.space_kinds import SPACE_KINDS, space_kind
 from nas_sepconv.tables import lookup, unknown_name
 
 
@@ -50,9 +51,10 @@ def test_lookup_lists_the_given_names_for_a_table_keyed_by_aliases():
         (objective, "search.objectives", "objective", list(OBJECTIVES)),
         (kind_by_name, "kind", "block kind", list(KINDS)),
         (lambda n: find_dataset(n)[0], "dataset", "data set", [s.usage for s in DATASETS.values()]),
-        (init_method, "init", "initialisation", list(INITS)),
         (find_pruner, "search.pruner", "pruner", list(PRUNERS)),
         (search_mode, "search.mode", "search mode", list(SEARCH_MODES)),
+        (space_kind, "kind", "space kind", list(SPACE_KINDS)),
+        (init_method, "init", "initialisation", list(INITS)),
     ],
 )
 def test_every_table_has_the_one_error_shape(find, field, what, names):
@@ -66,11 +68,19 @@ def test_every_table_has_the_one_error_shape(find, field, what, names):
     [
         (SearchSection, "mode", SEARCH_MODES),
         (SearchSection, "pruner", PRUNERS),
+        (SpaceFile, "kind", SPACE_KINDS),
         (ConvertSection, "init", INITS),
     ],
 )
 def test_the_schema_choices_are_the_tables_names(section, field, table):
     assert typing.get_args(section.model_fields[field].annotation) == tuple(table)
+
+
+def test_every_space_kind_names_its_section_and_epochs():
+    for kind in SPACE_KINDS.values():
+        assert kind.section in SpaceFile.model_fields
+        assert kind.epochs_field.partition(".")[0] in SpaceFile.model_fields
+    assert {k.recipe_kind for k in SPACE_KINDS.values()} == {"built", "converted"}  # what saved recipes say
 
 
 def test_every_search_mode_names_known_things():

@@ -93,7 +93,7 @@ class TrialContext:
             trial,
             input_shape=self.data.input_shape,
             num_classes=self.data.num_classes,
-            sites=self.sites() if space.kind == "convert" else None,
+            sites=self.sites() if space.spec.space_kind.from_base else None,
         )
 
     def retrain(
@@ -111,7 +111,7 @@ class TrialContext:
 
 def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
     """The candidate's model, ready to train: built from scratch, or converted from the base."""
-    if candidate.kind == "build":
+    if not candidate.space_kind.from_base:
         return build_from_recipe(candidate.recipe)
     c = ctx.settings.space.spec.convert
     model = ctx.base().cpu()
@@ -167,7 +167,7 @@ def run_candidate(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build, budget-check, train and evaluate one candidate, all seeded with ``seed`` (see
     :func:`seeded`: a re-run reproduces it exactly on the CPU); returns the model and metrics."""
-    if candidate.kind == "convert":
+    if candidate.space_kind.from_base:
         ctx.base()  # trained (seeded on its own) first, if it is not yet: not inside the trial's seeded run
     with seeded(seed, ctx.settings.device):
         return _run_candidate(ctx, candidate, trial=trial, seed=seed)
@@ -192,7 +192,7 @@ def _run_candidate(
     feasible = all(c <= 0 for c in constraints.values())
     cfg = replace(space.spec.train, seed=seed)
     teacher, features = None, []
-    if candidate.kind == "convert":
+    if candidate.space_kind.from_base:
         c = space.spec.convert
         cfg = replace(
             cfg,
@@ -230,7 +230,7 @@ def _run_candidate(
 
     if not feasible:
         metrics.update(accuracy=0.0, test_accuracy=0.0, epochs=0, feasible=False)
-    elif candidate.kind == "convert" and space.spec.convert.finetune_epochs == 0:
+    elif candidate.space_kind.from_base and space.spec.convert.finetune_epochs == 0:
         model.to(device)
         metrics.update(
             accuracy=evaluate(model, ctx.data.val, data=ctx.data, device=device, resolution=candidate.resolution),

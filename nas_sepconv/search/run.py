@@ -152,7 +152,7 @@ def _fit_to_data(settings: Settings, *, flag: str | None) -> None:
         settings.threads = choose_threads(
             data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers
         )
-    if settings.space.kind == "convert":
+    if settings.space.spec.space_kind.from_base:
         _check_convert(settings.space, data, settings.out_dir)  # a bad base model would otherwise fail every trial
 
 

@@ -74,7 +74,7 @@ def grid_of(space: Any) -> dict[str, list[Any]]:
     Refused (:class:`UserInputError` naming ``search.sampler``): a convert space, a range, a
     stage with several kinds (the options a kind takes would be conditional parameters)."""
     spec = space.spec
-    if spec.kind != "build":
+    if spec.space_kind.from_base:
         raise UserInputError(
             "search.sampler", "grid enumerates build spaces only", "use another sampler for a convert space"
         )

@@ -39,6 +39,7 @@ from .choices import (
 )
 from .pruners import PRUNER_NAMES
 from .samplers import SAMPLERS, find_sampler
+from .space_kinds import SPACE_KIND_NAMES, SPACE_KINDS, SpaceKind
 
 __all__ = [
     "SpaceFile",
@@ -233,8 +234,10 @@ class MultiFidelitySection(Section):
 
 
 def candidate_epochs(spec: SpaceFile) -> int:
-    """The epochs a candidate of the space trains: ``train.epochs`` (build), ``convert.finetune_epochs`` (convert)."""
-    return spec.convert.finetune_epochs if spec.kind == "convert" and spec.convert is not None else spec.train.epochs
+    """The epochs a candidate of the space trains: the field its kind names (``train.epochs``
+    for build, ``convert.finetune_epochs`` for convert: :attr:`.SpaceKind.epochs_field`)."""
+    section, _, name = spec.space_kind.epochs_field.partition(".")
+    return getattr(getattr(spec, section), name)
 
 
 def check_multi_fidelity(spec: SpaceFile) -> None:
@@ -252,7 +255,7 @@ def check_multi_fidelity(spec: SpaceFile) -> None:
         )
     budget = candidate_epochs(spec)
     if mf.min_epochs >= budget:
-        where = "convert.finetune_epochs" if spec.kind == "convert" else "train.epochs"
+        where = spec.space_kind.epochs_field
         raise UserInputError(
             "search.multi_fidelity.min_epochs",
             f"{mf.min_epochs} is not below the {budget} epochs a candidate trains ({where})",
@@ -310,7 +313,7 @@ class SearchSection(Section):
 class SpaceFile(Section):
     name: str
     description: str = ""
-    kind: Literal["build", "convert"]
+    kind: Literal[SPACE_KIND_NAMES]
     data: DataSection = DataSection()
     # the one training configuration: its own validation and bounds apply (errors name train.<field>)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -328,12 +331,16 @@ class SpaceFile(Section):
 
     @model_validator(mode="after")
     def _section(self) -> SpaceFile:
-        if self.kind == "build" and self.build is None:
-            raise UserInputError("build", "missing: kind build needs a build: section")
-        if self.kind == "convert" and self.convert is None:
-            raise UserInputError("convert", "missing: kind convert needs a convert: section")
+        section = self.space_kind.section
+        if getattr(self, section) is None:
+            raise UserInputError(section, f"missing: kind {self.kind} needs a {section}: section")
         if self.train.lr > LIMITS.lr:
             problem = f"{self.train.lr:g} is above {LIMITS.lr:g}, the largest learning rate a space may give"
             raise UserInputError("train.lr", problem, "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
         check_multi_fidelity(self)
         return self
+
+    @property
+    def space_kind(self) -> SpaceKind:
+        """The record of :attr:`kind` (:data:`~.space_kinds.SPACE_KINDS`)."""
+        return SPACE_KINDS[self.kind]
