@@ -49,7 +49,7 @@ def _check_stored_space(space: Any, trusted: frozenset[str]) -> None:
     only registry models and data sets whose loaders unpickle nothing, unless the user vouches
     for the name (``allow_import`` / ``--allow-import``)."""
     named = []
-    if space.kind == "convert" and space.spec.convert.model.split(":", 1)[0].strip() not in REGISTRY_SOURCES:
+    if space.spec.space_kind.from_base and space.spec.convert.model.split(":", 1)[0].strip() not in REGISTRY_SOURCES:
         named.append(("convert.model", space.spec.convert.model))
     if str(space.spec.data.dataset).startswith("torchvision:"):  # torchvision's loaders unpickle their files
         named.append(("data.dataset", space.spec.data.dataset))

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
+from ..tables import lookup
 from . import closed_form as decompose
 from . import modules as blocks
 from .closed_form_joint import DWSEP as _DWSEP_REFIT
@@ -305,7 +306,4 @@ def kind_names() -> list[str]:
 
 def kind_by_name(name: str) -> Kind:
     """The kind that ``name`` (its name, short name or an alias) names."""
-    canonical = KIND_ALIASES.get(name)
-    if canonical is None:
-        raise UserInputError("kind", f"unknown block kind {name!r}", f"use one of {kind_names()}")
-    return KINDS[canonical]
+    return KINDS[lookup(KIND_ALIASES, name, field="kind", what="block kind", names=KINDS)]

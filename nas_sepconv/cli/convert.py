@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ..blocks import BlockSpec
-from ..conversion import PlanWarning, apply_plan, make_plan
+from ..conversion import INITS, PlanWarning, apply_plan, make_plan
 from ..export import check_model_file, write_model
 from ..io import named_model
 from ..recipe import Recipe
@@ -31,7 +31,10 @@ def convert(
         None, "--out", metavar="FILE", help="save the converted model: .safetensors (with its recipe) or .onnx"
     ),
     init: str = typer.Option(
-        "svd", "--init", metavar="svd|random", help="svd (closed form from the original weights) or random"
+        next(iter(INITS)),
+        "--init",
+        metavar="|".join(INITS),
+        help=", ".join(f"{m.name} ({m.doc})" for m in INITS.values()),
     ),
     num_classes: int | None = typer.Option(
         None, "--num-classes", metavar="N", help="classes of the model's head (default: the model's own)"

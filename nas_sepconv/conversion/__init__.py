@@ -13,13 +13,16 @@ from .normal_equations import conv_patches
 from .plan import Plan, PlanEntry
 from .planning import PlanWarning, make_plan
 from .policy import Policy
-from .rewrite import INITS, apply_plan, convert, plan_of
+from .rewrite import INIT_NAMES, INITS, InitMethod, apply_plan, convert, init_method, plan_of
 from .sites import Site, activation_after, find_sites
 from .width import apply_width_mult, find_classifier
 
 __all__ = [
     "ExampleInputs",
     "INITS",
+    "INIT_NAMES",
+    "InitMethod",
+    "init_method",
     "LatencyTable",
     "Plan",
     "PlanEntry",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,14 +29,49 @@ import torch.nn as nn
 
 from ..blocks import CONV_TYPES, BlockSpec, ConvGeometry, initialise
 from ..errors import UserInputError
+from ..tables import lookup
 from .plan import META_KEY, Plan, PlanEntry
 from .planning import make_plan
 from .policy import Policy
 from .sites import functional_conv_args, functional_site_name, trace
 
-__all__ = ["apply_plan", "convert", "plan_of", "INITS"]
+__all__ = ["apply_plan", "convert", "plan_of", "InitMethod", "INITS", "INIT_NAMES", "init_method"]
 
-INITS = ("svd", "random")
+
+@dataclass(frozen=True)
+class InitMethod:
+    """One way :func:`apply_plan` initialises a block (its ``init=``).
+
+    Attributes:
+        name: what ``init=`` (``--init``, a convert space's ``convert.init``) says.
+        from_weights: the block is fitted to its conv's weights in closed form
+            (:func:`~nas_sepconv.blocks.initialise`), so they must be finite; a refit on
+            calibration data may follow (a convert space's ``convert.refit``).
+        doc: one line.
+    """
+
+    name: str
+    from_weights: bool
+    doc: str = ""
+
+
+#: every initialisation by name; the first is the default
+INITS: dict[str, InitMethod] = {
+    m.name: m
+    for m in (
+        InitMethod("svd", from_weights=True, doc="closed form from the original weights"),
+        InitMethod("random", from_weights=False, doc="PyTorch's fresh initialisation"),
+    )
+}
+
+#: the names, for a schema's ``Literal`` (derived from the table, never listed again)
+INIT_NAMES = tuple(INITS)
+
+
+def init_method(name: Any, *, field: str = "init") -> InitMethod:
+    """The record of the initialisation ``name``; :class:`UserInputError` naming ``field`` if
+    there is none."""
+    return lookup(INITS, name, field=field, what="initialisation")
 
 
 def _check_finite(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -53,11 +89,13 @@ def _check_finite(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | N
             )
 
 
-def _build(entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | None, init: str, training: bool) -> nn.Module:
-    if init == "svd":
+def _build(
+    entry: PlanEntry, weight: torch.Tensor, bias: torch.Tensor | None, init: InitMethod, training: bool
+) -> nn.Module:
+    if init.from_weights:
         _check_finite(entry, weight, bias)
     block = entry.spec.build(entry.geometry).to(device=weight.device, dtype=weight.dtype)
-    if init == "svd":
+    if init.from_weights:
         initialise(block, entry.spec, entry.geometry, weight, bias)
     return block.train(training).requires_grad_(weight.requires_grad)  # a frozen conv gives a frozen block
 
@@ -79,7 +117,7 @@ def _missing(entry: PlanEntry) -> UserInputError:
     )
 
 
-def _rewrite_graph(model: nn.Module, plan: Plan, init: str) -> fx.GraphModule:
+def _rewrite_graph(model: nn.Module, plan: Plan, init: InitMethod) -> fx.GraphModule:
     gm = trace(model)
     modules = dict(gm.named_modules())
     functional = {}
@@ -133,7 +171,7 @@ def _rewrite_graph(model: nn.Module, plan: Plan, init: str) -> fx.GraphModule:
     return gm
 
 
-def _swap_modules(model: nn.Module, plan: Plan, init: str) -> nn.Module:
+def _swap_modules(model: nn.Module, plan: Plan, init: InitMethod) -> nn.Module:
     registrations: dict[int, list[tuple[nn.Module, str]]] = {}
     for parent in model.modules():
         for child_name, child in parent._modules.items():  # not named_children(): it hides aliases
@@ -158,16 +196,15 @@ def apply_plan(model: nn.Module, plan: Plan, *, init: str = "svd", inplace: bool
     submodules swapped) whose forward takes the same inputs.  ``model`` is not changed unless
     ``inplace=True``.  The plan is kept in ``result.meta["nas_sepconv.plan"]`` for traced
     results (see :func:`plan_of`)."""
-    if init not in INITS:
-        raise UserInputError("init", f"unknown initialisation {init!r}", f"use one of {list(INITS)}")
+    method = init_method(init)
     if not isinstance(plan, Plan):
         raise UserInputError(
             "plan", f"expected a Plan, got {type(plan).__name__}", "use ns.make_plan or ns.Plan.from_json"
         )
     target = model if inplace else copy.deepcopy(model)
     if not plan.traced:
-        return _swap_modules(target, plan, init)
-    gm = _rewrite_graph(target, plan, init)
+        return _swap_modules(target, plan, method)
+    gm = _rewrite_graph(target, plan, method)
     gm.meta[META_KEY] = plan
     return gm
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserInputError
+from ..tables import unknown_name
 from .arrays import Arrays, channel_stats, existing, need_root, stratified_take
 from .cache import default_data_root
 from .cifar import CIFAR10_FILL, load_cifar10
@@ -199,4 +200,4 @@ def find_dataset(name: str) -> tuple[DataSource, str]:
             if (arg and source.arg) or (not arg and not source.needs_arg):
                 return source, arg
             break
-    raise UserInputError("dataset", f"unknown data set {name!r}", f"use one of {dataset_names()}")
+    raise unknown_name(name, field="dataset", what="data set", names=[s.usage for s in DATASETS.values()])

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
+from ..tables import lookup
 from .onnx import onnx_session, to_onnx
 from .optimize import optimize_for_inference
 
@@ -162,9 +163,7 @@ RUNTIMES: dict[str, Runtime] = _table(
 def find_runtime(name: Any, *, field: str = "runtime") -> Runtime:
     """The record of runtime ``name``; :class:`UserInputError` naming ``field`` if there is no
     such runtime or it cannot run here."""
-    record = RUNTIMES.get(name) if isinstance(name, str) else None
-    if record is None:
-        raise UserInputError(field, f"unknown runtime {name!r}", f"use one of {', '.join(RUNTIMES)}")
+    record = lookup(RUNTIMES, name, field=field, what="runtime")
     if not record.available():
         raise UserInputError(field, f"runtime {name} is not installed", record.install or "install it")
     return record

@@ -39,6 +39,7 @@ import pandas as pd
 from ..errors import UserInputError
 from ..storage import open_source
 from .arrays import infer, typed
+from .modes import SEARCH_MODES
 from .objectives import KNOWN_DIRECTIONS
 from .stored import decoding, read_study
 
@@ -223,12 +224,13 @@ def _study_objectives(study: optuna.Study) -> tuple[list[str], str, dict[str, st
     n_obj = len(study.directions)
     metric_names = list(study.metric_names or [])
     mode = dict(study.user_attrs).get("mode")
+    known = SEARCH_MODES.get(mode) if isinstance(mode, str) else None
     if not metric_names:
         if n_obj == 1:
-            metric_names = ["reward"] if mode == "scalarised" else ["value"]
+            metric_names = [known.metric if known is not None and known.metric else "value"]
         else:
             metric_names = [f"value_{i}" for i in range(n_obj)]
-    if mode not in ("pareto", "scalarised"):
+    if known is None:  # a study made elsewhere: named after its number of values
         mode = "pareto" if n_obj > 1 else "scalarised"
     study_dirs = {
         name: "maximize" if d == StudyDirection.MAXIMIZE else "minimize"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UserInputError
+from ..tables import lookup
 
 __all__ = [
     "Objective",
@@ -149,7 +149,4 @@ def objective(name: str) -> Objective:
         UserInputError: (field ``search.objectives``) no objective has that name; the message
             lists the names.
     """
-    record = OBJECTIVES.get(name) if isinstance(name, str) else None
-    if record is None:
-        raise UserInputError("search.objectives", f"unknown objective {name!r}", f"use one of {', '.join(OBJECTIVES)}")
-    return record
+    return lookup(OBJECTIVES, name, field="search.objectives", what="objective")

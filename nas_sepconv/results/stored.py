@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UserInputError
 from ..measure import MAX_THREADS
 from ..recipe import MAX_INPUT_SIDE
+from .modes import SEARCH_MODES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import optuna
@@ -133,7 +134,7 @@ TRIAL_ATTRS: dict[str, Attr] = _table(
 STUDY_ATTRS: dict[str, Attr] = _table(
     Attr("space", "the name of a space", lambda v: isinstance(v, str) and 0 < len(v) <= 200),
     Attr("space_yaml", "the YAML text of a space", _text),
-    Attr("mode", "'pareto' or 'scalarised'", lambda v: v in ("pareto", "scalarised")),
+    Attr("mode", " or ".join(map(repr, SEARCH_MODES)), lambda v: isinstance(v, str) and v in SEARCH_MODES),
     Attr(
         "multi_fidelity",
         "null or {min_epochs, eta, rungs} (ascending epochs)",

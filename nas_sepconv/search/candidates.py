@@ -14,7 +14,7 @@ import optuna
 import torch
 import torch.nn as nn
 
-from ..conversion import Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
+from ..conversion import INITS, Policy, apply_plan, apply_width_mult, find_sites, make_plan, plan_of, refit
 from ..data import calibration_batches
 from ..errors import TrainingDiverged
 from ..io import build_from_recipe
@@ -90,7 +90,7 @@ class TrialContext:
             trial,
             input_shape=self.data.input_shape,
             num_classes=self.data.num_classes,
-            sites=self.sites() if space.kind == "convert" else None,
+            sites=self.sites() if space.spec.space_kind.from_base else None,
         )
 
     def retrain(
@@ -108,7 +108,7 @@ class TrialContext:
 
 def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
     """The candidate's model, ready to train: built from scratch, or converted from the base."""
-    if candidate.kind == "build":
+    if not candidate.space_kind.from_base:
         return build_from_recipe(candidate.recipe)
     c = ctx.settings.space.spec.convert
     model = ctx.base().cpu()
@@ -129,7 +129,7 @@ def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
         plan = make_plan(model, policy, example_inputs=x)
         model = apply_plan(model, plan, init=c.init)
         candidate.recipe = replace(recipe, plan=plan)
-        if c.init == "svd" and c.refit:
+        if INITS[c.init].from_weights and c.refit:
             batches = calibration_batches(ctx.data, n=c.calibration_images, batch_size=64)
             teacher = (
                 apply_width_mult(ctx.base().cpu(), recipe.width_mult, example_inputs=x)
@@ -148,12 +148,23 @@ def reward(accuracy: float, macs: int, space: Space) -> float:
     return accuracy * (macs / s.target_macs) ** s.reward_exponent
 
 
+def objective_values(metrics: dict[str, Any], space: Space) -> list[float]:
+    """The values a trial tells its study, one per metric of the space's search mode (see
+    :meth:`~nas_sepconv.results.modes.SearchMode.metric_names`): the reward is computed from
+    the trial's accuracy and MACs, every other metric is the trial's own."""
+    s = space.spec.search
+    return [
+        reward(metrics["accuracy"], metrics["macs"], space) if name == "reward" else metrics[name]
+        for name in s.search_mode.metric_names(s.objectives)
+    ]
+
+
 def run_candidate(
     ctx: TrialContext, candidate: Candidate, *, trial: Any = None, seed: int = 0
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build, budget-check, train and evaluate one candidate, all seeded with ``seed`` (see
     :func:`seeded`: a re-run reproduces it exactly on the CPU); returns the model and metrics."""
-    if candidate.kind == "convert":
+    if candidate.space_kind.from_base:
         ctx.base()  # trained (seeded on its own) first, if it is not yet: not inside the trial's seeded run
     with seeded(seed, ctx.settings.device):
         return _run_candidate(ctx, candidate, trial=trial, seed=seed)
@@ -178,7 +189,7 @@ def _run_candidate(
     feasible = all(c <= 0 for c in constraints.values())
     cfg = replace(space.spec.train, seed=seed)
     teacher, features = None, []
-    if candidate.kind == "convert":
+    if candidate.space_kind.from_base:
         c = space.spec.convert
         cfg = replace(
             cfg,
@@ -206,7 +217,7 @@ def _run_candidate(
             ):  # fixed per candidate: measured once, at the first rung
                 metrics["latency_ms"], metrics["latency_source"] = trial_latency(ctx, model, x)
             ladder.on_epoch(epoch, val_acc, metrics)
-        if trial is not None and s.mode == "scalarised":
+        if trial is not None and s.search_mode.prunes:
             trial.report(reward(val_acc, macs, space), epoch)
             if trial.should_prune():
                 metrics.update(accuracy=val_acc, epochs=epoch)
@@ -216,7 +227,7 @@ def _run_candidate(
 
     if not feasible:
         metrics.update(accuracy=0.0, test_accuracy=0.0, epochs=0, feasible=False)
-    elif candidate.kind == "convert" and space.spec.convert.finetune_epochs == 0:
+    elif candidate.space_kind.from_base and space.spec.convert.finetune_epochs == 0:
         model.to(device)
         metrics.update(
             accuracy=evaluate(model, ctx.data.val, data=ctx.data, device=device, resolution=candidate.resolution),

@@ -44,7 +44,7 @@ def _predictable(ctx: Any, model: nn.Module, x: torch.Tensor) -> bool:
     plan = plan_of(model)
     base_shape = (1, *ctx.data.input_shape)
     return (
-        ctx.settings.space.kind == "convert"
+        ctx.settings.space.spec.space_kind.from_base
         and plan is not None
         and tuple(x.shape) == base_shape
         and tuple(plan.input_shapes[0]) == base_shape

@@ -151,7 +151,7 @@ def _fit_to_data(settings: Settings, *, flag: str | None) -> None:
         settings.threads = choose_threads(
             data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers
         )
-    if settings.space.kind == "convert":
+    if settings.space.spec.space_kind.from_base:
         _check_convert(settings.space, data, settings.out_dir)  # a bad base model would otherwise fail every trial
 
 
@@ -237,7 +237,7 @@ def _settings(
         timeout=timeout,
         storage=storage_url_for(storage, out_dir),
         study=name,
-        sampler=sampler or ("tpe" if space.spec.search.mode == "scalarised" else space.spec.search.sampler),
+        sampler=sampler or space.spec.search.search_mode.sampler or space.spec.search.sampler,
         seed=seed,
         device=device,
         workers=workers,

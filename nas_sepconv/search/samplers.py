@@ -18,6 +18,7 @@ import optuna
 
 from ..blocks import BlockSpec
 from ..errors import UserInputError
+from ..tables import lookup
 
 __all__ = [
     "SAMPLERS",
@@ -73,7 +74,7 @@ def grid_of(space: Any) -> dict[str, list[Any]]:
     Refused (:class:`UserInputError` naming ``search.sampler``): a convert space, a range, a
     stage with several kinds (the options a kind takes would be conditional parameters)."""
     spec = space.spec
-    if spec.kind != "build":
+    if spec.space_kind.from_base:
         raise UserInputError(
             "search.sampler", "grid enumerates build spaces only", "use another sampler for a convert space"
         )
@@ -175,10 +176,7 @@ SAMPLERS: dict[str, Sampler] = {
 def find_sampler(name: Any, *, field: str = "--sampler") -> Sampler:
     """The record of the sampler ``name``; a :class:`UserInputError` naming ``field`` (and
     listing the samplers) if there is none."""
-    record = SAMPLERS.get(name) if isinstance(name, str) else None
-    if record is None:
-        raise UserInputError(field, f"unknown sampler {name!r}", f"use one of {', '.join(SAMPLERS)}")
-    return record
+    return lookup(SAMPLERS, name, field=field, what="sampler")
 
 
 def make_sampler(name: str, seed: int, space: Any) -> optuna.samplers.BaseSampler:

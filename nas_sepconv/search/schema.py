@@ -14,11 +14,14 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..blocks import KINDS, BlockSpec
+from ..conversion import INIT_NAMES
 from ..data import Dataset, find_dataset, load_dataset
 from ..errors import UserInputError
 from ..measure import find_runtime
 from ..models import ARCH_ACTS, HEADS
 from ..results import OBJECTIVES
+from ..results.modes import SEARCH_MODE_NAMES, SEARCH_MODES, SearchMode
+from ..tables import unknown_name
 from ..train import TrainConfig
 from .asha import rung_epochs
 from .choices import (
@@ -34,7 +37,9 @@ from .choices import (
     suggest_choice,
     values_of,
 )
+from .pruners import PRUNER_NAMES
 from .samplers import SAMPLERS, find_sampler
+from .space_kinds import SPACE_KIND_NAMES, SPACE_KINDS, SpaceKind
 
 __all__ = [
     "SpaceFile",
@@ -180,7 +185,7 @@ class ConvertSection(Section):
     choices: BlockChoices = BlockChoices()
     width_mult: Choice = 1.0
     resolution_mult: Choice = 1.0
-    init: Literal["svd", "random"] = "svd"
+    init: Literal[INIT_NAMES] = INIT_NAMES[0]
     refit: bool = True
     calibration_images: int = Field(default=256, ge=1, le=LIMITS.calibration_images)
     finetune_epochs: int = Field(default=1, ge=0, le=LIMITS.epochs)
@@ -246,8 +251,10 @@ class MultiFidelitySection(Section):
 
 
 def candidate_epochs(spec: SpaceFile) -> int:
-    """The epochs a candidate of the space trains: ``train.epochs`` (build), ``convert.finetune_epochs`` (convert)."""
-    return spec.convert.finetune_epochs if spec.kind == "convert" and spec.convert is not None else spec.train.epochs
+    """The epochs a candidate of the space trains: the field its kind names (``train.epochs``
+    for build, ``convert.finetune_epochs`` for convert: :attr:`.SpaceKind.epochs_field`)."""
+    section, _, name = spec.space_kind.epochs_field.partition(".")
+    return getattr(getattr(spec, section), name)
 
 
 def check_multi_fidelity(spec: SpaceFile) -> None:
@@ -255,15 +262,17 @@ def check_multi_fidelity(spec: SpaceFile) -> None:
     mf = spec.search.multi_fidelity
     if mf is None:
         return
-    if spec.search.mode != "pareto":
+    mode = spec.search.search_mode
+    if not mode.multi_fidelity:
+        allowed = " or ".join(m.name for m in SEARCH_MODES.values() if m.multi_fidelity)
         raise UserInputError(
             "search.multi_fidelity",
-            "needs mode pareto (the scalarised mode stops candidates early with its pruner)",
-            "remove multi_fidelity, or use mode: pareto",
+            f"needs mode {allowed} (the {mode.name} mode stops candidates early with its pruner)",
+            f"remove multi_fidelity, or use mode: {allowed}",
         )
     budget = candidate_epochs(spec)
     if mf.min_epochs >= budget:
-        where = "convert.finetune_epochs" if spec.kind == "convert" else "train.epochs"
+        where = spec.space_kind.epochs_field
         raise UserInputError(
             "search.multi_fidelity.min_epochs",
             f"{mf.min_epochs} is not below the {budget} epochs a candidate trains ({where})",
@@ -276,10 +285,10 @@ class SearchSection(Section):
     trials: int = Field(default=20, ge=1)
     sampler: str = next(iter(SAMPLERS))
     objectives: list[str] = list(REQUIRED_OBJECTIVES)
-    mode: Literal["pareto", "scalarised"] = "pareto"
+    mode: Literal[SEARCH_MODE_NAMES] = SEARCH_MODE_NAMES[0]
     target_macs: float | None = Field(default=None, gt=0)
     reward_exponent: float = -0.07
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal[PRUNER_NAMES] = PRUNER_NAMES[0]
     max_macs: float | None = Field(default=None, gt=0)
     max_params: float | None = Field(default=None, gt=0)
     max_latency_ms: float | None = Field(default=None, gt=0)
@@ -297,7 +306,7 @@ class SearchSection(Section):
         find_runtime(self.latency_runtime, field="latency_runtime")
         for name in self.objectives:
             if name not in SEARCHABLE:
-                raise UserInputError("objectives", f"unknown objective {name!r}", f"use one of {', '.join(SEARCHABLE)}")
+                raise unknown_name(name, field="objectives", what="objective", names=SEARCHABLE)
         if tuple(self.objectives[: len(REQUIRED_OBJECTIVES)]) != REQUIRED_OBJECTIVES or len(
             set(self.objectives)
         ) != len(self.objectives):
@@ -307,17 +316,21 @@ class SearchSection(Section):
                 f"got {self.objectives}; they must start with {', '.join(REQUIRED_OBJECTIVES)} (then optionally "
                 f"{optional}), without repeats",
             )
-        if self.mode == "scalarised" and self.target_macs is None:
-            raise UserInputError(
-                "target_macs", "missing: mode scalarised needs it (the T of MnasNet's reward ACC·(MACs/T)^w)"
-            )
+        for need, why in self.search_mode.needs.items():
+            if getattr(self, need) is None:
+                raise UserInputError(need, f"missing: mode {self.mode} needs it ({why})")
         return self
+
+    @property
+    def search_mode(self) -> SearchMode:
+        """The record of :attr:`mode` (:data:`~nas_sepconv.results.modes.SEARCH_MODES`)."""
+        return SEARCH_MODES[self.mode]
 
 
 class SpaceFile(Section):
     name: str
     description: str = ""
-    kind: Literal["build", "convert"]
+    kind: Literal[SPACE_KIND_NAMES]
     data: DataSection = DataSection()
     # the one training configuration: its own validation and bounds apply (errors name train.<field>)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -335,12 +348,16 @@ class SpaceFile(Section):
 
     @model_validator(mode="after")
     def _section(self) -> SpaceFile:
-        if self.kind == "build" and self.build is None:
-            raise UserInputError("build", "missing: kind build needs a build: section")
-        if self.kind == "convert" and self.convert is None:
-            raise UserInputError("convert", "missing: kind convert needs a convert: section")
+        section = self.space_kind.section
+        if getattr(self, section) is None:
+            raise UserInputError(section, f"missing: kind {self.kind} needs a {section}: section")
         if self.train.lr > LIMITS.lr:
             problem = f"{self.train.lr:g} is above {LIMITS.lr:g}, the largest learning rate a space may give"
             raise UserInputError("train.lr", problem, "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
         check_multi_fidelity(self)
         return self
+
+    @property
+    def space_kind(self) -> SpaceKind:
+        """The record of :attr:`kind` (:data:`~.space_kinds.SPACE_KINDS`)."""
+        return SPACE_KINDS[self.kind]

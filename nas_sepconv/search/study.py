@@ -14,6 +14,7 @@ from ..results import OBJECTIVES
 from ..results.stored import TAMPERED, read_study
 from ..storage import lock, open_storage, redact
 from .heartbeat import RetryStale
+from .pruners import PRUNERS, find_pruner
 from .samplers import make_sampler, process_seed
 from .schema import candidate_epochs
 from .settings import Settings
@@ -21,17 +22,15 @@ from .spaces import Space, parse_space
 
 
 def _pruner(space: Space) -> optuna.pruners.BasePruner:
+    """The space's pruner where its search mode prunes, else none."""
     s = space.spec.search
-    if s.mode != "scalarised" or s.pruner == "none":
-        return optuna.pruners.NopPruner()
-    if s.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.spec.train.epochs)
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    pruner = find_pruner(s.pruner) if s.search_mode.prunes else PRUNERS["none"]
+    return pruner.make(space.spec.train.epochs)
 
 
 def metric_names(space: Space) -> list[str]:
     s = space.spec.search
-    return ["reward"] if s.mode == "scalarised" else list(s.objectives)
+    return s.search_mode.metric_names(s.objectives)
 
 
 def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:

@@ -18,6 +18,7 @@ from ..recipe import Recipe
 from ..results.stored import TAMPERED
 from .choices import suggest_choice
 from .schema import SiteGroup
+from .space_kinds import SPACE_KINDS, SpaceKind
 from .spaces import Space
 
 __all__ = ["Candidate", "StoredTrial", "suggest", "resolution_for", "trial_resolution"]
@@ -27,14 +28,20 @@ __all__ = ["Candidate", "StoredTrial", "suggest", "resolution_for", "trial_resol
 class Candidate:
     """What one trial evaluates: an architecture and how to train it.
 
-    ``recipe`` rebuilds the architecture (see :mod:`nas_sepconv.io`); ``summary`` is a short
-    human string; ``resolution`` the input side."""
+    ``kind`` is the space's kind (:data:`~.space_kinds.SPACE_KINDS`); ``recipe`` rebuilds the
+    architecture (see :mod:`nas_sepconv.io`); ``summary`` is a short human string;
+    ``resolution`` the input side."""
 
     kind: str
     recipe: Recipe
     summary: str
     resolution: int
     spec_by_param: dict[str, str]
+
+    @property
+    def space_kind(self) -> SpaceKind:
+        """The record of :attr:`kind`, the kind of the space that drew it."""
+        return SPACE_KINDS[self.kind]
 
 
 def resolution_for(base_side: int, resolution_mult: float) -> int:
@@ -45,7 +52,7 @@ def resolution_for(base_side: int, resolution_mult: float) -> int:
 def trial_resolution(space: Space, trial: Any, base_side: int) -> int:
     """The input side ``trial`` draws from ``space`` (its ``resolution_mult``) for a data set
     of side ``base_side``."""
-    spec = space.spec.build if space.spec.kind == "build" else space.spec.convert
+    spec = getattr(space.spec, space.spec.space_kind.section)
     return resolution_for(base_side, suggest_choice(trial, "resolution_mult", spec.resolution_mult))
 
 
@@ -86,7 +93,7 @@ def suggest(
     eligible under the default policy; their names are matched against the groups' globs.
     """
     s = space.spec
-    if s.kind == "build":
+    if not s.space_kind.from_base:  # a whole network, drawn stage by stage
         b = s.build
         stages = []
         specs = {}
@@ -115,8 +122,8 @@ def suggest(
             input_size=res,  # the side the trial runs at (the gdc head's kernel is sized from it)
         )
         # the input size the trial runs at: a loaded model's MACs (count_macs, profile) are the trial's
-        recipe = Recipe(kind="built", arch=arch, input_size=(input_shape[0], res, res))
-        return Candidate("build", recipe, f"r{res} {arch.summary()}", res, specs)
+        recipe = Recipe(kind=s.space_kind.recipe_kind, arch=arch, input_size=(input_shape[0], res, res))
+        return Candidate(s.kind, recipe, f"r{res} {arch.summary()}", res, specs)
 
     c = s.convert
     width = float(suggest_choice(trial, "width_mult", c.width_mult))
@@ -137,11 +144,11 @@ def suggest(
                 rules[n] = None if spec.kind == "keep" and spec.get("kernel_size") is None else str(spec)
     summary = f"r{res} w{width:g} | " + " ".join(f"{g}:{v}" for g, v in specs.items())
     recipe = Recipe(
-        kind="converted",
+        kind=s.space_kind.recipe_kind,
         model=c.model,
         model_kwargs=dict(c.model_kwargs, num_classes=num_classes, in_channels=input_shape[0]),
         width_mult=width,
         input_size=(input_shape[0], res, res),
         rules=rules,
     )
-    return Candidate("convert", recipe, summary, res, specs)
+    return Candidate(s.kind, recipe, summary, res, specs)

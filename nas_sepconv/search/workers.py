@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..errors import CandidateError, StorageError, TrainingDiverged, UserInputError
 from ..io import save_model
 from ..storage import lock
-from .candidates import TrialContext, reward, run_candidate
+from .candidates import TrialContext, objective_values, run_candidate
 from .heartbeat import WORKER_ATTR, WORKER_ID, Heartbeat, fail_stale_trials
 from .settings import Settings
 from .study import is_storage_failure, open_study, storage_error
@@ -93,11 +93,7 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
             settings.keep_weights and metrics.get("feasible", True) and not metrics.get("stopped_early")
         ):  # (a stopped trial is never on the front)
             _save_weights(settings, trial, model, candidate)
-        values = (
-            [reward(metrics["accuracy"], metrics["macs"], space)]
-            if space.spec.search.mode == "scalarised"
-            else [metrics[k] for k in space.spec.search.objectives]
-        )
+        values = objective_values(metrics, space)
         try:
             study.tell(trial, values)
         except Exception as exc:  # the storage could not take the result (disk full, server gone)
