@@ -15,12 +15,13 @@ import resource
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from ..data import Dataset
-from ..data.memory import format_bytes, machine_memory
+from ..data.memory import MemoryPlan, format_bytes, machine_memory
 from ..errors import UserInputError
 
-__all__ = ["MemoryWatch", "WORKER_MEMORY", "available_memory", "check_memory", "tree_pss"]
+__all__ = ["MemoryWatch", "WORKER_MEMORY", "available_memory", "check_memory", "data_record", "tree_pss"]
 
 #: host memory a worker process needs besides the data set (torch, one model training, batches)
 WORKER_MEMORY = 1 << 30
@@ -60,6 +61,28 @@ def check_memory(data: Dataset, *, workers: int) -> int:
     if fitting >= 1:
         raise UserInputError("workers", problem, f"use {fitting} worker(s) or fewer")
     raise UserInputError("data.stream", problem, "stream the data set (data.stream: true in the space file)")
+
+
+def data_record(data: Dataset, *, plan: MemoryPlan) -> dict[str, Any]:
+    """What ``meta.json`` records of the data set a search reads, and a one-line ``note`` of how
+    it is held (shown when the search starts)."""
+    limit = plan.limit
+    images = len(data.train) + len(data.val) + len(data.test)
+    c, h, w = data.input_shape
+    how = "streamed from disk by DataLoader workers" if data.streamed else "held in memory"
+    note = (
+        f"data: {data.name}, {images:,} images at {h}x{w}, {format_bytes(data.decoded_bytes)} decoded: {how} "
+        f"(memory budget {format_bytes(limit)}; data.stream, data.memory_budget_gb)"
+    )
+    return {
+        "dataset": data.name,
+        "images": images,
+        "train_images": len(data.train),
+        "decoded_bytes": data.decoded_bytes,
+        "streamed": data.streamed,
+        "memory_budget_bytes": limit,
+        "note": note,
+    }
 
 
 def _children() -> dict[int, list[int]]:

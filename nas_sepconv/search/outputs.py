@@ -29,6 +29,10 @@ class SearchStatus:
     last: str = ""
     #: outputs that could not be written (disk full, folder gone): the search goes on without them
     warning: str = ""
+    #: how the data set is held (first status only): size decoded, in memory or streamed, the budget
+    data_note: str = ""
+    #: peak memory of the search's processes in bytes (last status only; :mod:`.memory`)
+    peak_memory: int | None = None
 
 
 def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:

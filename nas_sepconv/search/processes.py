@@ -16,6 +16,7 @@ import torch
 
 from ..errors import StorageError, UserInputError
 from ..storage import open_storage
+from .memory import WORKER_MEMORY, available_memory
 from .settings import Settings
 from .threads import available_cores
 from .workers import INTERRUPTED, quiet_optuna, sigint_deferred, worker_loop
@@ -47,30 +48,11 @@ def _worker_main(settings: Settings, worker: int, errors: Any = None) -> None:
         sys.exit(STORAGE_FAILED)
 
 
-#: host memory a worker process needs (torch, the data set on the device, one model training)
-WORKER_MEMORY = 1 << 30
-
-
-def _available_memory() -> int | None:
-    """Available host memory in bytes (``MemAvailable`` of /proc/meminfo; else free pages)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_workers(workers: int) -> None:
     """At most one worker per CPU core, and ~1 GiB of available memory per worker: more start
     that many torch processes that only fight over cores and memory (or get OOM-killed)."""
     cores = available_cores()
-    memory = _available_memory()
+    memory = available_memory()
     by_memory = max(1, memory // WORKER_MEMORY) if memory is not None else workers
     cap = min(cores, by_memory)
     if workers > cap:

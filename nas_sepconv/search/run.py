@@ -32,6 +32,7 @@ from typing import Any
 
 import optuna
 
+from ..data import Dataset
 from ..errors import StorageError, UserInputError
 from ..files import atomic_write, ensure_writable_dir
 from ..io import check_device
@@ -40,6 +41,7 @@ from ..models import model_from_name
 from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
 from .base_model import check_base_cache
 from .candidates import build_candidate, run_candidate
+from .memory import MemoryWatch, check_memory, data_record
 from .outputs import SearchStatus, refresh_outputs
 from .processes import check_workers, run_workers
 from .samplers import check_grid_trials, make_sampler
@@ -137,42 +139,58 @@ def search(
         heartbeat=heartbeat,
         threads=threads,
     )
-    _fit_to_data(settings, flag="--data-root" if data_root is not None else None)
-    return _open_and_run(settings, progress)
+    data = _fit_to_data(settings, flag="--data-root" if data_root is not None else None)
+    return _open_and_run(settings, progress, data_record(data, plan=settings.space.spec.data.memory_plan()))
 
 
-def _fit_to_data(settings: Settings, *, flag: str | None) -> None:
-    """Check the space against its data set before anything is created (bad data, or a
-    convert space's bad base model, would otherwise fail every trial), and choose the threads
-    for its inputs unless ``--threads`` gave them.  ``flag``: where the data root came from,
-    when the command line gave it."""
+def _fit_to_data(settings: Settings, *, flag: str | None) -> Dataset:
+    """Check the space against its data set and the machine's memory before anything is created
+    (bad data, or a convert space's bad base model, would otherwise fail every trial), and choose
+    the threads for its inputs unless ``--threads`` gave them.  ``flag``: where the data root came
+    from, when the command line gave it.  Returns the data set."""
     data = _checked_data(settings.space, flag=flag)
+    check_memory(data, workers=settings.workers)
     if settings.threads is None:
         settings.threads = choose_threads(
             data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers
         )
     if settings.space.spec.space_kind.from_base:
         _check_convert(settings.space, data, settings.out_dir)  # a bad base model would otherwise fail every trial
+    return data
 
 
-def _open_and_run(settings: Settings, progress: Callable[[SearchStatus], None] | None) -> optuna.Study:
+def _open_and_run(
+    settings: Settings, progress: Callable[[SearchStatus], None] | None, data: dict[str, Any]
+) -> optuna.Study:
     """Create the results folder, open (or resume) the study, claim this run's session in it
-    and record where the study lives (``meta.json``); run the trials, then check the run (every
-    trial failed: an error).  Returns the study."""
+    and record where the study lives and what data it reads (``meta.json``); run the trials
+    while watching the memory of the search's processes (its peak goes to ``meta.json`` and the
+    last status), then check the run (every trial failed: an error).  Returns the study."""
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
     settings.session = claim_session(the_study, settings)
-    _write_meta(settings)
-    status = _run(the_study, settings, progress)
+    _write_meta(settings, data=data)
+    with MemoryWatch() as watch:
+        status = _run(the_study, settings, progress, data_note=data["note"])
+    _write_meta(settings, data=data, peak_memory=watch.peak)
+    status.peak_memory = watch.peak
+    if progress:
+        progress(status)
     check_run(the_study, settings, outputs_warning=status.warning)
     return the_study
 
 
-def _run(the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None) -> SearchStatus:
+def _run(
+    the_study: optuna.Study,
+    settings: Settings,
+    progress: Callable[[SearchStatus], None] | None,
+    *,
+    data_note: str = "",
+) -> SearchStatus:
     """Run the trials (in this process, or in ``settings.workers`` processes) until the study
     holds its trials, or the time or the failure limit is up; the outputs are rewritten after
     each trial, and after an error that stops the run.  Returns the last status."""
-    update = _updater(the_study, settings, progress)
+    update = _updater(the_study, settings, progress, data_note=data_note)
     with interruptible(), torch_threads(settings.threads if settings.workers == 1 else None):
         try:
             if settings.workers == 1:
@@ -295,15 +313,20 @@ def _checked_data(space: Space, *, flag: str | None = None) -> Any:
         raise UserInputError(flag if flag and field == "data.root" else field, exc.problem, fix) from None
 
 
-def _write_meta(settings: Settings) -> None:
-    """``meta.json`` of the results folder: where the study lives (password left out)."""
+def _write_meta(settings: Settings, *, data: dict[str, Any], peak_memory: int | None = None) -> None:
+    """``meta.json`` of the results folder: where the study lives (password left out), the data
+    set this run read and how (:func:`data_record`), and after the run the peak memory (bytes,
+    PSS of the search's processes: :mod:`.memory`)."""
     space, out_dir = settings.space, settings.out_dir
-    meta = {
+    meta: dict[str, Any] = {
         "storage": without_password(settings.storage),
         "study": settings.study,
         "space": space.name,
         "mode": space.spec.search.mode,
+        "data": {k: v for k, v in data.items() if k != "note"},
     }
+    if peak_memory is not None:
+        meta["peak_memory_bytes"] = int(peak_memory)
     try:
         atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2))
     except OSError as exc:  # (the folder was checked writable: a full disk)
@@ -314,13 +337,20 @@ def _write_meta(settings: Settings) -> None:
 
 
 def _updater(
-    the_study: optuna.Study, settings: Settings, progress: Callable[[SearchStatus], None] | None
+    the_study: optuna.Study,
+    settings: Settings,
+    progress: Callable[[SearchStatus], None] | None,
+    *,
+    data_note: str = "",
 ) -> Callable[[], SearchStatus]:
     """What runs after each finished trial: rewrite the outputs, then show the progress.  The
-    study is open: ``progress`` is shown what it holds before this run's first trial."""
+    study is open: ``progress`` is shown what it holds before this run's first trial, and how
+    its data set is held (``data_note``)."""
     if progress:
         n = counts(the_study, settings.session)
-        progress(SearchStatus(target=settings.trials, done=n["done"], failed=n["failed"], running=n["running"]))
+        first = SearchStatus(target=settings.trials, done=n["done"], failed=n["failed"], running=n["running"])
+        first.data_note = data_note
+        progress(first)
 
     def update() -> SearchStatus:
         with sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written

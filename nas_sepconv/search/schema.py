@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from ..blocks import KINDS, BlockSpec
 from ..conversion import INIT_NAMES
 from ..data import Dataset, find_dataset, load_dataset
+from ..data.memory import MemoryPlan
 from ..errors import UserInputError
 from ..measure import find_runtime
 from ..models import ARCH_ACTS, HEADS
@@ -224,8 +225,16 @@ class DataSection(Section):
         find_dataset(self.dataset)  # raises naming the field dataset, listing the data sets
         return self
 
+    def memory_plan(self) -> MemoryPlan:
+        """Whether the data set is streamed: ``stream`` and ``memory_budget_gb``."""
+        return MemoryPlan(
+            stream=None if self.stream == "auto" else self.stream,
+            budget=None if self.memory_budget_gb is None else int(self.memory_budget_gb * 1e9),
+        )
+
     def load(self, *, seed: int = 0) -> Dataset:
         """The data set this section names, held in memory or streamed as it says."""
+        plan = self.memory_plan()
         return load_dataset(
             self.dataset,
             root=self.root,
@@ -233,8 +242,8 @@ class DataSection(Section):
             seed=seed,
             subset=self.subset,
             image_size=self.image_size,
-            stream=None if self.stream == "auto" else self.stream,
-            memory_budget=None if self.memory_budget_gb is None else int(self.memory_budget_gb * 1e9),
+            stream=plan.stream,
+            memory_budget=plan.budget,
         )
 
 
