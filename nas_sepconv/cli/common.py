@@ -162,6 +162,12 @@ def print_frame(df, *, title: str | None = None, max_rows: int = 200) -> None:
         out.print(f"... {len(df) - max_rows} more rows")
 
 
+#: where ``report`` and ``export`` read a search's results: its folder, or its storage and study
+RESULTS_DIR = typer.Argument(None, metavar="RESULTS_DIR", help="a results directory (results/<study>)")
+RESULTS_STORAGE = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)")
+RESULTS_STUDY = typer.Option(None, "--study", metavar="NAME", help="study name (needed when the storage holds several)")
+
+
 def results_source(results_dir: Path | None, storage: str | None, *, command: str, example: str) -> Path | str:
     """Where a command reads a search's results: its results directory or its ``--storage``,
     exactly one of them given (else a :class:`UserInputError` showing ``example``)."""
