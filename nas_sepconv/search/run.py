@@ -165,7 +165,7 @@ def _open_and_run(settings: Settings, progress: Callable[[SearchStatus], None] |
     settings.session = claim_session(the_study, settings)
     _write_meta(settings)
     status = _run(the_study, settings, progress)
-    check_run(the_study, settings, outputs_warning=status.warning)
+    check_run(the_study, settings, unwritten_output=status.unwritten)
     return the_study
 
 

@@ -27,7 +27,7 @@ from .heartbeat import WORKER_ATTR, WORKER_ID, Heartbeat, fail_stale_trials
 from .settings import Settings
 from .study import is_storage_failure, open_study, storage_error
 from .suggestion import Candidate
-from .tally import FINISHED, SESSION_ATTR, SURPLUS, counts, failure_limit
+from .tally import FINISHED, MISSING_ARTIFACTS, SESSION_ATTR, SURPLUS, MissingWeights, counts, failure_limit
 
 
 def _claim(study: optuna.Study, settings: Settings) -> optuna.trial.Trial | str:
@@ -136,7 +136,7 @@ def _save_weights(settings: Settings, trial: optuna.trial.Trial, model: nn.Modul
         save_model(path, model.cpu(), candidate.recipe)
     except Exception as exc:  # noqa: BLE001 - the write failed, whatever raised it; the metrics stay
         detail = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200] or type(exc).__name__
-        trial.set_user_attr("missing_artifacts", [f"weights ({path.name}: {detail})"])
+        trial.set_user_attr(MISSING_ARTIFACTS, [MissingWeights(path.name, detail).to_attr()])
 
 
 def _tell_failed(study: optuna.Study, trial: optuna.trial.Trial, reason: str, *, quiet: bool = False) -> None:
