@@ -24,6 +24,7 @@ from ..train import TrainConfig, converted_features, evaluate, fit
 from .asha import RungLadder, StopAtRung
 from .base_model import prepare_base, record_base
 from .latency import TrialLatency
+from .options import SearchOptions
 from .schema import candidate_epochs
 from .seeding import seeded
 from .settings import Settings
@@ -41,7 +42,7 @@ class TrialContext:
         d = settings.space.spec.data
         self.data = load_dataset(
             d.dataset, root=d.root, val_fraction=d.val_fraction, seed=0, subset=d.subset, image_size=d.image_size
-        ).to(settings.device)
+        ).to(settings.options.device)
         self._base: nn.Module | None = None
         self._sites: list | None = None
         #: the study a search records the base model's accuracy in (user attr ``base``); None
@@ -49,7 +50,7 @@ class TrialContext:
         self.study: optuna.Study | None = None
         #: the ``latency_ms`` of this process's trials (predicted from the base model's table, or measured)
         self.latency = TrialLatency(
-            settings.space, device=settings.device, base=self.base, input_shape=self.data.input_shape
+            settings.space, device=settings.options.device, base=self.base, input_shape=self.data.input_shape
         )
 
     def base(self) -> nn.Module:
@@ -73,22 +74,10 @@ class TrialContext:
     def for_rebuild(cls, space: Space, *, device: str, out_dir: Path, study: str = "") -> TrialContext:
         """A context to rebuild the trials of a study made with ``space`` (no storage; the base
         model of a convert space is looked for in ``out_dir``, as the search left it)."""
-        return cls(
-            Settings(
-                space=space,
-                trials=1,
-                timeout=None,
-                storage="",
-                study=study,
-                sampler="random",
-                seed=0,
-                device=device,
-                workers=1,
-                out_dir=out_dir,
-                retries=0,
-                heartbeat=0,
-            )
+        options = SearchOptions(
+            trials=1, storage="", study=study, sampler="random", device=device, retries=0, heartbeat=0
         )
+        return cls(Settings(space=space, options=options, out_dir=out_dir))
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Candidate:
         """The candidate ``trial`` (an Optuna trial, or a FixedTrial of a trial's parameters) draws."""
@@ -163,7 +152,7 @@ def run_candidate(
     :func:`seeded`: a re-run reproduces it exactly on the CPU); returns the model and metrics."""
     if candidate.kind == "convert":
         ctx.base()  # trained (seeded on its own) first, if it is not yet: not inside the trial's seeded run
-    with seeded(seed, ctx.settings.device):
+    with seeded(seed, ctx.settings.options.device):
         return _run_candidate(ctx, candidate, trial=trial, seed=seed)
 
 
@@ -204,7 +193,7 @@ def _run_candidate(
         ):
             features = converted_features(model)
 
-    device = ctx.settings.device
+    device = ctx.settings.options.device
     ladder = _ladder(trial, space)
 
     def report(epoch: int, val_acc: float) -> None:
@@ -271,7 +260,7 @@ def _fit(
     """Train the candidate; its accuracy, test accuracy and epochs.  A trial that the
     multi-fidelity mode stops at a rung (:class:`~.asha.StopAtRung`) ends with that rung's
     validation accuracy, and its test accuracy measured then."""
-    device, resolution = ctx.settings.device, candidate.resolution
+    device, resolution = ctx.settings.options.device, candidate.resolution
     try:
         result = fit(
             model,

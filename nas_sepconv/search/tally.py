@@ -54,7 +54,7 @@ def failure_limit(settings: Settings) -> int:
     it ran nothing), else ``max(10, trials)`` (a candidate or setup that fails every time must
     not loop forever)."""
     limit = settings.space.spec.search.max_failures
-    return max(10, settings.trials) if limit is None else max(1, limit)
+    return max(10, settings.options.trials) if limit is None else max(1, limit)
 
 
 def run_trials(
@@ -88,7 +88,7 @@ def check_run(study: optuna.Study, settings: Settings, *, unwritten_output: str 
     mine = run_trials(study, settings.session, trials)
     failed = [t for t in mine if t.state == optuna.trial.TrialState.FAIL]
     done = sum(t.state in FINISHED for t in trials)
-    stopped = len(failed) >= failure_limit(settings) and done < settings.trials
+    stopped = len(failed) >= failure_limit(settings) and done < settings.options.trials
     if failed and (stopped or len(failed) == len(mine)):
         raise _failed(failed, len(mine), stopped, failure_limit(settings))
     unwritten = [unwritten_output] if unwritten_output else []
