@@ -80,7 +80,7 @@ def check_workers(workers: int) -> None:
             else f"{memory / (1 << 30):.1f} GiB of available memory at ~1 GiB per worker"
         )
         raise UserInputError(
-            "--workers", f"{workers} is more than this machine can run ({cap}: {why})", f"use --workers {cap} or fewer"
+            "workers", f"{workers} is more than this machine can run ({cap}: {why})", f"use workers={cap} or fewer"
         )
 
 

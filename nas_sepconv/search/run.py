@@ -208,29 +208,29 @@ def _settings(space: Space, options: SearchOptions) -> Settings:
     as settings; nothing is created but the results folder's parents (checked writable)."""
     trials, timeout, seed = options.trials, options.timeout, options.seed
     if trials is not None and trials < 1:
-        raise UserInputError("--trials", f"must be >= 1, got {trials}")
+        raise UserInputError("trials", f"must be >= 1, got {trials}")
     if options.workers < 1:
-        raise UserInputError("--workers", f"must be >= 1, got {options.workers}")
+        raise UserInputError("workers", f"must be >= 1, got {options.workers}")
     check_workers(options.workers)
-    check_threads(options.threads, "--threads")
+    check_threads(options.threads, "threads")
     if timeout is not None and math.isnan(timeout):
         raise UserInputError(
-            "--timeout", "nan is not a number of seconds", "give seconds > 0, or leave it out (or inf) for no limit"
+            "timeout", "nan is not a number of seconds", "give seconds > 0, or leave it out (or inf) for no limit"
         )
     if timeout is not None and timeout <= 0:
-        raise UserInputError("--timeout", f"must be > 0 seconds, got {timeout}")
+        raise UserInputError("timeout", f"must be > 0 seconds, got {timeout}")
     if timeout == math.inf:  # inf: no limit, as when timeout is left out
         timeout = None
     for name in ("heartbeat", "retries"):
         if getattr(options, name) < 0:
-            raise UserInputError(f"--{name}", f"must be >= 0, got {getattr(options, name)}")
-    check_device(options.device, field="--device")
+            raise UserInputError(name, f"must be >= 0, got {getattr(options, name)}")
+    check_device(options.device, field="device")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         problem = f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}"
-        raise UserInputError("--seed", problem, "use e.g. --seed 0")
+        raise UserInputError("seed", problem, "use e.g. seed=0")
     name = _study_name(options.study, space)
     out_dir = Path(options.out) / name
-    ensure_writable_dir(out_dir, "--out")  # a new search, or the folder of the one it resumes
+    ensure_writable_dir(out_dir, "out")  # a new search, or the folder of the one it resumes
     search = space.spec.search
     completed = replace(
         options,
@@ -246,7 +246,7 @@ def _settings(space: Space, options: SearchOptions) -> Settings:
     if options.storage is not None:
         open_storage(completed.storage)  # a bad URL fails before the results directory exists
         if completed.storage.startswith("sqlite"):  # SQLite writes a journal beside the database
-            ensure_writable_dir(Path(sqlite_path(completed.storage) or ".").parent, "--storage")
+            ensure_writable_dir(Path(sqlite_path(completed.storage) or ".").parent, "storage")
     return settings
 
 
@@ -261,9 +261,9 @@ def _study_name(study: str | None, space: Space) -> str:
     folder, so it is one usable folder name; an error names where the name came from."""
     name = study or space.name
     if study:
-        field, fix = "--study", "give another --study"
+        field, fix = "study", "give another study="
     else:
-        field, fix = "space", f"give another name: in {space.path or 'the space'}, or with --study NAME"
+        field, fix = "space", f"give another name: in {space.path or 'the space'}, or with study=NAME"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         problem = f"{name[:80]!r} is not a usable study name"
         raise UserInputError(field, problem, f"use letters, digits, '-', '_' and '.'; {fix}")
@@ -285,11 +285,11 @@ def _checked_data(space: Space, *, given_root: bool = False) -> Any:
     except UserInputError as exc:
         field = "data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field
         fix = (
-            exc.fix.replace(" (root=)", "") + ", or give --data-root PATH"
+            exc.fix.replace(" (root=)", "") + ", or give data_root=PATH"
             if field == "data.root" and d.root is None and exc.fix
             else exc.fix
         )
-        raise UserInputError("--data-root" if given_root and field == "data.root" else field, exc.problem, fix) from None
+        raise UserInputError("data_root" if given_root and field == "data.root" else field, exc.problem, fix) from None
 
 
 def _write_meta(settings: Settings) -> None:
@@ -305,7 +305,7 @@ def _write_meta(settings: Settings) -> None:
         atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2))
     except OSError as exc:  # (the folder was checked writable: a full disk)
         raise StorageError(
-            f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same "
+            f"out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same "
             "command again"
         ) from None
 

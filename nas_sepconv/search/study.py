@@ -61,7 +61,7 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
         raise
     if [d.name.lower() for d in study.directions] != directions:
         raise UserInputError(
-            "--study", f"study {settings.options.study!r} exists with other objectives", "use another --study name"
+            "study", f"study {settings.options.study!r} exists with other objectives", "use another study=NAME"
         )
     read_study(study, redact(settings.options.storage))  # what a resume reads back, checked first (tampered: one line)
     mf = multi_fidelity_record(space)
@@ -80,18 +80,18 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             raise
     elif existing != space.name or (recorded is not None and _defining(recorded) != _defining(space.text)):
         raise UserInputError(
-            "--study",
+            "study",
             f"study {settings.options.study!r} was made with another version of space {existing!r}",
-            "use another --study name, or the same space file",
+            "use another study=NAME, or the same space file",
         )
     elif study.user_attrs.get(MULTI_FIDELITY_ATTR) != mf:
         was = study.user_attrs.get(MULTI_FIDELITY_ATTR)
         was_run = "with rungs " + str(was["rungs"]) if was else "without the multi-fidelity mode"
         asked = "with rungs " + str(mf["rungs"]) if mf else "without it"
         raise UserInputError(
-            "--multi-fidelity",
+            "multi_fidelity",
             f"study {settings.options.study!r} was run {was_run}, not {asked}",
-            "resume it with its own setting, or use another --study name",
+            "resume it with its own setting, or use another study=NAME",
         )
     return study
 

@@ -99,7 +99,7 @@ def check_run(study: optuna.Study, settings: Settings, *, unwritten_output: str 
         unwritten.append(f"the weights of trial{'s' if len(missing) > 1 else ''} {numbers} ({why[:160]})")
     if unwritten:
         raise StorageError(
-            f"--out: could not write in {settings.out_dir}: {'; '.join(unwritten)}; free disk space, "
+            f"out: could not write in {settings.out_dir}: {'; '.join(unwritten)}; free disk space, "
             "then run the same command again: the study keeps every trial, the outputs are written again "
             "(and export re-trains a trial whose weights are missing)"
         )
