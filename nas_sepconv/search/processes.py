@@ -10,6 +10,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.queues import SimpleQueue
 from typing import Any
 
 import torch
@@ -84,7 +86,7 @@ def check_workers(workers: int) -> None:
         )
 
 
-def _start_worker(ctx: Any, settings: Settings, number: int, errors: Any) -> Any:
+def _start_worker(ctx: SpawnContext, settings: Settings, number: int, errors: SimpleQueue) -> SpawnProcess:
     """Start a spawned worker with Ctrl-C blocked: a terminal's Ctrl-C reaches every process of
     the group, and a worker still importing torch would die with a traceback of its own.  The
     blocked mask survives fork and exec; the worker unblocks it once its handler is in place,
@@ -104,7 +106,7 @@ def run_workers(settings: Settings, update: Callable[[], None]) -> None:
     stop them all (each records its running trial as FAIL) and raise."""
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.SimpleQueue()
-    procs: dict[int, Any] = {}
+    procs: dict[int, SpawnProcess] = {}
     restarts = 0
     seen = -1
     try:
