@@ -123,10 +123,11 @@ def space_file(path: Path, tree: Path, side: int, stream: bool | str, *, large: 
 
 
 def run_one(name: str, tree: Path, side: int, stream: bool | str, workers: int, work: Path) -> dict:
+    (work / "spaces").mkdir(parents=True, exist_ok=True)
     space = space_file(work / "spaces" / f"{name}.yaml", tree, side, stream, large=name.startswith("large"))
     out = work / "runs"
     cmd = [
-        sys.executable, "-m", "nas_sepconv.cli", "search", str(space),
+        sys.executable, "-m", "nas_sepconv.cli", "search", "--space", str(space),
         "--trials", "2", "--workers", str(workers), "--out", str(out), "--study", name, "--seed", "0",
     ]  # fmt: skip
     started = time.perf_counter()

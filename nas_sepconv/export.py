@@ -56,9 +56,9 @@ def _check_stored_space(space: Any, trusted: frozenset[str]) -> None:
     for field, name in named:
         if name not in trusted:
             raise UserInputError(
-                "--allow-import",
+                "allow_import",
                 f"the study's stored space names {field} {name!r}, which rebuilding would import and run",
-                f"if you trust the results folder, pass --allow-import {name} (allow_import={name!r})",
+                f"if you trust the results folder, pass allow_import={name!r}",
             )
 
 
@@ -78,8 +78,8 @@ def rebuild_trial(
 
     Nothing named by the results folder is imported or called unless ``allow_import`` names it
     (see :mod:`nas_sepconv.io`)."""
-    check_device(device, field="--device")
-    trusted = trusted_names(allow_import, field="--allow-import")
+    check_device(device, field="device")
+    trusted = trusted_names(allow_import, field="allow_import")
     the_study, folder = _study_and_dir(source, study)
     frozen = _complete_trial(the_study, number)
     where = str(folder)
@@ -91,9 +91,7 @@ def rebuild_trial(
     except UserInputError as exc:
         if data_root is not None or not exc.field.endswith("root"):
             raise
-        raise UserInputError(
-            exc.field, exc.problem, "give --data-root PATH (data_root=), the data the search was run on"
-        ) from None
+        raise UserInputError(exc.field, exc.problem, "give data_root=PATH, the data the search was run on") from None
     # everything the folder says is checked before minutes of work (stored.py, StoredTrial)
     attr = functools.partial(stored_attr, frozen.user_attrs, owner=f"trial {number}", source=where)
     resolution = _trial_side(space, frozen, ctx.data.input_shape[-1], where)
@@ -139,14 +137,14 @@ def _complete_trial(the_study: optuna.Study, number: int) -> optuna.trial.Frozen
     trials = {t.number: t for t in the_study.get_trials(deepcopy=False)}
     if number not in trials:
         raise UserInputError(
-            "--trial",
+            "trial",
             f"study {the_study.study_name!r} has no trial {number}",
             f"trials are 0..{max(trials) if trials else -1}",
         )
     frozen = trials[number]
     if frozen.state != optuna.trial.TrialState.COMPLETE:
         raise UserInputError(
-            "--trial",
+            "trial",
             f"trial {number} is {frozen.state.name}, not COMPLETE",
             "pick a completed trial (nas-sepconv report)",
         )
@@ -171,7 +169,7 @@ def _trial_side(space: Any, frozen: optuna.trial.FrozenTrial, data_side: int, wh
             "resolution",
             f"trial {frozen.number} in {where} records {recorded}, but its parameters give {side}"
             f" (data side {data_side})",
-            "give the data the search ran on (--data-root), or restore the results folder",
+            "give the data the search ran on (data_root=), or restore the results folder",
         )
     return side
 
@@ -202,17 +200,17 @@ def _check_data(reference: nn.Module, recipe: Recipe, data: Any, number: int) ->
     classes = outputs[0].shape[-1] if outputs and outputs[0].dim() == 2 else data.num_classes
     if (channels, classes) != (data.input_shape[0], data.num_classes):
         raise UserInputError(
-            "--data-root",
+            "data_root",
             f"the data set has {data.num_classes} classes of {data.input_shape[0]}-channel images, "
             f"trial {number} was trained on {classes} of {channels}-channel images",
-            "give --data-root PATH (data_root=), the data the search was run on",
+            "give data_root=PATH, the data the search was run on",
         )
 
 
 def _check_model(model: nn.Module, reference: nn.Module, problem: str, fix: str) -> None:
     difference = state_mismatch(model, reference)
     if difference:
-        raise UserInputError("--trial", f"{problem} ({difference})", fix)
+        raise UserInputError("trial", f"{problem} ({difference})", fix)
 
 
 def _with_input_size(recipe: Recipe, size: tuple[int, int, int]) -> Recipe:
@@ -227,7 +225,7 @@ MODEL_FILES = {
 }
 
 
-def check_model_file(out: str | Path | None, field: str = "--out") -> Path | None:
+def check_model_file(out: str | Path | None, field: str = "out") -> Path | None:
     """``out`` as a path a model can be written to: a known extension (:data:`MODEL_FILES`), a
     folder that can be written, and for ONNX the ``onnx`` package.  Checked before any work.
     ``None`` (nothing to write) passes."""

@@ -67,7 +67,7 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
 
         if Path(url).exists():  # (a path that does not exist yet makes a new journal)
             fix = "give the journal file a search wrote, or a path that does not exist yet"
-            check_regular_file(url, field="--storage", fix=fix, max_bytes=MAX_JOURNAL_BYTES)
+            check_regular_file(url, field="storage", fix=fix, max_bytes=MAX_JOURNAL_BYTES)
         try:  # reading replays the whole file: junk fails here, not in the middle of a search
             return optuna.storages.JournalStorage(JournalFileBackend(url))
         except Exception as exc:
@@ -75,14 +75,14 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
             if is_disk_fault(exc):
                 raise disk_fault(url, "reading it", first) from None
             raise UserInputError(
-                "--storage",
+                "storage",
                 f"{url} is not an Optuna journal file ({type(exc).__name__}: {first})",
                 "give the journal file a search wrote, or a path that does not exist yet",
             ) from None
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres", "mysql"):
         raise UserInputError(
-            "--storage",
+            "storage",
             f"{url!r} is not a storage URL",
             "use sqlite:///path/study.db, postgresql://user:pass@host/db, or a path ending in .log (journal file)",
         )
@@ -92,7 +92,7 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
         path = sqlite_path(url)
         if path and not Path(path).parent.is_dir():
-            raise UserInputError("--storage", f"the folder of {path} does not exist", "create it or give another path")
+            raise UserInputError("storage", f"the folder of {path} does not exist", "create it or give another path")
         new_file = Path(path) if path and not Path(path).exists() else None
     if heartbeat:
         kwargs.update(
@@ -118,7 +118,7 @@ def open_storage(url: str, *, heartbeat: int = 0, stale_callback: Any = None) ->
                         made.unlink(missing_ok=True)
                 raise disk_fault(url, "opening it", first) from None
             raise UserInputError(
-                "--storage", f"cannot open {redact(url)} ({first})", "check the URL, the server and the credentials"
+                "storage", f"cannot open {redact(url)} ({first})", "check the URL, the server and the credentials"
             ) from None
     raise AssertionError("unreachable")
 
@@ -163,9 +163,9 @@ def sqlite_path(url: str) -> str | None:
     path, _, query = rest.removeprefix("/").partition("?")
     if not path or ":memory:" in path or "mode=memory" in query:
         raise UserInputError(
-            "--storage",
+            "storage",
             f"{url} is an in-memory database, which no other process (workers, report, a resumed search) can reopen",
-            "give a file, e.g. sqlite:///study.db, or leave --storage out (SQLite in the results folder)",
+            "give a file, e.g. sqlite:///study.db, or leave storage= out (SQLite in the results folder)",
         )
     return path.removeprefix("file:")
 
@@ -230,7 +230,7 @@ def _open_results_dir(path: Path) -> tuple[Any, str, str | None]:
         raise UserInputError(
             "source",
             f"{str(path)!r} holds no meta.json",
-            "pass the results/<study> directory a search wrote, or --storage URL --study NAME",
+            "pass the results/<study> directory a search wrote, or storage=URL study=NAME",
         )
     fix = "rewrite it as JSON with keys storage and study"
     try:

@@ -492,12 +492,12 @@ CASES: list[Case] = [
     ),
     Case(
         "lib-search-out-is-a-file",
-        "--out",
+        "out:",
         lib=lambda e: run_search(e.space_file(TINY), trials=1, out=e.space_file(TINY)),
     ),
     Case(
         "lib-search-timeout-nan",
-        "--timeout",
+        "timeout:",
         lib=lambda e: run_search(e.space_file(TINY), trials=1, timeout=float("nan"), out=e.out),
     ),
     # ---- search-space YAML
@@ -899,7 +899,7 @@ CASES: list[Case] = [
         "dataset.root",
         lib=lambda e: nsdata.load_dataset("cifar10", root=e.tmp / "nothing_here"),
     ),
-    Case("lib-search-trials-zero", "--trials", lib=lambda e: run_search(e.space_file(TINY), trials=0, out=e.out)),
+    Case("lib-search-trials-zero", "trials:", lib=lambda e: run_search(e.space_file(TINY), trials=0, out=e.out)),
     Case("lib-results-load-nothing", "source", lib=lambda e: nsresults.load(e.tmp / "nothing_here")),
     # ---- issue 17: library
     Case("lib-spec-option-nan", "spatial.rank", lib=lambda e: ns.BlockSpec.parse("spatial_rnan")),

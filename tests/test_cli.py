@@ -831,7 +831,7 @@ def test_a_seed_outside_0_to_2_32_is_one_line_exit_2(tmp_path, seed):
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --seed: must be an integer from 0 to 4294967295"), lines
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ns.UserInputError, match=r"^--seed: "):
+    with pytest.raises(ns.UserInputError, match=r"^seed: "):
         ns.search(seed=int(seed), trials=1, out=tmp_path / "out")
 
 
@@ -852,3 +852,23 @@ def test_a_study_name_too_long_for_a_folder_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: space: the study name"), result.stderr
     assert "with --study NAME" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_library_errors_name_parameters_and_the_cli_names_their_flags():
+    """One table (cli.common.FLAGS) turns the parameters a library error names into flags: the
+    field at the start, and ``name=VALUE`` / ``name=`` in its text, for the flags the command
+    has; other names stay."""
+    from nas_sepconv.cli.common import FLAGS, with_flags
+
+    assert FLAGS["data_root"] == "--data-root" and FLAGS["multi_fidelity"] == "--multi-fidelity"
+    error = ns.UserInputError("trials", "6 trials, but the grid has 5 points", "give trials=5 or fewer")
+    assert with_flags(str(error)) == "--trials: 6 trials, but the grid has 5 points; give --trials 5 or fewer"
+    error = ns.UserInputError("study", "exists with other objectives", "use another study=, or leave storage= out")
+    assert (
+        with_flags(str(error)) == "--study: exists with other objectives; use another --study, or leave --storage out"
+    )
+    kept = "convert.model: space.trials: 3 and my_seed=1; give data.root"
+    assert with_flags(kept) == kept
+    stored = "threads: trial 0 records -5; use threads=1"  # export has no --threads: a field of the folder
+    assert with_flags(stored, flags={"--trial", "--out"}) == stored
+    assert with_flags("trial: no trial 9; give trial=0", flags={"--trial"}) == "--trial: no trial 9; give --trial 0"

@@ -149,15 +149,15 @@ def test_a_stored_space_naming_a_user_module_needs_allow_import(results_dir, tmp
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}")
     for data, named in (({"dataset": "torchvision:CIFAR100", "root": str(tmp_path)}, "torchvision:CIFAR100"),):
         study.set_user_attr("space_yaml", yaml.safe_dump({**FAST_SPACE, "data": data}))
-        with pytest.raises(UserInputError, match=rf"^--allow-import: .*{named}"):
+        with pytest.raises(UserInputError, match=rf"^allow_import: .*{named}"):
             export_trial(folder, 0, out=tmp_path / "x.safetensors")
         with pytest.raises(UserInputError) as info:  # vouched for: it goes on, to the (absent) files
             export_trial(folder, 0, out=tmp_path / "x.safetensors", allow_import=[named])
-        assert not str(info.value).startswith("--allow-import")
+        assert not str(info.value).startswith("allow_import")
     convert = {k: v for k, v in FAST_SPACE.items() if k != "build"}
     convert.update(kind="convert", convert={"model": "evil_factory_module:make"})
     study.set_user_attr("space_yaml", yaml.safe_dump(convert))
-    with pytest.raises(UserInputError, match=r"^--allow-import: .*convert\.model 'evil_factory_module:make'"):
+    with pytest.raises(UserInputError, match=r"^allow_import: .*convert\.model 'evil_factory_module:make'"):
         export_trial(folder, 0, out=tmp_path / "x.safetensors")
     assert "evil_factory_module" not in sys.modules
 

@@ -67,7 +67,7 @@ def test_a_journal_that_is_endless_or_huge_is_refused_unread(tmp_path, kind):
     (folder / "meta.json").write_text(json.dumps({"storage": str(journal), "study": "tiny"}))
     with pytest.raises(UserInputError, match=rf"^storage: .*{problem}"):
         ns.results.load(folder)
-    with pytest.raises(UserInputError, match=rf"^--storage: .*{problem}"):  # a search resuming it
+    with pytest.raises(UserInputError, match=rf"^storage: .*{problem}"):  # a search resuming it
         open_storage(str(journal))
     space = tmp_path / "tiny.yaml"
     space.write_text(json.dumps(FAST_SPACE))

@@ -4,9 +4,10 @@ example input, a model by name or by file, and the console-script entry point ``
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from ..search import quiet_optuna
 
 try:  # typer 0.2x vendors click
     from typer._click.exceptions import ClickException
+    from typer._click.globals import get_current_context
     from typer.exceptions import Abort
 except ImportError:  # pragma: no cover - typer with click as a dependency
+    from click import get_current_context
     from click.exceptions import Abort, ClickException
 
 
@@ -77,7 +80,8 @@ app = typer.Typer(
 # markup would eat "[onnx]" of "pip install 'nas-sepconv[onnx]'"); styles are Text objects
 out = Console(width=None if sys.stdout.isatty() else 200, markup=False)  # tables stay readable in logs and pipes
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
-_state = {"debug": False}
+#: --debug, and the flags of the command running (the parameters its errors name become these)
+_state: dict[str, Any] = {"debug": False, "flags": frozenset()}
 
 
 @app.callback()
@@ -85,8 +89,52 @@ def _main(debug: bool = typer.Option(False, "--debug", metavar="", help="Show tr
     _state["debug"] = debug
 
 
+#: the library's parameters (the names its errors give) -> the flags that set them, in every
+#: command that has the flag (elsewhere a name such as ``threads`` is a field of a results folder)
+FLAGS: dict[str, str] = {
+    "trials": "--trials",
+    "timeout": "--timeout",
+    "storage": "--storage",
+    "study": "--study",
+    "sampler": "--sampler",
+    "seed": "--seed",
+    "device": "--device",
+    "workers": "--workers",
+    "out": "--out",
+    "retries": "--retries",
+    "heartbeat": "--heartbeat",
+    "data_root": "--data-root",
+    "threads": "--threads",
+    "multi_fidelity": "--multi-fidelity",
+    "trial": "--trial",
+    "allow_import": "--allow-import",
+}
+# "name: " at the start (the field), "name=" anywhere (a value to give, or "name=" alone: the parameter)
+_FIELD = re.compile(rf"^({'|'.join(FLAGS)}): ")
+_KEYWORD = re.compile(rf"(?<![\w.-])({'|'.join(FLAGS)})=(?=([^\s,;.)]?))")
+
+
+def with_flags(message: str, flags: Collection[str] | None = None) -> str:
+    """A library error's message as the command line reads it: the parameters it names
+    (``trials: ...``, ``give trials=5``) become their flags (``--trials: ...``, ``give --trials 5``);
+    ``flags``: the command's (None: every flag of :data:`FLAGS`), a parameter without one stays."""
+
+    def flag(name: str) -> str | None:
+        return FLAGS[name] if flags is None or FLAGS[name] in flags else None
+
+    message = _FIELD.sub(lambda m: f"{flag(m[1]) or m[1]}: ", message)
+    return _KEYWORD.sub(lambda m: (flag(m[1]) + (" " if m[2] else "")) if flag(m[1]) else m[0], message)
+
+
+def _command_flags() -> frozenset[str]:
+    """The flags of the command running now (none outside a command)."""
+    ctx = get_current_context(silent=True)
+    return frozenset(opt for p in ctx.command.params for opt in p.opts) if ctx is not None else frozenset()
+
+
 def guard(fn: Callable[[], Any]) -> Any:
     """Run a command body; bad input becomes one line on stderr and exit status 2."""
+    _state["flags"] = _command_flags()
     try:
         return fn()
     except UserInputError as exc:
@@ -106,7 +154,7 @@ def guard(fn: Callable[[], Any]) -> Any:
 
 def _error_line(exc: BaseException) -> Text:
     """``error: <message>``, the message verbatim (brackets included), the prefix in bold red."""
-    return Text.assemble(("error:", "bold red"), f" {exc}")
+    return Text.assemble(("error:", "bold red"), f" {with_flags(str(exc), _state['flags'])}")
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:
@@ -162,6 +210,12 @@ def print_frame(df, *, title: str | None = None, max_rows: int = 200) -> None:
         out.print(f"... {len(df) - max_rows} more rows")
 
 
+#: where ``report`` and ``export`` read a search's results: its folder, or its storage and study
+RESULTS_DIR = typer.Argument(None, metavar="RESULTS_DIR", help="a results directory (results/<study>)")
+RESULTS_STORAGE = typer.Option(None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)")
+RESULTS_STUDY = typer.Option(None, "--study", metavar="NAME", help="study name (needed when the storage holds several)")
+
+
 def results_source(results_dir: Path | None, storage: str | None, *, command: str, example: str) -> Path | str:
     """Where a command reads a search's results: its results directory or its ``--storage``,
     exactly one of them given (else a :class:`UserInputError` showing ``example``)."""
@@ -205,7 +259,7 @@ def main() -> None:
         if _state["debug"]:  # the traceback, then the same one line and status as without --debug
             traceback.print_exception(exc, file=sys.stderr)
             sys.stderr.flush()
-        err.print(f"error: {exc}", highlight=False)
+        err.print(f"error: {with_flags(str(exc), _state['flags'])}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C before a command body runs (importing torch takes seconds)
         err.print("interrupted", highlight=False)

@@ -7,20 +7,14 @@ from pathlib import Path
 import typer
 
 from ..export import export_trial
-from .common import guard, out, results_source
+from .common import RESULTS_DIR, RESULTS_STORAGE, RESULTS_STUDY, guard, out, results_source
 
 
 def export(
     trial: int = typer.Option(..., "--trial", metavar="N", help="trial number"),
-    results_dir: Path | None = typer.Argument(
-        None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"
-    ),
-    storage: str | None = typer.Option(
-        None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"
-    ),
-    study: str | None = typer.Option(
-        None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"
-    ),
+    results_dir: Path | None = RESULTS_DIR,
+    storage: str | None = RESULTS_STORAGE,
+    study: str | None = RESULTS_STUDY,
     out_file: Path = typer.Option(
         ..., "--out", metavar="FILE", help="output file: .safetensors (loads with nas_sepconv.load_model) or .onnx"
     ),

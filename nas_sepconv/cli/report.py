@@ -10,7 +10,7 @@ import typer
 
 from .. import results
 from ..files import ensure_writable_dir
-from .common import guard, out, print_frame, results_source
+from .common import RESULTS_DIR, RESULTS_STORAGE, RESULTS_STUDY, guard, out, print_frame, results_source
 
 
 def print_report(study_name: str, folder: Path, df: Any = None) -> None:
@@ -24,15 +24,9 @@ def print_report(study_name: str, folder: Path, df: Any = None) -> None:
 
 
 def report(
-    results_dir: Path | None = typer.Argument(
-        None, metavar="RESULTS_DIR", help="a results directory (results/<study>)"
-    ),
-    storage: str | None = typer.Option(
-        None, "--storage", metavar="URL", help="Optuna storage URL (instead of RESULTS_DIR)"
-    ),
-    study: str | None = typer.Option(
-        None, "--study", metavar="NAME", help="study name (needed when the storage holds several)"
-    ),
+    results_dir: Path | None = RESULTS_DIR,
+    storage: str | None = RESULTS_STORAGE,
+    study: str | None = RESULTS_STUDY,
     out_dir: Path | None = typer.Option(
         None,
         "--out",

@@ -11,7 +11,8 @@ import typer
 from ..data.memory import format_bytes
 from ..progress import Progress, shorten
 from ..search import SAMPLERS, SearchStatus
-from ..search import search as run_search
+from ..search.options import SearchOptions
+from ..search.run import search_with
 from .common import err, guard
 from .report import print_report
 
@@ -84,27 +85,27 @@ def search(
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
+    options = SearchOptions(
+        trials=trials,
+        timeout=timeout,
+        storage=storage,
+        study=study,
+        sampler=sampler,
+        seed=seed,
+        device=device,
+        workers=workers,
+        out=out_dir,
+        retries=retries,
+        heartbeat=heartbeat,
+        data_root=data_root,
+        threads=threads,
+        multi_fidelity=multi_fidelity,
+    )
+
     def run() -> None:
         bar = _SearchProgress()
         with _resumable_on_ctrl_c(), bar:
-            result = run_search(
-                space,
-                trials=trials,
-                timeout=timeout,
-                storage=storage,
-                study=study,
-                sampler=sampler,
-                seed=seed,
-                device=device,
-                workers=workers,
-                out=out_dir,
-                retries=retries,
-                heartbeat=heartbeat,
-                progress=bar.show,
-                data_root=data_root,
-                threads=threads,
-                multi_fidelity=multi_fidelity,
-            )
+            result = search_with(space, options, progress=bar.show)
         print_report(result.study_name, out_dir / result.study_name)
 
     guard(run)

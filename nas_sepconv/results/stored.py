@@ -120,7 +120,7 @@ TRIAL_ATTRS: dict[str, Attr] = _table(
     Attr("epochs", _COUNT, _int_in(0, _INT64)),
     Attr("epochs_trained", _COUNT, _int_in(0, _INT64)),
     Attr("seed", f"an integer in [0, {MAX_SEED}]", _int_in(0, MAX_SEED)),
-    Attr("threads", f"an integer in [1, {MAX_THREADS}] (as --threads)", _int_in(1, MAX_THREADS)),
+    Attr("threads", f"an integer in [1, {MAX_THREADS}] (as the search's threads)", _int_in(1, MAX_THREADS)),
     Attr("resolution", f"an input side in [1, {MAX_INPUT_SIDE}]", _int_in(1, MAX_INPUT_SIDE)),
     Attr("arch", "text", _text),
     Attr("arch_json", "the JSON text of a recipe", _text),

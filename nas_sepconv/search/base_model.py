@@ -83,10 +83,10 @@ def prepare_base(settings: Settings, data: Any) -> nn.Module:
     with lock(settings.out_dir):
         if check_base_cache(space, data, settings.out_dir) is not None:
             return load_model(cache, allow_import=c.model)
-        with seeded(settings.seed, settings.device):
+        with seeded(settings.options.seed, settings.options.device):
             model = build_from_recipe(base_recipe(space, data), allow_import=c.model)
-            cfg = replace(space.spec.train, seed=settings.seed)
-            fit(model, data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=settings.device)
+            cfg = replace(space.spec.train, seed=settings.options.seed)
+            fit(model, data, config=replace(cfg, epochs=max(1, c.base_epochs)), device=settings.options.device)
         with contextlib.suppress(Exception):  # a cache only (disk full: the next run trains it again, seeded alike)
             save_model(cache, model.cpu(), base_recipe(space, data))
         return model.eval()
@@ -98,7 +98,7 @@ def record_base(settings: Settings, data: Any, model: nn.Module, study: optuna.S
     reference): what a user compares every candidate against.  Once: a resumed study keeps it."""
     if "base" in study.user_attrs:
         return
-    device = settings.device
+    device = settings.options.device
     x = torch.randn(1, *data.input_shape)
     macs, params = count_macs(model.cpu(), x), count_params(model)
     study.set_user_attr(

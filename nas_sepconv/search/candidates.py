@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from ..data import calibration_batches
 from ..errors import TrainingDiverged
 from ..io import build_from_recipe
 from ..measure import count_macs, count_params, torch_threads
-from ..train import converted_features, evaluate, fit
+from ..train import TrainConfig, converted_features, evaluate, fit
 from .asha import RungLadder, StopAtRung
 from .base_model import prepare_base, record_base
-from .latency import trial_latency
+from .latency import TrialLatency
+from .options import SearchOptions
 from .schema import candidate_epochs
 from .seeding import seeded
 from .settings import Settings
@@ -37,12 +39,16 @@ class TrialContext:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.data = settings.space.spec.data.load().to(settings.device)
+        self.data = settings.space.spec.data.load().to(settings.options.device)
         self._base: nn.Module | None = None
         self._sites: list | None = None
         #: the study a search records the base model's accuracy in (user attr ``base``); None
         #: when rebuilding a trial
         self.study: optuna.Study | None = None
+        #: the ``latency_ms`` of this process's trials (predicted from the base model's table, or measured)
+        self.latency = TrialLatency(
+            settings.space, device=settings.options.device, base=self.base, input_shape=self.data.input_shape
+        )
 
     def base(self) -> nn.Module:
         """The trained base model of a convert space (loaded, or trained once and cached); its
@@ -65,24 +71,12 @@ class TrialContext:
     def for_rebuild(cls, space: Space, *, device: str, out_dir: Path, study: str = "") -> TrialContext:
         """A context to rebuild the trials of a study made with ``space`` (no storage; the base
         model of a convert space is looked for in ``out_dir``, as the search left it)."""
-        return cls(
-            Settings(
-                space=space,
-                trials=1,
-                timeout=None,
-                storage="",
-                study=study,
-                sampler="random",
-                seed=0,
-                device=device,
-                workers=1,
-                out_dir=out_dir,
-                retries=0,
-                heartbeat=0,
-            )
+        options = SearchOptions(
+            trials=1, storage="", study=study, sampler="random", device=device, retries=0, heartbeat=0
         )
+        return cls(Settings(space=space, options=options, out_dir=out_dir))
 
-    def suggest(self, trial: Any) -> Candidate:
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Candidate:
         """The candidate ``trial`` (an Optuna trial, or a FixedTrial of a trial's parameters) draws."""
         space = self.settings.space
         return suggest(
@@ -160,18 +154,18 @@ def objective_values(metrics: dict[str, Any], space: Space) -> list[float]:
 
 
 def run_candidate(
-    ctx: TrialContext, candidate: Candidate, *, trial: Any = None, seed: int = 0
+    ctx: TrialContext, candidate: Candidate, *, trial: optuna.Trial | None = None, seed: int = 0
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build, budget-check, train and evaluate one candidate, all seeded with ``seed`` (see
     :func:`seeded`: a re-run reproduces it exactly on the CPU); returns the model and metrics."""
     if candidate.space_kind.from_base:
         ctx.base()  # trained (seeded on its own) first, if it is not yet: not inside the trial's seeded run
-    with seeded(seed, ctx.settings.device):
+    with seeded(seed, ctx.settings.options.device):
         return _run_candidate(ctx, candidate, trial=trial, seed=seed)
 
 
 def _run_candidate(
-    ctx: TrialContext, candidate: Candidate, *, trial: Any, seed: int
+    ctx: TrialContext, candidate: Candidate, *, trial: optuna.Trial | None, seed: int
 ) -> tuple[nn.Module, dict[str, Any]]:
     space = ctx.settings.space
     s = space.spec.search
@@ -207,7 +201,7 @@ def _run_candidate(
         ):
             features = converted_features(model)
 
-    device = ctx.settings.device
+    device = ctx.settings.options.device
     ladder = _ladder(trial, space)
 
     def report(epoch: int, val_acc: float) -> None:
@@ -215,7 +209,7 @@ def _run_candidate(
             if (
                 "latency_ms" in s.objectives and "latency_ms" not in metrics
             ):  # fixed per candidate: measured once, at the first rung
-                metrics["latency_ms"], metrics["latency_source"] = trial_latency(ctx, model, x)
+                metrics["latency_ms"], metrics["latency_source"] = ctx.latency(model, x)
             ladder.on_epoch(epoch, val_acc, metrics)
         if trial is not None and s.search_mode.prunes:
             trial.report(reward(val_acc, macs, space), epoch)
@@ -239,7 +233,7 @@ def _run_candidate(
     if ladder is not None:
         metrics.update(ladder.attrs(metrics["epochs"]))
     if ("latency_ms" in s.objectives or s.max_latency_ms is not None) and "latency_ms" not in metrics:
-        metrics["latency_ms"], metrics["latency_source"] = trial_latency(ctx, model, x)
+        metrics["latency_ms"], metrics["latency_source"] = ctx.latency(model, x)
     if s.max_latency_ms is not None:
         constraints["max_latency_ms"] = metrics["latency_ms"] - s.max_latency_ms
     metrics["constraints"] = constraints
@@ -265,16 +259,16 @@ def _fit(
     ctx: TrialContext,
     candidate: Candidate,
     model: nn.Module,
-    cfg: Any,
+    cfg: TrainConfig,
     *,
     teacher: nn.Module | None,
     features: list,
-    report: Any,
+    report: Callable[[int, float], None],
 ) -> dict[str, Any]:
     """Train the candidate; its accuracy, test accuracy and epochs.  A trial that the
     multi-fidelity mode stops at a rung (:class:`~.asha.StopAtRung`) ends with that rung's
     validation accuracy, and its test accuracy measured then."""
-    device, resolution = ctx.settings.device, candidate.resolution
+    device, resolution = ctx.settings.options.device, candidate.resolution
     try:
         result = fit(
             model,
@@ -297,7 +291,7 @@ def _fit(
     return {"accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy, "epochs": result.epochs}
 
 
-def _ladder(trial: Any, space: Space) -> RungLadder | None:
+def _ladder(trial: optuna.Trial | None, space: Space) -> RungLadder | None:
     """The trial's rungs in the multi-fidelity mode (:mod:`.asha`); None otherwise."""
     mf = space.spec.search.multi_fidelity
     if mf is None or not isinstance(trial, optuna.trial.Trial):

@@ -28,8 +28,8 @@ def fail_stale_trials(study: optuna.Study, settings: Settings) -> None:
     no heartbeat thread any more; without this a resumed search would wait for them)."""
     storage = study._storage
     stale: dict[int, str] = {}
-    if settings.heartbeat and _heartbeat_enabled(storage):
-        grace = 3 * settings.heartbeat
+    if settings.options.heartbeat and _heartbeat_enabled(storage):
+        grace = 3 * settings.options.heartbeat
         for trial_id in storage._get_stale_trial_ids(study._study_id):
             stale[trial_id] = f"worker died: no heartbeat for {grace} s"
     host = socket.gethostname()

@@ -27,18 +27,24 @@ class SearchStatus:
     front_size: int = 0
     best_accuracy: float | None = None
     last: str = ""
-    #: outputs that could not be written (disk full, folder gone): the search goes on without them
-    warning: str = ""
+    #: an output that could not be written and why, e.g. ``trials.csv (No space left on device)``
+    #: (disk full, folder gone): the search goes on without it
+    unwritten: str = ""
     #: how the data set is held (first status only): size decoded, in memory or streamed, the budget
     data_note: str = ""
     #: peak memory of the search's processes in bytes (last status only; :mod:`.memory`)
     peak_memory: int | None = None
 
+    @property
+    def warning(self) -> str:
+        """The line the progress shows about an output that could not be written ("" if none)."""
+        return f"could not write {self.unwritten}; nas-sepconv report rewrites it" if self.unwritten else ""
+
 
 def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
     """Rewrite trials.csv, pareto.csv, pareto.png and pareto/trial_<n>.json; drop the saved
     weights of trials no longer on the front.  A file that cannot be written (disk full) is
-    named in the status's ``warning``; the study holds everything, so the next refresh (or
+    named in the status's ``unwritten``; the study holds everything, so the next refresh (or
     ``nas-sepconv report``) writes it again."""
     try:
         return _refresh_outputs(study, out_dir)
@@ -47,7 +53,7 @@ def refresh_outputs(study: optuna.Study, out_dir: Path) -> SearchStatus | None:
         status = SearchStatus(target=0)
         name = Path(cause.filename).name if getattr(cause, "filename", None) else "outputs"
         reason = getattr(cause, "strerror", None) or cause
-        status.warning = f"could not write {name} ({reason}); nas-sepconv report rewrites it"
+        status.unwritten = f"{name} ({reason})"
         return status
 
 

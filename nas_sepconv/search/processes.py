@@ -10,6 +10,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.queues import SimpleQueue
 from typing import Any
 
 import torch
@@ -29,7 +31,7 @@ def _worker_main(settings: Settings, worker: int, errors: Any = None) -> None:
     """A spawned worker.  It starts with Ctrl-C blocked (see :func:`_start_worker`): a Ctrl-C
     while it imported torch would have printed a traceback per worker; it arrives now."""
     quiet_optuna()
-    torch.set_num_threads(settings.threads or max(1, available_cores() // max(1, settings.workers)))
+    torch.set_num_threads(settings.options.threads or max(1, available_cores() // max(1, settings.options.workers)))
 
     def interrupt_once(signum: int, frame: Any) -> None:  # Ctrl-C reaches us and the parent forwards it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -62,11 +64,11 @@ def check_workers(workers: int) -> None:
             else f"{memory / (1 << 30):.1f} GiB of available memory at ~1 GiB per worker"
         )
         raise UserInputError(
-            "--workers", f"{workers} is more than this machine can run ({cap}: {why})", f"use --workers {cap} or fewer"
+            "workers", f"{workers} is more than this machine can run ({cap}: {why})", f"use workers={cap} or fewer"
         )
 
 
-def _start_worker(ctx: Any, settings: Settings, number: int, errors: Any) -> Any:
+def _start_worker(ctx: SpawnContext, settings: Settings, number: int, errors: SimpleQueue) -> SpawnProcess:
     """Start a spawned worker with Ctrl-C blocked: a terminal's Ctrl-C reaches every process of
     the group, and a worker still importing torch would die with a traceback of its own.  The
     blocked mask survives fork and exec; the worker unblocks it once its handler is in place,
@@ -81,19 +83,19 @@ def _start_worker(ctx: Any, settings: Settings, number: int, errors: Any) -> Any
 
 
 def run_workers(settings: Settings, update: Callable[[], None]) -> None:
-    """Run ``settings.workers`` spawned worker processes to the end, replacing killed ones and
+    """Run ``settings.options.workers`` spawned worker processes to the end, replacing killed ones and
     calling ``update`` when the count of finished trials changes; on Ctrl-C or a failed storage,
     stop them all (each records its running trial as FAIL) and raise."""
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.SimpleQueue()
-    procs: dict[int, Any] = {}
+    procs: dict[int, SpawnProcess] = {}
     restarts = 0
     seen = -1
     try:
-        for i in range(settings.workers):
+        for i in range(settings.options.workers):
             procs[i] = _start_worker(ctx, settings, i, errors)
-        storage = open_storage(settings.storage)
-        study_id = storage.get_study_id_from_name(settings.study)
+        storage = open_storage(settings.options.storage)
+        study_id = storage.get_study_id_from_name(settings.options.study)
         while procs:
             time.sleep(1.0)
             if INTERRUPTED.is_set():  # swallowed on the way: see _interrupt
@@ -108,9 +110,9 @@ def run_workers(settings: Settings, update: Callable[[], None]) -> None:
                         if not errors.empty()
                         else "storage: a worker could not write to the storage; run the same command again to resume"
                     )
-                if p.exitcode != 0 and restarts < 4 * settings.workers:  # a killed worker is replaced
+                if p.exitcode != 0 and restarts < 4 * settings.options.workers:  # a killed worker is replaced
                     restarts += 1
-                    procs[i] = _start_worker(ctx, settings, i + settings.workers * restarts, errors)
+                    procs[i] = _start_worker(ctx, settings, i + settings.options.workers * restarts, errors)
             finished = sum(t.state.is_finished() for t in storage.get_all_trials(study_id, deepcopy=False))
             if finished != seen:
                 seen = finished

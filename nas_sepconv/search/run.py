@@ -27,6 +27,7 @@ import json
 import math
 import numbers
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_
 from .base_model import check_base_cache
 from .candidates import build_candidate, run_candidate
 from .memory import MemoryWatch, check_memory, data_record
+from .options import SearchOptions
 from .outputs import SearchStatus, refresh_outputs
 from .processes import check_workers, run_workers
 from .samplers import check_grid_trials, make_sampler
@@ -54,6 +56,7 @@ from .workers import interruptible, sigint_deferred, worker_loop
 
 __all__ = [
     "search",
+    "search_with",
     "SearchStatus",
     "build_candidate",
     "run_candidate",
@@ -123,9 +126,7 @@ def search(
         StorageError: the storage or the results folder cannot be written (disk full); what
             finished is kept, and the same call resumes.
     """
-    loaded = with_multi_fidelity(load_space(space), multi_fidelity)
-    settings = _settings(
-        loaded if data_root is None else with_data_root(loaded, data_root),
+    options = SearchOptions(
         trials=trials,
         timeout=timeout,
         storage=storage,
@@ -137,23 +138,36 @@ def search(
         out=out,
         retries=retries,
         heartbeat=heartbeat,
+        data_root=data_root,
         threads=threads,
+        multi_fidelity=multi_fidelity,
     )
-    data = _fit_to_data(settings, flag="--data-root" if data_root is not None else None)
+    return search_with(space, options, progress=progress)
+
+
+def search_with(
+    space: str | Path | Space, options: SearchOptions, *, progress: Callable[[SearchStatus], None] | None = None
+) -> optuna.Study:
+    """:func:`search` with its options as one record (how the CLI calls it)."""
+    loaded = with_multi_fidelity(load_space(space), options.multi_fidelity)
+    if options.data_root is not None:
+        loaded = with_data_root(loaded, options.data_root)
+    settings = _settings(loaded, options)
+    data = _fit_to_data(settings)
     return _open_and_run(settings, progress, data_record(data, plan=settings.space.spec.data.memory_plan()))
 
 
-def _fit_to_data(settings: Settings, *, flag: str | None) -> Dataset:
+def _fit_to_data(settings: Settings) -> Dataset:
     """Check the space against its data set and the machine's memory before anything is created
     (bad data, or a convert space's bad base model, would otherwise fail every trial), and choose
-    the threads for its inputs unless ``--threads`` gave them.  ``flag``: where the data root came
-    from, when the command line gave it.  Returns the data set."""
-    data = _checked_data(settings.space, flag=flag)
-    check_memory(data, workers=settings.workers)
-    if settings.threads is None:
-        settings.threads = choose_threads(
-            data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.workers
+    the threads for its inputs unless ``threads`` gave them.  Returns the data set."""
+    data = _checked_data(settings.space, given_root=settings.options.data_root is not None)
+    check_memory(data, workers=settings.options.workers)
+    if settings.options.threads is None:
+        threads = choose_threads(
+            data.input_shape, batch_size=settings.space.spec.train.batch_size, workers=settings.options.workers
         )
+        settings.options = replace(settings.options, threads=threads)
     if settings.space.spec.space_kind.from_base:
         _check_convert(settings.space, data, settings.out_dir)  # a bad base model would otherwise fail every trial
     return data
@@ -176,7 +190,7 @@ def _open_and_run(
     status.peak_memory = watch.peak
     if progress:
         progress(status)
-    check_run(the_study, settings, outputs_warning=status.warning)
+    check_run(the_study, settings, unwritten_output=status.unwritten)
     return the_study
 
 
@@ -187,13 +201,13 @@ def _run(
     *,
     data_note: str = "",
 ) -> SearchStatus:
-    """Run the trials (in this process, or in ``settings.workers`` processes) until the study
+    """Run the trials (in this process, or in ``settings.options.workers`` processes) until the study
     holds its trials, or the time or the failure limit is up; the outputs are rewritten after
     each trial, and after an error that stops the run.  Returns the last status."""
     update = _updater(the_study, settings, progress, data_note=data_note)
-    with interruptible(), torch_threads(settings.threads if settings.workers == 1 else None):
+    with interruptible(), torch_threads(settings.options.threads if settings.options.workers == 1 else None):
         try:
-            if settings.workers == 1:
+            if settings.options.workers == 1:
                 worker_loop(settings, 0, on_finish=update)
             else:
                 run_workers(settings, update)
@@ -206,87 +220,67 @@ def _run(
         return update()
 
 
-def _settings(
-    space: Space,
-    *,
-    trials: int | None,
-    timeout: float | None,
-    storage: str | None,
-    study: str | None,
-    sampler: str | None,
-    seed: int,
-    device: str,
-    workers: int,
-    out: str | Path,
-    retries: int,
-    heartbeat: int,
-    threads: int | None = None,
-) -> Settings:
-    """The arguments of :func:`search`, checked (each error names its flag), as settings;
-    nothing is created but the results folder's parents (checked writable)."""
+def _settings(space: Space, options: SearchOptions) -> Settings:
+    """The options of :func:`search`, checked (each error names its parameter) and completed,
+    as settings; nothing is created but the results folder's parents (checked writable)."""
+    trials, timeout, seed = options.trials, options.timeout, options.seed
     if trials is not None and trials < 1:
-        raise UserInputError("--trials", f"must be >= 1, got {trials}")
-    if workers < 1:
-        raise UserInputError("--workers", f"must be >= 1, got {workers}")
-    check_workers(workers)
-    check_threads(threads, "--threads")
+        raise UserInputError("trials", f"must be >= 1, got {trials}")
+    if options.workers < 1:
+        raise UserInputError("workers", f"must be >= 1, got {options.workers}")
+    check_workers(options.workers)
+    check_threads(options.threads, "threads")
     if timeout is not None and math.isnan(timeout):
         raise UserInputError(
-            "--timeout", "nan is not a number of seconds", "give seconds > 0, or leave it out (or inf) for no limit"
+            "timeout", "nan is not a number of seconds", "give seconds > 0, or leave it out (or inf) for no limit"
         )
     if timeout is not None and timeout <= 0:
-        raise UserInputError("--timeout", f"must be > 0 seconds, got {timeout}")
-    if timeout == math.inf:  # inf: no limit, as when --timeout is left out
+        raise UserInputError("timeout", f"must be > 0 seconds, got {timeout}")
+    if timeout == math.inf:  # inf: no limit, as when timeout is left out
         timeout = None
-    if heartbeat < 0 or retries < 0:
-        raise UserInputError(
-            "--heartbeat" if heartbeat < 0 else "--retries", f"must be >= 0, got {min(heartbeat, retries)}"
-        )
-    check_device(device, field="--device")
+    for name in ("heartbeat", "retries"):
+        if getattr(options, name) < 0:
+            raise UserInputError(name, f"must be >= 0, got {getattr(options, name)}")
+    check_device(options.device, field="device")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         problem = f"must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}"
-        raise UserInputError("--seed", problem, "use e.g. --seed 0")
-    name = _study_name(study, space)
-    out_dir = Path(out) / name
-    ensure_writable_dir(out_dir, "--out")  # a new search, or the folder of the one it resumes
-    settings = Settings(
-        space=space,
-        trials=trials or space.spec.search.trials,
+        raise UserInputError("seed", problem, "use e.g. seed=0")
+    name = _study_name(options.study, space)
+    out_dir = Path(options.out) / name
+    ensure_writable_dir(out_dir, "out")  # a new search, or the folder of the one it resumes
+    search = space.spec.search
+    completed = replace(
+        options,
+        trials=trials or search.trials,
         timeout=timeout,
-        storage=storage_url_for(storage, out_dir),
+        storage=storage_url_for(options.storage, out_dir),
         study=name,
-        sampler=sampler or space.spec.search.search_mode.sampler or space.spec.search.sampler,
-        seed=seed,
-        device=device,
-        workers=workers,
-        out_dir=out_dir,
-        retries=retries,
-        heartbeat=heartbeat,
-        threads=threads,
+        sampler=options.sampler or search.search_mode.sampler or search.sampler,
     )
-    make_sampler(settings.sampler, seed, space)  # validate before creating anything
-    check_grid_trials(settings.sampler, space, settings.trials)
-    if storage is not None:
-        open_storage(settings.storage)  # a bad URL fails before the results directory exists
-        if settings.storage.startswith("sqlite"):  # SQLite writes a journal beside the database
-            ensure_writable_dir(Path(sqlite_path(settings.storage) or ".").parent, "--storage")
+    settings = Settings(space=space, options=completed, out_dir=out_dir)
+    make_sampler(completed.sampler, seed, space)  # validate before creating anything
+    check_grid_trials(completed.sampler, space, completed.trials)
+    if options.storage is not None:
+        open_storage(completed.storage)  # a bad URL fails before the results directory exists
+        if completed.storage.startswith("sqlite"):  # SQLite writes a journal beside the database
+            ensure_writable_dir(Path(sqlite_path(completed.storage) or ".").parent, "storage")
     return settings
 
 
-#: the largest --seed: NumPy's generators take seeds below 2**32
+#: the largest seed: NumPy's generators take seeds below 2**32
 MAX_SEED = 2**32 - 1
 #: the longest study name in bytes: it names the results folder (NAME_MAX of Linux and macOS)
 MAX_NAME_BYTES = 255
 
 
 def _study_name(study: str | None, space: Space) -> str:
-    """The study's name (``--study``, else the space's ``name``), checked: it names the results
+    """The study's name (``study``, else the space's ``name``), checked: it names the results
     folder, so it is one usable folder name; an error names where the name came from."""
     name = study or space.name
     if study:
-        field, fix = "--study", "give another --study"
+        field, fix = "study", "give another study="
     else:
-        field, fix = "space", f"give another name: in {space.path or 'the space'}, or with --study NAME"
+        field, fix = "space", f"give another name: in {space.path or 'the space'}, or with study=NAME"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         problem = f"{name[:80]!r} is not a usable study name"
         raise UserInputError(field, problem, f"use letters, digits, '-', '_' and '.'; {fix}")
@@ -297,20 +291,20 @@ def _study_name(study: str | None, space: Space) -> str:
     return name
 
 
-def _checked_data(space: Space, *, flag: str | None = None) -> Any:
+def _checked_data(space: Space, *, given_root: bool = False) -> Any:
     """The space's data set, loaded once here so that bad data fails early, named by its field
-    in the space file (``flag``, when the root came from the command line)."""
+    in the space file (``data_root`` when the search was given the root)."""
     d = space.spec.data
     try:
         return d.load()
     except UserInputError as exc:
         field = "data." + exc.field.removeprefix("dataset.") if exc.field.startswith("dataset") else exc.field
         fix = (
-            exc.fix.replace(" (root=)", "") + ", or give --data-root PATH"
+            exc.fix.replace(" (root=)", "") + ", or give data_root=PATH"
             if field == "data.root" and d.root is None and exc.fix
             else exc.fix
         )
-        raise UserInputError(flag if flag and field == "data.root" else field, exc.problem, fix) from None
+        raise UserInputError("data_root" if given_root and field == "data.root" else field, exc.problem, fix) from None
 
 
 def _write_meta(settings: Settings, *, data: dict[str, Any], peak_memory: int | None = None) -> None:
@@ -319,8 +313,8 @@ def _write_meta(settings: Settings, *, data: dict[str, Any], peak_memory: int | 
     PSS of the search's processes: :mod:`.memory`)."""
     space, out_dir = settings.space, settings.out_dir
     meta: dict[str, Any] = {
-        "storage": without_password(settings.storage),
-        "study": settings.study,
+        "storage": without_password(settings.options.storage),
+        "study": settings.options.study,
         "space": space.name,
         "mode": space.spec.search.mode,
         "data": {k: v for k, v in data.items() if k != "note"},
@@ -331,7 +325,7 @@ def _write_meta(settings: Settings, *, data: dict[str, Any], peak_memory: int | 
         atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2))
     except OSError as exc:  # (the folder was checked writable: a full disk)
         raise StorageError(
-            f"--out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same "
+            f"out: cannot write {out_dir / 'meta.json'} ({exc.strerror or exc}); free disk space and run the same "
             "command again"
         ) from None
 
@@ -348,15 +342,15 @@ def _updater(
     its data set is held (``data_note``)."""
     if progress:
         n = counts(the_study, settings.session)
-        first = SearchStatus(target=settings.trials, done=n["done"], failed=n["failed"], running=n["running"])
+        first = SearchStatus(target=settings.options.trials, done=n["done"], failed=n["failed"], running=n["running"])
         first.data_note = data_note
         progress(first)
 
     def update() -> SearchStatus:
         with sigint_deferred():  # Ctrl-C while writing outputs (or importing matplotlib) waits until they are written
-            status = refresh_outputs(the_study, settings.out_dir) or SearchStatus(target=settings.trials)
+            status = refresh_outputs(the_study, settings.out_dir) or SearchStatus(target=settings.options.trials)
             n = counts(the_study, settings.session)
-            status.target, status.done, status.running = settings.trials, n["done"], n["running"]
+            status.target, status.done, status.running = settings.options.trials, n["done"], n["running"]
             status.failed = n["failed"]
             done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
             if done:

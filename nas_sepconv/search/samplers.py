@@ -111,12 +111,12 @@ def grid_points(space: Any) -> int:
 
 
 def check_grid_trials(sampler: str, space: Any, trials: int) -> None:
-    """A ``grid`` search asked for more trials than its grid has points is refused (``--trials``)."""
+    """A ``grid`` search asked for more trials than its grid has points is refused (``trials``)."""
     if sampler == "grid" and trials > (points := grid_points(space)):
         raise UserInputError(
-            "--trials",
+            "trials",
             f"{trials} trials, but the grid of space {space.name!r} has {points} points",
-            f"give --trials {points} or fewer (each point once)",
+            f"give trials={points} or fewer (each point once)",
         )
 
 
@@ -173,7 +173,7 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
-def find_sampler(name: Any, *, field: str = "--sampler") -> Sampler:
+def find_sampler(name: Any, *, field: str = "sampler") -> Sampler:
     """The record of the sampler ``name``; a :class:`UserInputError` naming ``field`` (and
     listing the samplers) if there is none."""
     return lookup(SAMPLERS, name, field=field, what="sampler")

@@ -302,9 +302,9 @@ def with_data_root(space: Space, root: str | Path) -> Space:
     source, arg = find_dataset(space.spec.data.dataset)
     if not source.needs_root or arg:
         raise UserInputError(
-            "--data-root",
+            "data_root",
             f"space {space.name!r} reads data set {space.spec.data.dataset!r}, which takes no root folder",
-            "leave --data-root out",
+            "leave data_root= out",
         )
     data = space.spec.data.model_copy(update={"root": str(Path(root).expanduser().resolve())})
     return dataclasses.replace(space, spec=space.spec.model_copy(update={"data": data}))

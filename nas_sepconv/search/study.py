@@ -37,30 +37,32 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
     """Create or load the study (same name and storage: resumed)."""
     space = settings.space
     storage = open_storage(
-        settings.storage,
-        heartbeat=settings.heartbeat,
-        stale_callback=RetryStale(max_retry=settings.retries) if settings.retries else None,
+        settings.options.storage,
+        heartbeat=settings.options.heartbeat,
+        stale_callback=RetryStale(max_retry=settings.options.retries) if settings.options.retries else None,
     )
     names = metric_names(space)
     directions = [OBJECTIVES[n].direction for n in names]
     try:
         study = optuna.create_study(
             storage=storage,
-            study_name=settings.study,
+            study_name=settings.options.study,
             directions=directions,
-            sampler=make_sampler(settings.sampler, process_seed(settings.seed, settings.session, worker), space),
+            sampler=make_sampler(
+                settings.options.sampler, process_seed(settings.options.seed, settings.session, worker), space
+            ),
             pruner=_pruner(space),
             load_if_exists=True,
         )
     except Exception as exc:
         if isinstance(exc, OSError) or is_storage_failure(exc):
-            raise storage_error(exc, settings.storage, "opening the study") from None
+            raise storage_error(exc, settings.options.storage, "opening the study") from None
         raise
     if [d.name.lower() for d in study.directions] != directions:
         raise UserInputError(
-            "--study", f"study {settings.study!r} exists with other objectives", "use another --study name"
+            "study", f"study {settings.options.study!r} exists with other objectives", "use another study=NAME"
         )
-    read_study(study, redact(settings.storage))  # what a resume reads back, checked first (tampered: one line)
+    read_study(study, redact(settings.options.storage))  # what a resume reads back, checked first (tampered: one line)
     mf = multi_fidelity_record(space)
     existing = study.user_attrs.get("space")
     recorded = study.user_attrs.get("space_yaml")
@@ -73,22 +75,22 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             study.set_user_attr("space", space.name)
         except Exception as exc:
             if isinstance(exc, OSError) or is_storage_failure(exc):
-                raise storage_error(exc, settings.storage, "creating the study") from None
+                raise storage_error(exc, settings.options.storage, "creating the study") from None
             raise
     elif existing != space.name or (recorded is not None and _defining(recorded) != _defining(space.text)):
         raise UserInputError(
-            "--study",
-            f"study {settings.study!r} was made with another version of space {existing!r}",
-            "use another --study name, or the same space file",
+            "study",
+            f"study {settings.options.study!r} was made with another version of space {existing!r}",
+            "use another study=NAME, or the same space file",
         )
     elif study.user_attrs.get(MULTI_FIDELITY_ATTR) != mf:
         was = study.user_attrs.get(MULTI_FIDELITY_ATTR)
         was_run = "with rungs " + str(was["rungs"]) if was else "without the multi-fidelity mode"
         asked = "with rungs " + str(mf["rungs"]) if mf else "without it"
         raise UserInputError(
-            "--multi-fidelity",
-            f"study {settings.study!r} was run {was_run}, not {asked}",
-            "resume it with its own setting, or use another --study name",
+            "multi_fidelity",
+            f"study {settings.options.study!r} was run {was_run}, not {asked}",
+            "resume it with its own setting, or use another study=NAME",
         )
     return study
 
@@ -121,13 +123,13 @@ def claim_session(study: optuna.Study, settings: Settings) -> int:
             if count is None:  # a new study, or one made before sessions were counted: past its trials
                 count = len(study.get_trials(deepcopy=False))
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                where = redact(settings.storage)
+                where = redact(settings.options.storage)
                 problem = f"the study in {where} records {str(count)[:40]!r}, not a count of searches"
                 raise UserInputError(SESSIONS_ATTR, problem, TAMPERED)
             study._storage.set_study_system_attr(study._study_id, SESSIONS_ATTR, count + 1)
     except Exception as exc:
         if isinstance(exc, OSError) or is_storage_failure(exc):
-            raise storage_error(exc, settings.storage, "opening the study") from None
+            raise storage_error(exc, settings.options.storage, "opening the study") from None
         raise
     return count
 

@@ -11,6 +11,7 @@ results could not be written (weights, the output files).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import optuna
 
@@ -21,8 +22,31 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 SURPLUS = "surplus claim: another worker took the last slot"
 #: system attribute of a trial: the session (``Settings.session``) of the run that claimed it
 SESSION_ATTR = "nas_sepconv:session"
+#: user attribute of a trial: what it could not save (``MissingWeights.to_attr`` of its weights)
+MISSING_ARTIFACTS = "missing_artifacts"
 #: the start of the reasons of failures that the space's own choices cause (see workers._fail_reason)
 _INPUT_REASONS = ("CandidateError:", "UserInputError:")
+
+
+@dataclass(frozen=True)
+class MissingWeights:
+    """A finished trial's weights file that could not be written, and why; recorded on the
+    trial (:data:`MISSING_ARTIFACTS`) as ``weights (<file>: <why>)``."""
+
+    file: str
+    why: str
+
+    def to_attr(self) -> str:
+        return f"weights ({self.file}: {self.why})"
+
+    @classmethod
+    def of(cls, trial: optuna.trial.FrozenTrial) -> MissingWeights | None:
+        """What the trial records as missing; None when it saved its weights."""
+        missing = trial.user_attrs.get(MISSING_ARTIFACTS)
+        if not missing:
+            return None
+        file, _, why = str(missing[0]).removeprefix("weights (").removesuffix(")").partition(": ")
+        return cls(file, why)
 
 
 def failure_limit(settings: Settings) -> int:
@@ -30,7 +54,7 @@ def failure_limit(settings: Settings) -> int:
     it ran nothing), else ``max(10, trials)`` (a candidate or setup that fails every time must
     not loop forever)."""
     limit = settings.space.spec.search.max_failures
-    return max(10, settings.trials) if limit is None else max(1, limit)
+    return max(10, settings.options.trials) if limit is None else max(1, limit)
 
 
 def run_trials(
@@ -54,27 +78,28 @@ def counts(study: optuna.Study, session: int) -> dict[str, int]:
     }
 
 
-def check_run(study: optuna.Study, settings: Settings, *, outputs_warning: str = "") -> None:
+def check_run(study: optuna.Study, settings: Settings, *, unwritten_output: str = "") -> None:
     """Raise the one line a finished run ends with, if it needs one: every trial of the run
     failed, or the failure limit stopped it (:class:`UserInputError` when every failure came
     from the space's choices, else :class:`SearchFailed`); else some of its results could not
-    be written (:class:`StorageError`: the weights of its trials, ``outputs_warning``)."""
+    be written (:class:`StorageError`: the weights of its trials, ``unwritten_output``: an
+    output file and why, :attr:`~.outputs.SearchStatus.unwritten`)."""
     trials = study.get_trials(deepcopy=False)  # read once: every count below is of these
     mine = run_trials(study, settings.session, trials)
     failed = [t for t in mine if t.state == optuna.trial.TrialState.FAIL]
     done = sum(t.state in FINISHED for t in trials)
-    stopped = len(failed) >= failure_limit(settings) and done < settings.trials
+    stopped = len(failed) >= failure_limit(settings) and done < settings.options.trials
     if failed and (stopped or len(failed) == len(mine)):
         raise _failed(failed, len(mine), stopped, failure_limit(settings))
-    unwritten = [outputs_warning.split(";")[0].removeprefix("could not write ")] if outputs_warning else []
-    weights = [t for t in mine if t.state in FINISHED and t.user_attrs.get("missing_artifacts")]
-    if weights:  # missing_artifacts: ["weights (trial_<n>.safetensors: <why>)"]
-        why = str(weights[0].user_attrs["missing_artifacts"][0]).partition(": ")[2].removesuffix(")")
-        numbers = ", ".join(str(t.number) for t in weights)
-        unwritten.append(f"the weights of trial{'s' if len(weights) > 1 else ''} {numbers} ({why[:160]})")
+    unwritten = [unwritten_output] if unwritten_output else []
+    missing = {t.number: m for t in mine if t.state in FINISHED and (m := MissingWeights.of(t)) is not None}
+    if missing:
+        why = next(iter(missing.values())).why
+        numbers = ", ".join(str(n) for n in missing)
+        unwritten.append(f"the weights of trial{'s' if len(missing) > 1 else ''} {numbers} ({why[:160]})")
     if unwritten:
         raise StorageError(
-            f"--out: could not write in {settings.out_dir}: {'; '.join(unwritten)}; free disk space, "
+            f"out: could not write in {settings.out_dir}: {'; '.join(unwritten)}; free disk space, "
             "then run the same command again: the study keeps every trial, the outputs are written again "
             "(and export re-trains a trial whose weights are missing)"
         )

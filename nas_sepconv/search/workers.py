@@ -27,7 +27,7 @@ from .heartbeat import WORKER_ATTR, WORKER_ID, Heartbeat, fail_stale_trials
 from .settings import Settings
 from .study import is_storage_failure, open_study, storage_error
 from .suggestion import Candidate
-from .tally import FINISHED, SESSION_ATTR, SURPLUS, counts, failure_limit
+from .tally import FINISHED, MISSING_ARTIFACTS, SESSION_ATTR, SURPLUS, MissingWeights, counts, failure_limit
 
 
 def _claim(study: optuna.Study, settings: Settings) -> optuna.trial.Trial | str:
@@ -35,24 +35,24 @@ def _claim(study: optuna.Study, settings: Settings) -> optuna.trial.Trial | str:
     with lock(settings.out_dir):
         fail_stale_trials(study, settings)
         n = counts(study, settings.session)
-        if n["done"] >= settings.trials:
+        if n["done"] >= settings.options.trials:
             return "finished"
         if n["failed"] >= failure_limit(settings):  # this run's failures: an earlier run's fault may be gone
             return "finished"
-        if n["done"] + n["running"] >= settings.trials:
+        if n["done"] + n["running"] >= settings.options.trials:
             return "wait"
         try:
             trial = study.ask()
         except Exception as exc:
-            raise storage_error(exc, settings.storage, "starting a trial") from None
+            raise storage_error(exc, settings.options.storage, "starting a trial") from None
         try:
-            Heartbeat.beat_once(study, trial, settings.heartbeat)  # a worker dying from here on is detected
+            Heartbeat.beat_once(study, trial, settings.options.heartbeat)  # a worker dying from here on is detected
             study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, WORKER_ID)
             study._storage.set_trial_system_attr(trial._trial_id, SESSION_ATTR, settings.session)
             claimed = sorted(
                 t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
             )
-            if claimed.index(trial.number) >= settings.trials:  # another machine raced us to the last slot
+            if claimed.index(trial.number) >= settings.options.trials:  # another machine raced us to the last slot
                 _tell_failed(study, trial, SURPLUS)
                 return "wait"
         except BaseException:  # Ctrl-C (or a storage error) before the trial ran: never leave it RUNNING
@@ -77,13 +77,13 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
     beat = None
     metrics: dict[str, Any] = {}
     try:
-        beat = Heartbeat(study, trial, settings.heartbeat)
+        beat = Heartbeat(study, trial, settings.options.heartbeat)
         candidate = ctx.suggest(trial)
         trial.set_user_attr("arch", candidate.summary)
-        trial.set_user_attr("seed", settings.seed + trial.number)
+        trial.set_user_attr("seed", settings.options.seed + trial.number)
         trial.set_user_attr("threads", torch.get_num_threads())  # what it trained with (--threads)
         _maybe_inject_failure(trial)  # mid-trial: the candidate is drawn, training about to start
-        model, metrics = run_candidate(ctx, candidate, trial=trial, seed=settings.seed + trial.number)
+        model, metrics = run_candidate(ctx, candidate, trial=trial, seed=settings.options.seed + trial.number)
         trial.set_user_attr("arch_json", json.dumps(candidate.recipe.to_dict()))
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
@@ -97,7 +97,7 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
         try:
             study.tell(trial, values)
         except Exception as exc:  # the storage could not take the result (disk full, server gone)
-            raise storage_error(exc, settings.storage, f"recording trial {trial.number}") from None
+            raise storage_error(exc, settings.options.storage, f"recording trial {trial.number}") from None
     except optuna.TrialPruned as exc:  # its metrics so far: the last validation accuracy, MACs, params, epochs
         metrics = {**metrics, **getattr(exc, "metrics", {})}
         for key in ("accuracy", "macs", "params", "arch", "resolution", "epochs"):
@@ -114,7 +114,7 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
     except Exception as exc:  # every failure of a candidate is recorded; the study goes on
         if is_storage_failure(exc):
             _tell_failed(study, trial, "the storage failed while recording it", quiet=True)
-            raise storage_error(exc, settings.storage, f"recording trial {trial.number}") from None
+            raise storage_error(exc, settings.options.storage, f"recording trial {trial.number}") from None
         _tell_failed(study, trial, _fail_reason(exc))
     finally:
         if beat is not None:
@@ -132,7 +132,7 @@ def _save_weights(settings: Settings, trial: optuna.trial.Trial, model: nn.Modul
         save_model(path, model.cpu(), candidate.recipe)
     except Exception as exc:  # noqa: BLE001 - the write failed, whatever raised it; the metrics stay
         detail = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200] or type(exc).__name__
-        trial.set_user_attr("missing_artifacts", [f"weights ({path.name}: {detail})"])
+        trial.set_user_attr(MISSING_ARTIFACTS, [MissingWeights(path.name, detail).to_attr()])
 
 
 def _tell_failed(study: optuna.Study, trial: optuna.trial.Trial, reason: str, *, quiet: bool = False) -> None:
@@ -220,7 +220,7 @@ def interruptible():
 def worker_loop(
     settings: Settings, worker: int, on_finish: Callable[[], None] | None = None, *, parent: int | None = None
 ) -> None:
-    """Claim and run trials until the study holds ``settings.trials`` finished trials.  A
+    """Claim and run trials until the study holds ``settings.options.trials`` finished trials.  A
     spawned worker (``parent`` given) stops when its parent process is gone, so a killed
     ``nas-sepconv search`` leaves no orphans behind."""
     # we record heartbeats ourselves around ask/tell (see Heartbeat); Optuna warns on ask()
@@ -228,7 +228,7 @@ def worker_loop(
     ctx = TrialContext(settings)
     study = open_study(settings, worker=worker)
     ctx.study = study  # where the base model's accuracy is recorded (convert spaces)
-    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
+    deadline = None if settings.options.timeout is None else time.monotonic() + settings.options.timeout
     while deadline is None or time.monotonic() < deadline:
         if parent is not None and os.getppid() != parent:
             return
@@ -236,7 +236,7 @@ def worker_loop(
         if claim == "finished":
             return
         if claim == "wait":
-            time.sleep(min(2.0, max(0.2, settings.heartbeat / 4 if settings.heartbeat else 1.0)))
+            time.sleep(min(2.0, max(0.2, settings.options.heartbeat / 4 if settings.options.heartbeat else 1.0)))
             continue
         _run_one(ctx, study, claim)
         if on_finish:

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 from collections import abc
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ __all__ = [
     "EVAL_BATCH",
     "DatasetFeed",
     "LoaderFeed",
+    "Placement",
     "amp_context",
     "as_loader",
     "batch_counts",
@@ -48,6 +50,17 @@ _FIX = (
 )
 _NO_VAL = "pass validation batches, or leave val out (val_accuracy is then NaN)"
 EVAL_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's batches go and how they run there: the device, this process's place under
+    torch.distributed, the channels-last memory format and the autocast precision (None: none)."""
+
+    device: torch.device
+    world: World
+    channels_last: bool = False
+    amp_dtype: torch.dtype | None = None
 
 
 def amp_context(device: torch.device, dtype: torch.dtype | None):
@@ -126,21 +139,13 @@ class DatasetFeed:
     """An in-memory Dataset on the device; under torch.distributed, this process's slice of
     every global batch, and its share of the evaluation (counts summed across processes)."""
 
-    def __init__(
-        self,
-        data: Dataset,
-        cfg: TrainConfig,
-        device: torch.device,
-        resolution: int | None,
-        channels_last: bool,
-        amp_dtype: torch.dtype | None,
-        world: World,
-    ):
+    def __init__(self, data: Dataset, cfg: TrainConfig, resolution: int | None, placement: Placement):
+        world, channels_last = placement.world, placement.channels_last
         self.data, self.resolution, self.channels_last, self.amp_dtype, self.world = (
-            data.to(device),
+            data.to(placement.device),
             resolution,
             channels_last,
-            amp_dtype,
+            placement.amp_dtype,
             world,
         )
         n_train = len(self.data.train)
@@ -211,12 +216,10 @@ class LoaderFeed:
         data: Iterable[Any],
         val: Iterable[Any] | None,
         cfg: TrainConfig,
-        device: torch.device,
-        channels_last: bool,
-        amp_dtype: torch.dtype | None,
-        world: World,
+        placement: Placement,
         steps_per_epoch: int | None,
     ):
+        world = placement.world
         check_iterable(data, "data", cfg.epochs)
         if val is not None:
             check_iterable(val, "val", cfg.epochs)
@@ -227,9 +230,9 @@ class LoaderFeed:
         self.data, self.val, self.device, self.channels_last, self.amp_dtype, self.world = (
             data,
             val,
-            device,
-            channels_last,
-            amp_dtype,
+            placement.device,
+            placement.channels_last,
+            placement.amp_dtype,
             world,
         )
         self.cap = steps_per_epoch

@@ -18,7 +18,7 @@ from ..data import Dataset
 from ..errors import UserInputError
 from .config import OPTIMIZERS, SCHEDULES, TrainConfig
 from .distributed import World
-from .feeds import DatasetFeed, LoaderFeed, as_loader, is_map_style
+from .feeds import DatasetFeed, LoaderFeed, Placement, as_loader, is_map_style
 
 __all__ = ["Run"]
 
@@ -63,7 +63,8 @@ class Run:
         amp_dtype = None
         if cuda and cfg.amp:
             amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        feed = _feed(data, val, steps_per_epoch, cfg, device, resolution, channels_last, amp_dtype, world)
+        placement = Placement(device, world, channels_last=channels_last, amp_dtype=amp_dtype)
+        feed = _feed(data, val, steps_per_epoch, cfg, resolution, placement)
         model.to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
@@ -78,11 +79,8 @@ def _feed(
     val: Any,
     steps_per_epoch: int | None,
     cfg: TrainConfig,
-    device: torch.device,
     resolution: int | None,
-    channels_last: bool,
-    amp_dtype: torch.dtype | None,
-    world: World,
+    placement: Placement,
 ) -> DatasetFeed | LoaderFeed:
     """The in-memory Dataset's feed, or the user's batches'."""
     if isinstance(data, Dataset):
@@ -94,13 +92,13 @@ def _feed(
                     "validation split and batch size)",
                     f"drop {name}=, or pass data as a DataLoader",
                 )
-        return DatasetFeed(data, cfg, device, resolution, channels_last, amp_dtype, world)
+        return DatasetFeed(data, cfg, resolution, placement)
     if resolution is not None:
         raise UserInputError(
             "resolution", "applies to a nas_sepconv Dataset, not to batches", "resize in your DataLoader's transforms"
         )
-    data, val = (as_loader(d, cfg, world, train=d is data) if is_map_style(d) else d for d in (data, val))
-    return LoaderFeed(data, val, cfg, device, channels_last, amp_dtype, world, steps_per_epoch)
+    data, val = (as_loader(d, cfg, placement.world, train=d is data) if is_map_style(d) else d for d in (data, val))
+    return LoaderFeed(data, val, cfg, placement, steps_per_epoch)
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -177,7 +177,7 @@ def test_a_grid_search_refuses_more_trials_than_points_before_creating_anything(
     assert not (tmp_path / "r").exists()
     with pytest.raises(ns.UserInputError, match="grid of space 'mobilenetv2_width_digits' has 6 points") as info:
         ns.search("mobilenetv2_width_digits", trials=7, out=tmp_path / "r")
-    assert info.value.field == "--trials" and not (tmp_path / "r").exists()
+    assert info.value.field == "trials" and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("name", ["mobilenetv2_width_digits", "mobilenetv3small_width_digits"])

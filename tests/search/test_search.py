@@ -195,5 +195,5 @@ def test_resume_refuses_a_changed_space_but_not_a_changed_trial_count(tiny, tmp_
     tiny.write_text(TINY.replace("trials: 3", "trials: 9"))
     assert len(ns.search(tiny, trials=2, out=tmp_path).trials) == 2
     tiny.write_text(TINY.replace("epochs: 2", "epochs: 3"))
-    with pytest.raises(ns.UserInputError, match="--study"):
+    with pytest.raises(ns.UserInputError, match=r"^study: "):
         ns.search(tiny, trials=3, out=tmp_path)
