@@ -47,7 +47,7 @@ def test_lookup_lists_the_given_names_for_a_table_keyed_by_aliases():
     ("find", "field", "what", "names"),
     [
         (find_runtime, "runtime", "runtime", list(RUNTIMES)),
-        (find_sampler, "--sampler", "sampler", list(SAMPLERS)),
+        (find_sampler, "sampler", "sampler", list(SAMPLERS)),
         (objective, "search.objectives", "objective", list(OBJECTIVES)),
         (kind_by_name, "kind", "block kind", list(KINDS)),
         (lambda n: find_dataset(n)[0], "dataset", "data set", [s.usage for s in DATASETS.values()]),
