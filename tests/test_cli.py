@@ -872,3 +872,39 @@ def test_library_errors_name_parameters_and_the_cli_names_their_flags():
     stored = "threads: trial 0 records -5; use threads=1"  # export has no --threads: a field of the folder
     assert with_flags(stored, flags={"--trial", "--out"}) == stored
     assert with_flags("trial: no trial 9; give trial=0", flags={"--trial"}) == "--trial: no trial 9; give --trial 0"
+
+
+def test_a_search_over_its_memory_budget_streams_and_gives_the_same_trial(tmp_path, monkeypatch):
+    """The same search held in memory and streamed (a budget below the data set's size): it says
+    which path it took, records it and the peak memory in meta.json, and the trial is the same."""
+    import json
+
+    monkeypatch.setenv("NAS_SEPCONV_CACHE", str(tmp_path / "cache"))
+    tree = _fake_cifar_tree(tmp_path / "tree")
+    (tmp_path / "space.yaml").write_text(_cifar_space(root=str(tree)))
+    monkeypatch.chdir(tmp_path)
+    rows = {}
+    for name, flags in (("held", []), ("streamed", ["--memory-budget", "0.00001"])):
+        result = runner.invoke(app, ["search", "--space", "space.yaml", "--out", name, "--threads", "1", *flags])
+        assert result.exit_code == 0, result.output
+        assert (
+            f"data: cifar10, 20 images at 32x32, 61.4 kB decoded: {'held in memory' if name == 'held' else 'streamed'}"
+            in (result.stderr)
+        )
+        meta = json.loads((tmp_path / name / "c10" / "meta.json").read_text())
+        assert meta["data"]["streamed"] is (name == "streamed") and meta["peak_memory_bytes"] > 0
+        assert "peak memory" in result.stderr
+        rows[name] = pd.read_csv(tmp_path / name / "c10" / "trials.csv").iloc[0]
+    for column in ("accuracy", "test_accuracy", "macs", "arch"):
+        assert rows["held"][column] == rows["streamed"][column], column
+
+
+def test_stream_flag_on_a_data_set_held_in_memory_is_one_line_exit_2(tmp_path):
+    result = runner.invoke(app, ["search", "--trials", "1", "--out", str(tmp_path / "o"), "--stream"])
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: data.stream: digits is held in memory; only image folders stream"), lines[0]
+    result = runner.invoke(app, ["search", "--trials", "1", "--out", str(tmp_path / "o"), "--memory-budget", "-1"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --memory-budget: must be a number of GB"), (
+        result.stderr
+    )

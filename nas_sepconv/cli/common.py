@@ -106,6 +106,8 @@ FLAGS: dict[str, str] = {
     "data_root": "--data-root",
     "threads": "--threads",
     "multi_fidelity": "--multi-fidelity",
+    "stream": "--stream",
+    "memory_budget_gb": "--memory-budget",
     "trial": "--trial",
     "allow_import": "--allow-import",
 }

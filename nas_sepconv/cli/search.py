@@ -82,6 +82,20 @@ def search(
         metavar="",
         help=_MULTI_FIDELITY_HELP,
     ),
+    stream: bool | None = typer.Option(
+        None,
+        "--stream/--no-stream",
+        metavar="",
+        help="stream an image-folder data set from disk (DataLoader workers decode each batch), or hold it in "
+        "memory; default: the space's data.stream (auto: streamed when its decoded images exceed the budget)",
+    ),
+    memory_budget_gb: float | None = typer.Option(
+        None,
+        "--memory-budget",
+        metavar="GB",
+        help="the data set's memory budget (default: the space's data.memory_budget_gb, else half the "
+        "machine's memory)",
+    ),
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
@@ -100,6 +114,8 @@ def search(
         data_root=data_root,
         threads=threads,
         multi_fidelity=multi_fidelity,
+        stream=stream,
+        memory_budget_gb=memory_budget_gb,
     )
 
     def run() -> None:

@@ -45,3 +45,7 @@ class SearchOptions:
     threads: int | None = None
     #: the multi-fidelity mode: None keeps the space's, True/False, or ``{"min_epochs": .., "eta": ..}``
     multi_fidelity: bool | dict[str, int] | None = None
+    #: stream the data set from disk (True), hold it in memory (False); None: the space's ``data.stream``
+    stream: bool | None = None
+    #: the data set's memory budget in GB; None: the space's ``data.memory_budget_gb``
+    memory_budget_gb: float | None = None

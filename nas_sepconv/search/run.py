@@ -48,7 +48,7 @@ from .outputs import SearchStatus, refresh_outputs
 from .processes import check_workers, run_workers
 from .samplers import check_grid_trials, make_sampler
 from .settings import Settings
-from .spaces import Space, load_space, with_data_root, with_multi_fidelity
+from .spaces import Space, load_space, with_data_memory, with_data_root, with_multi_fidelity
 from .study import claim_session, open_study
 from .tally import check_run, counts
 from .threads import choose_threads
@@ -84,6 +84,8 @@ def search(
     data_root: str | Path | None = None,
     threads: int | None = None,
     multi_fidelity: bool | dict[str, int] | None = None,
+    stream: bool | None = None,
+    memory_budget_gb: float | None = None,
 ) -> optuna.Study:
     """Run (or resume) a search until ``trials`` trials have finished; returns the study.
 
@@ -118,6 +120,11 @@ def search(
         multi_fidelity: ``--multi-fidelity`` (MO-ASHA, :mod:`~nas_sepconv.search.asha`): None
             keeps the space's ``search.multi_fidelity``, True turns it on (min_epochs 1, eta 3
             unless the space says), False off, or ``{"min_epochs": .., "eta": ..}``.
+        stream: ``--stream``: True streams an image-folder data set from disk, False holds it in
+            memory; None keeps the space's ``data.stream`` (default ``auto``: streamed when its
+            decoded images exceed the memory budget; :mod:`nas_sepconv.data.memory`).
+        memory_budget_gb: ``--memory-budget``: the data set's memory budget in GB (default: the
+            space's ``data.memory_budget_gb``, else half the machine's memory).
 
     Raises:
         UserInputError: bad input, before anything runs; or every trial of the run failed
@@ -141,6 +148,8 @@ def search(
         data_root=data_root,
         threads=threads,
         multi_fidelity=multi_fidelity,
+        stream=stream,
+        memory_budget_gb=memory_budget_gb,
     )
     return search_with(space, options, progress=progress)
 
@@ -152,6 +161,7 @@ def search_with(
     loaded = with_multi_fidelity(load_space(space), options.multi_fidelity)
     if options.data_root is not None:
         loaded = with_data_root(loaded, options.data_root)
+    loaded = with_data_memory(loaded, stream=options.stream, budget_gb=options.memory_budget_gb)
     settings = _settings(loaded, options)
     data = _fit_to_data(settings)
     return _open_and_run(settings, progress, data_record(data, plan=settings.space.spec.data.memory_plan()))

@@ -35,7 +35,16 @@ from ..errors import UserInputError
 from .choices import LIMITS, printable
 from .schema import MultiFidelitySection, SpaceFile, check_multi_fidelity
 
-__all__ = ["Space", "load_space", "parse_space", "list_spaces", "space_dirs", "with_data_root", "with_multi_fidelity"]
+__all__ = [
+    "Space",
+    "load_space",
+    "parse_space",
+    "list_spaces",
+    "space_dirs",
+    "with_data_memory",
+    "with_data_root",
+    "with_multi_fidelity",
+]
 
 MAX_SPACE_BYTES = 1 << 20
 """The largest space file read (1 MiB): a space is a page of YAML, not data."""
@@ -307,6 +316,26 @@ def with_data_root(space: Space, root: str | Path) -> Space:
             "leave data_root= out",
         )
     data = space.spec.data.model_copy(update={"root": str(Path(root).expanduser().resolve())})
+    return dataclasses.replace(space, spec=space.spec.model_copy(update={"data": data}))
+
+
+def with_data_memory(space: Space, *, stream: bool | None, budget_gb: float | None) -> Space:
+    """``space`` with its data set streamed or held as ``stream`` says and ``budget_gb`` of memory
+    (``--stream``, ``--memory-budget``); None keeps the space's ``data.stream``/``data.memory_budget_gb``."""
+    changes: dict[str, Any] = {}
+    if stream is not None:
+        if not isinstance(stream, bool):
+            raise UserInputError("stream", f"expected True, False or None, got {stream!r}", "pass stream=True")
+        changes["stream"] = stream
+    if budget_gb is not None:
+        if isinstance(budget_gb, bool) or not isinstance(budget_gb, (int, float)) or not 0 < budget_gb <= 1e6:
+            raise UserInputError(
+                "memory_budget_gb", f"must be a number of GB in (0, 1e6], got {budget_gb!r}", "give e.g. 4"
+            )
+        changes["memory_budget_gb"] = float(budget_gb)
+    if not changes:
+        return space
+    data = space.spec.data.model_copy(update=changes)
     return dataclasses.replace(space, spec=space.spec.model_copy(update={"data": data}))
 
 
