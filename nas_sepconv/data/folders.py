@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import UserInputError
 from .arrays import Arrays, channel_stats, error_reason, stats_from_histograms
 from .cache import cached, cached_stats
-from .images import BrokenImage, ImageFiles, broken_image_error, decode_images
+from .images import BrokenImage, ImageFiles, broken_image_error, decode_images, unreadable_image_error
 from .memory import MemoryPlan
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -60,8 +60,9 @@ def _test_dir(root: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class FolderScan:
-    """An ImageFolder tree listed, nothing decoded: the training pool's and the test split's files."""
+class ImageScan:
+    """A data set's images listed, nothing decoded (an ImageFolder tree, tar shards): the training
+    pool's and the test split's files, their labels and the class names."""
 
     train: ImageFiles
     test: ImageFiles
@@ -70,7 +71,7 @@ class FolderScan:
     classes: tuple[str, ...]
 
 
-def scan_folder(root: Path, size: int, *, force_rgb: bool) -> FolderScan:
+def scan_folder(root: Path, size: int, *, force_rgb: bool) -> ImageScan:
     """List the ImageFolder tree at ``root`` (``train/``, ``test/`` or ``val/``); the mode (RGB or
     grey) is read from the first training image's header."""
     if not (root / "train").is_dir():
@@ -84,7 +85,7 @@ def scan_folder(root: Path, size: int, *, force_rgb: bool) -> FolderScan:
     _check_classes(labels, classes, root / "train")
     test_paths, test_labels, _ = _scan_split(test_dir, classes)
     mode = "RGB" if force_rgb else _image_mode(paths[0], paths[0])
-    return FolderScan(
+    return ImageScan(
         ImageFiles(_path_array(paths), size, mode),
         ImageFiles(_path_array(test_paths), size, mode),
         np.asarray(labels, np.int64),
@@ -101,26 +102,47 @@ def load_folder(root: Path, size: int, *, force_rgb: bool, memory: MemoryPlan | 
     """The ImageFolder tree at ``root``: decoded once, cached and memory-mapped (one copy per
     machine), or left on disk and streamed when ``memory`` says so (:class:`MemoryPlan`)."""
     scan = scan_folder(root, size, force_rgb=force_rgb)
-    kind = "folder-rgb" if force_rgb else "folder"
-    if (memory or MemoryPlan(stream=False)).streams(scan.train.nbytes() + scan.test.nbytes()):
+    return load_scan(scan, root, "folder-rgb" if force_rgb else "folder", memory or MemoryPlan(stream=False))
+
+
+def load_scan(scan: ImageScan, root: Path, kind: str, memory: MemoryPlan) -> Arrays:
+    """The listed images: streamed (exact statistics from one decoding pass, cached) when their
+    decoded size exceeds the budget, else decoded once into the memory-mapped cache."""
+    size = scan.train.size
+    if memory.streams(scan.train.nbytes() + scan.test.nbytes()):
         mean, std = cached_stats(root, kind, size, lambda: streamed_stats(scan.train))
         return Arrays(scan.train, scan.y_train, scan.test, scan.y_test, scan.classes, mean, std)
 
     def build() -> Arrays:
-        sources = [os.fsdecode(p) for p in np.concatenate([scan.train.paths, scan.test.paths])]
-        x = _decode_all(sources, size, scan.train.mode)
-        n = len(scan.train)
-        return Arrays(x[:n], scan.y_train, x[n:], scan.y_test, scan.classes, *channel_stats(x[:n]))
+        x_train, x_test = decode_files(scan.train), decode_files(scan.test)
+        return Arrays(x_train, scan.y_train, x_test, scan.y_test, scan.classes, *channel_stats(x_train))
 
     return cached(root, kind, size, build)
+
+
+def decode_files(files: ImageFiles) -> np.ndarray:
+    """All the images, decoded in parallel into one NCHW uint8 array (filled chunk by chunk)."""
+    out = np.empty((len(files), *files.image_shape), np.uint8)
+    for lo, part in zip(range(0, len(files), _DECODE_CHUNK), _map_jobs(_decode_rows, _jobs(files), len(files))):
+        out[lo : lo + len(part)] = part
+    return out
+
+
+def _jobs(files: ImageFiles) -> list[tuple[ImageFiles, np.ndarray]]:
+    return [(files, np.arange(i, min(i + _DECODE_CHUNK, len(files)))) for i in range(0, len(files), _DECODE_CHUNK)]
+
+
+def _decode_rows(args: tuple[ImageFiles, np.ndarray]) -> np.ndarray:
+    """Some images, decoded to NCHW uint8 (one job of :func:`decode_files`)."""
+    files, rows = args
+    return files.read(rows)
 
 
 def streamed_stats(files: ImageFiles) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of images left on disk: one decoding pass (worker processes where
     they pay), exact histograms summed, so the figures equal :func:`channel_stats` of the decoded array."""
-    jobs = [(files, np.arange(i, min(i + _DECODE_CHUNK, len(files)))) for i in range(0, len(files), _DECODE_CHUNK)]
     total = np.zeros((files.channels, 256), np.int64)
-    for part in _map_jobs(_histogram_chunk, jobs, len(files)):
+    for part in _map_jobs(_histogram_chunk, _jobs(files), len(files)):
         total += part
     return stats_from_histograms(total)
 
@@ -128,7 +150,7 @@ def streamed_stats(files: ImageFiles) -> tuple[tuple[float, ...], tuple[float, .
 def _histogram_chunk(args: tuple[ImageFiles, np.ndarray]) -> np.ndarray:
     """Per-channel histograms ``(C, 256)`` of some images (one job of :func:`streamed_stats`)."""
     files, rows = args
-    x = files.decode(rows).numpy()
+    x = files.read(rows)
     return np.stack([np.bincount(x[:, ch].reshape(-1), minlength=256) for ch in range(x.shape[1])])
 
 
@@ -239,8 +261,8 @@ def _map_jobs(fn: Callable[[Any], np.ndarray], jobs: list, n_images: int) -> Ite
         else:
             with ThreadPoolExecutor(max(1, min(workers, 8))) as ex:
                 yield from ex.map(fn, jobs)
-    except BrokenImage as e:
-        raise broken_image_error(e.source, e.reason) from None
+    except (BrokenImage, OSError) as e:
+        raise unreadable_image_error(e) from None
 
 
 def _decode_all(sources: list, size: int, mode: str) -> np.ndarray:

@@ -21,7 +21,14 @@ from torch import Tensor
 from ..errors import UserInputError
 from .arrays import error_reason, one_line
 
-__all__ = ["BrokenImage", "ImageFiles", "broken_image_error", "decode_images", "stream_batches"]
+__all__ = [
+    "BrokenImage",
+    "ImageFiles",
+    "broken_image_error",
+    "decode_images",
+    "stream_batches",
+    "unreadable_image_error",
+]
 
 
 class BrokenImage(Exception):
@@ -66,14 +73,16 @@ class ImageFiles:
     """Images left on disk, decoded on demand: the streamed path of a :class:`~nas_sepconv.data.Split`.
 
     ``paths`` holds one entry per image (``bytes``, a numpy ``S`` array: no Python object per
-    image, so worker processes share it); with ``archive`` set they are member names of that
-    uncompressed tar file, read at ``offsets`` (``sizes`` bytes), without unpacking it.
+    image, so worker processes share it): a file's path, or, with ``archives``, the name of a member
+    of the uncompressed tar file ``archives[archive_of[i]]``, read at ``offsets[i]`` (``sizes[i]``
+    bytes) without unpacking it (WebDataset-style shards).
     """
 
     paths: np.ndarray
     size: int
     mode: str
-    archive: str | None = None
+    archives: tuple[str, ...] = ()
+    archive_of: np.ndarray | None = None
     offsets: np.ndarray | None = None
     sizes: np.ndarray | None = None
 
@@ -94,41 +103,69 @@ class ImageFiles:
         return (len(self) if count is None else count) * c * h * w
 
     def part(self, lo: int, hi: int) -> ImageFiles:
-        """Images ``lo`` to ``hi`` (the training pool and the test split of one scan)."""
-        cut = slice(lo, hi)
-        offsets = None if self.offsets is None else self.offsets[cut]
-        sizes = None if self.sizes is None else self.sizes[cut]
-        return ImageFiles(self.paths[cut], self.size, self.mode, self.archive, offsets, sizes)
+        """Images ``lo`` to ``hi``."""
 
-    def _sources(self, rows: np.ndarray) -> list:
-        if self.archive is None:
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[lo:hi]
+
+        return ImageFiles(
+            self.paths[lo:hi],
+            self.size,
+            self.mode,
+            self.archives,
+            cut(self.archive_of),
+            cut(self.offsets),
+            cut(self.sizes),
+        )
+
+    def sources(self, rows: np.ndarray) -> list:
+        """What :func:`decode_images` takes for images ``rows``: paths, or ``(name, bytes)`` read from the archives."""
+        if not self.archives:
             return [os.fsdecode(p) for p in self.paths[rows]]
-        assert self.offsets is not None and self.sizes is not None
-        fd = os.open(self.archive, os.O_RDONLY)
+        assert self.archive_of is not None and self.offsets is not None and self.sizes is not None
+        handles: dict[int, int] = {}
         try:
-            return [
-                (f"{self.archive}:{os.fsdecode(self.paths[i])}", os.pread(fd, int(self.sizes[i]), int(self.offsets[i])))
-                for i in rows
-            ]
+            out = []
+            for i in rows:
+                a = int(self.archive_of[i])
+                if a not in handles:
+                    handles[a] = os.open(self.archives[a], os.O_RDONLY)
+                blob = os.pread(handles[a], int(self.sizes[i]), int(self.offsets[i]))
+                out.append((f"{self.archives[a]}:{os.fsdecode(self.paths[i])}", blob))
+            return out
         finally:
-            os.close(fd)
+            for fd in handles.values():
+                os.close(fd)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Images ``rows`` as one ``(n, C, H, W)`` uint8 array; raises :class:`BrokenImage` or
+        ``OSError`` as they are (plain exceptions: they cross from a worker process intact)."""
+        hwc = decode_images(self.sources(rows), self.size, self.mode)
+        return np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))
 
     def decode(self, rows: Sequence[int] | np.ndarray | Tensor) -> Tensor:
-        """Images ``rows`` as one ``(n, C, H, W)`` uint8 tensor."""
+        """Images ``rows`` as one ``(n, C, H, W)`` uint8 tensor; a broken or missing file is a
+        :class:`UserInputError` naming it."""
         rows = np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows, dtype=np.int64).reshape(-1)
         try:
-            hwc = decode_images(self._sources(rows), self.size, self.mode)
-        except BrokenImage as e:
-            raise broken_image_error(e.source, e.reason) from None
-        except OSError as e:
-            raise UserInputError(
-                "dataset.root", f"cannot read an image ({error_reason(e)})", "check that the files are still there"
-            ) from None
-        return torch.from_numpy(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)))
+            return torch.from_numpy(self.read(rows))
+        except (BrokenImage, OSError) as e:
+            raise unreadable_image_error(e) from None
+
+
+def unreadable_image_error(e: BaseException) -> UserInputError:
+    """The one-line error for an image that does not decode (:class:`BrokenImage`) or cannot be read."""
+    if isinstance(e, BrokenImage):
+        return broken_image_error(e.source, e.reason)
+    return UserInputError(
+        "dataset.root", f"cannot read an image ({error_reason(e)})", "check that the files are still there"
+    )
 
 
 class _BatchDecoder(torch.utils.data.Dataset):
-    """Batch ``b`` of a fixed list of index batches, decoded (what a DataLoader worker runs)."""
+    """Batch ``b`` of a fixed list of index batches, decoded (what a DataLoader worker runs).  A
+    file that fails comes back as the exception object, raised in the main process: a DataLoader
+    worker re-raises exceptions by their message alone, which loses what our errors carry."""
 
     def __init__(self, files: ImageFiles, batches: list[np.ndarray]):
         self.files, self.batches = files, batches
@@ -136,8 +173,11 @@ class _BatchDecoder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, b: int) -> Tensor:
-        return self.files.decode(self.batches[b])
+    def __getitem__(self, b: int) -> Tensor | BaseException:
+        try:
+            return torch.from_numpy(self.files.read(self.batches[b]))
+        except (BrokenImage, OSError) as e:
+            return e
 
 
 def stream_batches(
@@ -157,4 +197,7 @@ def stream_batches(
         pin_memory=pin,
         prefetch_factor=2,
     )
-    yield from loader
+    for item in loader:
+        if isinstance(item, BaseException):
+            raise unreadable_image_error(item)
+        yield item

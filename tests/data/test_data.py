@@ -305,7 +305,7 @@ def test_imagefolder_splits_are_disjoint_and_cached(tmp_path, monkeypatch):
     def no_decoding(*args, **kw):
         raise AssertionError("decoded again instead of using the cache")
 
-    monkeypatch.setattr(folders_mod, "_decode_all", no_decoding)
+    monkeypatch.setattr(folders_mod, "decode_files", no_decoding)
     again = load_dataset("cifar10", root=root, val_fraction=0.25)
     assert torch.equal(again.train.x, d.train.x) and again.mean == d.mean
 
@@ -464,7 +464,7 @@ def test_shared_cifar10_loads_and_caches(shared_cifar_tree, monkeypatch):
     def no_decoding(*args, **kw):
         raise AssertionError("decoded again instead of using the cache")
 
-    monkeypatch.setattr(folders_mod, "_decode_all", no_decoding)  # the second load reads the cache only
+    monkeypatch.setattr(folders_mod, "decode_files", no_decoding)  # the second load reads the cache only
     again = load_dataset("cifar10", root=shared_cifar_tree)
     assert torch.equal(again.val.x, d.val.x)
 
@@ -745,7 +745,7 @@ def test_every_flag_named_in_an_error_message_exists():
     flags = _cli_flags()
     assert {"--space", "--trials", "--out", "--storage"} <= flags  # the scan of the CLI works
     mentioned = _flags_in_error_messages()
-    assert "--trials" in mentioned  # the scan of the messages works
+    assert "--storage" in mentioned  # the scan of the messages works (the CLI's own messages name flags)
     assert {f: sorted(w) for f, w in mentioned.items() if f not in flags} == {}
 
 
@@ -795,6 +795,7 @@ def test_sizes_are_refused_before_anything_is_read(tmp_path, monkeypatch, kwargs
         (cifar_mod, "load_folder"),
         (cifar_mod, "resize_nchw"),
         (folders_mod, "_decode_all"),
+        (folders_mod, "decode_files"),
         (arrays_mod, "resize_nchw"),
     ):
         monkeypatch.setattr(module, loader, no_loading)

@@ -154,3 +154,15 @@ def test_a_process_reading_the_cached_images_adds_no_copy_of_them(tmp_path):
     assert seen == 2 * 320
     # all 600 training-pool images (7.2 MB) were read through the file's mapping, none copied into the process
     assert rss_kb >= 600 * 3 * 64 * 64 // 1024 and anonymous_kb == 0, (rss_kb, anonymous_kb)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_broken_image_met_while_streaming_is_one_line_naming_it(tmp_path, workers):
+    root = write_noise_tree(tmp_path / "tree")
+    data = load_dataset("imagefolder", root=root, stream=True, image_size=16)
+    broken = root / "train" / "class1" / "005.png"
+    broken.write_bytes(b"not an image")
+    loader = DeviceLoader(data.train, batch_size=8, mean=data.mean, std=data.std, shuffle=False, workers=workers)
+    with pytest.raises(UserInputError, match=r"cannot decode the image .*005\.png") as info:
+        list(loader)
+    assert info.value.field == "dataset.root" and "\n" not in str(info.value)
