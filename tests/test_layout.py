@@ -7,6 +7,7 @@ facade and may import anything):
     cli
     export
     search
+    oneshot (the weight-sharing supernet: search runs it)
     results, train, io
     recipe (holds an Arch and a Plan: above the models and the conversion)
     conversion
@@ -34,6 +35,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"export"},
     {"search"},
+    {"oneshot"},
     {"results", "train", "io"},
     {"recipe"},
     {"conversion"},

@@ -28,6 +28,27 @@ _MULTI_FIDELITY_HELP = (
     "rungs from the space's search.multi_fidelity, else min_epochs 1, eta 3); default: the space's setting"
 )
 
+# The data set's options: where it is read from and how it is held (nas_sepconv.data.memory)
+_DATA_ROOT = typer.Option(
+    None,
+    "--data-root",
+    metavar="PATH",
+    help="read the data set from this folder or archive instead of the space's data.root",
+)
+_STREAM = typer.Option(
+    None,
+    "--stream/--no-stream",
+    metavar="",
+    help="stream an image-folder data set from disk (DataLoader workers decode each batch), or hold it in "
+    "memory; default: the space's data.stream (auto: streamed when its decoded images exceed the budget)",
+)
+_MEMORY_BUDGET = typer.Option(
+    None,
+    "--memory-budget",
+    metavar="GB",
+    help="the data set's memory budget (default: the space's data.memory_budget_gb, else half the machine's memory)",
+)
+
 
 def search(
     space: str = typer.Option(
@@ -64,12 +85,7 @@ def search(
         metavar="S",
         help=_HEARTBEAT_HELP,
     ),
-    data_root: Path | None = typer.Option(
-        None,
-        "--data-root",
-        metavar="PATH",
-        help="read the data set from this folder or archive instead of the space's data.root",
-    ),
+    data_root: Path | None = _DATA_ROOT,
     threads: int | None = typer.Option(
         None,
         "--threads",
@@ -82,20 +98,8 @@ def search(
         metavar="",
         help=_MULTI_FIDELITY_HELP,
     ),
-    stream: bool | None = typer.Option(
-        None,
-        "--stream/--no-stream",
-        metavar="",
-        help="stream an image-folder data set from disk (DataLoader workers decode each batch), or hold it in "
-        "memory; default: the space's data.stream (auto: streamed when its decoded images exceed the budget)",
-    ),
-    memory_budget_gb: float | None = typer.Option(
-        None,
-        "--memory-budget",
-        metavar="GB",
-        help="the data set's memory budget (default: the space's data.memory_budget_gb, else half the "
-        "machine's memory)",
-    ),
+    stream: bool | None = _STREAM,
+    memory_budget_gb: float | None = _MEMORY_BUDGET,
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 

@@ -31,6 +31,9 @@ class SearchMode:
             ``search.pruner`` may stop it early.
         multi_fidelity: ``search.multi_fidelity`` (rungs, ASHA) may be set.
         needs: the ``search`` fields the mode needs -> what each is for.
+        accuracy_source: how a trial's accuracy is had (the ``accuracy_source`` column):
+            ``"trained"``, each candidate trained on its own; ``"inherited"``, its weights taken
+            from a weight-sharing supernet trained once per study (build spaces only).
         doc: one line.
     """
 
@@ -40,6 +43,7 @@ class SearchMode:
     prunes: bool
     multi_fidelity: bool
     needs: Mapping[str, str] = field(default_factory=dict)
+    accuracy_source: str = "trained"
     doc: str = ""
 
     def metric_names(self, objectives: Sequence[str]) -> list[str]:
@@ -67,6 +71,16 @@ SEARCH_MODES: dict[str, SearchMode] = {
             multi_fidelity=False,
             needs={"target_macs": "the T of MnasNet's reward ACC·(MACs/T)^w"},
             doc="MnasNet's single reward ACC·(MACs/T)^w, maximised; trials stopped early by the pruner",
+        ),
+        SearchMode(
+            "oneshot",
+            metric=None,
+            sampler=None,
+            prunes=False,
+            multi_fidelity=False,
+            accuracy_source="inherited",
+            doc="one metric per objective; each trial's subnet inherits its weights from a supernet trained "
+            "once per study (Once-for-All, Cai et al. 2020; BigNAS, Yu et al. 2020), BatchNorm recalibrated",
         ),
     )
 }

@@ -20,9 +20,11 @@ from ..data import calibration_batches
 from ..errors import TrainingDiverged
 from ..io import build_from_recipe
 from ..measure import count_macs, count_params, torch_threads
+from ..oneshot import Supernet
 from ..train import TrainConfig, converted_features, evaluate, fit
 from .asha import RungLadder, StopAtRung
 from .base_model import prepare_base, record_base
+from .inherited import inherited_candidate, prepare_supernet
 from .latency import TrialLatency
 from .options import SearchOptions
 from .schema import candidate_epochs
@@ -42,6 +44,7 @@ class TrialContext:
         self.data = settings.space.spec.data.load().to(settings.options.device)
         self._base: nn.Module | None = None
         self._sites: list | None = None
+        self._supernet: Supernet | None = None
         #: the study a search records the base model's accuracy in (user attr ``base``); None
         #: when rebuilding a trial
         self.study: optuna.Study | None = None
@@ -58,6 +61,12 @@ class TrialContext:
             if self.study is not None:
                 record_base(self.settings, self.data, self._base, self.study)
         return self._base
+
+    def supernet(self) -> Supernet:
+        """The study's supernet (mode oneshot): loaded, or trained once (:mod:`.inherited`)."""
+        if self._supernet is None:
+            self._supernet = prepare_supernet(self.settings, self.data)
+        return self._supernet
 
     def sites(self) -> list:
         if self._sites is None:
@@ -160,6 +169,8 @@ def run_candidate(
     :func:`seeded`: a re-run reproduces it exactly on the CPU); returns the model and metrics."""
     if candidate.space_kind.from_base:
         ctx.base()  # trained (seeded on its own) first, if it is not yet: not inside the trial's seeded run
+    if ctx.settings.space.spec.search.search_mode.accuracy_source == "inherited":
+        ctx.supernet()  # likewise
     with seeded(seed, ctx.settings.options.device):
         return _run_candidate(ctx, candidate, trial=trial, seed=seed)
 
@@ -228,6 +239,8 @@ def _run_candidate(
             test_accuracy=evaluate(model, ctx.data.test, data=ctx.data, device=device, resolution=candidate.resolution),
             epochs=0,
         )
+    elif s.search_mode.accuracy_source == "inherited":
+        model = _inherit(ctx, candidate, metrics, seed)
     else:
         metrics.update(_fit(ctx, candidate, model, cfg, teacher=teacher, features=features, report=report))
     if ladder is not None:
@@ -242,6 +255,16 @@ def _run_candidate(
     if not math.isfinite(metrics["accuracy"]):
         raise TrainingDiverged("validation accuracy is not finite")
     return model, metrics
+
+
+def _inherit(ctx: TrialContext, candidate: Candidate, metrics: dict[str, Any], seed: int) -> nn.Module:
+    """Mode oneshot: the candidate's subnet with weights from the study's supernet (its
+    metrics added to ``metrics``) instead of a trained model."""
+    model, inherited = inherited_candidate(
+        ctx.supernet(), candidate, ctx.data, device=ctx.settings.options.device, seed=seed
+    )
+    metrics.update(inherited)
+    return model
 
 
 def _size_constraints(space: Space, macs: int, params: int) -> dict[str, float]:

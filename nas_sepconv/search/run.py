@@ -91,40 +91,12 @@ def search(
 
     Args:
         space: a bundled space name (``nas-sepconv spaces``) or a YAML path.
-        trials: the number of finished (COMPLETE or PRUNED) trials the study should hold;
-            defaults to the space's ``search.trials``.  Failed trials do not count.
-        timeout: stop claiming new trials after this many seconds.
-        storage: any Optuna storage URL, or a journal file path ending in ``.log``; default
-            SQLite ``<out>/<study>/study.db``.
-        study: the study name (default: the space name); outputs go to ``<out>/<study>/``.
-        sampler: ``nsga2`` (default in pareto mode), ``tpe``, ``gp`` or ``random``.
-        seed: seeds the sampler and each trial (seed + trial number).  The first worker of the
-            first run of a study seeds its sampler with ``seed``; every other worker, and every
-            resumed run, with a seed derived from ``seed``, the run's number in the study and the
-            worker's, so that none replays another's draws and the same commands with the same
-            seed give the same trials.
-        device: ``cpu``, ``cuda``, ``cuda:1``.
-        workers: local worker processes sharing the storage.
-        retries: how many times a trial whose worker died is retried (heartbeat detection).
-        heartbeat: heartbeat interval in seconds (RDB storages); a RUNNING trial without a
-            heartbeat for 3 intervals is marked FAIL.
         progress: called with a :class:`SearchStatus` once the study is open (the trials it
-            holds from earlier runs; no front yet) and after each finished trial.
-        data_root: read the data set from this folder or file instead of the space's
-            ``data.root`` (``--data-root``).  A relative ``data.root`` in a space file is read
-            from the file's folder; none: the per-user folder of
-            :func:`nas_sepconv.data.default_data_root`.
-        threads: torch's intra-op threads in each worker process (``--threads``); default:
-            :func:`~nas_sepconv.search.threads.choose_threads` (1 for small inputs such as the
-            16x16 digits, else the cores divided among the workers).
-        multi_fidelity: ``--multi-fidelity`` (MO-ASHA, :mod:`~nas_sepconv.search.asha`): None
-            keeps the space's ``search.multi_fidelity``, True turns it on (min_epochs 1, eta 3
-            unless the space says), False off, or ``{"min_epochs": .., "eta": ..}``.
-        stream: ``--stream``: True streams an image-folder data set from disk, False holds it in
-            memory; None keeps the space's ``data.stream`` (default ``auto``: streamed when its
-            decoded images exceed the memory budget; :mod:`nas_sepconv.data.memory`).
-        memory_budget_gb: ``--memory-budget``: the data set's memory budget in GB (default: the
-            space's ``data.memory_budget_gb``, else half the machine's memory).
+            holds from earlier runs; no front yet; how the data set is held) and after each
+            finished trial (the last one with the peak memory).
+        trials, timeout, storage, study, sampler, seed, device, workers, out, retries, heartbeat,
+            data_root, threads, multi_fidelity, stream, memory_budget_gb: the fields of
+            :class:`~.options.SearchOptions`, documented there (the CLI's flags of the same names).
 
     Raises:
         UserInputError: bad input, before anything runs; or every trial of the run failed

@@ -308,6 +308,8 @@ class SearchSection(Section):
     max_failures: int | None = Field(default=None, ge=0)
     population_size: int = Field(default=8, ge=2)
     multi_fidelity: MultiFidelitySection | None = None
+    # mode oneshot: the epochs of the study's supernet (default: train.epochs)
+    supernet_epochs: int | None = Field(default=None, ge=1, le=LIMITS.epochs)
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchSection:
@@ -364,6 +366,9 @@ class SpaceFile(Section):
             problem = f"{self.train.lr:g} is above {LIMITS.lr:g}, the largest learning rate a space may give"
             raise UserInputError("train.lr", problem, "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
         check_multi_fidelity(self)
+        if self.search.search_mode.accuracy_source == "inherited" and self.space_kind.from_base:
+            problem = f"{self.search.mode} needs a build space (a supernet of stages), this one is {self.kind}"
+            raise UserInputError("search.mode", problem, "use mode pareto, or a build space")
         return self
 
     @property

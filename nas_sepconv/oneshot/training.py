@@ -1,0 +1,189 @@
+"""Training a supernet: :func:`train_supernet`, the sandwich rule with in-place distillation.
+
+Each step trains the largest subnet on the labels, then the smallest and ``random_subnets``
+random subnets on the largest's soft outputs, their gradients summed into one update (Yu et al.,
+"BigNAS", ECCV 2020, after Yu & Huang's slimmable networks, ICCV 2019; Cai et al.,
+"Once-for-All", ICLR 2020, who distil from the largest network too).  The optimizer (no weight
+decay on biases and norms), the learning-rate schedule and the precision are :func:`fit`'s
+(:class:`~nas_sepconv.train.run.Run`), from the space's ``train:`` section.
+
+Every epoch draws from its own seeds (the batch order and augmentation, the random subnets,
+torch's generator for dropout), so that a run resumed from the checkpoint of epoch ``e``
+(:mod:`.checkpoint`) trains epoch ``e + 1`` exactly as the run that was not stopped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data import Dataset, DeviceLoader
+from ..errors import TrainingDiverged, UserInputError
+from ..files import ensure_writable_dir
+from ..progress import progress as show_progress
+from ..train import TrainConfig
+from ..train.feeds import amp_context
+from ..train.run import Run
+from .checkpoint import Checkpoint, load_training, load_weights, read_checkpoint, write_checkpoint
+from .space import SupernetSpace
+from .supernet import Supernet
+
+__all__ = ["train_supernet"]
+
+_EPOCH_SEED = 1_000_003  # seeds of epoch e: seed * _EPOCH_SEED + e
+
+
+def train_supernet(
+    space: SupernetSpace,
+    data: Dataset,
+    *,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    epochs: int | None = None,
+    random_subnets: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> Supernet:
+    """Train the supernet of ``space`` on ``data`` with the sandwich rule; resume from ``out_dir``.
+
+    Args:
+        space: the supernet's space (``nas_sepconv.search.supernet_space`` makes one of a
+            build space file).
+        data: the data set (its train split; batches as :func:`~nas_sepconv.train.fit` draws them).
+        out_dir: the checkpoint folder (:mod:`.checkpoint`), written after every epoch.  A
+            checkpoint already there is resumed: the training goes on from its epoch and ends
+            with the weights of a run that was never stopped (refused if it was made with
+            another space or other settings).
+        config: optimizer, schedule, batch size, label smoothing, seed (the ``train:`` section).
+        epochs: the epochs (default ``config.epochs``).
+        random_subnets: random subnets per step besides the largest and the smallest.
+        device: where to train.
+        progress: show the epochs with :mod:`nas_sepconv.progress`.
+        on_epoch: called with ``(epoch, mean loss)`` after each epoch's checkpoint is written.
+
+    Returns:
+        The trained supernet, in eval mode.
+    """
+    cfg = config if config is not None else TrainConfig()
+    cfg = replace(cfg, epochs=cfg.epochs if epochs is None else epochs)  # validates
+    if isinstance(random_subnets, bool) or not isinstance(random_subnets, int) or not 0 <= random_subnets <= 16:
+        raise UserInputError("random_subnets", f"expected an integer in [0, 16], got {random_subnets!r}", "use e.g. 2")
+    if not isinstance(data, Dataset):
+        raise UserInputError(
+            "data", f"expected a nas_sepconv Dataset, got {type(data).__name__}", "load one with load_dataset"
+        )
+    folder = ensure_writable_dir(out_dir, "out_dir")
+    settings = {"train": cfg.to_dict(), "random_subnets": random_subnets}
+    done = _resumable(folder, space, settings, cfg.epochs)
+    torch.manual_seed(cfg.seed)
+    supernet = Supernet(space)
+    run = Run.start(supernet, data, None, None, cfg, torch.device(device), None)
+    history: list[float] = []
+    if done is not None:
+        weights, state = done.files(folder)
+        load_weights(supernet, weights)
+        _load_state(run, load_training(state))
+        history = list(done.history)
+    first = 1 if done is None else done.epoch + 1
+    with show_progress(progress, "supernet", cfg.epochs, unit="epochs", resume=done is not None) as bar:
+        bar.update(first - 1)
+        for epoch in range(first, cfg.epochs + 1):
+            history.append(_train_epoch(run, supernet, space, epoch, random_subnets))
+            checkpoint = Checkpoint(epoch, cfg.epochs, space.to_dict(), settings, history)
+            write_checkpoint(folder, checkpoint, supernet, _state(run))
+            bar.update(epoch, info=f"loss {history[-1]:.3f}")
+            if on_epoch is not None:
+                on_epoch(epoch, history[-1])
+    return supernet.eval()
+
+
+def _resumable(folder: Path, space: SupernetSpace, settings: dict[str, Any], epochs: int) -> Checkpoint | None:
+    """The checkpoint in ``folder`` to resume, if any; refused if made otherwise."""
+    done = read_checkpoint(folder)
+    if done is None:
+        return None
+    fix = "use another out_dir, or delete this one to start again"
+    if done.space != space.to_dict():
+        raise UserInputError("out_dir", f"{folder} holds a supernet of another space", fix)
+    if done.settings != settings or done.epochs != epochs:
+        raise UserInputError("out_dir", f"{folder} holds a supernet trained with other settings", fix)
+    return done
+
+
+def _state(run: Run) -> dict[str, Any]:
+    return {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+    }
+
+
+def _load_state(run: Run, state: dict[str, Any]) -> None:
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+
+
+def _batches(run: Run, epoch: int) -> DeviceLoader:
+    """The epoch's batches, from the epoch's own seed (as fit's feed draws them otherwise)."""
+    data = run.feed.data
+    n = len(data.train)
+    return DeviceLoader(
+        data.train,
+        batch_size=run.cfg.batch_size,
+        mean=data.mean,
+        std=data.std,
+        augment=data.augment,
+        shuffle=True,
+        drop_last=n >= run.cfg.batch_size,
+        seed=run.cfg.seed * _EPOCH_SEED + epoch,
+        channels_last=run.cuda and run.cfg.channels_last,
+    )
+
+
+def _train_epoch(run: Run, supernet: Supernet, space: SupernetSpace, epoch: int, random_subnets: int) -> float:
+    """One epoch of sandwich steps; the mean loss of the largest subnet."""
+    torch.manual_seed(run.cfg.seed * _EPOCH_SEED + epoch)
+    rng = random.Random(run.cfg.seed * _EPOCH_SEED + epoch)
+    largest, smallest = space.largest(), space.smallest()
+    supernet.train()
+    total, steps = 0.0, 0
+    for step, (x, y) in enumerate(_batches(run, epoch), 1):
+        run.optimizer.zero_grad(set_to_none=True)
+        with amp_context(run.device, run.amp_dtype):
+            logits = supernet(x, largest)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing)
+        _check_finite(loss, epoch, step)
+        run.scaler.scale(loss).backward()
+        soft = logits.detach().float().softmax(dim=1)
+        for arch in [smallest, *(space.sample(rng) for _ in range(random_subnets))]:
+            with amp_context(run.device, run.amp_dtype):
+                student = supernet(x, arch).float()
+            run.scaler.scale(_soft_cross_entropy(student, soft)).backward()
+        if run.cfg.grad_clip is not None:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(supernet.parameters(), run.cfg.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        total += loss.item()
+        steps = step
+    return total / max(steps, 1)
+
+
+def _soft_cross_entropy(logits: Tensor, soft: Tensor) -> Tensor:
+    """Cross-entropy against the teacher's probabilities (in-place distillation's loss)."""
+    return -(soft * logits.log_softmax(dim=1)).sum(dim=1).mean()
+
+
+def _check_finite(loss: Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss.detach()):
+        raise TrainingDiverged(f"the supernet's loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr")

@@ -1,0 +1,57 @@
+"""The one-shot mode (``search.mode: oneshot``): the study's supernet, trained once into the
+results folder (resumed if a run was stopped, loaded if it is finished), and a trial's accuracy
+measured on its subnet with inherited weights, BatchNorm recalibrated (Once-for-All, Cai et
+al., ICLR 2020; BigNAS, Yu et al., ECCV 2020) instead of training the candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch.nn as nn
+
+from ..data import Dataset
+from ..oneshot import Supernet, inherited_subnet, train_supernet
+from ..storage import lock
+from ..train import evaluate
+from .settings import Settings
+from .suggestion import Candidate
+from .supernet_space import supernet_space
+
+__all__ = ["CALIBRATION_IMAGES", "SUPERNET_DIR", "inherited_candidate", "prepare_supernet"]
+
+#: The folder of the study's supernet checkpoint, in the results folder.
+SUPERNET_DIR = "supernet"
+#: Training images a trial's subnet re-estimates its BatchNorm statistics on.
+CALIBRATION_IMAGES = 512
+
+
+def prepare_supernet(settings: Settings, data: Dataset) -> Supernet:
+    """The study's supernet: trained on ``data`` with the space's ``train:`` section for
+    ``search.supernet_epochs`` (default ``train.epochs``) into ``<out_dir>/supernet``, or
+    resumed or loaded from there; one process trains it while the others wait on the lock."""
+    spec = settings.space.spec
+    space = supernet_space(settings.space, input_shape=data.input_shape, num_classes=data.num_classes)
+    cfg = replace(spec.train, seed=settings.options.seed, epochs=spec.search.supernet_epochs or spec.train.epochs)
+    folder = settings.out_dir / SUPERNET_DIR
+    with lock(folder):
+        return train_supernet(space, data, out_dir=folder, config=cfg, device=settings.options.device)
+
+
+def inherited_candidate(
+    supernet: Supernet, candidate: Candidate, data: Dataset, *, device: str, seed: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The candidate's subnet with inherited, recalibrated weights, and its metrics: validation
+    and test accuracy, no epochs of its own, ``accuracy_source`` ``inherited``."""
+    arch = candidate.recipe.arch
+    model = inherited_subnet(supernet, arch, data, images=CALIBRATION_IMAGES, seed=seed)
+    res = candidate.resolution
+    test = evaluate(model, data.test, data=data, device=device, resolution=res) if len(data.test) else None
+    metrics = {
+        "accuracy": evaluate(model, data.val, data=data, device=device, resolution=res),
+        "test_accuracy": test,
+        "epochs": 0,
+        "accuracy_source": "inherited",
+    }
+    return model, metrics
