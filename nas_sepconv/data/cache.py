@@ -43,14 +43,18 @@ def default_data_root(dataset: str) -> Path:
 
 
 def _source_signature(root: Path) -> str:
-    """Absolute path plus modification times of the root, its split and class folders."""
+    """Absolute path plus modification times of the root, its split and class folders (and shards)."""
     st = root.stat()
     parts = [str(root), str(st.st_mtime_ns), str(st.st_size if root.is_file() else 0)]
     if root.is_dir():
         for split in sorted(p for p in root.iterdir() if p.is_dir()):
             parts.append(f"{split.name}:{split.stat().st_mtime_ns}")
-            for cls in sorted(p for p in split.iterdir() if p.is_dir()):
-                parts.append(f"{split.name}/{cls.name}:{cls.stat().st_mtime_ns}")
+            for entry in sorted(split.iterdir()):
+                if entry.is_dir():  # a class folder
+                    parts.append(f"{split.name}/{entry.name}:{entry.stat().st_mtime_ns}")
+                elif entry.name.endswith(".tar"):  # a shard, rewritten in place or not
+                    st = entry.stat()
+                    parts.append(f"{split.name}/{entry.name}:{st.st_mtime_ns}:{st.st_size}")
     return "|".join(parts)
 
 

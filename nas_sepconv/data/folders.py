@@ -21,7 +21,7 @@ from .cache import cached, cached_stats
 from .images import BrokenImage, ImageFiles, broken_image_error, decode_images, unreadable_image_error
 from .memory import MemoryPlan
 
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 def _scan_split(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[str], list[int], list[str]]:
@@ -40,7 +40,7 @@ def _scan_split(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[st
                 "use the same class folders in every split",
             )
         for f in sorted(os.scandir(split_dir / c), key=lambda e: e.name):
-            if f.is_file() and f.name.lower().endswith(_IMAGE_EXTENSIONS) and not f.name.startswith("."):
+            if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS) and not f.name.startswith("."):
                 paths.append(f.path)
                 labels.append(index[c])
     if not paths:
@@ -82,9 +82,9 @@ def scan_folder(root: Path, size: int, *, force_rgb: bool) -> ImageScan:
         )
     test_dir = _test_dir(root)
     paths, labels, classes = _scan_split(root / "train", None)
-    _check_classes(labels, classes, root / "train")
+    check_classes(labels, classes, root / "train")
     test_paths, test_labels, _ = _scan_split(test_dir, classes)
-    mode = "RGB" if force_rgb else _image_mode(paths[0], paths[0])
+    mode = "RGB" if force_rgb else image_mode(paths[0], paths[0])
     return ImageScan(
         ImageFiles(_path_array(paths), size, mode),
         ImageFiles(_path_array(test_paths), size, mode),
@@ -161,7 +161,7 @@ def load_tar(path: Path, size: int, *, force_rgb: bool) -> Arrays:
         with tarfile.open(path) as tar:
             for m in tar:
                 parts = m.name.strip("/").split("/")
-                if not m.isfile() or len(parts) < 3 or not parts[-1].lower().endswith(_IMAGE_EXTENSIONS):
+                if not m.isfile() or len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 split, cls = parts[-3], parts[-2]
                 if split in ("train", "test", "val"):
@@ -195,9 +195,9 @@ def load_tar(path: Path, size: int, *, force_rgb: bool) -> Arrays:
         return blobs, labels
 
     blobs, labels = flatten("train")
-    _check_classes(labels, classes, f"{path}:train/")
+    check_classes(labels, classes, f"{path}:train/")
     test_blobs, test_labels = flatten(test_split)
-    mode = "RGB" if force_rgb else _image_mode(io.BytesIO(blobs[0][1]), blobs[0][0])
+    mode = "RGB" if force_rgb else image_mode(io.BytesIO(blobs[0][1]), blobs[0][0])
     x = _decode_all(blobs + test_blobs, size, mode)
     n = len(blobs)
     return Arrays(
@@ -210,7 +210,7 @@ def load_tar(path: Path, size: int, *, force_rgb: bool) -> Arrays:
     )
 
 
-def _check_classes(labels: Sequence[int], classes: Sequence[str], where: Any) -> None:
+def check_classes(labels: Sequence[int], classes: Sequence[str], where: Any) -> None:
     """Refuse a training set with images of fewer than 2 classes (before anything is decoded)."""
     present = sorted({classes[i] for i in set(labels)})
     if len(present) < 2:
@@ -222,7 +222,7 @@ def _check_classes(labels: Sequence[int], classes: Sequence[str], where: Any) ->
         )
 
 
-def _image_mode(source, name: str) -> str:
+def image_mode(source, name: str) -> str:
     from PIL import Image
 
     try:

@@ -18,6 +18,7 @@ from .cache import default_data_root
 from .cifar import CIFAR10_FILL, load_cifar10
 from .folders import load_folder
 from .memory import MemoryPlan
+from .shards import load_shards
 from .torchvision_sets import load_torchvision
 
 __all__ = ["DataSource", "DATASETS", "find_dataset", "dataset_names"]
@@ -75,6 +76,15 @@ def _imagefolder_source(arg: str, root: str | Path | None, size: int | None, mem
             "dataset.root", f"{folder} is not a folder", "point it at a folder with train/ and test/ subfolders"
         )
     return load_folder(folder, size, force_rgb=False, memory=memory)
+
+
+def _shards_source(arg: str, root: str | Path | None, size: int | None, memory: MemoryPlan) -> Arrays:
+    if arg and root is not None and Path(arg).expanduser().resolve() != Path(root).expanduser().resolve():
+        raise UserInputError("dataset.root", f"given twice ({arg!r} in the name, {str(root)!r} as root)", "give one")
+    folder = existing(Path(arg).expanduser() if arg else need_root(root, "shards"))
+    if not folder.is_dir():
+        raise UserInputError("dataset.root", f"{folder} is not a folder", "point it at a folder with train/ and test/")
+    return load_shards(folder, size, memory=memory)
 
 
 def _torchvision_source(arg: str, root: str | Path | None, size: int | None) -> Arrays:
@@ -162,6 +172,18 @@ DATASETS: dict[str, DataSource] = {
             "crop_flip",
             _imagefolder_source,
             "an ImageFolder tree with train/ and test/ (or val/) folders, at PATH or root",
+            streams=True,
+        ),
+        DataSource(
+            "shards",
+            ("webdataset",),
+            "PATH",
+            False,
+            True,
+            32,
+            "crop_flip",
+            _shards_source,
+            "WebDataset-style uncompressed tar shards, PATH/train/*.tar and PATH/test/*.tar: <key>.jpg + <key>.cls",
             streams=True,
         ),
         DataSource(

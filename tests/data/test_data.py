@@ -812,10 +812,11 @@ def test_image_size_within_the_limit_loads():
 
 
 def test_dataset_table_lists_the_names():
-    assert list(DATASETS) == ["digits", "cifar10", "imagefolder", "torchvision"]
-    assert dataset_names() == "digits, cifar10, imagefolder:PATH, torchvision:NAME"
+    assert list(DATASETS) == ["digits", "cifar10", "imagefolder", "shards", "torchvision"]
+    assert dataset_names() == "digits, cifar10, imagefolder:PATH, shards:PATH, torchvision:NAME"
     assert all(isinstance(s, DataSource) for s in DATASETS.values())
-    assert [DATASETS[n].image_size for n in DATASETS] == [16, 32, 32, None]
+    assert [DATASETS[n].image_size for n in DATASETS] == [16, 32, 32, 32, None]
+    assert [n for n in DATASETS if DATASETS[n].streams] == ["cifar10", "imagefolder", "shards"]
 
 
 @pytest.mark.parametrize(

@@ -166,3 +166,59 @@ def test_a_broken_image_met_while_streaming_is_one_line_naming_it(tmp_path, work
     with pytest.raises(UserInputError, match=r"cannot decode the image .*005\.png") as info:
         list(loader)
     assert info.value.field == "dataset.root" and "\n" not in str(info.value)
+
+
+def write_shards(tree: Path, out: Path, *, per_shard: int = 25, compress: bool = False) -> Path:
+    """The ImageFolder ``tree`` as WebDataset-style shards: ``<key>.png`` + ``<key>.cls`` per sample."""
+    import io
+    import tarfile
+
+    classes = sorted(p.name for p in (tree / "train").iterdir())
+    for split in ("train", "test"):
+        samples = [(c, p) for c in classes for p in sorted((tree / split / c).iterdir())]
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for s, lo in enumerate(range(0, len(samples), per_shard)):
+            mode = "w:gz" if compress else "w"
+            with tarfile.open(out / split / f"{split}-{s:04d}.tar", mode) as tar:
+                for c, path in samples[lo : lo + per_shard]:
+                    key = f"{c}_{path.stem}"
+                    tar.add(path, arcname=f"{key}.png")
+                    label = str(classes.index(c)).encode()
+                    info = tarfile.TarInfo(f"{key}.cls")
+                    info.size = len(label)
+                    tar.addfile(info, io.BytesIO(label))
+    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tar_shards_give_the_images_of_the_folder_they_were_written_from(tmp_path, stream):
+    tree = write_noise_tree(tmp_path / "tree")
+    shards = write_shards(tree, tmp_path / "shards")
+    folder = load_dataset("imagefolder", root=tree, image_size=16, stream=False)
+    sharded = load_dataset(f"shards:{shards}", image_size=16, stream=stream)
+    assert sharded.streamed is stream and sharded.classes == folder.classes
+    assert sharded.mean == folder.mean and sharded.std == folder.std
+    for name in ("train", "val", "test"):
+        a, b = getattr(folder, name), getattr(sharded, name)
+        order_a, order_b = torch.argsort(a.y, stable=True), torch.argsort(b.y, stable=True)
+        assert torch.equal(a.y[order_a], b.y[order_b])
+    # the same set of images (keys sort class by class, as the folder's files do)
+    xa = folder.test.take(torch.arange(len(folder.test)))
+    xb = sharded.test.take(torch.arange(len(sharded.test)))
+    assert torch.equal(xa, xb)
+
+
+def test_compressed_shards_and_samples_without_a_class_are_refused_in_one_line(tmp_path):
+    tree = write_noise_tree(tmp_path / "tree", n_train=4, n_test=2)
+    gz = write_shards(tree, tmp_path / "gz", compress=True)
+    with pytest.raises(UserInputError, match="shards must be uncompressed .tar files") as info:
+        load_dataset("shards", root=gz)
+    assert info.value.field == "dataset.root"
+    plain = write_shards(tree, tmp_path / "plain")
+    import tarfile
+
+    with tarfile.open(plain / "train" / "train-0000.tar", "a") as tar:
+        tar.add(tree / "train" / "class0" / "000.png", arcname="orphan.png")
+    with pytest.raises(UserInputError, match=r"the image orphan.png has no orphan.cls"):
+        load_dataset("shards", root=plain)
