@@ -17,6 +17,7 @@ from .outputs import (
     write_outputs,
 )
 from .plot import plot_fronts, plot_pareto
+from .protocol import bootstrap_ratios, pack_correct, unpack_correct
 
 __all__ = [
     "KNOWN_DIRECTIONS",
@@ -25,6 +26,7 @@ __all__ = [
     "Objective",
     "STATES",
     "base_line",
+    "bootstrap_ratios",
     "compare",
     "comparison_table",
     "hypervolume",
@@ -32,11 +34,13 @@ __all__ = [
     "load",
     "load_baselines",
     "objective",
+    "pack_correct",
     "pareto_front",
     "pareto_table",
     "plot_fronts",
     "plot_pareto",
     "reference_line",
+    "unpack_correct",
     "write_comparison",
     "write_outputs",
 ]
