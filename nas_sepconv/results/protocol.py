@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -168,7 +169,9 @@ def bootstrap_ratios(
     computes each study's test hypervolume over the best baseline's of that draw (on the one
     ``reference``, in loss space: negated accuracy, log10 MACs; default the padded worst of
     every front point scored on the full test split).  The interval is the percentile one
-    (Efron & Tibshirani 1993): the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles.
+    (Efron & Tibshirani 1993): the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles, of
+    the draws that define a ratio (a draw where the best baseline's volume and the study's are
+    both 0 does not).
 
     ``studies`` holds every frame, the baselines' too (``baselines`` names them).  Returns one
     row per study: ``name``, ``ratio_low``, ``ratio_high``; NaN where the study or any baseline
@@ -211,8 +214,9 @@ def _interval(
     if ref is None or len(sizes) != 1 or not baselines or not baselines <= set(drawn):
         return lo, hi
     ratios = _draw_ratios({n: fronts[n] for n in drawn}, baselines, ref, sizes.pop(), resamples, seed)
-    with np.errstate(invalid="ignore"):
-        low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):  # a draw where every volume is 0 has no ratio
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(ratios, [(1 - level) / 2, (1 + level) / 2], axis=0)
     for j, name in enumerate(drawn):
         lo[names.index(name)], hi[names.index(name)] = float(low[j]), float(high[j])
     return lo, hi
