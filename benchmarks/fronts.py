@@ -599,7 +599,7 @@ PROTOCOL = (
     "`test_ratio_low`-`test_ratio_high`, a 90% bootstrap interval over the test images (1,000 draws, seeded), "
     "`test_ratio_unit` (normalised axes: each objective scaled to [0, 1] over the seed's front points, reference at "
     "the worst) and `test_ratio_chance` (the accuracy reference at chance, 1/classes); `ratio` is the validation "
-    "ratio.  Equal compute: each trial records `train_compute` (training images seen x the candidate's forward MACs); "
+    "ratio.  Equal compute (unless run with `--no-equal-compute`): each trial records `train_compute` (training images seen x the candidate's forward MACs); "
     "besides the width families (each alpha once), the baselines `<family>_grid` (alpha x resolution, the grid "
     "sampler, each point once at most) and `<searched>_random` (random search of the searched space) are run "
     "until their summed compute reaches the searched study's: the trial that crosses the budget is kept, trials a "

@@ -100,7 +100,9 @@ def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
         assert (tmp_path / name).is_file(), name
     assert not (tmp_path / "seed0" / "default" / "weights").exists()
     md = (tmp_path / "fronts.md").read_text()
-    assert "python benchmarks/fronts.py digits (toy)" in md and "Goal: the searched front's hypervolume" in md
+    assert (
+        "python benchmarks/fronts.py digits (toy)" in md and "Goal: the searched front's test-split hypervolume" in md
+    )
     curve = pd.read_csv(tmp_path / "hv_by_epochs.csv")
     assert curve["epochs_spent"].tolist() == [1, 2] and curve["hypervolume"].is_monotonic_increasing
     # --report-only: the same tables from the folders, nothing run
