@@ -15,8 +15,16 @@ per seed, mean +- std, the goal), ``OUT/fronts.png`` (every front, one panel per
 ``OUT/hv_by_epochs.csv`` (the searched front's hypervolume after each trial against the
 training epochs spent so far: the curve the multi-fidelity mode is compared on).
 
-Hypervolumes are in accuracy x log10(MACs) (``ns.results.compare``) on ONE reference point
-computed from every trial of every study and seed together.  The configurations (which
+The protocol (issue 26; :data:`PROTOCOL` says it in ``fronts.md``): each seed validates on its
+own split; each front is chosen on validation and scored on the test split (``test_ratio``, the
+headline, with a 90% bootstrap interval over the test images, on normalised axes and with the
+accuracy reference at chance); and at equal compute: besides the width families, each seed runs
+``<family>_grid`` (alpha x resolution) and ``<searched>_random`` (random search of the searched
+space) until their summed ``train_compute`` reaches the searched study's
+(:func:`run_equal_compute`, :func:`within_budget`; ``--no-equal-compute`` skips them).
+
+Validation hypervolumes (``ratio``) are in accuracy x log10(MACs) (``ns.results.compare``) on ONE
+reference point computed from every trial of every study and seed together.  The configurations (which
 spaces, what is overridden, identically for all of them) are :data:`CONFIGS`; an overridden
 space is written to ``OUT/spaces/<name>.yaml`` and run from there.  Running the command again
 resumes (a finished study is left as it is).
@@ -69,6 +77,9 @@ class Config:
     #: the rungs of the ``--multi-fidelity`` run (``search.multi_fidelity``); None: the space's,
     #: else min_epochs 1, eta 3
     multi_fidelity: dict[str, int] | None = None
+    #: the resolution multipliers of the equal-compute family grids (alpha x resolution, the
+    #: MobileNet papers' two knobs); None: the searched space's ``build.resolution_mult``
+    grid_resolutions: tuple[float, ...] | None = None
 
 
 CONFIGS: dict[str, Config] = {
@@ -82,14 +93,15 @@ CONFIGS: dict[str, Config] = {
         "mobilenetv3_cifar10",
         ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
         overrides={
-            "data": {"subset": 5000, "image_size": 16},
+            "data": {"subset": 5625, "val_fraction": 0.2, "image_size": 16},
             "train": {"epochs": 5, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0},
         },
         searched_overrides={"search": {"trials": 24, "population_size": 8}},
         multi_fidelity={"min_epochs": 1, "eta": 2},
         workers=2,
         floor=0.35,  # about the middle of the families' accuracies at this size (30-37%, seed 0)
-        note="CPU-sized: 5,000 training images (4,500 train + 500 validation; the test split's 10,000 only reported) "
+        note="CPU-sized: 5,625 training images (4,500 train + 1,125 validation, drawn per seed; the test split's 10,000 "
+        "score the fronts) "
         "at 16x16, 5 epochs at batch 64 (lr 0.05, cosine, no warm-up), for every space alike; 24 trials of the "
         "searched space (NSGA-II, population 8), every alpha of the families once; 2 worker processes",
     ),
@@ -241,6 +253,148 @@ def run_multi_fidelity(
     return {name: {"folder": out / name, "role": "searched (multi-fidelity)"}}
 
 
+def equal_compute_spaces(config: Config, spaces: dict[str, str], out: Path) -> dict[str, tuple[str, str, int | None]]:
+    """The equal-compute baselines: study name -> (space, sampler, most trials).  Random search
+    of the searched space (``<searched>_random``, no cap), and each width family as an alpha x
+    resolution grid (``<family>_grid``: its ``width_mult`` list by :attr:`Config.grid_resolutions`,
+    else the searched space's ``resolution_mult``; the grid sampler, each point once at most),
+    written to ``out/spaces/<family>_grid.yaml``."""
+    from nas_sepconv.search import load_space
+
+    searched = yaml.safe_load(load_space(spaces[config.searched]).text)
+    resolutions = list(config.grid_resolutions or _as_list(searched["build"].get("resolution_mult", 1.0)))
+    found: dict[str, tuple[str, str, int | None]] = {
+        f"{config.searched}_random": (spaces[config.searched], "random", None)
+    }
+    for family in config.baselines:
+        data = yaml.safe_load(load_space(spaces[family]).text)
+        cap = len(_as_list(data["build"]["width_mult"])) * len(resolutions)
+        data = merged(
+            data,
+            {
+                "name": f"{family}_grid",
+                "build": {"resolution_mult": resolutions},
+                "search": {"trials": cap, "sampler": "grid"},
+            },
+        )
+        path = out / "spaces" / f"{family}_grid.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        found[f"{family}_grid"] = (str(path), "grid", cap)
+    return found
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _compute(df: pd.DataFrame) -> pd.Series:
+    """Each trial's ``train_compute`` in trial order (0 where not recorded)."""
+    if "train_compute" not in df.columns:
+        return pd.Series(0.0, index=df.index)
+    return pd.to_numeric(df["train_compute"], errors="coerce").fillna(0.0).astype("float64")
+
+
+def within_budget(df: pd.DataFrame, budget: float) -> pd.DataFrame:
+    """The trials, in number order, up to and including the first whose summed ``train_compute``
+    reaches ``budget``: that last trial is kept (a baseline gets at least the budget, at most one
+    trial more), trials run after it (a batch overshoots) are left out of the comparison."""
+    ordered = df.sort_values("number")
+    reached = (_compute(ordered).cumsum() >= budget).to_numpy().nonzero()[0]
+    kept = ordered if not len(reached) else ordered.iloc[: reached[0] + 1]
+    kept.attrs = dict(df.attrs)
+    return kept
+
+
+def run_to_budget(
+    space: str,
+    *,
+    study: str,
+    sampler: str,
+    budget: float,
+    cap: int | None,
+    seed: int,
+    out: Path,
+    config: Config,
+    threads: int | None,
+    data_root: str | None,
+) -> Path:
+    """Run (or resume) the study, trials added until their summed ``train_compute`` reaches
+    ``budget`` (or ``cap`` trials: a grid run once): each round adds the trials the mean compute
+    so far says are left (at least one), so the last round may overshoot; see :func:`within_budget`."""
+    import nas_sepconv as ns
+
+    folder, finished = out / study, -1
+    for _ in range(1000):
+        df = ns.results.load(folder) if (folder / "trials.csv").is_file() else None
+        done = 0 if df is None else int(df["state"].astype(str).isin(["COMPLETE", "PRUNED"]).sum())
+        spent = 0.0 if df is None else float(_compute(df).sum())
+        if spent >= budget or (cap is not None and done >= cap) or done == finished:
+            break
+        finished = done
+        more = 1 if spent <= 0 else max(1, math.ceil((budget - spent) / (spent / done)))
+        more = more if cap is None else min(more, cap - done)
+        ns.search(
+            space,
+            study=study,
+            sampler=sampler,
+            trials=done + more,
+            seed=seed,
+            out=out,
+            device=config.device,
+            workers=config.workers,
+            threads=threads,
+            data_root=data_root,
+            heartbeat=0 if config.workers == 1 else 10,
+            multi_fidelity=False,
+        )
+        shutil.rmtree(folder / "weights", ignore_errors=True)
+    return folder
+
+
+def run_equal_compute(
+    config: Config,
+    spaces: dict[str, str],
+    seed: int,
+    out: Path,
+    runs: dict[str, dict[str, Any]],
+    *,
+    threads: int | None,
+    data_root: str | None,
+    log: Any = print,
+    report_only: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """The seed's equal-compute baselines (:func:`equal_compute_spaces`), each with the searched
+    study's summed ``train_compute`` as its budget (:func:`run_to_budget`)."""
+    import nas_sepconv as ns
+
+    budget = float(_compute(ns.results.load(runs[config.searched]["folder"])).sum())
+    if budget <= 0:  # a study made before trials recorded train_compute
+        log(f"seed {seed}: {config.searched} recorded no train_compute: no equal-compute baselines")
+        return {}
+    found = {}
+    for name, (space, sampler, cap) in equal_compute_spaces(config, spaces, out.parent).items():
+        start = time.perf_counter()
+        if report_only:
+            folder = _found(out / name)
+        else:
+            folder = run_to_budget(
+                space,
+                study=name,
+                sampler=sampler,
+                budget=budget,
+                cap=cap,
+                seed=seed,
+                out=out,
+                config=config,
+                threads=threads,
+                data_root=data_root,
+            )
+            log(f"seed {seed}: {name} (equal compute) done in {(time.perf_counter() - start) / 60:.1f} min")
+        found[name] = {"folder": folder, "role": "baseline", "budget": budget}
+    return found
+
+
 def _epochs(df: pd.DataFrame) -> pd.Series:
     """Training epochs each trial spent (0 where unknown): ``epochs_trained`` (a trial the
     multi-fidelity mode stopped early counts the epochs it trained), else ``epochs``."""
@@ -273,12 +427,15 @@ def seed_rows(
     searched = {n: frames[n] for n in runs if runs[n]["role"] != "baseline"}
     baselines = {n: frames[n] for n in runs if runs[n]["role"] == "baseline"}
     table = ns.results.compare(searched, baselines=baselines, reference=reference).set_index("name")
-    own = ns.results.compare(searched, baselines=baselines).set_index("name")  # what `report --baseline` prints
+    own = ns.results.compare(searched, baselines=baselines, resamples=1).set_index("name")  # `report --baseline`'s
     strict = (
-        ns.results.compare(searched, baselines=baselines, reference={**reference, "accuracy": floor}).set_index("name")
+        ns.results.compare(
+            searched, baselines=baselines, reference={**reference, "accuracy": floor}, resamples=1
+        ).set_index("name")
         if floor is not None
         else None
     )
+    searched_compute = float(_compute(frames[next(iter(searched))]).sum()) if searched else math.nan
     rows = []
     for name, run in runs.items():
         df, row = frames[name], table.loc[name]
@@ -296,6 +453,13 @@ def seed_rows(
                 "ratio_seed_reference": float(own.loc[name, "hypervolume_ratio"]),
                 "ratio_floor": float(strict.loc[name, "hypervolume_ratio"]) if strict is not None else math.nan,
                 "best_baseline": table.attrs["best_baseline"],
+                "test_ratio": float(row["test_hypervolume_ratio"]),
+                "test_ratio_low": float(row["test_ratio_low"]),
+                "test_ratio_high": float(row["test_ratio_high"]),
+                "test_ratio_unit": float(row["test_ratio_unit"]),
+                "test_ratio_chance": float(row["test_ratio_chance"]),
+                "train_compute": float(_compute(df).sum()),
+                "compute_share": float(_compute(df).sum()) / searched_compute if searched_compute else math.nan,
                 "epochs_spent": int(_epochs(df).sum()),
                 "trials_min": round(float(pd.to_numeric(df["duration_s"], errors="coerce").sum()) / 60, 2),
             }
@@ -375,14 +539,18 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per study: hypervolume and ratio, mean +- std over the seeds; the smallest ratio."""
     rows = []
     for (study, role), part in table.groupby(["study", "role"], sort=False):
-        hv, ratio = part["hypervolume"], part["ratio"]
+        hv, ratio, test = part["hypervolume"], part["ratio"], part["test_ratio"]
         rows.append(
             {
                 "study": study,
                 "role": role,
                 "seeds": len(part),
+                "test ratio (headline)": f"{test.mean():.3f} +- {test.std(ddof=1) if len(part) > 1 else 0:.3f}",
+                "min test ratio": round(float(test.min()), 3),
+                "min 5% bound": round(float(part["test_ratio_low"].min()), 3),
+                "compute x searched": round(float(part["compute_share"].mean()), 2),
                 "hypervolume": f"{hv.mean():.4f} +- {hv.std(ddof=1) if len(part) > 1 else 0:.4f}",
-                "ratio to best baseline": f"{ratio.mean():.3f} +- {ratio.std(ddof=1) if len(part) > 1 else 0:.3f}",
+                "val ratio": f"{ratio.mean():.3f} +- {ratio.std(ddof=1) if len(part) > 1 else 0:.3f}",
                 "min ratio": round(float(ratio.min()), 3),
                 "ratio_floor": f"{part['ratio_floor'].mean():.3f} +- {part['ratio_floor'].std(ddof=1) if len(part) > 1 else 0:.3f}",
                 "best accuracy %": f"{100 * part['best_accuracy'].mean():.2f}",
@@ -423,6 +591,23 @@ def plot_all(frames_by_seed: dict[int, dict[str, pd.DataFrame]], roles: dict[str
     fig.savefig(path, dpi=120)
 
 
+#: How fronts.md says the comparison is made (issue 26's protocol).
+PROTOCOL = (
+    "Protocol (issue 26): every seed holds out its own validation split (the study's seed; the test split is the "
+    "same for all).  Each front is chosen on validation accuracy and scored on the test split: `test_ratio` (the "
+    "front's test hypervolume over the best baseline's, on the seed's test reference) is the headline, with "
+    "`test_ratio_low`-`test_ratio_high`, a 90% bootstrap interval over the test images (1,000 draws, seeded), "
+    "`test_ratio_unit` (normalised axes: each objective scaled to [0, 1] over the seed's front points, reference at "
+    "the worst) and `test_ratio_chance` (the accuracy reference at chance, 1/classes); `ratio` is the validation "
+    "ratio.  Equal compute (unless run with `--no-equal-compute`): each trial records `train_compute` (training images seen x the candidate's forward MACs); "
+    "besides the width families (each alpha once), the baselines `<family>_grid` (alpha x resolution, the grid "
+    "sampler, each point once at most) and `<searched>_random` (random search of the searched space) are run "
+    "until their summed compute reaches the searched study's: the trial that crosses the budget is kept, trials a "
+    "batch ran after it are left out (`compute_share`: a study's compute over the searched study's; a grid "
+    "smaller than the budget ends below 1).\n\n"
+)
+
+
 def write_report(
     table: pd.DataFrame,
     curves: pd.DataFrame,
@@ -436,8 +621,12 @@ def write_report(
     table.to_csv(out / "fronts.csv", index=False)
     curves.to_csv(out / "hv_by_epochs.csv", index=False)
     searched = table[table["role"] == "searched"]
-    met = bool((searched["ratio"] >= GOAL).all())
-    ratios = ", ".join(f"seed {r.seed}: {r.ratio:.3f}" for r in searched.itertuples())
+    met = bool((searched["test_ratio"] >= GOAL).all())
+    ratios = ", ".join(
+        f"seed {r.seed}: {r.test_ratio:.3f} (90% interval {r.test_ratio_low:.3f}-{r.test_ratio_high:.3f}; "
+        f"validation {r.ratio:.3f})"
+        for r in searched.itertuples()
+    )
     text = (
         f"# The searched front against the width families: {config_name}\n\n"
         f"Command: `{command}`\n\n"
@@ -465,7 +654,8 @@ def write_report(
             else ""
         )
         + ".\n\n"
-        f"**Goal: the searched front's hypervolume at least {GOAL}x the best baseline's in every seed: "
+        + PROTOCOL
+        + f"**Goal: the searched front's test-split hypervolume at least {GOAL}x the best baseline's in every seed: "
         f"{'met' if met else 'NOT met'}** ({ratios}).\n\n"
         "## Summary over the seeds (mean +- std)\n\n" + markdown_table(summary(table)) + "\n\n"
         "## Per seed\n\n" + markdown_table(table) + "\n\n"
@@ -510,13 +700,15 @@ def run(
     overrides: dict[str, Any] | None = None,
     multi_fidelity: bool = False,
     multi_fidelity_seeds: list[int] | None = None,
+    equal_compute: bool = True,
     report_only: bool = False,
     command: str = "",
     log: Any = print,
 ) -> pd.DataFrame:
     """The whole comparison of one configuration; returns the per-seed table.  Every seed's
-    searched and baseline studies run first, then (``multi_fidelity``) the multi-fidelity runs,
-    of ``multi_fidelity_seeds`` only if given.  ``report_only``: no study is run or resumed, the
+    searched and baseline studies run first, then (``equal_compute``) the equal-compute
+    baselines of every seed (:func:`run_equal_compute`), then (``multi_fidelity``) the
+    multi-fidelity runs, of ``multi_fidelity_seeds`` only if given.  ``report_only``: no study is run or resumed, the
     tables and plots are made from the folders as they are."""
     import nas_sepconv as ns
 
@@ -540,6 +732,18 @@ def run(
         )
         for seed in seeds
     }
+    for seed in seeds if equal_compute else []:
+        runs_by_seed[seed] |= run_equal_compute(
+            config,
+            spaces,
+            seed,
+            out / f"seed{seed}",
+            runs_by_seed[seed],
+            threads=threads,
+            data_root=data_root,
+            log=log,
+            report_only=report_only,
+        )
     for seed in seeds if multi_fidelity else []:
         if multi_fidelity_seeds is None or seed in multi_fidelity_seeds:
             runs_by_seed[seed] |= run_multi_fidelity(
@@ -552,9 +756,7 @@ def run(
                 log=log,
                 report_only=report_only,
             )
-    frames_by_seed = {
-        seed: {n: ns.results.load(r["folder"]) for n, r in runs.items()} for seed, runs in runs_by_seed.items()
-    }
+    frames_by_seed = {seed: {n: _frame(r) for n, r in runs.items()} for seed, runs in runs_by_seed.items()}
     reference = reference_of({f"{n} {s}": f for s, frames in frames_by_seed.items() for n, f in frames.items()})
     rows, curves = [], []
     for seed, runs in runs_by_seed.items():
@@ -570,6 +772,14 @@ def run(
     text = write_report(table, pd.concat(curves, ignore_index=True), config_name, config, out, reference, command)
     log(text)
     return table
+
+
+def _frame(run: dict[str, Any]) -> pd.DataFrame:
+    """A study's frame; an equal-compute baseline's cut at its budget (:func:`within_budget`)."""
+    import nas_sepconv as ns
+
+    df = ns.results.load(run["folder"])
+    return within_budget(df, run["budget"]) if "budget" in run else df
 
 
 def main() -> None:
@@ -595,6 +805,11 @@ def main() -> None:
         "(for the seeds named, else every seed)",
     )
     parser.add_argument(
+        "--no-equal-compute",
+        action="store_true",
+        help="skip the equal-compute baselines (family alpha x resolution grids, random search of the searched space)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="run or resume no study: make the tables and plots from the folders as they are",
@@ -614,6 +829,7 @@ def main() -> None:
         workers=args.workers,
         multi_fidelity=args.multi_fidelity is not None,
         multi_fidelity_seeds=args.multi_fidelity or None,
+        equal_compute=not args.no_equal_compute,
         report_only=args.report_only,
         command=command.strip(),
     )

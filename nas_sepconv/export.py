@@ -29,7 +29,7 @@ from .jsonfile import loads
 from .measure import need_module, output_tensors, to_onnx
 from .measure.inputs import model_device
 from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
-from .results.stored import STUDY_ATTRS, TAMPERED, stored_attr
+from .results.stored import STUDY_ATTRS, TAMPERED, data_seed_of, stored_attr
 from .search import StoredTrial, TrialContext, parse_space, trial_resolution, with_data_root
 from .train import evaluate
 
@@ -87,7 +87,13 @@ def rebuild_trial(
     _check_stored_space(space, trusted)
     space = space if data_root is None else with_data_root(space, data_root)
     try:
-        ctx = TrialContext.for_rebuild(space, device=device, out_dir=folder, study=the_study.study_name)
+        ctx = TrialContext.for_rebuild(
+            space,
+            device=device,
+            out_dir=folder,
+            study=the_study.study_name,
+            data_seed=data_seed_of(the_study.user_attrs, source=where),
+        )
     except UserInputError as exc:
         if data_root is not None or not exc.field.endswith("root"):
             raise

@@ -517,9 +517,10 @@ def test_report_with_baselines_prints_the_hypervolumes_and_writes_the_comparison
     )
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "Pareto front of tiny" in out and "Hypervolumes on one reference point (best baseline: tinyfamily)" in out
+    assert "Pareto front of tiny" in out and "Hypervolumes over the best baseline's (tinyfamily)" in out
     assert "searched" in out and "baseline" in out and f"tinyfamily ({folders['tinyfamily']})" in out.replace("\n", "")
-    assert "reference point: accuracy" in out and "x best baseline" in out
+    assert "reference point: accuracy" in out and "test ratio" in out and "val ratio" in out
+    assert "headline (test ratio" in out and "90% interval" in out
     assert f"wrote {folders['tiny'] / 'comparison.csv'}" in out and f"wrote {folders['tiny'] / 'comparison.png'}" in out
     table = pd.read_csv(folders["tiny"] / "comparison.csv")
     assert table["name"].tolist()[:2] == ["tiny", "tinyfamily"] and table["baseline"].tolist() == [False, True, True]
@@ -528,6 +529,11 @@ def test_report_with_baselines_prints_the_hypervolumes_and_writes_the_comparison
         {"tiny": ns.results.load(folders["tiny"])}, baselines={"tinyfamily": ns.results.load(folders["tinyfamily"])}
     )
     assert table["hypervolume_ratio"].iloc[0] == pytest.approx(expected["hypervolume_ratio"].iloc[0])
+    for column in ("test_hypervolume_ratio", "test_ratio_low", "test_ratio_high", "train_compute"):  # both ratios
+        assert table[column].iloc[0] == pytest.approx(expected[column].iloc[0]), column
+    assert (
+        table["test_ratio_low"].iloc[0] <= table["test_hypervolume_ratio"].iloc[0] <= table["test_ratio_high"].iloc[0]
+    )
     assert (folders["tiny"] / "comparison.png").stat().st_size > 1000
 
 

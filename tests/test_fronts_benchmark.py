@@ -78,6 +78,7 @@ def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
         threads=1,
         data_root=None,
         overrides=TOY,
+        equal_compute=False,
         command="python benchmarks/fronts.py digits (toy)",
         log=lambda msg: None,
     )
@@ -99,7 +100,9 @@ def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
         assert (tmp_path / name).is_file(), name
     assert not (tmp_path / "seed0" / "default" / "weights").exists()
     md = (tmp_path / "fronts.md").read_text()
-    assert "python benchmarks/fronts.py digits (toy)" in md and "Goal: the searched front's hypervolume" in md
+    assert (
+        "python benchmarks/fronts.py digits (toy)" in md and "Goal: the searched front's test-split hypervolume" in md
+    )
     curve = pd.read_csv(tmp_path / "hv_by_epochs.csv")
     assert curve["epochs_spent"].tolist() == [1, 2] and curve["hypervolume"].is_monotonic_increasing
     # --report-only: the same tables from the folders, nothing run
@@ -111,6 +114,7 @@ def test_toy_run_writes_the_tables_and_plots(bench, tmp_path, one_thread):
         threads=1,
         data_root=None,
         overrides=TOY,
+        equal_compute=False,
         report_only=True,
         log=lambda msg: None,
     )
@@ -139,6 +143,7 @@ def test_multi_fidelity_run_is_compared_on_epochs_spent(bench, tmp_path, one_thr
         threads=1,
         data_root=None,
         overrides=toy,
+        equal_compute=False,
         multi_fidelity=True,
         command="python benchmarks/fronts.py digits --multi-fidelity (toy)",
         log=lambda msg: None,
@@ -153,3 +158,55 @@ def test_multi_fidelity_run_is_compared_on_epochs_spent(bench, tmp_path, one_thr
     assert (tmp_path / "hv_by_epochs.png").is_file() and "## The multi-fidelity mode" in (
         tmp_path / "fronts.md"
     ).read_text()
+
+
+def test_within_budget_keeps_the_trial_that_crosses_the_budget(bench):
+    df = pd.DataFrame({"number": [2, 0, 1, 3], "train_compute": [30, 10, None, 5]})
+    df.attrs["study"] = "s"
+    kept = bench.within_budget(df, 35)
+    assert kept["number"].tolist() == [0, 1, 2] and kept.attrs["study"] == "s"  # 10, 10, 40: the third crosses
+    assert bench.within_budget(df, 1000)["number"].tolist() == [0, 1, 2, 3]  # never reached: all of them
+    assert bench.within_budget(df.drop(columns="train_compute"), 1)["number"].tolist() == [0, 1, 2, 3]
+
+
+def test_equal_compute_baselines_are_random_search_and_alpha_by_resolution_grids(bench, tmp_path):
+    import yaml
+
+    config = bench.CONFIGS["cifar10"]
+    spaces = bench.space_files(config, tmp_path, {})
+    found = bench.equal_compute_spaces(config, spaces, tmp_path)
+    assert found["mobilenetv3_cifar10_random"] == (spaces["mobilenetv3_cifar10"], "random", None)
+    grid = found["mobilenetv2_width_cifar10_grid"]
+    data = yaml.safe_load(Path(grid[0]).read_text())
+    assert grid[1:] == ("grid", 12) and data["build"]["resolution_mult"] == [0.75, 1.0]  # 6 alphas x 2
+    assert data["search"] == {**data["search"], "sampler": "grid", "trials": 12}
+    assert found["mobilenetv3small_width_cifar10_grid"][2] == 10
+    searched = yaml.safe_load(Path(spaces["mobilenetv3_cifar10"]).read_text())
+    assert searched["data"]["subset"] * searched["data"]["val_fraction"] >= 1000  # validation: 1,000 images or more
+
+
+@pytest.mark.slow  # about 8 searches at toy size: about a minute
+def test_toy_run_with_equal_compute_baselines(bench, tmp_path, one_thread):
+    table = bench.run(
+        "digits",
+        seeds=[0],
+        out=tmp_path,
+        threads=1,
+        data_root=None,
+        overrides=TOY,
+        command="python benchmarks/fronts.py digits (toy, equal compute)",
+        log=lambda msg: None,
+    )
+    studies = table.set_index("study")
+    budget = studies.loc["default", "train_compute"]
+    assert budget > 0 and studies.loc["default", "compute_share"] == 1.0
+    for name in ("default_random", "mobilenetv2_width_digits_grid", "mobilenetv3small_width_digits_grid"):
+        assert studies.loc[name, "role"] == "baseline"
+        complete = studies.loc[name, "complete"]
+        assert studies.loc[name, "compute_share"] >= 1.0 or complete == (
+            6 if "v2" in name else 5
+        )  # or the grid ran out
+    for column in ("test_ratio", "test_ratio_low", "test_ratio_high", "test_ratio_unit", "test_ratio_chance"):
+        assert pd.notna(studies.loc["default", column]), column
+    md = (tmp_path / "fronts.md").read_text()
+    assert "Protocol (issue 26)" in md and "test-split hypervolume" in md

@@ -74,12 +74,13 @@ def report(
         if table is not None:
             print_frame(
                 results.comparison_table(table),
-                title=f"Hypervolumes on one reference point (best baseline: {table.attrs['best_baseline']})",
+                title=f"Hypervolumes over the best baseline's ({table.attrs['best_baseline']}), on one reference point",
             )
             out.print(
                 "\n".join(
                     [
                         results.reference_line(table) or "no complete trial: no reference point",
+                        results.protocol_line(table) or "no test accuracy: no test-split ratio",
                         *(f"wrote {p}" for p in paths.values()),
                     ]
                 )

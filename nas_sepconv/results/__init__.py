@@ -12,11 +12,13 @@ from .outputs import (
     comparison_table,
     load_baselines,
     pareto_table,
+    protocol_line,
     reference_line,
     write_comparison,
     write_outputs,
 )
 from .plot import plot_fronts, plot_pareto
+from .protocol import bootstrap_ratios, pack_correct, unpack_correct
 
 __all__ = [
     "KNOWN_DIRECTIONS",
@@ -25,6 +27,7 @@ __all__ = [
     "Objective",
     "STATES",
     "base_line",
+    "bootstrap_ratios",
     "compare",
     "comparison_table",
     "hypervolume",
@@ -32,11 +35,14 @@ __all__ = [
     "load",
     "load_baselines",
     "objective",
+    "pack_correct",
     "pareto_front",
     "pareto_table",
     "plot_fronts",
     "plot_pareto",
+    "protocol_line",
     "reference_line",
+    "unpack_correct",
     "write_comparison",
     "write_outputs",
 ]

@@ -5,7 +5,7 @@ hypervolume on a common reference, knee), and each one's hypervolume over the be
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from ..errors import UserInputError
 from .arrays import typed
 from .front import eligible_rows, hypervolume, knee, loss_matrix, pareto_front, resolve_directions
 from .objectives import LOG_SCALE_COLUMNS
+from .protocol import padded_reference, protocol_columns
 
 __all__ = ["compare"]
 
@@ -27,6 +28,10 @@ def compare(
     reference: Mapping[str, float] | Sequence[float] | None = None,
     directions: Sequence[str] | None = None,
     log_scale: Sequence[str] = LOG_SCALE_COLUMNS,
+    chance: float | None = None,
+    resamples: int = 1000,
+    resample_seed: int = 0,
+    level: float = 0.9,
 ) -> pd.DataFrame:
     """Summarise several studies side by side, one row per study.
 
@@ -48,21 +53,17 @@ def compare(
     best baseline's (NaN without baselines; inf where the best baseline's is 0); the best
     baseline's name is ``attrs["best_baseline"]``.
 
+    The protocol of :mod:`.protocol` (issue 26; ``chance``, ``resamples``, ``resample_seed`` and
+    ``level`` are its) adds the front chosen on validation and scored on the test split
+    (``test_hypervolume_ratio``: the headline), its bootstrap interval, normalised axes, the
+    chance reference and the compute spent (``train_compute``, ``wall_time_s``): see there.
+
     Raises:
         UserInputError: no study, a name given twice, a frame without the objectives' columns,
             or frames of studies that searched different objectives (``attrs["objectives"]``).
     """
-    if not isinstance(studies, Mapping) or not studies:
-        raise UserInputError(
-            "studies", "expected a non-empty mapping name -> DataFrame", "pass e.g. {'nsga2': df1, 'random': df2}"
-        )
     baselines = dict(baselines or {})
-    clash = sorted(set(studies) & set(baselines))
-    if clash:
-        raise UserInputError(
-            "baselines", f"{clash} named as both a study and a baseline", "give each frame its own name"
-        )
-    _same_objectives({**studies, **baselines}, set(baselines))
+    _check_frames(studies, baselines)
     searched = list(studies)
     studies = {**studies, **baselines}
     first = next(iter(studies.values()))
@@ -75,24 +76,98 @@ def compare(
         ref_values = _given_reference(reference, objectives, logged)
     hv_column = "hypervolume" + "".join(f"_log{o}" for o in logged)
 
-    rows = []
-    for name, df in studies.items():
-        row = _study_row(name, df, objectives, dirs, log_scale)
-        row[hv_column] = (
-            hypervolume(transformed[name], reference=ref_values, objectives=objectives, directions=dirs)
-            if ref_values is not None
-            else 0.0
-        )
-        row.update(_knee_columns(df, objectives, dirs, log_scale))
-        rows.append(row)
+    rows = [
+        _row(name, df, transformed[name], ref_values, objectives, dirs, log_scale, hv_column)
+        for name, df in studies.items()
+    ]
     out = _typed_summary(pd.DataFrame(rows), first, objectives)
     out["baseline"] = [name not in searched for name in studies]
     out["hypervolume_ratio"], best = _ratios(out, hv_column)
+    _add_protocol_columns(
+        out,
+        studies,
+        set(baselines),
+        objectives,
+        dirs,
+        logged,
+        hv_column,
+        chance=chance,
+        resamples=resamples,
+        resample_seed=resample_seed,
+        level=level,
+    )
     out.attrs["reference"] = None if ref_values is None else dict(zip(objectives, ref_values))
-    out.attrs["log_scale"] = logged
-    out.attrs["hypervolume_column"] = hv_column
-    out.attrs["best_baseline"] = best
+    out.attrs.update(log_scale=logged, hypervolume_column=hv_column, best_baseline=best)
     return out
+
+
+def _add_protocol_columns(
+    out: pd.DataFrame,
+    studies: Mapping[str, pd.DataFrame],
+    baselines: set[str],
+    objectives: Sequence[str],
+    dirs: list[str],
+    logged: list[str],
+    hv_column: str,
+    *,
+    chance: float | None,
+    resamples: int,
+    resample_seed: int,
+    level: float,
+) -> None:
+    """The test-split columns (:func:`~.protocol.protocol_columns`) and the compute spent."""
+    test, test_ref = protocol_columns(
+        studies,
+        set(baselines),
+        objectives,
+        dirs,
+        log_scale=logged,
+        chance=chance if chance is not None else _chance(studies.values()),
+        resamples=resamples,
+        seed=resample_seed,
+        level=level,
+    )
+    out["test_" + hv_column] = test.pop("test_hypervolume")
+    for column, values in test.items():
+        out[column] = values
+    out["train_compute"] = typed([_spent(df, "train_compute") for df in studies.values()], "Int64")
+    out["wall_time_s"] = typed([_spent(df, "wall_time_s") for df in studies.values()], "float64")
+    out.attrs["test_reference"] = None if test_ref is None else _in_units(test_ref, objectives, dirs, logged)
+    out.attrs["interval"] = level
+
+
+def _row(
+    name: str,
+    df: pd.DataFrame,
+    transformed: pd.DataFrame,
+    ref_values: list[float] | None,
+    objectives: Sequence[str],
+    dirs: list[str],
+    log_scale: Sequence[str],
+    hv_column: str,
+) -> dict[str, Any]:
+    """One study's summary row on the validation columns."""
+    row = _study_row(name, df, objectives, dirs, log_scale)
+    row[hv_column] = (
+        hypervolume(transformed, reference=ref_values, objectives=objectives, directions=dirs)
+        if ref_values is not None
+        else 0.0
+    )
+    row.update(_knee_columns(df, objectives, dirs, log_scale))
+    return row
+
+
+def _check_frames(studies: Mapping[str, pd.DataFrame], baselines: Mapping[str, pd.DataFrame]) -> None:
+    if not isinstance(studies, Mapping) or not studies:
+        raise UserInputError(
+            "studies", "expected a non-empty mapping name -> DataFrame", "pass e.g. {'nsga2': df1, 'random': df2}"
+        )
+    clash = sorted(set(studies) & set(baselines))
+    if clash:
+        raise UserInputError(
+            "baselines", f"{clash} named as both a study and a baseline", "give each frame its own name"
+        )
+    _same_objectives({**studies, **baselines}, set(baselines))
 
 
 def _same_objectives(frames: Mapping[str, pd.DataFrame], baselines: set[str]) -> None:
@@ -148,13 +223,33 @@ def _log_transformed(
 def _default_reference(stacked: np.ndarray, dirs: list[str]) -> list[float] | None:
     """The worst value per objective pushed out by 1% of its range (of its magnitude when the
     range is zero); None when no study has an eligible row."""
-    if len(stacked) == 0:
+    ref_loss = padded_reference(stacked)
+    if ref_loss is None:
         return None
-    worst, best = stacked.max(axis=0), stacked.min(axis=0)
-    span = worst - best
-    pad = np.where(span > 0, 0.01 * span, np.where(worst != 0, 0.01 * np.abs(worst), 0.01))
-    ref_loss = worst + pad
     return [-r if d == "maximize" else r for r, d in zip(ref_loss, dirs)]
+
+
+def _in_units(ref_loss: np.ndarray, objectives: Sequence[str], dirs: list[str], logged: list[str]) -> dict[str, float]:
+    """A reference in loss space (negated maximised, log10 logged) in the columns' own units."""
+    values = [-float(r) if d == "maximize" else float(r) for r, d in zip(ref_loss, dirs)]
+    return {o: 10.0**v if o in logged else v for o, v in zip(objectives, values)}
+
+
+def _chance(frames: Iterable[pd.DataFrame]) -> float | None:
+    """``1 / num_classes`` of the first frame that records its classes (``attrs["num_classes"]``)."""
+    for df in frames:
+        classes = df.attrs.get("num_classes")
+        if isinstance(classes, int) and not isinstance(classes, bool) and classes > 0:
+            return 1.0 / classes
+    return None
+
+
+def _spent(df: pd.DataFrame, column: str) -> Any:
+    """The sum of the trials' ``column`` (what they spent); None when none recorded it."""
+    if column not in df.columns:
+        return None
+    values = pd.to_numeric(df[column], errors="coerce")
+    return None if values.isna().all() else values.sum()
 
 
 def _given_reference(

@@ -210,6 +210,7 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None, source: st
             "space": dict(study.user_attrs).get("space"),
             "base": dict(study.user_attrs).get("base"),
             "multi_fidelity": dict(study.user_attrs).get("multi_fidelity"),
+            "num_classes": dict(study.user_attrs).get("num_classes"),
             "storage": storage_label,
         }
     )

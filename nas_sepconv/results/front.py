@@ -18,6 +18,7 @@ from .objectives import KNOWN_DIRECTIONS, LOG_SCALE_COLUMNS
 __all__ = [
     "pareto_front",
     "hypervolume",
+    "points_hypervolume",
     "knee",
     "nondominated_fronts",
     "eligible_rows",
@@ -208,6 +209,18 @@ def _hv(points: np.ndarray, ref: np.ndarray) -> float:
     return total
 
 
+def points_hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume of the points ``losses`` (n x k, every column minimised) up to ``reference``
+    (k values): the points not strictly better than it in every objective count nothing."""
+    losses = np.asarray(losses, dtype="float64")
+    ref = np.asarray(reference, dtype="float64")
+    losses = losses[np.isfinite(losses).all(axis=1) & (losses < ref).all(axis=1)]
+    if len(losses) == 0:
+        return 0.0
+    losses = np.unique(losses, axis=0)
+    return _hv(losses[non_dominated_mask(losses)], ref)
+
+
 def hypervolume(
     df: pd.DataFrame,
     *,
@@ -250,12 +263,7 @@ def hypervolume(
         raise UserInputError("reference", f"{ref_values!r} is not finite", "give finite numbers")
     ref = np.where(np.array(dirs) == "maximize", -ref, ref)
     losses = loss_matrix(df, objectives, dirs)
-    losses = losses[eligible_rows(df, losses, include_stopped=include_stopped)]
-    losses = losses[(losses < ref).all(axis=1)]
-    if len(losses) == 0:
-        return 0.0
-    losses = np.unique(losses, axis=0)
-    return _hv(losses[non_dominated_mask(losses)], ref)
+    return points_hypervolume(losses[eligible_rows(df, losses, include_stopped=include_stopped)], ref)
 
 
 def _normalised_losses(

@@ -40,6 +40,11 @@ class Objective:
         measured_by: one line: how a trial measures it.
         searchable: may be listed in a space's ``search.objectives`` (``reward`` is the
             scalarised mode's single objective, never listed).
+        test_column: the column holding the same metric measured on the test split, where the
+            comparison protocol scores a front chosen on validation (``accuracy``:
+            ``test_accuracy``); None: the metric does not depend on the data split (MACs).
+        chance: the metric's value by chance is ``1 / num_classes`` (accuracy): the
+            comparison's chance reference point uses it.
     """
 
     name: str
@@ -49,6 +54,8 @@ class Objective:
     percent: bool
     measured_by: str
     searchable: bool
+    test_column: str | None = None
+    chance: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in ("maximize", "minimize"):
@@ -71,6 +78,8 @@ OBJECTIVES: dict[str, Objective] = _table(
         percent=True,
         measured_by="top-1 accuracy on the validation split after training",
         searchable=True,
+        test_column="test_accuracy",
+        chance=True,
     ),
     Objective(
         "macs",

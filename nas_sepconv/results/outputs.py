@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -166,6 +166,8 @@ def write_comparison(
     written = table.copy()
     for o, value in (table.attrs["reference"] or {}).items():
         written[f"reference_{o}"] = 10.0**value if o in table.attrs["log_scale"] else value
+    for o, value in (table.attrs.get("test_reference") or {}).items():
+        written[f"test_reference_{o}"] = value
     paths = {"comparison": out / "comparison.csv", "plot": out / "comparison.png"}
     _write(paths["comparison"], lambda fh: written.to_csv(fh, index=False), binary=False)
     x, y = objectives[1], objectives[0]
@@ -228,10 +230,13 @@ def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
     """A :func:`compare` table formatted for display (the CLI's ``report --baseline``).
 
     Columns: ``study``, ``role`` (``searched`` / ``baseline``), ``complete``, ``front``,
-    ``best accuracy %``, ``min MACs (M)``, ``hypervolume (accuracy x log10 macs)`` (the axes
-    it is computed in), ``x best baseline`` (the ratio to the best baseline's hypervolume).
+    ``best accuracy %``, ``min MACs (M)``, then the protocol's (:mod:`.protocol`): ``test ratio``
+    (the hypervolume over the best baseline's, each front chosen on validation and scored on the
+    test split: the headline), ``90% interval`` (its bootstrap interval, NA without per-image
+    test results), ``val ratio`` (the same ratio on validation) and ``train TMACs`` (what the
+    study's trials spent: training images x MACs, in 1e12).  The hypervolumes themselves, the normalised and chance-reference
+    ratios and the wall clock are in :func:`compare`'s table (``comparison.csv``).
     """
-    hv = table.attrs.get("hypervolume_column", "hypervolume_logmacs")
     shown = pd.DataFrame(
         {
             "study": table["name"].to_numpy(),
@@ -248,11 +253,30 @@ def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
         shown["min MACs (M)"] = np.round(
             pd.to_numeric(table["min_macs"]).to_numpy(dtype="float64", na_value=np.nan) / 1e6, 3
         )
-    logged = table.attrs.get("log_scale") or []
-    axes = " x ".join(f"log10 {o}" if o in logged else o for o in (table.attrs.get("reference") or {}))
-    shown[f"hypervolume ({axes})" if axes else hv] = table[hv].to_numpy(dtype="float64")
-    shown["x best baseline"] = table["hypervolume_ratio"].to_numpy(dtype="float64")
+    for name, values in _protocol_shown(table).items():
+        shown[name] = values
     return shown
+
+
+def _protocol_shown(table: pd.DataFrame) -> dict[str, Any]:
+    """The protocol's columns for display: the test ratio (the headline) and its interval, the
+    validation ratio beside it, the normalised and chance ratios, the compute spent."""
+
+    def column(name: str) -> np.ndarray:
+        if name not in table.columns:
+            return np.full(len(table), np.nan)
+        return pd.to_numeric(table[name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+    level = round(100 * float(table.attrs.get("interval", 0.9)))
+    low, high = column("test_ratio_low"), column("test_ratio_high")
+    return {
+        "test ratio": np.round(column("test_hypervolume_ratio"), 3),
+        f"{level}% interval": [
+            "NA" if np.isnan(lo) or np.isnan(hi) else f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(low, high)
+        ],
+        "val ratio": np.round(column("hypervolume_ratio"), 3),
+        "train TMACs": np.round(column("train_compute") / 1e12, 4),
+    }
 
 
 def reference_line(table: pd.DataFrame) -> str | None:
@@ -275,4 +299,23 @@ def reference_line(table: pd.DataFrame) -> str | None:
     return (
         f"reference point: {', '.join(parts)} (per objective the worst value of every study's trials, pushed out by "
         "1% of the range)"
+    )
+
+
+def protocol_line(table: pd.DataFrame) -> str | None:
+    """How to read a :func:`compare` table's headline: the front chosen on validation and
+    scored on the test split (its reference), the interval, the compute; None when no front
+    was scored on the test split."""
+    reference = table.attrs.get("test_reference")
+    if not reference:
+        return None
+    parts = [
+        f"accuracy {100 * v:.2f}%" if o == "accuracy" else f"MACs {v / 1e6:.3f} M" if o == "macs" else f"{o} {v:.4g}"
+        for o, v in reference.items()
+    ]
+    level = round(100 * float(table.attrs.get("interval", 0.9)))
+    return (
+        "headline (test ratio: hypervolume x the best baseline's): each front chosen on validation, scored on the test split, on the "
+        f"reference {', '.join(parts)}; {level}% interval: bootstrap over the test images; val ratio: the same "
+        "on validation; train TMACs: training images x MACs, summed (compare them before reading a ratio)"
     )

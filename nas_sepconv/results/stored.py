@@ -28,12 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import optuna
 
 __all__ = [
+    "LEGACY_DATA_SEED",
     "MAX_SEED",
     "STUDY_ATTRS",
     "TAMPERED",
     "TRIAL_ATTRS",
     "Attr",
     "check_attrs",
+    "data_seed_of",
     "decoding",
     "read_study",
     "stored_attr",
@@ -119,6 +121,8 @@ TRIAL_ATTRS: dict[str, Attr] = _table(
     Attr("wall_time_s", "a non-negative number of seconds", _number_in(0, math.inf)),
     Attr("epochs", _COUNT, _int_in(0, _INT64)),
     Attr("epochs_trained", _COUNT, _int_in(0, _INT64)),
+    Attr("train_compute", _COUNT, _int_in(0, _INT64)),
+    Attr("test_correct", "text (base64 of packed bits)", _text),
     Attr("seed", f"an integer in [0, {MAX_SEED}]", _int_in(0, MAX_SEED)),
     Attr("threads", f"an integer in [1, {MAX_THREADS}] (as the search's threads)", _int_in(1, MAX_THREADS)),
     Attr("resolution", f"an input side in [1, {MAX_INPUT_SIDE}]", _int_in(1, MAX_INPUT_SIDE)),
@@ -141,7 +145,20 @@ STUDY_ATTRS: dict[str, Attr] = _table(
         lambda v: v is None or _multi_fidelity(v),
     ),
     Attr("base", "{model, accuracy, test_accuracy, macs, params} of the original model", _base),
+    Attr("data_seed", f"an integer in [0, {MAX_SEED}]", _int_in(0, MAX_SEED)),
+    Attr("num_classes", "a positive integer", _int_in(1, _INT64)),
 )
+
+#: The data seed of a study that recorded none: studies made before ``data_seed`` was recorded
+#: all held out their validation split with seed 0, whatever ``--seed``.
+LEGACY_DATA_SEED = 0
+
+
+def data_seed_of(attrs: Mapping[str, Any], *, source: str) -> int:
+    """The seed that held out the study's validation split (study user attr ``data_seed``:
+    the first run's ``--seed``), :data:`LEGACY_DATA_SEED` for a study that recorded none."""
+    value = stored_attr(attrs, "data_seed", owner="the study", source=source, table=STUDY_ATTRS)
+    return LEGACY_DATA_SEED if value is None else value
 
 
 def _refuse(record: Attr, value: Any, *, owner: str, source: str) -> UserInputError:

@@ -21,7 +21,8 @@ from ..errors import TrainingDiverged
 from ..io import build_from_recipe
 from ..measure import count_macs, count_params, torch_threads
 from ..oneshot import Supernet
-from ..train import TrainConfig, converted_features, evaluate, fit
+from ..results.protocol import CORRECT_ATTR, pack_correct
+from ..train import TrainConfig, converted_features, correct_per_image, evaluate, fit
 from .asha import RungLadder, StopAtRung
 from .base_model import prepare_base, record_base
 from .inherited import inherited_candidate, prepare_supernet
@@ -39,9 +40,12 @@ class TrialContext:
 
     Public for rebuilding a trial of a finished study (:meth:`for_rebuild`, :meth:`retrain`)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, data_seed: int | None = None):
         self.settings = settings
-        self.data = settings.space.spec.data.load().to(settings.options.device)
+        #: seeds the validation hold-out (and ``data.subset``): the study's seed, so that each
+        #: seed validates on its own images (the test split is the same for every seed)
+        self.data_seed = settings.options.seed if data_seed is None else data_seed
+        self.data = settings.space.spec.data.load(seed=self.data_seed).to(settings.options.device)
         self._base: nn.Module | None = None
         self._sites: list | None = None
         self._supernet: Supernet | None = None
@@ -77,11 +81,14 @@ class TrialContext:
         return self._sites
 
     @classmethod
-    def for_rebuild(cls, space: Space, *, device: str, out_dir: Path, study: str = "") -> TrialContext:
+    def for_rebuild(
+        cls, space: Space, *, device: str, out_dir: Path, study: str = "", data_seed: int = 0
+    ) -> TrialContext:
         """A context to rebuild the trials of a study made with ``space`` (no storage; the base
-        model of a convert space is looked for in ``out_dir``, as the search left it)."""
+        model of a convert space is looked for in ``out_dir``, as the search left it), on the
+        data split of the study's ``data_seed`` (:func:`~nas_sepconv.results.stored.data_seed_of`)."""
         options = SearchOptions(
-            trials=1, storage="", study=study, sampler="random", device=device, retries=0, heartbeat=0
+            trials=1, storage="", study=study, sampler="random", seed=data_seed, device=device, retries=0, heartbeat=0
         )
         return cls(Settings(space=space, options=options, out_dir=out_dir))
 
@@ -192,26 +199,7 @@ def _run_candidate(
     }
     constraints = _size_constraints(space, macs, params)
     feasible = all(c <= 0 for c in constraints.values())
-    cfg = replace(space.spec.train, seed=seed)
-    teacher, features = None, []
-    if candidate.space_kind.from_base:
-        c = space.spec.convert
-        cfg = replace(
-            cfg,
-            epochs=max(1, c.finetune_epochs),
-            lr=c.finetune_lr,
-            warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs,
-        )
-        teacher = ctx.base() if c.distill else None
-        # hints need the base's widths: a width-pruned student has other feature shapes
-        if (
-            teacher is not None
-            and c.feature_weight > 0
-            and candidate.recipe.width_mult == 1.0
-            and plan_of(model) is not None
-        ):
-            features = converted_features(model)
-
+    cfg, teacher, features = _training(ctx, candidate, model, seed)
     device = ctx.settings.options.device
     ladder = _ladder(trial, space)
 
@@ -225,7 +213,7 @@ def _run_candidate(
         if trial is not None and s.search_mode.prunes:
             trial.report(reward(val_acc, macs, space), epoch)
             if trial.should_prune():
-                metrics.update(accuracy=val_acc, epochs=epoch)
+                metrics.update(accuracy=val_acc, epochs=epoch, train_compute=train_compute(ctx, epoch, macs))
                 pruned = optuna.TrialPruned(f"pruned at epoch {epoch}")
                 pruned.metrics = dict(metrics)  # what the trial measured, for its record (see workers._run_one)
                 raise pruned
@@ -236,7 +224,7 @@ def _run_candidate(
         model.to(device)
         metrics.update(
             accuracy=evaluate(model, ctx.data.val, data=ctx.data, device=device, resolution=candidate.resolution),
-            test_accuracy=evaluate(model, ctx.data.test, data=ctx.data, device=device, resolution=candidate.resolution),
+            **measured_on_test(ctx, model, candidate.resolution),
             epochs=0,
         )
     elif s.search_mode.accuracy_source == "inherited":
@@ -251,10 +239,39 @@ def _run_candidate(
         constraints["max_latency_ms"] = metrics["latency_ms"] - s.max_latency_ms
     metrics["constraints"] = constraints
     metrics["feasible"] = all(c <= 0 for c in constraints.values())
+    metrics["train_compute"] = train_compute(ctx, metrics["epochs"], macs)
     metrics["wall_time_s"] = time.perf_counter() - started
     if not math.isfinite(metrics["accuracy"]):
         raise TrainingDiverged("validation accuracy is not finite")
     return model, metrics
+
+
+def _training(
+    ctx: TrialContext, candidate: Candidate, model: nn.Module, seed: int
+) -> tuple[TrainConfig, nn.Module | None, list[str]]:
+    """How the candidate trains: the space's ``train:`` recipe, or, converted from a base model,
+    the ``convert:`` section's fine-tuning with distillation from the base (the teacher, and the
+    features its hints match, if any)."""
+    space = ctx.settings.space
+    cfg = replace(space.spec.train, seed=seed)
+    if not candidate.space_kind.from_base:
+        return cfg, None, []
+    c = space.spec.convert
+    cfg = replace(
+        cfg,
+        epochs=max(1, c.finetune_epochs),
+        lr=c.finetune_lr,
+        warmup_epochs=0.0 if c.finetune_epochs <= 1 else cfg.warmup_epochs,
+    )
+    teacher = ctx.base() if c.distill else None
+    # hints need the base's widths: a width-pruned student has other feature shapes
+    hints = (
+        teacher is not None
+        and c.feature_weight > 0
+        and candidate.recipe.width_mult == 1.0
+        and plan_of(model) is not None
+    )
+    return cfg, teacher, converted_features(model) if hints else []
 
 
 def _inherit(ctx: TrialContext, candidate: Candidate, metrics: dict[str, Any], seed: int) -> nn.Module:
@@ -303,15 +320,31 @@ def _fit(
             features=features,
             feature_weight=ctx.settings.space.spec.convert.feature_weight if features else 0.0,
             on_epoch=report,
+            evaluate_test=False,  # measured below, image by image (measured_on_test)
         )
     except StopAtRung as stop:
-        test = (
-            evaluate(model, ctx.data.test, data=ctx.data, device=device, resolution=resolution)
-            if len(ctx.data.test)
-            else None
-        )
-        return {"accuracy": stop.accuracy, "test_accuracy": test, "epochs": stop.epoch}
-    return {"accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy, "epochs": result.epochs}
+        return {"accuracy": stop.accuracy, **measured_on_test(ctx, model, resolution), "epochs": stop.epoch}
+    return {"accuracy": result.val_accuracy, **measured_on_test(ctx, model, resolution), "epochs": result.epochs}
+
+
+def measured_on_test(ctx: TrialContext, model: nn.Module, resolution: int) -> dict[str, Any]:
+    """``test_accuracy`` and ``test_correct`` (which test images it predicts right, packed:
+    :func:`~nas_sepconv.results.protocol.pack_correct`, what the comparison's bootstrap
+    resamples); ``test_accuracy`` None when the data set has no test split."""
+    if len(ctx.data.test) == 0:
+        return {"test_accuracy": None}
+    correct = correct_per_image(
+        model, ctx.data.test, data=ctx.data, device=ctx.settings.options.device, resolution=resolution
+    ).numpy()
+    return {"test_accuracy": float(correct.mean()), CORRECT_ATTR: pack_correct(correct)}
+
+
+def train_compute(ctx: TrialContext, epochs: int, macs: int) -> int:
+    """What a trial spent training: the training images it saw (``epochs`` x the training
+    split) times the candidate's forward MACs at its resolution (a teacher's forward passes,
+    the backward pass and evaluation are not counted: the same for every candidate of a
+    comparison, they scale it)."""
+    return int(epochs) * len(ctx.data.train) * int(macs)
 
 
 def _ladder(trial: optuna.Trial | None, space: Space) -> RungLadder | None:

@@ -72,6 +72,7 @@ def open_study(settings: Settings, *, worker: int = 0) -> optuna.Study:
             study.set_user_attr("space_yaml", space.text)
             study.set_user_attr("mode", space.spec.search.mode)
             study.set_user_attr(MULTI_FIDELITY_ATTR, mf)
+            study.set_user_attr("data_seed", settings.options.seed)  # holds out its validation split (candidates.py)
             study.set_user_attr("space", space.name)
         except Exception as exc:
             if isinstance(exc, OSError) or is_storage_failure(exc):

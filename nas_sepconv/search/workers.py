@@ -21,7 +21,8 @@ import torch.nn as nn
 
 from ..errors import CandidateError, StorageError, TrainingDiverged, UserInputError
 from ..io import save_model
-from ..storage import lock
+from ..results.stored import data_seed_of
+from ..storage import lock, redact
 from .candidates import TrialContext, objective_values, run_candidate
 from .heartbeat import WORKER_ATTR, WORKER_ID, Heartbeat, fail_stale_trials
 from .settings import Settings
@@ -100,7 +101,7 @@ def _run_one(ctx: TrialContext, study: optuna.Study, trial: optuna.trial.Trial) 
             raise storage_error(exc, settings.options.storage, f"recording trial {trial.number}") from None
     except optuna.TrialPruned as exc:  # its metrics so far: the last validation accuracy, MACs, params, epochs
         metrics = {**metrics, **getattr(exc, "metrics", {})}
-        for key in ("accuracy", "macs", "params", "arch", "resolution", "epochs"):
+        for key in ("accuracy", "macs", "params", "arch", "resolution", "epochs", "train_compute"):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
         trial.set_user_attr("pruned_reason", str(exc))
@@ -225,8 +226,11 @@ def worker_loop(
     ``nas-sepconv search`` leaves no orphans behind."""
     # we record heartbeats ourselves around ask/tell (see Heartbeat); Optuna warns on ask()
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    ctx = TrialContext(settings)
     study = open_study(settings, worker=worker)
+    # every run of a study validates on the split of its first run's seed (a resume may give another --seed)
+    ctx = TrialContext(settings, data_seed=data_seed_of(study.user_attrs, source=redact(settings.options.storage)))
+    if "num_classes" not in study.user_attrs:  # chance accuracy, for the comparison (results/protocol.py)
+        study.set_user_attr("num_classes", ctx.data.num_classes)
     ctx.study = study  # where the base model's accuracy is recorded (convert spaces)
     deadline = None if settings.options.timeout is None else time.monotonic() + settings.options.timeout
     while deadline is None or time.monotonic() < deadline:

@@ -6,7 +6,7 @@ from .batchnorm import reestimate_batchnorm
 from .config import MAX_BATCH_SIZE, MAX_EPOCHS, OPTIMIZERS, SCHEDULES, FitResult, TrainConfig
 from .distillation import converted_features, distill
 from .distributed import init_distributed, is_main_process
-from .loop import evaluate, fit
+from .loop import correct_per_image, evaluate, fit
 
 __all__ = [
     "FitResult",
@@ -16,6 +16,7 @@ __all__ = [
     "SCHEDULES",
     "TrainConfig",
     "converted_features",
+    "correct_per_image",
     "distill",
     "evaluate",
     "fit",

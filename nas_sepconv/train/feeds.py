@@ -309,6 +309,31 @@ def split_counts(
     channels_last: bool = False,
 ) -> tuple[Tensor, int]:
     """Correct predictions (a tensor on the split's device) and images of a split, in eval mode."""
+    correct = split_correct(
+        model,
+        split,
+        data,
+        resolution=resolution,
+        batch_size=batch_size,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+    )
+    return correct.sum(), len(split)
+
+
+@torch.no_grad()
+def split_correct(
+    model: nn.Module,
+    split: Split,
+    data: Dataset,
+    *,
+    resolution: int | None,
+    batch_size: int = EVAL_BATCH,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> Tensor:
+    """Whether each image of a split is predicted right (a bool tensor on the split's device,
+    in the split's order), in eval mode."""
     model.eval()
     loader = DeviceLoader(
         split,
@@ -319,11 +344,11 @@ def split_counts(
         resolution=resolution,
         channels_last=channels_last,
     )
-    correct = torch.zeros((), dtype=torch.long, device=split.device)
+    parts = [torch.zeros(0, dtype=torch.bool, device=split.device)]
     with amp_context(split.device, amp_dtype):
         for x, y in loader:
-            correct += (model(x).argmax(dim=1) == y).sum()
-    return correct, len(split)
+            parts.append(model(x).argmax(dim=1) == y)
+    return torch.cat(parts)
 
 
 @torch.no_grad()

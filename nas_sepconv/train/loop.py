@@ -33,7 +33,7 @@ from ..errors import TrainingDiverged, UserInputError
 from ..progress import progress as show_progress
 from .config import FitResult, TrainConfig
 from .distributed import World, broadcast_buffers
-from .feeds import EVAL_BATCH, batch_counts, check_iterable, is_map_style, split_counts
+from .feeds import EVAL_BATCH, batch_counts, check_iterable, is_map_style, split_correct, split_counts
 from .hints import check_distill_args, check_features
 from .loss import training_loss
 from .run import Run
@@ -283,5 +283,31 @@ def evaluate(
         if counts[1].item() == 0:
             raise UserInputError("split", "has no batches", "evaluate on batches with images")
         return counts[0].item() / counts[1].item()
+    finally:
+        model.train(was_training)
+
+
+def correct_per_image(
+    model: nn.Module,
+    split: Split,
+    *,
+    data: Dataset,
+    batch_size: int = EVAL_BATCH,
+    device: str | torch.device = "cpu",
+    resolution: int | None = None,
+) -> Tensor:
+    """Whether ``model`` predicts each image of ``split`` right: a bool tensor on the CPU, one
+    entry per image in the split's order (eval mode, no gradients, float32); its mean is
+    :func:`evaluate`'s accuracy.  What a bootstrap over the images resamples (Efron 1979; see
+    :func:`nas_sepconv.results.bootstrap_ratios`).  The model's train/eval mode is restored."""
+    if not isinstance(split, Split):
+        raise UserInputError("split", f"expected a Split of a Dataset, got {type(split).__name__}", "pass data.test")
+    if len(split) == 0:
+        raise UserInputError("split", "is empty", "evaluate on a split with images")
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device)
+    try:
+        return split_correct(model, split.to(device), data, resolution=resolution, batch_size=batch_size).cpu()
     finally:
         model.train(was_training)

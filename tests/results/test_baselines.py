@@ -128,8 +128,10 @@ def test_write_comparison_writes_the_table_and_the_plot(tmp_path):
         "front",
         "best accuracy %",
         "min MACs (M)",
-        "hypervolume (accuracy x log10 macs)",
-        "x best baseline",
+        "test ratio",
+        "90% interval",
+        "val ratio",
+        "train TMACs",
     ]
     assert shown["role"].tolist() == ["searched", "baseline", "baseline"]
     assert results.reference_line(table).startswith("reference point: accuracy 59.70%, MACs 0.005")

@@ -29,6 +29,8 @@ GOOD_TRIAL = {
     "wall_time_s": 2.0,
     "epochs": 1,
     "epochs_trained": 1,
+    "train_compute": 3000,
+    "test_correct": "3:oA==",
     "seed": 0,
     "threads": 1,
     "resolution": 16,
@@ -44,6 +46,8 @@ GOOD_STUDY = {
     "mode": "pareto",
     "multi_fidelity": {"min_epochs": 1, "eta": 3, "rungs": [1, 3]},
     "base": {"model": "m", "accuracy": 0.9, "test_accuracy": None, "macs": 10, "params": 2},
+    "data_seed": 3,
+    "num_classes": 10,
 }
 
 
@@ -88,6 +92,8 @@ def test_a_folder_of_sane_values_loads(tmp_path):
         ({"seed": 2**70}, "seed"),
         ({"resolution": 10**6}, "resolution"),
         ({"epochs": -3}, "epochs"),
+        ({"train_compute": -1}, "train_compute"),
+        ({"test_correct": 5}, "test_correct"),
         ({"arch_json": [1, 2]}, "arch_json"),
         ({"feasible": "yes"}, "feasible"),
         ({"rung_results": [{"epoch": e} for e in range(10_000)]}, "rung_results"),
@@ -110,8 +116,10 @@ def test_an_absurd_trial_attribute_is_one_line_naming_it_and_the_folder(tmp_path
         ({"multi_fidelity": {"min_epochs": 1, "eta": 3, "rungs": [9, 1]}}, "multi_fidelity"),
         ({"mode": "banana"}, "mode"),
         ({"space": 123}, "space"),
+        ({"data_seed": -1}, "data_seed"),
+        ({"num_classes": 0}, "num_classes"),
     ],
-    ids=["base-text", "base-inf", "mf-text", "mf-unordered", "mode", "space"],
+    ids=["base-text", "base-inf", "mf-text", "mf-unordered", "mode", "space", "data-seed", "classes"],
 )
 def test_an_absurd_study_attribute_is_one_line_naming_it_and_the_folder(tmp_path, study, field):
     folder = _folder(tmp_path, study=study)

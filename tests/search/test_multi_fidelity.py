@@ -251,7 +251,7 @@ def test_a_trial_promoted_to_the_end_equals_the_same_trial_trained_in_one_go(tmp
     trial = study.get_trials()[0]  # alone in every rung: promoted to the end
     assert [e.get("promoted") for e in trial.user_attrs["rung_results"]] == [True, True, None]
     space = with_multi_fidelity(load_space(path), False)
-    ctx = TrialContext.for_rebuild(space, device="cpu", out_dir=tmp_path / "r" / "tiny")
+    ctx = TrialContext.for_rebuild(space, device="cpu", out_dir=tmp_path / "r" / "tiny", data_seed=5)
     candidate = ctx.suggest(optuna.trial.FixedTrial(trial.params, number=trial.number))
     model, metrics = run_candidate(ctx, candidate, seed=trial.user_attrs["seed"])  # one go, no rungs
     assert (

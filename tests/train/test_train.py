@@ -20,6 +20,7 @@ from nas_sepconv.train import (
     SCHEDULES,
     FitResult,
     TrainConfig,
+    correct_per_image,
     distill,
     evaluate,
     fit,
@@ -178,6 +179,16 @@ def test_evaluate(digits, trained):
     assert 0 <= evaluate(small_cnn(seed=1), digits.test, data=digits, batch_size=100, resolution=12) <= 1
     with pytest.raises(UserInputError, match="split"):
         evaluate(model, _head(digits.val, 0), data=digits)
+
+
+def test_correct_per_image_is_what_evaluate_averages(digits, trained):
+    model, _, _ = trained
+    model.train()
+    correct = correct_per_image(model, digits.test, data=digits, batch_size=97, resolution=12)
+    assert correct.dtype == torch.bool and correct.shape == (len(digits.test),) and model.training
+    assert correct.float().mean().item() == pytest.approx(evaluate(model, digits.test, data=digits, resolution=12))
+    with pytest.raises(UserInputError, match="split"):
+        correct_per_image(model, _head(digits.val, 0), data=digits)
 
 
 def _agreement(student, teacher, digits):
