@@ -141,10 +141,7 @@ class _SearchProgress(Progress):
         self.update(info=_status_line(None))
 
     def show(self, status: SearchStatus) -> None:
-        """The ``progress`` callback of the search: one status after each trial (the first says
-        how the data set is held, on a line of its own)."""
-        if status.data_note:
-            err.print(status.data_note, highlight=False, markup=False, soft_wrap=True)
+        """The ``progress`` callback of the search: one status after each trial."""
         self.update(status.done, total=status.target, info=_status_line(status))
 
 
@@ -169,6 +166,8 @@ def _status_line(status: SearchStatus | None) -> str:
     parts = ([counts] if counts else []) + [f"front {status.front_size}", f"best {best}"]
     if status.warning:
         parts.append(f"warning: {shorten(status.warning, 80)}")
+    if status.data_note:
+        parts.append(status.data_note)
     if status.peak_memory:
         parts.append(f"peak memory {format_bytes(status.peak_memory)}")
     if status.last:

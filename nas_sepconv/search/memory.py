@@ -64,16 +64,11 @@ def check_memory(data: Dataset, *, workers: int) -> int:
 
 
 def data_record(data: Dataset, *, plan: MemoryPlan) -> dict[str, Any]:
-    """What ``meta.json`` records of the data set a search reads, and a one-line ``note`` of how
-    it is held (shown when the search starts)."""
+    """What ``meta.json`` records of the data set a search reads, and a short ``note`` of how it is
+    held that the search's status line shows (``data 983 MB in memory``, ``data 25.6 GB streamed``)."""
     limit = plan.limit
     images = len(data.train) + len(data.val) + len(data.test)
-    c, h, w = data.input_shape
-    how = "streamed from disk by DataLoader workers" if data.streamed else "held in memory"
-    note = (
-        f"data: {data.name}, {images:,} images at {h}x{w}, {format_bytes(data.decoded_bytes)} decoded: {how} "
-        f"(memory budget {format_bytes(limit)}; data.stream, data.memory_budget_gb)"
-    )
+    note = f"data {format_bytes(data.decoded_bytes)} {'streamed' if data.streamed else 'in memory'}"
     return {
         "dataset": data.name,
         "images": images,

@@ -30,7 +30,7 @@ class SearchStatus:
     #: an output that could not be written and why, e.g. ``trials.csv (No space left on device)``
     #: (disk full, folder gone): the search goes on without it
     unwritten: str = ""
-    #: how the data set is held (first status only): size decoded, in memory or streamed, the budget
+    #: how the data set is held: its size decoded, in memory or streamed (``data 983 MB in memory``)
     data_note: str = ""
     #: peak memory of the search's processes in bytes (last status only; :mod:`.memory`)
     peak_memory: int | None = None

@@ -168,7 +168,10 @@ def _open_and_run(
     _write_meta(settings, data=data)
     with MemoryWatch() as watch:
         status = _run(the_study, settings, progress, data_note=data["note"])
-    _write_meta(settings, data=data, peak_memory=watch.peak)
+    with contextlib.suppress(
+        StorageError
+    ):  # (a full disk) meta.json of the start stays; the run's own error is the one to tell
+        _write_meta(settings, data=data, peak_memory=watch.peak)
     status.peak_memory = watch.peak
     if progress:
         progress(status)
@@ -333,7 +336,7 @@ def _updater(
             status = refresh_outputs(the_study, settings.out_dir) or SearchStatus(target=settings.options.trials)
             n = counts(the_study, settings.session)
             status.target, status.done, status.running = settings.options.trials, n["done"], n["running"]
-            status.failed = n["failed"]
+            status.failed, status.data_note = n["failed"], data_note
             done = [t for t in the_study.get_trials(deepcopy=False) if t.state.is_finished()]
             if done:
                 last = max(done, key=lambda t: t.number)

@@ -15,7 +15,7 @@ def _orphan(tmp_path, pid: str) -> optuna.Study:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
     trial = study.ask()
     study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{pid}")
-    fail_stale_trials(study, SimpleNamespace(heartbeat=0))
+    fail_stale_trials(study, SimpleNamespace(options=SimpleNamespace(heartbeat=0)))
     return study
 
 
