@@ -932,6 +932,7 @@ def finalized_results(tmp_path_factory):
         app, ["search", "--space", str(path), "--out", str(out), "--threads", "1", "--finalize", "1"]
     )
     assert result.exit_code == 0, result.output
+    assert "finalize: 1/1 trials" in result.stderr, result.stderr  # its progress, like the search's
     trials = pd.read_csv(out / "fin" / "trials.csv")
     (number,) = trials.loc[trials["accuracy_source"] == "finalized", "number"]
     return out / "fin", int(number)

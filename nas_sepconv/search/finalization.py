@@ -35,6 +35,7 @@ from ..errors import UserInputError
 from ..io import build_from_recipe, save_model
 from ..measure import count_macs, torch_threads
 from ..oneshot import inherited_subnet
+from ..progress import progress as show_progress
 from ..results import pareto_front
 from ..results.stored import data_seed_of, finalized_key
 from ..storage import redact
@@ -42,6 +43,7 @@ from ..train import fit
 from .candidates import TrialContext, measured_on_test, train_compute
 from .finalize_starts import FinalizeStart, finalize_start
 from .inherited import CALIBRATION_IMAGES
+from .outputs import refresh_outputs
 from .seeding import seeded
 from .settings import Settings
 from .suggestion import Candidate, StoredTrial
@@ -120,10 +122,11 @@ def finalize_candidate(
     return model.eval(), metrics
 
 
-def finalize_front(settings: Settings, study: optuna.Study, k: int) -> list[int]:
+def finalize_front(settings: Settings, study: optuna.Study, k: int, *, progress: bool = False) -> list[int]:
     """Finalise the ``k`` front candidates of the one-shot ``study`` (:func:`front_to_finalize`)
-    not finalised yet, one after the other in this process, on ``settings.options.threads``;
-    returns the numbers of the trials finalised now."""
+    not finalised yet, one after the other in this process, on ``settings.options.threads``,
+    the results folder's outputs (``trials.csv``, the front) rewritten after each; ``progress``:
+    show them (:mod:`nas_sepconv.progress`).  Returns the numbers of the trials finalised now."""
     check_finalize(k, settings)
     source = redact(settings.options.storage)
     trials = study.get_trials(deepcopy=False)
@@ -135,10 +138,13 @@ def finalize_front(settings: Settings, study: optuna.Study, k: int) -> list[int]
     start = finalize_start(search.finalize_from)
     epochs = search.finalize_epochs or settings.space.spec.train.epochs
     by_number = {t.number: t for t in trials}
-    with torch_threads(settings.options.threads):
+    with torch_threads(settings.options.threads), show_progress(progress, "finalize", len(todo), unit="trials") as bar:
         ctx = TrialContext(settings, data_seed=data_seed_of(study.user_attrs, source=source))
-        for number in todo:
+        for i, number in enumerate(todo):
+            bar.update(i, info=f"#{number} {by_number[number].user_attrs.get('arch', '')}")
             _finalize_trial(ctx, study, by_number[number], epochs=epochs, start=start, source=source)
+            refresh_outputs(study, settings.out_dir)
+        bar.update(len(todo), info=f"finalised {', '.join(f'#{n}' for n in todo)}")
     return todo
 
 

@@ -140,8 +140,8 @@ def search_with(
     settings = _settings(loaded, options)
     data = _fit_to_data(settings)
     the_study = _open_and_run(settings, progress, data_record(data, plan=settings.space.spec.data.memory_plan()))
-    if options.finalize is not None and finalize_front(settings, the_study, options.finalize):
-        refresh_outputs(the_study, settings.out_dir)  # trials.csv, the front and the report: finalised
+    if options.finalize is not None:  # trials.csv, the front and the report then show the finalised trials
+        finalize_front(settings, the_study, options.finalize, progress=progress is not None)
     return the_study
 
 
