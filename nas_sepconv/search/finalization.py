@@ -172,6 +172,7 @@ def _finalize_trial(
         "train_compute": int(trial.user_attrs.get("train_compute", 0)) + metrics["train_compute"],
         "accuracy_source": "finalized",
         "finalized_from": start.name,
+        "threads": torch.get_num_threads(),  # what it trained on (export re-trains it so)
         "finalize_wall_time_s": time.perf_counter() - started,
     }
     study.set_user_attr(finalized_key(trial.number), record)
