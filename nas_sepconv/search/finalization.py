@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from ..errors import UserInputError
+from ..errors import StorageError, UserInputError
 from ..io import build_from_recipe, save_model
 from ..measure import count_macs, torch_threads
 from ..oneshot import inherited_subnet
@@ -164,7 +165,7 @@ def _finalize_trial(
     seed = trial.user_attrs.get("seed", ctx.settings.options.seed + trial.number)
     model, metrics = finalize_candidate(ctx, candidate, seed=seed, epochs=epochs, start=start)
     if ctx.settings.keep_weights:
-        save_model(weights_path(ctx.settings.out_dir, trial.number), model.cpu(), candidate.recipe)
+        _save(weights_path(ctx.settings.out_dir, trial.number), model, candidate)
     record = {
         **metrics,
         "inherited_accuracy": trial.user_attrs.get("accuracy"),
@@ -176,6 +177,18 @@ def _finalize_trial(
         "finalize_wall_time_s": time.perf_counter() - started,
     }
     study.set_user_attr(finalized_key(trial.number), record)
+
+
+def _save(path: Path, model: nn.Module, candidate: Candidate) -> None:
+    """Write the finalised weights over the trial's; a write that fails (a full disk) is a
+    :class:`StorageError` (the trial is not recorded as finalised: the same command retries it)."""
+    try:
+        save_model(path, model.cpu(), candidate.recipe)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error for a full disk
+        detail = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise StorageError(
+            f"out: cannot write {path} ({detail}); free disk space and run the same command again"
+        ) from None
 
 
 def refinalize(ctx: TrialContext, trial: optuna.trial.FrozenTrial, *, source: str) -> nn.Module:

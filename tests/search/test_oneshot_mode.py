@@ -134,3 +134,20 @@ def test_finalize_needs_a_oneshot_study_and_a_positive_count(tmp_path):
     with pytest.raises(UserInputError, match="finalize"):
         ns.search(_space(tmp_path), trials=1, out=tmp_path / "r", finalize=0)
     assert not (tmp_path / "r" / "tiny").exists()
+
+
+def test_a_finalisation_that_cannot_write_its_weights_is_a_storage_error_and_retried(tmp_path, monkeypatch):
+    from nas_sepconv.errors import StorageError
+    from nas_sepconv.search import finalization
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    path = _space(tmp_path, supernet_epochs=1, finalize_epochs=1)
+    out = tmp_path / "results"
+    monkeypatch.setattr(finalization, "save_model", full_disk)
+    with pytest.raises(StorageError, match="No space left on device"):
+        ns.search(path, trials=2, out=out, seed=0, threads=1, finalize=1)
+    monkeypatch.undo()
+    study = ns.search(path, trials=2, out=out, seed=0, threads=1, finalize=1)  # the same command finishes it
+    assert sum(k.startswith("finalized:") for k in study.user_attrs) == 1
