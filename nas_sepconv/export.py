@@ -29,8 +29,9 @@ from .jsonfile import loads
 from .measure import need_module, output_tensors, to_onnx
 from .measure.inputs import model_device
 from .recipe import REGISTRY_SOURCES, Recipe, trusted_names
-from .results.stored import STUDY_ATTRS, TAMPERED, data_seed_of, stored_attr
+from .results.stored import STUDY_ATTRS, TAMPERED, data_seed_of, stored_attr, with_finalized
 from .search import StoredTrial, TrialContext, parse_space, trial_resolution, with_data_root
+from .search.finalization import refinalize
 from .train import evaluate
 
 __all__ = ["MODEL_FILES", "check_model_file", "export_trial", "rebuild_trial", "write_model"]
@@ -81,8 +82,8 @@ def rebuild_trial(
     check_device(device, field="device")
     trusted = trusted_names(allow_import, field="allow_import")
     the_study, folder = _study_and_dir(source, study)
-    frozen = _complete_trial(the_study, number)
     where = str(folder)
+    frozen = with_finalized([_complete_trial(the_study, number)], the_study.user_attrs, source=where)[0]
     space = _stored_space(the_study, where)
     _check_stored_space(space, trusted)
     space = space if data_root is None else with_data_root(space, data_root)
@@ -114,6 +115,9 @@ def rebuild_trial(
             f"{weights} does not hold trial {number}'s model",
             "restore the file the search wrote, or delete it to re-train the trial from its parameters",
         )
+    elif attr("accuracy_source") == "finalized":
+        model = refinalize(ctx, frozen, source=where)
+        how = "finalised again from the trial's parameters and seed"
     else:
         seed = number if seed is None else seed
         model = ctx.retrain(frozen.params, number=number, seed=seed, threads=threads, source=where)

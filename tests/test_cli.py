@@ -911,3 +911,78 @@ def test_stream_flag_on_a_data_set_held_in_memory_is_one_line_exit_2(tmp_path):
     assert result.exit_code == 2 and result.stderr.startswith("error: --memory-budget: must be a number of GB"), (
         result.stderr
     )
+
+
+@pytest.fixture(scope="module")
+def finalized_results(tmp_path_factory):
+    """A one-shot results folder whose front candidate was finalised by ``search --finalize 1``."""
+    import yaml
+    from conftest import FAST_SPACE
+
+    root = tmp_path_factory.mktemp("finalized")
+    space = dict(FAST_SPACE, name="fin", search={"trials": 2, "sampler": "random", "mode": "oneshot"})
+    space["search"].update(supernet_epochs=1, finalize_epochs=1)
+    path = root / "fin.yaml"
+    path.write_text(yaml.safe_dump(space))
+    out = root / "results"
+    result = runner.invoke(
+        app, ["search", "--space", str(path), "--out", str(out), "--threads", "1", "--finalize", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "finalize: 1/1 trials" in result.stderr, result.stderr  # its progress, like the search's
+    trials = pd.read_csv(out / "fin" / "trials.csv")
+    (number,) = trials.loc[trials["accuracy_source"] == "finalized", "number"]
+    return out / "fin", int(number)
+
+
+def test_export_of_a_finalized_trial_is_a_plain_model(finalized_results, tmp_path):
+    import numpy as np
+    import onnxruntime
+
+    folder, number = finalized_results
+    target = tmp_path / "fin.safetensors"
+    result = runner.invoke(app, ["export", str(folder), "--trial", str(number), "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    model = ns.load_model(target).eval()
+    assert not any(type(m).__module__.startswith("nas_sepconv.oneshot") for m in model.modules())
+    saved = ns.load_model(folder / "weights" / f"trial_{number}.safetensors").eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), saved(x), rtol=0, atol=0)
+    info = ns.export.rebuild_trial(folder, number)[1]
+    assert info["how"] == "loaded saved weights"
+    assert info["accuracy"] == pytest.approx(info["recorded_accuracy"])  # the finalised accuracy
+    onnx_file = tmp_path / "fin.onnx"
+    result = runner.invoke(app, ["export", str(folder), "--trial", str(number), "--out", str(onnx_file)])
+    assert result.exit_code == 0, result.output
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, model(x).numpy(), rtol=1e-4, atol=1e-5)
+    result = runner.invoke(app, ["profile", "--model", str(target)])
+    assert result.exit_code == 0, result.output
+
+
+def test_export_finalizes_again_a_finalized_trial_whose_weights_are_gone(finalized_results, tmp_path):
+    import shutil
+
+    folder, number = finalized_results
+    copy = tmp_path / "fin"
+    shutil.copytree(folder, copy)
+    (copy / "weights" / f"trial_{number}.safetensors").unlink()
+    model, info = ns.export.rebuild_trial(copy, number)
+    assert info["how"].startswith("finalised again")
+    saved = ns.load_model(folder / "weights" / f"trial_{number}.safetensors")
+    for (name, a), b in zip(saved.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(a, b.cpu(), msg=name)
+
+
+def test_finalize_flag_is_refused_outside_oneshot_mode(tmp_path):
+    import yaml
+    from conftest import FAST_SPACE
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(FAST_SPACE))
+    result = runner.invoke(app, ["search", "--space", str(path), "--out", str(tmp_path / "r"), "--finalize", "2"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --finalize:"), result.stderr

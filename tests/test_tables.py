@@ -14,6 +14,7 @@ from nas_sepconv.errors import UserInputError
 from nas_sepconv.measure.runtimes import RUNTIMES, find_runtime
 from nas_sepconv.results.modes import SEARCH_MODES, search_mode
 from nas_sepconv.results.objectives import OBJECTIVES, objective
+from nas_sepconv.search.finalize_starts import FINALIZE_STARTS, finalize_start
 from nas_sepconv.search.pruners import PRUNERS, find_pruner
 from nas_sepconv.search.samplers import SAMPLERS, find_sampler
 from nas_sepconv.search.schema import ConvertSection, SearchSection, SpaceFile
@@ -55,6 +56,7 @@ def test_lookup_lists_the_given_names_for_a_table_keyed_by_aliases():
         (search_mode, "search.mode", "search mode", list(SEARCH_MODES)),
         (space_kind, "kind", "space kind", list(SPACE_KINDS)),
         (init_method, "init", "initialisation", list(INITS)),
+        (finalize_start, "search.finalize_from", "finalisation start", list(FINALIZE_STARTS)),
     ],
 )
 def test_every_table_has_the_one_error_shape(find, field, what, names):
@@ -70,6 +72,7 @@ def test_every_table_has_the_one_error_shape(find, field, what, names):
         (SearchSection, "pruner", PRUNERS),
         (SpaceFile, "kind", SPACE_KINDS),
         (ConvertSection, "init", INITS),
+        (SearchSection, "finalize_from", FINALIZE_STARTS),
     ],
 )
 def test_the_schema_choices_are_the_tables_names(section, field, table):

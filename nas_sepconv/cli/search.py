@@ -49,6 +49,15 @@ _MEMORY_BUDGET = typer.Option(
     help="the data set's memory budget (default: the space's data.memory_budget_gb, else half the machine's memory)",
 )
 
+# mode oneshot: the front candidates trained alone after the trials (search/finalization.py)
+_FINALIZE = typer.Option(
+    None,
+    "--finalize",
+    metavar="K",
+    help="mode oneshot: after the trials, train the K front candidates alone (the space's search.finalize_from "
+    "and search.finalize_epochs); their finalised accuracies replace the inherited ones",
+)
+
 
 def search(
     space: str = typer.Option(
@@ -79,12 +88,7 @@ def search(
         Path("results"), "--out", metavar="DIR", help="results root; outputs go to OUT/STUDY/"
     ),
     retries: int = typer.Option(1, "--retries", metavar="N", help="retries of a trial whose worker died"),
-    heartbeat: int = typer.Option(
-        10,
-        "--heartbeat",
-        metavar="S",
-        help=_HEARTBEAT_HELP,
-    ),
+    heartbeat: int = typer.Option(10, "--heartbeat", metavar="S", help=_HEARTBEAT_HELP),
     data_root: Path | None = _DATA_ROOT,
     threads: int | None = typer.Option(
         None,
@@ -100,6 +104,7 @@ def search(
     ),
     stream: bool | None = _STREAM,
     memory_budget_gb: float | None = _MEMORY_BUDGET,
+    finalize: int | None = _FINALIZE,
 ) -> None:
     """Search the accuracy-vs-MACs Pareto front (resumes the study if it exists)."""
 
@@ -120,6 +125,7 @@ def search(
         multi_fidelity=multi_fidelity,
         stream=stream,
         memory_budget_gb=memory_budget_gb,
+        finalize=finalize,
     )
 
     def run() -> None:

@@ -10,6 +10,20 @@ decay on biases and norms), the learning-rate schedule and the precision are :fu
 Every epoch draws from its own seeds (the batch order and augmentation, the random subnets,
 torch's generator for dropout), so that a run resumed from the checkpoint of epoch ``e``
 (:mod:`.checkpoint`) trains epoch ``e + 1`` exactly as the run that was not stopped.
+
+Under ``torchrun`` (a process group of several processes: :func:`~nas_sepconv.train.init_distributed`)
+the training is data-parallel, as :func:`~nas_sepconv.train.fit`'s (:mod:`nas_sepconv.train.distributed`):
+every process draws the same subnets and the same global batches, trains on its slice of each
+(``train.batch_size`` split into equal shards), and the summed gradients of a sandwich step are
+averaged across the processes in one all-reduce before the optimizer step, so every copy stays
+the same.  Not DistributedDataParallel's wrapper: each subnet uses a different part of the
+supernet's weights, which DDP would need ``find_unused_parameters`` and one reduction per subnet
+pass for; averaging once per step is the same update.  A loss that is not finite in any process
+stops every process at the same step.  Rank 0's BatchNorm running statistics are broadcast after
+each epoch, and rank 0 alone writes the checkpoint (the folder must be one that every process
+reads, for a resume) and shows progress.  BatchNorm normalises each shard with its own batch
+statistics, so N processes do not train the very weights that one process does at the same
+global batch (as with ``fit``); the processes agree with each other exactly.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from ..errors import TrainingDiverged, UserInputError
 from ..files import ensure_writable_dir
 from ..progress import progress as show_progress
 from ..train import TrainConfig
+from ..train.distributed import World, broadcast_buffers
 from ..train.feeds import amp_context
 from ..train.run import Run
 from .checkpoint import Checkpoint, load_training, load_weights, read_checkpoint, write_checkpoint
@@ -93,12 +108,18 @@ def train_supernet(
         _load_state(run, load_training(state))
         history = list(done.history)
     first = 1 if done is None else done.epoch + 1
-    with show_progress(progress, "supernet", cfg.epochs, unit="epochs", resume=done is not None) as bar:
+    main = run.world.rank == 0
+    if run.world.distributed:
+        _broadcast_parameters(supernet)
+    with show_progress(progress and main, "supernet", cfg.epochs, unit="epochs", resume=done is not None) as bar:
         bar.update(first - 1)
         for epoch in range(first, cfg.epochs + 1):
             history.append(_train_epoch(run, supernet, space, epoch, random_subnets))
             checkpoint = Checkpoint(epoch, cfg.epochs, space.to_dict(), settings, history)
-            write_checkpoint(folder, checkpoint, supernet, _state(run))
+            if run.world.distributed:
+                broadcast_buffers(supernet)  # every process ends the epoch with rank 0's statistics
+            if main:
+                write_checkpoint(folder, checkpoint, supernet, _state(run))
             bar.update(epoch, info=f"loss {history[-1]:.3f}")
             if on_epoch is not None:
                 on_epoch(epoch, history[-1])
@@ -132,11 +153,12 @@ def _load_state(run: Run, state: dict[str, Any]) -> None:
     run.scaler.load_state_dict(state["scaler"])
 
 
-def _batches(run: Run, epoch: int) -> DeviceLoader:
-    """The epoch's batches, from the epoch's own seed (as fit's feed draws them otherwise)."""
+def _batches(run: Run, epoch: int) -> Any:
+    """The epoch's batches, from the epoch's own seed (as fit's feed draws them otherwise);
+    under torch.distributed this process's slice of each."""
     data = run.feed.data
     n = len(data.train)
-    return DeviceLoader(
+    loader = DeviceLoader(
         data.train,
         batch_size=run.cfg.batch_size,
         mean=data.mean,
@@ -147,6 +169,35 @@ def _batches(run: Run, epoch: int) -> DeviceLoader:
         seed=run.cfg.seed * _EPOCH_SEED + epoch,
         channels_last=run.cuda and run.cfg.channels_last,
     )
+    if not run.world.distributed:
+        return loader
+    shard, lo = run.feed.shard, run.world.rank * run.feed.shard
+    return ((x[lo : lo + shard], y[lo : lo + shard]) for x, y in loader)
+
+
+def _broadcast_parameters(supernet: Supernet) -> None:
+    """Rank 0's weights to every process (they start alike anyway: the same seed, or the same
+    checkpoint)."""
+    with torch.no_grad():
+        for p in supernet.parameters():
+            on = p.detach().cpu() if torch.distributed.get_backend() != "nccl" else p.detach()
+            torch.distributed.broadcast(on, src=0)
+            p.copy_(on)
+
+
+def _average_step(supernet: Supernet, loss: Tensor, world: World) -> Tensor:
+    """Average the step's gradients over the processes (one all-reduce, with the loss); the mean
+    loss over the processes.  Every process drew the same subnets, so the same parameters have
+    gradients in each.  Alone: the loss."""
+    if not world.distributed:
+        return loss.detach()
+    grads = [p.grad for p in supernet.parameters() if p.grad is not None]
+    flat = world.sum(torch.cat([*(g.reshape(-1) for g in grads), loss.detach().float().reshape(1)])) / world.size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat[-1]
 
 
 def _train_epoch(run: Run, supernet: Supernet, space: SupernetSpace, epoch: int, random_subnets: int) -> float:
@@ -161,13 +212,14 @@ def _train_epoch(run: Run, supernet: Supernet, space: SupernetSpace, epoch: int,
         with amp_context(run.device, run.amp_dtype):
             logits = supernet(x, largest)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing)
-        _check_finite(loss, epoch, step)
         run.scaler.scale(loss).backward()
         soft = logits.detach().float().softmax(dim=1)
         for arch in [smallest, *(space.sample(rng) for _ in range(random_subnets))]:
             with amp_context(run.device, run.amp_dtype):
                 student = supernet(x, arch).float()
             run.scaler.scale(_soft_cross_entropy(student, soft)).backward()
+        loss = _average_step(supernet, loss, run.world)
+        _check_finite(loss, epoch, step)  # (in every process alike: before the step)
         if run.cfg.grad_clip is not None:
             run.scaler.unscale_(run.optimizer)
             torch.nn.utils.clip_grad_norm_(supernet.parameters(), run.cfg.grad_clip)

@@ -14,6 +14,7 @@ reaches torch or pandas.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -35,8 +36,11 @@ __all__ = [
     "TRIAL_ATTRS",
     "Attr",
     "check_attrs",
+    "FINALIZED_PREFIX",
     "data_seed_of",
     "decoding",
+    "finalized_key",
+    "with_finalized",
     "read_study",
     "stored_attr",
 ]
@@ -115,6 +119,8 @@ _COUNT = "a non-negative integer below 2**63"
 TRIAL_ATTRS: dict[str, Attr] = _table(
     Attr("accuracy", _FRACTION, _number_in(0, 1)),
     Attr("test_accuracy", _FRACTION, _number_in(0, 1)),
+    Attr("inherited_accuracy", _FRACTION, _number_in(0, 1)),
+    Attr("inherited_test_accuracy", _FRACTION, _number_in(0, 1)),
     Attr("macs", _COUNT, _int_in(0, _INT64)),
     Attr("params", _COUNT, _int_in(0, _INT64)),
     Attr("latency_ms", "a non-negative number of milliseconds", _number_in(0, math.inf)),
@@ -129,6 +135,8 @@ TRIAL_ATTRS: dict[str, Attr] = _table(
     Attr("arch", "text", _text),
     Attr("arch_json", "the JSON text of a recipe", _text),
     Attr("fail_reason", "text", _text),
+    Attr("accuracy_source", "text", _text),
+    Attr("finalized_from", "text", _text),
     Attr("feasible", "true or false", _flag),
     Attr("stopped_early", "true or false", _flag),
     Attr("rung_results", "a list of at most 64 rung records", lambda v: isinstance(v, list) and len(v) <= 64),
@@ -204,14 +212,48 @@ def decoding(source: str) -> Iterator[None]:
         raise UserInputError("source", f"{source} holds a record that cannot be read ({detail})", TAMPERED) from None
 
 
+#: A finalised trial's record is the study user attribute ``finalized:<number>`` (a finished
+#: trial's own attributes cannot change): the attributes that replace the trial's (see
+#: :func:`with_finalized`), written by :mod:`nas_sepconv.search.finalization`.
+FINALIZED_PREFIX = "finalized:"
+
+
+def finalized_key(number: int) -> str:
+    """The study user attribute holding trial ``number``'s finalisation."""
+    return f"{FINALIZED_PREFIX}{number}"
+
+
+def with_finalized(trials: list[Any], attrs: Mapping[str, Any], *, source: str) -> list[Any]:
+    """``trials`` as their finalisation left them: a trial the study records as finalised
+    (:data:`FINALIZED_PREFIX`) is a copy whose user attributes are its own updated with the
+    record's (``accuracy``, ``test_accuracy``, ``test_correct``, ``epochs``, ``train_compute``
+    finalised, ``inherited_accuracy`` and ``inherited_test_accuracy`` kept, ``accuracy_source``
+    ``finalized``), so that every reader (the frame, the front, the report, ``export``) sees the
+    finalised trial.  The others are returned as they are."""
+    out = []
+    for trial in trials:
+        record = attrs.get(finalized_key(trial.number))
+        if record is None:
+            out.append(trial)
+            continue
+        if not isinstance(record, dict):
+            raise UserInputError(finalized_key(trial.number), f"the study in {source} records {record!r}", TAMPERED)
+        trial = copy.copy(trial)
+        trial.user_attrs = {**trial.user_attrs, **record}
+        out.append(trial)
+    return out
+
+
 def read_study(study: optuna.Study, source: str) -> list[Any]:
-    """The study's trials, with its attributes and every trial's checked (the tables above;
-    Optuna's reading as in :func:`decoding`)."""
+    """The study's trials, finalised ones as :func:`with_finalized` gives them, with its
+    attributes and every trial's checked (the tables above; Optuna's reading as in
+    :func:`decoding`)."""
     with decoding(source):
         trials = study.get_trials(deepcopy=False)
         attrs = study.user_attrs
         study.metric_names  # (read from the study's system attributes)
     check_attrs(attrs, owner="the study", source=source, table=STUDY_ATTRS)
+    trials = with_finalized(trials, attrs, source=source)
     for t in trials:
         check_attrs(t.user_attrs, owner=f"trial {t.number}", source=source)
     return trials

@@ -62,3 +62,8 @@ class SearchOptions:
     #: the data set's memory budget in GB; None: the space's ``data.memory_budget_gb``, else half the
     #: machine's memory
     memory_budget_gb: float | None = None
+    #: after the trials (mode oneshot), train the K candidates of the inherited-accuracy front
+    #: alone (spread over the front when it holds more), from their inherited weights or from
+    #: scratch (the space's ``search.finalize_from``) for ``search.finalize_epochs``;
+    #: :func:`~nas_sepconv.search.finalization.finalize_front`.  None: no finalisation
+    finalize: int | None = None

@@ -42,6 +42,7 @@ from ..models import model_from_name
 from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
 from .base_model import check_base_cache
 from .candidates import build_candidate, run_candidate
+from .finalization import check_finalize, finalize_front
 from .memory import MemoryWatch, check_memory, data_record
 from .options import SearchOptions
 from .outputs import SearchStatus, refresh_outputs
@@ -86,6 +87,7 @@ def search(
     multi_fidelity: bool | dict[str, int] | None = None,
     stream: bool | None = None,
     memory_budget_gb: float | None = None,
+    finalize: int | None = None,
 ) -> optuna.Study:
     """Run (or resume) a search until ``trials`` trials have finished; returns the study.
 
@@ -95,7 +97,7 @@ def search(
             holds from earlier runs; no front yet; how the data set is held) and after each
             finished trial (the last one with the peak memory).
         trials, timeout, storage, study, sampler, seed, device, workers, out, retries, heartbeat,
-            data_root, threads, multi_fidelity, stream, memory_budget_gb: the fields of
+            data_root, threads, multi_fidelity, stream, memory_budget_gb, finalize: the fields of
             :class:`~.options.SearchOptions`, documented there (the CLI's flags of the same names).
 
     Raises:
@@ -122,6 +124,7 @@ def search(
         multi_fidelity=multi_fidelity,
         stream=stream,
         memory_budget_gb=memory_budget_gb,
+        finalize=finalize,
     )
     return search_with(space, options, progress=progress)
 
@@ -136,7 +139,10 @@ def search_with(
     loaded = with_data_memory(loaded, stream=options.stream, budget_gb=options.memory_budget_gb)
     settings = _settings(loaded, options)
     data = _fit_to_data(settings)
-    return _open_and_run(settings, progress, data_record(data, plan=settings.space.spec.data.memory_plan()))
+    the_study = _open_and_run(settings, progress, data_record(data, plan=settings.space.spec.data.memory_plan()))
+    if options.finalize is not None:  # trials.csv, the front and the report then show the finalised trials
+        finalize_front(settings, the_study, options.finalize, progress=progress is not None)
+    return the_study
 
 
 def _fit_to_data(settings: Settings) -> Dataset:
@@ -243,6 +249,7 @@ def _settings(space: Space, options: SearchOptions) -> Settings:
         sampler=options.sampler or search.search_mode.sampler or search.sampler,
     )
     settings = Settings(space=space, options=completed, out_dir=out_dir)
+    check_finalize(options.finalize, settings)
     make_sampler(completed.sampler, seed, space)  # validate before creating anything
     check_grid_trials(completed.sampler, space, completed.trials)
     if options.storage is not None:

@@ -38,6 +38,7 @@ from .choices import (
     suggest_choice,
     values_of,
 )
+from .finalize_starts import FINALIZE_START_NAMES
 from .pruners import PRUNER_NAMES
 from .samplers import SAMPLERS, find_sampler
 from .space_kinds import SPACE_KIND_NAMES, SPACE_KINDS, SpaceKind
@@ -310,6 +311,10 @@ class SearchSection(Section):
     multi_fidelity: MultiFidelitySection | None = None
     # mode oneshot: the epochs of the study's supernet (default: train.epochs)
     supernet_epochs: int | None = Field(default=None, ge=1, le=LIMITS.epochs)
+    # mode oneshot, finalisation (--finalize K): the epochs a front candidate trains alone
+    # (default: train.epochs), and where it starts (search/finalize_starts.py)
+    finalize_epochs: int | None = Field(default=None, ge=1, le=LIMITS.epochs)
+    finalize_from: Literal[FINALIZE_START_NAMES] = FINALIZE_START_NAMES[0]
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchSection:

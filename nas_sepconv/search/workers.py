@@ -128,12 +128,17 @@ def _save_weights(settings: Settings, trial: optuna.trial.Trial, model: nn.Modul
     what is missing (``export`` re-trains such a trial from its recipe).  Any failure of the
     write counts, not only ``OSError``: safetensors raises its own ``SafetensorError`` for a
     full disk."""
-    path = settings.out_dir / "weights" / f"trial_{trial.number}.safetensors"
+    path = weights_path(settings.out_dir, trial.number)
     try:
         save_model(path, model.cpu(), candidate.recipe)
     except Exception as exc:  # noqa: BLE001 - the write failed, whatever raised it; the metrics stay
         detail = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200] or type(exc).__name__
         trial.set_user_attr(MISSING_ARTIFACTS, [MissingWeights(path.name, detail).to_attr()])
+
+
+def weights_path(out_dir: Path, number: int) -> Path:
+    """Where the weights of trial ``number`` of the study in ``out_dir`` are saved."""
+    return out_dir / "weights" / f"trial_{number}.safetensors"
 
 
 def _tell_failed(study: optuna.Study, trial: optuna.trial.Trial, reason: str, *, quiet: bool = False) -> None:

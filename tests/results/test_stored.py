@@ -39,6 +39,10 @@ GOOD_TRIAL = {
     "feasible": True,
     "stopped_early": False,
     "rung_results": [{"epoch": 1, "accuracy": 0.5}],
+    "accuracy_source": "finalized",
+    "inherited_accuracy": 0.45,
+    "inherited_test_accuracy": 0.35,
+    "finalized_from": "inherited",
 }
 GOOD_STUDY = {
     "space": "tiny",
@@ -72,6 +76,18 @@ def _folder(tmp_path: Path, *, trial: dict | None = None, study: dict | None = N
 def test_the_tables_cover_what_a_search_records():
     assert set(GOOD_TRIAL) | {"fail_reason"} == set(TRIAL_ATTRS)  # (a COMPLETE trial has no fail_reason)
     assert set(GOOD_STUDY) == set(STUDY_ATTRS)
+
+
+def test_a_finalized_record_overlays_its_trial_and_is_checked_like_it(tmp_path):
+    record = {"accuracy": 0.7, "inherited_accuracy": 0.5, "accuracy_source": "finalized", "epochs": 4}
+    df = ns.results.load(_folder(tmp_path / "good", study={"finalized:0": record}))
+    assert df.loc[0, "accuracy"] == 0.7 and df.loc[0, "inherited_accuracy"] == 0.5 and df.loc[0, "epochs"] == 4
+    assert df.loc[0, "accuracy_source"] == "finalized"
+    for bad, field in (({"accuracy": 3.0}, "accuracy"), ("high", "finalized:0")):
+        folder = _folder(tmp_path / field, study={"finalized:0": bad})
+        with pytest.raises(UserInputError) as info:
+            ns.results.load(folder)
+        assert info.value.field == field and "\n" not in str(info.value)
 
 
 def test_a_folder_of_sane_values_loads(tmp_path):

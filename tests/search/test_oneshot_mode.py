@@ -49,3 +49,105 @@ def test_the_oneshot_mode_is_a_record_and_needs_a_build_space(tmp_path):
     text = load_space("digits_convert").text + "\n"
     with pytest.raises(UserInputError, match="search.mode"):
         parse_space(text.replace("search:\n", "search:\n  mode: oneshot\n", 1))
+
+
+def _finalised_study(tmp_path, trials=4, finalize=2, **search):
+    path = _space(tmp_path, supernet_epochs=1, finalize_epochs=1, **search)
+    out = tmp_path / "results"
+    study = ns.search(path, trials=trials, out=out, seed=0, threads=1, finalize=finalize)
+    return path, out / "tiny", study
+
+
+def test_finalize_trains_the_front_alone_and_every_reader_sees_it(tmp_path):
+    from nas_sepconv.search.finalization import front_to_finalize
+
+    path, folder, study = _finalised_study(tmp_path)
+    raw = study.get_trials()
+    chosen = front_to_finalize(raw, 2)
+    assert 1 <= len(chosen) <= 2
+    trials = pd.read_csv(folder / "trials.csv").set_index("number")
+    done = trials[trials["accuracy_source"] == "finalized"]
+    assert sorted(done.index) == sorted(chosen)
+    assert (trials.drop(index=chosen)["accuracy_source"] == "inherited").all()
+    for number in chosen:
+        row, inherited = done.loc[number], next(t for t in raw if t.number == number).user_attrs
+        assert row["inherited_accuracy"] == pytest.approx(inherited["accuracy"])
+        assert row["epochs"] == 1 and row["finalized_from"] == "inherited"
+        assert row["train_compute"] > inherited["train_compute"]  # the finalisation's training is counted
+        # the weights file holds the finalised subnet: measured now, it gives the recorded accuracy
+        model = ns.load_model(folder / "weights" / f"trial_{number}.safetensors")
+        data = load_space(path).spec.data.load(seed=0)
+        res = int(row["resolution"])
+        assert ns.train.evaluate(model, data.val, data=data, resolution=res) == pytest.approx(row["accuracy"])
+    front = pd.read_csv(folder / "pareto.csv").set_index("number")
+    for number in set(front.index) & set(chosen):  # the front shown is the finalised one
+        assert front.loc[number, "accuracy"] == pytest.approx(done.loc[number, "accuracy"])
+    df = ns.results.load(folder)
+    assert set(df.loc[df["accuracy_source"] == "finalized", "number"]) == set(chosen)
+
+
+def test_finalize_resumes_without_training_a_finalised_trial_again(tmp_path):
+    path, folder, study = _finalised_study(tmp_path, trials=3, finalize=1)
+    (number,) = [int(k.split(":")[1]) for k in study.user_attrs if k.startswith("finalized:")]
+    weights = folder / "weights" / f"trial_{number}.safetensors"
+    written = weights.stat().st_mtime_ns
+    again = ns.search(path, trials=3, out=folder.parent, seed=0, threads=1, finalize=1)
+    assert weights.stat().st_mtime_ns == written  # not trained again
+    assert again.user_attrs[f"finalized:{number}"] == study.user_attrs[f"finalized:{number}"]
+
+
+def test_finalize_from_scratch_is_recorded(tmp_path):
+    _, folder, _ = _finalised_study(tmp_path, trials=2, finalize=1, finalize_from="scratch")
+    trials = pd.read_csv(folder / "trials.csv")
+    assert list(trials.loc[trials["accuracy_source"] == "finalized", "finalized_from"]) == ["scratch"]
+
+
+def test_front_to_finalize_spreads_over_the_front():
+    import optuna
+
+    from nas_sepconv.search.finalization import front_to_finalize
+
+    def trial(number, accuracy, macs, **attrs):
+        return optuna.trial.create_trial(
+            values=[accuracy, macs], user_attrs={"accuracy": accuracy, "macs": macs, **attrs}
+        )
+
+    trials = [trial(i, 0.5 + 0.1 * i, 100 * (i + 1)) for i in range(5)]
+    for i, t in enumerate(trials):
+        t.number = i
+    dominated = trial(5, 0.1, 1000)
+    dominated.number = 5
+    infeasible = trial(6, 0.99, 1, feasible=False)
+    infeasible.number = 6
+    everything = [*trials, dominated, infeasible]
+    assert front_to_finalize(everything, 3) == [0, 2, 4]
+    assert front_to_finalize(everything, 8) == [0, 1, 2, 3, 4]
+    assert front_to_finalize([], 2) == []
+
+
+def test_finalize_needs_a_oneshot_study_and_a_positive_count(tmp_path):
+    spec = json.loads(json.dumps(FAST_SPACE))
+    path = tmp_path / "pareto.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserInputError, match="finalize"):
+        ns.search(str(path), trials=1, out=tmp_path / "r", finalize=2)
+    with pytest.raises(UserInputError, match="finalize"):
+        ns.search(_space(tmp_path), trials=1, out=tmp_path / "r", finalize=0)
+    assert not (tmp_path / "r" / "tiny").exists()
+
+
+def test_a_finalisation_that_cannot_write_its_weights_is_a_storage_error_and_retried(tmp_path, monkeypatch):
+    from nas_sepconv.errors import StorageError
+    from nas_sepconv.search import finalization
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    path = _space(tmp_path, supernet_epochs=1, finalize_epochs=1)
+    out = tmp_path / "results"
+    monkeypatch.setattr(finalization, "save_model", full_disk)
+    with pytest.raises(StorageError, match="No space left on device"):
+        ns.search(path, trials=2, out=out, seed=0, threads=1, finalize=1)
+    monkeypatch.undo()
+    study = ns.search(path, trials=2, out=out, seed=0, threads=1, finalize=1)  # the same command finishes it
+    assert sum(k.startswith("finalized:") for k in study.user_attrs) == 1

@@ -1,0 +1,306 @@
+"""Ranking quality of the one-shot mode (issue 26, item 3): Kendall tau and Spearman rho between
+the inherited and the finalised validation accuracy of subnets spread over a build space's MACs.
+
+    python benchmarks/oneshot.py digits [--subnets 24] [--seed 0] [--out results/oneshot]
+    python benchmarks/oneshot.py cifar10 --data-root PATH [--subnets 24]
+    python benchmarks/oneshot.py cifar10-full --data-root PATH --device cuda
+
+For a configuration (:data:`CONFIGS`: a bundled build space put in ``search.mode: oneshot``,
+with overrides) this trains the space's supernet as a one-shot search does
+(:func:`~nas_sepconv.search.inherited.prepare_supernet`, sandwich rule, into
+``OUT/<config>/supernet``: checkpointed every epoch, resumed after a kill), draws ``--pool``
+distinct subnets at random (seeded) and keeps ``--subnets`` of them spread evenly over their
+MACs range (by rank in MACs, both ends kept).  Each subnet is measured twice: with inherited
+weights, BatchNorm recalibrated (a one-shot trial's accuracy), and finalised, trained alone
+from those weights for ``search.finalize_epochs`` (``--from scratch``: from scratch instead),
+exactly as ``nas-sepconv search --finalize K`` does (:func:`finalize_candidate`).  Each
+subnet's row is appended to ``OUT/<config>/ranking.csv`` as soon as it is measured; the same
+command resumes, skipping the subnets already there.  ``OUT/<config>/ranking.md`` has the
+command, the configuration, tau and rho (scipy.stats) against the goal (tau >= 0.6), and
+the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+import yaml
+
+GOAL_TAU = 0.6  # Kendall tau between inherited and finalised accuracy, per space (issue 26)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One ranking measurement: the build space (a bundled name or a YAML path), what is
+    overridden in it (a deep merge; ``search.mode`` is set to ``oneshot``), where it runs."""
+
+    space: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    note: str = ""
+
+
+CONFIGS: dict[str, Config] = {
+    "digits": Config(
+        "default",
+        {"search": {"supernet_epochs": 30, "finalize_epochs": 5}},
+        note="the bundled default space on the digits (16x16): supernet 30 epochs (sandwich rule, 2 random "
+        "subnets a step), each subnet finalised 5 epochs (train.epochs) from its inherited weights; 1 thread",
+    ),
+    "cifar10": Config(
+        "mobilenetv3_cifar10",
+        {
+            "data": {"subset": 5625, "val_fraction": 0.2, "image_size": 16},
+            "train": {"epochs": 5, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0},
+            "search": {"supernet_epochs": 20, "finalize_epochs": 5},
+        },
+        note="CPU-sized like benchmarks/fronts.py cifar10: 5,625 images at 16x16, supernet 20 epochs, "
+        "each subnet finalised 5 epochs",
+    ),
+    "cifar10-full": Config(
+        "mobilenetv3_cifar10",
+        {"search": {"supernet_epochs": 60, "finalize_epochs": 15}},
+        device="cuda",
+        note="the bundled space as it is (32x32, 50,000 images): supernet 60 epochs, finalised 15 (train.epochs)",
+    ),
+}
+
+COLUMNS = [
+    "subnet",
+    "arch",
+    "params_json",
+    "macs",
+    "resolution",
+    "inherited_accuracy",
+    "inherited_test_accuracy",
+    "finalized_accuracy",
+    "finalized_test_accuracy",
+    "finalized_from",
+    "finalize_epochs",
+    "seconds",
+]
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, dict by dict (a copy)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def space_file(config: Config, folder: Path, data_root: str | None) -> Path:
+    """The configuration's space in mode oneshot, written to ``folder/space.yaml``."""
+    from nas_sepconv.search import load_space
+
+    spec = yaml.safe_load(load_space(config.space).text)
+    spec = merged(spec, merged(config.overrides, {"search": {"mode": "oneshot"}}))
+    if data_root is not None:
+        spec["data"]["root"] = str(Path(data_root).resolve())
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def spread_subnets(ctx: Any, *, pool: int, subnets: int, seed: int) -> list[dict[str, Any]]:
+    """``subnets`` distinct subnets of ``pool`` random draws (a seeded random sampler), spread
+    evenly by rank over their MACs: ``{"params", "macs", "arch"}``, fewest MACs first."""
+    from nas_sepconv.io import build_from_recipe
+    from nas_sepconv.measure import count_macs
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.RandomSampler(seed=seed)
+    study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+    drawn: dict[str, dict[str, Any]] = {}
+    for _ in range(pool):
+        trial = study.ask()
+        candidate = ctx.suggest(trial)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # (the draws only)
+        if candidate.summary in drawn:
+            continue
+        x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
+        macs = int(count_macs(build_from_recipe(candidate.recipe), x))
+        drawn[candidate.summary] = {"params": trial.params, "macs": macs, "arch": candidate.summary}
+    ordered = sorted(drawn.values(), key=lambda d: (d["macs"], d["arch"]))
+    if len(ordered) <= subnets:
+        return ordered
+    picks = np.unique(np.round(np.linspace(0, len(ordered) - 1, subnets)).astype(int))
+    return [ordered[i] for i in picks]
+
+
+def measure(ctx: Any, number: int, drawn: dict[str, Any], *, seed: int, start: Any, epochs: int) -> dict[str, Any]:
+    """One subnet's row: its inherited and finalised accuracies (validation and test)."""
+    from nas_sepconv.search import StoredTrial
+    from nas_sepconv.search.finalization import finalize_candidate
+    from nas_sepconv.search.inherited import inherited_candidate
+
+    started = time.perf_counter()
+    candidate = ctx.suggest(StoredTrial(drawn["params"], number=number, source="the benchmark"))
+    _, inherited = inherited_candidate(
+        ctx.supernet(), candidate, ctx.data, device=ctx.settings.options.device, seed=seed + number
+    )
+    _, finalized = finalize_candidate(ctx, candidate, seed=seed + number, epochs=epochs, start=start)
+    return {
+        "subnet": number,
+        "arch": drawn["arch"],
+        "params_json": json.dumps(drawn["params"], sort_keys=True),
+        "macs": drawn["macs"],
+        "resolution": candidate.resolution,
+        "inherited_accuracy": inherited["accuracy"],
+        "inherited_test_accuracy": inherited["test_accuracy"],
+        "finalized_accuracy": finalized["accuracy"],
+        "finalized_test_accuracy": finalized.get("test_accuracy"),
+        "finalized_from": start.name,
+        "finalize_epochs": epochs,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def correlations(rows: pd.DataFrame) -> dict[str, float]:
+    """Kendall tau and Spearman rho between inherited and finalised validation accuracy (NaN
+    below 3 subnets, or when either is constant)."""
+    from scipy import stats
+
+    if len(rows) < 3:
+        return {"kendall_tau": float("nan"), "spearman_rho": float("nan")}
+    a, b = rows["inherited_accuracy"], rows["finalized_accuracy"]
+    return {
+        "kendall_tau": float(stats.kendalltau(a, b).statistic),
+        "spearman_rho": float(stats.spearmanr(a, b).statistic),
+    }
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """``df`` as a Markdown table (numbers to 4 decimals, counts with thousands separators)."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if v != v else f"{v:.4f}"
+        if isinstance(v, (int, np.integer)):
+            return f"{v:,}"
+        return str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, rows: pd.DataFrame, *, name: str, config: Config, command: str) -> Path:
+    """``ranking.md``: the command, the configuration, tau and rho against the goal, the rows."""
+    corr = correlations(rows)
+    verdict = "met" if corr["kendall_tau"] >= GOAL_TAU else "not met"
+    shown = rows.drop(columns=["params_json"]).copy()
+    lines = [
+        f"# One-shot ranking quality: {name}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Configuration: space `{config.space}` in mode oneshot, {config.note} "
+        f"(device {config.device}; {platform.processor() or platform.machine()}, torch {torch.__version__}).",
+        "",
+        f"Subnets: {len(rows)}, MACs {rows['macs'].min():,} to {rows['macs'].max():,}.",
+        "",
+        "| Kendall tau | Spearman rho | goal (tau) |",
+        "|---|---|---|",
+        f"| {corr['kendall_tau']:.3f} | {corr['spearman_rho']:.3f} | >= {GOAL_TAU} ({verdict}) |",
+        "",
+        "Inherited: the subnet's weights cut from the supernet, BatchNorm recalibrated on 512 training images;",
+        "finalised: trained alone (`search.finalize_from`, `search.finalize_epochs`). Validation accuracies.",
+        "",
+        markdown_table(shown),
+        "",
+    ]
+    path = folder / "ranking.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def run(
+    name: str,
+    config: Config,
+    *,
+    out: Path,
+    subnets: int = 24,
+    pool: int = 500,
+    seed: int = 0,
+    start: str | None = None,
+    data_root: str | None = None,
+    threads: int | None = 1,
+    command: str = "",
+) -> pd.DataFrame:
+    """Measure the configuration into ``out/<name>`` (resumed); returns the rows."""
+    from nas_sepconv.measure import torch_threads
+    from nas_sepconv.search import TrialContext, load_space
+    from nas_sepconv.search.finalize_starts import finalize_start
+
+    folder = out / name
+    space = load_space(space_file(config, folder, data_root))
+    search = space.spec.search
+    begin = finalize_start(start or search.finalize_from, field="--from")
+    epochs = search.finalize_epochs or space.spec.train.epochs
+    csv = folder / "ranking.csv"
+    done = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=COLUMNS)
+    with torch_threads(threads):
+        ctx = TrialContext.for_rebuild(space, device=config.device, out_dir=folder, study=name, data_seed=seed)
+        ctx.supernet()  # trained (or resumed, or loaded) first
+        for number, drawn in enumerate(spread_subnets(ctx, pool=pool, subnets=subnets, seed=seed)):
+            if number in set(done["subnet"]):
+                continue
+            row = measure(ctx, number, drawn, seed=seed, start=begin, epochs=epochs)
+            pd.DataFrame([row], columns=COLUMNS).to_csv(csv, mode="a", header=not csv.is_file(), index=False)
+            print(
+                f"{name}: subnet {number} {row['macs']:,} MACs: inherited {row['inherited_accuracy']:.4f}, "
+                f"finalised {row['finalized_accuracy']:.4f} ({row['seconds']:.0f}s)",
+                file=sys.stderr,
+            )
+    rows = pd.read_csv(csv).sort_values("macs")
+    write_report(folder, rows, name=name, config=config, command=command)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", choices=list(CONFIGS))
+    parser.add_argument("--subnets", type=int, default=24, help="subnets measured (>= 20 for the goal)")
+    parser.add_argument("--pool", type=int, default=500, help="random draws the subnets are spread out of")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from", dest="start", default=None, help="inherited or scratch (default: the space's)")
+    parser.add_argument("--out", type=Path, default=Path("results/oneshot"))
+    parser.add_argument("--data-root", default=None, help="the CIFAR-10 folder or archive (cifar10 configurations)")
+    parser.add_argument("--device", default=None, help="override the configuration's device")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    args = parser.parse_args()
+    config = CONFIGS[args.config]
+    if args.device is not None:
+        config = Config(config.space, config.overrides, args.device, config.note)
+    command = "python benchmarks/oneshot.py " + " ".join(sys.argv[1:])
+    rows = run(
+        args.config,
+        config,
+        out=args.out,
+        subnets=args.subnets,
+        pool=args.pool,
+        seed=args.seed,
+        start=args.start,
+        data_root=args.data_root,
+        threads=args.threads,
+        command=command,
+    )
+    print(json.dumps(correlations(rows)))
+
+
+if __name__ == "__main__":
+    main()

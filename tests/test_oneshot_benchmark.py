@@ -1,0 +1,57 @@
+"""Smoke test of benchmarks/oneshot.py at toy size: a tiny build space on 300 digits, a supernet
+of one epoch, four subnets finalised for one epoch each."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import FAST_SPACE, load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench():
+    yield from load_benchmark("oneshot")
+
+
+def test_the_configurations_are_build_spaces_in_oneshot_mode(bench, tmp_path):
+    from nas_sepconv.search import load_space
+
+    for name, config in bench.CONFIGS.items():
+        if name.startswith("cifar10"):  # (the data set is not here: the space file is checked, not loaded)
+            spec = yaml.safe_load(load_space(config.space).text)
+            assert spec["kind"] == "build"
+            continue
+        space = load_space(bench.space_file(config, tmp_path / name, None))
+        assert space.spec.search.mode == "oneshot" and space.spec.search.finalize_epochs
+
+
+def test_a_toy_run_writes_ranking_rows_and_resumes(bench, tmp_path, monkeypatch):
+    path = tmp_path / "tiny.yaml"
+    spec = json.loads(json.dumps(FAST_SPACE))
+    spec["build"]["stages"][0]["expand_ratio"] = [2, 4]
+    path.write_text(yaml.safe_dump(spec))
+    config = bench.Config(str(path), {"search": {"supernet_epochs": 1, "finalize_epochs": 1}}, note="toy")
+    rows = bench.run("toy", config, out=tmp_path, subnets=4, pool=12, command="toy")
+    assert len(rows) == 4 and rows["subnet"].is_unique
+    assert rows["macs"].is_monotonic_increasing and rows["macs"].iloc[0] < rows["macs"].iloc[-1]
+    assert rows[["inherited_accuracy", "finalized_accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
+    report = (tmp_path / "toy" / "ranking.md").read_text()
+    assert "Kendall tau" in report and "Command: `toy`" in report
+
+    def never(*args, **kwargs):
+        raise AssertionError("a measured subnet was measured again")
+
+    monkeypatch.setattr(bench, "measure", never)
+    again = bench.run("toy", config, out=tmp_path, subnets=4, pool=12, command="toy")
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), rows.reset_index(drop=True))
+
+
+def test_correlations_are_kendall_and_spearman(bench):
+    rows = pd.DataFrame({"inherited_accuracy": [0.1, 0.2, 0.3, 0.4], "finalized_accuracy": [0.5, 0.7, 0.6, 0.9]})
+    corr = bench.correlations(rows)
+    assert corr["kendall_tau"] == pytest.approx(4 / 6)  # 5 concordant pairs, 1 discordant
+    assert corr["spearman_rho"] == pytest.approx(0.8)
+    assert all(v != v for v in bench.correlations(rows.head(2)).values())  # NaN below 3 subnets
