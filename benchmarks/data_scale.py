@@ -12,7 +12,8 @@ tinted by its class, so that there is something to learn), generated once under 
 Each run is one ``nas-sepconv search`` (a subprocess, 2 trials, 1 epoch) of a build space derived
 from the bundled ``mobilenetv3_cifar10`` with its choices fixed (width 0.25, depth 0.5, stem
 stride 2, batch 128; trained at a quarter of the decoded size: 32 px for ``small``, 56 px for
-``large``: sized for 2 CPU cores), so that every run trains the same model on the same images:
+``large``: sized for 2 CPU cores; and width 0.5 at 64 px, about 8x the cost per image, for the
+``-w0.5r64`` pair), so that every run of a pair trains the same model on the same images:
 
 * ``small`` in memory and streamed (``data.stream: false`` / ``true``), with 1 and 2 workers;
 * ``large`` with the path chosen automatically (it streams: over the memory budget), 1 worker.
@@ -55,6 +56,9 @@ RUNS = [  # (run name, data set, stream, workers)
     ("small-stream-1w", "small", True, 1),
     ("small-stream-2w", "small", True, 2),
     ("large-auto-1w", "large", "auto", 1),
+    # a model 8x as costly per image (width 0.5, 64 px): decoding weighs less against training
+    ("small-memory-1w-w0.5r64", "small", False, 1),
+    ("small-stream-1w-w0.5r64", "small", True, 1),
 ]
 
 
@@ -95,7 +99,7 @@ def make_tree(root: Path, n_train: int, n_test: int, side: int, processes: int) 
     return root
 
 
-def space_file(path: Path, tree: Path, side: int, stream: bool | str) -> Path:
+def space_file(path: Path, tree: Path, side: int, stream: bool | str, *, heavy: bool = False) -> Path:
     """The benchmark's space: mobilenetv3_cifar10's blocks with every choice fixed."""
     from nas_sepconv.search import load_space
 
@@ -113,9 +117,9 @@ def space_file(path: Path, tree: Path, side: int, stream: bool | str) -> Path:
             "stem_channels": 16,
             "stem_stride": 2,
             "stages": stages,
-            "width_mult": [0.25],
+            "width_mult": [0.5 if heavy else 0.25],
             "depth_mult": [0.5],
-            "resolution_mult": [0.25],
+            "resolution_mult": [0.5 if heavy else 0.25],
         },
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -124,7 +128,7 @@ def space_file(path: Path, tree: Path, side: int, stream: bool | str) -> Path:
 
 def run_one(name: str, tree: Path, side: int, stream: bool | str, workers: int, work: Path) -> dict:
     (work / "spaces").mkdir(parents=True, exist_ok=True)
-    space = space_file(work / "spaces" / f"{name}.yaml", tree, side, stream)
+    space = space_file(work / "spaces" / f"{name}.yaml", tree, side, stream, heavy=name.endswith("w0.5r64"))
     out = work / "runs"
     cmd = [
         sys.executable, "-m", "nas_sepconv.cli", "search", "--space", str(space),
@@ -172,6 +176,12 @@ def report(rows: pd.DataFrame, out: Path, command: str) -> str:
     if m1 is not None and s1 is not None:
         ratio = s1["train_images_per_s"] / m1["train_images_per_s"]
         lines.append(f"- streamed / in-memory throughput, 1 worker: {ratio:.2f} (goal >= 0.8: {_met(ratio >= 0.8)})")
+    mh, sh = row("small-memory-1w-w0.5r64"), row("small-stream-1w-w0.5r64")
+    if mh is not None and sh is not None:
+        ratio = sh["train_images_per_s"] / mh["train_images_per_s"]
+        lines.append(
+            f"- streamed / in-memory throughput, 1 worker, width 0.5 at 64 px: {ratio:.2f} (goal >= 0.8: {_met(ratio >= 0.8)})"
+        )
     s2 = row("small-stream-2w")
     if m2 is not None and s2 is not None:
         ratio = s2["train_images_per_s"] / m2["train_images_per_s"]
