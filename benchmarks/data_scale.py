@@ -193,6 +193,15 @@ def report(rows: pd.DataFrame, out: Path, command: str) -> str:
             f"{big['trials']} trials, {big['path']}, peak memory {big['peak_memory_GB']:.2f} GB = {share:.2f} of the "
             f"machine (goal: 2 trials, < 0.5: {_met(big['trials'] == 2 and share < 0.5)})"
         )
+    lines += [
+        "",
+        "Peak memory: PSS summed over the search's process tree (a shared page counts once), as the search",
+        "writes it to meta.json.  Throughput: training images per second of a trial's wall time (which",
+        "includes building, validating and testing it).  One run per row, on this machine as it was: compare",
+        "rows of one invocation only.  With 1 worker the search runs in its own process; with 2 it starts",
+        "2 worker processes beside it, each with its own torch runtime and batches: the images themselves",
+        "are file-backed pages of the decoded cache, shared (tests/data/test_stream.py).",
+    ]
     text = "\n".join(lines) + "\n"
     (out / "data_scale.md").write_text(text)
     return text
