@@ -191,7 +191,7 @@ def markdown_table(df: pd.DataFrame) -> str:
             return "" if v != v else f"{v:.4f}"
         if isinstance(v, (int, np.integer)):
             return f"{v:,}"
-        return str(v)
+        return str(v).replace("|", "\\|")  # an arch's stages are separated by '|'
 
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
