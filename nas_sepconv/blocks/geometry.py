@@ -44,6 +44,21 @@ class ConvGeometry:
     output_padding: tuple[int, ...] = ()
 
     @classmethod
+    def conv3x3(cls, in_channels: int, out_channels: int, stride: int = 1) -> ConvGeometry:
+        """A 2-D 3x3 convolution, padding 1, no bias: the layer a network built from an ``Arch`` replaces."""
+        return cls(
+            dims=2,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=(3, 3),
+            stride=(stride, stride),
+            padding=(1, 1),
+            dilation=(1, 1),
+            groups=1,
+            bias=False,
+        )
+
+    @classmethod
     def from_module(cls, conv: nn.Module) -> ConvGeometry:
         """Read the geometry of an ``nn.ConvNd`` or ``nn.ConvTransposeNd`` module."""
         if not isinstance(conv, CONV_TYPES):

@@ -66,17 +66,7 @@ class StageNet(nn.Module):
             layers = []
             for j in range(arch.repeats(stage)):
                 stride = stage.stride if j == 0 else 1
-                g = ConvGeometry(
-                    dims=2,
-                    in_channels=cin,
-                    out_channels=cout,
-                    kernel_size=(3, 3),
-                    stride=(stride, stride),
-                    padding=(1, 1),
-                    dilation=(1, 1),
-                    groups=1,
-                    bias=False,
-                )
+                g = ConvGeometry.conv3x3(cin, cout, stride)
                 try:
                     block = spec.build(g)
                 except UserInputError as exc:

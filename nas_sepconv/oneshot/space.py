@@ -27,17 +27,7 @@ def block_size(spec: BlockSpec, in_channels: int, out_channels: int, stride: int
     """The parameters of ``spec``'s block replacing a 3×3 convolution (built on the meta
     device: nothing is allocated), the measure by which a stage's largest and smallest specs
     are chosen."""
-    g = ConvGeometry(
-        dims=2,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        kernel_size=(3, 3),
-        stride=(stride, stride),
-        padding=(1, 1),
-        dilation=(1, 1),
-        groups=1,
-        bias=False,
-    )
+    g = ConvGeometry.conv3x3(in_channels, out_channels, stride)
     with torch.device("meta"):
         block = spec.build(g)
     return sum(p.numel() for p in block.parameters())

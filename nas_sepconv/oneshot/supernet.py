@@ -102,17 +102,7 @@ class Supernet(nn.Module):
     @staticmethod
     def _slot(specs: tuple, cin: int, cout: int, stride: int) -> nn.ModuleDict:
         """The weight sets of one layer slot: one block per weight key, at its largest."""
-        g = ConvGeometry(
-            dims=2,
-            in_channels=cin,
-            out_channels=cout,
-            kernel_size=(3, 3),
-            stride=(stride, stride),
-            padding=(1, 1),
-            dilation=(1, 1),
-            groups=1,
-            bias=False,
-        )
+        g = ConvGeometry.conv3x3(cin, cout, stride)
         groups: dict[str, list] = {}
         for spec in specs:
             groups.setdefault(weight_key(spec), []).append(spec)
