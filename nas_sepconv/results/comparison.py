@@ -245,11 +245,15 @@ def _chance(frames: Iterable[pd.DataFrame]) -> float | None:
 
 
 def _spent(df: pd.DataFrame, column: str) -> Any:
-    """The sum of the trials' ``column`` (what they spent); None when none recorded it."""
+    """The sum of the trials' ``column`` (what they spent); None when none recorded it.  A
+    one-shot study's ``train_compute`` adds its supernet's training (``attrs["supernet_compute"]``)."""
     if column not in df.columns:
         return None
     values = pd.to_numeric(df[column], errors="coerce")
-    return None if values.isna().all() else values.sum()
+    if values.isna().all():
+        return None
+    extra = df.attrs.get("supernet_compute") if column == "train_compute" else None
+    return values.sum() + (extra or 0)
 
 
 def _given_reference(

@@ -211,6 +211,7 @@ def _frame_from_study(study: optuna.Study, storage_label: str | None, source: st
             "base": dict(study.user_attrs).get("base"),
             "multi_fidelity": dict(study.user_attrs).get("multi_fidelity"),
             "num_classes": dict(study.user_attrs).get("num_classes"),
+            "supernet_compute": dict(study.user_attrs).get("supernet_compute"),
             "storage": storage_label,
         }
     )

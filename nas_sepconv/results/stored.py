@@ -155,6 +155,7 @@ STUDY_ATTRS: dict[str, Attr] = _table(
     Attr("base", "{model, accuracy, test_accuracy, macs, params} of the original model", _base),
     Attr("data_seed", f"an integer in [0, {MAX_SEED}]", _int_in(0, MAX_SEED)),
     Attr("num_classes", "a positive integer", _int_in(1, _INT64)),
+    Attr("supernet_compute", "a count of training images x MACs", _int_in(0, _INT64)),
 )
 
 #: The data seed of a study that recorded none: studies made before ``data_seed`` was recorded

@@ -25,7 +25,7 @@ from ..results.protocol import CORRECT_ATTR, pack_correct
 from ..train import TrainConfig, converted_features, correct_per_image, evaluate, fit
 from .asha import RungLadder, StopAtRung
 from .base_model import prepare_base, record_base
-from .inherited import inherited_candidate, prepare_supernet
+from .inherited import inherited_candidate, prepare_supernet, supernet_compute
 from .latency import TrialLatency
 from .options import SearchOptions
 from .schema import candidate_epochs
@@ -70,6 +70,8 @@ class TrialContext:
         """The study's supernet (mode oneshot): loaded, or trained once (:mod:`.inherited`)."""
         if self._supernet is None:
             self._supernet = prepare_supernet(self.settings, self.data)
+            if self.study is not None:  # what it spent, for equal-compute comparisons (results.compare)
+                self.study.set_user_attr("supernet_compute", supernet_compute(self._supernet, self.settings, self.data))
         return self._supernet
 
     def sites(self) -> list:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..data import Dataset
-from ..oneshot import Supernet, inherited_subnet, train_supernet
+from ..measure import count_macs
+from ..oneshot import Supernet, extract, inherited_subnet, train_supernet
 from ..storage import lock
 from ..train import evaluate
 from .settings import Settings
@@ -36,7 +38,30 @@ def prepare_supernet(settings: Settings, data: Dataset) -> Supernet:
     cfg = replace(spec.train, seed=settings.options.seed, epochs=spec.search.supernet_epochs or spec.train.epochs)
     folder = settings.out_dir / SUPERNET_DIR
     with lock(folder):
-        return train_supernet(space, data, out_dir=folder, config=cfg, device=settings.options.device)
+        return train_supernet(
+            space, data, out_dir=folder, config=cfg, device=settings.options.device, random_subnets=RANDOM_SUBNETS
+        )
+
+
+#: random subnets a step of the supernet's training draws (``train_supernet``'s default)
+RANDOM_SUBNETS = 2
+
+
+def supernet_compute(supernet: Supernet, settings: Settings, data: Dataset) -> int:
+    """What training the supernet spent, in the units of a trial's ``train_compute`` (training
+    images x forward MACs): its epochs x the training split x the MACs of each step's subnets,
+    the random ones counted at the largest's (an upper bound: an equal-compute comparison never
+    gives the one-shot mode more than it spent; the sandwich rule, Yu et al. 2020)."""
+    space = supernet_space(settings.space, input_shape=data.input_shape, num_classes=data.num_classes)
+    spec = settings.space.spec
+    epochs = spec.search.supernet_epochs or spec.train.epochs
+
+    def macs(arch: Any) -> int:
+        model = extract(supernet, arch).cpu()
+        return count_macs(model, torch.zeros(1, data.input_shape[0], arch.input_size, arch.input_size))
+
+    largest, smallest = macs(space.largest()), macs(space.smallest())
+    return int(epochs * len(data.train) * (largest + smallest + RANDOM_SUBNETS * largest))
 
 
 def inherited_candidate(

@@ -52,6 +52,7 @@ GOOD_STUDY = {
     "base": {"model": "m", "accuracy": 0.9, "test_accuracy": None, "macs": 10, "params": 2},
     "data_seed": 3,
     "num_classes": 10,
+    "supernet_compute": 5_000_000,
 }
 
 
@@ -134,8 +135,9 @@ def test_an_absurd_trial_attribute_is_one_line_naming_it_and_the_folder(tmp_path
         ({"space": 123}, "space"),
         ({"data_seed": -1}, "data_seed"),
         ({"num_classes": 0}, "num_classes"),
+        ({"supernet_compute": -1}, "supernet_compute"),
     ],
-    ids=["base-text", "base-inf", "mf-text", "mf-unordered", "mode", "space", "data-seed", "classes"],
+    ids=["base-text", "base-inf", "mf-text", "mf-unordered", "mode", "space", "data-seed", "classes", "supernet"],
 )
 def test_an_absurd_study_attribute_is_one_line_naming_it_and_the_folder(tmp_path, study, field):
     folder = _folder(tmp_path, study=study)

@@ -41,6 +41,16 @@ def test_oneshot_trials_inherit_weights_from_one_supernet(tmp_path):
     ns.search(path, trials=3, out=out, seed=0, threads=1)  # resumed: the supernet is loaded, not trained again
     assert (folder / MANIFEST).stat().st_mtime_ns == trained_at
     assert len(pd.read_csv(out / "tiny" / "trials.csv")) == 3
+    # the supernet's training counts in what the study spent (equal-compute comparisons)
+    spent = study.user_attrs["supernet_compute"]
+    frame = ns.results.load(out / "tiny")
+    trials_spent = int(pd.to_numeric(frame["train_compute"]).sum())
+    assert spent > 0 and frame.attrs["supernet_compute"] == spent
+    train_images = json.loads((out / "tiny" / "meta.json").read_text())["data"]["train_images"]
+    # 2 epochs of sandwich steps: the largest (>= every trial's MACs) thrice (it and 2 random ones) and the smallest
+    assert spent >= 2 * train_images * 3 * int(frame["macs"].max())
+    summary = ns.results.compare({"oneshot": frame})
+    assert int(summary["train_compute"].iloc[0]) == trials_spent + spent
 
 
 def test_the_oneshot_mode_is_a_record_and_needs_a_build_space(tmp_path):
