@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import typer
 
+from ..errors import UserInputError
 from ..measure import RUNTIMES, check_threads, count_macs, count_params, find_runtime, measure_latency
 from ..measure import profile as profile_model
+from ..measure.onnx_profile import onnx_input_shape, onnx_latency, onnx_profile
 from .common import (
     example_input,
     flag_names,
@@ -24,7 +26,8 @@ def profile(
         ...,
         "--model",
         metavar="MODEL|FILE",
-        help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export",
+        help="torchvision:NAME, timm:NAME, nas_sepconv:NAME, package.module:factory, or a file saved by convert/export "
+        "(.safetensors, or .onnx: MACs from its graph, latency in onnxruntime)",
     ),
     input_size: str | None = typer.Option(
         None,
@@ -49,6 +52,9 @@ def profile(
     def run() -> None:
         check_threads(threads, "--threads")
         record = find_runtime(runtime, field="--runtime")
+        if model.lower().endswith(".onnx"):
+            _profile_onnx(model, input_size=input_size, latency=latency, threads=threads, runtime=record.name)
+            return
         text = input_size if input_size is not None else recorded_input_size(model) or "3,224,224"
         size = parse_input_size(text)
         net = load_any_model(model, allow_import=allow_import)
@@ -64,3 +70,21 @@ def profile(
             )
 
     guard(run)
+
+
+def _profile_onnx(path: str, *, input_size: str | None, latency: bool, threads: int, runtime: str) -> None:
+    """An ONNX file: MACs and parameters per node from its graph, latency in ONNX Runtime."""
+    if input_size is not None:
+        raise UserInputError("--input-size", "an ONNX file runs at the input size it was exported with", "leave it out")
+    if runtime not in ("eager", "onnxruntime"):
+        raise UserInputError("--runtime", f"an ONNX file runs in onnxruntime, not {runtime}", "leave --runtime out")
+    frame = onnx_profile(path)
+    shape = onnx_input_shape(path)
+    print_frame(frame, title=f"{path} at {','.join(str(d) for d in shape[1:])} (ONNX graph)")
+    out.print(f"total MACs {int(frame['macs'].sum()):,} (FLOPs = 2 x MACs), params {int(frame['params'].sum()):,}")
+    if latency:
+        lat = onnx_latency(path, threads=threads)
+        out.print(
+            f"latency (onnxruntime, batch 1, {threads} threads): median {lat['median_ms']:.2f} ms (p10 "
+            f"{lat['p10_ms']:.2f}, p90 {lat['p90_ms']:.2f})"
+        )
