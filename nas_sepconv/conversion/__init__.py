@@ -13,7 +13,7 @@ from .normal_equations import conv_patches
 from .plan import Plan, PlanEntry
 from .planning import PlanWarning, make_plan
 from .policy import Policy
-from .pruning import PRUNING_IMPORTANCES, PruningImportance, is_pruned, prune
+from .pruning import PRUNING_IMPORTANCES, PruningImportance, is_pruned, prune, pruning_importance
 from .rewrite import INIT_NAMES, INITS, InitMethod, apply_plan, convert, init_method, plan_of
 from .sites import Site, activation_after, find_sites
 from .width import apply_width_mult, find_classifier
@@ -49,6 +49,7 @@ __all__ = [
     "predict_latency",
     "is_pruned",
     "prune",
+    "pruning_importance",
     "refit",
     "sensitivity",
 ]

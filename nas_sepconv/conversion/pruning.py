@@ -32,7 +32,15 @@ from ..measure import count_macs
 from ..tables import lookup
 from .width import check_output_shapes, prunable_copy, torch_pruning
 
-__all__ = ["PRUNING_IMPORTANCES", "PruningImportance", "prune", "is_pruned", "PRUNE_STEPS", "MAX_LAYER_PRUNING"]
+__all__ = [
+    "PRUNING_IMPORTANCES",
+    "PruningImportance",
+    "pruning_importance",
+    "prune",
+    "is_pruned",
+    "PRUNE_STEPS",
+    "MAX_LAYER_PRUNING",
+]
 
 #: Pruning steps from the full model to :data:`MAX_LAYER_PRUNING` of the channels pruned: the
 #: MACs reached are at most the budget and usually within one step (about 1-2 % of the
@@ -81,6 +89,11 @@ PRUNING_IMPORTANCES: dict[str, PruningImportance] = {
 }
 
 
+def pruning_importance(name: str) -> PruningImportance:
+    """The record of :data:`PRUNING_IMPORTANCES` named ``name`` (field ``importance`` in errors)."""
+    return lookup(PRUNING_IMPORTANCES, name, field="importance", what="pruning importance")
+
+
 def _check_arguments(
     model: nn.Module, example_inputs: Any, macs_ratio: float, importance: str, data: Any, round_to: int | None
 ) -> PruningImportance:
@@ -97,7 +110,7 @@ def _check_arguments(
         raise UserInputError("macs_ratio", f"expected a number in (0, 1), got {macs_ratio!r}", "e.g. 0.5")
     if not 0 < macs_ratio < 1:
         raise UserInputError("macs_ratio", f"must be in (0, 1), got {macs_ratio}", "e.g. 0.5 for half the MACs")
-    record = lookup(PRUNING_IMPORTANCES, importance, field="importance", what="pruning importance")
+    record = pruning_importance(importance)
     if record.needs_data and data is None:
         raise UserInputError(
             "data", f"importance {record.name!r} needs a few labelled batches", "pass data=[(inputs, targets), ...]"
