@@ -167,3 +167,15 @@ def test_save_model_refuses_a_pruned_model_in_one_line(tmp_path):
 
 def test_ns_exports_prune():
     assert ns.prune is prune and "prune" in ns.__all__
+
+
+def test_a_pruned_model_exports_to_onnx_as_the_refusal_says(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from nas_sepconv.measure import onnx_session, run_onnx, to_onnx
+
+    model, x = tiny()
+    pruned = prune(model, x[:1], macs_ratio=0.5).eval()
+    path = to_onnx(pruned, x[:1], tmp_path / "m.onnx")
+    (outputs,) = run_onnx(onnx_session(path), x[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(outputs), pruned(x[:1]), rtol=1e-4, atol=1e-5)
