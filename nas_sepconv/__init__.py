@@ -8,6 +8,7 @@ Model -> plan -> converted model -> trial -> DataFrame, one package per stage::
     ns.refit(model2, model, batches)                         # conversion/least_squares.py
     plan = ns.plan_for_budget(model, ns.sensitivity(model, batches),      # conversion/budget.py
                               macs_ratio=0.25, example_inputs=x)
+    small = ns.prune(model, x, macs_ratio=0.5)              # conversion/pruning.py (DepGraph)
     table = ns.latency_table(model, x, runtime="onnxruntime")  # conversion/latency.py, measure/runtimes.py
     study = ns.search("default", trials=24)                  # search/
     df = ns.results.load("results/default")                  # results/
@@ -31,6 +32,7 @@ from .conversion import (
     plan_for_budget,
     plan_of,
     predict_latency,
+    prune,
     refit,
     sensitivity,
 )
@@ -78,6 +80,7 @@ __all__ = [
     "plan_for_budget",
     "plan_of",
     "predict_latency",
+    "prune",
     "profile",
     "refit",
     "results",

@@ -35,7 +35,7 @@ from torch.nn.modules.module import (
     register_module_parameter_registration_hook,
 )
 
-from .conversion import apply_plan, apply_width_mult
+from .conversion import apply_plan, apply_width_mult, is_pruned
 from .errors import UserInputError
 from .files import atomic_path
 from .jsonfile import loads
@@ -74,9 +74,16 @@ def save_model(path: str | Path, model: nn.Module, recipe: Recipe | Mapping[str,
     """Write ``model``'s weights and the ``recipe`` that rebuilds it to ``path`` (atomically).
 
     ``recipe``: a :class:`Recipe`, or its dict form (written as given; :func:`load_model`
-    checks whatever a file holds)."""
+    checks whatever a file holds).  A model :func:`~nas_sepconv.conversion.prune` returned is
+    refused (:class:`UserInputError`): no recipe rebuilds its per-layer widths."""
     from safetensors.torch import save_file
 
+    if is_pruned(model):
+        raise UserInputError(
+            "model",
+            "a channel-pruned model (ns.prune) has per-layer widths that a recipe cannot rebuild",
+            "export it to ONNX (nas_sepconv.measure.to_onnx), or save the base model and prune again",
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

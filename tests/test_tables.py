@@ -8,7 +8,7 @@ import typing
 import pytest
 
 from nas_sepconv.blocks.kinds import KINDS, kind_by_name
-from nas_sepconv.conversion import INITS, init_method
+from nas_sepconv.conversion import INITS, PRUNING_IMPORTANCES, init_method, pruning_importance
 from nas_sepconv.data.sources import DATASETS, find_dataset
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.measure.runtimes import RUNTIMES, find_runtime
@@ -56,6 +56,7 @@ def test_lookup_lists_the_given_names_for_a_table_keyed_by_aliases():
         (search_mode, "search.mode", "search mode", list(SEARCH_MODES)),
         (space_kind, "kind", "space kind", list(SPACE_KINDS)),
         (init_method, "init", "initialisation", list(INITS)),
+        (pruning_importance, "importance", "pruning importance", list(PRUNING_IMPORTANCES)),
         (finalize_start, "search.finalize_from", "finalisation start", list(FINALIZE_STARTS)),
     ],
 )

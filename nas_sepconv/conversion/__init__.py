@@ -1,5 +1,5 @@
 """Model -> plan -> converted model: conv sites, Plan, apply_plan, refit, fidelity, budgets,
-width pruning, inference optimisation and latency tables."""
+width pruning, channel pruning to a MACs budget, inference optimisation and latency tables."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .normal_equations import conv_patches
 from .plan import Plan, PlanEntry
 from .planning import PlanWarning, make_plan
 from .policy import Policy
+from .pruning import PRUNING_IMPORTANCES, PruningImportance, is_pruned, prune, pruning_importance
 from .rewrite import INIT_NAMES, INITS, InitMethod, apply_plan, convert, init_method, plan_of
 from .sites import Site, activation_after, find_sites
 from .width import apply_width_mult, find_classifier
@@ -28,6 +29,8 @@ __all__ = [
     "PlanEntry",
     "PlanWarning",
     "Policy",
+    "PRUNING_IMPORTANCES",
+    "PruningImportance",
     "Site",
     "activation_after",
     "apply_plan",
@@ -44,6 +47,9 @@ __all__ = [
     "plan_for_budget",
     "plan_of",
     "predict_latency",
+    "is_pruned",
+    "prune",
+    "pruning_importance",
     "refit",
     "sensitivity",
 ]

@@ -15,6 +15,7 @@ import copy
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -23,7 +24,7 @@ from ..errors import UserInputError
 from ..measure import output_tensors
 from ..models import make_divisible
 
-__all__ = ["apply_width_mult", "find_classifier"]
+__all__ = ["apply_width_mult", "check_output_shapes", "find_classifier", "prunable_copy", "torch_pruning"]
 
 _WIDER_FIX = "build the model with a wider factory (e.g. mobilenet_v2_cifar(width_mult=1.4)) or use a build space"
 
@@ -76,10 +77,10 @@ def _check_arguments(model: nn.Module, width_mult: float, example_inputs: torch.
 
 
 def _ignored_in_copy(
-    model: nn.Module, pruned: nn.Module, ignored_layers: Sequence[nn.Module] | None
+    model: nn.Module, pruned: nn.Module, ignored_layers: Sequence[nn.Module] | None, field: str
 ) -> list[nn.Module]:
     """The modules of the copy ``pruned`` that stand for ``ignored_layers`` (given as modules of
-    ``model``, or already of the copy)."""
+    ``model``, or already of the copy); a stranger raises naming ``field``."""
     names = {id(m): n for n, m in model.named_modules()}
     copy_modules = dict(pruned.named_modules())
     ignored: list[nn.Module] = []
@@ -90,11 +91,52 @@ def _ignored_in_copy(
             ignored.append(layer)
         else:
             raise UserInputError(
-                "ignored_layers",
-                f"a {type(layer).__name__} in ignored_layers is not a sub-module of the model",
+                field,
+                f"a {type(layer).__name__} in {field} is not a sub-module of the model",
                 "pass modules of the model itself",
             )
     return ignored
+
+
+def torch_pruning(field: str) -> Any:
+    """The ``torch_pruning`` package; its absence raises naming ``field``."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        raise UserInputError(
+            field, "pruning needs torch-pruning, which is not installed", "pip install torch-pruning"
+        ) from None
+    return tp
+
+
+def prunable_copy(
+    model: nn.Module, example_inputs: torch.Tensor, ignored_layers: Sequence[nn.Module] | None, *, field: str
+) -> tuple[nn.Module, list[nn.Module], list[tuple[int, ...]]]:
+    """The DepGraph set-up every pruner here shares: a copy of ``model``, the layers of the copy
+    whose output channels stay (``ignored_layers``, named ``field`` in errors, and the
+    classifier: :func:`find_classifier` of the output's channels), and the output shapes that
+    pruning must keep."""
+    pruned = copy.deepcopy(model)
+    ignored = _ignored_in_copy(model, pruned, ignored_layers, field)
+    shapes = _output_shapes(pruned, example_inputs)
+    channel_counts = [s[1] for s in shapes if len(s) >= 2]
+    classifier = find_classifier(pruned, channel_counts[0] if channel_counts else None)
+    if classifier is not None:
+        ignored.append(classifier)
+    return pruned, ignored, shapes
+
+
+def check_output_shapes(
+    pruned: nn.Module, example_inputs: torch.Tensor, shapes: list[tuple[int, ...]], *, field: str
+) -> None:
+    """Raise (naming ``model``; the fix names ``field``) when pruning changed the output shapes."""
+    new_shapes = _output_shapes(pruned, example_inputs)
+    if new_shapes != shapes:  # pragma: no cover - a Torch-Pruning gap on an unusual model
+        raise UserInputError(
+            "model",
+            f"pruning changed the output shapes from {shapes} to {new_shapes}",
+            f"pass the output layer in {field}",
+        )
 
 
 def _keep_ratios(
@@ -136,22 +178,10 @@ def apply_width_mult(
     ``width_mult == 1`` gives an unchanged copy; ``model`` itself is never changed.
     """
     _check_arguments(model, width_mult, example_inputs, round_to)
-    pruned = copy.deepcopy(model)
     if width_mult == 1:
-        return pruned
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise UserInputError(
-            "width_mult", "pruning needs torch-pruning, which is not installed", "pip install torch-pruning"
-        ) from None
-
-    ignored = _ignored_in_copy(model, pruned, ignored_layers)
-    shapes = _output_shapes(pruned, example_inputs)
-    channel_counts = [s[1] for s in shapes if len(s) >= 2]
-    classifier = find_classifier(pruned, channel_counts[0] if channel_counts else None)
-    if classifier is not None:
-        ignored.append(classifier)
+        return copy.deepcopy(model)
+    tp = torch_pruning("width_mult")
+    pruned, ignored, shapes = prunable_copy(model, example_inputs, ignored_layers, field="ignored_layers")
 
     ratios = _keep_ratios(pruned, ignored, width_mult, round_to)
 
@@ -170,11 +200,5 @@ def apply_width_mult(
         )
         pruner.step()
     pruned.train(was_training)
-    new_shapes = _output_shapes(pruned, example_inputs)
-    if new_shapes != shapes:  # pragma: no cover - a Torch-Pruning gap on an unusual model
-        raise UserInputError(
-            "model",
-            f"pruning changed the output shapes from {shapes} to {new_shapes}",
-            "pass the output layer in ignored_layers",
-        )
+    check_output_shapes(pruned, example_inputs, shapes, field="ignored_layers")
     return pruned

@@ -1,0 +1,205 @@
+"""Structured channel pruning to a MACs budget: the compressor users reach for beside conversion.
+
+Fang et al., "DepGraph: Towards Any Structural Pruning" (CVPR 2023), through Torch-Pruning: the
+dependency graph couples the channels that must go together (residual additions,
+concatenations, depthwise convolutions, normalisation layers), every coupled group gets one
+importance, and the groups are ranked GLOBALLY (one ranking over the whole network, so layers
+lose different fractions of their channels).  The channels are removed in small steps until the
+model's MACs (:func:`~nas_sepconv.measure.count_macs`, this project's convention) are at most
+``macs_ratio`` of the original's.
+
+The importances are a table, :data:`PRUNING_IMPORTANCES`: ``magnitude`` (L2 norm of the
+group's weights) and ``taylor`` (first-order Taylor expansion of the loss, |w · dL/dw|: Molchanov
+et al., "Importance Estimation for Neural Network Pruning", CVPR 2019; needs a few labelled
+batches).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import UserInputError
+from ..measure import count_macs
+from ..tables import lookup
+from .width import check_output_shapes, prunable_copy, torch_pruning
+
+__all__ = [
+    "PRUNING_IMPORTANCES",
+    "PruningImportance",
+    "pruning_importance",
+    "prune",
+    "is_pruned",
+    "PRUNE_STEPS",
+    "MAX_LAYER_PRUNING",
+]
+
+#: Pruning steps from the full model to :data:`MAX_LAYER_PRUNING` of the channels pruned: the
+#: MACs reached are at most the budget and usually within one step (about 1-2 % of the
+#: original's MACs) below it.
+PRUNE_STEPS = 100
+#: The largest fraction of its channels one coupled group may lose (no layer vanishes).
+MAX_LAYER_PRUNING = 0.9
+
+# The models prune() returned, held weakly: a recipe cannot rebuild their per-layer widths, so
+# save_model refuses them (is_pruned) rather than write a file that load_model would refuse.
+_PRUNED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """Whether ``model`` is a model :func:`prune` returned (not a copy of one)."""
+    return model in _PRUNED
+
+
+@dataclass(frozen=True)
+class PruningImportance:
+    """One way to score channel groups: ``make(tp)`` builds Torch-Pruning's importance from the
+    ``torch_pruning`` module; ``needs_data``: it reads gradients of the loss on ``data``."""
+
+    name: str
+    make: Callable[[Any], Any]
+    needs_data: bool
+    paper: str
+
+
+PRUNING_IMPORTANCES: dict[str, PruningImportance] = {
+    record.name: record
+    for record in (
+        PruningImportance(
+            "magnitude",
+            lambda tp: tp.importance.MagnitudeImportance(p=2),
+            needs_data=False,
+            paper="Fang et al., DepGraph, CVPR 2023 (group L2 norm)",
+        ),
+        PruningImportance(
+            "taylor",
+            lambda tp: tp.importance.TaylorImportance(),
+            needs_data=True,
+            paper="Molchanov et al., Importance Estimation for Neural Network Pruning, CVPR 2019",
+        ),
+    )
+}
+
+
+def pruning_importance(name: str) -> PruningImportance:
+    """The record of :data:`PRUNING_IMPORTANCES` named ``name`` (field ``importance`` in errors)."""
+    return lookup(PRUNING_IMPORTANCES, name, field="importance", what="pruning importance")
+
+
+def _check_arguments(
+    model: nn.Module, example_inputs: Any, macs_ratio: float, importance: str, data: Any, round_to: int | None
+) -> PruningImportance:
+    """The arguments of :func:`prune`, checked before anything is copied; the importance record."""
+    if not isinstance(model, nn.Module):
+        raise UserInputError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, torch.Tensor):
+        raise UserInputError(
+            "example_inputs",
+            f"expected a tensor, got {type(example_inputs).__name__}",
+            "pass a batch such as torch.randn(2, 3, 32, 32)",
+        )
+    if isinstance(macs_ratio, bool) or not isinstance(macs_ratio, (int, float)) or not math.isfinite(macs_ratio):
+        raise UserInputError("macs_ratio", f"expected a number in (0, 1), got {macs_ratio!r}", "e.g. 0.5")
+    if not 0 < macs_ratio < 1:
+        raise UserInputError("macs_ratio", f"must be in (0, 1), got {macs_ratio}", "e.g. 0.5 for half the MACs")
+    record = pruning_importance(importance)
+    if record.needs_data and data is None:
+        raise UserInputError(
+            "data", f"importance {record.name!r} needs a few labelled batches", "pass data=[(inputs, targets), ...]"
+        )
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise UserInputError("round_to", f"expected an integer >= 1 or None, got {round_to!r}", "use 8, or None")
+    return record
+
+
+def _batches(data: Iterable[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``data`` as a list of (inputs, targets) pairs, checked."""
+    batches = list(data)
+    if not batches or not all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
+        raise UserInputError(
+            "data", "expected a non-empty list of (inputs, targets) batches", "e.g. [(x, y), (x2, y2)]"
+        )
+    return [(b[0], b[1]) for b in batches]
+
+
+def _accumulate_gradients(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Gradients of the cross-entropy on ``batches`` in the parameters' ``.grad`` (Taylor)."""
+    model.zero_grad()
+    for inputs, targets in batches:
+        F.cross_entropy(model(inputs), targets).backward()
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    macs_ratio: float,
+    importance: str = "magnitude",
+    data: Iterable[Any] | None = None,
+    round_to: int | None = None,
+    ignored: Sequence[nn.Module] | None = None,
+) -> nn.Module:
+    """A copy of ``model`` with channels pruned until its MACs are at most ``macs_ratio`` of the
+    original's (DepGraph, Fang et al. CVPR 2023, with one global importance ranking).
+
+    ``importance``: a name of :data:`PRUNING_IMPORTANCES` (``taylor``, Molchanov et al. 2019,
+    needs ``data``: a few ``(inputs, targets)`` batches whose cross-entropy gradients score the
+    channels).  ``round_to``: channel counts kept as multiples of it.  ``ignored``: modules of
+    ``model`` whose output channels stay; the classifier's outputs always stay, so
+    ``model(example_inputs)`` keeps its shape.  The result is a plain ``nn.Module`` with the
+    original's classes and narrower layers, in ``model``'s train/eval mode; ``model`` is never
+    changed.  Its MACs end at most one step of :data:`PRUNE_STEPS` (about 1-2 % of the
+    original's) below the budget.
+
+    Raises:
+        UserInputError: a bad argument (naming it), or a ratio that pruning cannot reach
+            (``macs_ratio``: each group keeps at least 1 - :data:`MAX_LAYER_PRUNING` of its channels).
+    """
+    record = _check_arguments(model, example_inputs, macs_ratio, importance, data, round_to)
+    batches = _batches(data) if record.needs_data else []
+    tp = torch_pruning("importance")
+    pruned, kept, shapes = prunable_copy(model, example_inputs, ignored, field="ignored")
+    original = count_macs(pruned, example_inputs)
+    target = macs_ratio * original
+    was_training = pruned.training
+    pruned.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.BasePruner(
+            pruned,
+            example_inputs,
+            importance=record.make(tp),
+            global_pruning=True,
+            pruning_ratio=MAX_LAYER_PRUNING,
+            max_pruning_ratio=MAX_LAYER_PRUNING,
+            iterative_steps=PRUNE_STEPS,
+            ignored_layers=kept,
+            round_to=round_to,
+        )
+        macs = original
+        for _ in range(PRUNE_STEPS):
+            if batches:
+                _accumulate_gradients(pruned, batches)
+            pruner.step()
+            macs = count_macs(pruned, example_inputs)
+            if macs <= target:
+                break
+    pruned.zero_grad(set_to_none=True)
+    pruned.train(was_training)
+    if macs > target:
+        raise UserInputError(
+            "macs_ratio",
+            f"{macs_ratio} cannot be reached: pruning stopped at {macs / original:.3f} of the original MACs",
+            f"use a ratio above {macs / original:.2f}, or convert the model (ns.convert) as well",
+        )
+    check_output_shapes(pruned, example_inputs, shapes, field="ignored")
+    _PRUNED.add(pruned)
+    return pruned
