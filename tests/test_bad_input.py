@@ -264,7 +264,7 @@ CASES: list[Case] = [
     ),
     Case(
         "input-size-wrong-for-model",
-        "input_size",
+        "--input-size: ResNet does not run on inputs of shape (1, 3, 32)",
         cli=lambda e: ["convert", "--model", "torchvision:resnet18", "--input-size", "3,32"],
     ),
     Case(
@@ -410,7 +410,8 @@ CASES: list[Case] = [
     ),
     Case(
         "input-size-channels-convert",
-        "input_size: TinyConvNet expects 1 input channel(s) (first conv features.0 takes 1), got 3; use --input-size 1,32,32",
+        "--input-size: TinyConvNet expects 1 input channel(s) (first conv features.0 takes 1), got 3; use --input-size "
+        "1,32,32",
         cli=lambda e: ["convert", "--model", "nas_sepconv:tiny_convnet", "--input-size", "3,32,32"],
     ),
     Case(

@@ -108,6 +108,7 @@ FLAGS: dict[str, str] = {
     "multi_fidelity": "--multi-fidelity",
     "stream": "--stream",
     "memory_budget_gb": "--memory-budget",
+    "input_size": "--input-size",
     "finalize": "--finalize",
     "trial": "--trial",
     "allow_import": "--allow-import",
