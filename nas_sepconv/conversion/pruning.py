@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..errors import UserInputError
 from ..measure import count_macs
 from ..tables import lookup
-from .width import check_output_shapes, prunable_copy, torch_pruning
+from .width import check_model_and_input, check_output_shapes, prunable_copy, torch_pruning
 
 __all__ = [
     "PRUNING_IMPORTANCES",
@@ -98,14 +98,7 @@ def _check_arguments(
     model: nn.Module, example_inputs: Any, macs_ratio: float, importance: str, data: Any, round_to: int | None
 ) -> PruningImportance:
     """The arguments of :func:`prune`, checked before anything is copied; the importance record."""
-    if not isinstance(model, nn.Module):
-        raise UserInputError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_inputs, torch.Tensor):
-        raise UserInputError(
-            "example_inputs",
-            f"expected a tensor, got {type(example_inputs).__name__}",
-            "pass a batch such as torch.randn(2, 3, 32, 32)",
-        )
+    check_model_and_input(model, example_inputs)
     if isinstance(macs_ratio, bool) or not isinstance(macs_ratio, (int, float)) or not math.isfinite(macs_ratio):
         raise UserInputError("macs_ratio", f"expected a number in (0, 1), got {macs_ratio!r}", "e.g. 0.5")
     if not 0 < macs_ratio < 1:

@@ -66,14 +66,7 @@ def _check_arguments(model: nn.Module, width_mult: float, example_inputs: torch.
         )
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise UserInputError("round_to", f"expected an integer >= 1, got {round_to!r}", "use 8 (or 1 for no rounding)")
-    if not isinstance(model, nn.Module):
-        raise UserInputError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_inputs, torch.Tensor):
-        raise UserInputError(
-            "example_inputs",
-            f"expected a tensor, got {type(example_inputs).__name__}",
-            "pass a batch such as torch.randn(2, 3, 32, 32)",
-        )
+    check_model_and_input(model, example_inputs)
 
 
 def _ignored_in_copy(
@@ -202,3 +195,15 @@ def apply_width_mult(
     pruned.train(was_training)
     check_output_shapes(pruned, example_inputs, shapes, field="ignored_layers")
     return pruned
+
+
+def check_model_and_input(model: Any, example_inputs: Any) -> None:
+    """What DepGraph pruning takes (``apply_width_mult``, ``prune``): a module and one example batch."""
+    if not isinstance(model, nn.Module):
+        raise UserInputError("model", f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, torch.Tensor):
+        raise UserInputError(
+            "example_inputs",
+            f"expected a tensor, got {type(example_inputs).__name__}",
+            "pass a batch such as torch.randn(2, 3, 32, 32)",
+        )

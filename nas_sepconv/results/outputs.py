@@ -234,8 +234,9 @@ def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
     (the hypervolume over the best baseline's, each front chosen on validation and scored on the
     test split: the headline), ``90% interval`` (its bootstrap interval, NA without per-image
     test results), ``val ratio`` (the same ratio on validation) and ``train TMACs`` (what the
-    study's trials spent: training images x MACs, in 1e12).  The hypervolumes themselves, the normalised and chance-reference
-    ratios and the wall clock are in :func:`compare`'s table (``comparison.csv``).
+    study's trials spent: training images x MACs, in 1e12).  The hypervolumes themselves, the
+    normalised and chance-reference ratios and the wall clock are in :func:`compare`'s table
+    (``comparison.csv``).
     """
     shown = pd.DataFrame(
         {
@@ -315,7 +316,8 @@ def protocol_line(table: pd.DataFrame) -> str | None:
     ]
     level = round(100 * float(table.attrs.get("interval", 0.9)))
     return (
-        "headline (test ratio: hypervolume x the best baseline's): each front chosen on validation, scored on the test split, on the "
+        "headline (test ratio: hypervolume x the best baseline's): each front chosen on validation, "
+        "scored on the test split, on the "
         f"reference {', '.join(parts)}; {level}% interval: bootstrap over the test images; val ratio: the same "
         "on validation; train TMACs: training images x MACs, summed (compare them before reading a ratio)"
     )
