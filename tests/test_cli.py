@@ -399,7 +399,7 @@ def test_the_search_status_line_fits_120_columns_and_cuts_the_architecture_at_a_
 
     from rich.console import Console
 
-    from nas_sepconv.cli.search import _status_line
+    from nas_sepconv.cli.search import status_line
     from nas_sepconv.progress import Progress
     from nas_sepconv.search import SearchStatus
 
@@ -407,7 +407,7 @@ def test_the_search_status_line_fits_120_columns_and_cuts_the_architecture_at_a_
     status = SearchStatus(
         target=40, done=7, failed=1, running=2, front_size=4, best_accuracy=0.8123, last=f"#9 COMPLETE {arch}"
     )
-    info = _status_line(status)
+    info = status_line(status)
     bar = Progress(
         "search", unit="trials", console=Console(file=io.StringIO(), width=200), resume=True
     )  # the CLI's, off a terminal

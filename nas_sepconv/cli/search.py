@@ -144,11 +144,11 @@ class _SearchProgress(Progress):
 
     def __init__(self) -> None:
         super().__init__("search", unit="trials", console=err, transient=True, resume=True)
-        self.update(info=_status_line(None))
+        self.update(info=status_line(None))
 
     def show(self, status: SearchStatus) -> None:
         """The ``progress`` callback of the search: one status after each trial."""
-        self.update(status.done, total=status.target, info=_status_line(status))
+        self.update(status.done, total=status.target, info=status_line(status))
 
 
 @contextmanager
@@ -162,7 +162,7 @@ def _resumable_on_ctrl_c():
         raise typer.Exit(130)
 
 
-def _status_line(status: SearchStatus | None) -> str:
+def status_line(status: SearchStatus | None) -> str:
     """What the search's progress line adds to ``search: done/target trials, rate, ETA``; the
     progress cuts it to the line's width at a space, so the architecture text (last) goes first."""
     if status is None:
