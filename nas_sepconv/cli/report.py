@@ -17,8 +17,9 @@ def print_report(study_name: str, folder: Path, df: Any = None) -> None:
     """The Pareto table, the original model of a convert search, the files written."""
     df = results.load(folder) if df is None else df
     print_frame(results.pareto_table(df), title=f"Pareto front of {study_name} ({len(df)} trials)")
-    if line := results.base_line(df):
-        out.print(line)
+    for line in (results.base_line(df), results.finalized_line(df)):
+        if line:
+            out.print(line)
     for name in ("trials.csv", "pareto.csv", "pareto.png"):
         out.print(f"wrote {folder / name}")
 

@@ -10,6 +10,7 @@ from .objectives import KNOWN_DIRECTIONS, LOG_SCALE_COLUMNS, OBJECTIVES, Objecti
 from .outputs import (
     base_line,
     comparison_table,
+    finalized_line,
     load_baselines,
     pareto_table,
     protocol_line,
@@ -30,6 +31,7 @@ __all__ = [
     "bootstrap_ratios",
     "compare",
     "comparison_table",
+    "finalized_line",
     "hypervolume",
     "knee",
     "load",

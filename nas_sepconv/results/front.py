@@ -83,8 +83,14 @@ def eligible_rows(df: pd.DataFrame, losses: np.ndarray, *, include_stopped: bool
     a hard budget are recorded with ``feasible`` False and are never on the front), trained to
     the full budget unless ``include_stopped`` (the multi-fidelity mode records a trial it
     stopped at a rung with ``stopped_early`` True, and that rung's objectives), finite
-    objectives."""
+    objectives.  In a one-shot study of which some trials were finalised (``accuracy_source``
+    ``finalized``, :mod:`nas_sepconv.search.finalization`), only the finalised ones: an inherited
+    accuracy and one trained alone are not on the same scale, so one front never mixes them."""
     ok = np.isfinite(losses).all(axis=1)
+    if "accuracy_source" in df.columns:
+        finalized = (df["accuracy_source"].astype("string") == "finalized").fillna(False).to_numpy(dtype=bool)
+        if finalized.any():
+            ok &= finalized
     if "state" in df.columns:
         ok &= (df["state"].astype("string") == "COMPLETE").fillna(False).to_numpy(dtype=bool)
     if "feasible" in df.columns:

@@ -27,6 +27,7 @@ __all__ = [
     "pareto_table",
     "comparison_table",
     "base_line",
+    "finalized_line",
     "reference_line",
 ]
 
@@ -223,6 +224,23 @@ def base_line(df: pd.DataFrame) -> str | None:
     model = f" ({base['model']})" if base.get("model") else ""
     return (
         f"original model: accuracy {100 * base['accuracy']:.2f}%{test}, MACs {base['macs'] / 1e6:.2f} M{params}{model}"
+    )
+
+
+def finalized_line(df: pd.DataFrame) -> str | None:
+    """``front of the N finalised trials; M trials with inherited accuracy are left out of it``
+    for a one-shot study of which some trials were finalised (the front never mixes the two
+    accuracies: :func:`~.front.eligible_rows`); None otherwise."""
+    if "accuracy_source" not in df.columns:
+        return None
+    source = df["accuracy_source"].astype("string")
+    finalized = int((source == "finalized").sum())
+    inherited = int((source == "inherited").sum())
+    if not finalized or not inherited:
+        return None
+    return (
+        f"front of the {finalized} finalised trials; {inherited} trials with inherited accuracy "
+        "are left out of it (their accuracy_source in trials.csv)"
     )
 
 
