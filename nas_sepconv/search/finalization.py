@@ -22,6 +22,7 @@ finalised is skipped, so the same command resumes.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,15 @@ def check_finalize(finalize: int | None, settings: Settings) -> None:
         raise UserInputError("finalize", problem, "leave it out, or use search.mode: oneshot")
 
 
-def front_to_finalize(trials: list[optuna.trial.FrozenTrial], k: int) -> list[int]:
-    """The numbers of the (at most) ``k`` trials to finalise: the Pareto front of inherited
-    validation accuracy (max) and MACs (min) over the COMPLETE, feasible trials, spread over the
-    front when it holds more than ``k`` (evenly by rank in MACs, both ends kept), fewest MACs
-    first.  ``trials`` as the storage holds them (their ``accuracy`` the inherited one)."""
+def front_to_finalize(trials: list[optuna.trial.FrozenTrial], k: int, *, finalized: Collection[int] = ()) -> list[int]:
+    """The numbers of the (at most) ``k`` trials that make up the study's finalised set: the
+    trials already ``finalized`` (they count towards ``k``, so a re-run with a larger ``k``
+    finalises ``k`` in all, never more), then trials of the Pareto front of inherited
+    validation accuracy (max) and MACs (min) over the COMPLETE, feasible trials, spread over
+    the part of the front not finalised yet when it holds more than the free places (evenly by
+    rank in MACs, both ends kept), fewest MACs first.  ``trials`` as the storage holds them
+    (their ``accuracy`` the inherited one)."""
+    done = sorted(set(finalized))
     rows = [
         {
             "number": t.number,
@@ -81,16 +86,17 @@ def front_to_finalize(trials: list[optuna.trial.FrozenTrial], k: int) -> list[in
         for t in trials
         if t.state == optuna.trial.TrialState.COMPLETE
     ]
-    if not rows:
-        return []
+    free = k - len(done)
+    if not rows or free <= 0:
+        return done
     df = pd.DataFrame(rows).astype({"accuracy": "float64", "macs": "float64"})
     front = pareto_front(df, objectives=("accuracy", "macs"), directions=("maximize", "minimize"))
     front = front.sort_values(["macs", "number"])
-    numbers = [int(n) for n in front["number"]]
-    if len(numbers) <= k:
-        return numbers
-    picks = np.unique(np.round(np.linspace(0, len(numbers) - 1, k)).astype(int))
-    return [numbers[i] for i in picks]
+    numbers = [int(n) for n in front["number"] if int(n) not in done]
+    if len(numbers) > free:
+        picks = np.unique(np.round(np.linspace(0, len(numbers) - 1, free)).astype(int))
+        numbers = [numbers[i] for i in picks]
+    return done + numbers
 
 
 def finalize_candidate(
@@ -124,15 +130,15 @@ def finalize_candidate(
 
 
 def finalize_front(settings: Settings, study: optuna.Study, k: int, *, progress: bool = False) -> list[int]:
-    """Finalise the ``k`` front candidates of the one-shot ``study`` (:func:`front_to_finalize`)
-    not finalised yet, one after the other in this process, on ``settings.options.threads``,
+    """Finalise front candidates of the one-shot ``study`` until ``k`` of its trials are
+    finalised in all (:func:`front_to_finalize`), one after the other in this process, on ``settings.options.threads``,
     the results folder's outputs (``trials.csv``, the front) rewritten after each; ``progress``:
     show them (:mod:`nas_sepconv.progress`).  Returns the numbers of the trials finalised now."""
     check_finalize(k, settings)
     source = redact(settings.options.storage)
     trials = study.get_trials(deepcopy=False)
-    chosen = front_to_finalize(trials, k)
-    todo = [n for n in chosen if finalized_key(n) not in study.user_attrs]
+    finalized = [t.number for t in trials if finalized_key(t.number) in study.user_attrs]
+    todo = [n for n in front_to_finalize(trials, k, finalized=finalized) if n not in finalized]
     if not todo:
         return []
     search = settings.space.spec.search

@@ -133,6 +133,9 @@ def test_front_to_finalize_spreads_over_the_front():
     assert front_to_finalize(everything, 3) == [0, 2, 4]
     assert front_to_finalize(everything, 8) == [0, 1, 2, 3, 4]
     assert front_to_finalize([], 2) == []
+    # trials finalised before count towards k: a re-run with a larger k adds only the difference
+    assert front_to_finalize(everything, 3, finalized=[1]) == [1, 0, 4]
+    assert front_to_finalize(everything, 2, finalized=[1, 3, 5]) == [1, 3, 5]
 
 
 def test_finalize_needs_a_oneshot_study_and_a_positive_count(tmp_path):
