@@ -930,6 +930,7 @@ def finalized_results(tmp_path_factory):
     )
     assert result.exit_code == 0, result.output
     assert "finalize: 1/1 trials" in result.stderr, result.stderr  # its progress, like the search's
+    assert "supernet: 1/1 epochs" in result.stderr, result.stderr  # trained before the trials, shown
     trials = pd.read_csv(out / "fin" / "trials.csv")
     (number,) = trials.loc[trials["accuracy_source"] == "finalized", "number"]
     return out / "fin", int(number)

@@ -29,17 +29,24 @@ SUPERNET_DIR = "supernet"
 CALIBRATION_IMAGES = 512
 
 
-def prepare_supernet(settings: Settings, data: Dataset) -> Supernet:
+def prepare_supernet(settings: Settings, data: Dataset, *, progress: bool = False) -> Supernet:
     """The study's supernet: trained on ``data`` with the space's ``train:`` section for
     ``search.supernet_epochs`` (default ``train.epochs``) into ``<out_dir>/supernet``, or
-    resumed or loaded from there; one process trains it while the others wait on the lock."""
+    resumed or loaded from there; one process trains it while the others wait on the lock.
+    ``progress``: show its epochs (:mod:`nas_sepconv.progress`)."""
     spec = settings.space.spec
     space = supernet_space(settings.space, input_shape=data.input_shape, num_classes=data.num_classes)
     cfg = replace(spec.train, seed=settings.options.seed, epochs=spec.search.supernet_epochs or spec.train.epochs)
     folder = settings.out_dir / SUPERNET_DIR
     with lock(folder):
         return train_supernet(
-            space, data, out_dir=folder, config=cfg, device=settings.options.device, random_subnets=RANDOM_SUBNETS
+            space,
+            data,
+            out_dir=folder,
+            config=cfg,
+            device=settings.options.device,
+            random_subnets=RANDOM_SUBNETS,
+            progress=progress,
         )
 
 

@@ -43,6 +43,7 @@ from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_
 from .base_model import check_base_cache
 from .candidates import build_candidate, run_candidate
 from .finalization import check_finalize, finalize_front
+from .inherited import prepare_supernet
 from .memory import MemoryWatch, check_memory, data_record
 from .options import SearchOptions
 from .outputs import SearchStatus, refresh_outputs
@@ -139,7 +140,7 @@ def search_with(
     loaded = with_data_memory(loaded, stream=options.stream, budget_gb=options.memory_budget_gb)
     settings = _settings(loaded, options)
     data = _fit_to_data(settings)
-    the_study = _open_and_run(settings, progress, data_record(data, plan=settings.space.spec.data.memory_plan()))
+    the_study = _open_and_run(settings, progress, data, data_record(data, plan=settings.space.spec.data.memory_plan()))
     if options.finalize is not None:  # trials.csv, the front and the report then show the finalised trials
         finalize_front(settings, the_study, options.finalize, progress=progress is not None)
     return the_study
@@ -162,17 +163,22 @@ def _fit_to_data(settings: Settings) -> Dataset:
 
 
 def _open_and_run(
-    settings: Settings, progress: Callable[[SearchStatus], None] | None, data: dict[str, Any]
+    settings: Settings, progress: Callable[[SearchStatus], None] | None, dataset: Dataset, data: dict[str, Any]
 ) -> optuna.Study:
     """Create the results folder, open (or resume) the study, claim this run's session in it
-    and record where the study lives and what data it reads (``meta.json``); run the trials
-    while watching the memory of the search's processes (its peak goes to ``meta.json`` and the
-    last status), then check the run (every trial failed: an error).  Returns the study."""
+    and record where the study lives and what data it reads (``meta.json``); in a mode whose
+    trials inherit their weights, train (or resume, or load) the study's supernet here first,
+    its epochs shown when ``progress`` is; run the trials while watching the memory of the
+    search's processes (its peak goes to ``meta.json`` and the last status), then check the run
+    (every trial failed: an error).  Returns the study."""
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     the_study = open_study(settings)
     settings.session = claim_session(the_study, settings)
     _write_meta(settings, data=data)
     with MemoryWatch() as watch:
+        if settings.space.spec.search.search_mode.accuracy_source == "inherited":
+            with torch_threads(settings.options.threads):  # the trials load it from the results folder
+                prepare_supernet(settings, dataset, progress=progress is not None)
         status = _run(the_study, settings, progress, data_note=data["note"])
     with contextlib.suppress(
         StorageError
