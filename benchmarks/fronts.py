@@ -3,6 +3,7 @@
     python benchmarks/fronts.py digits [--seeds 0 1 2] [--out results/fronts/digits]
     python benchmarks/fronts.py cifar10 --data-root PATH [--seeds 0 1 2] [--multi-fidelity [SEED ...]] [--out results/fronts/cifar10]
     python benchmarks/fronts.py cifar10-full --data-root PATH --device cuda [--out results/fronts/cifar10_cuda]
+    python benchmarks/fronts.py cifar10 --data-root PATH --oneshot [SEED ...]   (adds the one-shot pipeline)
 
 For each seed, runs the searched space and each baseline family (bundled spaces: every alpha
 of the family once, by the grid sampler) with the same data, training recipe and seed, into
@@ -28,6 +29,12 @@ reference point computed from every trial of every study and seed together.  The
 spaces, what is overridden, identically for all of them) are :data:`CONFIGS`; an overridden
 space is written to ``OUT/spaces/<name>.yaml`` and run from there.  Running the command again
 resumes (a finished study is left as it is).
+
+``--oneshot [SEED ...]`` adds, after every seed's studies, the one-shot pipeline (issue 26): the
+searched space in ``search.mode: oneshot`` (:data:`ONESHOT`: one supernet, 500 subnets searched on
+inherited weights, the front's 8 finalised), scored like the others and against the stand-alone
+search (``test_ratio_vs_searched``), its compute counting the supernet's training; see
+:func:`run_oneshot` and the goals in ``fronts.md``.
 
 ``--multi-fidelity [SEED ...]`` adds, after every seed's studies, a run of the searched space in
 the multi-fidelity search mode (for the seeds named, else all) and its hypervolume-against-epochs
@@ -80,6 +87,9 @@ class Config:
     #: the resolution multipliers of the equal-compute family grids (alpha x resolution, the
     #: MobileNet papers' two knobs); None: the searched space's ``build.resolution_mult``
     grid_resolutions: tuple[float, ...] | None = None
+    #: merged into the searched space for the ``--oneshot`` run, after :data:`ONESHOT` (its
+    #: supernet and finalisation epochs)
+    oneshot: dict[str, Any] = field(default_factory=dict)
 
 
 CONFIGS: dict[str, Config] = {
@@ -88,6 +98,7 @@ CONFIGS: dict[str, Config] = {
         ("mobilenetv2_width_digits", "mobilenetv3small_width_digits"),
         note="the bundled spaces as they are (24 trials of the default space; 6 + 5 alphas), 1 thread",
         floor=0.9,
+        oneshot={"search": {"supernet_epochs": 30, "finalize_epochs": 5}},
     ),
     "cifar10": Config(
         "mobilenetv3_cifar10",
@@ -100,6 +111,7 @@ CONFIGS: dict[str, Config] = {
         multi_fidelity={"min_epochs": 1, "eta": 2},
         workers=2,
         floor=0.35,  # about the middle of the families' accuracies at this size (30-37%, seed 0)
+        oneshot={"search": {"supernet_epochs": 20, "finalize_epochs": 5}},
         note="CPU-sized: 5,625 training images (4,500 train + 1,125 validation, drawn per seed; the test split's 10,000 "
         "score the fronts) "
         "at 16x16, 5 epochs at batch 64 (lr 0.05, cosine, no warm-up), for every space alike; 24 trials of the "
@@ -109,9 +121,22 @@ CONFIGS: dict[str, Config] = {
         "mobilenetv3_cifar10",
         ("mobilenetv2_width_cifar10", "mobilenetv3small_width_cifar10"),
         device="cuda",
+        oneshot={"search": {"supernet_epochs": 60, "finalize_epochs": 15}},
         note="the bundled spaces as they are (32x32, 50,000 images, 15 epochs), for a GPU",
     ),
 }
+
+
+#: The one-shot pipeline of ``--oneshot`` (issue 26): the searched space in ``search.mode: oneshot``,
+#: 500 subnets searched on inherited weights (NSGA-II, population 50), the front's 8 finalised.
+ONESHOT = {"search": {"mode": "oneshot", "trials": 500, "population_size": 50}}
+ONESHOT_FINALIZE = 8
+ONESHOT_ROLE = "searched (one-shot)"
+#: Its goals, in every seed: the test-split hypervolume over the stand-alone search's and over
+#: the best baseline's (families, grids, random search), the interval's lower end over the best
+#: baseline's above 1, and no more compute than the stand-alone search
+ONESHOT_GOAL_VS_SEARCHED = 1.2
+ONESHOT_GOAL_VS_BASELINES = 1.05
 
 
 def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +278,56 @@ def run_multi_fidelity(
     return {name: {"folder": out / name, "role": "searched (multi-fidelity)"}}
 
 
+def oneshot_space(config: Config, spaces: dict[str, str], out: Path) -> str:
+    """The searched space as the one-shot pipeline runs it (:data:`ONESHOT`, then
+    :attr:`Config.oneshot`), study ``<searched>_oneshot``, written to ``out/spaces``."""
+    from nas_sepconv.search import load_space
+
+    name = f"{config.searched}_oneshot"
+    data = merged(yaml.safe_load(load_space(spaces[config.searched]).text), merged(ONESHOT, config.oneshot))
+    data["name"] = name
+    path = out / "spaces" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def run_oneshot(
+    config: Config,
+    spaces: dict[str, str],
+    seed: int,
+    out: Path,
+    *,
+    threads: int | None,
+    data_root: str | None,
+    log: Any = print,
+    report_only: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """The one-shot pipeline of one seed (:func:`oneshot_space`): its supernet trained once,
+    the subnets searched on inherited weights, the front's :data:`ONESHOT_FINALIZE` finalised
+    (``--finalize``); with ``report_only`` only found.  The supernet's checkpoint stays in the
+    study's folder (git-ignored), so that the command resumes without training it again."""
+    import nas_sepconv as ns
+
+    name, start = f"{config.searched}_oneshot", time.perf_counter()
+    if not report_only:
+        ns.search(
+            oneshot_space(config, spaces, out.parent),
+            seed=seed,
+            out=out,
+            device=config.device,
+            workers=config.workers,
+            threads=threads,
+            data_root=data_root,
+            heartbeat=0 if config.workers == 1 else 10,
+            multi_fidelity=False,
+            finalize=ONESHOT_FINALIZE,
+        )
+        shutil.rmtree(out / name / "weights", ignore_errors=True)
+        log(f"seed {seed}: {name} done in {(time.perf_counter() - start) / 60:.1f} min")
+    return {name: {"folder": _found(out / name), "role": ONESHOT_ROLE}}
+
+
 def equal_compute_spaces(config: Config, spaces: dict[str, str], out: Path) -> dict[str, tuple[str, str, int | None]]:
     """The equal-compute baselines: study name -> (space, sampler, most trials).  Random search
     of the searched space (``<searched>_random``, no cap), and each width family as an alpha x
@@ -293,6 +368,11 @@ def _compute(df: pd.DataFrame) -> pd.Series:
     if "train_compute" not in df.columns:
         return pd.Series(0.0, index=df.index)
     return pd.to_numeric(df["train_compute"], errors="coerce").fillna(0.0).astype("float64")
+
+
+def _spent(df: pd.DataFrame) -> float:
+    """A study's summed ``train_compute``, with its supernet's training for a one-shot study."""
+    return float(_compute(df).sum()) + float(df.attrs.get("supernet_compute") or 0)
 
 
 def within_budget(df: pd.DataFrame, budget: float) -> pd.DataFrame:
@@ -419,9 +499,11 @@ def seed_rows(
     frames: dict[str, pd.DataFrame],
     reference: dict[str, float],
     floor: float | None = None,
+    standalone: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per study of a seed: its front, hypervolume on the common reference, ratio (and
-    on the seed's own reference; and with the reference accuracy raised to ``floor``)."""
+    on the seed's own reference; and with the reference accuracy raised to ``floor``); a
+    one-shot study's test ratio over the ``standalone`` search's too (``*_vs_searched``)."""
     import nas_sepconv as ns
 
     searched = {n: frames[n] for n in runs if runs[n]["role"] != "baseline"}
@@ -435,7 +517,13 @@ def seed_rows(
         if floor is not None
         else None
     )
-    searched_compute = float(_compute(frames[next(iter(searched))]).sum()) if searched else math.nan
+    searched_compute = _spent(frames[next(iter(searched))]) if searched else math.nan
+    oneshot = {n: frames[n] for n in runs if runs[n]["role"] == ONESHOT_ROLE}
+    versus = (
+        ns.results.compare(oneshot, baselines={standalone: frames[standalone]}).set_index("name")
+        if oneshot and standalone in frames
+        else None
+    )
     rows = []
     for name, run in runs.items():
         df, row = frames[name], table.loc[name]
@@ -458,13 +546,25 @@ def seed_rows(
                 "test_ratio_high": float(row["test_ratio_high"]),
                 "test_ratio_unit": float(row["test_ratio_unit"]),
                 "test_ratio_chance": float(row["test_ratio_chance"]),
-                "train_compute": float(_compute(df).sum()),
-                "compute_share": float(_compute(df).sum()) / searched_compute if searched_compute else math.nan,
+                "train_compute": _spent(df),
+                "compute_share": _spent(df) / searched_compute if searched_compute else math.nan,
+                **_versus(versus if name in oneshot else None, name),
                 "epochs_spent": int(_epochs(df).sum()),
                 "trials_min": round(float(pd.to_numeric(df["duration_s"], errors="coerce").sum()) / 60, 2),
             }
         )
     return rows
+
+
+def _versus(table: pd.DataFrame | None, name: str) -> dict[str, float]:
+    """A one-shot study's test ratio (and interval) over the stand-alone search's; NaN for the others."""
+    if table is None or name not in table.index:
+        return dict.fromkeys(("test_ratio_vs_searched", "test_ratio_vs_searched_low"), math.nan)
+    row = table.loc[name]
+    return {
+        "test_ratio_vs_searched": float(row["test_hypervolume_ratio"]),
+        "test_ratio_vs_searched_low": float(row["test_ratio_low"]),
+    }
 
 
 def hv_by_epochs(seed: int, name: str, df: pd.DataFrame, reference: dict[str, float]) -> pd.DataFrame:
@@ -608,6 +708,35 @@ PROTOCOL = (
 )
 
 
+def oneshot_section(table: pd.DataFrame) -> str:
+    """The one-shot pipeline's part of ``fronts.md`` (its goals, per seed); empty without one."""
+    rows = table[table["role"] == ONESHOT_ROLE]
+    if rows.empty:
+        return ""
+    goals = {
+        f"test ratio over the stand-alone search >= {ONESHOT_GOAL_VS_SEARCHED}": rows["test_ratio_vs_searched"]
+        >= ONESHOT_GOAL_VS_SEARCHED,
+        f"test ratio over the best baseline >= {ONESHOT_GOAL_VS_BASELINES}": rows["test_ratio"]
+        >= ONESHOT_GOAL_VS_BASELINES,
+        "its 90% interval's lower end above 1.0": rows["test_ratio_low"] > 1.0,
+        "no more compute than the stand-alone search (supernet and finalisation included)": rows["compute_share"]
+        <= 1.0,
+    }
+    columns = ["seed", "study", "complete", "front", "best_accuracy", "test_ratio", "test_ratio_low"]
+    columns += ["test_ratio_high", "test_ratio_vs_searched", "test_ratio_vs_searched_low", "compute_share"]
+    return (
+        "\n## The one-shot pipeline\n\n"
+        f"`<searched>_oneshot`: the searched space in `search.mode: oneshot` ({ONESHOT}, then the configuration's "
+        f"supernet and finalisation epochs), its front's {ONESHOT_FINALIZE} candidates finalised (`--finalize`); "
+        "its front is the finalised trials' (inherited accuracies rank the subnets only), and its compute counts "
+        "the supernet's training (an upper bound) and the finalisations.  Goals, in every seed:\n\n"
+        + "\n".join(f"- {goal}: **{'met' if bool(ok.all()) else 'NOT met'}**" for goal, ok in goals.items())
+        + "\n\n"
+        + markdown_table(rows[columns])
+        + "\n"
+    )
+
+
 def write_report(
     table: pd.DataFrame,
     curves: pd.DataFrame,
@@ -663,6 +792,7 @@ def write_report(
         "study's results folder.  `hv_by_epochs.csv`: the searched front's hypervolume after each trial against "
         "the training epochs spent.\n"
     )
+    text += oneshot_section(table)
     mf = multi_fidelity_summary(curves, config.searched)
     if len(mf):
         mf.to_csv(out / "multi_fidelity.csv", index=False)
@@ -701,13 +831,16 @@ def run(
     multi_fidelity: bool = False,
     multi_fidelity_seeds: list[int] | None = None,
     equal_compute: bool = True,
+    oneshot: bool = False,
+    oneshot_seeds: list[int] | None = None,
     report_only: bool = False,
     command: str = "",
     log: Any = print,
 ) -> pd.DataFrame:
     """The whole comparison of one configuration; returns the per-seed table.  Every seed's
     searched and baseline studies run first, then (``equal_compute``) the equal-compute
-    baselines of every seed (:func:`run_equal_compute`), then (``multi_fidelity``) the
+    baselines of every seed (:func:`run_equal_compute`), then (``oneshot``) the one-shot
+    pipeline (:func:`run_oneshot`, of ``oneshot_seeds`` only if given), then (``multi_fidelity``) the
     multi-fidelity runs, of ``multi_fidelity_seeds`` only if given.  ``report_only``: no study is run or resumed, the
     tables and plots are made from the folders as they are."""
     import nas_sepconv as ns
@@ -744,6 +877,18 @@ def run(
             log=log,
             report_only=report_only,
         )
+    for seed in seeds if oneshot else []:
+        if oneshot_seeds is None or seed in oneshot_seeds:
+            runs_by_seed[seed] |= run_oneshot(
+                config,
+                spaces,
+                seed,
+                out / f"seed{seed}",
+                threads=threads,
+                data_root=data_root,
+                log=log,
+                report_only=report_only,
+            )
     for seed in seeds if multi_fidelity else []:
         if multi_fidelity_seeds is None or seed in multi_fidelity_seeds:
             runs_by_seed[seed] |= run_multi_fidelity(
@@ -761,11 +906,12 @@ def run(
     rows, curves = [], []
     for seed, runs in runs_by_seed.items():
         frames = frames_by_seed[seed]
-        rows += seed_rows(seed, runs, frames, reference, config.floor)
+        rows += seed_rows(seed, runs, frames, reference, config.floor, standalone=config.searched)
         searched = {n: frames[n] for n in runs if runs[n]["role"] != "baseline"}
         baselines = {n: frames[n] for n in runs if runs[n]["role"] == "baseline"}
         ns.results.write_comparison(searched, out / f"seed{seed}", baselines=baselines)
-        curves += [hv_by_epochs(seed, n, frames[n], reference) for n in searched]
+        trained = [n for n in searched if runs[n]["role"] != ONESHOT_ROLE]  # (a one-shot study trains no trial)
+        curves += [hv_by_epochs(seed, n, frames[n], reference) for n in trained]
     table = pd.DataFrame(rows)
     roles = {n: r["role"] for runs in runs_by_seed.values() for n, r in runs.items()}
     plot_all(frames_by_seed, roles, out / "fronts.png", config_name)
@@ -805,6 +951,15 @@ def main() -> None:
         "(for the seeds named, else every seed)",
     )
     parser.add_argument(
+        "--oneshot",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="SEED",
+        help="also run the one-shot pipeline (supernet, 500 subnets, the front's 8 finalised) after every seed's "
+        "studies (for the seeds named, else every seed)",
+    )
+    parser.add_argument(
         "--no-equal-compute",
         action="store_true",
         help="skip the equal-compute baselines (family alpha x resolution grids, random search of the searched space)",
@@ -830,6 +985,8 @@ def main() -> None:
         multi_fidelity=args.multi_fidelity is not None,
         multi_fidelity_seeds=args.multi_fidelity or None,
         equal_compute=not args.no_equal_compute,
+        oneshot=args.oneshot is not None,
+        oneshot_seeds=args.oneshot or None,
         report_only=args.report_only,
         command=command.strip(),
     )

@@ -210,3 +210,38 @@ def test_toy_run_with_equal_compute_baselines(bench, tmp_path, one_thread):
         assert pd.notna(studies.loc["default", column]), column
     md = (tmp_path / "fronts.md").read_text()
     assert "Protocol (issue 26)" in md and "test-split hypervolume" in md
+
+
+@pytest.mark.slow  # a supernet and four searches at toy size: about 40 s
+def test_toy_oneshot_run_is_compared_with_the_standalone_search(bench, tmp_path, one_thread):
+    import dataclasses
+
+    oneshot = {"search": {"trials": 4, "population_size": 2, "supernet_epochs": 1, "finalize_epochs": 1}}
+    bench.CONFIGS["toy"] = dataclasses.replace(bench.CONFIGS["digits"], oneshot=oneshot)
+    try:
+        table = bench.run(
+            "toy",
+            seeds=[0],
+            out=tmp_path,
+            threads=1,
+            data_root=None,
+            overrides=TOY,
+            equal_compute=False,
+            oneshot=True,
+            command="python benchmarks/fronts.py digits --oneshot (toy)",
+            log=lambda msg: None,
+        )
+    finally:
+        del bench.CONFIGS["toy"]
+    row = table.set_index("study").loc["default_oneshot"]
+    assert row["role"] == bench.ONESHOT_ROLE and row["complete"] == 4
+    assert 1 <= row["front"] <= bench.ONESHOT_FINALIZE  # its front is the finalised trials'
+    assert pd.notna(row["test_ratio_vs_searched"]) and pd.notna(row["test_ratio"])
+    assert row["train_compute"] > 0  # the supernet's training and the finalisations count
+    assert table.set_index("study")["test_ratio_vs_searched"].isna().sum() == len(table) - 1
+    space = (tmp_path / "spaces" / "default_oneshot.yaml").read_text()
+    assert "mode: oneshot" in space and "supernet_epochs: 1" in space
+    trials = pd.read_csv(tmp_path / "seed0" / "default_oneshot" / "trials.csv")
+    assert (trials["accuracy_source"] == "finalized").sum() >= 1
+    md = (tmp_path / "fronts.md").read_text()
+    assert "## The one-shot pipeline" in md and "test ratio over the stand-alone search >= 1.2" in md
