@@ -226,10 +226,12 @@ def test_bad_inputs(tmp_path):
 
 def test_onnxruntime_table(tmp_path):
     table = ns.latency_table(
-        Net().eval(), X, candidates=["dwsep_m1"], runtime="onnxruntime", cache_dir=tmp_path, **FAST
+        Net().eval(), X, candidates=["dwsep_m1"], runtime="onnxruntime", cache_dir=tmp_path, **{**FAST, "calibrate": 1}
     )
     assert table.context["runtime"] == "onnxruntime" and table.context["runtime_version"].startswith("onnxruntime ")
     assert (table.frame["latency_ms"] > 0).all()
+    (record,) = table.calibration  # the converted model, exported and timed in ONNX Runtime too
+    assert record["spec"] == "dwsep_m1" and record["median_ms"] > 0 and set(table.scales) <= {"dwsep_m1", "*"}
 
 
 def test_unwritable_cache_folder_only_warns(tmp_path):
