@@ -45,8 +45,10 @@ from nas_sepconv.conversion.latency_session import LatencySettings, time_modules
 from nas_sepconv.measure import find_runtime, processor_name
 from nas_sepconv.models import cifar_resnet18
 
-MODELS = ["resnet18", "resnet50", "mobilenet_v3_large", "regnet_x_400mf", "cifar_w16", "cifar_w32", "cifar_w64"]
-HELD_OUT = ["resnet34", "mnasnet1_0", "shufflenet_v2_x1_0", "cifar_w24", "cifar_w48"]
+# models with dense 3x3 convs past the stem (the sites of the dwsep policy; MobileNets, MnasNet and
+# ShuffleNet have none, so they would give originals only)
+MODELS = ["resnet18", "resnet50", "regnet_x_400mf", "squeezenet1_1", "cifar_w16", "cifar_w32", "cifar_w64"]
+HELD_OUT = ["resnet34", "vgg11_bn", "squeezenet1_0", "cifar_w24", "cifar_w48"]
 CANDIDATES = ["dwsep_m1", "dwsep_m2", "dwsep_m4", "spatial_r0.25"]
 CALIBRATION = CANDIDATES[:3]  # latency_table(calibrate=3) measures the uniform plans of these
 BUDGETS = [0.7, 0.5, 0.35]
