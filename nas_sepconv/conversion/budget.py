@@ -35,12 +35,12 @@ per site and candidate); compute it once and call :func:`plan_for_budget` for ea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -52,7 +52,9 @@ from ..measure import output_tensors
 from ..measure.inputs import eval_mode
 from ..progress import track
 from .calibration import batch_list, on_device, resolve_device, run_batch
+from .knapsack import choose
 from .latency import DEFAULT_CANDIDATES, LatencyTable
+from .latency_check import honour_latency_budget
 from .least_squares import refit
 from .plan import Plan
 from .planning import make_plan, with_spec
@@ -189,43 +191,6 @@ def sensitivity(
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 
-def choose(options: list[list[tuple[int, float]]], required: int, *, resolution: int = 4000) -> list[int] | None:
-    """Multiple-choice knapsack: one option per group, each ``(saving, damage)``, total saving at
-    least ``required``, least total damage.  Returns the chosen index per group (None if no
-    choice saves enough).  Savings are rounded down to ``required / resolution`` steps."""
-    if required <= 0:
-        return [min(range(len(g)), key=lambda j: (g[j][1], -g[j][0])) for g in options]
-    unit = required / resolution
-    inf = float("inf")
-    best = np.full(resolution + 1, inf)
-    best[0] = 0.0
-    steps = []  # per group: the option and the predecessor state that reach each state
-    for group in options:
-        new = np.full(resolution + 1, inf)
-        pick = np.zeros(resolution + 1, dtype=np.int64)
-        came = np.zeros(resolution + 1, dtype=np.int64)
-        for j, (saving, damage) in enumerate(group):
-            s = min(int(saving // unit), resolution)
-            cand = np.full(resolution + 1, inf)
-            prev = np.arange(resolution + 1)
-            cand[s:resolution] = best[: resolution - s] + damage
-            prev[s:resolution] = np.arange(resolution - s)
-            tail = best[resolution - s :]  # every state from which this saving reaches the budget
-            k = int(np.argmin(tail))
-            cand[resolution], prev[resolution] = tail[k] + damage, resolution - s + k
-            better = cand < new
-            new[better], pick[better], came[better] = cand[better], j, prev[better]
-        steps.append((pick, came))
-        best = new
-    if not np.isfinite(best[resolution]):
-        return None
-    state, chosen = resolution, []
-    for pick, came in reversed(steps):
-        chosen.append(int(pick[state]))
-        state = int(came[state])
-    return chosen[::-1]
-
-
 def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_table: Any) -> tuple[str, float]:
     """The one budget given, by field name, checked."""
     given = {
@@ -258,11 +223,11 @@ def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_
 
 def _savings(rows: pd.DataFrame, field: str, latency_table: LatencyTable | None) -> list[tuple[float, float]]:
     """Per candidate row of one site: (saving, damage); a saving of MACs, or of measured time
-    (a block that saves no time is no option: the site is then kept unless another block pays)."""
+    (calibrated: :meth:`~.latency.LatencyTable.saving`; a block that saves no time is no option:
+    the site is then kept unless another block pays)."""
     if field == "macs_ratio":
         return [(int((r.macs_before - r.macs_after) * r.calls), float(r.damage)) for r in rows.itertuples()]
-    keep = latency_table.ms(rows["name"].iloc[0], None)
-    return [((keep - latency_table.ms(r.name, r.spec)) * r.calls, float(r.damage)) for r in rows.itertuples()]
+    return [(latency_table.saving(r.name, r.spec) * r.calls, float(r.damage)) for r in rows.itertuples()]
 
 
 def _below_reach(
@@ -285,6 +250,17 @@ def _below_reach(
     )
 
 
+def _check_options(resolution: Any, latency_table: Any) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise UserInputError("resolution", f"expected a positive integer, got {resolution!r}", "use e.g. 4000")
+    if latency_table is not None and not isinstance(latency_table, LatencyTable):
+        raise UserInputError(
+            "latency_table",
+            f"expected a LatencyTable, got {type(latency_table).__name__}",
+            "use ns.latency_table(model, x)",
+        )
+
+
 def plan_for_budget(
     model: nn.Module,
     table: pd.DataFrame,
@@ -295,6 +271,7 @@ def plan_for_budget(
     latency_table: LatencyTable | None = None,
     example_inputs: Any,
     resolution: int = 4000,
+    measure: bool = True,
 ) -> Plan:
     """The plan whose summed damage (from :func:`sensitivity`'s ``table``) is least among those
     within one budget: at most ``macs_ratio`` × the model's MACs, or a predicted latency of at
@@ -309,18 +286,15 @@ def plan_for_budget(
     predicted damage; with a ``latency_table`` (any budget) its report has each site's measured
     ``latency_before_ms`` and ``latency_after_ms`` beside the MACs.
 
-    Raises :class:`UserInputError` unless exactly one budget is given, if it is out of range or
-    below what the candidates can reach, or if ``table`` lacks :func:`sensitivity`'s columns.
+    A latency-budget plan is then measured (``measure=False``: not), re-planned if above 1.1×
+    the budget, and refused if still above (:mod:`~nas_sepconv.conversion.latency_check`).
+
+    Raises :class:`UserInputError` unless exactly one budget is given, if it is out of range,
+    below what the candidates can reach or not met when measured, or if ``table`` lacks
+    :func:`sensitivity`'s columns.
     """
     field, budget = _check_budget(macs_ratio, latency_ratio, latency_ms, latency_table)
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise UserInputError("resolution", f"expected a positive integer, got {resolution!r}", "use e.g. 4000")
-    if latency_table is not None and not isinstance(latency_table, LatencyTable):
-        raise UserInputError(
-            "latency_table",
-            f"expected a LatencyTable, got {type(latency_table).__name__}",
-            "use ns.latency_table(model, x)",
-        )
+    _check_options(resolution, latency_table)
     missing = [c for c in SENSITIVITY_COLUMNS if c not in getattr(table, "columns", [])]
     if missing:
         raise UserInputError(
@@ -346,9 +320,44 @@ def plan_for_budget(
         labels.append([None] + [spec for _, spec in options])
     total = base.model_macs if field == "macs_ratio" else latency_table.model_ms
     limit = {"macs_ratio": int(budget * total), "latency_ratio": budget * total, "latency_ms": budget}[field]
+    plan_at = functools.partial(
+        _plan_at, model, example_inputs, field, budget, groups, labels, names, total, resolution, latency_table
+    )
+    plan = plan_at(limit)
+    if plan is None:
+        raise _below_reach(field, budget, total, groups, table)
+    if field != "macs_ratio" and measure:
+        plan = honour_latency_budget(
+            plan,
+            plan_at,
+            model=model,
+            example_inputs=example_inputs,
+            table=latency_table,
+            field=field,
+            budget=budget,
+            limit=limit,
+        )
+    return plan if latency_table is None else latency_table.annotate(plan)
+
+
+def _plan_at(
+    model: nn.Module,
+    example_inputs: Any,
+    field: str,
+    budget: float,
+    groups: list[list[tuple[float, float]]],
+    labels: list[list[str | None]],
+    names: list[str],
+    total: float,
+    resolution: int,
+    latency_table: LatencyTable | None,
+    limit: float,
+) -> Plan | None:
+    """The plan of least summed damage within ``limit`` (MACs, or predicted ms), its notes
+    naming the budget; None if no choice reaches it."""
     chosen = choose(groups, total - limit, resolution=resolution)
     if chosen is None:
-        raise _below_reach(field, budget, total, groups, table)
+        return None
     rules = {glob.escape(name): label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
     plan = make_plan(model, rules, example_inputs=example_inputs)
     damage = sum(g[j][1] for g, j in zip(groups, chosen))
@@ -361,4 +370,4 @@ def plan_for_budget(
         f"plan_for_budget: {field} {budget:g} (reached {reached:.4f}{'' if field == 'macs_ratio' else ', predicted'}), "
         f"predicted damage {damage:.4g} (sum of single-site damages)"
     )
-    return plan if latency_table is None else latency_table.annotate(plan)
+    return plan

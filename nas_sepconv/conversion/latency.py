@@ -9,26 +9,34 @@ Search for Mobile", CVPR 2019 (arXiv:1807.11626) and A. Howard et al., "Searchin
 MobileNetV3", ICCV 2019 (arXiv:1905.02244) measure candidates on the device; B. Wu et al.,
 "FBNet: Hardware-Aware Efficient ConvNet Design via Differentiable Neural Architecture Search",
 CVPR 2019 (arXiv:1812.03443) and H. Cai et al., "Once-for-All: Train One Network and Specialize
-it for Efficient Deployment", ICLR 2020 (arXiv:1908.09791) sum per-layer latency lookup tables.
+it for Efficient Deployment", ICLR 2020 (arXiv:1908.09791) sum per-layer latency lookup tables;
+nn-Meter (L. L. Zhang et al., MobiSys 2021) sums the runtime's fused kernels instead of ops.
 
-:func:`latency_table` measures, in one runtime of :data:`~nas_sepconv.measure.RUNTIMES`, every
-conv site of a model alone (``keep``) and each candidate block at the sites a policy would
-convert, at the site's real input shape (batch included), dtype and memory format: warm-up
-rounds, then interleaved rounds (each round runs every block not yet in the cache once, and the whole model), median
-and p10/p90.  Entries are cached on disk (:class:`~nas_sepconv.measure.LatencyCache`), so another
-model with the same layer shapes reuses them.  The whole model is measured once: the
-**remainder** (everything but its conv sites: norms, activations, pooling, the head, the
-runtime's per-call overhead) is that figure minus the sites' entries, and a converted model's
-predicted latency is the remainder plus the entries of what each site then holds.
+:func:`latency_table` measures, in one runtime of :data:`~nas_sepconv.measure.RUNTIMES`, in one
+session (:mod:`~nas_sepconv.conversion.latency_session`): every conv site of a model with the
+BatchNorm and activation that follow it (``keep``), each candidate block at the sites a policy
+would convert with the same neighbours, the whole model, and ``calibrate`` converted models
+(one uniform plan per candidate), all in the same interleaved rounds, medians with stalls
+rejected.  The session is cached on disk as one record (:class:`~nas_sepconv.measure.LatencyCache`)
+and reused whole, or timed afresh whole.
+
+**Prediction.**  The remainder (everything but the conv sites: pooling, the head, the runtime's
+per-call overhead) is the whole model less the sites' entries; a converted model's raw
+prediction is the whole model less each converted site's saving (its ``keep`` entry less its
+block's, times its calls).  Sums of isolated kernels miss what the runtime shares between them
+(caches, threads, memory planning), so the savings are **calibrated** with the converted models
+measured whole: per block spec, the measured saving of its uniform plan over its raw predicted
+saving (a least-squares scale; one scale fitted to all the calibration plans, through the
+origin, for specs without a plan of their own).  ``table.calibration`` holds the records
+(``spec``, ``sites``, ``median_ms``, ``p10_ms``, ``p90_ms``), ``table.scales`` the fit.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import glob
 import math
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,47 +44,70 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from ..blocks import BlockSpec, as_spec, conv_from_geometry
+from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
-from ..measure import (
-    LatencyCache,
-    Runtime,
-    as_inputs,
-    check_repeats,
-    check_threads,
-    find_runtime,
-    latency_cache_dir,
-    latency_context,
-    prepare_forward,
-    summarise,
-    time_rounds,
-    torch_threads,
+from ..measure import LatencyCache, as_inputs, latency_cache_dir, latency_context
+from .latency_session import (
+    LatencySettings,
+    model_key,
+    op_key,
+    session_record,
+    site_module,
+    site_tails,
+    time_modules,
+    valid_session,
 )
-from ..progress import progress as progress_bar
-from ..progress import track
 from .plan import Plan, PlanEntry
 from .planning import make_plan, with_spec
 from .rewrite import plan_of
 
-__all__ = ["DEFAULT_CANDIDATES", "LatencySettings", "LatencyTable", "TABLE_COLUMNS", "latency_table", "predict_latency"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "LatencySettings",
+    "LatencyTable",
+    "TABLE_COLUMNS",
+    "latency_table",
+    "predict_latency",
+]
 
 #: the candidates a latency table (and :func:`~nas_sepconv.conversion.sensitivity`) measures by default
 DEFAULT_CANDIDATES = ("dwsep_m1", "dwsep_m2", "dwsep_m4")
 TABLE_COLUMNS = ["name", "spec", "op", "input_shape", "calls", "macs", "latency_ms", "p10_ms", "p90_ms", "source"]
 KEEP = "keep"
+#: a calibration plan whose raw predicted saving is below this fraction of the model is noise, not a fit
+MIN_CALIBRATION_SAVING = 0.02
+#: the scales a calibration may fit (outside: clipped; a table that needs more is broken)
+SCALE_RANGE = (0.2, 5.0)
+
+
+def _row(entry: PlanEntry, spec: BlockSpec | None, record: dict[str, Any], source: str) -> dict[str, Any]:
+    macs = entry.macs_before if spec is None else with_spec(entry, spec, min_macs_saving=None).macs_after
+    return dict(
+        name=entry.name,
+        spec=KEEP if spec is None else str(spec),
+        op=entry.geometry.describe(),
+        input_shape=tuple(entry.input_shape),
+        calls=entry.calls,
+        macs=macs,
+        latency_ms=record["median_ms"],
+        p10_ms=record["p10_ms"],
+        p90_ms=record["p90_ms"],
+        source=source,
+    )
 
 
 @dataclass
 class LatencyTable:
-    """Measured latencies of one model's conv sites and candidate blocks in one context.
+    """Measured latencies of one model's conv sites and candidate blocks in one session.
 
     ``frame``: one row per (site, block): ``name, spec`` (``keep`` for the conv itself), ``op``,
-    ``input_shape``, ``calls``, ``macs`` (one call), ``latency_ms`` (median of one call),
-    ``p10_ms``, ``p90_ms``, ``source`` (``measured`` now or read from the ``cache``).
-    ``model_ms``: the whole model, measured (median; ``model_p10_ms``, ``model_p90_ms``).
-    ``context``: what the figures depend on (device, CPU model, threads, runtime and version,
-    torch version, dtype, memory format), the key of the cache file.
-    Entries it lacks are measured when first needed (:meth:`ensure`), through the same cache.
+    ``input_shape``, ``calls``, ``macs`` (one call), ``latency_ms`` (median of one call, with the
+    BatchNorm and activation after it), ``p10_ms``, ``p90_ms``, ``source`` (``measured`` now or
+    read from the ``cache``).  ``model_ms``: the whole model, measured in the same session
+    (median; ``model_p10_ms``, ``model_p90_ms``).  ``context``: what the figures depend on
+    (device, CPU model, threads, runtime and version, torch version, dtype, memory format), the
+    key of the cache file.  ``calibration``: the converted models measured whole, one record per
+    uniform plan.  Entries it lacks are measured when first needed (:meth:`ensure`).
     """
 
     frame: pd.DataFrame
@@ -86,6 +117,9 @@ class LatencyTable:
     context: dict[str, Any]
     sites: dict[str, PlanEntry] = field(repr=False)
     settings: LatencySettings = field(repr=False)
+    tails: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+    key: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def remainder_ms(self) -> float:
@@ -101,8 +135,10 @@ class LatencyTable:
         return float(rows["latency_ms"].iloc[0]) if len(rows) else None
 
     def ensure(self, pairs: Iterable[tuple[str, BlockSpec | str | None]], *, progress: bool = False) -> None:
-        """Measure (or read from the cache) the entries of ``pairs`` (site name, spec) the table
-        lacks.  Raises :class:`UserInputError` for a site the model does not have."""
+        """Measure the entries of ``pairs`` (site name, spec) the table lacks, each beside its
+        site's conv, and scale them by the ratio of the table's conv entry to the conv timed now
+        (so they belong to the table's session).  Raises :class:`UserInputError` for a site the
+        model does not have."""
         wanted: dict[str, list[BlockSpec | None]] = {}
         for name, spec in pairs:
             if name not in self.sites:
@@ -115,19 +151,82 @@ class LatencyTable:
             if self.ms(name, spec) is None and spec not in wanted.setdefault(name, []):
                 wanted[name].append(spec)
         wanted = {k: v for k, v in wanted.items() if v}
-        if wanted:
-            rows, _ = _measure_sites(
-                [(self.sites[n], specs) for n, specs in wanted.items()], self.settings, self.context, progress
-            )
-            self.frame = pd.concat([self.frame, pd.DataFrame(rows, columns=TABLE_COLUMNS)], ignore_index=True)
+        if not wanted:
+            return
+        modules, owners = [], []
+        for name, specs in wanted.items():
+            entry, tail = self.sites[name], self.tails.get(name, ())
+            x = (torch.randn(entry.input_shape),)
+            for s in [None] + [s for s in specs if s is not None]:
+                modules.append((site_module(entry, s, tail), x))
+                owners.append((name, s))
+        records = dict(zip(owners, time_modules(modules, self.settings, progress=progress)))
+        added, rows = {}, []
+        for name, specs in wanted.items():
+            entry, kept = self.sites[name], self.ms(name, None)
+            factor = kept / records[(name, None)]["median_ms"] if kept else 1.0
+            for s in specs:
+                rec = records[(name, s)]
+                rec = {**rec, **{k: rec[k] * factor for k in ("median_ms", "p10_ms", "p90_ms")}}
+                added[op_key(entry, s, self.tails.get(name, ()))] = rec
+                rows.append(_row(entry, s, rec, "measured"))
+        self.frame = pd.concat([self.frame, pd.DataFrame(rows, columns=TABLE_COLUMNS)], ignore_index=True)
+        self._store(added)
 
-    def predict(self, plan: Plan) -> float:
-        """The predicted latency (ms) of the model ``plan`` makes: the measured whole model, plus,
-        per converted site, its block's entry less its conv's (times its calls)."""
+    def _store(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Add ``entries`` to this table's session record in the cache."""
+        cache = LatencyCache(self.context, cache_dir=self.settings.cache_dir)
+        record = cache.get(self.key)
+        if record is not None and valid_session(record):
+            record = {k: v for k, v in record.items() if k != "op"}
+            cache.put(self.key, {**record, "entries": {**record["entries"], **entries}})
+            cache.save()
+
+    def savings(self, plan: Plan) -> dict[str, float]:
+        """Per block spec of ``plan``: the raw predicted saving (ms) of its converted sites, the
+        sum of (conv entry - block entry) × calls (entries it lacks are measured first)."""
         self._check(plan)
         self.ensure([(e.name, e.spec) for e in plan.converted] + [(e.name, None) for e in plan.converted])
-        changes = ((self.ms(e.name, e.spec) - self.ms(e.name, None)) * e.calls for e in plan.converted)
-        predicted = self.model_ms + sum(changes)
+        out: dict[str, float] = {}
+        for e in plan.converted:
+            label = str(e.spec)
+            out[label] = out.get(label, 0.0) + (self.ms(e.name, None) - self.ms(e.name, e.spec)) * e.calls
+        return out
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """The calibration's fit: per block spec with a calibration plan, measured saving over
+        raw predicted saving; ``"*"``: one least-squares scale over all plans (1 without any)."""
+        ms = dict(zip(zip(self.frame["name"], self.frame["spec"]), self.frame["latency_ms"]))
+        points = []
+        for record in self.calibration:
+            pairs = [(ms.get((n, KEEP)), ms.get((n, record["spec"])), self.sites[n].calls) for n in record["sites"]]
+            raw = sum((kept - block) * calls for kept, block, calls in pairs if kept is not None and block is not None)
+            if abs(raw) > MIN_CALIBRATION_SAVING * self.model_ms:
+                points.append((record["spec"], raw, self.model_ms - record["median_ms"]))
+        low, high = SCALE_RANGE
+        clip = lambda v: min(max(v, low), high)  # noqa: E731
+        out = {spec: clip(measured / raw) for spec, raw, measured in points}
+        if points:
+            out["*"] = clip(sum(r * m for _, r, m in points) / sum(r * r for _, r, _ in points))
+        else:
+            out["*"] = 1.0
+        return out
+
+    def saving(self, name: str, spec: BlockSpec | str) -> float:
+        """The calibrated time (ms) one call of site ``name`` saves holding ``spec``: its conv
+        entry less the block's, times the calibration's scale for the spec (:attr:`scales`)."""
+        scales = self.scales
+        raw = self.ms(name, None) - self.ms(name, spec)
+        return raw * scales.get(str(as_spec(spec)), scales["*"])
+
+    def predict(self, plan: Plan, *, calibrated: bool = True) -> float:
+        """The predicted latency (ms) of the model ``plan`` makes: the measured whole model less,
+        per block spec, its converted sites' summed saving (:meth:`savings`), scaled by the
+        calibration (:attr:`scales`) unless ``calibrated=False``."""
+        savings = self.savings(plan)
+        scales = self.scales if calibrated else {}
+        predicted = self.model_ms - sum(s * scales.get(k, scales.get("*", 1.0)) for k, s in savings.items())
         if not (math.isfinite(predicted) and predicted > 0):  # no plan is ever made from such a figure
             folder = self.settings.cache_dir if self.settings.cache_dir is not None else latency_cache_dir()
             raise UserInputError(
@@ -173,137 +272,6 @@ class LatencyTable:
                 )
 
 
-def _op_key(entry: PlanEntry, spec: BlockSpec | None) -> dict[str, Any]:
-    return {
-        "geometry": entry.geometry.to_dict(),
-        "input_shape": list(entry.input_shape),
-        "block": KEEP if spec is None else str(spec),
-    }
-
-
-def _measure_sites(
-    groups: Sequence[tuple[PlanEntry, list]],
-    settings: LatencySettings,
-    context: dict[str, Any],
-    progress: bool,
-    whole: Callable[[], Any] | None = None,
-) -> tuple[list[dict[str, Any]], list[float]]:
-    """Rows for each (site, its specs), read from the cache or measured and cached, and the
-    times of ``whole`` (the whole model's forward, if given).  Every block not in the cache is
-    timed in the same interleaved rounds, the whole model too: between two calls of one block
-    run all the others, so its weights are as cold as in the model, and load from other
-    processes hits the entries and the whole model alike."""
-    cache = LatencyCache(context, cache_dir=settings.cache_dir)
-    runtime, device, dtype, threads = settings.runtime, settings.device, settings.dtype, settings.threads
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    pending = [(entry, s) for entry, specs in groups for s in specs if cache.get(_op_key(entry, s)) is None]
-    forwards = []
-    try:
-        with torch_threads(threads):
-            for entry, s in track(pending, progress, "latency table: preparing", unit="blocks"):
-                with torch.device("cpu"):
-                    module = (conv_from_geometry(entry.geometry) if s is None else s.build(entry.geometry)).eval()
-                with torch.no_grad():
-                    forwards.append(
-                        prepare_forward(
-                            module,
-                            (torch.randn(entry.input_shape),),
-                            runtime=runtime,
-                            threads=threads,
-                            device=device,
-                            dtype=dtype,
-                        )
-                    )
-            rounds = settings.repeats + settings.warmup
-            with progress_bar(progress and bool(forwards), "latency table: timing", rounds, unit="rounds") as bar:
-                with torch.inference_mode():
-                    times = time_rounds(
-                        forwards + ([whole] if whole else []),
-                        repeats=settings.repeats,
-                        warmup=settings.warmup,
-                        sync=sync,
-                        on_round=lambda: bar.update(advance=1),
-                    )
-        for (entry, s), t in zip(pending, times):
-            cache.put(_op_key(entry, s), {**summarise(t), "repeats": len(t)})
-    finally:
-        cache.save()
-    measured = {(e.name, s) for e, s in pending}
-    rows = []
-    for entry, specs in groups:
-        for s in specs:
-            record = cache.get(_op_key(entry, s))
-            macs = entry.macs_before if s is None else with_spec(entry, s, min_macs_saving=None).macs_after
-            rows.append(
-                dict(
-                    name=entry.name,
-                    spec=KEEP if s is None else str(s),
-                    op=entry.geometry.describe(),
-                    input_shape=tuple(entry.input_shape),
-                    calls=entry.calls,
-                    macs=macs,
-                    latency_ms=record["median_ms"],
-                    p10_ms=record["p10_ms"],
-                    p90_ms=record["p90_ms"],
-                    source="measured" if (entry.name, s) in measured else "cache",
-                )
-            )
-    return rows, (times[-1] if whole else [])
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    """How a latency table measures: the runtime's record (:data:`~nas_sepconv.measure.RUNTIMES`),
-    intra-op ``threads``, ``device``, ``dtype``, ``repeats`` rounds after ``warmup``, the cache
-    folder (``None``: :func:`~nas_sepconv.measure.latency_cache_dir`).  Made once, from
-    :func:`latency_table`'s arguments (:meth:`checked`), and passed below as it is."""
-
-    runtime: Runtime
-    threads: int
-    device: torch.device
-    dtype: torch.dtype
-    repeats: int
-    warmup: int
-    cache_dir: str | os.PathLike | None
-
-    @classmethod
-    def checked(
-        cls,
-        runtime: str,
-        threads: int | None,
-        device: Any,
-        dtype: torch.dtype,
-        repeats: int,
-        warmup: int,
-        cache_dir: Any,
-    ) -> LatencySettings:
-        """The settings of these arguments; :class:`UserInputError` naming the one that is wrong."""
-        check_threads(threads, "threads")
-        check_repeats(repeats, warmup)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise UserInputError("dtype", f"expected a floating torch.dtype, got {dtype!r}", "use torch.float32")
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise UserInputError("device", f"not a device: {device!r}", "use 'cpu' or 'cuda'") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UserInputError("device", f"{device!r}: CUDA is not available on this machine", "use device='cpu'")
-        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-            raise UserInputError(
-                "device",
-                f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
-                f"use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'",
-            )
-        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-            raise UserInputError(
-                "cache_dir",
-                f"expected a folder (a str or a path) or None, got {type(cache_dir).__name__}",
-                "pass a folder such as '~/.cache/nas_sepconv/latency', or leave cache_dir out",
-            )
-        threads = threads or torch.get_num_threads()
-        return cls(find_runtime(runtime), threads, dev, dtype, repeats, warmup, cache_dir)
-
-
 def latency_table(
     model: nn.Module,
     example_inputs: Any,
@@ -316,29 +284,35 @@ def latency_table(
     dtype: torch.dtype = torch.float32,
     repeats: int = 20,
     warmup: int = 3,
+    calibrate: int = 3,
     cache_dir: Any = None,
     progress: bool = False,
 ) -> LatencyTable:
     """Measure each conv site of ``model`` and each of ``candidates`` at the sites ``policy``
-    would convert (as :func:`~nas_sepconv.conversion.sensitivity` chooses them), alone, on
-    ``device`` in ``runtime`` (a name of :data:`~nas_sepconv.measure.RUNTIMES`) with
-    ``threads`` intra-op threads (default: torch's setting), at each site's input shape from
-    ``example_inputs`` (its batch size is the table's) in ``dtype``; ``repeats`` interleaved
-    rounds after ``warmup``.  Then the whole model, once, in the same way.
+    would convert (as :func:`~nas_sepconv.conversion.sensitivity` chooses them), each with the
+    BatchNorm and activation after it, on ``device`` in ``runtime`` (a name of
+    :data:`~nas_sepconv.measure.RUNTIMES`) with ``threads`` intra-op threads (default: torch's
+    setting), at each site's input shape from ``example_inputs`` (its batch size is the
+    table's) in ``dtype``; the whole model and ``calibrate`` converted models (a uniform plan of
+    each of the first ``calibrate`` candidates; 0: no calibration) in the same ``repeats``
+    interleaved rounds after ``warmup``.
 
-    Entries are read from and written to the cache in ``cache_dir`` (default
-    :func:`~nas_sepconv.measure.latency_cache_dir`).  ``progress``: a bar (or plain lines) on
-    stderr, one step per site.  ``model`` is never changed.  Returns a :class:`LatencyTable`
-    (its ``frame`` is the DataFrame; ``predict(plan)`` a converted model's latency).
+    The session is read from and written to the cache in ``cache_dir`` (default
+    :func:`~nas_sepconv.measure.latency_cache_dir`) as one record, reused only whole.
+    ``progress``: a bar (or plain lines) on stderr.  ``model`` is never changed.  Returns a
+    :class:`LatencyTable` (its ``frame`` is the DataFrame; ``predict(plan)`` a converted
+    model's latency).
     """
     settings = LatencySettings.checked(runtime, threads, device, dtype, repeats, warmup, cache_dir)
     if isinstance(candidates, (str, BlockSpec)):
         raise UserInputError(
             "candidates", f"expected a list of block specs, got {candidates!r}", "use e.g. ['dwsep_m1', 'dwsep_m2']"
         )
+    if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 0:
+        raise UserInputError("calibrate", f"expected an integer >= 0, got {calibrate!r}", "use e.g. calibrate=3")
     specs = list(dict.fromkeys(as_spec(c) for c in candidates))
     inputs = as_inputs(example_inputs)
-    chosen = {e.name for e in make_plan(model, policy, example_inputs=inputs).converted}
+    chosen = [e.name for e in make_plan(model, policy, example_inputs=inputs).converted]
     base = make_plan(model, {}, example_inputs=inputs)  # every site, kept
     rt = settings.runtime
     context = latency_context(
@@ -354,28 +328,35 @@ def latency_table(
         for e in base.entries
         if e.reached
     ]  # a site no example input reaches has no shape, and no time
-    net = copy.deepcopy(model).eval()  # the model is not changed
-    with torch_threads(settings.threads), torch.no_grad():
-        forward = prepare_forward(
-            net, inputs, runtime=rt, threads=settings.threads, device=settings.device, dtype=dtype
-        )
-    rows, times = _measure_sites(groups, settings, context, progress, whole=forward)
-    whole = summarise(times)
+    tails = site_tails(model)
+    uniform = [make_plan(model, {glob.escape(n): str(s) for n in chosen}, example_inputs=inputs) for s in specs]
+    calibration = [p for p in uniform if p.converted][:calibrate]
+    key = model_key(model, inputs)
+    wanted = {(str(p.converted[0].spec), tuple(e.name for e in p.converted)) for p in calibration}
+    record, reuse = session_record(model, inputs, groups, tails, calibration, settings, context, key, progress)
+    rows = [
+        _row(e, s, record["entries"][op_key(e, s, tails.get(e.name, ()))], "cache" if reuse else "measured")
+        for e, ss in groups
+        for s in ss
+    ]
     return LatencyTable(
         pd.DataFrame(rows, columns=TABLE_COLUMNS),
-        whole["median_ms"],
-        whole["p10_ms"],
-        whole["p90_ms"],
+        record["median_ms"],
+        record["p10_ms"],
+        record["p90_ms"],
         context,
         {e.name: e for e in base.entries},
         settings,
+        tails=tails,
+        calibration=[r for r in record["calibration"] if (r["spec"], tuple(r["sites"])) in wanted],
+        key=key,
     )
 
 
 def predict_latency(model_or_plan: nn.Module | Plan, table: LatencyTable) -> float:
     """The latency (ms) ``table`` predicts for a converted model (one :func:`apply_plan` made)
-    or a :class:`Plan`: the measured whole original model, less each converted site's conv
-    entry, plus its block's (entries it lacks are measured first)."""
+    or a :class:`Plan`: the measured whole original model, less each converted site's
+    calibrated saving (:meth:`LatencyTable.predict`; entries it lacks are measured first)."""
     if not isinstance(table, LatencyTable):
         raise UserInputError(
             "table", f"expected a LatencyTable, got {type(table).__name__}", "build one with ns.latency_table(model, x)"

@@ -14,8 +14,17 @@ from .inputs import (
     output_tensors,
     wrong_input,
 )
-from .latency import MAX_THREADS, check_repeats, check_threads, measure_latency, summarise, time_rounds, torch_threads
-from .latency_cache import LatencyCache, latency_cache_dir, latency_context, processor_name
+from .latency import (
+    MAX_THREADS,
+    check_repeats,
+    check_threads,
+    measure_latency,
+    reject_stalls,
+    summarise,
+    time_rounds,
+    torch_threads,
+)
+from .latency_cache import LatencyCache, latency_cache_dir, latency_context, processor_name, valid_record
 from .onnx import ONNX_OPSET, OnnxTraceWarning, need_module, onnx_session, run_onnx, to_onnx
 from .optimize import fold_batchnorm, optimize_for_inference
 from .runtimes import RUNTIMES, Runtime, find_runtime, prepare_forward
@@ -41,6 +50,7 @@ __all__ = [
     "latency_cache_dir",
     "latency_context",
     "measure_latency",
+    "reject_stalls",
     "meta_copy",
     "need_module",
     "onnx_session",
@@ -48,6 +58,7 @@ __all__ = [
     "output_tensors",
     "prepare_forward",
     "processor_name",
+    "valid_record",
     "profile",
     "run_onnx",
     "summarise",

@@ -16,7 +16,15 @@ from ..errors import UserInputError
 from .inputs import as_inputs, eval_mode, model_device
 from .runtimes import find_runtime, prepare_forward
 
-__all__ = ["MAX_THREADS", "check_threads", "measure_latency", "summarise", "time_rounds", "torch_threads"]
+__all__ = [
+    "MAX_THREADS",
+    "check_threads",
+    "measure_latency",
+    "reject_stalls",
+    "summarise",
+    "time_rounds",
+    "torch_threads",
+]
 
 MAX_THREADS = 256  # more intra-op threads than this is a typo, not a latency measurement
 
@@ -59,9 +67,31 @@ def time_rounds(
     return times
 
 
+#: a time further above the median than this many robust deviations (1.4826 × the median
+#: absolute deviation) is a stall, not the op: the scheduler gave the core to another process
+STALL_DEVIATIONS = 5.0
+#: ... and at least this fraction of the median above it (a tight spread of a fast op is not a stall)
+STALL_FLOOR = 0.25
+
+
+def reject_stalls(times: Sequence[float]) -> list[float]:
+    """``times`` less its stalls: those more than :data:`STALL_DEVIATIONS` robust standard
+    deviations (1.4826 × the median absolute deviation) and :data:`STALL_FLOOR` × the median
+    above the median.  A shared machine stops a process for tens of milliseconds now and then;
+    such a round says nothing of the op (the robust outlier rule of F. R. Hampel, "The
+    Influence Curve and its Role in Robust Estimation", JASA 1974).  Fast times are never
+    rejected: a stall only ever slows."""
+    if len(times) < 3:
+        return list(times)
+    median = statistics.median(times)
+    mad = 1.4826 * statistics.median(abs(t - median) for t in times)
+    limit = median + max(STALL_DEVIATIONS * mad, STALL_FLOOR * median)
+    return [t for t in times if t <= limit]
+
+
 def summarise(times: list[float]) -> dict[str, float]:
-    """Median, p10 and p90 of ``times`` (ms)."""
-    s = sorted(times)
+    """Median, p10 and p90 of ``times`` (ms), stalls rejected first (:func:`reject_stalls`)."""
+    s = sorted(reject_stalls(times))
     q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731
     return {"median_ms": statistics.median(s), "p10_ms": q(0.1), "p90_ms": q(0.9)}
 

@@ -32,9 +32,9 @@ import torch
 from ..errors import UserInputError
 from ..jsonfile import read_json
 
-__all__ = ["CACHE_FORMAT", "LatencyCache", "latency_cache_dir", "latency_context", "processor_name"]
+__all__ = ["CACHE_FORMAT", "LatencyCache", "latency_cache_dir", "latency_context", "processor_name", "valid_record"]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: one record per measuring session (a model, its entries and its calibration)
 _RECORD_FIELDS = ("median_ms", "p10_ms", "p90_ms")
 
 #: The largest cache file read (a file over it is ignored with a warning, and rewritten).
@@ -89,7 +89,7 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _valid_record(record: Any) -> bool:
+def valid_record(record: Any) -> bool:
     """A measured record: ``p10_ms <= median_ms <= p90_ms``, each a finite number of
     milliseconds in (0, :data:`MAX_LATENCY_MS`]."""
     if not isinstance(record, dict):
@@ -130,7 +130,7 @@ class LatencyCache:
             return self._ignored(f"not a latency cache of format {CACHE_FORMAT}")
         if data.get("context") != self.context:
             return self._ignored("its context is not this one")
-        entries = {k: v for k, v in data["entries"].items() if isinstance(k, str) and _valid_record(v)}
+        entries = {k: v for k, v in data["entries"].items() if isinstance(k, str) and valid_record(v)}
         if len(entries) < len(data["entries"]):
             warnings.warn(
                 f"latency cache {self.path}: {len(data['entries']) - len(entries)} malformed entries ignored",

@@ -48,6 +48,7 @@ def setup(tmp_path_factory):
         repeats=1,
         warmup=0,
         threads=1,
+        calibrate=0,  # the injected times below are the whole truth
         cache_dir=tmp_path_factory.mktemp("lat"),
     )
     table.frame["latency_ms"] = [TIMES[(n, s)] for n, s in zip(table.frame["name"], table.frame["spec"])]
@@ -57,7 +58,7 @@ def setup(tmp_path_factory):
 
 def test_latency_budget_spends_on_sites_that_save_time(setup):
     model, damage, table = setup
-    plan = ns.plan_for_budget(model, damage, latency_ratio=0.8, latency_table=table, example_inputs=X)
+    plan = ns.plan_for_budget(model, damage, latency_ratio=0.8, latency_table=table, example_inputs=X, measure=False)
     specs = {e.name: (str(e.spec) if e.spec else "keep") for e in plan.entries}
     assert specs["conv2"] == "keep"  # its blocks save MACs but cost time: never chosen
     assert table.predict(plan) <= 0.8 * MODEL_MS
@@ -69,7 +70,7 @@ def test_latency_budget_spends_on_sites_that_save_time(setup):
 
 def test_latency_ms_budget_and_the_report_columns(setup):
     model, damage, table = setup
-    plan = ns.plan_for_budget(model, damage, latency_ms=6.0, latency_table=table, example_inputs=X)
+    plan = ns.plan_for_budget(model, damage, latency_ms=6.0, latency_table=table, example_inputs=X, measure=False)
     assert table.predict(plan) <= 6.0
     report = plan.report().set_index("name")
     assert {"latency_before_ms", "latency_after_ms", "macs_before", "macs_after"} <= set(report.columns)
@@ -83,13 +84,13 @@ def test_latency_ms_budget_and_the_report_columns(setup):
 
 def test_a_generous_latency_budget_keeps_everything(setup):
     model, damage, table = setup
-    plan = ns.plan_for_budget(model, damage, latency_ratio=1.0, latency_table=table, example_inputs=X)
+    plan = ns.plan_for_budget(model, damage, latency_ratio=1.0, latency_table=table, example_inputs=X, measure=False)
     assert not plan.converted
 
 
 def test_macs_budget_with_a_table_reports_latency(setup):
     model, damage, table = setup
-    plan = ns.plan_for_budget(model, damage, macs_ratio=0.6, latency_table=table, example_inputs=X)
+    plan = ns.plan_for_budget(model, damage, macs_ratio=0.6, latency_table=table, example_inputs=X, measure=False)
     assert "latency_after_ms" in plan.report().columns
     assert any(n.startswith("latency table: predicted") for n in plan.notes)
 
@@ -98,7 +99,7 @@ def test_missing_latency_entries_are_measured(setup, tmp_path):
     model, damage, _ = setup
     table = ns.latency_table(model, X, candidates=[], repeats=1, warmup=0, threads=1, cache_dir=tmp_path)
     assert set(table.frame["spec"]) == {"keep"}
-    ns.plan_for_budget(model, damage, latency_ratio=1.0, latency_table=table, example_inputs=X)
+    ns.plan_for_budget(model, damage, latency_ratio=1.0, latency_table=table, example_inputs=X, measure=False)
     assert {"dwsep_m1", "dwsep_m2"} <= set(table.frame["spec"])
 
 
@@ -157,7 +158,7 @@ def test_entries_inconsistent_with_the_whole_model_refuse_to_predict(setup):
     with pytest.raises(UserInputError, match=r"^latency_table: predicts -0\.5 ms for this plan" + ".*" + REMEASURE):
         bad.predict(plan)
     with pytest.raises(UserInputError, match=r"^latency_table: predicts -?\d"):
-        ns.plan_for_budget(model, damage, latency_ratio=0.5, latency_table=bad, example_inputs=X)
+        ns.plan_for_budget(model, damage, latency_ratio=0.5, latency_table=bad, example_inputs=X, measure=False)
     nan = _with(table, {("conv1", "dwsep_m1"): float("nan")})
     with pytest.raises(UserInputError, match=r"^latency_table: predicts nan ms"):
         nan.predict(plan)

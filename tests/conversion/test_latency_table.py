@@ -12,13 +12,14 @@ import torch.nn as nn
 
 import nas_sepconv as ns
 import nas_sepconv.conversion.latency as lt
+import nas_sepconv.conversion.latency_session as ls
 from nas_sepconv.conversion.latency import TABLE_COLUMNS
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.measure import latency_cache_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 X = torch.randn(1, 3, 12, 12)
-FAST = dict(repeats=2, warmup=0, threads=1)
+FAST = dict(repeats=2, warmup=0, threads=1, calibrate=0)
 
 
 class Net(nn.Module):
@@ -47,13 +48,13 @@ class Other(Net):
 def counted(monkeypatch):
     """The number of forwards of each interleaved loop the table builder times."""
     calls = []
-    real = lt.time_rounds
+    real = ls.time_rounds
 
     def counting(forwards, **kwargs):
         calls.append(len(forwards))
         return real(forwards, **kwargs)
 
-    monkeypatch.setattr(lt, "time_rounds", counting)
+    monkeypatch.setattr(ls, "time_rounds", counting)
     return calls
 
 
@@ -88,13 +89,20 @@ def test_rows_remainder_and_prediction(tmp_path):
     assert not model.training
 
 
-def test_second_model_with_the_same_shapes_hits_the_cache(tmp_path, counted):
-    ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+def test_one_session_is_reused_whole_or_timed_afresh_whole(tmp_path, counted):
+    model = Net().eval()
+    first = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
     # one interleaved loop: stem, conv1, conv1 as dwsep_m1, conv2, conv2 as dwsep_m1, the whole model
     assert counted == [6]
+    again = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    assert counted == [6] and (again.frame["source"] == "cache").all()  # entries and whole model: the same session
+    assert again.model_ms == first.model_ms and again.frame["latency_ms"].tolist() == first.frame["latency_ms"].tolist()
+    # another model, even with the same layer shapes, never mixes its whole-model time with these entries
     other = ns.latency_table(Other().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
-    assert counted == [6, 1]  # only the (other) whole model is timed
-    assert (other.frame["source"] == "cache").all()
+    assert counted == [6, 6] and (other.frame["source"] == "measured").all()
+    # asking for a candidate the session lacks times the whole session again
+    ns.latency_table(model, X, candidates=["dwsep_m1", "dwsep_m2"], cache_dir=tmp_path, **FAST)
+    assert counted == [6, 6, 8]
 
 
 @pytest.mark.parametrize("change", [dict(threads=2), dict(runtime="channels_last"), dict(dtype=torch.float64)])
@@ -117,7 +125,6 @@ def test_cache_file_is_plain_json_keyed_by_context_and_op(tmp_path):
     ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
     (path,) = tmp_path.glob("*.json")
     data = json.loads(path.read_text())
-    assert data["format"] == 1
     assert set(data["context"]) == {
         "device",
         "processor",
@@ -128,9 +135,14 @@ def test_cache_file_is_plain_json_keyed_by_context_and_op(tmp_path):
         "dtype",
         "memory_format",
     }
-    ops = [e["op"] for e in data["entries"].values()]
+    assert data["format"] == 2
+    (session,) = data["entries"].values()  # one record: the whole model with its entries
+    assert {"median_ms", "p10_ms", "p90_ms", "entries", "calibration"} <= set(session)
+    assert set(session["op"]) == {"session", "input_shapes"} and session["op"]["input_shapes"] == [[1, 3, 12, 12]]
+    ops = [json.loads(k) for k in session["entries"]]
     assert {o["block"] for o in ops} == {"keep", "dwsep_m1"} and all({"geometry", "input_shape"} <= set(o) for o in ops)
     assert len(ops) == 5  # stem, conv1 and conv2 kept; conv1 and conv2 as dwsep_m1
+    assert {tuple(o["tail"]) for o in ops} == {("ReLU",), ("BatchNorm2d", "ReLU")}  # timed with their neighbours
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99, "entries": {}}), json.dumps([1, 2])])
@@ -141,19 +153,25 @@ def test_a_corrupted_cache_file_is_ignored_with_a_warning_and_rewritten(tmp_path
     with pytest.warns(UserWarning, match="latency cache .* is ignored"):
         table = ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
     assert (table.frame["source"] == "measured").all()
-    assert len(json.loads(path.read_text())["entries"]) == 5
+    (session,) = json.loads(path.read_text())["entries"].values()
+    assert len(session["entries"]) == 5
 
 
 def test_malformed_entries_are_dropped(tmp_path):
     ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
     (path,) = tmp_path.glob("*.json")
     data = json.loads(path.read_text())
-    key = next(iter(data["entries"]))
-    data["entries"][key]["median_ms"] = "__import__('os')"  # data, never code
+    (session,) = data["entries"].values()
+    inner = next(iter(session["entries"]))
+    session["entries"][inner]["median_ms"] = "__import__('os')"  # data, never code: the session is re-timed
+    path.write_text(json.dumps(data))
+    table = ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    assert (table.frame["source"] == "measured").all()
+    session["median_ms"] = -1.0
     path.write_text(json.dumps(data))
     with pytest.warns(UserWarning, match="1 malformed entries ignored"):
         table = ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
-    assert (table.frame["source"] == "measured").sum() == 1
+    assert (table.frame["source"] == "measured").all()
 
 
 def test_default_cache_dir_is_the_environment_s(tmp_path, monkeypatch):
@@ -208,10 +226,12 @@ def test_bad_inputs(tmp_path):
 
 def test_onnxruntime_table(tmp_path):
     table = ns.latency_table(
-        Net().eval(), X, candidates=["dwsep_m1"], runtime="onnxruntime", cache_dir=tmp_path, **FAST
+        Net().eval(), X, candidates=["dwsep_m1"], runtime="onnxruntime", cache_dir=tmp_path, **{**FAST, "calibrate": 1}
     )
     assert table.context["runtime"] == "onnxruntime" and table.context["runtime_version"].startswith("onnxruntime ")
     assert (table.frame["latency_ms"] > 0).all()
+    (record,) = table.calibration  # the converted model, exported and timed in ONNX Runtime too
+    assert record["spec"] == "dwsep_m1" and record["median_ms"] > 0 and set(table.scales) <= {"dwsep_m1", "*"}
 
 
 def test_unwritable_cache_folder_only_warns(tmp_path):
@@ -253,13 +273,13 @@ def test_cuda_without_a_gpu_is_named(tmp_path, monkeypatch):
 
 def test_settings_hold_the_runtime_record_looked_up_once(tmp_path, monkeypatch):
     looked_up = []
-    real = lt.find_runtime
+    real = ls.find_runtime
 
     def counting(name, **kwargs):
         looked_up.append(name)
         return real(name, **kwargs)
 
-    monkeypatch.setattr(lt, "find_runtime", counting)
+    monkeypatch.setattr(ls, "find_runtime", counting)
     table = ns.latency_table(Net(), X, cache_dir=tmp_path, **FAST)
     table.ensure([("conv1", "dwsep_m2")])  # measured later, with the same settings
     assert looked_up == ["eager"]
@@ -276,3 +296,80 @@ def test_settings_name_the_argument_that_is_wrong(change, field):
     with pytest.raises(UserInputError) as info:
         lt.LatencySettings.checked(**{**args, **change})
     assert info.value.field == field
+
+
+def _fake_times(keep_ms: float = 1.0, block_ms: float = 0.5, model_ms: float = 10.0, converted_ms: float = 8.0):
+    """A stand-in for time_modules: a conv site takes ``keep_ms``, any block ``block_ms``, the
+    original model ``model_ms`` and any converted model ``converted_ms`` (no real timing)."""
+
+    def fake(modules, settings, *, progress=False):
+        out = []
+        for module, _ in modules:
+            first = module[0] if isinstance(module, nn.Sequential) else module
+            if isinstance(module, Net):
+                ms = model_ms
+            elif isinstance(module, torch.fx.GraphModule):
+                ms = converted_ms
+            else:
+                ms = keep_ms if isinstance(first, nn.Conv2d) else block_ms
+            out.append(dict(median_ms=ms, p10_ms=ms, p90_ms=ms, repeats=1))
+        return out
+
+    return fake
+
+
+def test_calibration_scales_the_savings_by_the_converted_models_measured_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(ls, "time_modules", _fake_times())
+    model = Net().eval()
+    table = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **{**FAST, "calibrate": 3})
+    (record,) = table.calibration  # one candidate: one uniform plan, of conv1 and conv2
+    assert record["spec"] == "dwsep_m1" and record["sites"] == ["conv1", "conv2"] and record["median_ms"] == 8.0
+    # raw predicted saving 2 x (1.0 - 0.5) = 1.0 ms; measured 10 - 8 = 2.0 ms: scale 2
+    assert table.scales == {"dwsep_m1": pytest.approx(2.0), "*": pytest.approx(2.0)}
+    plan = ns.make_plan(model, {"conv1": "dwsep_m1"}, example_inputs=X)
+    assert table.predict(plan, calibrated=False) == pytest.approx(9.5)
+    assert table.predict(plan) == pytest.approx(9.0) and table.saving("conv1", "dwsep_m1") == pytest.approx(1.0)
+    # the calibration lives in the cached session: a second table reads it back
+    again = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **{**FAST, "calibrate": 3})
+    assert again.calibration == table.calibration and (again.frame["source"] == "cache").all()
+
+
+def test_without_calibration_plans_the_scale_is_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(ls, "time_modules", _fake_times())
+    table = ns.latency_table(Net().eval(), X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    assert table.calibration == [] and table.scales == {"*": 1.0}
+    with pytest.raises(UserInputError, match="^calibrate: "):
+        ns.latency_table(Net().eval(), X, cache_dir=tmp_path, **{**FAST, "calibrate": -1})
+
+
+def test_entries_added_later_are_scaled_to_the_table_s_session(tmp_path, monkeypatch):
+    monkeypatch.setattr(ls, "time_modules", _fake_times())
+    model = Net().eval()
+    table = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
+    monkeypatch.setattr(ls, "time_modules", _fake_times(keep_ms=2.0, block_ms=1.2))  # a slower moment
+    monkeypatch.setattr(lt, "time_modules", _fake_times(keep_ms=2.0, block_ms=1.2))
+    table.ensure([("conv1", "dwsep_m2")])
+    assert table.ms("conv1", "dwsep_m2") == pytest.approx(0.6)  # 1.2 x (1.0 in the table / 2.0 beside it)
+    again = ns.latency_table(model, X, candidates=["dwsep_m1", "dwsep_m2"], cache_dir=tmp_path, **FAST)
+    assert again.ms("conv1", "dwsep_m2") == pytest.approx(1.2)  # asked at build time: a new session, timed whole
+
+
+class Shared(nn.Module):
+    """conv1's output feeds two layers: no neighbour is fused into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        return torch.nn.functional.silu(self.conv2(self.bn(y) + y))
+
+
+def test_site_tails_follow_only_single_users():
+    assert ls.site_tails(Shared()) == {"conv1": (), "conv2": ("SiLU",)}
+    assert ls.site_tails(Net()) == {"stem": ("ReLU",), "conv1": ("BatchNorm2d", "ReLU"), "conv2": ("ReLU",)}
+    module = ls.site_module(ns.make_plan(Net(), {}, example_inputs=X).entries[1], None, ("BatchNorm2d", "ReLU"))
+    assert [type(m).__name__ for m in module] == ["Conv2d", "BatchNorm2d", "ReLU"] and not module.training

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nas_sepconv.measure import LatencyCache, latency_context
-from nas_sepconv.measure.latency_cache import MAX_CACHE_BYTES
+from nas_sepconv.measure.latency_cache import CACHE_FORMAT, MAX_CACHE_BYTES
 
 CONTEXT = latency_context(
     device=torch.device("cpu"),
@@ -30,7 +30,9 @@ def _path(tmp_path):
 
 def _write(tmp_path, entries):
     path = _path(tmp_path)
-    path.write_text(json.dumps({"format": 1, "context": CONTEXT, "entries": entries}))  # (NaN, Infinity as JSON allows)
+    path.write_text(
+        json.dumps({"format": CACHE_FORMAT, "context": CONTEXT, "entries": entries})
+    )  # (NaN, Infinity as JSON allows)
 
 
 @pytest.mark.parametrize(

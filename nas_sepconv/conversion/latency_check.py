@@ -1,0 +1,99 @@
+"""Latency budgets honoured or refused: a plan chosen by predicted latency is measured whole
+before it is returned.
+
+A latency table predicts; it does not guarantee (kernel sums miss what a runtime shares between
+kernels, and a machine drifts).  So :func:`~nas_sepconv.conversion.plan_for_budget` under a
+latency budget measures the converted model beside the original, in the table's runtime and
+threads, in the same interleaved rounds (:func:`measure_plan`).  A plan measuring above
+:data:`TOLERANCE` × its budget is re-planned with a target tightened by the miss (at most
+:data:`ROUNDS` plans in all), and if none meets it the budget is refused in one line
+(:class:`~nas_sepconv.errors.UserInputError`) naming what the best plan measured: a budget is
+never missed silently.  The closed-loop check follows the measured-latency searches of
+MnasNet (M. Tan et al., CVPR 2019, arXiv:1807.11626), which time every candidate on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserInputError
+from ..measure import as_inputs, torch_threads
+from .latency import LatencyTable
+from .latency_session import time_modules
+from .plan import Plan
+from .rewrite import apply_plan
+
+__all__ = ["ROUNDS", "TOLERANCE", "honour_latency_budget", "measure_plan"]
+
+#: a plan measuring above this many times its latency budget is re-planned, then refused
+TOLERANCE = 1.1
+#: at most this many plans are measured for one budget
+ROUNDS = 3
+
+
+def measure_plan(model: nn.Module, plan: Plan, example_inputs: Any, table: LatencyTable) -> tuple[float, float]:
+    """(the original's, the converted model's) median latency in ms, timed now in the same
+    interleaved rounds with ``table``'s runtime, threads, device and dtype.  The converted model
+    gets fresh weights (its latency does not depend on their values; no refit is needed)."""
+    inputs = as_inputs(example_inputs)
+    with torch.no_grad():
+        converted = apply_plan(model, plan, init="random").eval()
+    with torch_threads(table.settings.threads):
+        original, after = time_modules(
+            [(copy.deepcopy(model).eval(), inputs), (converted, inputs)], table.settings, progress=False
+        )
+    return original["median_ms"], after["median_ms"]
+
+
+def honour_latency_budget(
+    plan: Plan,
+    plan_at: Callable[[float], Plan | None],
+    *,
+    model: nn.Module,
+    example_inputs: Any,
+    table: LatencyTable,
+    field: str,
+    budget: float,
+    limit: float,
+) -> Plan:
+    """``plan`` (chosen for the predicted ``limit`` ms) if it measures within :data:`TOLERANCE`
+    × the budget (``field`` ``latency_ratio``: of the original measured beside it;
+    ``latency_ms``: in milliseconds), else the plan ``plan_at`` chooses for a limit tightened by
+    the measured miss, measured again (:data:`ROUNDS` plans at most).  The returned plan's notes
+    record the measured latency and ratio.  Raises :class:`UserInputError` (one line, the
+    measured figure) when no plan meets the budget."""
+    best: tuple[float, Plan, float, float] | None = None
+    for attempt in range(1, ROUNDS + 1):
+        original, converted = measure_plan(model, plan, example_inputs, table)
+        ratio = converted / original
+        miss = (converted / budget) if field == "latency_ms" else (ratio / budget)
+        if best is None or miss < best[0]:
+            best = (miss, plan, original, converted)
+        if miss <= TOLERANCE:
+            break
+        limit = limit / miss
+        tighter = plan_at(limit) if attempt < ROUNDS else None
+        if tighter is None:
+            break
+        plan = tighter
+    miss, plan, original, converted = best
+    note = (
+        f"measured: {converted:.3f} ms, {converted / original:.3f}x the original's {original:.3f} ms timed beside "
+        f"it ({table.context['runtime']}, {table.context['threads']} threads); {miss:.3f}x the {field} budget "
+        f"after {attempt} measured plan(s)"
+    )
+    if miss > TOLERANCE:
+        reached = f"{converted:.3g} ms" if field == "latency_ms" else f"{converted / original:.3f} of the original"
+        raise UserInputError(
+            field,
+            f"{budget:g} is not met: the best plan measured {reached} ({table.context['runtime']}), "
+            f"{miss:.2f}x the budget, after {attempt} plan(s) each tightened by its miss",
+            f"raise {field}, add cheaper candidates, or pass measure=False for the predicted plan",
+        )
+    plan.notes.append(note)
+    return plan
