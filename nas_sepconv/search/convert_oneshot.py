@@ -12,6 +12,7 @@ rate trains a model from scratch), for ``search.supernet_epochs`` (default ``tra
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Any
 
@@ -67,7 +68,7 @@ def prepare_convert_supernet(settings: Settings, data: Dataset, base: nn.Module,
         lr=c.finetune_lr,
     )
     identity = {"kind": "convert", "model": c.model, "model_kwargs": c.model_kwargs, "init": c.init}
-    identity.update(refit=c.refit, calibration_images=c.calibration_images)
+    identity.update(refit=c.refit, calibration_images=c.calibration_images, base_sha256=_fingerprint(base))
     folder = settings.out_dir / SUPERNET_DIR
     with lock(folder):
         refits = INITS[c.init].from_weights and c.refit
@@ -85,6 +86,16 @@ def prepare_convert_supernet(settings: Settings, data: Dataset, base: nn.Module,
             config=cfg,
             device=settings.options.device,
         )
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """The SHA-256 of a model's weights and buffers (a supernet made from other base weights is
+    not resumed)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def convert_supernet_compute(settings: Settings, data: Dataset, base: nn.Module) -> int:
