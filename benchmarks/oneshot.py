@@ -1,19 +1,27 @@
 """Ranking quality of the one-shot mode (issue 26, item 3): Kendall tau and Spearman rho between
-the inherited and the finalised validation accuracy of subnets spread over a build space's MACs.
+the inherited and the finalised validation accuracy of subnets spread over a space's MACs, for
+build spaces and convert spaces.
 
     python benchmarks/oneshot.py digits [--subnets 24] [--seed 0] [--out results/oneshot]
     python benchmarks/oneshot.py cifar10 --data-root PATH [--subnets 24]
     python benchmarks/oneshot.py cifar10-full --data-root PATH --device cuda
+    python benchmarks/oneshot.py digits-convert [--subnets 24]
+    python benchmarks/oneshot.py cifar10-convert --data-root PATH [--subnets 24]
 
-For a configuration (:data:`CONFIGS`: a bundled build space put in ``search.mode: oneshot``,
-with overrides) this trains the space's supernet as a one-shot search does
-(:func:`~nas_sepconv.search.inherited.prepare_supernet`, sandwich rule, into
+For a configuration (:data:`CONFIGS`: a bundled space put in ``search.mode: oneshot``, with
+overrides) this trains the space's supernet as a one-shot search does (a build space's:
+:func:`~nas_sepconv.search.inherited.prepare_supernet`, sandwich rule; a convert space's: the
+trained base with every site's blocks, single-path distillation from the base,
+:func:`~nas_sepconv.search.convert_oneshot.prepare_convert_supernet`; into
 ``OUT/<config>/supernet``: checkpointed every epoch, resumed after a kill), draws ``--pool``
 distinct subnets at random (seeded) and keeps ``--subnets`` of them spread evenly over their
 MACs range (by rank in MACs, both ends kept).  Each subnet is measured twice: with inherited
 weights, BatchNorm recalibrated (a one-shot trial's accuracy), and finalised, trained alone
 from those weights for ``search.finalize_epochs`` (``--from scratch``: from scratch instead),
-exactly as ``nas-sepconv search --finalize K`` does (:func:`finalize_candidate`).  Each
+exactly as ``nas-sepconv search --finalize K`` does (:func:`finalize_candidate`; a convert
+space's subnet is fine-tuned with distillation from the base, its epochs ``search.finalize_epochs``,
+default ``convert.finetune_epochs``).  ``--supernet-epochs`` and ``--finalize-epochs`` override
+the configuration's (for smoke runs).  Each
 subnet's row is appended to ``OUT/<config>/ranking.csv`` as soon as it is measured; the same
 command resumes, skipping the subnets already there.  ``OUT/<config>/ranking.md`` has the
 command, the configuration, tau and rho (scipy.stats) against the goal (tau >= 0.6), and
@@ -75,6 +83,29 @@ CONFIGS: dict[str, Config] = {
         device="cuda",
         note="the bundled space as it is (32x32, 50,000 images): supernet 60 epochs, finalised 15 (train.epochs)",
     ),
+    "digits-convert": Config(
+        "digits_convert",
+        {"convert": {"width_mult": 1.0}, "search": {"supernet_epochs": 10, "finalize_epochs": 1}},
+        note="the bundled digits convert space at the base's width (width_mult 1: the one-shot convert mode does "
+        "not prune), its base (tiny_convnet, 8 epochs) trained once and cached; supernet 10 epochs of single-path "
+        "distillation, each subnet fine-tuned 1 epoch (convert.finetune_epochs) from its inherited weights",
+    ),
+    "cifar10-convert": Config(
+        "resnet18_convert_cifar10",
+        {
+            "data": {"subset": 20000, "val_fraction": 0.1},
+            "train": {"batch_size": 128},
+            "convert": {
+                "model_kwargs": {"width": 32, "stem_stride": 2},
+                "weights": "results/fidelity/original_cifar10_n20000_w32_stem2_e15_s0.safetensors",
+                "width_mult": 1.0,
+            },
+            "search": {"supernet_epochs": 5, "finalize_epochs": 1},
+        },
+        note="the committed CIFAR-10 ResNet-18 (width 32, stem stride 2, 15 epochs on 20,000 images: "
+        "results/fidelity) converted stage by stage (the bundled resnet18_convert_cifar10 groups) at its width; "
+        "20,000 images at 32x32, supernet 5 epochs of single-path distillation, each subnet fine-tuned 1 epoch",
+    ),
 }
 
 COLUMNS = [
@@ -109,6 +140,9 @@ def space_file(config: Config, folder: Path, data_root: str | None) -> Path:
     spec = merged(spec, merged(config.overrides, {"search": {"mode": "oneshot"}}))
     if data_root is not None:
         spec["data"]["root"] = str(Path(data_root).resolve())
+    weights = (spec.get("convert") or {}).get("weights")
+    if weights:  # a path of this repository: absolute, since the space file is written elsewhere
+        spec["convert"]["weights"] = str(Path(weights).resolve())
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -118,8 +152,10 @@ def space_file(config: Config, folder: Path, data_root: str | None) -> Path:
 def spread_subnets(ctx: Any, *, pool: int, subnets: int, seed: int) -> list[dict[str, Any]]:
     """``subnets`` distinct subnets of ``pool`` random draws (a seeded random sampler), spread
     evenly by rank over their MACs: ``{"params", "macs", "arch"}``, fewest MACs first."""
+    from nas_sepconv.conversion import make_plan
     from nas_sepconv.io import build_from_recipe
     from nas_sepconv.measure import count_macs
+    from nas_sepconv.oneshot import site_policy
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -132,7 +168,10 @@ def spread_subnets(ctx: Any, *, pool: int, subnets: int, seed: int) -> list[dict
         if candidate.summary in drawn:
             continue
         x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
-        macs = int(count_macs(build_from_recipe(candidate.recipe), x))
+        if candidate.space_kind.from_base:  # the plan's MACs: no model is converted for a draw
+            macs = int(make_plan(ctx.base().cpu(), site_policy(candidate.recipe.rules), example_inputs=x).macs_after)
+        else:
+            macs = int(count_macs(build_from_recipe(candidate.recipe), x))
         drawn[candidate.summary] = {"params": trial.params, "macs": macs, "arch": candidate.summary}
     ordered = sorted(drawn.values(), key=lambda d: (d["macs"], d["arch"]))
     if len(ordered) <= subnets:
@@ -144,14 +183,20 @@ def spread_subnets(ctx: Any, *, pool: int, subnets: int, seed: int) -> list[dict
 def measure(ctx: Any, number: int, drawn: dict[str, Any], *, seed: int, start: Any, epochs: int) -> dict[str, Any]:
     """One subnet's row: its inherited and finalised accuracies (validation and test)."""
     from nas_sepconv.search import StoredTrial
+    from nas_sepconv.search.convert_oneshot import extract_candidate
     from nas_sepconv.search.finalization import finalize_candidate
-    from nas_sepconv.search.inherited import inherited_candidate
+    from nas_sepconv.search.inherited import CALIBRATION_IMAGES, inherited_candidate, inherited_metrics
 
     started = time.perf_counter()
     candidate = ctx.suggest(StoredTrial(drawn["params"], number=number, source="the benchmark"))
-    _, inherited = inherited_candidate(
-        ctx.supernet(), candidate, ctx.data, device=ctx.settings.options.device, seed=seed + number
-    )
+    device = ctx.settings.options.device
+    if candidate.space_kind.from_base:  # the converted model of the path, as a one-shot convert trial takes it
+        model = extract_candidate(
+            ctx.supernet(), ctx.base(), candidate, ctx.data, images=CALIBRATION_IMAGES, seed=seed + number
+        )
+        inherited = inherited_metrics(model, candidate, ctx.data, device=device)
+    else:
+        _, inherited = inherited_candidate(ctx.supernet(), candidate, ctx.data, device=device, seed=seed + number)
     _, finalized = finalize_candidate(ctx, candidate, seed=seed + number, epochs=epochs, start=start)
     return {
         "subnet": number,
@@ -245,12 +290,13 @@ def run(
     from nas_sepconv.measure import torch_threads
     from nas_sepconv.search import TrialContext, load_space
     from nas_sepconv.search.finalize_starts import finalize_start
+    from nas_sepconv.search.schema import candidate_epochs
 
     folder = out / name
     space = load_space(space_file(config, folder, data_root))
     search = space.spec.search
     begin = finalize_start(start or search.finalize_from, field="--from")
-    epochs = search.finalize_epochs or space.spec.train.epochs
+    epochs = search.finalize_epochs or max(1, candidate_epochs(space.spec))
     csv = folder / "ranking.csv"
     done = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=COLUMNS)
     with torch_threads(threads):
@@ -282,10 +328,17 @@ def main() -> None:
     parser.add_argument("--data-root", default=None, help="the CIFAR-10 folder or archive (cifar10 configurations)")
     parser.add_argument("--device", default=None, help="override the configuration's device")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--supernet-epochs", type=int, default=None, help="override search.supernet_epochs")
+    parser.add_argument("--finalize-epochs", type=int, default=None, help="override search.finalize_epochs")
     args = parser.parse_args()
     config = CONFIGS[args.config]
     if args.device is not None:
         config = Config(config.space, config.overrides, args.device, config.note)
+    epochs = {"supernet_epochs": args.supernet_epochs, "finalize_epochs": args.finalize_epochs}
+    epochs = {k: v for k, v in epochs.items() if v is not None}
+    if epochs:
+        note = config.note + f" (overridden: {epochs})"
+        config = Config(config.space, merged(config.overrides, {"search": epochs}), config.device, note)
     command = "python benchmarks/oneshot.py " + " ".join(sys.argv[1:])
     rows = run(
         args.config,

@@ -16,16 +16,42 @@ def bench():
     yield from load_benchmark("oneshot")
 
 
-def test_the_configurations_are_build_spaces_in_oneshot_mode(bench, tmp_path):
+def test_the_configurations_are_spaces_in_oneshot_mode(bench, tmp_path):
+    from pathlib import Path
+
     from nas_sepconv.search import load_space
 
+    kinds = {}
     for name, config in bench.CONFIGS.items():
-        if name.startswith("cifar10"):  # (the data set is not here: the space file is checked, not loaded)
-            spec = yaml.safe_load(load_space(config.space).text)
-            assert spec["kind"] == "build"
-            continue
-        space = load_space(bench.space_file(config, tmp_path / name, None))
+        space = load_space(bench.space_file(config, tmp_path / name, None))  # (no data is loaded)
         assert space.spec.search.mode == "oneshot" and space.spec.search.finalize_epochs
+        kinds[name] = space.spec.kind
+        if space.spec.kind == "convert" and space.spec.convert.weights:
+            assert Path(space.spec.convert.weights).is_file()  # the committed base model
+    assert kinds["digits"] == "build" and kinds["digits-convert"] == kinds["cifar10-convert"] == "convert"
+
+
+@pytest.mark.slow
+def test_a_toy_convert_run_writes_ranking_rows(bench, tmp_path):
+    path = tmp_path / "conv.yaml"
+    spec = {
+        "name": "conv",
+        "kind": "convert",
+        "data": {"dataset": "digits", "subset": 300},
+        "train": {"epochs": 1, "batch_size": 128},
+        "convert": {
+            "model": "nas_sepconv:tiny_convnet",
+            "model_kwargs": {"width": 8},
+            "base_epochs": 1,
+            "choices": {"kind": ["keep", "dwsep", "spatial"], "rank": [0.5]},
+            "calibration_images": 64,
+        },
+    }
+    path.write_text(yaml.safe_dump(spec))
+    config = bench.Config(str(path), {"search": {"supernet_epochs": 1, "finalize_epochs": 1}}, note="toy")
+    rows = bench.run("conv", config, out=tmp_path, subnets=3, pool=12, command="toy")
+    assert len(rows) == 3 and rows["macs"].is_monotonic_increasing
+    assert rows[["inherited_accuracy", "finalized_accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
 
 
 def test_a_toy_run_writes_ranking_rows_and_resumes(bench, tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -50,7 +51,7 @@ from .checkpoint import Checkpoint, load_training, load_weights, read_checkpoint
 from .space import SupernetSpace
 from .supernet import Supernet
 
-__all__ = ["train_supernet"]
+__all__ = ["Step", "train_shared", "train_supernet"]
 
 _EPOCH_SEED = 1_000_003  # seeds of epoch e: seed * _EPOCH_SEED + e
 
@@ -91,15 +92,61 @@ def train_supernet(
     cfg = replace(cfg, epochs=cfg.epochs if epochs is None else epochs)  # validates
     if isinstance(random_subnets, bool) or not isinstance(random_subnets, int) or not 0 <= random_subnets <= 16:
         raise UserInputError("random_subnets", f"expected an integer in [0, 16], got {random_subnets!r}", "use e.g. 2")
+    settings = {"train": cfg.to_dict(), "random_subnets": random_subnets}
+    torch.manual_seed(cfg.seed)
+    supernet = Supernet(space)
+    largest, smallest = space.largest(), space.smallest()
+
+    def sandwich(run: Run, x: Tensor, y: Tensor, rng: random.Random) -> Tensor:
+        return _sandwich_step(
+            run, supernet, x, y, [smallest, *(space.sample(rng) for _ in range(random_subnets))], largest
+        )
+
+    train_shared(
+        supernet,
+        data,
+        step=sandwich,
+        identity=space.to_dict(),
+        settings=settings,
+        out_dir=out_dir,
+        config=cfg,
+        device=device,
+        progress=progress,
+        on_epoch=on_epoch,
+    )
+    return supernet.eval()
+
+
+#: one step of a weight-sharing training: ``(run, x, y, rng)`` -> the loss to report, its
+#: gradients accumulated (through ``run.scaler``), its paths drawn from ``rng`` (the epoch's)
+Step = Callable[[Run, Tensor, Tensor, random.Random], Tensor]
+
+
+def train_shared(
+    supernet: nn.Module,
+    data: Dataset,
+    *,
+    step: Step,
+    identity: dict[str, Any],
+    settings: dict[str, Any],
+    out_dir: str | Path,
+    config: TrainConfig,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> None:
+    """Train ``supernet`` in place for ``config.epochs`` epochs of ``step``s, a checkpoint in
+    ``out_dir`` after each (:mod:`.checkpoint`: ``identity`` says what supernet it is, ``settings``
+    how it trains; a checkpoint of another is refused), resumed from the one there; data-parallel
+    under ``torchrun`` (module docstring).  What :func:`train_supernet` and the convert
+    supernet's training (:mod:`.convert_training`) share."""
     if not isinstance(data, Dataset):
         raise UserInputError(
             "data", f"expected a nas_sepconv Dataset, got {type(data).__name__}", "load one with load_dataset"
         )
     folder = ensure_writable_dir(out_dir, "out_dir")
-    settings = {"train": cfg.to_dict(), "random_subnets": random_subnets}
-    done = _resumable(folder, space, settings, cfg.epochs)
-    torch.manual_seed(cfg.seed)
-    supernet = Supernet(space)
+    cfg = config
+    done = _resumable(folder, identity, settings, cfg.epochs)
     run = Run.start(supernet, data, None, None, cfg, torch.device(device), None)
     history: list[float] = []
     if done is not None:
@@ -114,8 +161,8 @@ def train_supernet(
     with show_progress(progress and main, "supernet", cfg.epochs, unit="epochs", resume=done is not None) as bar:
         bar.update(first - 1)
         for epoch in range(first, cfg.epochs + 1):
-            history.append(_train_epoch(run, supernet, space, epoch, random_subnets))
-            checkpoint = Checkpoint(epoch, cfg.epochs, space.to_dict(), settings, history)
+            history.append(_train_epoch(run, supernet, step, epoch))
+            checkpoint = Checkpoint(epoch, cfg.epochs, identity, settings, history)
             if run.world.distributed:
                 broadcast_buffers(supernet)  # every process ends the epoch with rank 0's statistics
             if main:
@@ -123,16 +170,15 @@ def train_supernet(
             bar.update(epoch, info=f"loss {history[-1]:.3f}")
             if on_epoch is not None:
                 on_epoch(epoch, history[-1])
-    return supernet.eval()
 
 
-def _resumable(folder: Path, space: SupernetSpace, settings: dict[str, Any], epochs: int) -> Checkpoint | None:
+def _resumable(folder: Path, identity: dict[str, Any], settings: dict[str, Any], epochs: int) -> Checkpoint | None:
     """The checkpoint in ``folder`` to resume, if any; refused if made otherwise."""
     done = read_checkpoint(folder)
     if done is None:
         return None
     fix = "use another out_dir, or delete this one to start again"
-    if done.space != space.to_dict():
+    if done.space != identity:
         raise UserInputError("out_dir", f"{folder} holds a supernet of another space", fix)
     if done.settings != settings or done.epochs != epochs:
         raise UserInputError("out_dir", f"{folder} holds a supernet trained with other settings", fix)
@@ -175,7 +221,7 @@ def _batches(run: Run, epoch: int) -> Any:
     return ((x[lo : lo + shard], y[lo : lo + shard]) for x, y in loader)
 
 
-def _broadcast_parameters(supernet: Supernet) -> None:
+def _broadcast_parameters(supernet: nn.Module) -> None:
     """Rank 0's weights to every process (they start alike anyway: the same seed, or the same
     checkpoint)."""
     with torch.no_grad():
@@ -185,7 +231,7 @@ def _broadcast_parameters(supernet: Supernet) -> None:
             p.copy_(on)
 
 
-def _average_step(supernet: Supernet, loss: Tensor, world: World) -> Tensor:
+def _average_step(supernet: nn.Module, loss: Tensor, world: World) -> Tensor:
     """Average the step's gradients over the processes (one all-reduce, with the loss); the mean
     loss over the processes.  Every process drew the same subnets, so the same parameters have
     gradients in each.  Alone: the loss."""
@@ -200,26 +246,16 @@ def _average_step(supernet: Supernet, loss: Tensor, world: World) -> Tensor:
     return flat[-1]
 
 
-def _train_epoch(run: Run, supernet: Supernet, space: SupernetSpace, epoch: int, random_subnets: int) -> float:
-    """One epoch of sandwich steps; the mean loss of the largest subnet."""
+def _train_epoch(run: Run, supernet: nn.Module, step: Step, epoch: int) -> float:
+    """One epoch of ``step``s (each one optimizer update), seeded from the epoch; their mean loss."""
     torch.manual_seed(run.cfg.seed * _EPOCH_SEED + epoch)
     rng = random.Random(run.cfg.seed * _EPOCH_SEED + epoch)
-    largest, smallest = space.largest(), space.smallest()
     supernet.train()
     total, steps = 0.0, 0
-    for step, (x, y) in enumerate(_batches(run, epoch), 1):
+    for number, (x, y) in enumerate(_batches(run, epoch), 1):
         run.optimizer.zero_grad(set_to_none=True)
-        with amp_context(run.device, run.amp_dtype):
-            logits = supernet(x, largest)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing)
-        run.scaler.scale(loss).backward()
-        soft = logits.detach().float().softmax(dim=1)
-        for arch in [smallest, *(space.sample(rng) for _ in range(random_subnets))]:
-            with amp_context(run.device, run.amp_dtype):
-                student = supernet(x, arch).float()
-            run.scaler.scale(_soft_cross_entropy(student, soft)).backward()
-        loss = _average_step(supernet, loss, run.world)
-        _check_finite(loss, epoch, step)  # (in every process alike: before the step)
+        loss = _average_step(supernet, step(run, x, y, rng), run.world)
+        _check_finite(loss, epoch, number)  # (in every process alike: before the step)
         if run.cfg.grad_clip is not None:
             run.scaler.unscale_(run.optimizer)
             torch.nn.utils.clip_grad_norm_(supernet.parameters(), run.cfg.grad_clip)
@@ -227,8 +263,23 @@ def _train_epoch(run: Run, supernet: Supernet, space: SupernetSpace, epoch: int,
         run.scaler.update()
         run.scheduler.step()
         total += loss.item()
-        steps = step
+        steps = number
     return total / max(steps, 1)
+
+
+def _sandwich_step(run: Run, supernet: Supernet, x: Tensor, y: Tensor, students: list, largest: Any) -> Tensor:
+    """The largest subnet on the labels, then each of ``students`` on its soft outputs; the
+    largest's loss."""
+    with amp_context(run.device, run.amp_dtype):
+        logits = supernet(x, largest)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing)
+    run.scaler.scale(loss).backward()
+    soft = logits.detach().float().softmax(dim=1)
+    for arch in students:
+        with amp_context(run.device, run.amp_dtype):
+            student = supernet(x, arch).float()
+        run.scaler.scale(_soft_cross_entropy(student, soft)).backward()
+    return loss.detach()
 
 
 def _soft_cross_entropy(logits: Tensor, soft: Tensor) -> Tensor:

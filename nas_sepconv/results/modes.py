@@ -33,7 +33,8 @@ class SearchMode:
         needs: the ``search`` fields the mode needs -> what each is for.
         accuracy_source: how a trial's accuracy is had (the ``accuracy_source`` column):
             ``"trained"``, each candidate trained on its own; ``"inherited"``, its weights taken
-            from a weight-sharing supernet trained once per study (build spaces only).  A trial
+            from a weight-sharing supernet trained once per study (a build space's, or a convert
+            space's: :mod:`nas_sepconv.search.convert_oneshot`).  A trial
             of such a study that was finalised (trained alone afterwards:
             :mod:`nas_sepconv.search.finalization`) says ``"finalized"``.
         doc: one line.

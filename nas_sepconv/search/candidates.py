@@ -20,12 +20,13 @@ from ..data import calibration_batches
 from ..errors import TrainingDiverged
 from ..io import build_from_recipe
 from ..measure import count_macs, count_params, torch_threads
-from ..oneshot import Supernet
+from ..oneshot import ConvertSupernet, Supernet
 from ..results.protocol import CORRECT_ATTR, pack_correct
 from ..train import TrainConfig, converted_features, correct_per_image, evaluate, fit
 from .asha import RungLadder, StopAtRung
 from .base_model import prepare_base, record_base
-from .inherited import inherited_candidate, prepare_supernet, supernet_compute
+from .convert_oneshot import convert_supernet_compute, extract_candidate, prepare_convert_supernet
+from .inherited import CALIBRATION_IMAGES, inherited_candidate, inherited_metrics, prepare_supernet, supernet_compute
 from .latency import TrialLatency
 from .options import SearchOptions
 from .schema import candidate_epochs
@@ -48,7 +49,7 @@ class TrialContext:
         self.data = settings.space.spec.data.load(seed=self.data_seed).to(settings.options.device)
         self._base: nn.Module | None = None
         self._sites: list | None = None
-        self._supernet: Supernet | None = None
+        self._supernet: Supernet | ConvertSupernet | None = None
         #: the study a search records the base model's accuracy in (user attr ``base``); None
         #: when rebuilding a trial
         self.study: optuna.Study | None = None
@@ -66,12 +67,17 @@ class TrialContext:
                 record_base(self.settings, self.data, self._base, self.study)
         return self._base
 
-    def supernet(self) -> Supernet:
+    def supernet(self) -> Supernet | ConvertSupernet:
         """The study's supernet (mode oneshot): loaded, or trained once (:mod:`.inherited`)."""
         if self._supernet is None:
-            self._supernet = prepare_supernet(self.settings, self.data)
+            if self.settings.space.spec.space_kind.from_base:  # the base model with every site's blocks
+                self._supernet = prepare_convert_supernet(self.settings, self.data, self.base(), self.sites())
+                spent = convert_supernet_compute(self.settings, self.data, self.base())
+            else:
+                self._supernet = prepare_supernet(self.settings, self.data)
+                spent = supernet_compute(self._supernet, self.settings, self.data)
             if self.study is not None:  # what it spent, for equal-compute comparisons (results.compare)
-                self.study.set_user_attr("supernet_compute", supernet_compute(self._supernet, self.settings, self.data))
+                self.study.set_user_attr("supernet_compute", spent)
         return self._supernet
 
     def sites(self) -> list:
@@ -122,6 +128,16 @@ def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
     """The candidate's model, ready to train: built from scratch, or converted from the base."""
     if not candidate.space_kind.from_base:
         return build_from_recipe(candidate.recipe)
+    if ctx.settings.space.spec.search.search_mode.accuracy_source == "inherited":  # mode oneshot
+        return extract_candidate(
+            ctx.supernet(), ctx.base(), candidate, ctx.data, images=CALIBRATION_IMAGES, seed=ctx.settings.options.seed
+        )
+    return converted_candidate(ctx, candidate)
+
+
+def converted_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
+    """A convert space's candidate as a stand-alone trial makes it: the base converted by the
+    candidate's rules (and width), initialised as ``convert.init`` says and refit."""
     c = ctx.settings.space.spec.convert
     model = ctx.base().cpu()
     recipe = candidate.recipe
@@ -201,7 +217,7 @@ def _run_candidate(
     }
     constraints = _size_constraints(space, macs, params)
     feasible = all(c <= 0 for c in constraints.values())
-    cfg, teacher, features = _training(ctx, candidate, model, seed)
+    cfg, teacher, features = training_recipe(ctx, candidate, model, seed)
     device = ctx.settings.options.device
     ladder = _ladder(trial, space)
 
@@ -222,6 +238,8 @@ def _run_candidate(
 
     if not feasible:
         metrics.update(accuracy=0.0, test_accuracy=0.0, epochs=0, feasible=False)
+    elif s.search_mode.accuracy_source == "inherited":
+        model = _inherit(ctx, candidate, model, metrics, seed)
     elif candidate.space_kind.from_base and space.spec.convert.finetune_epochs == 0:
         model.to(device)
         metrics.update(
@@ -229,8 +247,6 @@ def _run_candidate(
             **measured_on_test(ctx, model, candidate.resolution),
             epochs=0,
         )
-    elif s.search_mode.accuracy_source == "inherited":
-        model = _inherit(ctx, candidate, metrics, seed)
     else:
         metrics.update(_fit(ctx, candidate, model, cfg, teacher=teacher, features=features, report=report))
     if ladder is not None:
@@ -248,7 +264,7 @@ def _run_candidate(
     return model, metrics
 
 
-def _training(
+def training_recipe(
     ctx: TrialContext, candidate: Candidate, model: nn.Module, seed: int
 ) -> tuple[TrainConfig, nn.Module | None, list[str]]:
     """How the candidate trains: the space's ``train:`` recipe, or, converted from a base model,
@@ -276,12 +292,17 @@ def _training(
     return cfg, teacher, converted_features(model) if hints else []
 
 
-def _inherit(ctx: TrialContext, candidate: Candidate, metrics: dict[str, Any], seed: int) -> nn.Module:
+def _inherit(
+    ctx: TrialContext, candidate: Candidate, model: nn.Module, metrics: dict[str, Any], seed: int
+) -> nn.Module:
     """Mode oneshot: the candidate's subnet with weights from the study's supernet (its
-    metrics added to ``metrics``) instead of a trained model."""
-    model, inherited = inherited_candidate(
-        ctx.supernet(), candidate, ctx.data, device=ctx.settings.options.device, seed=seed
-    )
+    metrics added to ``metrics``) instead of a trained model.  A convert space's ``model`` is
+    that already (:func:`build_candidate`)."""
+    device = ctx.settings.options.device
+    if candidate.space_kind.from_base:
+        metrics.update(inherited_metrics(model, candidate, ctx.data, device=device))
+        return model
+    model, inherited = inherited_candidate(ctx.supernet(), candidate, ctx.data, device=device, seed=seed)
     metrics.update(inherited)
     return model
 

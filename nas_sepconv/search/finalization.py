@@ -42,10 +42,12 @@ from ..results import pareto_front
 from ..results.stored import data_seed_of, finalized_key
 from ..storage import redact
 from ..train import fit
-from .candidates import TrialContext, measured_on_test, train_compute
+from .candidates import TrialContext, converted_candidate, measured_on_test, train_compute, training_recipe
+from .convert_oneshot import extract_candidate
 from .finalize_starts import FinalizeStart, finalize_start
 from .inherited import CALIBRATION_IMAGES
 from .outputs import refresh_outputs
+from .schema import candidate_epochs
 from .seeding import seeded
 from .settings import Settings
 from .suggestion import Candidate, StoredTrial
@@ -102,24 +104,32 @@ def front_to_finalize(trials: list[optuna.trial.FrozenTrial], k: int, *, finaliz
 def finalize_candidate(
     ctx: TrialContext, candidate: Candidate, *, seed: int, epochs: int, start: FinalizeStart
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``candidate`` alone for ``epochs`` with the space's ``train:`` recipe, from its
-    inherited weights (the study's supernet, BatchNorm recalibrated) or from scratch, seeded
+    """Train ``candidate`` alone for ``epochs`` with the space's ``train:`` recipe (a convert
+    space's: its fine-tuning, distilled from the base), from its inherited weights (the study's
+    supernet, BatchNorm recalibrated) or from scratch (a convert space's: converted anew), seeded
     with ``seed``; the trained model and its ``accuracy`` (validation), ``test_accuracy``,
     ``test_correct``, ``epochs`` and ``train_compute`` (:func:`~.candidates.train_compute`)."""
     if start.inherits:
         ctx.supernet()  # loaded (or trained) outside the seeded block, as run_candidate does
     device = ctx.settings.options.device
     with seeded(seed, device):
-        if start.inherits:
-            model = inherited_subnet(
-                ctx.supernet(), candidate.recipe.arch, ctx.data, images=CALIBRATION_IMAGES, seed=seed
-            )
-        else:
-            model = build_from_recipe(candidate.recipe)
+        model = _start_model(ctx, candidate, start, seed)
         x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
         macs = count_macs(model.cpu(), x)
-        cfg = replace(ctx.settings.space.spec.train, seed=seed, epochs=epochs)
-        result = fit(model, ctx.data, config=cfg, device=device, resolution=candidate.resolution, evaluate_test=False)
+        cfg, teacher, features = training_recipe(ctx, candidate, model, seed)  # a convert space's: distilled
+        if candidate.space_kind.from_base and epochs <= 1:
+            cfg = replace(cfg, warmup_epochs=0.0)
+        result = fit(
+            model,
+            ctx.data,
+            config=replace(cfg, epochs=epochs),
+            device=device,
+            resolution=candidate.resolution,
+            teacher=teacher,
+            features=features,
+            feature_weight=ctx.settings.space.spec.convert.feature_weight if features else 0.0,
+            evaluate_test=False,
+        )
         metrics = {
             "accuracy": result.val_accuracy,
             **measured_on_test(ctx, model, candidate.resolution),
@@ -127,6 +137,21 @@ def finalize_candidate(
         }
     metrics["train_compute"] = train_compute(ctx, result.epochs, macs)
     return model.eval(), metrics
+
+
+def _start_model(ctx: TrialContext, candidate: Candidate, start: FinalizeStart, seed: int) -> nn.Module:
+    """Where a finalised candidate starts: its inherited weights (BatchNorm recalibrated), or a
+    fresh model (a convert space's: converted from the base in closed form and refit, as a
+    stand-alone trial's)."""
+    if not candidate.space_kind.from_base:
+        if start.inherits:
+            return inherited_subnet(
+                ctx.supernet(), candidate.recipe.arch, ctx.data, images=CALIBRATION_IMAGES, seed=seed
+            )
+        return build_from_recipe(candidate.recipe)
+    if start.inherits:
+        return extract_candidate(ctx.supernet(), ctx.base(), candidate, ctx.data, images=CALIBRATION_IMAGES, seed=seed)
+    return converted_candidate(ctx, candidate)
 
 
 def finalize_front(settings: Settings, study: optuna.Study, k: int, *, progress: bool = False) -> list[int]:
@@ -143,7 +168,7 @@ def finalize_front(settings: Settings, study: optuna.Study, k: int, *, progress:
         return []
     search = settings.space.spec.search
     start = finalize_start(search.finalize_from)
-    epochs = search.finalize_epochs or settings.space.spec.train.epochs
+    epochs = search.finalize_epochs or max(1, candidate_epochs(settings.space.spec))
     by_number = {t.number: t for t in trials}
     with torch_threads(settings.options.threads), show_progress(progress, "finalize", len(todo), unit="trials") as bar:
         ctx = TrialContext(settings, data_seed=data_seed_of(study.user_attrs, source=source))

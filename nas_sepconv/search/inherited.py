@@ -21,7 +21,7 @@ from .settings import Settings
 from .suggestion import Candidate
 from .supernet_space import supernet_space
 
-__all__ = ["CALIBRATION_IMAGES", "SUPERNET_DIR", "inherited_candidate", "prepare_supernet"]
+__all__ = ["CALIBRATION_IMAGES", "SUPERNET_DIR", "inherited_candidate", "inherited_metrics", "prepare_supernet"]
 
 #: The folder of the study's supernet checkpoint, in the results folder.
 SUPERNET_DIR = "supernet"
@@ -78,12 +78,17 @@ def inherited_candidate(
     and test accuracy, no epochs of its own, ``accuracy_source`` ``inherited``."""
     arch = candidate.recipe.arch
     model = inherited_subnet(supernet, arch, data, images=CALIBRATION_IMAGES, seed=seed)
+    return model, inherited_metrics(model, candidate, data, device=device)
+
+
+def inherited_metrics(model: nn.Module, candidate: Candidate, data: Dataset, *, device: str) -> dict[str, Any]:
+    """An inherited model's metrics: validation and test accuracy, no epochs of its own,
+    ``accuracy_source`` ``inherited``."""
     res = candidate.resolution
     test = evaluate(model, data.test, data=data, device=device, resolution=res) if len(data.test) else None
-    metrics = {
+    return {
         "accuracy": evaluate(model, data.val, data=data, device=device, resolution=res),
         "test_accuracy": test,
         "epochs": 0,
         "accuracy_source": "inherited",
     }
-    return model, metrics

@@ -260,6 +260,15 @@ class MultiFidelitySection(Section):
         return rung_epochs(self.min_epochs, self.eta, budget)
 
 
+def check_discrete(choices: BlockChoices, where: str) -> None:
+    """Mode oneshot, convert space: its supernet holds one block per spec a site may draw, so no
+    block option may be a continuous range (a range with a step, or of integers, has points)."""
+    for name, choice in choices.options().items():
+        if isinstance(choice, Range) and choice.step is None and not choice.int:
+            problem = "is a continuous range; a convert supernet holds one block per value (mode oneshot)"
+            raise UserInputError(f"{where}.{name}", problem, "give a list of values, or a range with a step")
+
+
 def candidate_epochs(spec: SpaceFile) -> int:
     """The epochs a candidate of the space trains: the field its kind names (``train.epochs``
     for build, ``convert.finetune_epochs`` for convert: :attr:`.SpaceKind.epochs_field`)."""
@@ -372,8 +381,13 @@ class SpaceFile(Section):
             raise UserInputError("train.lr", problem, "use e.g. 0.1 (sgd) or 1e-3 (adamw)")
         check_multi_fidelity(self)
         if self.search.search_mode.accuracy_source == "inherited" and self.space_kind.from_base:
-            problem = f"{self.search.mode} needs a build space (a supernet of stages), this one is {self.kind}"
-            raise UserInputError("search.mode", problem, "use mode pareto, or a build space")
+            widths = values_of("width_mult", self.convert.width_mult)
+            if isinstance(self.convert.width_mult, Range) or any(float(w) != 1.0 for w in widths):
+                problem = f"mode {self.search.mode} converts at the base model's widths: width_mult must be 1"
+                raise UserInputError("convert.width_mult", problem, "give width_mult: 1.0, or use mode pareto")
+            groups = [self.convert.choices] if self.convert.groups == "all" else self.convert.groups
+            for i, group in enumerate(groups):
+                check_discrete(group, "convert.choices" if self.convert.groups == "all" else f"convert.groups[{i}]")
         return self
 
     @property

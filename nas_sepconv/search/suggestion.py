@@ -21,7 +21,7 @@ from .schema import SiteGroup
 from .space_kinds import SPACE_KINDS, SpaceKind
 from .spaces import Space
 
-__all__ = ["Candidate", "StoredTrial", "suggest", "resolution_for", "trial_resolution"]
+__all__ = ["Candidate", "StoredTrial", "site_groups", "site_rule", "suggest", "resolution_for", "trial_resolution"]
 
 
 @dataclass
@@ -84,6 +84,29 @@ class StoredTrial(optuna.trial.FixedTrial):
         return super()._suggest(name, distribution)
 
 
+def site_groups(convert: Any, names: list[str]) -> list[tuple[SiteGroup, list[str]]]:
+    """The groups of a convert section (``groups: all``: one per site) and the sites each draws
+    for: the sites of ``names`` its globs match that no earlier group took."""
+    groups = (
+        [SiteGroup(name=n.replace(".", "_"), match=[n], **convert.choices.model_dump()) for n in names]
+        if convert.groups == "all"
+        else convert.groups
+    )
+    taken: set[str] = set()
+    out = []
+    for group in groups:
+        members = [n for n in names if n not in taken and any(fnmatch.fnmatchcase(n, g) for g in group.match)]
+        taken.update(members)
+        out.append((group, members))
+    return out
+
+
+def site_rule(spec: Any) -> str | None:
+    """A drawn block spec as a site's conversion rule: ``None`` keeps the conv (``keep`` with no
+    kernel size of its own)."""
+    return None if spec.kind == "keep" and spec.get("kernel_size") is None else str(spec)
+
+
 def suggest(
     space: Space, trial: Any, *, input_shape: tuple[int, int, int], num_classes: int, sites: list[Any] | None = None
 ) -> Candidate:
@@ -131,17 +154,11 @@ def suggest(
     names = [site.name for site in sites or []]
     rules: dict[str, str | None] = {}
     specs: dict[str, str] = {}
-    groups = (
-        [SiteGroup(name=n.replace(".", "_"), match=[n], **c.choices.model_dump()) for n in names]
-        if c.groups == "all"
-        else c.groups
-    )
-    for group in groups:
+    for group, members in site_groups(c, names):
         spec = group.suggest_spec(trial, group.name)
         specs[group.name] = str(spec)
-        for n in names:
-            if n not in rules and any(fnmatch.fnmatchcase(n, g) for g in group.match):
-                rules[n] = None if spec.kind == "keep" and spec.get("kernel_size") is None else str(spec)
+        for n in members:
+            rules[n] = site_rule(spec)
     summary = f"r{res} w{width:g} | " + " ".join(f"{g}:{v}" for g, v in specs.items())
     recipe = Recipe(
         kind=s.space_kind.recipe_kind,

@@ -19,13 +19,13 @@ from .choices import LIMITS, Range, choice_values
 from .spaces import Space
 from .suggestion import resolution_for
 
-__all__ = ["MAX_STAGE_SPECS", "supernet_space"]
+__all__ = ["MAX_STAGE_SPECS", "block_specs", "covered_values", "supernet_space"]
 
 #: The most block specs one stage may enumerate (a weight set each at most).
 MAX_STAGE_SPECS = 4096
 
 
-def _values(choice: Any) -> list[Any]:
+def covered_values(choice: Any) -> list[Any]:
     """The values of a choice the supernet covers (see the module docstring)."""
     if not isinstance(choice, Range):
         return list(choice_values(choice) or [])
@@ -38,14 +38,15 @@ def _values(choice: Any) -> list[Any]:
     return [int(v) for v in values] if choice.int else values
 
 
-def _stage_specs(stage: Any, where: str) -> tuple[BlockSpec, ...]:
-    """Every spec a stage's choices may draw: per kind, the product of the options it takes."""
+def block_specs(stage: Any, where: str) -> tuple[BlockSpec, ...]:
+    """Every spec a stage's (or a convert site group's) choices may draw: per kind, the product
+    of the options it takes (a continuous range: its two ends)."""
     specs: list[BlockSpec] = []
     options = stage.options()
-    for kind in _values(stage.kind):
+    for kind in covered_values(stage.kind):
         info = KINDS[BlockSpec(str(kind)).kind]
         names = [o.name for o in info.options if o.name in options]
-        for combo in itertools.product(*(_values(options[n]) for n in names)):
+        for combo in itertools.product(*(covered_values(options[n]) for n in names)):
             specs.append(BlockSpec(info.name, **dict(zip(names, combo))))
             if len(specs) > MAX_STAGE_SPECS:
                 problem = f"draws more than {MAX_STAGE_SPECS} block specs, one weight set each in a supernet"
@@ -66,19 +67,21 @@ def supernet_space(space: Space, *, input_shape: tuple[int, int, int], num_class
             out_channels=st.out_channels,
             repeats=st.repeats,
             stride=st.stride,
-            specs=_stage_specs(st, f"build.stages[{i}]"),
-            shortcuts=tuple(bool(v) for v in _values(st.shortcut)),
+            specs=block_specs(st, f"build.stages[{i}]"),
+            shortcuts=tuple(bool(v) for v in covered_values(st.shortcut)),
         )
         for i, st in enumerate(build.stages)
     )
-    resolutions = tuple(dict.fromkeys(resolution_for(input_shape[-1], m) for m in _values(build.resolution_mult)))
+    resolutions = tuple(
+        dict.fromkeys(resolution_for(input_shape[-1], m) for m in covered_values(build.resolution_mult))
+    )
     return SupernetSpace(
         stages=stages,
-        widths=tuple(float(v) for v in _values(build.width_mult)),
-        depths=tuple(float(v) for v in _values(build.depth_mult)),
+        widths=tuple(float(v) for v in covered_values(build.width_mult)),
+        depths=tuple(float(v) for v in covered_values(build.depth_mult)),
         resolutions=resolutions,
-        acts=tuple(str(v) for v in _values(build.act)),
-        heads=tuple(str(v) for v in _values(build.head)),
+        acts=tuple(str(v) for v in covered_values(build.act)),
+        heads=tuple(str(v) for v in covered_values(build.head)),
         stem_channels=build.stem_channels,
         stem_stride=build.stem_stride,
         head_channels=build.head_channels,

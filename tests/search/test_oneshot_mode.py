@@ -53,11 +53,11 @@ def test_oneshot_trials_inherit_weights_from_one_supernet(tmp_path):
     assert int(summary["train_compute"].iloc[0]) == trials_spent + spent
 
 
-def test_the_oneshot_mode_is_a_record_and_needs_a_build_space(tmp_path):
+def test_the_oneshot_mode_is_a_record_and_converts_at_the_base_width(tmp_path):
     assert SEARCH_MODES["oneshot"].accuracy_source == "inherited"
     assert {m.accuracy_source for n, m in SEARCH_MODES.items() if n != "oneshot"} == {"trained"}
-    text = load_space("digits_convert").text + "\n"
-    with pytest.raises(UserInputError, match="search.mode"):
+    text = load_space("digits_convert").text + "\n"  # (its width_mult searches pruning: refused)
+    with pytest.raises(UserInputError, match="convert.width_mult"):
         parse_space(text.replace("search:\n", "search:\n  mode: oneshot\n", 1))
 
 
