@@ -67,14 +67,17 @@ class TrialContext:
                 record_base(self.settings, self.data, self._base, self.study)
         return self._base
 
-    def supernet(self) -> Supernet | ConvertSupernet:
-        """The study's supernet (mode oneshot): loaded, or trained once (:mod:`.inherited`)."""
+    def supernet(self, *, progress: bool = False) -> Supernet | ConvertSupernet:
+        """The study's supernet (mode oneshot): loaded, or trained once (:mod:`.inherited`);
+        ``progress``: show its training's epochs."""
         if self._supernet is None:
             if self.settings.space.spec.space_kind.from_base:  # the base model with every site's blocks
-                self._supernet = prepare_convert_supernet(self.settings, self.data, self.base(), self.sites())
+                self._supernet = prepare_convert_supernet(
+                    self.settings, self.data, self.base(), self.sites(), progress=progress
+                )
                 spent = convert_supernet_compute(self.settings, self.data, self.base())
             else:
-                self._supernet = prepare_supernet(self.settings, self.data)
+                self._supernet = prepare_supernet(self.settings, self.data, progress=progress)
                 spent = supernet_compute(self._supernet, self.settings, self.data)
             if self.study is not None:  # what it spent, for equal-compute comparisons (results.compare)
                 self.study.set_user_attr("supernet_compute", spent)

@@ -54,10 +54,13 @@ def convert_paths(settings: Settings, sites: list[Any], *, base_side: int) -> Co
     return ConvertPaths(choices, tuple(sides))
 
 
-def prepare_convert_supernet(settings: Settings, data: Dataset, base: nn.Module, sites: list[Any]) -> ConvertSupernet:
+def prepare_convert_supernet(
+    settings: Settings, data: Dataset, base: nn.Module, sites: list[Any], *, progress: bool = False
+) -> ConvertSupernet:
     """The study's convert supernet of ``base``: made (closed form and refit, as
     ``convert.init`` and ``convert.refit`` say) and trained into ``<out_dir>/supernet``, or
-    resumed or loaded from there; one process trains it while the others wait on the lock."""
+    resumed or loaded from there; one process trains it while the others wait on the lock.
+    ``progress``: show its epochs (:mod:`nas_sepconv.progress`)."""
     spec = settings.space.spec
     c = spec.convert
     paths = convert_paths(settings, sites, base_side=data.input_shape[-1])
@@ -85,6 +88,7 @@ def prepare_convert_supernet(settings: Settings, data: Dataset, base: nn.Module,
             identity=identity,
             config=cfg,
             device=settings.options.device,
+            progress=progress,
         )
 
 

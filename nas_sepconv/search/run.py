@@ -39,11 +39,11 @@ from ..files import atomic_write, ensure_writable_dir
 from ..io import check_device
 from ..measure import check_threads, torch_threads
 from ..models import model_from_name
-from ..storage import normalise_storage_url, open_storage, sqlite_path, storage_url_for, without_password
+from ..results.stored import data_seed_of
+from ..storage import normalise_storage_url, open_storage, redact, sqlite_path, storage_url_for, without_password
 from .base_model import check_base_cache
-from .candidates import build_candidate, run_candidate
+from .candidates import TrialContext, build_candidate, run_candidate
 from .finalization import check_finalize, finalize_front
-from .inherited import prepare_supernet
 from .memory import MemoryWatch, check_memory, data_record
 from .options import SearchOptions
 from .outputs import SearchStatus, refresh_outputs
@@ -177,8 +177,7 @@ def _open_and_run(
     _write_meta(settings, data=data)
     with MemoryWatch() as watch:
         if settings.space.spec.search.search_mode.accuracy_source == "inherited":
-            with torch_threads(settings.options.threads):  # the trials load it from the results folder
-                prepare_supernet(settings, dataset, progress=progress is not None)
+            _prepare_supernet(the_study, settings, progress=progress is not None)
         status = _run(the_study, settings, progress, data_note=data["note"])
     with contextlib.suppress(
         StorageError
@@ -189,6 +188,17 @@ def _open_and_run(
         progress(status)
     check_run(the_study, settings, unwritten_output=status.unwritten)
     return the_study
+
+
+def _prepare_supernet(the_study: optuna.Study, settings: Settings, *, progress: bool) -> None:
+    """Train (or resume, or load) a one-shot study's supernet in this process, on the data its
+    trials read (the study's validation split held out), its epochs shown when ``progress``
+    is; the trials then load it from the results folder."""
+    source = redact(settings.options.storage)
+    ctx = TrialContext(settings, data_seed=data_seed_of(the_study.user_attrs, source=source))
+    ctx.study = the_study
+    with torch_threads(settings.options.threads):
+        ctx.supernet(progress=progress)
 
 
 def _run(

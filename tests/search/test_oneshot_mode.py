@@ -3,6 +3,7 @@ study, recalibrate BatchNorm, and say so in ``trials.csv``."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pandas as pd
@@ -51,6 +52,27 @@ def test_oneshot_trials_inherit_weights_from_one_supernet(tmp_path):
     assert spent >= 2 * train_images * 3 * int(frame["macs"].max())
     summary = ns.results.compare({"oneshot": frame})
     assert int(summary["train_compute"].iloc[0]) == trials_spent + spent
+
+
+def test_the_supernet_trains_before_the_trials_on_the_study_s_own_split(tmp_path, monkeypatch):
+    inherited = importlib.import_module("nas_sepconv.search.inherited")  # (ns.search is the function)
+
+    seen = []
+    train = inherited.train_supernet
+
+    def recording(space, data, **kwargs):
+        seen.append(data.val.y.clone())
+        return train(space, data, **kwargs)
+
+    monkeypatch.setattr(inherited, "train_supernet", recording)
+    path = _space(tmp_path, supernet_epochs=1)
+    study = ns.search(path, trials=1, out=tmp_path / "results", seed=3, threads=1)
+    assert study.user_attrs["data_seed"] == 3
+    # trained once (in the main process, before the trial loaded it) on the split the trials validate on
+    assert len(seen) >= 1
+    own = load_space(path).spec.data.load(seed=3).val.y
+    other = load_space(path).spec.data.load(seed=0).val.y
+    assert seen[0].tolist() == own.tolist() and own.tolist() != other.tolist()
 
 
 def test_the_oneshot_mode_is_a_record_and_converts_at_the_base_width(tmp_path):
