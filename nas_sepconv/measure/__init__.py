@@ -16,15 +16,28 @@ from .inputs import (
 )
 from .latency import MAX_THREADS, check_repeats, check_threads, measure_latency, summarise, time_rounds, torch_threads
 from .latency_cache import LatencyCache, latency_cache_dir, latency_context, processor_name
-from .onnx import ONNX_OPSET, OnnxTraceWarning, need_module, onnx_session, run_onnx, to_onnx
+from .onnx import (
+    ONNX_EXPORTERS,
+    ONNX_OPSET,
+    OnnxExporter,
+    OnnxTraceWarning,
+    need_module,
+    onnx_session,
+    run_onnx,
+    to_onnx,
+)
 from .optimize import fold_batchnorm, optimize_for_inference
+from .program import export_program
 from .runtimes import RUNTIMES, Runtime, find_runtime, prepare_forward
 
 __all__ = [
+    "export_program",
     "ACTIVATION_BUDGET",
     "LatencyCache",
     "MAX_THREADS",
+    "ONNX_EXPORTERS",
     "ONNX_OPSET",
+    "OnnxExporter",
     "OnnxTraceWarning",
     "RUNTIMES",
     "Runtime",
