@@ -47,6 +47,7 @@ from ..measure import (
     find_runtime,
     latency_cache_dir,
     latency_context,
+    onnx_node_latency,
     prepare_forward,
     summarise,
     time_rounds,
@@ -305,8 +306,8 @@ class LatencySettings:
 
 
 def latency_table(
-    model: nn.Module,
-    example_inputs: Any,
+    model: nn.Module | str | os.PathLike,
+    example_inputs: Any = None,
     *,
     candidates: Sequence[str | BlockSpec] = DEFAULT_CANDIDATES,
     policy: Any = "dwsep",
@@ -330,7 +331,14 @@ def latency_table(
     :func:`~nas_sepconv.measure.latency_cache_dir`).  ``progress``: a bar (or plain lines) on
     stderr, one step per site.  ``model`` is never changed.  Returns a :class:`LatencyTable`
     (its ``frame`` is the DataFrame; ``predict(plan)`` a converted model's latency).
+    An ``.onnx`` file's path for ``model``: its Conv nodes, :func:`~nas_sepconv.measure.onnx_node_latency`.
     """
+    if isinstance(model, (str, os.PathLike)):  # an .onnx file: ONNX Runtime's profiler times its Conv nodes
+        settings = LatencySettings.checked("onnxruntime", threads, "cpu", dtype, repeats, warmup, None)
+        frame, w, context = onnx_node_latency(
+            model, example_inputs, threads=settings.threads, repeats=repeats, warmup=warmup
+        )
+        return LatencyTable(frame[TABLE_COLUMNS], w["median_ms"], w["p10_ms"], w["p90_ms"], context, {}, settings)
     settings = LatencySettings.checked(runtime, threads, device, dtype, repeats, warmup, cache_dir)
     if isinstance(candidates, (str, BlockSpec)):
         raise UserInputError(

@@ -26,6 +26,7 @@ from .onnx import (
     run_onnx,
     to_onnx,
 )
+from .onnx_profile import onnx_node_latency
 from .optimize import fold_batchnorm, optimize_for_inference
 from .program import export_program
 from .runtimes import RUNTIMES, Runtime, find_runtime, prepare_forward
@@ -56,6 +57,7 @@ __all__ = [
     "measure_latency",
     "meta_copy",
     "need_module",
+    "onnx_node_latency",
     "onnx_session",
     "optimize_for_inference",
     "output_tensors",
