@@ -59,3 +59,12 @@ def test_example_inputs_of_another_size_are_refused(exported):
     assert info.value.field == "example_inputs"
     table = ns.latency_table(path, torch.randn(1, 3, 16, 16), threads=1, repeats=1, warmup=0)
     assert len(table.frame) > 0
+
+
+def test_a_missing_file_and_a_model_without_inputs_are_refused(tmp_path):
+    with pytest.raises(UserInputError, match="cannot read the ONNX file") as info:
+        ns.latency_table(tmp_path / "none.onnx", threads=1)
+    assert info.value.field == "model"
+    with pytest.raises(UserInputError) as info:
+        ns.latency_table(ns.models.tiny_convnet())  # a module still needs its example inputs
+    assert info.value.field == "example_inputs"
