@@ -10,6 +10,8 @@ Model -> plan -> converted model -> trial -> DataFrame, one package per stage::
                               macs_ratio=0.25, example_inputs=x)
     small = ns.prune(model, x, macs_ratio=0.5)              # conversion/pruning.py (DepGraph)
     table = ns.latency_table(model, x, runtime="onnxruntime")  # conversion/latency.py, measure/runtimes.py
+    program = ns.export_program(model2, x)                  # measure/program.py (torch.export)
+    ns.to_onnx(model2, x, "m.onnx")                          # measure/onnx.py (dynamo exporter)
     study = ns.search("default", trials=24)                  # search/
     df = ns.results.load("results/default")                  # results/
 """
@@ -39,7 +41,7 @@ from .conversion import (
 from .data import Dataset
 from .errors import CandidateError, NasSepconvError, TrainingDiverged, UserInputError
 from .io import load_model, save_model
-from .measure import count_macs, count_params, measure_latency, profile
+from .measure import count_macs, count_params, export_program, measure_latency, profile, to_onnx
 from .models import model_from_name
 from .search import search  # the function (the package re-exports it under its own name)
 from .train import TrainConfig, distill, init_distributed, is_main_process
@@ -68,6 +70,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "distill",
+    "export_program",
     "fidelity",
     "init_distributed",
     "is_main_process",
@@ -87,4 +90,5 @@ __all__ = [
     "save_model",
     "search",
     "sensitivity",
+    "to_onnx",
 ]

@@ -231,7 +231,7 @@ def _with_input_size(recipe: Recipe, size: tuple[int, int, int]) -> Recipe:
 
 MODEL_FILES = {
     ".safetensors": "loads with nas_sepconv.load_model",
-    ".onnx": "ONNX, batch dimension dynamic; runs in ONNX Runtime",
+    ".onnx": "ONNX by torch's dynamo exporter (torch.export), batch dimension dynamic; runs in ONNX Runtime",
 }
 
 
@@ -248,9 +248,8 @@ def check_model_file(out: str | Path | None, field: str = "out") -> Path | None:
         raise UserInputError(field, f"{out} is a folder", f"give a file name, e.g. {out / ('model' + out.suffix)}")
     ensure_writable_dir(out.parent, field)
     if out.suffix == ".onnx":
-        need_module(
-            "onnx", field, fix="pip install 'nas-sepconv[onnx]' or write .safetensors"
-        )  # torch.onnx.export needs it
+        for module in ("onnx", "onnxscript"):  # torch.onnx.export(dynamo=True) needs both
+            need_module(module, field, fix="pip install 'nas-sepconv[onnx]' or write .safetensors")
     return out
 
 
@@ -262,8 +261,9 @@ def write_model(
     output_name: str = "output",
     allow_import: str | Iterable[str] | None = None,
 ) -> str:
-    """Write ``model`` to ``out``: safetensors + ``recipe``, or ONNX traced at the recipe's
-    input size (batch 1; the batch dimension stays dynamic).  Returns how it loads.
+    """Write ``model`` to ``out``: safetensors + ``recipe``, or ONNX by torch's default exporter
+    (``torch.export``, then dynamo: :func:`~nas_sepconv.measure.to_onnx`) at the recipe's input
+    size (the batch dimension stays dynamic).  Returns how it loads.
 
     A model that does not match ``recipe`` (which ``load_model`` would refuse) raises
     :class:`UserInputError`; ``allow_import``: the ``package.module:factory`` the recipe may

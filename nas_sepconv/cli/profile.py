@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from ..conversion import latency_table
 from ..errors import UserInputError
 from ..measure import RUNTIMES, check_threads, count_macs, count_params, find_runtime, measure_latency
 from ..measure import profile as profile_model
@@ -83,6 +84,13 @@ def _profile_onnx(path: str, *, input_size: str | None, latency: bool, threads: 
     print_frame(frame, title=f"{path} at {','.join(str(d) for d in shape[1:])} (ONNX graph)")
     out.print(f"total MACs {int(frame['macs'].sum()):,} (FLOPs = 2 x MACs), params {int(frame['params'].sum()):,}")
     if latency:
+        table = latency_table(path, threads=threads)
+        columns = ["name", "op", "input_shape", "macs", "latency_ms", "p10_ms", "p90_ms"]
+        print_frame(table.frame[columns], title=f"latency per Conv node (ONNX Runtime's profiler, {threads} threads)")
+        out.print(
+            f"the same session, whole model: median {table.model_ms:.2f} ms (p10 {table.model_p10_ms:.2f}, p90 "
+            f"{table.model_p90_ms:.2f}); its Conv nodes {table.model_ms - table.remainder_ms:.2f} ms"
+        )
         lat = onnx_latency(path, threads=threads)
         out.print(
             f"latency (onnxruntime, batch 1, {threads} threads): median {lat['median_ms']:.2f} ms (p10 "

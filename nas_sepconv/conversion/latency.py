@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,7 @@ import torch.nn as nn
 
 from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
-from ..measure import LatencyCache, as_inputs, latency_cache_dir, latency_context
+from ..measure import LatencyCache, as_inputs, latency_cache_dir, latency_context, onnx_node_latency
 from .latency_session import (
     LatencySettings,
     model_key,
@@ -273,8 +274,8 @@ class LatencyTable:
 
 
 def latency_table(
-    model: nn.Module,
-    example_inputs: Any,
+    model: nn.Module | str | os.PathLike,
+    example_inputs: Any = None,
     *,
     candidates: Sequence[str | BlockSpec] = DEFAULT_CANDIDATES,
     policy: Any = "dwsep",
@@ -302,15 +303,12 @@ def latency_table(
     ``progress``: a bar (or plain lines) on stderr.  ``model`` is never changed.  Returns a
     :class:`LatencyTable` (its ``frame`` is the DataFrame; ``predict(plan)`` a converted
     model's latency).
+    An ``.onnx`` file's path for ``model``: its Conv nodes, :func:`~nas_sepconv.measure.onnx_node_latency`.
     """
+    if isinstance(model, (str, os.PathLike)):
+        return _onnx_table(model, example_inputs, threads=threads, dtype=dtype, repeats=repeats, warmup=warmup)
     settings = LatencySettings.checked(runtime, threads, device, dtype, repeats, warmup, cache_dir)
-    if isinstance(candidates, (str, BlockSpec)):
-        raise UserInputError(
-            "candidates", f"expected a list of block specs, got {candidates!r}", "use e.g. ['dwsep_m1', 'dwsep_m2']"
-        )
-    if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 0:
-        raise UserInputError("calibrate", f"expected an integer >= 0, got {calibrate!r}", "use e.g. calibrate=3")
-    specs = list(dict.fromkeys(as_spec(c) for c in candidates))
+    specs = _checked_specs(candidates, calibrate)
     inputs = as_inputs(example_inputs)
     chosen = [e.name for e in make_plan(model, policy, example_inputs=inputs).converted]
     base = make_plan(model, {}, example_inputs=inputs)  # every site, kept
@@ -351,6 +349,30 @@ def latency_table(
         calibration=[r for r in record["calibration"] if (r["spec"], tuple(r["sites"])) in wanted],
         key=key,
     )
+
+
+def _checked_specs(candidates: Any, calibrate: Any) -> list[BlockSpec]:
+    """``candidates`` as block specs, each once; raises unless they are a list and ``calibrate``
+    a count."""
+    if isinstance(candidates, (str, BlockSpec)):
+        raise UserInputError(
+            "candidates", f"expected a list of block specs, got {candidates!r}", "use e.g. ['dwsep_m1', 'dwsep_m2']"
+        )
+    if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 0:
+        raise UserInputError("calibrate", f"expected an integer >= 0, got {calibrate!r}", "use e.g. calibrate=3")
+    return list(dict.fromkeys(as_spec(c) for c in candidates))
+
+
+def _onnx_table(
+    path: str | os.PathLike, example_inputs: Any, *, threads: int | None, dtype: torch.dtype, repeats: int, warmup: int
+) -> LatencyTable:
+    """The table of an ``.onnx`` file: ONNX Runtime's profiler times its Conv nodes and the whole
+    model in one session (:func:`~nas_sepconv.measure.onnx_node_latency`); not cached."""
+    settings = LatencySettings.checked("onnxruntime", threads, "cpu", dtype, repeats, warmup, None)
+    frame, w, context = onnx_node_latency(
+        path, example_inputs, threads=settings.threads, repeats=repeats, warmup=warmup
+    )
+    return LatencyTable(frame[TABLE_COLUMNS], w["median_ms"], w["p10_ms"], w["p90_ms"], context, {}, settings)
 
 
 def predict_latency(model_or_plan: nn.Module | Plan, table: LatencyTable) -> float:

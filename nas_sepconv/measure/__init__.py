@@ -25,15 +25,29 @@ from .latency import (
     torch_threads,
 )
 from .latency_cache import LatencyCache, latency_cache_dir, latency_context, processor_name, valid_record
-from .onnx import ONNX_OPSET, OnnxTraceWarning, need_module, onnx_session, run_onnx, to_onnx
+from .onnx import (
+    ONNX_EXPORTERS,
+    ONNX_OPSET,
+    OnnxExporter,
+    OnnxTraceWarning,
+    need_module,
+    onnx_session,
+    run_onnx,
+    to_onnx,
+)
+from .onnx_profile import onnx_node_latency
 from .optimize import fold_batchnorm, optimize_for_inference
+from .program import export_program
 from .runtimes import RUNTIMES, Runtime, find_runtime, prepare_forward
 
 __all__ = [
+    "export_program",
     "ACTIVATION_BUDGET",
     "LatencyCache",
     "MAX_THREADS",
+    "ONNX_EXPORTERS",
     "ONNX_OPSET",
+    "OnnxExporter",
     "OnnxTraceWarning",
     "RUNTIMES",
     "Runtime",
@@ -53,6 +67,7 @@ __all__ = [
     "reject_stalls",
     "meta_copy",
     "need_module",
+    "onnx_node_latency",
     "onnx_session",
     "optimize_for_inference",
     "output_tensors",

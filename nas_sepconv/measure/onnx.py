@@ -1,7 +1,12 @@
-"""ONNX: a model written to ONNX (PyTorch's TorchScript-based exporter, ``torch.onnx.export``
-with ``dynamo=False``: it needs only the ``onnx`` package), and run with ONNX Runtime
-(``onnxruntime``), the runtime models are commonly deployed with on CPUs.  Both packages are
-the ``onnx`` extra: ``pip install 'nas-sepconv[onnx]'``.
+"""ONNX: a model written to ONNX by one of the exporters of :data:`ONNX_EXPORTERS`, and run with
+ONNX Runtime (``onnxruntime``), the runtime models are commonly deployed with on CPUs.
+
+``dynamo`` (the default, as in ``torch.onnx.export`` since torch 2.9): the model captured with
+``torch.export`` (:func:`~.program.export_program`), translated by ``onnxscript``, at its own
+opset (18 and up); what ``torch.export`` cannot capture whole is refused.  ``torchscript``: the
+legacy tracing exporter (``dynamo=False``, opset :data:`ONNX_OPSET`), kept because it exports a
+small block in a fraction of the time, which the latency tables' per-block exports need
+(:mod:`.runtimes`).  The packages are the ``onnx`` extra: ``pip install 'nas-sepconv[onnx]'``.
 
 A file is exported in a private folder beside it and moved into place in one rename
 (:func:`~nas_sepconv.files.publish`): a full disk or a failed export leaves the file that was
@@ -11,8 +16,8 @@ protobuf, which stops at 2 GiB) go to ONE file beside it, named after it: ``<out
 external data, as ``onnx.save_model(..., all_tensors_to_one_file=True)`` writes it), which
 must stay next to the ``.onnx`` file.
 
-What cannot be exported is refused (:class:`UserInputError` naming the model), never written:
-an operator ONNX lacks at opset :data:`ONNX_OPSET`, an adaptive pool it cannot express, and a
+What cannot be exported is refused (:class:`UserInputError` naming the model), never written.
+With ``torchscript``: an operator ONNX lacks at opset :data:`ONNX_OPSET`, an adaptive pool it cannot express, and a
 forward that branches on a tensor's values (a Python ``if`` on a tensor): the exporter traces
 one example, so its graph would keep the branch that example took.  Such a branch is told from
 a branch on shapes (ViT's and Swin's size checks, exported as usual) by torch's
@@ -30,7 +35,8 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +47,15 @@ from torch.jit import TracerWarning
 
 from ..errors import UserInputError
 from ..files import publish, staging_dir
+from ..tables import lookup
 from .inputs import as_inputs, output_tensors
+from .program import export_program
 
 __all__ = [
     "EXTERNAL_DATA_BYTES",
+    "ONNX_EXPORTERS",
     "ONNX_OPSET",
+    "OnnxExporter",
     "OnnxTraceWarning",
     "need_module",
     "onnx_session",
@@ -88,15 +98,19 @@ def to_onnx(
     *,
     output_name: str = "output",
     instead: str = _INSTEAD,
+    exporter: str = "dynamo",
 ) -> bytes | Path:
     """``model`` (an eval copy; the model itself is not changed) written to ONNX for
     ``example_inputs``, at opset :data:`ONNX_OPSET`, with its batch dimension dynamic.  Inputs
     are named ``input`` (``input_0``, ``input_1``, ... for several), outputs ``output_name``
-    likewise.  Returns the path ``out`` (written atomically; weights over
+    likewise.  ``exporter``: a name of :data:`ONNX_EXPORTERS`.  Returns the path ``out`` (written atomically; weights over
     :data:`EXTERNAL_DATA_BYTES` in ``<out>.data`` beside it), or the model's bytes when ``out``
     is None.  A model that cannot be exported faithfully raises :class:`UserInputError`
     (``model``) whose fix ends with ``instead`` (what the caller can do instead)."""
+    record = lookup(ONNX_EXPORTERS, exporter, field="exporter", what="ONNX exporter")
     need_module("onnx", "onnx")
+    for module in record.needs:
+        need_module(module, "exporter", fix=f"{_HINT}, or exporter='torchscript'")
     inputs = tuple(t.detach().cpu().float() for t in as_inputs(example_inputs))
     net = copy.deepcopy(model).cpu().float().eval()
     with torch.no_grad():
@@ -106,13 +120,13 @@ def to_onnx(
     weight_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     if out is None:
         buffer = io.BytesIO()
-        _export(net, inputs, buffer, names, label=label, instead=instead)
+        record.write(net, inputs, buffer, names, label=label, instead=instead)
         return buffer.getvalue()
     out = Path(out)
     with staging_dir(out) as folder:
         exported = folder / "export" / "model.onnx"
         exported.parent.mkdir()
-        _export(net, inputs, exported, names, label=label, instead=instead)
+        record.write(net, inputs, exported, names, label=label, instead=instead)
         if weight_bytes <= EXTERNAL_DATA_BYTES and [p.name for p in exported.parent.iterdir()] == [exported.name]:
             publish(exported, out)
         else:  # torch wrote one file per tensor, named after it: here, never beside ``out``
@@ -161,6 +175,67 @@ def _export(
             "only the branch the example input took",
             f"compute the branch with tensor operations (torch.where), or {instead}",
         )
+
+
+def _export_dynamo(
+    net: nn.Module,
+    inputs: tuple,
+    target: io.BytesIO | Path,
+    names: tuple[list[str], list[str]],
+    *,
+    label: str,
+    instead: str,
+) -> None:
+    """``net`` captured by ``torch.export`` (batch dynamic), then ``torch.onnx.export`` of that
+    program with ``dynamo=True``, saved to ``target``; what cannot be captured or translated
+    raises :class:`UserInputError`.  Weights over 2 GiB are written as external data beside
+    ``target`` (``to_onnx`` gathers them into ``<out>.data``)."""
+    program = export_program(net, inputs, instead=instead)
+    input_names, output_names = names
+    with warnings.catch_warnings(), _stdout_kept_back(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            onnx_program = torch.onnx.export(
+                program, input_names=input_names, output_names=output_names, dynamo=True, verbose=False
+            )
+        except (OSError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the exporter raises several types for what it cannot translate
+            raise UserInputError("model", f"{label} cannot be exported to ONNX ({_reason(exc)})", instead) from None
+    if isinstance(target, io.BytesIO):
+        target.write(onnx_program.model_proto.SerializeToString())
+    else:
+        onnx_program.save(str(target))
+
+
+@dataclass(frozen=True)
+class OnnxExporter:
+    """One way to write a model to ONNX: its ``name``, what it is (``description``), the
+    packages it needs beyond ``onnx``, and ``write(net, inputs, target, names, label=, instead=)``."""
+
+    name: str
+    description: str
+    needs: tuple[str, ...]
+    write: Callable[..., None]
+
+
+ONNX_EXPORTERS: dict[str, OnnxExporter] = {
+    e.name: e
+    for e in (
+        OnnxExporter(
+            "dynamo",
+            "torch.export, then torch.onnx.export(dynamo=True): torch's default exporter (needs onnxscript)",
+            ("onnxscript",),
+            _export_dynamo,
+        ),
+        OnnxExporter(
+            "torchscript",
+            f"torch.onnx.export(dynamo=False), the legacy tracing exporter, opset {ONNX_OPSET}",
+            (),
+            _export,
+        ),
+    )
+}
 
 
 def _value_reads(net: nn.Module, inputs: tuple, conversions: list[warnings.WarningMessage]) -> str | None:

@@ -57,7 +57,7 @@ def _optimized(model: nn.Module, inputs: tuple, threads: int | None) -> Forward:
 
 def _onnxruntime(model: nn.Module, inputs: tuple, threads: int | None) -> Forward:
     instead = f"use another runtime ({_others('onnxruntime')})"
-    exported = to_onnx(model, inputs, instead=instead)
+    exported = to_onnx(model, inputs, instead=instead, exporter="torchscript")  # fast per block
     try:
         session = onnx_session(exported, threads=threads)
     except (UserInputError, OSError, MemoryError):

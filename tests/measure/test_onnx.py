@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_what_onnx_cannot_express_is_refused_and_the_old_file_stays(tmp_path, ca
     out = tmp_path / "m.onnx"
     before = _old_file(out)
     with pytest.raises(UserInputError, match=f"cannot be exported to ONNX opset 17.*{words}") as info:
-        to_onnx(model, torch.randn(1, 3, size, size), out, instead="do something else")
+        to_onnx(model, torch.randn(1, 3, size, size), out, instead="do something else", exporter="torchscript")
     assert info.value.field == "model" and info.value.fix == "do something else"
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
@@ -101,11 +102,33 @@ def test_what_onnx_cannot_express_is_refused_and_the_old_file_stays(tmp_path, ca
 def test_a_branch_on_a_tensors_values_is_refused_naming_the_line(tmp_path):
     out = tmp_path / "m.onnx"
     with pytest.raises(UserInputError, match=r"branches on a tensor's values \(at test_onnx.py:\d+\)") as info:
-        to_onnx(_BranchOnValues(), torch.randn(1, 3, 8, 8), out)
+        to_onnx(_BranchOnValues(), torch.randn(1, 3, 8, 8), out, exporter="torchscript")
     assert "torch.where" in info.value.fix and ".safetensors" in info.value.fix
     assert not out.exists() and not list(tmp_path.iterdir())
     with pytest.raises(UserInputError, match="branches on a tensor's values"):  # to bytes (the runtimes) too
-        to_onnx(_BranchOnValues(), torch.randn(1, 3, 8, 8))
+        to_onnx(_BranchOnValues(), torch.randn(1, 3, 8, 8), exporter="torchscript")
+
+
+def test_the_dynamo_exporter_refuses_a_branch_on_values_too(tmp_path):
+    """torch.export stops at a data-dependent branch: nothing is written, the error says so."""
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UserInputError, match="branches on a tensor's values") as info:
+        to_onnx(_BranchOnValues(), torch.randn(1, 3, 8, 8), out)
+    assert info.value.field == "model" and "torch.where" in info.value.fix
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_an_unknown_exporter_is_refused_naming_the_known_ones():
+    with pytest.raises(UserInputError, match="unknown ONNX exporter 'jit'") as info:
+        to_onnx(tiny_convnet().eval(), torch.randn(1, 1, 16, 16), exporter="jit")
+    assert info.value.field == "exporter" and "dynamo, torchscript" in info.value.fix
+
+
+def test_without_onnxscript_the_dynamo_exporter_names_the_package_and_the_fallback(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import fails, as when it is not installed
+    with pytest.raises(UserInputError, match="needs the onnxscript package") as info:
+        to_onnx(tiny_convnet().eval(), torch.randn(1, 1, 16, 16))
+    assert "exporter='torchscript'" in info.value.fix
 
 
 def test_a_branch_on_shapes_only_is_exported(tmp_path):

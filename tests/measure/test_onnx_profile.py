@@ -12,10 +12,10 @@ from nas_sepconv.conversion import convert
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.measure import count_macs
 from nas_sepconv.measure.onnx import to_onnx
-from nas_sepconv.measure.onnx_profile import onnx_input_shape, onnx_latency, onnx_profile
+from nas_sepconv.measure.onnx_profile import onnx_input_shape, onnx_latency, onnx_node_latency, onnx_profile
 from nas_sepconv.models import cifar_resnet18, tiny_convnet
 
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 runner = CliRunner()
 
@@ -52,6 +52,9 @@ def test_profile_takes_the_onnx_file_convert_wrote(tmp_path):
         totals.append(next(ln for ln in result.stdout.splitlines() if ln.startswith("total MACs")).split(" (")[0])
         if path == onnx_path:
             assert "latency (onnxruntime, batch 1" in result.stdout
+            assert "latency per Conv node" in result.stdout and "the same session, whole model" in result.stdout
+            convs = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+            assert convs and all(name in result.stdout for name in convs)  # every Conv node, by name
     assert totals[0] == totals[1]  # the same MACs from the graph as from the module
 
 
@@ -66,3 +69,17 @@ def test_an_onnx_file_refuses_other_runtimes_input_sizes_and_garbage(tmp_path):
         onnx_profile(bad)
     result = runner.invoke(app, ["profile", "--model", str(bad)])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_node_latency_of_a_legacy_export_names_its_conv_nodes(tmp_path):
+    """The TorchScript exporter names nodes by module path (``/conv1/Conv``): the same table."""
+    model = tiny_convnet().eval()
+    path = to_onnx(model, torch.randn(1, 1, 16, 16), tmp_path / "m.onnx", exporter="torchscript")
+    frame, whole, context = onnx_node_latency(path, threads=1, repeats=3, warmup=1)
+    convs = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    assert list(frame["name"]) == convs and frame["latency_ms"].notna().all()
+    assert all(frame["op"].str.startswith("Conv ")) and all(frame["input_shape"].map(len) == 4)
+    assert 0 < whole["p10_ms"] <= whole["median_ms"] <= whole["p90_ms"]
+    assert context["threads"] == 1 and context["runtime"] == "onnxruntime"
+    with pytest.raises(UserInputError, match="runs at"):
+        onnx_node_latency(path, torch.randn(1, 3, 16, 16), threads=1, repeats=1, warmup=0)
