@@ -328,13 +328,13 @@ class Context:
 
     def _sensitivity(self, seed: int, calib: list, held: list) -> tuple[pd.DataFrame, float]:
         """The damage table of this seed and the seconds it took (read back by a re-run)."""
-        path = self.out / f"sensitivity_s{seed}.csv"
-        seconds_path = path.with_suffix(".json")
-        if path.is_file():
-            seconds = json.loads(seconds_path.read_text())["seconds"] if seconds_path.is_file() else float("nan")
-            return pd.read_csv(path), seconds
         cfg = self.cfg
         candidates = [*cfg.separable, *cfg.spatial, *(cfg.prune_keeps if prune_candidates_available() else ())]
+        path = self.out / f"sensitivity_s{seed}.csv"
+        seconds_path = path.with_suffix(".json")
+        saved = json.loads(seconds_path.read_text()) if seconds_path.is_file() else {}
+        if path.is_file() and saved.get("candidates") == candidates:  # else: computed with other candidates
+            return pd.read_csv(path), saved["seconds"]
         t = time.perf_counter()
         table = ns.sensitivity(
             self.original, calib, candidates=candidates, example_inputs=self.x, eval_batches=held, device=self.device
@@ -342,7 +342,7 @@ class Context:
         self.out.mkdir(parents=True, exist_ok=True)
         seconds = time.perf_counter() - t
         table.to_csv(path, index=False)
-        seconds_path.write_text(json.dumps({"seconds": seconds}))
+        seconds_path.write_text(json.dumps({"seconds": seconds, "candidates": candidates}))
         self.log(f"seed {seed}: sensitivity of {table.name.nunique()} sites in {seconds:.0f} s")
         return table, seconds
 
@@ -423,6 +423,9 @@ def compress_planned(ctx: Context, seed: int, budget: Budget) -> Compressed:
 def compress_mixed(ctx: Context, seed: int, budget: Budget) -> Compressed:
     if not prune_candidates_available():
         raise Unavailable("prune_r<keep> is not a candidate block in this checkout")
+    table = ctx.seed_data(seed)["sensitivity"]
+    if not table["spec"].isin(ctx.cfg.prune_keeps).any():
+        raise Unavailable("the damage table has no prune_r<keep> rows (ns.sensitivity skipped them)")
     return _planned(ctx, seed, budget, ctx.cfg.separable + ctx.cfg.prune_keeps)
 
 

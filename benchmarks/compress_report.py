@@ -172,7 +172,8 @@ def write_report(table: pd.DataFrame, out: Path, *, cfg: Any, reference: dict, c
         "",
         f"Command: `{command}`",
         "",
-        f"- Machine: {machine or platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
+        f"- Machine: {machine or platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs "
+        f"(load average {os.getloadavg()[0]:.1f} at the report); "
         f"device {cfg.device}; latency in ONNX Runtime, 1 thread, batch 1, median of {cfg.repeats} interleaved "
         "rounds with the original.",
         f"- Reference: `cifar_resnet18(width={cfg.width}, stem_stride={cfg.stem_stride})`, {cfg.epochs} epochs on "

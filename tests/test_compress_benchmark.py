@@ -165,6 +165,37 @@ def test_pruning_and_uniform_conversion_reach_a_macs_budget(bench, tiny):
         bench.compress_uniform(tiny, 0, bench.Budget("macs", 0.1))
 
 
+def test_each_planned_method_plans_from_its_own_candidates_of_the_saved_damage_table(bench, tiny):
+    import json
+
+    import nas_sepconv as ns
+
+    cfg, seed = tiny.cfg, 5
+    rows = []
+    for spec in (*cfg.separable, *cfg.spatial):
+        for e in ns.make_plan(tiny.original, spec, example_inputs=tiny.x).converted:
+            cols = ("name", "calls", "macs_before", "macs_after", "params_before", "params_after")
+            rows.append({**{c: getattr(e, c) for c in cols}, "spec": spec, "damage": 0.01})
+    pd.DataFrame(rows).to_csv(tiny.out / f"sensitivity_s{seed}.csv", index=False)
+    candidates = [*cfg.separable, *cfg.spatial, *(cfg.prune_keeps if bench.prune_candidates_available() else ())]
+    (tiny.out / f"sensitivity_s{seed}.json").write_text(json.dumps({"seconds": 7.0, "candidates": candidates}))
+    assert tiny.seed_data(seed)["sensitivity_seconds"] == 7.0  # read back, not recomputed
+    for compress, kind in ((bench.compress_lowrank, "spatial"), (bench.compress_planned, "dwsep")):
+        c = compress(tiny, seed, bench.Budget("macs", 0.7))
+        kinds = {e.spec.kind for e in c.plan.entries if e.spec is not None}
+        assert kinds == {kind}, kinds
+        assert ns.count_macs(c.model, tiny.x) <= 0.7 * tiny.base_macs
+    with pytest.raises(bench.Unreachable):
+        bench.compress_lowrank(tiny, seed, bench.Budget("macs", 0.05))
+
+
+def test_uniform_plans_are_timed_with_the_original_in_onnx_runtime(bench, tiny):
+    ratios = tiny.uniform_ratios("latency")
+    assert list(ratios) == list(tiny.cfg.uniform) and all(r > 0 for r in ratios.values())
+    ms, original_ms = bench.measured_ratio(tiny, tiny.cpu_original())
+    assert ms > 0 and original_ms > 0
+
+
 def test_pruning_to_a_latency_budget(bench, tiny):
     if not bench.prune_to_latency_available():
         pytest.skip("ns.prune(latency_ratio=...) is not in this checkout yet (issue 25 item 1)")
