@@ -35,7 +35,6 @@ default ``--out``; reused unless ``--retrain``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
@@ -49,8 +48,10 @@ import torch
 
 import nas_sepconv as ns
 from nas_sepconv.data import Dataset, Split, calibration_batches, load_dataset
-from nas_sepconv.models import cifar_resnet18
 from nas_sepconv.train import TrainConfig, distill, evaluate, fit, reestimate_batchnorm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from reference import arch_text, cache_path, trained_reference  # noqa: E402
 
 ORIGINAL = "original"
 RANDOM_FT = "random init + fine-tune"
@@ -146,46 +147,30 @@ def _test_split(data: Dataset, n: int | None, seed: int) -> Split:
 
 
 def _cache_path(out: Path, data: Dataset, cfg: BenchConfig) -> Path:
-    name = data.name.replace(":", "_").replace("/", "_")
-    pool = len(data.train) + len(data.val)
-    stem = "" if cfg.stem_stride == 1 else f"_stem{cfg.stem_stride}"
-    return out / f"original_{name}_n{pool}_w{cfg.width}{stem}_e{cfg.epochs}_s{cfg.seed}.safetensors"
+    return cache_path(out, data, width=cfg.width, stem_stride=cfg.stem_stride, epochs=cfg.epochs, seed=cfg.seed)
 
 
 def _reference(
     data: Dataset, cfg: BenchConfig, out: Path, log: Callable[[str], None], progress: bool = False
 ) -> tuple[torch.nn.Module, float, bool, dict]:
     """The trained reference network: from the cache, or trained with ``fit`` and cached."""
-    from safetensors.torch import load_file, save_file
-
-    model = cifar_resnet18(
-        num_classes=data.num_classes, in_channels=data.input_shape[0], width=cfg.width, stem_stride=cfg.stem_stride
-    ).to(cfg.device)
-    path = _cache_path(out, data, cfg)
-    info_path = path.with_suffix(".json")
-    if path.is_file() and not cfg.retrain:
-        model.load_state_dict(load_file(path))  # copied onto the model's device
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        log(f"reference loaded from {path}")
-        return model.eval(), 0.0, True, info
-    log(f"training the reference: {_arch(cfg)}, {cfg.epochs} epochs on {len(data.train)} images")
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
-    res = fit(model, data, config=tcfg, evaluate_test=False, device=cfg.device, progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
-    info = {
-        "train_seconds": res.seconds,
-        "val_accuracy": res.val_accuracy,
-        "history": res.history,
-        "train_config": tcfg.to_dict(),
-    }
-    info_path.write_text(json.dumps(info, indent=2))
-    log(f"reference trained in {res.seconds:.0f} s, val accuracy {100 * res.val_accuracy:.2f}%")
-    return model.eval(), res.seconds, False, info
+    return trained_reference(
+        data,
+        out,
+        width=cfg.width,
+        stem_stride=cfg.stem_stride,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        retrain=cfg.retrain,
+        device=cfg.device,
+        log=log,
+        progress=progress,
+    )
 
 
 def _arch(cfg: BenchConfig) -> str:
-    return f"cifar_resnet18(width={cfg.width}" + (f", stem_stride={cfg.stem_stride})" if cfg.stem_stride != 1 else ")")
+    return arch_text(cfg.width, cfg.stem_stride)
 
 
 def _clone(model: torch.nn.Module, original: torch.nn.Module, plan: ns.Plan) -> torch.nn.Module:
