@@ -35,25 +35,33 @@ per site and candidate); compute it once and call :func:`plan_for_budget` for ea
 from __future__ import annotations
 
 import dataclasses
-import glob
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..blocks import BlockSpec, as_spec
+from ..blocks import BlockSpec
 from ..errors import UserInputError
 from ..measure import output_tensors
 from ..measure.inputs import eval_mode
 from ..progress import track
 from .calibration import batch_list, on_device, resolve_device, run_batch
+from .channel_pruning import (
+    PruneSpec,
+    is_prune_spec,
+    make_mixed_plan,
+    prune_sites,
+    single_prune_figures,
+    split_candidates,
+)
+from .knapsack import choose
 from .latency import DEFAULT_CANDIDATES, LatencyTable
 from .least_squares import refit
+from .mixed_latency import annotate_mixed, predict_mixed, prune_saving_ms
 from .plan import Plan
 from .planning import make_plan, with_spec
 from .rewrite import apply_plan
@@ -62,6 +70,9 @@ __all__ = ["sensitivity", "plan_for_budget"]
 
 SENSITIVITY_COLUMNS = ["name", "spec", "calls", "macs_before", "macs_after", "params_before", "params_after", "damage"]
 _METRICS = ("kl", "mse")
+#: choices re-solved, each asking for the saving the last one missed, when pruning a site and
+#: converting its producer saved less than the two alone (exact MACs; predicted latency)
+_PRUNE_RETRIES = 8
 
 
 def _damage(outputs: list[Any], references: list[Any], metric: str) -> float:
@@ -89,14 +100,36 @@ def _one_site(plan: Plan, name: str, spec: BlockSpec) -> Plan | None:
     return dataclasses.replace(plan, entries=entries)
 
 
-def _candidates(candidates: Sequence[Any]) -> list[BlockSpec]:
-    if isinstance(candidates, (str, BlockSpec)) or not candidates:
+def _candidates(candidates: Sequence[Any]) -> tuple[list[BlockSpec], list[PruneSpec]]:
+    """The block specs and the prune specs (``prune_r<keep>``) of ``candidates``."""
+    if isinstance(candidates, (str, BlockSpec, PruneSpec)) or not candidates:
         raise UserInputError(
             "candidates",
             f"expected a non-empty list of block specs, got {candidates!r}",
-            "use e.g. ['dwsep_m1', 'dwsep_m2', 'spatial_r0.125']",
+            "use e.g. ['dwsep_m1', 'dwsep_m2', 'spatial_r0.125', 'prune_r0.5']",
         )
-    return list(dict.fromkeys(as_spec(c) for c in candidates))
+    return split_candidates(candidates)
+
+
+def _site_plan(model: nn.Module, base: Plan, name: str, spec: Any, example_inputs: Any) -> Plan | None:
+    """The plan that changes site ``name`` alone: converted to a block spec, or pruned."""
+    if isinstance(spec, PruneSpec):
+        return make_mixed_plan(model, {name: spec}, example_inputs=example_inputs)
+    return _one_site(base, name, spec)
+
+
+def _figures(plan: Plan, name: str, spec: Any) -> dict[str, int]:
+    """A row's calls, MACs and params (one call) of site ``name`` in its one-site ``plan``."""
+    if isinstance(spec, PruneSpec):
+        return single_prune_figures(plan, name)
+    e = next(e for e in plan.entries if e.name == name)
+    return dict(
+        calls=e.calls,
+        macs_before=e.macs_before,
+        macs_after=e.macs_after,
+        params_before=e.params_before,
+        params_after=e.params_after,
+    )
 
 
 def _first_sample(data: list[Any]) -> torch.Tensor:
@@ -147,7 +180,7 @@ def sensitivity(
     macs_before, macs_after, params_before, params_after, damage`` (MACs and params of one call
     of the site, as in ``Plan.report()``).
     """
-    specs = _candidates(candidates)
+    specs, prunes = _candidates(candidates)
     if metric not in _METRICS:
         raise UserInputError(
             "metric", f"expected one of {', '.join(_METRICS)}, got {metric!r}", "use 'kl' for classifiers"
@@ -162,9 +195,10 @@ def sensitivity(
     with eval_mode(reference_model):
         references = [run_batch(reference_model, b) for b in held]
     rows = []
-    pairs = [(entry, spec) for entry in base.converted for spec in specs]
+    local = prune_sites(model, example_inputs) if prunes else {}
+    pairs = [(entry, spec) for entry in base.converted for spec in specs + (prunes if entry.name in local else [])]
     for entry, spec in track(pairs, progress, "sensitivity", unit="conversions"):
-        plan = _one_site(base, entry.name, spec)
+        plan = _site_plan(model, base, entry.name, spec, example_inputs)
         if plan is None:
             continue
         converted = apply_plan(model, plan, init="svd").to(dev)
@@ -172,58 +206,10 @@ def sensitivity(
             refit(converted, reference_model, data, plan=plan, iterations=iterations)
         with eval_mode(converted):
             outputs = [run_batch(converted, b) for b in held]
-        e = next(e for e in plan.entries if e.name == entry.name)
-        rows.append(
-            dict(
-                name=e.name,
-                spec=str(spec),
-                calls=e.calls,
-                macs_before=e.macs_before,
-                macs_after=e.macs_after,
-                params_before=e.params_before,
-                params_after=e.params_after,
-                damage=_damage(outputs, references, metric),
-            )
-        )
+        figures = _figures(plan, entry.name, spec)
+        rows.append(dict(name=entry.name, spec=str(spec), **figures, damage=_damage(outputs, references, metric)))
         del converted, outputs
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
-
-
-def choose(options: list[list[tuple[int, float]]], required: int, *, resolution: int = 4000) -> list[int] | None:
-    """Multiple-choice knapsack: one option per group, each ``(saving, damage)``, total saving at
-    least ``required``, least total damage.  Returns the chosen index per group (None if no
-    choice saves enough).  Savings are rounded down to ``required / resolution`` steps."""
-    if required <= 0:
-        return [min(range(len(g)), key=lambda j: (g[j][1], -g[j][0])) for g in options]
-    unit = required / resolution
-    inf = float("inf")
-    best = np.full(resolution + 1, inf)
-    best[0] = 0.0
-    steps = []  # per group: the option and the predecessor state that reach each state
-    for group in options:
-        new = np.full(resolution + 1, inf)
-        pick = np.zeros(resolution + 1, dtype=np.int64)
-        came = np.zeros(resolution + 1, dtype=np.int64)
-        for j, (saving, damage) in enumerate(group):
-            s = min(int(saving // unit), resolution)
-            cand = np.full(resolution + 1, inf)
-            prev = np.arange(resolution + 1)
-            cand[s:resolution] = best[: resolution - s] + damage
-            prev[s:resolution] = np.arange(resolution - s)
-            tail = best[resolution - s :]  # every state from which this saving reaches the budget
-            k = int(np.argmin(tail))
-            cand[resolution], prev[resolution] = tail[k] + damage, resolution - s + k
-            better = cand < new
-            new[better], pick[better], came[better] = cand[better], j, prev[better]
-        steps.append((pick, came))
-        best = new
-    if not np.isfinite(best[resolution]):
-        return None
-    state, chosen = resolution, []
-    for pick, came in reversed(steps):
-        chosen.append(int(pick[state]))
-        state = int(came[state])
-    return chosen[::-1]
 
 
 def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_table: Any) -> tuple[str, float]:
@@ -256,13 +242,61 @@ def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_
     return field, float(value)
 
 
-def _savings(rows: pd.DataFrame, field: str, latency_table: LatencyTable | None) -> list[tuple[float, float]]:
+def _savings(
+    rows: pd.DataFrame, field: str, latency_table: LatencyTable | None, prune_ms: dict[tuple[str, str], float]
+) -> list[tuple[float, float]]:
     """Per candidate row of one site: (saving, damage); a saving of MACs, or of measured time
-    (a block that saves no time is no option: the site is then kept unless another block pays)."""
+    (a block that saves no time is no option: the site is then kept unless another block pays;
+    a prune row's time, site and producer, is in ``prune_ms``)."""
     if field == "macs_ratio":
         return [(int((r.macs_before - r.macs_after) * r.calls), float(r.damage)) for r in rows.itertuples()]
     keep = latency_table.ms(rows["name"].iloc[0], None)
-    return [((keep - latency_table.ms(r.name, r.spec)) * r.calls, float(r.damage)) for r in rows.itertuples()]
+    return [
+        (
+            prune_ms[(r.name, r.spec)]
+            if is_prune_spec(r.spec)
+            else (keep - latency_table.ms(r.name, r.spec)) * r.calls,
+            float(r.damage),
+        )
+        for r in rows.itertuples()
+    ]
+
+
+def _options(
+    model: nn.Module,
+    table: pd.DataFrame,
+    names: list[str],
+    field: str,
+    latency_table: LatencyTable | None,
+    example_inputs: Any,
+) -> tuple[list[list[tuple[float, float]]], list[list[str | None]]]:
+    """Per site of ``names``: the knapsack's options, ``keep`` first (saving, damage), and their
+    specs (None for keep); only candidates that save.  Under a latency budget the table's
+    entries are measured first (a prune row: the site and its producer, pruned and not)."""
+    prune_ms = {}
+    if field != "macs_ratio":
+        blocks = [(r.name, r.spec) for r in table.itertuples() if not is_prune_spec(r.spec)]
+        latency_table.ensure(blocks + [(n, None) for n in names])
+        prune_ms = {
+            (r.name, r.spec): prune_saving_ms(latency_table, model, r.name, PruneSpec.parse(r.spec), example_inputs)
+            for r in table.itertuples()
+            if is_prune_spec(r.spec)
+        }
+    groups, labels = [], []
+    for name in names:
+        rows = table[table["name"] == name]
+        savings = _savings(rows, field, latency_table, prune_ms)
+        options = [(o, spec) for o, spec in zip(savings, rows["spec"]) if o[0] > 0]
+        groups.append([(0, 0.0)] + [o for o, _ in options])
+        labels.append([None] + [spec for _, spec in options])
+    return groups, labels
+
+
+def _figure(plan: Plan, field: str, latency_table: LatencyTable | None) -> float:
+    """What the budget bounds for ``plan``: its exact MACs, or its predicted latency (ms)."""
+    if field == "macs_ratio":
+        return plan.macs_after
+    return predict_mixed(latency_table, plan) if plan.pruned else latency_table.predict(plan)
 
 
 def _below_reach(
@@ -336,29 +370,27 @@ def plan_for_budget(
             f"names sites this model does not have ({', '.join(unknown[:3])})",
             "compute the table with ns.sensitivity on this model",
         )
-    if field != "macs_ratio":
-        latency_table.ensure([(r.name, r.spec) for r in table.itertuples()] + [(n, None) for n in names])
-    groups, labels = [], []
-    for name in names:
-        rows = table[table["name"] == name]
-        options = [(o, spec) for o, spec in zip(_savings(rows, field, latency_table), rows["spec"]) if o[0] > 0]
-        groups.append([(0, 0.0)] + [o for o, _ in options])
-        labels.append([None] + [spec for _, spec in options])
+    groups, labels = _options(model, table, names, field, latency_table, example_inputs)
     total = base.model_macs if field == "macs_ratio" else latency_table.model_ms
     limit = {"macs_ratio": int(budget * total), "latency_ratio": budget * total, "latency_ms": budget}[field]
-    chosen = choose(groups, total - limit, resolution=resolution)
-    if chosen is None:
-        raise _below_reach(field, budget, total, groups, table)
-    rules = {glob.escape(name): label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
-    plan = make_plan(model, rules, example_inputs=example_inputs)
+    required = total - limit
+    for attempt in range(_PRUNE_RETRIES):
+        chosen = choose(groups, required, resolution=resolution)
+        if chosen is None:
+            raise _below_reach(field, budget, total, groups, table)
+        rules = {name: label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
+        plan = make_mixed_plan(model, rules, example_inputs=example_inputs)
+        value = _figure(plan, field, latency_table)
+        if value <= limit:
+            break
+        # a producer both narrowed and converted saves less than the two choices alone: ask for more
+        required += (value - limit) * 2**attempt
     damage = sum(g[j][1] for g, j in zip(groups, chosen))
-    reached = (
-        plan.macs_after / plan.model_macs
-        if field == "macs_ratio"
-        else latency_table.predict(plan) / (total if field == "latency_ratio" else 1)
-    )
+    reached = value / (1 if field == "latency_ms" else total)
     plan.notes.append(
         f"plan_for_budget: {field} {budget:g} (reached {reached:.4f}{'' if field == 'macs_ratio' else ', predicted'}), "
         f"predicted damage {damage:.4g} (sum of single-site damages)"
     )
+    if latency_table is not None and plan.pruned:
+        return annotate_mixed(latency_table, plan)
     return plan if latency_table is None else latency_table.annotate(plan)

@@ -54,6 +54,7 @@ from ..measure import (
 )
 from ..progress import progress as progress_bar
 from ..progress import track
+from .narrowed import KEEP, NarrowedSite, table_spec
 from .plan import Plan, PlanEntry
 from .planning import make_plan, with_spec
 from .rewrite import plan_of
@@ -63,7 +64,6 @@ __all__ = ["DEFAULT_CANDIDATES", "LatencySettings", "LatencyTable", "TABLE_COLUM
 #: the candidates a latency table (and :func:`~nas_sepconv.conversion.sensitivity`) measures by default
 DEFAULT_CANDIDATES = ("dwsep_m1", "dwsep_m2", "dwsep_m4")
 TABLE_COLUMNS = ["name", "spec", "op", "input_shape", "calls", "macs", "latency_ms", "p10_ms", "p90_ms", "source"]
-KEEP = "keep"
 
 
 @dataclass
@@ -96,7 +96,7 @@ class LatencyTable:
     def ms(self, name: str, spec: BlockSpec | str | None) -> float | None:
         """The latency (ms) of one call of site ``name`` holding ``spec`` (``None``/``keep``: the
         conv itself), or None when the table has no such entry."""
-        label = KEEP if spec in (None, KEEP) else str(as_spec(spec))
+        label = str(table_spec(spec) or KEEP)
         rows = self.frame[(self.frame["name"] == name) & (self.frame["spec"] == label)]
         return float(rows["latency_ms"].iloc[0]) if len(rows) else None
 
@@ -111,7 +111,7 @@ class LatencyTable:
                     f"names site {name!r}, which the latency table's model does not have",
                     "build the latency table with ns.latency_table on this model",
                 )
-            spec = None if spec in (None, KEEP) else as_spec(spec)
+            spec = table_spec(spec)
             if self.ms(name, spec) is None and spec not in wanted.setdefault(name, []):
                 wanted[name].append(spec)
         wanted = {k: v for k, v in wanted.items() if v}
@@ -203,11 +203,12 @@ def _measure_sites(
             for entry, s in track(pending, progress, "latency table: preparing", unit="blocks"):
                 with torch.device("cpu"):
                     module = (conv_from_geometry(entry.geometry) if s is None else s.build(entry.geometry)).eval()
+                shape = s.input_shape if isinstance(s, NarrowedSite) else entry.input_shape
                 with torch.no_grad():
                     forwards.append(
                         prepare_forward(
                             module,
-                            (torch.randn(entry.input_shape),),
+                            (torch.randn(shape),),
                             runtime=runtime,
                             threads=threads,
                             device=device,
@@ -233,7 +234,10 @@ def _measure_sites(
     for entry, specs in groups:
         for s in specs:
             record = cache.get(_op_key(entry, s))
-            macs = entry.macs_before if s is None else with_spec(entry, s, min_macs_saving=None).macs_after
+            if isinstance(s, NarrowedSite):
+                macs = s.macs()
+            else:
+                macs = entry.macs_before if s is None else with_spec(entry, s, min_macs_saving=None).macs_after
             rows.append(
                 dict(
                     name=entry.name,
