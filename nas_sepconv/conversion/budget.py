@@ -34,182 +34,26 @@ per site and candidate); compute it once and call :func:`plan_for_budget` for ea
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..blocks import BlockSpec
 from ..errors import UserInputError
-from ..measure import output_tensors
-from ..measure.inputs import eval_mode
-from ..progress import track
-from .calibration import batch_list, on_device, resolve_device, run_batch
-from .channel_pruning import (
-    PruneSpec,
-    is_prune_spec,
-    make_mixed_plan,
-    prune_sites,
-    single_prune_figures,
-    split_candidates,
-)
+from .channel_pruning import PruneSpec, is_prune_spec, make_mixed_plan
 from .knapsack import choose
-from .latency import DEFAULT_CANDIDATES, LatencyTable
-from .least_squares import refit
+from .latency import LatencyTable
 from .mixed_latency import annotate_mixed, predict_mixed, prune_saving_ms
 from .plan import Plan
-from .planning import make_plan, with_spec
-from .rewrite import apply_plan
+from .planning import make_plan
+from .sensitivity import SENSITIVITY_COLUMNS, sensitivity
 
 __all__ = ["sensitivity", "plan_for_budget"]
 
-SENSITIVITY_COLUMNS = ["name", "spec", "calls", "macs_before", "macs_after", "params_before", "params_after", "damage"]
-_METRICS = ("kl", "mse")
 #: choices re-solved, each asking for the saving the last one missed, when pruning a site and
 #: converting its producer saved less than the two alone (exact MACs; predicted latency)
 _PRUNE_RETRIES = 8
-
-
-def _damage(outputs: list[Any], references: list[Any], metric: str) -> float:
-    """Mean KL over positions (``kl``) or relative squared error (``mse``), summed over the
-    output's tensors."""
-    sums: dict[int, list[float]] = {}  # per output tensor: numerator, denominator
-    for out, ref in zip(outputs, references):
-        for i, (y, r) in enumerate(zip(output_tensors(out), output_tensors(ref))):
-            y, r = y.double(), r.double()
-            acc = sums.setdefault(i, [0.0, 0.0])
-            if metric == "kl" and r.dim() >= 2:
-                kl = F.kl_div(F.log_softmax(y, 1), F.log_softmax(r, 1), log_target=True, reduction="none").sum(1)
-                acc[0], acc[1] = acc[0] + kl.sum().item(), acc[1] + kl.numel()
-            else:  # mse, or a 1-D output (no class dimension)
-                acc[0], acc[1] = acc[0] + (y - r).square().sum().item(), acc[1] + r.square().sum().item()
-    return sum(num / den for num, den in sums.values() if den)
-
-
-def _one_site(plan: Plan, name: str, spec: BlockSpec) -> Plan | None:
-    """``plan`` with only site ``name`` converted to ``spec`` (None if the spec cannot replace it
-    or would not save MACs there)."""
-    entries = [with_spec(e, spec if e.name == name else None, reason="not this site") for e in plan.entries]
-    if not any(e.converted for e in entries):
-        return None
-    return dataclasses.replace(plan, entries=entries)
-
-
-def _candidates(candidates: Sequence[Any]) -> tuple[list[BlockSpec], list[PruneSpec]]:
-    """The block specs and the prune specs (``prune_r<keep>``) of ``candidates``."""
-    if isinstance(candidates, (str, BlockSpec, PruneSpec)) or not candidates:
-        raise UserInputError(
-            "candidates",
-            f"expected a non-empty list of block specs, got {candidates!r}",
-            "use e.g. ['dwsep_m1', 'dwsep_m2', 'spatial_r0.125', 'prune_r0.5']",
-        )
-    return split_candidates(candidates)
-
-
-def _site_plan(model: nn.Module, base: Plan, name: str, spec: Any, example_inputs: Any) -> Plan | None:
-    """The plan that changes site ``name`` alone: converted to a block spec, or pruned."""
-    if isinstance(spec, PruneSpec):
-        return make_mixed_plan(model, {name: spec}, example_inputs=example_inputs)
-    return _one_site(base, name, spec)
-
-
-def _figures(plan: Plan, name: str, spec: Any) -> dict[str, int]:
-    """A row's calls, MACs and params (one call) of site ``name`` in its one-site ``plan``."""
-    if isinstance(spec, PruneSpec):
-        return single_prune_figures(plan, name)
-    e = next(e for e in plan.entries if e.name == name)
-    return dict(
-        calls=e.calls,
-        macs_before=e.macs_before,
-        macs_after=e.macs_after,
-        params_before=e.params_before,
-        params_after=e.params_after,
-    )
-
-
-def _first_sample(data: list[Any]) -> torch.Tensor:
-    """The default example input of :func:`sensitivity`: the first sample of the first batch
-    (on the CPU)."""
-    first = data[0][0] if isinstance(data[0], (tuple, list)) else data[0]
-    if not isinstance(first, torch.Tensor):
-        raise UserInputError("example_inputs", "cannot be taken from dict batches", "pass example_inputs=")
-    return first[:1].cpu()
-
-
-@torch.no_grad()
-def sensitivity(
-    model: nn.Module,
-    batches: Iterable[Any],
-    *,
-    candidates: Sequence[str | BlockSpec] = DEFAULT_CANDIDATES,
-    policy: Any = "dwsep",
-    example_inputs: Any = None,
-    refit_sites: bool = True,
-    iterations: int = 10,
-    metric: str = "kl",
-    eval_batches: Iterable[Any] | None = None,
-    device: Any = None,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """How much converting each site alone to each candidate block damages the output.
-
-    ``policy`` chooses the sites (those :func:`~nas_sepconv.conversion.make_plan` would convert
-    under it; by default every conv but the stem, 1×1 and depthwise convs); its own spec is
-    not used.  For each site and each candidate that can replace it and saves MACs there, the
-    model is converted at that site only (``init="svd"``), refit on ``batches`` when
-    ``refit_sites`` (``iterations`` as in :func:`~nas_sepconv.conversion.refit`), and run on the
-    same batches; ``damage`` compares its outputs to the original's (``metric``: ``"kl"``, the
-    mean KL divergence over dim 1, or ``"mse"``, the relative squared error).
-
-    ``eval_batches``: measure the damage on these instead (held-out inputs, e.g. the validation
-    split).  On the batches it was fit to, a refit looks better than it generalises where it has
-    few samples per unknown (deep sites on small feature maps), and the plan then spends too
-    little of the budget there.
-
-    ``example_inputs`` defaults to the first sample of the first batch.  ``progress``: show
-    progress on stderr, one step per site and candidate (default False: nothing is printed; a
-    rich bar on a terminal, else a plain ``done/total`` line with rate and time left every few
-    seconds and at the end, :mod:`nas_sepconv.progress`).  ``model`` is never changed.
-
-    Returns one row per (site, candidate), sites in forward order: ``name, spec, calls,
-    macs_before, macs_after, params_before, params_after, damage`` (MACs and params of one call
-    of the site, as in ``Plan.report()``).
-    """
-    specs, prunes = _candidates(candidates)
-    if metric not in _METRICS:
-        raise UserInputError(
-            "metric", f"expected one of {', '.join(_METRICS)}, got {metric!r}", "use 'kl' for classifiers"
-        )
-    dev = resolve_device(model, device)
-    reference_model = on_device(model, dev)
-    data = batch_list(batches, dev)
-    if example_inputs is None:
-        example_inputs = _first_sample(data)
-    base = make_plan(model, policy, example_inputs=example_inputs)
-    held = data if eval_batches is None else batch_list(eval_batches, dev)
-    with eval_mode(reference_model):
-        references = [run_batch(reference_model, b) for b in held]
-    rows = []
-    local = prune_sites(model, example_inputs) if prunes else {}
-    pairs = [(entry, spec) for entry in base.converted for spec in specs + (prunes if entry.name in local else [])]
-    for entry, spec in track(pairs, progress, "sensitivity", unit="conversions"):
-        plan = _site_plan(model, base, entry.name, spec, example_inputs)
-        if plan is None:
-            continue
-        converted = apply_plan(model, plan, init="svd").to(dev)
-        if refit_sites:
-            refit(converted, reference_model, data, plan=plan, iterations=iterations)
-        with eval_mode(converted):
-            outputs = [run_batch(converted, b) for b in held]
-        figures = _figures(plan, entry.name, spec)
-        rows.append(dict(name=entry.name, spec=str(spec), **figures, damage=_damage(outputs, references, metric)))
-        del converted, outputs
-    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 
 def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_table: Any) -> tuple[str, float]:
@@ -299,6 +143,35 @@ def _figure(plan: Plan, field: str, latency_table: LatencyTable | None) -> float
     return predict_mixed(latency_table, plan) if plan.pruned else latency_table.predict(plan)
 
 
+def _solve(
+    model: nn.Module,
+    names: list[str],
+    groups: list[list[tuple[float, float]]],
+    labels: list[list[str | None]],
+    required: float,
+    limit: float,
+    field: str,
+    latency_table: LatencyTable | None,
+    example_inputs: Any,
+    resolution: int,
+) -> tuple[Plan, list[int], float] | None:
+    """The knapsack's choice (saving at least ``required``) as a plan, its chosen options and
+    its figure (exact MACs, or predicted ms); None when no choice saves enough.  A pruned site
+    whose producer is also converted saves less than the two apart: the choice is then solved
+    again asking for the saving it missed (doubled each time), :data:`_PRUNE_RETRIES` times."""
+    for attempt in range(_PRUNE_RETRIES):
+        chosen = choose(groups, required, resolution=resolution)
+        if chosen is None:
+            return None
+        rules = {name: label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
+        plan = make_mixed_plan(model, rules, example_inputs=example_inputs)
+        value = _figure(plan, field, latency_table)
+        if value <= limit:
+            break
+        required += (value - limit) * 2**attempt
+    return plan, chosen, value
+
+
 def _below_reach(
     field: str, budget: float, total: float, groups: list[list[tuple[float, float]]], table: pd.DataFrame
 ) -> UserInputError:
@@ -343,6 +216,16 @@ def plan_for_budget(
     predicted damage; with a ``latency_table`` (any budget) its report has each site's measured
     ``latency_before_ms`` and ``latency_after_ms`` beside the MACs.
 
+    With ``prune_r<keep>`` rows in ``table`` a site may also be pruned: the plan is then
+    :func:`~.channel_pruning.make_mixed_plan`'s, of the pruned model (each site's ``choice`` in
+    the report: ``keep``, ``prune_r0.5``, ``dwsep_m2``, ...; ``compressor`` says what it is, e.g.
+    ``low-rank (spatial SVD)``); :func:`~nas_sepconv.conversion.apply_plan` prunes first and then
+    converts, and its MACs are exactly ``plan.macs_after``.  Under a latency budget a prune row
+    counts by the time its site and producer save, pruned versus not, measured in the table's
+    runtime (:mod:`.mixed_latency`).  When a pruned site's producer is also converted, the two
+    save less than apart; the choice is then solved again asking for more, so the plan keeps
+    to the budget (MACs exactly, latency as predicted).
+
     Raises :class:`UserInputError` unless exactly one budget is given, if it is out of range or
     below what the candidates can reach, or if ``table`` lacks :func:`sensitivity`'s columns.
     """
@@ -373,18 +256,12 @@ def plan_for_budget(
     groups, labels = _options(model, table, names, field, latency_table, example_inputs)
     total = base.model_macs if field == "macs_ratio" else latency_table.model_ms
     limit = {"macs_ratio": int(budget * total), "latency_ratio": budget * total, "latency_ms": budget}[field]
-    required = total - limit
-    for attempt in range(_PRUNE_RETRIES):
-        chosen = choose(groups, required, resolution=resolution)
-        if chosen is None:
-            raise _below_reach(field, budget, total, groups, table)
-        rules = {name: label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
-        plan = make_mixed_plan(model, rules, example_inputs=example_inputs)
-        value = _figure(plan, field, latency_table)
-        if value <= limit:
-            break
-        # a producer both narrowed and converted saves less than the two choices alone: ask for more
-        required += (value - limit) * 2**attempt
+    solved = _solve(
+        model, names, groups, labels, total - limit, limit, field, latency_table, example_inputs, resolution
+    )
+    if solved is None:
+        raise _below_reach(field, budget, total, groups, table)
+    plan, chosen, value = solved
     damage = sum(g[j][1] for g, j in zip(groups, chosen))
     reached = value / (1 if field == "latency_ms" else total)
     plan.notes.append(

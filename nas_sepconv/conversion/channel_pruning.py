@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
-from ..measure import as_inputs, count_macs, count_params
+from ..measure import as_inputs
 from .plan import Plan
 from .planning import make_plan
 from .width import mark_pruned, torch_pruning
@@ -163,17 +163,16 @@ def prune_inputs(
     channels (the weakest by group L2 magnitude go) or the listed channel indices.  Every site
     must be one of :func:`prune_sites`.  Marks ``model`` pruned; returns the channels removed."""
     modules = dict(model.named_modules())
-    local = prune_sites(model, example_inputs)
     graph = _graph(model, example_inputs)
     removed = {}
     for name, choice in choices.items():
-        if name not in local:
+        conv = modules.get(name)
+        if not isinstance(conv, nn.Conv2d) or _producer(graph, conv) is None:
             raise UserInputError(
                 "plan",
                 f"site {name!r} is no prune site (its input channels are coupled beyond one producer conv)",
                 "prune only sites ns.sensitivity gave prune rows",
             )
-        conv = modules[name]
         drop = _weakest(graph, conv, choice) if isinstance(choice, int) else sorted(int(i) for i in choice)
         if not drop or len(drop) >= conv.in_channels or drop[-1] >= conv.in_channels:
             raise UserInputError("plan", f"cannot remove channels {drop} of {name!r}", "make the plan from this model")
@@ -193,11 +192,18 @@ def make_mixed_plan(model: nn.Module, choices: Mapping[str, Any], *, example_inp
     if not prunes:
         return make_plan(model, blocks, example_inputs=example_inputs)
     inputs = as_inputs(example_inputs)
-    original = {e.name: e for e in make_plan(model, {}, example_inputs=inputs).entries}
-    producers = {prune_sites(model, inputs)[n]: n for n in prunes if n in prune_sites(model, inputs)}
+    base = make_plan(model, {}, example_inputs=inputs)
+    original = {e.name: e for e in base.entries}
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     kept = {n: p.channels(modules[n].in_channels) if n in modules else 0 for n, p in prunes.items()}
+    names = {id(m): n for n, m in pruned.named_modules()}
+    graph = _graph(pruned, inputs)
+    producers = {}  # producer name -> the pruned site it feeds
+    for n in prunes:
+        producer = _producer(graph, modules[n]) if isinstance(modules.get(n), nn.Conv2d) else None
+        if producer is not None:
+            producers[names[id(producer)]] = n
     removed = prune_inputs(pruned, inputs, kept)
     plan = make_plan(pruned, blocks, example_inputs=inputs)
     entries = []
@@ -219,8 +225,8 @@ def make_mixed_plan(model: nn.Module, choices: Mapping[str, Any], *, example_inp
         plan,
         model=type(model).__name__,
         entries=entries,
-        model_macs=count_macs(model, inputs),
-        model_params=count_params(model),
+        model_macs=base.model_macs,
+        model_params=base.model_params,
         pruned_macs=plan.model_macs,
         pruned_params=plan.model_params,
     )
