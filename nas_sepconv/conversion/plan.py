@@ -194,10 +194,12 @@ class Plan:
         return df
 
     def summary(self) -> str:
-        """One line: sites converted, not reached, under no_grad; MACs and params before -> after."""
+        """One line: sites converted, pruned, not reached, under no_grad; MACs and params before -> after."""
         n = len(self.converted)
         ratio = self.macs_after / self.model_macs if self.model_macs else 1.0
         sites = f"{n}/{len(self.entries)} conv sites converted"
+        if self.pruned:
+            sites += f", {len(self.pruned)} pruned: {short_list(self.pruned)}"
         if self.not_reached:
             sites += f", {len(self.not_reached)} not reached by the example inputs: {short_list(self.not_reached)}"
         if self.rules_not_applied:

@@ -67,6 +67,7 @@ def test_a_mixed_plan_applies_with_exact_macs_and_the_original_output_shape():
     assert report.loc["layer1.0.conv1", "spec"] == "dwsep_m2"
     assert report.loc["layer3.0.conv1", "compressor"] == "low-rank (spatial SVD)"
     assert report.loc["layer2.0.conv1", "spec"] == "keep"
+    assert "1 pruned: layer1.0.conv2" in plan.summary()
     saved = ((report["macs_before"] - report["macs_after"]) * report["calls"]).sum()
     assert saved == plan.model_macs - plan.macs_after  # the narrowed producer's rows show their saving
 
