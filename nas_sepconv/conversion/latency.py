@@ -124,6 +124,9 @@ class LatencyTable:
     def predict(self, plan: Plan) -> float:
         """The predicted latency (ms) of the model ``plan`` makes: the measured whole model, plus,
         per converted site, its block's entry less its conv's (times its calls)."""
+        if isinstance(plan, Plan) and plan.pruned:  # narrowed layers are other entries: .mixed_latency
+            fix = "use nas_sepconv.conversion.mixed_latency.predict_mixed(table, plan)"
+            raise UserInputError("plan", "has pruned sites (prune_r...), which predict does not count", fix)
         self._check(plan)
         self.ensure([(e.name, e.spec) for e in plan.converted] + [(e.name, None) for e in plan.converted])
         changes = ((self.ms(e.name, e.spec) - self.ms(e.name, None)) * e.calls for e in plan.converted)
