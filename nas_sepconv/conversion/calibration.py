@@ -90,16 +90,16 @@ def _kept_outputs(entry: Any, conv: nn.Module | None) -> tuple[int, ...] | None:
 
 
 def calibration_sites(
-    converted: nn.Module, original: nn.Module, plan: Any, *, unconverted: bool = False
+    converted: nn.Module, original: nn.Module, plan: Any, *, unconverted: bool = False, pruned: bool = False
 ) -> list[CalibrationSite]:
-    """The plan's converted sites, and its pruned ones (``prune``: the narrowed conv, re-solved
-    like an unconverted layer); with ``unconverted``, also every conv and linear layer of
+    """The plan's converted sites, with ``pruned`` its pruned ones too (``prune``: the narrowed
+    conv, re-solved like an unconverted layer); with ``unconverted``, also every conv and linear layer of
     the original model that the converted model still has, unchanged in type, at the same name."""
     sites, taken = [], set()
     entries = _plan_entries(converted, plan)
     kept = {e.name: _kept_outputs(e, _submodule(original, e.name)) for e in entries if getattr(e, "pruned_outputs", ())}
     for entry in entries:
-        if getattr(entry, "prune", "") and entry.spec is None:
+        if pruned and getattr(entry, "prune", "") and entry.spec is None:
             conv, twin = _submodule(original, entry.name), _submodule(converted, entry.name)
             sites.append(CalibrationSite(entry.name, None, conv, twin, channels=kept.get(entry.name)))
             taken.add(entry.name)

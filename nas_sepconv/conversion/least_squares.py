@@ -273,7 +273,7 @@ def refit(
             f"expected 'converted' or 'all', got {layers!r}",
             "use 'all' to also re-solve the conv and linear layers the plan kept",
         )
-    sites = calibration_sites(converted, original, plan, unconverted=layers == "all")
+    sites = calibration_sites(converted, original, plan, unconverted=layers == "all", pruned=True)
     rows = []
     with eval_mode(converted, original):
         ordered = forward_order(original, sites, data[0])

@@ -90,6 +90,15 @@ def test_refit_re_solves_the_pruned_site_and_its_narrowed_producer():
         assert report.loc[name, "rel_output_error_after"] <= report.loc[name, "rel_output_error_before"]
 
 
+def test_fidelity_of_a_mixed_plan_compares_the_narrowed_producer_on_its_kept_channels():
+    net = model()
+    plan = make_mixed_plan(net, CHOICES, example_inputs=X)
+    report = ns.fidelity(ns.apply_plan(net, plan), net, calibration(), plan=plan).set_index("name")
+    assert set(report.index) == {"layer1.0.conv1", "layer3.0.conv1"}  # the converted sites
+    assert math.isnan(report.loc["layer1.0.conv1", "rel_weight_error"])
+    assert math.isfinite(report.loc["layer1.0.conv1", "rel_output_error_local"])
+
+
 def test_a_macs_budget_plan_with_mixed_candidates_is_exact(table):
     net = model()
     plan = ns.plan_for_budget(net, table, macs_ratio=0.5, example_inputs=X)
