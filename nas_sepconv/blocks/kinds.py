@@ -170,6 +170,8 @@ class Kind:
     short: str = ""
     unsupported: Callable[[ConvGeometry, dict], str | None] = field(default=lambda g, o: None)
     doc: str = ""
+    #: what the block is, in words, for reports (a plan report's ``compressor`` column)
+    title: str = ""
 
     def option(self, name: str) -> Option:
         for opt in self.options:
@@ -226,6 +228,7 @@ KINDS: dict[str, Kind] = {
             init=decompose.init_keep,
             effective=decompose.effective_conv,
             doc="the original convolution (optionally with another kernel size)",
+            title="keep",
         ),
         Kind(
             "dwsep",
@@ -242,6 +245,7 @@ KINDS: dict[str, Kind] = {
             last_linear="conv_pw",
             joint_refit=_DWSEP_REFIT,
             doc="depthwise KxK then pointwise 1x1 (MobileNetV1, Xception)",
+            title="depthwise separable",
         ),
         Kind(
             "spatial",
@@ -253,6 +257,7 @@ KINDS: dict[str, Kind] = {
             last_linear="conv_h",
             unsupported=_not_2d,
             doc="Kx1 to `rank` channels then 1xK (Jaderberg et al. 2014, Tai et al. 2016)",
+            title="low-rank (spatial SVD)",
         ),
         Kind(
             "dw_spatial",
@@ -264,6 +269,7 @@ KINDS: dict[str, Kind] = {
             last_linear="conv_pw",
             unsupported=_not_2d,
             doc="depthwise Kx1, depthwise 1xK, pointwise (EffNet, Flattened networks)",
+            title="depthwise spatially separable",
         ),
         Kind(
             "inverted_residual",
@@ -281,6 +287,7 @@ KINDS: dict[str, Kind] = {
             last_linear="conv_pwl",
             unsupported=_not_transposed,
             doc="expand 1x1, depthwise KxK, [SE], project 1x1 (MobileNetV2/V3)",
+            title="inverted residual",
         ),
         Kind(
             "grouped",
@@ -292,6 +299,7 @@ KINDS: dict[str, Kind] = {
             last_linear="conv",
             unsupported=_grouped_unsupported,
             doc="grouped conv + channel shuffle (ResNeXt, ShuffleNet)",
+            title="grouped + shuffle",
         ),
     ]
 }

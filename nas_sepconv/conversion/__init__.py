@@ -1,10 +1,11 @@
 """Model -> plan -> converted model: conv sites, Plan, apply_plan, refit, fidelity, budgets,
-width pruning, channel pruning to a MACs budget, inference optimisation and latency tables."""
+width pruning, channel pruning to a MACs or latency budget (and per site, in budgeted plans), inference optimisation and latency tables."""
 
 from __future__ import annotations
 
 from ..measure import fold_batchnorm, optimize_for_inference
 from .budget import plan_for_budget, sensitivity
+from .channel_pruning import PruneSpec, make_mixed_plan, prune_sites
 from .examples import ExampleInputs
 from .fidelity_report import fidelity
 from .latency import LatencyTable, latency_table, predict_latency
@@ -30,6 +31,9 @@ __all__ = [
     "PlanWarning",
     "Policy",
     "PRUNING_IMPORTANCES",
+    "PruneSpec",
+    "make_mixed_plan",
+    "prune_sites",
     "PruningImportance",
     "Site",
     "activation_after",

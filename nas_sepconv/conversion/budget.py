@@ -34,161 +34,28 @@ per site and candidate); compute it once and call :func:`plan_for_budget` for ea
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import glob
 import math
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
-from ..measure import output_tensors
-from ..measure.inputs import eval_mode
-from ..progress import track
-from .calibration import batch_list, on_device, resolve_device, run_batch
+from .channel_pruning import PruneSpec, is_prune_spec, make_mixed_plan
 from .knapsack import choose
-from .latency import DEFAULT_CANDIDATES, LatencyTable
+from .latency import LatencyTable
 from .latency_check import honour_latency_budget
-from .least_squares import refit
+from .mixed_latency import annotate_mixed, predict_mixed, prune_saving_ms
 from .plan import Plan
-from .planning import make_plan, with_spec
-from .rewrite import apply_plan
+from .planning import make_plan
+from .sensitivity import SENSITIVITY_COLUMNS, sensitivity
 
 __all__ = ["sensitivity", "plan_for_budget"]
 
-SENSITIVITY_COLUMNS = ["name", "spec", "calls", "macs_before", "macs_after", "params_before", "params_after", "damage"]
-_METRICS = ("kl", "mse")
-
-
-def _damage(outputs: list[Any], references: list[Any], metric: str) -> float:
-    """Mean KL over positions (``kl``) or relative squared error (``mse``), summed over the
-    output's tensors."""
-    sums: dict[int, list[float]] = {}  # per output tensor: numerator, denominator
-    for out, ref in zip(outputs, references):
-        for i, (y, r) in enumerate(zip(output_tensors(out), output_tensors(ref))):
-            y, r = y.double(), r.double()
-            acc = sums.setdefault(i, [0.0, 0.0])
-            if metric == "kl" and r.dim() >= 2:
-                kl = F.kl_div(F.log_softmax(y, 1), F.log_softmax(r, 1), log_target=True, reduction="none").sum(1)
-                acc[0], acc[1] = acc[0] + kl.sum().item(), acc[1] + kl.numel()
-            else:  # mse, or a 1-D output (no class dimension)
-                acc[0], acc[1] = acc[0] + (y - r).square().sum().item(), acc[1] + r.square().sum().item()
-    return sum(num / den for num, den in sums.values() if den)
-
-
-def _one_site(plan: Plan, name: str, spec: BlockSpec) -> Plan | None:
-    """``plan`` with only site ``name`` converted to ``spec`` (None if the spec cannot replace it
-    or would not save MACs there)."""
-    entries = [with_spec(e, spec if e.name == name else None, reason="not this site") for e in plan.entries]
-    if not any(e.converted for e in entries):
-        return None
-    return dataclasses.replace(plan, entries=entries)
-
-
-def _candidates(candidates: Sequence[Any]) -> list[BlockSpec]:
-    if isinstance(candidates, (str, BlockSpec)) or not candidates:
-        raise UserInputError(
-            "candidates",
-            f"expected a non-empty list of block specs, got {candidates!r}",
-            "use e.g. ['dwsep_m1', 'dwsep_m2', 'spatial_r0.125']",
-        )
-    return list(dict.fromkeys(as_spec(c) for c in candidates))
-
-
-def _first_sample(data: list[Any]) -> torch.Tensor:
-    """The default example input of :func:`sensitivity`: the first sample of the first batch
-    (on the CPU)."""
-    first = data[0][0] if isinstance(data[0], (tuple, list)) else data[0]
-    if not isinstance(first, torch.Tensor):
-        raise UserInputError("example_inputs", "cannot be taken from dict batches", "pass example_inputs=")
-    return first[:1].cpu()
-
-
-@torch.no_grad()
-def sensitivity(
-    model: nn.Module,
-    batches: Iterable[Any],
-    *,
-    candidates: Sequence[str | BlockSpec] = DEFAULT_CANDIDATES,
-    policy: Any = "dwsep",
-    example_inputs: Any = None,
-    refit_sites: bool = True,
-    iterations: int = 10,
-    metric: str = "kl",
-    eval_batches: Iterable[Any] | None = None,
-    device: Any = None,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """How much converting each site alone to each candidate block damages the output.
-
-    ``policy`` chooses the sites (those :func:`~nas_sepconv.conversion.make_plan` would convert
-    under it; by default every conv but the stem, 1×1 and depthwise convs); its own spec is
-    not used.  For each site and each candidate that can replace it and saves MACs there, the
-    model is converted at that site only (``init="svd"``), refit on ``batches`` when
-    ``refit_sites`` (``iterations`` as in :func:`~nas_sepconv.conversion.refit`), and run on the
-    same batches; ``damage`` compares its outputs to the original's (``metric``: ``"kl"``, the
-    mean KL divergence over dim 1, or ``"mse"``, the relative squared error).
-
-    ``eval_batches``: measure the damage on these instead (held-out inputs, e.g. the validation
-    split).  On the batches it was fit to, a refit looks better than it generalises where it has
-    few samples per unknown (deep sites on small feature maps), and the plan then spends too
-    little of the budget there.
-
-    ``example_inputs`` defaults to the first sample of the first batch.  ``progress``: show
-    progress on stderr, one step per site and candidate (default False: nothing is printed; a
-    rich bar on a terminal, else a plain ``done/total`` line with rate and time left every few
-    seconds and at the end, :mod:`nas_sepconv.progress`).  ``model`` is never changed.
-
-    Returns one row per (site, candidate), sites in forward order: ``name, spec, calls,
-    macs_before, macs_after, params_before, params_after, damage`` (MACs and params of one call
-    of the site, as in ``Plan.report()``).
-    """
-    specs = _candidates(candidates)
-    if metric not in _METRICS:
-        raise UserInputError(
-            "metric", f"expected one of {', '.join(_METRICS)}, got {metric!r}", "use 'kl' for classifiers"
-        )
-    dev = resolve_device(model, device)
-    reference_model = on_device(model, dev)
-    data = batch_list(batches, dev)
-    if example_inputs is None:
-        example_inputs = _first_sample(data)
-    base = make_plan(model, policy, example_inputs=example_inputs)
-    held = data if eval_batches is None else batch_list(eval_batches, dev)
-    with eval_mode(reference_model):
-        references = [run_batch(reference_model, b) for b in held]
-    rows = []
-    pairs = [(entry, spec) for entry in base.converted for spec in specs]
-    for entry, spec in track(pairs, progress, "sensitivity", unit="conversions"):
-        plan = _one_site(base, entry.name, spec)
-        if plan is None:
-            continue
-        converted = apply_plan(model, plan, init="svd").to(dev)
-        if refit_sites:
-            refit(converted, reference_model, data, plan=plan, iterations=iterations)
-        with eval_mode(converted):
-            outputs = [run_batch(converted, b) for b in held]
-        e = next(e for e in plan.entries if e.name == entry.name)
-        rows.append(
-            dict(
-                name=e.name,
-                spec=str(spec),
-                calls=e.calls,
-                macs_before=e.macs_before,
-                macs_after=e.macs_after,
-                params_before=e.params_before,
-                params_after=e.params_after,
-                damage=_damage(outputs, references, metric),
-            )
-        )
-        del converted, outputs
-    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+#: choices re-solved, each asking for the saving the last one missed, when pruning a site and
+#: converting its producer saved less than the two alone (exact MACs; predicted latency)
+_PRUNE_RETRIES = 8
 
 
 def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_table: Any) -> tuple[str, float]:
@@ -221,13 +88,88 @@ def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_
     return field, float(value)
 
 
-def _savings(rows: pd.DataFrame, field: str, latency_table: LatencyTable | None) -> list[tuple[float, float]]:
+def _savings(
+    rows: pd.DataFrame, field: str, latency_table: LatencyTable | None, prune_ms: dict[tuple[str, str], float]
+) -> list[tuple[float, float]]:
     """Per candidate row of one site: (saving, damage); a saving of MACs, or of measured time
     (calibrated: :meth:`~.latency.LatencyTable.saving`; a block that saves no time is no option:
-    the site is then kept unless another block pays)."""
+    the site is then kept unless another block pays; a prune row's time, site and producer, is in
+    ``prune_ms``)."""
     if field == "macs_ratio":
         return [(int((r.macs_before - r.macs_after) * r.calls), float(r.damage)) for r in rows.itertuples()]
-    return [(latency_table.saving(r.name, r.spec) * r.calls, float(r.damage)) for r in rows.itertuples()]
+    return [
+        (
+            prune_ms[(r.name, r.spec)] if is_prune_spec(r.spec) else latency_table.saving(r.name, r.spec) * r.calls,
+            float(r.damage),
+        )
+        for r in rows.itertuples()
+    ]
+
+
+def _options(
+    model: nn.Module,
+    table: pd.DataFrame,
+    names: list[str],
+    field: str,
+    latency_table: LatencyTable | None,
+    example_inputs: Any,
+) -> tuple[list[list[tuple[float, float]]], list[list[str | None]]]:
+    """Per site of ``names``: the knapsack's options, ``keep`` first (saving, damage), and their
+    specs (None for keep); only candidates that save.  Under a latency budget the table's
+    entries are measured first (a prune row: the site and its producer, pruned and not)."""
+    prune_ms = {}
+    if field != "macs_ratio":
+        blocks = [(r.name, r.spec) for r in table.itertuples() if not is_prune_spec(r.spec)]
+        latency_table.ensure(blocks + [(n, None) for n in names])
+        prune_ms = {
+            (r.name, r.spec): prune_saving_ms(latency_table, model, r.name, PruneSpec.parse(r.spec), example_inputs)
+            for r in table.itertuples()
+            if is_prune_spec(r.spec)
+        }
+    groups, labels = [], []
+    for name in names:
+        rows = table[table["name"] == name]
+        savings = _savings(rows, field, latency_table, prune_ms)
+        options = [(o, spec) for o, spec in zip(savings, rows["spec"]) if o[0] > 0]
+        groups.append([(0, 0.0)] + [o for o, _ in options])
+        labels.append([None] + [spec for _, spec in options])
+    return groups, labels
+
+
+def _figure(plan: Plan, field: str, latency_table: LatencyTable | None) -> float:
+    """What the budget bounds for ``plan``: its exact MACs, or its predicted latency (ms)."""
+    if field == "macs_ratio":
+        return plan.macs_after
+    return predict_mixed(latency_table, plan) if plan.pruned else latency_table.predict(plan)
+
+
+def _solve(
+    model: nn.Module,
+    names: list[str],
+    groups: list[list[tuple[float, float]]],
+    labels: list[list[str | None]],
+    required: float,
+    limit: float,
+    field: str,
+    latency_table: LatencyTable | None,
+    example_inputs: Any,
+    resolution: int,
+) -> tuple[Plan, list[int], float] | None:
+    """The knapsack's choice (saving at least ``required``) as a plan, its chosen options and
+    its figure (exact MACs, or predicted ms); None when no choice saves enough.  A pruned site
+    whose producer is also converted saves less than the two apart: the choice is then solved
+    again asking for the saving it missed (doubled each time), :data:`_PRUNE_RETRIES` times."""
+    for attempt in range(_PRUNE_RETRIES):
+        chosen = choose(groups, required, resolution=resolution)
+        if chosen is None:
+            return None
+        rules = {name: label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
+        plan = make_mixed_plan(model, rules, example_inputs=example_inputs)
+        value = _figure(plan, field, latency_table)
+        if value <= limit:
+            break
+        required += (value - limit) * 2**attempt
+    return plan, chosen, value
 
 
 def _below_reach(
@@ -286,6 +228,16 @@ def plan_for_budget(
     predicted damage; with a ``latency_table`` (any budget) its report has each site's measured
     ``latency_before_ms`` and ``latency_after_ms`` beside the MACs.
 
+    With ``prune_r<keep>`` rows in ``table`` a site may also be pruned: the plan is then
+    :func:`~.channel_pruning.make_mixed_plan`'s, of the pruned model (each site's ``choice`` in
+    the report: ``keep``, ``prune_r0.5``, ``dwsep_m2``, ...; ``compressor`` says what it is, e.g.
+    ``low-rank (spatial SVD)``); :func:`~nas_sepconv.conversion.apply_plan` prunes first and then
+    converts, and its MACs are exactly ``plan.macs_after``.  Under a latency budget a prune row
+    counts by the time its site and producer save, pruned versus not, measured in the table's
+    runtime (:mod:`.mixed_latency`).  When a pruned site's producer is also converted, the two
+    save less than apart; the choice is then solved again asking for more, so the plan keeps
+    to the budget (MACs exactly, latency as predicted).
+
     A latency-budget plan is then measured (``measure=False``: not), re-planned if above 1.1×
     the budget, and refused if still above (:mod:`~nas_sepconv.conversion.latency_check`).
 
@@ -295,29 +247,8 @@ def plan_for_budget(
     """
     field, budget = _check_budget(macs_ratio, latency_ratio, latency_ms, latency_table)
     _check_options(resolution, latency_table)
-    missing = [c for c in SENSITIVITY_COLUMNS if c not in getattr(table, "columns", [])]
-    if missing:
-        raise UserInputError(
-            "table", f"lacks the columns {', '.join(missing)}", "pass the DataFrame ns.sensitivity returned"
-        )
-    base = make_plan(model, {}, example_inputs=example_inputs)  # every site kept: the sites and MACs only
-    sites = {e.name for e in base.entries}
-    names = [n for n in dict.fromkeys(table["name"]) if n in sites]
-    unknown = sorted(set(table["name"]) - set(names))
-    if unknown:
-        raise UserInputError(
-            "table",
-            f"names sites this model does not have ({', '.join(unknown[:3])})",
-            "compute the table with ns.sensitivity on this model",
-        )
-    if field != "macs_ratio":
-        latency_table.ensure([(r.name, r.spec) for r in table.itertuples()] + [(n, None) for n in names])
-    groups, labels = [], []
-    for name in names:
-        rows = table[table["name"] == name]
-        options = [(o, spec) for o, spec in zip(_savings(rows, field, latency_table), rows["spec"]) if o[0] > 0]
-        groups.append([(0, 0.0)] + [o for o, _ in options])
-        labels.append([None] + [spec for _, spec in options])
+    base, names = _table_sites(model, table, example_inputs)
+    groups, labels = _options(model, table, names, field, latency_table, example_inputs)
     total = base.model_macs if field == "macs_ratio" else latency_table.model_ms
     limit = {"macs_ratio": int(budget * total), "latency_ratio": budget * total, "latency_ms": budget}[field]
     plan_at = functools.partial(
@@ -337,7 +268,30 @@ def plan_for_budget(
             budget=budget,
             limit=limit,
         )
+    if latency_table is not None and plan.pruned:
+        return annotate_mixed(latency_table, plan)
     return plan if latency_table is None else latency_table.annotate(plan)
+
+
+def _table_sites(model: nn.Module, table: Any, example_inputs: Any) -> tuple[Plan, list[str]]:
+    """The plan keeping every site of ``model`` (its sites and MACs), and the sites ``table``
+    names in its order; raises unless ``table`` is :func:`sensitivity`'s, of this model."""
+    missing = [c for c in SENSITIVITY_COLUMNS if c not in getattr(table, "columns", [])]
+    if missing:
+        raise UserInputError(
+            "table", f"lacks the columns {', '.join(missing)}", "pass the DataFrame ns.sensitivity returned"
+        )
+    base = make_plan(model, {}, example_inputs=example_inputs)
+    sites = {e.name for e in base.entries}
+    names = [n for n in dict.fromkeys(table["name"]) if n in sites]
+    unknown = sorted(set(table["name"]) - set(names))
+    if unknown:
+        raise UserInputError(
+            "table",
+            f"names sites this model does not have ({', '.join(unknown[:3])})",
+            "compute the table with ns.sensitivity on this model",
+        )
+    return base, names
 
 
 def _plan_at(
@@ -355,17 +309,14 @@ def _plan_at(
 ) -> Plan | None:
     """The plan of least summed damage within ``limit`` (MACs, or predicted ms), its notes
     naming the budget; None if no choice reaches it."""
-    chosen = choose(groups, total - limit, resolution=resolution)
-    if chosen is None:
-        return None
-    rules = {glob.escape(name): label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
-    plan = make_plan(model, rules, example_inputs=example_inputs)
-    damage = sum(g[j][1] for g, j in zip(groups, chosen))
-    reached = (
-        plan.macs_after / plan.model_macs
-        if field == "macs_ratio"
-        else latency_table.predict(plan) / (total if field == "latency_ratio" else 1)
+    solved = _solve(
+        model, names, groups, labels, total - limit, limit, field, latency_table, example_inputs, resolution
     )
+    if solved is None:
+        return None
+    plan, chosen, value = solved
+    damage = sum(g[j][1] for g, j in zip(groups, chosen))
+    reached = value / (1 if field == "latency_ms" else total)
     plan.notes.append(
         f"plan_for_budget: {field} {budget:g} (reached {reached:.4f}{'' if field == 'macs_ratio' else ', predicted'}), "
         f"predicted damage {damage:.4g} (sum of single-site damages)"

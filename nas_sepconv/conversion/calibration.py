@@ -55,6 +55,7 @@ class CalibrationSite:
     original: nn.Module | None  # the conv in the original model
     block: nn.Module | None  # the block in the converted model
     calls: int = 0  # calls per forward pass
+    channels: tuple[int, ...] | None = None  # the original's output channels the block keeps (pruning)
 
 
 # -- plumbing --------------------------------------------------------------------------------
@@ -81,20 +82,35 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
+def _kept_outputs(entry: Any, conv: nn.Module | None) -> tuple[int, ...] | None:
+    """The output channels of the original ``conv`` that a producer narrowed by pruning keeps."""
+    if conv is None or not hasattr(conv, "out_channels"):
+        return None
+    return tuple(i for i in range(conv.out_channels) if i not in set(entry.pruned_outputs))
+
+
 def calibration_sites(
-    converted: nn.Module, original: nn.Module, plan: Any, *, unconverted: bool = False
+    converted: nn.Module, original: nn.Module, plan: Any, *, unconverted: bool = False, pruned: bool = False
 ) -> list[CalibrationSite]:
-    """The plan's converted sites; with ``unconverted``, also every conv and linear layer of
+    """The plan's converted sites, with ``pruned`` its pruned ones too (``prune``: the narrowed
+    conv, re-solved like an unconverted layer); with ``unconverted``, also every conv and linear layer of
     the original model that the converted model still has, unchanged in type, at the same name."""
     sites, taken = [], set()
-    for entry in _plan_entries(converted, plan):
+    entries = _plan_entries(converted, plan)
+    kept = {e.name: _kept_outputs(e, _submodule(original, e.name)) for e in entries if getattr(e, "pruned_outputs", ())}
+    for entry in entries:
+        if pruned and getattr(entry, "prune", "") and entry.spec is None:
+            conv, twin = _submodule(original, entry.name), _submodule(converted, entry.name)
+            sites.append(CalibrationSite(entry.name, None, conv, twin, channels=kept.get(entry.name)))
+            taken.add(entry.name)
+            continue
         if entry.spec is None or not getattr(entry, "converted", True):
             continue
         conv = _submodule(original, entry.name)
         block = _submodule(converted, entry.name)
         if not isinstance(conv, CONV_TYPES) or getattr(entry, "source", "module") != "module":
             conv = block = None
-        sites.append(CalibrationSite(entry.name, as_spec(entry.spec), conv, block))
+        sites.append(CalibrationSite(entry.name, as_spec(entry.spec), conv, block, channels=kept.get(entry.name)))
         taken.add(entry.name)
     if unconverted:
         for name, layer in original.named_modules():
@@ -102,7 +118,7 @@ def calibration_sites(
                 continue
             twin = _submodule(converted, name)
             if type(twin) is type(layer):
-                sites.append(CalibrationSite(name, None, layer, twin))
+                sites.append(CalibrationSite(name, None, layer, twin, channels=kept.get(name)))
     return sites
 
 

@@ -31,7 +31,7 @@ __all__ = ["fidelity"]
 
 
 def _rel_weight_error(site: CalibrationSite) -> float:
-    if site.original is None:
+    if site.original is None or site.channels is not None:  # narrowed by pruning: another kernel
         return math.nan
     g = ConvGeometry.from_module(site.original)
     eff = effective_weight(site.block, site.spec, g)
@@ -48,7 +48,8 @@ def _rel_weight_error(site: CalibrationSite) -> float:
 def fidelity(converted: nn.Module, original: nn.Module, batches: Iterable[Any], *, plan: Any = None) -> pd.DataFrame:
     """How close each converted site is to the original convolution.
 
-    One row per converted site (forward order): ``name``, ``kind``,
+    One row per converted site (forward order; pruned sites have none, a converted producer
+    narrowed by pruning is compared on the channels it keeps): ``name``, ``kind``,
 
     * ``rel_weight_error``: ‖W_eff − W‖ / ‖W‖ where W_eff is the dense kernel the block computes
       (:func:`~nas_sepconv.blocks.effective_weight`) and W the original kernel (both
@@ -69,13 +70,15 @@ def fidelity(converted: nn.Module, original: nn.Module, batches: Iterable[Any], 
     with eval_mode(converted, original):
         sites = forward_order(original, sites, data[0])
         live = [s for s in sites if s.calls]
+        channels = {s.name: s.channels for s in live}
         for batch in data:
             seen: dict[str, list] = {s.name: [] for s in live}
             outs: dict[str, list] = {s.name: [] for s in live}
 
             def orig_hook(name: str):
                 def fn(module, args, output):
-                    seen[name].append((args[0].detach(), output.detach()))
+                    kept = channels[name]  # a producer narrowed by pruning: its kept outputs
+                    seen[name].append((args[0].detach(), output.detach() if kept is None else output[:, list(kept)]))
 
                 return fn
 

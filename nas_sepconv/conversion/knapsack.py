@@ -1,8 +1,9 @@
-"""The multiple-choice knapsack that :func:`~nas_sepconv.conversion.plan_for_budget` solves:
-one option per site, each a (saving, damage), total saving at least the budget's, least total
-damage; exact dynamic programming over savings rounded down to steps (the per-layer selection of
-X. Zhang, J. Zou, K. He, J. Sun, "Accelerating Very Deep Convolutional Networks for
-Classification and Detection", TPAMI 2016, arXiv:1505.06798)."""
+"""The multiple-choice knapsack that :func:`~.budget.plan_for_budget` solves: one option per
+site (keep, a block, a pruning), each with a saving and a damage, the least total damage whose
+total saving reaches the budget; exact dynamic programming over the saving in ``resolution``
+steps (the per-layer selection under a whole-model budget of X. Zhang et al., TPAMI 2016,
+arXiv:1505.06798).
+"""
 
 from __future__ import annotations
 

@@ -58,6 +58,7 @@ from .latency_session import (
     time_modules,
     valid_session,
 )
+from .narrowed import KEEP, NarrowedSite, table_spec
 from .plan import Plan, PlanEntry
 from .planning import make_plan, with_spec
 from .rewrite import plan_of
@@ -74,7 +75,6 @@ __all__ = [
 #: the candidates a latency table (and :func:`~nas_sepconv.conversion.sensitivity`) measures by default
 DEFAULT_CANDIDATES = ("dwsep_m1", "dwsep_m2", "dwsep_m4")
 TABLE_COLUMNS = ["name", "spec", "op", "input_shape", "calls", "macs", "latency_ms", "p10_ms", "p90_ms", "source"]
-KEEP = "keep"
 #: a calibration plan whose raw predicted saving is below this fraction of the model is noise, not a fit
 MIN_CALIBRATION_SAVING = 0.02
 #: the scales a calibration may fit (outside: clipped; a table that needs more is broken)
@@ -82,7 +82,10 @@ SCALE_RANGE = (0.2, 5.0)
 
 
 def _row(entry: PlanEntry, spec: BlockSpec | None, record: dict[str, Any], source: str) -> dict[str, Any]:
-    macs = entry.macs_before if spec is None else with_spec(entry, spec, min_macs_saving=None).macs_after
+    if isinstance(spec, NarrowedSite):  # a prune candidate's narrowed conv or block
+        macs = spec.macs()
+    else:
+        macs = entry.macs_before if spec is None else with_spec(entry, spec, min_macs_saving=None).macs_after
     return dict(
         name=entry.name,
         spec=KEEP if spec is None else str(spec),
@@ -131,7 +134,7 @@ class LatencyTable:
     def ms(self, name: str, spec: BlockSpec | str | None) -> float | None:
         """The latency (ms) of one call of site ``name`` holding ``spec`` (``None``/``keep``: the
         conv itself), or None when the table has no such entry."""
-        label = KEEP if spec in (None, KEEP) else str(as_spec(spec))
+        label = str(table_spec(spec) or KEEP)
         rows = self.frame[(self.frame["name"] == name) & (self.frame["spec"] == label)]
         return float(rows["latency_ms"].iloc[0]) if len(rows) else None
 
@@ -148,7 +151,7 @@ class LatencyTable:
                     f"names site {name!r}, which the latency table's model does not have",
                     "build the latency table with ns.latency_table on this model",
                 )
-            spec = None if spec in (None, KEEP) else as_spec(spec)
+            spec = table_spec(spec)
             if self.ms(name, spec) is None and spec not in wanted.setdefault(name, []):
                 wanted[name].append(spec)
         wanted = {k: v for k, v in wanted.items() if v}
@@ -157,9 +160,9 @@ class LatencyTable:
         modules, owners = [], []
         for name, specs in wanted.items():
             entry, tail = self.sites[name], self.tails.get(name, ())
-            x = (torch.randn(entry.input_shape),)
             for s in [None] + [s for s in specs if s is not None]:
-                modules.append((site_module(entry, s, tail), x))
+                shape = s.input_shape if isinstance(s, NarrowedSite) else entry.input_shape
+                modules.append((site_module(entry, s, tail), (torch.randn(shape),)))
                 owners.append((name, s))
         records = dict(zip(owners, time_modules(modules, self.settings, progress=progress)))
         added, rows = {}, []
@@ -224,7 +227,11 @@ class LatencyTable:
     def predict(self, plan: Plan, *, calibrated: bool = True) -> float:
         """The predicted latency (ms) of the model ``plan`` makes: the measured whole model less,
         per block spec, its converted sites' summed saving (:meth:`savings`), scaled by the
-        calibration (:attr:`scales`) unless ``calibrated=False``."""
+        calibration (:attr:`scales`) unless ``calibrated=False``.  A plan with pruned sites is
+        refused (its narrowed layers are other entries: :mod:`.mixed_latency`)."""
+        if isinstance(plan, Plan) and plan.pruned:
+            fix = "use nas_sepconv.conversion.mixed_latency.predict_mixed(table, plan)"
+            raise UserInputError("plan", "has pruned sites (prune_r...), which predict does not count", fix)
         savings = self.savings(plan)
         scales = self.scales if calibrated else {}
         predicted = self.model_ms - sum(s * scales.get(k, scales.get("*", 1.0)) for k, s in savings.items())

@@ -48,6 +48,7 @@ from ..measure import (
 )
 from ..progress import progress as progress_bar
 from ..progress import track
+from .narrowed import NarrowedSite
 from .plan import Plan, PlanEntry
 from .rewrite import apply_plan
 from .sites import trace
@@ -137,12 +138,13 @@ def site_module(entry: PlanEntry, spec: BlockSpec | None, tail: Sequence[str] = 
     """The conv of ``entry`` (``spec`` None) or ``spec``'s block at its geometry, followed by
     fresh layers of the classes ``tail`` names (a norm gets the conv's output channels), in
     eval mode, on the CPU."""
+    geometry = spec.geometry if isinstance(spec, NarrowedSite) else entry.geometry  # (a prune candidate's)
     with torch.device("cpu"):
         op = conv_from_geometry(entry.geometry) if spec is None else spec.build(entry.geometry)
         layers = [op]
         for name in tail:
             cls = getattr(nn, name)
-            layers.append(cls(entry.geometry.out_channels) if issubclass(cls, _NORMS) else cls())
+            layers.append(cls(geometry.out_channels) if issubclass(cls, _NORMS) else cls())
     return (nn.Sequential(*layers) if len(layers) > 1 else op).eval()
 
 

@@ -76,7 +76,7 @@ def _observe(
         outputs: list[torch.Tensor] = []
 
         def target_hook(module, args, output):
-            targets.append(output.detach())
+            targets.append(output.detach() if site.channels is None else output.detach()[:, list(site.channels)])
             if len(targets) == site.calls:
                 raise StopForward
 
@@ -146,7 +146,8 @@ def _refit_site(
     if not isinstance(linear, (*CONV_TYPES, nn.Linear)) or getattr(linear, "transposed", False):
         row["note"] = f"last linear part {type(linear).__name__} is not refit"
         return row
-    joint = _joint_problem(site, iterations)
+    # a producer narrowed by pruning has another geometry than its original conv: last linear only
+    joint = _joint_problem(site, iterations) if site.channels is None else None
     if joint is not None:
         kind, g = joint
         acc = NormalEquations(site.original)  # patches of the block's input, source geometry
@@ -272,7 +273,7 @@ def refit(
             f"expected 'converted' or 'all', got {layers!r}",
             "use 'all' to also re-solve the conv and linear layers the plan kept",
         )
-    sites = calibration_sites(converted, original, plan, unconverted=layers == "all")
+    sites = calibration_sites(converted, original, plan, unconverted=layers == "all", pruned=True)
     rows = []
     with eval_mode(converted, original):
         ordered = forward_order(original, sites, data[0])

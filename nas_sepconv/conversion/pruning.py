@@ -1,4 +1,4 @@
-"""Structured channel pruning to a MACs budget: the compressor users reach for beside conversion.
+"""Structured channel pruning to a MACs or latency budget: the compressor users reach for beside conversion.
 
 Fang et al., "DepGraph: Towards Any Structural Pruning" (CVPR 2023), through Torch-Pruning: the
 dependency graph couples the channels that must go together (residual additions,
@@ -6,7 +6,9 @@ concatenations, depthwise convolutions, normalisation layers), every coupled gro
 importance, and the groups are ranked GLOBALLY (one ranking over the whole network, so layers
 lose different fractions of their channels).  The channels are removed in small steps until the
 model's MACs (:func:`~nas_sepconv.measure.count_macs`, this project's convention) are at most
-``macs_ratio`` of the original's.
+``macs_ratio`` of the original's, or until its latency, measured as a latency table measures,
+is at most ``latency_ratio`` of the original's.  (Pruning one site's input channels, as a
+candidate of a budgeted plan beside conversion, is :mod:`.channel_pruning`.)
 
 The importances are a table, :data:`PRUNING_IMPORTANCES`: ``magnitude`` (L2 norm of the
 group's weights) and ``taylor`` (first-order Taylor expansion of the loss, |w · dL/dw|: Molchanov
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserInputError
-from ..measure import count_macs
+from ..measure import count_macs, measure_latency
 from ..tables import lookup
-from .width import check_model_and_input, check_output_shapes, prunable_copy, torch_pruning
+from .latency import LatencyTable
+from .width import check_model_and_input, check_output_shapes, is_pruned, mark_pruned, prunable_copy, torch_pruning
 
 __all__ = [
     "PRUNING_IMPORTANCES",
@@ -38,8 +40,10 @@ __all__ = [
     "pruning_importance",
     "prune",
     "is_pruned",
+    "mark_pruned",
     "PRUNE_STEPS",
     "MAX_LAYER_PRUNING",
+    "LATENCY_EVERY",
 ]
 
 #: Pruning steps from the full model to :data:`MAX_LAYER_PRUNING` of the channels pruned: the
@@ -48,15 +52,8 @@ __all__ = [
 PRUNE_STEPS = 100
 #: The largest fraction of its channels one coupled group may lose (no layer vanishes).
 MAX_LAYER_PRUNING = 0.9
-
-# The models prune() returned, held weakly: a recipe cannot rebuild their per-layer widths, so
-# save_model refuses them (is_pruned) rather than write a file that load_model would refuse.
-_PRUNED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
-def is_pruned(model: nn.Module) -> bool:
-    """Whether ``model`` is a model :func:`prune` returned (not a copy of one)."""
-    return model in _PRUNED
+#: Under a latency budget, the pruned model is measured every this many pruning steps.
+LATENCY_EVERY = 5
 
 
 @dataclass(frozen=True)
@@ -94,15 +91,34 @@ def pruning_importance(name: str) -> PruningImportance:
     return lookup(PRUNING_IMPORTANCES, name, field="importance", what="pruning importance")
 
 
+def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_table: Any) -> tuple[str, float]:
+    """The one budget of :func:`prune` (field name, value), checked."""
+    given = {k: v for k, v in (("macs_ratio", macs_ratio), ("latency_ratio", latency_ratio)) if v is not None}
+    if len(given) != 1:
+        raise UserInputError(
+            "budget",
+            f"give exactly one of macs_ratio, latency_ratio (got {', '.join(given) or 'none'})",
+            "e.g. macs_ratio=0.5, or latency_ratio=0.5 with latency_table=ns.latency_table(model, x)",
+        )
+    ((field, value),) = given.items()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserInputError(field, f"expected a number in (0, 1), got {value!r}", "e.g. 0.5")
+    if not 0 < value < 1:
+        raise UserInputError(field, f"must be in (0, 1), got {value}", "e.g. 0.5 for half")
+    if field == "latency_ratio" and not isinstance(latency_table, LatencyTable):
+        raise UserInputError(
+            "latency_table",
+            f"latency_ratio needs a latency table, got {type(latency_table).__name__}",
+            "pass latency_table=ns.latency_table(model, example_inputs) (its runtime, threads and device are used)",
+        )
+    return field, float(value)
+
+
 def _check_arguments(
-    model: nn.Module, example_inputs: Any, macs_ratio: float, importance: str, data: Any, round_to: int | None
+    model: nn.Module, example_inputs: Any, importance: str, data: Any, round_to: int | None
 ) -> PruningImportance:
     """The arguments of :func:`prune`, checked before anything is copied; the importance record."""
     check_model_and_input(model, example_inputs)
-    if isinstance(macs_ratio, bool) or not isinstance(macs_ratio, (int, float)) or not math.isfinite(macs_ratio):
-        raise UserInputError("macs_ratio", f"expected a number in (0, 1), got {macs_ratio!r}", "e.g. 0.5")
-    if not 0 < macs_ratio < 1:
-        raise UserInputError("macs_ratio", f"must be in (0, 1), got {macs_ratio}", "e.g. 0.5 for half the MACs")
     record = pruning_importance(importance)
     if record.needs_data and data is None:
         raise UserInputError(
@@ -130,11 +146,51 @@ def _accumulate_gradients(model: nn.Module, batches: list[tuple[torch.Tensor, to
         F.cross_entropy(model(inputs), targets).backward()
 
 
+def _latency(model: nn.Module, example_inputs: Any, table: LatencyTable) -> float:
+    """The measured median latency (ms) of ``model`` as ``table`` measures (runtime, threads,
+    device, dtype, repeats)."""
+    st = table.settings
+    return measure_latency(
+        model,
+        example_inputs,
+        repeats=st.repeats,
+        warmup=st.warmup,
+        threads=st.threads,
+        device=st.device,
+        runtime=st.runtime.name,
+        dtype=st.dtype,
+    )["median_ms"]
+
+
+def _prune_until(
+    pruner: Any,
+    pruned: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    measure: Callable[[], float],
+    target: float,
+    every: int,
+) -> float:
+    """Step ``pruner`` until ``measure()`` (taken every ``every`` steps and after the last) is at
+    most ``target``, or :data:`PRUNE_STEPS` are done; the last measurement."""
+    reached = math.inf
+    for step in range(1, PRUNE_STEPS + 1):
+        if batches:
+            _accumulate_gradients(pruned, batches)
+        pruner.step()
+        if step % every == 0 or step == PRUNE_STEPS:
+            reached = measure()
+            if reached <= target:
+                break
+    return reached
+
+
 def prune(
     model: nn.Module,
     example_inputs: torch.Tensor,
     *,
-    macs_ratio: float,
+    macs_ratio: float | None = None,
+    latency_ratio: float | None = None,
+    latency_table: LatencyTable | None = None,
     importance: str = "magnitude",
     data: Iterable[Any] | None = None,
     round_to: int | None = None,
@@ -152,16 +208,32 @@ def prune(
     changed.  Its MACs end at most one step of :data:`PRUNE_STEPS` (about 1-2 % of the
     original's) below the budget.
 
+    ``latency_ratio`` (instead of ``macs_ratio``: exactly one budget) prunes until the
+    **measured** latency of the pruned model, in ``latency_table``'s runtime, threads, device
+    and dtype (a :class:`~nas_sepconv.conversion.LatencyTable`; its ``repeats``), is at most
+    ``latency_ratio`` of the original's, measured the same way first; the model is measured
+    every :data:`LATENCY_EVERY` pruning steps, so it ends within that many steps of the budget.
+
     Raises:
         UserInputError: a bad argument (naming it), or a ratio that pruning cannot reach
-            (``macs_ratio``: each group keeps at least 1 - :data:`MAX_LAYER_PRUNING` of its channels).
+            (each group keeps at least 1 - :data:`MAX_LAYER_PRUNING` of its channels; the
+            message says what was reached).
     """
-    record = _check_arguments(model, example_inputs, macs_ratio, importance, data, round_to)
+    field, ratio = _check_budget(macs_ratio, latency_ratio, latency_table)
+    record = _check_arguments(model, example_inputs, importance, data, round_to)
     batches = _batches(data) if record.needs_data else []
     tp = torch_pruning("importance")
     pruned, kept, shapes = prunable_copy(model, example_inputs, ignored, field="ignored")
-    original = count_macs(pruned, example_inputs)
-    target = macs_ratio * original
+
+    def measure() -> float:
+        return (
+            count_macs(pruned, example_inputs)
+            if field == "macs_ratio"
+            else _latency(pruned, example_inputs, latency_table)
+        )
+
+    original = measure()
+    target = ratio * original
     was_training = pruned.training
     pruned.eval()
     with warnings.catch_warnings():
@@ -177,22 +249,16 @@ def prune(
             ignored_layers=kept,
             round_to=round_to,
         )
-        macs = original
-        for _ in range(PRUNE_STEPS):
-            if batches:
-                _accumulate_gradients(pruned, batches)
-            pruner.step()
-            macs = count_macs(pruned, example_inputs)
-            if macs <= target:
-                break
+        every = 1 if field == "macs_ratio" else LATENCY_EVERY
+        reached = _prune_until(pruner, pruned, batches, measure, target, every)
     pruned.zero_grad(set_to_none=True)
     pruned.train(was_training)
-    if macs > target:
+    if reached > target:
+        what = "MACs" if field == "macs_ratio" else "measured latency"
         raise UserInputError(
-            "macs_ratio",
-            f"{macs_ratio} cannot be reached: pruning stopped at {macs / original:.3f} of the original MACs",
-            f"use a ratio above {macs / original:.2f}, or convert the model (ns.convert) as well",
+            field,
+            f"{ratio} cannot be reached: pruning stopped at {reached / original:.3f} of the original {what}",
+            f"use a ratio above {reached / original:.2f}, or convert the model (ns.convert) as well",
         )
     check_output_shapes(pruned, example_inputs, shapes, field="ignored")
-    _PRUNED.add(pruned)
-    return pruned
+    return mark_pruned(pruned)

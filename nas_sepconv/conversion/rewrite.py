@@ -30,10 +30,12 @@ import torch.nn as nn
 from ..blocks import CONV_TYPES, BlockSpec, ConvGeometry, initialise
 from ..errors import UserInputError
 from ..tables import lookup
+from .channel_pruning import prune_for_plan
 from .plan import META_KEY, Plan, PlanEntry
 from .planning import make_plan
 from .policy import Policy
 from .sites import functional_conv_args, functional_site_name, trace
+from .width import mark_pruned
 
 __all__ = ["apply_plan", "convert", "plan_of", "InitMethod", "INITS", "INIT_NAMES", "init_method"]
 
@@ -195,18 +197,23 @@ def apply_plan(model: nn.Module, plan: Plan, *, init: str = "svd", inplace: bool
     Returns an ``fx.GraphModule`` (or, for a plan made without tracing, the model with conv
     submodules swapped) whose forward takes the same inputs.  ``model`` is not changed unless
     ``inplace=True``.  The plan is kept in ``result.meta["nas_sepconv.plan"]`` for traced
-    results (see :func:`plan_of`)."""
+    results (see :func:`plan_of`).  A plan with ``prune_r<keep>`` sites
+    (:func:`~.channel_pruning.make_mixed_plan`, :func:`~.budget.plan_for_budget`) has their
+    recorded input channels removed first (DepGraph, :func:`~.channel_pruning.prune_for_plan`),
+    then the blocks put in; the result is marked pruned (``save_model`` refuses it)."""
     method = init_method(init)
     if not isinstance(plan, Plan):
         raise UserInputError(
             "plan", f"expected a Plan, got {type(plan).__name__}", "use ns.make_plan or ns.Plan.from_json"
         )
     target = model if inplace else copy.deepcopy(model)
+    if plan.pruned:  # channel pruning first (the channels the plan records), then conversion
+        prune_for_plan(target, plan)
     if not plan.traced:
         return _swap_modules(target, plan, method)
     gm = _rewrite_graph(target, plan, method)
     gm.meta[META_KEY] = plan
-    return gm
+    return mark_pruned(gm) if plan.pruned else gm
 
 
 def convert(

@@ -24,9 +24,40 @@ from ..errors import UserInputError
 from ..measure import output_tensors
 from ..models import make_divisible
 
-__all__ = ["apply_width_mult", "check_output_shapes", "find_classifier", "prunable_copy", "torch_pruning"]
+__all__ = [
+    "PRUNED_ATTRIBUTE",
+    "apply_width_mult",
+    "is_pruned",
+    "mark_pruned",
+    "check_output_shapes",
+    "find_classifier",
+    "prunable_copy",
+    "torch_pruning",
+]
 
 _WIDER_FIX = "build the model with a wider factory (e.g. mobilenet_v2_cifar(width_mult=1.4)) or use a build space"
+
+
+#: The attribute that marks a pruned model on the model itself (so a deepcopy is marked too): a
+#: recipe cannot rebuild its per-layer widths, so save_model refuses it (:func:`is_pruned`)
+#: rather than write a file that load_model would refuse.
+PRUNED_ATTRIBUTE = "_nas_sepconv_pruned"
+
+
+def mark_pruned(model: nn.Module) -> nn.Module:
+    """Mark ``model`` as pruned (:func:`is_pruned`; copies keep the mark: a GraphModule's
+    deepcopy keeps its ``meta``, not its attributes) and return it."""
+    setattr(model, PRUNED_ATTRIBUTE, True)
+    if isinstance(getattr(model, "meta", None), dict):
+        model.meta[PRUNED_ATTRIBUTE] = True
+    return model
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """Whether ``model`` is a pruned model (:func:`prune`, a plan with ``prune_r`` sites) or a
+    copy of one."""
+    meta = getattr(model, "meta", None)
+    return bool(getattr(model, PRUNED_ATTRIBUTE, False) or (isinstance(meta, dict) and meta.get(PRUNED_ATTRIBUTE)))
 
 
 def find_classifier(model: nn.Module, num_outputs: int | None = None) -> nn.Module | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -163,6 +165,57 @@ def test_save_model_refuses_a_pruned_model_in_one_line(tmp_path):
         save_model(tmp_path / "m.safetensors", pruned, recipe)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_save_model_refuses_a_deepcopy_of_a_pruned_model(tmp_path):
+    model, x = tiny()
+    twin = copy.deepcopy(prune(model, x, macs_ratio=0.5))
+    assert is_pruned(twin)
+    recipe = Recipe(kind="converted", model="nas_sepconv:tiny_convnet", input_size=(1, 16, 16))
+    with pytest.raises(UserInputError, match="^model: a channel-pruned model"):
+        save_model(tmp_path / "m.safetensors", twin, recipe)
+
+
+def small_latency_table(model: nn.Module, x: torch.Tensor, tmp_path) -> ns.LatencyTable:
+    return ns.latency_table(model, x, candidates=["dwsep_m1"], repeats=3, warmup=1, threads=1, cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_prune_to_a_latency_ratio_reaches_it_or_says_what_it_reached(tmp_path):
+    torch.manual_seed(0)
+    model, x = cifar_resnet18(width=8), torch.randn(2, 3, 16, 16)
+    table = small_latency_table(model, x, tmp_path)
+    try:
+        pruned = prune(model, x, latency_ratio=0.7, latency_table=table)
+    except UserInputError as error:  # the measured latency (a busy machine's) did not fall far enough
+        assert error.field == "latency_ratio" and "of the original measured latency" in str(error)
+        assert "\n" not in str(error)
+    else:
+        assert is_pruned(pruned) and pruned(x).shape == model(x).shape
+        assert ns.count_macs(pruned, x) < ns.count_macs(model, x)
+
+
+def test_an_unreachable_latency_ratio_is_refused_in_one_line(tmp_path):
+    model, x = tiny()
+    with pytest.raises(UserInputError, match=r"^latency_ratio: 0.001 cannot be reached: pruning stopped at") as info:
+        prune(model, x, latency_ratio=0.001, latency_table=small_latency_table(model, x, tmp_path))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({}, "budget"),
+        ({"macs_ratio": 0.5, "latency_ratio": 0.5}, "budget"),
+        ({"latency_ratio": 0.5}, "latency_table"),
+        ({"latency_ratio": 1.5}, "latency_ratio"),
+    ],
+)
+def test_prune_takes_exactly_one_budget(kwargs, field):
+    model, x = tiny()
+    with pytest.raises(UserInputError) as info:
+        prune(model, x, **kwargs)
+    assert info.value.field == field
 
 
 def test_ns_exports_prune():
