@@ -31,7 +31,6 @@ measured; the same command resumes), ``compress.md``, ``compress.png`` (compress
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import shlex
 import sys
@@ -165,25 +164,6 @@ def site_counts(plan: ns.Plan | None) -> tuple[str, str]:
     specs = [str(e.spec) if e.spec is not None else "keep" for e in plan.entries]
     kinds = Counter(e.spec.kind if e.spec is not None else "keep" for e in plan.entries)
     return " ".join(f"{k}:{n}" for k, n in kinds.items()), " ".join(specs)
-
-
-# -- features that land on other branches ----------------------------------------------------
-
-
-def prune_to_latency_available() -> bool:
-    """Whether ``ns.prune`` takes ``latency_ratio`` (issue 25 item 1)."""
-    return "latency_ratio" in inspect.signature(ns.prune).parameters
-
-
-def prune_candidates_available() -> bool:
-    """Whether ``prune_r<keep>`` is a candidate block spec (the mixed plan's pruning entries)."""
-    from nas_sepconv.blocks import as_spec
-
-    try:
-        as_spec(PRUNE_KEEPS[0])
-    except Exception:  # noqa: BLE001 - any refusal means the kind is not there
-        return False
-    return True
 
 
 # -- configuration and per-run context -------------------------------------------------------
@@ -329,7 +309,7 @@ class Context:
     def _sensitivity(self, seed: int, calib: list, held: list) -> tuple[pd.DataFrame, float]:
         """The damage table of this seed and the seconds it took (read back by a re-run)."""
         cfg = self.cfg
-        candidates = [*cfg.separable, *cfg.spatial, *(cfg.prune_keeps if prune_candidates_available() else ())]
+        candidates = [*cfg.separable, *cfg.spatial, *cfg.prune_keeps]
         path = self.out / f"sensitivity_s{seed}.csv"
         seconds_path = path.with_suffix(".json")
         saved = json.loads(seconds_path.read_text()) if seconds_path.is_file() else {}
@@ -388,8 +368,6 @@ def _planned(ctx: Context, seed: int, budget: Budget, specs: tuple[str, ...]) ->
 
 def compress_pruning(ctx: Context, seed: int, budget: Budget) -> Compressed:
     """``ns.prune`` (DepGraph, global importance) to the budget."""
-    if budget.kind == "latency" and not prune_to_latency_available():
-        raise Unavailable("ns.prune has no latency_ratio in this checkout")
     kwargs = _budget_kwargs(ctx, budget)
     if ctx.cfg.importance != "magnitude":
         calib = ctx.seed_data(seed)["calib"]
@@ -421,8 +399,6 @@ def compress_planned(ctx: Context, seed: int, budget: Budget) -> Compressed:
 
 
 def compress_mixed(ctx: Context, seed: int, budget: Budget) -> Compressed:
-    if not prune_candidates_available():
-        raise Unavailable("prune_r<keep> is not a candidate block in this checkout")
     table = ctx.seed_data(seed)["sensitivity"]
     if not table["spec"].isin(ctx.cfg.prune_keeps).any():
         raise Unavailable("the damage table has no prune_r<keep> rows (ns.sensitivity skipped them)")

@@ -177,7 +177,7 @@ def test_each_planned_method_plans_from_its_own_candidates_of_the_saved_damage_t
             cols = ("name", "calls", "macs_before", "macs_after", "params_before", "params_after")
             rows.append({**{c: getattr(e, c) for c in cols}, "spec": spec, "damage": 0.01})
     pd.DataFrame(rows).to_csv(tiny.out / f"sensitivity_s{seed}.csv", index=False)
-    candidates = [*cfg.separable, *cfg.spatial, *(cfg.prune_keeps if bench.prune_candidates_available() else ())]
+    candidates = [*cfg.separable, *cfg.spatial, *cfg.prune_keeps]
     (tiny.out / f"sensitivity_s{seed}.json").write_text(json.dumps({"seconds": 7.0, "candidates": candidates}))
     assert tiny.seed_data(seed)["sensitivity_seconds"] == 7.0  # read back, not recomputed
     for compress, kind in ((bench.compress_lowrank, "spatial"), (bench.compress_planned, "dwsep")):
@@ -197,17 +197,11 @@ def test_uniform_plans_are_timed_with_the_original_in_onnx_runtime(bench, tiny):
 
 
 def test_pruning_to_a_latency_budget(bench, tiny):
-    if not bench.prune_to_latency_available():
-        pytest.skip("ns.prune(latency_ratio=...) is not in this checkout yet (issue 25 item 1)")
     c = bench.compress_pruning(tiny, 0, bench.Budget("latency", 0.9))
     assert c.plan is None
 
 
 def test_the_mixed_plan_chooses_among_pruning_and_separable_blocks(bench, tiny):
-    if not bench.prune_candidates_available():
-        with pytest.raises(bench.Unavailable):
-            bench.compress_mixed(tiny, 0, bench.Budget("macs", 0.5))
-        pytest.skip("prune_r<keep> candidates are not in this checkout yet (issue 25 item 1)")
     c = bench.compress_mixed(tiny, 0, bench.Budget("macs", 0.5))
     assert c.plan is not None and set(c.plan.report()["spec"].astype(str)) - {"keep", "None"}
 
@@ -224,7 +218,7 @@ def test_quick_run_writes_every_row_and_the_report(bench, tmp_path):
     status = dict(zip(table.method, table.status))
     for method in (bench.PRUNING, bench.LOWRANK, bench.UNIFORM, bench.PLANNED):
         assert status[method] == "ok", table.set_index("method").loc[method, "note"]
-    assert status[bench.MIXED] == ("ok" if bench.prune_candidates_available() else "unavailable")
+    assert status[bench.MIXED] == "ok", table.set_index("method").loc[bench.MIXED, "note"]
     ok = table[table.status == "ok"]
     assert (ok.macs_ratio <= 0.5).all() and (ok.latency_ms > 0).all() and ok.test_accuracy.notna().all()
     assert ok.sites.str.contains("keep:").sum() >= 3  # the plans' site choices by kind
@@ -233,6 +227,5 @@ def test_quick_run_writes_every_row_and_the_report(bench, tmp_path):
     assert "## Winner per budget" in md and "NOT met" in md  # no latency 0.5 row in the toy run
     assert (out / "compress.png").is_file()
     jobs = [(0, "macs 0.5", m) for m in bench.METHODS]
-    redo = [] if bench.prune_candidates_available() else [(0, "macs 0.5", bench.MIXED)]
-    assert bench.pending(jobs, bench.done_rows(out / "compress.csv")) == redo  # the same command resumes
+    assert bench.pending(jobs, bench.done_rows(out / "compress.csv")) == []  # the same command resumes
     assert Path(out / "sensitivity_s0.csv").is_file()

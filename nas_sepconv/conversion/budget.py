@@ -42,8 +42,8 @@ import pandas as pd
 import torch.nn as nn
 
 from ..errors import UserInputError
-from .channel_pruning import PruneSpec, is_prune_spec, make_mixed_plan
-from .knapsack import choose
+from .channel_pruning import PruneSpec, is_prune_spec, make_mixed_plan, prune_sites
+from .knapsack import Exclusion, choose_apart
 from .latency import LatencyTable
 from .latency_check import honour_latency_budget
 from .mixed_latency import annotate_mixed, predict_mixed, prune_saving_ms
@@ -157,10 +157,13 @@ def _solve(
 ) -> tuple[Plan, list[int], float] | None:
     """The knapsack's choice (saving at least ``required``) as a plan, its chosen options and
     its figure (exact MACs, or predicted ms); None when no choice saves enough.  A pruned site
-    whose producer is also converted saves less than the two apart: the choice is then solved
-    again asking for the saving it missed (doubled each time), :data:`_PRUNE_RETRIES` times."""
+    and a compressed producer of its inputs save less than the two apart, so no choice takes
+    both (:func:`~.knapsack.choose_apart`).  A plan whose figure still misses ``limit`` (a
+    latency predicted of the whole plan) is solved again asking for the saving it missed
+    (doubled each time), :data:`_PRUNE_RETRIES` times."""
+    exclusions = _prune_exclusions(model, names, labels, example_inputs)
     for attempt in range(_PRUNE_RETRIES):
-        chosen = choose(groups, required, resolution=resolution)
+        chosen = choose_apart(groups, required, exclusions=exclusions, resolution=resolution)
         if chosen is None:
             return None
         rules = {name: label[j] for name, label, j in zip(names, labels, chosen) if label[j] is not None}
@@ -170,6 +173,26 @@ def _solve(
             break
         required += (value - limit) * 2**attempt
     return plan, chosen, value
+
+
+def _prune_exclusions(
+    model: nn.Module, names: list[str], labels: list[list[str | None]], example_inputs: Any
+) -> list[Exclusion]:
+    """Per pruned site whose producer is a site of ``names``: the site's prune options against
+    the producer's every option but keep (their savings, site and producer counted apart, would
+    be counted twice)."""
+    if not any(is_prune_spec(label) for group in labels for label in group if label is not None):
+        return []
+    index = {name: i for i, name in enumerate(names)}
+    out = []
+    for site, producer in prune_sites(model, example_inputs).items():
+        if site in index and producer in index:
+            a, b = index[site], index[producer]
+            pruned = frozenset(j for j, label in enumerate(labels[a]) if label is not None and is_prune_spec(label))
+            compressed = frozenset(j for j, label in enumerate(labels[b]) if label is not None)
+            if pruned and compressed:
+                out.append((a, pruned, b, compressed))
+    return out
 
 
 def _below_reach(

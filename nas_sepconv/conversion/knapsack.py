@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["choose"]
+__all__ = ["Exclusion", "choose", "choose_apart"]
 
 
 def choose(options: list[list[tuple[int, float]]], required: int, *, resolution: int = 4000) -> list[int] | None:
@@ -47,3 +47,46 @@ def choose(options: list[list[tuple[int, float]]], required: int, *, resolution:
         chosen.append(int(pick[state]))
         state = int(came[state])
     return chosen[::-1]
+
+
+#: A pair of option sets that no choice takes together: ``(group a, its options, group b, its options)``.
+Exclusion = tuple[int, frozenset[int], int, frozenset[int]]
+
+
+def choose_apart(
+    options: list[list[tuple[int, float]]],
+    required: int,
+    *,
+    exclusions: list[Exclusion],
+    resolution: int = 4000,
+) -> list[int] | None:
+    """:func:`choose`, never taking both sides of an exclusion (two options whose savings do not
+    add up, such as pruning a site's input channels and converting the conv that produces them).
+    Where the best choice takes both, each side is banned in turn and the one whose best choice
+    has the lesser damage is kept; at most one round per exclusion, so each is settled once.
+    Option 0 of a group (keep) is never banned."""
+    banned: set[tuple[int, int]] = set()
+    for _ in range(len(exclusions) + 1):
+        chosen = _choose_allowed(options, required, banned, resolution)
+        if chosen is None:
+            return None
+        clash = next((x for x in exclusions if chosen[x[0]] in x[1] and chosen[x[2]] in x[3]), None)
+        if clash is None:
+            return chosen
+        a, side_a, b, side_b = clash
+        tries = [banned | {(a, j) for j in side_a if j}, banned | {(b, j) for j in side_b if j}]
+        found = [(t, _choose_allowed(options, required, t, resolution)) for t in tries]
+        found = [(t, c) for t, c in found if c is not None]
+        if not found:
+            return None
+        banned = min(found, key=lambda tc: sum(options[i][j][1] for i, j in enumerate(tc[1])))[0]
+    return None
+
+
+def _choose_allowed(
+    options: list[list[tuple[int, float]]], required: int, banned: set[tuple[int, int]], resolution: int
+) -> list[int] | None:
+    """:func:`choose` over the options not ``banned`` ((group, option) pairs), as indices of ``options``."""
+    allowed = [[j for j in range(len(g)) if (i, j) not in banned] for i, g in enumerate(options)]
+    chosen = choose([[g[j] for j in keep] for g, keep in zip(options, allowed)], required, resolution=resolution)
+    return None if chosen is None else [keep[j] for keep, j in zip(allowed, chosen)]

@@ -12,7 +12,8 @@ import torch.nn as nn
 from conftest import ThreeConvNet  # noqa: E402  (tests/ is on sys.path)
 
 import nas_sepconv as ns
-from nas_sepconv.conversion.budget import SENSITIVITY_COLUMNS, choose
+from nas_sepconv.conversion.budget import SENSITIVITY_COLUMNS
+from nas_sepconv.conversion.knapsack import choose, choose_apart
 from nas_sepconv.errors import UserInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest
@@ -148,6 +149,32 @@ def test_choose_is_optimal_against_brute_force():
         assert picked is not None
         assert sum(g[j][0] for g, j in zip(groups, picked)) >= required
         assert sum(g[j][1] for g, j in zip(groups, picked)) == pytest.approx(best)
+
+
+def test_choose_apart_never_takes_both_sides_of_an_exclusion():
+    # group 0's option 1 and group 1's option 1 together would be cheapest; they exclude each other
+    groups = [[(0, 0.0), (6, 0.1)], [(0, 0.0), (6, 0.2), (5, 0.5)], [(0, 0.0), (6, 1.0)]]
+    assert choose(groups, 12, resolution=12) == [1, 1, 0]
+    apart = choose_apart(groups, 12, exclusions=[(0, frozenset({1}), 1, frozenset({1, 2}))], resolution=12)
+    assert apart == [1, 0, 1]  # damage 1.1, against 1.2 for [0, 1, 1]
+    assert choose_apart(groups, 12, exclusions=[], resolution=12) == [1, 1, 0]
+    # brute force over random exclusions: feasible and optimal among the choices that respect them
+    rng = random.Random(1)
+    for _ in range(30):
+        groups = [[(0, 0.0)] + [(rng.randint(1, 50), rng.random()) for _ in range(2)] for _ in range(4)]
+        exclusions = [(0, frozenset({1, 2}), 1, frozenset({1})), (2, frozenset({2}), 3, frozenset({1, 2}))]
+        required = rng.randint(0, 100)
+        ok = [
+            c
+            for c in itertools.product(*(range(3) for _ in groups))
+            if sum(g[j][0] for g, j in zip(groups, c)) >= required
+            and not any(c[a] in sa and c[b] in sb for a, sa, b, sb in exclusions)
+        ]
+        picked = choose_apart(groups, required, exclusions=exclusions, resolution=10_000)
+        if picked is None:
+            continue  # (the greedy split of a clash can miss a feasible choice; never a wrong one)
+        assert not any(picked[a] in sa and picked[b] in sb for a, sa, b, sb in exclusions)
+        assert sum(g[j][0] for g, j in zip(groups, picked)) >= required and ok
 
 
 def test_choose_reports_infeasible():
