@@ -75,7 +75,8 @@ def front_to_finalize(trials: list[optuna.trial.FrozenTrial], k: int, *, finaliz
     finalises ``k`` in all, never more), then trials of the Pareto front of inherited
     validation accuracy (max) and MACs (min) over the COMPLETE, feasible trials, spread over
     the part of the front not finalised yet when it holds more than the free places (evenly by
-    rank in MACs, both ends kept), fewest MACs first.  ``trials`` as the storage holds them
+    rank in MACs, both ends kept).  Returned in that order: the ``finalized`` numbers first
+    (ascending), then the new picks, fewest MACs first.  ``trials`` as the storage holds them
     (their ``accuracy`` the inherited one)."""
     done = sorted(set(finalized))
     rows = [
