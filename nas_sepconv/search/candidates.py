@@ -127,14 +127,15 @@ class TrialContext:
         return model
 
 
-def build_candidate(ctx: TrialContext, candidate: Candidate) -> nn.Module:
-    """The candidate's model, ready to train: built from scratch, or converted from the base."""
+def build_candidate(ctx: TrialContext, candidate: Candidate, *, seed: int | None = None) -> nn.Module:
+    """The candidate's model, ready to train: built from scratch, or converted from the base.
+    In mode oneshot a convert space's candidate is its supernet path, BatchNorm recalibrated on
+    images drawn with ``seed``: the trial's (None: the study's), as a build space's subnet is."""
     if not candidate.space_kind.from_base:
         return build_from_recipe(candidate.recipe)
     if ctx.settings.space.spec.search.search_mode.accuracy_source == "inherited":  # mode oneshot
-        return extract_candidate(
-            ctx.supernet(), ctx.base(), candidate, ctx.data, images=CALIBRATION_IMAGES, seed=ctx.settings.options.seed
-        )
+        seed = ctx.settings.options.seed if seed is None else seed
+        return extract_candidate(ctx.supernet(), ctx.base(), candidate, ctx.data, images=CALIBRATION_IMAGES, seed=seed)
     return converted_candidate(ctx, candidate)
 
 
@@ -209,7 +210,7 @@ def _run_candidate(
     space = ctx.settings.space
     s = space.spec.search
     started = time.perf_counter()
-    model = build_candidate(ctx, candidate)
+    model = build_candidate(ctx, candidate, seed=seed)
     x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
     macs, params = count_macs(model, x), count_params(model)
     metrics: dict[str, Any] = {

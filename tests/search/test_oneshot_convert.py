@@ -113,3 +113,30 @@ def test_oneshot_convert_spaces_need_width_mult_one_and_discrete_options(tmp_pat
     with pytest.raises(UserInputError, match="convert.choices.rank"):
         load_space(_space(tmp_path, choices={"kind": ["spatial"], "rank": {"low": 0.25, "high": 0.5}}))
     assert load_space(_space(tmp_path, choices={"kind": ["spatial"], "rank": {"low": 0.25, "high": 0.5, "step": 0.25}}))
+
+
+def test_an_inherited_convert_trial_recalibrates_batchnorm_with_the_trial_seed(tmp_path, monkeypatch):
+    from nas_sepconv.search import candidates
+    from nas_sepconv.search.candidates import TrialContext, run_candidate
+    from nas_sepconv.search.suggestion import StoredTrial
+
+    space = load_space(_space(tmp_path))
+    ctx = TrialContext.for_rebuild(space, device="cpu", out_dir=tmp_path / "r", data_seed=3)
+    params = {"width_mult": 1.0, "resolution_mult": 1.0}
+    for site in ctx.sites():
+        params |= {f"{site.name.replace('.', '_')}.kind": "dwsep", f"{site.name.replace('.', '_')}.rank": 0.5}
+    candidate = ctx.suggest(StoredTrial(params, number=0, source="test"))
+    seeds = []
+
+    class Drawn(Exception):
+        pass
+
+    def extract(supernet, base, candidate, data, *, images, seed):
+        seeds.append(seed)
+        raise Drawn
+
+    monkeypatch.setattr(ctx, "supernet", lambda: None)  # (not trained: the extraction is what is looked at)
+    monkeypatch.setattr(candidates, "extract_candidate", extract)
+    with pytest.raises(Drawn):
+        run_candidate(ctx, candidate, seed=7)
+    assert seeds == [7]  # the trial's seed, not the study's (3), as a build space's subnet is recalibrated
