@@ -22,6 +22,7 @@ import torch.nn as nn
 from ..conversion import INITS, make_plan
 from ..data import Dataset, calibration_batches
 from ..measure import count_macs
+from ..measure.inputs import model_device
 from ..oneshot import (
     ConvertPaths,
     ConvertSupernet,
@@ -50,8 +51,13 @@ def convert_paths(settings: Settings, sites: list[Any], *, base_side: int) -> Co
         where = "convert.choices" if c.groups == "all" else f"convert.groups[{i}]"
         rules = list(dict.fromkeys(site_rule(spec) for spec in block_specs(group, where)))
         choices.update({name: rules for name in members})
-    sides = dict.fromkeys(resolution_for(base_side, m) for m in covered_values(c.resolution_mult))
-    return ConvertPaths(choices, tuple(sides))
+    return ConvertPaths(choices, _sides(settings, base_side=base_side))
+
+
+def _sides(settings: Settings, *, base_side: int) -> tuple[int, ...]:
+    """The input sides the supernet trains at: one per ``convert.resolution_mult`` value."""
+    mults = covered_values(settings.space.spec.convert.resolution_mult)
+    return tuple(dict.fromkeys(resolution_for(base_side, m) for m in mults))
 
 
 def prepare_convert_supernet(
@@ -104,11 +110,15 @@ def _fingerprint(model: nn.Module) -> str:
 
 def convert_supernet_compute(settings: Settings, data: Dataset, base: nn.Module) -> int:
     """What training the convert supernet spent, in a trial's ``train_compute`` units: its epochs
-    x the training split x the base model's MACs (one path a step, each about the original's;
-    the teacher's forward passes are not counted, as a distilled trial's are not)."""
+    x the training split x the base model's MACs at the largest input side it trains at (one
+    path a step, each about the original's; an upper bound, as
+    :func:`~.inherited.supernet_compute` counts: an equal-compute comparison never gives the
+    one-shot mode more than it spent; the teacher's forward passes are not counted, as a
+    distilled trial's are not)."""
     spec = settings.space.spec
     epochs = spec.search.supernet_epochs or spec.train.epochs
-    macs = count_macs(base.cpu(), torch.zeros(1, *data.input_shape))
+    side = max(_sides(settings, base_side=data.input_shape[-1]))
+    macs = count_macs(base, torch.zeros(1, data.input_shape[0], side, side, device=model_device(base)))
     return int(epochs * len(data.train) * macs)
 
 

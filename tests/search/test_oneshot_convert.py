@@ -140,3 +140,17 @@ def test_an_inherited_convert_trial_recalibrates_batchnorm_with_the_trial_seed(t
     with pytest.raises(Drawn):
         run_candidate(ctx, candidate, seed=7)
     assert seeds == [7]  # the trial's seed, not the study's (3), as a build space's subnet is recalibrated
+
+
+def test_the_convert_supernet_compute_counts_the_largest_side_it_trains_at(tmp_path):
+    from nas_sepconv.search.candidates import TrialContext
+    from nas_sepconv.search.convert_oneshot import convert_supernet_compute
+
+    space = load_space(_space(tmp_path, resolution_mult=[1.0, 1.5]))
+    ctx = TrialContext.for_rebuild(space, device="cpu", out_dir=tmp_path / "r")
+    base = ns.models.tiny_convnet(width=8).train()
+    spent = convert_supernet_compute(ctx.settings, ctx.data, base)
+    macs = ns.count_macs(base, torch.zeros(1, 1, 24, 24))  # 16 x 1.5: the supernet trains paths at 24 too
+    assert spent == space.spec.search.supernet_epochs * len(ctx.data.train) * macs
+    assert spent > space.spec.search.supernet_epochs * len(ctx.data.train) * ns.count_macs(base, (1, 16, 16))
+    assert base.training  # the caller's model is left as it was
