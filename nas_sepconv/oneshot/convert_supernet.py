@@ -123,8 +123,9 @@ def convert_supernet(
     """The convert supernet of the trained ``base``: at each site of ``site_specs`` (site name ->
     the block spec strings it may take, ``keep`` aside), one block per spec, made by
     :func:`~nas_sepconv.conversion.apply_plan` with ``init`` and refit on ``refit_batches``
-    (none: no refit), one plan per spec (see the module docstring)."""
-    base = base.cpu().eval()
+    (none: no refit), one plan per spec (see the module docstring).  ``base`` itself is left as
+    it is (a copy is made on the CPU, in eval mode)."""
+    base = copy.deepcopy(base).cpu().eval()
     blocks: dict[str, dict[str, nn.Module]] = {name: {} for name in site_specs}
     for spec in dict.fromkeys(s for specs in site_specs.values() for s in specs):
         rules = {name: spec for name, specs in site_specs.items() if spec in specs}

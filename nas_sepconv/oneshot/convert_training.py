@@ -11,6 +11,7 @@ parallelism are :func:`~.training.train_shared`'s, as for a build space's supern
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -74,7 +75,8 @@ def train_convert_supernet(
 
     Args:
         supernet: made by :func:`~.convert_supernet.convert_supernet` from ``teacher``.
-        teacher: the original trained model.
+        teacher: the original trained model (a copy of it teaches: ``teacher`` itself is
+            neither moved nor put in eval mode).
         paths: what each step draws from.
         data: the data set (its train split).
         out_dir: the checkpoint folder, written after every epoch and resumed (refused if
@@ -93,7 +95,7 @@ def train_convert_supernet(
     check_distill_args(temperature, alpha)
     cfg = config if config is not None else TrainConfig()
     cfg = replace(cfg, epochs=cfg.epochs if epochs is None else epochs)  # validates
-    teacher = teacher.to(device).eval()
+    teacher = copy.deepcopy(teacher).to(device).eval()
     settings = {"train": cfg.to_dict(), "temperature": temperature, "alpha": alpha}
 
     def step(run: Run, x: Tensor, y: Tensor, rng: random.Random) -> Tensor:

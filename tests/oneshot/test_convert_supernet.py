@@ -150,3 +150,12 @@ def test_a_checkpoint_of_another_supernet_is_refused(data, tmp_path):
             identity={"model": "tiny"},
             config=TrainConfig(epochs=1, batch_size=64, lr=0.01, seed=0),
         )
+
+
+def test_making_and_training_a_supernet_leave_the_base_model_as_it_was(data, tmp_path):
+    base = _base().train()  # (a model the caller goes on training, say)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    _train(base, _sites(base), data, tmp_path / "s", 1)
+    assert all(m.training for m in base.modules())  # not put in eval mode by convert_supernet or the teacher
+    after = base.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nor its BatchNorm statistics touched
