@@ -152,10 +152,9 @@ def space_file(config: Config, folder: Path, data_root: str | None) -> Path:
 def spread_subnets(ctx: Any, *, pool: int, subnets: int, seed: int) -> list[dict[str, Any]]:
     """``subnets`` distinct subnets of ``pool`` random draws (a seeded random sampler), spread
     evenly by rank over their MACs: ``{"params", "macs", "arch"}``, fewest MACs first."""
-    from nas_sepconv.conversion import make_plan
     from nas_sepconv.io import build_from_recipe
     from nas_sepconv.measure import count_macs
-    from nas_sepconv.oneshot import site_policy
+    from nas_sepconv.search.convert_oneshot import candidate_plan
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -167,10 +166,10 @@ def spread_subnets(ctx: Any, *, pool: int, subnets: int, seed: int) -> list[dict
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # (the draws only)
         if candidate.summary in drawn:
             continue
-        x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
-        if candidate.space_kind.from_base:  # the plan's MACs: no model is converted for a draw
-            macs = int(make_plan(ctx.base().cpu(), site_policy(candidate.recipe.rules), example_inputs=x).macs_after)
+        if candidate.space_kind.from_base:  # the plan's MACs (a trial's): no model is converted for a draw
+            macs = int(candidate_plan(ctx.base(), candidate).macs_after)
         else:
+            x = torch.randn(1, ctx.data.input_shape[0], candidate.resolution, candidate.resolution)
             macs = int(count_macs(build_from_recipe(candidate.recipe), x))
         drawn[candidate.summary] = {"params": trial.params, "macs": macs, "arch": candidate.summary}
     ordered = sorted(drawn.values(), key=lambda d: (d["macs"], d["arch"]))

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..conversion import INITS, make_plan
+from ..conversion import INITS, Plan, make_plan
 from ..data import Dataset, calibration_batches
 from ..measure import count_macs
 from ..measure.inputs import model_device
@@ -39,7 +39,13 @@ from .settings import Settings
 from .suggestion import Candidate, resolution_for, site_groups, site_rule
 from .supernet_space import block_specs, covered_values
 
-__all__ = ["convert_paths", "convert_supernet_compute", "extract_candidate", "prepare_convert_supernet"]
+__all__ = [
+    "candidate_plan",
+    "convert_paths",
+    "convert_supernet_compute",
+    "extract_candidate",
+    "prepare_convert_supernet",
+]
 
 
 def convert_paths(settings: Settings, sites: list[Any], *, base_side: int) -> ConvertPaths:
@@ -84,7 +90,7 @@ def prepare_convert_supernet(
         batches = calibration_batches(data, n=c.calibration_images, batch_size=64) if refits else None
         site_specs = {name: [r for r in rules if r is not None] for name, rules in paths.choices.items()}
         x = torch.zeros(1, *data.input_shape)
-        supernet = convert_supernet(base.cpu(), site_specs, example_inputs=x, init=c.init, refit_batches=batches)
+        supernet = convert_supernet(base, site_specs, example_inputs=x, init=c.init, refit_batches=batches)
         return train_convert_supernet(
             supernet,
             base,
@@ -122,6 +128,14 @@ def convert_supernet_compute(settings: Settings, data: Dataset, base: nn.Module)
     return int(epochs * len(data.train) * macs)
 
 
+def candidate_plan(base: nn.Module, candidate: Candidate) -> Plan:
+    """The plan a one-shot convert trial makes of ``base`` (the original model) for the
+    candidate's path (:func:`~nas_sepconv.oneshot.site_policy` of its rules) at its input side;
+    ``base`` is planned where it is, neither moved nor put in another mode."""
+    x = torch.zeros(1, *candidate.recipe.input_size, device=model_device(base))
+    return make_plan(base, site_policy(candidate.recipe.rules), example_inputs=x)
+
+
 def extract_candidate(
     supernet: ConvertSupernet, base: nn.Module, candidate: Candidate, data: Dataset, *, images: int, seed: int
 ) -> nn.Module:
@@ -129,10 +143,9 @@ def extract_candidate(
     for saving), BatchNorm statistics re-estimated on ``images`` training images at the
     candidate's input side; on the supernet's device, in eval mode."""
     rules = candidate.recipe.rules
-    x = torch.zeros(1, *candidate.recipe.input_size)
-    plan = make_plan(base.cpu(), site_policy(rules), example_inputs=x)
+    plan = candidate_plan(base, candidate)
     candidate.recipe = replace(candidate.recipe, plan=plan)
-    model = extract_converted(supernet, rules, example_inputs=x, plan=plan)
+    model = extract_converted(supernet, rules, example_inputs=torch.zeros(1, *candidate.recipe.input_size), plan=plan)
     device = next(model.parameters()).device
     batches = calibration_batches(data, n=images, batch_size=128, seed=seed)
     reestimate_batchnorm(model, [resize(b, candidate.resolution) for b in batches], device=device)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import nas_sepconv as ns
 from nas_sepconv.cli import app
-from nas_sepconv.conversion import plan_of
+from nas_sepconv.conversion import apply_plan, plan_of
 from nas_sepconv.errors import UserInputError
 from nas_sepconv.oneshot import MANIFEST, read_checkpoint
 from nas_sepconv.search import load_space, parse_space
@@ -154,3 +154,22 @@ def test_the_convert_supernet_compute_counts_the_largest_side_it_trains_at(tmp_p
     assert spent == space.spec.search.supernet_epochs * len(ctx.data.train) * macs
     assert spent > space.spec.search.supernet_epochs * len(ctx.data.train) * ns.count_macs(base, (1, 16, 16))
     assert base.training  # the caller's model is left as it was
+
+
+def test_a_candidates_plan_is_made_on_the_base_where_it_is(tmp_path):
+    from nas_sepconv.search.candidates import TrialContext
+    from nas_sepconv.search.convert_oneshot import candidate_plan
+    from nas_sepconv.search.suggestion import StoredTrial
+
+    space = load_space(_space(tmp_path))
+    ctx = TrialContext.for_rebuild(space, device="cpu", out_dir=tmp_path / "r")
+    base = ns.models.tiny_convnet(width=8).train()
+    params = {"width_mult": 1.0, "resolution_mult": 0.75}
+    for site in ctx.sites():
+        params |= {f"{site.name.replace('.', '_')}.kind": "dwsep", f"{site.name.replace('.', '_')}.rank": 0.5}
+    candidate = ctx.suggest(StoredTrial(params, number=0, source="test"))
+    plan = candidate_plan(base, candidate)
+    assert plan.converted and all(candidate.recipe.rules[e.name] == "dwsep" for e in plan.converted)
+    converted = apply_plan(base, plan, init="random")
+    assert plan.macs_after == ns.count_macs(converted, torch.zeros(1, 1, 12, 12))  # at 16 x 0.75
+    assert all(m.training for m in base.modules())
