@@ -81,3 +81,26 @@ def test_correlations_are_kendall_and_spearman(bench):
     assert corr["kendall_tau"] == pytest.approx(4 / 6)  # 5 concordant pairs, 1 discordant
     assert corr["spearman_rho"] == pytest.approx(0.8)
     assert all(v != v for v in bench.correlations(rows.head(2)).values())  # NaN below 3 subnets
+
+
+def test_fixed_base_weights_keep_the_data_seed_they_were_trained_on(bench, tmp_path, monkeypatch):
+    from nas_sepconv.search import TrialContext
+
+    for name, config in bench.CONFIGS.items():  # committed weights name their data seed: ..._s<seed>.safetensors
+        weights = config.overrides.get("convert", {}).get("weights")
+        if weights:
+            assert weights.endswith(f"_s{config.data_seed}.safetensors"), name
+    seeds = []
+
+    class Stop(Exception):
+        pass
+
+    def for_rebuild(cls, space, **kwargs):
+        seeds.append(kwargs["data_seed"])
+        raise Stop
+
+    monkeypatch.setattr(TrialContext, "for_rebuild", classmethod(for_rebuild))
+    for name in ("cifar10-convert", "digits"):
+        with pytest.raises(Stop):
+            bench.run(name, bench.CONFIGS[name], out=tmp_path, seed=1, data_root=str(tmp_path))
+    assert seeds == [0, 1]  # the committed base was trained on seed 0's split; a build space's follows --seed
