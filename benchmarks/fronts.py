@@ -503,7 +503,8 @@ def seed_rows(
 ) -> list[dict[str, Any]]:
     """One row per study of a seed: its front, hypervolume on the common reference, ratio (and
     on the seed's own reference; and with the reference accuracy raised to ``floor``); a
-    one-shot study's test ratio over the ``standalone`` search's too (``*_vs_searched``)."""
+    one-shot study's test ratio over the ``standalone`` search's too (``*_vs_searched``);
+    ``compute_share``: a study's compute over the ``standalone`` search's (NaN without it)."""
     import nas_sepconv as ns
 
     searched = {n: frames[n] for n in runs if runs[n]["role"] != "baseline"}
@@ -517,7 +518,7 @@ def seed_rows(
         if floor is not None
         else None
     )
-    searched_compute = _spent(frames[next(iter(searched))]) if searched else math.nan
+    searched_compute = _spent(frames[standalone]) if standalone in frames else math.nan
     oneshot = {n: frames[n] for n in runs if runs[n]["role"] == ONESHOT_ROLE}
     versus = (
         ns.results.compare(oneshot, baselines={standalone: frames[standalone]}).set_index("name")

@@ -245,3 +245,48 @@ def test_toy_oneshot_run_is_compared_with_the_standalone_search(bench, tmp_path,
     assert (trials["accuracy_source"] == "finalized").sum() >= 1
     md = (tmp_path / "fronts.md").read_text()
     assert "## The one-shot pipeline" in md and "test ratio over the stand-alone search >= 1.2" in md
+
+
+def _frame(points: list[tuple[float, float, int]], compute: float) -> pd.DataFrame:
+    """COMPLETE trials (validation accuracy, test accuracy on 400 images, MACs), each spending ``compute``."""
+    import numpy as np
+
+    from nas_sepconv.results.protocol import pack_correct
+
+    n = 400
+    return pd.DataFrame(
+        {
+            "number": range(len(points)),
+            "state": "COMPLETE",
+            "accuracy": [p[0] for p in points],
+            "test_accuracy": [round(p[1] * n) / n for p in points],
+            "test_correct": [pack_correct(np.roll(np.arange(n) < round(p[1] * n), i)) for i, p in enumerate(points)],
+            "macs": [p[2] for p in points],
+            "train_compute": compute,
+            "duration_s": 1.0,
+            "epochs": 1,
+        }
+    )
+
+
+FRAMES = {  # the one-shot study first: the stand-alone search is found by name, not by insertion order
+    "default_oneshot": ([(0.85, 0.84, 20_000), (0.7, 0.69, 2_000)], 10.0),
+    "default": ([(0.9, 0.88, 50_000), (0.6, 0.6, 5_000)], 100.0),
+    "fam": ([(0.3, 0.3, 1_000_000)], 50.0),  # pushes the common reference out
+}
+ROLES = {"default_oneshot": "searched (one-shot)", "default": "searched", "fam": "baseline"}
+
+
+def _seed_rows(bench) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, float]]:
+    frames = {name: _frame(points, compute) for name, (points, compute) in FRAMES.items()}
+    runs = {name: {"role": role} for name, role in ROLES.items()}
+    reference = bench.reference_of(frames)
+    rows = pd.DataFrame(bench.seed_rows(0, runs, frames, reference, standalone="default")).set_index("study")
+    return rows, frames, reference
+
+
+def test_compute_share_is_over_the_standalone_search(bench):
+    assert ROLES["default_oneshot"] == bench.ONESHOT_ROLE
+    rows, _, _ = _seed_rows(bench)
+    assert rows["compute_share"].to_dict() == {"default_oneshot": 0.1, "default": 1.0, "fam": 0.25}  # of 2 x 100
+
