@@ -503,8 +503,10 @@ def seed_rows(
 ) -> list[dict[str, Any]]:
     """One row per study of a seed: its front, hypervolume on the common reference, ratio (and
     on the seed's own reference; and with the reference accuracy raised to ``floor``); a
-    one-shot study's test ratio over the ``standalone`` search's too (``*_vs_searched``);
-    ``compute_share``: a study's compute over the ``standalone`` search's (NaN without it)."""
+    one-shot study's test ratio over the ``standalone`` search's too (``*_vs_searched``, on the
+    references of the other columns: the common one, and the test reference of the seed's
+    studies together); ``compute_share``: a study's compute over the ``standalone``
+    search's (NaN without it)."""
     import nas_sepconv as ns
 
     searched = {n: frames[n] for n in runs if runs[n]["role"] != "baseline"}
@@ -519,9 +521,13 @@ def seed_rows(
         else None
     )
     searched_compute = _spent(frames[standalone]) if standalone in frames else math.nan
-    oneshot = {n: frames[n] for n in runs if runs[n]["role"] == ONESHOT_ROLE}
-    versus = (
-        ns.results.compare(oneshot, baselines={standalone: frames[standalone]}).set_index("name")
+    oneshot = [n for n in runs if runs[n]["role"] == ONESHOT_ROLE]
+    versus = (  # every study of the seed: the test reference is the other test columns' (their frames')
+        ns.results.compare(
+            {n: f for n, f in frames.items() if n in runs and n != standalone},
+            baselines={standalone: frames[standalone]},
+            reference=reference,
+        ).set_index("name")
         if oneshot and standalone in frames
         else None
     )

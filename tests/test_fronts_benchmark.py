@@ -290,3 +290,12 @@ def test_compute_share_is_over_the_standalone_search(bench):
     rows, _, _ = _seed_rows(bench)
     assert rows["compute_share"].to_dict() == {"default_oneshot": 0.1, "default": 1.0, "fam": 0.25}  # of 2 x 100
 
+
+def test_a_oneshot_study_is_scored_against_the_standalone_search_on_the_common_references(bench):
+    import nas_sepconv as ns
+
+    rows, frames, reference = _seed_rows(bench)
+    table = ns.results.compare(frames, reference=reference).set_index("name")["test_hypervolume_logmacs"]
+    expected = table["default_oneshot"] / table["default"]  # both on the references every other column uses
+    assert rows.loc["default_oneshot", "test_ratio_vs_searched"] == pytest.approx(expected)
+    assert rows["test_ratio_vs_searched"].isna().sum() == 2
