@@ -160,7 +160,8 @@ def _solve(
     and a compressed producer of its inputs save less than the two apart, so no choice takes
     both (:func:`~.knapsack.choose_apart`).  A plan whose figure still misses ``limit`` (a
     latency predicted of the whole plan) is solved again asking for the saving it missed
-    (doubled each time), :data:`_PRUNE_RETRIES` times."""
+    (doubled each time), :data:`_PRUNE_RETRIES` times; then :class:`UserInputError` names the
+    figure reached (a plan over budget is never returned)."""
     exclusions = _prune_exclusions(model, names, labels, example_inputs)
     for attempt in range(_PRUNE_RETRIES):
         chosen = choose_apart(groups, required, exclusions=exclusions, resolution=resolution)
@@ -170,9 +171,17 @@ def _solve(
         plan = make_mixed_plan(model, rules, example_inputs=example_inputs)
         value = _figure(plan, field, latency_table)
         if value <= limit:
-            break
+            return plan, chosen, value
         required += (value - limit) * 2**attempt
-    return plan, chosen, value
+    figure = (
+        f"{value:.4g} predicted ms against {limit:.4g}" if field != "macs_ratio" else f"{value} MACs against {limit}"
+    )
+    raise UserInputError(
+        field,
+        f"the budget is not kept: after {_PRUNE_RETRIES} choices each asking for the saving the last missed, "
+        f"the plan reaches {figure}",
+        f"raise {field}, or leave out the prune_r candidates (they save less beside a compressed producer)",
+    )
 
 
 def _prune_exclusions(
