@@ -18,6 +18,7 @@ batches).
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -29,9 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserInputError
-from ..measure import count_macs, measure_latency
+from ..measure import as_inputs, count_macs
 from ..tables import lookup
 from .latency import LatencyTable
+from .latency_session import time_modules
 from .width import check_model_and_input, check_output_shapes, is_pruned, mark_pruned, prunable_copy, torch_pruning
 
 __all__ = [
@@ -146,20 +148,13 @@ def _accumulate_gradients(model: nn.Module, batches: list[tuple[torch.Tensor, to
         F.cross_entropy(model(inputs), targets).backward()
 
 
-def _latency(model: nn.Module, example_inputs: Any, table: LatencyTable) -> float:
-    """The measured median latency (ms) of ``model`` as ``table`` measures (runtime, threads,
-    device, dtype, repeats)."""
-    st = table.settings
-    return measure_latency(
-        model,
-        example_inputs,
-        repeats=st.repeats,
-        warmup=st.warmup,
-        threads=st.threads,
-        device=st.device,
-        runtime=st.runtime.name,
-        dtype=st.dtype,
-    )["median_ms"]
+def _latency_ratio(original: nn.Module, pruned: nn.Module, example_inputs: Any, table: LatencyTable) -> float:
+    """The median latency of ``pruned`` over ``original``'s, both timed now in the same
+    interleaved rounds (:func:`~.latency_session.time_modules`) as ``table`` measures (runtime,
+    threads, device, dtype, repeats), as :func:`~.latency_check.measure_plan` times a plan."""
+    inputs = as_inputs(example_inputs)
+    before, after = time_modules([(original, inputs), (pruned, inputs)], table.settings)
+    return after["median_ms"] / before["median_ms"]
 
 
 def _prune_until(
@@ -211,8 +206,9 @@ def prune(
     ``latency_ratio`` (instead of ``macs_ratio``: exactly one budget) prunes until the
     **measured** latency of the pruned model, in ``latency_table``'s runtime, threads, device
     and dtype (a :class:`~nas_sepconv.conversion.LatencyTable`; its ``repeats``), is at most
-    ``latency_ratio`` of the original's, measured the same way first; the model is measured
-    every :data:`LATENCY_EVERY` pruning steps, so it ends within that many steps of the budget.
+    ``latency_ratio`` of the original's, the two timed together in the same interleaved rounds
+    at each check (as a latency budget's plan is measured); the model is measured every
+    :data:`LATENCY_EVERY` pruning steps, so it ends within that many steps of the budget.
 
     Raises:
         UserInputError: a bad argument (naming it), or a ratio that pruning cannot reach
@@ -225,17 +221,17 @@ def prune(
     tp = torch_pruning("importance")
     pruned, kept, shapes = prunable_copy(model, example_inputs, ignored, field="ignored")
 
-    def measure() -> float:
-        return (
-            count_macs(pruned, example_inputs)
-            if field == "macs_ratio"
-            else _latency(pruned, example_inputs, latency_table)
-        )
-
-    original = measure()
-    target = ratio * original
     was_training = pruned.training
     pruned.eval()
+    original = copy.deepcopy(pruned) if field == "latency_ratio" else None  # timed beside each pruned state
+    macs = count_macs(pruned, example_inputs)
+
+    def measure() -> float:
+        """The fraction of the original reached: MACs, or latency timed beside the original."""
+        if field == "macs_ratio":
+            return count_macs(pruned, example_inputs) / macs
+        return _latency_ratio(original, pruned, example_inputs, latency_table)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruner = tp.pruner.BasePruner(
@@ -250,15 +246,15 @@ def prune(
             round_to=round_to,
         )
         every = 1 if field == "macs_ratio" else LATENCY_EVERY
-        reached = _prune_until(pruner, pruned, batches, measure, target, every)
+        reached = _prune_until(pruner, pruned, batches, measure, ratio, every)
     pruned.zero_grad(set_to_none=True)
     pruned.train(was_training)
-    if reached > target:
+    if reached > ratio:
         what = "MACs" if field == "macs_ratio" else "measured latency"
         raise UserInputError(
             field,
-            f"{ratio} cannot be reached: pruning stopped at {reached / original:.3f} of the original {what}",
-            f"use a ratio above {reached / original:.2f}, or convert the model (ns.convert) as well",
+            f"{ratio} cannot be reached: pruning stopped at {reached:.3f} of the original {what}",
+            f"use a ratio above {reached:.2f}, or convert the model (ns.convert) as well",
         )
     check_output_shapes(pruned, example_inputs, shapes, field="ignored")
     return mark_pruned(pruned)
