@@ -47,7 +47,7 @@ import torch.nn as nn
 
 from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
-from ..measure import LatencyCache, as_inputs, latency_cache_dir, latency_context, onnx_node_latency
+from ..measure import LatencyCache, as_inputs, latency_cache_dir
 from .latency_session import (
     LatencySettings,
     model_key,
@@ -59,6 +59,7 @@ from .latency_session import (
     valid_session,
 )
 from .narrowed import KEEP, NarrowedSite, table_spec
+from .onnx_table import is_onnx_context, onnx_only_error, onnx_session
 from .plan import Plan, PlanEntry
 from .planning import make_plan, with_spec
 from .rewrite import plan_of
@@ -144,6 +145,9 @@ class LatencyTable:
         (so they belong to the table's session).  Raises :class:`UserInputError` for a site the
         model does not have."""
         wanted: dict[str, list[BlockSpec | None]] = {}
+        pairs = list(pairs)
+        if pairs and is_onnx_context(self.context):
+            raise onnx_only_error()
         for name, spec in pairs:
             if name not in self.sites:
                 raise UserInputError(
@@ -310,24 +314,21 @@ def latency_table(
     ``progress``: a bar (or plain lines) on stderr.  ``model`` is never changed.  Returns a
     :class:`LatencyTable` (its ``frame`` is the DataFrame; ``predict(plan)`` a converted
     model's latency).
-    An ``.onnx`` file's path for ``model``: its Conv nodes, :func:`~nas_sepconv.measure.onnx_node_latency`.
+    An ``.onnx`` file's path for ``model``: its Conv nodes and the whole model (:mod:`.onnx_table`;
+    the arguments only a model's table uses are refused unless left at their defaults).
     """
     if isinstance(model, (str, os.PathLike)):
-        return _onnx_table(model, example_inputs, threads=threads, dtype=dtype, repeats=repeats, warmup=warmup)
+        unused = dict(candidates=candidates, policy=policy, runtime=runtime, device=device, calibrate=calibrate)
+        measuring = dict(threads=threads, dtype=dtype, repeats=repeats, warmup=warmup)
+        unused["cache_dir"] = cache_dir
+        frame, w, context, settings = onnx_session(model, example_inputs, latency_table, unused=unused, **measuring)
+        return LatencyTable(frame[TABLE_COLUMNS], w["median_ms"], w["p10_ms"], w["p90_ms"], context, {}, settings)
     settings = LatencySettings.checked(runtime, threads, device, dtype, repeats, warmup, cache_dir)
     specs = _checked_specs(candidates, calibrate)
     inputs = as_inputs(example_inputs)
     chosen = [e.name for e in make_plan(model, policy, example_inputs=inputs).converted]
     base = make_plan(model, {}, example_inputs=inputs)  # every site, kept
-    rt = settings.runtime
-    context = latency_context(
-        device=settings.device,
-        threads=settings.threads,
-        runtime=rt.name,
-        runtime_version=rt.version(),
-        dtype=dtype,
-        memory_format=rt.memory_format,
-    )
+    context = settings.context()
     groups = [
         (e, [None] + ([s for s in specs if not s.unsupported(e.geometry)] if e.name in chosen else []))
         for e in base.entries
@@ -368,18 +369,6 @@ def _checked_specs(candidates: Any, calibrate: Any) -> list[BlockSpec]:
     if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 0:
         raise UserInputError("calibrate", f"expected an integer >= 0, got {calibrate!r}", "use e.g. calibrate=3")
     return list(dict.fromkeys(as_spec(c) for c in candidates))
-
-
-def _onnx_table(
-    path: str | os.PathLike, example_inputs: Any, *, threads: int | None, dtype: torch.dtype, repeats: int, warmup: int
-) -> LatencyTable:
-    """The table of an ``.onnx`` file: ONNX Runtime's profiler times its Conv nodes and the whole
-    model in one session (:func:`~nas_sepconv.measure.onnx_node_latency`); not cached."""
-    settings = LatencySettings.checked("onnxruntime", threads, "cpu", dtype, repeats, warmup, None)
-    frame, w, context = onnx_node_latency(
-        path, example_inputs, threads=settings.threads, repeats=repeats, warmup=warmup
-    )
-    return LatencyTable(frame[TABLE_COLUMNS], w["median_ms"], w["p10_ms"], w["p90_ms"], context, {}, settings)
 
 
 def predict_latency(model_or_plan: nn.Module | Plan, table: LatencyTable) -> float:

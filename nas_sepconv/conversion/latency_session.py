@@ -40,6 +40,7 @@ from ..measure import (
     check_repeats,
     check_threads,
     find_runtime,
+    latency_context,
     prepare_forward,
     summarise,
     time_rounds,
@@ -197,6 +198,19 @@ class LatencySettings:
     repeats: int
     warmup: int
     cache_dir: str | os.PathLike | None
+
+    def context(self) -> dict[str, Any]:
+        """What figures measured with these settings depend on
+        (:func:`~nas_sepconv.measure.latency_context`): a latency cache file's key."""
+        rt = self.runtime
+        return latency_context(
+            device=self.device,
+            threads=self.threads,
+            runtime=rt.name,
+            runtime_version=rt.version(),
+            dtype=self.dtype,
+            memory_format=rt.memory_format,
+        )
 
     @classmethod
     def checked(
