@@ -18,7 +18,8 @@ BatchNorm and activation that follow it (``keep``), each candidate block at the 
 would convert with the same neighbours, the whole model, and ``calibrate`` converted models
 (one uniform plan per candidate), all in the same interleaved rounds, medians with stalls
 rejected.  The session is cached on disk as one record (:class:`~nas_sepconv.measure.LatencyCache`)
-and reused whole, or timed afresh whole.
+and reused whole, or timed afresh whole; entries measured later (:meth:`LatencyTable.ensure`) are
+rescaled to the session and added to its record.
 
 **Prediction.**  The remainder (everything but the conv sites: pooling, the head, the runtime's
 per-call overhead) is the whole model less the sites' entries; a converted model's raw
@@ -142,7 +143,8 @@ class LatencyTable:
     def ensure(self, pairs: Iterable[tuple[str, BlockSpec | str | None]], *, progress: bool = False) -> None:
         """Measure the entries of ``pairs`` (site name, spec) the table lacks, each beside its
         site's conv, and scale them by the ratio of the table's conv entry to the conv timed now
-        (so they belong to the table's session).  Raises :class:`UserInputError` for a site the
+        (so they belong to the table's session), and add them to the session's cached record
+        (read back later with ``source`` ``cache``).  Raises :class:`UserInputError` for a site the
         model does not have."""
         wanted: dict[str, list[BlockSpec | None]] = {}
         pairs = list(pairs)
@@ -310,7 +312,8 @@ def latency_table(
     interleaved rounds after ``warmup``.
 
     The session is read from and written to the cache in ``cache_dir`` (default
-    :func:`~nas_sepconv.measure.latency_cache_dir`) as one record, reused only whole.
+    :func:`~nas_sepconv.measure.latency_cache_dir`) as one record, reused only whole (entries
+    :meth:`LatencyTable.ensure` measures later are rescaled to the session and added to it).
     ``progress``: a bar (or plain lines) on stderr.  ``model`` is never changed.  Returns a
     :class:`LatencyTable` (its ``frame`` is the DataFrame; ``predict(plan)`` a converted
     model's latency).

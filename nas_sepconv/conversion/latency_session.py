@@ -15,7 +15,11 @@ a conv whose output is used twice) is timed alone.
 A table's entries and the whole-model time it is compared with come from one session: the cache
 holds them in one record per model (:func:`model_key`: its structure, parameter shapes and
 input shapes), and a table either reuses that whole record or times everything afresh, never a
-mix of an earlier run's entries and a new whole-model time.
+mix of an earlier run's entries and a new whole-model time.  Entries a table lacks and measures
+later (:meth:`~.latency.LatencyTable.ensure`: a block it was not built with, a prune candidate's
+narrowed layers) are timed beside their site's conv, rescaled to the session by the ratio of the
+record's conv time to the one timed now, and added to the record: a table read from it later
+reports them as ``cache`` like the rest.
 """
 
 from __future__ import annotations
