@@ -53,7 +53,7 @@ from ..measure import (
 )
 from ..progress import progress as progress_bar
 from ..progress import track
-from .narrowed import NarrowedSite
+from .narrowed import KEEP, NarrowedSite
 from .plan import Plan, PlanEntry
 from .rewrite import apply_plan
 from .sites import trace
@@ -70,8 +70,6 @@ __all__ = [
     "time_modules",
     "valid_session",
 ]
-
-KEEP = "keep"
 
 #: activations a runtime fuses into the conv before them: module classes, and the functions
 #: and tensor methods that compute the same, by the module class that stands in for them
