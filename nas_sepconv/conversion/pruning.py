@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..errors import UserInputError
 from ..measure import as_inputs, count_macs
 from ..tables import lookup
+from .budget_args import check_budget
 from .latency import LatencyTable
 from .latency_session import time_modules
 from .width import check_model_and_input, check_output_shapes, is_pruned, mark_pruned, prunable_copy, torch_pruning
@@ -91,29 +92,6 @@ PRUNING_IMPORTANCES: dict[str, PruningImportance] = {
 def pruning_importance(name: str) -> PruningImportance:
     """The record of :data:`PRUNING_IMPORTANCES` named ``name`` (field ``importance`` in errors)."""
     return lookup(PRUNING_IMPORTANCES, name, field="importance", what="pruning importance")
-
-
-def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_table: Any) -> tuple[str, float]:
-    """The one budget of :func:`prune` (field name, value), checked."""
-    given = {k: v for k, v in (("macs_ratio", macs_ratio), ("latency_ratio", latency_ratio)) if v is not None}
-    if len(given) != 1:
-        raise UserInputError(
-            "budget",
-            f"give exactly one of macs_ratio, latency_ratio (got {', '.join(given) or 'none'})",
-            "e.g. macs_ratio=0.5, or latency_ratio=0.5 with latency_table=ns.latency_table(model, x)",
-        )
-    ((field, value),) = given.items()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserInputError(field, f"expected a number in (0, 1), got {value!r}", "e.g. 0.5")
-    if not 0 < value < 1:
-        raise UserInputError(field, f"must be in (0, 1), got {value}", "e.g. 0.5 for half")
-    if field == "latency_ratio" and not isinstance(latency_table, LatencyTable):
-        raise UserInputError(
-            "latency_table",
-            f"latency_ratio needs a latency table, got {type(latency_table).__name__}",
-            "pass latency_table=ns.latency_table(model, example_inputs) (its runtime, threads and device are used)",
-        )
-    return field, float(value)
 
 
 def _check_arguments(
@@ -215,7 +193,7 @@ def prune(
             (each group keeps at least 1 - :data:`MAX_LAYER_PRUNING` of its channels; the
             message says what was reached).
     """
-    field, ratio = _check_budget(macs_ratio, latency_ratio, latency_table)
+    field, ratio = check_budget(dict(macs_ratio=macs_ratio, latency_ratio=latency_ratio), latency_table, whole=False)
     record = _check_arguments(model, example_inputs, importance, data, round_to)
     batches = _batches(data) if record.needs_data else []
     tp = torch_pruning("importance")
