@@ -46,8 +46,8 @@ import pandas as pd
 import torch
 
 import nas_sepconv as ns
+from nas_sepconv.conversion.latency_session import LatencySettings, time_modules
 from nas_sepconv.data import Dataset, Split, calibration_batches, load_dataset
-from nas_sepconv.measure import find_runtime, prepare_forward, summarise, time_rounds, torch_threads
 from nas_sepconv.models import cifar_resnet18
 from nas_sepconv.train import TrainConfig, correct_per_image, distill, evaluate
 
@@ -328,15 +328,11 @@ class Context:
 
 
 def measure(models: list[torch.nn.Module], x: torch.Tensor, cfg: Config) -> list[float]:
-    """Median ms of each (CPU) model in ONNX Runtime, 1 thread, batch 1, interleaved rounds."""
-    record = find_runtime("onnxruntime")
-    with torch_threads(1), torch.no_grad():
-        forwards = [
-            prepare_forward(m.eval(), (x,), runtime=record, threads=1, device=torch.device("cpu"), dtype=None)
-            for m in models
-        ]
-        times = time_rounds(forwards, repeats=cfg.repeats, warmup=cfg.warmup)
-    return [summarise(t)["median_ms"] for t in times]
+    """Median ms of each (CPU) model in ONNX Runtime, 1 thread, batch 1, in the same interleaved
+    rounds (``time_modules``, as a latency table and a latency budget's check time theirs)."""
+    settings = LatencySettings.checked("onnxruntime", 1, "cpu", torch.float32, cfg.repeats, cfg.warmup, None)
+    records = time_modules([(m.eval(), (x,)) for m in models], settings)
+    return [r["median_ms"] for r in records]
 
 
 # -- the methods: each brings the reference to one budget ------------------------------------

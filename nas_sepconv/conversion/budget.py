@@ -35,13 +35,13 @@ per site and candidate); compute it once and call :func:`plan_for_budget` for ea
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import pandas as pd
 import torch.nn as nn
 
 from ..errors import UserInputError
+from .budget_args import check_budget
 from .channel_pruning import PruneSpec, is_prune_spec, make_mixed_plan, prune_sites
 from .knapsack import Exclusion, choose_apart
 from .latency import LatencyTable
@@ -56,36 +56,6 @@ __all__ = ["sensitivity", "plan_for_budget"]
 #: choices re-solved, each asking for the saving the last one missed, when pruning a site and
 #: converting its producer saved less than the two alone (exact MACs; predicted latency)
 _PRUNE_RETRIES = 8
-
-
-def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_ms: Any, latency_table: Any) -> tuple[str, float]:
-    """The one budget given, by field name, checked."""
-    given = {
-        k: v
-        for k, v in (("macs_ratio", macs_ratio), ("latency_ratio", latency_ratio), ("latency_ms", latency_ms))
-        if v is not None
-    }
-    if len(given) != 1:
-        raise UserInputError(
-            "budget",
-            f"give exactly one of macs_ratio, latency_ratio, latency_ms (got {', '.join(given) or 'none'})",
-            "e.g. macs_ratio=0.25, or latency_ratio=0.5 with latency_table=ns.latency_table(model, x)",
-        )
-    ((field, value),) = given.items()
-    top = math.inf if field == "latency_ms" else 1
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
-        raise UserInputError(
-            field,
-            f"expected a number in (0, {top:g}], got {value!r}",
-            "use e.g. 0.5 for half" if top == 1 else "use the budget in milliseconds, e.g. 20.0",
-        )
-    if field != "macs_ratio" and not isinstance(latency_table, LatencyTable):
-        raise UserInputError(
-            "latency_table",
-            f"{field} needs a latency table, got {type(latency_table).__name__}",
-            "pass latency_table=ns.latency_table(model, example_inputs)",
-        )
-    return field, float(value)
 
 
 def _savings(
@@ -160,7 +130,8 @@ def _solve(
     and a compressed producer of its inputs save less than the two apart, so no choice takes
     both (:func:`~.knapsack.choose_apart`).  A plan whose figure still misses ``limit`` (a
     latency predicted of the whole plan) is solved again asking for the saving it missed
-    (doubled each time), :data:`_PRUNE_RETRIES` times."""
+    (doubled each time), :data:`_PRUNE_RETRIES` times; then :class:`UserInputError` names the
+    figure reached (a plan over budget is never returned)."""
     exclusions = _prune_exclusions(model, names, labels, example_inputs)
     for attempt in range(_PRUNE_RETRIES):
         chosen = choose_apart(groups, required, exclusions=exclusions, resolution=resolution)
@@ -170,9 +141,17 @@ def _solve(
         plan = make_mixed_plan(model, rules, example_inputs=example_inputs)
         value = _figure(plan, field, latency_table)
         if value <= limit:
-            break
+            return plan, chosen, value
         required += (value - limit) * 2**attempt
-    return plan, chosen, value
+    figure = (
+        f"{value:.4g} predicted ms against {limit:.4g}" if field != "macs_ratio" else f"{value} MACs against {limit}"
+    )
+    raise UserInputError(
+        field,
+        f"the budget is not kept: after {_PRUNE_RETRIES} choices each asking for the saving the last missed, "
+        f"the plan reaches {figure}",
+        f"raise {field}, or leave out the prune_r candidates (they save less beside a compressed producer)",
+    )
 
 
 def _prune_exclusions(
@@ -268,7 +247,9 @@ def plan_for_budget(
     below what the candidates can reach or not met when measured, or if ``table`` lacks
     :func:`sensitivity`'s columns.
     """
-    field, budget = _check_budget(macs_ratio, latency_ratio, latency_ms, latency_table)
+    field, budget = check_budget(
+        dict(macs_ratio=macs_ratio, latency_ratio=latency_ratio, latency_ms=latency_ms), latency_table, whole=True
+    )
     _check_options(resolution, latency_table)
     base, names = _table_sites(model, table, example_inputs)
     groups, labels = _options(model, table, names, field, latency_table, example_inputs)

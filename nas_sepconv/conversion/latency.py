@@ -18,7 +18,8 @@ BatchNorm and activation that follow it (``keep``), each candidate block at the 
 would convert with the same neighbours, the whole model, and ``calibrate`` converted models
 (one uniform plan per candidate), all in the same interleaved rounds, medians with stalls
 rejected.  The session is cached on disk as one record (:class:`~nas_sepconv.measure.LatencyCache`)
-and reused whole, or timed afresh whole.
+and reused whole, or timed afresh whole; entries measured later (:meth:`LatencyTable.ensure`) are
+rescaled to the session and added to its record.
 
 **Prediction.**  The remainder (everything but the conv sites: pooling, the head, the runtime's
 per-call overhead) is the whole model less the sites' entries; a converted model's raw
@@ -47,7 +48,7 @@ import torch.nn as nn
 
 from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
-from ..measure import LatencyCache, as_inputs, latency_cache_dir, latency_context, onnx_node_latency
+from ..measure import LatencyCache, as_inputs, latency_cache_dir
 from .latency_session import (
     LatencySettings,
     model_key,
@@ -59,6 +60,7 @@ from .latency_session import (
     valid_session,
 )
 from .narrowed import KEEP, NarrowedSite, table_spec
+from .onnx_table import is_onnx_context, onnx_only_error, onnx_session
 from .plan import Plan, PlanEntry
 from .planning import make_plan, with_spec
 from .rewrite import plan_of
@@ -141,9 +143,13 @@ class LatencyTable:
     def ensure(self, pairs: Iterable[tuple[str, BlockSpec | str | None]], *, progress: bool = False) -> None:
         """Measure the entries of ``pairs`` (site name, spec) the table lacks, each beside its
         site's conv, and scale them by the ratio of the table's conv entry to the conv timed now
-        (so they belong to the table's session).  Raises :class:`UserInputError` for a site the
+        (so they belong to the table's session), and add them to the session's cached record
+        (read back later with ``source`` ``cache``).  Raises :class:`UserInputError` for a site the
         model does not have."""
         wanted: dict[str, list[BlockSpec | None]] = {}
+        pairs = list(pairs)
+        if pairs and is_onnx_context(self.context):
+            raise onnx_only_error()
         for name, spec in pairs:
             if name not in self.sites:
                 raise UserInputError(
@@ -306,28 +312,26 @@ def latency_table(
     interleaved rounds after ``warmup``.
 
     The session is read from and written to the cache in ``cache_dir`` (default
-    :func:`~nas_sepconv.measure.latency_cache_dir`) as one record, reused only whole.
+    :func:`~nas_sepconv.measure.latency_cache_dir`) as one record, reused only whole (entries
+    :meth:`LatencyTable.ensure` measures later are rescaled to the session and added to it).
     ``progress``: a bar (or plain lines) on stderr.  ``model`` is never changed.  Returns a
     :class:`LatencyTable` (its ``frame`` is the DataFrame; ``predict(plan)`` a converted
     model's latency).
-    An ``.onnx`` file's path for ``model``: its Conv nodes, :func:`~nas_sepconv.measure.onnx_node_latency`.
+    An ``.onnx`` file's path for ``model``: its Conv nodes and the whole model (:mod:`.onnx_table`;
+    the arguments only a model's table uses are refused unless left at their defaults).
     """
     if isinstance(model, (str, os.PathLike)):
-        return _onnx_table(model, example_inputs, threads=threads, dtype=dtype, repeats=repeats, warmup=warmup)
+        unused = dict(candidates=candidates, policy=policy, runtime=runtime, device=device, calibrate=calibrate)
+        measuring = dict(threads=threads, dtype=dtype, repeats=repeats, warmup=warmup)
+        unused["cache_dir"] = cache_dir
+        frame, w, context, settings = onnx_session(model, example_inputs, latency_table, unused=unused, **measuring)
+        return LatencyTable(frame[TABLE_COLUMNS], w["median_ms"], w["p10_ms"], w["p90_ms"], context, {}, settings)
     settings = LatencySettings.checked(runtime, threads, device, dtype, repeats, warmup, cache_dir)
     specs = _checked_specs(candidates, calibrate)
     inputs = as_inputs(example_inputs)
     chosen = [e.name for e in make_plan(model, policy, example_inputs=inputs).converted]
     base = make_plan(model, {}, example_inputs=inputs)  # every site, kept
-    rt = settings.runtime
-    context = latency_context(
-        device=settings.device,
-        threads=settings.threads,
-        runtime=rt.name,
-        runtime_version=rt.version(),
-        dtype=dtype,
-        memory_format=rt.memory_format,
-    )
+    context = settings.context()
     groups = [
         (e, [None] + ([s for s in specs if not s.unsupported(e.geometry)] if e.name in chosen else []))
         for e in base.entries
@@ -368,18 +372,6 @@ def _checked_specs(candidates: Any, calibrate: Any) -> list[BlockSpec]:
     if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 0:
         raise UserInputError("calibrate", f"expected an integer >= 0, got {calibrate!r}", "use e.g. calibrate=3")
     return list(dict.fromkeys(as_spec(c) for c in candidates))
-
-
-def _onnx_table(
-    path: str | os.PathLike, example_inputs: Any, *, threads: int | None, dtype: torch.dtype, repeats: int, warmup: int
-) -> LatencyTable:
-    """The table of an ``.onnx`` file: ONNX Runtime's profiler times its Conv nodes and the whole
-    model in one session (:func:`~nas_sepconv.measure.onnx_node_latency`); not cached."""
-    settings = LatencySettings.checked("onnxruntime", threads, "cpu", dtype, repeats, warmup, None)
-    frame, w, context = onnx_node_latency(
-        path, example_inputs, threads=settings.threads, repeats=repeats, warmup=warmup
-    )
-    return LatencyTable(frame[TABLE_COLUMNS], w["median_ms"], w["p10_ms"], w["p90_ms"], context, {}, settings)
 
 
 def predict_latency(model_or_plan: nn.Module | Plan, table: LatencyTable) -> float:

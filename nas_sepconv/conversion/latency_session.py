@@ -15,7 +15,11 @@ a conv whose output is used twice) is timed alone.
 A table's entries and the whole-model time it is compared with come from one session: the cache
 holds them in one record per model (:func:`model_key`: its structure, parameter shapes and
 input shapes), and a table either reuses that whole record or times everything afresh, never a
-mix of an earlier run's entries and a new whole-model time.
+mix of an earlier run's entries and a new whole-model time.  Entries a table lacks and measures
+later (:meth:`~.latency.LatencyTable.ensure`: a block it was not built with, a prune candidate's
+narrowed layers) are timed beside their site's conv, rescaled to the session by the ratio of the
+record's conv time to the one timed now, and added to the record: a table read from it later
+reports them as ``cache`` like the rest.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from ..measure import (
     check_repeats,
     check_threads,
     find_runtime,
+    latency_context,
     prepare_forward,
     summarise,
     time_rounds,
@@ -48,7 +53,7 @@ from ..measure import (
 )
 from ..progress import progress as progress_bar
 from ..progress import track
-from .narrowed import NarrowedSite
+from .narrowed import KEEP, NarrowedSite
 from .plan import Plan, PlanEntry
 from .rewrite import apply_plan
 from .sites import trace
@@ -65,8 +70,6 @@ __all__ = [
     "time_modules",
     "valid_session",
 ]
-
-KEEP = "keep"
 
 #: activations a runtime fuses into the conv before them: module classes, and the functions
 #: and tensor methods that compute the same, by the module class that stands in for them
@@ -197,6 +200,19 @@ class LatencySettings:
     repeats: int
     warmup: int
     cache_dir: str | os.PathLike | None
+
+    def context(self) -> dict[str, Any]:
+        """What figures measured with these settings depend on
+        (:func:`~nas_sepconv.measure.latency_context`): a latency cache file's key."""
+        rt = self.runtime
+        return latency_context(
+            device=self.device,
+            threads=self.threads,
+            runtime=rt.name,
+            runtime_version=rt.version(),
+            dtype=self.dtype,
+            memory_format=rt.memory_format,
+        )
 
     @classmethod
     def checked(

@@ -5,7 +5,9 @@ A ``prune_r<keep>`` site narrows two convolutions (its own input, its producer's
 table's runtime: each narrowed layer is a :class:`~.narrowed.NarrowedSite` entry of its site,
 measured (and cached) like a block.  A plan's predicted latency is then, as for conversion
 alone (the per-layer lookup tables of FBNet, arXiv:1812.03443), the measured whole model plus,
-per site that the plan changes, its new entry less its conv's.
+per site that the plan changes, its new entry less its conv's.  A converted site's saving is
+calibrated as :meth:`~.latency.LatencyTable.predict` calibrates it (``table.scales``), so a plan
+predicts the same here and there; a narrowed entry has no calibration plan and counts raw.
 """
 
 from __future__ import annotations
@@ -39,9 +41,15 @@ def _changed(table: LatencyTable, plan: Plan) -> list[tuple[PlanEntry, Any]]:
 
 def predict_mixed(table: LatencyTable, plan: Plan) -> float:
     """The latency (ms) ``table`` predicts for ``plan``, pruned sites and narrowed producers
-    included (entries it lacks are measured first)."""
+    included (entries it lacks are measured first); a converted site's saving calibrated as
+    :meth:`~.latency.LatencyTable.predict` does, so a plan without pruned sites predicts the same."""
     pairs = _changed(table, plan)
-    return table.model_ms + sum((table.ms(e.name, spec) - table.ms(e.name, None)) * e.calls for e, spec in pairs)
+    scales = table.scales
+    total = 0.0
+    for e, spec in pairs:
+        scale = 1.0 if isinstance(spec, NarrowedSite) else scales.get(str(spec), scales["*"])
+        total += (table.ms(e.name, None) - table.ms(e.name, spec)) * e.calls * scale
+    return table.model_ms - total
 
 
 def annotate_mixed(table: LatencyTable, plan: Plan) -> Plan:

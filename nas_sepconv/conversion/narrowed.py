@@ -19,6 +19,8 @@ from ..measure import count_macs
 
 __all__ = ["KEEP", "NarrowedSite", "table_spec"]
 
+#: the choice of a site that keeps its original conv (a rule of ``None``): a latency table's
+#: spec of the conv itself, a convert supernet's choice of it
 KEEP = "keep"
 
 

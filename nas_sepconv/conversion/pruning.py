@@ -18,6 +18,7 @@ batches).
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -29,9 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserInputError
-from ..measure import count_macs, measure_latency
+from ..measure import as_inputs, count_macs
 from ..tables import lookup
+from .budget_args import check_budget
 from .latency import LatencyTable
+from .latency_session import time_modules
 from .width import check_model_and_input, check_output_shapes, is_pruned, mark_pruned, prunable_copy, torch_pruning
 
 __all__ = [
@@ -91,29 +94,6 @@ def pruning_importance(name: str) -> PruningImportance:
     return lookup(PRUNING_IMPORTANCES, name, field="importance", what="pruning importance")
 
 
-def _check_budget(macs_ratio: Any, latency_ratio: Any, latency_table: Any) -> tuple[str, float]:
-    """The one budget of :func:`prune` (field name, value), checked."""
-    given = {k: v for k, v in (("macs_ratio", macs_ratio), ("latency_ratio", latency_ratio)) if v is not None}
-    if len(given) != 1:
-        raise UserInputError(
-            "budget",
-            f"give exactly one of macs_ratio, latency_ratio (got {', '.join(given) or 'none'})",
-            "e.g. macs_ratio=0.5, or latency_ratio=0.5 with latency_table=ns.latency_table(model, x)",
-        )
-    ((field, value),) = given.items()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserInputError(field, f"expected a number in (0, 1), got {value!r}", "e.g. 0.5")
-    if not 0 < value < 1:
-        raise UserInputError(field, f"must be in (0, 1), got {value}", "e.g. 0.5 for half")
-    if field == "latency_ratio" and not isinstance(latency_table, LatencyTable):
-        raise UserInputError(
-            "latency_table",
-            f"latency_ratio needs a latency table, got {type(latency_table).__name__}",
-            "pass latency_table=ns.latency_table(model, example_inputs) (its runtime, threads and device are used)",
-        )
-    return field, float(value)
-
-
 def _check_arguments(
     model: nn.Module, example_inputs: Any, importance: str, data: Any, round_to: int | None
 ) -> PruningImportance:
@@ -146,20 +126,13 @@ def _accumulate_gradients(model: nn.Module, batches: list[tuple[torch.Tensor, to
         F.cross_entropy(model(inputs), targets).backward()
 
 
-def _latency(model: nn.Module, example_inputs: Any, table: LatencyTable) -> float:
-    """The measured median latency (ms) of ``model`` as ``table`` measures (runtime, threads,
-    device, dtype, repeats)."""
-    st = table.settings
-    return measure_latency(
-        model,
-        example_inputs,
-        repeats=st.repeats,
-        warmup=st.warmup,
-        threads=st.threads,
-        device=st.device,
-        runtime=st.runtime.name,
-        dtype=st.dtype,
-    )["median_ms"]
+def _latency_ratio(original: nn.Module, pruned: nn.Module, example_inputs: Any, table: LatencyTable) -> float:
+    """The median latency of ``pruned`` over ``original``'s, both timed now in the same
+    interleaved rounds (:func:`~.latency_session.time_modules`) as ``table`` measures (runtime,
+    threads, device, dtype, repeats), as :func:`~.latency_check.measure_plan` times a plan."""
+    inputs = as_inputs(example_inputs)
+    before, after = time_modules([(original, inputs), (pruned, inputs)], table.settings)
+    return after["median_ms"] / before["median_ms"]
 
 
 def _prune_until(
@@ -211,31 +184,32 @@ def prune(
     ``latency_ratio`` (instead of ``macs_ratio``: exactly one budget) prunes until the
     **measured** latency of the pruned model, in ``latency_table``'s runtime, threads, device
     and dtype (a :class:`~nas_sepconv.conversion.LatencyTable`; its ``repeats``), is at most
-    ``latency_ratio`` of the original's, measured the same way first; the model is measured
-    every :data:`LATENCY_EVERY` pruning steps, so it ends within that many steps of the budget.
+    ``latency_ratio`` of the original's, the two timed together in the same interleaved rounds
+    at each check (as a latency budget's plan is measured); the model is measured every
+    :data:`LATENCY_EVERY` pruning steps, so it ends within that many steps of the budget.
 
     Raises:
         UserInputError: a bad argument (naming it), or a ratio that pruning cannot reach
             (each group keeps at least 1 - :data:`MAX_LAYER_PRUNING` of its channels; the
             message says what was reached).
     """
-    field, ratio = _check_budget(macs_ratio, latency_ratio, latency_table)
+    field, ratio = check_budget(dict(macs_ratio=macs_ratio, latency_ratio=latency_ratio), latency_table, whole=False)
     record = _check_arguments(model, example_inputs, importance, data, round_to)
     batches = _batches(data) if record.needs_data else []
     tp = torch_pruning("importance")
     pruned, kept, shapes = prunable_copy(model, example_inputs, ignored, field="ignored")
 
-    def measure() -> float:
-        return (
-            count_macs(pruned, example_inputs)
-            if field == "macs_ratio"
-            else _latency(pruned, example_inputs, latency_table)
-        )
-
-    original = measure()
-    target = ratio * original
     was_training = pruned.training
     pruned.eval()
+    original = copy.deepcopy(pruned) if field == "latency_ratio" else None  # timed beside each pruned state
+    macs = count_macs(pruned, example_inputs)
+
+    def measure() -> float:
+        """The fraction of the original reached: MACs, or latency timed beside the original."""
+        if field == "macs_ratio":
+            return count_macs(pruned, example_inputs) / macs
+        return _latency_ratio(original, pruned, example_inputs, latency_table)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruner = tp.pruner.BasePruner(
@@ -250,15 +224,15 @@ def prune(
             round_to=round_to,
         )
         every = 1 if field == "macs_ratio" else LATENCY_EVERY
-        reached = _prune_until(pruner, pruned, batches, measure, target, every)
+        reached = _prune_until(pruner, pruned, batches, measure, ratio, every)
     pruned.zero_grad(set_to_none=True)
     pruned.train(was_training)
-    if reached > target:
+    if reached > ratio:
         what = "MACs" if field == "macs_ratio" else "measured latency"
         raise UserInputError(
             field,
-            f"{ratio} cannot be reached: pruning stopped at {reached / original:.3f} of the original {what}",
-            f"use a ratio above {reached / original:.2f}, or convert the model (ns.convert) as well",
+            f"{ratio} cannot be reached: pruning stopped at {reached:.3f} of the original {what}",
+            f"use a ratio above {reached:.2f}, or convert the model (ns.convert) as well",
         )
     check_output_shapes(pruned, example_inputs, shapes, field="ignored")
     return mark_pruned(pruned)

@@ -26,13 +26,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..conversion import Plan, Policy, apply_plan, make_plan, refit
+from ..conversion.narrowed import KEEP
 from ..errors import UserInputError
 from .supernet import resize
 
 __all__ = ["KEEP", "ConvertSupernet", "SiteChoices", "convert_supernet", "extract_converted", "site_policy"]
-
-#: the choice of a site that keeps its original conv (a rule of ``None``)
-KEEP = "keep"
 
 
 class SiteChoices(nn.Module):

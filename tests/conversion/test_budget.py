@@ -256,3 +256,12 @@ def test_sensitivity_on_held_out_batches(net_and_batches):
     pd.testing.assert_series_equal(on_fit, same)
     assert held["conv2"] > 2 * on_fit["conv2"]
     assert held["conv3"] < 1e-8  # exact at any data: conv3 is separable
+
+
+def test_a_plan_still_over_budget_after_the_re_solves_is_refused(net_and_batches, table, monkeypatch):
+    from nas_sepconv.conversion import budget
+
+    model, batches = net_and_batches
+    monkeypatch.setattr(budget, "choose_apart", lambda groups, *a, **k: [0] * len(groups))  # always keeps all
+    with pytest.raises(UserInputError, match=r"^macs_ratio: the budget is not kept: .* reaches \d+ MACs against"):
+        ns.plan_for_budget(model, table, macs_ratio=0.5, example_inputs=batches[0][:1])

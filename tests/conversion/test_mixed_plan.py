@@ -161,3 +161,13 @@ def test_pruning_a_site_that_is_not_local_is_refused():
 
 def test_prune_spec_string_form():
     assert str(PruneSpec.parse("prune_r0.5")) == "prune_r0.5" and PruneSpec(0.25).channels(8) == 2
+
+
+def test_predict_mixed_calibrates_converted_sites_as_predict_does(tmp_path, monkeypatch):
+    net = model()
+    latency = ns.latency_table(
+        net, X, candidates=["dwsep_m2"], repeats=2, warmup=1, threads=1, calibrate=0, cache_dir=tmp_path
+    )
+    monkeypatch.setattr(type(latency), "scales", property(lambda self: {"*": 2.0}))
+    plan = ns.make_plan(net, {"layer1.0.conv1": "dwsep_m2", "layer3.0.conv1": "dwsep_m2"}, example_inputs=X)
+    assert predict_mixed(latency, plan) == pytest.approx(latency.predict(plan))

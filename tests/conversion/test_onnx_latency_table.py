@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import nas_sepconv as ns
-from nas_sepconv.conversion.latency import TABLE_COLUMNS
+from nas_sepconv.conversion.latency import DEFAULT_CANDIDATES, TABLE_COLUMNS
 from nas_sepconv.errors import UserInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,3 +68,40 @@ def test_a_missing_file_and_a_model_without_inputs_are_refused(tmp_path):
     with pytest.raises(UserInputError) as info:
         ns.latency_table(ns.models.tiny_convnet())  # a module still needs its example inputs
     assert info.value.field == "example_inputs"
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"candidates": ["dwsep_m1"]}, "candidates"),
+        ({"policy": "spatial"}, "policy"),
+        ({"runtime": "compile"}, "runtime"),
+        ({"device": "cuda"}, "device"),
+        ({"calibrate": 0}, "calibrate"),
+        ({"cache_dir": "somewhere"}, "cache_dir"),
+    ],
+)
+def test_arguments_an_onnx_table_does_not_use_are_refused(exported, kwargs, field):
+    _, _, path = exported
+    with pytest.raises(UserInputError, match="not used for an .onnx file") as info:
+        ns.latency_table(path, threads=1, repeats=1, warmup=0, **kwargs)
+    assert info.value.field == field and "\n" not in str(info.value)
+
+
+def test_the_defaults_spelled_out_are_accepted(exported):
+    _, _, path = exported
+    table = ns.latency_table(
+        path, threads=1, repeats=1, warmup=0, candidates=list(DEFAULT_CANDIDATES), runtime="onnxruntime"
+    )
+    assert len(table.frame) > 0
+
+
+def test_predicting_a_converted_plan_with_an_onnx_table_says_why_not(exported):
+    model, x, path = exported
+    table = ns.latency_table(path, threads=1, repeats=1, warmup=0)
+    plan = ns.make_plan(ns.models.cifar_resnet18(width=8).eval(), "dwsep", example_inputs=x)
+    with pytest.raises(UserInputError, match="per-node and whole-model times only") as info:
+        table.predict(plan)
+    assert info.value.field == "latency_table" and "\n" not in str(info.value)
+    with pytest.raises(UserInputError, match="per-node and whole-model times only"):
+        table.ensure([("conv1", "dwsep_m1")])

@@ -232,3 +232,20 @@ def test_a_pruned_model_exports_to_onnx_as_the_refusal_says(tmp_path):
     (outputs,) = run_onnx(onnx_session(path), x[:1])
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(outputs), pruned(x[:1]), rtol=1e-4, atol=1e-5)
+
+
+def test_each_latency_check_times_the_original_beside_the_pruned_model(monkeypatch, tmp_path):
+    from nas_sepconv.conversion import pruning
+
+    model, x = tiny()
+    full = ns.count_macs(model, x)
+    calls = []
+
+    def timed(modules, settings, progress=False):  # latency in proportion to MACs
+        calls.append([ns.count_macs(m, inputs[0]) for m, inputs in modules])
+        return [{"median_ms": ns.count_macs(m, inputs[0]) / 1e6} for m, inputs in modules]
+
+    monkeypatch.setattr(pruning, "time_modules", timed, raising=False)
+    pruned = prune(model, x, latency_ratio=0.5, latency_table=small_latency_table(model, x, tmp_path))
+    assert calls and all(len(pair) == 2 and pair[0] == full for pair in calls)  # the original each time
+    assert calls[-1][1] <= 0.5 * full and ns.count_macs(pruned, x) == calls[-1][1]
