@@ -76,10 +76,17 @@ def test_a_toy_run_writes_ranking_rows_and_resumes(bench, tmp_path, monkeypatch)
 
 
 def test_correlations_are_kendall_and_spearman(bench):
-    rows = pd.DataFrame({"inherited_accuracy": [0.1, 0.2, 0.3, 0.4], "finalized_accuracy": [0.5, 0.7, 0.6, 0.9]})
+    rows = pd.DataFrame(
+        {
+            "inherited_accuracy": [0.1, 0.2, 0.3, 0.4],
+            "finalized_accuracy": [0.5, 0.7, 0.6, 0.9],
+            "macs": [40, 30, 20, 10],
+        }
+    )
     corr = bench.correlations(rows)
     assert corr["kendall_tau"] == pytest.approx(4 / 6)  # 5 concordant pairs, 1 discordant
     assert corr["spearman_rho"] == pytest.approx(0.8)
+    assert corr["macs_kendall_tau"] == pytest.approx(-4 / 6)  # the reference: MACs alone
     assert all(v != v for v in bench.correlations(rows.head(2)).values())  # NaN below 3 subnets
 
 
