@@ -1,5 +1,6 @@
 """Model -> plan -> converted model: conv sites, Plan, apply_plan, refit, fidelity, budgets,
-width pruning, channel pruning to a MACs or latency budget (and per site, in budgeted plans), inference optimisation and latency tables."""
+width pruning, channel pruning to a MACs or latency budget (and per site, in budgeted plans),
+inference optimisation and latency tables."""
 
 from __future__ import annotations
 

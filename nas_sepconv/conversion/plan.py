@@ -152,8 +152,9 @@ class Plan:
     def report(self) -> pd.DataFrame:
         """One row per conv site: name, op, spec (the block, ``prune_r<keep>`` or ``keep``),
         compressor (what the spec is, in words: ``low-rank (spatial SVD)`` for ``spatial``),
-        status (``converted``, ``pruned``, ``kept``, ``not reached``), reason when kept, shapes, calls (per forward on the first example
-        input: 0 when only another input reaches the site), MACs and params before and after
+        status (``converted``, ``pruned``, ``kept``, ``not reached``), reason when kept, shapes,
+        calls (per forward on the first example input: 0 when only another input reaches the
+        site), MACs and params before and after
         (MACs per call, bias excluded; 0 MACs when not reached; with pruning, ``macs_before`` is
         the original model's, so a narrowed producer shows its saving too), macs_ratio (MACs after /
         before: for ``dwsep`` the MobileNet paper's 1/C_out + 1/K²), grad_enabled (False: a

@@ -103,9 +103,9 @@ def to_onnx(
     """``model`` (an eval copy; the model itself is not changed) written to ONNX for
     ``example_inputs``, at opset :data:`ONNX_OPSET`, with its batch dimension dynamic.  Inputs
     are named ``input`` (``input_0``, ``input_1``, ... for several), outputs ``output_name``
-    likewise.  ``exporter``: a name of :data:`ONNX_EXPORTERS`.  Returns the path ``out`` (written atomically; weights over
-    :data:`EXTERNAL_DATA_BYTES` in ``<out>.data`` beside it), or the model's bytes when ``out``
-    is None.  A model that cannot be exported faithfully raises :class:`UserInputError`
+    likewise.  ``exporter``: a name of :data:`ONNX_EXPORTERS`.  Returns the path ``out``
+    (written atomically; weights over :data:`EXTERNAL_DATA_BYTES` in ``<out>.data`` beside
+    it), or the model's bytes when ``out`` is None.  A model that cannot be exported faithfully raises :class:`UserInputError`
     (``model``) whose fix ends with ``instead`` (what the caller can do instead)."""
     record = lookup(ONNX_EXPORTERS, exporter, field="exporter", what="ONNX exporter")
     need_module("onnx", "onnx")
