@@ -105,8 +105,9 @@ def to_onnx(
     are named ``input`` (``input_0``, ``input_1``, ... for several), outputs ``output_name``
     likewise.  ``exporter``: a name of :data:`ONNX_EXPORTERS`.  Returns the path ``out``
     (written atomically; weights over :data:`EXTERNAL_DATA_BYTES` in ``<out>.data`` beside
-    it), or the model's bytes when ``out`` is None.  A model that cannot be exported faithfully raises :class:`UserInputError`
-    (``model``) whose fix ends with ``instead`` (what the caller can do instead)."""
+    it), or the model's bytes when ``out`` is None.  A model that cannot be exported faithfully
+    raises :class:`UserInputError` (``model``) whose fix ends with ``instead`` (what the caller
+    can do instead)."""
     record = lookup(ONNX_EXPORTERS, exporter, field="exporter", what="ONNX exporter")
     need_module("onnx", "onnx")
     for module in record.needs:
