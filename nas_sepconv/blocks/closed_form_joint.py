@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from .geometry import ConvGeometry
 
-__all__ = ["JointRefit", "DWSEP", "refit_dwsep"]
+__all__ = ["JointRefit", "DWSEP", "conjugate_gradients", "refit_dwsep"]
 
 #: D-steps with at most this many unknowns are solved directly (Cholesky); larger ones by
 #: conjugate gradients warm-started at the current filters (H is never formed).
@@ -89,7 +89,7 @@ def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor
         return torch.linalg.pinv(a, hermitian=True) @ b
 
 
-def _conjugate_gradients(
+def conjugate_gradients(
     matvec: Callable[[torch.Tensor], torch.Tensor],
     rhs: torch.Tensor,
     x: torch.Tensor,
@@ -160,12 +160,12 @@ def _depthwise_step(a4: torch.Tensor, b3: torch.Tensor, p: torch.Tensor, d: torc
     blocks = blocks + lam * torch.eye(m * k, dtype=blocks.dtype, device=blocks.device)
     factor, info = torch.linalg.cholesky_ex(blocks)
     if bool((info != 0).any()):
-        return _conjugate_gradients(matvec, rhs, d)
+        return conjugate_gradients(matvec, rhs, d)
 
     def precondition(r: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_solve(r.reshape(cin, m * k, 1), factor).reshape(cin, m, k)
 
-    return _conjugate_gradients(matvec, rhs, d, precondition=precondition)
+    return conjugate_gradients(matvec, rhs, d, precondition=precondition)
 
 
 def refit_dwsep(

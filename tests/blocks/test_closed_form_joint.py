@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from nas_sepconv.blocks.closed_form_joint import _conjugate_gradients
+from nas_sepconv.blocks.closed_form_joint import conjugate_gradients
 
 
 def test_block_jacobi_preconditioner_speeds_up_conjugate_gradients():
@@ -24,8 +24,8 @@ def test_block_jacobi_preconditioner_speeds_up_conjugate_gradients():
     def err(x):
         return ((x - exact).norm() / exact.norm()).item()
 
-    plain = _conjugate_gradients(lambda v: h @ v, rhs, torch.zeros(48, dtype=torch.float64), steps=5)
-    pre = _conjugate_gradients(
+    plain = conjugate_gradients(lambda v: h @ v, rhs, torch.zeros(48, dtype=torch.float64), steps=5)
+    pre = conjugate_gradients(
         lambda v: h @ v, rhs, torch.zeros(48, dtype=torch.float64), steps=5, precondition=lambda r: inverse @ r
     )
     assert err(pre) < 1e-3 < err(plain)
