@@ -139,6 +139,8 @@ def latency_table(
         tails=tails,
         calibration=[r for r in record["calibration"] if (r["spec"], tuple(r["sites"])) in wanted],
         key=key,
+        model=model,
+        inputs=inputs,
     )
 
 
