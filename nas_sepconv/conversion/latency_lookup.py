@@ -14,6 +14,7 @@ described there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,13 +34,24 @@ from .onnx_table import is_onnx_context, onnx_only_error
 from .plan import Plan, PlanEntry
 from .planning import with_spec
 
-__all__ = ["MIN_CALIBRATION_SAVING", "SCALE_RANGE", "TABLE_COLUMNS", "LatencyTable", "table_row"]
+__all__ = [
+    "MIN_CALIBRATION_SAVING",
+    "SCALE_RANGE",
+    "TABLE_COLUMNS",
+    "LatencyTable",
+    "changed_entries",
+    "fit_scales",
+    "prune_entry",
+    "table_row",
+]
 
 TABLE_COLUMNS = ["name", "spec", "op", "input_shape", "calls", "macs", "latency_ms", "p10_ms", "p90_ms", "source"]
 #: a calibration plan whose raw predicted saving is below this fraction of the model is noise, not a fit
 MIN_CALIBRATION_SAVING = 0.02
 #: the scales a calibration may fit (outside: clipped; a table that needs more is broken)
 SCALE_RANGE = (0.2, 5.0)
+#: the fields the calibration's fit reads: assigning one drops the table's cached ``scales``
+_FIT_FROM = frozenset({"frame", "calibration", "model_ms", "sites"})
 
 
 def table_row(
@@ -198,25 +210,17 @@ class LatencyTable:
             out[label] = out.get(label, 0.0) + (self.ms(e.name, None) - self.ms(e.name, e.spec)) * e.calls
         return out
 
-    @property
+    @functools.cached_property
     def scales(self) -> dict[str, float]:
-        """The calibration's fit: per block spec with a calibration plan, measured saving over
-        raw predicted saving; ``"*"``: one least-squares scale over all plans (1 without any)."""
-        ms = dict(zip(zip(self.frame["name"], self.frame["spec"]), self.frame["latency_ms"]))
-        points = []
-        for record in self.calibration:
-            pairs = [(ms.get((n, KEEP)), ms.get((n, record["spec"])), self.sites[n].calls) for n in record["sites"]]
-            raw = sum((kept - block) * calls for kept, block, calls in pairs if kept is not None and block is not None)
-            if abs(raw) > MIN_CALIBRATION_SAVING * self.model_ms:
-                points.append((record["spec"], raw, self.model_ms - record["median_ms"]))
-        low, high = SCALE_RANGE
-        clip = lambda v: min(max(v, low), high)  # noqa: E731
-        out = {spec: clip(measured / raw) for spec, raw, measured in points}
-        if points:
-            out["*"] = clip(sum(r * m for _, r, m in points) / sum(r * r for _, r, _ in points))
-        else:
-            out["*"] = 1.0
-        return out
+        """The calibration's fit (:func:`fit_scales`), computed once per table and again only
+        when its entries change (:meth:`ensure`, or ``frame``, ``calibration``, ``model_ms`` or
+        ``sites`` assigned anew; an edit of ``frame`` in place is not seen: assign it)."""
+        return fit_scales(self.frame, self.calibration, self.sites, self.model_ms)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _FIT_FROM:
+            self.__dict__.pop("scales", None)
 
     def saving(self, name: str, spec: Any) -> float:
         """The calibrated time (ms) one call of site ``name`` saves holding ``spec``: its conv
@@ -300,6 +304,30 @@ class LatencyTable:
                     f"{site.input_shape} in the latency table",
                     "make the plan and the table with the same example_inputs",
                 )
+
+
+def fit_scales(
+    frame: pd.DataFrame, calibration: list[dict[str, Any]], sites: dict[str, PlanEntry], model_ms: float
+) -> dict[str, float]:
+    """A table's calibration fit: per block spec with a calibration plan (a ``calibration``
+    record: its converted model measured whole), the measured saving over the raw predicted
+    saving (from ``frame``'s entries); ``"*"``: one least-squares scale through the origin over
+    all plans (1 without any); each clipped to :data:`SCALE_RANGE`."""
+    ms = dict(zip(zip(frame["name"], frame["spec"]), frame["latency_ms"]))
+    points = []
+    for record in calibration:
+        pairs = [(ms.get((n, KEEP)), ms.get((n, record["spec"])), sites[n].calls) for n in record["sites"]]
+        raw = sum((kept - block) * calls for kept, block, calls in pairs if kept is not None and block is not None)
+        if abs(raw) > MIN_CALIBRATION_SAVING * model_ms:
+            points.append((record["spec"], raw, model_ms - record["median_ms"]))
+    low, high = SCALE_RANGE
+    clip = lambda v: min(max(v, low), high)  # noqa: E731
+    out = {spec: clip(measured / raw) for spec, raw, measured in points}
+    if points:
+        out["*"] = clip(sum(r * m for _, r, m in points) / sum(r * r for _, r, _ in points))
+    else:
+        out["*"] = 1.0
+    return out
 
 
 def changed_entries(sites: dict[str, PlanEntry], plan: Plan) -> list[tuple[PlanEntry, Any]]:

@@ -142,3 +142,25 @@ def test_a_table_without_its_model_cannot_price_pruning(setup):
     table.model = None
     with pytest.raises(UserInputError, match="^latency_table: has no model"):
         table.saving("conv2", "prune_r0.5")
+
+
+def test_the_calibration_is_fitted_once_per_table_and_again_when_its_entries_change(setup, monkeypatch):
+    model, table = setup
+    plan = make_mixed_plan(model, {"conv2": "prune_r0.5", "conv1": "dwsep_m1"}, example_inputs=X)
+    table.predict(plan)  # its narrowed entries measured (added entries: a new fit, rightly)
+    table.__dict__.pop("scales", None)  # fitted afresh under the counter below
+    calls = []
+    real = lookup.fit_scales
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(lookup, "fit_scales", counting)
+    for _ in range(3):
+        table.saving("conv1", "dwsep_m1"), table.saving("conv3", "dwsep_m2"), table.predict(plan)
+    assert len(calls) == 1
+    table.ensure([("conv3", "spatial_r0.5")])  # a new entry: the fit is made again when next asked
+    assert table.scales == real(table.frame, table.calibration, table.sites, table.model_ms) and len(calls) == 2
+    table.model_ms = 50.0
+    assert table.scales["dwsep_m1"] != pytest.approx(0.5966587112171838) and len(calls) == 3
