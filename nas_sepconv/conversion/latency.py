@@ -24,9 +24,11 @@ rescaled to the session and added to its record.
 **Prediction.**  The remainder (everything but the conv sites: pooling, the head, the runtime's
 per-call overhead) is the whole model less the sites' entries; a converted model's raw
 prediction is the whole model less each converted site's saving (its ``keep`` entry less its
-block's, times its calls).  Sums of isolated kernels miss what the runtime shares between them
-(caches, threads, memory planning), so the savings are **calibrated** with the converted models
-measured whole: per block spec, the measured saving of its uniform plan over its raw predicted
+block's, times its calls); a pruned plan's also counts each layer it narrows (a pruned site,
+its producer) by its narrowed entry, raw, and a ``prune_r<keep>`` entry is those two layers'
+saving for one site (:mod:`.latency_lookup`).  Sums of isolated kernels miss what the runtime
+shares between them (caches, threads, memory planning), so the savings are **calibrated** with
+the converted models measured whole: per block spec, the measured saving of its uniform plan over its raw predicted
 saving (a least-squares scale; one scale fitted to all the calibration plans, through the
 origin, for specs without a plan of their own).  ``table.calibration`` holds the records
 (``spec``, ``sites``, ``median_ms``, ``p10_ms``, ``p90_ms``), ``table.scales`` the fit.

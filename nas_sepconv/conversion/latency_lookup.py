@@ -134,11 +134,8 @@ class LatencyTable:
                     f"names site {name!r}, which the latency table's model does not have",
                     "build the latency table with ns.latency_table on this model",
                 )
-        prunes = {
-            (n, str(table_spec(s))): self._prune_plan(n, s)
-            for n, s in pairs
-            if is_prune_spec(s) and self.ms(n, s) is None
-        }
+        asked = dict.fromkeys((n, str(table_spec(s))) for n, s in pairs if is_prune_spec(s))
+        prunes = {(n, s): self._prune_plan(n, s) for n, s in asked if self.ms(n, s) is None}
         narrowed = [(e.name, s) for p in prunes.values() for e, s in changed_entries(self.sites, p)]
         blocks = [(n, s) for n, s in pairs if not is_prune_spec(s)] + narrowed
         self._measure(blocks + [(n, None) for n, _ in narrowed], progress)
