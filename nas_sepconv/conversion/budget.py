@@ -42,11 +42,10 @@ import torch.nn as nn
 
 from ..errors import UserInputError
 from .budget_args import check_budget
-from .channel_pruning import PruneSpec, is_prune_spec, make_mixed_plan, prune_sites
+from .channel_pruning import is_prune_spec, make_mixed_plan, prune_sites
 from .knapsack import Exclusion, choose_apart
 from .latency import LatencyTable
 from .latency_check import honour_latency_budget
-from .mixed_latency import annotate_mixed, predict_mixed, prune_saving_ms
 from .plan import Plan
 from .planning import make_plan
 from .sensitivity import SENSITIVITY_COLUMNS, sensitivity
@@ -58,48 +57,28 @@ __all__ = ["sensitivity", "plan_for_budget"]
 _PRUNE_RETRIES = 8
 
 
-def _savings(
-    rows: pd.DataFrame, field: str, latency_table: LatencyTable | None, prune_ms: dict[tuple[str, str], float]
-) -> list[tuple[float, float]]:
+def _savings(rows: pd.DataFrame, field: str, latency_table: LatencyTable | None) -> list[tuple[float, float]]:
     """Per candidate row of one site: (saving, damage); a saving of MACs, or of measured time
-    (calibrated: :meth:`~.latency.LatencyTable.saving`; a block that saves no time is no option:
-    the site is then kept unless another block pays; a prune row's time, site and producer, is in
-    ``prune_ms``)."""
+    (calibrated: :meth:`~.latency_lookup.LatencyTable.saving`, which prices a prune row too, its
+    site and producer; a block that saves no time is no option: the site is then kept unless
+    another block pays)."""
     if field == "macs_ratio":
         return [(int((r.macs_before - r.macs_after) * r.calls), float(r.damage)) for r in rows.itertuples()]
-    return [
-        (
-            prune_ms[(r.name, r.spec)] if is_prune_spec(r.spec) else latency_table.saving(r.name, r.spec) * r.calls,
-            float(r.damage),
-        )
-        for r in rows.itertuples()
-    ]
+    return [(latency_table.saving(r.name, r.spec) * r.calls, float(r.damage)) for r in rows.itertuples()]
 
 
 def _options(
-    model: nn.Module,
-    table: pd.DataFrame,
-    names: list[str],
-    field: str,
-    latency_table: LatencyTable | None,
-    example_inputs: Any,
+    table: pd.DataFrame, names: list[str], field: str, latency_table: LatencyTable | None
 ) -> tuple[list[list[tuple[float, float]]], list[list[str | None]]]:
     """Per site of ``names``: the knapsack's options, ``keep`` first (saving, damage), and their
     specs (None for keep); only candidates that save.  Under a latency budget the table's
-    entries are measured first (a prune row: the site and its producer, pruned and not)."""
-    prune_ms = {}
+    entries are measured first, all in one session."""
     if field != "macs_ratio":
-        blocks = [(r.name, r.spec) for r in table.itertuples() if not is_prune_spec(r.spec)]
-        latency_table.ensure(blocks + [(n, None) for n in names])
-        prune_ms = {
-            (r.name, r.spec): prune_saving_ms(latency_table, model, r.name, PruneSpec.parse(r.spec), example_inputs)
-            for r in table.itertuples()
-            if is_prune_spec(r.spec)
-        }
+        latency_table.ensure([(r.name, r.spec) for r in table.itertuples()] + [(n, None) for n in names])
     groups, labels = [], []
     for name in names:
         rows = table[table["name"] == name]
-        savings = _savings(rows, field, latency_table, prune_ms)
+        savings = _savings(rows, field, latency_table)
         options = [(o, spec) for o, spec in zip(savings, rows["spec"]) if o[0] > 0]
         groups.append([(0, 0.0)] + [o for o, _ in options])
         labels.append([None] + [spec for _, spec in options])
@@ -110,7 +89,7 @@ def _figure(plan: Plan, field: str, latency_table: LatencyTable | None) -> float
     """What the budget bounds for ``plan``: its exact MACs, or its predicted latency (ms)."""
     if field == "macs_ratio":
         return plan.macs_after
-    return predict_mixed(latency_table, plan) if plan.pruned else latency_table.predict(plan)
+    return latency_table.predict(plan)
 
 
 def _solve(
@@ -236,7 +215,7 @@ def plan_for_budget(
     ``low-rank (spatial SVD)``); :func:`~nas_sepconv.conversion.apply_plan` prunes first and then
     converts, and its MACs are exactly ``plan.macs_after``.  Under a latency budget a prune row
     counts by the time its site and producer save, pruned versus not, measured in the table's
-    runtime (:mod:`.mixed_latency`).  When a pruned site's producer is also converted, the two
+    runtime (the table's prune entry: :func:`~.latency_lookup.prune_entry`).  When a pruned site's producer is also converted, the two
     save less than apart; the choice is then solved again asking for more, so the plan keeps
     to the budget (MACs exactly, latency as predicted).
 
@@ -252,7 +231,7 @@ def plan_for_budget(
     )
     _check_options(resolution, latency_table)
     base, names = _table_sites(model, table, example_inputs)
-    groups, labels = _options(model, table, names, field, latency_table, example_inputs)
+    groups, labels = _options(table, names, field, latency_table)
     total = base.model_macs if field == "macs_ratio" else latency_table.model_ms
     limit = {"macs_ratio": int(budget * total), "latency_ratio": budget * total, "latency_ms": budget}[field]
     plan_at = functools.partial(
@@ -272,8 +251,6 @@ def plan_for_budget(
             budget=budget,
             limit=limit,
         )
-    if latency_table is not None and plan.pruned:
-        return annotate_mixed(latency_table, plan)
     return plan if latency_table is None else latency_table.annotate(plan)
 
 

@@ -24,9 +24,11 @@ rescaled to the session and added to its record.
 **Prediction.**  The remainder (everything but the conv sites: pooling, the head, the runtime's
 per-call overhead) is the whole model less the sites' entries; a converted model's raw
 prediction is the whole model less each converted site's saving (its ``keep`` entry less its
-block's, times its calls).  Sums of isolated kernels miss what the runtime shares between them
-(caches, threads, memory planning), so the savings are **calibrated** with the converted models
-measured whole: per block spec, the measured saving of its uniform plan over its raw predicted
+block's, times its calls); a pruned plan's also counts each layer it narrows (a pruned site,
+its producer) by its narrowed entry, raw, and a ``prune_r<keep>`` entry is those two layers'
+saving for one site (:mod:`.latency_lookup`).  Sums of isolated kernels miss what the runtime
+shares between them (caches, threads, memory planning), so the savings are **calibrated** with
+the converted models measured whole: per block spec, the measured saving of its uniform plan over its raw predicted
 saving (a least-squares scale; one scale fitted to all the calibration plans, through the
 origin, for specs without a plan of their own).  ``table.calibration`` holds the records
 (``spec``, ``sites``, ``median_ms``, ``p10_ms``, ``p90_ms``), ``table.scales`` the fit.
@@ -34,12 +36,9 @@ origin, for specs without a plan of their own).  ``table.calibration`` holds the
 
 from __future__ import annotations
 
-import dataclasses
 import glob
-import math
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -48,21 +47,12 @@ import torch.nn as nn
 
 from ..blocks import BlockSpec, as_spec
 from ..errors import UserInputError
-from ..measure import LatencyCache, as_inputs, latency_cache_dir
-from .latency_session import (
-    LatencySettings,
-    model_key,
-    op_key,
-    session_record,
-    site_module,
-    site_tails,
-    time_modules,
-    valid_session,
-)
-from .narrowed import KEEP, NarrowedSite, table_spec
-from .onnx_table import is_onnx_context, onnx_only_error, onnx_session
-from .plan import Plan, PlanEntry
-from .planning import make_plan, with_spec
+from ..measure import as_inputs
+from .latency_lookup import TABLE_COLUMNS, LatencyTable, table_row
+from .latency_session import LatencySettings, model_key, op_key, session_record, site_tails
+from .onnx_table import onnx_session
+from .plan import Plan
+from .planning import make_plan
 from .rewrite import plan_of
 
 __all__ = [
@@ -76,214 +66,6 @@ __all__ = [
 
 #: the candidates a latency table (and :func:`~nas_sepconv.conversion.sensitivity`) measures by default
 DEFAULT_CANDIDATES = ("dwsep_m1", "dwsep_m2", "dwsep_m4")
-TABLE_COLUMNS = ["name", "spec", "op", "input_shape", "calls", "macs", "latency_ms", "p10_ms", "p90_ms", "source"]
-#: a calibration plan whose raw predicted saving is below this fraction of the model is noise, not a fit
-MIN_CALIBRATION_SAVING = 0.02
-#: the scales a calibration may fit (outside: clipped; a table that needs more is broken)
-SCALE_RANGE = (0.2, 5.0)
-
-
-def _row(entry: PlanEntry, spec: BlockSpec | None, record: dict[str, Any], source: str) -> dict[str, Any]:
-    if isinstance(spec, NarrowedSite):  # a prune candidate's narrowed conv or block
-        macs = spec.macs()
-    else:
-        macs = entry.macs_before if spec is None else with_spec(entry, spec, min_macs_saving=None).macs_after
-    return dict(
-        name=entry.name,
-        spec=KEEP if spec is None else str(spec),
-        op=entry.geometry.describe(),
-        input_shape=tuple(entry.input_shape),
-        calls=entry.calls,
-        macs=macs,
-        latency_ms=record["median_ms"],
-        p10_ms=record["p10_ms"],
-        p90_ms=record["p90_ms"],
-        source=source,
-    )
-
-
-@dataclass
-class LatencyTable:
-    """Measured latencies of one model's conv sites and candidate blocks in one session.
-
-    ``frame``: one row per (site, block): ``name, spec`` (``keep`` for the conv itself), ``op``,
-    ``input_shape``, ``calls``, ``macs`` (one call), ``latency_ms`` (median of one call, with the
-    BatchNorm and activation after it), ``p10_ms``, ``p90_ms``, ``source`` (``measured`` now or
-    read from the ``cache``).  ``model_ms``: the whole model, measured in the same session
-    (median; ``model_p10_ms``, ``model_p90_ms``).  ``context``: what the figures depend on
-    (device, CPU model, threads, runtime and version, torch version, dtype, memory format), the
-    key of the cache file.  ``calibration``: the converted models measured whole, one record per
-    uniform plan.  Entries it lacks are measured when first needed (:meth:`ensure`).
-    """
-
-    frame: pd.DataFrame
-    model_ms: float
-    model_p10_ms: float
-    model_p90_ms: float
-    context: dict[str, Any]
-    sites: dict[str, PlanEntry] = field(repr=False)
-    settings: LatencySettings = field(repr=False)
-    tails: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
-    calibration: list[dict[str, Any]] = field(default_factory=list)
-    key: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def remainder_ms(self) -> float:
-        """The whole model's latency less its conv sites' (every call): what no plan changes."""
-        keep = self.frame[self.frame["spec"] == KEEP]
-        return self.model_ms - float((keep["latency_ms"] * keep["calls"]).sum())
-
-    def ms(self, name: str, spec: BlockSpec | str | None) -> float | None:
-        """The latency (ms) of one call of site ``name`` holding ``spec`` (``None``/``keep``: the
-        conv itself), or None when the table has no such entry."""
-        label = str(table_spec(spec) or KEEP)
-        rows = self.frame[(self.frame["name"] == name) & (self.frame["spec"] == label)]
-        return float(rows["latency_ms"].iloc[0]) if len(rows) else None
-
-    def ensure(self, pairs: Iterable[tuple[str, BlockSpec | str | None]], *, progress: bool = False) -> None:
-        """Measure the entries of ``pairs`` (site name, spec) the table lacks, each beside its
-        site's conv, and scale them by the ratio of the table's conv entry to the conv timed now
-        (so they belong to the table's session), and add them to the session's cached record
-        (read back later with ``source`` ``cache``).  Raises :class:`UserInputError` for a site the
-        model does not have."""
-        wanted: dict[str, list[BlockSpec | None]] = {}
-        pairs = list(pairs)
-        if pairs and is_onnx_context(self.context):
-            raise onnx_only_error()
-        for name, spec in pairs:
-            if name not in self.sites:
-                raise UserInputError(
-                    "plan",
-                    f"names site {name!r}, which the latency table's model does not have",
-                    "build the latency table with ns.latency_table on this model",
-                )
-            spec = table_spec(spec)
-            if self.ms(name, spec) is None and spec not in wanted.setdefault(name, []):
-                wanted[name].append(spec)
-        wanted = {k: v for k, v in wanted.items() if v}
-        if not wanted:
-            return
-        modules, owners = [], []
-        for name, specs in wanted.items():
-            entry, tail = self.sites[name], self.tails.get(name, ())
-            for s in [None] + [s for s in specs if s is not None]:
-                shape = s.input_shape if isinstance(s, NarrowedSite) else entry.input_shape
-                modules.append((site_module(entry, s, tail), (torch.randn(shape),)))
-                owners.append((name, s))
-        records = dict(zip(owners, time_modules(modules, self.settings, progress=progress)))
-        added, rows = {}, []
-        for name, specs in wanted.items():
-            entry, kept = self.sites[name], self.ms(name, None)
-            factor = kept / records[(name, None)]["median_ms"] if kept else 1.0
-            for s in specs:
-                rec = records[(name, s)]
-                rec = {**rec, **{k: rec[k] * factor for k in ("median_ms", "p10_ms", "p90_ms")}}
-                added[op_key(entry, s, self.tails.get(name, ()))] = rec
-                rows.append(_row(entry, s, rec, "measured"))
-        self.frame = pd.concat([self.frame, pd.DataFrame(rows, columns=TABLE_COLUMNS)], ignore_index=True)
-        self._store(added)
-
-    def _store(self, entries: dict[str, dict[str, Any]]) -> None:
-        """Add ``entries`` to this table's session record in the cache."""
-        cache = LatencyCache(self.context, cache_dir=self.settings.cache_dir)
-        record = cache.get(self.key)
-        if record is not None and valid_session(record):
-            record = {k: v for k, v in record.items() if k != "op"}
-            cache.put(self.key, {**record, "entries": {**record["entries"], **entries}})
-            cache.save()
-
-    def savings(self, plan: Plan) -> dict[str, float]:
-        """Per block spec of ``plan``: the raw predicted saving (ms) of its converted sites, the
-        sum of (conv entry - block entry) × calls (entries it lacks are measured first)."""
-        self._check(plan)
-        self.ensure([(e.name, e.spec) for e in plan.converted] + [(e.name, None) for e in plan.converted])
-        out: dict[str, float] = {}
-        for e in plan.converted:
-            label = str(e.spec)
-            out[label] = out.get(label, 0.0) + (self.ms(e.name, None) - self.ms(e.name, e.spec)) * e.calls
-        return out
-
-    @property
-    def scales(self) -> dict[str, float]:
-        """The calibration's fit: per block spec with a calibration plan, measured saving over
-        raw predicted saving; ``"*"``: one least-squares scale over all plans (1 without any)."""
-        ms = dict(zip(zip(self.frame["name"], self.frame["spec"]), self.frame["latency_ms"]))
-        points = []
-        for record in self.calibration:
-            pairs = [(ms.get((n, KEEP)), ms.get((n, record["spec"])), self.sites[n].calls) for n in record["sites"]]
-            raw = sum((kept - block) * calls for kept, block, calls in pairs if kept is not None and block is not None)
-            if abs(raw) > MIN_CALIBRATION_SAVING * self.model_ms:
-                points.append((record["spec"], raw, self.model_ms - record["median_ms"]))
-        low, high = SCALE_RANGE
-        clip = lambda v: min(max(v, low), high)  # noqa: E731
-        out = {spec: clip(measured / raw) for spec, raw, measured in points}
-        if points:
-            out["*"] = clip(sum(r * m for _, r, m in points) / sum(r * r for _, r, _ in points))
-        else:
-            out["*"] = 1.0
-        return out
-
-    def saving(self, name: str, spec: BlockSpec | str) -> float:
-        """The calibrated time (ms) one call of site ``name`` saves holding ``spec``: its conv
-        entry less the block's, times the calibration's scale for the spec (:attr:`scales`)."""
-        scales = self.scales
-        raw = self.ms(name, None) - self.ms(name, spec)
-        return raw * scales.get(str(as_spec(spec)), scales["*"])
-
-    def predict(self, plan: Plan, *, calibrated: bool = True) -> float:
-        """The predicted latency (ms) of the model ``plan`` makes: the measured whole model less,
-        per block spec, its converted sites' summed saving (:meth:`savings`), scaled by the
-        calibration (:attr:`scales`) unless ``calibrated=False``.  A plan with pruned sites is
-        refused (its narrowed layers are other entries: :mod:`.mixed_latency`)."""
-        if isinstance(plan, Plan) and plan.pruned:
-            fix = "use nas_sepconv.conversion.mixed_latency.predict_mixed(table, plan)"
-            raise UserInputError("plan", "has pruned sites (prune_r...), which predict does not count", fix)
-        savings = self.savings(plan)
-        scales = self.scales if calibrated else {}
-        predicted = self.model_ms - sum(s * scales.get(k, scales.get("*", 1.0)) for k, s in savings.items())
-        if not (math.isfinite(predicted) and predicted > 0):  # no plan is ever made from such a figure
-            folder = self.settings.cache_dir if self.settings.cache_dir is not None else latency_cache_dir()
-            raise UserInputError(
-                "latency_table",
-                f"predicts {predicted:.4g} ms for this plan, which no model takes: its entries do not agree "
-                f"with the whole model's measured {self.model_ms:.4g} ms (a stale or altered latency cache)",
-                f"re-measure: delete the latency cache in {folder} and call ns.latency_table again",
-            )
-        return predicted
-
-    def annotate(self, plan: Plan) -> Plan:
-        """``plan`` with each site's measured latency before and after (one call) filled in
-        where the table has them (converted sites: measured if missing), so that
-        ``plan.report()`` shows them beside the MACs; notes the predicted whole-model latency."""
-        predicted = self.predict(plan)
-        entries = []
-        for e in plan.entries:
-            before = self.ms(e.name, None)
-            after = self.ms(e.name, e.spec) if e.converted else before
-            entries.append(dataclasses.replace(e, latency_before_ms=before, latency_after_ms=after))
-        notes = [n for n in plan.notes if not n.startswith("latency table:")]
-        notes.append(
-            f"latency table: predicted {predicted:.3f} ms, {predicted / self.model_ms:.3f}x the measured "
-            f"{self.model_ms:.3f} ms ({self.context['runtime']}, {self.context['threads']} threads)"
-        )
-        return dataclasses.replace(plan, entries=entries, notes=notes)
-
-    def _check(self, plan: Plan) -> None:
-        if not isinstance(plan, Plan):
-            raise UserInputError(
-                "plan",
-                f"expected a Plan, got {type(plan).__name__}",
-                "pass ns.make_plan's or ns.plan_for_budget's plan",
-            )
-        for e in plan.converted:
-            site = self.sites.get(e.name)
-            if site is not None and (site.geometry != e.geometry or tuple(site.input_shape) != tuple(e.input_shape)):
-                raise UserInputError(
-                    "plan",
-                    f"site {e.name!r} has input shape {e.input_shape} in the plan but "
-                    f"{site.input_shape} in the latency table",
-                    "make the plan and the table with the same example_inputs",
-                )
 
 
 def latency_table(
@@ -344,7 +126,7 @@ def latency_table(
     wanted = {(str(p.converted[0].spec), tuple(e.name for e in p.converted)) for p in calibration}
     record, reuse = session_record(model, inputs, groups, tails, calibration, settings, context, key, progress)
     rows = [
-        _row(e, s, record["entries"][op_key(e, s, tails.get(e.name, ()))], "cache" if reuse else "measured")
+        table_row(e, s, record["entries"][op_key(e, s, tails.get(e.name, ()))], "cache" if reuse else "measured")
         for e, ss in groups
         for s in ss
     ]
@@ -359,6 +141,8 @@ def latency_table(
         tails=tails,
         calibration=[r for r in record["calibration"] if (r["spec"], tuple(r["sites"])) in wanted],
         key=key,
+        model=model,
+        inputs=inputs,
     )
 
 

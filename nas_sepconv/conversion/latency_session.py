@@ -151,14 +151,27 @@ def site_module(entry: PlanEntry, spec: BlockSpec | None, tail: Sequence[str] = 
     return (nn.Sequential(*layers) if len(layers) > 1 else op).eval()
 
 
-def op_key(entry: PlanEntry, spec: BlockSpec | None, tail: Sequence[str] = ()) -> str:
-    """The key of one entry in a session record: geometry, input shape, block, the layers after it."""
-    op = {
+def op_key(
+    entry: PlanEntry,
+    spec: Any,
+    tail: Sequence[str] = (),
+    *,
+    producer: tuple[PlanEntry, Sequence[str]] | None = None,
+) -> str:
+    """The key of one entry in a session record: geometry, input shape, block, the layers after
+    it; a prune entry's also its ``producer`` site's (its entry and tail), whose time it counts."""
+    op: dict[str, Any] = {
         "geometry": entry.geometry.to_dict(),
         "input_shape": list(entry.input_shape),
         "block": KEEP if spec is None else str(spec),
         "tail": list(tail),
     }
+    if producer is not None:
+        op["producer"] = {
+            "geometry": producer[0].geometry.to_dict(),
+            "input_shape": list(producer[0].input_shape),
+            "tail": list(producer[1]),
+        }
     return json.dumps(op, sort_keys=True, separators=(",", ":"))
 
 

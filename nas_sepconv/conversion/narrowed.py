@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..blocks import BlockSpec, ConvGeometry, as_spec, conv_from_geometry
 from ..measure import count_macs
+from .channel_pruning import PruneSpec, is_prune_spec
 
 __all__ = ["KEEP", "NarrowedSite", "table_spec"]
 
@@ -46,9 +47,12 @@ class NarrowedSite:
             return count_macs(self.build(), torch.empty(self.input_shape))
 
 
-def table_spec(spec: Any) -> BlockSpec | NarrowedSite | None:
+def table_spec(spec: Any) -> BlockSpec | NarrowedSite | PruneSpec | None:
     """A latency table entry's spec: None for the conv itself (``None`` or ``"keep"``), a
-    :class:`NarrowedSite` as it is, else the block spec ``spec`` names."""
+    :class:`NarrowedSite` as it is, a prune spec (``prune_r<keep>``: its site and producer
+    pruned), else the block spec ``spec`` names."""
     if spec is None or (isinstance(spec, str) and spec == KEEP):
         return None
+    if is_prune_spec(spec):
+        return PruneSpec.parse(spec)
     return spec if isinstance(spec, NarrowedSite) else as_spec(spec)

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 import nas_sepconv as ns
 import nas_sepconv.conversion.latency as lt
+import nas_sepconv.conversion.latency_lookup as lookup
 import nas_sepconv.conversion.latency_session as ls
 from nas_sepconv.conversion.latency import TABLE_COLUMNS
 from nas_sepconv.errors import UserInputError
@@ -347,7 +348,7 @@ def test_entries_added_later_are_scaled_to_the_table_s_session(tmp_path, monkeyp
     model = Net().eval()
     table = ns.latency_table(model, X, candidates=["dwsep_m1"], cache_dir=tmp_path, **FAST)
     monkeypatch.setattr(ls, "time_modules", _fake_times(keep_ms=2.0, block_ms=1.2))  # a slower moment
-    monkeypatch.setattr(lt, "time_modules", _fake_times(keep_ms=2.0, block_ms=1.2))
+    monkeypatch.setattr(lookup, "time_modules", _fake_times(keep_ms=2.0, block_ms=1.2))
     table.ensure([("conv1", "dwsep_m2")])
     assert table.ms("conv1", "dwsep_m2") == pytest.approx(0.6)  # 1.2 x (1.0 in the table / 2.0 beside it)
     again = ns.latency_table(model, X, candidates=["dwsep_m1", "dwsep_m2"], cache_dir=tmp_path, **FAST)
