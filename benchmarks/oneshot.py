@@ -14,20 +14,24 @@ overrides) this trains the space's supernet as a one-shot search does (a build s
 trained base with every site's blocks, single-path distillation from the base,
 :func:`~nas_sepconv.search.convert_oneshot.prepare_convert_supernet`; into
 ``OUT/<config>/supernet``: checkpointed every epoch, resumed after a kill), draws ``--pool``
-distinct subnets at random (seeded) and keeps ``--subnets`` of them spread evenly over their
-MACs range (by rank in MACs, both ends kept).  Each subnet is measured twice: with inherited
-weights, BatchNorm recalibrated (a one-shot trial's accuracy), and finalised, trained alone
-from those weights for ``search.finalize_epochs`` (``--from scratch``: from scratch instead),
-exactly as ``nas-sepconv search --finalize K`` does (:func:`finalize_candidate`; a convert
+distinct subnets at random (seeded) and keeps ``--subnets`` of them spread evenly over their MACs
+range (by rank in MACs, both ends kept). Each subnet is measured with inherited weights, BatchNorm
+recalibrated (a one-shot trial's accuracy), and finalised, trained alone from those weights for
+``search.finalize_epochs`` (``--from scratch``: from scratch instead), exactly as ``nas-sepconv
+search --finalize K`` does (:func:`finalize_candidate`), ``--finalize-repeats`` times (default 2)
+with different seeds: the finalised accuracy is their mean (each repeat's is a column), and tau
+between repeats 1 and 2 is the ceiling of any ranking against finalisations this noisy (a convert
 space's subnet is fine-tuned with distillation from the base, its epochs ``search.finalize_epochs``,
-default ``convert.finetune_epochs``).  ``--supernet-epochs`` and ``--finalize-epochs`` override
-the configuration's (for smoke runs).  Each
-subnet's row is appended to ``OUT/<config>/ranking.csv`` as soon as it is measured; the same
-command resumes, skipping the subnets already there.  ``OUT/<config>/ranking.md`` has the
-command, the configuration, tau and rho (scipy.stats) against the goal (tau >= 0.6), and
-the rows.  ``--seed`` seeds the draws, the trials and the data's subset and validation split,
-but a configuration with fixed base weights keeps the split they were trained on
-(:attr:`Config.data_seed`: cifar10-convert's is 0), so no seed validates on training images.
+default ``convert.finetune_epochs``). ``--supernet-epochs`` and ``--finalize-epochs`` override the
+configuration's (for smoke runs). Each subnet's row is appended to ``OUT/<config>/ranking.csv`` as
+soon as it is measured; the same command resumes, skipping the subnets already there and measuring
+only the repeats a row lacks (a row of an earlier version, with one finalisation, keeps it as repeat
+1: the same seed). ``OUT/<config>/ranking.md`` (oneshot_report.py) has the command, the
+configuration, tau and rho (scipy.stats) against the goal (tau >= 0.6) beside the references (MACs
+alone; the finalisation's repeatability), and the rows. ``--seed`` seeds the draws, the trials and
+the data's subset and validation split, but a configuration with fixed base weights keeps the split
+they were trained on (:attr:`Config.data_seed`: cifar10-convert's is 0), so no seed validates on
+training images.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -48,7 +51,17 @@ import pandas as pd
 import torch
 import yaml
 
-GOAL_TAU = 0.6  # Kendall tau between inherited and finalised accuracy, per space (issue 26)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from oneshot_report import (  # noqa: E402
+    REPEAT_SEED_STEP,
+    columns,
+    correlations,
+    read_rows,
+    repeat_column,
+    with_means,
+    write_report,
+    write_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -73,9 +86,10 @@ class Config:
 CONFIGS: dict[str, Config] = {
     "digits": Config(
         "default",
-        {"search": {"supernet_epochs": 30, "finalize_epochs": 5}},
-        note="the bundled default space on the digits (16x16): supernet 30 epochs (sandwich rule, 2 random "
-        "subnets a step), each subnet finalised 5 epochs (train.epochs) from its inherited weights; 1 thread",
+        {"search": {"supernet_epochs": 60, "finalize_epochs": 5}},
+        note="the bundled default space on the digits (16x16): supernet 60 epochs (sandwich rule, 2 random "
+        "subnets a step; 60 ranked better than 30, whose tau was 0.521), each subnet finalised 5 epochs "
+        "(train.epochs) from its inherited weights; 1 thread",
     ),
     "cifar10": Config(
         "mobilenetv3_cifar10",
@@ -120,21 +134,6 @@ CONFIGS: dict[str, Config] = {
         data_seed=0,
     ),
 }
-
-COLUMNS = [
-    "subnet",
-    "arch",
-    "params_json",
-    "macs",
-    "resolution",
-    "inherited_accuracy",
-    "inherited_test_accuracy",
-    "finalized_accuracy",
-    "finalized_test_accuracy",
-    "finalized_from",
-    "finalize_epochs",
-    "seconds",
-]
 
 
 def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -192,11 +191,29 @@ def spread_subnets(ctx: Any, *, pool: int, subnets: int, seed: int) -> list[dict
     return [ordered[i] for i in picks]
 
 
-def measure(ctx: Any, number: int, drawn: dict[str, Any], *, seed: int, start: Any, epochs: int) -> dict[str, Any]:
-    """One subnet's row: its inherited and finalised accuracies (validation and test)."""
+def finalize_repeat(
+    ctx: Any, candidate: Any, number: int, repeat: int, *, seed: int, start: Any, epochs: int
+) -> dict[str, Any]:
+    """Repeat ``repeat`` (1-based) of a subnet's finalisation, seeded ``seed + number +
+    REPEAT_SEED_STEP * (repeat - 1)`` (repeat 1 is the single finalisation of earlier versions):
+    its columns, validation and test accuracy."""
+    from nas_sepconv.search.finalization import finalize_candidate
+
+    seeded = seed + number + REPEAT_SEED_STEP * (repeat - 1)
+    _, finalized = finalize_candidate(ctx, candidate, seed=seeded, epochs=epochs, start=start)
+    return {
+        repeat_column(repeat): finalized["accuracy"],
+        repeat_column(repeat, test=True): finalized.get("test_accuracy"),
+    }
+
+
+def measure(
+    ctx: Any, number: int, drawn: dict[str, Any], *, seed: int, start: Any, epochs: int, repeats: int
+) -> dict[str, Any]:
+    """One subnet's row: its inherited accuracies and those of ``repeats`` finalisations
+    (validation and test; :func:`with_means` adds their means)."""
     from nas_sepconv.search import StoredTrial
     from nas_sepconv.search.convert_oneshot import extract_candidate
-    from nas_sepconv.search.finalization import finalize_candidate
     from nas_sepconv.search.inherited import CALIBRATION_IMAGES, inherited_candidate, inherited_metrics
 
     started = time.perf_counter()
@@ -209,8 +226,7 @@ def measure(ctx: Any, number: int, drawn: dict[str, Any], *, seed: int, start: A
         inherited = inherited_metrics(model, candidate, ctx.data, device=device)
     else:
         _, inherited = inherited_candidate(ctx.supernet(), candidate, ctx.data, device=device, seed=seed + number)
-    _, finalized = finalize_candidate(ctx, candidate, seed=seed + number, epochs=epochs, start=start)
-    return {
+    row = {
         "subnet": number,
         "arch": drawn["arch"],
         "params_json": json.dumps(drawn["params"], sort_keys=True),
@@ -218,74 +234,28 @@ def measure(ctx: Any, number: int, drawn: dict[str, Any], *, seed: int, start: A
         "resolution": candidate.resolution,
         "inherited_accuracy": inherited["accuracy"],
         "inherited_test_accuracy": inherited["test_accuracy"],
-        "finalized_accuracy": finalized["accuracy"],
-        "finalized_test_accuracy": finalized.get("test_accuracy"),
         "finalized_from": start.name,
         "finalize_epochs": epochs,
-        "seconds": time.perf_counter() - started,
     }
+    for k in range(1, repeats + 1):
+        row.update(finalize_repeat(ctx, candidate, number, k, seed=seed, start=start, epochs=epochs))
+    row["seconds"] = time.perf_counter() - started
+    return with_means(row, repeats)
 
 
-def correlations(rows: pd.DataFrame) -> dict[str, float]:
-    """Kendall tau and Spearman rho between inherited and finalised validation accuracy, and,
-    as a reference, Kendall tau between MACs alone and finalised accuracy (what ranking by size
-    gives without any supernet); NaN below 3 subnets, or when either is constant."""
-    from scipy import stats
+def complete(ctx: Any, row: pd.Series, *, seed: int, start: Any, epochs: int, repeats: int) -> dict[str, Any]:
+    """A measured row with the finalisation repeats it lacks measured (and its means anew)."""
+    from nas_sepconv.search import StoredTrial
 
-    if len(rows) < 3:
-        return dict.fromkeys(("kendall_tau", "spearman_rho", "macs_kendall_tau"), float("nan"))
-    a, b = rows["inherited_accuracy"], rows["finalized_accuracy"]
-    return {
-        "kendall_tau": float(stats.kendalltau(a, b).statistic),
-        "spearman_rho": float(stats.spearmanr(a, b).statistic),
-        "macs_kendall_tau": float(stats.kendalltau(rows["macs"], b).statistic),
-    }
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """``df`` as a Markdown table (numbers to 4 decimals, counts with thousands separators)."""
-
-    def cell(v: Any) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "" if v != v else f"{v:.4f}"
-        if isinstance(v, (int, np.integer)):
-            return f"{v:,}"
-        return str(v).replace("|", "\\|")  # an arch's stages are separated by '|'
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def write_report(folder: Path, rows: pd.DataFrame, *, name: str, config: Config, command: str) -> Path:
-    """``ranking.md``: the command, the configuration, tau and rho against the goal, the rows."""
-    corr = correlations(rows)
-    verdict = "met" if corr["kendall_tau"] >= GOAL_TAU else "not met"
-    shown = rows.drop(columns=["params_json"]).copy()
-    lines = [
-        f"# One-shot ranking quality: {name}",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Configuration: space `{config.space}` in mode oneshot, {config.note} "
-        f"(device {config.device}; {platform.processor() or platform.machine()}, torch {torch.__version__}).",
-        "",
-        f"Subnets: {len(rows)}, MACs {rows['macs'].min():,} to {rows['macs'].max():,}.",
-        "",
-        "| Kendall tau | Spearman rho | goal (tau) | reference: Kendall tau of MACs alone |",
-        "|---|---|---|---|",
-        f"| {corr['kendall_tau']:.3f} | {corr['spearman_rho']:.3f} | >= {GOAL_TAU} ({verdict}) "
-        f"| {corr['macs_kendall_tau']:.3f} |",
-        "",
-        "Inherited: the subnet's weights cut from the supernet, BatchNorm recalibrated on 512 training images;",
-        "finalised: trained alone (`search.finalize_from`, `search.finalize_epochs`). Validation accuracies.",
-        "",
-        markdown_table(shown),
-        "",
-    ]
-    path = folder / "ranking.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    started = time.perf_counter()
+    out = row.to_dict()
+    number = int(out["subnet"])
+    candidate = ctx.suggest(StoredTrial(json.loads(out["params_json"]), number=number, source="the benchmark"))
+    for k in range(1, repeats + 1):
+        if out.get(repeat_column(k)) is None or out[repeat_column(k)] != out[repeat_column(k)]:
+            out.update(finalize_repeat(ctx, candidate, number, k, seed=seed, start=start, epochs=epochs))
+    out["seconds"] = float(out["seconds"]) + time.perf_counter() - started
+    return with_means(out, repeats)
 
 
 def run(
@@ -299,11 +269,13 @@ def run(
     start: str | None = None,
     data_root: str | None = None,
     threads: int | None = 1,
+    finalize_repeats: int = 2,
     command: str = "",
 ) -> pd.DataFrame:
-    """Measure the configuration into ``out/<name>`` (resumed); returns the rows."""
+    """Measure the configuration into ``out/<name>`` (resumed: a subnet measured is skipped, a
+    repeat it lacks is measured); returns the rows."""
     from nas_sepconv.measure import torch_threads
-    from nas_sepconv.search import TrialContext, load_space
+    from nas_sepconv.search import TrialContext, inherited, load_space
     from nas_sepconv.search.finalize_starts import finalize_start
     from nas_sepconv.search.schema import candidate_epochs
 
@@ -313,23 +285,32 @@ def run(
     begin = finalize_start(start or search.finalize_from, field="--from")
     epochs = search.finalize_epochs or max(1, candidate_epochs(space.spec))
     csv = folder / "ranking.csv"
-    done = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=COLUMNS)
+    done = read_rows(csv, finalize_repeats)
+    if finalize_repeats < 1:
+        raise SystemExit(f"--finalize-repeats must be at least 1, got {finalize_repeats}")
+    plan = {"seed": seed, "start": begin, "epochs": epochs, "repeats": finalize_repeats}
+    repeats = [repeat_column(k) for k in range(1, finalize_repeats + 1)]
     with torch_threads(threads):
         data_seed = config.data_seed_for(seed)
         ctx = TrialContext.for_rebuild(space, device=config.device, out_dir=folder, study=name, data_seed=data_seed)
         ctx.supernet()  # trained (or resumed, or loaded) first
         for number, drawn in enumerate(spread_subnets(ctx, pool=pool, subnets=subnets, seed=seed)):
-            if number in set(done["subnet"]):
+            at = done.index[done["subnet"] == number]
+            if len(at) and done.loc[at, repeats].notna().to_numpy().all():
                 continue
-            row = measure(ctx, number, drawn, seed=seed, start=begin, epochs=epochs)
-            pd.DataFrame([row], columns=COLUMNS).to_csv(csv, mode="a", header=not csv.is_file(), index=False)
+            row = complete(ctx, done.loc[at[0]], **plan) if len(at) else measure(ctx, number, drawn, **plan)
+            done = pd.concat([done.drop(index=at), pd.DataFrame([row])], ignore_index=True)
+            write_rows(csv, done.reindex(columns=columns(finalize_repeats)))
             print(
                 f"{name}: subnet {number} {row['macs']:,} MACs: inherited {row['inherited_accuracy']:.4f}, "
                 f"finalised {row['finalized_accuracy']:.4f} ({row['seconds']:.0f}s)",
                 file=sys.stderr,
             )
     rows = pd.read_csv(csv).sort_values("macs")
-    write_report(folder, rows, name=name, config=config, command=command)
+    calibration = inherited.CALIBRATION_IMAGES
+    write_report(
+        folder, rows, name=name, config=config, command=command, repeats=finalize_repeats, calibration=calibration
+    )
     return rows
 
 
@@ -346,6 +327,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--supernet-epochs", type=int, default=None, help="override search.supernet_epochs")
     parser.add_argument("--finalize-epochs", type=int, default=None, help="override search.finalize_epochs")
+    parser.add_argument(
+        "--finalize-repeats",
+        type=int,
+        default=2,
+        help="finalisations per subnet, seeded apart; their mean is ranked against, repeats 1 and 2 give the ceiling",
+    )
     args = parser.parse_args()
     config = CONFIGS[args.config]
     if args.device is not None:
@@ -366,6 +353,7 @@ def main() -> None:
         start=args.start,
         data_root=args.data_root,
         threads=args.threads,
+        finalize_repeats=args.finalize_repeats,
         command=command,
     )
     print(json.dumps(correlations(rows)))

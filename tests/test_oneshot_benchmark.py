@@ -54,25 +54,57 @@ def test_a_toy_convert_run_writes_ranking_rows(bench, tmp_path):
     assert rows[["inherited_accuracy", "finalized_accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
 
 
-def test_a_toy_run_writes_ranking_rows_and_resumes(bench, tmp_path, monkeypatch):
+def toy_config(bench, tmp_path):
     path = tmp_path / "tiny.yaml"
     spec = json.loads(json.dumps(FAST_SPACE))
     spec["build"]["stages"][0]["expand_ratio"] = [2, 4]
     path.write_text(yaml.safe_dump(spec))
-    config = bench.Config(str(path), {"search": {"supernet_epochs": 1, "finalize_epochs": 1}}, note="toy")
-    rows = bench.run("toy", config, out=tmp_path, subnets=4, pool=12, command="toy")
+    return bench.Config(str(path), {"search": {"supernet_epochs": 1, "finalize_epochs": 1}}, note="toy")
+
+
+def never(*args, **kwargs):
+    raise AssertionError("a measured subnet was measured again")
+
+
+def test_a_toy_run_writes_ranking_rows_and_resumes(bench, tmp_path, monkeypatch):
+    config = toy_config(bench, tmp_path)
+    rows = bench.run("toy", config, out=tmp_path, subnets=4, pool=12, finalize_repeats=2, command="toy")
     assert len(rows) == 4 and rows["subnet"].is_unique
     assert rows["macs"].is_monotonic_increasing and rows["macs"].iloc[0] < rows["macs"].iloc[-1]
-    assert rows[["inherited_accuracy", "finalized_accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
+    accuracies = ["inherited_accuracy", "finalized_accuracy", "finalized_accuracy_r1", "finalized_accuracy_r2"]
+    assert rows[accuracies].apply(lambda c: c.between(0, 1)).all().all()
+    mean = (rows["finalized_accuracy_r1"] + rows["finalized_accuracy_r2"]) / 2
+    assert rows["finalized_accuracy"].to_numpy() == pytest.approx(mean.to_numpy())
     report = (tmp_path / "toy" / "ranking.md").read_text()
-    assert "Kendall tau" in report and "Command: `toy`" in report
-
-    def never(*args, **kwargs):
-        raise AssertionError("a measured subnet was measured again")
+    assert "Kendall tau" in report and "Command: `toy`" in report and "repeat 1 vs 2" in report
 
     monkeypatch.setattr(bench, "measure", never)
-    again = bench.run("toy", config, out=tmp_path, subnets=4, pool=12, command="toy")
+    monkeypatch.setattr(bench, "finalize_repeat", never)
+    again = bench.run("toy", config, out=tmp_path, subnets=4, pool=12, finalize_repeats=2, command="toy")
     pd.testing.assert_frame_equal(again.reset_index(drop=True), rows.reset_index(drop=True))
+    with pytest.raises(SystemExit, match="holds 2 finalisation repeats"):  # fewer repeats would mix means
+        bench.run("toy", config, out=tmp_path, subnets=4, pool=12, finalize_repeats=1, command="toy")
+
+
+def test_a_ranking_of_one_finalisation_resumes_measuring_only_the_second(bench, tmp_path, monkeypatch):
+    config = toy_config(bench, tmp_path)
+    one = bench.run("toy", config, out=tmp_path, subnets=3, pool=12, finalize_repeats=1, command="toy")
+    csv = tmp_path / "toy" / "ranking.csv"
+    old = pd.read_csv(csv).drop(columns=["finalized_accuracy_r1", "finalized_test_accuracy_r1"])
+    old.to_csv(csv, index=False)  # as an earlier version wrote it: one finalisation, no repeat columns
+    monkeypatch.setattr(bench, "measure", never)
+    two = bench.run("toy", config, out=tmp_path, subnets=3, pool=12, finalize_repeats=2, command="toy")
+    assert two["finalized_accuracy_r1"].tolist() == one["finalized_accuracy"].tolist()
+    assert two["finalized_accuracy_r2"].notna().all()
+    mean = (two["finalized_accuracy_r1"] + two["finalized_accuracy_r2"]) / 2
+    assert two["finalized_accuracy"].to_numpy() == pytest.approx(mean.to_numpy())
+
+
+def test_the_first_repeat_is_the_single_finalisation_of_before(bench, tmp_path):
+    config = toy_config(bench, tmp_path)
+    one = bench.run("toy", config, out=tmp_path / "a", subnets=2, pool=12, finalize_repeats=1, command="toy")
+    two = bench.run("toy", config, out=tmp_path / "b", subnets=2, pool=12, finalize_repeats=2, command="toy")
+    assert two["finalized_accuracy_r1"].tolist() == one["finalized_accuracy"].tolist()  # the same seed
 
 
 def test_correlations_are_kendall_and_spearman(bench):
@@ -87,7 +119,13 @@ def test_correlations_are_kendall_and_spearman(bench):
     assert corr["kendall_tau"] == pytest.approx(4 / 6)  # 5 concordant pairs, 1 discordant
     assert corr["spearman_rho"] == pytest.approx(0.8)
     assert corr["macs_kendall_tau"] == pytest.approx(-4 / 6)  # the reference: MACs alone
+    assert corr["repeat_kendall_tau"] != corr["repeat_kendall_tau"]  # no repeats: no ceiling (NaN)
     assert all(v != v for v in bench.correlations(rows.head(2)).values())  # NaN below 3 subnets
+    rows["finalized_accuracy_r1"] = [0.5, 0.7, 0.6, 0.9]
+    rows["finalized_accuracy_r2"] = [0.6, 0.5, 0.7, 0.8]
+    corr = bench.correlations(rows)
+    assert corr["repeat_kendall_tau"] == pytest.approx(2 / 6)  # 4 concordant pairs, 2 discordant
+    assert corr["kendall_tau_r1"] == pytest.approx(4 / 6)
 
 
 def test_fixed_base_weights_keep_the_data_seed_they_were_trained_on(bench, tmp_path, monkeypatch):

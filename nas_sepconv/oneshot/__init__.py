@@ -13,7 +13,7 @@ from .convert_training import ConvertPaths, train_convert_supernet
 from .sharing import SHARING, Sharing, weight_key
 from .space import StageOptions, SupernetSpace
 from .supernet import Supernet, extract
-from .training import train_supernet
+from .training import SAMPLINGS, train_supernet
 
 __all__ = [
     "KEEP",
@@ -25,6 +25,7 @@ __all__ = [
     "site_policy",
     "train_convert_supernet",
     "MANIFEST",
+    "SAMPLINGS",
     "SHARING",
     "Sharing",
     "StageOptions",

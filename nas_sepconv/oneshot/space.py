@@ -1,7 +1,8 @@
 """What a supernet covers: :class:`SupernetSpace`, every choice of a build space as plain data
 (the block specs each stage may draw, the multipliers, activations, heads and input sides), and
 the archs of the sandwich rule drawn from it: :meth:`~SupernetSpace.largest`,
-:meth:`~SupernetSpace.smallest` and :meth:`~SupernetSpace.sample`.
+:meth:`~SupernetSpace.smallest`, :meth:`~SupernetSpace.sample` and
+:meth:`~SupernetSpace.sample_fair`.
 
 The search turns a build space file into one (``nas_sepconv.search.supernet_space``); the
 supernet is built from it and runs any :class:`~nas_sepconv.models.Arch` whose choices it holds.
@@ -19,6 +20,7 @@ import torch
 from ..blocks import BlockSpec, ConvGeometry
 from ..errors import UserInputError
 from ..models import Arch, Stage
+from .sharing import weight_key
 
 __all__ = ["StageOptions", "SupernetSpace", "block_size"]
 
@@ -142,8 +144,32 @@ class SupernetSpace:
         for s in self.stages:
             kind = rng.choice(s.kinds())
             specs.append(rng.choice([spec for spec in s.specs if spec.kind == kind]))
+        return self._with_specs(tuple(specs), rng)
+
+    def sample_fair(self, rng: random.Random, n: int) -> list[Arch]:
+        """``n`` random subnets whose blocks take each stage's weight sets in turn: per stage a
+        shuffled order of its weight sets (:func:`~.sharing.weight_key`: a kind, SE on or off, a
+        group count...), subnet ``i`` drawing a spec of the ``i``-th (cycled); the other choices
+        uniformly, as :meth:`sample`'s.  Every weight set of a stage is trained equally often, as
+        FairNAS's strict fairness trains every choice once per step (Chu et al., ICCV 2021, with
+        ``n`` the number of choices), where :meth:`sample` trains a kind's weight sets the fewer
+        times the more sets the kind splits into."""
+        orders = []
+        for s in self.stages:
+            sets: dict[str, list[BlockSpec]] = {}
+            for spec in s.specs:
+                sets.setdefault(weight_key(spec), []).append(spec)
+            orders.append(rng.sample(list(sets.values()), len(sets)))
+        subnets = []
+        for i in range(n):
+            specs = tuple(rng.choice(order[i % len(order)]) for order in orders)
+            subnets.append(self._with_specs(specs, rng))
+        return subnets
+
+    def _with_specs(self, specs: tuple[BlockSpec, ...], rng: random.Random) -> Arch:
+        """The subnet of ``specs``, its other choices drawn uniformly."""
         return self.arch(
-            tuple(specs),
+            specs,
             shortcuts=tuple(rng.choice(s.shortcuts) for s in self.stages),
             width=rng.choice(self.widths),
             depth=rng.choice(self.depths),

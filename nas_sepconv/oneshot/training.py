@@ -43,6 +43,7 @@ from ..data import Dataset, DeviceLoader
 from ..errors import TrainingDiverged, UserInputError
 from ..files import ensure_writable_dir
 from ..progress import progress as show_progress
+from ..tables import lookup
 from ..train import TrainConfig
 from ..train.distributed import World, broadcast_buffers
 from ..train.feeds import amp_context
@@ -51,9 +52,18 @@ from .checkpoint import Checkpoint, load_training, load_weights, read_checkpoint
 from .space import SupernetSpace
 from .supernet import Supernet
 
-__all__ = ["Step", "train_shared", "train_supernet"]
+__all__ = ["SAMPLINGS", "Step", "train_shared", "train_supernet"]
 
 _EPOCH_SEED = 1_000_003  # seeds of epoch e: seed * _EPOCH_SEED + e
+
+#: How a sandwich step draws its random subnets, by name: ``(space, rng, n)`` -> ``n`` archs.
+#: ``uniform``: each independently, a kind then its options (SPOS, Guo et al., ECCV 2020);
+#: ``fair``: each stage's weight sets in turn (:meth:`SupernetSpace.sample_fair`; FairNAS, Chu
+#: et al., ICCV 2021).
+SAMPLINGS: dict[str, Callable[[SupernetSpace, random.Random, int], list[Any]]] = {
+    "uniform": lambda space, rng, n: [space.sample(rng) for _ in range(n)],
+    "fair": lambda space, rng, n: space.sample_fair(rng, n),
+}
 
 
 def train_supernet(
@@ -64,6 +74,7 @@ def train_supernet(
     config: TrainConfig | None = None,
     epochs: int | None = None,
     random_subnets: int = 2,
+    sampling: str = "uniform",
     device: str | torch.device = "cpu",
     progress: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
@@ -81,6 +92,8 @@ def train_supernet(
         config: optimizer, schedule, batch size, label smoothing, seed (the ``train:`` section).
         epochs: the epochs (default ``config.epochs``).
         random_subnets: random subnets per step besides the largest and the smallest.
+        sampling: how they are drawn (:data:`SAMPLINGS`): ``uniform``, a kind then its options
+            (SPOS), or ``fair``, each stage's weight sets in turn (FairNAS).
         device: where to train.
         progress: show the epochs with :mod:`nas_sepconv.progress`.
         on_epoch: called with ``(epoch, mean loss)`` after each epoch's checkpoint is written.
@@ -92,15 +105,16 @@ def train_supernet(
     cfg = replace(cfg, epochs=cfg.epochs if epochs is None else epochs)  # validates
     if isinstance(random_subnets, bool) or not isinstance(random_subnets, int) or not 0 <= random_subnets <= 16:
         raise UserInputError("random_subnets", f"expected an integer in [0, 16], got {random_subnets!r}", "use e.g. 2")
-    settings = {"train": cfg.to_dict(), "random_subnets": random_subnets}
+    draw = lookup(SAMPLINGS, sampling, field="sampling", what="subnet sampling")
+    settings: dict[str, Any] = {"train": cfg.to_dict(), "random_subnets": random_subnets}
+    if sampling != "uniform":  # (recorded only otherwise: checkpoints made before the option still resume)
+        settings["sampling"] = sampling
     torch.manual_seed(cfg.seed)
     supernet = Supernet(space)
     largest, smallest = space.largest(), space.smallest()
 
     def sandwich(run: Run, x: Tensor, y: Tensor, rng: random.Random) -> Tensor:
-        return _sandwich_step(
-            run, supernet, x, y, [smallest, *(space.sample(rng) for _ in range(random_subnets))], largest
-        )
+        return _sandwich_step(run, supernet, x, y, [smallest, *draw(space, rng, random_subnets)], largest)
 
     train_shared(
         supernet,

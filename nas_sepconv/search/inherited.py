@@ -46,12 +46,15 @@ def prepare_supernet(settings: Settings, data: Dataset, *, progress: bool = Fals
             config=cfg,
             device=settings.options.device,
             random_subnets=RANDOM_SUBNETS,
+            sampling=SUBNET_SAMPLING,
             progress=progress,
         )
 
 
 #: random subnets a step of the supernet's training draws (``train_supernet``'s default)
 RANDOM_SUBNETS = 2
+#: how it draws them (``nas_sepconv.oneshot.SAMPLINGS``)
+SUBNET_SAMPLING = "uniform"
 
 
 def supernet_compute(supernet: Supernet, settings: Settings, data: Dataset) -> int:

@@ -161,3 +161,14 @@ def test_an_arch_outside_the_space_is_refused(space, supernet):
         supernet(x, big.replace(stages=(big.stages[0].__class__(other, 16, 1, 1), *big.stages[1:])))
     with pytest.raises(UserInputError, match="no subnet"):
         Supernet(space)(x)
+
+
+def test_fair_sampling_trains_each_stage_weight_set_in_turn(space):
+    rng = random.Random(4)
+    for stage_index, stage in enumerate(space.stages):
+        sets = {weight_key(spec) for spec in stage.specs}
+        archs = space.sample_fair(rng, len(sets))
+        drawn = [weight_key(arch.stages[stage_index].spec) for arch in archs]
+        assert sorted(drawn) == sorted(sets)  # every weight set once, in n = as many subnets as there are sets
+    assert len(space.sample_fair(rng, 3)) == 3
+    assert all(arch.width_mult in space.widths for arch in space.sample_fair(rng, 5))

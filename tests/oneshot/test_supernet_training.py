@@ -81,6 +81,9 @@ def test_a_checkpoint_of_another_space_or_settings_is_refused(space, data, tmp_p
         train_supernet(space, data, out_dir=tmp_path, config=TrainConfig(epochs=1, batch_size=96), random_subnets=0)
     with pytest.raises(UserInputError, match="other settings"):
         train_supernet(small, data, out_dir=tmp_path, config=TrainConfig(epochs=1, batch_size=96), random_subnets=1)
+    with pytest.raises(UserInputError, match="other settings"):  # another sampling of the random subnets
+        cfg = TrainConfig(epochs=1, batch_size=96)
+        train_supernet(small, data, out_dir=tmp_path, config=cfg, random_subnets=0, sampling="fair")
     with pytest.raises(UserInputError, match="another space"):
         load_supernet(tmp_path, space)
     (tmp_path / MANIFEST).write_text(json.dumps({"epoch": 1}))
@@ -100,6 +103,15 @@ def test_bad_arguments_are_refused(space, data, tmp_path):
         train_supernet(space, [(torch.zeros(1), torch.zeros(1))], out_dir=tmp_path)
     with pytest.raises(UserInputError, match="train.epochs"):
         train_supernet(space, data, out_dir=tmp_path, epochs=0)
+    with pytest.raises(UserInputError, match="fair"):  # the error lists the samplings
+        train_supernet(space, data, out_dir=tmp_path, sampling="strict")
+
+
+def test_fair_sampling_trains_and_is_recorded(space, data, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=96)
+    net = train_supernet(replace_space(space), data, out_dir=tmp_path, config=cfg, random_subnets=2, sampling="fair")
+    assert read_checkpoint(tmp_path).settings["sampling"] == "fair"
+    assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
 def test_training_shows_its_progress(space, data, tmp_path, capsys):
