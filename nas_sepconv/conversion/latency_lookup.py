@@ -292,15 +292,25 @@ class LatencyTable:
                 f"expected a Plan, got {type(plan).__name__}",
                 "pass ns.make_plan's or ns.plan_for_budget's plan",
             )
-        for e in [] if plan.pruned else plan.converted:  # a pruned plan's narrowed sites differ, rightly
+        for e in plan.entries if plan.pruned else plan.converted:  # a pruned plan: its narrowed sites too
             site = self.sites.get(e.name)
-            if site is not None and (site.geometry != e.geometry or tuple(site.input_shape) != tuple(e.input_shape)):
+            if site is not None and _mismatched(site, e, pruned=plan.pruned):
                 raise UserInputError(
                     "plan",
                     f"site {e.name!r} has input shape {e.input_shape} in the plan but "
                     f"{site.input_shape} in the latency table",
                     "make the plan and the table with the same example_inputs",
                 )
+
+
+def _mismatched(site: PlanEntry, entry: PlanEntry, *, pruned: bool) -> bool:
+    """Whether a plan's site differs from the table's.  A pruned plan's narrowed sites differ in
+    their channels, rightly; every other dimension (batch, height, width) must still agree, as
+    the narrowed entries are keyed by their channels alone."""
+    if not pruned:
+        return site.geometry != entry.geometry or tuple(site.input_shape) != tuple(entry.input_shape)
+    a, b = tuple(site.input_shape), tuple(entry.input_shape)
+    return len(a) != len(b) or a[:1] + a[2:] != b[:1] + b[2:]
 
 
 def fit_scales(

@@ -164,3 +164,13 @@ def test_the_calibration_is_fitted_once_per_table_and_again_when_its_entries_cha
     assert table.scales == real(table.frame, table.calibration, table.sites, table.model_ms) and len(calls) == 2
     table.model_ms = 50.0
     assert table.scales["dwsep_m1"] != pytest.approx(0.5966587112171838) and len(calls) == 3
+
+
+def test_a_pruned_plan_made_at_another_batch_size_is_refused(setup):
+    """The narrowed entries are keyed by their channels alone: a pruned plan made at another
+    input shape would be priced from (and would overwrite) the table's-shape entries."""
+    model, table = setup
+    plan = make_mixed_plan(model, {"conv2": "prune_r0.5"}, example_inputs=torch.randn(8, 3, 12, 12))
+    with pytest.raises(UserInputError) as info:
+        table.predict(plan)
+    assert info.value.field == "plan" and "same example_inputs" in str(info.value)
