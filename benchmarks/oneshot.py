@@ -258,6 +258,22 @@ def complete(ctx: Any, row: pd.Series, *, seed: int, start: Any, epochs: int, re
     return with_means(out, repeats)
 
 
+def check_row(row: pd.Series, drawn: dict[str, Any], *, csv: Path, start: str, epochs: int) -> None:
+    """Refuse to resume a row measured for another subnet (another ``--seed``, ``--pool`` or
+    ``--subnets``) or finalised another way: its missing repeats would be averaged with them."""
+    number = int(row["subnet"])
+    found = [
+        ("arch", str(row["arch"]), str(drawn["arch"]), "the same --seed, --pool and --subnets"),
+        ("finalize_epochs", int(row["finalize_epochs"]), int(epochs), "the same --finalize-epochs"),
+        ("finalized_from", str(row["finalized_from"]), str(start), "the same --from"),
+    ]
+    for column, was, now, fix in found:
+        if was != now:
+            raise SystemExit(
+                f"{csv}: subnet {number}'s {column} is {was!r}, this run's {now!r}: pass {fix}, or another --out"
+            )
+
+
 def run(
     name: str,
     config: Config,
@@ -285,9 +301,9 @@ def run(
     begin = finalize_start(start or search.finalize_from, field="--from")
     epochs = search.finalize_epochs or max(1, candidate_epochs(space.spec))
     csv = folder / "ranking.csv"
-    done = read_rows(csv, finalize_repeats)
     if finalize_repeats < 1:
         raise SystemExit(f"--finalize-repeats must be at least 1, got {finalize_repeats}")
+    done = read_rows(csv, finalize_repeats)
     plan = {"seed": seed, "start": begin, "epochs": epochs, "repeats": finalize_repeats}
     repeats = [repeat_column(k) for k in range(1, finalize_repeats + 1)]
     with torch_threads(threads):
@@ -296,6 +312,8 @@ def run(
         ctx.supernet()  # trained (or resumed, or loaded) first
         for number, drawn in enumerate(spread_subnets(ctx, pool=pool, subnets=subnets, seed=seed)):
             at = done.index[done["subnet"] == number]
+            if len(at):
+                check_row(done.loc[at[0]], drawn, csv=csv, start=begin.name, epochs=epochs)
             if len(at) and done.loc[at, repeats].notna().to_numpy().all():
                 continue
             row = complete(ctx, done.loc[at[0]], **plan) if len(at) else measure(ctx, number, drawn, **plan)

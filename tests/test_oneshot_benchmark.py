@@ -100,6 +100,27 @@ def test_a_ranking_of_one_finalisation_resumes_measuring_only_the_second(bench, 
     assert two["finalized_accuracy"].to_numpy() == pytest.approx(mean.to_numpy())
 
 
+def test_a_row_of_another_draw_or_finalisation_is_not_resumed(bench, tmp_path, monkeypatch):
+    """A resumed row's missing repeats would be averaged with its measured ones: a row drawn by
+    another seed, or finalised for other epochs, is refused in one line."""
+    config = toy_config(bench, tmp_path)
+    bench.run("toy", config, out=tmp_path, subnets=2, pool=12, finalize_repeats=1, command="toy")
+    monkeypatch.setattr(bench, "measure", never)
+    monkeypatch.setattr(bench, "finalize_repeat", never)
+    csv = tmp_path / "toy" / "ranking.csv"
+    rows = pd.read_csv(csv)
+    rows.loc[0, "finalize_epochs"] = 7
+    rows.to_csv(csv, index=False)
+    with pytest.raises(SystemExit, match="finalize_epochs is 7, this run's 1: pass the same --finalize-epochs"):
+        bench.run("toy", config, out=tmp_path, subnets=2, pool=12, finalize_repeats=2, command="toy")
+    rows.loc[0, ["finalize_epochs", "arch"]] = [1, "another subnet"]
+    rows.to_csv(csv, index=False)
+    with pytest.raises(SystemExit, match="arch is 'another subnet'"):
+        bench.run("toy", config, out=tmp_path, subnets=2, pool=12, finalize_repeats=2, command="toy")
+    with pytest.raises(SystemExit, match="at least 1"):
+        bench.run("toy", config, out=tmp_path, subnets=2, pool=12, finalize_repeats=0, command="toy")
+
+
 def test_the_first_repeat_is_the_single_finalisation_of_before(bench, tmp_path):
     config = toy_config(bench, tmp_path)
     one = bench.run("toy", config, out=tmp_path / "a", subnets=2, pool=12, finalize_repeats=1, command="toy")
