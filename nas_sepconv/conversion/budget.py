@@ -215,9 +215,9 @@ def plan_for_budget(
     ``low-rank (spatial SVD)``); :func:`~nas_sepconv.conversion.apply_plan` prunes first and then
     converts, and its MACs are exactly ``plan.macs_after``.  Under a latency budget a prune row
     counts by the time its site and producer save, pruned versus not, measured in the table's
-    runtime (the table's prune entry: :func:`~.latency_lookup.prune_entry`).  When a pruned site's producer is also converted, the two
-    save less than apart; the choice is then solved again asking for more, so the plan keeps
-    to the budget (MACs exactly, latency as predicted).
+    runtime (the table's prune entry: :func:`~.latency_lookup.prune_entry`).  When a pruned
+    site's producer is also converted, the two save less than apart; the choice is then solved
+    again asking for more, so the plan keeps to the budget (MACs exactly, latency as predicted).
 
     A latency-budget plan is then measured (``measure=False``: not), re-planned if above 1.1×
     the budget, and refused if still above (:mod:`~nas_sepconv.conversion.latency_check`).
