@@ -219,8 +219,9 @@ def plan_for_budget(
     site's producer is also converted, the two save less than apart; the choice is then solved
     again asking for more, so the plan keeps to the budget (MACs exactly, latency as predicted).
 
-    A latency-budget plan is then measured (``measure=False``: not), re-planned if above 1.1×
-    the budget, and refused if still above (:mod:`~nas_sepconv.conversion.latency_check`).
+    A latency-budget plan is then measured (``measure=False``: not), re-planned tighter if above
+    1.1× the budget or looser if well under it (the table over-predicted), and refused if still
+    above (:mod:`~nas_sepconv.conversion.latency_check`).
 
     Raises :class:`UserInputError` unless exactly one budget is given, if it is out of range,
     below what the candidates can reach or not met when measured, or if ``table`` lacks

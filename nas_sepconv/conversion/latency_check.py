@@ -5,8 +5,11 @@ A latency table predicts; it does not guarantee (kernel sums miss what a runtime
 kernels, and a machine drifts).  So :func:`~nas_sepconv.conversion.plan_for_budget` under a
 latency budget measures the converted model beside the original, in the table's runtime and
 threads, in the same interleaved rounds (:func:`measure_plan`).  A plan measuring above
-:data:`TOLERANCE` × its budget is re-planned with a target tightened by the miss (at most
-:data:`ROUNDS` plans in all), and if none meets it the budget is refused in one line
+:data:`TOLERANCE` × its budget is re-planned with a target tightened by the miss; one measuring
+below :data:`UNDERSHOOT` × its budget, where the table over-predicted it, is re-planned with the
+target loosened by the over-prediction, so that no more is converted (and no more accuracy lost)
+than the budget needs (at most :data:`ROUNDS` plans in all; of those within the tolerance, the
+slowest is returned), and if none meets it the budget is refused in one line
 (:class:`~nas_sepconv.errors.UserInputError`) naming what the best plan measured: a budget is
 never missed silently.  The closed-loop check follows the measured-latency searches of
 MnasNet (M. Tan et al., CVPR 2019, arXiv:1807.11626), which time every candidate on the device.
@@ -28,10 +31,13 @@ from .latency_session import time_modules
 from .plan import Plan
 from .rewrite import apply_plan
 
-__all__ = ["ROUNDS", "TOLERANCE", "honour_latency_budget", "measure_plan"]
+__all__ = ["ROUNDS", "TOLERANCE", "UNDERSHOOT", "honour_latency_budget", "measure_plan"]
 
 #: a plan measuring above this many times its latency budget is re-planned, then refused
 TOLERANCE = 1.1
+#: a plan measuring below this many times its budget, over-predicted by the table, is re-planned
+#: with a looser target (it converts more than the budget needs)
+UNDERSHOOT = 0.9
 #: at most this many plans are measured for one budget
 ROUNDS = 3
 
@@ -67,21 +73,29 @@ def honour_latency_budget(
     the measured miss, measured again (:data:`ROUNDS` plans at most).  The returned plan's notes
     record the measured latency and ratio.  Raises :class:`UserInputError` (one line, the
     measured figure) when no plan meets the budget."""
-    best: tuple[float, Plan, float, float] | None = None
+    measured: list[tuple[float, Plan, float, float]] = []
+    first_limit = limit
     for attempt in range(1, ROUNDS + 1):
         original, converted = measure_plan(model, plan, example_inputs, table)
         ratio = converted / original
         miss = (converted / budget) if field == "latency_ms" else (ratio / budget)
-        if best is None or miss < best[0]:
-            best = (miss, plan, original, converted)
-        if miss <= TOLERANCE:
+        measured.append((miss, plan, original, converted))
+        if UNDERSHOOT <= miss <= TOLERANCE or attempt == ROUNDS:
             break
-        limit = limit / miss
-        tighter = plan_at(limit) if attempt < ROUNDS else None
-        if tighter is None:
+        if miss > TOLERANCE:
+            limit = limit / miss
+        else:  # under: loosen by what the table over-predicted, if it did
+            predicted = table.predict(plan) / (1.0 if field == "latency_ms" else table.model_ms)
+            over = predicted / (converted if field == "latency_ms" else ratio)
+            if over <= 1.0:
+                break
+            limit = max(limit, first_limit * over)
+        replanned = plan_at(limit)
+        if replanned is None or _same(replanned, plan):
             break
-        plan = tighter
-    miss, plan, original, converted = best
+        plan = replanned
+    within = [m for m in measured if m[0] <= TOLERANCE]
+    miss, plan, original, converted = max(within, key=lambda m: m[0]) if within else min(measured, key=lambda m: m[0])
     note = (
         f"measured: {converted:.3f} ms, {converted / original:.3f}x the original's {original:.3f} ms timed beside "
         f"it ({table.context['runtime']}, {table.context['threads']} threads); {miss:.3f}x the {field} budget "
@@ -97,3 +111,8 @@ def honour_latency_budget(
         )
     plan.notes.append(note)
     return plan
+
+
+def _same(a: Plan, b: Plan) -> bool:
+    """Whether two plans make the same model (each site's block spec)."""
+    return [(e.name, str(e.spec)) for e in a.entries] == [(e.name, str(e.spec)) for e in b.entries]

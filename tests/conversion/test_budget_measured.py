@@ -69,6 +69,29 @@ def test_a_plan_measuring_above_the_budget_is_replanned_tighter(setup, measured)
     assert any("measured plan(s)" in n for n in plan.notes)
 
 
+def test_a_plan_measuring_well_under_the_budget_is_replanned_looser(setup, measured):
+    """The table over-predicts (every plan measures 30 % faster): the first plan converts more
+    than the budget needs, so a plan for a target loosened by the over-prediction is measured
+    and, being within the tolerance, returned: it converts less."""
+    model, damage, table = setup
+    first = ns.plan_for_budget(model, damage, latency_ratio=0.9, latency_table=table, example_inputs=X, measure=False)
+    measured["slow"] = 0.7
+    plan = ns.plan_for_budget(model, damage, latency_ratio=0.9, latency_table=table, example_inputs=X)
+    assert table.predict(first) * 0.7 / MODEL_MS < 0.9 * lc.UNDERSHOOT  # the first plan undershoots
+    assert len(measured["plans"]) >= 2 and table.predict(plan) > table.predict(first)  # loosened
+    assert table.predict(plan) * 0.7 / MODEL_MS <= 0.9 * lc.TOLERANCE  # and still within the budget
+    assert len(plan.converted) <= len(first.converted)
+
+
+def test_an_accurate_table_s_undershoot_is_not_replanned(setup, measured):
+    """Measured as predicted, a plan under the budget is as close as the candidates get: a
+    looser target would choose it again, so it is measured once."""
+    model, damage, table = setup
+    plan = ns.plan_for_budget(model, damage, latency_ratio=0.99, latency_table=table, example_inputs=X)
+    assert table.predict(plan) / MODEL_MS < 0.99 * lc.UNDERSHOOT  # under, as close as the candidates get
+    assert len(measured["plans"]) == 1
+
+
 def test_a_budget_no_plan_meets_when_measured_is_refused_in_one_line(setup, measured):
     model, damage, table = setup
     measured["slow"] = 3.0  # nothing the candidates reach measures within 1.1x of 0.75
