@@ -8,8 +8,8 @@ threads, in the same interleaved rounds (:func:`measure_plan`).  A plan measurin
 :data:`TOLERANCE` × its budget is re-planned with a target tightened by the miss; one measuring
 below :data:`UNDERSHOOT` × its budget, where the table over-predicted it, is re-planned with the
 target loosened by the over-prediction, so that no more is converted (and no more accuracy lost)
-than the budget needs (at most :data:`ROUNDS` plans in all; of those within the tolerance, the
-slowest is returned), and if none meets it the budget is refused in one line
+than the budget needs (at most :data:`ROUNDS` plans in all; the slowest measured within the
+budget is returned, else the closest above it), and if none meets it the budget is refused in one line
 (:class:`~nas_sepconv.errors.UserInputError`) naming what the best plan measured: a budget is
 never missed silently.  The closed-loop check follows the measured-latency searches of
 MnasNet (M. Tan et al., CVPR 2019, arXiv:1807.11626), which time every candidate on the device.
@@ -94,8 +94,7 @@ def honour_latency_budget(
         if replanned is None or _same(replanned, plan):
             break
         plan = replanned
-    within = [m for m in measured if m[0] <= TOLERANCE]
-    miss, plan, original, converted = max(within, key=lambda m: m[0]) if within else min(measured, key=lambda m: m[0])
+    miss, plan, original, converted = _chosen(measured)
     note = (
         f"measured: {converted:.3f} ms, {converted / original:.3f}x the original's {original:.3f} ms timed beside "
         f"it ({table.context['runtime']}, {table.context['threads']} threads); {miss:.3f}x the {field} budget "
@@ -111,6 +110,15 @@ def honour_latency_budget(
         )
     plan.notes.append(note)
     return plan
+
+
+def _chosen(measured: list[tuple[float, Plan, float, float]]) -> tuple[float, Plan, float, float]:
+    """Of the plans measured (miss, plan, original ms, converted ms): the slowest within the
+    budget itself (it converts the least), else the closest above it (within :data:`TOLERANCE`
+    or not: the caller refuses a miss above it).  Aiming a loosened plan at the tolerance's edge
+    instead would leave a later measurement of it over the tolerance by the machine's noise."""
+    under = [m for m in measured if m[0] <= 1.0]
+    return max(under, key=lambda m: m[0]) if under else min(measured, key=lambda m: m[0])
 
 
 def _same(a: Plan, b: Plan) -> bool:
